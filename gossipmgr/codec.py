@@ -1,0 +1,155 @@
+"""Wire and disk encoding of states and deltas: versioned msgpack, untrusted decoding.
+
+An entry travels as ``[key, ms, logical, node, deleted, value]`` with ``key`` a list of
+strings. A delta or a state is ``[VERSION, gc_horizon_ms, [entry, ...]]``.
+
+Everything that reads bytes from outside (the network, a snapshot on disk) goes through a
+function ending in ``_untrusted``; those raise nothing but
+:class:`~gossipmgr.errors.BadPacket`, whose ``reason`` is a stable metric label. Every size
+has a named limit below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from .clock import Timestamp
+from .crdt import Entry, Key, LWWMap
+from .errors import BadPacket
+from .state import valid_key
+
+#: Version of the entry/delta encoding. Bump on any incompatible change; decoders refuse
+#: versions they do not know (append-only, see docs/design.md "Wire protocol").
+VERSION = 1
+
+#: Limits on untrusted input (named, as memberlist's ``maxPushStateBytes``).
+MAX_KEY_PART = 256  # characters in one key part (node name, variable name, job id)
+MAX_NODE_ID = 128  # characters in a timestamp's node id (instance name)
+MAX_VALUE_DEPTH = 32  # nesting of JSON values
+MAX_VALUE_ITEMS = 10_000  # total containers' items in one value
+MAX_DELTA_BYTES = 64 * 1024 * 1024  # one encoded delta/state (a snapshot can be big)
+MAX_ENTRIES = 2_000_000  # entries in one delta/state
+MAX_COUNTER = (1 << 63) - 1  # ms and logical fit a signed 64-bit integer
+
+
+def entry_to_wire(key: Key, e: Entry) -> list[Any]:
+    return [list(key), e.ts.ms, e.ts.logical, e.ts.node, e.deleted, e.value]
+
+
+def encode_entries(entries: Iterable[tuple[Key, Entry]], gc_horizon: int = 0) -> bytes:
+    body = [VERSION, gc_horizon, [entry_to_wire(k, e) for k, e in entries]]
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_map(m: LWWMap) -> bytes:
+    return encode_entries(m.items(), m.gc_horizon)
+
+
+def _check_value(v: Any, depth: int, budget: list[int]) -> None:
+    if depth > MAX_VALUE_DEPTH:
+        raise BadPacket("value", "value nested too deeply")
+    if v is None or isinstance(v, bool | int | float | str):
+        if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+            raise BadPacket("value", "integer out of range")
+        return
+    if isinstance(v, list):
+        budget[0] -= len(v)
+        if budget[0] < 0:
+            raise BadPacket("value", "value has too many items")
+        for x in v:
+            _check_value(x, depth + 1, budget)
+        return
+    if isinstance(v, dict):
+        budget[0] -= len(v)
+        if budget[0] < 0:
+            raise BadPacket("value", "value has too many items")
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise BadPacket("value", "object keys must be strings")
+            _check_value(x, depth + 1, budget)
+        return
+    raise BadPacket("value", f"unsupported value type {type(v).__name__}")
+
+
+def check_json_value(v: Any) -> None:
+    """Raise BadPacket unless ``v`` is a JSON-like value within the limits."""
+    _check_value(v, 0, [MAX_VALUE_ITEMS])
+
+
+def entry_from_wire_untrusted(raw: Any) -> tuple[Key, Entry]:
+    """Validate one wire entry. Raises only BadPacket."""
+    if not isinstance(raw, list) or len(raw) != 6:
+        raise BadPacket("entry", "entry must be a list of 6")
+    rkey, ms, logical, node, deleted, value = raw
+    if (
+        not isinstance(rkey, list)
+        or not rkey
+        or len(rkey) > 6
+        or not all(isinstance(p, str) and len(p) <= MAX_KEY_PART for p in rkey)
+    ):
+        raise BadPacket("key", "key must be a list of 1-6 short strings")
+    key: Key = tuple(rkey)
+    if not valid_key(key):
+        raise BadPacket("key", f"unknown key shape {key[:3]!r}")
+    if (
+        type(ms) is not int
+        or type(logical) is not int
+        or not 0 <= ms <= MAX_COUNTER
+        or not 0 <= logical <= MAX_COUNTER
+    ):
+        raise BadPacket("timestamp", "timestamp fields must be non-negative integers")
+    if not isinstance(node, str) or not node or len(node) > MAX_NODE_ID:
+        raise BadPacket("timestamp", "timestamp node id must be a short non-empty string")
+    if type(deleted) is not bool:
+        raise BadPacket("entry", "deleted flag must be a boolean")
+    if deleted:
+        if value is not None:
+            raise BadPacket("entry", "a tombstone carries no value")
+    else:
+        check_json_value(value)
+    return key, Entry(Timestamp(ms, logical, node), value, deleted)
+
+
+def entries_from_wire_untrusted(raw: Any) -> list[tuple[Key, Entry]]:
+    if not isinstance(raw, list):
+        raise BadPacket("shape", "entries must be a list")
+    if len(raw) > MAX_ENTRIES:
+        raise BadPacket("too_large", "too many entries")
+    return [entry_from_wire_untrusted(x) for x in raw]
+
+
+def unpack_untrusted(data: bytes, max_bytes: int = MAX_DELTA_BYTES) -> Any:
+    """msgpack-decode untrusted bytes with every limit on. Raises only BadPacket."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise BadPacket("shape", "not bytes")
+    if len(data) > max_bytes:
+        raise BadPacket("too_large", f"{len(data)} bytes > {max_bytes}")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except Exception as exc:  # msgpack raises a zoo: ExtraData, ValueError, TypeError, ...
+        raise BadPacket("msgpack", type(exc).__name__) from None
+
+
+def decode_map_untrusted(data: bytes, max_bytes: int = MAX_DELTA_BYTES) -> LWWMap:
+    """Decode a delta or state. Raises only BadPacket; never returns a partial map."""
+    obj = unpack_untrusted(data, max_bytes)
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise BadPacket("shape", "a delta is [version, gc_horizon, entries]")
+    version, horizon, raw_entries = obj
+    if version != VERSION:
+        raise BadPacket("version", f"unknown encoding version {version!r}")
+    if type(horizon) is not int or not 0 <= horizon <= MAX_COUNTER:
+        raise BadPacket("shape", "gc horizon must be a non-negative integer")
+    entries = entries_from_wire_untrusted(raw_entries)
+    m = LWWMap()
+    m.gc_horizon = horizon
+    m.join(entries)
+    return m

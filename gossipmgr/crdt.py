@@ -1,0 +1,238 @@
+"""Delta-state last-writer-wins map: the one CRDT every instance replicates.
+
+Model (Almeida, Shoker, Baquero, "Delta State Replicated Data Types", JPDC 2018): the state
+is a join-semilattice; a mutator returns a *delta*, itself a tiny state, and applying it is a
+separate step (``join``). Reads never mutate.
+
+An :class:`LWWMap` maps keys (tuples of strings) to :class:`Entry` values. An entry is a
+value or a tombstone stamped with a hybrid logical :class:`~gossipmgr.clock.Timestamp`; the
+join keeps, per key, the entry that *wins*. By default the larger timestamp wins; a key
+namespace can register its own total order (the lease does: higher epoch first, see
+``gossipmgr.lease``). Equal orders with different content (impossible with a correct clock,
+since timestamps carry the node id) are broken by the encoded content, so the join stays
+deterministic, commutative, associative and idempotent in every case.
+
+Digests: keys hash into ``LEAVES`` buckets; each bucket keeps the XOR of the 64-bit hashes of
+its ``(key, timestamp, deleted)`` triples, updated in O(1) per change. Two replicas hold the
+same entries in a bucket iff (up to hash collisions) the bucket digests match; buckets are
+grouped ``FANOUT`` to a super-bucket, so anti-entropy compares 64 super digests first and
+descends only into those that differ (a two-level Merkle tree).
+
+Tombstones and garbage collection: a removal writes a tombstone so that it beats older writes
+arriving late. :meth:`LWWMap.gc` drops tombstones older than a horizon, and :meth:`join` refuses
+tombstones older than that horizon. This is safe under one rule, enforced by the agent and
+stated in docs/design.md: no instance may rejoin after being cut off for longer than the
+tombstone TTL (default 7 days, far above any partition we plan for); such an instance's data
+directory must be reset so it cannot resurrect deleted keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .clock import Timestamp
+
+Key = tuple[str, ...]
+
+#: Digest tree shape: 64 super-buckets of 64 leaves. 4,096 leaves keep a leaf at ~25 entries
+#: with 100,000 records, so resyncing one differing leaf costs about one datagram or two.
+FANOUT = 64
+LEAVES = FANOUT * FANOUT
+
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One versioned value. ``value`` is JSON-like and ignored when ``deleted``."""
+
+    ts: Timestamp
+    value: Any = None
+    deleted: bool = False
+
+
+#: Per-namespace total orders: key[0] -> function giving a sortable rank for an entry.
+#: Registered at import time by the modules owning a namespace (only ``gossipmgr.lease``).
+ORDERS: dict[str, Callable[[Entry], tuple[Any, ...]]] = {}
+
+
+def _packed(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _rank(key: Key, e: Entry) -> tuple[Any, ...]:
+    order = ORDERS.get(key[0]) if key else None
+    return order(e) if order is not None else (e.ts,)
+
+
+def wins(key: Key, new: Entry, old: Entry) -> bool:
+    """True if ``new`` beats ``old`` under the key's order (strictly)."""
+    rn, ro = _rank(key, new), _rank(key, old)
+    if rn != ro:
+        return rn > ro
+    if new == old:
+        return False
+    # Same rank, different content: only reachable with a broken clock. Decide by content so
+    # every replica picks the same winner.
+    return _packed([new.deleted, new.value]) > _packed([old.deleted, old.value])
+
+
+def key_hash(key: Key) -> int:
+    return int.from_bytes(hashlib.blake2b(_packed(list(key)), digest_size=8).digest(), "big")
+
+
+def leaf_of(key: Key) -> int:
+    return key_hash(key) % LEAVES
+
+
+def entry_hash(key: Key, e: Entry) -> int:
+    h = hashlib.blake2b(
+        _packed([list(key), e.ts.ms, e.ts.logical, e.ts.node, e.deleted]), digest_size=8
+    )
+    return int.from_bytes(h.digest(), "big")
+
+
+class LWWMap:
+    """A last-writer-wins map with tombstones and incremental bucket digests.
+
+    Deltas are ``LWWMap`` instances too (usually of one or a few entries).
+    """
+
+    __slots__ = ("_entries", "_leaf_digest", "_leaf_keys", "gc_horizon")
+
+    def __init__(self, entries: Mapping[Key, Entry] | Iterable[tuple[Key, Entry]] = ()) -> None:
+        self._entries: dict[Key, Entry] = {}
+        # Sparse: deltas are LWWMaps too and usually hold one entry.
+        self._leaf_digest: dict[int, int] = {}
+        self._leaf_keys: dict[int, set[Key]] = {}
+        #: tombstones with ts.ms below this are dropped and refused (see module docstring)
+        self.gc_horizon = 0
+        items = entries.items() if isinstance(entries, Mapping) else entries
+        for k, e in items:
+            self._put(k, e)
+
+    # -- reads (never mutate) ------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        e = self._entries.get(key)  # type: ignore[call-overload]
+        return e is not None and not e.deleted
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LWWMap) and self._entries == other._entries
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LWWMap({len(self._entries)} entries)"
+
+    def entry(self, key: Key) -> Entry | None:
+        """The entry for ``key``, tombstone included, or None."""
+        return self._entries.get(key)
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        e = self._entries.get(key)
+        return default if e is None or e.deleted else e.value
+
+    def items(self) -> Iterator[tuple[Key, Entry]]:
+        """All entries, tombstones included."""
+        return iter(self._entries.items())
+
+    def live(self) -> Iterator[tuple[Key, Any]]:
+        for k, e in self._entries.items():
+            if not e.deleted:
+                yield k, e.value
+
+    def max_timestamp(self) -> Timestamp | None:
+        return max((e.ts for e in self._entries.values()), default=None)
+
+    def leaf_digests(self) -> list[int]:
+        d = self._leaf_digest
+        return [d.get(i, 0) for i in range(LEAVES)]
+
+    def super_digests(self) -> list[int]:
+        """XOR of each super-bucket's leaves (``FANOUT`` values)."""
+        out = [0] * FANOUT
+        for leaf, d in self._leaf_digest.items():
+            out[leaf // FANOUT] ^= d
+        return out
+
+    def leaf_range_digests(self, super_index: int) -> list[int]:
+        d = self._leaf_digest
+        base = super_index * FANOUT
+        return [d.get(base + i, 0) for i in range(FANOUT)]
+
+    def leaf_entries(self, leaf: int) -> list[tuple[Key, Entry]]:
+        return [(k, self._entries[k]) for k in self._leaf_keys.get(leaf, ())]
+
+    # -- mutators: return a delta, never change self ---------------------------------------
+    def set_delta(self, key: Key, value: Any, ts: Timestamp) -> LWWMap:
+        return LWWMap({key: Entry(ts, value)})
+
+    def remove_delta(self, key: Key, ts: Timestamp) -> LWWMap:
+        return LWWMap({key: Entry(ts, None, True)})
+
+    # -- join -----------------------------------------------------------------------------
+    def join(self, other: LWWMap | Iterable[tuple[Key, Entry]]) -> LWWMap:
+        """Join ``other`` into self in place; return the *novel* part as a delta.
+
+        The returned map holds exactly the entries that changed this replica (Enes et al.'s
+        "remove redundancy": what the receiver already had is stripped), so it can be
+        buffered and forwarded without re-sending old news.
+        """
+        novel = LWWMap()
+        items = other.items() if isinstance(other, LWWMap) else other
+        for k, e in items:
+            if self._accept(k, e):
+                self._put(k, e)
+                novel._put(k, e)
+        return novel
+
+    def _accept(self, k: Key, e: Entry) -> bool:
+        if e.deleted and e.ts.ms < self.gc_horizon:
+            return False
+        old = self._entries.get(k)
+        return old is None or wins(k, e, old)
+
+    def _put(self, k: Key, e: Entry) -> None:
+        leaf = leaf_of(k)
+        old = self._entries.get(k)
+        acc = self._leaf_digest.get(leaf, 0)
+        if old is not None:
+            acc ^= entry_hash(k, old)
+        else:
+            self._leaf_keys.setdefault(leaf, set()).add(k)
+        self._entries[k] = e
+        self._leaf_digest[leaf] = acc ^ entry_hash(k, e)
+
+    def gc(self, horizon_ms: int) -> int:
+        """Drop tombstones older than ``horizon_ms``; refuse such tombstones later. Returns count."""
+        self.gc_horizon = max(self.gc_horizon, horizon_ms)
+        dead = [k for k, e in self._entries.items() if e.deleted and e.ts.ms < self.gc_horizon]
+        for k in dead:
+            leaf = leaf_of(k)
+            self._leaf_digest[leaf] ^= entry_hash(k, self._entries.pop(k))
+            self._leaf_keys[leaf].discard(k)
+            if not self._leaf_keys[leaf]:
+                del self._leaf_keys[leaf], self._leaf_digest[leaf]
+        return len(dead)
+
+    def copy(self) -> LWWMap:
+        m = LWWMap()
+        m._entries = dict(self._entries)
+        m._leaf_digest = dict(self._leaf_digest)
+        m._leaf_keys = {leaf: set(ks) for leaf, ks in self._leaf_keys.items()}
+        m.gc_horizon = self.gc_horizon
+        return m
+
+
+def join(a: LWWMap, b: LWWMap) -> LWWMap:
+    """Value-semantics join: a new map, neither argument changed."""
+    out = a.copy()
+    out.join(b)
+    return out

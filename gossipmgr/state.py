@@ -1,0 +1,218 @@
+"""The replicated cluster state: one LWW map, read through a typed view.
+
+Every piece of state gossipmgr replicates is an entry of one :class:`~gossipmgr.crdt.LWWMap`,
+under a key whose first part names its namespace. A nested map (a node's extra-vars) is
+flattened into path keys, which *is* a map of LWW maps: concurrent writers of different
+variables both survive, and a removal is a tombstone on that one variable.
+
+=====================================  ==========================================  ==========
+key                                    value                                       order
+=====================================  ==========================================  ==========
+``("g", var)``                         global extra-var (any JSON value)           LWW
+``("n", node, "v", var)``              the node's own extra-var                    LWW
+``("n", node, "hg")``                  the node's host-group (string)              LWW
+``("n", node, "inv")``                 ``{status, prev_status, state, prev_state}`` LWW
+``("n", node, "mon")``                 ``{label, serial, addr}`` from Serf tags     LWW
+``("j", job_id)``                      job record (see ``gossipmgr.jobs``)         LWW
+``("cfg", "ansible")``                 the runtime ansible config section          LWW
+``("lease",)``                         ``{holder, epoch, expires_ms}``             lease order
+=====================================  ==========================================  ==========
+
+Inventory status and state live in one register with their previous values so that a
+record is never torn (status from one writer, prev_status from another).
+
+Mutators are pure functions returning deltas (small LWW maps); nothing here changes a state
+except :meth:`ClusterState.apply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clock import Timestamp
+from .crdt import Entry, Key, LWWMap
+
+GLOBAL = "g"
+NODE = "n"
+JOB = "j"
+CONFIG = "cfg"
+LEASE = "lease"
+
+#: namespaces a decoder accepts (append-only, like every wire enum)
+NAMESPACES = frozenset({GLOBAL, NODE, JOB, CONFIG, LEASE})
+
+LEASE_KEY: Key = (LEASE,)
+ANSIBLE_CONFIG_KEY: Key = (CONFIG, "ansible")
+
+
+def global_key(var: str) -> Key:
+    return (GLOBAL, var)
+
+
+def node_var_key(node: str, var: str) -> Key:
+    return (NODE, node, "v", var)
+
+
+def host_group_key(node: str) -> Key:
+    return (NODE, node, "hg")
+
+
+def inventory_key(node: str) -> Key:
+    return (NODE, node, "inv")
+
+
+def monitoring_key(node: str) -> Key:
+    return (NODE, node, "mon")
+
+
+def job_key(job_id: str) -> Key:
+    return (JOB, job_id)
+
+
+def valid_key(key: Key) -> bool:
+    """Structural check of a key's shape (used by the untrusted decoder)."""
+    if not key or key[0] not in NAMESPACES:
+        return False
+    ns, n = key[0], len(key)
+    if ns == GLOBAL or ns == JOB:
+        return n == 2
+    if ns == CONFIG:
+        return n == 2 and key[1] == "ansible"
+    if ns == LEASE:
+        return n == 1
+    # NODE
+    return (n == 3 and key[2] in ("hg", "inv", "mon")) or (n == 4 and key[2] == "v")
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A read-only snapshot of one node's replicated parts."""
+
+    name: str
+    inventory: Mapping[str, Any] = field(default_factory=dict)
+    monitoring: Mapping[str, Any] = field(default_factory=dict)
+    host_group: str = ""
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ClusterState:
+    """The replica: an LWW map plus an index of keys by node for fast node reads."""
+
+    def __init__(self, entries: LWWMap | None = None) -> None:
+        self.map = LWWMap()
+        self._by_node: dict[str, set[Key]] = {}
+        if entries is not None:
+            self.map.gc_horizon = entries.gc_horizon
+            self.apply(entries)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClusterState) and self.map == other.map
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+    def apply(self, delta: LWWMap | Iterable[tuple[Key, Entry]]) -> LWWMap:
+        """Join a delta (or state) in; return the novel part (see ``LWWMap.join``)."""
+        novel = self.map.join(delta)
+        for k, _ in novel.items():
+            if k[0] == NODE:
+                self._by_node.setdefault(k[1], set()).add(k)
+        return novel
+
+    # -- reads ---------------------------------------------------------------------------
+    def globals(self) -> dict[str, Any]:
+        return {k[1]: v for k, v in self.map.live() if k[0] == GLOBAL}
+
+    def node_names(self) -> list[str]:
+        """Nodes that have an inventory record, sorted."""
+        return sorted(n for n in self._by_node if inventory_key(n) in self.map)
+
+    def has_node(self, name: str) -> bool:
+        return inventory_key(name) in self.map
+
+    def node(self, name: str) -> NodeRecord | None:
+        if not self.has_node(name):
+            return None
+        inv: dict[str, Any] = {}
+        mon: dict[str, Any] = {}
+        hg = ""
+        nvars: dict[str, Any] = {}
+        for k in self._by_node.get(name, ()):
+            e = self.map.entry(k)
+            if e is None or e.deleted:
+                continue
+            kind = k[2]
+            if kind == "inv":
+                inv = dict(e.value)
+            elif kind == "mon":
+                mon = dict(e.value)
+            elif kind == "hg":
+                hg = str(e.value)
+            elif kind == "v":
+                nvars[k[3]] = e.value
+        return NodeRecord(name, inv, mon, hg, nvars)
+
+    def nodes(self) -> Iterator[NodeRecord]:
+        for n in self.node_names():
+            rec = self.node(n)
+            if rec is not None:
+                yield rec
+
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        return {k[1]: dict(v) for k, v in self.map.live() if k[0] == JOB}
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        v = self.map.get(job_key(job_id))
+        return dict(v) if v is not None else None
+
+    def ansible_config(self) -> dict[str, Any] | None:
+        v = self.map.get(ANSIBLE_CONFIG_KEY)
+        return dict(v) if v is not None else None
+
+    def lease(self) -> dict[str, Any] | None:
+        v = self.map.get(LEASE_KEY)
+        return dict(v) if v is not None else None
+
+    def max_timestamp(self) -> Timestamp | None:
+        return self.map.max_timestamp()
+
+    # -- mutators: each returns a delta; apply it separately ------------------------------
+    @staticmethod
+    def d_set(key: Key, value: Any, ts: Timestamp) -> LWWMap:
+        return LWWMap({key: Entry(ts, value)})
+
+    @staticmethod
+    def d_remove(key: Key, ts: Timestamp) -> LWWMap:
+        return LWWMap({key: Entry(ts, None, True)})
+
+    def d_replace_globals(self, new: Mapping[str, Any], ts: Timestamp) -> LWWMap:
+        """Replace every global extra-var (clusterm's POST /globals): sets + tombstones."""
+        return self._replace(self.globals(), new, global_key, ts)
+
+    def d_replace_node_vars(self, node: str, new: Mapping[str, Any], ts: Timestamp) -> LWWMap:
+        rec = self.node(node)
+        old = dict(rec.vars) if rec else {}
+        return self._replace(old, new, lambda v: node_var_key(node, v), ts)
+
+    @staticmethod
+    def _replace(
+        old: Mapping[str, Any], new: Mapping[str, Any], key_of: Any, ts: Timestamp
+    ) -> LWWMap:
+        d = LWWMap()
+        entries: list[tuple[Key, Entry]] = [(key_of(k), Entry(ts, v)) for k, v in new.items()]
+        entries += [(key_of(k), Entry(ts, None, True)) for k in old if k not in new]
+        d.join(entries)
+        return d
+
+
+
+def combine(*deltas: LWWMap) -> LWWMap:
+    """Join several deltas into one (for one atomic, one-record-on-disk change)."""
+    out = LWWMap()
+    for d in deltas:
+        out.join(d)
+    return out
