@@ -170,7 +170,7 @@ def parse_key_text(text: str, source: str = "<key>") -> list[bytes]:
     stripped = text.strip()
     if not stripped:
         raise ConfigError(f"{source}: empty key file")
-    if not stripped.startswith("["):
+    if not stripped.startswith(("[", "{")):
         return [_decode_key(stripped, source)]
     try:
         items = json.loads(stripped)
