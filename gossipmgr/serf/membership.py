@@ -1,0 +1,380 @@
+"""Who is in the cluster, from Serf's member list.
+
+Two kinds of members matter (everything else is ignored):
+
+- **gossipmgr instances**: tag ``role=gossipmgr`` plus ``gossip`` ("ip:port"), ``api``
+  ("http(s)://...") and ``boot`` (a per-start id). :attr:`MembershipView.instances` lists
+  the alive ones sorted by name (Serf's list comes in random Go map order).
+- **cluster nodes**: tags ``NodeLabel``, ``NodeSerial`` and ``NodeAddr`` (clusterm's
+  convention); the node is named ``"<label>-<serial>"``.
+
+Node events (the transition rules, in one place)::
+
+    serf status seen          node was up?   event
+    alive (new/back/changed)  no             discovered
+    alive, same identity      yes            -
+    alive, new addr or boot   yes            discovered    (a restart; Serf hides fast flaps,
+                                                            the boot tag makes them visible)
+    failed                    yes            disappeared
+    left                      yes            disappeared   (see below)
+    leaving                   any            -             (transient; wait for left/failed)
+    gone from the list        any            disappeared if it was up, then reaped
+    first update after start  -              discovered for every alive node member
+
+``left`` counts as disappeared: after a graceful leave the node is as unreachable as after
+a failure. clusterm ignored ``member-leave``, leaving such nodes "discovered" forever; we
+think that was wrong. ``reaped`` is not an inventory change (the node had already
+disappeared); it is emitted so the caller can log it. A node seen for the first time in a
+non-alive state emits nothing.
+
+:class:`MembershipView` is pure (takes the member list and ``now``, returns events).
+:class:`SerfMembership` is the trio service around it: it polls ``members`` every
+``poll_interval`` (the event stream lags about 1 s because of Serf's hard-coded coalescing,
+serf-notes §2) and holds a ``stream`` on its own connection only to wake the poller early.
+It never raises because Serf is down: it reports ``healthy=False`` and retries with
+exponential backoff (0.1 s doubling to 5 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import trio
+
+from gossipmgr.errors import SerfError
+from gossipmgr.serf.client import SerfClient
+
+__all__ = [
+    "Instance",
+    "InstancesChanged",
+    "MembershipEvent",
+    "MembershipView",
+    "NodeEvent",
+    "NodeInfo",
+    "SerfMembership",
+]
+
+log = logging.getLogger("gossipmgr.serf")
+
+ROLE_TAG: Final = "role"
+ROLE_GOSSIPMGR: Final = "gossipmgr"
+NODE_TAGS: Final = ("NodeLabel", "NodeSerial", "NodeAddr")
+MEMBER_EVENTS: Final = "member-join,member-leave,member-failed,member-update,member-reap"
+
+NodeEventKind = Literal["discovered", "disappeared", "reaped"]
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """An alive gossipmgr instance, as advertised in its Serf tags."""
+
+    name: str
+    gossip_addr: tuple[str, int]
+    api_url: str
+    boot_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvent:
+    """A cluster node's inventory-relevant change (see the module's table)."""
+
+    kind: NodeEventKind
+    name: str
+    label: str
+    serial: str
+    addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstancesChanged:
+    """The alive gossipmgr instance list changed; ``instances`` is the new list."""
+
+    instances: tuple[Instance, ...]
+
+
+MembershipEvent = NodeEvent | InstancesChanged
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What we know of one cluster node member."""
+
+    name: str
+    label: str
+    serial: str
+    addr: str
+    boot: str
+    status: str
+    member: str  # the Serf member name
+    up: bool  # our last event for it was "discovered"
+    since: float  # ``now`` of the update that last changed ``status`` or identity
+
+
+def _parse_instance(m: Mapping[str, Any]) -> Instance | None:
+    tags = m.get("Tags") or {}
+    if tags.get(ROLE_TAG) != ROLE_GOSSIPMGR:
+        return None
+    name = m.get("Name")
+    gossip = tags.get("gossip", "")
+    host, sep, port = str(gossip).rpartition(":")
+    if not isinstance(name, str) or not sep or not host or not port.isdigit():
+        log.warning("serf member %r: role=gossipmgr with bad gossip tag %r; ignored", name, gossip)
+        return None
+    if not 0 < int(port) < 65536:
+        log.warning("serf member %r: gossip port out of range in %r; ignored", name, gossip)
+        return None
+    return Instance(
+        name=name,
+        gossip_addr=(host.strip("[]"), int(port)),
+        api_url=str(tags.get("api", "")),
+        boot_id=str(tags.get("boot", "")),
+        status=str(m.get("Status", "")),
+    )
+
+
+class MembershipView:
+    """Pure membership state: feed it member lists, get events back. Never awaits."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, NodeInfo] = {}  # keyed by Serf member name
+        self._instances: tuple[Instance, ...] = ()
+        self._first = True
+
+    @property
+    def instances(self) -> tuple[Instance, ...]:
+        """Alive gossipmgr instances, sorted by name."""
+        return self._instances
+
+    @property
+    def nodes(self) -> dict[str, NodeInfo]:
+        """Every known cluster node member (any status), keyed by ``<label>-<serial>``."""
+        return {info.name: info for info in self._nodes.values()}
+
+    def update(self, members: Iterable[Mapping[str, Any]], now: float) -> list[MembershipEvent]:
+        """Apply one full ``members`` list (normalised records) taken at ``now``.
+
+        Returns node events (sorted by node name per kind of step) and, if the alive instance
+        list changed (or on the first update), one :class:`InstancesChanged`. Malformed
+        records are skipped, never raised on: member tags are cluster input.
+        """
+        events: list[MembershipEvent] = []
+        seen: set[str] = set()
+        instances: list[Instance] = []
+        for m in sorted(
+            (m for m in members if isinstance(m.get("Name"), str)), key=lambda m: str(m["Name"])
+        ):
+            member = str(m["Name"])
+            status = str(m.get("Status", ""))
+            inst = _parse_instance(m)
+            if inst is not None and status == "alive":
+                instances.append(inst)
+            tags = m.get("Tags") or {}
+            if not all(isinstance(tags.get(k), str) and tags.get(k) for k in NODE_TAGS):
+                continue  # not (or no longer) a cluster node: handled as vanished below
+            seen.add(member)
+            events += self._node_step(member, status, tags, now)
+        for member in sorted(set(self._nodes) - seen):
+            info = self._nodes.pop(member)
+            if info.up:
+                events.append(self._event("disappeared", info))
+            events.append(self._event("reaped", info))
+        new_instances = tuple(instances)
+        if self._first or new_instances != self._instances:
+            self._instances = new_instances
+            events.append(InstancesChanged(new_instances))
+        self._first = False
+        return events
+
+    def _node_step(
+        self, member: str, status: str, tags: Mapping[str, Any], now: float
+    ) -> list[MembershipEvent]:
+        label, serial, addr = (str(tags[k]) for k in NODE_TAGS)
+        boot = str(tags.get("boot", ""))
+        name = f"{label}-{serial}"
+        old = self._nodes.get(member)
+        events: list[MembershipEvent] = []
+        up = old.up if old is not None else False
+        if old is not None and old.up and old.name != name:
+            # The member now claims another identity: the old node is gone.
+            events.append(self._event("disappeared", old))
+            up = False
+        identity_changed = old is None or (old.name, old.addr, old.boot) != (name, addr, boot)
+        if status == "alive":
+            if not up or identity_changed:
+                up = True
+                info = NodeInfo(name, label, serial, addr, boot, status, member, up, now)
+                events.append(self._event("discovered", info))
+        elif status in ("failed", "left") and up:
+            up = False
+            info = NodeInfo(name, label, serial, addr, boot, status, member, up, now)
+            events.append(self._event("disappeared", info))
+        since = now if old is None or identity_changed or old.status != status else old.since
+        self._nodes[member] = NodeInfo(name, label, serial, addr, boot, status, member, up, since)
+        return events
+
+    @staticmethod
+    def _event(kind: NodeEventKind, info: NodeInfo) -> NodeEvent:
+        return NodeEvent(kind, info.name, info.label, info.serial, info.addr)
+
+
+Connect = Callable[[], AbstractAsyncContextManager[SerfClient]]
+
+
+@dataclass(slots=True)
+class _Subscriber:
+    send: trio.MemorySendChannel[MembershipEvent]
+    dropped: int = 0
+
+
+@dataclass(slots=True)
+class _Backoff:
+    low: float
+    high: float
+    current: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current = self.low
+
+    def next(self) -> float:
+        delay = self.current
+        self.current = min(self.current * 2, self.high)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.low
+
+
+class SerfMembership:
+    """Trio service keeping a :class:`MembershipView` current from a Serf agent.
+
+    ``connect`` returns a fresh client context each call (e.g.
+    :func:`~gossipmgr.serf.client.serf_connector`); this service opens two connections with
+    it, one polling ``members`` and one holding a member-event stream. It owns those
+    connections and nothing else. :meth:`run` raises only on cancellation.
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        poll_interval: float = 0.25,
+        *,
+        backoff_min: float = 0.1,
+        backoff_max: float = 5.0,
+        subscriber_buffer: int = 1024,
+    ) -> None:
+        for label, value in (
+            ("poll_interval", poll_interval),
+            ("backoff_min", backoff_min),
+            ("backoff_max", backoff_max),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{label} must be a positive number of seconds, not {value!r}")
+        self._connect = connect
+        self.poll_interval = poll_interval
+        self._backoff = (backoff_min, backoff_max)
+        self._buffer = subscriber_buffer
+        self.view = MembershipView()
+        self.healthy = False
+        self.last_error = "not started"
+        #: Successful ``members`` polls so far.
+        self.polls = 0
+        self._subscribers: list[_Subscriber] = []
+        self._wake = trio.Event()
+        self._polled = trio.Event()
+
+    @property
+    def instances(self) -> tuple[Instance, ...]:
+        return self.view.instances
+
+    @property
+    def nodes(self) -> dict[str, NodeInfo]:
+        return self.view.nodes
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[MembershipEvent]:
+        """A bounded channel receiving every later event. Close it to unsubscribe.
+
+        A subscriber that falls ``subscriber_buffer`` events behind loses events (logged and
+        counted) rather than stalling membership for everyone.
+        """
+        send, receive = trio.open_memory_channel[MembershipEvent](self._buffer)
+        self._subscribers.append(_Subscriber(send))
+        return receive
+
+    async def wait_polled(self) -> None:
+        """Wait for the next successful poll (after the call)."""
+        await self._polled.wait()
+
+    def _publish(self, events: Sequence[MembershipEvent]) -> None:
+        for event in events:
+            if isinstance(event, NodeEvent):
+                log.info("serf membership: node %s %s (%s)", event.name, event.kind, event.addr)
+            for sub in list(self._subscribers):
+                try:
+                    sub.send.send_nowait(event)
+                except trio.WouldBlock:
+                    sub.dropped += 1
+                    log.warning("serf membership: subscriber full, dropped %s", event)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._subscribers.remove(sub)
+
+    def _set_unhealthy(self, exc: BaseException) -> None:
+        if self.healthy or self.last_error != str(exc):
+            log.warning("serf membership: Serf unavailable: %s", exc)
+        self.healthy = False
+        self.last_error = str(exc) or type(exc).__name__
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Poll forever. Reports started after the first attempt, successful or not."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stream_waker)
+            await self._poll_loop(task_status)
+
+    async def _poll_loop(self, task_status: trio.TaskStatus[None]) -> None:
+        backoff = _Backoff(*self._backoff)
+        started = False
+        while True:
+            try:
+                async with self._connect() as client:
+                    while True:
+                        members = await client.members()
+                        events = self.view.update(members, trio.current_time())
+                        self.polls += 1
+                        if not self.healthy:
+                            log.info("serf membership: Serf reachable (%s)", client.name)
+                        self.healthy = True
+                        self.last_error = ""
+                        backoff.reset()
+                        self._publish(events)
+                        self._polled.set()
+                        self._polled = trio.Event()
+                        if not started:
+                            started = True
+                            task_status.started()
+                        self._wake = trio.Event()
+                        with trio.move_on_after(self.poll_interval):
+                            await self._wake.wait()
+            except (SerfError, OSError) as exc:
+                self._set_unhealthy(exc)
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(backoff.next())
+
+    async def _stream_waker(self) -> None:
+        """Wake the poller on member events. Only a hint: failures just back off."""
+        backoff = _Backoff(*self._backoff)
+        while True:
+            try:
+                async with self._connect() as client, client.stream(MEMBER_EVENTS) as events:
+                    backoff.reset()
+                    async for _event in events:
+                        self._wake.set()
+            except (SerfError, OSError) as exc:
+                log.debug("serf membership: event stream down: %s", exc)
+            await trio.sleep(backoff.next())

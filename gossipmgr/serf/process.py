@@ -1,0 +1,333 @@
+"""Supervise a child ``serf agent``.
+
+:class:`SerfAgentProcess` owns the child process and the files it keeps in ``data_dir``:
+
+- ``tags.json`` (``-tags-file``): runtime ``tags`` RPCs rewrite it, so they survive a
+  restart. On :meth:`~SerfAgentProcess.run` the configured tags are laid over whatever the
+  file holds (configured keys win; extra runtime keys persist).
+- ``keyring.json`` (``-keyring-file``, only with ``encrypt_key``): created from the key when
+  absent; when present it wins, because the agent rewrites it on key rotation and a rotated
+  key must survive restarts (``-encrypt`` would not: serf-notes §3). A configured key missing
+  from it is appended as a secondary key so it can still decrypt.
+- ``snapshot`` (``-snapshot`` with ``-rejoin``): known peers, so a restart rejoins them even
+  after a graceful leave.
+- ``config.json`` (``-config-file``): ``rpc_auth`` and reap timings, which have no flags.
+- ``agent.log``: the child's stdout and stderr.
+
+Peers are joined with ``-retry-join`` (a failed startup ``-join`` is fatal: serf-notes §6).
+Stopping sends SIGINT, which makes the agent leave gracefully so peers see ``left`` rather
+than ``failed`` (SIGTERM does not leave), and SIGKILL after ``leave_timeout``.
+
+Caveat: if this Python process is SIGKILLed the child is orphaned; no PDEATHSIG is set
+because trio spawns from a worker thread and PDEATHSIG fires when *that thread* exits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+import trio
+
+from gossipmgr.errors import ConfigError, SerfError, SerfUnavailable
+from gossipmgr.serf.client import open_serf_client
+
+__all__ = ["MAX_TAGS_BYTES", "SerfAgentProcess", "encoded_tags_size", "parse_hostport"]
+
+log = logging.getLogger("gossipmgr.serf")
+
+#: memberlist.MetaMaxSize: the magic byte plus the msgpack tag map must fit in this.
+MAX_TAGS_BYTES: Final = 512
+PROFILES: Final = frozenset({"lan", "local", "wan"})
+
+
+def encoded_tags_size(tags: Mapping[str, str]) -> int:
+    """Bytes Serf needs for ``tags``: 1 magic byte + the map in the *old* msgpack spec.
+
+    Serf's Go codec (``MsgpackHandle`` without ``WriteExt``) has no str8, so strings of
+    32-255 bytes take a 3-byte raw16 header; ``use_bin_type=False`` reproduces that. Checked
+    live: the agent refused exactly the sizes this function puts above 512.
+    """
+    return 1 + len(msgpack.packb(dict(tags), use_bin_type=False))
+
+
+def parse_hostport(value: str, what: str) -> tuple[str, int]:
+    """Split "ip:port"; raise ConfigError on a malformed value."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: expected ip:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class SerfAgentProcess:
+    """One supervised ``serf agent`` child.
+
+    Construct it (validation happens here and raises ``ConfigError``), then run
+    ``await nursery.start(agent.run)``: it returns once the agent's RPC answers. Cancel the
+    nursery scope to stop it gracefully.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bind: str,
+        rpc: str,
+        data_dir: str | os.PathLike[str],
+        tags: Mapping[str, str] | None = None,
+        encrypt_key: str | None = None,
+        retry_join: Sequence[str] = (),
+        profile: str = "lan",
+        rpc_auth: str | None = None,
+        serf_binary: str = "serf",
+        retry_interval_s: float = 5.0,
+        reconnect_timeout: str | None = None,
+        tombstone_timeout: str | None = None,
+        leave_timeout: float = 5.0,
+        start_timeout: float = 15.0,
+        backoff_min: float = 0.5,
+        backoff_max: float = 10.0,
+        log_level: str = "info",
+    ) -> None:
+        if not name or any(c.isspace() for c in name):
+            raise ConfigError(f"serf node name must be non-empty without spaces: {name!r}")
+        self.name = name
+        self.bind = bind
+        parse_hostport(bind, "serf bind")
+        self.rpc_host, self.rpc_port = parse_hostport(rpc, "serf rpc")
+        for peer in retry_join:
+            parse_hostport(peer, "serf retry_join")
+        if profile not in PROFILES:
+            raise ConfigError(f"serf profile must be one of {sorted(PROFILES)}, not {profile!r}")
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        size = encoded_tags_size(self.tags)
+        if size > MAX_TAGS_BYTES:
+            raise ConfigError(
+                f"serf tags encode to {size} bytes; Serf's limit is {MAX_TAGS_BYTES} bytes"
+            )
+        if encrypt_key is not None:
+            try:
+                raw = base64.b64decode(encrypt_key, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ConfigError(f"serf encrypt key is not valid base64: {exc}") from None
+            if len(raw) not in (16, 24, 32):
+                raise ConfigError(f"serf encrypt key must be 16, 24 or 32 bytes, not {len(raw)}")
+        for label, value in (
+            ("retry_interval_s", retry_interval_s),
+            ("leave_timeout", leave_timeout),
+            ("start_timeout", start_timeout),
+            ("backoff_min", backoff_min),
+            ("backoff_max", backoff_max),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"serf {label} must be a positive number, not {value!r}")
+        self.encrypt_key = encrypt_key
+        self.retry_join = list(retry_join)
+        self.profile = profile
+        self.rpc_auth = rpc_auth
+        self.serf_binary = serf_binary
+        self.retry_interval_s = retry_interval_s
+        self.reconnect_timeout = reconnect_timeout
+        self.tombstone_timeout = tombstone_timeout
+        self.leave_timeout = leave_timeout
+        self.start_timeout = start_timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.log_level = log_level
+        self.data_dir = Path(data_dir)
+        #: Number of times the child was (re)started.
+        self.starts = 0
+        self._proc: trio.Process | None = None
+        #: Set while the child's RPC answers; cleared when it dies.
+        self.ready = False
+
+    def __repr__(self) -> str:
+        return f"<SerfAgentProcess {self.name} rpc={self.rpc_host}:{self.rpc_port}>"
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's pid, or None."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "agent.log"
+
+    # -- files ----------------------------------------------------------------------------
+
+    def prepare(self) -> list[str]:
+        """Write the data-dir files and return the agent's argv. Raises ``ConfigError``."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tags_path = self.data_dir / "tags.json"
+            tags: dict[str, str] = {}
+            if tags_path.exists():
+                loaded = json.loads(tags_path.read_text() or "{}")
+                if isinstance(loaded, dict):
+                    tags = {str(k): str(v) for k, v in loaded.items()}
+            tags.update(self.tags)
+            size = encoded_tags_size(tags)
+            if size > MAX_TAGS_BYTES:
+                raise ConfigError(
+                    f"serf tags (with {tags_path}) encode to {size} bytes; "
+                    f"Serf's limit is {MAX_TAGS_BYTES} bytes"
+                )
+            _write_json(tags_path, tags)
+            argv = [
+                self.serf_binary,
+                "agent",
+                f"-node={self.name}",
+                f"-bind={self.bind}",
+                f"-rpc-addr={self.rpc_host}:{self.rpc_port}",
+                f"-profile={self.profile}",
+                f"-tags-file={tags_path}",
+                f"-snapshot={self.data_dir / 'snapshot'}",
+                "-rejoin",
+                f"-log-level={self.log_level}",
+            ]
+            if self.encrypt_key is not None:
+                ring_path = self.data_dir / "keyring.json"
+                ring: list[str] = []
+                if ring_path.exists():
+                    loaded = json.loads(ring_path.read_text() or "[]")
+                    if isinstance(loaded, list):
+                        ring = [str(k) for k in loaded]
+                if self.encrypt_key not in ring:
+                    ring.append(self.encrypt_key)
+                    _write_json(ring_path, ring)
+                argv.append(f"-keyring-file={ring_path}")
+            config: dict[str, Any] = {}
+            if self.rpc_auth is not None:
+                config["rpc_auth"] = self.rpc_auth
+            if self.reconnect_timeout is not None:
+                config["reconnect_timeout"] = self.reconnect_timeout
+            if self.tombstone_timeout is not None:
+                config["tombstone_timeout"] = self.tombstone_timeout
+            if config:
+                config_path = self.data_dir / "config.json"
+                _write_json(config_path, config, mode=0o600)
+                argv.append(f"-config-file={config_path}")
+            if self.retry_join:
+                argv += [f"-retry-join={peer}" for peer in self.retry_join]
+                argv.append(f"-retry-interval={self.retry_interval_s:g}s")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"serf data dir {self.data_dir}: {exc}") from exc
+        return argv
+
+    # -- supervision ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the agent, report started once its RPC answers, then keep it running.
+
+        Raises ``ConfigError`` for bad files and ``SerfUnavailable`` if the *first* start
+        fails (the child exits or its RPC stays silent for ``start_timeout``): that is a
+        configuration problem, not a crash. Later deaths are restarted with exponential
+        backoff, forever. On cancellation the child leaves gracefully (SIGINT), then is
+        SIGKILLed after ``leave_timeout``.
+        """
+        argv = self.prepare()
+        started = False
+        backoff = self.backoff_min
+        while True:
+            began = trio.current_time()
+            proc = await self._spawn(argv)
+            try:
+                up = await self._wait_rpc(proc)
+                if up:
+                    self.ready = True
+                    if not started:
+                        started = True
+                        log.info("%r: started (pid %s)", self, proc.pid)
+                        task_status.started()
+                    else:
+                        log.info("%r: restarted (pid %s)", self, proc.pid)
+                    await proc.wait()
+                    self.ready = False
+                if not started:
+                    raise SerfUnavailable(
+                        f"serf agent {self.name} did not come up "
+                        f"(exit code {proc.returncode}); log tail:\n{self._log_tail()}"
+                    )
+                log.warning(
+                    "%r: agent exited with code %s; restarting in %.1f s",
+                    self,
+                    proc.returncode,
+                    backoff,
+                )
+            finally:
+                self.ready = False
+                if proc.returncode is None:
+                    with trio.CancelScope(shield=True):
+                        await self._stop(proc)
+            if trio.current_time() - began > 30 * self.backoff_max:
+                backoff = self.backoff_min  # it ran fine for a long while: a fresh failure
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.backoff_max)
+
+    async def _spawn(self, argv: list[str]) -> trio.Process:
+        self.starts += 1
+        with open(self.log_path, "ab") as logf:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT
+            )
+        self._proc = proc
+        log.debug("%r: spawned %s (pid %s)", self, argv, proc.pid)
+        return proc
+
+    async def _wait_rpc(self, proc: trio.Process) -> bool:
+        """Poll a handshake until the RPC answers (True) or the child exits/times out."""
+        with trio.move_on_after(self.start_timeout):
+            while proc.returncode is None:
+                try:
+                    async with open_serf_client(
+                        self.rpc_host, self.rpc_port, self.rpc_auth, timeout=1.0
+                    ):
+                        return True
+                except SerfError:
+                    pass
+                await trio.sleep(0.05)
+        if proc.returncode is None:
+            log.warning("%r: RPC silent for %.1f s; killing", self, self.start_timeout)
+            with trio.CancelScope(shield=True):
+                await self._stop(proc)
+        return False
+
+    async def _stop(self, proc: trio.Process) -> None:
+        """SIGINT (graceful leave), then SIGKILL after ``leave_timeout``. Call shielded."""
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            with trio.move_on_after(self.leave_timeout):
+                await proc.wait()
+        if proc.returncode is None:
+            log.warning("%r: no exit %.1f s after SIGINT; SIGKILL", self, self.leave_timeout)
+            proc.kill()
+            await proc.wait()
+        log.info("%r: stopped (exit code %s)", self, proc.returncode)
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _write_json(path: Path, value: object, mode: int = 0o644) -> None:
+    """Atomic replace, so the agent never reads a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

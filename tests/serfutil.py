@@ -1,0 +1,194 @@
+"""Test helpers: real ``serf agent`` processes on free loopback ports.
+
+Every agent started here is tracked by its :class:`AgentPool`; ``pool.stop_all()`` (called by
+the fixtures in teardown) kills whatever is still running, so a failing test leaks nothing.
+Ports are probed on 127.0.0.1 (TCP and UDP both free, never 7946/7373).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import pytest
+
+SERF = shutil.which("serf") or "/usr/bin/serf"
+FORBIDDEN_PORTS = {7946, 7373}
+
+needs_serf = pytest.mark.skipif(not os.path.exists(SERF), reason="serf binary not installed")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on ``host`` right now (Serf binds both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((host, 0))
+            port = t.getsockname()[1]
+            if port in FORBIDDEN_PORTS:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind((host, port))
+                except OSError:
+                    continue
+            return int(port)
+    raise RuntimeError("no free port found")
+
+
+def rpc_ready(port: int, auth: str | None = None, host: str = "127.0.0.1") -> bool:
+    """True if a blocking handshake on the agent's RPC port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(msgpack.packb({"Command": "handshake", "Seq": 1}, use_bin_type=True))
+            s.sendall(msgpack.packb({"Version": 1}, use_bin_type=True))
+            unp = msgpack.Unpacker(raw=False)
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    return False
+                unp.feed(data)
+                for obj in unp:
+                    return isinstance(obj, dict) and obj.get("Error") == ""
+    except OSError:
+        return False
+
+
+@dataclass
+class Agent:
+    name: str
+    bind_port: int
+    rpc_port: int
+    proc: subprocess.Popen[bytes]
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def bind(self) -> str:
+        return f"127.0.0.1:{self.bind_port}"
+
+    def log(self) -> str:
+        try:
+            return (self.data_dir / "agent.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def kill9(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        """SIGINT (graceful leave), SIGKILL after 5 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+class AgentPool:
+    """Starts agents and guarantees they are all killed by :meth:`stop_all`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.agents: list[Agent] = []
+
+    def start(
+        self,
+        name: str,
+        *,
+        tags: Mapping[str, str] | None = None,
+        join: Sequence[Agent] = (),
+        profile: str = "local",
+        config: Mapping[str, object] | None = None,
+        bind_port: int | None = None,
+        rpc_port: int | None = None,
+        wait: bool = True,
+    ) -> Agent:
+        data = self.tmp / name
+        data.mkdir(parents=True, exist_ok=True)
+        bind_port = bind_port or free_port()
+        rpc_port = rpc_port or free_port()
+        args = [
+            SERF,
+            "agent",
+            f"-node={name}",
+            f"-bind=127.0.0.1:{bind_port}",
+            f"-rpc-addr=127.0.0.1:{rpc_port}",
+            f"-profile={profile}",
+            "-log-level=debug",
+        ]
+        for k, v in (tags or {}).items():
+            args.append(f"-tag={k}={v}")
+        for other in join:
+            args.append(f"-retry-join={other.bind}")
+        args.append("-retry-interval=1s")
+        if config:
+            path = data / "config.json"
+            path.write_text(json.dumps(dict(config)))
+            args.append(f"-config-file={path}")
+        logf = open(data / "agent.log", "ab")  # the child keeps its own copy
+        try:
+            proc = subprocess.Popen(
+                args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            logf.close()
+        agent = Agent(name, bind_port, rpc_port, proc, data, args)
+        self.agents.append(agent)
+        if wait:
+            auth = str(config["rpc_auth"]) if config and "rpc_auth" in config else None
+            self.wait_ready(agent, auth)
+        return agent
+
+    def restart(self, agent: Agent, **kw: object) -> Agent:
+        """Start a new process with the same args (and ports) as a dead ``agent``."""
+        assert agent.proc.poll() is not None, "restart needs a dead agent"
+        logf = open(agent.data_dir / "agent.log", "ab")
+        try:
+            agent.proc = subprocess.Popen(
+                agent.args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            logf.close()
+        self.wait_ready(agent)
+        return agent
+
+    @staticmethod
+    def wait_ready(agent: Agent, auth: str | None = None, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if agent.proc.poll() is not None:
+                raise RuntimeError(f"serf agent {agent.name} exited:\n{agent.log()}")
+            if rpc_ready(agent.rpc_port):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"serf agent {agent.name} RPC not ready:\n{agent.log()}")
+
+    def stop_all(self) -> None:
+        for agent in self.agents:
+            with contextlib.suppress(Exception):
+                agent.kill9()
+            if agent.proc.poll() is None:  # pragma: no cover - last resort
+                agent.proc.kill()
+                agent.proc.wait()
+
+
+@contextlib.contextmanager
+def agent_pool(tmp: Path) -> Iterator[AgentPool]:
+    pool = AgentPool(tmp)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
