@@ -388,7 +388,7 @@ async def test_failed_rollback_makes_store_refuse_appends(
     with pytest.raises(StoreError):
         await s.append(b"x")
     monkeypatch.undo()
-    with pytest.raises(StoreError, match="unusable.*reopen"):
+    with pytest.raises(StoreError, match=r"unusable.*reopen"):
         await s.append(b"y")
     s.close()
     assert restore(tmp_path).records == []
