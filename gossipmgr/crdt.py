@@ -55,9 +55,10 @@ class Entry:
     deleted: bool = False
 
 
-#: Per-namespace total orders: key[0] -> function giving a sortable rank for an entry.
-#: Registered at import time by the modules owning a namespace (only ``gossipmgr.lease``).
-ORDERS: dict[str, Callable[[Entry], tuple[Any, ...]]] = {}
+#: Per-namespace total orders: key[0] -> function of (key, entry) giving a sortable rank.
+#: Registered at import time by ``gossipmgr.state``, which owns the namespaces (the lease
+#: and the epoch-fenced records use them). A rank must have the same shape for one key.
+ORDERS: dict[str, Callable[[Key, Entry], tuple[Any, ...]]] = {}
 
 
 def _packed(obj: Any) -> bytes:
@@ -66,7 +67,7 @@ def _packed(obj: Any) -> bytes:
 
 def _rank(key: Key, e: Entry) -> tuple[Any, ...]:
     order = ORDERS.get(key[0]) if key else None
-    return order(e) if order is not None else (e.ts,)
+    return order(key, e) if order is not None else (e.ts,)
 
 
 def wins(key: Key, new: Entry, old: Entry) -> bool:
@@ -102,7 +103,7 @@ class LWWMap:
     Deltas are ``LWWMap`` instances too (usually of one or a few entries).
     """
 
-    __slots__ = ("_entries", "_leaf_digest", "_leaf_keys", "gc_horizon")
+    __slots__ = ("_entries", "_leaf_digest", "_leaf_keys", "fenced", "gc_horizon")
 
     def __init__(self, entries: Mapping[Key, Entry] | Iterable[tuple[Key, Entry]] = ()) -> None:
         self._entries: dict[Key, Entry] = {}
@@ -111,6 +112,8 @@ class LWWMap:
         self._leaf_keys: dict[int, set[Key]] = {}
         #: tombstones with ts.ms below this are dropped and refused (see module docstring)
         self.gc_horizon = 0
+        #: entries refused because a newer timestamp carried an older lease epoch (fencing)
+        self.fenced = 0
         items = entries.items() if isinstance(entries, Mapping) else entries
         for k, e in items:
             self._put(k, e)
@@ -197,7 +200,11 @@ class LWWMap:
         if e.deleted and e.ts.ms < self.gc_horizon:
             return False
         old = self._entries.get(k)
-        return old is None or wins(k, e, old)
+        if old is None or wins(k, e, old):
+            return True
+        if e.ts > old.ts:
+            self.fenced += 1  # a later write lost on its epoch: a stale actor was fenced
+        return False
 
     def _put(self, k: Key, e: Entry) -> None:
         leaf = leaf_of(k)

@@ -1,0 +1,258 @@
+"""One instance's replica: the write path, restore, and the change feed.
+
+The write path of every mutation made on this instance (API writes, lease renewals, job
+updates, health events)::
+
+    make(state, ts) -> delta        pure; ts from the hybrid logical clock
+    await store.append(delta)       durable: written and fsync'd (group commit)
+    state.apply(delta)              visible to local reads
+    anti-entropy.local_write        eager push to every peer (via ``outbox``)
+
+So a write is acknowledged (``commit`` returns) only once it is on disk; a write whose append
+fails raises StoreError and is neither applied nor sent. Remote deltas are applied by the
+protocol first and persisted after (``persist``): if this instance crashes in between, its
+peers still hold them and the digest resync at the next start brings them back.
+
+Restore (``open``): the newest good snapshot, then the log after it; the clock is moved past
+the largest timestamp found, so it never goes backwards across a restart. A snapshot or log
+that fails its checks is refused with a message naming the file (``CorruptFile``); nothing is
+half-loaded.
+
+Compaction: once the log since the last snapshot exceeds ``compact_bytes``, the next write
+snapshots the whole state (``Store.compact``), which then drops the superseded log.
+
+Ownership: the Replica owns its Store (opened in ``open``, closed in ``aclose``). It starts
+no tasks; the gossip service drains ``outbox`` and calls ``receive``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from .clock import HLC, Timestamp
+from .codec import decode_map_untrusted, encode_map
+from .crdt import LWWMap
+from .errors import BadPacket, CorruptFile, StoreError
+from .gossip.protocol import AntiEntropy, GossipConfig
+from .lease import Lease, LeaseConfig, is_holder
+from .state import ClusterState
+
+log = logging.getLogger("gossipmgr.replica")
+
+SNAPSHOT_VERSION = 1
+#: Snapshot once this much log has accumulated: bounded restore time (replaying 8 MiB of
+#: small deltas takes well under a second) and bounded disk use.
+DEFAULT_COMPACT_BYTES = 8 * 1024 * 1024
+#: Datagrams queued for the gossip service; beyond it they are dropped and counted (the
+#: retransmit tick and digest resync recover them), so a stalled socket never blocks a write.
+OUTBOX_LIMIT = 10_000
+
+Make = Callable[[ClusterState, Timestamp], LWWMap]
+
+
+def encode_snapshot(state: ClusterState, hlc_last: Timestamp) -> bytes:
+    body = [SNAPSHOT_VERSION, hlc_last.ms, hlc_last.logical, encode_map(state.map)]
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_snapshot(data: bytes, where: str) -> tuple[LWWMap, int, int]:
+    """Raises CorruptFile naming ``where`` on any malformed content."""
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise CorruptFile(where, f"snapshot does not decode ({type(exc).__name__})") from None
+    if not isinstance(obj, list) or len(obj) != 4 or obj[0] != SNAPSHOT_VERSION:
+        raise CorruptFile(where, "unknown snapshot layout or version")
+    _, ms, logical, body = obj
+    if type(ms) is not int or type(logical) is not int or not isinstance(body, bytes):
+        raise CorruptFile(where, "snapshot header fields have the wrong types")
+    try:
+        return decode_map_untrusted(body), ms, logical
+    except BadPacket as exc:
+        raise CorruptFile(where, f"snapshot state is malformed: {exc}") from None
+
+
+class Replica:
+    def __init__(
+        self,
+        name: str,
+        *,
+        data_dir: Path | None,
+        incarnation: int | None = None,
+        gossip: GossipConfig | None = None,
+        lease: LeaseConfig | None = None,
+        max_offset_ms: int = 500,
+        fsync: bool = True,
+        compact_bytes: int = DEFAULT_COMPACT_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.clock = clock
+        self.incarnation = incarnation if incarnation is not None else int(clock() * 1000)
+        self.state = ClusterState()
+        self.hlc = HLC(name, max_offset_ms=max_offset_ms)
+        self.ae = AntiEntropy(name, self.incarnation, self.state, self.hlc, gossip)
+        self.lease_cfg = lease or LeaseConfig()
+        #: alive gossipmgr instances (Serf's view, set by the agent); alone: just us
+        self.candidates: list[str] = [name]
+        self.compact_bytes = compact_bytes
+        self._store: Any = None
+        self._fsync = fsync
+        self._compacting = False
+        send, recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
+        self.outbox_send, self.outbox = send, recv
+        self._changed = trio.Event()
+        self.counters: dict[str, int] = {"writes": 0, "write_errors": 0, "outbox_dropped": 0}
+        self.restore_notes: list[str] = []
+        self.restore_seconds = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> list[str]:
+        """Restore from ``data_dir`` (if any). Raises CorruptFile / StoreError."""
+        from .store import Store  # local: the store pulls in fcntl; pure users skip it
+
+        t0 = time.perf_counter()
+        notes: list[str] = []
+        if self.data_dir is not None:
+            store = Store(self.data_dir, fsync=self._fsync)
+            restored = store.open()
+            try:
+                notes += restored.notes
+                if restored.snapshot is not None:
+                    where = str(restored.snapshot_path)
+                    m, ms, logical = decode_snapshot(restored.snapshot, where)
+                    self.state.map.gc_horizon = m.gc_horizon
+                    self.state.apply(m)
+                    self.hlc.advance_to(Timestamp(ms, logical, self.name))
+                for i, rec in enumerate(restored.records):
+                    try:
+                        self.state.apply(decode_map_untrusted(rec))
+                    except BadPacket as exc:
+                        raise CorruptFile(
+                            str(self.data_dir), f"log record {i} after the snapshot: {exc}"
+                        ) from None
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
+            newest = self.state.max_timestamp()
+            if newest is not None:
+                self.hlc.advance_to(newest)
+            notes.append(
+                f"restored {len(self.state)} entries ({len(restored.records)} log records)"
+            )
+        self.restore_seconds = time.perf_counter() - t0
+        self.restore_notes = notes
+        return notes
+
+    async def aclose(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+            self._store = None
+
+    @property
+    def store(self) -> Any:
+        return self._store
+
+    # ------------------------------------------------------------------ time
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # ------------------------------------------------------------------ writes
+    async def commit(self, make: Make) -> LWWMap:
+        """Make a delta, make it durable, apply it, push it. Returns the novel part.
+
+        Raises StoreError (nothing applied, nothing sent) when the data directory refuses
+        the write, and whatever ``make`` raises (validation errors) before anything happens.
+        """
+        ts = self.hlc.now(self.now_ms())
+        delta = make(self.state, ts)
+        if not len(delta):
+            return delta
+        if self._store is not None:
+            try:
+                await self._store.append(encode_map(delta))
+            except StoreError:
+                self.counters["write_errors"] += 1
+                raise
+        res = self.ae.local_write(delta, self.now_ms())
+        self.counters["writes"] += 1
+        self._send(res.out)
+        self._notify()
+        await self._maybe_compact()
+        return res.novel if res.novel is not None else LWWMap()
+
+    async def persist(self, novel: LWWMap) -> None:
+        """Persist a remote delta that the protocol already applied (best effort)."""
+        if self._store is not None and len(novel):
+            try:
+                await self._store.append(encode_map(novel))
+            except StoreError as exc:
+                self.counters["write_errors"] += 1
+                log.error("%s: could not persist a remote delta (%s); peers still hold it",
+                          self.name, exc)
+                return
+            await self._maybe_compact()
+
+    async def _maybe_compact(self) -> None:
+        store = self._store
+        if store is None or self._compacting or store.log_bytes < self.compact_bytes:
+            return
+        self._compacting = True
+        try:
+            await store.compact(lambda: encode_snapshot(self.state, self.hlc.last))
+        except StoreError as exc:
+            log.error("%s: compaction failed: %s", self.name, exc)
+        finally:
+            self._compacting = False
+
+    async def snapshot_now(self) -> None:
+        if self._store is not None:
+            await self._store.compact(lambda: encode_snapshot(self.state, self.hlc.last))
+
+    # ------------------------------------------------------------------ gossip glue
+    def _send(self, out: list[tuple[str, bytes]]) -> None:
+        for item in out:
+            try:
+                self.outbox_send.send_nowait(item)
+            except trio.WouldBlock:
+                self.counters["outbox_dropped"] += 1
+
+    def receive(self, payload: bytes) -> LWWMap | None:
+        """Feed one decrypted datagram to the protocol; returns the novel delta to persist."""
+        res = self.ae.receive_untrusted(payload, self.now_ms())
+        self._send(res.out)
+        if res.novel is not None and len(res.novel):
+            self._notify()
+            return res.novel
+        return None
+
+    def tick(self) -> None:
+        self._send(self.ae.tick(self.now_ms()))
+
+    def set_peers(self, names: list[str]) -> None:
+        self.ae.set_peers(names, self.now_ms())
+
+    # ------------------------------------------------------------------ change feed
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_change(self) -> None:
+        """Return after the next change to the replica (local or remote)."""
+        await self._changed.wait()
+
+    # ------------------------------------------------------------------ lease view
+    def lease(self) -> Lease | None:
+        return Lease.from_value(self.state.lease())
+
+    def is_holder(self) -> bool:
+        return is_holder(self.name, self.lease(), self.candidates, self.now_ms())
