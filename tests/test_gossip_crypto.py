@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gossipmgr.errors import BadPacket, ConfigError
 from gossipmgr.gossip.crypto import (
+    ANY,
     DEFAULT_MAX_AGE_MS,
     HEADER_LEN,
     MAX_DATAGRAM,
@@ -31,6 +32,7 @@ from gossipmgr.gossip.crypto import (
     key_id,
     load_key_file,
     load_keyring_file,
+    node_id,
 )
 
 K1 = bytes(range(32))
@@ -42,7 +44,7 @@ NOW = 1_700_000_000_000  # wall-clock ms
 BOOT_A = NOW - 60_000
 BOOT_B = NOW - 120_000
 
-COUNTER_OFF = 21  # version(1) + key id(4) + sender(8) + boot(8)
+COUNTER_OFF = 29  # version(1) + key id(4) + sender(8) + recipient(8) + boot(8)
 
 
 def pair(kr_a: Keyring | None = None, kr_b: Keyring | None = None) -> tuple[Sealer, Sealer]:
@@ -64,14 +66,15 @@ def reason(fn: object, *args: object) -> str:
 def test_overhead_and_layout() -> None:
     a, b = pair()
     d = a.seal(b"hello", NOW)
-    assert OVERHEAD == 65 and HEADER_LEN == 49
+    assert OVERHEAD == 73 and HEADER_LEN == 57
     assert len(d) == 5 + OVERHEAD
-    assert MAX_PLAINTEXT == MAX_DATAGRAM - OVERHEAD == 1335
-    version, kid, sender, boot, counter, sent = struct.unpack_from(">B4s8sQQQ", d)
-    assert (version, kid, sender, boot, counter, sent) == (1, key_id(K1), A, BOOT_A, 0, NOW)
+    assert MAX_PLAINTEXT == MAX_DATAGRAM - OVERHEAD == 1327
+    fields = struct.unpack_from(">B4s8s8sQQQ", d)
+    assert fields == (1, key_id(K1), A, ANY, BOOT_A, 0, NOW)
     assert b"hello" not in d  # it is encrypted
     o = b.open_untrusted(d, NOW + 5)
     assert (o.sender_id, o.boot, o.counter, o.plaintext, o.sent_ms) == (A, BOOT_A, 0, b"hello", NOW)
+    assert o.recipient == ANY
 
 
 def test_seal_refuses_oversize_as_caller_bug() -> None:
@@ -121,7 +124,7 @@ def test_arbitrary_bytes_raise_only_badpacket(data: bytes) -> None:
 def test_valid_looking_header_with_junk_is_auth(rest: bytes) -> None:
     # Reaches the decryption step: right version and a known key id.
     _, b = pair()
-    header = struct.pack(">B4s8sQQQ", 1, key_id(K1), A, BOOT_A, 0, NOW) + b"\x00" * 12
+    header = struct.pack(">B4s8s8sQQQ", 1, key_id(K1), A, B, BOOT_A, 0, NOW) + b"\x00" * 12
     assert reason(b.open_untrusted, header + rest[: MAX_DATAGRAM - HEADER_LEN], NOW) == "auth"
     assert len(b.guard) == 0  # a forgery never touches replay state
 
@@ -203,6 +206,26 @@ def test_fresh_receiver_refuses_datagrams_sent_before_it_started() -> None:
     restarted = Sealer(Keyring(K1), B, NOW + 1_000)
     assert reason(restarted.open_untrusted, captured, NOW + 2_000) == "stale"
     assert restarted.open_untrusted(a.seal(b"live", NOW + 2_000), NOW + 2_000).plaintext == b"live"
+
+
+def test_datagram_sealed_for_one_node_opens_only_there() -> None:
+    # Without the recipient id, A's ack meant for B could be replayed once to C.
+    kr = Keyring(K1)
+    a = Sealer(kr, node_id("a"), BOOT_A)
+    b = Sealer(kr, node_id("b"), BOOT_B)
+    c = Sealer(kr, node_id("c"), BOOT_B)
+    for_b = a.seal(b"ack 41", NOW, to=node_id("b"))
+    assert reason(c.open_untrusted, for_b, NOW) == "misdirected"
+    assert c.refused.snapshot() == {"misdirected": 1}
+    o = b.open_untrusted(for_b, NOW)
+    assert (o.plaintext, o.recipient) == (b"ack 41", node_id("b"))
+    to_anyone = a.seal(b"hello all", NOW)
+    assert b.open_untrusted(to_anyone, NOW).plaintext == c.open_untrusted(to_anyone, NOW).plaintext
+    assert node_id("a") == node_id("a") != node_id("b") and len(node_id("a")) == 8
+    with pytest.raises(ValueError):
+        a.seal(b"x", NOW, to=b"short")
+    with pytest.raises(ValueError):
+        Sealer(kr, ANY, 0)
 
 
 def test_own_datagram_reflected_is_refused() -> None:

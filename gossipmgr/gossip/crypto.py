@@ -9,22 +9,27 @@ Wire format (version 1, big-endian; all header bytes, nonce included, are the GC
     off len field
       0   1 version      = 1
       1   4 key id       first 4 bytes of SHA-256(key): the receiver picks the key directly
-      5   8 sender id    the sending node's id (opaque 8 bytes)
-     13   8 boot         sender's start time, ms; strictly grows with every restart
-     21   8 counter      per boot, starts at 0, +1 per datagram
-     29   8 sent ms      sender's wall clock when sealed
-     37  12 nonce        random (os.urandom)
-     49   .. ciphertext  plaintext length
+      5   8 sender id    the sending node's id (opaque 8 bytes; ``node_id(name)``)
+     13   8 recipient id the node it is sealed for, or ANY (8 zero bytes)
+     21   8 boot         sender's start time, ms; strictly grows with every restart
+     29   8 counter      per boot, starts at 0, +1 per datagram
+     37   8 sent ms      sender's wall clock when sealed
+     45  12 nonce        random (os.urandom)
+     57   .. ciphertext  plaintext length
      ..  16 tag          GCM tag
 
-``OVERHEAD`` = 65 bytes; ``MAX_DATAGRAM`` = 1400 (memberlist's UDP budget), so at most
-``MAX_PLAINTEXT`` = 1335 plaintext bytes per datagram. Serf's own encryption adds 29 bytes but
-does not defend against replay (its threat model says so); the 36 extra bytes buy that.
+``OVERHEAD`` = 73 bytes; ``MAX_DATAGRAM`` = 1400 (memberlist's UDP budget), so at most
+``MAX_PLAINTEXT`` = 1327 plaintext bytes per datagram. Serf's own encryption adds 29 bytes but
+does not defend against replay (its threat model says so); the 44 extra bytes buy that.
+
+Why a recipient id: the counter is per sender, so without it a datagram A sealed for B could
+be replayed once to C (C has never seen that counter). For idempotent deltas that is harmless,
+but a per-peer message (an ack meant for B) would mislead C. Sealed for B, it opens only at B.
 
 Every function that handles network bytes ends in ``_untrusted`` and raises only
 ``gossipmgr.errors.BadPacket`` with a stable ``reason`` (habit 3, trio ``_dtls.py``).
 Reasons, append-only like memberlist's message types: ``short``, ``version``, ``unknown_key``,
-``auth``, ``replay``, ``stale``, ``future``, ``too_large``.
+``auth``, ``replay``, ``stale``, ``future``, ``too_large``, ``misdirected``.
 
 Order of checks: size and version, key id, **authentication**, then time and replay. Time and
 replay checks come after the tag is verified so that (1) a forger can never move the replay
@@ -57,6 +62,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gossipmgr.errors import BadPacket, ConfigError
 
 __all__ = [
+    "ANY",
     "DEFAULT_MAX_AGE_MS",
     "HEADER_LEN",
     "KEY_LEN",
@@ -77,6 +83,7 @@ __all__ = [
     "key_id",
     "load_key_file",
     "load_keyring_file",
+    "node_id",
     "parse_key_text",
 ]
 
@@ -89,14 +96,16 @@ SENDER_ID_LEN = 8
 NONCE_LEN = 12  # GCM's native nonce size; random, so <= 2**32 datagrams per key (NIST 800-38D)
 TAG_LEN = 16
 
-_FIXED = struct.Struct(">B4s8sQQQ")  # version, key id, sender id, boot, counter, sent ms
-HEADER_LEN = _FIXED.size + NONCE_LEN  # 49
-OVERHEAD = HEADER_LEN + TAG_LEN  # 65: what seal() adds to the plaintext
+ANY = bytes(SENDER_ID_LEN)  # recipient id meaning "whoever receives it"
+
+_FIXED = struct.Struct(">B4s8s8sQQQ")  # version, key id, sender, recipient, boot, counter, sent
+HEADER_LEN = _FIXED.size + NONCE_LEN  # 57
+OVERHEAD = HEADER_LEN + TAG_LEN  # 73: what seal() adds to the plaintext
 
 # memberlist keeps UDP packets to 1400 B so they fit a 1500 B Ethernet MTU with IP/UDP
 # headers and some tunnel headroom; we use the same budget for the whole sealed datagram.
 MAX_DATAGRAM = 1400
-MAX_PLAINTEXT = MAX_DATAGRAM - OVERHEAD  # 1335
+MAX_PLAINTEXT = MAX_DATAGRAM - OVERHEAD  # 1327
 
 # Replay window in datagrams per sender. DTLS uses 64, IPsec ESN implementations 1024+. The
 # counter is per *sender*, not per (sender, receiver) pair, so a receiver sees the counters a
@@ -113,7 +122,18 @@ DEFAULT_MAX_AGE_MS = 30_000
 
 _U64_MAX = 2**64 - 1
 
-REASONS = ("short", "version", "unknown_key", "auth", "replay", "stale", "future", "too_large")
+# WARNING: ONLY APPEND TO THIS LIST (metric labels; memberlist net.go habit).
+REASONS = (
+    "short",
+    "version",
+    "unknown_key",
+    "auth",
+    "replay",
+    "stale",
+    "future",
+    "too_large",
+    "misdirected",
+)
 
 
 class Counters(collections.Counter[str]):
@@ -137,6 +157,15 @@ class Counters(collections.Counter[str]):
 def generate_key() -> str:
     """A new random 32-byte key, base64 (the format of ``serf keygen`` and ``serf -encrypt``)."""
     return base64.b64encode(os.urandom(KEY_LEN)).decode("ascii")
+
+
+def node_id(name: str) -> bytes:
+    """An 8-byte sender/recipient id for a node name: first 8 bytes of SHA-256(name, UTF-8).
+
+    Any stable 8 bytes will do; this is the convention so both ends derive the same id from
+    the name they already share (the Serf node name). Never ANY in practice (p = 2**-64).
+    """
+    return hashlib.sha256(name.encode("utf-8")).digest()[:SENDER_ID_LEN]
 
 
 def key_id(key: bytes) -> bytes:
@@ -359,12 +388,14 @@ class Opened:
     counter: int
     plaintext: bytes
     sent_ms: int = 0
+    recipient: bytes = ANY  # our own id, or ANY if it was sealed for whoever receives it
 
 
 class Sealer:
     """One node's datagram sealer/opener (sans-I/O; the caller owns sockets and time).
 
-    ``sender_id``: 8 bytes naming this node. ``boot``: this node's start time in wall-clock
+    ``sender_id``: 8 bytes naming this node (``node_id(name)``); datagrams sealed ``to`` it
+    (or to ANY) open here. ``boot``: this node's start time in wall-clock
     ms; it must strictly grow across restarts (else peers refuse the new datagrams as
     "replay" until they forget us). ``accept_since_ms`` (default ``boot``): datagrams from
     senders we hold no state for must have been sent at or after it (see ReplayGuard).
@@ -386,6 +417,8 @@ class Sealer:
     ) -> None:
         if not isinstance(sender_id, bytes) or len(sender_id) != SENDER_ID_LEN:
             raise ValueError(f"sender_id must be {SENDER_ID_LEN} bytes")
+        if sender_id == ANY:
+            raise ValueError("sender_id must not be all zeros (that is ANY)")
         if not 0 <= boot <= _U64_MAX:
             raise ValueError("boot must fit an unsigned 64-bit integer")
         if max_age_ms < 0:
@@ -405,12 +438,16 @@ class Sealer:
         """The counter the next sealed datagram will carry."""
         return self._counter
 
-    def seal(self, plaintext: bytes, now_ms: int) -> bytes:
-        """Encrypt ``plaintext`` into one datagram with the primary key.
+    def seal(self, plaintext: bytes, now_ms: int, to: bytes = ANY) -> bytes:
+        """Encrypt ``plaintext`` into one datagram with the primary key, for recipient ``to``.
 
+        ``to`` is the recipient's 8-byte id (``node_id(name)``); only that node will open it.
+        Leave it ANY only for messages whose meaning does not depend on who receives them.
         Raises ValueError if the datagram would exceed MAX_DATAGRAM (a caller bug: size
-        chunks with MAX_PLAINTEXT / OVERHEAD) or ``now_ms`` is negative.
+        chunks with MAX_PLAINTEXT / OVERHEAD), ``now_ms`` is negative or ``to`` is not 8 bytes.
         """
+        if len(to) != SENDER_ID_LEN:
+            raise ValueError(f"recipient id must be {SENDER_ID_LEN} bytes")
         if len(plaintext) > MAX_PLAINTEXT:
             raise ValueError(
                 f"plaintext of {len(plaintext)} B exceeds MAX_PLAINTEXT={MAX_PLAINTEXT} "
@@ -422,7 +459,13 @@ class Sealer:
         if self._counter > _U64_MAX:
             raise ValueError("counter exhausted for this boot; restart with a new boot")
         header = _FIXED.pack(
-            VERSION, self.keyring.primary_id, self.sender_id, self.boot, self._counter, now_ms
+            VERSION,
+            self.keyring.primary_id,
+            self.sender_id,
+            bytes(to),
+            self.boot,
+            self._counter,
+            now_ms,
         ) + os.urandom(NONCE_LEN)
         self._counter += 1
         ct = self.keyring._sealer().encrypt(header[_FIXED.size :], plaintext, header)
@@ -453,7 +496,7 @@ class Sealer:
             raise BadPacket("version", f"version {data[0]}")
         if n < OVERHEAD:
             raise BadPacket("short", f"{n} B < {OVERHEAD} B")
-        _, kid, sender, boot, counter, sent_ms = _FIXED.unpack_from(data)
+        _, kid, sender, recipient, boot, counter, sent_ms = _FIXED.unpack_from(data)
         aead = self.keyring._opener(kid)
         if aead is None:
             raise BadPacket("unknown_key", f"key id {kid.hex()}")
@@ -470,5 +513,8 @@ class Sealer:
         if sender == self.sender_id:
             # Reflection: with a group key our own datagrams open fine; never accept them.
             raise BadPacket("replay", "own sender id (reflected)")
+        if recipient != ANY and recipient != self.sender_id:
+            # Sealed for another node: a misroute, or a replay across receivers.
+            raise BadPacket("misdirected", f"sealed for {recipient.hex()}")
         self.guard.check_and_update(sender, boot, counter, sent_ms)
-        return Opened(sender, boot, counter, plaintext, sent_ms)
+        return Opened(sender, boot, counter, plaintext, sent_ms, recipient)
