@@ -645,6 +645,8 @@ class Store:
         seq = self._target_seq
         data = b"".join(batch.frames)
         try:
+            if self._closed or self._fd is None:  # aclose() ran while we queued
+                raise StoreError(f"store {self.data_dir} is closed")
             if self._broken is not None:
                 raise StoreError(self._broken)
             # Shielded: once taken, a batch must be finished for every appender in it.
@@ -692,8 +694,7 @@ class Store:
                 # log.N must exist before snapshot.N (restore requires the chain to start
                 # at log.N, so an absent segment is detectable as loss, never ambiguous).
                 async with self._flush_lock:
-                    if self._broken is not None:
-                        raise StoreError(self._broken)
+                    self._check_usable()
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(self._ensure_segment_sync, seq)
                 body = _header(SNAP_MAGIC, seq) + _U64.pack(len(state)) + bytes(state)
@@ -796,4 +797,3 @@ class Store:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the fd drops the flock
             self._lock_fd = None
-        self._open_batch = None

@@ -525,3 +525,38 @@ async def test_appends_after_the_compaction_instant_go_to_the_new_segment(
     r = restore(tmp_path)
     assert r.snapshot == b"a\nb"
     assert b"c" in r.records and state_of(r) == {b"a", b"b", b"c"}
+
+
+async def test_aclose_waits_for_the_running_flush_and_fails_queued_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, _ = opened(tmp_path)
+    release = threading.Event()
+    real_fsync = store_mod._sys_fsync
+
+    def slow_fsync(fd: int) -> None:
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_mod, "_sys_fsync", slow_fsync)
+    results: dict[bytes, str] = {}
+
+    async def app(rec: bytes) -> None:
+        try:
+            await s.append(rec)
+            results[rec] = "acked"
+        except StoreError as e:
+            results[rec] = str(e)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(app, b"in-flight")
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(StoreError, match="in progress"):
+            s.close()
+        n.start_soon(s.aclose)
+        await trio.testing.wait_all_tasks_blocked()
+        n.start_soon(app, b"queued")
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert results[b"in-flight"] == "acked" and "closed" in results[b"queued"]
+    assert restore(tmp_path).records == [b"in-flight"]
