@@ -289,11 +289,12 @@ def _stat(pid: int) -> tuple[int, int] | None:
 
 def _process_table() -> dict[int, tuple[int, int]]:
     table: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None:
-                table[int(entry.name)] = st
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                st = _stat(int(entry.name))
+                if st is not None:
+                    table[int(entry.name)] = st
     return table
 
 
@@ -399,12 +400,8 @@ def kill_process_tree(
 def _find_child(needle: str) -> int | None:
     """Our own child process whose command line contains ``needle`` (the run's private dir)."""
     me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        st = _stat(pid)
-        if st is None or st[0] != me:
+    for pid, (ppid, _) in _process_table().items():
+        if ppid != me:
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
