@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,34 @@ def test_module_agents_are_ours(pool: AgentPool, tmp_path: Path) -> None:
     # Every agent the pool started listens on a probed port, never the Serf defaults.
     for ag in pool.agents:
         assert ag.bind_port not in (7946, 7373) and ag.rpc_port not in (7946, 7373)
+
+
+async def test_stream_stop_on_exit_keeps_connection_in_sync(pair: tuple[Agent, Agent]) -> None:
+    a, b = pair
+    async with client(a) as ca, client(b) as cb:
+        async with ca.stream("user") as events:
+            stream_seq = events.seq
+            await cb.event("tick", b"1", coalesce=False)
+            with trio.fail_after(5):
+                assert (await events.__anext__())["Name"] == "tick"
+        # stop was sent and answered: the agent no longer streams to this seq.
+        assert stream_seq not in ca._proto.outstanding
+        await cb.event("tick", b"2", coalesce=False)
+        for _ in range(5):
+            assert await status_of(ca, "a") == "alive"
+
+
+async def test_silent_peer_times_out_instead_of_hanging() -> None:
+    # Not a Serf agent: a listener that accepts and never answers, like a wedged agent.
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(
+            functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1")
+        )
+        port = listener.socket.getsockname()[1]
+        with trio.fail_after(5), pytest.raises(SerfUnavailable, match="no reply to handshake"):
+            async with open_serf_client("127.0.0.1", port, timeout=0.3):
+                pass  # pragma: no cover
+        nursery.cancel_scope.cancel()
