@@ -1,0 +1,472 @@
+"""The node lifecycle: clusterm's inventory status table, its checks, and its events. Pure.
+
+Rule 1 (after h11's ``_state.py``): everything that decides a node's inventory status, its
+state, or whether a workflow may start lives in this file, as data where possible. Nothing
+here awaits, reads the clock or touches the disk; every mutator takes the state, the lease
+epoch and a timestamp and *returns a delta* (``gossipmgr.state`` style). ``gossipmgr.jobs``
+decides when to commit one.
+
+Theory
+------
+
+A node has two independent variables, kept in one replicated register
+``("n", node, "inv") = {status, prev_status, state, prev_state, epoch}`` so that a reader
+never sees a status from one writer and its ``prev_status`` from another:
+
+* **status** (Collins vocabulary, clusterm's ``inventory_state.status``) says what the
+  cluster manager did to the node. It moves only along :data:`TRANSITIONS`; a move to the
+  same status is always allowed (clusterm's rule), everything else is refused with
+  ``transition from "<a>" to "<b>" is not allowed`` (:class:`~gossipmgr.errors.Conflict`)::
+
+      Incomplete     -> Unallocated                 (a node's first discovery)
+      Unallocated    -> Provisioning                (commission starts)
+      Provisioning   -> Allocated | Unallocated     (commission ends well | badly)
+      Allocated      -> Cancelled | Maintenance     (decommission | update starts)
+      Cancelled      -> Decommissioned              (decommission ends, either way)
+      Decommissioned -> Provisioning                (commissioned again)
+      Maintenance    -> Allocated | Unallocated     (update ends well | badly)
+
+* **state** (Unknown, Discovered, Disappeared) says what Serf last reported. It is set only
+  by monitoring events and never checked against a table: any event may follow any other.
+
+A workflow moves its nodes through one *status path* (:data:`STATUS_PATHS`): ``during``
+when the job starts, ``success`` or ``failure`` when it ends. All the path's edges are in
+:data:`TRANSITIONS`, so the end of a job never needs a check that could fail.
+
+Atomic multi-node moves: clusterm moved nodes one by one and reverted the moved ones when a
+later one failed. Here :func:`move_statuses` computes *every* transition before producing
+anything; on the first refused one it raises and returns no delta at all. Because the caller
+commits a delta only after it was computed whole, "revert" is never needed: a partial set
+of moves is never committed, so no reader, no peer and no restart can ever see one.
+
+Checks (:func:`check_workflow`, :func:`check_discover`) run before anything is written, with
+clusterm's texts, raising :class:`~gossipmgr.errors.CheckFailed` (422). A rejected request
+therefore never becomes a job (clusterm took the job slot first: its "last" job could be a
+request that never ran).
+
+Lists in messages are formatted like Go's ``%v`` of a ``[]string`` (``[a b]``), which is what
+clusterm printed and what its users' scripts may grep for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .clock import Timestamp
+from .crdt import LWWMap
+from .errors import BadRequest, CheckFailed, Conflict, NotFound
+from .state import ClusterState, NodeRecord, combine, host_group_key, inventory_key, monitoring_key
+
+# --------------------------------------------------------------------------- vocabulary
+
+INCOMPLETE: Final = "Incomplete"
+UNALLOCATED: Final = "Unallocated"
+PROVISIONING: Final = "Provisioning"
+ALLOCATED: Final = "Allocated"
+CANCELLED: Final = "Cancelled"
+DECOMMISSIONED: Final = "Decommissioned"
+MAINTENANCE: Final = "Maintenance"
+
+STATUSES: Final = (
+    INCOMPLETE,
+    UNALLOCATED,
+    PROVISIONING,
+    ALLOCATED,
+    CANCELLED,
+    DECOMMISSIONED,
+    MAINTENANCE,
+)
+
+UNKNOWN: Final = "Unknown"
+DISCOVERED: Final = "Discovered"
+DISAPPEARED: Final = "Disappeared"
+STATES: Final = (UNKNOWN, DISCOVERED, DISAPPEARED)
+
+MASTER: Final = "service-master"
+WORKER: Final = "service-worker"
+HOST_GROUPS: Final = (MASTER, WORKER)
+
+#: The whole status machine (contract §1). A move to the same status is allowed in addition.
+TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
+    INCOMPLETE: frozenset({UNALLOCATED}),
+    UNALLOCATED: frozenset({PROVISIONING}),
+    PROVISIONING: frozenset({UNALLOCATED, ALLOCATED}),
+    ALLOCATED: frozenset({CANCELLED, MAINTENANCE}),
+    CANCELLED: frozenset({DECOMMISSIONED}),
+    DECOMMISSIONED: frozenset({PROVISIONING}),
+    MAINTENANCE: frozenset({UNALLOCATED, ALLOCATED}),
+}
+
+
+@dataclass(frozen=True)
+class StatusPath:
+    """A workflow's statuses: set when its job starts, and when it ends well or badly."""
+
+    during: str
+    success: str
+    failure: str
+
+
+#: Workflow kind -> its status path (contract §2). "discover" changes no status: the node
+#: appears later through Serf. "reconfigure" is gossipmgr's own (clusterm issue #123): the
+#: configure playbook re-run on an Allocated node that came back; it parks the node in
+#: Maintenance like an update does, the only status an Allocated node may move to that
+#: also leads back to Allocated.
+STATUS_PATHS: Final[Mapping[str, StatusPath | None]] = {
+    "commission": StatusPath(PROVISIONING, ALLOCATED, UNALLOCATED),
+    "decommission": StatusPath(CANCELLED, DECOMMISSIONED, DECOMMISSIONED),
+    "update": StatusPath(MAINTENANCE, ALLOCATED, UNALLOCATED),
+    "reconfigure": StatusPath(MAINTENANCE, ALLOCATED, UNALLOCATED),
+    "discover": None,
+}
+
+
+def go_list(items: Iterable[str]) -> str:
+    """Format like Go's ``fmt.Sprintf("%v", []string{...})``: ``[a b c]``."""
+    return "[" + " ".join(items) + "]"
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def allowed(a: str, b: str) -> bool:
+    """True if status ``a`` may move to ``b`` (same status always may)."""
+    return a == b or b in TRANSITIONS.get(a, frozenset())
+
+
+def check_transition(a: str, b: str) -> None:
+    """Raise Conflict ``transition from "<a>" to "<b>" is not allowed`` unless allowed."""
+    if not allowed(a, b):
+        raise Conflict(f'transition from "{a}" to "{b}" is not allowed')
+
+
+def node_name(label: str, serial: str) -> str:
+    """clusterm's node name: ``<NodeLabel>-<NodeSerial>``."""
+    return f"{label}-{serial}"
+
+
+def _inv(rec: NodeRecord) -> dict[str, Any]:
+    inv = rec.inventory
+    return {
+        "status": str(inv.get("status", INCOMPLETE)),
+        "prev_status": str(inv.get("prev_status", INCOMPLETE)),
+        "state": str(inv.get("state", UNKNOWN)),
+        "prev_state": str(inv.get("prev_state", UNKNOWN)),
+    }
+
+
+def status_of(rec: NodeRecord) -> str:
+    return str(rec.inventory.get("status", INCOMPLETE))
+
+
+def state_of(rec: NodeRecord) -> str:
+    return str(rec.inventory.get("state", UNKNOWN))
+
+
+def addr_of(rec: NodeRecord) -> str:
+    return str(rec.monitoring.get("addr", ""))
+
+
+def host_group_of(rec: NodeRecord) -> str:
+    # A node record always gets a host-group when it is created; a missing one (a record
+    # written by hand, or a lost hg entry) reads as clusterm's default.
+    return rec.host_group or MASTER
+
+
+def move_statuses(
+    state: ClusterState, names: Sequence[str], to: str, epoch: int, ts: Timestamp
+) -> LWWMap:
+    """Move every node in ``names`` to status ``to``: all of them, or none.
+
+    Every transition is checked before the delta is built; the first refused one raises
+    Conflict ``failed to update <name>'s state in inventory, Error: transition from "<a>"
+    to "<b>" is not allowed`` and nothing is returned, so there is nothing to revert.
+    A name without a node raises CheckFailed (callers resolve names first).
+    """
+    out: list[LWWMap] = []
+    for name in names:
+        rec = state.node(name)
+        if rec is None:
+            raise CheckFailed(f'node with name or address "{name}" doesn\'t exists')
+        inv = _inv(rec)
+        try:
+            check_transition(inv["status"], to)
+        except Conflict as exc:
+            raise Conflict(f"failed to update {name}'s state in inventory, Error: {exc}") from None
+        new = {**inv, "prev_status": inv["status"], "status": to, "epoch": epoch}
+        out.append(state.d_set(inventory_key(name), new, ts))
+    return combine(*out)
+
+
+def finish_statuses(
+    state: ClusterState, names: Sequence[str], during: str, to: str, epoch: int, ts: Timestamp
+) -> tuple[LWWMap, list[str]]:
+    """End a job's status path: move the nodes still in ``during`` to ``to``.
+
+    Nodes no longer in ``during`` (someone moved them, or they were removed) are left alone
+    and returned as the second element, for the caller to log. Never raises: every path's
+    ``during -> success/failure`` edge is in the table.
+    """
+    out: list[LWWMap] = []
+    skipped: list[str] = []
+    for name in names:
+        rec = state.node(name)
+        if rec is None or status_of(rec) != during or not allowed(during, to):
+            skipped.append(name)
+            continue
+        inv = _inv(rec)
+        new = {**inv, "prev_status": during, "status": to, "epoch": epoch}
+        out.append(state.d_set(inventory_key(name), new, ts))
+    return combine(*out), skipped
+
+
+# --------------------------------------------------------------------------- JSON view
+
+
+def node_json(rec: NodeRecord) -> dict[str, Any]:
+    """The contract's node shape (§1), as GET /info/node/{name} answers it."""
+    addr = addr_of(rec)
+    return {
+        "monitoring_state": {
+            "label": str(rec.monitoring.get("label", "")),
+            "serial_number": str(rec.monitoring.get("serial", "")),
+            "management_address": addr,
+        },
+        "inventory_state": {"name": rec.name, **_inv(rec)},
+        "configuration_state": {
+            "inventory_name": rec.name,
+            "host_group": host_group_of(rec),
+            "ssh_address": addr,
+            # The node's own extra-vars come last: ansible sees them the same way
+            # (gossipmgr.ansible.build_inventory puts them after node_name/node_addr).
+            "inventory_vars": {"node_name": rec.name, "node_addr": addr, **rec.vars},
+        },
+    }
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def check_monitor_node(obj: Any) -> tuple[str, str, str]:
+    """Validate one ``{"label", "serial", "addr"}`` of a monitor event. Raises BadRequest."""
+    if not isinstance(obj, Mapping):
+        raise BadRequest(f"a monitor event node must be an object (label, serial, addr): {obj!r}")
+    out = []
+    for field in ("label", "serial", "addr"):
+        v = obj.get(field, "")
+        if not isinstance(v, str) or (field != "addr" and not v):
+            raise BadRequest(f'monitor event node needs a non-empty string "{field}": {obj!r}')
+        out.append(v)
+    return out[0], out[1], out[2]
+
+
+def d_discovered(
+    state: ClusterState,
+    name: str,
+    label: str,
+    serial: str,
+    addr: str,
+    epoch: int,
+    ts: Timestamp,
+) -> LWWMap:
+    """Serf said the node is alive (member-join, or alive at a takeover).
+
+    New node: Unallocated/Discovered (prev Incomplete/Unknown), host-group service-master,
+    monitoring ``{label, serial, addr}``. Known node: state := Discovered with the old state
+    as prev_state, status kept, monitoring refreshed. Returns an empty delta when nothing
+    would change (a repeated event must not churn the replicated record).
+    """
+    mon = {"label": label, "serial": serial, "addr": addr}
+    rec = state.node(name)
+    if rec is None:
+        inv = {
+            "status": UNALLOCATED,
+            "prev_status": INCOMPLETE,
+            "state": DISCOVERED,
+            "prev_state": UNKNOWN,
+            "epoch": epoch,
+        }
+        return combine(
+            state.d_set(inventory_key(name), inv, ts),
+            state.d_set(monitoring_key(name), mon, ts),
+            state.d_set(host_group_key(name), MASTER, ts),
+        )
+    out: list[LWWMap] = []
+    if dict(rec.monitoring) != mon:
+        out.append(state.d_set(monitoring_key(name), mon, ts))
+    old = _inv(rec)
+    if old["state"] != DISCOVERED:
+        new = {**old, "prev_state": old["state"], "state": DISCOVERED, "epoch": epoch}
+        out.append(state.d_set(inventory_key(name), new, ts))
+    return combine(*out)
+
+
+def d_disappeared(state: ClusterState, name: str, epoch: int, ts: Timestamp) -> LWWMap:
+    """Serf said the node failed: state := Disappeared, status kept. Unknown node: no-op."""
+    rec = state.node(name)
+    if rec is None:
+        return LWWMap()
+    old = _inv(rec)
+    if old["state"] == DISAPPEARED:
+        return LWWMap()
+    new = {**old, "prev_state": old["state"], "state": DISAPPEARED, "epoch": epoch}
+    return state.d_set(inventory_key(name), new, ts)
+
+
+def reappears_allocated(state: ClusterState, name: str) -> bool:
+    """True if a discovered event for ``name`` brings back an Allocated node that had
+    disappeared (clusterm issue #123: it was never reconfigured)."""
+    rec = state.node(name)
+    return rec is not None and state_of(rec) == DISAPPEARED and status_of(rec) == ALLOCATED
+
+
+# --------------------------------------------------------------------------- checks
+
+NO_NODES: Final = "atleast one node should be specified"
+NO_ADDRS: Final = "atleast one address should be specified"
+NO_MASTER_FOR_WORKER: Final = (
+    "Cannot commission a worker node without existence of a master node in the cluster, "
+    "make sure atleast one master node is commissioned."
+)
+ONLY_WORKERS_LEFT: Final = (
+    "decommissioning the specified node(s) will leave only worker nodes in the cluster, "
+    "make sure all worker nodes are decommissioned before last master node."
+)
+UPDATE_NO_MASTER: Final = (
+    "Updating these nodes as worker will result in no master node in the cluster, "
+    "make sure atleast one node is commissioned as master."
+)
+
+
+def node_missing(ident: str) -> str:
+    return f'node with name or address "{ident}" doesn\'t exists'
+
+
+def find_node(state: ClusterState, ident: str) -> NodeRecord | None:
+    """A node by name, else by management address (clusterm accepted either)."""
+    rec = state.node(ident)
+    if rec is not None:
+        return rec
+    for r in state.nodes():
+        if addr_of(r) == ident:
+            return r
+    return None
+
+
+def resolve_nodes(state: ClusterState, idents: Sequence[str]) -> list[str]:
+    """Names for the given names-or-addresses, deduplicated in order.
+
+    Raises CheckFailed ``atleast one node should be specified`` for none, and
+    ``node with name or address "<n>" doesn't exists`` for the first unknown one.
+    """
+    if not idents:
+        raise CheckFailed(NO_NODES)
+    names: list[str] = []
+    for ident in idents:
+        if not isinstance(ident, str) or not ident:
+            raise BadRequest(f"a node must be a non-empty string, got {ident!r}")
+        rec = find_node(state, ident)
+        if rec is None:
+            raise CheckFailed(node_missing(ident))
+        if rec.name not in names:
+            names.append(rec.name)
+    return names
+
+
+def _healthy_groups(state: ClusterState, exclude: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(masters, workers) among Discovered + Allocated nodes not in ``exclude``."""
+    skip = set(exclude)
+    masters: list[str] = []
+    workers: list[str] = []
+    for rec in state.nodes():
+        if rec.name in skip or state_of(rec) != DISCOVERED or status_of(rec) != ALLOCATED:
+            continue
+        (masters if host_group_of(rec) == MASTER else workers).append(rec.name)
+    return masters, workers
+
+
+def check_workflow(
+    state: ClusterState, kind: str, idents: Sequence[str], host_group: str = ""
+) -> list[str]:
+    """clusterm's checks for commission, decommission and update (contract §2).
+
+    Returns the resolved node names. Raises CheckFailed with clusterm's text for the first
+    failed check, in this order: at least one node, every node exists, every node
+    Discovered, the host-group, the master/worker rule. Status transitions are checked
+    later, by :func:`move_statuses` (Conflict).
+    """
+    if kind not in ("commission", "decommission", "update"):
+        raise BadRequest(f"unknown workflow {kind!r}")
+    names = resolve_nodes(state, idents)
+    bad = [n for n in names if (r := state.node(n)) is None or state_of(r) != DISCOVERED]
+    if bad:
+        raise CheckFailed(
+            "one or more nodes are not in discovered state, please check their network "
+            f"reachability. Non-discovered nodes: {go_list(bad)}"
+        )
+    masters, workers = _healthy_groups(state, names)
+    if kind == "commission":
+        if host_group not in HOST_GROUPS:
+            raise CheckFailed(f'invalid or empty host-group specified: "{host_group}"')
+        if host_group == WORKER and not masters:
+            raise CheckFailed(NO_MASTER_FOR_WORKER)
+    elif kind == "decommission":
+        # Leaving healthy workers behind with no healthy master is refused; removing the
+        # last master together with (or after) every worker is fine.
+        leaving = [n for n in names if host_group_of(_node(state, n)) == MASTER]
+        if leaving and not masters and workers:
+            raise CheckFailed(ONLY_WORKERS_LEFT)
+    else:  # update
+        if host_group and host_group not in HOST_GROUPS:
+            raise CheckFailed(f'invalid host-group specified: "{host_group}"')
+        if host_group == WORKER and not masters:
+            raise CheckFailed(UPDATE_NO_MASTER)
+    return names
+
+
+def _node(state: ClusterState, name: str) -> NodeRecord:
+    rec = state.node(name)
+    assert rec is not None  # resolved just before
+    return rec
+
+
+def check_discover(state: ClusterState, addrs: Sequence[str]) -> list[str]:
+    """Discover's checks: at least one address, none already a node's management address.
+
+    Returns the addresses deduplicated in order. Raises CheckFailed
+    ``one or more nodes already exist with the specified management addresses. Existing
+    nodes: [name:addr ...]``, BadRequest for a non-string address.
+    """
+    if not addrs:
+        raise CheckFailed(NO_ADDRS)
+    out: list[str] = []
+    for a in addrs:
+        if not isinstance(a, str) or not a:
+            raise BadRequest(f"an address must be a non-empty string, got {a!r}")
+        if a not in out:
+            out.append(a)
+    by_addr = {addr_of(r): r.name for r in state.nodes() if addr_of(r)}
+    existing = [f"{by_addr[a]}:{a}" for a in out if a in by_addr]
+    if existing:
+        raise CheckFailed(
+            "one or more nodes already exist with the specified management addresses. "
+            f"Existing nodes: {go_list(existing)}"
+        )
+    return out
+
+
+def check_host_group(host_group: str) -> str:
+    """For setting a node's host-group directly. Raises CheckFailed with commission's text."""
+    if host_group not in HOST_GROUPS:
+        raise CheckFailed(f'invalid or empty host-group specified: "{host_group}"')
+    return host_group
+
+
+def get_node(state: ClusterState, ident: str) -> NodeRecord:
+    """A node by name or address. Raises NotFound with clusterm's text."""
+    rec = find_node(state, ident)
+    if rec is None:
+        raise NotFound(node_missing(ident))
+    return rec
