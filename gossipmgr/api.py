@@ -1,0 +1,1108 @@
+"""The REST API: clusterm's routes (contract §3) on Quart-Trio, served by hypercorn.
+
+Shape (h11's habit: errors raised once, translated once, at the boundary):
+
+* Handlers parse and type-check the request body themselves (``_body_untrusted`` and the
+  ``_field_*`` helpers) and raise :class:`~gossipmgr.errors.RequestError` subclasses; ONE
+  ``errorhandler`` turns any ``RequestError`` into ``{"error": "<text>"}`` with its
+  ``status_hint`` (400/401/404/409/422/503). werkzeug's own HTTP errors (unknown path 404,
+  405, 413 body too large) get the same JSON body. clusterm answered every error with 500
+  and plain text; its Go client prints any non-200 body, so the same texts with honest
+  codes stay compatible with it.
+* Reads are served from the local replica. Writes of replicated settings (globals, node
+  extra-vars, the ansible config) commit locally through :meth:`Replica.commit`, which
+  returns once the delta is durable on this instance's disk; only then does the handler
+  answer.
+* Job-running requests (commission/decommission/update/discover, job cancel, monitor
+  events, host-group changes) must run on the lease holder. A non-holder FORWARDS them to
+  the holder's API with the same body and ``Authorization`` header, and relays its status
+  and body. A forwarded request carries ``X-Gossipmgr-Forwarded: <instance>``; a receiver
+  that is not the holder either (the lease moved in between) answers 503 instead of
+  forwarding again, so a request never loops.
+* Log streams (``GET /info/logs/{job}``) of a job that ran on another instance are proxied
+  from that instance's API.
+
+Security: with a token, every route but ``/health`` needs ``Authorization: Bearer <token>``
+(compared in constant time, ``hmac.compare_digest``). :func:`check_listen_policy` is the
+rule the agent applies before binding: no token on a non-loopback address needs
+``--insecure``.
+
+Who owns what: :func:`create_app` keeps no state of its own besides the app; the context
+(:class:`ApiContext`) owns the replica, the job manager and the peers view. :func:`serve`
+runs hypercorn in the caller's nursery and returns when ``shutdown_trigger`` returns or the
+caller cancels it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from .clock import Timestamp
+from .crdt import LWWMap
+from .errors import (
+    BadRequest,
+    ConfigError,
+    GossipmgrError,
+    NotFound,
+    RequestError,
+    StoreError,
+    Unauthorized,
+    Unavailable,
+)
+from .lease import Lease
+from .replica import Replica
+from .state import ANSIBLE_CONFIG_KEY, ClusterState, NodeRecord, global_key, node_var_key
+
+log = logging.getLogger("gossipmgr.api")
+
+#: Largest request body accepted (413 beyond). The biggest legitimate body is a discover
+#: or commission of a few thousand nodes with extra-vars: well under 1 MiB.
+MAX_BODY_BYTES = 1024 * 1024
+#: Header a forwarding instance adds; its value is the forwarder's name (loop guard).
+FORWARDED_HEADER = "X-Gossipmgr-Forwarded"
+#: Forwarding: connecting to the holder must be quick (it is on the LAN); a job POST
+#: returns once the job is launched (validation + one durable write), so 30 s is generous.
+FORWARD_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
+#: A proxied log stream may be silent for as long as a playbook task runs.
+STREAM_TIMEOUT = httpx.Timeout(None, connect=3.0)
+#: The sections of the ansible config a POST /config may carry (contract §5).
+ANSIBLE_CONFIG_FIELDS = frozenset(
+    {
+        "configure_playbook",
+        "cleanup_playbook",
+        "upgrade_playbook",
+        "playbook_location",
+        "extra_variables",
+        "user",
+        "priv_key_file",
+    }
+)
+JSON_MIMETYPE = "application/json"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+# --------------------------------------------------------------------------- the context
+
+
+class JobsLike(Protocol):
+    """What the API needs of ``gossipmgr.jobs.JobManager`` (structural, so tests and the
+    agent may pass the real one). Methods raise RequestError subclasses with the
+    contract's texts, and Unavailable when this instance is not the lease holder."""
+
+    def commission(self, nodes: list[str], host_group: str, extra_vars: dict[str, Any]) -> Any: ...
+    def decommission(self, nodes: list[str], extra_vars: dict[str, Any]) -> Any: ...
+    def update(self, nodes: list[str], host_group: str, extra_vars: dict[str, Any]) -> Any: ...
+    def discover(self, addrs: list[str], extra_vars: dict[str, Any]) -> Any: ...
+    def cancel(self) -> Any: ...
+    def set_monitor_event(self, name: str, nodes: list[dict[str, Any]]) -> Any: ...
+    def set_host_group(self, node: str, host_group: str) -> Any: ...
+    def job(self, label: str) -> Any: ...
+    def jobs(self) -> Any: ...
+    def follow(self, job_id: str) -> AsyncIterator[str]: ...
+
+
+class ApiContext(Protocol):
+    """Everything the API reads or calls; the agent (or :class:`StandaloneContext`) owns it.
+
+    Optional attribute read with ``getattr``: ``forward_verify`` (httpx ``verify=``: a CA
+    file path, an ``ssl.SSLContext`` or a bool) used when forwarding to / proxying from a
+    peer over https.
+    """
+
+    replica: Replica
+    jobs: Any  # a JobsLike (gossipmgr.jobs.JobManager)
+    token: str | None
+
+    def peers(self) -> list[dict[str, Any]]: ...
+    def serf_healthy(self) -> bool: ...
+    def health(self) -> dict[str, Any]: ...
+    def metrics_text(self) -> str: ...
+    def config(self) -> dict[str, Any]: ...
+    async def set_ansible_config(self, cfg: dict[str, Any]) -> None: ...
+    def holder_api_url(self) -> str | None: ...
+    def instance_api_url(self, name: str) -> str | None: ...
+
+
+def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
+    """Refuse to serve the API without a token on a non-loopback address.
+
+    Raises ConfigError unless ``host`` is a loopback address (or ``localhost``), a token is
+    set, or ``insecure`` is true. An empty host or ``0.0.0.0``/``::`` listen everywhere and
+    so count as non-loopback.
+    """
+    if token or insecure:
+        return
+    h = host.strip("[]")
+    if h == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(h).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"refusing to serve the API on {host or 'all addresses'} without a token: "
+        "set a token (--token-file) or pass --insecure"
+    )
+
+
+# --------------------------------------------------------------------------- node JSON
+
+
+def _fallback_node_json(rec: NodeRecord) -> dict[str, Any]:
+    inv, mon = rec.inventory, rec.monitoring
+    return {
+        "monitoring_state": {
+            "label": mon.get("label", ""),
+            "serial_number": mon.get("serial", ""),
+            "management_address": mon.get("addr", ""),
+        },
+        "inventory_state": {
+            "name": rec.name,
+            "status": inv.get("status", ""),
+            "prev_status": inv.get("prev_status", ""),
+            "state": inv.get("state", ""),
+            "prev_state": inv.get("prev_state", ""),
+        },
+        "configuration_state": {
+            "inventory_name": rec.name,
+            "host_group": rec.host_group,
+            "ssh_address": mon.get("addr", ""),
+            "inventory_vars": {
+                "node_name": rec.name,
+                "node_addr": mon.get("addr", ""),
+                **dict(rec.vars),
+            },
+        },
+    }
+
+
+def node_json(rec: NodeRecord) -> dict[str, Any]:
+    """The contract's node JSON (``gossipmgr.inventory.node_json`` when available)."""
+    import importlib
+
+    try:
+        inventory = importlib.import_module("gossipmgr.inventory")
+    except ImportError:  # pragma: no cover - only while inventory.py is being written
+        return _fallback_node_json(rec)
+    fn: Callable[[NodeRecord], dict[str, Any]] = inventory.node_json
+    return fn(rec)
+
+
+def lease_json(lease: Lease | None, now_ms: int) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {
+        "holder": lease.holder,
+        "epoch": lease.epoch,
+        "expires": datetime.fromtimestamp(lease.expires_ms / 1000, UTC).isoformat(),
+        "expires_ms": lease.expires_ms,
+        "valid": now_ms < lease.expires_ms,
+    }
+
+
+# --------------------------------------------------------------------------- body parsing
+
+
+async def _body_untrusted(*, required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object. Raises BadRequest (400), or werkzeug's 413/415.
+
+    ``required=False`` lets an empty body (no Content-Type needed) mean ``{}``.
+    """
+    data = await request.get_data(cache=True)
+    if not data and not required:
+        return {}
+    if request.mimetype != JSON_MIMETYPE:
+        raise _UnsupportedMediaType(
+            f"Content-Type must be {JSON_MIMETYPE}, got {request.mimetype or 'none'!r}"
+        )
+    if not data:
+        raise BadRequest("request body is empty: expected a JSON object")
+
+    def reject_constant(name: str) -> Any:
+        raise ValueError(f"invalid JSON constant {name}")
+
+    try:
+        obj = json.loads(data, parse_constant=reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequest(f"request body is not valid JSON: {exc}")
+    if not isinstance(obj, dict):
+        raise BadRequest(f"request body must be a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+class _UnsupportedMediaType(RequestError):
+    status_hint = 415
+
+
+def _json_type(v: Any) -> str:
+    return {
+        dict: "object",
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
+
+
+def _field_str_list(body: Mapping[str, Any], name: str) -> list[str]:
+    v = body.get(name)
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise BadRequest(f'"{name}" must be an array of strings')
+    return list(v)
+
+
+def _field_str(body: Mapping[str, Any], name: str) -> str:
+    v = body.get(name)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise BadRequest(f'"{name}" must be a string, got {_json_type(v)}')
+    return v
+
+
+def _field_extra_vars(body: Mapping[str, Any], name: str = "extra_vars") -> dict[str, Any]:
+    """clusterm's wire form (a string holding a JSON object) or a plain JSON object."""
+    from .ansible import parse_extra_vars
+
+    return parse_extra_vars(body.get(name))
+
+
+def _field_value(body: Mapping[str, Any]) -> Any:
+    if "value" not in body:
+        raise BadRequest('"value" is required')
+    return body["value"]
+
+
+def _check_key(kind: str, key: str) -> None:
+    if not key or len(key) > 256:
+        raise BadRequest(f"{kind} name must be 1-256 characters")
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+_ERR = {"$ref": "#/components/responses/Error"}
+
+
+def _op(summary: str, codes: tuple[int, ...], body: str | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {str(c): ({"description": "OK"} if c < 300 else _ERR) for c in codes},
+    }
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {JSON_MIMETYPE: {"schema": {"$ref": f"#/components/schemas/{body}"}}},
+        }
+    return op
+
+
+_JOB_CODES = (200, 400, 401, 404, 409, 413, 415, 422, 503)
+_WRITE_CODES = (200, 400, 401, 404, 413, 415, 503)
+
+#: The whole API as data; ``tests/test_api.py`` checks it matches the registered routes.
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "gossipmgr", "version": "1", "description": "See docs/api.md."},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {
+            "Error": {
+                "description": "refused; the body says why",
+                "content": {
+                    JSON_MIMETYPE: {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"error": {"type": "string"}},
+                            "required": ["error"],
+                        }
+                    }
+                },
+            }
+        },
+        "schemas": {
+            "ExtraVars": {
+                "description": "a string holding a JSON object (clusterm) or a JSON object",
+                "oneOf": [{"type": "string"}, {"type": "object"}],
+            },
+            "NodesRequest": {
+                "type": "object",
+                "properties": {
+                    "nodes": {"type": "array", "items": {"type": "string"}},
+                    "host_group": {"type": "string"},
+                    "extra_vars": {"$ref": "#/components/schemas/ExtraVars"},
+                },
+            },
+            "DiscoverRequest": {
+                "type": "object",
+                "properties": {
+                    "addrs": {"type": "array", "items": {"type": "string"}},
+                    "extra_vars": {"$ref": "#/components/schemas/ExtraVars"},
+                },
+            },
+            "ExtraVarsRequest": {
+                "type": "object",
+                "properties": {"extra_vars": {"$ref": "#/components/schemas/ExtraVars"}},
+            },
+            "ValueRequest": {
+                "type": "object",
+                "properties": {"value": {}},
+                "required": ["value"],
+            },
+            "HostGroupRequest": {
+                "type": "object",
+                "properties": {"host_group": {"type": "string"}},
+                "required": ["host_group"],
+            },
+            "MonitorEventRequest": {
+                "type": "object",
+                "properties": {
+                    "monitor_event": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "enum": ["discovered", "disappeared"]},
+                            "nodes": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "label": {"type": "string"},
+                                        "serial": {"type": "string"},
+                                        "addr": {"type": "string"},
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+            "ConfigRequest": {
+                "type": "object",
+                "properties": {"config": {"type": "object"}},
+                "required": ["config"],
+            },
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/commission/nodes": {
+            "post": _op(
+                "Commission nodes (runs a job on the lease holder)", _JOB_CODES, "NodesRequest"
+            )
+        },
+        "/decommission/nodes": {
+            "post": _op("Decommission nodes (job)", _JOB_CODES, "NodesRequest")
+        },
+        "/update/nodes": {"post": _op("Update nodes (job)", _JOB_CODES, "NodesRequest")},
+        "/discover/nodes": {
+            "post": _op("Discover nodes by address (job)", _JOB_CODES, "DiscoverRequest")
+        },
+        "/globals": {
+            "post": _op("Replace every global extra-var", _WRITE_CODES, "ExtraVarsRequest")
+        },
+        "/globals/{key}": {
+            "get": _op("One global extra-var", (200, 401, 404)),
+            "put": _op("Set one global extra-var", _WRITE_CODES, "ValueRequest"),
+            "delete": _op("Remove one global extra-var", (200, 401, 404, 503)),
+        },
+        "/monitor/event": {
+            "post": _op(
+                "Inject a discovered/disappeared event (holder)", _JOB_CODES, "MonitorEventRequest"
+            )
+        },
+        "/config": {
+            "get": _op("Current configuration", (200, 401)),
+            "post": _op("Change the ansible section", _WRITE_CODES, "ConfigRequest"),
+        },
+        "/info/node/{name}": {"get": _op("One node", (200, 401, 404))},
+        "/info/nodes": {"get": _op("Every node, by name", (200, 401))},
+        "/info/globals": {"get": _op("Global extra-vars", (200, 401))},
+        "/info/job/{job}": {"get": _op("A job: active, last or an id", (200, 400, 401, 404))},
+        "/info/jobs": {"get": _op("Job history", (200, 401))},
+        "/info/logs/{job}": {
+            "get": _op("A job's log, streamed live while it runs", (200, 400, 401, 404, 503))
+        },
+        "/info/peers": {"get": _op("gossipmgr instances and the lease", (200, 401))},
+        "/info/lease": {"get": _op("The lease", (200, 401))},
+        "/job/cancel": {"post": _op("Cancel the active job (holder)", _JOB_CODES)},
+        "/node/{name}/extra_vars": {
+            "post": _op("Replace a node's own extra-vars", _WRITE_CODES, "ExtraVarsRequest")
+        },
+        "/node/{name}/extra_vars/{key}": {
+            "put": _op("Set one of a node's extra-vars", _WRITE_CODES, "ValueRequest"),
+            "delete": _op("Remove one of a node's extra-vars", (200, 401, 404, 503)),
+        },
+        "/node/{name}/host_group": {
+            "post": _op("Set a node's host-group (holder)", _JOB_CODES, "HostGroupRequest")
+        },
+        "/health": {"get": {**_op("Liveness and health, no auth", (200,)), "security": []}},
+        "/metrics": {"get": _op("Prometheus metrics", (200, 401))},
+        "/openapi.json": {"get": _op("This document", (200, 401))},
+    },
+}
+
+
+# --------------------------------------------------------------------------- the app
+
+
+async def _maybe_await(v: Any) -> Any:
+    return await v if inspect.isawaitable(v) else v
+
+
+def _jsonable(v: Any) -> Any:
+    """Job manager answers may be dataclasses or objects with ``as_json``; JSON them."""
+    if hasattr(v, "as_json"):
+        return v.as_json()
+    if hasattr(v, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.asdict(v)
+    return v
+
+
+def create_app(ctx: ApiContext) -> QuartTrio:
+    """Build the Quart-Trio app over ``ctx``. Serve it with :func:`serve` (or test it with
+    ``app.test_client()``)."""
+    app = QuartTrio("gossipmgr")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # stack-notes trap 2: with the default 5 s, test_app() waits 5 s for a forever task.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    token_b = ctx.token.encode() if ctx.token else None
+    rep = ctx.replica
+
+    def now_ms() -> int:
+        return rep.now_ms()
+
+    # ------------------------------------------------------------ auth and errors
+    @app.before_request
+    async def _auth() -> None:
+        if token_b is None or request.path == "/health":
+            return
+        got = request.headers.get("Authorization", "")
+        scheme, _, cred = got.partition(" ")
+        # compare_digest on bytes of possibly different length is still constant-time in
+        # the secret's length (it does not leak where the first difference is).
+        if scheme.lower() != "bearer" or not hmac.compare_digest(cred.strip().encode(), token_b):
+            raise Unauthorized("missing or invalid bearer token")
+
+    def error(status: int, text: str) -> Response:
+        resp = Response(json.dumps({"error": text}), status=status, content_type=JSON_MIMETYPE)
+        if status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="gossipmgr"'
+        return resp
+
+    @app.errorhandler(RequestError)
+    async def _request_error(exc: RequestError) -> Response:
+        return error(exc.status_hint, str(exc))
+
+    @app.errorhandler(StoreError)
+    async def _store_error(exc: StoreError) -> Response:
+        # Not acknowledged: nothing was applied (Replica.commit), the client may retry.
+        log.error("%s: write refused by the store: %s", rep.name, exc)
+        return error(503, f"write not acknowledged: the data directory refused it: {exc}")
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        text = {
+            404: f"no such route: {request.method} {request.path}",
+            405: f"method {request.method} is not allowed on {request.path}",
+            413: f"request body is larger than {MAX_BODY_BYTES} bytes",
+        }.get(code, exc.description or exc.name)
+        return error(code, text)
+
+    @app.errorhandler(GossipmgrError)
+    async def _other_error(exc: GossipmgrError) -> Response:
+        log.error("%s: %s %s failed: %r", rep.name, request.method, request.path, exc)
+        return error(500, f"internal error: {exc}")
+
+    # ------------------------------------------------------------ forwarding helpers
+    def verify() -> Any:
+        return getattr(ctx, "forward_verify", True)
+
+    def fwd_headers() -> dict[str, str]:
+        h = {FORWARDED_HEADER: rep.name}
+        for name in ("Authorization", "Content-Type"):
+            v = request.headers.get(name)
+            if v:
+                h[name] = v
+        return h
+
+    async def forward() -> Response:
+        """Relay this request to the lease holder. Raises Unavailable (503)."""
+        if request.headers.get(FORWARDED_HEADER):
+            raise Unavailable(
+                f"{rep.name} is not the lease holder (the lease moved while the request "
+                f"was forwarded by {request.headers[FORWARDED_HEADER]}); retry"
+            )
+        url = ctx.holder_api_url()
+        if url is None:
+            raise Unavailable(
+                "no lease holder is known: jobs cannot run now (the lease is vacant or "
+                "being taken over); retry in a few seconds"
+            )
+        body = await request.get_data(cache=True)
+        target = url.rstrip("/") + request.path
+        try:
+            async with httpx.AsyncClient(verify=verify(), timeout=FORWARD_TIMEOUT) as c:
+                r = await c.request(request.method, target, content=body, headers=fwd_headers())
+        except httpx.HTTPError as exc:
+            raise Unavailable(
+                f"the lease holder at {url} cannot be reached: {exc or type(exc).__name__}"
+            )
+        return Response(
+            r.content,
+            status=r.status_code,
+            content_type=r.headers.get("content-type", JSON_MIMETYPE),
+        )
+
+    def must_hold(*, needs_serf: bool = True) -> bool:
+        """True: run here. False: forward. Raises Unavailable when Serf is down here."""
+        if not rep.is_holder():
+            return False
+        if needs_serf and not ctx.serf_healthy():
+            raise Unavailable(
+                f"the Serf agent of the lease holder ({rep.name}) is not reachable: node "
+                "membership is unknown, so jobs cannot run now"
+            )
+        return True
+
+    async def run_job(call: Callable[[], Any]) -> Response:
+        res = _jsonable(await _maybe_await(call()))
+        if isinstance(res, dict):
+            return _json(res)
+        if isinstance(res, str):
+            return _json({"job": res})
+        return _json({})
+
+    # ------------------------------------------------------------ workflows (holder)
+    @app.post("/commission/nodes")
+    async def commission() -> Response:
+        b = await _body_untrusted()
+        nodes, hg, ev = (
+            _field_str_list(b, "nodes"),
+            _field_str(b, "host_group"),
+            _field_extra_vars(b),
+        )
+        if not must_hold():
+            return await forward()
+        return await run_job(lambda: ctx.jobs.commission(nodes, hg, ev))
+
+    @app.post("/decommission/nodes")
+    async def decommission() -> Response:
+        b = await _body_untrusted()
+        nodes, ev = _field_str_list(b, "nodes"), _field_extra_vars(b)
+        if not must_hold():
+            return await forward()
+        return await run_job(lambda: ctx.jobs.decommission(nodes, ev))
+
+    @app.post("/update/nodes")
+    async def update() -> Response:
+        b = await _body_untrusted()
+        nodes, hg, ev = (
+            _field_str_list(b, "nodes"),
+            _field_str(b, "host_group"),
+            _field_extra_vars(b),
+        )
+        if not must_hold():
+            return await forward()
+        return await run_job(lambda: ctx.jobs.update(nodes, hg, ev))
+
+    @app.post("/discover/nodes")
+    async def discover() -> Response:
+        b = await _body_untrusted()
+        addrs, ev = _field_str_list(b, "addrs"), _field_extra_vars(b)
+        if not must_hold():
+            return await forward()
+        return await run_job(lambda: ctx.jobs.discover(addrs, ev))
+
+    @app.post("/job/cancel")
+    async def job_cancel() -> Response:
+        await _body_untrusted(required=False)
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return await run_job(lambda: ctx.jobs.cancel())
+
+    @app.post("/monitor/event")
+    async def monitor_event() -> Response:
+        b = await _body_untrusted()
+        ev = b.get("monitor_event")
+        if not isinstance(ev, dict):
+            raise BadRequest('"monitor_event" must be an object {"name", "nodes"}')
+        name = _field_str(ev, "name")
+        nodes = ev.get("nodes") or []
+        if not isinstance(nodes, list) or not all(
+            isinstance(n, dict) and all(isinstance(v, str) for v in n.values()) for n in nodes
+        ):
+            raise BadRequest(
+                '"monitor_event.nodes" must be an array of {"label", "serial", "addr"} strings'
+            )
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return await run_job(lambda: ctx.jobs.set_monitor_event(name, nodes))
+
+    @app.post("/node/<name>/host_group")
+    async def node_host_group(name: str) -> Response:
+        b = await _body_untrusted()
+        if "host_group" not in b:
+            raise BadRequest('"host_group" is required')
+        hg = _field_str(b, "host_group")
+        if not rep.state.has_node(name):
+            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
+        if not must_hold(needs_serf=False):
+            return await forward()
+        await _maybe_await(ctx.jobs.set_host_group(name, hg))
+        return _node_response(name)
+
+    # ------------------------------------------------------------ replicated settings
+    def _node_response(name: str) -> Response:
+        rec = rep.state.node(name)
+        if rec is None:
+            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
+        return _json(node_json(rec))
+
+    async def commit(make: Callable[[ClusterState, Timestamp], LWWMap]) -> None:
+        await rep.commit(make)
+
+    @app.post("/globals")
+    async def globals_replace() -> Response:
+        b = await _body_untrusted()
+        new = _field_extra_vars(b)
+        await commit(lambda s, ts: s.d_replace_globals(new, ts))
+        return _json({"extra_vars": rep.state.globals()})
+
+    @app.get("/globals/<key>")
+    async def global_get(key: str) -> Response:
+        g = rep.state.globals()
+        if key not in g:
+            raise NotFound(f'global extra-var "{key}" doesn\'t exist')
+        return _json({"key": key, "value": g[key]})
+
+    @app.put("/globals/<key>")
+    async def global_put(key: str) -> Response:
+        _check_key("extra-var", key)
+        v = _field_value(await _body_untrusted())
+        await commit(lambda s, ts: s.d_set(global_key(key), v, ts))
+        return _json({"key": key, "value": v})
+
+    @app.delete("/globals/<key>")
+    async def global_delete(key: str) -> Response:
+        if key not in rep.state.globals():
+            raise NotFound(f'global extra-var "{key}" doesn\'t exist')
+        await commit(lambda s, ts: s.d_remove(global_key(key), ts))
+        return _json({"key": key, "deleted": True})
+
+    @app.post("/node/<name>/extra_vars")
+    async def node_vars_replace(name: str) -> Response:
+        b = await _body_untrusted()
+        new = _field_extra_vars(b)
+        if not rep.state.has_node(name):
+            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
+        await commit(lambda s, ts: s.d_replace_node_vars(name, new, ts))
+        return _node_response(name)
+
+    @app.put("/node/<name>/extra_vars/<key>")
+    async def node_var_put(name: str, key: str) -> Response:
+        _check_key("extra-var", key)
+        v = _field_value(await _body_untrusted())
+        if not rep.state.has_node(name):
+            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
+        await commit(lambda s, ts: s.d_set(node_var_key(name, key), v, ts))
+        return _node_response(name)
+
+    @app.delete("/node/<name>/extra_vars/<key>")
+    async def node_var_delete(name: str, key: str) -> Response:
+        rec = rep.state.node(name)
+        if rec is None:
+            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
+        if key not in rec.vars:
+            raise NotFound(f'node "{name}" has no extra-var "{key}"')
+        await commit(lambda s, ts: s.d_remove(node_var_key(name, key), ts))
+        return _node_response(name)
+
+    @app.get("/config")
+    async def config_get() -> Response:
+        return _json(ctx.config())
+
+    @app.post("/config")
+    async def config_post() -> Response:
+        b = await _body_untrusted()
+        cfg = b.get("config")
+        if not isinstance(cfg, dict):
+            raise BadRequest('"config" must be an object')
+        current = ctx.config()
+        for section in cfg:
+            if section != "ansible" and cfg[section] != current.get(section):
+                raise BadRequest(
+                    f'"{section}" configuration can\'t be changed. '
+                    "Only changes to ansible configuration are allowed."
+                )
+        if "ansible" in cfg:
+            ans = cfg["ansible"]
+            if not isinstance(ans, dict):
+                raise BadRequest('"ansible" configuration must be an object')
+            unknown = sorted(set(ans) - ANSIBLE_CONFIG_FIELDS)
+            if unknown:
+                raise BadRequest(f"unknown ansible configuration key(s): {', '.join(unknown)}")
+            for k, v in ans.items():
+                if k != "extra_variables" and not isinstance(v, str):
+                    raise BadRequest(f'ansible configuration "{k}" must be a string')
+            if "extra_variables" in ans:
+                _field_extra_vars(ans, "extra_variables")  # validate only
+            await ctx.set_ansible_config(dict(ans))
+        return _json(ctx.config())
+
+    # ------------------------------------------------------------ reads
+    @app.get("/info/node/<name>")
+    async def info_node(name: str) -> Response:
+        return _node_response(name)
+
+    @app.get("/info/nodes")
+    async def info_nodes() -> Response:
+        return _json({rec.name: node_json(rec) for rec in rep.state.nodes()})
+
+    @app.get("/info/globals")
+    async def info_globals() -> Response:
+        return _json({"extra_vars": rep.state.globals()})
+
+    @app.get("/info/job/<job>")
+    async def info_job(job: str) -> Response:
+        return _json(_jsonable(await _maybe_await(ctx.jobs.job(job))))
+
+    @app.get("/info/jobs")
+    async def info_jobs() -> Response:
+        res = _jsonable(await _maybe_await(ctx.jobs.jobs()))
+        if isinstance(res, dict):
+            res = list(res.values())
+        return _json({"jobs": [_jsonable(j) for j in res]})
+
+    @app.get("/info/logs/<job>")
+    async def info_logs(job: str) -> Any:
+        info = _jsonable(await _maybe_await(ctx.jobs.job(job)))
+        job_id = str(info.get("id") or job) if isinstance(info, dict) else job
+        runner = _job_runner(info)
+        headers = {
+            "Content-Type": LOG_CONTENT_TYPE,
+            "X-Job-Id": job_id,
+            "Cache-Control": "no-cache",
+        }
+        if runner and runner != rep.name:
+            url = ctx.instance_api_url(runner)
+            if url is None:
+                raise Unavailable(f'job "{job_id}" runs on {runner}, whose API is not known')
+            return await _proxy_stream(url.rstrip("/") + f"/info/logs/{job_id}", headers)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for line in ctx.jobs.follow(job_id):
+                yield (line.rstrip("\n") + "\n").encode()
+
+        return lines(), 200, headers
+
+    async def _proxy_stream(target: str, headers: dict[str, str]) -> Any:
+        client = httpx.AsyncClient(verify=verify(), timeout=STREAM_TIMEOUT)
+        try:
+            req = client.build_request("GET", target, headers=fwd_headers())
+            r = await client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            await client.aclose()
+            raise Unavailable(f"the job's instance at {target} cannot be reached: {exc}")
+        if r.status_code != 200:
+            body = await r.aread()
+            await r.aclose()
+            await client.aclose()
+            return Response(
+                body,
+                status=r.status_code,
+                content_type=r.headers.get("content-type", JSON_MIMETYPE),
+            )
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in r.aiter_raw():
+                    yield chunk
+            except httpx.HTTPError as exc:
+                yield f"\n[gossipmgr: log stream from {target} broke: {exc}]\n".encode()
+            finally:
+                await r.aclose()
+                await client.aclose()
+
+        return relay(), 200, headers
+
+    @app.get("/info/peers")
+    async def info_peers() -> Response:
+        return _json(
+            {
+                "self": rep.name,
+                "peers": ctx.peers(),
+                "lease": lease_json(rep.lease(), now_ms()),
+            }
+        )
+
+    @app.get("/info/lease")
+    async def info_lease() -> Response:
+        lj = lease_json(rep.lease(), now_ms())
+        return _json({"lease": lj, "self": rep.name, "is_holder": rep.is_holder()})
+
+    @app.get("/health")
+    async def health() -> Response:
+        body: dict[str, Any] = {
+            "status": "serving",
+            "name": rep.name,
+            "serf": {"healthy": ctx.serf_healthy()},
+            "lease": lease_json(rep.lease(), now_ms()),
+            "is_holder": rep.is_holder(),
+            "durability": {
+                "data_dir": str(rep.data_dir) if rep.data_dir is not None else None,
+                "writes": rep.counters.get("writes", 0),
+                "write_errors": rep.counters.get("write_errors", 0),
+            },
+        }
+        body.update(ctx.health())
+        return _json(body)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(ctx.metrics_text(), status=200, content_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return _json(OPENAPI)
+
+    return app
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj), status=status, content_type=JSON_MIMETYPE)
+
+
+def _job_runner(info: Any) -> str | None:
+    """Which instance runs/ran a job (jobs.py names it ``runner``; ``holder`` tolerated)."""
+    if not isinstance(info, dict):
+        return None
+    for k in ("runner", "instance", "holder"):
+        v = info.get(k)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def rule_paths(app: QuartTrio) -> set[tuple[str, str]]:
+    """Every (OpenAPI path, method) the app serves (HEAD/OPTIONS and static left out)."""
+    out: set[tuple[str, str]] = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = rule.rule.replace("<", "{").replace(">", "}")
+        for m in rule.methods or ():
+            if m not in ("HEAD", "OPTIONS"):
+                out.add((path, m.lower()))
+    return out
+
+
+def spec_paths() -> set[tuple[str, str]]:
+    return {(p, m) for p, ops in OPENAPI["paths"].items() for m in ops}
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class _ShieldedSend:
+    """ASGI wrapper shielding ``send`` (stack-notes trap 1).
+
+    Without it, hypercorn's trio worker loses the idle timer of a keep-alive connection after
+    its first request (the cancel of a send half-way leaves the connection in a state where
+    no timeout applies), and shutdown then waits ``graceful_timeout`` for idle clients.
+    Shielding costs a few percent of requests/s; it makes shutdown take ~0.1 s.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def shielded_send(message: Any) -> None:
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        await self.app(scope, receive, shielded_send)
+
+
+async def serve(
+    app: QuartTrio,
+    host: str,
+    port: int,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    graceful_timeout: float = 2.0,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with hypercorn until ``shutdown_trigger`` returns (or cancellation).
+
+    Calls ``task_status.started(url)`` with the bound base URL (``http://127.0.0.1:PORT``,
+    ``https://...`` with TLS), so ``port=0`` works. TLS is on when both ``certfile`` and
+    ``keyfile`` are given; one without the other raises ConfigError. The caller owns the
+    nursery and so the server's lifetime.
+    """
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hyper_serve
+
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("TLS needs both a certificate file and a key file")
+    cfg = Config()
+    h = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    cfg.bind = [f"{h}:{port}"]
+    cfg.certfile = certfile
+    cfg.keyfile = keyfile
+    cfg.graceful_timeout = graceful_timeout
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("gossipmgr.api.hypercorn")
+    cfg.keep_alive_timeout = 5.0
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await hyper_serve(
+            _ShieldedSend(app),
+            cfg,
+            shutdown_trigger=shutdown_trigger,
+            task_status=task_status,
+            mode="asgi",
+        )
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(run)
+        task_status.started(binds[0])
+
+
+# --------------------------------------------------------------------------- standalone
+
+
+#: A standalone instance's lease: it is alone, so nobody competes for it; a day keeps it
+#: valid through any test or demo, and a later real cluster sees a holder that is not a
+#: candidate, i.e. a vacant lease, and claims epoch + 1 at once (lease.vacant).
+STANDALONE_LEASE_MS = 24 * 3600 * 1000
+
+
+class StandaloneContext:
+    """An :class:`ApiContext` over one Replica and one job manager, alone in its cluster.
+
+    It holds the lease (call :meth:`claim_lease` once the replica is open), says Serf is
+    healthy (``serf_ok``, settable to test 503s), and has no peers but itself. Used by the
+    tests and the demo; the agent has its own context. It owns nothing: the caller opens
+    and closes the replica and the job manager.
+
+    ``forward_to``: pretend the lease holder's API is at this URL (tests of forwarding run
+    two standalone contexts, one of which does not claim the lease).
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        jobs: Any = None,
+        *,
+        token: str | None = None,
+        api_url: str | None = None,
+        forward_to: str | None = None,
+        ansible: Mapping[str, Any] | None = None,
+        serf_ok: bool = True,
+        forward_verify: Any = True,
+    ) -> None:
+        self.replica = replica
+        self.jobs = jobs
+        self.token = token
+        self.api_url = api_url
+        self.forward_to = forward_to
+        self.serf_ok = serf_ok
+        self.forward_verify = forward_verify
+        self.started = time.time()
+        self._ansible = dict(ansible or {})
+        self.peer_urls: dict[str, str] = {}
+
+    async def claim_lease(self, ttl_ms: int = STANDALONE_LEASE_MS) -> Lease:
+        """Take the lease (epoch + 1) as the only candidate. Returns it once durable."""
+        rep = self.replica
+        old = rep.lease()
+        new = Lease(rep.name, (old.epoch + 1) if old else 1, rep.now_ms() + ttl_ms)
+        from .state import LEASE_KEY
+
+        await rep.commit(lambda s, ts: s.d_set(LEASE_KEY, new.as_value(), ts))
+        return new
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": self.replica.name,
+                "api_url": self.api_url,
+                "gossip_addr": None,
+                "status": "alive",
+                "lag": 0,
+                "last_heard": time.time(),
+            }
+        ]
+
+    def serf_healthy(self) -> bool:
+        return self.serf_ok
+
+    def health(self) -> dict[str, Any]:
+        return {"uptime_s": round(time.time() - self.started, 3), "standalone": True}
+
+    def metrics_text(self) -> str:
+        rep = self.replica
+        lines = [
+            "# HELP gossipmgr_replica_entries Entries in the replicated map (tombstones too).",
+            "# TYPE gossipmgr_replica_entries gauge",
+            f"gossipmgr_replica_entries {len(rep.state)}",
+            "# HELP gossipmgr_nodes Nodes in the inventory.",
+            "# TYPE gossipmgr_nodes gauge",
+            f"gossipmgr_nodes {len(rep.state.node_names())}",
+        ]
+        for k, v in sorted(rep.counters.items()):
+            lines += [
+                f"# TYPE gossipmgr_replica_{k}_total counter",
+                f"gossipmgr_replica_{k}_total {v}",
+            ]
+        lines += [
+            "# TYPE gossipmgr_is_lease_holder gauge",
+            f"gossipmgr_is_lease_holder {int(rep.is_holder())}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def config(self) -> dict[str, Any]:
+        ans = self.replica.state.ansible_config()
+        return {
+            "serf": {"Addr": "", "AuthKey": "", "Timeout": 0},
+            "ansible": ans if ans is not None else dict(self._ansible),
+            "manager": {"addr": self.api_url or ""},
+        }
+
+    async def set_ansible_config(self, cfg: dict[str, Any]) -> None:
+        merged = {**self.config()["ansible"], **cfg}
+        await self.replica.commit(lambda s, ts: s.d_set(ANSIBLE_CONFIG_KEY, merged, ts))
+
+    def holder_api_url(self) -> str | None:
+        return None if self.replica.is_holder() else self.forward_to
+
+    def instance_api_url(self, name: str) -> str | None:
+        if name == self.replica.name:
+            return self.api_url
+        return self.peer_urls.get(name)
