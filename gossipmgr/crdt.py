@@ -13,7 +13,7 @@ since timestamps carry the node id) are broken by the encoded content, so the jo
 deterministic, commutative, associative and idempotent in every case.
 
 Digests: keys hash into ``LEAVES`` buckets; each bucket keeps the XOR of the 64-bit hashes of
-its ``(key, timestamp, deleted)`` triples, updated in O(1) per change. Two replicas hold the
+its ``(key, timestamp, deleted, value)`` entries, updated in O(1) per change. Two replicas hold the
 same entries in a bucket iff (up to hash collisions) the bucket digests match; buckets are
 grouped ``FANOUT`` to a super-bucket, so anti-entropy compares 64 super digests first and
 descends only into those that differ (a two-level Merkle tree).
@@ -91,8 +91,10 @@ def leaf_of(key: Key) -> int:
 
 
 def entry_hash(key: Key, e: Entry) -> int:
+    # The value is hashed too: (key, ts) identifies a write only while clocks are correct,
+    # and digests must never call two different replicas equal.
     h = hashlib.blake2b(
-        _packed([list(key), e.ts.ms, e.ts.logical, e.ts.node, e.deleted]), digest_size=8
+        _packed([list(key), e.ts.ms, e.ts.logical, e.ts.node, e.deleted, e.value]), digest_size=8
     )
     return int.from_bytes(h.digest(), "big")
 

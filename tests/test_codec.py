@@ -1,0 +1,130 @@
+"""Wire encoding: round trips, and decode_untrusted raising only BadPacket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gossipmgr.clock import Timestamp
+from gossipmgr.codec import MAX_VALUE_DEPTH, decode_map_untrusted, encode_map
+from gossipmgr.crdt import Entry, LWWMap
+from gossipmgr.errors import BadPacket
+from gossipmgr.state import global_key, inventory_key, job_key, node_var_key
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+    max_leaves=10,
+)
+keys = st.one_of(
+    st.builds(global_key, st.text(min_size=1, max_size=10)),
+    st.builds(node_var_key, st.text(min_size=1, max_size=10), st.text(max_size=10)),
+    st.builds(inventory_key, st.text(min_size=1, max_size=10)),
+    st.builds(job_key, st.text(min_size=1, max_size=10)),
+)
+stamps = st.builds(
+    Timestamp, st.integers(0, 2**62), st.integers(0, 2**40), st.text(min_size=1, max_size=12)
+)
+
+
+@st.composite
+def maps(draw: st.DrawFn) -> LWWMap:
+    items = []
+    for _ in range(draw(st.integers(0, 10))):
+        k, ts = draw(keys), draw(stamps)
+        items.append((k, Entry(ts, None, True) if draw(st.booleans()) else Entry(ts, draw(json_values))))
+    m = LWWMap(items)
+    m.gc(draw(st.integers(0, 2**40)))  # a real replica never holds tombstones below its horizon
+    return m
+
+
+@settings(max_examples=400)
+@given(maps())
+def test_round_trip(m: LWWMap) -> None:
+    out = decode_map_untrusted(encode_map(m))
+    assert out == m and out.gc_horizon == m.gc_horizon
+
+
+@settings(max_examples=1000)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_badpacket(data: bytes) -> None:
+    try:
+        decode_map_untrusted(data)
+    except BadPacket:
+        pass
+
+
+structured = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.binary(max_size=5)
+    | st.floats(),
+    lambda kids: st.lists(kids, max_size=6) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000)
+@given(structured)
+def test_arbitrary_msgpack_structures_raise_only_badpacket(obj: object) -> None:
+    for wrapped in (obj, [1, 0, obj], [1, 0, [obj]], [1, 0, [[["g", "x"], 1, 0, "a", False, obj]]]):
+        try:
+            decode_map_untrusted(msgpack.packb(wrapped, use_bin_type=True))
+        except BadPacket:
+            pass
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ([2, 0, []], "version"),
+        ([1, -1, []], "shape"),
+        ([1, 0, [[["zz", "x"], 1, 0, "a", False, 1]]], "key"),
+        ([1, 0, [[["g", "x"], -1, 0, "a", False, 1]]], "timestamp"),
+        ([1, 0, [[["g", "x"], 1, 0, "", False, 1]]], "timestamp"),
+        ([1, 0, [[["g", "x"], 1, 0, "a", True, 1]]], "entry"),
+        ([1, 0, [[["g", "x"], 1, 0, "a", False, b"bin"]]], "value"),
+        ([1, 0, [[["g", "x"], 1, 0, "a", 0, 1]]], "entry"),
+    ],
+)
+def test_malformed_inputs_name_their_reason(body: list[object], reason: str) -> None:
+    with pytest.raises(BadPacket) as exc:
+        decode_map_untrusted(msgpack.packb(body, use_bin_type=True))
+    assert exc.value.reason == reason
+
+
+def test_deep_nesting_refused() -> None:
+    v: object = 1
+    for _ in range(MAX_VALUE_DEPTH + 2):
+        v = [v]
+    body = [1, 0, [[["g", "x"], 1, 0, "a", False, v]]]
+    with pytest.raises(BadPacket):
+        decode_map_untrusted(msgpack.packb(body, use_bin_type=True))
+
+
+def test_pure_modules_import_neither_trio_nor_socket() -> None:
+    pure = [
+        "gossipmgr.clock",
+        "gossipmgr.crdt",
+        "gossipmgr.state",
+        "gossipmgr.codec",
+        "gossipmgr.lease",
+        "gossipmgr.gossip.protocol",
+        "gossipmgr.gossip.crypto",
+        "gossipmgr.inventory",
+    ]
+    code = (
+        "import sys, importlib\n"
+        f"for m in {pure!r}:\n"
+        "    try: importlib.import_module(m)\n"
+        "    except ModuleNotFoundError as e:\n"
+        "        if e.name != m: raise\n"
+        "bad = [m for m in ('trio', 'socket') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
