@@ -61,7 +61,8 @@ def test_arbitrary_bytes_raise_only_badpacket(data: bytes) -> None:
 
 
 structured = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.binary(max_size=5)
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=5)
+    | st.binary(max_size=5)
     | st.floats(),
     lambda kids: st.lists(kids, max_size=6) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
     max_leaves=20,
