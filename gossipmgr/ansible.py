@@ -229,7 +229,9 @@ def build_extra_vars(
 
 
 @dataclass(frozen=True)
-class _Step:
+class WorkflowStep:
+    """One playbook of a workflow and the playbooks to run if it fails or times out."""
+
     playbook: str
     on_failure: tuple[str, ...]  # run after this step fails or times out
 
@@ -239,7 +241,7 @@ class WorkflowPlan:
     """What a workflow runs: ``steps`` in order, each with its failure path, and what a
     cancel runs after the current step was stopped (``on_cancel``)."""
 
-    steps: tuple[_Step, ...]
+    steps: tuple[WorkflowStep, ...]
     on_cancel: tuple[str, ...]
 
 
@@ -253,13 +255,14 @@ def workflow_plan(kind: str, settings: AnsibleSettings) -> WorkflowPlan:
     """
     configure, cleanup = settings.configure_playbook, settings.cleanup_playbook
     if kind == "commission":
-        return WorkflowPlan((_Step(configure, (cleanup,)),), (cleanup,))
+        return WorkflowPlan((WorkflowStep(configure, (cleanup,)),), (cleanup,))
     if kind == "decommission":
-        return WorkflowPlan((_Step(cleanup, ()),), ())
+        return WorkflowPlan((WorkflowStep(cleanup, ()),), ())
     if kind == "update":
-        return WorkflowPlan((_Step(cleanup, ()), _Step(configure, (cleanup,))), (cleanup,))
+        steps = (WorkflowStep(cleanup, ()), WorkflowStep(configure, (cleanup,)))
+        return WorkflowPlan(steps, (cleanup,))
     if kind == "discover":
-        return WorkflowPlan((_Step(configure, ()),), ())
+        return WorkflowPlan((WorkflowStep(configure, ()),), ())
     raise JobError(f"unknown workflow {kind!r}; expected one of {', '.join(WORKFLOWS)}")
 
 
@@ -506,7 +509,8 @@ async def run_playbook(
     process tree has exited when this returns.
     """
     hosts = list(hosts)
-    path = settings.playbook_dir / playbook
+    playbook_dir = settings.playbook_dir.resolve()
+    path = playbook_dir / playbook
     if cancel.is_set():
         return PlaybookResult(playbook, RC_NOT_RUN, "canceled", "cancelled before it started")
     if not path.is_file():
@@ -542,7 +546,7 @@ async def run_playbook(
     run = functools.partial(
         ansible_runner.run,
         private_data_dir=str(private_dir),
-        project_dir=str(settings.playbook_dir),  # cwd: an ansible.cfg there is honoured
+        project_dir=str(playbook_dir),  # cwd: an ansible.cfg there is honoured
         playbook=playbook,
         inventory=inventory,
         envvars=_envvars(private_dir),
@@ -588,7 +592,10 @@ async def run_playbook(
 
 
 def _describe(step: PlaybookResult) -> str:
-    return f'playbook "{step.playbook}" {step.status} (rc {step.rc}): {step.error}'
+    text = f'playbook "{step.playbook}" failed (rc {step.rc})'
+    if step.status == "failed" and step.rc != RC_NOT_RUN:
+        return text  # step.error would only repeat the rc
+    return f"{text}: {step.error}"
 
 
 async def run_workflow(

@@ -298,6 +298,21 @@ async def test_workflow_without_hosts_is_refused(tmp_path: Path) -> None:
         await workflow("commission", [], make_settings(tmp_path), tmp_path)
 
 
+async def test_cancel_before_start_runs_nothing(tmp_path: Path) -> None:
+    cancel = trio.Event()
+    cancel.set()
+    result = await workflow(
+        "commission", TWO_HOSTS, make_settings(tmp_path), tmp_path, cancel=cancel
+    )
+    assert (result.ok, result.cancelled, result.error, result.steps) == (
+        False,
+        True,
+        CANCELLED_ERROR,
+        [],
+    )
+    assert not (tmp_path / "work").exists()
+
+
 def test_kill_process_tree_reaches_setsid_descendants(proc_marker: str) -> None:
     # The case ansible-runner's killpg misses: a grandchild in its own session.
     code = (
@@ -597,7 +612,7 @@ async def test_shipped_playbooks_work_locally(tmp_path: Path) -> None:
         return result.status
 
     assert await run(settings.configure_playbook) == "successful"
-    assert (tmp_path / "a" / "configured").read_text().startswith("node_name=node-a\n")
+    assert "\nnode_name=node-a\n" in (tmp_path / "a" / "configured").read_text()
     assert "groups=service-worker" in (tmp_path / "b" / "configured").read_text()
     assert await run(settings.upgrade_playbook) == "successful"
     assert (tmp_path / "b" / "upgraded").read_text() == "upgraded node_name=node-b\n"
