@@ -63,9 +63,10 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .inventory import get_node, node_json
 from .lease import Lease
 from .replica import Replica
-from .state import ANSIBLE_CONFIG_KEY, ClusterState, NodeRecord, global_key, node_var_key
+from .state import ANSIBLE_CONFIG_KEY, ClusterState, global_key
 
 log = logging.getLogger("gossipmgr.api")
 
@@ -111,6 +112,9 @@ class JobsLike(Protocol):
     def cancel(self) -> Any: ...
     def set_monitor_event(self, name: str, nodes: list[dict[str, Any]]) -> Any: ...
     def set_host_group(self, node: str, host_group: str) -> Any: ...
+    def set_node_vars(self, node: str, variables: Mapping[str, Any]) -> Any: ...
+    def set_node_var(self, node: str, var: str, value: Any) -> Any: ...
+    def remove_node_var(self, node: str, var: str) -> Any: ...
     def job(self, label: str) -> Any: ...
     def jobs(self) -> Any: ...
     def follow(self, job_id: str) -> AsyncIterator[str]: ...
@@ -162,46 +166,6 @@ def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
 
 
 # --------------------------------------------------------------------------- node JSON
-
-
-def _fallback_node_json(rec: NodeRecord) -> dict[str, Any]:
-    inv, mon = rec.inventory, rec.monitoring
-    return {
-        "monitoring_state": {
-            "label": mon.get("label", ""),
-            "serial_number": mon.get("serial", ""),
-            "management_address": mon.get("addr", ""),
-        },
-        "inventory_state": {
-            "name": rec.name,
-            "status": inv.get("status", ""),
-            "prev_status": inv.get("prev_status", ""),
-            "state": inv.get("state", ""),
-            "prev_state": inv.get("prev_state", ""),
-        },
-        "configuration_state": {
-            "inventory_name": rec.name,
-            "host_group": rec.host_group,
-            "ssh_address": mon.get("addr", ""),
-            "inventory_vars": {
-                "node_name": rec.name,
-                "node_addr": mon.get("addr", ""),
-                **dict(rec.vars),
-            },
-        },
-    }
-
-
-def node_json(rec: NodeRecord) -> dict[str, Any]:
-    """The contract's node JSON (``gossipmgr.inventory.node_json`` when available)."""
-    import importlib
-
-    try:
-        inventory = importlib.import_module("gossipmgr.inventory")
-    except ImportError:  # pragma: no cover - only while inventory.py is being written
-        return _fallback_node_json(rec)
-    fn: Callable[[NodeRecord], dict[str, Any]] = inventory.node_json
-    return fn(rec)
 
 
 def lease_json(lease: Lease | None, now_ms: int) -> dict[str, Any] | None:
@@ -664,23 +628,19 @@ def create_app(ctx: ApiContext) -> QuartTrio:
 
     @app.post("/node/<name>/host_group")
     async def node_host_group(name: str) -> Response:
+        # A host-group is a plain LWW entry (jobs.JobManager.set_host_group): any instance
+        # may write it, no lease needed, so it is not forwarded.
         b = await _body_untrusted()
         if "host_group" not in b:
             raise BadRequest('"host_group" is required')
         hg = _field_str(b, "host_group")
-        if not rep.state.has_node(name):
-            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
-        if not must_hold(needs_serf=False):
-            return await forward()
-        await _maybe_await(ctx.jobs.set_host_group(name, hg))
-        return _node_response(name)
+        rec = get_node(rep.state, name)
+        await _maybe_await(ctx.jobs.set_host_group(rec.name, hg))
+        return _node_response(rec.name)
 
     # ------------------------------------------------------------ replicated settings
-    def _node_response(name: str) -> Response:
-        rec = rep.state.node(name)
-        if rec is None:
-            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
-        return _json(node_json(rec))
+    def _node_response(ident: str) -> Response:
+        return _json(node_json(get_node(rep.state, ident)))
 
     async def commit(make: Callable[[ClusterState, Timestamp], LWWMap]) -> None:
         await rep.commit(make)
@@ -717,28 +677,25 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def node_vars_replace(name: str) -> Response:
         b = await _body_untrusted()
         new = _field_extra_vars(b)
-        if not rep.state.has_node(name):
-            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
-        await commit(lambda s, ts: s.d_replace_node_vars(name, new, ts))
+        name = get_node(rep.state, name).name
+        await _maybe_await(ctx.jobs.set_node_vars(name, new))
         return _node_response(name)
 
     @app.put("/node/<name>/extra_vars/<key>")
     async def node_var_put(name: str, key: str) -> Response:
         _check_key("extra-var", key)
         v = _field_value(await _body_untrusted())
-        if not rep.state.has_node(name):
-            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
-        await commit(lambda s, ts: s.d_set(node_var_key(name, key), v, ts))
+        name = get_node(rep.state, name).name
+        await _maybe_await(ctx.jobs.set_node_var(name, key, v))
         return _node_response(name)
 
     @app.delete("/node/<name>/extra_vars/<key>")
     async def node_var_delete(name: str, key: str) -> Response:
-        rec = rep.state.node(name)
-        if rec is None:
-            raise NotFound(f'node with name or address "{name}" doesn\'t exists')
+        rec = get_node(rep.state, name)
+        name = rec.name
         if key not in rec.vars:
             raise NotFound(f'node "{name}" has no extra-var "{key}"')
-        await commit(lambda s, ts: s.d_remove(node_var_key(name, key), ts))
+        await _maybe_await(ctx.jobs.remove_node_var(name, key))
         return _node_response(name)
 
     @app.get("/config")
@@ -799,6 +756,9 @@ def create_app(ctx: ApiContext) -> QuartTrio:
 
     @app.get("/info/logs/<job>")
     async def info_logs(job: str) -> Any:
+        # follow() validates eagerly: 400 bad label, 404 unknown id, 409 "job is not
+        # Running" for "active" when none is (clusterm's answer).
+        local = ctx.jobs.follow(job)
         info = _jsonable(await _maybe_await(ctx.jobs.job(job)))
         job_id = str(info.get("id") or job) if isinstance(info, dict) else job
         runner = _job_runner(info)
@@ -807,14 +767,23 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             "X-Job-Id": job_id,
             "Cache-Control": "no-cache",
         }
-        if runner and runner != rep.name:
+        note = ""
+        if runner and runner != rep.name and not request.headers.get(FORWARDED_HEADER):
+            # The full log is a file on the runner; here we only have the replicated tail
+            # (the last lines of each update). Proxy the runner's stream when we can.
             url = ctx.instance_api_url(runner)
-            if url is None:
-                raise Unavailable(f'job "{job_id}" runs on {runner}, whose API is not known')
-            return await _proxy_stream(url.rstrip("/") + f"/info/logs/{job_id}", headers)
+            if url is not None:
+                try:
+                    return await _proxy_stream(url.rstrip("/") + f"/info/logs/{job_id}", headers)
+                except Unavailable as exc:
+                    note = f"[gossipmgr: {exc}; showing the replicated log tail]"
+            else:
+                note = f"[gossipmgr: the API of {runner} is unknown; showing the replicated tail]"
 
         async def lines() -> AsyncIterator[bytes]:
-            async for line in ctx.jobs.follow(job_id):
+            if note:
+                yield (note + "\n").encode()
+            async for line in local:
                 yield (line.rstrip("\n") + "\n").encode()
 
         return lines(), 200, headers
