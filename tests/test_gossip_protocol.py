@@ -1,0 +1,193 @@
+"""Anti-entropy protocol over the seeded in-memory network (pure: no trio, no sockets)."""
+
+from __future__ import annotations
+
+import random
+
+import msgpack
+import pytest
+
+from gossipmgr.clock import HLC
+from gossipmgr.gossip.crypto import MAX_PLAINTEXT
+from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
+from gossipmgr.gossip.sim import Sim, addr
+from gossipmgr.state import ClusterState, global_key, inventory_key, node_var_key
+
+
+def _random_write(sim: Sim, rnd: random.Random) -> None:
+    name = rnd.choice(sim.names)
+    kind = rnd.random()
+    if kind < 0.5:
+        k = global_key(f"g{rnd.randint(0, 5)}")
+        sim.write(name, lambda st, ts: st.d_set(k, rnd.randint(0, 99), ts))
+    elif kind < 0.7:
+        k = global_key(f"g{rnd.randint(0, 5)}")
+        sim.write(name, lambda st, ts: st.d_remove(k, ts))
+    else:
+        node = f"n{rnd.randint(0, 3)}"
+        sim.write(
+            name,
+            lambda st, ts: st.d_set(node_var_key(node, "v"), {"x": [rnd.random()]}, ts),
+        )
+
+
+def run_schedule(seed: int) -> None:
+    rnd = random.Random(seed)
+    sim = Sim(5, seed=seed, drop=0.2, dup=0.1, delay=(0.1, 8.0), max_skew_ms=200)
+    for _ in range(rnd.randint(3, 12)):
+        _random_write(sim, rnd)
+        sim.step(sim.now + rnd.uniform(0, 60))
+    if rnd.random() < 0.5:
+        members = list(sim.names)
+        rnd.shuffle(members)
+        cut = rnd.randint(1, 4)
+        groups = [{addr(n) for n in members[:cut]}, {addr(n) for n in members[cut:]}]
+        sim.net.partition(groups)
+        for _ in range(rnd.randint(1, 8)):
+            _random_write(sim, rnd)
+            sim.step(sim.now + rnd.uniform(0, 300))
+        sim.net.heal()
+    took = sim.run_until_converged(60_000)
+    assert took is not None, f"seed {seed} did not converge"
+    for i in sim.inst.values():
+        assert i.ae.largest_datagram <= MAX_PLAINTEXT
+
+
+def test_1000_schedules_converge_under_loss_dup_reorder_and_partitions() -> None:
+    for seed in range(1000):
+        run_schedule(seed)
+
+
+def test_partition_then_heal_converges_with_lww_winner_everywhere() -> None:
+    sim = Sim(5, seed=7, drop=0.05)
+    left, right = sim.names[:2], sim.names[2:]
+    sim.net.partition([{addr(n) for n in left}, {addr(n) for n in right}])
+    sim.write(left[0], lambda st, ts: st.d_set(global_key("k"), "left", ts))
+    sim.step(sim.now + 5)
+    sim.write(right[0], lambda st, ts: st.d_set(global_key("k"), "right", ts))  # later: wins
+    sim.step(sim.now + 2_000)
+    assert sim.inst[left[1]].state.globals()["k"] == "left"
+    sim.net.heal()
+    assert sim.run_until_converged(10_000) is not None
+    assert all(i.state.globals()["k"] == "right" for i in sim.inst.values())
+
+
+def test_single_update_costs_a_small_fraction_of_full_state() -> None:
+    sim = Sim(5, seed=3, drop=0.0, delay=(0.1, 1.0))
+    for name in sim.names:  # 10,000 records everywhere, converged
+        sim.inst[name].state.apply(_bulk(10_000))
+    full_state_bytes = len(msgpack.packb(_wire_all(sim.inst[sim.names[0]].state)))
+    sim.step(sim.now + 3_000)  # initial digest syncs settle
+    before = sum(i.bytes_sent for i in sim.inst.values())
+    sim.write(sim.names[0], lambda st, ts: st.d_set(global_key("one"), 1, ts))
+    assert sim.run_until_converged(5_000) is not None
+    sim.step(sim.now + 1_000)  # acks drain
+    spent = sum(i.bytes_sent for i in sim.inst.values()) - before
+    assert spent < 0.05 * full_state_bytes, (spent, full_state_bytes)
+
+
+def _bulk(n: int) -> ClusterState:
+    st = ClusterState()
+    h = HLC("seed")
+    for k in range(n):
+        st.apply(st.d_set(inventory_key(f"node-{k}"), {"status": "Unallocated", "i": k}, h.now(1)))
+    return st.map  # type: ignore[return-value]
+
+
+def _wire_all(st: ClusterState) -> list[object]:
+    from gossipmgr.codec import entry_to_wire
+
+    return [entry_to_wire(k, e) for k, e in st.map.items()]
+
+
+def test_fresh_instance_catches_up_10000_records_in_chunks() -> None:
+    sim = Sim(3, seed=11, drop=0.02, delay=(0.1, 1.0))
+    for name in sim.names[:2]:
+        sim.inst[name].state.apply(_bulk(10_000))
+    took = sim.run_until_converged(60_000)
+    assert took is not None
+    fresh = sim.inst[sim.names[2]]
+    assert len(fresh.state) == 10_000
+    assert fresh.ae.largest_datagram <= MAX_PLAINTEXT
+    assert all(i.ae.largest_datagram <= MAX_PLAINTEXT for i in sim.inst.values())
+
+
+def test_restarted_instance_fetches_only_what_it_missed() -> None:
+    sim = Sim(3, seed=5, delay=(0.1, 1.0))
+    for name in sim.names:
+        sim.inst[name].state.apply(_bulk(10_000))
+    sim.step(sim.now + 3_000)
+    down = sim.names[2]
+    sim.inst[down].up = False
+    for k in range(20):
+        sim.write(sim.names[k % 2], lambda st, ts, k=k: st.d_set(global_key(f"w{k}"), k, ts))
+    sim.step(sim.now + 2_000)
+    sim.restart(down, incarnation=2)
+    received_before = sim.inst[down].received_novel
+    assert sim.run_until_converged(20_000) is not None
+    assert sim.inst[down].received_novel - received_before == 20
+    assert sim.inst[down].state.globals() == sim.inst[sim.names[0]].state.globals()
+
+
+def test_delta_buffer_is_bounded_and_laggard_resyncs() -> None:
+    cfg = GossipConfig(max_buffer=50)
+    sim = Sim(3, seed=9, config=cfg, delay=(0.1, 1.0))
+    lagger = sim.names[2]
+    sim.net.partition([{addr(sim.names[0]), addr(sim.names[1])}, {addr(lagger)}])
+    for k in range(500):
+        sim.write(sim.names[0], lambda st, ts, k=k: st.d_set(global_key(f"k{k % 97}"), k, ts))
+        sim.step(sim.now + 1)
+    assert max(len(i.ae.buffer) for i in sim.inst.values()) <= 50
+    sim.net.heal()
+    assert sim.run_until_converged(30_000) is not None
+    assert sim.inst[sim.names[0]].ae.counters.get("buffer_overflow", 0) > 0
+
+
+def test_large_value_is_fragmented_and_reassembled() -> None:
+    sim = Sim(2, seed=1, delay=(0.1, 1.0))
+    big = "x" * 20_000
+    sim.write(sim.names[0], lambda st, ts: st.d_set(global_key("big"), big, ts))
+    assert sim.run_until_converged(5_000) is not None
+    assert sim.inst[sim.names[1]].state.globals()["big"] == big
+    assert all(i.ae.largest_datagram <= MAX_PLAINTEXT for i in sim.inst.values())
+
+
+def _ae(name: str) -> AntiEntropy:
+    return AntiEntropy(name, 1, ClusterState(), HLC(name))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb([9, 1, "b", 1]),
+        msgpack.packb([1, 99, "b", 1]),
+        msgpack.packb([1, 1, "", 1, 0, 1, []]),
+        msgpack.packb([1, 1, "b", 1, 5, 1, []]),  # lo > hi
+        msgpack.packb([1, 3, "b", 1, 0, b"short"]),
+        msgpack.packb([1, 6, "b", 1, 1, [10**9]]),
+        msgpack.packb([1, 9, "b", 1, 1, 5, 2, b"x"]),  # fragment index out of range
+        msgpack.packb([1, 1, "a", 1, 0, 1, []]),  # claims to be the receiver itself
+    ],
+)
+def test_malformed_messages_are_dropped_and_counted(payload: bytes) -> None:
+    a = _ae("a")
+    a.set_peers(["b"], 0)
+    before = a.state.map.copy()
+    res = a.receive_untrusted(payload, 1_000)
+    assert res.out == [] and res.novel is None
+    assert a.state.map == before
+    assert any(k.startswith("drop_") for k in a.counters)
+
+
+def test_far_future_timestamps_are_refused_not_adopted() -> None:
+    a, b = _ae("a"), _ae("b")
+    a.set_peers(["b"], 0)
+    b.set_peers(["a"], 0)
+    future = HLC("a").now(10_000_000)
+    out = a.local_write(a.state.d_set(global_key("x"), 1, future), 0).out
+    for _, data in out:
+        b.receive_untrusted(data, 1_000)
+    assert global_key("x") not in b.state.map
+    assert b.counters.get("drop_clock") == 1
