@@ -1,0 +1,136 @@
+"""The thin trio loop under the anti-entropy protocol: it only moves bytes.
+
+Three tasks share one transport:
+
+* receive: datagram -> ``Sealer.open_untrusted`` (decrypt, authenticate, replay guard) ->
+  ``Replica.receive`` (the pure protocol) -> novel delta queued for persistence. Anything
+  refused is dropped and counted by reason; nothing refused reaches the state.
+* send: drains ``Replica.outbox`` (what the protocol wants sent), seals each payload for
+  its recipient and sends it to the peer's gossip address (from Serf membership).
+* tick: calls the protocol's timer every ``tick_ms``.
+
+And a fourth persists remote deltas through the replica's store (group commit), so an
+fsync never stalls the receive loop.
+
+Ownership: the service owns none of its arguments; the caller opens and closes the
+transport and the replica. ``run`` returns when cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from ..crdt import LWWMap
+from ..errors import BadPacket
+from ..replica import Replica
+from .crypto import Counters, Keyring, Sealer, node_id
+from .protocol import TYPE_NAMES
+from .transport import Addr, Transport
+
+log = logging.getLogger("gossipmgr.gossip")
+
+#: Remote deltas waiting for the disk. Beyond it the receive loop waits (backpressure).
+PERSIST_QUEUE = 1_024
+
+
+def _msg_type(plaintext: bytes) -> str:
+    # Messages are msgpack lists [version, type, ...]: fixarray byte, version, type.
+    if len(plaintext) >= 3 and plaintext[2] in TYPE_NAMES:
+        return TYPE_NAMES[plaintext[2]]
+    return "other"
+
+
+class GossipService:
+    def __init__(self, replica: Replica, transport: Transport, keyring: Keyring, *, boot_ms: int):
+        self.replica = replica
+        self.transport = transport
+        self.sealer = Sealer(keyring, node_id(replica.name), boot_ms)
+        self.addrs: dict[str, Addr] = {}
+        self.counters = Counters()
+        self._persist_send, self._persist_recv = trio.open_memory_channel[LWWMap](PERSIST_QUEUE)
+
+    @property
+    def local_addr(self) -> Addr:
+        return self.transport.local_addr
+
+    def set_keyring(self, keyring: Keyring) -> None:
+        """Rotate keys at run time (SIGHUP): new primary for sending, all for receiving."""
+        self.sealer.keyring = keyring
+
+    def set_peers(self, peers: dict[str, Addr]) -> None:
+        """The alive gossipmgr instances (name -> gossip address), self excluded."""
+        peers = {n: a for n, a in peers.items() if n != self.replica.name}
+        if peers != self.addrs:
+            log.info("%s: gossip peers now %s", self.replica.name, sorted(peers))
+        self.addrs = dict(peers)
+        self.replica.set_peers(sorted(peers))
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._send_loop)
+            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._persist_loop)
+            task_status.started(self.transport.local_addr)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            data, _src = await self.transport.recv()
+            self.counters.incr("datagrams_received")
+            self.counters.incr("bytes_received", len(data))
+            try:
+                opened = self.sealer.open_untrusted(data, self.replica.now_ms())
+            except BadPacket as exc:
+                self.counters.incr(f"drop_{exc.reason}")
+                continue
+            kind = _msg_type(opened.plaintext)
+            self.counters.incr(f"recv_{kind}")
+            self.counters.incr(f"recv_bytes_{kind}", len(data))
+            novel = self.replica.receive(opened.plaintext)
+            if novel is not None:
+                await self._persist_send.send(novel)
+
+    async def _send_loop(self) -> None:
+        async for peer, payload in self.replica.outbox:
+            dest = self.addrs.get(peer)
+            if dest is None:
+                self.counters.incr("drop_no_address")
+                continue
+            sealed = self.sealer.seal(payload, self.replica.now_ms(), to=node_id(peer))
+            kind = _msg_type(payload)
+            self.counters.incr("datagrams_sent")
+            self.counters.incr("bytes_sent", len(sealed))
+            self.counters.incr(f"sent_{kind}")
+            self.counters.incr(f"sent_bytes_{kind}", len(sealed))
+            await self.transport.send(sealed, dest)
+
+    async def _tick_loop(self) -> None:
+        interval = self.replica.ae.cfg.tick_ms / 1000
+        while True:
+            self.replica.tick()
+            await trio.sleep(interval)
+
+    async def _persist_loop(self) -> None:
+        async for novel in self._persist_recv:
+            # Coalesce whatever else is queued into one append (one fsync for the lot).
+            batch = [novel]
+            while True:
+                try:
+                    batch.append(self._persist_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            merged = LWWMap()
+            for d in batch:
+                merged.join(d)
+            await self.replica.persist(merged)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "transport": dict(self.counters),
+            "refused": dict(self.sealer.refused),
+            "socket": dict(self.transport.counters),
+            "protocol": self.replica.ae.stats(self.replica.now_ms()),
+        }
