@@ -28,7 +28,6 @@ See docs/ansible.md for the precedence rule and cancel semantics in prose.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -541,10 +540,7 @@ async def run_playbook(
                 logger.exception("ansible: log callback failed")
         return True  # keep ansible-runner's own job_events artifacts
 
-    import ansible_runner  # slow import (~0.3 s); only pay it when a playbook runs
-
-    run = functools.partial(
-        ansible_runner.run,
+    run_kwargs: dict[str, Any] = dict(
         private_data_dir=str(private_dir),
         project_dir=str(playbook_dir),  # cwd: an ansible.cfg there is honoured
         playbook=playbook,
@@ -556,6 +552,13 @@ async def run_playbook(
         event_handler=on_event,
         cancel_callback=control.poll,
     )
+
+    def run() -> Any:
+        # Imported here, in the worker thread: the first import takes ~0.3 s and must not
+        # block the trio loop; nothing pays for it unless a playbook runs.
+        import ansible_runner
+
+        return ansible_runner.run(**run_kwargs)
 
     async def relay_cancel() -> None:
         try:

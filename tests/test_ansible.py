@@ -345,7 +345,11 @@ async def test_commission_runs_configure_only_with_precedence_and_streams_log(
     tmp_path: Path,
 ) -> None:
     lines: list[str] = []
-    settings = make_settings(tmp_path, extra_variables=PRECEDENCE_CONFIG)
+    key = tmp_path / "id key"  # a space: argv is built without a shell
+    key.write_text("not a real key; the local connection never reads it\n")
+    settings = make_settings(
+        tmp_path, extra_variables=PRECEDENCE_CONFIG, user="gm-user", priv_key_file=str(key)
+    )
     result = await workflow(
         "commission",
         PRECEDENCE_HOSTS,
@@ -369,6 +373,14 @@ async def test_commission_runs_configure_only_with_precedence_and_streams_log(
     assert not any("\x1b[" in line for line in lines)  # ANSIBLE_NOCOLOR
     # clusterm's dashed group names must not draw ansible's "Invalid characters" warning.
     assert not [line for line in lines if "[WARNING]" in line]
+    # ansible-runner records the argv it ran: settings' user and key are there, the
+    # extra-vars are not (they go through a 0600 file, not the world-readable cmdline).
+    [command_file] = (tmp_path / "work").glob("ok-*/artifacts/*/command")
+    argv = json.loads(command_file.read_text())["command"]
+    assert argv[argv.index("--user") + 1] == "gm-user"
+    assert argv[argv.index("--private-key") + 1] == str(key)
+    assert not any("only_global" in arg for arg in argv)
+    assert any(arg.startswith("@") and arg.endswith("/env/extravars") for arg in argv)
 
 
 @pytest.mark.ansible
