@@ -44,6 +44,23 @@ from gossipmgr.serf.client import open_serf_client
 
 __all__ = ["MAX_TAGS_BYTES", "SerfAgentProcess", "encoded_tags_size", "parse_hostport"]
 
+
+#: The agent must not outlive gossipmgr: an orphaned agent would keep advertising a dead
+#: instance as alive, delaying lease takeover by a whole TTL. trio spawns children from a
+#: worker thread, so PR_SET_PDEATHSIG (tied to the forking *thread*) cannot be used. Instead
+#: bash starts a watcher that blocks reading a pipe whose write end only gossipmgr holds,
+#: then ``exec``s serf (same pid, so signals and waits reach serf itself). When gossipmgr
+#: exits, however it exits (SIGKILL included), the read sees EOF and the watcher sends serf
+#: SIGINT: a graceful leave, which peers see in ~0.1-0.5 s. The watcher also ends within
+#: 1 s of serf's own exit, so it never signals a recycled pid later.
+_PARENT_WATCH = (
+    'fd=$1; shift; pid=$$; '
+    '( while kill -0 "$pid" 2>/dev/null; do '
+    'read -r -t 1 -u "$fd" _; '
+    'if [ $? -le 128 ]; then kill -INT "$pid" 2>/dev/null; exit 0; fi; '
+    'done ) & exec "$@"'
+)
+
 log = logging.getLogger("gossipmgr.serf")
 
 #: memberlist.MetaMaxSize: the magic byte plus the msgpack tag map must fit in this.
@@ -147,6 +164,7 @@ class SerfAgentProcess:
         self.data_dir = Path(data_dir)
         #: Number of times the child was (re)started.
         self.starts = 0
+        self._death_pipe: tuple[int, int] | None = None
         self._proc: trio.Process | None = None
         #: Set while the child's RPC answers; cleared when it dies.
         self.ready = False
@@ -237,6 +255,15 @@ class SerfAgentProcess:
         SIGKILLed after ``leave_timeout``.
         """
         argv = self.prepare()
+        try:
+            await self._supervise(argv, task_status)
+        finally:
+            if self._death_pipe is not None:
+                for fd in self._death_pipe:
+                    os.close(fd)
+                self._death_pipe = None
+
+    async def _supervise(self, argv: list[str], task_status: trio.TaskStatus[None]) -> None:
         started = False
         backoff = self.backoff_min
         while True:
@@ -277,9 +304,16 @@ class SerfAgentProcess:
 
     async def _spawn(self, argv: list[str]) -> trio.Process:
         self.starts += 1
+        if self._death_pipe is None:
+            self._death_pipe = os.pipe()  # both ends close-on-exec (PEP 446)
+        r, _w = self._death_pipe
         with open(self.log_path, "ab") as logf:
             proc = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT
+                ["bash", "-c", _PARENT_WATCH, "gossipmgr-serf", str(r), *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                pass_fds=(r,),
             )
         self._proc = proc
         log.debug("%r: spawned %s (pid %s)", self, argv, proc.pid)
