@@ -185,19 +185,25 @@ def move_statuses(
     to "<b>" is not allowed`` and nothing is returned, so there is nothing to revert.
     A name without a node raises CheckFailed (callers resolve names first).
     """
+    check_moves(state, names, to)
     out: list[LWWMap] = []
     for name in names:
-        rec = state.node(name)
-        if rec is None:
-            raise CheckFailed(f'node with name or address "{name}" doesn\'t exists')
-        inv = _inv(rec)
-        try:
-            check_transition(inv["status"], to)
-        except Conflict as exc:
-            raise Conflict(f"failed to update {name}'s state in inventory, Error: {exc}") from None
+        inv = _inv(state.node(name))  # type: ignore[arg-type]  # checked just above
         new = {**inv, "prev_status": inv["status"], "status": to, "epoch": epoch}
         out.append(state.d_set(inventory_key(name), new, ts))
     return combine(*out)
+
+
+def check_moves(state: ClusterState, names: Sequence[str], to: str) -> None:
+    """Raise as :func:`move_statuses` would, without building anything."""
+    for name in names:
+        rec = state.node(name)
+        if rec is None:
+            raise CheckFailed(node_missing(name))
+        try:
+            check_transition(status_of(rec), to)
+        except Conflict as exc:
+            raise Conflict(f"failed to update {name}'s state in inventory, Error: {exc}") from None
 
 
 def finish_statuses(

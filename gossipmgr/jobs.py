@@ -347,6 +347,11 @@ class JobManager:
             self._check_idle()
             state = self.replica.state
             names = inv.check_workflow(state, kind, list(nodes), host_group)
+            path = inv.STATUS_PATHS[kind]
+            assert path is not None
+            # Checked here so that a refused transition is reported even when the service
+            # is down; _launch moves the statuses for real in its one commit.
+            inv.check_moves(state, names, path.during)
             hosts = self._hosts(state, names, host_group)
             desc = f"{kind} nodes {inv.go_list(names)}"
             if host_group:
@@ -644,6 +649,7 @@ class JobManager:
         if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
             raise BadRequest(f"monitor event nodes must be a list, got {nodes!r}")
         parsed = [inv.check_monitor_node(n) for n in nodes]
+        self._holder_epoch()  # an empty list must be refused off the holder too
         done: list[str] = []
         for label, serial, addr in parsed:
             nm = inv.node_name(label, serial)

@@ -1,0 +1,480 @@
+"""JobManager without ansible: holder-only requests, checks before writes, job records,
+labels, monitor events, takeover reconciliation, orphans, history, log following.
+
+Jobs that do run here use a playbook directory without playbooks, so the bridge fails the
+step before starting ansible-runner ("playbook file not found"): the whole job life
+(record, statuses, log file, tail) runs for real in milliseconds. Real playbooks are in
+test_workflows_e2e.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from gossipmgr.ansible import AnsibleSettings
+from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, Unavailable
+from gossipmgr.jobs import (
+    ACTIVE,
+    HISTORY,
+    LOG_TAIL_LINES,
+    JobManager,
+    make_job_id,
+    valid_job_id,
+)
+from gossipmgr.lease import Lease
+from gossipmgr.replica import Replica
+from gossipmgr.state import LEASE_KEY, inventory_key, job_key
+
+DEADLINE_S = 10
+
+
+async def make_replica(path: Path, name: str = "a", holder: str | None = "a") -> Replica:
+    r = Replica(name, data_dir=path)
+    r.open()
+    if holder is not None:
+        lease = Lease(holder, 1, r.now_ms() + 10**9).as_value()
+        await r.commit(lambda st, ts: st.d_set(LEASE_KEY, lease, ts))
+    return r
+
+
+@pytest.fixture
+async def rep(tmp_path: Path) -> AsyncIterator[Replica]:
+    r = await make_replica(tmp_path / "d")
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+def manager(r: Replica, tmp_path: Path, **kw: Any) -> JobManager:
+    # No playbooks in this directory: every step fails fast without ansible-runner.
+    (tmp_path / "empty").mkdir(exist_ok=True)
+    settings = AnsibleSettings(playbook_dir=tmp_path / "empty")
+    return JobManager(r, lambda: settings, tmp_path / "work", **kw)
+
+
+async def add_nodes(jm: JobManager, *nodes: tuple[str, str]) -> None:
+    for name, addr in nodes:
+        label, serial = name.split("-", 1)
+        assert await jm.apply_node_event("discovered", name, label, serial, addr)
+
+
+async def set_status(r: Replica, name: str, status: str, hg: str | None = None) -> None:
+    rec = r.state.node(name)
+    assert rec is not None
+    inv = {**rec.inventory, "status": status}
+    await r.commit(lambda st, ts: st.d_set(inventory_key(name), inv, ts))
+    if hg is not None:
+        await r.commit(lambda st, ts: st.d_set(("n", name, "hg"), hg, ts))
+
+
+async def wait_ended(jm: JobManager, job_id: str) -> dict[str, Any]:
+    with trio.fail_after(DEADLINE_S):
+        while True:
+            rec = jm.replica.state.job(job_id)
+            if rec is not None and rec["status"] not in ACTIVE and jm._run is None:
+                return rec
+            with trio.move_on_after(0.2):
+                await jm.replica.wait_change()
+
+
+# --------------------------------------------------------------------------- holder only
+
+
+async def test_requests_need_the_lease(tmp_path: Path) -> None:
+    for holder, who in (("a", "a"), (None, "none")):
+        r = await make_replica(tmp_path / f"d-{who}", name="b", holder=holder)
+        try:
+            await refused_off_holder(manager(r, tmp_path), who)
+            assert r.state.jobs() == {}
+        finally:
+            await r.aclose()
+
+
+async def refused_off_holder(jm: JobManager, who: str) -> None:
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: jm.commission(["x-1"], "service-master", ""),
+        lambda: jm.decommission(["x-1"], ""),
+        lambda: jm.update(["x-1"], "", ""),
+        lambda: jm.discover(["10.0.0.1"], ""),
+        jm.cancel,
+        lambda: jm.set_monitor_event("discovered", []),
+        lambda: jm.apply_node_event("discovered", "x-1", "x", "1", "10.0.0.1"),
+        lambda: jm.reconcile({}),
+    ]
+    for call in calls:
+        with pytest.raises(Unavailable) as ei:
+            await call()
+        assert str(ei.value) == f"not the lease holder; holder is {who}"
+        assert ei.value.status_hint == 503
+
+
+# --------------------------------------------------------------------------- checks first
+
+
+async def test_rejected_requests_write_nothing(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"), ("w-1", "10.0.0.2"))
+    writes = rep.counters["writes"]
+    before = rep.state.map.copy()
+    cases: list[tuple[Callable[[], Awaitable[Any]], type[Exception], str]] = [
+        (
+            lambda: jm.commission([], "service-master"),
+            CheckFailed,
+            "atleast one node should be specified",
+        ),
+        (
+            lambda: jm.commission(["nope"], "service-master"),
+            CheckFailed,
+            'node with name or address "nope" doesn\'t exists',
+        ),
+        (
+            lambda: jm.commission(["m-1"], ""),
+            CheckFailed,
+            'invalid or empty host-group specified: ""',
+        ),
+        (
+            lambda: jm.commission(["w-1"], "service-worker"),
+            CheckFailed,
+            "Cannot commission a worker node without existence of a master node in the "
+            "cluster, make sure atleast one master node is commissioned.",
+        ),
+        (
+            lambda: jm.decommission(["m-1"]),
+            Conflict,
+            "failed to update m-1's state in inventory, Error: "
+            'transition from "Unallocated" to "Cancelled" is not allowed',
+        ),
+        (
+            lambda: jm.update(["m-1"], "bad"),
+            CheckFailed,
+            'invalid host-group specified: "bad"',
+        ),
+        (
+            lambda: jm.commission(["m-1"], "service-master", "{not json"),
+            BadRequest,
+            '"extra_vars" should be a valid json. Error: ',
+        ),
+        (
+            lambda: jm.discover(["10.0.0.2"]),
+            CheckFailed,
+            "one or more nodes already exist with the specified management addresses. "
+            "Existing nodes: [w-1:10.0.0.2]",
+        ),
+        (lambda: jm.commission("m-1", "service-master"), BadRequest, '"nodes" must be a list'),
+    ]
+    for call, exc, text in cases:
+        with pytest.raises(exc) as ei:
+            await call()
+        assert str(ei.value).startswith(text)
+    # Not one byte: no job record (clusterm made rejected requests its "last" job).
+    assert rep.counters["writes"] == writes
+    assert rep.state.map == before
+    with pytest.raises(NotFound, match='info for "last" job doesn\'t exist'):
+        jm.job("last")
+
+
+async def test_disappeared_node_is_refused(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    await jm.set_monitor_event("disappeared", [{"label": "m", "serial": "1", "addr": ""}])
+    with pytest.raises(CheckFailed) as ei:
+        await jm.commission(["10.0.0.1"], "service-master")
+    assert str(ei.value) == (
+        "one or more nodes are not in discovered state, please check their network "
+        "reachability. Non-discovered nodes: [m-1]"
+    )
+
+
+async def test_one_active_job_refuses_the_next(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)  # not started: the record below is not reconciled away
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    jid = make_job_id(rep.now_ms(), 1, "a")
+    rec = {
+        "id": jid,
+        "desc": "commission nodes [x-1]",
+        "task": "commission",
+        "nodes": [],
+        "status": "Running",
+        "error": "",
+        "epoch": 1,
+        "runner": "a",
+    }
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: jm.commission(["m-1"], "service-master"),
+        lambda: jm.discover(["10.9.9.9"]),
+    ]
+    for call in calls:
+        with pytest.raises(Conflict) as ei:
+            await call()
+        assert str(ei.value) == (
+            "there is already an active job, please try in sometime. Job: [commission nodes [x-1]]"
+        )
+    assert jm.job("active")["id"] == jid
+    assert rep.state.node("m-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- a job's life
+
+
+async def test_failed_job_life_without_ansible(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        await add_nodes(jm, ("m-1", "10.0.0.1"))
+        info = await jm.commission(["m-1"], "service-master", '{"color": "red"}')
+        jid = info["id"]
+        assert valid_job_id(jid)
+        assert info["status"] == "Running" and info["task"] == "commission"
+        assert info["epoch"] == 1 and info["runner"] == "a" and info["nodes"] == ["m-1"]
+        assert info["desc"] == "commission nodes [m-1] host-group service-master"
+        # Accepted and launched in one commit: the node is already Provisioning.
+        node = rep.state.node("m-1")
+        assert node is not None and node.inventory["status"] == "Provisioning"
+        assert node.inventory["epoch"] == 1
+        lines = [line async for line in jm.follow(jid)]
+        rec = await wait_ended(jm, jid)
+        nursery.cancel_scope.cancel()
+    assert rec["status"] == "Errored"
+    assert 'commission failed: playbook "site.yml" failed' in rec["error"]
+    assert rec["ended_ms"] >= rec["started_ms"] > 0
+    node = rep.state.node("m-1")
+    assert node is not None
+    assert (node.inventory["status"], node.inventory["prev_status"]) == (
+        "Unallocated",
+        "Provisioning",
+    )
+    # The failure path ran (cleanup.yml, missing too) and the log says so.
+    text = jm.log_path(jid).read_text()
+    assert "playbook file not found" in text and "cleanup.yml" in text
+    assert lines == text.splitlines()
+    last = jm.job("last")
+    assert last["id"] == jid and last["logs"] == text.splitlines()
+    assert {"desc", "task", "status", "error", "logs"} <= set(last)
+    assert rec["log_count"] == len(lines)
+    cut = [x if len(x) <= 200 else x[:197] + "..." for x in lines[-LOG_TAIL_LINES:]]
+    assert rec["log_tail"] == cut
+    assert any(x.endswith("...") and len(x) == 200 for x in cut)  # the bound was exercised
+    with pytest.raises(NotFound, match='info for "active" job doesn\'t exist'):
+        jm.job("active")
+    with pytest.raises(Conflict, match=r"^job is not Running$"):
+        jm.follow("active")
+    with pytest.raises(Conflict, match=r"^job is not Running$"):
+        await jm.cancel()
+
+
+async def test_job_labels(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    for bad in ("", "bogus", "../../etc/passwd", "1-2-a"):
+        with pytest.raises(BadRequest) as ei:
+            jm.job(bad)
+        assert str(ei.value) == f'Invalid or empty job label specified: "{bad}"'
+        with pytest.raises(BadRequest):
+            jm.log_path(bad)
+    jid = make_job_id(123, 7, "in stance/x")
+    assert jid == "0000000000123-000007-in_stance_x" and valid_job_id(jid)
+    assert make_job_id(124, 1, "a") > make_job_id(123, 9, "z")
+    with pytest.raises(NotFound) as nf:
+        jm.job(jid)
+    assert str(nf.value) == f'info for "{jid}" job doesn\'t exist'
+    with pytest.raises(NotFound):
+        jm.follow(jid)
+
+
+async def test_history_is_bounded(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    old = [make_job_id(1000 + i, i, "a") for i in range(HISTORY + 5)]
+    for jid in old:
+        rec = {
+            "id": jid,
+            "desc": "d",
+            "task": "discover",
+            "nodes": [],
+            "status": "Complete",
+            "error": "",
+            "epoch": 1,
+            "runner": "a",
+        }
+        await rep.commit(lambda st, ts, jid=jid, rec=rec: st.d_set(job_key(jid), rec, ts))
+    (tmp_path / "work" / "jobs").mkdir(parents=True)
+    jm.log_path(old[0]).write_text("old\n")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.discover(["10.1.1.1"])
+        await wait_ended(jm, info["id"])
+        nursery.cancel_scope.cancel()
+    ids = [j["id"] for j in jm.jobs()]
+    assert len(ids) == HISTORY
+    assert ids[0] == info["id"] and ids == sorted(ids, reverse=True)
+    assert ids[-1] == old[6]  # the six oldest went, tombstoned
+    assert rep.state.map.entry(job_key(old[0])).deleted  # type: ignore[union-attr]
+    assert not jm.log_path(old[0]).exists()
+    assert jm.job("last")["addrs"] == ["10.1.1.1"]
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+async def test_monitor_events(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    for bad in ("", "joined"):
+        with pytest.raises(BadRequest) as ei:
+            await jm.set_monitor_event(bad, [])
+        assert str(ei.value) == f'Invalid or empty event name specified: "{bad}"'
+    with pytest.raises(BadRequest):
+        await jm.set_monitor_event("discovered", [{"label": "x"}])
+    out = await jm.set_monitor_event(
+        "discovered", [{"label": "n", "serial": "1", "addr": "10.0.0.1"}]
+    )
+    assert out == {"event": "discovered", "nodes": ["n-1"]}
+    rec = rep.state.node("n-1")
+    assert rec is not None and rec.inventory["state"] == "Discovered"
+    assert rec.inventory["epoch"] == 1
+    await jm.set_monitor_event("disappeared", [{"label": "n", "serial": "1", "addr": ""}])
+    rec = rep.state.node("n-1")
+    assert rec is not None
+    assert (rec.inventory["status"], rec.inventory["state"]) == ("Unallocated", "Disappeared")
+    # Repeats change nothing.
+    assert not await jm.apply_node_event("disappeared", "n-1", "n", "1", "")
+
+
+async def test_reconcile_after_takeover(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("a-1", "10.0.0.1"), ("b-1", "10.0.0.2"), ("c-1", "10.0.0.3"))
+    await jm.apply_node_event("disappeared", "c-1", "c", "1", "")
+    out = await jm.reconcile(
+        {
+            "b-1": ("b", "1", "10.0.0.2"),
+            "c-1": ("c", "1", "10.0.0.3"),
+            "d-1": ("d", "1", "10.0.0.4"),
+        }
+    )
+    assert out == {"discovered": ["c-1", "d-1"], "disappeared": ["a-1"]}
+    state = {n.name: n.inventory["state"] for n in rep.state.nodes()}
+    assert state == {
+        "a-1": "Disappeared",
+        "b-1": "Discovered",
+        "c-1": "Discovered",
+        "d-1": "Discovered",
+    }
+    assert await jm.reconcile(
+        {
+            "b-1": ("b", "1", "10.0.0.2"),
+            "c-1": ("c", "1", "10.0.0.3"),
+            "d-1": ("d", "1", "10.0.0.4"),
+        }
+    ) == {"discovered": [], "disappeared": []}
+
+
+async def test_reappear_policy_off_starts_nothing(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    await set_status(rep, "m-1", "Allocated")
+    await jm.apply_node_event("disappeared", "m-1", "m", "1", "")
+    await jm.apply_node_event("discovered", "m-1", "m", "1", "10.0.0.1")
+    assert rep.state.jobs() == {}
+    assert jm.counters["reappear_jobs"] == 0
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+async def test_orphan_of_a_lost_runner_is_ended(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"), ("u-1", "10.0.0.2"))
+    await set_status(rep, "m-1", "Provisioning")
+    await set_status(rep, "u-1", "Unallocated")
+    jid = make_job_id(rep.now_ms(), 1, "old")
+    rec = {
+        "id": jid,
+        "desc": "commission",
+        "task": "commission",
+        "nodes": ["m-1", "u-1"],
+        "status": "Running",
+        "error": "",
+        "epoch": 0,
+        "runner": "old",
+    }
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        done = await wait_ended(jm, jid)
+        nursery.cancel_scope.cancel()
+    assert done["status"] == "Errored"
+    assert done["error"] == "runner old lost the lease (epoch 0) while the job was running"
+    assert done["epoch"] == 1
+    assert rep.state.node("m-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
+    assert rep.state.node("u-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
+    assert jm.counters["orphans"] == 1
+
+
+# --------------------------------------------------------------------------- node settings
+
+
+async def test_node_settings(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    await jm.set_host_group("10.0.0.1", "service-worker")
+    assert rep.state.node("m-1").host_group == "service-worker"  # type: ignore[union-attr]
+    with pytest.raises(CheckFailed, match='invalid or empty host-group specified: "boss"'):
+        await jm.set_host_group("m-1", "boss")
+    with pytest.raises(NotFound, match='node with name or address "z" doesn\'t exists'):
+        await jm.set_host_group("z", "service-master")
+    await jm.set_node_vars("m-1", {"a": 1, "b": [2]})
+    await jm.set_node_var("m-1", "c", "x")
+    await jm.remove_node_var("m-1", "a")
+    assert dict(rep.state.node("m-1").vars) == {"b": [2], "c": "x"}  # type: ignore[union-attr]
+    await jm.set_node_vars("m-1", {"d": True})
+    assert dict(rep.state.node("m-1").vars) == {"d": True}  # type: ignore[union-attr]
+    for bad in ("", "node_name", "node_addr"):
+        with pytest.raises(BadRequest):
+            await jm.set_node_var("m-1", bad, 1)
+    with pytest.raises(BadRequest):
+        await jm.set_node_vars("m-1", ["x"])  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- remote follow
+
+
+async def test_follow_a_job_running_elsewhere(rep: Replica, tmp_path: Path) -> None:
+    jm = manager(rep, tmp_path)  # not started: the remote job stays Running
+    jid = make_job_id(rep.now_ms(), 1, "b")
+    base = {
+        "id": jid,
+        "desc": "d",
+        "task": "discover",
+        "nodes": [],
+        "error": "",
+        "epoch": 1,
+        "runner": "b",
+    }
+
+    async def put(status: str, lines: list[str], count: int) -> None:
+        rec = {**base, "status": status, "log_tail": lines, "log_count": count}
+        await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
+
+    await put("Running", ["l1", "l2"], 2)
+    got: list[str] = []
+
+    async def reader() -> None:
+        async for line in jm.follow(jid):
+            got.append(line)
+
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == ["l1", "l2"]
+            await put("Running", ["l2", "l3"], 3)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == ["l1", "l2", "l3"]
+            tail = [f"l{i}" for i in range(31, 51)]
+            await put("Complete", tail, 50)
+    assert got == ["l1", "l2", "l3", "... 27 lines skipped ...", *tail]
