@@ -243,6 +243,11 @@ class JobManager:
             finally:
                 self._nursery = None
 
+    @property
+    def running_job_id(self) -> str | None:
+        """The id of the job this instance is running now (its process tree may be alive)."""
+        return self._run.job_id if self._run is not None else None
+
     # ------------------------------------------------------------------ helpers
     def _holder_epoch(self) -> int:
         """The lease epoch if we hold it; raises Unavailable otherwise."""

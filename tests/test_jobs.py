@@ -78,7 +78,7 @@ async def wait_ended(jm: JobManager, job_id: str) -> dict[str, Any]:
     with trio.fail_after(DEADLINE_S):
         while True:
             rec = jm.replica.state.job(job_id)
-            if rec is not None and rec["status"] not in ACTIVE and jm._run is None:
+            if rec is not None and rec["status"] not in ACTIVE and jm.running_job_id is None:
                 return rec
             with trio.move_on_after(0.2):
                 await jm.replica.wait_change()
