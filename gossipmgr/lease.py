@@ -10,9 +10,10 @@ Rules:
 * Candidates are the alive gossipmgr members in Serf, sorted by name (``candidates``).
 * The holder renews (same epoch, new expiry) once less than ``ttl - renew`` is left.
 * The lease is *vacant* when absent, expired, or its holder is not an alive candidate (Serf
-  says failed or left). A vacant lease is claimed with ``epoch + 1`` by the first candidate at
-  once; the candidate at rank ``r`` claims only ``r * ttl`` after expiry, so a first candidate
-  that is alive in Serf but not acting is passed over, and a healthy one is never raced.
+  says failed or left). A vacant lease is claimed with ``epoch + 1`` by the first candidate
+  at once (the expired holder itself, if still listed, goes last); the candidate at rank
+  ``r`` claims only ``r * ttl`` after expiry, so a first candidate that is alive in Serf but
+  not acting is passed over, and a healthy one is never raced.
 * Concurrent claims of one epoch merge to the same winner everywhere (name order); the loser
   sees it is not the holder on its next decision and stops acting.
 
@@ -95,7 +96,12 @@ def decide(
         return None
     if not vacant(lease, cands, now_ms):
         return None
-    rank = list(cands).index(me)
+    # The expired holder (alive in Serf but silent: hung, or its gossip cut) goes to the
+    # back of the line, so the next candidate claims at once instead of a TTL later.
+    order = [c for c in cands if lease is None or c != lease.holder]
+    if lease is not None and lease.holder in cands:
+        order.append(lease.holder)
+    rank = order.index(me)
     if rank > 0:
         expired_at = lease.expires_ms if lease is not None else 0
         if now_ms < expired_at + rank * cfg.ttl_ms:

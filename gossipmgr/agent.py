@@ -1,0 +1,689 @@
+"""The composition root: the one module that knows all the others.
+
+``gossipmgr agent`` runs, in one trio nursery:
+
+=================  =====================================================================
+replica            state + HLC + durable store (restored before anything else starts)
+API                Quart-Trio on hypercorn (``gossipmgr.api``), reads the local replica
+gossip             sealed UDP anti-entropy between instances (``gossipmgr.gossip``)
+serf               the embedded ``serf agent`` child, supervised (or an existing agent)
+membership         Serf ``members`` polling + stream -> gossip peers, lease candidates,
+                   node health events
+lease              renew/claim decisions (``gossipmgr.lease``) every 250 ms
+jobs               the job manager: runs workflows when this instance holds the lease
+signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/SIGTERM stop
+=================  =====================================================================
+
+Failure policy (clusterm learnt it the hard way): Serf being down never stops the daemon.
+It keeps serving reads from the replica, retries Serf with backoff, reports the condition
+on /health and in the log, and stops acting (no candidacy, so no lease) until Serf is back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import __version__
+from .ansible import AnsibleSettings
+from .api import check_listen_policy, create_app, serve
+from .config import AgentConfig, load, split_addr
+from .errors import ConfigError, GossipmgrError, SerfError, StoreError
+from .gossip.crypto import Keyring, generate_key, load_keyring_file
+from .gossip.service import GossipService
+from .gossip.transport import open_udp_transport
+from .jobs import JobManager
+from .lease import LeaseConfig, candidates, decide
+from .replica import Replica
+from .serf.client import open_serf_client, serf_connector
+from .serf.membership import InstancesChanged, NodeEvent, SerfMembership
+from .serf.process import SerfAgentProcess
+from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY
+
+log = logging.getLogger("gossipmgr.agent")
+
+#: How often the lease loop decides (renewals are due every ~2.5 s; 250 ms keeps a
+#: takeover within a quarter second of the lease becoming claimable).
+LEASE_LOOP_S = 0.25
+#: The holder reconciles inventory against Serf at takeover and then this often, so an
+#: event lost anywhere (a Serf outage, a handover) is repaired.
+RECONCILE_EVERY_S = 30.0
+
+
+def load_or_create_keyring(cfg: AgentConfig) -> tuple[Keyring, Path]:
+    path = cfg.encrypt_key_file or (cfg.data_dir / "gossip.key")
+    if cfg.encrypt_key_file is None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_key() + "\n")
+        log.warning(
+            "created gossip key %s: copy it to every instance (--encrypt-key-file)", path
+        )
+    return load_keyring_file(path), path
+
+
+def read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read api token file {path}: {exc.strerror}") from None
+    if not token:
+        raise ConfigError(f"api token file {path} is empty")
+    return token
+
+
+class Agent:
+    """One gossipmgr instance. ``run`` owns everything it starts."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.token = read_token(cfg.api_token_file)
+        api_host, _ = split_addr(cfg.api_addr, "api-addr")
+        check_listen_policy(api_host, self.token, cfg.insecure)
+        self.keyring, self.key_path = load_or_create_keyring(cfg)
+        self.replica = Replica(
+            cfg.name,
+            data_dir=cfg.data_dir / "state",
+            lease=LeaseConfig(ttl_ms=cfg.lease_ttl_ms, renew_ms=cfg.lease_renew_ms),
+        )
+        self.replica.candidates = []  # nothing until Serf says who is alive
+        self.jobs = JobManager(
+            self.replica,
+            self.ansible_settings,
+            cfg.data_dir / "work",
+            reconfigure_on_reappear=cfg.reconfigure_on_reappear,
+        )
+        self.boot_ms = int(time.time() * 1000)
+        self.membership: SerfMembership | None = None
+        self.gossip: GossipService | None = None
+        self.serf: SerfAgentProcess | None = None
+        self.api_url = ""
+        self.started = time.time()
+        self.ready = trio.Event()
+        self.counters: dict[str, int] = {
+            "lease_claims": 0,
+            "lease_renewals": 0,
+            "node_events_applied": 0,
+            "node_events_ignored": 0,
+            "reconciles": 0,
+            "serf_restarts": 0,
+        }
+
+    # ------------------------------------------------------------------ settings
+    def ansible_settings(self) -> AnsibleSettings:
+        """The file's ansible section overlaid with the replicated runtime one (POST /config).
+
+        Read at every job start, so a changed section reaches the next run (clusterm's bug).
+        """
+        a = self.cfg.ansible
+        runtime = self.replica.state.ansible_config() or {}
+        extra = dict(a.extra_variables)
+        rt_extra = runtime.get("extra_variables")
+        if isinstance(rt_extra, str) and rt_extra.strip():
+            try:
+                parsed = json.loads(rt_extra)
+                if isinstance(parsed, dict):
+                    extra = parsed
+            except ValueError:
+                log.warning("ignoring runtime ansible extra_variables: not a JSON object")
+        elif isinstance(rt_extra, dict):
+            extra = rt_extra
+
+        def pick(key: str, default: str) -> str:
+            v = runtime.get(key)
+            return v if isinstance(v, str) and v else default
+
+        playbook_dir = Path(pick("playbook_location", str(self.cfg.playbook_dir)))
+        return AnsibleSettings(
+            playbook_dir=playbook_dir,
+            configure_playbook=pick("configure_playbook", a.configure_playbook),
+            cleanup_playbook=pick("cleanup_playbook", a.cleanup_playbook),
+            upgrade_playbook=pick("upgrade_playbook", a.upgrade_playbook),
+            user=pick("user", a.user),
+            priv_key_file=pick("priv_key_file", a.priv_key_file),
+            extra_variables=extra,
+            host_vars=dict(a.host_vars),
+            timeout_s=a.timeout_s,
+        )
+
+    def file_ansible_section(self) -> dict[str, Any]:
+        a = self.cfg.ansible
+        return {
+            "configure_playbook": a.configure_playbook,
+            "cleanup_playbook": a.cleanup_playbook,
+            "upgrade_playbook": a.upgrade_playbook,
+            "playbook_location": str(self.cfg.playbook_dir),
+            "extra_variables": json.dumps(dict(a.extra_variables)) if a.extra_variables else "",
+            "user": a.user,
+            "priv_key_file": a.priv_key_file,
+        }
+
+    # ------------------------------------------------------------------ run
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        for note in self.replica.open():
+            log.info("%s: %s", cfg.name, note)
+        log.info(
+            "%s: restored in %.3f s (%d entries)",
+            cfg.name,
+            self.replica.restore_seconds,
+            len(self.replica.state),
+        )
+        try:
+            gossip_host, gossip_port = split_addr(cfg.gossip_addr, "gossip-addr")
+            async with open_udp_transport(gossip_host, gossip_port) as transport:
+                self.gossip = GossipService(
+                    self.replica, transport, self.keyring, boot_ms=self.boot_ms
+                )
+                async with trio.open_nursery() as nursery:
+                    await self._start(nursery)
+                    self.ready.set()
+                    task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.replica.aclose()
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        cfg = self.cfg
+        ctx = AgentApiContext(self)
+        app = create_app(ctx)
+        api_host, api_port = split_addr(cfg.api_addr, "api-addr")
+        url = await nursery.start(
+            lambda task_status: serve(
+                app,
+                api_host,
+                api_port,
+                certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
+                keyfile=str(cfg.tls_key) if cfg.tls_key else None,
+                task_status=task_status,
+            )
+        )
+        self.api_url = cfg.advertise_api or str(url)
+        assert self.gossip is not None
+        gossip_addr = await nursery.start(self.gossip.run)
+        log.info("%s: API on %s, gossip on %s:%s", cfg.name, self.api_url, *gossip_addr)
+        tags = {
+            "role": "gossipmgr",
+            "gossip": f"{gossip_addr[0]}:{gossip_addr[1]}",
+            "api": self.api_url,
+            "boot": f"{self.boot_ms:x}",
+        }
+        if cfg.serf_rpc:
+            rpc_host, rpc_port = split_addr(cfg.serf_rpc, "serf-rpc")
+            nursery.start_soon(self._keep_external_tags, rpc_host, rpc_port, tags)
+        else:
+            rpc_host, rpc_port = split_addr(cfg.serf_rpc_bind, "serf-rpc-bind")
+            self.serf = SerfAgentProcess(
+                name=cfg.name,
+                bind=cfg.serf_bind,
+                rpc=cfg.serf_rpc_bind,
+                data_dir=cfg.data_dir / "serf",
+                tags=tags,
+                # One key serves both layers (same format as Serf's -encrypt).
+                encrypt_key=base64.b64encode(self.keyring.primary).decode(),
+                retry_join=list(cfg.join),
+                profile=cfg.serf_profile,
+                rpc_auth=cfg.serf_rpc_auth or None,
+            )
+            nursery.start_soon(self._supervise_serf)
+        auth = cfg.serf_rpc_auth or None
+        self.membership = SerfMembership(serf_connector(rpc_host, rpc_port, auth))
+        events = self.membership.subscribe()
+        await nursery.start(self.membership.run)
+        nursery.start_soon(self._membership_loop, events)
+        nursery.start_soon(self._lease_loop)
+        await nursery.start(self.jobs.run)
+        nursery.start_soon(self._signals, nursery)
+
+    async def _supervise_serf(self) -> None:
+        """The embedded agent: restarted forever; a failing first start is retried too."""
+        assert self.serf is not None
+        backoff = 1.0
+        while True:
+            try:
+                await self.serf.run()
+            except (SerfError, ConfigError, OSError) as exc:
+                self.counters["serf_restarts"] += 1
+                log.error("%s: serf agent failed: %s; retrying in %.0f s", self.cfg.name,
+                          exc, backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _keep_external_tags(self, host: str, port: int, tags: dict[str, str]) -> None:
+        """With --serf-rpc, (re)apply our tags whenever the agent is reachable."""
+        applied = False
+        while True:
+            healthy = self.membership is not None and self.membership.healthy
+            if healthy and not applied:
+                try:
+                    async with open_serf_client(host, port, self.cfg.serf_rpc_auth or None) as c:
+                        await c.tags(set=tags)
+                    applied = True
+                except SerfError as exc:
+                    log.warning("%s: could not set serf tags: %s", self.cfg.name, exc)
+            elif not healthy:
+                applied = False
+            await trio.sleep(1.0)
+
+    # ------------------------------------------------------------------ membership
+    def _refresh_peers(self) -> None:
+        m = self.membership
+        if m is None or self.gossip is None:
+            return
+        if not m.healthy:
+            # Without Serf we cannot know who is alive: stop being a candidate (so we stop
+            # acting), but keep gossiping with the peers we last knew.
+            self.replica.candidates = []
+            return
+        alive = [i for i in m.instances if i.status == "alive"]
+        self.gossip.set_peers({i.name: i.gossip_addr for i in alive})
+        self.replica.candidates = candidates([i.name for i in alive])
+
+    async def _membership_loop(self, events: trio.MemoryReceiveChannel[Any]) -> None:
+        async for ev in events:
+            self._refresh_peers()
+            if isinstance(ev, InstancesChanged):
+                continue
+            if isinstance(ev, NodeEvent) and ev.kind in ("discovered", "disappeared"):
+                if self.replica.is_holder():
+                    try:
+                        await self.jobs.apply_node_event(
+                            ev.kind, ev.name, ev.label, ev.serial, ev.addr
+                        )
+                        self.counters["node_events_applied"] += 1
+                    except (GossipmgrError, StoreError) as exc:
+                        log.error("%s: node event %s refused: %s", self.cfg.name, ev, exc)
+                else:
+                    # The holder applies it; a takeover reconciles against Serf.
+                    self.counters["node_events_ignored"] += 1
+
+    def alive_nodes(self) -> dict[str, tuple[str, str, str]]:
+        m = self.membership
+        if m is None:
+            return {}
+        return {n.name: (n.label, n.serial, n.addr) for n in m.nodes.values() if n.up}
+
+    # ------------------------------------------------------------------ lease
+    async def _lease_loop(self) -> None:
+        rep = self.replica
+        was_holder = False
+        reconciled_epoch = -1
+        last_reconcile = 0.0
+        while True:
+            self._refresh_peers()
+            lease = rep.lease()
+            new = decide(rep.name, lease, rep.candidates, rep.now_ms(), rep.lease_cfg)
+            if new is not None:
+                renewal = lease is not None and lease.holder == rep.name
+                value = new.as_value()
+                try:
+                    await rep.commit(lambda s, ts: s.d_set(LEASE_KEY, value, ts))
+                    if renewal:
+                        self.counters["lease_renewals"] += 1
+                    else:
+                        self.counters["lease_claims"] += 1
+                        log.warning("%s: claimed the lease, epoch %d", rep.name, new.epoch)
+                except StoreError as exc:
+                    log.error("%s: cannot write the lease: %s", rep.name, exc)
+            holder = rep.is_holder()
+            if holder != was_holder:
+                log.warning("%s: %s the lease holder", rep.name, "now" if holder else "no longer")
+                was_holder = holder
+            m = self.membership
+            current = rep.lease()
+            if holder and current is not None and m is not None and m.healthy and m.polls > 0:
+                # At takeover (a new epoch) and then periodically: repair any health event
+                # lost in the handover or during a Serf outage.
+                now = trio.current_time()
+                if current.epoch != reconciled_epoch or now - last_reconcile > RECONCILE_EVERY_S:
+                    try:
+                        await self.jobs.reconcile(self.alive_nodes())
+                        self.counters["reconciles"] += 1
+                        reconciled_epoch, last_reconcile = current.epoch, now
+                    except (GossipmgrError, StoreError) as exc:
+                        log.error("%s: reconcile failed: %s", rep.name, exc)
+            await trio.sleep(LEASE_LOOP_S)
+
+    # ------------------------------------------------------------------ signals
+    async def _signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGINT, signal.SIGTERM) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.warning("%s: signal %s: shutting down", self.cfg.name, signum)
+                    nursery.cancel_scope.cancel()
+                    return
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; apply what can change at run time."""
+        path = self.cfg.config_file
+        try:
+            new = load(path, {}) if path is not None else self.cfg
+            token = read_token(new.api_token_file)
+            keyring, _ = load_or_create_keyring(new)
+        except GossipmgrError as exc:
+            log.error("%s: reload refused, keeping the old settings: %s", self.cfg.name, exc)
+            return
+        self.cfg = AgentConfig(**{**self.cfg.__dict__, "ansible": new.ansible,
+                                  "api_token_file": new.api_token_file,
+                                  "encrypt_key_file": new.encrypt_key_file,
+                                  "reconfigure_on_reappear": new.reconfigure_on_reappear})
+        self.token = token
+        self.jobs.reconfigure_on_reappear = new.reconfigure_on_reappear
+        if self.gossip is not None:
+            self.gossip.set_keyring(keyring)
+        log.warning("%s: reloaded %s (token, gossip keys, ansible section)", self.cfg.name, path)
+
+    # ------------------------------------------------------------------ views
+    def peers(self) -> list[dict[str, Any]]:
+        m = self.membership
+        stats = self.replica.ae.stats(self.replica.now_ms())["peers"]
+        out: list[dict[str, Any]] = []
+        seen = set()
+        for inst in m.instances if m is not None else ():
+            seen.add(inst.name)
+            p = stats.get(inst.name, {})
+            out.append({
+                "name": inst.name,
+                "api_url": inst.api_url,
+                "gossip_addr": f"{inst.gossip_addr[0]}:{inst.gossip_addr[1]}",
+                "status": inst.status,
+                "self": inst.name == self.cfg.name,
+                "lag": p.get("lag", 0),
+                "resyncing": p.get("resyncing", False),
+                "last_heard_ms_ago": p.get("last_heard_ms_ago"),
+            })
+        if self.cfg.name not in seen:
+            out.append({"name": self.cfg.name, "api_url": self.api_url, "gossip_addr": None,
+                        "status": "unknown (serf down)" if m is None or not m.healthy
+                        else "not in serf", "self": True, "lag": 0})
+        return sorted(out, key=lambda p: str(p["name"]))
+
+    def instance_api_url(self, name: str) -> str | None:
+        if name == self.cfg.name:
+            return self.api_url
+        m = self.membership
+        for inst in m.instances if m is not None else ():
+            if inst.name == name:
+                return inst.api_url
+        return None
+
+    def holder_api_url(self) -> str | None:
+        lease = self.replica.lease()
+        if lease is None or lease.holder == self.cfg.name:
+            return None
+        if lease.expires_ms <= self.replica.now_ms():
+            return None
+        return self.instance_api_url(lease.holder)
+
+    def health(self) -> dict[str, Any]:
+        m = self.membership
+        store = self.replica.store
+        return {
+            "name": self.cfg.name,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started, 3),
+            "serf": {
+                "healthy": bool(m and m.healthy),
+                "error": "" if m and m.healthy else (m.last_error if m else "not started"),
+                "embedded": self.serf is not None,
+            },
+            "lease": {"holder": self.replica.is_holder(), **(self.replica.lease().__dict__
+                      if self.replica.lease() else {})},
+            "durability": {
+                "data_dir": str(self.cfg.data_dir),
+                "write_errors": self.replica.counters["write_errors"],
+                "log_bytes": store.log_bytes if store is not None else 0,
+                "restore_seconds": round(self.replica.restore_seconds, 4),
+            },
+            "entries": len(self.replica.state),
+        }
+
+
+class AgentApiContext:
+    """The API's view of a running agent (``gossipmgr.api.ApiContext``)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.replica = agent.replica
+        self.jobs = agent.jobs
+
+    @property
+    def token(self) -> str | None:  # SIGHUP may change it
+        return self.agent.token
+
+    def peers(self) -> list[dict[str, Any]]:
+        return self.agent.peers()
+
+    def serf_healthy(self) -> bool:
+        m = self.agent.membership
+        return bool(m and m.healthy)
+
+    def health(self) -> dict[str, Any]:
+        return self.agent.health()
+
+    def metrics_text(self) -> str:
+        return metrics_text(self.agent)
+
+    def config(self) -> dict[str, Any]:
+        cfg = self.agent.cfg
+        runtime = self.replica.state.ansible_config() or {}
+        return {
+            "serf": {"Addr": cfg.serf_rpc or cfg.serf_rpc_bind, "AuthKey": "", "Timeout": 0},
+            "ansible": {**self.agent.file_ansible_section(), **runtime},
+            "manager": {"addr": cfg.api_addr},
+        }
+
+    async def set_ansible_config(self, cfg: dict[str, Any]) -> None:
+        merged = {**self.config()["ansible"], **cfg}
+        await self.replica.commit(lambda s, ts: s.d_set(ANSIBLE_CONFIG_KEY, merged, ts))
+
+    def holder_api_url(self) -> str | None:
+        return self.agent.holder_api_url()
+
+    def instance_api_url(self, name: str) -> str | None:
+        return self.agent.instance_api_url(name)
+
+
+def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) -> None:
+    lines.append(f"# HELP {name} {help_}")
+    lines.append(f"# TYPE {name} {kind}")
+    if isinstance(samples, dict):
+        for labels, v in samples.items():
+            lines.append(f"{name}{{{labels}}} {v}")
+    else:
+        lines.append(f"{name} {samples}")
+
+
+def metrics_text(agent: Agent) -> str:
+    """Prometheus text exposition of every figure the agent keeps."""
+    rep = agent.replica
+    lines: list[str] = []
+    m = agent.membership
+    lease = rep.lease()
+    _metric(lines, "gossipmgr_up", "gauge", "1 while the agent runs.", 1)
+    _metric(lines, "gossipmgr_serf_healthy", "gauge", "1 when Serf answers.",
+            int(bool(m and m.healthy)))
+    _metric(lines, "gossipmgr_entries", "gauge", "Entries in the replica (tombstones too).",
+            len(rep.state))
+    _metric(lines, "gossipmgr_nodes", "gauge", "Nodes in the inventory.",
+            len(rep.state.node_names()))
+    _metric(lines, "gossipmgr_lease_holder", "gauge", "1 if this instance holds the lease.",
+            int(rep.is_holder()))
+    _metric(lines, "gossipmgr_lease_epoch", "gauge", "Current lease epoch.",
+            lease.epoch if lease else 0)
+    _metric(lines, "gossipmgr_fenced_writes_total", "counter",
+            "Writes refused for carrying a stale lease epoch.", rep.state.map.fenced)
+    _metric(lines, "gossipmgr_hlc_refused_total", "counter",
+            "Remote timestamps refused for running too far ahead.", rep.hlc.refused)
+    for k, v in sorted(agent.counters.items()):
+        _metric(lines, f"gossipmgr_{k}_total", "counter", f"Agent counter {k}.", v)
+    for k, v in sorted(rep.counters.items()):
+        _metric(lines, f"gossipmgr_replica_{k}_total", "counter", f"Replica counter {k}.", v)
+    store = rep.store
+    if store is not None:
+        st = store.stats
+        _metric(lines, "gossipmgr_store_appends_total", "counter", "Records appended.",
+                st.appends)
+        _metric(lines, "gossipmgr_store_fsyncs_total", "counter", "Group-commit fsyncs.",
+                st.fsyncs)
+        _metric(lines, "gossipmgr_store_errors_total", "counter", "Write/fsync errors.",
+                st.errors)
+        _metric(lines, "gossipmgr_store_fsync_max_seconds", "gauge", "Slowest fsync.",
+                st.fsync_max_s)
+        _metric(lines, "gossipmgr_store_log_bytes", "gauge", "Log bytes since the snapshot.",
+                st.log_bytes)
+        _metric(lines, "gossipmgr_store_compactions_total", "counter", "Snapshots written.",
+                st.compactions)
+    if agent.gossip is not None:
+        g = agent.gossip.stats()
+        proto = g["protocol"]
+        _metric(lines, "gossipmgr_gossip_delta_buffer", "gauge", "Deltas kept for peers.",
+                proto["buffer_depth"])
+        _metric(lines, "gossipmgr_gossip_largest_datagram_bytes", "gauge",
+                "Largest plaintext payload sent.", proto["largest_datagram"])
+        _metric(lines, "gossipmgr_gossip_peer_lag", "gauge", "Unacknowledged deltas per peer.",
+                {f'peer="{n}"': p["lag"] for n, p in proto["peers"].items()})
+        tr = g["transport"]
+        _metric(lines, "gossipmgr_gossip_datagrams_total", "counter", "Datagrams by direction.",
+                {'dir="sent"': tr.get("datagrams_sent", 0),
+                 'dir="received"': tr.get("datagrams_received", 0)})
+        _metric(lines, "gossipmgr_gossip_bytes_total", "counter", "Bytes by direction and type.",
+                {f'dir="{k.split("_bytes_")[0]}",type="{k.split("_bytes_")[1]}"': v
+                 for k, v in tr.items() if "_bytes_" in k})
+        drops = {k[5:]: v for k, v in tr.items() if k.startswith("drop_")}
+        drops.update({k[5:]: v for k, v in proto["counters"].items() if k.startswith("drop_")})
+        _metric(lines, "gossipmgr_gossip_dropped_total", "counter", "Datagrams dropped by reason.",
+                {f'reason="{k}"': v for k, v in sorted(drops.items())} or {'reason="none"': 0})
+        _metric(lines, "gossipmgr_gossip_resyncs_total", "counter", "Digest resyncs started.",
+                proto["counters"].get("digests_sent", 0))
+    for k, v in sorted(getattr(agent.jobs, "counters", {}).items()):
+        _metric(lines, f"gossipmgr_jobs_{k}_total", "counter", f"Job counter {k}.", v)
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- command line
+OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--config", {"type": Path, "metavar": "FILE", "help": "TOML config file (every option is "
+                  "also a key there; the ansible section is [ansible]); SIGHUP re-reads it"}),
+    ("--name", {"help": "instance name, unique; also its Serf node name (default: hostname)"}),
+    ("--data-dir", {"type": Path, "help": "state, logs, keys (default /var/lib/gossipmgr)"}),
+    ("--api-addr", {"help": "API listen HOST:PORT (default 127.0.0.1:9007; port 0 = any)"}),
+    ("--advertise-api", {"help": "API URL peers and the CLI use (default: from --api-addr)"}),
+    ("--gossip-addr", {"help": "UDP HOST:PORT for gossip between instances "
+                       "(default 127.0.0.1:7950; port 0 = any)"}),
+    ("--serf-bind", {"help": "embedded Serf agent's bind HOST:PORT (default 127.0.0.1:7946)"}),
+    ("--serf-rpc-bind", {"help": "embedded Serf agent's RPC HOST:PORT (default 127.0.0.1:7373)"}),
+    ("--serf-rpc", {"help": "use an existing Serf agent's RPC at HOST:PORT instead of "
+                    "starting one (its node name must equal --name)"}),
+    ("--serf-rpc-auth", {"help": "Serf RPC auth key, if the agent sets rpc_auth"}),
+    ("--serf-profile", {"choices": ["lan", "local", "wan"], "help": "memberlist timing profile "
+                        "for the embedded agent (default lan)"}),
+    ("--join", {"action": "append", "metavar": "ADDR", "help": "Serf address to join "
+                "(repeatable; retried until it works)"}),
+    ("--encrypt-key-file", {"type": Path, "help": "shared gossip key (32 bytes base64, Serf's "
+                            "-encrypt format; also handed to the embedded Serf). Default: "
+                            "<data-dir>/gossip.key, created if missing"}),
+    ("--api-token-file", {"type": Path, "help": "bearer token required by every route but "
+                          "/health"}),
+    ("--tls-cert", {"type": Path, "help": "serve the API over TLS with this certificate"}),
+    ("--tls-key", {"type": Path, "help": "... and this private key"}),
+    ("--insecure", {"action": "store_true", "default": None, "help": "allow a non-loopback API "
+                    "address without a token"}),
+    ("--playbook-dir", {"type": Path, "help": "where site.yml/cleanup.yml live "
+                        "(default: the sample playbooks shipped with gossipmgr)"}),
+    ("--reconfigure-on-reappear", {"action": "store_true", "default": None, "help": "re-run the "
+                                   "configure playbook on an Allocated node that comes back"}),
+    ("--lease-ttl-ms", {"type": int, "help": "lease time to live (default 10000)"}),
+    ("--lease-renew-ms", {"type": int, "help": "renew when this much of the TTL has passed "
+                          "(default 2500)"}),
+    ("--log-level", {"choices": ["debug", "info", "warning", "error"], "help": "default info"}),
+]
+
+
+def add_agent_options(p: argparse.ArgumentParser) -> None:
+    for flag, kw in OPTIONS:
+        p.add_argument(flag, **kw)
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    overrides: dict[str, Any] = {}
+    for flag, _ in OPTIONS:
+        key = flag[2:].replace("-", "_")
+        if key == "config":
+            continue
+        val = getattr(args, key, None)
+        if key == "join" and val is not None:
+            val = tuple(val)
+        overrides[key] = val
+    return load(args.config, overrides)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+        setup_logging(cfg.log_level)
+        agent = Agent(cfg)
+    except GossipmgrError as exc:
+        print(f"gossipmgr agent: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(agent.run)
+    except GossipmgrError as exc:
+        print(f"gossipmgr agent: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gossipmgr agent: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        print(f"gossipmgr agent: {first}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="run the gossipmgr daemon",
+        description="Run one gossipmgr instance: REST API, gossip, an embedded Serf agent "
+        "(unless --serf-rpc), the lease and the job runner. SIGHUP reloads the config "
+        "file's token, gossip keys and ansible section; SIGINT/SIGTERM leave gracefully.",
+    )
+    add_agent_options(p)
+    p.set_defaults(func=cmd_agent)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gossipmgr agent")
+    add_agent_options(parser)
+    return cmd_agent(parser.parse_args(argv))

@@ -1,0 +1,193 @@
+"""The agent's configuration: typed, frozen, every default with its reason.
+
+Sources, later wins: built-in defaults < the TOML file (``--config``) < command-line
+options. Every option is also a key of the file (dashes become underscores); the ansible
+section is the ``[ansible]`` table. Unknown keys and wrong types are a ConfigError with one
+line naming the key (serf's config decoder sets ErrorUnused for the same reason).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+PACKAGED_PLAYBOOKS = Path(__file__).parent / "playbooks"
+
+
+@dataclass(frozen=True)
+class AnsibleConfig:
+    """clusterm's ``ansible`` section (its JSON names are kept in the API's /config)."""
+
+    configure_playbook: str = "site.yml"
+    cleanup_playbook: str = "cleanup.yml"
+    upgrade_playbook: str = "rolling-upgrade.yml"
+    #: Remote user and key for SSH; empty means ansible's own defaults.
+    user: str = ""
+    priv_key_file: str = ""
+    #: Lowest-precedence extra-vars (clusterm: ``ansible.extra_variables``).
+    extra_variables: Mapping[str, Any] = field(default_factory=dict)
+    #: Added to every inventory host, e.g. ``ansible_connection = "local"`` for the demo.
+    host_vars: Mapping[str, Any] = field(default_factory=dict)
+    #: A playbook that runs longer is killed (its whole process tree) and the job errors.
+    timeout_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    #: Instance name: unique per instance, also its Serf node name and the lease order key.
+    name: str = field(default_factory=socket.gethostname)
+    #: Snapshot, log, gossip key, job logs, the embedded Serf agent's files.
+    data_dir: Path = Path("/var/lib/gossipmgr")
+    #: clusterm listened on 0.0.0.0:9007; we default to loopback and refuse a wider address
+    #: without a token (--insecure to override).
+    api_addr: str = "127.0.0.1:9007"
+    #: URL peers and the CLI use to reach this API (default: derived from api_addr).
+    advertise_api: str = ""
+    #: UDP address for gossip between instances (advertised in our Serf tags).
+    gossip_addr: str = "127.0.0.1:7950"
+    #: Address the embedded Serf agent binds (memberlist gossip, TCP+UDP).
+    serf_bind: str = "127.0.0.1:7946"
+    #: RPC address for the embedded Serf agent.
+    serf_rpc_bind: str = "127.0.0.1:7373"
+    #: Use an existing Serf agent at this RPC address instead of starting one.
+    serf_rpc: str = ""
+    #: Serf RPC auth key (the agent's ``rpc_auth``), if any.
+    serf_rpc_auth: str = ""
+    #: memberlist profile for the embedded agent: lan (default) or local.
+    serf_profile: str = "lan"
+    #: Serf addresses to join (retried forever: a failed start-up join is not fatal).
+    join: tuple[str, ...] = ()
+    #: Shared 32-byte base64 key (Serf's -encrypt format) for gossip and the embedded Serf.
+    #: When unset, <data_dir>/gossip.key is used, created on first start.
+    encrypt_key_file: Path | None = None
+    #: A bearer token every API route but /health requires.
+    api_token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Serve the API on a non-loopback address without a token.
+    insecure: bool = False
+    playbook_dir: Path = PACKAGED_PLAYBOOKS
+    #: Re-run the configure playbook on an Allocated node that comes back (clusterm #123).
+    reconfigure_on_reappear: bool = False
+    #: Lease timing (see gossipmgr.lease.LeaseConfig for the reasons).
+    lease_ttl_ms: int = 10_000
+    lease_renew_ms: int = 2_500
+    log_level: str = "info"
+    ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
+    #: The file this was read from (SIGHUP re-reads it).
+    config_file: Path | None = None
+
+
+_PATH_FIELDS = {"data_dir", "encrypt_key_file", "api_token_file", "tls_cert", "tls_key",
+                "playbook_dir", "config_file"}
+
+
+def _coerce(name: str, ftype: Any, value: Any, where: str) -> Any:
+    t = str(ftype)
+    if name in _PATH_FIELDS:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: {name} must be a path string")
+        return Path(value).expanduser()
+    if "bool" in t:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be true or false")
+        return value
+    if "int" in t and "float" not in t:
+        if type(value) is not int:
+            raise ConfigError(f"{where}: {name} must be an integer")
+        return value
+    if "float" in t:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {name} must be a number")
+        return float(value)
+    if "tuple" in t:
+        if not isinstance(value, list | tuple) or not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{where}: {name} must be a list of strings")
+        return tuple(value)
+    if "Mapping" in t:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {name} must be a table")
+        return dict(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {name} must be a string")
+    return value
+
+
+def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        k = key.replace("-", "_")
+        if k not in fields or k == "config_file":
+            raise ConfigError(f"{where}: unknown config key {key!r}")
+        if k == "ansible":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [ansible] must be a table")
+            kwargs[k] = _build(AnsibleConfig, value, f"{where} [ansible]")
+        else:
+            kwargs[k] = _coerce(k, fields[k].type, value, where)
+    return kwargs
+
+
+def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
+    """Defaults < file < overrides (already typed, None meaning "not given")."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = _build(AgentConfig, raw, str(path))
+    for k, v in overrides.items():
+        if v is not None:
+            data[k] = v
+    if path is not None:
+        data["config_file"] = path
+    cfg = AgentConfig(**data)
+    validate(cfg)
+    return cfg
+
+
+def split_addr(value: str, what: str) -> tuple[str, int]:
+    """'host:port' (IPv6 as '[::1]:port') -> (host, port). Raises ConfigError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, not {value!r}")
+    host = host.strip("[]")
+    if not host:
+        raise ConfigError(f"{what} needs a host, not {value!r}")
+    return host, int(port)
+
+
+def validate(cfg: AgentConfig) -> None:
+    if not cfg.name or any(c.isspace() for c in cfg.name) or len(cfg.name) > 128:
+        raise ConfigError(f"name must be 1-128 characters without spaces, not {cfg.name!r}")
+    for what in ("api_addr", "gossip_addr", "serf_bind", "serf_rpc_bind"):
+        split_addr(getattr(cfg, what), what.replace("_", "-"))
+    if cfg.serf_rpc:
+        split_addr(cfg.serf_rpc, "serf-rpc")
+    host, _ = split_addr(cfg.gossip_addr, "gossip-addr")
+    try:
+        if ipaddress.ip_address(host).is_unspecified:
+            raise ConfigError("gossip-addr must be a concrete address peers can reach")
+    except ValueError:
+        pass
+    if cfg.serf_profile not in ("lan", "local", "wan"):
+        raise ConfigError(f"serf-profile must be lan, local or wan, not {cfg.serf_profile!r}")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("tls-cert and tls-key go together")
+    if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:
+        raise ConfigError("lease-renew-ms must be positive and below lease-ttl-ms")
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
