@@ -84,7 +84,15 @@ from .ansible import (
 )
 from .clock import Timestamp
 from .crdt import LWWMap
-from .errors import BadRequest, Conflict, JobError, NotFound, StaleEpoch, Unavailable
+from .errors import (
+    BadRequest,
+    Conflict,
+    JobError,
+    NotFound,
+    StaleEpoch,
+    StoreError,
+    Unavailable,
+)
 from .lease import check_fence
 from .replica import Replica
 from .state import (
@@ -237,7 +245,12 @@ class JobManager:
                 task_status.started()
                 while True:
                     if self.replica.is_holder():
-                        await self.reconcile_orphans()
+                        try:
+                            await self.reconcile_orphans()
+                        except StoreError as exc:  # disk trouble: retry at the next wake
+                            log.error(
+                                "%s: orphan reconciliation failed: %s", self.replica.name, exc
+                            )
                     with trio.move_on_after(ORPHAN_SCAN_S):
                         await self.replica.wait_change()
             finally:
@@ -430,7 +443,10 @@ class JobManager:
             raise
         self.counters["jobs_started"] += 1
         if dropped:
-            await trio.to_thread.run_sync(self._remove_files, dropped)
+            try:
+                await trio.to_thread.run_sync(self._remove_files, dropped)
+            except OSError as exc:  # the job is accepted; stale files are only litter
+                log.warning("%s: could not remove files of old jobs: %s", me, exc)
         globals_ = self.replica.state.globals()
         nursery.start_soon(self._execute, run, hosts, settings, globals_, dict(request_vars))
         log.info("%s: job %s started (%s), epoch %d", me, job_id, desc, epoch)
@@ -454,8 +470,11 @@ class JobManager:
         me = self.replica.name
         result: WorkflowResult | None = None
         try:
-            run.path.parent.mkdir(parents=True, exist_ok=True)
-            run.file = open(run.path, "a", encoding="utf-8")  # closed in the finally below
+            try:
+                run.path.parent.mkdir(parents=True, exist_ok=True)
+                run.file = open(run.path, "a", encoding="utf-8")  # closed in the finally below
+            except OSError as exc:  # run anyway: the replicated tail still shows the log
+                log.error("%s: job %s: cannot write its log file: %s", me, run.job_id, exc)
             run.line(f"gossipmgr: job {run.job_id} ({run.kind}) run by {me}, epoch {run.epoch}")
             kind = "commission" if run.kind == "reconfigure" else run.kind
             async with trio.open_nursery() as nursery:
@@ -514,6 +533,10 @@ class JobManager:
                     await self._write_job(run, {})
                 except StaleEpoch:
                     pass  # the watcher stops the run; this write is simply not made
+                except StoreError as exc:  # the next flush or the final write carries it
+                    log.warning(
+                        "%s: job %s: log tail not saved: %s", self.replica.name, run.job_id, exc
+                    )
 
     async def _write_job(
         self, run: _Run, fields: Mapping[str, Any], extra: Callable[..., LWWMap] | None = None
@@ -560,6 +583,10 @@ class JobManager:
             await self._write_job(run, fields, statuses)
         except StaleEpoch as exc:
             log.warning("%s: job %s: final write refused: %s", me, run.job_id, exc)
+            return
+        except StoreError as exc:
+            # The record stays Running; once this run is gone the orphan scan ends it.
+            log.error("%s: job %s: final write failed: %s", me, run.job_id, exc)
             return
         self.counters["jobs_ended"] += 1
         if skipped:
