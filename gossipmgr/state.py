@@ -151,6 +151,8 @@ class ClusterState:
     def __init__(self, entries: LWWMap | None = None) -> None:
         self.map = LWWMap()
         self._by_node: dict[str, set[Key]] = {}
+        # Keys of the small namespaces, so reads of globals and jobs never scan the map.
+        self._by_ns: dict[str, set[Key]] = {GLOBAL: set(), JOB: set()}
         if entries is not None:
             self.map.gc_horizon = entries.gc_horizon
             self.apply(entries)
@@ -169,11 +171,19 @@ class ClusterState:
         for k, _ in novel.items():
             if k[0] == NODE:
                 self._by_node.setdefault(k[1], set()).add(k)
+            elif k[0] in self._by_ns:
+                self._by_ns[k[0]].add(k)
         return novel
+
+    def _live(self, ns: str) -> Iterator[tuple[Key, Any]]:
+        for k in self._by_ns[ns]:
+            e = self.map.entry(k)
+            if e is not None and not e.deleted:
+                yield k, e.value
 
     # -- reads ---------------------------------------------------------------------------
     def globals(self) -> dict[str, Any]:
-        return {k[1]: v for k, v in self.map.live() if k[0] == GLOBAL}
+        return {k[1]: v for k, v in sorted(self._live(GLOBAL))}
 
     def node_names(self) -> list[str]:
         """Nodes that have an inventory record, sorted."""
@@ -211,7 +221,7 @@ class ClusterState:
                 yield rec
 
     def jobs(self) -> dict[str, dict[str, Any]]:
-        return {k[1]: dict(v) for k, v in self.map.live() if k[0] == JOB}
+        return {k[1]: dict(v) for k, v in sorted(self._live(JOB))}
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         v = self.map.get(job_key(job_id))

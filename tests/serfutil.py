@@ -20,29 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
+
+from gossipmgr.localcluster import FORBIDDEN_PORTS, free_port  # noqa: F401 (re-exported)
 import pytest
 
 SERF = shutil.which("serf") or "/usr/bin/serf"
-FORBIDDEN_PORTS = {7946, 7373}
 
 needs_serf = pytest.mark.skipif(not os.path.exists(SERF), reason="serf binary not installed")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on ``host`` right now (Serf binds both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            if port in FORBIDDEN_PORTS:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((host, port))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError("no free port found")
 
 
 def rpc_ready(port: int, auth: str | None = None, host: str = "127.0.0.1") -> bool:

@@ -1,0 +1,349 @@
+"""A cluster of real gossipmgr agents and simulated nodes on loopback, for the demo,
+the integration tests and the benchmarks.
+
+Each instance is a ``gossipmgr agent`` subprocess with its own embedded ``serf agent``;
+each simulated node is a plain ``serf agent`` carrying clusterm's ``NodeLabel``,
+``NodeSerial`` and ``NodeAddr`` tags. Everything binds 127.0.0.1 on free ports (never
+Serf's defaults), and :meth:`LocalCluster.close` stops every process it started, even
+after a failure (use it as a context manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from .gossip.crypto import generate_key
+
+T = TypeVar("T")
+FORBIDDEN_PORTS = {7946, 7373, 9007}
+HOST = "127.0.0.1"
+
+
+def free_port(host: str = HOST) -> int:
+    """A port free for both TCP and UDP on ``host`` right now (Serf binds both)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((host, 0))
+            port = int(t.getsockname()[1])
+            if port in FORBIDDEN_PORTS:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``pred`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = pred()
+            if value:
+                return value
+        except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            extra = f" (last error: {last_exc})" if last_exc else ""
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Instance:
+    name: str
+    data_dir: Path
+    api_port: int
+    gossip_port: int
+    serf_port: int
+    rpc_port: int
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.api_port}"
+
+    @property
+    def serf_bind(self) -> str:
+        return f"{HOST}:{self.serf_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.name}.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Node:
+    """A simulated cluster node: a serf agent with clusterm's tags."""
+
+    label: str
+    serial: str
+    addr: str
+    serf_port: int
+    rpc_port: int
+    args: list[str]
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-{self.serial}"
+
+
+@dataclass
+class LocalCluster:
+    root: Path
+    #: memberlist profile: "local" detects failures in ~5 s instead of ~6 s.
+    profile: str = "local"
+    #: ansible host vars for every job (the demo and tests run playbooks locally).
+    local_ansible: bool = True
+    lease_ttl_ms: int = 10_000
+    extra_args: Sequence[str] = ()
+    instances: dict[str, Instance] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    key_file: Path = field(init=False)
+    config_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.key_file = self.root / "gossip.key"
+        if not self.key_file.exists():
+            self.key_file.write_text(generate_key() + "\n")
+            self.key_file.chmod(0o600)
+        self.config_file = self.root / "agent.toml"
+        lines = []
+        if self.local_ansible:
+            lines += [
+                "[ansible.host_vars]",
+                'ansible_connection = "local"',
+                'ansible_python_interpreter = "{{ ansible_playbook_python }}"',
+                f'gossipmgr_demo_root = "{self.root / "hosts"}/{{{{ inventory_hostname }}}}"',
+            ]
+        self.config_file.write_text("\n".join(lines) + "\n")
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- instances -----------------------------------------------------------------------
+    def _seed(self) -> str | None:
+        for inst in self.instances.values():
+            return inst.serf_bind
+        return None
+
+    def add_instance(self, name: str) -> Instance:
+        data = self.root / name
+        inst = Instance(name, data, free_port(), free_port(), free_port(), free_port(), [])
+        join = self._seed()
+        inst.args = [
+            sys.executable, "-m", "gossipmgr.cli", "agent",
+            "--name", name,
+            "--config", str(self.config_file),
+            "--data-dir", str(data),
+            "--api-addr", f"{HOST}:{inst.api_port}",
+            "--gossip-addr", f"{HOST}:{inst.gossip_port}",
+            "--serf-bind", inst.serf_bind,
+            "--serf-rpc-bind", f"{HOST}:{inst.rpc_port}",
+            "--serf-profile", self.profile,
+            "--encrypt-key-file", str(self.key_file),
+            "--lease-ttl-ms", str(self.lease_ttl_ms),
+            "--lease-renew-ms", str(self.lease_ttl_ms // 4),
+            *self.extra_args,
+        ]
+        if join:
+            inst.args += ["--join", join]
+        self.instances[name] = inst
+        self.start(name)
+        return inst
+
+    def start(self, name: str) -> Instance:
+        inst = self.instances[name]
+        assert not inst.alive, f"{name} is already running"
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(inst.log_path, "ab") as logf:
+            inst.proc = subprocess.Popen(
+                inst.args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        return inst
+
+    def wait_ready(self, name: str, timeout: float = 30.0) -> None:
+        inst = self.instances[name]
+
+        def ready() -> bool:
+            if not inst.alive:
+                raise RuntimeError(f"agent {name} exited:\n{inst.log()[-3000:]}")
+            r = httpx.get(f"{inst.url}/health", timeout=2)
+            return r.status_code == 200 and bool(r.json().get("serf", {}).get("healthy"))
+
+        wait_for(ready, timeout, f"agent {name} to serve with Serf up")
+
+    def kill9(self, name: str) -> None:
+        inst = self.instances[name]
+        if inst.proc is not None and inst.proc.poll() is None:
+            inst.proc.kill()
+            inst.proc.wait(10)
+
+    def stop(self, name: str, grace: float = 20.0) -> None:
+        inst = self.instances[name]
+        if inst.proc is not None:
+            _stop(inst.proc, grace)
+
+    def serf_pid(self, name: str) -> int | None:
+        """The pid of the instance's embedded serf agent (a child of the agent)."""
+        inst = self.instances[name]
+        if inst.proc is None:
+            return None
+        # trio forks from a worker thread, so scan every process's parent pid.
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+                if ppid != inst.proc.pid:
+                    continue
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if len(cmd) > 1 and cmd[0].endswith(b"serf") and cmd[1] == b"agent":
+                return int(entry.name)
+        return None
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def get(self, name: str, path: str, timeout: float = 5.0) -> Any:
+        r = httpx.get(f"{self.instances[name].url}{path}", timeout=timeout)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, name: str, path: str, body: Any, timeout: float = 30.0) -> httpx.Response:
+        return httpx.post(f"{self.instances[name].url}{path}", json=body, timeout=timeout)
+
+    def put(self, name: str, path: str, body: Any, timeout: float = 30.0) -> httpx.Response:
+        return httpx.put(f"{self.instances[name].url}{path}", json=body, timeout=timeout)
+
+    def lease(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name, "/info/lease")["lease"] or {})
+
+    def holder(self, names: Sequence[str] | None = None) -> str | None:
+        """The holder every named (running) instance agrees on, or None."""
+        names = names or [n for n, i in self.instances.items() if i.alive]
+        seen = set()
+        for n in names:
+            lease = self.lease(n)
+            if not lease.get("valid"):
+                return None
+            seen.add(lease["holder"])
+        return seen.pop() if len(seen) == 1 else None
+
+    # -- simulated nodes -------------------------------------------------------------------
+    def add_node(self, label: str, serial: str, addr: str = HOST) -> Node:
+        data = self.root / "nodes" / f"{label}-{serial}"
+        data.mkdir(parents=True, exist_ok=True)
+        serf_port, rpc_port = free_port(), free_port()
+        args = [
+            shutil.which("serf") or "serf", "agent",
+            f"-node={label}-{serial}",
+            f"-bind={HOST}:{serf_port}",
+            f"-rpc-addr={HOST}:{rpc_port}",
+            f"-profile={self.profile}",
+            f"-tag=NodeLabel={label}",
+            f"-tag=NodeSerial={serial}",
+            f"-tag=NodeAddr={addr}",
+            f"-keyring-file={self._node_keyring(data)}",
+            "-retry-interval=1s",
+        ]
+        seed = self._seed()
+        if seed:
+            args.append(f"-retry-join={seed}")
+        node = Node(label, serial, addr, serf_port, rpc_port, args, data)
+        self.nodes[node.name] = node
+        self.start_node(node.name)
+        return node
+
+    def _node_keyring(self, data: Path) -> Path:
+        path = data / "keyring.json"
+        path.write_text(f'["{self.key_file.read_text().strip()}"]')
+        return path
+
+    def start_node(self, name: str) -> None:
+        node = self.nodes[name]
+        with open(node.data_dir / "serf.log", "ab") as logf:
+            node.proc = subprocess.Popen(
+                node.args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def kill9_node(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(10)
+
+    # -- teardown --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop everything (graceful first, in parallel), then make sure nothing is left."""
+        procs = [i.proc for i in self.instances.values() if i.proc is not None]
+        procs += [n.proc for n in self.nodes.values() if n.proc is not None]
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(OSError):
+                    p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(max(0.1, deadline - time.monotonic()))
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+
+
+@contextlib.contextmanager
+def local_cluster(root: Path, **kw: Any) -> Iterator[LocalCluster]:
+    c = LocalCluster(root, **kw)
+    try:
+        yield c
+    finally:
+        c.close()
