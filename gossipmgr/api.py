@@ -123,8 +123,8 @@ class JobsLike(Protocol):
 class ApiContext(Protocol):
     """Everything the API reads or calls; the agent (or :class:`StandaloneContext`) owns it.
 
-    Optional attribute read with ``getattr``: ``forward_verify`` (httpx ``verify=``: a CA
-    file path, an ``ssl.SSLContext`` or a bool) used when forwarding to / proxying from a
+    Optional attribute read with ``getattr``: ``forward_verify`` (httpx ``verify=``: an
+    ``ssl.SSLContext`` or a bool) used when forwarding to / proxying from a
     peer over https.
     """
 

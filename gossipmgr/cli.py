@@ -23,6 +23,7 @@ import importlib
 import ipaddress
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +61,12 @@ class Client:
         if "://" not in self.url:  # clusterctl took host:port
             self.url = "http://" + self.url
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        verify: Any = cacert if cacert else True
+        verify: Any = True
+        if cacert:  # httpx 0.28 deprecates verify=<path>
+            try:
+                verify = ssl.create_default_context(cafile=cacert)
+            except (OSError, ssl.SSLError) as exc:
+                raise CliError(f"cannot load CA file {cacert}: {exc}", 2) from None
         self.http = httpx.Client(headers=headers, verify=verify, timeout=REQUEST_TIMEOUT)
 
     def close(self) -> None:
