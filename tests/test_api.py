@@ -121,7 +121,7 @@ def test_listen_policy() -> None:
 
 
 async def test_reads(api: Any) -> None:
-    ctx, call = api
+    _, call = api
     st, nodes = await call("GET", "/info/nodes")
     assert st == 200 and sorted(nodes) == ["node-0", "node-1", "node-2"]
     st, n = await call("GET", "/info/node/node-1")
