@@ -131,7 +131,7 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
         if k == "ansible":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: [ansible] must be a table")
-            kwargs[k] = _build(AnsibleConfig, value, f"{where} [ansible]")
+            kwargs[k] = AnsibleConfig(**_build(AnsibleConfig, value, f"{where} [ansible]"))
         else:
             kwargs[k] = _coerce(k, fields[k].type, value, where)
     return kwargs

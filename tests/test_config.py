@@ -1,0 +1,79 @@
+"""Agent configuration: file < options, unknown keys and bad values refused in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gossipmgr.config import AnsibleConfig, load
+from gossipmgr.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "agent.toml"
+    p.write_text(text)
+    return p
+
+
+def test_file_then_overrides(tmp_path: Path) -> None:
+    p = write(tmp_path, 'name = "a"\napi_addr = "127.0.0.1:1"\njoin = ["x:1"]\n'
+              '[ansible]\nuser = "ops"\n[ansible.host_vars]\nansible_connection = "local"\n')
+    cfg = load(p, {"api_addr": "127.0.0.1:2", "name": None})
+    assert cfg.name == "a" and cfg.api_addr == "127.0.0.1:2" and cfg.join == ("x:1",)
+    assert isinstance(cfg.ansible, AnsibleConfig)
+    assert cfg.ansible.user == "ops"
+    assert cfg.ansible.host_vars == {"ansible_connection": "local"}
+    assert cfg.config_file == p
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("nmae = 'x'\n", "unknown config key 'nmae'"),
+        ("[ansible]\nusr = 'x'\n", "unknown config key 'usr'"),
+        ("insecure = 'yes'\n", "insecure must be true or false"),
+        ("lease_ttl_ms = 1.5\n", "lease_ttl_ms must be an integer"),
+        ("api_addr = 'nohost'\n", "api-addr must be HOST:PORT"),
+        ("gossip_addr = '0.0.0.0:1'\n", "concrete address"),
+        ("tls_cert = '/x'\n", "tls-cert and tls-key go together"),
+        ("lease_renew_ms = 20000\n", "lease-renew-ms"),
+        ("name = 'a b'\n", "without spaces"),
+        ("= broken", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load(write(tmp_path, text), {})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load(tmp_path / "nope.toml", {})
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gossipmgr.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_agent_help_documents_every_option() -> None:
+    from gossipmgr.agent import OPTIONS
+
+    out = run_cli("agent", "--help")
+    assert out.returncode == 0
+    for flag, _ in OPTIONS:
+        assert flag in out.stdout
+
+
+def test_bad_option_or_key_is_one_line_and_nonzero(tmp_path: Path) -> None:
+    out = run_cli("agent", "--bogus")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    bad = write(tmp_path, "colour = 'blue'\n")
+    out = run_cli("agent", "--config", str(bad), "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "unknown config key 'colour'" in out.stderr
+    out = run_cli("agent", "--data-dir", str(tmp_path / "d"), "--api-addr", "0.0.0.0:0")
+    assert out.returncode == 2 and "without a token" in out.stderr and "Traceback" not in out.stderr
