@@ -11,9 +11,11 @@ Exit codes (clusterctl exited 0 on usage errors and panicked when the daemon was
      (one line, no traceback), or a followed job ended Errored
 * 2  usage error (argparse), bad local input (an IP that does not parse, an unreadable file)
 
-Hooks for other subcommands: modules listed in :data:`SUBCOMMAND_MODULES` (``gossipmgr.agent``,
-``gossipmgr.demo``) are imported if present and their ``add_commands(subparsers)`` is called;
-each registers its parsers with ``set_defaults(func=...)`` where ``func(args) -> int``.
+Hooks for other subcommands: :data:`SUBCOMMAND_MODULES` maps a command name (``agent``,
+``demo``) to the module that implements it. The module is imported only when that command
+is run (importing the agent pulls in Quart, hypercorn and ansible: ~1 s that every client
+command would otherwise pay); its ``add_commands(subparsers)`` registers the real parser
+with ``set_defaults(func=...)`` where ``func(args) -> int``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ from typing import Any, NoReturn
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:9007"
-#: Modules that may add subcommands (the agent daemon, the demo), imported lazily.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("gossipmgr.agent", "gossipmgr.demo")
+#: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
+SUBCOMMAND_MODULES: dict[str, tuple[str, str]] = {
+    "agent": ("gossipmgr.agent", "run the gossipmgr daemon"),
+    "demo": ("gossipmgr.demo", "run a local demo cluster through its workflows"),
+}
+#: Global options that take a value (to find the command word in argv without parsing).
+_VALUE_OPTIONS = frozenset({"-u", "--url", "--token", "--token-file", "--cacert"})
 #: Requests answer quickly (a job POST returns once launched); following a log is unbounded.
 REQUEST_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 FOLLOW_TIMEOUT = httpx.Timeout(None, connect=5.0)
@@ -449,17 +456,38 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_word(argv: Sequence[str]) -> str | None:
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in _VALUE_OPTIONS:
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole parser; ``argv`` only decides which external command module to import."""
     common = _common()
     parser = argparse.ArgumentParser(
         prog="gossipmgr",
         description="gossipmgr: highly available cluster manager (clusterctl compatible)",
     )
-    parser.add_argument("-u", "--url", default=None)
-    parser.add_argument("--token", default=None)
-    parser.add_argument("--token-file", default=None)
-    parser.add_argument("--cacert", default=None)
-    parser.add_argument("-j", "--json", action="store_true", default=False)
+    parser.add_argument(
+        "-u", "--url", default=None, help=f"API URL (default $GOSSIPMGR_URL, else {DEFAULT_URL})"
+    )
+    parser.add_argument("--token", default=None, help="bearer token (default $GOSSIPMGR_TOKEN)")
+    parser.add_argument("--token-file", default=None, help="read the bearer token from a file")
+    parser.add_argument("--cacert", default=None, help="CA bundle to verify an https API")
+    parser.add_argument(
+        "-j",
+        "--json",
+        action="store_true",
+        default=False,
+        help="print the server's JSON instead of tables",
+    )
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
 
@@ -547,9 +575,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lease", parents=[common], help="the lease")
     p.set_defaults(func=cmd_lease)
 
-    for mod in SUBCOMMAND_MODULES:
-        add_module_commands(sub, mod)
+    word = _command_word(argv)
+    for name, (mod, help_text) in SUBCOMMAND_MODULES.items():
+        if name == word and add_module_commands(sub, mod):
+            continue
+        # placeholder for --help; never selected when the module exists (imported above)
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(func=_missing_module(name, mod))
     return parser
+
+
+def _missing_module(name: str, module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise CliError(f"the {name} command is not available ({module} is not installed)", 2)
+
+    return run
 
 
 def add_module_commands(sub: Any, module: str) -> bool:
@@ -600,7 +640,8 @@ def _fail(text: str, code: int) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Returns the exit code (the console script exits with it)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = args.func
     try:

@@ -1,0 +1,241 @@
+"""The ``gossipmgr`` command line, run as a subprocess against a real API server process.
+
+The server is ``tests/_apiutil.py`` (a standalone instance with three discovered nodes, a
+token, the real JobManager running the shipped playbooks on ansible_connection=local).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+TOKEN = "cli-test-token"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("cli")
+    url_file = root / "url"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "_apiutil.py"),
+            "--data",
+            str(root),
+            "--url-file",
+            str(url_file),
+            "--token",
+            TOKEN,
+            "--nodes",
+            "3",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not url_file.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"server died: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start in 30 s")
+            time.sleep(0.05)
+        yield url_file.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def gm(
+    *args: str,
+    url: str | None = None,
+    token: str | None = TOKEN,
+    stdin: str | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
+    if url is not None:
+        env["GOSSIPMGR_URL"] = url
+    if token is not None:
+        env["GOSSIPMGR_TOKEN"] = token
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "gossipmgr.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> str:
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    return p.stdout
+
+
+def refused(p: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    return p.stderr.strip()
+
+
+def js(p: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(ok(p))
+
+
+def test_nodes(server: str) -> None:
+    out = ok(gm("nodes", "get", url=server))
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "STATE", "HOST-GROUP", "ADDRESS", "PREV-STATUS"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["node-0", "node-1", "node-2"]
+    assert lines[1].split()[1:4] == ["Unallocated", "Discovered", "service-master"]
+    assert sorted(js(gm("a", "g", "-j", url=server))) == ["node-0", "node-1", "node-2"]
+    assert sorted(js(gm("a", "g", "node-1", "node-2", "--json", url=server))) == [
+        "node-1",
+        "node-2",
+    ]
+    n = js(gm("n", "g", "node-1", "-j", url=server))
+    assert n["inventory_state"]["name"] == "node-1"
+    assert 'node_name = "node-1"' in ok(gm("node", "get", "node-1", url=server))
+    err = refused(gm("node", "get", "ghost", url=server))
+    assert err == 'gossipmgr: node with name or address "ghost" doesn\'t exists'
+    # the URL can also follow the command
+    assert ok(gm("node", "get", "node-0", "-u", server)).startswith("NAME")
+
+
+def test_globals(server: str) -> None:
+    assert ok(gm("global", "set", "-e", '{"x": 1, "y": "z"}', url=server)).split() == [
+        "KEY",
+        "VALUE",
+        "x",
+        "1",
+        "y",
+        '"z"',
+    ]
+    assert ok(gm("g", "s", "port", "8080", url=server)).strip() == "port = 8080"
+    assert ok(gm("g", "s", "name", "web", url=server)).strip() == 'name = "web"'
+    assert ok(gm("g", "g", "port", url=server)).strip() == "8080"
+    assert js(gm("global", "get", "-j", url=server)) == {
+        "extra_vars": {"x": 1, "y": "z", "port": 8080, "name": "web"}
+    }
+    assert ok(gm("global", "delete", "x", url=server)).strip() == "deleted x"
+    assert refused(gm("global", "get", "x", url=server)) == (
+        'gossipmgr: global extra-var "x" doesn\'t exist'
+    )
+    err = refused(gm("g", "s", "-e", "{bad", url=server))
+    assert err.startswith('gossipmgr: "extra_vars" should be a valid json. Error: ')
+
+
+def test_usage_errors_exit_2(server: str) -> None:
+    err = refused(gm("discover", "10.0.0.1", "not-an-ip", url=server), 2)
+    assert err == 'gossipmgr: failed to parse ip address "not-an-ip"'
+    assert "usage:" in refused(gm("node", url=server), 2)
+    assert "usage:" in refused(gm("frobnicate", url=server), 2)
+    assert "usage:" in refused(gm("node", "commission", url=server), 2)
+    assert refused(gm("config", "set", "/nonexistent/file", url=server), 2).startswith(
+        "gossipmgr: cannot read /nonexistent/file"
+    )
+
+
+def test_daemon_down_is_one_line() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = gm("nodes", "get", url=f"http://127.0.0.1:{port}")
+    err = refused(p)
+    assert err == f"gossipmgr: cannot reach http://127.0.0.1:{port}: connection refused"
+    assert len(p.stderr.splitlines()) == 1
+
+
+def test_token_sources(server: str, tmp_path: Path) -> None:
+    assert refused(gm("lease", url=server, token=None)) == (
+        "gossipmgr: missing or invalid bearer token"
+    )
+    assert refused(gm("lease", "--token", "wrong", url=server, token=None)).endswith(
+        "missing or invalid bearer token"
+    )
+    tf = tmp_path / "tok"
+    tf.write_text(TOKEN + "\n")
+    assert "holder=i1" in ok(gm("--token-file", str(tf), "lease", url=server, token=None))
+    assert "holder=i1" in ok(gm("lease", "--token", TOKEN, url=server, token=None))
+
+
+def test_peers_lease_config(server: str) -> None:
+    out = ok(gm("peers", url=server))
+    assert out.splitlines()[0].split()[:3] == ["NAME", "STATUS", "API"]
+    assert out.splitlines()[1].split()[:2] == ["*i1", "alive"]
+    assert "lease: holder=i1 epoch=1" in out
+    assert js(gm("lease", "-j", url=server))["lease"]["holder"] == "i1"
+    cfg = js(gm("c", "g", url=server))
+    assert set(cfg) == {"serf", "ansible", "manager"}
+    assert (
+        ok(
+            gm("config", "set", "-", url=server, stdin=json.dumps({"ansible": {"user": "ops"}}))
+        ).strip()
+        == "config updated"
+    )
+    assert js(gm("config", "get", url=server))["ansible"]["user"] == "ops"
+    err = refused(gm("c", "s", "-", url=server, stdin=json.dumps({"serf": {"Addr": "x"}})))
+    assert err == (
+        'gossipmgr: "serf" configuration can\'t be changed. '
+        "Only changes to ansible configuration are allowed."
+    )
+
+
+@pytest.mark.ansible
+def test_commission_and_follow_a_real_job(server: str) -> None:
+    assert refused(gm("job", "cancel", url=server)) == "gossipmgr: job is not Running"
+    err = refused(gm("n", "c", "node-0", "-g", "db", url=server))
+    assert err == 'gossipmgr: invalid or empty host-group specified: "db"'
+    started = ok(gm("n", "c", "node-0", "-g", "service-master", "-e", '{"v": 1}', url=server))
+    assert started.startswith("job ") and "started (Running)" in started
+    job_id = started.split()[1]
+    err = refused(gm("a", "u", "node-1", url=server))
+    assert err.startswith("gossipmgr: there is already an active job")
+    p = gm("job", "get", "active", "--follow", url=server)
+    out = ok(p)
+    lines = out.splitlines()
+    assert any("PLAY" in ln for ln in lines)
+    assert lines[-1].startswith(f"job {job_id}: Complete (")
+    assert "[running" not in p.stderr  # progress goes to a TTY only
+    assert ok(gm("j", "g", "last", url=server)).splitlines()[1].split()[:3] == [
+        job_id,
+        "commission",
+        "Complete",
+    ]
+    assert js(gm("j", "g", job_id, "-j", url=server))["status"] == "Complete"
+    hist = ok(gm("jobs", url=server)).splitlines()
+    assert hist[0].split()[:3] == ["ID", "TASK", "STATUS"] and hist[1].split()[0] == job_id
+    # following a finished job replays its log and its final status
+    again = ok(gm("j", "g", job_id, "-f", url=server)).splitlines()
+    assert again[-1].startswith(f"job {job_id}: Complete") and len(again) == len(lines)
+    assert js(gm("n", "g", "node-0", "-j", url=server))["inventory_state"]["status"] == (
+        "Allocated"
+    )
+
+
+def test_agent_and_demo_commands_are_hooked_in_lazily() -> None:
+    out = ok(gm("--help"))
+    assert "agent" in out and "demo" in out
+    assert "--data-dir" in ok(gm("agent", "--help"))
+    assert "--keep" in ok(gm("-u", "http://x", "demo", "--help"))
