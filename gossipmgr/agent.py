@@ -38,7 +38,9 @@ import trio
 from . import __version__
 from .ansible import AnsibleSettings
 from .api import check_listen_policy, create_app, serve
+from .clock import Timestamp
 from .config import AgentConfig, load, split_addr
+from .crdt import LWWMap
 from .errors import ConfigError, GossipmgrError, SerfError, StoreError
 from .gossip.crypto import Keyring, generate_key, load_keyring_file
 from .gossip.service import GossipService
@@ -49,7 +51,7 @@ from .replica import Replica
 from .serf.client import open_serf_client, serf_connector
 from .serf.membership import InstancesChanged, NodeEvent, SerfMembership
 from .serf.process import SerfAgentProcess
-from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY
+from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.agent")
 
@@ -68,9 +70,7 @@ def load_or_create_keyring(cfg: AgentConfig) -> tuple[Keyring, Path]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(generate_key() + "\n")
-        log.warning(
-            "created gossip key %s: copy it to every instance (--encrypt-key-file)", path
-        )
+        log.warning("created gossip key %s: copy it to every instance (--encrypt-key-file)", path)
     return load_keyring_file(path), path
 
 
@@ -112,6 +112,7 @@ class Agent:
         self.gossip: GossipService | None = None
         self.serf: SerfAgentProcess | None = None
         self.api_url = ""
+        self.api_ctx: AgentApiContext | None = None
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
@@ -200,6 +201,7 @@ class Agent:
     async def _start(self, nursery: trio.Nursery) -> None:
         cfg = self.cfg
         ctx = AgentApiContext(self)
+        self.api_ctx = ctx
         app = create_app(ctx)
         api_host, api_port = split_addr(cfg.api_addr, "api-addr")
         url = await nursery.start(
@@ -258,8 +260,9 @@ class Agent:
                 await self.serf.run()
             except (SerfError, ConfigError, OSError) as exc:
                 self.counters["serf_restarts"] += 1
-                log.error("%s: serf agent failed: %s; retrying in %.0f s", self.cfg.name,
-                          exc, backoff)
+                log.error(
+                    "%s: serf agent failed: %s; retrying in %.0f s", self.cfg.name, exc, backoff
+                )
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
@@ -330,8 +333,12 @@ class Agent:
             if new is not None:
                 renewal = lease is not None and lease.holder == rep.name
                 value = new.as_value()
+
+                def make(s: ClusterState, ts: Timestamp, value: Any = value) -> LWWMap:
+                    return s.d_set(LEASE_KEY, value, ts)
+
                 try:
-                    await rep.commit(lambda s, ts: s.d_set(LEASE_KEY, value, ts))
+                    await rep.commit(make)
                     if renewal:
                         self.counters["lease_renewals"] += 1
                     else:
@@ -379,11 +386,18 @@ class Agent:
         except GossipmgrError as exc:
             log.error("%s: reload refused, keeping the old settings: %s", self.cfg.name, exc)
             return
-        self.cfg = AgentConfig(**{**self.cfg.__dict__, "ansible": new.ansible,
-                                  "api_token_file": new.api_token_file,
-                                  "encrypt_key_file": new.encrypt_key_file,
-                                  "reconfigure_on_reappear": new.reconfigure_on_reappear})
+        self.cfg = AgentConfig(
+            **{
+                **self.cfg.__dict__,
+                "ansible": new.ansible,
+                "api_token_file": new.api_token_file,
+                "encrypt_key_file": new.encrypt_key_file,
+                "reconfigure_on_reappear": new.reconfigure_on_reappear,
+            }
+        )
         self.token = token
+        if self.api_ctx is not None:
+            self.api_ctx.token = token
         self.jobs.reconfigure_on_reappear = new.reconfigure_on_reappear
         if self.gossip is not None:
             self.gossip.set_keyring(keyring)
@@ -398,20 +412,31 @@ class Agent:
         for inst in m.instances if m is not None else ():
             seen.add(inst.name)
             p = stats.get(inst.name, {})
-            out.append({
-                "name": inst.name,
-                "api_url": inst.api_url,
-                "gossip_addr": f"{inst.gossip_addr[0]}:{inst.gossip_addr[1]}",
-                "status": inst.status,
-                "self": inst.name == self.cfg.name,
-                "lag": p.get("lag", 0),
-                "resyncing": p.get("resyncing", False),
-                "last_heard_ms_ago": p.get("last_heard_ms_ago"),
-            })
+            out.append(
+                {
+                    "name": inst.name,
+                    "api_url": inst.api_url,
+                    "gossip_addr": f"{inst.gossip_addr[0]}:{inst.gossip_addr[1]}",
+                    "status": inst.status,
+                    "self": inst.name == self.cfg.name,
+                    "lag": p.get("lag", 0),
+                    "resyncing": p.get("resyncing", False),
+                    "last_heard_ms_ago": p.get("last_heard_ms_ago"),
+                }
+            )
         if self.cfg.name not in seen:
-            out.append({"name": self.cfg.name, "api_url": self.api_url, "gossip_addr": None,
-                        "status": "unknown (serf down)" if m is None or not m.healthy
-                        else "not in serf", "self": True, "lag": 0})
+            out.append(
+                {
+                    "name": self.cfg.name,
+                    "api_url": self.api_url,
+                    "gossip_addr": None,
+                    "status": "unknown (serf down)"
+                    if m is None or not m.healthy
+                    else "not in serf",
+                    "self": True,
+                    "lag": 0,
+                }
+            )
         return sorted(out, key=lambda p: str(p["name"]))
 
     def instance_api_url(self, name: str) -> str | None:
@@ -443,8 +468,10 @@ class Agent:
                 "error": "" if m and m.healthy else (m.last_error if m else "not started"),
                 "embedded": self.serf is not None,
             },
-            "lease": {"holder": self.replica.is_holder(), **(self.replica.lease().__dict__
-                      if self.replica.lease() else {})},
+            "lease": {
+                "holder": self.replica.is_holder(),
+                **(self.replica.lease().__dict__ if self.replica.lease() else {}),
+            },
             "durability": {
                 "data_dir": str(self.cfg.data_dir),
                 "write_errors": self.replica.counters["write_errors"],
@@ -462,10 +489,7 @@ class AgentApiContext:
         self.agent = agent
         self.replica = agent.replica
         self.jobs = agent.jobs
-
-    @property
-    def token(self) -> str | None:  # SIGHUP may change it
-        return self.agent.token
+        self.token: str | None = agent.token  # the agent updates it on SIGHUP
 
     def peers(self) -> list[dict[str, Any]]:
         return self.agent.peers()
@@ -517,20 +541,43 @@ def metrics_text(agent: Agent) -> str:
     m = agent.membership
     lease = rep.lease()
     _metric(lines, "gossipmgr_up", "gauge", "1 while the agent runs.", 1)
-    _metric(lines, "gossipmgr_serf_healthy", "gauge", "1 when Serf answers.",
-            int(bool(m and m.healthy)))
-    _metric(lines, "gossipmgr_entries", "gauge", "Entries in the replica (tombstones too).",
-            len(rep.state))
-    _metric(lines, "gossipmgr_nodes", "gauge", "Nodes in the inventory.",
-            len(rep.state.node_names()))
-    _metric(lines, "gossipmgr_lease_holder", "gauge", "1 if this instance holds the lease.",
-            int(rep.is_holder()))
-    _metric(lines, "gossipmgr_lease_epoch", "gauge", "Current lease epoch.",
-            lease.epoch if lease else 0)
-    _metric(lines, "gossipmgr_fenced_writes_total", "counter",
-            "Writes refused for carrying a stale lease epoch.", rep.state.map.fenced)
-    _metric(lines, "gossipmgr_hlc_refused_total", "counter",
-            "Remote timestamps refused for running too far ahead.", rep.hlc.refused)
+    _metric(
+        lines, "gossipmgr_serf_healthy", "gauge", "1 when Serf answers.", int(bool(m and m.healthy))
+    )
+    _metric(
+        lines,
+        "gossipmgr_entries",
+        "gauge",
+        "Entries in the replica (tombstones too).",
+        len(rep.state),
+    )
+    _metric(
+        lines, "gossipmgr_nodes", "gauge", "Nodes in the inventory.", len(rep.state.node_names())
+    )
+    _metric(
+        lines,
+        "gossipmgr_lease_holder",
+        "gauge",
+        "1 if this instance holds the lease.",
+        int(rep.is_holder()),
+    )
+    _metric(
+        lines, "gossipmgr_lease_epoch", "gauge", "Current lease epoch.", lease.epoch if lease else 0
+    )
+    _metric(
+        lines,
+        "gossipmgr_fenced_writes_total",
+        "counter",
+        "Writes refused for carrying a stale lease epoch.",
+        rep.state.map.fenced,
+    )
+    _metric(
+        lines,
+        "gossipmgr_hlc_refused_total",
+        "counter",
+        "Remote timestamps refused for running too far ahead.",
+        rep.hlc.refused,
+    )
     for k, v in sorted(agent.counters.items()):
         _metric(lines, f"gossipmgr_{k}_total", "counter", f"Agent counter {k}.", v)
     for k, v in sorted(rep.counters.items()):
@@ -538,40 +585,88 @@ def metrics_text(agent: Agent) -> str:
     store = rep.store
     if store is not None:
         st = store.stats
-        _metric(lines, "gossipmgr_store_appends_total", "counter", "Records appended.",
-                st.appends)
-        _metric(lines, "gossipmgr_store_fsyncs_total", "counter", "Group-commit fsyncs.",
-                st.fsyncs)
-        _metric(lines, "gossipmgr_store_errors_total", "counter", "Write/fsync errors.",
-                st.errors)
-        _metric(lines, "gossipmgr_store_fsync_max_seconds", "gauge", "Slowest fsync.",
-                st.fsync_max_s)
-        _metric(lines, "gossipmgr_store_log_bytes", "gauge", "Log bytes since the snapshot.",
-                st.log_bytes)
-        _metric(lines, "gossipmgr_store_compactions_total", "counter", "Snapshots written.",
-                st.compactions)
+        _metric(lines, "gossipmgr_store_appends_total", "counter", "Records appended.", st.appends)
+        _metric(lines, "gossipmgr_store_fsyncs_total", "counter", "Group-commit fsyncs.", st.fsyncs)
+        _metric(lines, "gossipmgr_store_errors_total", "counter", "Write/fsync errors.", st.errors)
+        _metric(
+            lines, "gossipmgr_store_fsync_max_seconds", "gauge", "Slowest fsync.", st.fsync_max_s
+        )
+        _metric(
+            lines,
+            "gossipmgr_store_log_bytes",
+            "gauge",
+            "Log bytes since the snapshot.",
+            st.log_bytes,
+        )
+        _metric(
+            lines,
+            "gossipmgr_store_compactions_total",
+            "counter",
+            "Snapshots written.",
+            st.compactions,
+        )
     if agent.gossip is not None:
         g = agent.gossip.stats()
         proto = g["protocol"]
-        _metric(lines, "gossipmgr_gossip_delta_buffer", "gauge", "Deltas kept for peers.",
-                proto["buffer_depth"])
-        _metric(lines, "gossipmgr_gossip_largest_datagram_bytes", "gauge",
-                "Largest plaintext payload sent.", proto["largest_datagram"])
-        _metric(lines, "gossipmgr_gossip_peer_lag", "gauge", "Unacknowledged deltas per peer.",
-                {f'peer="{n}"': p["lag"] for n, p in proto["peers"].items()})
+        _metric(
+            lines,
+            "gossipmgr_gossip_delta_buffer",
+            "gauge",
+            "Deltas kept for peers.",
+            proto["buffer_depth"],
+        )
+        _metric(
+            lines,
+            "gossipmgr_gossip_largest_datagram_bytes",
+            "gauge",
+            "Largest plaintext payload sent.",
+            proto["largest_datagram"],
+        )
+        _metric(
+            lines,
+            "gossipmgr_gossip_peer_lag",
+            "gauge",
+            "Unacknowledged deltas per peer.",
+            {f'peer="{n}"': p["lag"] for n, p in proto["peers"].items()},
+        )
         tr = g["transport"]
-        _metric(lines, "gossipmgr_gossip_datagrams_total", "counter", "Datagrams by direction.",
-                {'dir="sent"': tr.get("datagrams_sent", 0),
-                 'dir="received"': tr.get("datagrams_received", 0)})
-        _metric(lines, "gossipmgr_gossip_bytes_total", "counter", "Bytes by direction and type.",
-                {f'dir="{k.split("_bytes_")[0]}",type="{k.split("_bytes_")[1]}"': v
-                 for k, v in tr.items() if "_bytes_" in k})
+        _metric(
+            lines,
+            "gossipmgr_gossip_datagrams_total",
+            "counter",
+            "Datagrams by direction.",
+            {
+                'dir="sent"': tr.get("datagrams_sent", 0),
+                'dir="received"': tr.get("datagrams_received", 0),
+            },
+        )
+        _metric(
+            lines,
+            "gossipmgr_gossip_bytes_total",
+            "counter",
+            "Bytes by direction and type.",
+            {
+                f'dir="{k.split("_bytes_")[0]}",type="{k.split("_bytes_")[1]}"': v
+                for k, v in tr.items()
+                if "_bytes_" in k
+            },
+        )
         drops = {k[5:]: v for k, v in tr.items() if k.startswith("drop_")}
         drops.update({k[5:]: v for k, v in proto["counters"].items() if k.startswith("drop_")})
-        _metric(lines, "gossipmgr_gossip_dropped_total", "counter", "Datagrams dropped by reason.",
-                {f'reason="{k}"': v for k, v in sorted(drops.items())} or {'reason="none"': 0})
-        _metric(lines, "gossipmgr_gossip_resyncs_total", "counter", "Digest resyncs started.",
-                proto["counters"].get("digests_sent", 0))
+        _metric(
+            lines,
+            "gossipmgr_gossip_dropped_total",
+            "counter",
+            "Datagrams dropped by reason.",
+            {f'reason="{k}"': v for k, v in sorted(drops.items())} or {'reason="none"': 0},
+        )
+        _metric(
+            lines,
+            "gossipmgr_gossip_resyncs_total",
+            "counter",
+            "Digest resyncs started.",
+            proto["counters"].get("digests_sent", 0),
+        )
     for k, v in sorted(getattr(agent.jobs, "counters", {}).items()):
         _metric(lines, f"gossipmgr_jobs_{k}_total", "counter", f"Job counter {k}.", v)
     return "\n".join(lines) + "\n"
@@ -579,39 +674,95 @@ def metrics_text(agent: Agent) -> str:
 
 # ---------------------------------------------------------------------- command line
 OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--config", {"type": Path, "metavar": "FILE", "help": "TOML config file (every option is "
-                  "also a key there; the ansible section is [ansible]); SIGHUP re-reads it"}),
+    (
+        "--config",
+        {
+            "type": Path,
+            "metavar": "FILE",
+            "help": "TOML config file (every option is "
+            "also a key there; the ansible section is [ansible]); SIGHUP re-reads it",
+        },
+    ),
     ("--name", {"help": "instance name, unique; also its Serf node name (default: hostname)"}),
     ("--data-dir", {"type": Path, "help": "state, logs, keys (default /var/lib/gossipmgr)"}),
     ("--api-addr", {"help": "API listen HOST:PORT (default 127.0.0.1:9007; port 0 = any)"}),
     ("--advertise-api", {"help": "API URL peers and the CLI use (default: from --api-addr)"}),
-    ("--gossip-addr", {"help": "UDP HOST:PORT for gossip between instances "
-                       "(default 127.0.0.1:7950; port 0 = any)"}),
+    (
+        "--gossip-addr",
+        {
+            "help": "UDP HOST:PORT for gossip between instances "
+            "(default 127.0.0.1:7950; port 0 = any)"
+        },
+    ),
     ("--serf-bind", {"help": "embedded Serf agent's bind HOST:PORT (default 127.0.0.1:7946)"}),
     ("--serf-rpc-bind", {"help": "embedded Serf agent's RPC HOST:PORT (default 127.0.0.1:7373)"}),
-    ("--serf-rpc", {"help": "use an existing Serf agent's RPC at HOST:PORT instead of "
-                    "starting one (its node name must equal --name)"}),
+    (
+        "--serf-rpc",
+        {
+            "help": "use an existing Serf agent's RPC at HOST:PORT instead of "
+            "starting one (its node name must equal --name)"
+        },
+    ),
     ("--serf-rpc-auth", {"help": "Serf RPC auth key, if the agent sets rpc_auth"}),
-    ("--serf-profile", {"choices": ["lan", "local", "wan"], "help": "memberlist timing profile "
-                        "for the embedded agent (default lan)"}),
-    ("--join", {"action": "append", "metavar": "ADDR", "help": "Serf address to join "
-                "(repeatable; retried until it works)"}),
-    ("--encrypt-key-file", {"type": Path, "help": "shared gossip key (32 bytes base64, Serf's "
-                            "-encrypt format; also handed to the embedded Serf). Default: "
-                            "<data-dir>/gossip.key, created if missing"}),
-    ("--api-token-file", {"type": Path, "help": "bearer token required by every route but "
-                          "/health"}),
+    (
+        "--serf-profile",
+        {
+            "choices": ["lan", "local", "wan"],
+            "help": "memberlist timing profile for the embedded agent (default lan)",
+        },
+    ),
+    (
+        "--join",
+        {
+            "action": "append",
+            "metavar": "ADDR",
+            "help": "Serf address to join (repeatable; retried until it works)",
+        },
+    ),
+    (
+        "--encrypt-key-file",
+        {
+            "type": Path,
+            "help": "shared gossip key (32 bytes base64, Serf's "
+            "-encrypt format; also handed to the embedded Serf). Default: "
+            "<data-dir>/gossip.key, created if missing",
+        },
+    ),
+    (
+        "--api-token-file",
+        {"type": Path, "help": "bearer token required by every route but /health"},
+    ),
     ("--tls-cert", {"type": Path, "help": "serve the API over TLS with this certificate"}),
     ("--tls-key", {"type": Path, "help": "... and this private key"}),
-    ("--insecure", {"action": "store_true", "default": None, "help": "allow a non-loopback API "
-                    "address without a token"}),
-    ("--playbook-dir", {"type": Path, "help": "where site.yml/cleanup.yml live "
-                        "(default: the sample playbooks shipped with gossipmgr)"}),
-    ("--reconfigure-on-reappear", {"action": "store_true", "default": None, "help": "re-run the "
-                                   "configure playbook on an Allocated node that comes back"}),
+    (
+        "--insecure",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "allow a non-loopback API address without a token",
+        },
+    ),
+    (
+        "--playbook-dir",
+        {
+            "type": Path,
+            "help": "where site.yml/cleanup.yml live "
+            "(default: the sample playbooks shipped with gossipmgr)",
+        },
+    ),
+    (
+        "--reconfigure-on-reappear",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "re-run the configure playbook on an Allocated node that comes back",
+        },
+    ),
     ("--lease-ttl-ms", {"type": int, "help": "lease time to live (default 10000)"}),
-    ("--lease-renew-ms", {"type": int, "help": "renew when this much of the TTL has passed "
-                          "(default 2500)"}),
+    (
+        "--lease-renew-ms",
+        {"type": int, "help": "renew when this much of the TTL has passed (default 2500)"},
+    ),
     ("--log-level", {"choices": ["debug", "info", "warning", "error"], "help": "default info"}),
 ]
 

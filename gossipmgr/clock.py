@@ -54,7 +54,11 @@ class HLC:
     """
 
     def __init__(
-        self, node: str, *, max_offset_ms: int = DEFAULT_MAX_OFFSET_MS, last: Timestamp | None = None
+        self,
+        node: str,
+        *,
+        max_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
+        last: Timestamp | None = None,
     ) -> None:
         if not node:
             raise ValueError("HLC node id must be non-empty")

@@ -86,8 +86,15 @@ class AgentConfig:
     config_file: Path | None = None
 
 
-_PATH_FIELDS = {"data_dir", "encrypt_key_file", "api_token_file", "tls_cert", "tls_key",
-                "playbook_dir", "config_file"}
+_PATH_FIELDS = {
+    "data_dir",
+    "encrypt_key_file",
+    "api_token_file",
+    "tls_cert",
+    "tls_key",
+    "playbook_dir",
+    "config_file",
+}
 
 
 def _coerce(name: str, ftype: Any, value: Any, where: str) -> Any:

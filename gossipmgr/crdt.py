@@ -45,7 +45,6 @@ FANOUT = 64
 LEAVES = FANOUT * FANOUT
 
 
-
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One versioned value. ``value`` is JSON-like and ignored when ``deleted``."""
@@ -220,7 +219,9 @@ class LWWMap:
         self._leaf_digest[leaf] = acc ^ entry_hash(k, e)
 
     def gc(self, horizon_ms: int) -> int:
-        """Drop tombstones older than ``horizon_ms``; refuse such tombstones later. Returns count."""
+        """Drop tombstones older than ``horizon_ms`` and refuse such tombstones later.
+
+        Returns how many were dropped."""
         self.gc_horizon = max(self.gc_horizon, horizon_ms)
         dead = [k for k, e in self._entries.items() if e.deleted and e.ts.ms < self.gc_horizon]
         for k in dead:

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,15 @@ class Demo:
         for name, rec in sorted(nodes.items()):
             inv, cfg = rec["inventory_state"], rec["configuration_state"]
             addr = rec["monitoring_state"].get("management_address", "")
-            print(f"   {name:<12} {inv['status']:<15} {inv['state']:<12} "
-                  f"{cfg.get('host_group', ''):<15} {addr}")
+            print(
+                f"   {name:<12} {inv['status']:<15} {inv['state']:<12} "
+                f"{cfg.get('host_group', ''):<15} {addr}"
+            )
 
     # -- helpers -----------------------------------------------------------------------------
     def holder(self) -> str:
-        return wait_for(self.cluster.holder, 30, "the instances to agree on a lease holder")
+        holder: str = wait_for(self.cluster.holder, 30, "the instances to agree on a lease holder")
+        return holder
 
     def run_job(self, via: str, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         r = self.cluster.post(via, path, body)
@@ -65,9 +69,11 @@ class Demo:
             rec = dict(self.cluster.get(via, f"/info/job/{jid}"))
             return rec if rec.get("status") in ("Complete", "Errored", "Cancelled") else None
 
-        rec = wait_for(finished, 180, f"job {jid} to finish")
-        self.say(f"{what}: job {jid} {rec['status']} on {rec.get('runner')} "
-                 f"(epoch {rec.get('epoch')}){': ' + rec['error'] if rec.get('error') else ''}")
+        rec: dict[str, Any] = wait_for(finished, 180, f"job {jid} to finish")
+        self.say(
+            f"{what}: job {jid} {rec['status']} on {rec.get('runner')} "
+            f"(epoch {rec.get('epoch')}){': ' + rec['error'] if rec.get('error') else ''}"
+        )
         if rec["status"] != "Complete":
             raise RuntimeError(f"{what} failed: {rec.get('error')}")
         return rec
@@ -89,32 +95,48 @@ class Demo:
 
         self.step("2. Four cluster nodes join Serf and are discovered")
         names = [c.add_node(label, serial).name for label, serial in NODES]
+
+        def all_discovered(at: str) -> bool:
+            nodes = c.get(at, "/info/nodes")
+            return all(
+                x in nodes and nodes[x]["inventory_state"]["state"] == "Discovered" for x in names
+            )
+
         for n in NAMES:
-            wait_for(lambda n=n: all(
-                (rec := c.get(n, "/info/nodes").get(x)) and
-                rec["inventory_state"]["state"] == "Discovered" for x in names), 30,
-                f"every node to be discovered at {n}")
+            wait_for(partial(all_discovered, n), 30, f"every node to be discovered at {n}")
         self.say("every instance shows the same inventory:")
         self.show_nodes("g3")
 
         self.step("3. Replicated settings: a global extra-var written at g2, read at g3")
         c.put("g2", "/globals/ntp_server", {"value": "pool.ntp.org"}).raise_for_status()
-        wait_for(lambda: c.get("g3", "/info/globals")["extra_vars"].get("ntp_server"), 10,
-                 "the global to reach g3")
+        wait_for(
+            lambda: c.get("g3", "/info/globals")["extra_vars"].get("ntp_server"),
+            10,
+            "the global to reach g3",
+        )
         self.say(f"g3 sees {c.get('g3', '/info/globals')['extra_vars']}")
 
         self.step("4. Workflows, each an ansible job on the lease holder")
         self.run_job("g2", "/discover/nodes", {"addrs": ["127.0.0.99"]}, "discover 127.0.0.99")
         master, worker = names[0], names[1]
-        self.run_job("g1", "/commission/nodes",
-                     {"nodes": [master], "host_group": "service-master",
-                      "extra_vars": '{"demo": "master"}'}, f"commission {master} as master")
-        self.run_job("g3", "/commission/nodes",
-                     {"nodes": [worker], "host_group": "service-worker"},
-                     f"commission {worker} as worker")
-        self.run_job("g2", "/update/nodes",
-                     {"nodes": [worker], "host_group": "service-master"},
-                     f"update {worker} to service-master")
+        self.run_job(
+            "g1",
+            "/commission/nodes",
+            {"nodes": [master], "host_group": "service-master", "extra_vars": '{"demo": "master"}'},
+            f"commission {master} as master",
+        )
+        self.run_job(
+            "g3",
+            "/commission/nodes",
+            {"nodes": [worker], "host_group": "service-worker"},
+            f"commission {worker} as worker",
+        )
+        self.run_job(
+            "g2",
+            "/update/nodes",
+            {"nodes": [worker], "host_group": "service-master"},
+            f"update {worker} to service-master",
+        )
         self.run_job("g1", "/decommission/nodes", {"nodes": [worker]}, f"decommission {worker}")
         self.show_nodes("g1")
 
@@ -126,27 +148,40 @@ class Demo:
         t = time.monotonic()
         c.kill9(holder)
         self.say(f"killed {holder} (epoch {epoch})")
-        new = wait_for(lambda: (h := c.holder(survivors)) not in (None, holder) and h, 40,
-                       "a new lease holder")
-        self.say(f"{new} took the lease, epoch {c.lease(new)['epoch']}, "
-                 f"{time.monotonic() - t:.1f} s after the kill")
+        new = wait_for(
+            lambda: (h := c.holder(survivors)) not in (None, holder) and h, 40, "a new lease holder"
+        )
+        self.say(
+            f"{new} took the lease, epoch {c.lease(new)['epoch']}, "
+            f"{time.monotonic() - t:.1f} s after the kill"
+        )
         after = c.get(new, "/info/nodes")
-        same = {k: v["inventory_state"]["status"] for k, v in before.items()} == \
-            {k: v["inventory_state"]["status"] for k, v in after.items()}
+        same = {k: v["inventory_state"]["status"] for k, v in before.items()} == {
+            k: v["inventory_state"]["status"] for k, v in after.items()
+        }
         self.say(f"inventory at {new} identical to before the kill: {same}")
         if not same:
             raise RuntimeError("state changed across the takeover")
-        self.run_job(survivors[0], "/update/nodes", {"nodes": [master]},
-                     f"update {master} under the new holder")
+        self.run_job(
+            survivors[0],
+            "/update/nodes",
+            {"nodes": [master]},
+            f"update {master} under the new holder",
+        )
 
         self.step(f"6. Restart {holder}: it restores from disk, then catches up")
         c.start(holder)
         c.wait_ready(holder)
         health = c.get(holder, "/health")
-        self.say(f"{holder} restored {health['entries']} entries from disk in "
-                 f"{health['durability']['restore_seconds'] * 1000:.0f} ms")
-        wait_for(lambda: c.get(holder, "/info/nodes") == c.get(new, "/info/nodes"), 30,
-                 f"{holder} to catch up")
+        self.say(
+            f"{holder} restored {health['entries']} entries from disk in "
+            f"{health['durability']['restore_seconds'] * 1000:.0f} ms"
+        )
+        wait_for(
+            lambda: c.get(holder, "/info/nodes") == c.get(new, "/info/nodes"),
+            30,
+            f"{holder} to catch up",
+        )
         self.say(f"{holder} caught up: its inventory equals {new}'s")
         self.show_nodes(holder)
         print("\nDemo complete.", flush=True)
@@ -155,13 +190,16 @@ class Demo:
 
     def keep(self) -> None:
         urls = "  ".join(f"{n}={i.url}" for n, i in self.cluster.instances.items())
-        print(f"\nThe cluster keeps running ({urls}). Try, in another terminal:\n"
-              f"  export GOSSIPMGR_URL={self.cluster.instances['g1'].url}\n"
-              "  .venv/bin/gossipmgr nodes get\n"
-              "  .venv/bin/gossipmgr peers\n"
-              "  .venv/bin/gossipmgr jobs\n"
-              "  .venv/bin/gossipmgr global set region eu-west\n"
-              f"Data: {self.root}. Press Ctrl-C to tear everything down.", flush=True)
+        print(
+            f"\nThe cluster keeps running ({urls}). Try, in another terminal:\n"
+            f"  export GOSSIPMGR_URL={self.cluster.instances['g1'].url}\n"
+            "  .venv/bin/gossipmgr nodes get\n"
+            "  .venv/bin/gossipmgr peers\n"
+            "  .venv/bin/gossipmgr jobs\n"
+            "  .venv/bin/gossipmgr global set region eu-west\n"
+            f"Data: {self.root}. Press Ctrl-C to tear everything down.",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
 
@@ -195,8 +233,11 @@ def add_commands(sub: Any) -> None:
         help="run a local demo cluster (3 instances, 4 nodes) through its workflows",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    p.add_argument("--keep", action="store_true",
-                   help="leave the cluster running for the CLI until Ctrl-C")
-    p.add_argument("--dir", help="keep the demo's files here (default: a temporary directory "
-                   "removed at the end)")
+    p.add_argument(
+        "--keep", action="store_true", help="leave the cluster running for the CLI until Ctrl-C"
+    )
+    p.add_argument(
+        "--dir",
+        help="keep the demo's files here (default: a temporary directory removed at the end)",
+    )
     p.set_defaults(func=cmd_demo)

@@ -49,7 +49,9 @@ def free_port(host: str = HOST) -> int:
     raise RuntimeError("no free port found")
 
 
-def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_for(
+    pred: Callable[[], T | bool | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
     """Poll ``pred`` until it returns something truthy; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -57,7 +59,7 @@ def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float =
         try:
             value = pred()
             if value:
-                return value
+                return value  # type: ignore[return-value]
         except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -177,18 +179,32 @@ class LocalCluster:
         inst = Instance(name, data, free_port(), free_port(), free_port(), free_port(), [])
         join = self._seed()
         inst.args = [
-            sys.executable, "-m", "gossipmgr.cli", "agent",
-            "--name", name,
-            "--config", str(self.config_file),
-            "--data-dir", str(data),
-            "--api-addr", f"{HOST}:{inst.api_port}",
-            "--gossip-addr", f"{HOST}:{inst.gossip_port}",
-            "--serf-bind", inst.serf_bind,
-            "--serf-rpc-bind", f"{HOST}:{inst.rpc_port}",
-            "--serf-profile", self.profile,
-            "--encrypt-key-file", str(self.key_file),
-            "--lease-ttl-ms", str(self.lease_ttl_ms),
-            "--lease-renew-ms", str(self.lease_ttl_ms // 4),
+            sys.executable,
+            "-m",
+            "gossipmgr.cli",
+            "agent",
+            "--name",
+            name,
+            "--config",
+            str(self.config_file),
+            "--data-dir",
+            str(data),
+            "--api-addr",
+            f"{HOST}:{inst.api_port}",
+            "--gossip-addr",
+            f"{HOST}:{inst.gossip_port}",
+            "--serf-bind",
+            inst.serf_bind,
+            "--serf-rpc-bind",
+            f"{HOST}:{inst.rpc_port}",
+            "--serf-profile",
+            self.profile,
+            "--encrypt-key-file",
+            str(self.key_file),
+            "--lease-ttl-ms",
+            str(self.lease_ttl_ms),
+            "--lease-renew-ms",
+            str(self.lease_ttl_ms // 4),
             *self.extra_args,
         ]
         if join:
@@ -205,7 +221,10 @@ class LocalCluster:
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(inst.log_path, "ab") as logf:
             inst.proc = subprocess.Popen(
-                inst.args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                inst.args,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env=env,
             )
         return inst
@@ -285,7 +304,8 @@ class LocalCluster:
         data.mkdir(parents=True, exist_ok=True)
         serf_port, rpc_port = free_port(), free_port()
         args = [
-            shutil.which("serf") or "serf", "agent",
+            shutil.which("serf") or "serf",
+            "agent",
             f"-node={label}-{serial}",
             f"-bind={HOST}:{serf_port}",
             f"-rpc-addr={HOST}:{rpc_port}",

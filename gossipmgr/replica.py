@@ -197,8 +197,9 @@ class Replica:
                 await self._store.append(encode_map(novel))
             except StoreError as exc:
                 self.counters["write_errors"] += 1
-                log.error("%s: could not persist a remote delta (%s); peers still hold it",
-                          self.name, exc)
+                log.error(
+                    "%s: could not persist a remote delta (%s); peers still hold it", self.name, exc
+                )
                 return
             await self._maybe_compact()
 

@@ -267,7 +267,6 @@ class ClusterState:
         return d
 
 
-
 def combine(*deltas: LWWMap) -> LWWMap:
     """Join several deltas into one (for one atomic, one-record-on-disk change)."""
     out = LWWMap()

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from gossipmgr.localcluster import FORBIDDEN_PORTS, free_port  # noqa: F401 (re-exported)
-import pytest
 
 SERF = shutil.which("serf") or "/usr/bin/serf"
 

@@ -51,12 +51,21 @@ def node_state(c: LocalCluster, inst: str, node: str) -> str | None:
 
 def test_three_instances_find_each_other_and_converge(cluster: LocalCluster) -> None:
     start(cluster, "g1", "g2", "g3")
-    wait_for(lambda: all(len(cluster.get(n, "/info/peers")["peers"]) == 3 for n in cluster.instances),
-             20, "every instance to see three peers")
+    wait_for(
+        lambda: all(len(cluster.get(n, "/info/peers")["peers"]) == 3 for n in cluster.instances),
+        20,
+        "every instance to see three peers",
+    )
     r = cluster.put("g2", "/globals/answer", {"value": 42})
     assert r.status_code == 200, r.text
-    wait_for(lambda: all(cluster.get(n, "/info/globals")["extra_vars"].get("answer") == 42
-                         for n in cluster.instances), 10, "the write to reach every instance")
+    wait_for(
+        lambda: all(
+            cluster.get(n, "/info/globals")["extra_vars"].get("answer") == 42
+            for n in cluster.instances
+        ),
+        10,
+        "the write to reach every instance",
+    )
     holder = wait_for(cluster.holder, 20, "one agreed lease holder")
     assert holder in cluster.instances
 
@@ -66,19 +75,28 @@ def test_node_discovered_disappears_on_kill_and_comes_back(cluster: LocalCluster
     wait_for(cluster.holder, 20, "a lease holder")
     node = cluster.add_node("rack1", "0001")
     for inst in ("g1", "g2"):
-        wait_for(lambda inst=inst: node_state(cluster, inst, node.name) == "Discovered", 20,
-                 f"{node.name} discovered at {inst}")
+        wait_for(
+            lambda inst=inst: node_state(cluster, inst, node.name) == "Discovered",
+            20,
+            f"{node.name} discovered at {inst}",
+        )
     rec = cluster.get("g2", f"/info/node/{node.name}")
     assert rec["inventory_state"]["status"] == "Unallocated"
     assert rec["monitoring_state"]["serial_number"] == "0001"
     cluster.kill9_node(node.name)
     for inst in ("g1", "g2"):
-        wait_for(lambda inst=inst: node_state(cluster, inst, node.name) == "Disappeared", 30,
-                 f"{node.name} disappeared at {inst}")
+        wait_for(
+            lambda inst=inst: node_state(cluster, inst, node.name) == "Disappeared",
+            30,
+            f"{node.name} disappeared at {inst}",
+        )
     cluster.start_node(node.name)
     for inst in ("g1", "g2"):
-        wait_for(lambda inst=inst: node_state(cluster, inst, node.name) == "Discovered", 30,
-                 f"{node.name} back at {inst}")
+        wait_for(
+            lambda inst=inst: node_state(cluster, inst, node.name) == "Discovered",
+            30,
+            f"{node.name} back at {inst}",
+        )
 
 
 def test_serf_killed_under_a_running_agent_is_recovered(cluster: LocalCluster) -> None:
@@ -86,12 +104,18 @@ def test_serf_killed_under_a_running_agent_is_recovered(cluster: LocalCluster) -
     cluster.put("g1", "/globals/k", {"value": 1})
     pid = wait_for(lambda: cluster.serf_pid("g1"), 10, "the embedded serf pid")
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not cluster.get("g1", "/health")["serf"]["healthy"], 10,
-             "/health to report Serf down")
+    wait_for(
+        lambda: not cluster.get("g1", "/health")["serf"]["healthy"],
+        10,
+        "/health to report Serf down",
+    )
     # still serving what it knows
     assert cluster.get("g1", "/info/globals")["extra_vars"] == {"k": 1}
-    wait_for(lambda: cluster.get("g1", "/health")["serf"]["healthy"], 40,
-             "the supervisor to restart serf")
+    wait_for(
+        lambda: cluster.get("g1", "/health")["serf"]["healthy"],
+        40,
+        "the supervisor to restart serf",
+    )
     assert cluster.serf_pid("g1") not in (None, pid)
     assert cluster.instances["g1"].alive
 
@@ -99,20 +123,27 @@ def test_serf_killed_under_a_running_agent_is_recovered(cluster: LocalCluster) -
 def test_holder_sigkill_hands_over_and_loses_no_health_event(cluster: LocalCluster) -> None:
     start(cluster, "g1", "g2", "g3")
     node = cluster.add_node("rack2", "0042")
-    wait_for(lambda: all(node_state(cluster, n, node.name) == "Discovered"
-                         for n in cluster.instances), 30, "node discovered everywhere")
+    wait_for(
+        lambda: all(node_state(cluster, n, node.name) == "Discovered" for n in cluster.instances),
+        30,
+        "node discovered everywhere",
+    )
     holder = wait_for(cluster.holder, 20, "one agreed lease holder")
     epoch = cluster.lease(holder)["epoch"]
     survivors = [n for n in cluster.instances if n != holder]
     t0 = time.monotonic()
     cluster.kill9(holder)
     cluster.kill9_node(node.name)  # a health event during the handover
-    new = wait_for(lambda: (h := cluster.holder(survivors)) not in (None, holder) and h, 30,
-                   "a new holder")
+    new = wait_for(
+        lambda: (h := cluster.holder(survivors)) not in (None, holder) and h, 30, "a new holder"
+    )
     took = time.monotonic() - t0
     # Serf detection (~5-6 s) + TTL (6 s here) bounds the takeover.
     assert took < 6 + 6 + 4, took
     assert cluster.lease(new)["epoch"] > epoch
     for n in survivors:
-        wait_for(lambda n=n: node_state(cluster, n, node.name) == "Disappeared", 30,
-                 f"node disappeared at {n} after the handover")
+        wait_for(
+            lambda n=n: node_state(cluster, n, node.name) == "Disappeared",
+            30,
+            f"node disappeared at {n} after the handover",
+        )

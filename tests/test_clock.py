@@ -55,9 +55,10 @@ def test_write_after_observing_always_wins_under_skew() -> None:
             clocks[nxt].observe(ts, true_now + skews[nxt])
             ts = clocks[nxt].now(true_now + skews[nxt])
             state.join(state.set_delta(global_key("k"), (trial, step), ts))
-            assert state.get(global_key("k")) == [trial, step] or state.get(
-                global_key("k")
-            ) == (trial, step)
+            assert state.get(global_key("k")) == [trial, step] or state.get(global_key("k")) == (
+                trial,
+                step,
+            )
 
 
 @settings(max_examples=300)

@@ -17,9 +17,14 @@ from gossipmgr.errors import BadPacket
 from gossipmgr.state import global_key, inventory_key, job_key, node_var_key
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4)
+    ),
     max_leaves=10,
 )
 keys = st.one_of(
@@ -38,7 +43,9 @@ def maps(draw: st.DrawFn) -> LWWMap:
     items = []
     for _ in range(draw(st.integers(0, 10))):
         k, ts = draw(keys), draw(stamps)
-        items.append((k, Entry(ts, None, True) if draw(st.booleans()) else Entry(ts, draw(json_values))))
+        items.append(
+            (k, Entry(ts, None, True) if draw(st.booleans()) else Entry(ts, draw(json_values)))
+        )
     m = LWWMap(items)
     m.gc(draw(st.integers(0, 2**40)))  # a real replica never holds tombstones below its horizon
     return m
@@ -61,10 +68,15 @@ def test_arbitrary_bytes_raise_only_badpacket(data: bytes) -> None:
 
 
 structured = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=5)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=5)
     | st.binary(max_size=5)
     | st.floats(),
-    lambda kids: st.lists(kids, max_size=6) | st.dictionaries(st.text(max_size=3), kids, max_size=3),
+    lambda kids: (
+        st.lists(kids, max_size=6) | st.dictionaries(st.text(max_size=3), kids, max_size=3)
+    ),
     max_leaves=20,
 )
 

@@ -19,8 +19,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_file_then_overrides(tmp_path: Path) -> None:
-    p = write(tmp_path, 'name = "a"\napi_addr = "127.0.0.1:1"\njoin = ["x:1"]\n'
-              '[ansible]\nuser = "ops"\n[ansible.host_vars]\nansible_connection = "local"\n')
+    p = write(
+        tmp_path,
+        'name = "a"\napi_addr = "127.0.0.1:1"\njoin = ["x:1"]\n'
+        '[ansible]\nuser = "ops"\n[ansible.host_vars]\nansible_connection = "local"\n',
+    )
     cfg = load(p, {"api_addr": "127.0.0.1:2", "name": None})
     assert cfg.name == "a" and cfg.api_addr == "127.0.0.1:2" and cfg.join == ("x:1",)
     assert isinstance(cfg.ansible, AnsibleConfig)
@@ -55,8 +58,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gossipmgr.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gossipmgr.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_agent_help_documents_every_option() -> None:

@@ -36,9 +36,10 @@ async def cluster(
             nursery.cancel_scope.cancel()
 
 
-async def wait_for(pred: object, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not pred():  # type: ignore[operator]
+async def wait_for(pred: object, limit_s: float = 10.0) -> None:
+    """Poll a condition on replicas that change from other tasks, with a deadline."""
+    with trio.fail_after(limit_s):
+        while not pred():  # type: ignore[operator]  # noqa: ASYNC110 (state, not an event)
             await trio.sleep(0.01)
 
 

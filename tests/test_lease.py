@@ -58,8 +58,14 @@ class LeaseSim:
 
     def __init__(self, seed: int, n: int) -> None:
         self.rnd = random.Random(seed)
-        self.sim = Sim(n, seed=seed, drop=self.rnd.choice([0.0, 0.05, 0.2]), dup=0.05,
-                       delay=(0.1, 5.0), max_skew_ms=100)
+        self.sim = Sim(
+            n,
+            seed=seed,
+            drop=self.rnd.choice([0.0, 0.05, 0.2]),
+            dup=0.05,
+            delay=(0.1, 5.0),
+            max_skew_ms=100,
+        )
         self.names = self.sim.names
         self.groups: list[set[str]] = [set(self.names)]
         self.crashed: set[str] = set()
@@ -127,14 +133,19 @@ class LeaseSim:
         self.max_epoch_seen[n] = epoch
         new = decide(n, lease, cands, phys, CFG)
         if new is not None:
-            self.sim.write(n, lambda st, ts, v=new.as_value(): st.d_set(LEASE_KEY, v, ts))
+            value = new.as_value()
+            self.sim.write(n, lambda st, ts: st.d_set(LEASE_KEY, value, ts))
         lease = Lease.from_value(inst.state.lease())
         self.steps += 1
         if is_holder(n, lease, cands, phys) and lease is not None and self.steps % 4 == 0:
             # An action under the lease: a fenced job record stamped with our epoch.
             self.actions.append((n, lease.epoch))
-            self.sim.write(n, lambda st, ts, e=lease.epoch: st.d_set(
-                job_key("last-action"), {"by": n, "epoch": e}, ts))
+            self.sim.write(
+                n,
+                lambda st, ts, e=lease.epoch: st.d_set(
+                    job_key("last-action"), {"by": n, "epoch": e}, ts
+                ),
+            )
 
     def holders(self, group: set[str]) -> set[str]:
         out = set()
@@ -187,13 +198,19 @@ def run_lease_schedule(seed: int) -> None:
     # The holder acts; then a deposed actor (older epoch) writes later, by the clock, from
     # another live instance: the fenced record keeps the holder's action everywhere.
     holder = current.holder
-    ls.sim.write(holder, lambda st, ts: st.d_set(
-        job_key("last-action"), {"by": holder, "epoch": current.epoch}, ts))
+    ls.sim.write(
+        holder,
+        lambda st, ts: st.d_set(job_key("last-action"), {"by": holder, "epoch": current.epoch}, ts),
+    )
     stale_epoch = current.epoch - 1
     other = next(n for n in sorted(live) if n != holder) if len(live) > 1 else holder
     ls.sim.step(ls.sim.now + 50)
-    ls.sim.write(other, lambda st, ts: st.d_set(
-        job_key("last-action"), {"by": "deposed", "epoch": stale_epoch}, ts))
+    ls.sim.write(
+        other,
+        lambda st, ts: st.d_set(
+            job_key("last-action"), {"by": "deposed", "epoch": stale_epoch}, ts
+        ),
+    )
     assert ls.sim.run_until_converged(20_000, sorted(live)) is not None
     for n in live:
         rec = ls.sim.inst[n].state.job("last-action")

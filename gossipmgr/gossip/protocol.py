@@ -292,7 +292,7 @@ class AntiEntropy:
         out: list[tuple[str, bytes]] = []
         # Keep at most two windows in flight: enough to hide one RTT, small enough to pace.
         while ps.pending_leaves and len(ps.inflight) < 2:
-            leaves = []
+            leaves: list[int] = []
             while ps.pending_leaves and len(leaves) < self.cfg.pull_window_leaves:
                 leaf = ps.pending_leaves.popleft()
                 ps.queued_leaves.discard(leaf)
