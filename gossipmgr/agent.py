@@ -61,6 +61,11 @@ LEASE_LOOP_S = 0.25
 #: The holder reconciles inventory against Serf at takeover and then this often, so an
 #: event lost anywhere (a Serf outage, a handover) is repaired.
 RECONCILE_EVERY_S = 30.0
+#: Tombstones older than this are garbage collected (hourly). Safe because an instance cut
+#: off for longer refuses to rejoin with its old data (see ``check_stale_data``); a week is
+#: far above any partition or outage we plan for (Cassandra's gc_grace default is 10 days).
+TOMBSTONE_TTL_MS = 7 * 24 * 3600 * 1000
+GC_EVERY_S = 3600.0
 
 
 def load_or_create_keyring(cfg: AgentConfig) -> tuple[Keyring, Path]:
@@ -173,11 +178,51 @@ class Agent:
             "priv_key_file": a.priv_key_file,
         }
 
+    def check_stale_data(self) -> None:
+        """Refuse to rejoin a cluster with data older than the tombstone TTL.
+
+        While any instance runs, the lease entry is rewritten every few seconds, so the
+        newest timestamp in a restored replica tells when this instance last took part.
+        If that is longer ago than the TTL, peers may have garbage-collected tombstones of
+        keys this replica still holds: joining would resurrect deleted keys. A lone instance
+        (no --join) has nobody to resurrect them at, so it only gets a warning.
+        """
+        newest = self.replica.state.max_timestamp()
+        if newest is None:
+            return
+        age_ms = self.replica.now_ms() - newest.ms
+        if age_ms <= TOMBSTONE_TTL_MS:
+            return
+        days = age_ms / 86_400_000
+        msg = (
+            f"the data in {self.cfg.data_dir} was last updated {days:.1f} days ago, longer "
+            f"than the tombstone TTL ({TOMBSTONE_TTL_MS // 86_400_000} days)"
+        )
+        if self.cfg.join:
+            raise ConfigError(
+                f"{msg}: rejoining with it could resurrect deleted keys. Move "
+                f"{self.cfg.data_dir / 'state'} aside and start again: the instance refills "
+                "from its peers"
+            )
+        log.warning("%s: %s (a lone instance: starting anyway)", self.cfg.name, msg)
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await trio.sleep(GC_EVERY_S)
+            dropped = self.replica.state.map.gc(self.replica.now_ms() - TOMBSTONE_TTL_MS)
+            if dropped:
+                log.info("%s: garbage-collected %d tombstones", self.cfg.name, dropped)
+
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         for note in self.replica.open():
             log.info("%s: %s", cfg.name, note)
+        try:
+            self.check_stale_data()
+        except ConfigError:
+            await self.replica.aclose()
+            raise
         log.info(
             "%s: restored in %.3f s (%d entries)",
             cfg.name,
@@ -248,6 +293,7 @@ class Agent:
         await nursery.start(self.membership.run)
         nursery.start_soon(self._membership_loop, events)
         nursery.start_soon(self._lease_loop)
+        nursery.start_soon(self._gc_loop)
         await nursery.start(self.jobs.run)
         nursery.start_soon(self._signals, nursery)
 

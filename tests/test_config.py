@@ -81,3 +81,33 @@ def test_bad_option_or_key_is_one_line_and_nonzero(tmp_path: Path) -> None:
     assert out.stderr.strip().count("\n") == 0 and "unknown config key 'colour'" in out.stderr
     out = run_cli("agent", "--data-dir", str(tmp_path / "d"), "--api-addr", "0.0.0.0:0")
     assert out.returncode == 2 and "without a token" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_stale_data_refused_when_joining_allowed_alone(tmp_path: Path) -> None:
+    import trio
+
+    from gossipmgr.agent import TOMBSTONE_TTL_MS, Agent
+    from gossipmgr.clock import Timestamp
+    from gossipmgr.replica import Replica
+    from gossipmgr.state import global_key
+
+    data = tmp_path / "d"
+
+    async def seed_old_data() -> None:
+        rep = Replica("a", data_dir=data / "state")
+        rep.open()
+        old = rep.now_ms() - TOMBSTONE_TTL_MS - 86_400_000
+        rep.hlc.advance_to(Timestamp(0, 0, "a"))
+        await rep.commit(lambda st, ts: st.d_set(global_key("k"), 1, Timestamp(old, 0, "a")))
+        await rep.aclose()
+
+    trio.run(seed_old_data)
+    joining = Agent(load(None, {"name": "a", "data_dir": data, "join": ("127.0.0.1:1",)}))
+    joining.replica.open()
+    with pytest.raises(ConfigError, match="could resurrect deleted keys"):
+        joining.check_stale_data()
+    trio.run(joining.replica.aclose)
+    alone = Agent(load(None, {"name": "a", "data_dir": data}))
+    alone.replica.open()
+    alone.check_stale_data()  # a warning only
+    trio.run(alone.replica.aclose)
