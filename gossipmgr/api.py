@@ -494,7 +494,13 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             405: f"method {request.method} is not allowed on {request.path}",
             413: f"request body is larger than {MAX_BODY_BYTES} bytes",
         }.get(code, exc.description or exc.name)
-        return error(code, text)
+        resp = error(code, text)
+        if code == 413:
+            # The unread rest of the body is still on the wire, so the server closes the
+            # connection; say so, or a keep-alive client reuses it and its next request
+            # fails with "server disconnected".
+            resp.headers["Connection"] = "close"
+        return resp
 
     @app.errorhandler(GossipmgrError)
     async def _other_error(exc: GossipmgrError) -> Response:
