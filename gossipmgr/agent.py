@@ -94,8 +94,10 @@ def read_token(path: Path | None) -> str | None:
 class Agent:
     """One gossipmgr instance. ``run`` owns everything it starts."""
 
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, overrides: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
+        #: command-line options, re-applied over the file on every SIGHUP reload
+        self.overrides = dict(overrides or {})
         self.token = read_token(cfg.api_token_file)
         api_host, _ = split_addr(cfg.api_addr, "api-addr")
         check_listen_policy(api_host, self.token, cfg.insecure)
@@ -426,7 +428,7 @@ class Agent:
         """SIGHUP: re-read the config file; apply what can change at run time."""
         path = self.cfg.config_file
         try:
-            new = load(path, {}) if path is not None else self.cfg
+            new = load(path, self.overrides) if path is not None else self.cfg
             token = read_token(new.api_token_file)
             keyring, _ = load_or_create_keyring(new)
         except GossipmgrError as exc:
@@ -624,7 +626,10 @@ def metrics_text(agent: Agent) -> str:
         "Remote timestamps refused for running too far ahead.",
         rep.hlc.refused,
     )
-    for k, v in sorted(agent.counters.items()):
+    counters = dict(agent.counters)
+    if agent.serf is not None:  # crashes restarted by the supervisor, plus failed starts
+        counters["serf_restarts"] += max(0, agent.serf.starts - 1)
+    for k, v in sorted(counters.items()):
         _metric(lines, f"gossipmgr_{k}_total", "counter", f"Agent counter {k}.", v)
     for k, v in sorted(rep.counters.items()):
         _metric(lines, f"gossipmgr_replica_{k}_total", "counter", f"Replica counter {k}.", v)
@@ -818,7 +823,7 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, **kw)
 
 
-def config_from_args(args: argparse.Namespace) -> AgentConfig:
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for flag, _ in OPTIONS:
         key = flag[2:].replace("-", "_")
@@ -828,7 +833,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if key == "join" and val is not None:
             val = tuple(val)
         overrides[key] = val
-    return load(args.config, overrides)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    return load(args.config, overrides_from_args(args))
 
 
 def setup_logging(level: str) -> None:
@@ -841,9 +850,10 @@ def setup_logging(level: str) -> None:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     try:
-        cfg = config_from_args(args)
+        overrides = overrides_from_args(args)
+        cfg = load(args.config, overrides)
         setup_logging(cfg.log_level)
-        agent = Agent(cfg)
+        agent = Agent(cfg, overrides)
     except GossipmgrError as exc:
         print(f"gossipmgr agent: {exc}", file=sys.stderr)
         return 2

@@ -161,7 +161,7 @@ def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
         pass
     raise ConfigError(
         f"refusing to serve the API on {host or 'all addresses'} without a token: "
-        "set a token (--token-file) or pass --insecure"
+        "set a token (--api-token-file) or pass --insecure"
     )
 
 
@@ -452,7 +452,11 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    token_b = ctx.token.encode() if ctx.token else None
+
+    def current_token() -> bytes | None:
+        # Read on every request: the agent swaps ctx.token on a SIGHUP reload.
+        return ctx.token.encode() if ctx.token else None
+
     rep = ctx.replica
 
     def now_ms() -> int:
@@ -461,6 +465,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     # ------------------------------------------------------------ auth and errors
     @app.before_request
     async def _auth() -> None:
+        token_b = current_token()
         if token_b is None or request.path == "/health":
             return
         got = request.headers.get("Authorization", "")
@@ -853,7 +858,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
                 "write_errors": rep.counters.get("write_errors", 0),
             },
         }
-        body.update(ctx.health())
+        for key, value in ctx.health().items():
+            # The context adds detail; nested sections merge instead of replacing ours.
+            if isinstance(value, dict) and isinstance(body.get(key), dict):
+                body[key] = {**body[key], **value}
+            else:
+                body[key] = value
         return _json(body)
 
     @app.get("/metrics")

@@ -329,6 +329,13 @@ async def test_token_enforcement(tmp_path: Path) -> None:
             async with httpx.AsyncClient() as c:
                 rr = await c.get(url + "/info/lease")
                 assert rr.headers["www-authenticate"].startswith("Bearer")
+        # A SIGHUP reload swaps ctx.token: the running app must honour the new one at once.
+        ctx.token = "rotated"
+        call = Caller(app, None)
+        st, _ = await call("GET", "/info/nodes", headers={"Authorization": "Bearer s3cret"})
+        assert st == 401
+        st, _ = await call("GET", "/info/nodes", headers={"Authorization": "Bearer rotated"})
+        assert st == 200
 
 
 # --------------------------------------------------------------------------- jobs

@@ -111,3 +111,20 @@ def test_stale_data_refused_when_joining_allowed_alone(tmp_path: Path) -> None:
     alone.replica.open()
     alone.check_stale_data()  # a warning only
     trio.run(alone.replica.aclose)
+
+
+def test_sighup_reload_swaps_token_and_keeps_command_line_options(tmp_path: Path) -> None:
+    from gossipmgr.agent import Agent
+
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    conf = write(tmp_path, f'api_token_file = "{token}"\n')
+    overrides = {"name": "a", "data_dir": tmp_path / "d", "reconfigure_on_reappear": True}
+    agent = Agent(load(conf, overrides), overrides)
+    assert agent.token == "first"
+    token.write_text("second\n")
+    conf.write_text(f'api_token_file = "{token}"\nreconfigure_on_reappear = false\n')
+    agent.reload()
+    assert agent.token == "second"
+    assert agent.cfg.reconfigure_on_reappear is True  # the command line still wins
+    assert agent.cfg.data_dir == tmp_path / "d"

@@ -54,7 +54,7 @@ __all__ = ["MAX_TAGS_BYTES", "SerfAgentProcess", "encoded_tags_size", "parse_hos
 #: SIGINT: a graceful leave, which peers see in ~0.1-0.5 s. The watcher also ends within
 #: 1 s of serf's own exit, so it never signals a recycled pid later.
 _PARENT_WATCH = (
-    'fd=$1; shift; pid=$$; '
+    "fd=$1; shift; pid=$$; "
     '( while kill -0 "$pid" 2>/dev/null; do '
     'read -r -t 1 -u "$fd" _; '
     'if [ $? -le 128 ]; then kill -INT "$pid" 2>/dev/null; exit 0; fi; '
@@ -187,7 +187,7 @@ class SerfAgentProcess:
     def prepare(self) -> list[str]:
         """Write the data-dir files and return the agent's argv. Raises ``ConfigError``."""
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             tags_path = self.data_dir / "tags.json"
             tags: dict[str, str] = {}
             if tags_path.exists():
@@ -223,7 +223,7 @@ class SerfAgentProcess:
                         ring = [str(k) for k in loaded]
                 if self.encrypt_key not in ring:
                     ring.append(self.encrypt_key)
-                    _write_json(ring_path, ring)
+                    _write_json(ring_path, ring, mode=0o600)  # the shared key
                 argv.append(f"-keyring-file={ring_path}")
             config: dict[str, Any] = {}
             if self.rpc_auth is not None:
@@ -356,7 +356,7 @@ class SerfAgentProcess:
             return "(no log)"
 
 
-def _write_json(path: Path, value: object, mode: int = 0o644) -> None:
+def _write_json(path: Path, value: object, mode: int = 0o600) -> None:
     """Atomic replace, so the agent never reads a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
