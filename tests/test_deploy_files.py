@@ -165,3 +165,26 @@ class _NullContext:
     replica = None
     jobs = None
     token = None
+
+
+def _doc_pattern(method: str, path: str) -> re.Pattern[str]:
+    # A placeholder may be documented richly: {name}, {name or address}, {active\|last\|<id>}
+    parts = re.split(r"\{[^}]+\}", path)
+    body = r"(?:\{[^}`]+\}|<[^>`]+>)".join(re.escape(p) for p in parts)
+    return re.compile(rf"\b{method}\s+`?{body}(?![\w/])")
+
+
+def test_every_route_that_exists_is_documented_in_api_md() -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    missing = [
+        f"{method.upper()} {path}"
+        for path, method in api.spec_paths()
+        if not _doc_pattern(method.upper(), path).search(text)
+    ]
+    assert not missing, f"docs/api.md does not document: {missing}"
+
+
+def test_every_agent_option_is_documented_in_operations_md() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    missing = [flag for flag, _ in agent.OPTIONS if flag not in text]
+    assert not missing, f"docs/operations.md does not mention: {missing}"
