@@ -59,7 +59,11 @@ def node_record_entries(i: int, ts: Timestamp) -> list[tuple[tuple[str, ...], En
         "prev_state": "Unknown",
         "epoch": 1,
     }
-    mon = {"label": f"host{i}", "serial": f"SN{i:08d}", "addr": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"}
+    mon = {
+        "label": f"host{i}",
+        "serial": f"SN{i:08d}",
+        "addr": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+    }
     return [
         (inventory_key(name), Entry(ts, inv)),
         (monitoring_key(name), Entry(ts, mon)),
@@ -151,7 +155,9 @@ def _rel(a: str) -> str:
         return a
 
 
-def print_table(title: str, rows: Iterable[tuple[str, Any]], runs: Sequence[dict[str, Any]] = ()) -> None:
+def print_table(
+    title: str, rows: Iterable[tuple[str, Any]], runs: Sequence[dict[str, Any]] = ()
+) -> None:
     print(title)
     print(f"{'metric':46} {'median':>12}   runs")
     for k, v in rows:

@@ -42,15 +42,15 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import global_records, pct, print_table, write_result  # noqa: E402
+from _util import global_records, pct, print_table, write_result
 
-from gossipmgr.codec import encode_map  # noqa: E402
-from gossipmgr.crdt import LWWMap  # noqa: E402
-from gossipmgr.gossip.crypto import Keyring  # noqa: E402
-from gossipmgr.gossip.service import GossipService  # noqa: E402
-from gossipmgr.gossip.transport import open_udp_transport  # noqa: E402
-from gossipmgr.replica import Replica  # noqa: E402
-from gossipmgr.state import NODE, ClusterState, global_key  # noqa: E402
+from gossipmgr.codec import encode_map
+from gossipmgr.crdt import LWWMap
+from gossipmgr.gossip.crypto import Keyring
+from gossipmgr.gossip.service import GossipService
+from gossipmgr.gossip.transport import open_udp_transport
+from gossipmgr.replica import Replica
+from gossipmgr.state import NODE, ClusterState, global_key
 
 
 def seed_state(st: ClusterState, m: LWWMap) -> None:
@@ -264,7 +264,7 @@ def main() -> None:
     args = ap.parse_args()
     runs_n = 1 if args.quick else args.runs
     writes = 60 if args.quick else 200
-    idle_s = 5.0 if args.quick else 20.0
+    idle_s = 5.0 if args.quick else 15.0
     sizes = [10_000] if args.quick else [10_000, 100_000]
     goals = {"catch_up_10000_s": 2.0, "catch_up_100000_s": 20.0}
 
@@ -294,7 +294,9 @@ def main() -> None:
         i = trio.run(idle, 3, seeds[10_000], idle_s)
         for k, v in i.items():
             out[f"idle_3x10000_{k}"] = v
-        out["update_vs_full_state_pct"] = 100 * out["update_3x10000_update_bytes"] / full_state[10_000]
+        out["update_vs_full_state_pct"] = (
+            100 * out["update_3x10000_update_bytes"] / full_state[10_000]
+        )
         out["update_vs_catch_up_bytes_pct"] = (
             100 * out["update_3x10000_update_bytes"] / out["catch_up_10000_bytes_received"]
         )
@@ -305,7 +307,9 @@ def main() -> None:
 
     med = medians(runs)
     profile = ""
-    if args.profile or (100_000 in sizes and med.get("catch_up_100000_s", 0) >= goals["catch_up_100000_s"]):
+    if args.profile or (
+        100_000 in sizes and med.get("catch_up_100000_s", 0) >= goals["catch_up_100000_s"]
+    ):
         profile = profile_catch_up(100_000, seeds[100_000])
     print_table(f"gossip over real UDP (loopback), median of {runs_n} run(s)", med.items(), runs)
     print(f"full state, 10,000 records: {full_state[10_000]} B encoded")

@@ -1,0 +1,358 @@
+"""Generate docs/benchmarks.md and docs/img/*.png from bench/results/*.json.
+
+Run:  .venv/bin/python bench/report.py
+Needs matplotlib (the optional ``bench`` extra: ``pip install -e .[bench]``); without it the
+markdown is still written, without plots.
+
+Reads whatever results exist; each ``bench/results/<name>.json`` carries ``what``,
+``command``, ``machine``, ``params``, ``median`` and ``runs`` (bench/_util.py writes that
+shape; bench_store/bench_api write a compatible one). Nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+DOC = REPO / "docs" / "benchmarks.md"
+IMG = REPO / "docs" / "img"
+
+
+def load() -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in sorted(RESULTS.glob("*.json")):
+        try:
+            out[p.stem] = json.loads(p.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"skipping {p}: {exc}", file=sys.stderr)
+    return out
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def med(res: dict[str, dict[str, Any]], name: str, key: str) -> Any:
+    return res.get(name, {}).get("median", {}).get(key)
+
+
+def goal_rows(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any, str]]:
+    rows: list[tuple[str, str, Any, str]] = []
+
+    def add(what: str, goal: str, v: Any, ok: bool | None, unit: str = "") -> None:
+        verdict = "not measured" if v is None else ("met" if ok else "**missed**")
+        rows.append((what, goal, "-" if v is None else f"{fmt(v)}{unit}", verdict))
+
+    v = med(res, "gossip", "update_vs_full_state_pct")
+    add(
+        "bytes of one single-key update vs one full-state transfer (10,000 records)",
+        "<= 5 %",
+        v,
+        v is not None and v <= 5,
+        " %",
+    )
+    v = med(res, "gossip", "catch_up_10000_s")
+    add(
+        "catch-up of a fresh instance, 10,000 records, real UDP",
+        "< 2 s",
+        v,
+        v is not None and v < 2,
+        " s",
+    )
+    v = med(res, "gossip", "catch_up_100000_s")
+    add(
+        "catch-up of a fresh instance, 100,000 records, real UDP",
+        "< 20 s",
+        v,
+        v is not None and v < 20,
+        " s",
+    )
+    v = med(res, "gossip", "idle_3x10000_kbit_per_s_per_instance")
+    add(
+        "idle traffic per instance (3 instances, 10,000 records)",
+        "<= 10 kbit/s",
+        v,
+        v is not None and v <= 10,
+        " kbit/s",
+    )
+    v = med(res, "durability", "agent_10000_serve_s")
+    add(
+        "agent serves reads after start, 10,000 node records",
+        "< 1 s",
+        v,
+        v is not None and v < 1,
+        " s",
+    )
+    return rows
+
+
+def table(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
+    lines = ["| metric | median |", "|---|---:|"]
+    for k, v in d.items():
+        if any(s in k for s in skip):
+            continue
+        lines.append(f"| `{k}` | {fmt(v)} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- plots
+def plots(res: dict[str, dict[str, Any]]) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plots (pip install -e .[bench])", file=sys.stderr)
+        return []
+    IMG.mkdir(parents=True, exist_ok=True)
+    made = []
+
+    samples = res.get("gossip", {}).get("latency_samples_ms", {})
+    if samples:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for tag, xs in sorted(samples.items()):
+            s = sorted(xs)
+            ax.plot(s, [(i + 1) / len(s) for i in range(len(s))], label=tag.replace("latency_", ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("write -> visible at every other instance (ms, log)")
+        ax.set_ylabel("fraction of writes")
+        ax.set_title("Write-to-visible latency, real UDP, in-process instances")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(IMG / "gossip_latency_cdf.png", dpi=110)
+        plt.close(fig)
+        made.append("gossip_latency_cdf.png")
+
+    ps = res.get("perf", {}).get("latency_samples_ms", {})
+    if ps:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for tag, xs in sorted(ps.items()):
+            s = sorted(xs)
+            ax.plot(s, [(i + 1) / len(s) for i in range(len(s))], label=tag)
+        ax.set_xscale("log")
+        ax.set_xlabel("PUT at member 1 -> GET returns it at members 2 and 3 (ms, log)")
+        ax.set_ylabel("fraction of writes")
+        ax.set_title("3 real processes on loopback over HTTP: gossipmgr vs etcd")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(IMG / "http_latency_vs_etcd.png", dpi=110)
+        plt.close(fig)
+        made.append("http_latency_vs_etcd.png")
+
+    curves = res.get("sim", {}).get("heal_curves", {})
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for tag, pts in sorted(curves.items()):
+            ax.step([p[0] for p in pts], [100 * p[1] for p in pts], where="post", label=tag)
+        ax.set_xlabel("simulated ms after the partition heals")
+        ax.set_ylabel("% of instances holding every write")
+        ax.set_title("Convergence after a partition heals (simulation)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(IMG / "sim_heal_convergence.png", dpi=110)
+        plt.close(fig)
+        made.append("sim_heal_convergence.png")
+
+    g = res.get("gossip", {}).get("median", {})
+    if "catch_up_10000_s" in g:
+        labels, vals = [], []
+        for n in (10_000, 100_000):
+            if f"catch_up_{n}_s" in g:
+                labels.append(f"gossipmgr\n{n:,} (in-proc UDP)")
+                vals.append(g[f"catch_up_{n}_s"])
+        p = res.get("perf", {}).get("median", {})
+        if "gossipmgr_catch_up_10000_s" in p:
+            labels.append("gossipmgr agent\n10,000 (processes)")
+            vals.append(p["gossipmgr_catch_up_10000_s"])
+        if "etcd_catch_up_10000_s" in p:
+            labels.append("etcd member\n10,000")
+            vals.append(p["etcd_catch_up_10000_s"])
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(labels, vals, color="#4c72b0")
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.2f} s", ha="center", va="bottom")
+        ax.set_ylabel("seconds")
+        ax.set_title("Catch-up of a fresh member")
+        fig.tight_layout()
+        fig.savefig(IMG / "catch_up.png", dpi=110)
+        plt.close(fig)
+        made.append("catch_up.png")
+    return made
+
+
+# ---------------------------------------------------------------------------- markdown
+def machine_section(res: dict[str, dict[str, Any]]) -> str:
+    m: dict[str, Any] = {}
+    for name in ("perf", "gossip", "durability", "sim"):
+        if "machine" in res.get(name, {}):
+            m = res[name]["machine"]
+            break
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    return "\n".join(
+        [
+            f"- CPU: {m.get('nproc', '?')} cores ({m.get('cpu', '?')}), shared with other work",
+            f"- memory: {m.get('mem_gib', '?')} GiB; kernel {m.get('kernel', platform.release())}",
+            f"- Python {m.get('python', platform.python_version())}; measured {m.get('when', '?')}"
+            f"; report generated at commit {rev}",
+        ]
+    )
+
+
+SECTIONS = [
+    (
+        "gossip",
+        "Gossip over real UDP",
+        """\
+In-process replicas, each with a `GossipService` on its own UDP socket on 127.0.0.1
+(port 0), sealed with one shared key. All instances share ONE Python process and so one
+core: every instance's CPU time is serialised, which is pessimistic against one instance
+per machine. A record is one LWW entry of ~200 B encoded. `latency_<n>_<mem|fsync>`:
+commit at instance 0, time until the key is visible at every other (`_all_`) / each other
+(`_each_`) instance; `fsync` replicas have data dirs and the commit waits for fdatasync
+before the push. `update_3x10000_update_bytes`: DELTA + ACK bytes (sealed, as on the wire)
+summed over all links from the commit until every buffer is acknowledged, in a converged
+3-instance cluster holding 10,000 records; `window_bytes_all_types` includes any repair
+digest that fell in that window. `catch_up_<n>`: a fresh instance joins two instances
+holding `n` records. `idle_3x10000`: bytes sent per instance while nothing changes.""",
+    ),
+    ("sim", "Beyond one machine: the pure protocol, 50 and 200 instances", None),
+    ("durability", "Durability", None),
+    ("perf", "Real processes, RSS, and etcd side by side", None),
+    ("store", "Store (bench_store.py)", None),
+    ("api", "API (bench_api.py)", None),
+]
+
+
+def describe(name: str, r: dict[str, Any]) -> str:
+    doc = ""
+    script = {"sim": "bench_sim.py", "durability": "bench_durability.py", "perf": "perf.py"}.get(
+        name
+    )
+    if script:
+        src = (HERE / script).read_text()
+        start = src.index('"""') + 3
+        doc = src[start : src.index('"""', start)].strip()
+        lines = doc.splitlines()
+        doc = "\n".join(
+            line for line in lines[1:] if not line.startswith(("Run:", "Then:", "Prints"))
+        )
+        doc = doc.strip()
+    return doc
+
+
+def main() -> None:
+    res = load()
+    made = plots(res)
+    out = [
+        "# gossipmgr benchmarks",
+        "",
+        "Generated by `bench/report.py` from `bench/results/*.json`; do not edit by hand.",
+        "Regenerate everything with `python bench/perf.py` (full, < 25 min; `--quick` < 5 min)",
+        "then `python bench/report.py` (plots need the `bench` extra: `pip install -e .[bench]`).",
+        "",
+        "**Figures are medians of repeated runs (3 unless a table says otherwise) on a shared",
+        "2-core machine**: other work ran at the same time, so absolutes wobble; ratios and",
+        "orders of magnitude are what to read. Everything ran on loopback only.",
+        "",
+        "## Machine",
+        "",
+        machine_section(res),
+        "",
+        "## Goals",
+        "",
+        "| goal | target | measured (median) | verdict |",
+        "|---|---|---|---|",
+    ]
+    for what, goal, v, verdict in goal_rows(res):
+        out.append(f"| {what} | {goal} | {v} | {verdict} |")
+    out += ["", FINDINGS.strip(), ""]
+    for name, title, text in SECTIONS:
+        r = res.get(name)
+        if not r:
+            continue
+        out += [f"## {title}", ""]
+        cmd = r.get("command") or {
+            "store": "python bench/bench_store.py",
+            "api": "python bench/bench_api.py",
+        }.get(name, "")
+        out += [
+            f"Command: `{cmd}`" + (f" ({len(r.get('runs', []))} run(s))" if r.get("runs") else ""),
+            "",
+        ]
+        body = text or describe(name, r)
+        if body:
+            out += [body, ""]
+        if r.get("params"):
+            out += ["Parameters: `" + json.dumps(r["params"], default=str) + "`", ""]
+        if isinstance(r.get("median"), dict):
+            out += [table(r["median"]), ""]
+        else:
+            flat = {k: v for k, v in r.items() if isinstance(v, int | float)}
+            if flat:
+                out += [table(flat), ""]
+            elif "results" in r:
+                out += ["```", json.dumps(r["results"], indent=1)[:3000], "```", ""]
+        if name == "perf" and r.get("scripts"):
+            out += ["Sub-benchmarks run by this command:", ""]
+            for s in r["scripts"]:
+                out.append(
+                    f"- `{s.get('script')}` {' '.join(s.get('args', []))}: "
+                    f"rc {s.get('rc', s.get('skipped'))}, {s.get('wall_s', '-')} s"
+                )
+            out.append("")
+        prof = r.get("profile_catch_up_100000")
+        if prof:
+            out += [
+                "Profile of one 100,000-record catch-up (cProfile, top by own time):",
+                "",
+                "```",
+                prof.strip()[:4000],
+                "```",
+                "",
+            ]
+    other = sorted(set(res) - {s[0] for s in SECTIONS})
+    if other:
+        out += ["## Other results", ""]
+        for name in other:
+            out.append(f"- `bench/results/{name}.json`: {res[name].get('what', '')}")
+        out.append("")
+    if made:
+        out += ["## Plots", ""]
+        for p in made:
+            out += [f"![{p}](img/{p})", ""]
+    DOC.write_text("\n".join(out).rstrip() + "\n")
+    print(f"wrote {DOC} and {len(made)} plot(s)")
+
+
+#: Written after reading the figures of the committed run; keep it in sync when re-running.
+FINDINGS = """
+## What the figures say
+
+See the tables below for every number; the findings are in the section "Findings" at the
+end of this file when present.
+"""
+
+
+if __name__ == "__main__":
+    main()
