@@ -531,6 +531,16 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
         takeover=s.name in ("holder-isolated", "holder-crash"),
     )
     flaps = health_flaps(sampler, victim, kill_t)
+    lease_tl: dict[str, list[tuple[float, bool, str | None, int, bool]]] = {}
+    for t, n, is_h, h, e, v in sampler.lease:
+        lseq = lease_tl.setdefault(n, [])
+        if not lseq or lseq[-1][1:] != (is_h, h, e, v):
+            lseq.append((round(t, 2), is_h, h, e, v))
+    timeline: dict[str, dict[str, list[tuple[float, str]]]] = {}
+    for t, n, nd, st in sampler.states:
+        seq = timeline.setdefault(nd, {}).setdefault(n, [])
+        if not seq or seq[-1][1] != st:
+            seq.append((round(t, 2), st))
     failures += flaps
     if lease["heal_to_one_holder_s"] is None:
         failures.append("no single agreed holder after the heal")
@@ -552,6 +562,9 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
             "heal_to_health_s": None if t_health is None else round(t_health - t_heal, 2),
             "lease": lease,
             "samples": len(sampler.ticks),
+            "node_state_timeline": timeline,
+            "killed_node": victim,
+            "lease_timeline": lease_tl,
         }
     )
     return result
@@ -734,15 +747,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         c.close()
         log("torn down")
     ok = [r for r in results if r.get("ok")]
+    # Figures come from every schedule that measured them, passed or failed.
+    got = [r for r in results if "lease" in r]
     summary = {
-        "median_heal_to_convergence_s": median([r.get("heal_to_convergence_s") for r in ok]),
-        "median_heal_to_health_s": median([r.get("heal_to_health_s") for r in ok]),
-        "median_heal_to_one_holder_s": median([r["lease"]["heal_to_one_holder_s"] for r in ok]),
-        "median_overlap_s": median([r["lease"]["overlap_s"] for r in ok]),
-        "max_in_group_overlap_s": max([r["lease"]["in_group_overlap_s"] for r in ok], default=None),
+        "median_heal_to_convergence_s": median([r.get("heal_to_convergence_s") for r in got]),
+        "median_heal_to_health_s": median([r.get("heal_to_health_s") for r in got]),
+        "median_heal_to_one_holder_s": median([r["lease"]["heal_to_one_holder_s"] for r in got]),
+        "median_overlap_s": median([r["lease"]["overlap_s"] for r in got]),
+        "max_in_group_overlap_s": max([r["lease"]["in_group_overlap_s"] for r in got], default=None),
         "takeover_s": {
             r["schedule"]: r["lease"]["takeover_s"]
-            for r in ok
+            for r in got
             if r["lease"]["takeover_s"] is not None
         },
         "passed": len(ok),
