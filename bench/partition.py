@@ -537,10 +537,10 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
         if not lseq or lseq[-1][1:] != (is_h, h, e, v):
             lseq.append((round(t, 2), is_h, h, e, v))
     timeline: dict[str, dict[str, list[tuple[float, str]]]] = {}
-    for t, n, nd, st in sampler.states:
+    for t, n, nd, nst in sampler.states:
         seq = timeline.setdefault(nd, {}).setdefault(n, [])
-        if not seq or seq[-1][1] != st:
-            seq.append((round(t, 2), st))
+        if not seq or seq[-1][1] != nst:
+            seq.append((round(t, 2), nst))
     failures += flaps
     if lease["heal_to_one_holder_s"] is None:
         failures.append("no single agreed holder after the heal")
@@ -754,7 +754,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "median_heal_to_health_s": median([r.get("heal_to_health_s") for r in got]),
         "median_heal_to_one_holder_s": median([r["lease"]["heal_to_one_holder_s"] for r in got]),
         "median_overlap_s": median([r["lease"]["overlap_s"] for r in got]),
-        "max_in_group_overlap_s": max([r["lease"]["in_group_overlap_s"] for r in got], default=None),
+        "max_in_group_overlap_s": max(
+            [r["lease"]["in_group_overlap_s"] for r in got], default=None
+        ),
         "takeover_s": {
             r["schedule"]: r["lease"]["takeover_s"]
             for r in got
