@@ -109,10 +109,10 @@ def quiet(svcs: list[GossipService]) -> bool:
     return True
 
 
-async def wait_until(pred: Any, timeout: float, what: str, poll: float = 0.005) -> float:
+async def wait_until(pred: Any, timeout: float, what: str, poll: float = 0.005) -> float:  # noqa: ASYNC109
     t0 = time.perf_counter()
     with trio.move_on_after(timeout):
-        while not pred():
+        while not pred():  # noqa: ASYNC110 - polls state owned by other tasks
             await trio.sleep(poll)
         return time.perf_counter() - t0
     raise TimeoutError(f"{what} not reached in {timeout} s")
@@ -157,7 +157,7 @@ async def latency(n: int, writes: int, disk: bool) -> dict[str, Any]:
                     pending["seen"] = {}
                     pending["key"] = key
                     t0 = time.perf_counter()
-                    await writer.commit(lambda st, ts, key=key: st.d_set(key, w, ts))
+                    await writer.commit(lambda st, ts, key=key, w=w: st.d_set(key, w, ts))
                     with trio.fail_after(10):
                         await done.wait()
                     seen = pending["seen"].values()
@@ -201,7 +201,7 @@ async def update_bytes(n: int, seed: LWWMap) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- (c)
-async def catch_up(records: int, seed: LWWMap, timeout: float) -> dict[str, Any]:
+async def catch_up(records: int, seed: LWWMap, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
     async with udp_cluster(3, seed, fresh=frozenset({2})) as svcs:
         fresh = svcs[2]
         target = svcs[0].replica.state.map.super_digests()

@@ -194,8 +194,9 @@ def main() -> None:
             if seed == 0:
                 curves[tag] = curve
             out.update({f"{tag}_{k}": v for k, v in r.items()})
+            wall = sum(v for k, v in r.items() if k.endswith("wall_s"))
             print(
-                f"seed {seed}: {tag} done ({sum(v for k, v in r.items() if k.endswith('wall_s')):.0f} s wall)",
+                f"seed {seed}: {tag} done ({wall:.0f} s wall)",
                 flush=True,
             )
         runs.append(out)
