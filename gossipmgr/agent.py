@@ -58,9 +58,14 @@ log = logging.getLogger("gossipmgr.agent")
 #: How often the lease loop decides (renewals are due every ~2.5 s; 250 ms keeps a
 #: takeover within a quarter second of the lease becoming claimable).
 LEASE_LOOP_S = 0.25
-#: The holder reconciles inventory against Serf at takeover and then this often, so an
-#: event lost anywhere (a Serf outage, a handover) is repaired.
-RECONCILE_EVERY_S = 30.0
+#: The holder reconciles inventory against Serf at takeover, when the instance set changes
+#: (a heal merges another side's writes in) and then this often, so a health event lost
+#: anywhere (a Serf outage, a handover, the other side of a partition) is repaired within
+#: seconds. The partition suite measured 30 s of wrong state with a 30 s period.
+RECONCILE_EVERY_S = 5.0
+#: ...skipping nodes whose Serf status changed this recently: right after a heal the view
+#: is still settling, and acting on it flapped a dead node back to Discovered once.
+RECONCILE_SETTLE_S = 2.0
 #: Tombstones older than this are garbage collected (hourly). Safe because an instance cut
 #: off for longer refuses to rejoin with its old data (see ``check_stale_data``); a week is
 #: far above any partition or outage we plan for (Cassandra's gc_grace default is 10 days).
@@ -120,6 +125,7 @@ class Agent:
         self.serf: SerfAgentProcess | None = None
         self.api_url = ""
         self.api_ctx: AgentApiContext | None = None
+        self._reconcile_soon = False
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
@@ -348,6 +354,7 @@ class Agent:
         async for ev in events:
             self._refresh_peers()
             if isinstance(ev, InstancesChanged):
+                self._reconcile_soon = True
                 continue
             if isinstance(ev, NodeEvent) and ev.kind in ("discovered", "disappeared"):
                 if self.replica.is_holder():
@@ -367,6 +374,13 @@ class Agent:
         if m is None:
             return {}
         return {n.name: (n.label, n.serial, n.addr) for n in m.nodes.values() if n.up}
+
+    def unsettled_nodes(self) -> set[str]:
+        m = self.membership
+        if m is None:
+            return set()
+        now = trio.current_time()
+        return {n.name for n in m.nodes.values() if now - n.since < RECONCILE_SETTLE_S}
 
     # ------------------------------------------------------------------ lease
     async def _lease_loop(self) -> None:
@@ -404,9 +418,11 @@ class Agent:
                 # At takeover (a new epoch) and then periodically: repair any health event
                 # lost in the handover or during a Serf outage.
                 now = trio.current_time()
-                if current.epoch != reconciled_epoch or now - last_reconcile > RECONCILE_EVERY_S:
+                due = now - last_reconcile > RECONCILE_EVERY_S or self._reconcile_soon
+                if current.epoch != reconciled_epoch or due:
+                    self._reconcile_soon = False
                     try:
-                        await self.jobs.reconcile(self.alive_nodes())
+                        await self.jobs.reconcile(self.alive_nodes(), self.unsettled_nodes())
                         self.counters["reconciles"] += 1
                         reconciled_epoch, last_reconcile = current.epoch, now
                     except (GossipmgrError, StoreError) as exc:

@@ -66,7 +66,7 @@ import logging
 import re
 import shutil
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -705,21 +705,31 @@ class JobManager:
         await self._reappeared(reappear)
         return changed
 
-    async def reconcile(self, alive_nodes: Mapping[str, tuple[str, str, str]]) -> dict[str, Any]:
-        """After a takeover: make the inventory agree with Serf's alive members.
+    async def reconcile(
+        self,
+        alive_nodes: Mapping[str, tuple[str, str, str]],
+        unsettled: Collection[str] = (),
+    ) -> dict[str, Any]:
+        """After a takeover (and periodically): make the inventory agree with Serf.
 
         Every Discovered node not alive becomes Disappeared; every alive node not
-        Discovered (or with changed tags) is discovered. One commit, so no event is lost
-        in a handover. Returns ``{"discovered": [...], "disappeared": [...]}``."""
+        Discovered (or with changed tags) is discovered. Nodes in ``unsettled`` (whose
+        Serf status just changed: the view may be mid-change, e.g. right after a heal) are
+        left alone until a later round. One commit, so no event is lost in a handover.
+        Returns ``{"discovered": [...], "disappeared": [...]}``."""
         reappear: list[str] = []
         async with self._lock:
             epoch = self._holder_epoch()
             state = self.replica.state
             events: list[tuple[str, str, str, str, str]] = []
             for rec in state.nodes():
+                if rec.name in unsettled:
+                    continue
                 if inv.state_of(rec) == inv.DISCOVERED and rec.name not in alive_nodes:
                     events.append(("disappeared", rec.name, "", "", ""))
             for nm, (label, serial, addr) in sorted(alive_nodes.items()):
+                if nm in unsettled:
+                    continue
                 known = state.node(nm)
                 want = {"label": label, "serial": serial, "addr": addr}
                 if (
