@@ -347,7 +347,13 @@ class Agent:
             self.replica.candidates = []
             return
         alive = [i for i in m.instances if i.status == "alive"]
-        self.gossip.set_peers({i.name: i.gossip_addr for i in alive})
+        # Keep gossiping with instances Serf marks failed (memberlist's GossipToTheDead):
+        # after a partition the data heals when the network does, not at Serf's 30 s
+        # reconnect, and a cut-off holder learns of the newer lease at once. They are never
+        # lease candidates, and an unreachable one only costs its unacknowledged deltas
+        # (bounded by max_buffer) and a share of the periodic digests.
+        peers = {i.name: i.gossip_addr for i in (*alive, *m.view.failed_instances)}
+        self.gossip.set_peers(peers)
         self.replica.candidates = candidates([i.name for i in alive])
 
     async def _membership_loop(self, events: trio.MemoryReceiveChannel[Any]) -> None:

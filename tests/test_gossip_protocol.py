@@ -191,3 +191,23 @@ def test_far_future_timestamps_are_refused_not_adopted() -> None:
         b.receive_untrusted(data, 1_000)
     assert global_key("x") not in b.state.map
     assert b.counters.get("drop_clock") == 1
+
+
+def test_silent_peer_holds_no_buffer_gets_only_probes_and_resyncs_when_back() -> None:
+    sim = Sim(3, seed=21, delay=(0.1, 1.0))
+    writer, live, dead = sim.names
+    sim.step(sim.now + 3_000)
+    sim.inst[dead].up = False
+    for k in range(200):
+        sim.write(writer, lambda st, ts, k=k: st.d_set(global_key(f"k{k}"), k, ts))
+        sim.step(sim.now + 20)
+    sim.step(sim.now + 5_000)
+    ae = sim.inst[writer].ae
+    assert len(ae.buffer) == 0  # nothing held for the silent peer
+    assert ae.peers[dead].needs_resync
+    sent_before = sim.inst[writer].bytes_sent
+    sim.step(sim.now + 10_000)
+    idle = sim.inst[writer].bytes_sent - sent_before
+    assert idle < 20_000, idle  # probes and repair digests only, not 200 deltas again
+    sim.inst[dead].up = True
+    assert sim.run_until_converged(10_000) is not None

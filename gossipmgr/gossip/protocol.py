@@ -24,7 +24,9 @@ actually be cheaper than full state:
 * **Bounded memory**: the buffer drops what every current peer acknowledged; when it would
   exceed ``max_buffer``, the oldest deltas are dropped and a peer that had not acknowledged
   them is switched to a digest resync instead (Akka's DeltaNack answered with full state,
-  but here only the differing buckets move).
+  but here only the differing buckets move). A peer heard nothing from for
+  ``silent_after_ms`` (dead, or cut off) is switched to resync at once: it holds nothing in
+  the buffer and gets only a digest probe every ``silent_probe_ms`` until it answers.
 
 Digest resync (new peers, restarted peers, peers too far behind, and a periodic repair round
 with one random peer every ``sync_interval_ms``): the initiator sends its 64 super-bucket
@@ -116,6 +118,12 @@ class GossipConfig:
     max_buffer: int = 4_096
     #: Datagram payload budget: 1,400-byte datagrams minus the AEAD header/tag.
     max_payload: int = 1_300
+    #: A peer heard nothing from for this long is *silent* (dead, or cut off): it gets no
+    #: more interval retransmits and holds no deltas in the buffer; it is probed with a
+    #: digest every ``silent_probe_ms`` instead and resyncs when it answers. 3 s is 10
+    #: retransmit periods, and a live peer is heard from at least every sync interval.
+    silent_after_ms: int = 3_000
+    silent_probe_ms: int = 2_000
 
 
 @dataclass
@@ -189,7 +197,7 @@ class AntiEntropy:
         for n in wanted - set(self.peers):
             # Everything up to now reaches the new peer through a digest resync; deltas
             # from here on flow normally.
-            self.peers[n] = PeerState(acked=self.seq, needs_resync=True)
+            self.peers[n] = PeerState(acked=self.seq, needs_resync=True, last_heard_ms=now_ms)
         self._prune()
 
     # ------------------------------------------------------------------ local writes
@@ -230,7 +238,20 @@ class AntiEntropy:
         """Retransmit unacknowledged intervals, drive resyncs and periodic repair."""
         out: list[tuple[str, bytes]] = []
         self._expire_partial(now_ms)
+        silent_seen = False
         for peer, ps in self.peers.items():
+            if now_ms - ps.last_heard_ms >= self.cfg.silent_after_ms:
+                # Silent: stop retransmitting to it and stop holding deltas for it; a digest
+                # probe now and then finds out when it is back, and the resync catches it up.
+                if ps.acked < self.seq or not ps.needs_resync:
+                    ps.acked, ps.needs_resync = self.seq, True
+                    silent_seen = True
+                ps.pending_leaves.clear()
+                ps.queued_leaves.clear()
+                ps.inflight.clear()
+                if now_ms - ps.last_digest_ms >= self.cfg.silent_probe_ms:
+                    out += self._digest(peer, ps, now_ms)
+                continue
             if ps.acked < self.seq and now_ms - ps.last_sent_ms >= self.cfg.retransmit_ms:
                 out += self._interval(peer, ps, now_ms)
             if ps.needs_resync and now_ms - ps.last_digest_ms >= self.cfg.sync_retry_ms:
@@ -243,9 +264,16 @@ class AntiEntropy:
                     self._requeue(ps, leaves)
                     self.counters.inc("pull_timeout")
             out += self._pull_more(peer, ps, now_ms)
+        if silent_seen:
+            self._prune()
         if self.peers and now_ms - self._last_sync_ms >= self.cfg.sync_interval_ms:
             self._last_sync_ms = now_ms
-            peer = self.rng.choice(sorted(self.peers))
+            heard = [
+                n
+                for n, p in self.peers.items()
+                if now_ms - p.last_heard_ms < self.cfg.silent_after_ms
+            ]
+            peer = self.rng.choice(sorted(heard or self.peers))
             ps = self.peers[peer]
             if not ps.inflight and not ps.pending_leaves:
                 out += self._digest(peer, ps, now_ms)

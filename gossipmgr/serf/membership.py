@@ -144,12 +144,18 @@ class MembershipView:
     def __init__(self) -> None:
         self._nodes: dict[str, NodeInfo] = {}  # keyed by Serf member name
         self._instances: tuple[Instance, ...] = ()
+        self._failed_instances: tuple[Instance, ...] = ()
         self._first = True
 
     @property
     def instances(self) -> tuple[Instance, ...]:
         """Alive gossipmgr instances, sorted by name."""
         return self._instances
+
+    @property
+    def failed_instances(self) -> tuple[Instance, ...]:
+        """gossipmgr instances Serf marks failed (not those that left), sorted by name."""
+        return self._failed_instances
 
     @property
     def nodes(self) -> dict[str, NodeInfo]:
@@ -166,6 +172,7 @@ class MembershipView:
         events: list[MembershipEvent] = []
         seen: set[str] = set()
         instances: list[Instance] = []
+        failed: list[Instance] = []
         for m in sorted(
             (m for m in members if isinstance(m.get("Name"), str)), key=lambda m: str(m["Name"])
         ):
@@ -174,6 +181,8 @@ class MembershipView:
             inst = _parse_instance(m)
             if inst is not None and status == "alive":
                 instances.append(inst)
+            elif inst is not None and status == "failed":
+                failed.append(inst)
             tags = m.get("Tags") or {}
             if not all(isinstance(tags.get(k), str) and tags.get(k) for k in NODE_TAGS):
                 continue  # not (or no longer) a cluster node: handled as vanished below
@@ -184,6 +193,7 @@ class MembershipView:
             if info.up:
                 events.append(self._event("disappeared", info))
             events.append(self._event("reaped", info))
+        self._failed_instances = tuple(failed)
         new_instances = tuple(instances)
         if self._first or new_instances != self._instances:
             self._instances = new_instances
