@@ -37,7 +37,7 @@ import msgpack
 import trio
 
 from .clock import HLC, Timestamp
-from .codec import decode_map_untrusted, encode_map
+from .codec import decode_map_trusted, encode_map
 from .crdt import LWWMap
 from .errors import BadPacket, CorruptFile, StoreError
 from .gossip.protocol import AntiEntropy, GossipConfig
@@ -74,7 +74,7 @@ def decode_snapshot(data: bytes, where: str) -> tuple[LWWMap, int, int]:
     if type(ms) is not int or type(logical) is not int or not isinstance(body, bytes):
         raise CorruptFile(where, "snapshot header fields have the wrong types")
     try:
-        return decode_map_untrusted(body), ms, logical
+        return decode_map_trusted(body), ms, logical
     except BadPacket as exc:
         raise CorruptFile(where, f"snapshot state is malformed: {exc}") from None
 
@@ -129,12 +129,11 @@ class Replica:
                 if restored.snapshot is not None:
                     where = str(restored.snapshot_path)
                     m, ms, logical = decode_snapshot(restored.snapshot, where)
-                    self.state.map.gc_horizon = m.gc_horizon
-                    self.state.apply(m)
+                    self.state.adopt(m)
                     self.hlc.advance_to(Timestamp(ms, logical, self.name))
                 for i, rec in enumerate(restored.records):
                     try:
-                        self.state.apply(decode_map_untrusted(rec))
+                        self.state.apply(decode_map_trusted(rec))
                     except BadPacket as exc:
                         raise CorruptFile(
                             str(self.data_dir), f"log record {i} after the snapshot: {exc}"

@@ -165,6 +165,19 @@ class ClusterState:
     def __len__(self) -> int:
         return len(self.map)
 
+    def adopt(self, m: LWWMap) -> None:
+        """Take ``m`` as the whole state (restore into an empty replica): no re-join."""
+        if len(self.map):
+            raise ValueError("adopt() needs an empty replica")
+        self.map = m
+        by_node: dict[str, set[Key]] = {}
+        for k, _ in m.items():
+            if k[0] == NODE:
+                by_node.setdefault(k[1], set()).add(k)
+            elif k[0] in self._by_ns:
+                self._by_ns[k[0]].add(k)
+        self._by_node = by_node
+
     def apply(self, delta: LWWMap | Iterable[tuple[Key, Entry]]) -> LWWMap:
         """Join a delta (or state) in; return the novel part (see ``LWWMap.join``)."""
         novel = self.map.join(delta)

@@ -148,3 +148,14 @@ def test_pure_modules_import_neither_trio_nor_socket() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@settings(max_examples=200)
+@given(maps())
+def test_trusted_decode_equals_untrusted_decode(m: LWWMap) -> None:
+    from gossipmgr.codec import decode_map_trusted
+
+    data = encode_map(m)
+    trusted = decode_map_trusted(data)
+    assert trusted == decode_map_untrusted(data)
+    assert trusted.leaf_digests() == m.leaf_digests()

@@ -193,3 +193,18 @@ def test_cluster_state_views_and_replace() -> None:
     # a var without an inventory record does not make a node
     s.apply(s.d_set(node_var_key("ghost", "v"), 1, next(t)))
     assert s.node_names() == ["n1"]
+
+
+@settings(max_examples=200)
+@given(maps, maps)
+def test_lazy_digests_equal_incremental_ones(a: LWWMap, b: LWWMap) -> None:
+    lazy = LWWMap.lazy()
+    lazy.merge(a.items())
+    lazy.merge(b.items())
+    eager = join(a, b)
+    assert lazy == eager
+    assert lazy.leaf_digests() == eager.leaf_digests()  # first read computes them all
+    extra = LWWMap({global_key("late"): Entry(Timestamp(99, 0, "z"), 1)})
+    lazy.join(extra)  # from now on maintained incrementally
+    eager.join(extra)
+    assert lazy.super_digests() == eager.super_digests()
