@@ -111,9 +111,11 @@ class LWWMap:
         # Sparse: deltas are LWWMaps too and usually hold one entry.
         self._leaf_digest: dict[int, int] = {}
         self._leaf_keys: dict[int, set[Key]] = {}
-        # False while digests are not maintained (a bulk load: see ``lazy``); the first
-        # digest read computes them all, and from then on they are kept incrementally.
-        self._hashed = True
+        # False while digests are not maintained (deltas, bulk loads: see ``lazy``); the
+        # first digest read computes them all, and from then on they are kept incrementally.
+        # A map built empty (a replica's state) keeps them from the start; one built from
+        # entries is almost always a delta, which is encoded and joined, never digested.
+        self._hashed = not entries
         #: tombstones with ts.ms below this are dropped and refused (see module docstring)
         self.gc_horizon = 0
         #: entries refused because a newer timestamp carried an older lease epoch (fencing)
@@ -218,7 +220,7 @@ class LWWMap:
         "remove redundancy": what the receiver already had is stripped), so it can be
         buffered and forwarded without re-sending old news.
         """
-        novel = LWWMap()
+        novel = LWWMap.lazy()  # a delta: never digested, so never hashed
         items = other.items() if isinstance(other, LWWMap) else other
         for k, e in items:
             if self._accept(k, e):

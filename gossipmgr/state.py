@@ -282,7 +282,7 @@ class ClusterState:
 
 def combine(*deltas: LWWMap) -> LWWMap:
     """Join several deltas into one (for one atomic, one-record-on-disk change)."""
-    out = LWWMap()
+    out = LWWMap.lazy()
     for d in deltas:
-        out.join(d)
+        out.merge(d.items())
     return out

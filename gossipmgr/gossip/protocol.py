@@ -185,6 +185,9 @@ class AntiEntropy:
             OrderedDict()
         )
         self._last_sync_ms = -1e18
+        #: leaf -> (peer, since): the one peer a differing leaf is being pulled from, so a
+        #: fresh instance resyncing with several peers moves each leaf once, not once per peer
+        self._leaf_owner: dict[int, tuple[str, float]] = {}
         self.counters = Counters()
         self.largest_datagram = 0
 
@@ -194,6 +197,7 @@ class AntiEntropy:
         wanted = {n for n in names if n != self.name}
         for gone in set(self.peers) - wanted:
             del self.peers[gone]
+            self._leaf_owner = {k: v for k, v in self._leaf_owner.items() if v[0] != gone}
         for n in wanted - set(self.peers):
             # Everything up to now reaches the new peer through a digest resync; deltas
             # from here on flow normally.
@@ -246,6 +250,7 @@ class AntiEntropy:
                 if ps.acked < self.seq or not ps.needs_resync:
                     ps.acked, ps.needs_resync = self.seq, True
                     silent_seen = True
+                self._release_leaves(peer, list(self._leaf_owner))
                 ps.pending_leaves.clear()
                 ps.queued_leaves.clear()
                 ps.inflight.clear()
@@ -315,6 +320,29 @@ class AntiEntropy:
             if leaf not in ps.queued_leaves:
                 ps.queued_leaves.add(leaf)
                 ps.pending_leaves.append(leaf)
+
+    def _claim_leaves(self, peer: str, leaves: Sequence[int], now_ms: float) -> list[int]:
+        """The leaves no other peer is already being pulled for (claimed for ``peer``).
+
+        A leaf skipped here is compared again at the next digest round with ``peer``, after
+        the other pull landed, and pulled from ``peer`` only if it still differs.
+        """
+        mine = []
+        for leaf in leaves:
+            owner = self._leaf_owner.get(leaf)
+            # A claim lasts until its pull completes or its peer is dropped or goes silent
+            # (both release it), however long the leaf waits in that peer's queue.
+            if owner is not None and owner[0] != peer:
+                self.counters.inc("resync_leaves_deduped")
+                continue
+            self._leaf_owner[leaf] = (peer, now_ms)
+            mine.append(leaf)
+        return mine
+
+    def _release_leaves(self, peer: str, leaves: Sequence[int]) -> None:
+        for leaf in leaves:
+            if self._leaf_owner.get(leaf, ("",))[0] == peer:
+                del self._leaf_owner[leaf]
 
     def _pull_more(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
@@ -451,8 +479,9 @@ class AntiEntropy:
         if ps is None:
             return Outcome()
         base = f[0] * FANOUT
-        self._requeue(ps, [base + i for i in range(FANOUT) if theirs[i] != mine[i]])
-        self.counters.inc("resync_leaves", sum(1 for i in range(FANOUT) if theirs[i] != mine[i]))
+        differ = [base + i for i in range(FANOUT) if theirs[i] != mine[i]]
+        self._requeue(ps, self._claim_leaves(sender, differ, now))
+        self.counters.inc("resync_leaves", len(differ))
         return Outcome(out=self._pull_more(sender, ps, now))
 
     def _on_pull(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
@@ -494,6 +523,8 @@ class AntiEntropy:
             # Some ENTRIES datagrams were lost: pull those leaves again.
             self._requeue(ps, leaves)
             self.counters.inc("pull_incomplete")
+        else:
+            self._release_leaves(sender, leaves)
         out = self._pull_more(sender, ps, now)
         if not ps.inflight and not ps.pending_leaves:
             # Window drained: check again; SYNC_OK ends the resync.
