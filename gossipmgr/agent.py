@@ -397,7 +397,14 @@ class Agent:
         while True:
             self._refresh_peers()
             lease = rep.lease()
-            new = decide(rep.name, lease, rep.candidates, rep.now_ms(), rep.lease_cfg)
+            new = decide(
+                rep.name,
+                lease,
+                rep.candidates,
+                rep.now_ms(),
+                rep.lease_cfg,
+                rep.state.max_record_epoch,
+            )
             if new is not None:
                 renewal = lease is not None and lease.holder == rep.name
                 value = new.as_value()

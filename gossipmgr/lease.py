@@ -10,7 +10,9 @@ Rules:
 * Candidates are the alive gossipmgr members in Serf, sorted by name (``candidates``).
 * The holder renews (same epoch, new expiry) once less than ``ttl - renew`` is left.
 * The lease is *vacant* when absent, expired, or its holder is not an alive candidate (Serf
-  says failed or left). A vacant lease is claimed with ``epoch + 1`` by the first candidate
+  says failed or left) *and* has missed a renewal by half a period (its renewals stopped
+  reaching us: a holder whose renewals still arrive is alive and reachable, whatever a
+  lagging Serf view says). A vacant lease is claimed with ``epoch + 1`` by the first candidate
   at once (the expired holder itself, if still listed, goes last); the candidate at rank
   ``r`` claims only ``r * ttl`` after expiry, so a first candidate that is alive in Serf but
   not acting is passed over, and a healthy one is never raced.
@@ -75,8 +77,24 @@ def candidates(alive_instances: Sequence[str]) -> list[str]:
     return sorted(set(alive_instances))
 
 
-def vacant(lease: Lease | None, cands: Sequence[str], now_ms: int) -> bool:
-    return lease is None or now_ms >= lease.expires_ms or lease.holder not in cands
+def overdue(lease: Lease, now_ms: int, cfg: LeaseConfig) -> bool:
+    """True once the holder has missed a renewal by half a period.
+
+    The holder renews ``renew_ms`` after each grant (``expires - ttl``); its renewals are
+    what tells us it still acts. Serf can say "failed" about a holder whose renewals still
+    reach us (a partition Serf has not re-merged yet, while gossip already flows): such a
+    holder is alive and reachable, and claiming over it would start a lease war.
+    """
+    return now_ms >= lease.expires_ms - cfg.ttl_ms + cfg.renew_ms + cfg.renew_ms // 2
+
+
+def vacant(
+    lease: Lease | None, cands: Sequence[str], now_ms: int, cfg: LeaseConfig | None = None
+) -> bool:
+    """Absent, expired, or held by an instance Serf no longer lists whose renewals stopped."""
+    if lease is None or now_ms >= lease.expires_ms:
+        return True
+    return lease.holder not in cands and overdue(lease, now_ms, cfg or LeaseConfig())
 
 
 def is_holder(me: str, lease: Lease | None, cands: Sequence[str], now_ms: int) -> bool:
@@ -85,16 +103,29 @@ def is_holder(me: str, lease: Lease | None, cands: Sequence[str], now_ms: int) -
 
 
 def decide(
-    me: str, lease: Lease | None, cands: Sequence[str], now_ms: int, cfg: LeaseConfig
+    me: str,
+    lease: Lease | None,
+    cands: Sequence[str],
+    now_ms: int,
+    cfg: LeaseConfig,
+    floor: int = 0,
 ) -> Lease | None:
-    """What ``me`` should write now: a renewal or a claim, or None to do nothing."""
+    """What ``me`` should write now: a renewal or a claim, or None to do nothing.
+
+    ``floor`` is the highest epoch any fenced record carries (``ClusterState.
+    max_record_epoch``). A holder that crashed right after claiming may have had its
+    actions reach us but not its claim; the lease must then move past that epoch, or every
+    later write under the older epoch would lose to the dead holder's records.
+    """
     if me not in cands:
         return None
     if lease is not None and lease.holder == me and now_ms < lease.expires_ms:
+        if lease.epoch < floor:
+            return Lease(me, floor + 1, now_ms + cfg.ttl_ms)  # re-grant past the floor
         if lease.expires_ms - now_ms <= cfg.ttl_ms - cfg.renew_ms:
             return Lease(me, lease.epoch, now_ms + cfg.ttl_ms)
         return None
-    if not vacant(lease, cands, now_ms):
+    if not vacant(lease, cands, now_ms, cfg):
         return None
     # The expired holder (alive in Serf but silent: hung, or its gossip cut) goes to the
     # back of the line, so the next candidate claims at once instead of a TTL later.
@@ -106,7 +137,7 @@ def decide(
         expired_at = lease.expires_ms if lease is not None else 0
         if now_ms < expired_at + rank * cfg.ttl_ms:
             return None
-    epoch = lease.epoch + 1 if lease is not None else 1
+    epoch = max(lease.epoch if lease is not None else 0, floor) + 1
     return Lease(me, epoch, now_ms + cfg.ttl_ms)
 
 

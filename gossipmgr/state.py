@@ -153,6 +153,9 @@ class ClusterState:
         self._by_node: dict[str, set[Key]] = {}
         # Keys of the small namespaces, so reads of globals and jobs never scan the map.
         self._by_ns: dict[str, set[Key]] = {GLOBAL: set(), JOB: set()}
+        #: The highest lease epoch any fenced record (inventory, job) was written under.
+        #: The lease must never trail it (see ``lease.decide``'s ``floor``).
+        self.max_record_epoch = 0
         if entries is not None:
             self.map.gc_horizon = entries.gc_horizon
             self.apply(entries)
@@ -170,23 +173,25 @@ class ClusterState:
         if len(self.map):
             raise ValueError("adopt() needs an empty replica")
         self.map = m
-        by_node: dict[str, set[Key]] = {}
-        for k, _ in m.items():
-            if k[0] == NODE:
-                by_node.setdefault(k[1], set()).add(k)
-            elif k[0] in self._by_ns:
-                self._by_ns[k[0]].add(k)
-        self._by_node = by_node
+        for k, e in m.items():
+            self._index(k, e)
 
     def apply(self, delta: LWWMap | Iterable[tuple[Key, Entry]]) -> LWWMap:
         """Join a delta (or state) in; return the novel part (see ``LWWMap.join``)."""
         novel = self.map.join(delta)
-        for k, _ in novel.items():
-            if k[0] == NODE:
-                self._by_node.setdefault(k[1], set()).add(k)
-            elif k[0] in self._by_ns:
-                self._by_ns[k[0]].add(k)
+        for k, e in novel.items():
+            self._index(k, e)
         return novel
+
+    def _index(self, k: Key, e: Entry) -> None:
+        if k[0] == NODE:
+            self._by_node.setdefault(k[1], set()).add(k)
+            if len(k) == 3 and k[2] == "inv" and not e.deleted:
+                self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
+        elif k[0] in self._by_ns:
+            self._by_ns[k[0]].add(k)
+            if k[0] == JOB and not e.deleted:
+                self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
 
     def _live(self, ns: str) -> Iterator[tuple[Key, Any]]:
         for k in self._by_ns[ns]:

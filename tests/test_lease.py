@@ -27,15 +27,24 @@ def test_holder_renews_before_expiry_and_not_too_often() -> None:
     assert decide("a", lease, ["a", "b"], 1_600, CFG) == Lease("a", 4, 3_600)
 
 
-def test_failed_holder_is_replaced_at_once_expired_one_by_the_next_candidate() -> None:
-    lease = Lease("a", 4, 10_000)
-    assert decide("b", lease, ["b", "c"], 1_000, CFG) == Lease("b", 5, 3_000)  # a failed
-    assert decide("c", lease, ["b", "c"], 1_000, CFG) is None
+def test_failed_holder_is_replaced_once_its_renewals_stop() -> None:
+    lease = Lease("a", 4, 10_000)  # granted at 8,000; next renewal due at 8,500
+    # Serf says a failed, but its last renewal is fresh: it is alive and reachable to us.
+    assert decide("b", lease, ["b", "c"], 8_600, CFG) is None
+    # ...half a renewal period overdue: a really stopped renewing; b claims at once.
+    assert decide("b", lease, ["b", "c"], 8_750, CFG) == Lease("b", 5, 10_750)
+    assert decide("c", lease, ["b", "c"], 8_750, CFG) is None
     # a still listed by Serf but silent: after expiry b claims, a goes to the back
     assert decide("b", lease, ["a", "b", "c"], 10_000, CFG) == Lease("b", 5, 12_000)
     assert decide("c", lease, ["a", "b", "c"], 10_000, CFG) is None
     # if b does not act either, c claims one TTL later
     assert decide("c", lease, ["a", "b", "c"], 12_000, CFG) == Lease("c", 5, 14_000)
+
+
+def test_lease_moves_past_epochs_seen_in_records() -> None:
+    # A crashed holder's epoch-5 action reached us, its claim did not: never trail it.
+    assert decide("b", Lease("b", 4, 9_000), ["b"], 1_000, CFG, floor=5) == Lease("b", 6, 3_000)
+    assert decide("c", None, ["c"], 0, CFG, floor=7) == Lease("c", 8, 2_000)
 
 
 def test_non_candidates_never_act() -> None:
@@ -131,7 +140,7 @@ class LeaseSim:
         epoch = lease.epoch if lease else 0
         assert epoch >= self.max_epoch_seen[n], "epochs only grow"
         self.max_epoch_seen[n] = epoch
-        new = decide(n, lease, cands, phys, CFG)
+        new = decide(n, lease, cands, phys, CFG, inst.state.max_record_epoch)
         if new is not None:
             value = new.as_value()
             self.sim.write(n, lambda st, ts: st.d_set(LEASE_KEY, value, ts))
