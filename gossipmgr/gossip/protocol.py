@@ -112,6 +112,9 @@ class GossipConfig:
     #: Leaves pulled per window. A leaf holds ~25 entries at 100,000 records, so 32 leaves is
     #: ~100 KB per window: well under a default 208 KB socket buffer, no burst loss.
     pull_window_leaves: int = 32
+    #: Pull windows outstanding at once towards one peer (resync rounds run one peer at a
+    #: time, so this is the whole catch-up pipeline).
+    pull_windows_in_flight: int = 4
     #: An outstanding pull with no PULL_DONE after this long is re-queued.
     pull_timeout_ms: int = 1_000
     #: Deltas kept for peers that have not acknowledged them. Past this, laggards resync.
@@ -260,7 +263,13 @@ class AntiEntropy:
             if ps.acked < self.seq and now_ms - ps.last_sent_ms >= self.cfg.retransmit_ms:
                 out += self._interval(peer, ps, now_ms)
             if ps.needs_resync and now_ms - ps.last_digest_ms >= self.cfg.sync_retry_ms:
-                if not ps.inflight and not ps.pending_leaves:
+                # One resync round at a time: after it drains, the next peer's digest mostly
+                # matches (one SYNC_OK) instead of every peer sending leaf digests at once.
+                if (
+                    not ps.inflight
+                    and not ps.pending_leaves
+                    and not self._resync_busy(peer, now_ms)
+                ):
                     out += self._digest(peer, ps, now_ms)
             for req, (leaves, sent) in list(ps.inflight.items()):
                 if now_ms - sent >= self.cfg.pull_timeout_ms:
@@ -315,6 +324,17 @@ class AntiEntropy:
         self.counters.inc("digests_sent")
         return self._encode(peer, DIGEST, [self.seq, _pack64(self.state.map.super_digests())])
 
+    def _resync_busy(self, peer: str, now_ms: float) -> bool:
+        """True while another peer's resync round is under way (pulls, or a fresh digest)."""
+        for other, ps in self.peers.items():
+            if other == peer or not ps.needs_resync:
+                continue
+            if ps.inflight or ps.pending_leaves:
+                return True
+            if now_ms - ps.last_digest_ms < self.cfg.sync_retry_ms:
+                return True
+        return False
+
     def _requeue(self, ps: PeerState, leaves: Sequence[int]) -> None:
         for leaf in leaves:
             if leaf not in ps.queued_leaves:
@@ -346,8 +366,9 @@ class AntiEntropy:
 
     def _pull_more(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
-        # Keep at most two windows in flight: enough to hide one RTT, small enough to pace.
-        while ps.pending_leaves and len(ps.inflight) < 2:
+        # Keep a few windows in flight: enough to hide the RTT and the responder's packing
+        # time, small enough (~400 KB at 100,000 records) to fit the 4 MiB socket buffers.
+        while ps.pending_leaves and len(ps.inflight) < self.cfg.pull_windows_in_flight:
             leaves: list[int] = []
             while ps.pending_leaves and len(leaves) < self.cfg.pull_window_leaves:
                 leaf = ps.pending_leaves.popleft()
