@@ -195,7 +195,7 @@ def test_far_future_timestamps_are_refused_not_adopted() -> None:
 
 def test_silent_peer_holds_no_buffer_gets_only_probes_and_resyncs_when_back() -> None:
     sim = Sim(3, seed=21, delay=(0.1, 1.0))
-    writer, live, dead = sim.names
+    writer, _live, dead = sim.names
     sim.step(sim.now + 3_000)
     sim.inst[dead].up = False
     for k in range(200):
