@@ -61,6 +61,7 @@ from ..codec import entries_from_wire_untrusted, entry_to_wire, unpack_untrusted
 from ..crdt import FANOUT, Entry, Key, LWWMap
 from ..errors import BadPacket, ClockError
 from ..state import ClusterState
+from .crypto import Counters
 
 PROTO_VERSION = 1
 
@@ -153,11 +154,6 @@ class Outcome:
     novel: LWWMap | None = None
 
 
-class Counters(dict[str, int]):
-    def inc(self, key: str, n: int = 1) -> None:
-        self[key] = self.get(key, 0) + n
-
-
 class AntiEntropy:
     """One instance's side of the protocol. Owns ``state`` mutations for remote deltas."""
 
@@ -227,12 +223,12 @@ class AntiEntropy:
         self.buffer.append((self.seq, origin, delta))
         if len(self.buffer) > self.cfg.max_buffer:
             dropped_seq, _, _ = self.buffer.popleft()
-            self.counters.inc("buffer_overflow")
+            self.counters.incr("buffer_overflow")
             for ps in self.peers.values():
                 if ps.acked < dropped_seq:
                     ps.acked = self.seq
                     if not ps.needs_resync:
-                        self.counters.inc("resync_overflow")
+                        self.counters.incr("resync_overflow")
                     ps.needs_resync = True
 
     def _prune(self) -> None:
@@ -276,7 +272,7 @@ class AntiEntropy:
                     del ps.inflight[req]
                     ps.entries_seen.pop(req, None)
                     self._requeue(ps, leaves)
-                    self.counters.inc("pull_timeout")
+                    self.counters.incr("pull_timeout")
             out += self._pull_more(peer, ps, now_ms)
         if silent_seen:
             self._prune()
@@ -315,13 +311,13 @@ class AntiEntropy:
             hi = seq
         if hi > lo:
             out += self._encode(peer, DELTA, [lo, hi, self._wire_items(batch)])
-        self.counters.inc("retransmits")
+        self.counters.incr("retransmits")
         return out
 
     # ------------------------------------------------------------------ resync
     def _digest(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
         ps.last_digest_ms = now_ms
-        self.counters.inc("digests_sent")
+        self.counters.incr("digests_sent")
         return self._encode(peer, DIGEST, [self.seq, _pack64(self.state.map.super_digests())])
 
     def _resync_busy(self, peer: str, now_ms: float) -> bool:
@@ -353,7 +349,7 @@ class AntiEntropy:
             # A claim lasts until its pull completes or its peer is dropped or goes silent
             # (both release it), however long the leaf waits in that peer's queue.
             if owner is not None and owner[0] != peer:
-                self.counters.inc("resync_leaves_deduped")
+                self.counters.incr("resync_leaves_deduped")
                 continue
             self._leaf_owner[leaf] = (peer, now_ms)
             mine.append(leaf)
@@ -387,10 +383,10 @@ class AntiEntropy:
         try:
             return self._receive(data, now_ms)
         except BadPacket as exc:
-            self.counters.inc(f"drop_{exc.reason}")
+            self.counters.incr(f"drop_{exc.reason}")
             return Outcome()
         except ClockError:
-            self.counters.inc("drop_clock")
+            self.counters.incr("drop_clock")
             return Outcome()
 
     def _receive(self, data: bytes, now_ms: float) -> Outcome:
@@ -409,7 +405,7 @@ class AntiEntropy:
             raise BadPacket("shape", "bad incarnation")
         if sender == self.name:
             raise BadPacket("self", "message claims to come from this instance")
-        self.counters.inc(f"recv_{TYPE_NAMES[mtype]}")
+        self.counters.incr(f"recv_{TYPE_NAMES[mtype]}")
         if mtype == FRAG:
             whole = self._reassemble(sender, fields, now_ms)
             return self._receive(whole, now_ms) if whole is not None else Outcome()
@@ -420,7 +416,7 @@ class AntiEntropy:
                 if ps.incarnation != 0:
                     # The peer restarted: its sequence numbers start over and it may have
                     # lost volatile state: resync both ways.
-                    self.counters.inc("peer_restarts")
+                    self.counters.incr("peer_restarts")
                     ps.needs_resync = True
                     ps.acked = self.seq
                 ps.received = 0
@@ -488,7 +484,7 @@ class AntiEntropy:
             if ps.acked >= self.seq:
                 ps.needs_resync = False
             ps.last_ack_ms = now
-            self.counters.inc("syncs_equal")
+            self.counters.incr("syncs_equal")
             self._prune()
         return Outcome()
 
@@ -502,7 +498,7 @@ class AntiEntropy:
         base = f[0] * FANOUT
         differ = [base + i for i in range(FANOUT) if theirs[i] != mine[i]]
         self._requeue(ps, self._claim_leaves(sender, differ, now))
-        self.counters.inc("resync_leaves", len(differ))
+        self.counters.incr("resync_leaves", len(differ))
         return Outcome(out=self._pull_more(sender, ps, now))
 
     def _on_pull(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
@@ -522,7 +518,7 @@ class AntiEntropy:
         msgs = self._pack_entries(sender, ENTRIES, [req], items)
         res.out += msgs
         res.out += self._encode(sender, PULL_DONE, [req, len(msgs)])
-        self.counters.inc("pulls_served")
+        self.counters.incr("pulls_served")
         return res
 
     def _on_entries(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
@@ -543,7 +539,7 @@ class AntiEntropy:
         if seen < f[1]:
             # Some ENTRIES datagrams were lost: pull those leaves again.
             self._requeue(ps, leaves)
-            self.counters.inc("pull_incomplete")
+            self.counters.incr("pull_incomplete")
         else:
             self._release_leaves(sender, leaves)
         out = self._pull_more(sender, ps, now)
@@ -588,7 +584,7 @@ class AntiEntropy:
         data = msgpack.packb(
             [PROTO_VERSION, mtype, self.name, self.incarnation, *fields], use_bin_type=True
         )
-        self.counters.inc(f"sent_{TYPE_NAMES[mtype]}")
+        self.counters.incr(f"sent_{TYPE_NAMES[mtype]}")
         if len(data) <= self.cfg.max_payload:
             self.largest_datagram = max(self.largest_datagram, len(data))
             return [(peer, data)]
@@ -609,7 +605,7 @@ class AntiEntropy:
             )
             self.largest_datagram = max(self.largest_datagram, len(d))
             out.append((peer, d))
-        self.counters.inc("sent_frag", len(pieces))
+        self.counters.incr("sent_frag", len(pieces))
         return out
 
     def _reassemble(self, sender: str, f: list[Any], now: float) -> bytes | None:
@@ -625,7 +621,7 @@ class AntiEntropy:
         if key not in self._partial:
             if len(self._partial) >= MAX_PARTIAL_MESSAGES:
                 self._partial.popitem(last=False)
-                self.counters.inc("drop_frag_evicted")
+                self.counters.incr("drop_frag_evicted")
             self._partial[key] = (now, [None] * total)
         _, parts = self._partial[key]
         if len(parts) != total:
@@ -645,7 +641,7 @@ class AntiEntropy:
             if now - born < FRAG_TTL_MS:
                 break
             del self._partial[key]
-            self.counters.inc("drop_frag_expired")
+            self.counters.incr("drop_frag_expired")
 
     # ------------------------------------------------------------------ figures
     def stats(self, now_ms: float) -> dict[str, Any]:
