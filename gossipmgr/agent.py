@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from . import __version__
+from . import inventory as inv
 from .ansible import AnsibleSettings
 from .api import check_listen_policy, create_app, serve
 from .clock import Timestamp
@@ -49,7 +50,7 @@ from .jobs import JobManager
 from .lease import LeaseConfig, candidates, decide
 from .replica import Replica
 from .serf.client import open_serf_client, serf_connector
-from .serf.membership import InstancesChanged, NodeEvent, SerfMembership
+from .serf.membership import PUSH_PULL_S, Absences, InstancesChanged, NodeEvent, SerfMembership
 from .serf.process import SerfAgentProcess
 from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
 
@@ -66,6 +67,10 @@ RECONCILE_EVERY_S = 5.0
 #: ...skipping nodes whose Serf status changed this recently: right after a heal the view
 #: is still settling, and acting on it flapped a dead node back to Discovered once.
 RECONCILE_SETTLE_S = 2.0
+#: ...and Discovered nodes our Serf agent does not list at all, until they have been absent
+#: from its list this many push-pull intervals (``PUSH_PULL_S``): our agent may simply not
+#: have heard of them yet. A node Serf lists as failed or left is acted on at once.
+ABSENT_GRACE_PUSH_PULLS = 2.0
 #: Tombstones older than this are garbage collected (hourly). Safe because an instance cut
 #: off for longer refuses to rejoin with its old data (see ``check_stale_data``); a week is
 #: far above any partition or outage we plan for (Cassandra's gc_grace default is 10 days).
@@ -126,6 +131,10 @@ class Agent:
         self.api_url = ""
         self.api_ctx: AgentApiContext | None = None
         self._reconcile_soon = False
+        self._absences = Absences()
+        #: Seconds a Discovered node must be missing from our Serf list before a reconcile
+        #: marks it Disappeared (an external Serf's profile is unknown: assume lan).
+        self.absent_grace_s = ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(cfg.serf_profile, 30.0)
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
@@ -386,7 +395,13 @@ class Agent:
         if m is None:
             return set()
         now = trio.current_time()
-        return {n.name for n in m.nodes.values() if now - n.since < RECONCILE_SETTLE_S}
+        known = m.nodes
+        out = {n.name for n in known.values() if now - n.since < RECONCILE_SETTLE_S}
+        discovered = [
+            r.name for r in self.replica.state.nodes() if inv.state_of(r) == inv.DISCOVERED
+        ]
+        out |= self._absences.young(discovered, known, now, self.absent_grace_s)
+        return out
 
     # ------------------------------------------------------------------ lease
     async def _lease_loop(self) -> None:

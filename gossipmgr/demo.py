@@ -156,9 +156,14 @@ class Demo:
             f"{time.monotonic() - t:.1f} s after the kill"
         )
         after = c.get(new, "/info/nodes")
-        same = {k: v["inventory_state"]["status"] for k, v in before.items()} == {
-            k: v["inventory_state"]["status"] for k, v in after.items()
-        }
+
+        def statuses(nodes: dict[str, Any]) -> dict[str, tuple[str, str]]:
+            return {
+                k: (v["inventory_state"]["status"], v["inventory_state"]["state"])
+                for k, v in nodes.items()
+            }
+
+        same = statuses(before) == statuses(after)
         self.say(f"inventory at {new} identical to before the kill: {same}")
         if not same:
             raise RuntimeError("state changed across the takeover")

@@ -35,7 +35,11 @@ def test_demo_runs_to_completion_and_cleans_up() -> None:
         timeout=300,
         env=env,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # The demo's own error line comes first on stderr, before the instances' log tails.
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("gossipmgr demo:")]
+    assert proc.returncode == 0, (
+        "\n".join(errors) + "\n" + proc.stdout[-3000:] + proc.stderr[-6000:]
+    )
     out = proc.stdout
     for needle in (
         "lease holder:",

@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from serfutil import AgentPool, agent_pool, free_port, needs_serf
 
 from gossipmgr.errors import ConfigError, SerfError, SerfUnavailable
 from gossipmgr.serf.client import open_serf_client, serf_connector
 from gossipmgr.serf.membership import (
+    Absences,
     Instance,
     InstancesChanged,
     MembershipEvent,
@@ -27,6 +30,51 @@ from gossipmgr.serf.membership import (
 from gossipmgr.serf.process import SerfAgentProcess, encoded_tags_size
 
 # -- pure view ------------------------------------------------------------------------------
+
+
+def test_absences_count_from_first_seen_missing_and_restart_when_listed() -> None:
+    a = Absences()
+    assert a.young(["n1", "n2"], ["n2"], now=100.0, grace=30.0) == {"n1"}
+    assert a.young(["n1", "n2"], ["n2"], now=129.9, grace=30.0) == {"n1"}
+    assert a.young(["n1", "n2"], ["n2"], now=130.0, grace=30.0) == set()  # grace over
+    # listed again: the clock starts over when it goes missing the next time
+    assert a.young(["n1"], ["n1"], now=131.0, grace=30.0) == set()
+    assert a.young(["n1"], [], now=140.0, grace=30.0) == {"n1"}
+    assert a.young(["n1"], [], now=169.0, grace=30.0) == {"n1"}
+    # a name no longer expected is forgotten, and starts over if expected again
+    assert a.young([], [], now=170.0, grace=30.0) == set()
+    assert a.young(["n1"], [], now=171.0, grace=30.0) == {"n1"}
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sets(st.sampled_from("abcd")),
+            st.sets(st.sampled_from("abcd")),
+            st.floats(0, 20),
+        ),
+        max_size=30,
+    )
+)
+def test_absences_property_young_means_missing_for_less_than_grace(steps: Any) -> None:
+    """Against a direct model: a name is young iff it was expected and unlisted at every
+    call since some call less than ``grace`` ago (and at that call)."""
+    a, now, grace = Absences(), 0.0, 10.0
+    history: list[tuple[float, set[str]]] = []  # (time, names missing then)
+    for expected, listed, dt in steps:
+        now += dt
+        missing = set(expected) - set(listed)
+        history.append((now, missing))
+        want = set()
+        for n in missing:
+            start = now
+            for t, miss in reversed(history):
+                if n not in miss:
+                    break
+                start = t
+            if now - start < grace:
+                want.add(n)
+        assert a.young(expected, listed, now, grace) == want
 
 
 def node(
