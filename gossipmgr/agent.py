@@ -450,8 +450,19 @@ class Agent:
                 if current.epoch != reconciled_epoch or due:
                     self._reconcile_soon = False
                     try:
-                        await self.jobs.reconcile(self.alive_nodes(), self.unsettled_nodes())
+                        fixed = await self.jobs.reconcile(
+                            self.alive_nodes(), self.unsettled_nodes()
+                        )
                         self.counters["reconciles"] += 1
+                        if fixed["discovered"] or fixed["disappeared"]:
+                            log.warning(
+                                "%s: reconcile against Serf (epoch %d): discovered %s, "
+                                "disappeared %s",
+                                rep.name,
+                                current.epoch,
+                                fixed["discovered"],
+                                fixed["disappeared"],
+                            )
                         reconciled_epoch, last_reconcile = current.epoch, now
                     except (GossipmgrError, StoreError) as exc:
                         log.error("%s: reconcile failed: %s", rep.name, exc)
