@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,20 +33,56 @@ FORBIDDEN_PORTS = {7946, 7373, 9007}
 HOST = "127.0.0.1"
 
 
+#: Ports this process has handed out: never handed out twice, even if free again.
+_HANDED_OUT: set[int] = set()
+
+
+def _port_pool() -> range:
+    """Ports outside the kernel's ephemeral range (``ip_local_port_range``).
+
+    A port taken with ``bind(0)`` comes *from* the ephemeral range, so any outgoing
+    connection opened between our probe and the real bind (an agent's long-lived Serf RPC
+    connection, memberlist's TCP push-pull, an HTTP client) can take it as its source
+    port and keep it: serf then cannot bind and the instance never comes up (CI saw this
+    once). Below the ephemeral range only listeners compete, and the probe sees them.
+    """
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        lo, hi = (int(x) for x in text.split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    if lo - 10_000 >= 5_000:
+        return range(10_000, lo)
+    if hi < 60_000:
+        return range(hi + 1, 65_536)
+    return range(0)  # no room outside: fall back to bind(0)
+
+
+def _bindable(host: str, port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(host: str = HOST) -> int:
-    """A port free for both TCP and UDP on ``host`` right now (Serf binds both)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = int(t.getsockname()[1])
-            if port in FORBIDDEN_PORTS:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind((host, port))
-                except OSError:
-                    continue
-            return port
+    """A port free for both TCP and UDP on ``host`` right now (Serf binds both), outside
+    the ephemeral range (see ``_port_pool``), never one this process handed out before."""
+    pool = _port_pool()
+    for _ in range(500):
+        if pool:
+            port = random.choice(pool)
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                t.bind((host, 0))
+                port = int(t.getsockname()[1])
+        if port in FORBIDDEN_PORTS or port in _HANDED_OUT or not _bindable(host, port):
+            continue
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError("no free port found")
 
 
@@ -238,7 +275,17 @@ class LocalCluster:
             r = httpx.get(f"{inst.url}/health", timeout=2)
             return r.status_code == 200 and bool(r.json().get("serf", {}).get("healthy"))
 
-        wait_for(ready, timeout, f"agent {name} to serve with Serf up")
+        try:
+            wait_for(ready, timeout, f"agent {name} to serve with Serf up")
+        except TimeoutError as exc:
+            try:
+                serf_log = (inst.data_dir / "serf" / "agent.log").read_text(errors="replace")
+            except OSError as e:
+                serf_log = f"(no serf log: {e})"
+            raise TimeoutError(
+                f"{exc}\n--- {name} log tail ---\n{inst.log()[-3000:]}"
+                f"\n--- {name} serf log tail ---\n{serf_log[-2000:]}"
+            ) from None
 
     def kill9(self, name: str) -> None:
         inst = self.instances[name]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import struct
 import subprocess
 import time
@@ -34,6 +33,7 @@ from gossipmgr.gossip.crypto import (
     load_keyring_file,
     node_id,
 )
+from gossipmgr.localcluster import free_port
 
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
@@ -335,17 +335,7 @@ def test_load_serf_keyring_json_list(tmp_path: Path) -> None:
 
 
 def _free_port() -> int:
-    # Serf binds TCP and UDP on the same port: probe both.
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    return free_port()  # TCP and UDP both free (Serf binds both), outside ephemeral ports
 
 
 @pytest.mark.serf

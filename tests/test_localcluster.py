@@ -1,0 +1,53 @@
+"""The local cluster harness's port picking (every Serf/loopback test depends on it)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from gossipmgr import localcluster
+from gossipmgr.localcluster import FORBIDDEN_PORTS, free_port
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)  # never handed out twice
+    for p in ports:
+        assert not lo <= p <= hi, p  # an outgoing connection cannot steal it meanwhile
+        assert p not in FORBIDDEN_PORTS
+    for p in ports[:20]:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", p))
+
+
+def test_a_port_held_by_a_listener_or_udp_socket_is_never_picked(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A window of 3 ports this test holds all but one of: the probe must find the last.
+    for base in range(20_000, 30_000, 7):
+        window = range(base, base + 3)
+        socks = []
+        try:
+            for port, kind in zip(window[:2], (socket.SOCK_STREAM, socket.SOCK_DGRAM), strict=True):
+                s = socket.socket(socket.AF_INET, kind)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+                if kind == socket.SOCK_STREAM:
+                    s.listen()
+        except OSError:
+            for s in socks:
+                s.close()
+            continue
+        try:
+            monkeypatch.setattr(localcluster, "_port_pool", lambda window=window: window)
+            monkeypatch.setattr(localcluster, "_HANDED_OUT", set())
+            try:
+                got = localcluster.free_port()
+            except RuntimeError:
+                continue  # the free one was taken by someone else meanwhile: next window
+            assert got == window[2]
+            return
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no window of 3 bindable ports found")
