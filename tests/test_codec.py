@@ -159,3 +159,31 @@ def test_trusted_decode_equals_untrusted_decode(m: LWWMap) -> None:
     trusted = decode_map_trusted(data)
     assert trusted == decode_map_untrusted(data)
     assert trusted.leaf_digests() == m.leaf_digests()
+
+
+def test_trusted_decode_with_a_repeated_key_keeps_the_join_winner() -> None:
+    """Never written by us, but a state must still decode to the join of its entries."""
+    from gossipmgr.codec import VERSION, decode_map_trusted
+
+    k = list(global_key("x"))
+    raw = [[k, 5, 0, "b", False, "new"], [k, 3, 0, "a", False, "old"]]
+    for order in (raw, raw[::-1]):
+        m = decode_map_trusted(msgpack.packb([VERSION, 0, order], use_bin_type=True))
+        assert m.get(global_key("x")) == "new"
+        assert len(m) == 1
+
+
+def test_trusted_decode_drops_tombstones_below_the_gc_horizon() -> None:
+    from gossipmgr.codec import VERSION, decode_map_trusted
+
+    raw = [
+        [list(global_key("gone")), 10, 0, "a", True, None],
+        [list(global_key("kept")), 30, 0, "a", True, None],
+        [list(global_key("live")), 10, 0, "a", False, 1],
+    ]
+    m = decode_map_trusted(msgpack.packb([VERSION, 20, raw], use_bin_type=True))
+    assert m.gc_horizon == 20
+    assert m.entry(global_key("gone")) is None
+    assert m.entry(global_key("kept")) is not None and m.entry(global_key("kept")).deleted
+    assert m.get(global_key("live")) == 1
+    assert m == decode_map_untrusted(msgpack.packb([VERSION, 20, raw], use_bin_type=True))
