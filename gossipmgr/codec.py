@@ -151,21 +151,15 @@ def decode_map_trusted(data: bytes) -> LWWMap:
     _, horizon, raw = obj
     if type(horizon) is not int or not isinstance(raw, list):
         raise BadPacket("shape", "bad state header")
+    m = LWWMap.lazy()
+    m.gc_horizon = horizon
     try:
-        entries = {
-            tuple(k): Entry(Timestamp(ms, lg, node), None if dl else v, dl)
+        m.merge(
+            (tuple(k), Entry(Timestamp(ms, lg, node), None if dl else v, dl))
             for k, ms, lg, node, dl, v in raw
-        }
+        )
     except (TypeError, ValueError) as exc:
         raise BadPacket("entry", f"malformed entry ({exc})") from None
-    if len(entries) == len(raw):  # what we write: one entry per key, taken as it is
-        return LWWMap.adopt_unique(entries, horizon)
-    m = LWWMap.lazy()  # a repeated key (never written by us): join, so the winner stays
-    m.gc_horizon = horizon
-    m.merge(
-        (tuple(k), Entry(Timestamp(ms, lg, node), None if dl else v, dl))
-        for k, ms, lg, node, dl, v in raw
-    )
     return m
 
 

@@ -135,22 +135,6 @@ class LWWMap:
         m._hashed = False
         return m
 
-    @classmethod
-    def adopt_unique(cls, entries: dict[Key, Entry], gc_horizon: int = 0) -> LWWMap:
-        """A lazy map that takes ``entries`` as they are, without joining them one by one.
-
-        Only for entries with distinct keys that already form a state (a snapshot or log
-        record this instance wrote itself): the join would accept every one of them, so
-        the dict is taken over as it is. Tombstones below ``gc_horizon`` are dropped as a
-        join would drop them. Restore of 30,000 entries: ~0.05 s instead of ~0.2 s.
-        """
-        m = cls.lazy()
-        m.gc_horizon = gc_horizon
-        if gc_horizon:
-            entries = {k: e for k, e in entries.items() if not (e.deleted and e.ts.ms < gc_horizon)}
-        m._entries = entries
-        return m
-
     def _ensure_hashed(self) -> None:
         if self._hashed:
             return
