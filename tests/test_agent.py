@@ -3,7 +3,8 @@
 Covers: instances finding each other through Serf and converging on a write; a simulated
 node discovered, killed -9 (disappeared) and back (discovered); the Serf agent killed under
 a running gossipmgr and recovered; one lease holder, handed over on SIGKILL without losing
-a health event. Every process is stopped by the cluster fixture, even on failure.
+a health event; a node our Serf agent does not list given a grace before it is marked
+Disappeared. Every process is stopped by the cluster fixture, even on failure.
 """
 
 from __future__ import annotations
