@@ -397,10 +397,17 @@ class Agent:
         now = trio.current_time()
         known = m.nodes
         out = {n.name for n in known.values() if now - n.since < RECONCILE_SETTLE_S}
-        discovered = [
-            r.name for r in self.replica.state.nodes() if inv.state_of(r) == inv.DISCOVERED
+        # Only nodes Serf does not list can be absent: look up just those (normally none),
+        # not every record (jobs.reconcile scans them all once already).
+        state = self.replica.state
+        unlisted = [
+            n
+            for n in state.node_names()
+            if n not in known
+            and (r := state.node(n)) is not None
+            and inv.state_of(r) == inv.DISCOVERED
         ]
-        out |= self._absences.young(discovered, known, now, self.absent_grace_s)
+        out |= self._absences.young(unlisted, known, now, self.absent_grace_s)
         return out
 
     # ------------------------------------------------------------------ lease

@@ -334,10 +334,6 @@ def test_load_serf_keyring_json_list(tmp_path: Path) -> None:
     assert kr.keys == tuple(base64.b64decode(k) for k in keys)
 
 
-def _free_port() -> int:
-    return free_port()  # TCP and UDP both free (Serf binds both), outside ephemeral ports
-
-
 @pytest.mark.serf
 def test_real_serf_agent_accepts_our_keyring_file(tmp_path: Path) -> None:
     """One key file serves both: serf agent -keyring-file reads the file gossipmgr reads."""
@@ -346,7 +342,7 @@ def test_real_serf_agent_accepts_our_keyring_file(tmp_path: Path) -> None:
     p = tmp_path / "keyring.json"
     p.write_text(json.dumps([ours, theirs]))
     kr = load_keyring_file(p)
-    bind, rpc = _free_port(), _free_port()
+    bind, rpc = free_port(), free_port()  # TCP and UDP free
     proc = subprocess.Popen(
         ["serf", "agent", "-node=keytest", f"-bind=127.0.0.1:{bind}",
          f"-rpc-addr=127.0.0.1:{rpc}", f"-keyring-file={p}", "-log-level=warn"],
