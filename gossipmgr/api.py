@@ -40,6 +40,7 @@ import inspect
 import ipaddress
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -52,8 +53,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .clock import Timestamp
+from .codec import MAX_KEY_PART, check_value
 from .crdt import LWWMap
 from .errors import (
+    BadPacket,
     BadRequest,
     ConfigError,
     GossipmgrError,
@@ -62,6 +65,8 @@ from .errors import (
     StoreError,
     Unauthorized,
     Unavailable,
+    ValueRefused,
+    ValueTooLarge,
 )
 from .inventory import get_node, node_json
 from .lease import Lease
@@ -203,7 +208,9 @@ async def _body_untrusted(*, required: bool = True) -> dict[str, Any]:
 
     try:
         obj = json.loads(data, parse_constant=reject_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+    except RecursionError:
+        raise ValueRefused(f"request body is nested too deeply (values: at most {_DEPTH})")
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest(f"request body is not valid JSON: {exc}")
     if not isinstance(obj, dict):
         raise BadRequest(f"request body must be a JSON object, got {_json_type(obj)}")
@@ -244,22 +251,53 @@ def _field_str(body: Mapping[str, Any], name: str) -> str:
     return v
 
 
+_DEPTH = "32 levels"
+
+
+def check_value_untrusted(v: Any, what: str) -> Any:
+    """The API side of the one value rule (``codec.check_value``: encoded size, depth,
+    items, integer range, finite numbers, encodable strings), applied where a request's
+    value is read, so that job routes refuse what could not be replicated too. Raises
+    ValueTooLarge (413) or ValueRefused (422) naming ``what`` and the limit. A commit checks
+    each record again (``replica.check_writable``)."""
+    try:
+        check_value(v)
+    except BadPacket as exc:
+        cls = ValueTooLarge if exc.reason == "too_large" else ValueRefused
+        raise cls(f"{what}: {exc.detail}") from None
+    except RecursionError:
+        raise ValueRefused(f"{what}: value nested too deeply") from None
+    return v
+
+
 def _field_extra_vars(body: Mapping[str, Any], name: str = "extra_vars") -> dict[str, Any]:
     """clusterm's wire form (a string holding a JSON object) or a plain JSON object."""
     from .ansible import parse_extra_vars
 
-    return parse_extra_vars(body.get(name))
+    try:
+        ev = parse_extra_vars(body.get(name))
+    except RecursionError:
+        raise ValueRefused(f'"{name}" is nested too deeply (at most {_DEPTH})') from None
+    for var, v in ev.items():
+        if len(var) > MAX_KEY_PART:
+            _check_key(f'"{name}" variable', var)
+        check_value_untrusted(v, f'"{name}" variable "{var[:40]}"')
+    return ev
 
 
 def _field_value(body: Mapping[str, Any]) -> Any:
     if "value" not in body:
         raise BadRequest('"value" is required')
-    return body["value"]
+    return check_value_untrusted(body["value"], '"value"')
 
 
 def _check_key(kind: str, key: str) -> None:
-    if not key or len(key) > 256:
-        raise BadRequest(f"{kind} name must be 1-256 characters")
+    if not key:
+        raise BadRequest(f"{kind} name must not be empty")
+    if len(key) > MAX_KEY_PART:
+        raise ValueRefused(
+            f"{kind} name is {len(key)} characters, more than the limit of {MAX_KEY_PART}"
+        )
 
 
 # --------------------------------------------------------------------------- OpenAPI
@@ -742,7 +780,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         return _json(ctx.config())
 
     # ------------------------------------------------------------ reads
-    @app.get("/info/node/<name>")
+    # <path:...>: a node named after a Serf tag holding "/" is still readable by name.
+    @app.get("/info/node/<path:name>")
     async def info_node(name: str) -> Response:
         return _node_response(name)
 
@@ -898,7 +937,7 @@ def rule_paths(app: QuartTrio) -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for m in rule.methods or ():
             if m not in ("HEAD", "OPTIONS"):
                 out.add((path, m.lower()))

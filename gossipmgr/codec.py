@@ -11,6 +11,7 @@ has a named limit below.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,6 +34,14 @@ MAX_VALUE_ITEMS = 10_000  # total containers' items in one value
 MAX_DELTA_BYTES = 64 * 1024 * 1024  # one encoded delta/state (a snapshot can be big)
 MAX_ENTRIES = 2_000_000  # entries in one delta/state
 MAX_COUNTER = (1 << 63) - 1  # ms and logical fit a signed 64-bit integer
+#: Largest msgpack-encoded entry (``[key, ms, logical, node, deleted, value]``) a local write
+#: may create: what one gossip message carries (``gossip.protocol.MAX_MESSAGE_BYTES``, 1 MiB,
+#: the fragmenter's limit) minus 4 KiB for the message header (sender name, interval).
+#: Checked on the encoded entry, not on the JSON that made it: floats grow ~2.2x in msgpack.
+MAX_ENTRY_BYTES = 1024 * 1024 - 4096
+#: Integers msgpack can carry.
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1
 
 
 def entry_to_wire(key: Key, e: Entry) -> list[Any]:
@@ -50,22 +59,28 @@ def encode_map(m: LWWMap) -> bytes:
 
 def _check_value(v: Any, depth: int, budget: list[int]) -> None:
     if depth > MAX_VALUE_DEPTH:
-        raise BadPacket("value", "value nested too deeply")
-    if v is None or isinstance(v, bool | int | float | str):
-        if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
-            raise BadPacket("value", "integer out of range")
+        raise BadPacket("value", f"value nested deeper than {MAX_VALUE_DEPTH} levels")
+    if v is None or isinstance(v, bool | str):
+        return
+    if isinstance(v, int):
+        if not MIN_INT <= v <= MAX_INT:
+            raise BadPacket("value", "integer out of range: must be within -2^63 .. 2^64-1")
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise BadPacket("value", "number out of range: must be a finite double")
         return
     if isinstance(v, list):
         budget[0] -= len(v)
         if budget[0] < 0:
-            raise BadPacket("value", "value has too many items")
+            raise BadPacket("value", f"value has more than {MAX_VALUE_ITEMS} items")
         for x in v:
             _check_value(x, depth + 1, budget)
         return
     if isinstance(v, dict):
         budget[0] -= len(v)
         if budget[0] < 0:
-            raise BadPacket("value", "value has too many items")
+            raise BadPacket("value", f"value has more than {MAX_VALUE_ITEMS} items")
         for k, x in v.items():
             if not isinstance(k, str):
                 raise BadPacket("value", "object keys must be strings")
@@ -75,8 +90,76 @@ def _check_value(v: Any, depth: int, budget: list[int]) -> None:
 
 
 def check_json_value(v: Any) -> None:
-    """Raise BadPacket unless ``v`` is a JSON-like value within the limits."""
+    """Raise BadPacket unless ``v`` is a JSON-like value within the limits: nesting depth
+    (``MAX_VALUE_DEPTH``), items (``MAX_VALUE_ITEMS``), integers msgpack carries, finite
+    floats."""
     _check_value(v, 0, [MAX_VALUE_ITEMS])
+
+
+def check_key(key: Any) -> None:
+    """Raise BadPacket("key") unless ``key`` is a known key shape of short strings."""
+    if (
+        not isinstance(key, list | tuple)
+        or not key
+        or len(key) > 6
+        or not all(isinstance(p, str) for p in key)
+    ):
+        raise BadPacket("key", "key must be a list of 1-6 strings")
+    for p in key:
+        if len(p) > MAX_KEY_PART:
+            raise BadPacket(
+                "key", f"name {p[:40]!r}... is {len(p)} characters (limit {MAX_KEY_PART})"
+            )
+    if not valid_key(tuple(key)):
+        raise BadPacket("key", f"unknown key shape {tuple(key)[:3]!r}")
+
+
+def _packed_size(obj: Any) -> int | None:
+    try:
+        return len(msgpack.packb(obj, use_bin_type=True))
+    except (ValueError, TypeError, OverflowError):  # deep, huge int, lone UTF-16 surrogate
+        return None
+
+
+def check_value(v: Any) -> None:
+    """A value a local write may store: first its encoded size (``MAX_ENTRY_BYTES``: a
+    record must fit one gossip message), then :func:`check_json_value`, then that msgpack
+    encodes it at all (a string with a lone UTF-16 surrogate does not). Raises BadPacket
+    with reason ``too_large`` or ``value``."""
+    size = _packed_size(v)
+    if size is not None and size > MAX_ENTRY_BYTES:
+        raise BadPacket(
+            "too_large",
+            f"the value is {size} bytes encoded, more than one gossip message carries "
+            f"(limit {MAX_ENTRY_BYTES} bytes)",
+        )
+    check_json_value(v)
+    if size is None:
+        raise BadPacket("value", "value cannot be encoded (a string with a lone surrogate?)")
+
+
+def check_entry(key: Key, e: Entry) -> int:
+    """THE rule for what may enter the replicated state from this instance (a local write,
+    a restored record): exactly what every peer's :func:`entry_from_wire_untrusted` accepts,
+    and small enough to travel in one gossip message once encoded (``MAX_ENTRY_BYTES``).
+    Returns the encoded size. Raises BadPacket with reason ``key``, ``value``, ``entry`` or
+    ``too_large``; its detail names the limit."""
+    check_key(key)
+    if e.deleted:
+        if e.value is not None:
+            raise BadPacket("entry", "a tombstone carries no value")
+    else:
+        check_value(e.value)
+    size = _packed_size(entry_to_wire(key, e))
+    if size is None:
+        raise BadPacket("value", "entry cannot be encoded")
+    if size > MAX_ENTRY_BYTES:
+        raise BadPacket(
+            "too_large",
+            f"the record is {size} bytes encoded, more than one gossip message carries "
+            f"(limit {MAX_ENTRY_BYTES} bytes)",
+        )
+    return size
 
 
 def entry_from_wire_untrusted(raw: Any) -> tuple[Key, Entry]:
@@ -84,16 +167,10 @@ def entry_from_wire_untrusted(raw: Any) -> tuple[Key, Entry]:
     if not isinstance(raw, list) or len(raw) != 6:
         raise BadPacket("entry", "entry must be a list of 6")
     rkey, ms, logical, node, deleted, value = raw
-    if (
-        not isinstance(rkey, list)
-        or not rkey
-        or len(rkey) > 6
-        or not all(isinstance(p, str) and len(p) <= MAX_KEY_PART for p in rkey)
-    ):
+    if not isinstance(rkey, list):
         raise BadPacket("key", "key must be a list of 1-6 short strings")
+    check_key(rkey)
     key: Key = tuple(rkey)
-    if not valid_key(key):
-        raise BadPacket("key", f"unknown key shape {key[:3]!r}")
     if (
         type(ms) is not int
         or type(logical) is not int

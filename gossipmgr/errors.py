@@ -24,6 +24,8 @@ Errors are raised once, where they happen, and translated once, at a boundary
         ├── NotFound           404  unknown node or job
         ├── Conflict           409  busy (active job) or illegal transition
         ├── CheckFailed        422  a workflow pre-check failed (clusterm's texts)
+        ├── ValueRefused       422  a value or name gossip cannot carry (names the limit)
+        ├── ValueTooLarge      413  a record larger than one gossip message (names the limit)
         ├── Unauthorized       401  missing/invalid token
         └── Unavailable        503  the request needs Serf/the lease holder and it is down
 """
@@ -118,6 +120,18 @@ class Conflict(RequestError):
 
 class CheckFailed(RequestError):
     status_hint = 422
+
+
+class ValueRefused(RequestError):
+    """A write whose value or name the replicated state cannot hold (codec limits)."""
+
+    status_hint = 422
+
+
+class ValueTooLarge(RequestError):
+    """A write whose encoded record is larger than one gossip message carries."""
+
+    status_hint = 413
 
 
 class Unavailable(RequestError):

@@ -55,8 +55,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .clock import Timestamp
+from .codec import MAX_KEY_PART
 from .crdt import LWWMap
-from .errors import BadRequest, CheckFailed, Conflict, NotFound
+from .errors import BadRequest, CheckFailed, Conflict, NotFound, ValueRefused
 from .state import ClusterState, NodeRecord, combine, host_group_key, inventory_key, monitoring_key
 
 # --------------------------------------------------------------------------- vocabulary
@@ -265,7 +266,23 @@ def check_monitor_node(obj: Any) -> tuple[str, str, str]:
         if not isinstance(v, str) or (field != "addr" and not v):
             raise BadRequest(f'monitor event node needs a non-empty string "{field}": {obj!r}')
         out.append(v)
+    check_node_name(node_name(out[0], out[1]))
     return out[0], out[1], out[2]
+
+
+def check_node_name(name: str) -> None:
+    """Raise ValueRefused (422) for a node name gossip or the API could not carry: longer
+    than a key part (``codec.MAX_KEY_PART``), or holding a ``/`` (a node's name is a path
+    segment of ``/node/{name}/...``)."""
+    if len(name) > MAX_KEY_PART:
+        raise ValueRefused(
+            f'node name "{name[:40]}..." is {len(name)} characters, '
+            f"more than the limit of {MAX_KEY_PART}"
+        )
+    if "/" in name:
+        raise ValueRefused(
+            f'node name "{name}" contains "/": a node name is a path segment of the API'
+        )
 
 
 def d_discovered(

@@ -37,9 +37,9 @@ import msgpack
 import trio
 
 from .clock import HLC, Timestamp
-from .codec import decode_map_trusted, encode_map
+from .codec import check_entry, decode_map_trusted, encode_map
 from .crdt import LWWMap
-from .errors import BadPacket, CorruptFile, StoreError
+from .errors import BadPacket, CorruptFile, StoreError, ValueRefused, ValueTooLarge
 from .gossip.protocol import AntiEntropy, GossipConfig
 from .lease import Lease, LeaseConfig, is_holder
 from .state import ClusterState
@@ -55,6 +55,20 @@ DEFAULT_COMPACT_BYTES = 8 * 1024 * 1024
 OUTBOX_LIMIT = 10_000
 
 Make = Callable[[ClusterState, Timestamp], LWWMap]
+
+
+def check_writable(delta: LWWMap) -> None:
+    """Refuse a local delta that gossip could not carry to every peer (``codec.check_entry``:
+    the same rule a peer's decoder applies, plus the encoded size of one message). What a
+    commit accepts therefore replicates. Raises ValueTooLarge (413) or ValueRefused (422);
+    the text names the key and the limit."""
+    for key, e in delta.items():
+        try:
+            check_entry(key, e)
+        except BadPacket as exc:
+            where = "/".join(key)[:80]
+            cls = ValueTooLarge if exc.reason == "too_large" else ValueRefused
+            raise cls(f"{where}: {exc.detail}") from None
 
 
 def encode_snapshot(state: ClusterState, hlc_last: Timestamp) -> bytes:
@@ -110,7 +124,12 @@ class Replica:
         send, recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
         self.outbox_send, self.outbox = send, recv
         self._changed = trio.Event()
-        self.counters: dict[str, int] = {"writes": 0, "write_errors": 0, "outbox_dropped": 0}
+        self.counters: dict[str, int] = {
+            "writes": 0,
+            "write_errors": 0,
+            "outbox_dropped": 0,
+            "quarantined": 0,
+        }
         self.restore_notes: list[str] = []
         self.restore_seconds = 0.0
 
@@ -129,15 +148,16 @@ class Replica:
                 if restored.snapshot is not None:
                     where = str(restored.snapshot_path)
                     m, ms, logical = decode_snapshot(restored.snapshot, where)
-                    self.state.adopt(m)
+                    self.state.adopt(self._quarantine(m, where))
                     self.hlc.advance_to(Timestamp(ms, logical, self.name))
                 for i, rec in enumerate(restored.records):
                     try:
-                        self.state.apply(decode_map_trusted(rec))
+                        rec_map = decode_map_trusted(rec)
                     except BadPacket as exc:
                         raise CorruptFile(
                             str(self.data_dir), f"log record {i} after the snapshot: {exc}"
                         ) from None
+                    self.state.apply(self._quarantine(rec_map, f"log record {i}"))
             except BaseException:
                 store.close()
                 raise
@@ -151,6 +171,36 @@ class Replica:
         self.restore_seconds = time.perf_counter() - t0
         self.restore_notes = notes
         return notes
+
+    def _quarantine(self, m: LWWMap, where: str) -> LWWMap:
+        """``m`` without the entries gossip cannot carry (``codec.check_entry``).
+
+        Such an entry can only come from a data directory written before the rule existed
+        (commits and the decoder apply it since). Kept, it could never reach a peer: each
+        anti-entropy round would find the digests differ and try again, forever. So it is
+        left out of the state, logged with its key and counted (``quarantined``); it stays
+        in the data directory until the next compaction.
+        """
+        bad: set[tuple[str, ...]] = set()
+        for k, e in m.items():
+            try:
+                check_entry(k, e)
+            except BadPacket as exc:
+                bad.add(k)
+                log.warning(
+                    "%s: %s: entry %s cannot be gossiped (%s); left out of the state",
+                    self.name,
+                    where,
+                    "/".join(map(str, k))[:120],
+                    exc,
+                )
+        if not bad:
+            return m
+        self.counters["quarantined"] += len(bad)
+        good = LWWMap.lazy()
+        good.gc_horizon = m.gc_horizon
+        good.merge((k, e) for k, e in m.items() if k not in bad)
+        return good
 
     async def aclose(self) -> None:
         if self._store is not None:
@@ -170,12 +220,14 @@ class Replica:
         """Make a delta, make it durable, apply it, push it. Returns the novel part.
 
         Raises StoreError (nothing applied, nothing sent) when the data directory refuses
-        the write, and whatever ``make`` raises (validation errors) before anything happens.
+        the write, and whatever ``make`` raises (validation errors) before anything happens;
+        ValueTooLarge / ValueRefused (nothing applied) for a delta gossip could not carry.
         """
         ts = self.hlc.now(self.now_ms())
         delta = make(self.state, ts)
         if not len(delta):
             return delta
+        check_writable(delta)
         if self._store is not None:
             try:
                 await self._store.append(encode_map(delta))

@@ -20,7 +20,7 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda kids: (
         st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4)

@@ -48,6 +48,7 @@ Types are append-only.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -62,6 +63,8 @@ from ..crdt import FANOUT, Entry, Key, LWWMap
 from ..errors import BadPacket, ClockError
 from ..state import ClusterState
 from .crypto import Counters
+
+log = logging.getLogger("gossipmgr.gossip")
 
 PROTO_VERSION = 1
 
@@ -211,12 +214,34 @@ class AntiEntropy:
         if not len(novel):
             return res
         self._buffer(self.name, novel)
+        wire: list[tuple[list[Any], int]] | None = None
         for peer, ps in self.peers.items():
             if not ps.needs_resync or ps.acked >= self.seq - 1:
-                # Eager push of just this delta as the interval (c-1, c].
-                res.out += self._encode(peer, DELTA, [self.seq - 1, self.seq, self._wire(novel)])
+                # Eager push of just this delta as the interval (c-1, c], in as many
+                # messages as it takes (a POST /globals may hold many big values).
+                if wire is None:
+                    wire = [
+                        (w, len(msgpack.packb(w, use_bin_type=True))) for w in self._wire(novel)
+                    ]
+                res.out += self._delta_messages(peer, self.seq - 1, self.seq, wire)
                 ps.last_sent_ms = now_ms
         return res
+
+    def _delta_messages(
+        self, peer: str, lo: int, hi: int, wire: list[tuple[list[Any], int]]
+    ) -> list[tuple[str, bytes]]:
+        """DELTA messages for the interval (lo, hi] of these (entry, encoded size) pairs:
+        every message but the last is sent as (lo, lo], which acknowledges nothing."""
+        out: list[tuple[str, bytes]] = []
+        batch: list[Any] = []
+        size = 0
+        for w, n in wire:
+            if batch and size + n > self.cfg.max_payload - _HEADER_SLACK:
+                out += self._encode(peer, DELTA, [lo, lo, batch])
+                batch, size = [], 0
+            batch.append(w)
+            size += n
+        return out + self._encode(peer, DELTA, [lo, hi, batch])
 
     def _buffer(self, origin: str, delta: LWWMap) -> None:
         self.seq += 1
@@ -581,19 +606,54 @@ class AntiEntropy:
         return out
 
     def _encode(self, peer: str, mtype: int, fields: list[Any]) -> list[tuple[str, bytes]]:
-        data = msgpack.packb(
-            [PROTO_VERSION, mtype, self.name, self.incarnation, *fields], use_bin_type=True
-        )
+        """The datagram payloads of one message; none (logged, counted ``drop_unsendable``)
+        for a message that cannot be encoded or is larger than ``MAX_MESSAGE_BYTES``.
+
+        Local writes are refused before that can happen (``replica.check_writable``) and a
+        restore leaves such entries out (``Replica._quarantine``); this is the last line, so
+        one bad record never takes the gossip service down.
+        """
+        try:
+            data = msgpack.packb(
+                [PROTO_VERSION, mtype, self.name, self.incarnation, *fields], use_bin_type=True
+            )
+        except (ValueError, TypeError, OverflowError) as exc:
+            return self._unsendable(peer, mtype, f"cannot be encoded: {exc}")
         self.counters.incr(f"sent_{TYPE_NAMES[mtype]}")
         if len(data) <= self.cfg.max_payload:
             self.largest_datagram = max(self.largest_datagram, len(data))
             return [(peer, data)]
+        if len(data) > MAX_MESSAGE_BYTES:
+            return self._unsendable(
+                peer, mtype, f"{len(data)} bytes exceed the {MAX_MESSAGE_BYTES}-byte message limit"
+            )
         return self._fragment(peer, data)
 
+    def _unsendable(self, peer: str, mtype: int, why: str) -> list[tuple[str, bytes]]:
+        self.counters.incr("drop_unsendable")
+        log.error("%s: %s message to %s not sent: %s", self.name, TYPE_NAMES[mtype], peer, why)
+        return []
+
     def _fragment(self, peer: str, data: bytes) -> list[tuple[str, bytes]]:
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-        chunk = self.cfg.max_payload - _HEADER_SLACK
+        # The fragment header holds the sender's name (up to MAX_NAME characters): measure
+        # it (with the largest index/count and a bin32 length) instead of assuming it small.
+        n_max = MAX_MESSAGE_BYTES // 512
+        header = len(
+            msgpack.packb(
+                [
+                    PROTO_VERSION,
+                    FRAG,
+                    self.name,
+                    self.incarnation,
+                    self._next_msg,
+                    n_max,
+                    n_max,
+                    b"",
+                ],
+                use_bin_type=True,
+            )
+        )
+        chunk = self.cfg.max_payload - header - 4
         pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
         msg_id = self._next_msg
         self._next_msg += 1

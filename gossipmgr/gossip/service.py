@@ -99,8 +99,15 @@ class GossipService:
             if dest is None:
                 self.counters.incr("drop_no_address")
                 continue
-            sealed = self.sealer.seal(payload, self.replica.now_ms(), to=node_id(peer))
             kind = _msg_type(payload)
+            try:
+                sealed = self.sealer.seal(payload, self.replica.now_ms(), to=node_id(peer))
+            except ValueError as exc:
+                # A payload over the datagram budget is a bug upstream (the protocol sizes
+                # them); dropping it costs a retransmit, raising would stop all gossip.
+                self.counters.incr("drop_unsealable")
+                log.error("%s: %s message to %s not sent: %s", self.replica.name, kind, peer, exc)
+                continue
             self.counters.incr("datagrams_sent")
             self.counters.incr("bytes_sent", len(sealed))
             self.counters.incr(f"sent_{kind}")

@@ -1,0 +1,413 @@
+"""One rule for every value: what the API acknowledges replicates, the rest gets a 4xx.
+
+Each case of issue 14's "one request takes instances down, or silently never replicates"
+list, over real HTTP (hypercorn) on an instance whose replica gossips over real UDP on
+loopback with a second one (the real ``GossipService``): an acknowledged write must show up
+on the peer with an equal value; a refused one is a 413/422 whose text names the limit and
+changes nothing. Plus a Hypothesis round trip over generated JSON (edge cases: deep, wide,
+long strings, unicode, big integers, floats). The agent-process versions (an instance that
+used to die or stall) are in ``test_value_limits_agent.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+import trio
+from _apiutil import serving, standalone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gossipmgr.api import MAX_BODY_BYTES, StandaloneContext, create_app
+from gossipmgr.clock import HLC, Timestamp
+from gossipmgr.codec import (
+    MAX_ENTRY_BYTES,
+    MAX_KEY_PART,
+    MAX_VALUE_DEPTH,
+    MAX_VALUE_ITEMS,
+    check_entry,
+    entry_to_wire,
+)
+from gossipmgr.crdt import Entry, LWWMap
+from gossipmgr.errors import BadPacket, ValueRefused, ValueTooLarge
+from gossipmgr.gossip.crypto import Keyring
+from gossipmgr.gossip.protocol import MAX_MESSAGE_BYTES, AntiEntropy, GossipConfig
+from gossipmgr.gossip.service import GossipService
+from gossipmgr.gossip.transport import open_udp_transport
+from gossipmgr.replica import Replica, check_writable
+from gossipmgr.state import ClusterState, global_key
+
+
+class Pair:
+    """Instance ``a`` (API over real HTTP, with a job manager) and peer ``b``, gossiping
+    over real UDP on loopback."""
+
+    def __init__(
+        self,
+        ctx: StandaloneContext,
+        url: str,
+        a: GossipService,
+        b: GossipService,
+        client: httpx.AsyncClient,
+    ) -> None:
+        self.ctx, self.url, self.a, self.b, self.c = ctx, url, a, b, client
+
+    async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None):  # type: ignore[no-untyped-def]
+        content = raw if raw is not None else (None if body is None else json.dumps(body))
+        h = {"Content-Type": "application/json"} if content is not None else {}
+        r = await self.c.request(method, path, content=content, headers=h)
+        return r.status_code, r.json()
+
+    async def on_peer(self, pred: Any, limit_s: float = 15.0) -> None:
+        with trio.fail_after(limit_s):
+            while not pred(self.b.replica.state):  # noqa: ASYNC110 (state, not an event)
+                await trio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def pair(tmp: Path) -> AsyncIterator[Pair]:
+    key = os.urandom(32)
+    async with contextlib.AsyncExitStack() as stack:
+        ctx = await stack.enter_async_context(standalone(tmp))
+        rb = Replica("b", data_dir=None)
+        rb.open()
+        ta = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
+        tb = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
+        a = GossipService(ctx.replica, ta, Keyring(key), boot_ms=ctx.replica.now_ms())
+        b = GossipService(rb, tb, Keyring(key), boot_ms=rb.now_ms())
+        addrs = {"i1": a.local_addr, "b": b.local_addr}
+        a.set_peers(addrs)
+        b.set_peers(addrs)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            async with (
+                serving(create_app(ctx)) as url,
+                httpx.AsyncClient(base_url=url, timeout=60) as c,
+            ):
+                p = Pair(ctx, url, a, b, c)
+                # the lease claimed at start reaches b: gossip is up
+                await p.on_peer(lambda s: s.lease() is not None)
+                yield p
+            nursery.cancel_scope.cancel()
+
+
+def nested(depth: int) -> Any:
+    v: Any = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+async def _refused(p: Pair, method: str, path: str, body: Any, status: int, words: str) -> None:
+    before = p.a.replica.state.map.copy()
+    st_, r = await p.call(method, path, body)
+    assert st_ == status, (st_, r)
+    assert words in r["error"], r
+    assert p.a.replica.state.map == before
+
+
+# ------------------------------------------------------------------ the issue's cases
+
+
+async def test_200k_floats_refused_413_naming_the_encoded_limit(tmp_path: Path) -> None:
+    # Failed before: 200, then the gossip service raised "message of 1800048 bytes exceeds
+    # 1048576" (a 500 here, the instance's exit in the agent).
+    floats = [0.1] * 200_000  # "0.1," in JSON (800 KB), 9 bytes each in msgpack (1.8 MB)
+    body = json.dumps({"value": floats}, separators=(",", ":")).encode()
+    assert len(body) < MAX_BODY_BYTES < len(msgpack.packb(floats))
+    async with pair(tmp_path) as p:
+        st_, r = await p.call("PUT", "/globals/floats", raw=body)
+        assert st_ == 413 and str(MAX_ENTRY_BYTES) in r["error"], (st_, r)
+        assert "floats" not in p.a.replica.state.globals()
+        # gossip still flows
+        assert (await p.call("PUT", "/globals/after", {"value": 1}))[0] == 200
+        await p.on_peer(lambda s: s.globals().get("after") == 1)
+        assert "floats" not in p.b.replica.state.globals()
+
+
+async def test_value_up_to_the_limit_replicates(tmp_path: Path) -> None:
+    # The largest string a global can hold, and a POST /globals whose delta is ~2 MB in
+    # msgpack (two values of ~0.45 MB of JSON each: floats) travel to the peer.
+    async with pair(tmp_path) as p:
+        n = MAX_ENTRY_BYTES - len(
+            msgpack.packb(entry_to_wire(global_key("s"), Entry(Timestamp(2**62, 2**40, "i1"), "")))
+        )
+        n -= 4  # str32 header instead of fixstr (the real timestamp is smaller still)
+        # 225,000 floats in 25 variables: 0.9 MB of JSON, one delta of ~2 MB encoded
+        ev = {f"f{j}": [j + 0.5] * 9_000 for j in range(25)}
+        raw = json.dumps({"extra_vars": ev}, separators=(",", ":")).encode()
+        assert len(raw) < MAX_BODY_BYTES < len(msgpack.packb(ev))
+        st_, r = await p.call("POST", "/globals", raw=raw)
+        assert st_ == 200, r
+        st_, r = await p.call("PUT", "/globals/s", {"value": "x" * n})
+        assert st_ == 200, r
+        st_, r = await p.call("PUT", "/globals/s2", {"value": "x" * (n + 100)})
+        assert st_ == 413, r
+        await p.on_peer(
+            lambda s: len(s.globals().get("s", "")) == n and s.globals().get("f24") == ev["f24"],
+            30,
+        )
+        assert p.a.replica.ae.counters.get("drop_unsendable", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("what", "value", "words"),
+    [
+        ("depth", nested(MAX_VALUE_DEPTH + 1), f"deeper than {MAX_VALUE_DEPTH}"),
+        ("items", list(range(MAX_VALUE_ITEMS + 1)), f"more than {MAX_VALUE_ITEMS} items"),
+        ("int_high", 2**64, "integer out of range"),
+        ("int_low", -(2**63) - 1, "integer out of range"),
+    ],
+)
+async def test_value_gossip_refuses_is_refused_422(
+    tmp_path: Path, what: str, value: Any, words: str
+) -> None:
+    # Failed before: depth/items answered 200 and never reached a peer; the integers 500.
+    async with pair(tmp_path) as p:
+        await _refused(p, "PUT", "/globals/k", {"value": value}, 422, words)
+        await _refused(p, "POST", "/globals", {"extra_vars": {"k": value}}, 422, words)
+        # the same value as clusterm's string form, and on a job route
+        ev = json.dumps({"k": value})
+        await _refused(p, "POST", "/globals", {"extra_vars": ev}, 422, words)
+        await _refused(
+            p, "POST", "/commission/nodes", {"nodes": ["x"], "extra_vars": ev}, 422, words
+        )
+
+
+async def test_values_at_the_limits_replicate(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+        vals = {
+            "deep": nested(MAX_VALUE_DEPTH),
+            "wide": list(range(MAX_VALUE_ITEMS)),
+            "big": 2**64 - 1,
+            "small": -(2**63),
+            "tiny": 5e-324,
+            "huge": 1.7976931348623157e308,
+        }
+        for k, v in vals.items():
+            st_, r = await p.call("PUT", f"/globals/{k}", {"value": v})
+            assert st_ == 200, (k, r)
+        await p.on_peer(lambda s: s.globals() == vals)
+
+
+async def test_non_finite_number_refused_not_stored_as_infinity(tmp_path: Path) -> None:
+    # Failed before: 200, and GET answered {"value": Infinity}, which is not JSON.
+    async with pair(tmp_path) as p:
+        for raw in (b'{"value": 1e400}', b'{"value": [-1e999]}', b'{"value": {"a": 2E+308}}'):
+            st_, r = await p.call("PUT", "/globals/inf", raw=raw)
+            assert (st_, "finite" in r["error"]) == (422, True), r
+        st_, r = await p.call("POST", "/globals", raw=b'{"extra_vars": "{\\"a\\": 1e400}"}')
+        assert st_ == 422, r
+        assert "inf" not in p.a.replica.state.globals()
+        st_, _ = await p.call("GET", "/globals/inf")
+        assert st_ == 404
+
+
+@pytest.mark.parametrize("route", ["/globals", "/commission/nodes", "/config"])
+async def test_10000_deep_extra_vars_string_is_a_4xx(tmp_path: Path, route: str) -> None:
+    # Failed before: 500 (RecursionError) on each of these routes.
+    deep = "[" * 10_000 + "]" * 10_000
+    text = '{"a": ' + deep + "}"
+    body: dict[str, Any] = {"extra_vars": text, "nodes": ["x"]}
+    if route == "/config":
+        body = {"config": {"ansible": {"extra_variables": text}}}
+    async with pair(tmp_path) as p:
+        before = p.a.replica.state.map.copy()
+        st_, r = await p.call("POST", route, body)
+        assert st_ == 422 and "deep" in r["error"], (st_, r)
+        # and as a plain JSON object (the whole body 10,000 deep)
+        raw = json.dumps(body).replace(json.dumps(text), deep).encode()
+        st_, r = await p.call("POST", route, raw=raw)
+        assert 400 <= st_ < 500, (st_, r)
+        assert p.a.replica.state.map == before
+
+
+async def test_long_names_refused_422_naming_the_limit(tmp_path: Path) -> None:
+    # Failed before: a 300-character variable name inside extra_vars, or a 300-character
+    # node label, answered 200 and never reached a peer (the decoder refuses key parts
+    # longer than 256 characters).
+    long = "v" * 300
+    words = str(MAX_KEY_PART)
+    async with pair(tmp_path) as p:
+        await _refused(p, "PUT", f"/globals/{long}", {"value": 1}, 422, words)
+        await _refused(p, "POST", "/globals", {"extra_vars": {long: 1}}, 422, words)
+        ev = {"name": "discovered", "nodes": [{"label": "l" * 300, "serial": "1", "addr": ""}]}
+        await _refused(p, "POST", "/monitor/event", {"monitor_event": ev}, 422, words)
+        ok = "w" * MAX_KEY_PART
+        assert (await p.call("POST", "/globals", {"extra_vars": {ok: 1}}))[0] == 200
+        await p.on_peer(lambda s: s.globals() == {ok: 1})
+
+
+async def test_node_names_with_a_slash_refused_and_old_ones_readable(tmp_path: Path) -> None:
+    # Failed before: a label "rack/7" made node "rack/7-1", which GET /info/node/... could
+    # not find (the router splits at "/").
+    async with pair(tmp_path) as p:
+        ev = {"name": "discovered", "nodes": [{"label": "rack/7", "serial": "1", "addr": ""}]}
+        await _refused(p, "POST", "/monitor/event", {"monitor_event": ev}, 422, '"/"')
+        # One made by the Serf path (a node's own tags, not an API request): readable by name.
+        await p.ctx.jobs.apply_node_event("discovered", "rack/7-1", "rack/7", "1", "127.0.0.9")
+        st_, r = await p.call("GET", "/info/node/rack/7-1")
+        assert st_ == 200, r
+        assert r["monitoring_state"]["label"] == "rack/7"
+        st_, r = await p.call("GET", "/info/node/127.0.0.9")  # and by address, as always
+        assert st_ == 200, r
+
+
+# ------------------------------------------------------------------ the shared rule
+
+
+def test_the_api_rule_is_the_decoders_rule() -> None:
+    # check_writable refuses exactly what a peer's decoder would refuse (same function),
+    # plus entries larger than one gossip message.
+    ts = Timestamp(1, 0, "i1")
+    for v, exc in [
+        (nested(MAX_VALUE_DEPTH + 1), ValueRefused),
+        (float("inf"), ValueRefused),
+        (2**64, ValueRefused),
+        ("\ud800", ValueRefused),  # a lone surrogate: msgpack cannot encode it
+        ("x" * MAX_ENTRY_BYTES, ValueTooLarge),
+    ]:
+        with pytest.raises(exc):
+            check_writable(LWWMap({global_key("k"): Entry(ts, v)}))
+        with pytest.raises(BadPacket):
+            check_entry(global_key("k"), Entry(ts, v))
+    assert MAX_ENTRY_BYTES + 4096 <= MAX_MESSAGE_BYTES
+
+
+def test_protocol_never_raises_on_an_unsendable_entry() -> None:
+    # Failed before: ValueError "message of ... bytes exceeds 1048576" out of local_write
+    # and tick (uncaught in the gossip service: the instance exited).
+    state = ClusterState()
+    ae = AntiEntropy("a", 1, state, HLC("a"), GossipConfig())
+    ae.set_peers(["b"], 0)
+    ts = Timestamp(1, 0, "a")
+    res = ae.local_write(LWWMap({global_key("big"): Entry(ts, "x" * (2 * MAX_MESSAGE_BYTES))}), 0)
+    assert res.out == [] and ae.counters["drop_unsendable"] == 1
+    ae.tick(400)  # the retransmit of the unacknowledged interval
+    assert ae.counters["drop_unsendable"] == 2
+
+
+def test_fragments_fit_a_datagram_with_the_longest_instance_name() -> None:
+    # Failed before: with a 128-character name, fragments were ~1,390 bytes and Sealer.seal
+    # raised ValueError (over MAX_PLAINTEXT) in the send loop.
+    from gossipmgr.gossip.crypto import MAX_PLAINTEXT
+
+    name = "n" * 128
+    ae = AntiEntropy(name, 2**62, ClusterState(), HLC(name), GossipConfig())
+    ae.set_peers(["b"], 0)
+    ts = Timestamp(1, 0, name)
+    res = ae.local_write(LWWMap({global_key("v"): Entry(ts, "y" * 50_000)}), 0)
+    assert len(res.out) > 1
+    assert max(len(d) for _, d in res.out) <= min(ae.cfg.max_payload, MAX_PLAINTEXT)
+
+
+# ------------------------------------------------------------------ round-trip fuzz
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(2**63) - 2, -(2**63) + 2)
+    | st.integers(2**64 - 2, 2**64 + 2)
+    | st.floats(allow_nan=False)
+    | _text
+    | st.text(max_size=5)  # lone surrogates too: JSON "\\ud800" parses to one
+    | st.sampled_from(["x" * 300_000, "é" * 200_000])
+)
+fuzz_values = st.recursive(
+    _scalars,
+    lambda kids: st.lists(kids, max_size=5) | st.dictionaries(_text, kids, max_size=5),
+    max_leaves=20,
+) | st.sampled_from(
+    [
+        nested(MAX_VALUE_DEPTH),
+        nested(MAX_VALUE_DEPTH + 1),
+        nested(500),
+        list(range(MAX_VALUE_ITEMS)),
+        list(range(MAX_VALUE_ITEMS + 1)),
+        [0.1] * 120_000,
+        {"k" * 300: 1},
+    ]
+)
+fuzz_names = st.sampled_from(["k", "é", "v" * MAX_KEY_PART, "v" * (MAX_KEY_PART + 1)]) | _text
+
+#: Examples per run: HYPOTHESIS_ROUNDTRIP_EXAMPLES (bench/bench_roundtrip.py sets 1,000).
+EXAMPLES = int(os.environ.get("HYPOTHESIS_ROUNDTRIP_EXAMPLES", "40"))
+
+
+async def test_fuzz_accepted_values_replicate_refused_ones_change_nothing(tmp_path: Path) -> None:
+    async with pair(tmp_path) as p:
+
+        def state_a() -> Any:
+            return trio.from_thread.run_sync(lambda: p.a.replica.state.map.copy())
+
+        def wait_peer(name: str, want: Any) -> None:
+            async def waiting() -> None:
+                await p.on_peer(lambda s: name in s.globals() and s.globals()[name] == want, 30)
+
+            trio.from_thread.run(waiting)
+
+        def run() -> int:
+            n = [0]
+            with httpx.Client(base_url=p.url, timeout=60) as c:
+
+                @settings(
+                    max_examples=EXAMPLES,
+                    deadline=None,
+                    database=None,
+                    suppress_health_check=list(HealthCheck),
+                )
+                @given(
+                    fuzz_names.filter(lambda s: "/" not in s and s not in (".", "..")),
+                    fuzz_values,
+                    st.booleans(),
+                )
+                def one(name: str, value: Any, as_put: bool) -> None:
+                    try:
+                        raw = json.dumps(
+                            {"value": value} if as_put else {"extra_vars": {name: value}}
+                        )
+                    except ValueError:
+                        return
+                    before = state_a()
+                    if as_put:
+                        from urllib.parse import quote
+
+                        r = c.put(
+                            f"/globals/{quote(name, safe='')}",
+                            content=raw,
+                            headers={"Content-Type": "application/json"},
+                        )
+                    else:
+                        r = c.post(
+                            "/globals", content=raw, headers={"Content-Type": "application/json"}
+                        )
+                    assert r.status_code < 500, (r.status_code, r.text[:300])
+                    if r.status_code == 200:
+                        want = (
+                            json.loads(raw)["value"]
+                            if as_put
+                            else json.loads(raw)["extra_vars"][name]
+                        )
+                        wait_peer(name, want)
+                        n[0] += 1
+                    else:
+                        assert r.status_code in (400, 404, 413, 422), r.text[:300]
+                        assert isinstance(r.json()["error"], str)
+                        assert state_a() == before
+
+                one()
+            return n[0]
+
+        accepted = await trio.to_thread.run_sync(run)
+        assert accepted > 0
