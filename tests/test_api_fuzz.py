@@ -1,5 +1,8 @@
 """Fuzzing the API over real HTTP: never a 5xx, and a refused request never changes state.
 
+Refused inputs include values over the codec's limits (deep, wide, huge integers, 1e400,
+10,000-deep JSON, 1.8 MB once encoded, long names): 413 or 422, never stored.
+
 The server (hypercorn + the real app over a standalone instance with three nodes and no
 globals) runs in the test's trio loop; Hypothesis drives a sync httpx client from a worker
 thread (Hypothesis cannot drive an async test), and reads the replica back through
@@ -20,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossipmgr.api import MAX_BODY_BYTES, create_app
+from gossipmgr.codec import MAX_KEY_PART, MAX_VALUE_DEPTH, MAX_VALUE_ITEMS
 
 POST_ROUTES = [
     "/commission/nodes",
@@ -63,8 +67,13 @@ def _is_json_object(s: str) -> bool:
 def refused_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes, set[int]]:
     """A request that must be refused, with the status codes it may get."""
     method, path = draw(st.sampled_from(BODY_ROUTES))
-    kind = draw(st.sampled_from(["ctype", "notjson", "notobject", "types", "huge", "checks"]))
+    kind = draw(
+        st.sampled_from(["ctype", "notjson", "notobject", "types", "huge", "checks", "limits"])
+    )
     h = {"Content-Type": "application/json"}
+    if kind == "limits":
+        # well-formed JSON whose value gossip could not carry: 413 (encoded size) or 422
+        return _over_a_limit(draw)
     if kind == "ctype":
         h["Content-Type"] = draw(
             st.sampled_from(
@@ -146,6 +155,51 @@ def refused_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes, 
             )
         )
     return method, path, h, json.dumps(body).encode(), {400}
+
+
+def _nested(depth: int) -> Any:
+    v: Any = 0
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+#: Values over one of the codec's limits, as JSON text (1e400 cannot be made by json.dumps).
+_OVER_LIMIT = st.one_of(
+    st.integers(MAX_VALUE_DEPTH + 1, 400).map(lambda d: json.dumps(_nested(d))),
+    st.integers(10_000, 12_000).map(lambda d: "[" * d + "]" * d),  # RecursionError before
+    st.integers(MAX_VALUE_ITEMS + 1, MAX_VALUE_ITEMS + 50).map(lambda n: json.dumps([1] * n)),
+    st.integers(2**64, 2**80).map(str),
+    st.integers(-(2**80), -(2**63) - 1).map(str),
+    st.sampled_from(["1e400", "-1e400", "[1E999]", '{"a": 2e308}']),
+    st.just(json.dumps([0.1] * 9_000 + [{"a": [0.1] * 200_000}]).replace(" ", "")),
+)
+
+
+def _over_a_limit(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes, set[int]]:
+    v = draw(_OVER_LIMIT)
+    ev = '{"k": ' + v + "}"
+    route = draw(
+        st.sampled_from(
+            [
+                ("PUT", "/globals/k", '{"value": ' + v + "}"),
+                ("PUT", "/node/node-0/extra_vars/k", '{"value": ' + v + "}"),
+                ("POST", "/globals", '{"extra_vars": ' + ev + "}"),
+                ("POST", "/globals", json.dumps({"extra_vars": ev})),  # clusterm's string form
+                ("POST", "/node/node-0/extra_vars", '{"extra_vars": ' + ev + "}"),
+                ("POST", "/commission/nodes", '{"nodes": ["node-0"], "extra_vars": ' + ev + "}"),
+                ("POST", "/config", '{"config": {"ansible": {"extra_variables": ' + ev + "}}}"),
+                (
+                    "PUT",
+                    "/globals/" + "v" * draw(st.integers(MAX_KEY_PART + 1, 600)),
+                    '{"value": 1}',
+                ),
+                ("POST", "/globals", json.dumps({"extra_vars": {"v" * (MAX_KEY_PART + 1): 1}})),
+            ]
+        )
+    )
+    method, path, body = route
+    return method, path, {"Content-Type": "application/json"}, body.encode(), {413, 422}
 
 
 def _parses(b: bytes) -> bool:

@@ -109,6 +109,10 @@ def test_arbitrary_msgpack_structures_raise_only_badpacket(obj: object) -> None:
         ([1, 0, [[["g", "x"], 1, 0, "a", True, 1]]], "entry"),
         ([1, 0, [[["g", "x"], 1, 0, "a", False, b"bin"]]], "value"),
         ([1, 0, [[["g", "x"], 1, 0, "a", 0, 1]]], "entry"),
+        # non-finite floats are not JSON: refused like the API refuses 1e400
+        ([1, 0, [[["g", "x"], 1, 0, "a", False, float("inf")]]], "value"),
+        ([1, 0, [[["g", "x"], 1, 0, "a", False, [float("nan")]]]], "value"),
+        ([1, 0, [[["g", "x" * 257], 1, 0, "a", False, 1]]], "key"),
     ],
 )
 def test_malformed_inputs_name_their_reason(body: list[object], reason: str) -> None:
