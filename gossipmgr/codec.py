@@ -57,60 +57,77 @@ def encode_map(m: LWWMap) -> bytes:
     return encode_entries(m.items(), m.gc_horizon)
 
 
-def _check_value(v: Any, depth: int, budget: list[int]) -> None:
+def _check_value(v: Any, depth: int, budget: list[int]) -> int:
+    """Check ``v`` against the limits; return an upper bound of its msgpack size (a str
+    counts 4 bytes per code point, a number 9, a container its 5-byte header)."""
+    # Exact types first (what JSON and msgpack produce: restore checks every entry), then
+    # isinstance for subclasses.
+    t = type(v)
+    if t is str:
+        return 5 + 4 * len(v)
+    if t is bool or v is None:
+        return 1
     if depth > MAX_VALUE_DEPTH:
         raise BadPacket("value", f"value nested deeper than {MAX_VALUE_DEPTH} levels")
-    if v is None or isinstance(v, bool | str):
-        return
+    if t is dict or (t is not list and isinstance(v, dict)):
+        budget[0] -= len(v)
+        if budget[0] < 0:
+            raise BadPacket("value", f"value has more than {MAX_VALUE_ITEMS} items")
+        size = 5
+        for k, x in v.items():
+            if type(k) is not str and not isinstance(k, str):
+                raise BadPacket("value", "object keys must be strings")
+            tx = type(x)
+            size += (
+                5
+                + 4 * len(k)
+                + (5 + 4 * len(x) if tx is str else _check_value(x, depth + 1, budget))
+            )
+        return size
+    if t is list or isinstance(v, list):
+        budget[0] -= len(v)
+        if budget[0] < 0:
+            raise BadPacket("value", f"value has more than {MAX_VALUE_ITEMS} items")
+        size = 5
+        for x in v:
+            size += 5 + 4 * len(x) if type(x) is str else _check_value(x, depth + 1, budget)
+        return size
+    if isinstance(v, str):
+        return 5 + 4 * len(v)
+    if isinstance(v, bool):
+        return 1
     if isinstance(v, int):
         if not MIN_INT <= v <= MAX_INT:
             raise BadPacket("value", "integer out of range: must be within -2^63 .. 2^64-1")
-        return
+        return 9
     if isinstance(v, float):
         if not math.isfinite(v):
             raise BadPacket("value", "number out of range: must be a finite double")
-        return
-    if isinstance(v, list):
-        budget[0] -= len(v)
-        if budget[0] < 0:
-            raise BadPacket("value", f"value has more than {MAX_VALUE_ITEMS} items")
-        for x in v:
-            _check_value(x, depth + 1, budget)
-        return
-    if isinstance(v, dict):
-        budget[0] -= len(v)
-        if budget[0] < 0:
-            raise BadPacket("value", f"value has more than {MAX_VALUE_ITEMS} items")
-        for k, x in v.items():
-            if not isinstance(k, str):
-                raise BadPacket("value", "object keys must be strings")
-            _check_value(x, depth + 1, budget)
-        return
+        return 9
     raise BadPacket("value", f"unsupported value type {type(v).__name__}")
 
 
-def check_json_value(v: Any) -> None:
+def check_json_value(v: Any) -> int:
     """Raise BadPacket unless ``v`` is a JSON-like value within the limits: nesting depth
     (``MAX_VALUE_DEPTH``), items (``MAX_VALUE_ITEMS``), integers msgpack carries, finite
-    floats."""
-    _check_value(v, 0, [MAX_VALUE_ITEMS])
+    floats. Returns an upper bound of its encoded size."""
+    return _check_value(v, 0, [MAX_VALUE_ITEMS])
 
 
 def check_key(key: Any) -> None:
     """Raise BadPacket("key") unless ``key`` is a known key shape of short strings."""
-    if (
-        not isinstance(key, list | tuple)
-        or not key
-        or len(key) > 6
-        or not all(isinstance(p, str) for p in key)
-    ):
+    if type(key) is not tuple and not isinstance(key, list | tuple):
+        raise BadPacket("key", "key must be a list of 1-6 strings")
+    if not 0 < len(key) <= 6:
         raise BadPacket("key", "key must be a list of 1-6 strings")
     for p in key:
+        if type(p) is not str:
+            raise BadPacket("key", "key must be a list of 1-6 strings")
         if len(p) > MAX_KEY_PART:
             raise BadPacket(
                 "key", f"name {p[:40]!r}... is {len(p)} characters (limit {MAX_KEY_PART})"
             )
-    if not valid_key(tuple(key)):
+    if not valid_key(key if type(key) is tuple else tuple(key)):
         raise BadPacket("key", f"unknown key shape {tuple(key)[:3]!r}")
 
 
@@ -138,28 +155,42 @@ def check_value(v: Any) -> None:
         raise BadPacket("value", "value cannot be encoded (a string with a lone surrogate?)")
 
 
-def check_entry(key: Key, e: Entry) -> int:
+def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> None:
     """THE rule for what may enter the replicated state from this instance (a local write,
     a restored record): exactly what every peer's :func:`entry_from_wire_untrusted` accepts,
     and small enough to travel in one gossip message once encoded (``MAX_ENTRY_BYTES``).
-    Returns the encoded size. Raises BadPacket with reason ``key``, ``value``, ``entry`` or
-    ``too_large``; its detail names the limit."""
+    Raises BadPacket with reason ``key``, ``value``, ``entry`` or ``too_large``; its detail
+    names the limit. Like :func:`check_value`, the size comes first, then the structure.
+
+    ``from_disk``: the entry was decoded from msgpack, so it encodes (its strings are valid
+    UTF-8); it is then encoded only when the bound from the walk exceeds the limit, which
+    keeps restore fast (most records are far below it).
+    """
     check_key(key)
-    if e.deleted:
-        if e.value is not None:
-            raise BadPacket("entry", "a tombstone carries no value")
-    else:
-        check_value(e.value)
+    if from_disk:
+        bound = 64 + 5 * len(key) + 4 * (sum(map(len, key)) + len(e.ts.node))
+        try:
+            bound += 0 if e.deleted else check_json_value(e.value)
+        except BadPacket:
+            bound = MAX_ENTRY_BYTES + 1  # encode it: size first, as below
+        if bound <= MAX_ENTRY_BYTES:
+            if e.deleted and e.value is not None:
+                raise BadPacket("entry", "a tombstone carries no value")
+            return
     size = _packed_size(entry_to_wire(key, e))
-    if size is None:
-        raise BadPacket("value", "entry cannot be encoded")
-    if size > MAX_ENTRY_BYTES:
+    if size is not None and size > MAX_ENTRY_BYTES:
         raise BadPacket(
             "too_large",
             f"the record is {size} bytes encoded, more than one gossip message carries "
             f"(limit {MAX_ENTRY_BYTES} bytes)",
         )
-    return size
+    if e.deleted:
+        if e.value is not None:
+            raise BadPacket("entry", "a tombstone carries no value")
+    else:
+        check_json_value(e.value)
+    if size is None:
+        raise BadPacket("value", "value cannot be encoded (a string with a lone surrogate?)")
 
 
 def entry_from_wire_untrusted(raw: Any) -> tuple[Key, Entry]:

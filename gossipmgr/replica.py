@@ -184,7 +184,7 @@ class Replica:
         bad: set[tuple[str, ...]] = set()
         for k, e in m.items():
             try:
-                check_entry(k, e)
+                check_entry(k, e, from_disk=True)
             except BadPacket as exc:
                 bad.add(k)
                 log.warning(
