@@ -168,6 +168,11 @@ class Replica:
             notes.append(
                 f"restored {len(self.state)} entries ({len(restored.records)} log records)"
             )
+            if self.counters["quarantined"]:
+                notes.append(
+                    f"left out {self.counters['quarantined']} entries gossip cannot carry "
+                    "(written before the value limits; each is logged with its key)"
+                )
         self.restore_seconds = time.perf_counter() - t0
         self.restore_notes = notes
         return notes
@@ -175,8 +180,9 @@ class Replica:
     def _quarantine(self, m: LWWMap, where: str) -> LWWMap:
         """``m`` without the entries gossip cannot carry (``codec.check_entry``).
 
-        Such an entry can only come from a data directory written before the rule existed
-        (commits and the decoder apply it since). Kept, it could never reach a peer: each
+        Such an entry can only come from a data directory written before the rule existed:
+        commits apply the whole rule, the decoder all of it but the size (which the message
+        limit bounds). Kept, it could never reach a peer: each
         anti-entropy round would find the digests differ and try again, forever. So it is
         left out of the state, logged with its key and counted (``quarantined``); it stays
         in the data directory until the next compaction.

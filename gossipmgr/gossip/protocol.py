@@ -219,11 +219,16 @@ class AntiEntropy:
             if not ps.needs_resync or ps.acked >= self.seq - 1:
                 # Eager push of just this delta as the interval (c-1, c], in as many
                 # messages as it takes (a POST /globals may hold many big values).
-                if wire is None:
-                    wire = [
-                        (w, len(msgpack.packb(w, use_bin_type=True))) for w in self._wire(novel)
-                    ]
-                res.out += self._delta_messages(peer, self.seq - 1, self.seq, wire)
+                if len(novel) == 1:  # one entry always fits a message (check_entry)
+                    res.out += self._encode(
+                        peer, DELTA, [self.seq - 1, self.seq, self._wire(novel)]
+                    )
+                else:
+                    if wire is None:
+                        wire = [
+                            (w, len(msgpack.packb(w, use_bin_type=True))) for w in self._wire(novel)
+                        ]
+                    res.out += self._delta_messages(peer, self.seq - 1, self.seq, wire)
                 ps.last_sent_ms = now_ms
         return res
 
