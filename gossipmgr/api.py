@@ -5,10 +5,13 @@ Shape (h11's habit: errors raised once, translated once, at the boundary):
 * Handlers parse and type-check the request body themselves (``_body_untrusted`` and the
   ``_field_*`` helpers) and raise :class:`~gossipmgr.errors.RequestError` subclasses; ONE
   ``errorhandler`` turns any ``RequestError`` into ``{"error": "<text>"}`` with its
-  ``status_hint`` (400/401/404/409/422/503). werkzeug's own HTTP errors (unknown path 404,
+  ``status_hint`` (400/401/404/409/413/422/503). werkzeug's own HTTP errors (unknown path 404,
   405, 413 body too large) get the same JSON body. clusterm answered every error with 500
   and plain text; its Go client prints any non-200 body, so the same texts with honest
   codes stay compatible with it.
+* Values are checked where a handler reads them (``check_value_untrusted``, the codec's
+  rule: 413 for a record too large to gossip, 422 over another limit) and again, per
+  record, by :meth:`Replica.commit`: what the API acknowledges replicates.
 * Reads are served from the local replica. Writes of replicated settings (globals, node
   extra-vars, the ansible config) commit locally through :meth:`Replica.commit`, which
   returns once the delta is durable on this instance's disk; only then does the handler
@@ -319,7 +322,7 @@ def _op(summary: str, codes: tuple[int, ...], body: str | None = None) -> dict[s
 
 
 _JOB_CODES = (200, 400, 401, 404, 409, 413, 415, 422, 503)
-_WRITE_CODES = (200, 400, 401, 404, 413, 415, 503)
+_WRITE_CODES = (200, 400, 401, 404, 413, 415, 422, 503)
 
 #: The whole API as data; ``tests/test_api.py`` checks it matches the registered routes.
 OPENAPI: dict[str, Any] = {
