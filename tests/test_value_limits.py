@@ -357,8 +357,8 @@ async def test_fuzz_accepted_values_replicate_refused_ones_change_nothing(tmp_pa
 
             trio.from_thread.run(waiting)
 
-        def run() -> int:
-            n = [0]
+        def run() -> tuple[int, int]:
+            n = [0, 0]
             with httpx.Client(base_url=p.url, timeout=60) as c:
 
                 @settings(
@@ -405,12 +405,14 @@ async def test_fuzz_accepted_values_replicate_refused_ones_change_nothing(tmp_pa
                         assert r.status_code in (400, 404, 413, 422), r.text[:300]
                         assert isinstance(r.json()["error"], str)
                         assert state_a() == before
+                        n[1] += 1
 
                 one()
-            return n[0]
+            return n[0], n[1]
 
-        accepted = await trio.to_thread.run_sync(run)
-        assert accepted > 0
+        accepted, refused = await trio.to_thread.run_sync(run)
+        print(f"round trip: {accepted} values accepted and seen on the peer, {refused} refused")
+        assert accepted > 0 and refused > 0
 
 
 # ------------------------------------------------------------------ restore (quarantine)
