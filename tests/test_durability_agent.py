@@ -69,7 +69,10 @@ def test_sigkill_under_write_load_loses_no_acknowledged_write(make_cluster, seed
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
     for t in threads:
         t.start()
-    time.sleep(random.Random(seed).uniform(0.5, 2.0))  # the kill moment is the random part
+    # Kill only once the load is under way (on a loaded machine the first acknowledgements
+    # can take seconds); the moment after that is the random part.
+    wait_for(lambda: len(acked) > 20, 60, "the load produced acknowledged writes")
+    time.sleep(random.Random(seed).uniform(0.5, 2.0))
     c.kill9("solo")
     stop.set()
     for t in threads:
