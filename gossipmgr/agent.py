@@ -644,6 +644,16 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) ->
         lines.append(f"{name} {samples}")
 
 
+def socket_drops(counters: dict[str, int]) -> dict[str, int]:
+    """The UDP transport's drops as metric reasons: ``recv_too_large`` (over MAX_DATAGRAM,
+    refused before any decryption), ``recv_error_<ERRNO>`` and ``send_error_<ERRNO>``."""
+    return {
+        k.replace(":", "_"): v
+        for k, v in counters.items()
+        if k == "recv_too_large" or k.startswith(("recv_error:", "send_error:"))
+    }
+
+
 def metrics_text(agent: Agent) -> str:
     """Prometheus text exposition of every figure the agent keeps."""
     rep = agent.replica
@@ -764,8 +774,12 @@ def metrics_text(agent: Agent) -> str:
                 if "_bytes_" in k
             },
         )
-        drops = {k[5:]: v for k, v in tr.items() if k.startswith("drop_")}
-        drops.update({k[5:]: v for k, v in proto["counters"].items() if k.startswith("drop_")})
+        # Every layer's drops; a reason two layers share (`version`, `too_large`) is summed.
+        drops: dict[str, int] = socket_drops(g["socket"])
+        for layer in (tr, proto["counters"]):
+            for k, v in layer.items():
+                if k.startswith("drop_"):
+                    drops[k[5:]] = drops.get(k[5:], 0) + v
         _metric(
             lines,
             "gossipmgr_gossip_dropped_total",
