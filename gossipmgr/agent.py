@@ -47,7 +47,7 @@ from .gossip.crypto import Keyring, generate_key, load_keyring_file
 from .gossip.service import GossipService
 from .gossip.transport import open_udp_transport
 from .jobs import JobManager
-from .lease import LeaseConfig, candidates, decide
+from .lease import Lease, LeaseConfig, candidates, decide
 from .replica import Replica
 from .serf.client import open_serf_client, serf_connector
 from .serf.membership import PUSH_PULL_S, Absences, InstancesChanged, NodeEvent, SerfMembership
@@ -56,6 +56,10 @@ from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.agent")
 
+#: A lease candidate counts as live (first in the claim order) if we heard from it over
+#: gossip this recently. An idle live peer is heard at least every ~5 s (3 s until it is
+#: silent, then a digest probe every 2 s that it answers); twice that absorbs some loss.
+LIVE_PEER_MS = 10_000
 #: How often the lease loop decides (renewals are due every ~2.5 s; 250 ms keeps a
 #: takeover within a quarter second of the lease becoming claimable).
 LEASE_LOOP_S = 0.25
@@ -132,12 +136,14 @@ class Agent:
         self.api_ctx: AgentApiContext | None = None
         self._reconcile_soon = False
         self._absences = Absences()
+        self._bounded_seen: dict[str, Any] | None = None
         #: Seconds a Discovered node must be missing from our Serf list before a reconcile
         #: marks it Disappeared (an external Serf's profile is unknown: assume lan).
         self.absent_grace_s = ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(cfg.serf_profile, 30.0)
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
+            "lease_bounded": 0,
             "lease_claims": 0,
             "lease_renewals": 0,
             "node_events_applied": 0,
@@ -411,6 +417,25 @@ class Agent:
         return out
 
     # ------------------------------------------------------------------ lease
+    def _note_bounded_lease(self, lease: Lease | None) -> None:
+        """Log (once per entry) and count a lease whose expiry was cut by the bound."""
+        raw = self.replica.state.lease()
+        if lease is None or raw is None or raw.get("expires_ms") == lease.expires_ms:
+            return
+        if raw != self._bounded_seen:
+            self._bounded_seen = raw
+            self.counters["lease_bounded"] += 1
+            log.warning(
+                "%s: the lease entry (holder %r, epoch %d) expires %s ms ahead, more than a "
+                "TTL after it was written: read as expiring at %d (forged, or a peer with a "
+                "longer --lease-ttl-ms)",
+                self.cfg.name,
+                lease.holder,
+                lease.epoch,
+                raw.get("expires_ms"),
+                lease.expires_ms,
+            )
+
     async def _lease_loop(self) -> None:
         rep = self.replica
         was_holder = False
@@ -419,6 +444,7 @@ class Agent:
         while True:
             self._refresh_peers()
             lease = rep.lease()
+            self._note_bounded_lease(lease)
             new = decide(
                 rep.name,
                 lease,
@@ -426,6 +452,7 @@ class Agent:
                 rep.now_ms(),
                 rep.lease_cfg,
                 rep.state.max_record_epoch,
+                live=rep.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
             )
             if new is not None:
                 renewal = lease is not None and lease.holder == rep.name
