@@ -83,11 +83,14 @@ def forge_lease(c: LocalCluster, target: str, lease: Lease) -> None:
                 svc.set_peers({target: (HOST, c.instances[target].gossip_port)})
                 value = lease.as_value()
                 await rep.commit(lambda st, ts: st.d_set(LEASE_KEY, value, ts))
-                with trio.fail_after(10):
-                    while (await trio.to_thread.run_sync(c.lease, target)).get(
-                        "holder"
-                    ) != lease.holder:  # noqa: ASYNC110 (polls another process)
-                        await trio.sleep(0.05)
+                # Poll the target's API from a thread while the forger keeps gossiping.
+                await trio.to_thread.run_sync(
+                    lambda: wait_for(
+                        lambda: c.lease(target).get("holder") == lease.holder,
+                        10,
+                        "the forged lease to reach the target",
+                    )
+                )
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
