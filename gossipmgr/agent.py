@@ -604,6 +604,10 @@ class Agent:
                 "healthy": bool(m and m.healthy),
                 "error": "" if m and m.healthy else (m.last_error if m else "not started"),
                 "embedded": self.serf is not None,
+                # Members claiming another member's node identity: ignored (serf/membership.py)
+                "identity_conflicts": [c.as_json() for _, c in sorted(m.view.conflicts.items())]
+                if m
+                else [],
             },
             "lease": {
                 "holder": self.replica.is_holder(),
@@ -725,6 +729,21 @@ def metrics_text(agent: Agent) -> str:
         "Remote timestamps refused for running too far ahead.",
         rep.hlc.refused,
     )
+    if m is not None:
+        _metric(
+            lines,
+            "gossipmgr_serf_identity_conflicts",
+            "gauge",
+            "Serf members claiming a node identity another member owns (ignored).",
+            len(m.view.conflicts),
+        )
+        _metric(
+            lines,
+            "gossipmgr_serf_identity_conflicts_total",
+            "counter",
+            "Members found claiming another member's node identity.",
+            m.view.conflicts_total,
+        )
     counters = dict(agent.counters)
     if agent.serf is not None:  # crashes restarted by the supervisor, plus failed starts
         counters["serf_restarts"] += max(0, agent.serf.starts - 1)

@@ -174,3 +174,46 @@ def test_members_posing_as_instances_do_not_delay_takeover(cluster: LocalCluster
         f"{survivor} to take over ahead of the impostors",
     )
     assert cluster.lease(survivor)["epoch"] > epoch
+
+
+def test_a_second_member_with_a_nodes_identity_is_reported_and_never_moves_it(
+    cluster: LocalCluster,
+) -> None:
+    cluster.add_instance("g1")
+    cluster.wait_ready("g1")
+    wait_for(lambda: cluster.holder(["g1"]) == "g1", 20, "g1 to hold the lease")
+    node = cluster.add_node("rack1", "0001", addr=HOST)
+
+    def addr() -> str | None:
+        rec = cluster.get("g1", "/info/nodes").get(node.name)
+        return None if rec is None else str(rec["monitoring_state"]["management_address"])
+
+    wait_for(lambda: addr() == HOST, 30, "the node discovered at its address")
+    # Named to sort first, same NodeLabel/NodeSerial, another NodeAddr.
+    cluster.add_member(
+        "0-impostor", {"NodeLabel": "rack1", "NodeSerial": "0001", "NodeAddr": "127.0.0.2"}
+    )
+    conflicts = wait_for(
+        lambda: cluster.get("g1", "/health")["serf"]["identity_conflicts"],
+        30,
+        "the impostor reported on /health",
+    )
+    assert conflicts == [
+        {
+            "member": "0-impostor",
+            "node": node.name,
+            "addr": "127.0.0.2",
+            "status": "alive",
+            "owner": node.name,
+        }
+    ]
+    assert metric(cluster, "g1", "gossipmgr_serf_identity_conflicts") == 1
+    # Two reconciles against Serf later (every 5 s), the node still has its own address.
+    done = metric(cluster, "g1", "gossipmgr_reconciles_total")
+    wait_for(
+        lambda: metric(cluster, "g1", "gossipmgr_reconciles_total") >= done + 2,
+        30,
+        "two more reconciles",
+    )
+    assert addr() == HOST
+    assert metric(cluster, "g1", "gossipmgr_serf_identity_conflicts_total") == 1
