@@ -56,6 +56,11 @@ from .errors import Conflict, StaleEpoch
 #: ahead of a receiver a timestamp may be (docs/design.md). Expiry is the only place clocks
 #: matter to the lease.
 MAX_SKEW_MS = DEFAULT_MAX_OFFSET_MS
+#: The largest epoch written (a signed 64-bit integer, as the codec encodes it). Honest
+#: epochs grow by one per claim and never get near it; a forged one can sit there, and then
+#: no claim can outbid it: decide() does nothing (it used to raise on encoding, crashing
+#: the lease loop) and reset() refuses, naming the cause.
+MAX_EPOCH = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,11 @@ def reset(
             "a reset would stop its jobs; pass force to reset anyway"
         )
     epoch = max(lease.epoch if lease is not None else 0, floor) + 1
+    if epoch > MAX_EPOCH:
+        raise Conflict(
+            f"the lease epoch is exhausted ({epoch - 1}, written by a gossip-key holder): "
+            "no lease can outbid it (see docs/design.md)"
+        )
     return Lease("", epoch, 0)
 
 
@@ -189,6 +199,8 @@ def decide(
         return None
     if lease is not None and lease.holder == me and now_ms < lease.expires_ms:
         if lease.epoch < floor:
+            if floor >= MAX_EPOCH:
+                return None  # nothing can outbid it
             return Lease(me, floor + 1, now_ms + cfg.ttl_ms)  # re-grant past the floor
         if lease.expires_ms - now_ms <= cfg.ttl_ms - cfg.renew_ms:
             return Lease(me, lease.epoch, now_ms + cfg.ttl_ms)
@@ -210,6 +222,8 @@ def decide(
         if now_ms < expired_at + rank * cfg.ttl_ms:
             return None
     epoch = max(lease.epoch if lease is not None else 0, floor) + 1
+    if epoch > MAX_EPOCH:
+        return None  # nothing can outbid it
     return Lease(me, epoch, now_ms + cfg.ttl_ms)
 
 

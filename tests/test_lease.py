@@ -13,6 +13,7 @@ from gossipmgr.crdt import Entry
 from gossipmgr.errors import Conflict, StaleEpoch
 from gossipmgr.gossip.sim import Sim, addr
 from gossipmgr.lease import (
+    MAX_EPOCH,
     MAX_SKEW_MS,
     Lease,
     LeaseConfig,
@@ -154,6 +155,23 @@ def test_reset_refuses_an_acting_holder_unless_forced_and_outranks_everything() 
     # ...and the first candidate claims the next epoch at once; the others wait.
     assert decide("a", Lease("", 4, 0), ["a", "b"], 1_000, CFG) == Lease("a", 5, 3_000)
     assert decide("b", Lease("", 4, 0), ["a", "b"], 1_000, CFG) is None
+
+
+def test_an_epoch_at_the_top_of_the_range_stops_claims_instead_of_crashing() -> None:
+    # Claiming 2**63 (or 2**64) would not encode: the lease loop used to die of it.
+    for top in (MAX_EPOCH, 2**64 - 1):
+        stuck = Lease("0-mallory", top, 0)
+        assert decide("a", stuck, ["a"], 1_000, CFG) is None
+        assert decide("a", None, ["a"], 1_000, CFG, floor=top) is None  # via a record
+        with pytest.raises(Conflict, match="epoch is exhausted"):
+            reset(stuck, ["a"], 1_000)
+    assert decide("a", Lease("b", MAX_EPOCH - 1, 0), ["a"], 1_000, CFG) == Lease(
+        "a", MAX_EPOCH, 1_000 + CFG.ttl_ms
+    )
+    # A holder named in such a lease still renews it (same epoch).
+    assert decide("a", Lease("a", MAX_EPOCH, 2_000), ["a"], 1_600, CFG) == Lease(
+        "a", MAX_EPOCH, 1_600 + CFG.ttl_ms
+    )
 
 
 # --- candidates that are not live gossip peers -----------------------------------------------
