@@ -47,7 +47,7 @@ from .gossip.crypto import Keyring, generate_key, load_keyring_file
 from .gossip.service import GossipService
 from .gossip.transport import open_udp_transport
 from .jobs import JobManager
-from .lease import LeaseConfig, candidates, decide
+from .lease import Lease, LeaseConfig, candidates, decide
 from .replica import Replica
 from .serf.client import open_serf_client, serf_connector
 from .serf.membership import PUSH_PULL_S, Absences, InstancesChanged, NodeEvent, SerfMembership
@@ -56,6 +56,10 @@ from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.agent")
 
+#: A lease candidate counts as live (first in the claim order) if we heard from it over
+#: gossip this recently. An idle live peer is heard at least every ~5 s (3 s until it is
+#: silent, then a digest probe every 2 s that it answers); twice that absorbs some loss.
+LIVE_PEER_MS = 10_000
 #: How often the lease loop decides (renewals are due every ~2.5 s; 250 ms keeps a
 #: takeover within a quarter second of the lease becoming claimable).
 LEASE_LOOP_S = 0.25
@@ -132,12 +136,14 @@ class Agent:
         self.api_ctx: AgentApiContext | None = None
         self._reconcile_soon = False
         self._absences = Absences()
+        self._bounded_seen: dict[str, Any] | None = None
         #: Seconds a Discovered node must be missing from our Serf list before a reconcile
         #: marks it Disappeared (an external Serf's profile is unknown: assume lan).
         self.absent_grace_s = ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(cfg.serf_profile, 30.0)
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
+            "lease_bounded": 0,
             "lease_claims": 0,
             "lease_renewals": 0,
             "node_events_applied": 0,
@@ -411,6 +417,25 @@ class Agent:
         return out
 
     # ------------------------------------------------------------------ lease
+    def _note_bounded_lease(self, lease: Lease | None) -> None:
+        """Log (once per entry) and count a lease whose expiry was cut by the bound."""
+        raw = self.replica.state.lease()
+        if lease is None or raw is None or raw.get("expires_ms") == lease.expires_ms:
+            return
+        if raw != self._bounded_seen:
+            self._bounded_seen = raw
+            self.counters["lease_bounded"] += 1
+            log.warning(
+                "%s: the lease entry (holder %r, epoch %d) expires %s ms ahead, more than a "
+                "TTL after it was written: read as expiring at %d (forged, or a peer with a "
+                "longer --lease-ttl-ms)",
+                self.cfg.name,
+                lease.holder,
+                lease.epoch,
+                raw.get("expires_ms"),
+                lease.expires_ms,
+            )
+
     async def _lease_loop(self) -> None:
         rep = self.replica
         was_holder = False
@@ -419,6 +444,7 @@ class Agent:
         while True:
             self._refresh_peers()
             lease = rep.lease()
+            self._note_bounded_lease(lease)
             new = decide(
                 rep.name,
                 lease,
@@ -426,6 +452,7 @@ class Agent:
                 rep.now_ms(),
                 rep.lease_cfg,
                 rep.state.max_record_epoch,
+                live=rep.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
             )
             if new is not None:
                 renewal = lease is not None and lease.holder == rep.name
@@ -577,6 +604,10 @@ class Agent:
                 "healthy": bool(m and m.healthy),
                 "error": "" if m and m.healthy else (m.last_error if m else "not started"),
                 "embedded": self.serf is not None,
+                # Members claiming another member's node identity: ignored (serf/membership.py)
+                "identity_conflicts": [c.as_json() for _, c in sorted(m.view.conflicts.items())]
+                if m
+                else [],
             },
             "lease": {
                 "holder": self.replica.is_holder(),
@@ -644,6 +675,16 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) ->
         lines.append(f"{name} {samples}")
 
 
+def socket_drops(counters: dict[str, int]) -> dict[str, int]:
+    """The UDP transport's drops as metric reasons: ``recv_too_large`` (over MAX_DATAGRAM,
+    refused before any decryption), ``recv_error_<ERRNO>`` and ``send_error_<ERRNO>``."""
+    return {
+        k.replace(":", "_"): v
+        for k, v in counters.items()
+        if k == "recv_too_large" or k.startswith(("recv_error:", "send_error:"))
+    }
+
+
 def metrics_text(agent: Agent) -> str:
     """Prometheus text exposition of every figure the agent keeps."""
     rep = agent.replica
@@ -688,6 +729,21 @@ def metrics_text(agent: Agent) -> str:
         "Remote timestamps refused for running too far ahead.",
         rep.hlc.refused,
     )
+    if m is not None:
+        _metric(
+            lines,
+            "gossipmgr_serf_identity_conflicts",
+            "gauge",
+            "Serf members claiming a node identity another member owns (ignored).",
+            len(m.view.conflicts),
+        )
+        _metric(
+            lines,
+            "gossipmgr_serf_identity_conflicts_total",
+            "counter",
+            "Members found claiming another member's node identity.",
+            m.view.conflicts_total,
+        )
     counters = dict(agent.counters)
     if agent.serf is not None:  # crashes restarted by the supervisor, plus failed starts
         counters["serf_restarts"] += max(0, agent.serf.starts - 1)
@@ -764,8 +820,12 @@ def metrics_text(agent: Agent) -> str:
                 if "_bytes_" in k
             },
         )
-        drops = {k[5:]: v for k, v in tr.items() if k.startswith("drop_")}
-        drops.update({k[5:]: v for k, v in proto["counters"].items() if k.startswith("drop_")})
+        # Every layer's drops; a reason two layers share (`version`, `too_large`) is summed.
+        drops: dict[str, int] = socket_drops(g["socket"])
+        for layer in (tr, proto["counters"]):
+            for k, v in layer.items():
+                if k.startswith("drop_"):
+                    drops[k[5:]] = drops.get(k[5:], 0) + v
         _metric(
             lines,
             "gossipmgr_gossip_dropped_total",

@@ -64,9 +64,10 @@ from .errors import (
     Unavailable,
 )
 from .inventory import get_node, node_json
-from .lease import Lease
+from .lease import Lease, LeaseConfig
+from .lease import reset as reset_lease
 from .replica import Replica
-from .state import ANSIBLE_CONFIG_KEY, ClusterState, global_key
+from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState, global_key
 
 log = logging.getLogger("gossipmgr.api")
 
@@ -407,6 +408,12 @@ OPENAPI: dict[str, Any] = {
         },
         "/info/peers": {"get": _op("gossipmgr instances and the lease", (200, 401))},
         "/info/lease": {"get": _op("The lease", (200, 401))},
+        "/lease/reset": {
+            "post": _op(
+                "Vacate the lease one epoch up (body optional: {force})",
+                (200, 400, 401, 409, 415, 503),
+            )
+        },
         "/job/cancel": {"post": _op("Cancel the active job (holder)", _JOB_CODES)},
         "/node/{name}/extra_vars": {
             "post": _op("Replace a node's own extra-vars", _WRITE_CODES, "ExtraVarsRequest")
@@ -844,6 +851,25 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         lj = lease_json(rep.lease(), now_ms())
         return _json({"lease": lj, "self": rep.name, "is_holder": rep.is_holder()})
 
+    @app.post("/lease/reset")
+    async def lease_reset() -> Response:
+        """The operator's way out of a forged or stuck lease (docs/design.md)."""
+        b = await _body_untrusted(required=False)
+        force = b.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest('"force" must be true or false')
+        before = rep.lease()
+        new = reset_lease(before, rep.candidates, now_ms(), rep.state.max_record_epoch, force)
+        value = new.as_value()
+        await commit(lambda s, ts: s.d_set(LEASE_KEY, value, ts))
+        log.warning(
+            "%s: lease reset by an API client: %s -> vacant at epoch %d",
+            rep.name,
+            f"{before.holder!r} epoch {before.epoch}" if before else "none",
+            new.epoch,
+        )
+        return _json({"lease": lease_json(new, now_ms()), "previous": lease_json(before, now_ms())})
+
     @app.get("/health")
     async def health() -> Response:
         body: dict[str, Any] = {
@@ -1026,6 +1052,8 @@ class StandaloneContext:
     async def claim_lease(self, ttl_ms: int = STANDALONE_LEASE_MS) -> Lease:
         """Take the lease (epoch + 1) as the only candidate. Returns it once durable."""
         rep = self.replica
+        # No lease loop renews it: the replica's TTL is this one (its bound on expiry).
+        rep.lease_cfg = LeaseConfig(ttl_ms=ttl_ms, renew_ms=ttl_ms)
         old = rep.lease()
         new = Lease(rep.name, (old.epoch + 1) if old else 1, rep.now_ms() + ttl_ms)
         from .state import LEASE_KEY

@@ -434,6 +434,17 @@ def cmd_peers(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_lease(c: Client, args: argparse.Namespace) -> int:
+    if getattr(args, "action", "show") == "reset":
+        r = c.call("POST", "/lease/reset", {"force": bool(args.force)})
+        _out(
+            args,
+            r,
+            lambda r: (
+                "previous " + _render_lease(r.get("previous")) + "\nnow vacant at epoch "
+                f"{r['lease']['epoch']}: the first live candidate claims the next one"
+            ),
+        )
+        return 0
     _out(args, c.call("GET", "/info/lease"), lambda r: _render_lease(r.get("lease")))
     return 0
 
@@ -572,7 +583,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     p = sub.add_parser("peers", parents=[common], help="gossipmgr instances and the lease")
     p.set_defaults(func=cmd_peers)
-    p = sub.add_parser("lease", parents=[common], help="the lease")
+    p = sub.add_parser("lease", parents=[common], help="the lease: show, or reset")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "reset"],
+        default="show",
+        help="reset: vacate the lease one epoch up, deposing its holder (docs/design.md)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="reset even while an alive instance holds it"
+    )
     p.set_defaults(func=cmd_lease)
 
     word = _command_word(argv)

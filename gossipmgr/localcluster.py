@@ -161,10 +161,12 @@ class Node:
     args: list[str]
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: Serf node name when it is not ``<label>-<serial>`` (an imposter, a bare member).
+    member_name: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.label}-{self.serial}"
+        return self.member_name or f"{self.label}-{self.serial}"
 
 
 @dataclass
@@ -347,26 +349,39 @@ class LocalCluster:
 
     # -- simulated nodes -------------------------------------------------------------------
     def add_node(self, label: str, serial: str, addr: str = HOST) -> Node:
-        data = self.root / "nodes" / f"{label}-{serial}"
+        tags = {"NodeLabel": label, "NodeSerial": serial, "NodeAddr": addr}
+        return self.add_member(f"{label}-{serial}", tags)
+
+    def add_member(self, name: str, tags: dict[str, str]) -> Node:
+        """A bare ``serf agent`` named ``name`` with ``tags``, joined to the cluster: a
+        node (``add_node``), or one posing as another node or as a gossipmgr instance."""
+        data = self.root / "nodes" / name
         data.mkdir(parents=True, exist_ok=True)
         serf_port, rpc_port = free_port(), free_port()
         args = [
             shutil.which("serf") or "serf",
             "agent",
-            f"-node={label}-{serial}",
+            f"-node={name}",
             f"-bind={HOST}:{serf_port}",
             f"-rpc-addr={HOST}:{rpc_port}",
             f"-profile={self.profile}",
-            f"-tag=NodeLabel={label}",
-            f"-tag=NodeSerial={serial}",
-            f"-tag=NodeAddr={addr}",
+            *(f"-tag={k}={v}" for k, v in tags.items()),
             f"-keyring-file={self._node_keyring(data)}",
             "-retry-interval=1s",
         ]
         seed = self._seed()
         if seed:
             args.append(f"-retry-join={seed}")
-        node = Node(label, serial, addr, serf_port, rpc_port, args, data)
+        node = Node(
+            tags.get("NodeLabel", ""),
+            tags.get("NodeSerial", ""),
+            tags.get("NodeAddr", ""),
+            serf_port,
+            rpc_port,
+            args,
+            data,
+            member_name=name,
+        )
         self.nodes[node.name] = node
         self.start_node(node.name)
         return node

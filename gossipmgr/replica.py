@@ -41,8 +41,8 @@ from .codec import decode_map_trusted, encode_map
 from .crdt import LWWMap
 from .errors import BadPacket, CorruptFile, StoreError
 from .gossip.protocol import AntiEntropy, GossipConfig
-from .lease import Lease, LeaseConfig, is_holder
-from .state import ClusterState
+from .lease import Lease, LeaseConfig, bounded, is_holder
+from .state import LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.replica")
 
@@ -252,7 +252,12 @@ class Replica:
 
     # ------------------------------------------------------------------ lease view
     def lease(self) -> Lease | None:
-        return Lease.from_value(self.state.lease())
+        """The lease as every replica reads it: expiry bounded by when it was written."""
+        e = self.state.map.entry(LEASE_KEY)
+        if e is None or e.deleted:
+            return None
+        lease = Lease.from_value(e.value)
+        return None if lease is None else bounded(lease, e.ts.ms, self.lease_cfg)
 
     def is_holder(self) -> bool:
         return is_holder(self.name, self.lease(), self.candidates, self.now_ms())

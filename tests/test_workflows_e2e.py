@@ -22,9 +22,12 @@ import trio
 from gossipmgr.ansible import AnsibleSettings
 from gossipmgr.errors import CheckFailed, Conflict, Unavailable
 from gossipmgr.jobs import ACTIVE, JobManager
-from gossipmgr.lease import Lease
+from gossipmgr.lease import Lease, LeaseConfig
 from gossipmgr.replica import Replica
 from gossipmgr.state import LEASE_KEY, job_key
+
+#: Leases written by hand here last 10**9 ms; the bound on expiry must allow it.
+LONG_LEASE = LeaseConfig(ttl_ms=2 * 10**9)
 
 pytestmark = pytest.mark.ansible
 
@@ -111,7 +114,8 @@ def settings_for(
 
 
 async def holder_replica(path: Path, name: str, epoch: int = 1) -> Replica:
-    r = Replica(name, data_dir=path)
+    # A replica-made lease (no lease loop here): it lasts as long as it says.
+    r = Replica(name, data_dir=path, lease=LONG_LEASE)
     r.open()
     lease = Lease(name, epoch, r.now_ms() + 10**9).as_value()
     await r.commit(lambda st, ts: st.d_set(LEASE_KEY, lease, ts))
@@ -285,7 +289,7 @@ async def test_lease_lost_mid_run(env: Env, tmp_path: Path) -> None:
         await env.jm.cancel()
 
     # The new holder (same replicated state) ends the orphan on its failure path.
-    rb = Replica("b", data_dir=tmp_path / "b")
+    rb = Replica("b", data_dir=tmp_path / "b", lease=LONG_LEASE)
     rb.open()
     try:
         rb.state.apply(env.r.state.map.copy())
