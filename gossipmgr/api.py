@@ -63,6 +63,7 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .inventory import check_import_entries as inv_check_import_entries
 from .inventory import get_node, node_json
 from .lease import Lease
 from .replica import Replica
@@ -115,6 +116,7 @@ class JobsLike(Protocol):
     def set_node_vars(self, node: str, variables: Mapping[str, Any]) -> Any: ...
     def set_node_var(self, node: str, var: str, value: Any) -> Any: ...
     def remove_node_var(self, node: str, var: str) -> Any: ...
+    def import_inventory(self, entries: Any, dry_run: bool = False) -> Any: ...
     def job(self, label: str) -> Any: ...
     def jobs(self) -> Any: ...
     def follow(self, job_id: str) -> AsyncIterator[str]: ...
@@ -359,6 +361,25 @@ OPENAPI: dict[str, Any] = {
                     }
                 },
             },
+            "ImportRequest": {
+                "type": "object",
+                "properties": {
+                    "nodes": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "status": {"type": "string"},
+                                "host_group": {"type": "string"},
+                            },
+                            "required": ["name", "status"],
+                        },
+                    },
+                    "dry_run": {"type": "boolean"},
+                },
+                "required": ["nodes"],
+            },
             "ConfigRequest": {
                 "type": "object",
                 "properties": {"config": {"type": "object"}},
@@ -417,6 +438,13 @@ OPENAPI: dict[str, Any] = {
         },
         "/node/{name}/host_group": {
             "post": _op("Set a node's host-group (holder)", _JOB_CODES, "HostGroupRequest")
+        },
+        "/inventory/import": {
+            "post": _op(
+                "Set imported node statuses and host-groups (holder, fenced)",
+                _JOB_CODES,
+                "ImportRequest",
+            )
         },
         "/health": {"get": {**_op("Liveness and health, no auth", (200,)), "security": []}},
         "/metrics": {"get": _op("Prometheus metrics", (200, 401))},
@@ -648,6 +676,21 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         rec = get_node(rep.state, name)
         await _maybe_await(ctx.jobs.set_host_group(rec.name, hg))
         return _node_response(rec.name)
+
+    @app.post("/inventory/import")
+    async def inventory_import() -> Response:
+        # Inventory records are epoch-fenced: written by the holder under its lease epoch.
+        b = await _body_untrusted()
+        entries = b.get("nodes")
+        inv_check_import_entries(entries)  # a 400 here, before any forwarding
+        dry_run = b.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest(f'"dry_run" must be true or false, got {_json_type(dry_run)}')
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return _json(
+            _jsonable(await _maybe_await(ctx.jobs.import_inventory(entries, dry_run=dry_run)))
+        )
 
     # ------------------------------------------------------------ replicated settings
     def _node_response(ident: str) -> Response:

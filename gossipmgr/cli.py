@@ -441,6 +441,12 @@ def cmd_lease(c: Client, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the parser
 
 
+def cmd_import(c: Client, args: argparse.Namespace) -> int:
+    from .clusterm import cmd_import as run  # imports the Bolt reader only when used
+
+    return run(c, args)
+
+
 def _common() -> argparse.ArgumentParser:
     """Global flags, also accepted after the command (SUPPRESS: do not override the
     value given before it with a default)."""
@@ -570,6 +576,30 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     vp.add_argument("file", metavar="FILE|-")
     vp.set_defaults(func=cmd_config)
 
+    p = sub.add_parser("import", help="import another manager's inventory")
+    vs = p.add_subparsers(dest="verb", metavar="SOURCE")
+    vs.required = True
+    vp = vs.add_parser(
+        "clusterm",
+        parents=[common],
+        help="clusterm's boltdb inventory and clusterm.conf's ansible settings",
+    )
+    vp.add_argument("--boltdb", metavar="FILE", help="clusterm's inventory.boltdb.dbfile")
+    vp.add_argument("--conf", metavar="FILE", help="clusterm.conf (JSON): the ansible section")
+    vp.add_argument(
+        "--default-host-group",
+        default="service-master",
+        help="host-group of the imported nodes (default service-master, as clusterm)",
+    )
+    vp.add_argument(
+        "--host-group",
+        action="append",
+        metavar="NODE=GROUP",
+        help="host-group of one node (repeatable)",
+    )
+    vp.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    vp.set_defaults(func=cmd_import)
+
     p = sub.add_parser("peers", parents=[common], help="gossipmgr instances and the lease")
     p.set_defaults(func=cmd_peers)
     p = sub.add_parser("lease", parents=[common], help="the lease")
@@ -618,6 +648,7 @@ CLIENT_COMMANDS = {
     cmd_config,
     cmd_peers,
     cmd_lease,
+    cmd_import,
 }
 
 
@@ -664,4 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: modules that raise
+    # gossipmgr.cli.CliError (the import command) must raise the class main catches.
+    from gossipmgr.cli import main as _main
+
+    sys.exit(_main())

@@ -800,6 +800,40 @@ class JobManager:
             await self._launch("reconfigure", desc, ok, epoch, self._hosts(state, ok), {}, None, {})
             self.counters["reappear_jobs"] += 1
 
+    # ------------------------------------------------------------------ import
+    async def import_inventory(self, entries: Any, dry_run: bool = False) -> dict[str, Any]:
+        """Set imported statuses and host-groups (``gossipmgr import clusterm``). Holder only.
+
+        One fenced commit under our epoch (inventory records are epoch-fenced like a job's
+        writes). Refused with Conflict while a job is active (its nodes are moving), with
+        BadRequest for a bad entry, Unavailable off the holder. See
+        :func:`gossipmgr.inventory.plan_import` for what is changed and what is kept."""
+        parsed = inv.check_import_entries(entries)
+        async with self._lock:
+            epoch = self._holder_epoch()
+            self._check_idle()
+            plan = inv.plan_import(self.replica.state, parsed)
+            if not dry_run and plan["changed"]:
+
+                def make(state: ClusterState, ts: Timestamp) -> LWWMap:
+                    self._fence(epoch, "inventory import")
+                    # Planned again on the state the commit sees: the same answer unless
+                    # a Serf event slipped in, and then this one is the truth.
+                    again = inv.plan_import(state, parsed)
+                    plan.update(again)
+                    return inv.d_import(state, again["changed"], epoch, ts)
+
+                await self.replica.commit(make)
+                log.info(
+                    "%s: imported %d node(s) (%d unchanged, %d kept), epoch %d",
+                    self.replica.name,
+                    len(plan["changed"]),
+                    len(plan["unchanged"]),
+                    len(plan["kept"]),
+                    epoch,
+                )
+        return {"dry_run": dry_run, **plan}
+
     # ------------------------------------------------------------------ node settings
     async def set_host_group(self, node: str, host_group: str) -> None:
         """Set a node's host-group without a job. Raises NotFound, CheckFailed.
