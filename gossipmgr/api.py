@@ -216,6 +216,15 @@ class _UnsupportedMediaType(RequestError):
     status_hint = 415
 
 
+def _empty(v: Any) -> bool:
+    """A Go zero value decoded from JSON: null, "", 0, false, or a map/list of such."""
+    if isinstance(v, dict):
+        return all(_empty(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_empty(x) for x in v)
+    return v in (None, "", 0, False)
+
+
 def _json_type(v: Any) -> str:
     return {
         dict: "object",
@@ -764,7 +773,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             raise BadRequest('"config" must be an object')
         current = ctx.config()
         for section in cfg:
-            if section != "ansible" and cfg[section] != current.get(section):
+            # The Go clusterctl always sends every section, the ones it did not read from
+            # the file as zero values ({"Addr": "", "AuthKey": "", "Timeout": 0}, {},
+            # {"addr": ""}): an empty section means "unchanged".
+            if section == "ansible" or _empty(cfg[section]):
+                continue
+            if cfg[section] != current.get(section):
                 raise BadRequest(
                     f'"{section}" configuration can\'t be changed. '
                     "Only changes to ansible configuration are allowed."
@@ -781,7 +795,11 @@ def create_app(ctx: ApiContext) -> QuartTrio:
                     raise BadRequest(f'ansible configuration "{k}" must be a string')
             if "extra_variables" in ans:
                 _field_extra_vars(ans, "extra_variables")  # validate only
-            await ctx.set_ansible_config(dict(ans))
+            # An empty value is "unchanged" (clusterm merged the posted config with mergo,
+            # which skips empty values; the Go clusterctl sends every key).
+            changed = {k: v for k, v in ans.items() if v != ""}
+            if changed:
+                await ctx.set_ansible_config(changed)
         return _json(ctx.config())
 
     # ------------------------------------------------------------ reads

@@ -675,9 +675,10 @@ class JobManager:
     async def set_monitor_event(self, name: str, nodes: Sequence[Any]) -> dict[str, Any]:
         """clusterm's POST /monitor/event. Raises BadRequest
         ``Invalid or empty event name specified: "<name>"`` or for a malformed node,
-        Unavailable off the holder."""
-        if name not in ("discovered", "disappeared"):
+        Unavailable off the holder. The name is case-insensitive, as in clusterm."""
+        if not isinstance(name, str) or name.lower() not in ("discovered", "disappeared"):
             raise BadRequest(f'Invalid or empty event name specified: "{name}"')
+        name = name.lower()
         if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
             raise BadRequest(f"monitor event nodes must be a list, got {nodes!r}")
         parsed = [inv.check_monitor_node(n) for n in nodes]
