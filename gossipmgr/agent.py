@@ -915,6 +915,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         overrides = overrides_from_args(args)
         cfg = load(args.config, overrides)
         setup_logging(cfg.log_level)
+        for note in cfg.config_notes:
+            log.warning("%s", note)
         agent = Agent(cfg, overrides)
     except GossipmgrError as exc:
         print(f"gossipmgr agent: {exc}", file=sys.stderr)

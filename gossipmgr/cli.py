@@ -24,6 +24,7 @@ import argparse
 import importlib
 import ipaddress
 import json
+import logging
 import os
 import ssl
 import sys
@@ -33,6 +34,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
+
+from . import __version__
 
 DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
@@ -459,6 +462,7 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=S, help="file holding the bearer token")
     p.add_argument("--cacert", default=S, help="CA bundle to verify an https API")
     p.add_argument("-j", "--json", action="store_true", default=S, help="print JSON")
+    p.add_argument("--debug", action="store_true", default=S, help="log each request")
     return p
 
 
@@ -494,6 +498,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         default=False,
         help="print the server's JSON instead of tables",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False,
+        help="log each HTTP request on stderr (agent: --log-level debug)",
+    )
+    parser.add_argument("--version", action="version", version=f"gossipmgr {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
 
@@ -675,6 +686,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = args.func
+    if args.debug:
+        if func in CLIENT_COMMANDS:  # httpx logs every request at INFO
+            logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        elif getattr(args, "log_level", "absent") is None:  # the agent's own option
+            args.log_level = "debug"
     try:
         if func not in CLIENT_COMMANDS:
             return int(func(args))

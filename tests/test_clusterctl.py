@@ -8,10 +8,12 @@ Then the command itself, as a subprocess over real HTTP against a standalone ins
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -234,3 +236,39 @@ def test_unreachable_daemon_is_one_fatal_line() -> None:
         assert p.returncode == 1, p
         assert "connection refused" in p.stderr and "Traceback" not in p.stderr
         assert p.stderr.count("\n") == 1
+
+
+def test_version_and_debug_on_both_commands() -> None:
+    import subprocess
+
+    for mod in ("gossipmgr.cli", "gossipmgr.clusterctl"):
+        p = subprocess.run(
+            [sys.executable, "-m", mod, "--version"], capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 0 and re.search(r"version|gossipmgr \d", p.stdout), p
+    with socket_nobody_listens() as port:
+        p = subprocess.run(
+            [sys.executable, "-m", "gossipmgr.cli", "-u", f"127.0.0.1:{port}", "--debug", "lease"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 1 and f"port={port}" in p.stderr  # the request is logged
+        ctl = [sys.executable, "-m", "gossipmgr.clusterctl", "--debug"]
+        p = subprocess.run(
+            [*ctl, "-u", f"127.0.0.1:{port}", "nodes", "get"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 1
+        assert f"clusterctl: GET http://127.0.0.1:{port}/info/nodes" in p.stderr
+
+
+@contextlib.contextmanager
+def socket_nobody_listens() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as s:  # bound, not listening: connections are refused
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
