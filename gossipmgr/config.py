@@ -38,7 +38,8 @@ class AnsibleConfig:
     #: Added to every inventory host, e.g. ``ansible_connection = "local"`` for the demo.
     host_vars: Mapping[str, Any] = field(default_factory=dict)
     #: A playbook that runs longer is killed (its whole process tree) and the job errors.
-    timeout_s: float = 3600.0
+    #: 0, the default, is no limit (clusterm had none; a cancel stops a hung run).
+    timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)
