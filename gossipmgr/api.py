@@ -117,6 +117,7 @@ class JobsLike(Protocol):
     def set_node_var(self, node: str, var: str, value: Any) -> Any: ...
     def remove_node_var(self, node: str, var: str) -> Any: ...
     def import_inventory(self, entries: Any, dry_run: bool = False) -> Any: ...
+    def forget_node(self, name: str, force: bool = False) -> Any: ...
     def job(self, label: str) -> Any: ...
     def jobs(self) -> Any: ...
     def follow(self, job_id: str) -> AsyncIterator[str]: ...
@@ -455,6 +456,9 @@ OPENAPI: dict[str, Any] = {
                 "ImportRequest",
             )
         },
+        "/node/{name}/forget": {
+            "post": _op("Remove a node from the inventory (holder, fenced)", _JOB_CODES)
+        },
         "/health": {"get": {**_op("Liveness and health, no auth", (200,)), "security": []}},
         "/metrics": {"get": _op("Prometheus metrics", (200, 401))},
         "/openapi.json": {"get": _op("This document", (200, 401))},
@@ -685,6 +689,16 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         rec = get_node(rep.state, name)
         await _maybe_await(ctx.jobs.set_host_group(rec.name, hg))
         return _node_response(rec.name)
+
+    @app.post("/node/<name>/forget")
+    async def node_forget(name: str) -> Response:
+        b = await _body_untrusted(required=False)
+        force = b.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest(f'"force" must be true or false, got {_json_type(force)}')
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return _json(_jsonable(await _maybe_await(ctx.jobs.forget_node(name, force=force))))
 
     @app.post("/inventory/import")
     async def inventory_import() -> Response:

@@ -274,6 +274,10 @@ def _render_job_started(res: Any) -> str:
 def cmd_node(c: Client, args: argparse.Namespace) -> int:
     verb = _verb(args)
     names: list[str] = [args.name] if args.cmd in ("node", "n") else list(args.names)
+    if verb == "forget":
+        res = c.call("POST", f"/node/{_q(args.name)}/forget", {"force": bool(args.force)})
+        _out(args, res, lambda r: f"forgot {r['forgotten']} ({r['status']}, {r['state']})")
+        return 0
     if verb == "get":
         if args.cmd in ("node", "n"):
             _out(args, c.call("GET", f"/info/node/{_q(args.name)}"), _render_node)
@@ -538,6 +542,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                 ev(vp)
             if verb in ("commission", "update"):
                 hg(vp)
+            vp.set_defaults(func=cmd_node)
+        if not many:
+            vp = vs.add_parser(
+                "forget",
+                parents=[common],
+                help="remove a node that is gone (Disappeared) from the inventory",
+            )
+            vp.add_argument("name", metavar="NAME")
+            vp.add_argument("--force", action="store_true", help="also a Discovered (alive) node")
             vp.set_defaults(func=cmd_node)
 
     p = sub.add_parser("global", aliases=["g"], help="global extra-vars")

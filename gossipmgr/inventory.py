@@ -57,7 +57,15 @@ from typing import Any, Final
 from .clock import Timestamp
 from .crdt import LWWMap
 from .errors import BadRequest, CheckFailed, Conflict, NotFound
-from .state import ClusterState, NodeRecord, combine, host_group_key, inventory_key, monitoring_key
+from .state import (
+    ClusterState,
+    NodeRecord,
+    combine,
+    host_group_key,
+    inventory_key,
+    monitoring_key,
+    node_var_key,
+)
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -605,4 +613,35 @@ def d_import(
             out.append(state.d_set(inventory_key(name), new, ts))
         if rec is None or host_group_of(rec) != c["host_group"] or not rec.host_group:
             out.append(state.d_set(host_group_key(name), c["host_group"], ts))
+    return combine(*out)
+
+
+# --------------------------------------------------------------------------- forget
+
+
+def check_forget(state: ClusterState, name: str, force: bool) -> NodeRecord:
+    """clusterm issue #158: a node that is gone for good stays in the inventory. Forgetting
+    a Discovered node (alive in Serf) needs ``force``: it would be discovered again at
+    once, as a new Unallocated node. Raises NotFound, CheckFailed."""
+    rec = state.node(name)
+    if rec is None:
+        raise NotFound(node_missing(name))
+    if state_of(rec) == DISCOVERED and not force:
+        raise CheckFailed(
+            f'node "{name}" is Discovered (alive in Serf): forget only a node that is gone '
+            "(Disappeared), or force it"
+        )
+    return rec
+
+
+def d_forget(state: ClusterState, name: str, epoch: int, ts: Timestamp) -> LWWMap:
+    """Remove a node: its inventory record becomes a ``forgotten`` marker under ``epoch``
+    (a later discovery under this epoch or a newer one creates the node afresh, as
+    Unallocated), its other entries (monitoring, host-group, own vars) tombstones."""
+    out = [state.d_set(inventory_key(name), {"forgotten": True, "epoch": epoch}, ts)]
+    rec = state.node(name)
+    if rec is not None:
+        out.append(state.d_remove(monitoring_key(name), ts))
+        out.append(state.d_remove(host_group_key(name), ts))
+        out.extend(state.d_remove(node_var_key(name, v), ts) for v in rec.vars)
     return combine(*out)

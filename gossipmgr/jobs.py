@@ -835,6 +835,24 @@ class JobManager:
                 )
         return {"dry_run": dry_run, **plan}
 
+    async def forget_node(self, name: str, force: bool = False) -> dict[str, Any]:
+        """``gossipmgr node forget``: remove a node from the inventory. Holder only (a
+        fenced inventory write). Refused while a job is active (Conflict), for a
+        Discovered node unless ``force`` (CheckFailed), NotFound for an unknown one."""
+        async with self._lock:
+            epoch = self._holder_epoch()
+            self._check_idle()
+            rec = inv.check_forget(self.replica.state, name, force)
+
+            def make(state: ClusterState, ts: Timestamp) -> LWWMap:
+                self._fence(epoch, f"forget of node {rec.name}")
+                inv.check_forget(state, rec.name, force)
+                return inv.d_forget(state, rec.name, epoch, ts)
+
+            await self.replica.commit(make)
+            log.info("%s: forgot node %s (epoch %d)", self.replica.name, rec.name, epoch)
+            return {"forgotten": rec.name, "status": inv.status_of(rec), "state": inv.state_of(rec)}
+
     # ------------------------------------------------------------------ node settings
     async def set_host_group(self, node: str, host_group: str) -> None:
         """Set a node's host-group without a job. Raises NotFound, CheckFailed.
