@@ -181,6 +181,7 @@ class Agent:
             extra_variables=extra,
             host_vars=dict(a.host_vars),
             timeout_s=a.timeout_s,
+            discover_join_timeout_s=a.discover_join_timeout_s,
         )
 
     def file_ansible_section(self) -> dict[str, Any]:

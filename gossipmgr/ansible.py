@@ -100,6 +100,10 @@ class AnsibleSettings:
     # Per playbook run; 0 (the default) is no limit, as clusterm had none: a site.yml on a
     # big cluster may run for hours, and a cancel (POST /job/cancel) stops a hung one.
     timeout_s: float = 0
+    # After a discover playbook succeeds, the job waits this long for every discovered
+    # address to show up as a Discovered node (its Serf agent joined); then it fails with
+    # the addresses that did not (clusterm issue #157). 0: do not wait.
+    discover_join_timeout_s: float = 120.0
 
 
 @dataclass

@@ -40,6 +40,8 @@ class AnsibleConfig:
     #: A playbook that runs longer is killed (its whole process tree) and the job errors.
     #: 0, the default, is no limit (clusterm had none; a cancel stops a hung run).
     timeout_s: float = 0.0
+    #: A discover job then waits this long for the nodes to join Serf (0: no wait).
+    discover_join_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)

@@ -496,6 +496,10 @@ class JobManager:
                 except Exception as exc:  # a bug must end the job, not leave it Running
                     log.exception("%s: job %s crashed", me, run.job_id)
                     result = WorkflowResult(False, False, f"internal error: {exc!r}", [])
+                if run.kind == "discover" and result.ok and settings.discover_join_timeout_s > 0:
+                    result = await self._await_join(
+                        run, [h.addr for h in hosts], settings.discover_join_timeout_s, result
+                    )
                 nursery.cancel_scope.cancel()
             if run.fenced or result is None:
                 self.counters["fenced_runs"] += 1
@@ -512,6 +516,51 @@ class JobManager:
             run.wake()
             if self._run is run:
                 self._run = None
+
+    async def _await_join(
+        self, run: _Run, addrs: Sequence[str], timeout_s: float, result: WorkflowResult
+    ) -> WorkflowResult:
+        """clusterm issue #157: a discover job ended when its playbook did, even when the
+        node never joined Serf. Wait (bounded) until every address is a Discovered node's
+        management address; a cancel ends the wait (the job ends Cancelled)."""
+
+        def missing() -> list[str]:
+            seen = {
+                inv.addr_of(r)
+                for r in self.replica.state.nodes()
+                if inv.state_of(r) == inv.DISCOVERED
+            }
+            return [a for a in addrs if a not in seen]
+
+        run.line(
+            f"gossipmgr: waiting up to {timeout_s:g} s for {inv.go_list(addrs)} to join the "
+            "Serf cluster"
+        )
+        deadline = trio.current_time() + timeout_s
+        while left := missing():
+            if run.cancel.is_set():
+                return WorkflowResult(False, True, CANCELLED_ERROR, result.steps)
+            if trio.current_time() >= deadline:
+                error = (
+                    f"node(s) {inv.go_list(left)} did not join the Serf cluster within "
+                    f"{timeout_s:g} s of the discover playbook's end: check each node's "
+                    "serf agent (running, its -join/-discover settings and encryption key, "
+                    "tags NodeLabel, NodeSerial and NodeAddr=<that address>)"
+                )
+                run.line(f"gossipmgr: {error}")
+                return WorkflowResult(False, False, error, result.steps)
+            with trio.move_on_at(deadline):
+                async with trio.open_nursery() as wait:
+                    # whichever comes first: a replica change or a cancel
+                    async def on_cancel() -> None:
+                        await run.cancel.wait()
+                        wait.cancel_scope.cancel()
+
+                    wait.start_soon(on_cancel)
+                    await self.replica.wait_change()
+                    wait.cancel_scope.cancel()
+        run.line(f"gossipmgr: {inv.go_list(addrs)} joined the Serf cluster")
+        return result
 
     async def _watch_fence(self, run: _Run, scope: trio.CancelScope) -> None:
         while True:
