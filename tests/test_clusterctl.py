@@ -182,20 +182,28 @@ async def test_clusterctl_against_gossipmgr(tmp_path: Path) -> None:
             )
             assert rc == 1 and "manager" in err and "configuration can't be changed" in err
 
-            # a monitor event with clusterm's capitalised name
-            async with httpx.AsyncClient() as c:
+
+async def test_monitor_event_names_are_case_insensitive(tmp_path: Path) -> None:
+    """clusterm lower-cased the event name; scripts send "Discovered"/"Disappeared"."""
+    async with standalone(tmp_path) as ctx:
+        await add_nodes(ctx, 1)
+        async with serving(create_app(ctx)) as url, httpx.AsyncClient() as c:
+            for name, state in (("Disappeared", "Disappeared"), ("DISCOVERED", "Discovered")):
                 r = await c.post(
                     url + "/monitor/event",
                     json={
                         "monitor_event": {
-                            "name": "Disappeared",
-                            "nodes": [{"label": "node", "serial": "0", "addr": ""}],
+                            "name": name,
+                            "nodes": [{"label": "node", "serial": "0", "addr": "127.0.1.1"}],
                         }
                     },
                 )
-            assert r.status_code == 200, r.text
-            rec = ctx.replica.state.node("node-0")
-            assert rec is not None and rec.inventory["state"] == "Disappeared"
+                assert r.status_code == 200, r.text
+                rec = ctx.replica.state.node("node-0")
+                assert rec is not None and rec.inventory["state"] == state
+            r = await c.post(url + "/monitor/event", json={"monitor_event": {"name": "Gone"}})
+            assert r.status_code == 400
+            assert r.json()["error"] == 'Invalid or empty event name specified: "Gone"'
 
 
 async def test_the_go_config_set_body_is_accepted_verbatim(tmp_path: Path) -> None:
