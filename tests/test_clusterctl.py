@@ -9,6 +9,7 @@ Then the command itself, as a subprocess over real HTTP against a standalone ins
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -108,6 +109,25 @@ def test_json_output_is_go_json_indent() -> None:
 # --------------------------------------------------------------------------- the command
 
 
+async def _ctl_here(url: str, *args: str) -> tuple[int, str, str]:
+    """clusterctl's main in this process (a worker thread), stdout and stderr captured:
+    the same code as the console script without an interpreter start per call."""
+    from gossipmgr import clusterctl
+
+    def run() -> tuple[int, str, str]:
+        out, err = io.BytesIO(), io.StringIO()
+        text = io.TextIOWrapper(out, encoding="utf-8")
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(err):
+            try:
+                rc = clusterctl.main(["--url", url, *args])
+            except SystemExit as exc:
+                rc = int(exc.code or 0)
+            text.flush()
+        return rc, out.getvalue().decode(), err.getvalue()
+
+    return await trio.to_thread.run_sync(run)
+
+
 async def _ctl(url: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
     p = await trio.run_process(
@@ -139,10 +159,10 @@ async def test_clusterctl_against_gossipmgr(tmp_path: Path) -> None:
                 "node-0:    status: Unallocated",
                 "node-1:    status: Unallocated",
             ]
-            assert (await _ctl(hostport, "n", "g", "node-1"))[1] == render_node(one)
-            assert (await _ctl(hostport, "global", "get"))[1] == render_map(glob)
-            assert (await _ctl(hostport, "c", "g"))[1] == render_map(cfg)
-            rc, out, _ = await _ctl(hostport, "nodes", "get", "--json")
+            assert (await _ctl_here(hostport, "n", "g", "node-1"))[1] == render_node(one)
+            assert (await _ctl_here(hostport, "global", "get"))[1] == render_map(glob)
+            assert (await _ctl_here(hostport, "c", "g"))[1] == render_map(cfg)
+            rc, out, _ = await _ctl_here(hostport, "nodes", "get", "--json")
             assert rc == 0 and json.loads(out) == nodes and out.startswith('{\n    "node-0"')
 
             # errors: logrus' fatal line on stderr, exit 1
@@ -155,17 +175,15 @@ async def test_clusterctl_against_gossipmgr(tmp_path: Path) -> None:
                 err,
                 re.S,
             ), err
-            rc, out, err = await _ctl(hostport, "node", "get")
+            rc, out, err = await _ctl_here(hostport, "node", "get")
             assert rc == 1 and "command expects 1 arg(s) but received 0" in err
-            rc, out, err = await _ctl(hostport, "discover", "not-an-ip")
+            rc, out, err = await _ctl_here(hostport, "discover", "not-an-ip")
             assert rc == 1 and 'failed to parse ip address \\"not-an-ip\\"' in err
             # usage errors exit 0, as the Go cli library did
             rc, out, err = await _ctl(hostport, "frobnicate")
             assert (rc, out) == (0, "No help topic for 'frobnicate'\n")
-            rc, out, err = await _ctl(hostport, "node", "get", "--bogus")
+            rc, out, err = await _ctl_here(hostport, "node", "get", "--bogus")
             assert (rc, out) == (0, "Incorrect Usage.\n")
-            rc, out, err = await _ctl(hostport, "--version")
-            assert rc == 0 and re.fullmatch(r"\S+ version \d+\.\d+\.\d+\n", out)
 
             # writes: the Go client's bodies are accepted
             rc, out, err = await _ctl(hostport, "global", "set", "-e", '{"ntp": "pool"}')
@@ -174,7 +192,7 @@ async def test_clusterctl_against_gossipmgr(tmp_path: Path) -> None:
             conf = tmp_path / "c.json"
             conf.write_text(json.dumps({"ansible": {"playbook_location": "/opt/pb"}}))
             before = ctx.config()["ansible"]
-            rc, out, err = await _ctl(hostport, "config", "set", str(conf))
+            rc, out, err = await _ctl_here(hostport, "config", "set", str(conf))
             assert (rc, out, err) == (0, "", "")
             assert ctx.config()["ansible"] == {**before, "playbook_location": "/opt/pb"}
             rc, out, err = await _ctl(
@@ -227,50 +245,35 @@ async def test_the_go_config_set_body_is_accepted_verbatim(tmp_path: Path) -> No
             assert (after["serf"], after["manager"]) == (before["serf"], before["manager"])
 
 
-def test_unreachable_daemon_is_one_fatal_line() -> None:
-    import socket
+def test_version_debug_and_an_unreachable_daemon(capsys: pytest.CaptureFixture[str]) -> None:
     import subprocess
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for args in (["nodes", "get"], ["node", "commission", "x"]):
-        p = subprocess.run(
-            [sys.executable, "-m", "gossipmgr.clusterctl", "-u", f"127.0.0.1:{port}", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
+    from gossipmgr import cli, clusterctl
+
+    assert clusterctl.main(["--version"]) == 0
+    assert re.fullmatch(r"\S+ version \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert re.fullmatch(r"gossipmgr \d+\.\d+\.\d+\n", capsys.readouterr().out)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=60
         )
-        assert p.returncode == 1, p
-        assert "connection refused" in p.stderr and "Traceback" not in p.stderr
-        assert p.stderr.count("\n") == 1
 
-
-def test_version_and_debug_on_both_commands() -> None:
-    import subprocess
-
-    for mod in ("gossipmgr.cli", "gossipmgr.clusterctl"):
-        p = subprocess.run(
-            [sys.executable, "-m", mod, "--version"], capture_output=True, text=True, timeout=60
-        )
-        assert p.returncode == 0 and re.search(r"version|gossipmgr \d", p.stdout), p
     with socket_nobody_listens() as port:
-        p = subprocess.run(
-            [sys.executable, "-m", "gossipmgr.cli", "-u", f"127.0.0.1:{port}", "--debug", "lease"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        # a GET and a POST to a daemon that is down: one fatal line each, exit 1 (the Go
+        # client panicked on the POST); --debug shows the request first
+        for args in (["nodes", "get"], ["node", "commission", "x"]):
+            p = run("gossipmgr.clusterctl", "--debug", "-u", f"127.0.0.1:{port}", *args)
+            assert p.returncode == 1, p
+            lines = p.stderr.splitlines()
+            assert lines[0].startswith("clusterctl: ") and f"127.0.0.1:{port}/" in lines[0]
+            assert len(lines) == 2 and "connection refused" in lines[1], lines
+            assert "level=fatal" in lines[1] and "Traceback" not in p.stderr
+        p = run("gossipmgr.cli", "-u", f"127.0.0.1:{port}", "--debug", "lease")
         assert p.returncode == 1 and f"port={port}" in p.stderr  # the request is logged
-        ctl = [sys.executable, "-m", "gossipmgr.clusterctl", "--debug"]
-        p = subprocess.run(
-            [*ctl, "-u", f"127.0.0.1:{port}", "nodes", "get"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert p.returncode == 1
-        assert f"clusterctl: GET http://127.0.0.1:{port}/info/nodes" in p.stderr
 
 
 @contextlib.contextmanager
