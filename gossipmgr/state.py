@@ -12,6 +12,7 @@ key                                    value                                    
 ``("n", node, "v", var)``              the node's own extra-var                    LWW
 ``("n", node, "hg")``                  the node's host-group (string)              LWW
 ``("n", node, "inv")``                 ``{status, prev_status, state, prev_state}`` LWW
+                                       (``{forgotten: true}``: a forgotten node)
 ``("n", node, "mon")``                 ``{label, serial, addr}`` from Serf tags     LWW
 ``("j", job_id)``                      job record (see ``gossipmgr.jobs``)         LWW
 ``("cfg", "ansible")``                 the runtime ansible config section          LWW
