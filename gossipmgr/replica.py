@@ -20,6 +20,14 @@ half-loaded.
 
 Compaction: once the log since the last snapshot exceeds ``compact_bytes``, the next write
 snapshots the whole state (``Store.compact``), which then drops the superseded log.
+``Store.compact`` requires the snapshot to cover every record whose append was called
+before its instant, but a commit applies its delta to memory only after the append
+returned. So a compaction first closes a gate: new commits wait at it (before they take a
+timestamp), commits already past it finish (append, apply), and only when none is between
+its append and its apply is the snapshot taken and the log rotated. The gate reopens at that
+instant, so writers wait at most for the in-flight group commit (one fsync), never for the
+snapshot to be written. Remote deltas need no gate: they are applied before they are
+persisted.
 
 Ownership: the Replica owns its Store (opened in ``open``, closed in ``aclose``). It starts
 no tasks; the gossip service drains ``outbox`` and calls ``receive``.
@@ -107,6 +115,12 @@ class Replica:
         self._store: Any = None
         self._fsync = fsync
         self._compacting = False
+        self._compact_lock = trio.Lock()
+        #: commits between taking their timestamp and applying their delta
+        self._in_flight = 0
+        self._drained = trio.Event()  # set when _in_flight drops to 0 while the gate is shut
+        self._gate_open = trio.Event()
+        self._gate_open.set()
         send, recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
         self.outbox_send, self.outbox = send, recv
         self._changed = trio.Event()
@@ -172,17 +186,25 @@ class Replica:
         Raises StoreError (nothing applied, nothing sent) when the data directory refuses
         the write, and whatever ``make`` raises (validation errors) before anything happens.
         """
-        ts = self.hlc.now(self.now_ms())
-        delta = make(self.state, ts)
-        if not len(delta):
-            return delta
-        if self._store is not None:
-            try:
-                await self._store.append(encode_map(delta))
-            except StoreError:
-                self.counters["write_errors"] += 1
-                raise
-        res = self.ae.local_write(delta, self.now_ms())
+        while not self._gate_open.is_set():  # a compaction is taking its snapshot
+            await self._gate_open.wait()
+        self._in_flight += 1
+        try:
+            ts = self.hlc.now(self.now_ms())
+            delta = make(self.state, ts)
+            if not len(delta):
+                return delta
+            if self._store is not None:
+                try:
+                    await self._store.append(encode_map(delta))
+                except StoreError:
+                    self.counters["write_errors"] += 1
+                    raise
+            res = self.ae.local_write(delta, self.now_ms())
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
         self.counters["writes"] += 1
         self._send(res.out)
         self._notify()
@@ -208,7 +230,7 @@ class Replica:
             return
         self._compacting = True
         try:
-            await store.compact(lambda: encode_snapshot(self.state, self.hlc.last))
+            await self._compact()
         except StoreError as exc:
             log.error("%s: compaction failed: %s", self.name, exc)
         finally:
@@ -216,7 +238,30 @@ class Replica:
 
     async def snapshot_now(self) -> None:
         if self._store is not None:
-            await self._store.compact(lambda: encode_snapshot(self.state, self.hlc.last))
+            await self._compact()
+
+    async def _compact(self) -> None:
+        """Snapshot at an instant when no commit is between its append and its apply.
+
+        See the module docstring. Raises what ``Store.compact`` raises.
+        """
+        store = self._store
+        async with self._compact_lock:  # one at a time: the gate has one owner
+            self._gate_open = trio.Event()  # shut: new commits wait
+            try:
+                while self._in_flight:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+
+                def make_snapshot() -> bytes:
+                    # Store.compact calls this at its instant (rotation follows with no
+                    # checkpoint), so reopening here lets commits go on into the new segment.
+                    self._gate_open.set()
+                    return encode_snapshot(self.state, self.hlc.last)
+
+                await store.compact(make_snapshot)
+            finally:
+                self._gate_open.set()
 
     # ------------------------------------------------------------------ gossip glue
     def _send(self, out: list[tuple[str, bytes]]) -> None:
