@@ -36,6 +36,7 @@ no tasks; the gossip service drains ``outbox`` and calls ``receive``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,13 @@ DEFAULT_COMPACT_BYTES = 8 * 1024 * 1024
 OUTBOX_LIMIT = 10_000
 
 Make = Callable[[ClusterState, Timestamp], LWWMap]
+
+
+def default_compact_bytes() -> int:
+    """DEFAULT_COMPACT_BYTES, or the test-only ``GOSSIPMGR_TEST_COMPACT_BYTES`` (crash tests
+    use it to make real agents compact every few writes; docs/testing.md)."""
+    raw = os.environ.get("GOSSIPMGR_TEST_COMPACT_BYTES", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_COMPACT_BYTES
 
 
 def encode_snapshot(state: ClusterState, hlc_last: Timestamp) -> bytes:
@@ -98,7 +106,8 @@ class Replica:
         lease: LeaseConfig | None = None,
         max_offset_ms: int = 500,
         fsync: bool = True,
-        compact_bytes: int = DEFAULT_COMPACT_BYTES,
+        compact_bytes: int | None = None,
+        accept_damage: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -111,7 +120,8 @@ class Replica:
         self.lease_cfg = lease or LeaseConfig()
         #: alive gossipmgr instances (Serf's view, set by the agent); alone: just us
         self.candidates: list[str] = [name]
-        self.compact_bytes = compact_bytes
+        self.compact_bytes = compact_bytes if compact_bytes is not None else default_compact_bytes()
+        self._accept_damage = accept_damage
         self._store: Any = None
         self._fsync = fsync
         self._compacting = False
@@ -136,7 +146,7 @@ class Replica:
         t0 = time.perf_counter()
         notes: list[str] = []
         if self.data_dir is not None:
-            store = Store(self.data_dir, fsync=self._fsync)
+            store = Store(self.data_dir, fsync=self._fsync, accept_damage=self._accept_damage)
             restored = store.open()
             try:
                 notes += restored.notes
