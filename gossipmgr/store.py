@@ -54,7 +54,8 @@ Decisions and why:
   appender's task owns its wait; nobody owns a flusher task (prior art: PostgreSQL's
   commit_delay/group commit, MySQL binlog group commit).
 - Failed write or fsync (ENOSPC, EIO): the whole batch fails with :class:`StoreError`, the
-  segment is truncated back to the last good offset and fsync'd (after a failed fsync the
+  commit slot being written is set back to the last good offset, and the segment is
+  truncated back to it and fsync'd (after a failed fsync the
   page cache state is unknown, see PostgreSQL "fsyncgate" 2018, so the bytes are cut off,
   never retried). If even that truncate fails the store refuses every later append until
   reopened: garbage could otherwise sit in the middle of the log.
@@ -308,7 +309,8 @@ class Restored:
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Counters for /metrics. ``fsyncs`` counts log batch fsyncs (one per group commit)."""
+    """Counters for /metrics. ``fsyncs`` counts group commits made durable (each is two
+    fdatasync calls: the batch, then its commit slot); ``fsync_*_s`` time both together."""
 
     appends: int
     batches: int
