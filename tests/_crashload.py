@@ -164,6 +164,7 @@ def run_rep(
     rng: random.Random,
     tag: str,
     acked_before_crash: tuple[int, int] = ACKED_BEFORE_CRASH,
+    point_range: dict[str, tuple[int, int]] | None = None,
 ) -> RepResult:
     """One repetition (module docstring). The victim may be stopped or running (started by
     the previous repetition, with small compactions and no crash point) on entry; it is
@@ -174,7 +175,7 @@ def run_rep(
     hooks = {"GOSSIPMGR_TEST_COMPACT_BYTES": str(COMPACT_BYTES)}
     if mode.startswith("point:"):
         point = mode.split(":", 1)[1]
-        res.n = rng.randint(*POINT_RANGE[point])
+        res.n = rng.randint(*(point_range or POINT_RANGE)[point])
         hooks["GOSSIPMGR_TEST_CRASH_AT"] = f"{point}:{res.n}"
         if inst.alive:
             c.stop(victim)  # to start it again with the crash point armed
