@@ -119,6 +119,7 @@ class Agent:
         self.replica = Replica(
             cfg.name,
             data_dir=cfg.data_dir / "state",
+            accept_damage=cfg.accept_log_damage,
             lease=LeaseConfig(ttl_ms=cfg.lease_ttl_ms, renew_ms=cfg.lease_renew_ms),
         )
         self.replica.candidates = []  # nothing until Serf says who is alive
@@ -930,6 +931,16 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "action": "store_true",
             "default": None,
             "help": "re-run the configure playbook on an Allocated node that comes back",
+        },
+    ),
+    (
+        "--accept-log-damage",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "start even if acknowledged log records are damaged: keep the intact "
+            "ones, copy the damaged segment to log.<seq>.corrupt (they are LOST here; "
+            "peers may still hold them)",
         },
     ),
     ("--lease-ttl-ms", {"type": int, "help": "lease time to live (default 10000)"}),

@@ -81,6 +81,10 @@ class AgentConfig:
     playbook_dir: Path = PACKAGED_PLAYBOOKS
     #: Re-run the configure playbook on an Allocated node that comes back (clusterm #123).
     reconfigure_on_reappear: bool = False
+    #: Start even though acknowledged log records in data_dir/state are damaged, keeping the
+    #: intact ones (docs/operations.md, "Damaged log"). For one start after an inspection,
+    #: not for a config file left on.
+    accept_log_damage: bool = False
     #: Lease timing (see gossipmgr.lease.LeaseConfig for the reasons).
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
