@@ -41,7 +41,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -56,6 +56,7 @@ from .crdt import LWWMap
 from .errors import (
     BadRequest,
     ConfigError,
+    Forbidden,
     GossipmgrError,
     NotFound,
     RequestError,
@@ -161,7 +162,7 @@ def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
         pass
     raise ConfigError(
         f"refusing to serve the API on {host or 'all addresses'} without a token: "
-        "set a token (--api-token-file) or pass --insecure"
+        "drop --no-auth (a token is then required) or also pass --insecure"
     )
 
 
@@ -462,6 +463,21 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     def now_ms() -> int:
         return rep.now_ms()
 
+    # ------------------------------------------------------------ extra-vars policy
+    def check_vars(variables: Mapping[str, Any], where: str) -> None:
+        """403 naming any variable an API client may not set (docs/security.md)."""
+        from .ansible import client_vars_error, refused_client_vars
+
+        allowed: Collection[str] = getattr(ctx, "allowed_client_vars", frozenset())
+        bad = refused_client_vars(variables, allowed)
+        if bad:
+            raise Forbidden(client_vars_error(bad, where))
+
+    def client_vars(body: Mapping[str, Any], where: str) -> dict[str, Any]:
+        ev = _field_extra_vars(body)
+        check_vars(ev, where)
+        return ev
+
     # ------------------------------------------------------------ auth and errors
     @app.before_request
     async def _auth() -> None:
@@ -578,7 +594,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         nodes, hg, ev = (
             _field_str_list(b, "nodes"),
             _field_str(b, "host_group"),
-            _field_extra_vars(b),
+            client_vars(b, "extra_vars"),
         )
         if not must_hold():
             return await forward()
@@ -587,7 +603,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/decommission/nodes")
     async def decommission() -> Response:
         b = await _body_untrusted()
-        nodes, ev = _field_str_list(b, "nodes"), _field_extra_vars(b)
+        nodes, ev = _field_str_list(b, "nodes"), client_vars(b, "extra_vars")
         if not must_hold():
             return await forward()
         return await run_job(lambda: ctx.jobs.decommission(nodes, ev))
@@ -598,7 +614,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         nodes, hg, ev = (
             _field_str_list(b, "nodes"),
             _field_str(b, "host_group"),
-            _field_extra_vars(b),
+            client_vars(b, "extra_vars"),
         )
         if not must_hold():
             return await forward()
@@ -607,7 +623,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/discover/nodes")
     async def discover() -> Response:
         b = await _body_untrusted()
-        addrs, ev = _field_str_list(b, "addrs"), _field_extra_vars(b)
+        addrs, ev = _field_str_list(b, "addrs"), client_vars(b, "extra_vars")
         if not must_hold():
             return await forward()
         return await run_job(lambda: ctx.jobs.discover(addrs, ev))
@@ -659,7 +675,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/globals")
     async def globals_replace() -> Response:
         b = await _body_untrusted()
-        new = _field_extra_vars(b)
+        new = client_vars(b, "globals")
         await commit(lambda s, ts: s.d_replace_globals(new, ts))
         return _json({"extra_vars": rep.state.globals()})
 
@@ -674,6 +690,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def global_put(key: str) -> Response:
         _check_key("extra-var", key)
         v = _field_value(await _body_untrusted())
+        check_vars({key: v}, "globals")
         await commit(lambda s, ts: s.d_set(global_key(key), v, ts))
         return _json({"key": key, "value": v})
 
@@ -687,7 +704,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/node/<name>/extra_vars")
     async def node_vars_replace(name: str) -> Response:
         b = await _body_untrusted()
-        new = _field_extra_vars(b)
+        new = client_vars(b, f"node {name}")
         name = get_node(rep.state, name).name
         await _maybe_await(ctx.jobs.set_node_vars(name, new))
         return _node_response(name)
@@ -696,6 +713,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def node_var_put(name: str, key: str) -> Response:
         _check_key("extra-var", key)
         v = _field_value(await _body_untrusted())
+        check_vars({key: v}, f"node {name}")
         name = get_node(rep.state, name).name
         await _maybe_await(ctx.jobs.set_node_var(name, key, v))
         return _node_response(name)
@@ -737,7 +755,16 @@ def create_app(ctx: ApiContext) -> QuartTrio:
                 if k != "extra_variables" and not isinstance(v, str):
                     raise BadRequest(f'ansible configuration "{k}" must be a string')
             if "extra_variables" in ans:
-                _field_extra_vars(ans, "extra_variables")  # validate only
+                new_ev = _field_extra_vars(ans, "extra_variables")
+                try:
+                    old_ev = _field_extra_vars(current.get("ansible") or {}, "extra_variables")
+                except BadRequest:
+                    old_ev = {}
+                # Only what this request changes is the client's: a section read with GET
+                # and posted back carries the operator's file values unchanged.
+                missing = object()
+                changed = {k: v for k, v in new_ev.items() if old_ev.get(k, missing) != v}
+                check_vars(changed, "config extra_variables")
             await ctx.set_ansible_config(dict(ans))
         return _json(ctx.config())
 
@@ -1011,8 +1038,10 @@ class StandaloneContext:
         ansible: Mapping[str, Any] | None = None,
         serf_ok: bool = True,
         forward_verify: Any = True,
+        allowed_client_vars: Collection[str] = (),
     ) -> None:
         self.replica = replica
+        self.allowed_client_vars = frozenset(allowed_client_vars)
         self.jobs = jobs
         self.token = token
         self.api_url = api_url
