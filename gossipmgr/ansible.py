@@ -282,6 +282,22 @@ def _unsafe_inputs(
     )
 
 
+#: Host vars gossipmgr sets from a node's record. Their values come from Serf tags
+#: (NodeAddr, NodeLabel, NodeSerial: any Serf key holder, managed nodes included), from
+#: POST /monitor/event and from discover's addresses: client values too.
+NODE_FIELDS: Final = ("ansible_host", "ansible_ssh_host", "node_addr", "node_name")
+
+
+def _mark_node_fields(inventory: dict[str, Any]) -> dict[str, Any]:
+    """The inventory with :data:`NODE_FIELDS` marked unsafe (in place; returned)."""
+    for group in inventory["all"]["children"].values():
+        for host_vars in group["hosts"].values():
+            for k in NODE_FIELDS:
+                if isinstance(host_vars.get(k), str):
+                    host_vars[k] = mark_unsafe(host_vars[k])
+    return inventory
+
+
 # --------------------------------------------------------------------------- pure logic
 
 
@@ -685,7 +701,7 @@ async def run_playbook(
     u_hosts, u_settings, u_globals, u_request = _unsafe_inputs(
         hosts, settings, globals_, request_vars
     )
-    inventory = build_inventory(u_hosts, u_settings, u_globals, u_request)
+    inventory = _mark_node_fields(build_inventory(u_hosts, u_settings, u_globals, u_request))
     extravars = build_extra_vars(u_hosts, u_settings, u_globals, u_request)
 
     work_root.mkdir(parents=True, exist_ok=True)

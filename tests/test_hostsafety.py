@@ -186,13 +186,15 @@ async def test_templated_lookup_in_client_values_is_not_run(tmp_path: Path) -> N
         rec = await wait_job(ctx, r.json()["id"])
     assert rec["status"] == "Complete", rec
     assert [m.name for m in marks.values() if m.exists()] == []
-    seen = json.loads((tmp_path / "out" / "node-0.json").read_text())
+    seen = json.loads((tmp_path / "out" / "seen-0.json").read_text())
     assert seen == {
         "g": pipe(marks["g"]),
         "nv": pipe(marks["nv"]),
         "rv": pipe(marks["rv"]),
         "cv": "",
         "nested": {"k": [pipe(marks["nested"])]},
+        "node_name": "node-0",
+        "node_addr": "127.0.1.1",
     }
 
 
@@ -219,7 +221,37 @@ async def test_config_extra_variables_from_the_api_are_not_templated(tmp_path: P
     )
     assert result.ok, (result, lines[-20:])
     assert not mark.exists()
-    assert json.loads((tmp_path / "a.json").read_text())["cv"] == pipe(mark)
+    assert json.loads((tmp_path / "seen-0.json").read_text())["cv"] == pipe(mark)
+
+
+@pytest.mark.ansible
+async def test_templated_node_names_and_addresses_are_not_run(tmp_path: Path) -> None:
+    """A node's name and address come from Serf tags, POST /monitor/event and discover's
+    addresses: client values too. None is templated."""
+    m_label, m_addr, m_disc = (tmp_path / f"pwned-{k}" for k in ("label", "addr", "disc"))
+    async with api_over_http(tmp_path, LOCAL_HOST_VARS) as (ctx, c):
+        event = {
+            "name": "discovered",
+            "nodes": [{"label": "r" + pipe(m_label), "serial": "7", "addr": pipe(m_addr)}],
+        }
+        r = await c.post("/monitor/event", json={"monitor_event": event})
+        assert r.status_code == 200, r.text
+        name = "r" + pipe(m_label) + "-7"
+        assert ctx.replica.state.node(name) is not None
+        body = {"nodes": [name], "host_group": "service-master"}
+        r = await c.post("/commission/nodes", json=body)
+        assert r.status_code == 200, r.text
+        rec = await wait_job(ctx, r.json()["id"])
+        assert rec["status"] == "Complete", rec
+        seen = json.loads((tmp_path / "out" / "seen-0.json").read_text())
+        assert (seen["node_name"], seen["node_addr"]) == (name, pipe(m_addr))
+        r = await c.post("/discover/nodes", json={"addrs": [pipe(m_disc)]})
+        assert r.status_code == 200, r.text
+        rec = await wait_job(ctx, r.json()["id"])
+        assert rec["status"] == "Complete", rec
+        seen = json.loads((tmp_path / "out" / "seen-0.json").read_text())
+        assert seen["node_addr"] == pipe(m_disc)
+    assert [m.name for m in (m_label, m_addr, m_disc) if m.exists()] == []
 
 
 # --------------------------------------------------------------------------- connection vars
