@@ -543,6 +543,10 @@ class Agent:
         path = self.cfg.config_file
         try:
             new = load(path, self.overrides) if path is not None else self.cfg
+            if new.no_auth != self.cfg.no_auth:
+                # Turning auth off must be as loud as starting without it (and pass the
+                # listen policy): only a restart does that.
+                raise ConfigError("no_auth changed: that needs a restart")
             token = load_or_create_token(new)
             keyring, _ = load_or_create_keyring(new)
         except GossipmgrError as exc:
@@ -553,7 +557,6 @@ class Agent:
                 **self.cfg.__dict__,
                 "ansible": new.ansible,
                 "api_token_file": new.api_token_file,
-                "no_auth": new.no_auth,
                 "encrypt_key_file": new.encrypt_key_file,
                 "reconfigure_on_reappear": new.reconfigure_on_reappear,
             }

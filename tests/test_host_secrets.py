@@ -239,3 +239,51 @@ def test_serf_rpc_secret_on_the_command_line_is_warned_about(tmp_path: Path) -> 
     empty.write_text("\n")
     out = agent("--serf-rpc-auth-file", str(empty))
     assert out.returncode == 2 and "is empty" in out.stderr, out
+
+
+def test_default_token_is_created_once_and_no_auth_is_not_a_reload(tmp_path: Path) -> None:
+    """In-process (no agent runs): the token survives restarts and a SIGHUP cannot turn
+    authentication off (a restart must, with its warning and listen-policy check)."""
+    from gossipmgr.agent import Agent
+    from gossipmgr.config import load
+
+    data = tmp_path / "d"
+    conf = tmp_path / "agent.toml"
+    conf.write_text("")
+    overrides = {"name": "a", "data_dir": data}
+    first = Agent(load(conf, overrides), overrides)
+    assert first.token == (data / "api.token").read_text().strip()
+    second = Agent(load(conf, overrides), overrides)
+    assert second.token == first.token  # created once, then read
+    conf.write_text("no_auth = true\n")
+    second.reload()
+    assert second.token == first.token and second.cfg.no_auth is False
+
+
+async def test_sighup_swaps_the_token_the_api_checks(tmp_path: Path) -> None:
+    """The running API checks the token a reload read (in-process app, real Agent)."""
+    from gossipmgr.agent import Agent, AgentApiContext
+    from gossipmgr.api import create_app
+    from gossipmgr.config import load
+
+    tok = tmp_path / "token"
+    tok.write_text("first\n")
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'api_token_file = "{tok}"\n')
+    overrides = {"name": "a", "data_dir": tmp_path / "d"}
+    agent = Agent(load(conf, overrides), overrides)
+    agent.replica.open()
+    try:
+        agent.api_ctx = AgentApiContext(agent)
+        client = create_app(agent.api_ctx).test_client()
+
+        async def status(token: str) -> int:
+            r = await client.get("/info/globals", headers={"Authorization": f"Bearer {token}"})
+            return r.status_code
+
+        assert (await status("first"), await status("second")) == (200, 401)
+        tok.write_text("second\n")
+        agent.reload()
+        assert (await status("first"), await status("second")) == (401, 200)
+    finally:
+        await agent.replica.aclose()
