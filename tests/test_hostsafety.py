@@ -16,6 +16,8 @@ gossip (written straight into the replica, as an older or hostile instance would
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -290,6 +292,28 @@ async def test_connection_variables_refused_on_every_route(tmp_path: Path, var: 
         assert node is not None and dict(node.vars) == {}
         assert ctx.replica.state.ansible_config() is None
     assert not mark.exists()
+
+
+@pytest.mark.ansible
+async def test_cli_prints_the_refusal(tmp_path: Path) -> None:
+    """The CLI sets variables through the API: it shows the 403 and exits 1."""
+    async with api_over_http(tmp_path, ssh_harness_vars()) as (ctx, c):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
+        env["GOSSIPMGR_URL"] = str(c.base_url).rstrip("/")
+        cli = [sys.executable, "-m", "gossipmgr.cli"]
+        runs = [
+            ["global", "set", "ansible_connection", "local"],
+            ["global", "set", "-e", '{"ansible_ssh_common_args": "-oProxyCommand=x"}'],
+            ["node", "commission", "node-0", "-g", "service-master", "-e", '{"hostvars": 1}'],
+        ]
+        for args in runs:
+            p = await trio.run_process(
+                [*cli, *args], env=env, capture_stdout=True, capture_stderr=True, check=False
+            )
+            err = p.stderr.decode()
+            assert p.returncode == 1, (args, p.returncode, err)
+            assert "may not be set by an API client" in err and "Traceback" not in err, err
+        assert ctx.replica.state.globals() == {} and ctx.replica.state.jobs() == {}
 
 
 @pytest.mark.ansible
