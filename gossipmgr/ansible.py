@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -267,13 +267,9 @@ def _unsafe_inputs(
 ) -> tuple[list[Host], AnsibleSettings, dict[str, Any], dict[str, Any]]:
     """The client layers marked unsafe; the operator's (file extra_variables, host_vars)
     stay templatable."""
-    import dataclasses
-
-    marked_hosts = [dataclasses.replace(h, vars=mark_unsafe(dict(h.vars))) for h in hosts]
+    marked_hosts = [replace(h, vars=mark_unsafe(dict(h.vars))) for h in hosts]
     config_layer = {**settings.extra_variables, **mark_unsafe(settings.client_extra_variables)}
-    marked_settings = dataclasses.replace(
-        settings, extra_variables=config_layer, client_extra_variables={}
-    )
+    marked_settings = replace(settings, extra_variables=config_layer, client_extra_variables={})
     return (
         marked_hosts,
         marked_settings,

@@ -32,6 +32,7 @@ class Agent:
         self.url = f"http://{HOST}:{free_port()}"
         self.log_path = data.parent / f"{data.name}.log"
         port = self.url.rsplit(":", 1)[1]
+        self.rpc_addr = f"{HOST}:{free_port()}"
         args = [
             sys.executable,
             "-m",
@@ -48,7 +49,7 @@ class Agent:
             "--serf-bind",
             f"{HOST}:{free_port()}",
             "--serf-rpc-bind",
-            f"{HOST}:{free_port()}",
+            self.rpc_addr,
             "--serf-profile",
             "local",
             *extra,
@@ -64,16 +65,19 @@ class Agent:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_serving(self) -> None:
+    def wait_serving(self, serf: bool = False) -> None:
+        """Until /health answers (and, with ``serf``, says Serf is healthy)."""
+
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited:\n{self.log()[-3000:]}")
             try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+                r = httpx.get(f"{self.url}/health", timeout=2)
             except httpx.HTTPError:
                 return False
+            return r.status_code == 200 and (not serf or bool(r.json()["serf"]["healthy"]))
 
-        wait_for(up, 60, "the agent to serve")
+        wait_for(up, 60, "the agent to serve" + (" with Serf up" if serf else ""))
 
 
 @pytest.fixture
@@ -200,10 +204,8 @@ def test_serf_rpc_secret_is_on_no_command_line(tmp_path: Path) -> None:
     data = tmp_path / "rpc"
     agent = Agent(data, "--serf-rpc-auth-file", str(secret_file))
     try:
-        agent.wait_serving()
+        agent.wait_serving(serf=True)  # the agent talks to its serf with the secret
         token = (data / "api.token").read_text().strip()
-        h = httpx.get(f"{agent.url}/health", timeout=5).json()
-        assert h["serf"]["healthy"], h  # the agent talks to its serf with the secret
         lines = _cmdlines()
         serf = [
             p for p, c in lines.items() if c.startswith(b"serf\0agent") and str(data).encode() in c
@@ -214,6 +216,18 @@ def test_serf_rpc_secret_is_on_no_command_line(tmp_path: Path) -> None:
         config = data / "serf" / "config.json"
         assert stat.S_IMODE(config.stat().st_mode) == 0o600
         assert secret in config.read_text()
+        # and the embedded serf does require it
+        members = ["serf", "members", f"-rpc-addr={agent.rpc_addr}"]
+        denied = subprocess.run(members, capture_output=True, text=True, timeout=30)
+        assert denied.returncode != 0, denied
+        allowed = subprocess.run(
+            members,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=dict(os.environ, SERF_RPC_AUTH=secret),
+        )
+        assert allowed.returncode == 0 and "rpc" in allowed.stdout, allowed
         r = httpx.get(f"{agent.url}/info/peers", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200
     finally:
