@@ -235,24 +235,30 @@ def test_serf_rpc_secret_is_on_no_command_line(tmp_path: Path) -> None:
 
 
 def test_serf_rpc_secret_on_the_command_line_is_warned_about(tmp_path: Path) -> None:
-    """Config checks only: each run stops with exit 2 before an agent starts (a missing
-    token file is the last check, after the warning)."""
-
-    def agent(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "gossipmgr.cli", "agent", "--data-dir", str(tmp_path / "d")]
-        return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60)
-
-    out = agent("--serf-rpc-auth", "s3cret", "--api-token-file", str(tmp_path / "missing"))
+    """The agent stops with exit 2 before starting anything (a missing token file is
+    checked after the warning), so no agent runs."""
+    argv = [sys.executable, "-m", "gossipmgr.cli", "agent", "--data-dir", str(tmp_path / "d")]
+    argv += ["--serf-rpc-auth", "s3cret", "--api-token-file", str(tmp_path / "missing")]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot read api token file" in out.stderr, out
     assert "WARNING" in out.stderr and "every local user can read it" in out.stderr, out
+
+
+def test_serf_rpc_secret_file_checks(tmp_path: Path) -> None:
+    from gossipmgr.config import load, serf_rpc_secret
+    from gossipmgr.errors import ConfigError
+
     secret_file = tmp_path / "rpc.auth"
     secret_file.write_text("s3cret\n")
-    out = agent("--serf-rpc-auth", "s3cret", "--serf-rpc-auth-file", str(secret_file))
-    assert out.returncode == 2 and "exclude each other" in out.stderr, out
-    empty = tmp_path / "empty"
-    empty.write_text("\n")
-    out = agent("--serf-rpc-auth-file", str(empty))
-    assert out.returncode == 2 and "is empty" in out.stderr, out
+    cfg = load(None, {"serf_rpc_auth_file": secret_file})
+    assert serf_rpc_secret(cfg) == "s3cret"
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load(None, {"serf_rpc_auth": "s3cret", "serf_rpc_auth_file": secret_file})
+    secret_file.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        serf_rpc_secret(cfg)
+    with pytest.raises(ConfigError, match="cannot read"):
+        serf_rpc_secret(load(None, {"serf_rpc_auth_file": tmp_path / "missing"}))
 
 
 def test_default_token_is_created_once_and_no_auth_is_not_a_reload(tmp_path: Path) -> None:

@@ -30,10 +30,8 @@ from _apiutil import LOCAL_HOST_VARS, add_nodes, serving
 
 from gossipmgr.ansible import (
     AnsibleSettings,
-    Host,
     mark_unsafe,
     refused_client_vars,
-    run_workflow,
     split_config_vars,
 )
 from gossipmgr.api import StandaloneContext, create_app
@@ -56,19 +54,29 @@ def ssh_harness_vars() -> dict[str, Any]:
 
 @asynccontextmanager
 async def api_over_http(
-    root: Path, host_vars: dict[str, Any], **ctx_kw: Any
+    root: Path,
+    host_vars: dict[str, Any],
+    client_config: dict[str, Any] | None = None,
+    **ctx_kw: Any,
 ) -> AsyncIterator[tuple[StandaloneContext, httpx.AsyncClient]]:
+    """A standalone instance (holder, nodes node-0 and node-1) over real HTTP. The job
+    settings are the test's: ``host_vars`` from the harness, ``out_dir`` from the
+    operator, ``client_config`` as if set through POST /config."""
     rep = Replica("i1", data_dir=root / "data")
     rep.open()
     out = root / "out"
     out.mkdir()
 
     def settings() -> AnsibleSettings:
+        extra: dict[str, Any] = {}
+        if client_config:
+            extra["client_extra_variables"] = client_config
         return AnsibleSettings(
             playbook_dir=PLAYBOOKS,
             host_vars=host_vars,
             extra_variables={"out_dir": str(out)},  # the operator's: templatable
             timeout_s=120,
+            **extra,
         )
 
     try:
@@ -169,15 +177,30 @@ def test_mark_unsafe_and_config_split() -> None:
 
 @pytest.mark.ansible
 async def test_templated_lookup_in_client_values_is_not_run(tmp_path: Path) -> None:
-    """Every client layer carries a pipe lookup: none runs, the literal reaches the play."""
-    marks = {k: tmp_path / f"pwned-{k}" for k in ("g", "nv", "rv", "nested")}
-    async with api_over_http(tmp_path, LOCAL_HOST_VARS) as (ctx, c):
+    """Every client source carries a pipe lookup: globals, a node's var, the request's
+    vars (nested too), the config layer set through the API, and a node's name and
+    address (from a monitor event, as from Serf tags). None runs; the literal text
+    reaches the play. One job, two hosts."""
+    sources = ("g", "nv", "rv", "nested", "cv", "label", "addr")
+    marks = {k: tmp_path / f"pwned-{k}" for k in sources}
+    client_config = {"cv": pipe(marks["cv"])}
+    async with api_over_http(tmp_path, LOCAL_HOST_VARS, client_config) as (ctx, c):
         r = await c.post("/globals", json={"extra_vars": {"g": pipe(marks["g"])}})
         assert r.status_code == 200, r.text
         r = await c.put("/node/node-0/extra_vars/nv", json={"value": pipe(marks["nv"])})
         assert r.status_code == 200, r.text
+        event = {
+            "name": "discovered",
+            "nodes": [
+                {"label": "r" + pipe(marks["label"]), "serial": "7", "addr": pipe(marks["addr"])}
+            ],
+        }
+        r = await c.post("/monitor/event", json={"monitor_event": event})
+        assert r.status_code == 200, r.text
+        odd = "r" + pipe(marks["label"]) + "-7"
+        assert ctx.replica.state.node(odd) is not None
         body = {
-            "nodes": ["node-0"],
+            "nodes": ["node-0", odd],
             "host_group": "service-master",
             "extra_vars": json.dumps(
                 {"rv": pipe(marks["rv"]), "nested": {"k": [pipe(marks["nested"])]}}
@@ -186,74 +209,22 @@ async def test_templated_lookup_in_client_values_is_not_run(tmp_path: Path) -> N
         r = await c.post("/commission/nodes", json=body)
         assert r.status_code == 200, r.text
         rec = await wait_job(ctx, r.json()["id"])
-    assert rec["status"] == "Complete", rec
     assert [m.name for m in marks.values() if m.exists()] == []
-    seen = json.loads((tmp_path / "out" / "seen-0.json").read_text())
-    assert seen == {
+    assert rec["status"] == "Complete", rec
+    seen = {}
+    for i in (0, 1):
+        view = json.loads((tmp_path / "out" / f"seen-{i}.json").read_text())
+        seen[view.pop("node_name")] = view
+    common = {
         "g": pipe(marks["g"]),
-        "nv": pipe(marks["nv"]),
         "rv": pipe(marks["rv"]),
-        "cv": "",
+        "cv": pipe(marks["cv"]),
         "nested": {"k": [pipe(marks["nested"])]},
-        "node_name": "node-0",
-        "node_addr": "127.0.1.1",
     }
-
-
-@pytest.mark.ansible
-async def test_config_extra_variables_from_the_api_are_not_templated(tmp_path: Path) -> None:
-    """The replicated /config layer is client input; the operator's file layer is not."""
-    mark = tmp_path / "pwned-cv"
-    settings = AnsibleSettings(
-        playbook_dir=PLAYBOOKS,
-        host_vars=LOCAL_HOST_VARS,
-        extra_variables={"out_dir": str(tmp_path)},
-        client_extra_variables={"cv": pipe(mark)},
-    )
-    lines: list[str] = []
-    result = await run_workflow(
-        "commission",
-        [Host("a", "127.0.0.1", "node-a", "service-master")],
-        settings,
-        globals_={},
-        request_vars={},
-        log=lines.append,
-        cancel=trio.Event(),
-        work_root=tmp_path / "runs",
-    )
-    assert result.ok, (result, lines[-20:])
-    assert not mark.exists()
-    assert json.loads((tmp_path / "seen-0.json").read_text())["cv"] == pipe(mark)
-
-
-@pytest.mark.ansible
-async def test_templated_node_names_and_addresses_are_not_run(tmp_path: Path) -> None:
-    """A node's name and address come from Serf tags, POST /monitor/event and discover's
-    addresses: client values too. None is templated."""
-    m_label, m_addr, m_disc = (tmp_path / f"pwned-{k}" for k in ("label", "addr", "disc"))
-    async with api_over_http(tmp_path, LOCAL_HOST_VARS) as (ctx, c):
-        event = {
-            "name": "discovered",
-            "nodes": [{"label": "r" + pipe(m_label), "serial": "7", "addr": pipe(m_addr)}],
-        }
-        r = await c.post("/monitor/event", json={"monitor_event": event})
-        assert r.status_code == 200, r.text
-        name = "r" + pipe(m_label) + "-7"
-        assert ctx.replica.state.node(name) is not None
-        body = {"nodes": [name], "host_group": "service-master"}
-        r = await c.post("/commission/nodes", json=body)
-        assert r.status_code == 200, r.text
-        rec = await wait_job(ctx, r.json()["id"])
-        assert rec["status"] == "Complete", rec
-        seen = json.loads((tmp_path / "out" / "seen-0.json").read_text())
-        assert (seen["node_name"], seen["node_addr"]) == (name, pipe(m_addr))
-        r = await c.post("/discover/nodes", json={"addrs": [pipe(m_disc)]})
-        assert r.status_code == 200, r.text
-        rec = await wait_job(ctx, r.json()["id"])
-        assert rec["status"] == "Complete", rec
-        seen = json.loads((tmp_path / "out" / "seen-0.json").read_text())
-        assert seen["node_addr"] == pipe(m_disc)
-    assert [m.name for m in (m_label, m_addr, m_disc) if m.exists()] == []
+    assert seen == {
+        "node-0": {**common, "nv": pipe(marks["nv"]), "node_addr": "127.0.1.1"},
+        odd: {**common, "nv": "", "node_addr": pipe(marks["addr"])},
+    }
 
 
 # --------------------------------------------------------------------------- connection vars
