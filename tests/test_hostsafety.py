@@ -132,7 +132,7 @@ def test_policy_refuses_connection_and_magic_variables() -> None:
 
 
 def test_policy_keeps_what_contiv_playbooks_need() -> None:
-    # the extra-vars clusterm's README and contiv/ansible's site.yml take from the operator
+    # extra-vars contiv/ansible's playbooks read (group_vars/all, role defaults)
     contiv = {
         "env": {"http_proxy": "http://proxy:3128"},
         "service_vip": "192.168.2.252",
@@ -140,10 +140,10 @@ def test_policy_keeps_what_contiv_playbooks_need() -> None:
         "netplugin_if": "eth2",
         "ucarp_enabled": True,
         "docker_device": "/dev/sdb",
-        "docker_version": "1.10.3",
+        "netmaster_ip": "192.168.2.10",
         "contiv_network_mode": "standalone",
+        "netplugin_mode": "docker",
         "fwd_mode": "bridge",
-        "scheduler_provider": "native-swarm",
         "validate_certs": False,
         "port": 8080,  # a play keyword, inert as a variable: not refused
         "my_ansible_thing": 1,  # the rule is a prefix, not a substring
