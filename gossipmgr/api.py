@@ -22,10 +22,12 @@ Shape (h11's habit: errors raised once, translated once, at the boundary):
 * Log streams (``GET /info/logs/{job}``) of a job that ran on another instance are proxied
   from that instance's API.
 
-Security: with a token, every route but ``/health`` needs ``Authorization: Bearer <token>``
-(compared in constant time, ``hmac.compare_digest``). :func:`check_listen_policy` is the
-rule the agent applies before binding: no token on a non-loopback address needs
-``--insecure``.
+Security: with a token (the agent's default: it creates one at first start), every route
+but ``/health`` needs ``Authorization: Bearer <token>`` (compared in constant time,
+``hmac.compare_digest``). :func:`check_listen_policy` is the rule the agent applies before
+binding: no token (``--no-auth``) on a non-loopback address also needs ``--insecure``.
+Every route that sets an extra-var refuses, with 403 naming it, a name an API client may
+not set (``gossipmgr.ansible.refused_client_vars``; docs/security.md section 3).
 
 Who owns what: :func:`create_app` keeps no state of its own besides the app; the context
 (:class:`ApiContext`) owns the replica, the job manager and the peers view. :func:`serve`
