@@ -31,7 +31,7 @@ from gossipmgr.store import Store
 
 
 def metric(c: LocalCluster, n: str, pat: str) -> float:
-    t = httpx.get(c.instances[n].url + "/metrics", timeout=5).text
+    t = httpx.get(c.instances[n].url + "/metrics", headers=c.headers, timeout=5).text
     return sum(float(m.group(1)) for m in re.finditer(pat, t, re.M))
 
 

@@ -26,6 +26,7 @@ import base64
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -37,17 +38,17 @@ import trio
 
 from . import __version__
 from . import inventory as inv
-from .ansible import AnsibleSettings
+from .ansible import AnsibleSettings, split_config_vars
 from .api import check_listen_policy, create_app, serve
 from .clock import Timestamp
-from .config import AgentConfig, load, split_addr
+from .config import AgentConfig, load, serf_rpc_secret, split_addr
 from .crdt import LWWMap
 from .errors import ConfigError, GossipmgrError, SerfError, StoreError
 from .gossip.crypto import Keyring, generate_key, load_keyring_file
 from .gossip.service import GossipService
 from .gossip.transport import open_udp_transport
 from .jobs import JobManager
-from .lease import LeaseConfig, candidates, decide
+from .lease import Lease, LeaseConfig, candidates, decide
 from .replica import Replica
 from .serf.client import open_serf_client, serf_connector
 from .serf.membership import PUSH_PULL_S, Absences, InstancesChanged, NodeEvent, SerfMembership
@@ -56,6 +57,10 @@ from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.agent")
 
+#: A lease candidate counts as live (first in the claim order) if we heard from it over
+#: gossip this recently. An idle live peer is heard at least every ~5 s (3 s until it is
+#: silent, then a digest probe every 2 s that it answers); twice that absorbs some loss.
+LIVE_PEER_MS = 10_000
 #: How often the lease loop decides (renewals are due every ~2.5 s; 250 ms keeps a
 #: takeover within a quarter second of the lease becoming claimable).
 LEASE_LOOP_S = 0.25
@@ -89,6 +94,48 @@ def load_or_create_keyring(cfg: AgentConfig) -> tuple[Keyring, Path]:
     return load_keyring_file(path), path
 
 
+#: The token file's name in the data directory when ``api_token_file`` is not set.
+TOKEN_FILE_NAME = "api.token"
+NO_AUTH_WARNING = (
+    "the API requires no token (no_auth = true): every local user, and anyone who can "
+    "reach api_addr, can run playbooks, and so commands, as this agent's user"
+)
+
+
+def token_path(cfg: AgentConfig) -> Path | None:
+    """The token file the API uses: ``api_token_file``, else ``<data_dir>/api.token``;
+    None only with ``no_auth``."""
+    if cfg.api_token_file is not None:
+        return cfg.api_token_file
+    if cfg.no_auth:
+        return None
+    return cfg.data_dir / TOKEN_FILE_NAME
+
+
+def load_or_create_token(cfg: AgentConfig) -> str | None:
+    """The API token (docs/security.md section 3). With no ``api_token_file`` and no
+    ``no_auth``, ``<data_dir>/api.token`` is created on first start: 32 random bytes,
+    url-safe base64, mode 0600, owned by the agent's user; its path is logged."""
+    path = token_path(cfg)
+    if path is None:
+        return None
+    if cfg.api_token_file is None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process created it in between: read theirs
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+            log.warning(
+                "created API token %s (mode 0600): the CLI reads it from there "
+                "(GOSSIPMGR_TOKEN_FILE); copy it to every instance (api_token_file)",
+                path,
+            )
+    return read_token(path)
+
+
 def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -108,13 +155,20 @@ class Agent:
         self.cfg = cfg
         #: command-line options, re-applied over the file on every SIGHUP reload
         self.overrides = dict(overrides or {})
-        self.token = read_token(cfg.api_token_file)
+        self.token = load_or_create_token(cfg)
+        #: read once at start, like the embedded Serf agent's config.json it goes into
+        self.serf_rpc_auth = serf_rpc_secret(cfg)
         api_host, _ = split_addr(cfg.api_addr, "api-addr")
         check_listen_policy(api_host, self.token, cfg.insecure)
+        if self.token is None:
+            log.warning("%s: %s", cfg.name, NO_AUTH_WARNING)
+        else:
+            log.info("%s: API token from %s", cfg.name, token_path(cfg))
         self.keyring, self.key_path = load_or_create_keyring(cfg)
         self.replica = Replica(
             cfg.name,
             data_dir=cfg.data_dir / "state",
+            accept_damage=cfg.accept_log_damage,
             lease=LeaseConfig(ttl_ms=cfg.lease_ttl_ms, renew_ms=cfg.lease_renew_ms),
         )
         self.replica.candidates = []  # nothing until Serf says who is alive
@@ -132,12 +186,14 @@ class Agent:
         self.api_ctx: AgentApiContext | None = None
         self._reconcile_soon = False
         self._absences = Absences()
+        self._bounded_seen: dict[str, Any] | None = None
         #: Seconds a Discovered node must be missing from our Serf list before a reconcile
         #: marks it Disappeared (an external Serf's profile is unknown: assume lan).
         self.absent_grace_s = ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(cfg.serf_profile, 30.0)
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
+            "lease_bounded": 0,
             "lease_claims": 0,
             "lease_renewals": 0,
             "node_events_applied": 0,
@@ -170,6 +226,7 @@ class Agent:
             v = runtime.get(key)
             return v if isinstance(v, str) and v else default
 
+        operator, client = split_config_vars(a.extra_variables, extra)
         playbook_dir = Path(pick("playbook_location", str(self.cfg.playbook_dir)))
         return AnsibleSettings(
             playbook_dir=playbook_dir,
@@ -178,9 +235,12 @@ class Agent:
             upgrade_playbook=pick("upgrade_playbook", a.upgrade_playbook),
             user=pick("user", a.user),
             priv_key_file=pick("priv_key_file", a.priv_key_file),
-            extra_variables=extra,
+            extra_variables=operator,
+            client_extra_variables=client,
             host_vars=dict(a.host_vars),
             timeout_s=a.timeout_s,
+            discover_join_timeout_s=a.discover_join_timeout_s,
+            allowed_client_vars=frozenset(a.allow_client_vars),
         )
 
     def file_ansible_section(self) -> dict[str, Any]:
@@ -301,10 +361,10 @@ class Agent:
                 encrypt_key=base64.b64encode(self.keyring.primary).decode(),
                 retry_join=list(cfg.join),
                 profile=cfg.serf_profile,
-                rpc_auth=cfg.serf_rpc_auth or None,
+                rpc_auth=self.serf_rpc_auth,
             )
             nursery.start_soon(self._supervise_serf)
-        auth = cfg.serf_rpc_auth or None
+        auth = self.serf_rpc_auth
         self.membership = SerfMembership(serf_connector(rpc_host, rpc_port, auth))
         events = self.membership.subscribe()
         await nursery.start(self.membership.run)
@@ -336,7 +396,7 @@ class Agent:
             healthy = self.membership is not None and self.membership.healthy
             if healthy and not applied:
                 try:
-                    async with open_serf_client(host, port, self.cfg.serf_rpc_auth or None) as c:
+                    async with open_serf_client(host, port, self.serf_rpc_auth) as c:
                         await c.tags(set=tags)
                     applied = True
                 except SerfError as exc:
@@ -411,6 +471,25 @@ class Agent:
         return out
 
     # ------------------------------------------------------------------ lease
+    def _note_bounded_lease(self, lease: Lease | None) -> None:
+        """Log (once per entry) and count a lease whose expiry was cut by the bound."""
+        raw = self.replica.state.lease()
+        if lease is None or raw is None or raw.get("expires_ms") == lease.expires_ms:
+            return
+        if raw != self._bounded_seen:
+            self._bounded_seen = raw
+            self.counters["lease_bounded"] += 1
+            log.warning(
+                "%s: the lease entry (holder %r, epoch %d) expires %s ms ahead, more than a "
+                "TTL after it was written: read as expiring at %d (forged, or a peer with a "
+                "longer --lease-ttl-ms)",
+                self.cfg.name,
+                lease.holder,
+                lease.epoch,
+                raw.get("expires_ms"),
+                lease.expires_ms,
+            )
+
     async def _lease_loop(self) -> None:
         rep = self.replica
         was_holder = False
@@ -419,6 +498,7 @@ class Agent:
         while True:
             self._refresh_peers()
             lease = rep.lease()
+            self._note_bounded_lease(lease)
             new = decide(
                 rep.name,
                 lease,
@@ -426,6 +506,7 @@ class Agent:
                 rep.now_ms(),
                 rep.lease_cfg,
                 rep.state.max_record_epoch,
+                live=rep.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
             )
             if new is not None:
                 renewal = lease is not None and lease.holder == rep.name
@@ -491,7 +572,11 @@ class Agent:
         path = self.cfg.config_file
         try:
             new = load(path, self.overrides) if path is not None else self.cfg
-            token = read_token(new.api_token_file)
+            if new.no_auth != self.cfg.no_auth:
+                # Turning auth off must be as loud as starting without it (and pass the
+                # listen policy): only a restart does that.
+                raise ConfigError("no_auth changed: that needs a restart")
+            token = load_or_create_token(new)
             keyring, _ = load_or_create_keyring(new)
         except GossipmgrError as exc:
             log.error("%s: reload refused, keeping the old settings: %s", self.cfg.name, exc)
@@ -577,6 +662,10 @@ class Agent:
                 "healthy": bool(m and m.healthy),
                 "error": "" if m and m.healthy else (m.last_error if m else "not started"),
                 "embedded": self.serf is not None,
+                # Members claiming another member's node identity: ignored (serf/membership.py)
+                "identity_conflicts": [c.as_json() for _, c in sorted(m.view.conflicts.items())]
+                if m
+                else [],
             },
             "lease": {
                 "holder": self.replica.is_holder(),
@@ -589,6 +678,11 @@ class Agent:
                 "restore_seconds": round(self.replica.restore_seconds, 4),
             },
             "entries": len(self.replica.state),
+            "auth": (
+                {"token": True}
+                if self.token is not None
+                else {"token": False, "warning": NO_AUTH_WARNING}
+            ),
         }
 
 
@@ -600,6 +694,11 @@ class AgentApiContext:
         self.replica = agent.replica
         self.jobs = agent.jobs
         self.token: str | None = agent.token  # the agent updates it on SIGHUP
+
+    @property
+    def allowed_client_vars(self) -> frozenset[str]:
+        """The operator's [ansible] allow_client_vars (current after a SIGHUP reload)."""
+        return frozenset(self.agent.cfg.ansible.allow_client_vars)
 
     def peers(self) -> list[dict[str, Any]]:
         return self.agent.peers()
@@ -642,6 +741,16 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) ->
             lines.append(f"{name}{{{labels}}} {v}")
     else:
         lines.append(f"{name} {samples}")
+
+
+def socket_drops(counters: dict[str, int]) -> dict[str, int]:
+    """The UDP transport's drops as metric reasons: ``recv_too_large`` (over MAX_DATAGRAM,
+    refused before any decryption), ``recv_error_<ERRNO>`` and ``send_error_<ERRNO>``."""
+    return {
+        k.replace(":", "_"): v
+        for k, v in counters.items()
+        if k == "recv_too_large" or k.startswith(("recv_error:", "send_error:"))
+    }
 
 
 def metrics_text(agent: Agent) -> str:
@@ -688,6 +797,21 @@ def metrics_text(agent: Agent) -> str:
         "Remote timestamps refused for running too far ahead.",
         rep.hlc.refused,
     )
+    if m is not None:
+        _metric(
+            lines,
+            "gossipmgr_serf_identity_conflicts",
+            "gauge",
+            "Serf members claiming a node identity another member owns (ignored).",
+            len(m.view.conflicts),
+        )
+        _metric(
+            lines,
+            "gossipmgr_serf_identity_conflicts_total",
+            "counter",
+            "Members found claiming another member's node identity.",
+            m.view.conflicts_total,
+        )
     counters = dict(agent.counters)
     if agent.serf is not None:  # crashes restarted by the supervisor, plus failed starts
         counters["serf_restarts"] += max(0, agent.serf.starts - 1)
@@ -764,8 +888,12 @@ def metrics_text(agent: Agent) -> str:
                 if "_bytes_" in k
             },
         )
-        drops = {k[5:]: v for k, v in tr.items() if k.startswith("drop_")}
-        drops.update({k[5:]: v for k, v in proto["counters"].items() if k.startswith("drop_")})
+        # Every layer's drops; a reason two layers share (`version`, `too_large`) is summed.
+        drops: dict[str, int] = socket_drops(g["socket"])
+        for layer in (tr, proto["counters"]):
+            for k, v in layer.items():
+                if k.startswith("drop_"):
+                    drops[k[5:]] = drops.get(k[5:], 0) + v
         _metric(
             lines,
             "gossipmgr_gossip_dropped_total",
@@ -816,7 +944,17 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "starting one (its node name must equal --name)"
         },
     ),
-    ("--serf-rpc-auth", {"help": "Serf RPC auth key, if the agent sets rpc_auth"}),
+    (
+        "--serf-rpc-auth",
+        {
+            "help": "Serf RPC auth key, if the agent sets rpc_auth. Deprecated: every local "
+            "user can read it in /proc; use --serf-rpc-auth-file or the config file"
+        },
+    ),
+    (
+        "--serf-rpc-auth-file",
+        {"type": Path, "help": "file holding the Serf RPC auth key (rpc_auth)"},
+    ),
     (
         "--serf-profile",
         {
@@ -843,7 +981,20 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "--api-token-file",
-        {"type": Path, "help": "bearer token required by every route but /health"},
+        {
+            "type": Path,
+            "help": "bearer token required by every route but /health "
+            "(default: <data-dir>/api.token, created mode 0600 on first start)",
+        },
+    ),
+    (
+        "--no-auth",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "serve the API without any token: every local user can then run "
+            "playbooks as the agent's user (warned at start and in /health)",
+        },
     ),
     ("--tls-cert", {"type": Path, "help": "serve the API over TLS with this certificate"}),
     ("--tls-key", {"type": Path, "help": "... and this private key"}),
@@ -852,7 +1003,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "action": "store_true",
             "default": None,
-            "help": "allow a non-loopback API address without a token",
+            "help": "with --no-auth, allow a non-loopback API address too",
         },
     ),
     (
@@ -869,6 +1020,16 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "action": "store_true",
             "default": None,
             "help": "re-run the configure playbook on an Allocated node that comes back",
+        },
+    ),
+    (
+        "--accept-log-damage",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "start even if acknowledged log records are damaged: keep the intact "
+            "ones, copy the damaged segment to log.<seq>.corrupt (they are LOST here; "
+            "peers may still hold them)",
         },
     ),
     ("--lease-ttl-ms", {"type": int, "help": "lease time to live (default 10000)"}),
@@ -915,6 +1076,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
         overrides = overrides_from_args(args)
         cfg = load(args.config, overrides)
         setup_logging(cfg.log_level)
+        for note in cfg.config_notes:
+            log.warning("%s", note)
+        if overrides.get("serf_rpc_auth"):
+            log.warning(
+                "--serf-rpc-auth puts the Serf RPC secret on the command line, where every "
+                "local user can read it (/proc/<pid>/cmdline): use --serf-rpc-auth-file or "
+                "serf_rpc_auth in a 0600 config file"
+            )
         agent = Agent(cfg, overrides)
     except GossipmgrError as exc:
         print(f"gossipmgr agent: {exc}", file=sys.stderr)

@@ -25,10 +25,12 @@ Shape (h11's habit: errors raised once, translated once, at the boundary):
 * Log streams (``GET /info/logs/{job}``) of a job that ran on another instance are proxied
   from that instance's API.
 
-Security: with a token, every route but ``/health`` needs ``Authorization: Bearer <token>``
-(compared in constant time, ``hmac.compare_digest``). :func:`check_listen_policy` is the
-rule the agent applies before binding: no token on a non-loopback address needs
-``--insecure``.
+Security: with a token (the agent's default: it creates one at first start), every route
+but ``/health`` needs ``Authorization: Bearer <token>`` (compared in constant time,
+``hmac.compare_digest``). :func:`check_listen_policy` is the rule the agent applies before
+binding: no token (``--no-auth``) on a non-loopback address also needs ``--insecure``.
+Every route that sets an extra-var refuses, with 403 naming it, a name an API client may
+not set (``gossipmgr.ansible.refused_client_vars``; docs/security.md section 3).
 
 Who owns what: :func:`create_app` keeps no state of its own besides the app; the context
 (:class:`ApiContext`) owns the replica, the job manager and the peers view. :func:`serve`
@@ -45,7 +47,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -62,6 +64,7 @@ from .errors import (
     BadPacket,
     BadRequest,
     ConfigError,
+    Forbidden,
     GossipmgrError,
     NotFound,
     RequestError,
@@ -71,10 +74,12 @@ from .errors import (
     ValueRefused,
     ValueTooLarge,
 )
+from .inventory import check_import_entries as inv_check_import_entries
 from .inventory import get_node, node_json
-from .lease import Lease
+from .lease import Lease, LeaseConfig
+from .lease import reset as reset_lease
 from .replica import Replica
-from .state import ANSIBLE_CONFIG_KEY, ClusterState, global_key
+from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState, global_key
 
 log = logging.getLogger("gossipmgr.api")
 
@@ -123,6 +128,8 @@ class JobsLike(Protocol):
     def set_node_vars(self, node: str, variables: Mapping[str, Any]) -> Any: ...
     def set_node_var(self, node: str, var: str, value: Any) -> Any: ...
     def remove_node_var(self, node: str, var: str) -> Any: ...
+    def import_inventory(self, entries: Any, dry_run: bool = False) -> Any: ...
+    def forget_node(self, name: str, force: bool = False) -> Any: ...
     def job(self, label: str) -> Any: ...
     def jobs(self) -> Any: ...
     def follow(self, job_id: str) -> AsyncIterator[str]: ...
@@ -169,7 +176,7 @@ def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
         pass
     raise ConfigError(
         f"refusing to serve the API on {host or 'all addresses'} without a token: "
-        "set a token (--api-token-file) or pass --insecure"
+        "drop --no-auth (a token is then required) or also pass --insecure"
     )
 
 
@@ -222,6 +229,15 @@ async def _body_untrusted(*, required: bool = True) -> dict[str, Any]:
 
 class _UnsupportedMediaType(RequestError):
     status_hint = 415
+
+
+def _empty(v: Any) -> bool:
+    """A Go zero value decoded from JSON: null, "", 0, false, or a map/list of such."""
+    if isinstance(v, dict):
+        return all(_empty(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_empty(x) for x in v)
+    return v in (None, "", 0, False)
 
 
 def _json_type(v: Any) -> str:
@@ -400,6 +416,25 @@ OPENAPI: dict[str, Any] = {
                     }
                 },
             },
+            "ImportRequest": {
+                "type": "object",
+                "properties": {
+                    "nodes": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "status": {"type": "string"},
+                                "host_group": {"type": "string"},
+                            },
+                            "required": ["name", "status"],
+                        },
+                    },
+                    "dry_run": {"type": "boolean"},
+                },
+                "required": ["nodes"],
+            },
             "ConfigRequest": {
                 "type": "object",
                 "properties": {"config": {"type": "object"}},
@@ -448,6 +483,12 @@ OPENAPI: dict[str, Any] = {
         },
         "/info/peers": {"get": _op("gossipmgr instances and the lease", (200, 401))},
         "/info/lease": {"get": _op("The lease", (200, 401))},
+        "/lease/reset": {
+            "post": _op(
+                "Vacate the lease one epoch up (body optional: {force})",
+                (200, 400, 401, 409, 415, 503),
+            )
+        },
         "/job/cancel": {"post": _op("Cancel the active job (holder)", _JOB_CODES)},
         "/node/{name}/extra_vars": {
             "post": _op("Replace a node's own extra-vars", _WRITE_CODES, "ExtraVarsRequest")
@@ -458,6 +499,16 @@ OPENAPI: dict[str, Any] = {
         },
         "/node/{name}/host_group": {
             "post": _op("Set a node's host-group (holder)", _JOB_CODES, "HostGroupRequest")
+        },
+        "/inventory/import": {
+            "post": _op(
+                "Set imported node statuses and host-groups (holder, fenced)",
+                _JOB_CODES,
+                "ImportRequest",
+            )
+        },
+        "/node/{name}/forget": {
+            "post": _op("Remove a node from the inventory (holder, fenced)", _JOB_CODES)
         },
         "/health": {"get": {**_op("Liveness and health, no auth", (200,)), "security": []}},
         "/metrics": {"get": _op("Prometheus metrics", (200, 401))},
@@ -502,6 +553,21 @@ def create_app(ctx: ApiContext) -> QuartTrio:
 
     def now_ms() -> int:
         return rep.now_ms()
+
+    # ------------------------------------------------------------ extra-vars policy
+    def check_vars(variables: Mapping[str, Any], where: str) -> None:
+        """403 naming any variable an API client may not set (docs/security.md)."""
+        from .ansible import client_vars_error, refused_client_vars
+
+        allowed: Collection[str] = getattr(ctx, "allowed_client_vars", frozenset())
+        bad = refused_client_vars(variables, allowed)
+        if bad:
+            raise Forbidden(client_vars_error(bad, where))
+
+    def client_vars(body: Mapping[str, Any], where: str) -> dict[str, Any]:
+        ev = _field_extra_vars(body)
+        check_vars(ev, where)
+        return ev
 
     # ------------------------------------------------------------ auth and errors
     @app.before_request
@@ -619,7 +685,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         nodes, hg, ev = (
             _field_str_list(b, "nodes"),
             _field_str(b, "host_group"),
-            _field_extra_vars(b),
+            client_vars(b, "extra_vars"),
         )
         if not must_hold():
             return await forward()
@@ -628,7 +694,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/decommission/nodes")
     async def decommission() -> Response:
         b = await _body_untrusted()
-        nodes, ev = _field_str_list(b, "nodes"), _field_extra_vars(b)
+        nodes, ev = _field_str_list(b, "nodes"), client_vars(b, "extra_vars")
         if not must_hold():
             return await forward()
         return await run_job(lambda: ctx.jobs.decommission(nodes, ev))
@@ -639,7 +705,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         nodes, hg, ev = (
             _field_str_list(b, "nodes"),
             _field_str(b, "host_group"),
-            _field_extra_vars(b),
+            client_vars(b, "extra_vars"),
         )
         if not must_hold():
             return await forward()
@@ -648,7 +714,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/discover/nodes")
     async def discover() -> Response:
         b = await _body_untrusted()
-        addrs, ev = _field_str_list(b, "addrs"), _field_extra_vars(b)
+        addrs, ev = _field_str_list(b, "addrs"), client_vars(b, "extra_vars")
         if not must_hold():
             return await forward()
         return await run_job(lambda: ctx.jobs.discover(addrs, ev))
@@ -690,6 +756,31 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         await _maybe_await(ctx.jobs.set_host_group(rec.name, hg))
         return _node_response(rec.name)
 
+    @app.post("/node/<name>/forget")
+    async def node_forget(name: str) -> Response:
+        b = await _body_untrusted(required=False)
+        force = b.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest(f'"force" must be true or false, got {_json_type(force)}')
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return _json(_jsonable(await _maybe_await(ctx.jobs.forget_node(name, force=force))))
+
+    @app.post("/inventory/import")
+    async def inventory_import() -> Response:
+        # Inventory records are epoch-fenced: written by the holder under its lease epoch.
+        b = await _body_untrusted()
+        entries = b.get("nodes")
+        inv_check_import_entries(entries)  # a 400 here, before any forwarding
+        dry_run = b.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest(f'"dry_run" must be true or false, got {_json_type(dry_run)}')
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return _json(
+            _jsonable(await _maybe_await(ctx.jobs.import_inventory(entries, dry_run=dry_run)))
+        )
+
     # ------------------------------------------------------------ replicated settings
     def _node_response(ident: str) -> Response:
         return _json(node_json(get_node(rep.state, ident)))
@@ -700,7 +791,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/globals")
     async def globals_replace() -> Response:
         b = await _body_untrusted()
-        new = _field_extra_vars(b)
+        new = client_vars(b, "globals")
         await commit(lambda s, ts: s.d_replace_globals(new, ts))
         return _json({"extra_vars": rep.state.globals()})
 
@@ -715,6 +806,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def global_put(key: str) -> Response:
         _check_key("extra-var", key)
         v = _field_value(await _body_untrusted())
+        check_vars({key: v}, "globals")
         await commit(lambda s, ts: s.d_set(global_key(key), v, ts))
         return _json({"key": key, "value": v})
 
@@ -728,7 +820,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/node/<name>/extra_vars")
     async def node_vars_replace(name: str) -> Response:
         b = await _body_untrusted()
-        new = _field_extra_vars(b)
+        new = client_vars(b, f"node {name}")
         name = get_node(rep.state, name).name
         await _maybe_await(ctx.jobs.set_node_vars(name, new))
         return _node_response(name)
@@ -737,6 +829,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def node_var_put(name: str, key: str) -> Response:
         _check_key("extra-var", key)
         v = _field_value(await _body_untrusted())
+        check_vars({key: v}, f"node {name}")
         name = get_node(rep.state, name).name
         await _maybe_await(ctx.jobs.set_node_var(name, key, v))
         return _node_response(name)
@@ -762,7 +855,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             raise BadRequest('"config" must be an object')
         current = ctx.config()
         for section in cfg:
-            if section != "ansible" and cfg[section] != current.get(section):
+            # The Go clusterctl always sends every section, the ones it did not read from
+            # the file as zero values ({"Addr": "", "AuthKey": "", "Timeout": 0}, {},
+            # {"addr": ""}): an empty section means "unchanged".
+            if section == "ansible" or _empty(cfg[section]):
+                continue
+            if cfg[section] != current.get(section):
                 raise BadRequest(
                     f'"{section}" configuration can\'t be changed. '
                     "Only changes to ansible configuration are allowed."
@@ -778,8 +876,21 @@ def create_app(ctx: ApiContext) -> QuartTrio:
                 if k != "extra_variables" and not isinstance(v, str):
                     raise BadRequest(f'ansible configuration "{k}" must be a string')
             if "extra_variables" in ans:
-                _field_extra_vars(ans, "extra_variables")  # validate only
-            await ctx.set_ansible_config(dict(ans))
+                new_ev = _field_extra_vars(ans, "extra_variables")
+                try:
+                    old_ev = _field_extra_vars(current.get("ansible") or {}, "extra_variables")
+                except BadRequest:
+                    old_ev = {}
+                # Only what this request changes is the client's: a section read with GET
+                # and posted back carries the operator's file values unchanged.
+                missing = object()
+                changed_ev = {k: v for k, v in new_ev.items() if old_ev.get(k, missing) != v}
+                check_vars(changed_ev, "config extra_variables")
+            # An empty value is "unchanged" (clusterm merged the posted config with mergo,
+            # which skips empty values; the Go clusterctl sends every key).
+            changed = {k: v for k, v in ans.items() if v != ""}
+            if changed:
+                await ctx.set_ansible_config(changed)
         return _json(ctx.config())
 
     # ------------------------------------------------------------ reads
@@ -885,6 +996,25 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def info_lease() -> Response:
         lj = lease_json(rep.lease(), now_ms())
         return _json({"lease": lj, "self": rep.name, "is_holder": rep.is_holder()})
+
+    @app.post("/lease/reset")
+    async def lease_reset() -> Response:
+        """The operator's way out of a forged or stuck lease (docs/design.md)."""
+        b = await _body_untrusted(required=False)
+        force = b.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest('"force" must be true or false')
+        before = rep.lease()
+        new = reset_lease(before, rep.candidates, now_ms(), rep.state.max_record_epoch, force)
+        value = new.as_value()
+        await commit(lambda s, ts: s.d_set(LEASE_KEY, value, ts))
+        log.warning(
+            "%s: lease reset by an API client: %s -> vacant at epoch %d",
+            rep.name,
+            f"{before.holder!r} epoch {before.epoch}" if before else "none",
+            new.epoch,
+        )
+        return _json({"lease": lease_json(new, now_ms()), "previous": lease_json(before, now_ms())})
 
     @app.get("/health")
     async def health() -> Response:
@@ -1053,8 +1183,10 @@ class StandaloneContext:
         ansible: Mapping[str, Any] | None = None,
         serf_ok: bool = True,
         forward_verify: Any = True,
+        allowed_client_vars: Collection[str] = (),
     ) -> None:
         self.replica = replica
+        self.allowed_client_vars = frozenset(allowed_client_vars)
         self.jobs = jobs
         self.token = token
         self.api_url = api_url
@@ -1068,6 +1200,8 @@ class StandaloneContext:
     async def claim_lease(self, ttl_ms: int = STANDALONE_LEASE_MS) -> Lease:
         """Take the lease (epoch + 1) as the only candidate. Returns it once durable."""
         rep = self.replica
+        # No lease loop renews it: the replica's TTL is this one (its bound on expiry).
+        rep.lease_cfg = LeaseConfig(ttl_ms=ttl_ms, renew_ms=ttl_ms)
         old = rep.lease()
         new = Lease(rep.name, (old.epoch + 1) if old else 1, rep.now_ms() + ttl_ms)
         from .state import LEASE_KEY

@@ -24,6 +24,7 @@ import argparse
 import importlib
 import ipaddress
 import json
+import logging
 import os
 import ssl
 import sys
@@ -33,6 +34,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
+
+from . import __version__
 
 DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
@@ -63,7 +66,11 @@ class CliError(Exception):
 class Client:
     """A thin sync client: one method per call, errors as CliError with the server's text."""
 
-    def __init__(self, url: str, token: str | None, cacert: str | None) -> None:
+    def __init__(
+        self, url: str, token: str | None, cacert: str | None, auth_hint: str = ""
+    ) -> None:
+        #: Said after a 401: where the token came from, or why there is none.
+        self.auth_hint = auth_hint
         self.url = url.rstrip("/")
         if "://" not in self.url:  # clusterctl took host:port
             self.url = "http://" + self.url
@@ -97,15 +104,17 @@ class Client:
             raise self._unreachable(exc) from None
         return self._decode(r)
 
-    @staticmethod
-    def _decode(r: httpx.Response) -> Any:
+    def _decode(self, r: httpx.Response) -> Any:
         try:
             obj = r.json()
         except ValueError:
             obj = None
         if r.status_code >= 400:
             text = obj.get("error") if isinstance(obj, dict) else None
-            raise CliError(str(text) if text else f"HTTP {r.status_code}: {r.text.strip()}")
+            text = str(text) if text else f"HTTP {r.status_code}: {r.text.strip()}"
+            if r.status_code == 401 and self.auth_hint:
+                text += f" ({self.auth_hint})"
+            raise CliError(text)
         return obj
 
     def stream_lines(self, path: str, on_line: Callable[[str], None]) -> None:
@@ -271,6 +280,10 @@ def _render_job_started(res: Any) -> str:
 def cmd_node(c: Client, args: argparse.Namespace) -> int:
     verb = _verb(args)
     names: list[str] = [args.name] if args.cmd in ("node", "n") else list(args.names)
+    if verb == "forget":
+        res = c.call("POST", f"/node/{_q(args.name)}/forget", {"force": bool(args.force)})
+        _out(args, res, lambda r: f"forgot {r['forgotten']} ({r['status']}, {r['state']})")
+        return 0
     if verb == "get":
         if args.cmd in ("node", "n"):
             _out(args, c.call("GET", f"/info/node/{_q(args.name)}"), _render_node)
@@ -434,11 +447,28 @@ def cmd_peers(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_lease(c: Client, args: argparse.Namespace) -> int:
+    if getattr(args, "action", "show") == "reset":
+        r = c.call("POST", "/lease/reset", {"force": bool(args.force)})
+        _out(
+            args,
+            r,
+            lambda r: (
+                "previous " + _render_lease(r.get("previous")) + "\nnow vacant at epoch "
+                f"{r['lease']['epoch']}: the first live candidate claims the next one"
+            ),
+        )
+        return 0
     _out(args, c.call("GET", "/info/lease"), lambda r: _render_lease(r.get("lease")))
     return 0
 
 
 # --------------------------------------------------------------------------- the parser
+
+
+def cmd_import(c: Client, args: argparse.Namespace) -> int:
+    from .clusterm import cmd_import as run  # imports the Bolt reader only when used
+
+    return run(c, args)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -450,9 +480,15 @@ def _common() -> argparse.ArgumentParser:
         "-u", "--url", default=S, help=f"API URL (default {DEFAULT_URL}, $GOSSIPMGR_URL)"
     )
     p.add_argument("--token", default=S, help="bearer token ($GOSSIPMGR_TOKEN)")
-    p.add_argument("--token-file", default=S, help="file holding the bearer token")
+    p.add_argument(
+        "--token-file",
+        default=S,
+        help="file holding the bearer token ($GOSSIPMGR_TOKEN_FILE; default "
+        "$GOSSIPMGR_DATA_DIR/api.token or /var/lib/gossipmgr/api.token)",
+    )
     p.add_argument("--cacert", default=S, help="CA bundle to verify an https API")
     p.add_argument("-j", "--json", action="store_true", default=S, help="print JSON")
+    p.add_argument("--debug", action="store_true", default=S, help="log each request")
     return p
 
 
@@ -479,7 +515,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "-u", "--url", default=None, help=f"API URL (default $GOSSIPMGR_URL, else {DEFAULT_URL})"
     )
     parser.add_argument("--token", default=None, help="bearer token (default $GOSSIPMGR_TOKEN)")
-    parser.add_argument("--token-file", default=None, help="read the bearer token from a file")
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="read the bearer token from a file (default $GOSSIPMGR_TOKEN_FILE, else "
+        "$GOSSIPMGR_DATA_DIR/api.token, else /var/lib/gossipmgr/api.token when readable)",
+    )
     parser.add_argument("--cacert", default=None, help="CA bundle to verify an https API")
     parser.add_argument(
         "-j",
@@ -488,6 +529,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         default=False,
         help="print the server's JSON instead of tables",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False,
+        help="log each HTTP request on stderr (agent: --log-level debug)",
+    )
+    parser.add_argument("--version", action="version", version=f"gossipmgr {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
 
@@ -521,6 +569,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                 ev(vp)
             if verb in ("commission", "update"):
                 hg(vp)
+            vp.set_defaults(func=cmd_node)
+        if not many:
+            vp = vs.add_parser(
+                "forget",
+                parents=[common],
+                help="remove a node that is gone (Disappeared) from the inventory",
+            )
+            vp.add_argument("name", metavar="NAME")
+            vp.add_argument("--force", action="store_true", help="also a Discovered (alive) node")
             vp.set_defaults(func=cmd_node)
 
     p = sub.add_parser("global", aliases=["g"], help="global extra-vars")
@@ -570,9 +627,43 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     vp.add_argument("file", metavar="FILE|-")
     vp.set_defaults(func=cmd_config)
 
+    p = sub.add_parser("import", help="import another manager's inventory")
+    vs = p.add_subparsers(dest="verb", metavar="SOURCE")
+    vs.required = True
+    vp = vs.add_parser(
+        "clusterm",
+        parents=[common],
+        help="clusterm's boltdb inventory and clusterm.conf's ansible settings",
+    )
+    vp.add_argument("--boltdb", metavar="FILE", help="clusterm's inventory.boltdb.dbfile")
+    vp.add_argument("--conf", metavar="FILE", help="clusterm.conf (JSON): the ansible section")
+    vp.add_argument(
+        "--default-host-group",
+        default="service-master",
+        help="host-group of the imported nodes (default service-master, as clusterm)",
+    )
+    vp.add_argument(
+        "--host-group",
+        action="append",
+        metavar="NODE=GROUP",
+        help="host-group of one node (repeatable)",
+    )
+    vp.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    vp.set_defaults(func=cmd_import)
+
     p = sub.add_parser("peers", parents=[common], help="gossipmgr instances and the lease")
     p.set_defaults(func=cmd_peers)
-    p = sub.add_parser("lease", parents=[common], help="the lease")
+    p = sub.add_parser("lease", parents=[common], help="the lease: show, or reset")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["show", "reset"],
+        default="show",
+        help="reset: vacate the lease one epoch up, deposing its holder (docs/design.md)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="reset even while an alive instance holds it"
+    )
     p.set_defaults(func=cmd_lease)
 
     word = _command_word(argv)
@@ -618,19 +709,49 @@ CLIENT_COMMANDS = {
     cmd_config,
     cmd_peers,
     cmd_lease,
+    cmd_import,
 }
 
 
-def _token(args: argparse.Namespace) -> str | None:
+#: The agent's default data directory; its api.token is the CLI's last token source.
+DEFAULT_DATA_DIR = "/var/lib/gossipmgr"
+TOKEN_FILE_NAME = "api.token"
+
+
+def default_token_file() -> str:
+    """``$GOSSIPMGR_DATA_DIR/api.token``, else ``/var/lib/gossipmgr/api.token``."""
+    data_dir = os.environ.get("GOSSIPMGR_DATA_DIR") or DEFAULT_DATA_DIR
+    return os.path.join(data_dir, TOKEN_FILE_NAME)
+
+
+def _read_token_file(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as exc:
+        raise CliError(f"cannot read token file {path}: {exc.strerror}", 2) from None
+
+
+def _token(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(token, where it came from or why there is none). First found wins: --token,
+    --token-file, $GOSSIPMGR_TOKEN, $GOSSIPMGR_TOKEN_FILE, then the agent's own token file
+    (:func:`default_token_file`), which only the agent's user (and root) can read."""
     if args.token:
-        return str(args.token)
+        return str(args.token), "token from --token"
     if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as f:
-                return f.read().strip() or None
-        except OSError as exc:
-            raise CliError(f"cannot read token file {args.token_file}: {exc.strerror}", 2)
-    return os.environ.get("GOSSIPMGR_TOKEN") or None
+        return _read_token_file(args.token_file), f"token from {args.token_file}"
+    if os.environ.get("GOSSIPMGR_TOKEN"):
+        return os.environ["GOSSIPMGR_TOKEN"], "token from $GOSSIPMGR_TOKEN"
+    env_file = os.environ.get("GOSSIPMGR_TOKEN_FILE")
+    if env_file:
+        return _read_token_file(env_file), f"token from $GOSSIPMGR_TOKEN_FILE={env_file}"
+    path = default_token_file()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None, f"token from {path}"
+    except OSError as exc:
+        # Not an error yet: an agent with no_auth needs none. Said if the server asks.
+        return None, f"no token: cannot read {path}: {exc.strerror}"
 
 
 def _fail(text: str, code: int) -> NoReturn:
@@ -644,11 +765,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = args.func
+    if args.debug:
+        if func in CLIENT_COMMANDS:  # httpx logs every request at INFO
+            logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        elif getattr(args, "log_level", "absent") is None:  # the agent's own option
+            args.log_level = "debug"
     try:
         if func not in CLIENT_COMMANDS:
             return int(func(args))
         url = args.url or os.environ.get("GOSSIPMGR_URL") or DEFAULT_URL
-        client = Client(url, _token(args), args.cacert)
+        token, hint = _token(args)
+        client = Client(url, token, args.cacert, hint)
         try:
             return int(func(client, args))
         finally:
@@ -664,4 +791,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: modules that raise
+    # gossipmgr.cli.CliError (the import command) must raise the class main catches.
+    from gossipmgr.cli import main as _main
+
+    sys.exit(_main())

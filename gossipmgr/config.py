@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -37,7 +38,14 @@ class AnsibleConfig:
     #: Added to every inventory host, e.g. ``ansible_connection = "local"`` for the demo.
     host_vars: Mapping[str, Any] = field(default_factory=dict)
     #: A playbook that runs longer is killed (its whole process tree) and the job errors.
-    timeout_s: float = 3600.0
+    #: 0, the default, is no limit (clusterm had none; a cancel stops a hung run).
+    timeout_s: float = 0.0
+    #: A discover job then waits this long for the nodes to join Serf (0: no wait).
+    discover_join_timeout_s: float = 120.0
+    #: Variable names API clients may set although the extra-vars policy refuses them
+    #: (``ansible_*``, ansible's magic variables; docs/security.md). Exact names. Only
+    #: this file sets it: POST /config cannot.
+    allow_client_vars: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,11 @@ class AgentConfig:
     serf_rpc_bind: str = "127.0.0.1:7373"
     #: Use an existing Serf agent at this RPC address instead of starting one.
     serf_rpc: str = ""
-    #: Serf RPC auth key (the agent's ``rpc_auth``), if any.
+    #: Serf RPC auth key (the agent's ``rpc_auth``), if any. Prefer serf_rpc_auth_file (or
+    #: this key in a 0600 config file): on the command line it is in /proc/<pid>/cmdline.
     serf_rpc_auth: str = ""
+    #: A file holding the Serf RPC auth key; read at start (see :func:`serf_rpc_secret`).
+    serf_rpc_auth_file: Path | None = None
     #: memberlist profile for the embedded agent: lan (default) or local.
     serf_profile: str = "lan"
     #: Serf addresses to join (retried forever: a failed start-up join is not fatal).
@@ -68,15 +79,22 @@ class AgentConfig:
     #: Shared 32-byte base64 key (Serf's -encrypt format) for gossip and the embedded Serf.
     #: When unset, <data_dir>/gossip.key is used, created on first start.
     encrypt_key_file: Path | None = None
-    #: A bearer token every API route but /health requires.
+    #: A bearer token every API route but /health requires. Unset: <data_dir>/api.token,
+    #: created (0600) on first start, so even loopback needs a token by default.
     api_token_file: Path | None = None
+    #: Serve the API without any token (loud: warned at start and in /health).
+    no_auth: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    #: Serve the API on a non-loopback address without a token.
+    #: With no_auth: serve the API on a non-loopback address too.
     insecure: bool = False
     playbook_dir: Path = PACKAGED_PLAYBOOKS
     #: Re-run the configure playbook on an Allocated node that comes back (clusterm #123).
     reconfigure_on_reappear: bool = False
+    #: Start even though acknowledged log records in data_dir/state are damaged, keeping the
+    #: intact ones (docs/operations.md, "Damaged log"). For one start after an inspection,
+    #: not for a config file left on.
+    accept_log_damage: bool = False
     #: Lease timing (see gossipmgr.lease.LeaseConfig for the reasons).
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
@@ -84,11 +102,14 @@ class AgentConfig:
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     #: The file this was read from (SIGHUP re-reads it).
     config_file: Path | None = None
+    #: What reading the file noted (a clusterm.conf's ignored sections), logged at start.
+    config_notes: tuple[str, ...] = ()
 
 
 _PATH_FIELDS = {
     "data_dir",
     "encrypt_key_file",
+    "serf_rpc_auth_file",
     "api_token_file",
     "tls_cert",
     "tls_key",
@@ -133,7 +154,7 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         k = key.replace("-", "_")
-        if k not in fields or k == "config_file":
+        if k not in fields or k in ("config_file", "config_notes"):
             raise ConfigError(f"{where}: unknown config key {key!r}")
         if k == "ansible":
             if not isinstance(value, dict):
@@ -144,18 +165,106 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
     return kwargs
 
 
+def _clusterm_conf(raw: Any, where: str) -> dict[str, Any]:
+    """clusterm's JSON ``clusterm.conf`` as AgentConfig keys.
+
+    ``serf.Addr`` -> ``serf_rpc`` (clusterm talked to the node's own Serf agent there),
+    ``serf.AuthKey`` -> ``serf_rpc_auth``, the ``ansible`` section (``playbook_location``
+    -> ``playbook_dir``, ``extra_variables`` a string holding a JSON object). Empty values
+    are skipped, as clusterm's merge over its defaults did. ``inventory`` and ``manager``
+    are noted and ignored (the inventory is imported with ``gossipmgr import clusterm``;
+    the API address is ``api_addr``, clusterm's ``0.0.0.0:9007`` had no authentication).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: clusterm.conf must be a JSON object")
+    data: dict[str, Any] = {}
+    notes: list[str] = []
+    for key in raw:
+        if key not in ("serf", "ansible", "inventory", "manager"):
+            raise ConfigError(f"{where}: unknown clusterm.conf section {key!r}")
+    serf = raw.get("serf") or {}
+    if not isinstance(serf, dict):
+        raise ConfigError(f"{where}: serf must be an object")
+    for k, v in serf.items():
+        key = {"addr": "serf_rpc", "authkey": "serf_rpc_auth", "timeout": ""}.get(k.lower())
+        if key is None:
+            raise ConfigError(f"{where}: unknown key serf.{k}")
+        if v in ("", 0, None):
+            continue
+        if key:
+            data[key] = _coerce(key, str, v, f"{where} serf.{k}")
+        else:
+            notes.append(f"{where}: serf.Timeout is ignored")
+    ans = raw.get("ansible") or {}
+    if not isinstance(ans, dict):
+        raise ConfigError(f"{where}: ansible must be an object")
+    ansible: dict[str, Any] = {}
+    for k, v in ans.items():
+        if v in ("", None):
+            continue
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: ansible.{k} must be a string")
+        if k == "playbook_location":
+            data["playbook_dir"] = Path(v).expanduser()
+        elif k == "extra_variables":
+            try:
+                ev = json.loads(v)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{where}: ansible.extra_variables must hold a JSON object: {exc}"
+                ) from None
+            if not isinstance(ev, dict):
+                raise ConfigError(f"{where}: ansible.extra_variables must hold a JSON object")
+            ansible["extra_variables"] = ev
+        elif k in (
+            "configure_playbook",
+            "cleanup_playbook",
+            "upgrade_playbook",
+            "user",
+            "priv_key_file",
+        ):
+            ansible[k] = v
+        else:
+            raise ConfigError(f"{where}: unknown key ansible.{k}")
+    if ansible:
+        data["ansible"] = AnsibleConfig(**ansible)
+    if raw.get("inventory"):
+        notes.append(
+            f"{where}: the inventory section is ignored; import clusterm's inventory once "
+            "with `gossipmgr import clusterm --boltdb FILE`"
+        )
+    if raw.get("manager"):
+        notes.append(
+            f"{where}: the manager section is ignored; the API listens on api-addr "
+            "(clusterm's 0.0.0.0:9007 had no authentication)"
+        )
+    data["config_notes"] = tuple(notes)
+    return data
+
+
 def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
-    """Defaults < file < overrides (already typed, None meaning "not given")."""
+    """Defaults < file < overrides (already typed, None meaning "not given").
+
+    The file is TOML, or clusterm's JSON ``clusterm.conf`` (a file starting with ``{``)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             with open(path, "rb") as f:
-                raw = tomllib.load(f)
+                text = f.read()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        data = _build(AgentConfig, raw, str(path))
+        if text.lstrip().startswith(b"{"):
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: not valid JSON (clusterm.conf): {exc}") from None
+            data = _clusterm_conf(obj, str(path))
+        else:
+            try:
+                raw = tomllib.loads(text.decode("utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+            data = _build(AgentConfig, raw, str(path))
     for k, v in overrides.items():
         if v is not None:
             data[k] = v
@@ -192,9 +301,28 @@ def validate(cfg: AgentConfig) -> None:
         pass
     if cfg.serf_profile not in ("lan", "local", "wan"):
         raise ConfigError(f"serf-profile must be lan, local or wan, not {cfg.serf_profile!r}")
+    if cfg.serf_rpc_auth and cfg.serf_rpc_auth_file is not None:
+        raise ConfigError("serf-rpc-auth and serf-rpc-auth-file exclude each other")
+    if cfg.no_auth and cfg.api_token_file is not None:
+        raise ConfigError("no-auth and api-token-file exclude each other")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise ConfigError("tls-cert and tls-key go together")
     if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:
         raise ConfigError("lease-renew-ms must be positive and below lease-ttl-ms")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
+
+
+def serf_rpc_secret(cfg: AgentConfig) -> str | None:
+    """The Serf RPC auth key: ``serf_rpc_auth_file``'s content, else ``serf_rpc_auth``,
+    else None. Raises ConfigError for an unreadable or empty file."""
+    path = cfg.serf_rpc_auth_file
+    if path is None:
+        return cfg.serf_rpc_auth or None
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read serf-rpc-auth-file {path}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(f"serf-rpc-auth-file {path} is empty")
+    return secret

@@ -27,6 +27,7 @@ Errors are raised once, where they happen, and translated once, at a boundary
         ├── ValueRefused       422  a value or name gossip cannot carry (names the limit)
         ├── ValueTooLarge      413  a record larger than one gossip message (names the limit)
         ├── Unauthorized       401  missing/invalid token
+        ├── Forbidden          403  refused by policy (an extra-var a client may not set)
         └── Unavailable        503  the request needs Serf/the lease holder and it is down
 """
 
@@ -132,6 +133,13 @@ class ValueTooLarge(RequestError):
     """A write whose encoded record is larger than one gossip message carries."""
 
     status_hint = 413
+
+
+class Forbidden(RequestError):
+    """The request is understood but refused by policy (e.g. an ansible variable an API
+    client may not set)."""
+
+    status_hint = 403
 
 
 class Unavailable(RequestError):

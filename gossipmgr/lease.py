@@ -19,6 +19,19 @@ Rules:
 * Concurrent claims of one epoch merge to the same winner everywhere (name order); the loser
   sees it is not the holder on its next decision and stops acting.
 
+Trust (see docs/design.md, "What a gossip-key holder can do to the lease"):
+
+* A lease never lasts longer than ``ttl + MAX_SKEW_MS`` past the time it was written (its
+  entry's hybrid timestamp, which a receiver refuses when it is more than 500 ms ahead of
+  its clock): :func:`bounded`. A forged entry with ``expires_ms`` a year away is read, on
+  every replica alike, as expiring one TTL after it was written; an honest grant (``now +
+  ttl``, stamped at or after ``now``) is never cut.
+* :func:`reset` is the operator's way out: a vacant lease one epoch above everything seen,
+  which deposes the holder (its later actions are fenced) and is claimed at once.
+* Claimants are ranked live first (:func:`decide`'s ``live``): a candidate Serf lists that
+  we have not heard from over gossip (a stale member, a bare ``serf agent`` tagged as a
+  gossipmgr instance) goes to the back of the line instead of costing a TTL each.
+
 Fencing (Kleppmann's tokens): every action taken under the lease carries ``(epoch, holder)``;
 :func:`check_fence` refuses one that is older than the current lease. Records written under
 the lease are also merged epoch-first (``state.fenced_rank``), so a deposed holder's late
@@ -32,11 +45,22 @@ epochs); after the heal, the order above keeps exactly one and fences the other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import StaleEpoch
+from .clock import DEFAULT_MAX_OFFSET_MS
+from .errors import Conflict, StaleEpoch
+
+#: Clock skew a lease's expiry is allowed past ``written + ttl``: the HLC's bound on how far
+#: ahead of a receiver a timestamp may be (docs/design.md). Expiry is the only place clocks
+#: matter to the lease.
+MAX_SKEW_MS = DEFAULT_MAX_OFFSET_MS
+#: The largest epoch written (a signed 64-bit integer, as the codec encodes it). Honest
+#: epochs grow by one per claim and never get near it; a forged one can sit there, and then
+#: no claim can outbid it: decide() does nothing (it used to raise on encoding, crashing
+#: the lease loop) and reset() refuses, naming the cause.
+MAX_EPOCH = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -70,6 +94,52 @@ class Lease:
         if isinstance(h, str) and type(e) is int and type(x) is int:
             return cls(h, e, x)
         return None
+
+
+def bounded(lease: Lease, written_ms: int, cfg: LeaseConfig) -> Lease:
+    """``lease`` as every replica must read it: expiring at most ``ttl + MAX_SKEW_MS`` after
+    ``written_ms`` (the ms of the entry's hybrid timestamp).
+
+    The holder writes ``now + ttl`` stamped at or after ``now``, so an honest grant is never
+    cut; anything further out (a forged entry, or a peer configured with a longer TTL) is
+    read as ending there. Every replica holds the same entry, so all read the same expiry.
+    """
+    limit = written_ms + cfg.ttl_ms + MAX_SKEW_MS
+    return lease if lease.expires_ms <= limit else replace(lease, expires_ms=limit)
+
+
+def acting_holder(lease: Lease | None, cands: Sequence[str], now_ms: int) -> str | None:
+    """The holder, if it is an alive candidate holding an unexpired lease, else None."""
+    if lease is None or now_ms >= lease.expires_ms or lease.holder not in cands:
+        return None
+    return lease.holder
+
+
+def reset(
+    lease: Lease | None, cands: Sequence[str], now_ms: int, floor: int = 0, force: bool = False
+) -> Lease:
+    """The operator's reset: a vacant lease (no holder, already expired) one epoch above
+    both ``lease`` and ``floor``. It outranks every lease seen so far, so it replaces a
+    forged or stuck one everywhere it reaches; the first candidate claims the next epoch
+    within one lease-loop period. The deposed holder's later actions carry an older epoch
+    and are fenced: a job it runs is stopped.
+
+    Raises Conflict while an alive candidate holds a valid lease, unless ``force``: that
+    holder is acting, and a reset would only stop its jobs.
+    """
+    holder = acting_holder(lease, cands, now_ms)
+    if holder is not None and not force:
+        raise Conflict(
+            f"{holder} holds a valid lease (epoch {lease.epoch if lease else 0}) and is alive: "
+            "a reset would stop its jobs; pass force to reset anyway"
+        )
+    epoch = max(lease.epoch if lease is not None else 0, floor) + 1
+    if epoch > MAX_EPOCH:
+        raise Conflict(
+            f"the lease epoch is exhausted ({epoch - 1}, written by a gossip-key holder): "
+            "no lease can outbid it (see docs/design.md)"
+        )
+    return Lease("", epoch, 0)
 
 
 def candidates(alive_instances: Sequence[str]) -> list[str]:
@@ -109,6 +179,7 @@ def decide(
     now_ms: int,
     cfg: LeaseConfig,
     floor: int = 0,
+    live: Collection[str] | None = None,
 ) -> Lease | None:
     """What ``me`` should write now: a renewal or a claim, or None to do nothing.
 
@@ -116,11 +187,20 @@ def decide(
     max_record_epoch``). A holder that crashed right after claiming may have had its
     actions reach us but not its claim; the lease must then move past that epoch, or every
     later write under the older epoch would lose to the dead holder's records.
+
+    ``live``: the candidates we have heard from over gossip lately (None: all of them;
+    ``me`` always counts). Only the claim order uses it: live candidates first, then the
+    others, then an expired holder still listed. Whether the lease is vacant still depends
+    on Serf and the holder's renewals alone, so a holder is never claimed over sooner.
+    A Serf member tagged as a gossipmgr instance that runs none never renews anything: at
+    rank 0 it would cost every takeover a TTL (three of them: 23.5 s instead of 3.2 s).
     """
     if me not in cands:
         return None
     if lease is not None and lease.holder == me and now_ms < lease.expires_ms:
         if lease.epoch < floor:
+            if floor >= MAX_EPOCH:
+                return None  # nothing can outbid it
             return Lease(me, floor + 1, now_ms + cfg.ttl_ms)  # re-grant past the floor
         if lease.expires_ms - now_ms <= cfg.ttl_ms - cfg.renew_ms:
             return Lease(me, lease.epoch, now_ms + cfg.ttl_ms)
@@ -129,7 +209,11 @@ def decide(
         return None
     # The expired holder (alive in Serf but silent: hung, or its gossip cut) goes to the
     # back of the line, so the next candidate claims at once instead of a TTL later.
-    order = [c for c in cands if lease is None or c != lease.holder]
+    others = [c for c in cands if lease is None or c != lease.holder]
+    if live is not None:
+        heard = [c for c in others if c == me or c in live]
+        others = heard + [c for c in others if c != me and c not in live]
+    order = others
     if lease is not None and lease.holder in cands:
         order.append(lease.holder)
     rank = order.index(me)
@@ -138,6 +222,8 @@ def decide(
         if now_ms < expired_at + rank * cfg.ttl_ms:
             return None
     epoch = max(lease.epoch if lease is not None else 0, floor) + 1
+    if epoch > MAX_EPOCH:
+        return None  # nothing can outbid it
     return Lease(me, epoch, now_ms + cfg.ttl_ms)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -161,10 +162,12 @@ class Node:
     args: list[str]
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
+    #: Serf node name when it is not ``<label>-<serial>`` (an imposter, a bare member).
+    member_name: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.label}-{self.serial}"
+        return self.member_name or f"{self.label}-{self.serial}"
 
 
 @dataclass
@@ -179,6 +182,9 @@ class LocalCluster:
     instances: dict[str, Instance] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     key_file: Path = field(init=False)
+    #: The API token every instance requires (one for the cluster: forwarding passes the
+    #: client's token on); the CLI reads it with GOSSIPMGR_TOKEN_FILE.
+    token_file: Path = field(init=False)
     config_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -188,6 +194,11 @@ class LocalCluster:
         if not self.key_file.exists():
             self.key_file.write_text(generate_key() + "\n")
             self.key_file.chmod(0o600)
+        self.token_file = self.root / "api.token"
+        if not self.token_file.exists():
+            fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
         self.config_file = self.root / "agent.toml"
         lines = []
         if self.local_ansible:
@@ -238,6 +249,8 @@ class LocalCluster:
             self.profile,
             "--encrypt-key-file",
             str(self.key_file),
+            "--api-token-file",
+            str(self.token_file),
             "--lease-ttl-ms",
             str(self.lease_ttl_ms),
             "--lease-renew-ms",
@@ -320,16 +333,24 @@ class LocalCluster:
         return None
 
     # -- HTTP ------------------------------------------------------------------------------
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header every API route but /health requires."""
+        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
+
     def get(self, name: str, path: str, timeout: float = 5.0) -> Any:
-        r = httpx.get(f"{self.instances[name].url}{path}", timeout=timeout)
+        url = f"{self.instances[name].url}{path}"
+        r = httpx.get(url, headers=self.headers, timeout=timeout)
         r.raise_for_status()
         return r.json()
 
     def post(self, name: str, path: str, body: Any, timeout: float = 30.0) -> httpx.Response:
-        return httpx.post(f"{self.instances[name].url}{path}", json=body, timeout=timeout)
+        url = f"{self.instances[name].url}{path}"
+        return httpx.post(url, json=body, headers=self.headers, timeout=timeout)
 
     def put(self, name: str, path: str, body: Any, timeout: float = 30.0) -> httpx.Response:
-        return httpx.put(f"{self.instances[name].url}{path}", json=body, timeout=timeout)
+        url = f"{self.instances[name].url}{path}"
+        return httpx.put(url, json=body, headers=self.headers, timeout=timeout)
 
     def lease(self, name: str) -> dict[str, Any]:
         return dict(self.get(name, "/info/lease")["lease"] or {})
@@ -347,26 +368,39 @@ class LocalCluster:
 
     # -- simulated nodes -------------------------------------------------------------------
     def add_node(self, label: str, serial: str, addr: str = HOST) -> Node:
-        data = self.root / "nodes" / f"{label}-{serial}"
+        tags = {"NodeLabel": label, "NodeSerial": serial, "NodeAddr": addr}
+        return self.add_member(f"{label}-{serial}", tags)
+
+    def add_member(self, name: str, tags: dict[str, str]) -> Node:
+        """A bare ``serf agent`` named ``name`` with ``tags``, joined to the cluster: a
+        node (``add_node``), or one posing as another node or as a gossipmgr instance."""
+        data = self.root / "nodes" / name
         data.mkdir(parents=True, exist_ok=True)
         serf_port, rpc_port = free_port(), free_port()
         args = [
             shutil.which("serf") or "serf",
             "agent",
-            f"-node={label}-{serial}",
+            f"-node={name}",
             f"-bind={HOST}:{serf_port}",
             f"-rpc-addr={HOST}:{rpc_port}",
             f"-profile={self.profile}",
-            f"-tag=NodeLabel={label}",
-            f"-tag=NodeSerial={serial}",
-            f"-tag=NodeAddr={addr}",
+            *(f"-tag={k}={v}" for k, v in tags.items()),
             f"-keyring-file={self._node_keyring(data)}",
             "-retry-interval=1s",
         ]
         seed = self._seed()
         if seed:
             args.append(f"-retry-join={seed}")
-        node = Node(label, serial, addr, serf_port, rpc_port, args, data)
+        node = Node(
+            tags.get("NodeLabel", ""),
+            tags.get("NodeSerial", ""),
+            tags.get("NodeAddr", ""),
+            serf_port,
+            rpc_port,
+            args,
+            data,
+            member_name=name,
+        )
         self.nodes[node.name] = node
         self.start_node(node.name)
         return node

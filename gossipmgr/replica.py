@@ -20,6 +20,14 @@ half-loaded.
 
 Compaction: once the log since the last snapshot exceeds ``compact_bytes``, the next write
 snapshots the whole state (``Store.compact``), which then drops the superseded log.
+``Store.compact`` requires the snapshot to cover every record whose append was called
+before its instant, but a commit applies its delta to memory only after the append
+returned. So a compaction first closes a gate: new commits wait at it (before they take a
+timestamp), commits already past it finish (append, apply), and only when none is between
+its append and its apply is the snapshot taken and the log rotated. The gate reopens at that
+instant, so writers wait at most for the in-flight group commit (one fsync), never for the
+snapshot to be written. Remote deltas need no gate: they are applied before they are
+persisted.
 
 Ownership: the Replica owns its Store (opened in ``open``, closed in ``aclose``). It starts
 no tasks; the gossip service drains ``outbox`` and calls ``receive``.
@@ -28,6 +36,7 @@ no tasks; the gossip service drains ``outbox`` and calls ``receive``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,8 +50,8 @@ from .codec import check_entry, decode_map_trusted, encode_map
 from .crdt import LWWMap
 from .errors import BadPacket, CorruptFile, StoreError, ValueRefused, ValueTooLarge
 from .gossip.protocol import AntiEntropy, GossipConfig
-from .lease import Lease, LeaseConfig, is_holder
-from .state import ClusterState
+from .lease import Lease, LeaseConfig, bounded, is_holder
+from .state import LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.replica")
 
@@ -69,6 +78,13 @@ def check_writable(delta: LWWMap) -> None:
             where = "/".join(key)[:80]
             cls = ValueTooLarge if exc.reason == "too_large" else ValueRefused
             raise cls(f"{where}: {exc.detail}") from None
+
+
+def default_compact_bytes() -> int:
+    """DEFAULT_COMPACT_BYTES, or the test-only ``GOSSIPMGR_TEST_COMPACT_BYTES`` (crash tests
+    use it to make real agents compact every few writes; docs/testing.md)."""
+    raw = os.environ.get("GOSSIPMGR_TEST_COMPACT_BYTES", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_COMPACT_BYTES
 
 
 def encode_snapshot(state: ClusterState, hlc_last: Timestamp) -> bytes:
@@ -104,7 +120,8 @@ class Replica:
         lease: LeaseConfig | None = None,
         max_offset_ms: int = 500,
         fsync: bool = True,
-        compact_bytes: int = DEFAULT_COMPACT_BYTES,
+        compact_bytes: int | None = None,
+        accept_damage: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
@@ -117,10 +134,17 @@ class Replica:
         self.lease_cfg = lease or LeaseConfig()
         #: alive gossipmgr instances (Serf's view, set by the agent); alone: just us
         self.candidates: list[str] = [name]
-        self.compact_bytes = compact_bytes
+        self.compact_bytes = compact_bytes if compact_bytes is not None else default_compact_bytes()
+        self._accept_damage = accept_damage
         self._store: Any = None
         self._fsync = fsync
         self._compacting = False
+        self._compact_lock = trio.Lock()
+        #: commits between taking their timestamp and applying their delta
+        self._in_flight = 0
+        self._drained = trio.Event()  # set when _in_flight drops to 0 while the gate is shut
+        self._gate_open = trio.Event()
+        self._gate_open.set()
         send, recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
         self.outbox_send, self.outbox = send, recv
         self._changed = trio.Event()
@@ -141,7 +165,7 @@ class Replica:
         t0 = time.perf_counter()
         notes: list[str] = []
         if self.data_dir is not None:
-            store = Store(self.data_dir, fsync=self._fsync)
+            store = Store(self.data_dir, fsync=self._fsync, accept_damage=self._accept_damage)
             restored = store.open()
             try:
                 notes += restored.notes
@@ -229,18 +253,26 @@ class Replica:
         the write, and whatever ``make`` raises (validation errors) before anything happens;
         ValueTooLarge / ValueRefused (nothing applied) for a delta gossip could not carry.
         """
-        ts = self.hlc.now(self.now_ms())
-        delta = make(self.state, ts)
-        if not len(delta):
-            return delta
-        check_writable(delta)
-        if self._store is not None:
-            try:
-                await self._store.append(encode_map(delta))
-            except StoreError:
-                self.counters["write_errors"] += 1
-                raise
-        res = self.ae.local_write(delta, self.now_ms())
+        while not self._gate_open.is_set():  # a compaction is taking its snapshot
+            await self._gate_open.wait()
+        self._in_flight += 1
+        try:
+            ts = self.hlc.now(self.now_ms())
+            delta = make(self.state, ts)
+            if not len(delta):
+                return delta
+            check_writable(delta)
+            if self._store is not None:
+                try:
+                    await self._store.append(encode_map(delta))
+                except StoreError:
+                    self.counters["write_errors"] += 1
+                    raise
+            res = self.ae.local_write(delta, self.now_ms())
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._drained.set()
         self.counters["writes"] += 1
         self._send(res.out)
         self._notify()
@@ -266,7 +298,7 @@ class Replica:
             return
         self._compacting = True
         try:
-            await store.compact(lambda: encode_snapshot(self.state, self.hlc.last))
+            await self._compact()
         except StoreError as exc:
             log.error("%s: compaction failed: %s", self.name, exc)
         finally:
@@ -274,7 +306,30 @@ class Replica:
 
     async def snapshot_now(self) -> None:
         if self._store is not None:
-            await self._store.compact(lambda: encode_snapshot(self.state, self.hlc.last))
+            await self._compact()
+
+    async def _compact(self) -> None:
+        """Snapshot at an instant when no commit is between its append and its apply.
+
+        See the module docstring. Raises what ``Store.compact`` raises.
+        """
+        store = self._store
+        async with self._compact_lock:  # one at a time: the gate has one owner
+            self._gate_open = trio.Event()  # shut: new commits wait
+            try:
+                while self._in_flight:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+
+                def make_snapshot() -> bytes:
+                    # Store.compact calls this at its instant (rotation follows with no
+                    # checkpoint), so reopening here lets commits go on into the new segment.
+                    self._gate_open.set()
+                    return encode_snapshot(self.state, self.hlc.last)
+
+                await store.compact(make_snapshot)
+            finally:
+                self._gate_open.set()
 
     # ------------------------------------------------------------------ gossip glue
     def _send(self, out: list[tuple[str, bytes]]) -> None:
@@ -310,7 +365,12 @@ class Replica:
 
     # ------------------------------------------------------------------ lease view
     def lease(self) -> Lease | None:
-        return Lease.from_value(self.state.lease())
+        """The lease as every replica reads it: expiry bounded by when it was written."""
+        e = self.state.map.entry(LEASE_KEY)
+        if e is None or e.deleted:
+            return None
+        lease = Lease.from_value(e.value)
+        return None if lease is None else bounded(lease, e.ts.ms, self.lease_cfg)
 
     def is_holder(self) -> bool:
         return is_holder(self.name, self.lease(), self.candidates, self.now_ms())

@@ -8,10 +8,11 @@ caller (the CRDT layer) encodes deltas/states to bytes; this module never looks 
 Files in the data directory (``docs/storage-format.md`` has the byte layout and the
 crash-safety argument step by step)::
 
-    log.<seq>         append-only segment: header | frame | frame | ...
+    log.<seq>         append-only segment: header | 2 commit slots | frame | frame | ...
     snapshot.<seq>    header | u64 length | payload | blake2b-256(everything before)
     *.tmp             a file being created; never read, removed at open()
-    *.corrupt         a snapshot refused at open() and set aside for inspection; never read
+    *.corrupt         a snapshot refused at open() and set aside, or a copy of a damaged
+                      segment whose loss was accepted; kept for inspection, never read
     LOCK              flock()ed while a Store is open (one process per directory)
 
 ``snapshot.N`` covers every record in segments ``< N``; restore is the newest good snapshot
@@ -26,13 +27,17 @@ Decisions and why:
   up to 32 bits; CRC32C would be nicer but is not in the stdlib). Snapshots use
   ``hashlib.blake2b`` (256-bit): one large, rarely read file where a 2**-32 miss chance is
   not worth saving a few ms, and blake2b is as fast as sha1 in CPython.
-- Torn tail vs corruption: a bad frame is a *torn tail* (an unacknowledged write cut by a
-  crash) only at the end of the **last** segment: a short frame, a bad checksum on the
-  frame that ends exactly at EOF, or a bad frame followed by nothing but zero bytes (blocks
-  allocated but not written before power loss). It is truncated away and reported. A bad
-  frame anywhere else is :class:`CorruptFile`: a batch is fsync'd before the next batch or
-  a new segment is started, so damage there is damage to acknowledged data and we refuse
-  to guess (PostgreSQL and etcd also stop rather than skip).
+- Torn write vs damage: every segment (format version 2) holds a *commit point* in one
+  of two commit slots after its header. A commit writes and fsyncs the batch, then writes
+  the commit point past it and fsyncs again; only then does append() return. So every
+  byte before the commit point was acknowledged and a crash can only tear bytes after it.
+  Restore refuses (:class:`CorruptFile`, file and offset named) any bad or missing byte
+  before the commit point, unless the operator accepts the loss (``accept_damage``: the
+  intact records are kept, the segment is copied to ``log.N.corrupt`` and cut); in the
+  last segment a bad frame after the commit point is a torn write, cut off and reported.
+  Version 1 segments (no commit point) keep the old heuristic: a short frame, a bad
+  checksum on the frame ending at EOF, or a bad frame followed only by zeros at the end of
+  the last segment is torn. PostgreSQL and etcd also stop rather than skip damage.
 - A corrupt newest snapshot (bad magic/checksum/length): it is **refused**, renamed to
   ``snapshot.N.corrupt`` (kept for inspection, never deleted by us) and restore uses the
   previous good snapshot plus *all* segments after it, which retention keeps for exactly
@@ -49,7 +54,8 @@ Decisions and why:
   appender's task owns its wait; nobody owns a flusher task (prior art: PostgreSQL's
   commit_delay/group commit, MySQL binlog group commit).
 - Failed write or fsync (ENOSPC, EIO): the whole batch fails with :class:`StoreError`, the
-  segment is truncated back to the last good offset and fsync'd (after a failed fsync the
+  commit slot being written is set back to the last good offset, and the segment is
+  truncated back to it and fsync'd (after a failed fsync the
   page cache state is unknown, see PostgreSQL "fsyncgate" 2018, so the bytes are cut off,
   never retried). If even that truncate fails the store refuses every later append until
   reopened: garbage could otherwise sit in the middle of the log.
@@ -66,6 +72,7 @@ import hashlib
 import logging
 import os
 import re
+import signal
 import struct
 import time
 import zlib
@@ -89,14 +96,23 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # --- format constants (docs/storage-format.md) -------------------------------------------
-# Versioning: a reader refuses any version it does not know. WARNING: only ever bump the
-# version for a new layout; never reuse a number.
-FORMAT_VERSION = 1
+# Versioning: each kind of file carries its layout version; a reader refuses any version it
+# does not know. WARNING: only ever bump a version for a new layout; never reuse a number.
+# Log segments: version 2 adds the commit slots (version 1 segments are still read, with the
+# version 1 torn-tail rule, and never appended to). Snapshots: version 1.
+FORMAT_VERSION = 2  # of the log segments this release writes
+LOG_VERSIONS = (1, 2)
+SNAP_VERSION = 1
 LOG_MAGIC = b"gmgr-log"
 SNAP_MAGIC = b"gmgr-snp"
 # magic(8) | u32 version | u64 seq | u32 crc32(of the previous 20 bytes), little-endian.
 _HEADER = struct.Struct("<8sIQI")
 HEADER_SIZE = _HEADER.size  # 24
+# Version 2 segments: two commit slots follow the header, then the frames. A slot is
+# u64 acknowledged end offset | u32 generation | u32 crc32(of the previous 12 bytes).
+_SLOT = struct.Struct("<QII")
+SLOT_SIZE = _SLOT.size  # 16
+LOG_DATA_START = HEADER_SIZE + 2 * SLOT_SIZE  # 56: where frames start in a version 2 segment
 # A log frame: u32 payload length | u32 crc32(length bytes + payload) | payload.
 _FRAME = struct.Struct("<II")
 FRAME_OVERHEAD = _FRAME.size  # 8
@@ -135,8 +151,70 @@ def _frame(record: bytes) -> bytes:
 
 
 def _header(magic: bytes, seq: int) -> bytes:
-    head = struct.pack("<8sIQ", magic, FORMAT_VERSION, seq)
+    version = FORMAT_VERSION if magic == LOG_MAGIC else SNAP_VERSION
+    head = struct.pack("<8sIQ", magic, version, seq)
     return head + zlib.crc32(head).to_bytes(4, "little")
+
+
+def _slot(end: int, gen: int) -> bytes:
+    body = struct.pack("<QI", end, gen)
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def _slot_offset(gen: int) -> int:
+    return HEADER_SIZE + (gen % 2) * SLOT_SIZE
+
+
+def _new_segment(seq: int) -> bytes:
+    """A version 2 segment with no records: its commit point is the start of the frames."""
+    return _header(LOG_MAGIC, seq) + b"\0" * SLOT_SIZE + _slot(LOG_DATA_START, 1)
+
+
+def _read_slots(data: bytes | memoryview) -> tuple[int, int] | None:
+    """The valid commit slot with the highest generation: (end, gen), or None."""
+    best: tuple[int, int] | None = None
+    for i in range(2):
+        off = HEADER_SIZE + i * SLOT_SIZE
+        if len(data) < off + SLOT_SIZE:
+            continue
+        end, gen, crc = _SLOT.unpack_from(data, off)
+        if zlib.crc32(bytes(data[off : off + 12])) != crc or gen % 2 != i:
+            continue
+        if best is None or gen > best[1]:
+            best = (end, gen)
+    return best
+
+
+# --- test-only crash points (docs/testing.md) --------------------------------------------
+# GOSSIPMGR_TEST_CRASH_AT=<point>:<n> makes the process SIGKILL itself the n-th time it
+# passes <point> (n counts from 1). Read once at import; unset in production, where the
+# hook is a dict lookup on an empty dict. Used by tests/test_crash_agent.py and
+# bench/crash.py to kill an agent inside a compaction or between the two fsyncs of a commit.
+CRASH_POINTS = (
+    "flush.after-write",  # a batch is written, not yet fsync'd
+    "flush.after-data-fsync",  # the batch is durable, its commit slot not yet written
+    "compact.after-rotate",  # log.N exists, snapshot.N does not
+    "compact.after-snapshot",  # snapshot.N is durable, nothing deleted yet
+    "compact.mid-delete",  # one superseded file deleted, maybe more to go
+)
+_crash_at: dict[str, int] = {}
+if _spec := os.environ.get("GOSSIPMGR_TEST_CRASH_AT", ""):
+    _point, _, _n = _spec.rpartition(":")
+    if _point not in CRASH_POINTS or not _n.isdigit() or int(_n) < 1:
+        raise SystemExit(
+            f"GOSSIPMGR_TEST_CRASH_AT={_spec!r}: want <point>:<n>, <point> in {CRASH_POINTS}"
+        )
+    _crash_at[_point] = int(_n)
+
+
+def _crash_point(point: str) -> None:
+    n = _crash_at.get(point)
+    if n is None:
+        return
+    if n <= 1:
+        log.warning("GOSSIPMGR_TEST_CRASH_AT: SIGKILL at %s", point)
+        os.kill(os.getpid(), signal.SIGKILL)
+    _crash_at[point] = n - 1
 
 
 class _VersionError(Exception):
@@ -147,8 +225,9 @@ class _VersionError(Exception):
         self.why = why
 
 
-def _check_header(path: Path, data: bytes | memoryview, magic: bytes, seq: int) -> None:
-    """Validate a file header. Raises CorruptFile, or _VersionError for an unknown version."""
+def _check_header(path: Path, data: bytes | memoryview, magic: bytes, seq: int) -> int:
+    """Validate a file header; returns its version. Raises CorruptFile, or _VersionError
+    for an unknown version."""
     if len(data) < HEADER_SIZE:
         raise CorruptFile(str(path), f"file is {len(data)} bytes, shorter than its header")
     got_magic, version, got_seq, crc = _HEADER.unpack_from(data, 0)
@@ -156,13 +235,15 @@ def _check_header(path: Path, data: bytes | memoryview, magic: bytes, seq: int) 
         raise CorruptFile(str(path), f"bad magic {got_magic!r}, expected {magic!r}")
     if zlib.crc32(bytes(data[: HEADER_SIZE - 4])) != crc:
         raise CorruptFile(str(path), "header checksum mismatch")
-    if version != FORMAT_VERSION:
+    known = LOG_VERSIONS if magic == LOG_MAGIC else (SNAP_VERSION,)
+    if version not in known:
         raise _VersionError(
             f"format version {version} is not supported (this gossipmgr reads "
-            f"version {FORMAT_VERSION}); was it written by a newer release?"
+            f"version {' and '.join(map(str, known))}); was it written by a newer release?"
         )
     if got_seq != seq:
         raise CorruptFile(str(path), f"header says sequence {got_seq}, file name says {seq}")
+    return int(version)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -228,7 +309,8 @@ class Restored:
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Counters for /metrics. ``fsyncs`` counts log batch fsyncs (one per group commit)."""
+    """Counters for /metrics. ``fsyncs`` counts group commits made durable (each is two
+    fdatasync calls: the batch, then its commit slot); ``fsync_*_s`` time both together."""
 
     appends: int
     batches: int
@@ -239,6 +321,20 @@ class StoreStats:
     compactions: int
     errors: int
     log_bytes: int
+
+
+@dataclass(eq=False)
+class _Segment:
+    """What :meth:`Store._read_segment` found in one segment."""
+
+    version: int
+    data_start: int
+    good_end: int  # end of the last intact record
+    records: list[bytes] = field(default_factory=list)
+    acked: int = 0  # commit point (version 2)
+    gen: int = 0  # its slot generation
+    torn_why: str | None = None  # a torn write after the commit point was found at good_end
+    damage: str | None = None  # accepted damage to acknowledged records (accept_damage)
 
 
 @dataclass(eq=False)
@@ -260,9 +356,13 @@ class Store:
     are in the OS page cache) but not power loss. For tests and benchmarks.
     """
 
-    def __init__(self, data_dir: Path, *, fsync: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, fsync: bool = True, accept_damage: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.fsync = fsync
+        #: restore what is left of a log segment whose acknowledged records are damaged
+        #: (copy set aside as log.N.corrupt) instead of raising CorruptFile
+        self.accept_damage = accept_damage
+        self._slot_gen = 0  # generation of the newest commit slot of the open segment
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._fd_seq = 0  # segment the fd is open on
@@ -407,37 +507,70 @@ class Store:
         records: list[bytes] = []
         torn = False
         chain = sorted(s for s in logs if s >= base) if base else []
+        seg: _Segment | None = None
         for seq in chain:
             last = seq == chain[-1]
-            recs, good_end, torn_why = self._read_segment(logs[seq], seq, last=last)
-            records.extend(recs)
-            self._segment_bytes[seq] = good_end - HEADER_SIZE
-            if torn_why is not None:
-                torn = True
-                self._truncate_torn(logs[seq], good_end)
+            p = logs[seq]
+            seg = self._read_segment(p, seq, last=last, accept_damage=self.accept_damage)
+            records.extend(seg.records)
+            self._segment_bytes[seq] = seg.good_end - seg.data_start
+            if seg.damage is not None:
+                dest = p.with_name(p.name + ".corrupt")
+                self._set_aside_copy(p, dest)
+                self._cut_sync(p, seg.good_end, seg.gen + 1 if seg.version >= 2 else None)
+                seg.gen += 1
+                seg.acked = seg.good_end
                 notes.append(
-                    f"discarded a torn record at the end of {logs[seq]} (offset {good_end}: "
-                    f"{torn_why}); truncated to {good_end} bytes; it was never acknowledged"
+                    f"ACCEPTED LOSS of acknowledged records: {p}: {seg.damage}; kept the "
+                    f"{len(seg.records)} records before offset {seg.good_end} and dropped the "
+                    f"rest of the segment (original copied to {dest.name})"
                 )
                 log.warning("store %s: %s", d, notes[-1])
+            elif seg.torn_why is not None:
+                torn = True
+                self._cut_sync(p, seg.good_end, None)
+                why = (
+                    f"it starts after the commit point (offset {seg.acked}), so it was never "
+                    "acknowledged"
+                    if seg.version >= 2
+                    else "it was never acknowledged (a version 1 segment: no commit point)"
+                )
+                notes.append(
+                    f"discarded a torn write at the end of {p} (offset {seg.good_end}: "
+                    f"{seg.torn_why}); truncated to {seg.good_end} bytes; {why}"
+                )
+                log.warning("store %s: %s", d, notes[-1])
+            if last and seg.version >= 2 and seg.acked != seg.good_end:
+                # Whole records written after the last commit point: restored, so from now
+                # on they count as acknowledged (a later loss of them is damage).
+                seg.gen += 1
+                self._cut_sync(p, seg.good_end, seg.gen)
 
         self._durable_snap_seq = base if snap_path is not None else 0
         self._fallback_seq = base or FIRST_SEQ
-        # Append to the last segment of the chain, or create the first one.
-        if chain:
+        # Append to the last segment of the chain, or create the first one. A version 1
+        # segment is never appended to (it has no commit slots): the next one is started.
+        if chain and seg is not None and seg.version >= 2:
             seq = chain[-1]
             try:
                 self._fd = os.open(logs[seq], os.O_RDWR)
             except OSError as e:
                 raise StoreError(f"cannot open {logs[seq]} for append: {e.strerror or e}")
             self._fd_seq = self._target_seq = seq
-            self._offset = HEADER_SIZE + self._segment_bytes[seq]
+            self._offset = seg.good_end
+            self._slot_gen = seg.gen
         else:
-            self._target_seq = FIRST_SEQ
+            seq = chain[-1] + 1 if chain else FIRST_SEQ
+            self._target_seq = seq
             try:
-                self._ensure_segment_sync(FIRST_SEQ)
+                self._ensure_segment_sync(seq)
             except OSError as e:
-                raise StoreError(f"cannot create the first log segment in {d}: {e}")
+                raise StoreError(f"cannot create log segment {seq} in {d}: {e}")
+            if chain:
+                notes.append(
+                    f"started {_log_name(seq)} in format version {FORMAT_VERSION} after "
+                    f"version 1 segment {_log_name(chain[-1])}"
+                )
         if self.fsync and (refused or notes):
             try:
                 _fsync_dir(d)
@@ -481,23 +614,55 @@ class Store:
         return data[HEADER_SIZE + 8 : HEADER_SIZE + 8 + n]
 
     @staticmethod
-    def _read_segment(path: Path, seq: int, *, last: bool) -> tuple[list[bytes], int, str | None]:
-        """Parse a segment. Returns (records, end of last good frame, torn-tail reason).
+    def _read_segment(path: Path, seq: int, *, last: bool, accept_damage: bool) -> _Segment:
+        """Parse a segment (the rule is in docs/storage-format.md, "Torn write or damage").
 
-        Raises CorruptFile for damage that is not a torn tail of the last segment.
+        Raises CorruptFile for damage to acknowledged records (unless ``accept_damage``:
+        then ``damage`` says what and ``good_end`` where the intact records end) and for a
+        bad frame that is not a torn write of the last segment.
         """
         try:
             data = path.read_bytes()
         except OSError as e:
             raise CorruptFile(str(path), f"unreadable: {e.strerror or e}")
         try:
-            _check_header(path, data, LOG_MAGIC, seq)
+            version = _check_header(path, data, LOG_MAGIC, seq)
         except _VersionError as e:
             raise CorruptFile(str(path), e.why)
         view = memoryview(data)
         size = len(data)
-        off = HEADER_SIZE
-        records: list[bytes] = []
+        start = HEADER_SIZE if version == 1 else LOG_DATA_START
+        seg = _Segment(version=version, data_start=start, good_end=start)
+        damage: str | None = None
+
+        def damaged(why: str) -> _Segment:
+            if not accept_damage:
+                raise CorruptFile(
+                    str(path),
+                    f"{why}: acknowledged records are damaged, refusing to start (to accept "
+                    "the loss, see --accept-log-damage in docs/operations.md)",
+                )
+            seg.damage = why
+            return seg
+
+        acked: int | None = None  # version 1: unknown
+        if version >= 2:
+            slot = _read_slots(view) if size >= start else None
+            if slot is None:
+                damage = (
+                    f"file is {size} bytes, shorter than its header and commit slots"
+                    if size < start
+                    else "both commit slots are damaged"
+                )
+                if not accept_damage:
+                    return damaged(damage)
+                seg.damage, acked = damage, start
+            else:
+                acked, seg.gen = slot
+                if acked < start:
+                    return damaged(f"commit slot says offset {acked}, before the first record")
+            seg.acked = acked
+        off = start
         unpack, crc32 = _FRAME.unpack_from, zlib.crc32
         while off < size:
             rest = size - off
@@ -516,27 +681,56 @@ class Store:
                 elif crc32(view[off + FRAME_OVERHEAD : end], crc32(view[off : off + 4])) != crc:
                     why = "record checksum mismatch"
                     torn = end == size or _all_zero(view[off:])
+                elif acked is not None and off < acked < end:
+                    why = f"record crosses the commit point {acked}"
                 else:
-                    records.append(bytes(view[off + FRAME_OVERHEAD : end]))
-                    off = end
+                    seg.records.append(bytes(view[off + FRAME_OVERHEAD : end]))
+                    off = seg.good_end = end
                     continue
+            if acked is not None:
+                if off < acked:
+                    return damaged(
+                        f"bad record at offset {off} ({why}), before the commit point {acked}"
+                    )
+                # After the commit point nothing was acknowledged: any bad frame there is
+                # the torn end of a write that was cut by a crash.
+                torn = True
             if torn and last:
-                return records, off, why
+                seg.torn_why = why
+                return seg
             where = "" if last else " (not the last segment, so not a torn write)"
             raise CorruptFile(str(path), f"bad record at offset {off}: {why}{where}")
-        return records, off, None
+        if acked is not None and off < acked:
+            return damaged(
+                f"file ends at offset {size} but records up to {acked} were acknowledged"
+            )
+        if damage is not None:
+            seg.damage = damage
+        return seg
 
-    def _truncate_torn(self, path: Path, good_end: int) -> None:
+    @staticmethod
+    def _set_aside_copy(path: Path, dest: Path) -> None:
+        try:
+            _write_file_atomic(path.parent, dest.name, path.read_bytes(), True)
+        except OSError as e:
+            raise StoreError(f"cannot copy damaged {path} to {dest}: {e.strerror or e}")
+
+    def _cut_sync(self, path: Path, good_end: int, gen: int | None) -> None:
+        """Truncate ``path`` to ``good_end``; with ``gen``, also commit ``good_end`` there."""
         try:
             fd = os.open(path, os.O_RDWR)
             try:
+                if gen is not None:
+                    os.pwrite(fd, _slot(good_end, gen), _slot_offset(gen))
+                    if self.fsync:
+                        os.fsync(fd)
                 os.ftruncate(fd, good_end)
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as e:
-            raise StoreError(f"cannot truncate torn tail of {path}: {e.strerror or e}")
+            raise StoreError(f"cannot truncate {path} to {good_end}: {e.strerror or e}")
 
     # --- segment management (worker thread, under _flush_lock) ---------------------------
 
@@ -545,35 +739,50 @@ class Store:
         if self._fd is not None and self._fd_seq == seq:
             return
         name = _log_name(seq)
-        _write_file_atomic(self.data_dir, name, _header(LOG_MAGIC, seq), self.fsync)
+        _write_file_atomic(self.data_dir, name, _new_segment(seq), self.fsync)
         fd = os.open(self.data_dir / name, os.O_RDWR)
         if self._fd is not None:
             os.close(self._fd)
-        self._fd, self._fd_seq, self._offset = fd, seq, HEADER_SIZE
+        self._fd, self._fd_seq, self._offset, self._slot_gen = fd, seq, LOG_DATA_START, 1
         self._segment_bytes.setdefault(seq, 0)
 
     def _flush_sync(self, data: bytes, seq: int) -> None:
-        """Write one batch to segment ``seq`` and fsync it; on error cut the segment back.
+        """Write one batch to segment ``seq``, fsync it, then commit its end in the next
+        commit slot and fsync that; on error cut the segment back.
 
         Raises OSError."""
         self._ensure_segment_sync(seq)
         fd = self._fd
         assert fd is not None
         start = self._offset
+        gen = self._slot_gen + 1
         try:
             view = memoryview(data)
             off = 0
             while off < len(view):
                 off += _sys_pwrite(fd, view[off:], start + off)
+            _crash_point("flush.after-write")
+            t0 = time.perf_counter()
             if self.fsync:
-                t0 = time.perf_counter()
+                _sys_fsync(fd)
+            _crash_point("flush.after-data-fsync")
+            # Only now, with the batch durable, may the commit point move past it: a torn
+            # write can never sit before a durable commit point (docs/storage-format.md).
+            if _sys_pwrite(fd, _slot(start + len(data), gen), _slot_offset(gen)) != SLOT_SIZE:
+                raise OSError(errno.EIO, "short write of a commit slot")
+            if self.fsync:
                 _sys_fsync(fd)
                 dt = time.perf_counter() - t0
                 self._fsyncs += 1
                 self._fsync_last = dt
                 self._fsync_max = max(self._fsync_max, dt)
+            self._slot_gen = gen
         except OSError:
             try:
+                # The commit slot first (it may already say start + len), then the bytes.
+                os.pwrite(fd, _slot(start, gen), _slot_offset(gen))
+                os.fsync(fd)
+                self._slot_gen = gen
                 os.ftruncate(fd, start)
                 os.fsync(fd)
             except OSError as e2:
@@ -697,12 +906,14 @@ class Store:
                     self._check_usable()
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(self._ensure_segment_sync, seq)
+                _crash_point("compact.after-rotate")
                 body = _header(SNAP_MAGIC, seq) + _U64.pack(len(state)) + bytes(state)
                 blob = body + hashlib.blake2b(body, digest_size=SNAP_DIGEST_SIZE).digest()
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(
                         _write_file_atomic, self.data_dir, _snap_name(seq), blob, self.fsync
                     )
+                _crash_point("compact.after-snapshot")
             except (OSError, StoreError) as e:
                 self._errors += 1
                 raise StoreError(f"compaction of {self.data_dir} failed: {e}") from e
@@ -743,6 +954,7 @@ class Store:
             try:
                 os.unlink(self.data_dir / name)
                 removed = True
+                _crash_point("compact.mid-delete")
             except OSError as e:
                 log.warning("store %s: cannot delete %s: %s", self.data_dir, name, e)
         if removed and self.fsync:

@@ -103,7 +103,7 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 def test_openapi_lists_every_route_and_nothing_else() -> None:
     app = create_app(StandaloneContext(Replica("x", data_dir=None)))
     assert rule_paths(app) == spec_paths()
-    assert len(spec_paths()) == 27
+    assert len(spec_paths()) == 30
 
 
 def test_listen_policy() -> None:
@@ -307,6 +307,28 @@ async def test_malformed_requests_are_refused_without_a_state_change(api: Any) -
         assert isinstance(r, dict) and isinstance(r.get("error"), str), (path, kw, r)
     assert codes == [415] + [400] * 13 + [413]
     assert ctx.replica.state.map == before
+
+
+async def test_lease_reset_needs_the_token_refuses_an_acting_holder_unless_forced(
+    tmp_path: Path,
+) -> None:
+    async with standalone(tmp_path, token="s3cret") as ctx:
+        call = Caller(create_app(ctx), None)
+        auth = {"Authorization": "Bearer s3cret"}
+        held = ctx.replica.lease()
+        assert held is not None and held.holder == ctx.replica.name
+        st, r = await call("POST", "/lease/reset")
+        assert st == 401 and ctx.replica.lease() == held
+        st, r = await call("POST", "/lease/reset", headers=auth)
+        assert st == 409 and "holds a valid lease" in r["error"] and ctx.replica.lease() == held
+        st, r = await call("POST", "/lease/reset", {"force": "yes"}, headers=auth)
+        assert st == 400 and ctx.replica.lease() == held
+        st, r = await call("POST", "/lease/reset", {"force": True}, headers=auth)
+        assert st == 200, r
+        assert (r["previous"]["holder"], r["lease"]["holder"]) == (held.holder, "")
+        assert r["lease"]["epoch"] == held.epoch + 1 and not r["lease"]["valid"]
+        now = ctx.replica.lease()
+        assert now is not None and (now.holder, now.epoch) == ("", held.epoch + 1)
 
 
 async def test_token_enforcement(tmp_path: Path) -> None:

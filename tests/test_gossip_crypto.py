@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gossipmgr.errors import BadPacket, ConfigError
@@ -398,3 +398,88 @@ def test_bad_key_files_name_path_and_why(tmp_path: Path, content: str, why: str)
 def test_missing_key_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read key file"):
         load_key_file(tmp_path / "absent.key")
+
+
+# --- replays across restarts of either side ------------------------------------------------
+
+
+def test_datagrams_captured_before_a_receiver_restart_are_refused_after_it_hears_again() -> None:
+    # The restarted receiver hears the sender again (same boot, counter 46): its window
+    # starts there, so counters 0-45 look new to the bitmap. The floor (its own start) must
+    # refuse them anyway, and count them.
+    a, b = pair()
+    captured = [a.seal(f"d{i}".encode(), NOW + i) for i in range(46)]
+    for i, d in enumerate(captured):
+        b.open_untrusted(d, NOW + i)
+    restarted = Sealer(Keyring(K1), B, NOW + 1_000)
+    assert restarted.open_untrusted(a.seal(b"fresh", NOW + 1_500), NOW + 1_500).counter == 46
+    for d in captured:
+        assert reason(restarted.open_untrusted, d, NOW + 2_000) == "stale"
+    assert restarted.refused.snapshot() == {"stale": 46}
+    # Sent after the restart, still inside the window: accepted once, then a replay.
+    later = [a.seal(b"later", NOW + 1_600 + i) for i in range(2)]
+    assert restarted.open_untrusted(later[1], NOW + 1_700).counter == 48
+    assert restarted.open_untrusted(later[0], NOW + 1_700).counter == 47
+    assert reason(restarted.open_untrusted, later[0], NOW + 1_800) == "replay"
+
+
+def test_datagrams_captured_before_a_sender_restart_are_refused() -> None:
+    a1, b = pair()
+    delivered = [a1.seal(b"old", NOW + i) for i in range(10)]
+    undelivered = [a1.seal(b"old, never delivered", NOW + 10 + i) for i in range(10)]
+    for d in delivered:
+        b.open_untrusted(d, NOW)
+    for d in delivered:  # the same incarnation: the bitmap
+        assert reason(b.open_untrusted, d, NOW + 100) == "replay"
+    a2 = Sealer(Keyring(K1), A, NOW + 1_000)
+    assert b.open_untrusted(a2.seal(b"new", NOW + 1_000), NOW + 1_000).boot == NOW + 1_000
+    for d in delivered + undelivered:  # an older incarnation
+        assert reason(b.open_untrusted, d, NOW + 1_100) == "replay"
+    assert b.refused.snapshot() == {"replay": 30}
+
+
+def test_eviction_then_hearing_the_sender_again_does_not_reopen_its_old_counters() -> None:
+    kr = Keyring(K1)
+    b = Sealer(kr, B, BOOT_B, max_senders=1)
+    s0, s1 = Sealer(kr, b"sender-0", BOOT_A), Sealer(kr, b"sender-1", BOOT_A)
+    old = [s0.seal(b"x", NOW + i) for i in range(5)]
+    for d in old:
+        b.open_untrusted(d, NOW + 5)
+    b.open_untrusted(s1.seal(b"y", NOW + 6), NOW + 6)  # evicts sender-0
+    b.open_untrusted(s0.seal(b"z", NOW + 7), NOW + 7)  # heard again: window starts at 5
+    for d in old:
+        assert reason(b.open_untrusted, d, NOW + 8) == "stale"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("sdarR"), st.integers(0, 10_000)), max_size=60))
+@example([("s", 0), ("a", 0), ("r", 0), ("s", 0), ("a", 1)])  # heard again, then replayed
+@example([("s", 0), ("s", 0), ("d", 0), ("R", 0), ("s", 0), ("r", 0), ("a", 2), ("a", 1)])
+def test_no_datagram_is_accepted_twice_across_restarts_of_either_side(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Model: an attacker captures every datagram and replays any of them at any time,
+    while either side restarts. Each datagram is accepted at most once over all the
+    receiver's incarnations (clocks agree; restarts take at least 1 ms)."""
+    now = NOW
+    sender = Sealer(Keyring(K1), A, now)
+    receiver = Sealer(Keyring(K1), B, now)
+    captured: list[bytes] = []
+    accepted: set[bytes] = set()
+    for op, arg in steps:
+        now += 1 + arg % 50
+        if op == "s":  # the sender sends; the network may or may not deliver it now
+            captured.append(sender.seal(b"m", now, to=B))
+        elif op in "da" and captured:  # deliver one, or replay all (from a rotating start)
+            k = arg % len(captured)
+            for d in [captured[k]] if op == "d" else captured[k:] + captured[:k]:
+                try:
+                    receiver.open_untrusted(d, now)
+                except BadPacket:
+                    continue
+                assert d not in accepted, "a captured datagram was accepted twice"
+                accepted.add(d)
+        elif op == "r":
+            receiver = Sealer(Keyring(K1), B, now)
+        elif op == "R":
+            sender = Sealer(Keyring(K1), A, now)

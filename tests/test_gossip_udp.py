@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 
 import trio
@@ -84,3 +85,80 @@ async def test_replayed_and_truncated_datagrams_are_counted_and_ignored(tmp_path
             await wait_for(lambda: b.sealer.refused.get("replay", 0) >= 1)
             await wait_for(lambda: b.sealer.refused.get("short", 0) >= 1)
             assert b.counters.get("drop_replay", 0) >= 1 and b.counters.get("drop_short", 0) >= 1
+
+
+async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_path: object) -> None:
+    """An attacker on the path records a's datagrams to b; b restarts and hears from a
+    again: every recorded datagram replayed is refused (``stale``: sent before b started)
+    and counted. Then a restarts and b hears from its new incarnation: what it recorded
+    since b's restart is refused too (``replay``: an older boot). None changes b's state."""
+    key = os.urandom(32)
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        spy = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
+
+        async def start(name: str, boot: int) -> GossipService:
+            rep = Replica(name, data_dir=None)
+            rep.open()
+            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
+            svc = GossipService(rep, tr, Keyring(key), boot_ms=boot)
+            await nursery.start(svc.run)
+            return svc
+
+        async def capture(a: GossipService, b: GossipService, prefix: str) -> list[bytes]:
+            """a writes 5 keys to b through the spy, which records and forwards."""
+            captured: list[bytes] = []
+            tap = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
+            relaying = trio.CancelScope()
+
+            async def relay() -> None:
+                with relaying:
+                    while True:
+                        d = (await tap.recv())[0]
+                        captured.append(d)
+                        await tap.send(d, b.local_addr)
+
+            a.set_peers({b.replica.name: tap.local_addr})
+            b.set_peers({a.replica.name: a.local_addr})
+            nursery.start_soon(relay)
+            for i in range(5):
+                await a.replica.commit(
+                    lambda st, ts, i=i: st.d_set(global_key(f"{prefix}{i}"), i, ts)
+                )
+            await wait_for(
+                lambda: all(f"{prefix}{i}" in b.replica.state.globals() for i in range(5))
+            )
+            relaying.cancel()
+            a.set_peers({b.replica.name: b.local_addr})
+            assert captured
+            return captured
+
+        async def replay_all(captured: list[bytes], b: GossipService, reason: str) -> None:
+            before = dict(b.sealer.refused)
+            state = dict(b.replica.state.globals())
+            for d in captured:
+                await spy.send(d, b.local_addr)
+            want = before.get(reason, 0) + len(captured)
+            await wait_for(lambda: b.sealer.refused[reason] >= want)
+            assert b.sealer.refused[reason] == want
+            assert b.sealer.refused.total() == sum(before.values()) + len(captured)
+            assert b.counters[f"drop_{reason}"] >= len(captured)
+            assert b.replica.state.globals() == state
+
+        a = await start("a", int(time.time() * 1000))
+        b = await start("b", int(time.time() * 1000))
+        first = await capture(a, b, "k")
+
+        # The receiver restarts (new boot, empty replica) and hears from a again first.
+        b.set_peers({})
+        b2 = await start("b", b.sealer.boot + 1 + int(time.time() * 1000) - b.sealer.boot)
+        second = await capture(a, b2, "after")
+        assert a.sealer.sender_id in b2.sealer.guard  # b2 holds replay state for a
+        await replay_all(first, b2, "stale")
+
+        # The sender restarts; b2 hears from its new incarnation.
+        a.set_peers({})
+        a2 = await start("a", a.sealer.boot + 1 + int(time.time() * 1000) - a.sealer.boot)
+        await capture(a2, b2, "a2-")
+        await replay_all(second, b2, "replay")
+        await replay_all(first, b2, "stale")
+        nursery.cancel_scope.cancel()

@@ -27,15 +27,19 @@ from gossipmgr.jobs import (
     make_job_id,
     valid_job_id,
 )
-from gossipmgr.lease import Lease
+from gossipmgr.lease import Lease, LeaseConfig
 from gossipmgr.replica import Replica
 from gossipmgr.state import LEASE_KEY, inventory_key, job_key
+
+#: Leases written by hand here last 10**9 ms; the bound on expiry must allow it.
+LONG_LEASE = LeaseConfig(ttl_ms=2 * 10**9)
 
 DEADLINE_S = 10
 
 
 async def make_replica(path: Path, name: str = "a", holder: str | None = "a") -> Replica:
-    r = Replica(name, data_dir=path)
+    # A replica-made lease (no lease loop here): it lasts as long as it says.
+    r = Replica(name, data_dir=path, lease=LONG_LEASE)
     r.open()
     if holder is not None:
         lease = Lease(holder, 1, r.now_ms() + 10**9).as_value()

@@ -6,11 +6,24 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gossipmgr.errors import StaleEpoch
+from gossipmgr.crdt import Entry
+from gossipmgr.errors import Conflict, StaleEpoch
 from gossipmgr.gossip.sim import Sim, addr
-from gossipmgr.lease import Lease, LeaseConfig, check_fence, decide, is_holder
-from gossipmgr.state import LEASE_KEY, job_key
+from gossipmgr.lease import (
+    MAX_EPOCH,
+    MAX_SKEW_MS,
+    Lease,
+    LeaseConfig,
+    bounded,
+    check_fence,
+    decide,
+    is_holder,
+    reset,
+)
+from gossipmgr.state import LEASE_KEY, ClusterState, job_key, lease_rank
 
 CFG = LeaseConfig(ttl_ms=2_000, renew_ms=500)
 
@@ -62,10 +75,134 @@ def test_fence_refuses_older_epochs_and_lost_concurrent_claims() -> None:
         check_fence(current, 5, "a")  # same epoch, the claim that lost the merge
 
 
+# --- a forged lease is bounded; the operator can reset it ------------------------------------
+
+
+def first_claim_at(me: str, lease: Lease, written: int, cands: list[str]) -> int | None:
+    """When ``me``, deciding every 250 ms from ``written`` on, first writes something."""
+    for t in range(written, written + 20 * CFG.ttl_ms, 250):
+        if decide(me, bounded(lease, written, CFG), cands, t, CFG) is not None:
+            return t
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    holder=st.sampled_from(["0-mallory", "a", "b", "zz-gone", ""]),
+    epoch=st.integers(0, 2**62),
+    ahead_ms=st.integers(0, 2**62),
+    written=st.integers(1_000_000, 2_000_000),
+)
+def test_a_forged_far_future_lease_is_claimed_within_one_ttl_of_being_written(
+    holder: str, epoch: int, ahead_ms: int, written: int
+) -> None:
+    """A gossip-key holder writes {holder, epoch, expires_ms: anything}. Its timestamp
+    cannot be more than MAX_SKEW_MS ahead of a receiver (the HLC refuses it), so written is
+    at most that. The first live candidate acts (claims, or renews if it is named) no later
+    than one TTL + skew after: a year-long expiry buys nothing. ``b`` stands for a listed
+    candidate that does not act."""
+    forged = Lease(holder, epoch, written + ahead_ms)
+    cands = ["a", "b"]
+    t = first_claim_at("a", forged, written, cands)
+    assert t is not None and t <= written + CFG.ttl_ms + MAX_SKEW_MS
+    new = decide("a", bounded(forged, written, CFG), cands, t, CFG)
+    assert new is not None and new.holder == "a"
+    # a renews its own epoch, or claims the next one (over another holder, or its own
+    # lease once expired)
+    assert new.epoch == epoch + 1 or (holder == "a" and new.epoch == epoch)
+
+
+def test_the_issue_case_a_lease_34_s_or_a_year_ahead() -> None:
+    for ahead in (34_000, 365 * 86_400_000):
+        forged = Lease("0-mallory", 9, 1_000_000 + ahead)
+        t = first_claim_at("a", forged, 1_000_000, ["a", "b"])
+        # not a holder Serf lists: claimable once it is overdue (a renewal and a half)
+        assert t is not None and t <= 1_000_000 + MAX_SKEW_MS + CFG.renew_ms * 3 // 2 + 250
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now=st.integers(0, 2**50),
+    hlc_ahead=st.integers(0, 10_000),
+    held=st.booleans(),
+    epoch=st.integers(0, 1_000),
+)
+def test_an_honest_grant_is_never_cut(now: int, hlc_ahead: int, held: bool, epoch: int) -> None:
+    # The holder stamps its write with the HLC, at or after the physical time it decided at.
+    current = Lease("a", epoch, now + CFG.ttl_ms - CFG.renew_ms) if held else None
+    new = decide("a", current, ["a", "b"], now, CFG)
+    assert new is not None
+    assert bounded(new, now + hlc_ahead, CFG) == new
+
+
+def test_reset_refuses_an_acting_holder_unless_forced_and_outranks_everything() -> None:
+    acting = Lease("a", 7, 5_000)
+    with pytest.raises(Conflict, match="a holds a valid lease"):
+        reset(acting, ["a", "b"], 1_000)
+    assert reset(acting, ["a", "b"], 1_000, force=True) == Lease("", 8, 0)
+    # A holder that is not an alive candidate, an expired lease, none: no force needed.
+    assert reset(Lease("0-mallory", 3, 10**15), ["a"], 1_000) == Lease("", 4, 0)
+    assert reset(Lease("a", 3, 900), ["a"], 1_000, floor=11) == Lease("", 12, 0)
+    assert reset(None, ["a"], 1_000) == Lease("", 1, 0)
+    # It merges above the lease it replaces (higher epoch), whatever the timestamps.
+    st_ = ClusterState()
+    forged_ts = st_.map  # noqa: F841 (a fresh map: only ranks matter below)
+    from gossipmgr.clock import Timestamp
+
+    forged = Entry(Timestamp(9_999_999, 5, "zz"), Lease("0-mallory", 3, 10**15).as_value())
+    reset_e = Entry(Timestamp(1, 0, "a"), Lease("", 4, 0).as_value())
+    assert lease_rank(LEASE_KEY, reset_e) > lease_rank(LEASE_KEY, forged)
+    # ...and the first candidate claims the next epoch at once; the others wait.
+    assert decide("a", Lease("", 4, 0), ["a", "b"], 1_000, CFG) == Lease("a", 5, 3_000)
+    assert decide("b", Lease("", 4, 0), ["a", "b"], 1_000, CFG) is None
+
+
+def test_an_epoch_at_the_top_of_the_range_stops_claims_instead_of_crashing() -> None:
+    # Claiming 2**63 (or 2**64) would not encode: the lease loop used to die of it.
+    for top in (MAX_EPOCH, 2**64 - 1):
+        stuck = Lease("0-mallory", top, 0)
+        assert decide("a", stuck, ["a"], 1_000, CFG) is None
+        assert decide("a", None, ["a"], 1_000, CFG, floor=top) is None  # via a record
+        with pytest.raises(Conflict, match="epoch is exhausted"):
+            reset(stuck, ["a"], 1_000)
+    assert decide("a", Lease("b", MAX_EPOCH - 1, 0), ["a"], 1_000, CFG) == Lease(
+        "a", MAX_EPOCH, 1_000 + CFG.ttl_ms
+    )
+    # A holder named in such a lease still renews it (same epoch).
+    assert decide("a", Lease("a", MAX_EPOCH, 2_000), ["a"], 1_600, CFG) == Lease(
+        "a", MAX_EPOCH, 1_600 + CFG.ttl_ms
+    )
+
+
+# --- candidates that are not live gossip peers -----------------------------------------------
+
+
+def test_members_posing_as_instances_do_not_delay_takeover() -> None:
+    """Three Serf members tagged role=gossipmgr sort before the real instances and never
+    act. a held the lease and died (Serf dropped it, renewals stopped)."""
+    cands = ["0-p1", "0-p2", "0-p3", "b", "c"]
+    lease = Lease("a", 4, 10_000)  # granted at 8,000; overdue at 8,750
+    # Old rule: b is at rank 3 and waits three TTLs past expiry.
+    assert decide("b", lease, cands, 8_750, CFG) is None
+    # b has heard from c over gossip, never from the others: it claims at once.
+    assert decide("b", lease, cands, 8_750, CFG, live={"c"}) == Lease("b", 5, 10_750)
+    assert decide("c", lease, cands, 8_750, CFG, live={"b"}) is None
+    # The vacancy rule is untouched: a holder whose renewals still arrive is not claimed.
+    assert decide("b", lease, cands, 8_600, CFG, live={"c"}) is None
+    # ...nor one Serf still lists, before it expires, live or not.
+    assert decide("b", lease, ["a", *cands], 9_900, CFG, live=set()) is None
+    # If c is not heard from either, b still goes first among the real ones; c is next.
+    assert decide("b", lease, cands, 8_750, CFG, live=set()) == Lease("b", 5, 10_750)
+    assert decide("c", lease, cands, 8_750 + CFG.ttl_ms, CFG, live={"b"}) is None
+    assert decide("c", lease, cands, 10_000 + CFG.ttl_ms, CFG, live={"b"}) == Lease(
+        "c", 5, 12_000 + CFG.ttl_ms
+    )
+
+
 class LeaseSim:
     """Sim + a lease loop per instance + a membership view that lags reality."""
 
-    def __init__(self, seed: int, n: int) -> None:
+    def __init__(self, seed: int, n: int, phantoms: int = 0) -> None:
         self.rnd = random.Random(seed)
         self.sim = Sim(
             n,
@@ -79,7 +216,9 @@ class LeaseSim:
         self.groups: list[set[str]] = [set(self.names)]
         self.crashed: set[str] = set()
         # membership view per instance: (effective_at_ms, view)
-        self.views: dict[str, set[str]] = {n: set(self.names) for n in self.names}
+        #: Serf members tagged as instances that run no gossipmgr, named to sort first.
+        self.phantoms = {f"0-phantom-{i}" for i in range(phantoms)}
+        self.views: dict[str, set[str]] = {n: set(self.names) | self.phantoms for n in self.names}
         self.pending: list[tuple[float, str, set[str]]] = []
         self.max_epoch_seen: dict[str, int] = {n: 0 for n in self.names}
         self.actions: list[tuple[str, int]] = []  # (holder, epoch) of actions taken
@@ -97,7 +236,7 @@ class LeaseSim:
         for n in self.names:
             # Serf takes a while to notice (failure detection), differently per instance.
             at = self.sim.now + self.rnd.uniform(100, 1_500)
-            self.pending.append((at, n, set(self.group_of(n))))
+            self.pending.append((at, n, set(self.group_of(n)) | self.phantoms))
 
     def partition(self, groups: list[set[str]]) -> None:
         self.groups = groups
@@ -136,15 +275,18 @@ class LeaseSim:
         inst = self.sim.inst[n]
         phys = self.sim.phys(n)
         cands = sorted(self.views[n])
-        lease = Lease.from_value(inst.state.lease())
+        lease = read_lease(inst.state)
         epoch = lease.epoch if lease else 0
         assert epoch >= self.max_epoch_seen[n], "epochs only grow"
         self.max_epoch_seen[n] = epoch
-        new = decide(n, lease, cands, phys, CFG, inst.state.max_record_epoch)
+        # Phantoms are never heard from; real instances are (a crashed one until Serf
+        # drops it: the conservative side).
+        live = None if not self.phantoms else set(self.names)
+        new = decide(n, lease, cands, phys, CFG, inst.state.max_record_epoch, live)
         if new is not None:
             value = new.as_value()
             self.sim.write(n, lambda st, ts: st.d_set(LEASE_KEY, value, ts))
-        lease = Lease.from_value(inst.state.lease())
+        lease = read_lease(inst.state)
         self.steps += 1
         if is_holder(n, lease, cands, phys) and lease is not None and self.steps % 4 == 0:
             # An action under the lease: a fenced job record stamped with our epoch.
@@ -159,17 +301,35 @@ class LeaseSim:
     def holders(self, group: set[str]) -> set[str]:
         out = set()
         for n in group - self.crashed:
-            lease = Lease.from_value(self.sim.inst[n].state.lease())
+            lease = read_lease(self.sim.inst[n].state)
             if is_holder(n, lease, sorted(self.views[n]), self.sim.phys(n)):
                 out.add(n)
         return out
 
 
-def run_lease_schedule(seed: int) -> None:
-    ls = LeaseSim(seed, n=ls_size(seed))
+def read_lease(state: ClusterState) -> Lease | None:
+    """What Replica.lease does: the entry, its expiry bounded by its timestamp."""
+    e = state.map.entry(LEASE_KEY)
+    lease = None if e is None or e.deleted else Lease.from_value(e.value)
+    return None if lease is None or e is None else bounded(lease, e.ts.ms, CFG)
+
+
+def run_lease_schedule(seed: int, phantoms: int = 0) -> None:
+    ls = LeaseSim(seed, n=ls_size(seed), phantoms=phantoms)
     rnd = ls.rnd
     ls.run(3_000)
     assert len(ls.holders(set(ls.names))) == 1, f"seed {seed}: one holder at start"
+    if phantoms:
+        # The holder dies with no partition: a survivor holds the lease once Serf has
+        # dropped it (<= 1.5 s here) and its renewals are overdue (<= 0.75 s), plus a
+        # lease-loop period; phantoms sorted first cost nothing (old rule: a TTL each).
+        holder = min(ls.holders(set(ls.names)))
+        ls.crash(holder)
+        t0 = ls.sim.now
+        while not ls.holders(set(ls.names)) and ls.sim.now - t0 < 10_000:
+            ls.run(50)
+        took = ls.sim.now - t0
+        assert took <= 1_500 + 750 + 250 + 250, f"seed {seed}: takeover took {took} ms"
     kind = rnd.choice(["partition", "crash_holder", "partition_and_crash", "quiet"])
     if kind in ("partition", "partition_and_crash"):
         members = list(ls.names)
@@ -198,7 +358,7 @@ def run_lease_schedule(seed: int) -> None:
     assert len(holders) == 1, f"seed {seed}: holders {holders} in one connected group"
     # Fencing: every action taken under an older epoch is refused by the current lease,
     # and the replicated fenced record holds an action of the newest epoch.
-    current = Lease.from_value(ls.sim.inst[sorted(live)[0]].state.lease())
+    current = read_lease(ls.sim.inst[sorted(live)[0]].state)
     assert current is not None
     for who, epoch in ls.actions:
         if epoch < current.epoch:
@@ -233,3 +393,8 @@ def ls_size(seed: int) -> int:
 def test_1000_lease_schedules_one_holder_growing_epochs_fenced_actions() -> None:
     for seed in range(1000):
         run_lease_schedule(seed)
+
+
+def test_100_lease_schedules_with_three_phantom_candidates_sorted_first() -> None:
+    for seed in range(100):
+        run_lease_schedule(seed, phantoms=3)

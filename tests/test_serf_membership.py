@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from serfutil import AgentPool, agent_pool, free_port, needs_serf
 
@@ -139,6 +139,88 @@ def test_identity_change_and_tag_loss() -> None:
     # Dropping the node tags makes it stop being a cluster node.
     plain = {"Name": "n1", "Status": "alive", "Tags": {}}
     assert kinds(v.update([plain], 2)) == [("disappeared", "host-S9"), ("reaped", "host-S9")]
+
+
+def claimant(member: str, addr: str, status: str = "alive") -> dict[str, Any]:
+    """A member carrying node rack1-0001's identity with NodeAddr ``addr``."""
+    tags = {"NodeLabel": "rack1", "NodeSerial": "0001", "NodeAddr": addr}
+    return {"Name": member, "Addr": addr, "Port": 1, "Status": status, "Tags": tags}
+
+
+def addrs(events: list[MembershipEvent]) -> list[tuple[str, str]]:
+    return [(e.kind, e.addr) for e in events if isinstance(e, NodeEvent)]
+
+
+def test_a_second_member_with_a_nodes_identity_never_takes_its_address() -> None:
+    v = MembershipView()
+    real = claimant("rack1-0001", "10.0.0.1")
+    assert addrs(v.update([real], 0)) == [("discovered", "10.0.0.1")]
+    # An impostor whose name sorts first joins, with another address: no event, reported.
+    fake = claimant("0-evil", "10.6.6.6")
+    for t in range(1, 6):
+        assert addrs(v.update([fake, real], t)) == []
+        assert v.nodes["rack1-0001"].addr == "10.0.0.1"
+    assert set(v.conflicts) == {"0-evil"} and v.conflicts_total == 1
+    c = v.conflicts["0-evil"]
+    assert (c.name, c.addr, c.owner) == ("rack1-0001", "10.6.6.6", "rack1-0001")
+    # The real node fails or leaves: it is down, and its identity stays with it.
+    assert addrs(v.update([fake, claimant("rack1-0001", "10.0.0.1", "failed")], 7)) == [
+        ("disappeared", "10.0.0.1")
+    ]
+    assert addrs(v.update([fake, claimant("rack1-0001", "10.0.0.1", "left")], 8)) == []
+    assert v.nodes["rack1-0001"].addr == "10.0.0.1" and "0-evil" in v.conflicts
+    # It comes back.
+    assert addrs(v.update([fake, real], 9)) == [("discovered", "10.0.0.1")]
+    # Only once Serf forgets it (reaped, or `serf force-leave -prune`) does the identity
+    # pass to the other claimant, as for a node re-provisioned under a new member name.
+    assert addrs(v.update([fake], 10)) == [
+        ("disappeared", "10.0.0.1"),
+        ("discovered", "10.6.6.6"),
+    ]
+    assert v.conflicts == {} and v.nodes["rack1-0001"].member == "0-evil"
+
+
+def test_first_seen_owns_an_identity_when_no_member_has_its_name() -> None:
+    v = MembershipView()
+    assert addrs(v.update([claimant("m-b", "10.0.0.2")], 0)) == [("discovered", "10.0.0.2")]
+    assert addrs(v.update([claimant("m-a", "10.0.0.1"), claimant("m-b", "10.0.0.2")], 1)) == []
+    assert v.nodes["rack1-0001"].member == "m-b" and set(v.conflicts) == {"m-a"}
+    # The member named after the node, once alive, owns it whatever came first.
+    named = claimant("rack1-0001", "10.0.0.9")
+    ev = addrs(v.update([claimant("m-a", "10.0.0.1"), claimant("m-b", "10.0.0.2"), named], 2))
+    assert ev == [("disappeared", "10.0.0.2"), ("discovered", "10.0.0.9")]
+    assert set(v.conflicts) == {"m-a", "m-b"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["alive", "failed", "left", "leaving"]),
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["0-evil", "zz-evil", "rack1-0001x"]),
+                    st.sampled_from(["alive", "failed", "left", "leaving"]),
+                ),
+                max_size=3,
+                unique_by=lambda t: t[0],
+            ),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_while_the_node_is_listed_no_other_member_moves_its_address(steps: Any) -> None:
+    """Model: the real member rack1-0001 stays listed (any status) while impostors come
+    and go in any status: every event for the node carries the real address."""
+    v = MembershipView()
+    for t, (status, others) in enumerate(steps):
+        members = [claimant("rack1-0001", "10.0.0.1", status)]
+        members += [claimant(m, f"10.6.6.{i}", st_) for i, (m, st_) in enumerate(others)]
+        for kind, addr in addrs(v.update(members, float(t))):
+            assert addr == "10.0.0.1", (kind, addr)
+        assert v.nodes["rack1-0001"].addr == "10.0.0.1"
+        assert set(v.conflicts) == {m for m, _ in others}
 
 
 def test_instances_sorted_alive_and_validated() -> None:

@@ -24,6 +24,7 @@ from gossipmgr.errors import CorruptFile, StoreError
 from gossipmgr.store import (
     FRAME_OVERHEAD,
     HEADER_SIZE,
+    LOG_DATA_START,
     MAX_RECORD,
     Restored,
     Store,
@@ -99,37 +100,54 @@ async def test_log_bytes_counts_since_last_snapshot_and_stats(tmp_path: Path) ->
     s.close()
 
 
-async def test_torn_tail_at_every_offset_of_last_record(tmp_path: Path) -> None:
+def torn_write(seg: Path, *records: bytes) -> bytes:
+    """Append frames the way a batch that never reached its commit is left: written past
+    the commit point, commit slot untouched. Returns the bytes added."""
+    raw = b"".join(store_mod._frame(r) for r in records)
+    with seg.open("ab") as f:
+        f.write(raw)
+    return raw
+
+
+async def test_torn_write_after_the_commit_point_at_every_offset(tmp_path: Path) -> None:
     d = tmp_path / "d"
     s, _ = opened(d, fsync=False)
     earlier = [b"first", b"second" * 10, b"third"]
     for rec in earlier:
         await s.append(rec)
-    await s.append(b"L" * 37)
     s.close()
     (seg,) = files(d, "log.")
+    acked_end = seg.stat().st_size
+    torn_write(seg, b"L" * 37, b"M" * 5)
     full = seg.read_bytes()
-    last_start = len(full) - (FRAME_OVERHEAD + 37)
-    for cut in range(last_start + 1, len(full)):
+    last_start = len(full) - (FRAME_OVERHEAD + 5)
+    for cut in range(acked_end + 1, len(full)):
         seg.write_bytes(full[:cut])
         r = restore(d)
-        assert r.records == earlier, cut
-        assert r.torn_tail, cut
-        assert any("torn" in n and str(seg) in n for n in r.notes), r.notes
-        assert seg.stat().st_size == last_start, cut
-    # Cut exactly at a record boundary: nothing torn, nothing reported.
-    seg.write_bytes(full[:last_start])
+        # Whole frames after the commit point are kept; the cut one is discarded.
+        kept = earlier + ([b"L" * 37] if cut >= last_start else [])
+        assert r.records == kept, cut
+        assert r.torn_tail == (cut not in (last_start,)), cut
+        if r.torn_tail:
+            assert any("torn" in n and str(seg) in n and "never" in n for n in r.notes), r.notes
+            assert seg.stat().st_size == (last_start if cut > last_start else acked_end), cut
+    # Cut exactly at the commit point: nothing torn, nothing reported.
+    seg.write_bytes(full[:acked_end])
     r = restore(d)
     assert (r.records, r.torn_tail, r.notes) == (earlier, False, [])
 
 
-async def test_bad_checksum_on_last_record_or_zero_tail_is_a_torn_tail(tmp_path: Path) -> None:
+async def test_bad_checksum_or_zero_tail_after_the_commit_point_is_a_torn_write(
+    tmp_path: Path,
+) -> None:
     s, _ = opened(tmp_path)
     await s.append(b"keep")
-    await s.append(b"last record")
     s.close()
     (seg,) = files(tmp_path, "log.")
-    flip(seg, seg.stat().st_size - 3)
+    torn_write(seg, b"never committed", b"nor this")
+    # A bad frame after the commit point is torn even when valid frames follow it (power
+    # loss may persist a later page of an unacknowledged batch but not an earlier one).
+    flip(seg, seg.stat().st_size - len(b"nor this") - FRAME_OVERHEAD - 3)
     r = restore(tmp_path)
     assert r.records == [b"keep"] and r.torn_tail
     # Blocks allocated but never written before power loss read back as zeros.
@@ -149,7 +167,7 @@ async def test_flipped_byte_in_middle_record_is_corrupt_file(tmp_path: Path) -> 
         await s.append(b"record-%d" % i)
     s.close()
     (seg,) = files(tmp_path, "log.")
-    second = HEADER_SIZE + FRAME_OVERHEAD + len(b"record-0")
+    second = LOG_DATA_START + FRAME_OVERHEAD + len(b"record-0")
     flip(seg, second + FRAME_OVERHEAD + 2)
     size = seg.stat().st_size
     with pytest.raises(CorruptFile) as ei:
@@ -174,7 +192,7 @@ async def test_bad_tail_of_a_non_last_segment_is_corrupt_not_torn(tmp_path: Path
     flip(files(tmp_path, "snapshot.")[-1], HEADER_SIZE + 8)
     with pytest.raises(CorruptFile) as ei:
         restore(tmp_path)
-    assert ei.value.path == str(first) and "not the last segment" in str(ei.value)
+    assert ei.value.path == str(first) and "acknowledged records are damaged" in str(ei.value)
 
 
 async def test_corrupt_newest_snapshot_is_refused_and_previous_good_one_used(

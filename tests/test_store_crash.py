@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gossipmgr.store import Restored, Store
+from gossipmgr.store import CRASH_POINTS, Restored, Store
 
 WRITER = Path(__file__).with_name("_store_writer.py")
 REPO = Path(__file__).resolve().parent.parent
@@ -32,9 +32,14 @@ def ids_of(r: Restored) -> set[bytes]:
     return ids | {rec.split(b"|", 1)[0] for rec in r.records}
 
 
-async def run_and_kill(data: Path, tag: str, seed: int, delay: float, log: Path) -> set[bytes]:
-    """Run one writer, SIGKILL it ``delay`` s after it is ready; return the acked ids."""
+async def run_and_kill(
+    data: Path, tag: str, seed: int, delay: float | None, log: Path, crash_at: str = ""
+) -> set[bytes]:
+    """Run one writer, SIGKILL it ``delay`` s after it is ready (``None``: wait until it
+    SIGKILLs itself at ``crash_at``, a GOSSIPMGR_TEST_CRASH_AT value); return the acked ids."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    if crash_at:
+        env["GOSSIPMGR_TEST_CRASH_AT"] = crash_at
     buf = bytearray()
     with log.open("wb") as err:
         proc = await trio.lowlevel.open_process(
@@ -59,12 +64,17 @@ async def run_and_kill(data: Path, tag: str, seed: int, delay: float, log: Path)
                             break
                         await trio.sleep(0.01)
                 assert buf.startswith(b"ready"), f"writer did not start: {log.read_text()}"
-                # The random kill moment is the point of the test, not a wait for a condition.
-                await trio.sleep(delay)
-                assert proc.poll() is None, f"writer died on its own: {log.read_text()}"
-                proc.send_signal(signal.SIGKILL)
-                with trio.fail_after(10):
-                    await proc.wait()
+                if delay is None:
+                    with trio.fail_after(60):
+                        await proc.wait()
+                else:
+                    # The random kill moment is the point of the test, not a wait for a
+                    # condition.
+                    await trio.sleep(delay)
+                    assert proc.poll() is None, f"writer died on its own: {log.read_text()}"
+                    proc.send_signal(signal.SIGKILL)
+                    with trio.fail_after(10):
+                        await proc.wait()
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -99,3 +109,26 @@ async def test_sigkill_during_writes_and_compaction_loses_nothing_acked(
     # Nothing invented: every restored id has the shape the writers produce.
     prefixes = (f"s{seed}r0-".encode(), f"s{seed}r1-".encode())
     assert all(i.startswith(prefixes) for i in restored)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+async def test_sigkill_at_each_named_point_loses_nothing_acked(tmp_path: Path, point: str) -> None:
+    """The writer SIGKILLs itself at a named point (between a batch's write and its fsync,
+    between the fsync and the commit slot, and at each step of a compaction), twice on the
+    same directory; every acknowledged id must be restored."""
+    rng = random.Random(point)
+    data = tmp_path / "data"
+    acked: set[bytes] = set()
+    # Two rounds: the second writer first recovers what the first one's crash left.
+    for rnd in range(2 if point.startswith("compact") else 1):
+        n = rng.randint(1, 3) if point.startswith("compact") else rng.randint(20, 100)
+        got = await run_and_kill(
+            data, f"p{rnd}", rnd, None, tmp_path / f"err{rnd}", crash_at=f"{point}:{n}"
+        )
+        acked |= got
+    assert acked, "the writer acknowledged nothing before it killed itself"
+    store = Store(data)
+    r = store.open()
+    store.close()
+    missing = acked - ids_of(r)
+    assert not missing, f"{point}: {len(missing)} acknowledged ids lost: {sorted(missing)[:5]}"

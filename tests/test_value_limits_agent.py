@@ -50,7 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def _metric(c: LocalCluster, name: str, metric: str) -> float:
-    text = httpx.get(f"{c.instances[name].url}/metrics", timeout=5).text
+    text = httpx.get(f"{c.instances[name].url}/metrics", headers=c.headers, timeout=5).text
     m = re.search(rf"^{re.escape(metric)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
@@ -59,7 +59,7 @@ def _put_raw(c: LocalCluster, name: str, path: str, raw: bytes) -> httpx.Respons
     return httpx.put(
         c.instances[name].url + path,
         content=raw,
-        headers={"Content-Type": "application/json"},
+        headers={**c.headers, "Content-Type": "application/json"},
         timeout=60,
     )
 

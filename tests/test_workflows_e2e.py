@@ -8,6 +8,7 @@ holds the lease (epoch 1); the JobManager runs in the fixture's nursery.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -22,9 +23,12 @@ import trio
 from gossipmgr.ansible import AnsibleSettings
 from gossipmgr.errors import CheckFailed, Conflict, Unavailable
 from gossipmgr.jobs import ACTIVE, JobManager
-from gossipmgr.lease import Lease
+from gossipmgr.lease import Lease, LeaseConfig
 from gossipmgr.replica import Replica
 from gossipmgr.state import LEASE_KEY, job_key
+
+#: Leases written by hand here last 10**9 ms; the bound on expiry must allow it.
+LONG_LEASE = LeaseConfig(ttl_ms=2 * 10**9)
 
 pytestmark = pytest.mark.ansible
 
@@ -105,13 +109,15 @@ def settings_for(
                 "ansible_python_interpreter": sys.executable,
             },
             timeout_s=DEADLINE_S,
+            discover_join_timeout_s=float(cfg.get("join_s", "0")),
         )
 
     return settings
 
 
 async def holder_replica(path: Path, name: str, epoch: int = 1) -> Replica:
-    r = Replica(name, data_dir=path)
+    # A replica-made lease (no lease loop here): it lasts as long as it says.
+    r = Replica(name, data_dir=path, lease=LONG_LEASE)
     r.open()
     lease = Lease(name, epoch, r.now_ms() + 10**9).as_value()
     await r.commit(lambda st, ts: st.d_set(LEASE_KEY, lease, ts))
@@ -204,6 +210,35 @@ async def test_discover(env: Env) -> None:
     assert any("node1" in line for line in info["logs"])
 
 
+async def test_discover_fails_when_the_node_never_joins_serf(env: Env) -> None:
+    """clusterm issue #157: the playbook succeeded but the node never joined Serf."""
+    env.cfg["join_s"] = "1"
+    job = await env.jm.discover(["127.0.0.9", "127.0.0.8"])
+    rec = await env.ended(job["id"])
+    assert rec["status"] == "Errored", rec
+    assert rec["error"].startswith(
+        "node(s) [127.0.0.9 127.0.0.8] did not join the Serf cluster within 1 s of the "
+        "discover playbook's end"
+    )
+    assert sorted(env.trace()) == ["configure node1 cluster-node", "configure node2 cluster-node"]
+
+
+async def test_discover_completes_once_the_node_joins_serf(env: Env) -> None:
+    env.cfg["join_s"] = "120"
+    job = await env.jm.discover(["127.0.0.9"])
+    with trio.fail_after(60):  # the playbook ran and the job waits for Serf
+        async with contextlib.aclosing(env.jm.follow(job["id"])) as lines:  # type: ignore[type-var]
+            async for line in lines:
+                if "to join the Serf cluster" in line:
+                    break
+    assert env.r.state.job(job["id"])["status"] == "Running"  # type: ignore[index]
+    # the node's Serf agent joins: the holder turns the member into a Discovered node
+    await env.jm.apply_node_event("discovered", "n-9", "n", "9", "127.0.0.9")
+    rec = await env.ended(job["id"])
+    assert (rec["status"], rec["error"]) == ("Complete", "")
+    assert any("[127.0.0.9] joined the Serf cluster" in ln for ln in env.jm.job("last")["logs"])
+
+
 async def test_failure_path_runs_cleanup(env: Env) -> None:
     env.cfg["configure"] = "missing.yml"  # read at the next job start
     await env.nodes("u-1")
@@ -285,7 +320,7 @@ async def test_lease_lost_mid_run(env: Env, tmp_path: Path) -> None:
         await env.jm.cancel()
 
     # The new holder (same replicated state) ends the orphan on its failure path.
-    rb = Replica("b", data_dir=tmp_path / "b")
+    rb = Replica("b", data_dir=tmp_path / "b", lease=LONG_LEASE)
     rb.open()
     try:
         rb.state.apply(env.r.state.map.copy())

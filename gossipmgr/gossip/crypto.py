@@ -298,6 +298,7 @@ class _SenderState:
     top: int  # highest counter accepted for that boot
     bitmap: int  # bit i set <=> counter (top - i) accepted; bit 0 is `top` itself
     last_sent_ms: int  # highest send time accepted (sender's clock)
+    floor_ms: int  # the guard's floor when this state was made: nothing sent before is taken
 
 
 class ReplayGuard:
@@ -309,11 +310,15 @@ class ReplayGuard:
     boot is refused.
 
     A sender with no state (never seen, or evicted) is judged by time alone: its datagram
-    must not be older than ``floor_ms``. The floor starts at ``floor_ms`` (the ``Sealer``
-    passes its own boot: nothing sent before this node started can be meant for it) and,
-    when an LRU eviction forgets a sender, rises to the last send time accepted from it, so
-    nothing that sender sent before its eviction can be replayed. Cost: an unknown sender
-    whose clock lags by S ms is refused as "stale" for at most S ms after such an event.
+    must not be older than ``floor_ms``. That floor is kept in the state made for it, and
+    applies to every later datagram of that sender too: once we hear from it again, its
+    window starts at the counter it is at now, so an older counter of the same boot that
+    our previous incarnation accepted would otherwise look new. The floor starts at
+    ``floor_ms`` (the ``Sealer`` passes its own boot: nothing sent before this node started
+    can be meant for it) and, when an LRU eviction forgets a sender, rises to the last send
+    time accepted from it, so nothing that sender sent before its eviction can be replayed.
+    Cost: an unknown sender whose clock lags by S ms is refused as "stale" for at most S ms
+    after such an event.
 
     Memory: at most ``max_senders`` entries (LRU), each a few small ints. PURE.
     ``check_and_update`` must only be called for authenticated datagrams.
@@ -349,8 +354,14 @@ class ReplayGuard:
         if st is None:
             if sent_ms < self.floor_ms:
                 raise BadPacket("stale", "unknown sender, sent before the replay floor")
-            self._remember(sender_id, _SenderState(boot, counter, 1, sent_ms))
+            self._remember(sender_id, _SenderState(boot, counter, 1, sent_ms, self.floor_ms))
             return
+        if sent_ms < st.floor_ms:
+            # The window only knows counters from the first one accepted since the floor
+            # (our start, or this sender's eviction); an earlier counter of the same boot
+            # may have been accepted before that: by our previous incarnation, or before
+            # the eviction. The bitmap cannot tell, the send time can.
+            raise BadPacket("stale", "sent before the replay floor")
         if boot < st.boot:
             raise BadPacket("replay", "boot older than the highest seen")
         if boot > st.boot:  # the sender restarted: a new counter space

@@ -206,6 +206,15 @@ class AntiEntropy:
             self.peers[n] = PeerState(acked=self.seq, needs_resync=True, last_heard_ms=now_ms)
         self._prune()
 
+    def heard_from(self, now_ms: float, within_ms: float) -> set[str]:
+        """Peers that sent us an authenticated message in the last ``within_ms`` (never
+        merely listed: a new peer starts as not heard from)."""
+        return {
+            n
+            for n, ps in self.peers.items()
+            if ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
+        }
+
     # ------------------------------------------------------------------ local writes
     def local_write(self, delta: LWWMap, now_ms: float) -> Outcome:
         """Join a local delta (already timestamped by ``hlc``) and eagerly push it."""

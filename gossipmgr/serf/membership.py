@@ -21,6 +21,26 @@ Node events (the transition rules, in one place)::
     gone from the list        any            disappeared if it was up, then reaped
     first update after start  -              discovered for every alive node member
 
+**Duplicate identities.** A node's identity is ``<label>-<serial>``; Serf keeps member
+*names* unique, not tags, so a second member (a stale one, or anyone with the Serf key) can
+carry an existing node's ``NodeLabel``/``NodeSerial`` with another ``NodeAddr``. Taking
+both at their word flipped the node's address back and forth, and ansible would have
+targeted the impostor. One member *owns* an identity; the others claiming it are
+*conflicts*: logged once, listed in :attr:`MembershipView.conflicts` (``/health``,
+``gossipmgr_serf_identity_conflicts``), and they produce no node events. The owner is:
+
+1. the member *named* ``<label>-<serial>`` (clusterm's convention), while Serf lists it
+   alive (or leaving): Serf refuses a second alive member of one name, so nobody else can
+   hold that name while the node is up, and the choice survives our restarts;
+2. else the current owner, while Serf lists it at all: a failed or departed owner keeps
+   its identity (its node is Disappeared, not re-addressed), so killing or cutting off a
+   node does not hand its identity, and ansible's target, to whoever claims it next;
+3. else (no owner yet, or Serf forgot it: reaped, or removed by an operator with
+   ``serf force-leave -prune <member>``) the member named ``<label>-<serial>`` in any
+   status, then the alive claimant seen first, then by member name. That is how an
+   operator accepts a node re-provisioned under another member name while the old member
+   is still listed.
+
 ``left`` counts as disappeared: after a graceful leave the node is as unreachable as after
 a failure. clusterm ignored ``member-leave``, leaving such nodes "discovered" forever; we
 think that was wrong. ``reaped`` is not an inventory change (the node had already
@@ -52,6 +72,7 @@ from gossipmgr.serf.client import SerfClient
 __all__ = [
     "PUSH_PULL_S",
     "Absences",
+    "Conflict",
     "Instance",
     "InstancesChanged",
     "MembershipEvent",
@@ -147,6 +168,29 @@ def _parse_instance(m: Mapping[str, Any]) -> Instance | None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A Serf member claiming a node identity another member owns (module docstring)."""
+
+    member: str
+    name: str  # the identity, ``<label>-<serial>``
+    addr: str  # the NodeAddr it claims (never used)
+    status: str
+    owner: str  # the member that owns the identity
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "member": self.member,
+            "node": self.name,
+            "addr": self.addr,
+            "status": self.status,
+            "owner": self.owner,
+        }
+
+
+_HOLDS: Final = ("alive", "leaving")  # statuses in which an owner keeps its identity
+
+
 class MembershipView:
     """Pure membership state: feed it member lists, get events back. Never awaits."""
 
@@ -155,6 +199,16 @@ class MembershipView:
         self._instances: tuple[Instance, ...] = ()
         self._failed_instances: tuple[Instance, ...] = ()
         self._first = True
+        self._owner: dict[str, str] = {}  # identity -> owning member
+        self._first_seen: dict[str, float] = {}  # member -> first update that listed it
+        self._conflicts: dict[str, Conflict] = {}
+        #: Members found conflicting so far (each counted once per episode).
+        self.conflicts_total = 0
+
+    @property
+    def conflicts(self) -> dict[str, Conflict]:
+        """Members claiming an identity another member owns, keyed by member name."""
+        return dict(self._conflicts)
 
     @property
     def instances(self) -> tuple[Instance, ...]:
@@ -182,6 +236,8 @@ class MembershipView:
         seen: set[str] = set()
         instances: list[Instance] = []
         failed: list[Instance] = []
+        claims: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = {}
+        listed: set[str] = set()
         for m in sorted(
             (m for m in members if isinstance(m.get("Name"), str)), key=lambda m: str(m["Name"])
         ):
@@ -195,8 +251,50 @@ class MembershipView:
             tags = m.get("Tags") or {}
             if not all(isinstance(tags.get(k), str) and tags.get(k) for k in NODE_TAGS):
                 continue  # not (or no longer) a cluster node: handled as vanished below
-            seen.add(member)
-            events += self._node_step(member, status, tags, now)
+            listed.add(member)
+            self._first_seen.setdefault(member, now)
+            name = f"{tags['NodeLabel']}-{tags['NodeSerial']}"
+            claims.setdefault(name, []).append((member, status, tags))
+        conflicts: dict[str, Conflict] = {}
+        for name in sorted(claims):
+            owner = self._pick_owner(name, claims[name])
+            previous = self._owner.get(name)
+            self._owner[name] = owner
+            if previous is not None and previous != owner:
+                # The identity moves: the old owner's record goes first (it is down, or
+                # gone), so the new owner's "discovered" is the last word.
+                old = self._nodes.get(previous)
+                if old is not None and old.name == name:
+                    del self._nodes[previous]
+                    if old.up:
+                        events.append(self._event("disappeared", old))
+                log.warning(
+                    "serf membership: node %s now belongs to member %s (was %s)",
+                    name,
+                    owner,
+                    previous,
+                )
+            for member, status, tags in claims[name]:
+                if member == owner:
+                    seen.add(member)
+                    events += self._node_step(member, status, tags, now)
+                    continue
+                c = Conflict(member, name, str(tags["NodeAddr"]), status, owner)
+                if member not in self._conflicts:
+                    self.conflicts_total += 1
+                    log.warning(
+                        "serf membership: member %s claims node %s (NodeAddr %s) owned by "
+                        "member %s: ignored while %s holds it",
+                        member,
+                        name,
+                        c.addr,
+                        owner,
+                        owner,
+                    )
+                conflicts[member] = c
+        self._conflicts = conflicts
+        self._owner = {n: o for n, o in self._owner.items() if n in claims}
+        self._first_seen = {m: t for m, t in self._first_seen.items() if m in listed}
         for member in sorted(set(self._nodes) - seen):
             info = self._nodes.pop(member)
             if info.up:
@@ -209,6 +307,19 @@ class MembershipView:
             events.append(InstancesChanged(new_instances))
         self._first = False
         return events
+
+    def _pick_owner(self, name: str, claims: Sequence[tuple[str, str, Mapping[str, Any]]]) -> str:
+        """Which member owns identity ``name`` (rules in the module docstring)."""
+        status = {member: st for member, st, _ in claims}
+        if status.get(name) in _HOLDS:
+            return name
+        current = self._owner.get(name)
+        if current in status:
+            return current
+        return min(
+            status,
+            key=lambda m: (m != name, status[m] != "alive", self._first_seen.get(m, 0.0), m),
+        )
 
     def _node_step(
         self, member: str, status: str, tags: Mapping[str, Any], now: float
