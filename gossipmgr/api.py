@@ -744,7 +744,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             return await forward()
         return await run_job(lambda: ctx.jobs.set_monitor_event(name, nodes))
 
-    @app.post("/node/<name>/host_group")
+    @app.post("/node/<path:name>/host_group")
     async def node_host_group(name: str) -> Response:
         # A host-group is a plain LWW entry (jobs.JobManager.set_host_group): any instance
         # may write it, no lease needed, so it is not forwarded.
@@ -756,7 +756,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         await _maybe_await(ctx.jobs.set_host_group(rec.name, hg))
         return _node_response(rec.name)
 
-    @app.post("/node/<name>/forget")
+    @app.post("/node/<path:name>/forget")
     async def node_forget(name: str) -> Response:
         b = await _body_untrusted(required=False)
         force = b.get("force", False)
@@ -817,7 +817,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         await commit(lambda s, ts: s.d_remove(global_key(key), ts))
         return _json({"key": key, "deleted": True})
 
-    @app.post("/node/<name>/extra_vars")
+    @app.post("/node/<path:name>/extra_vars")
     async def node_vars_replace(name: str) -> Response:
         b = await _body_untrusted()
         new = client_vars(b, f"node {name}")
@@ -825,7 +825,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         await _maybe_await(ctx.jobs.set_node_vars(name, new))
         return _node_response(name)
 
-    @app.put("/node/<name>/extra_vars/<key>")
+    @app.put("/node/<path:name>/extra_vars/<key>")
     async def node_var_put(name: str, key: str) -> Response:
         _check_key("extra-var", key)
         v = _field_value(await _body_untrusted())
@@ -834,7 +834,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         await _maybe_await(ctx.jobs.set_node_var(name, key, v))
         return _node_response(name)
 
-    @app.delete("/node/<name>/extra_vars/<key>")
+    @app.delete("/node/<path:name>/extra_vars/<key>")
     async def node_var_delete(name: str, key: str) -> Response:
         rec = get_node(rep.state, name)
         name = rec.name
@@ -894,7 +894,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         return _json(ctx.config())
 
     # ------------------------------------------------------------ reads
-    # <path:...>: a node named after a Serf tag holding "/" is still readable by name.
+    # <path:...> on every node route: a node name may hold "/" (a label from Serf tags or a
+    # monitor event); it is still addressed by name.
     @app.get("/info/node/<path:name>")
     async def info_node(name: str) -> Response:
         return _node_response(name)

@@ -279,17 +279,13 @@ def check_monitor_node(obj: Any) -> tuple[str, str, str]:
 
 
 def check_node_name(name: str) -> None:
-    """Raise ValueRefused (422) for a node name gossip or the API could not carry: longer
-    than a key part (``codec.MAX_KEY_PART``), or holding a ``/`` (a node's name is a path
-    segment of ``/node/{name}/...``)."""
+    """Raise ValueRefused (422) for a node name longer than a key part
+    (``codec.MAX_KEY_PART``), which gossip cannot carry. A ``/`` is allowed: the API's node
+    routes take the rest of the path as the name."""
     if len(name) > MAX_KEY_PART:
         raise ValueRefused(
             f'node name "{name[:40]}..." is {len(name)} characters, '
             f"more than the limit of {MAX_KEY_PART}"
-        )
-    if "/" in name:
-        raise ValueRefused(
-            f'node name "{name}" contains "/": a node name is a path segment of the API'
         )
 
 

@@ -247,19 +247,34 @@ async def test_long_names_refused_422_naming_the_limit(tmp_path: Path) -> None:
         await p.on_peer(lambda s: s.globals() == {ok: 1})
 
 
-async def test_node_names_with_a_slash_refused_and_old_ones_readable(tmp_path: Path) -> None:
-    # Failed before: a label "rack/7" made node "rack/7-1", which GET /info/node/... could
-    # not find (the router splits at "/").
+async def test_node_names_with_a_slash_are_addressed_by_name(tmp_path: Path) -> None:
+    # Failed before: a label "rack/7" made node "rack/7-1", which no node route could find
+    # by name (the router split the name at "/"). Every node route now takes the rest of
+    # the path as the name.
     async with pair(tmp_path) as p:
         ev = {"name": "discovered", "nodes": [{"label": "rack/7", "serial": "1", "addr": ""}]}
-        await _refused(p, "POST", "/monitor/event", {"monitor_event": ev}, 422, '"/"')
-        # One made by the Serf path (a node's own tags, not an API request): readable by name.
-        await p.ctx.jobs.apply_node_event("discovered", "rack/7-1", "rack/7", "1", "127.0.0.9")
-        st_, r = await p.call("GET", "/info/node/rack/7-1")
-        assert st_ == 200, r
-        assert r["monitoring_state"]["label"] == "rack/7"
-        st_, r = await p.call("GET", "/info/node/127.0.0.9")  # and by address, as always
-        assert st_ == 200, r
+        st_, r = await p.call("POST", "/monitor/event", {"monitor_event": ev})
+        assert (st_, r["nodes"]) == (200, ["rack/7-1"]), r
+        # and one made by the Serf path (a node's own tags, not an API request)
+        await p.ctx.jobs.apply_node_event("discovered", "a/b/c-2", "a/b/c", "2", "127.0.0.9")
+        for name in ("rack/7-1", "a/b/c-2"):
+            st_, r = await p.call("GET", f"/info/node/{name}")
+            assert st_ == 200 and r["monitoring_state"]["label"] == name[:-2], (name, r)
+            st_, r = await p.call("PUT", f"/node/{name}/extra_vars/k", {"value": name})
+            assert st_ == 200, (name, r)
+            st_, r = await p.call("POST", f"/node/{name}/extra_vars", {"extra_vars": {"j": 1}})
+            assert st_ == 200, (name, r)
+            st_, r = await p.call(
+                "POST", f"/node/{name}/host_group", {"host_group": "service-worker"}
+            )
+            assert st_ == 200, (name, r)
+            st_, r = await p.call("PUT", f"/node/{name}/extra_vars/k", {"value": name})
+            assert st_ == 200, (name, r)
+            st_, r = await p.call("DELETE", f"/node/{name}/extra_vars/k")
+            assert st_ == 200, (name, r)
+        st_, r = await p.call("PUT", "/node/a/b/c-2/extra_vars/k/x", {"value": 1})
+        assert st_ == 404, r  # a var name holds no "/": no such route
+        await p.on_peer(lambda s: s.node("rack/7-1") is not None and s.node("a/b/c-2") is not None)
 
 
 # ------------------------------------------------------------------ the shared rule
