@@ -2,7 +2,8 @@
 
 It starts three gossipmgr instances (each with its own Serf agent) and four simulated
 cluster nodes (Serf agents with clusterm's node tags) on loopback, then runs:
-discover -> commission a master and a worker -> update -> decommission, each a real
+discover (a fifth node, whose Serf agent the demo starts while the job waits for
+it to join) -> commission a master and a worker -> update -> decommission, each a real
 ansible job (sample playbooks acting on files under the demo directory); it kills the
 lease holder with SIGKILL and shows the takeover with the state intact; it restarts that
 instance and shows it restoring from disk and catching up. With ``--keep`` the cluster
@@ -17,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from .localcluster import LocalCluster, wait_for
 
 NAMES = ("g1", "g2", "g3")
 NODES = (("rack1", "0001"), ("rack1", "0002"), ("rack1", "0003"), ("rack1", "0004"))
+#: The node the discover step finds: its Serf agent joins while the job waits for it.
+DISCOVERED, DISCOVERED_ADDR = ("rack2", "0001"), "127.0.0.99"
 
 
 class Demo:
@@ -57,13 +61,22 @@ class Demo:
         holder: str = wait_for(self.cluster.holder, 30, "the instances to agree on a lease holder")
         return holder
 
-    def run_job(self, via: str, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+    def run_job(
+        self,
+        via: str,
+        path: str,
+        body: dict[str, Any],
+        what: str,
+        then: Callable[[], object] | None = None,
+    ) -> dict[str, Any]:
         r = self.cluster.post(via, path, body)
         if r.status_code != 200:
             raise RuntimeError(f"{what}: HTTP {r.status_code}: {r.text}")
         job = r.json()
         jid = job.get("id", "")
         self.say(f"{what}: job {jid} accepted via {via} (runs on the lease holder)")
+        if then is not None:
+            then()
 
         def finished() -> dict[str, Any] | None:
             rec = dict(self.cluster.get(via, f"/info/job/{jid}"))
@@ -117,7 +130,16 @@ class Demo:
         self.say(f"g3 sees {c.get('g3', '/info/globals')['extra_vars']}")
 
         self.step("4. Workflows, each an ansible job on the lease holder")
-        self.run_job("g2", "/discover/nodes", {"addrs": ["127.0.0.99"]}, "discover 127.0.0.99")
+        # A discover job runs the discover playbook, then waits until a Serf agent with
+        # NodeAddr=<the address> joins (on a real node the playbook installs and starts
+        # it). Here the demo starts that node agent once the job is accepted.
+        self.run_job(
+            "g2",
+            "/discover/nodes",
+            {"addrs": [DISCOVERED_ADDR]},
+            f"discover {DISCOVERED_ADDR}",
+            then=lambda: c.add_node(*DISCOVERED, addr=DISCOVERED_ADDR),
+        )
         master, worker = names[0], names[1]
         self.run_job(
             "g1",
