@@ -37,6 +37,7 @@ from gossipmgr.ansible import (
     Host,
     check_client_var,
     parse_extra_vars,
+    run_playbook,
     run_workflow,
 )
 from gossipmgr.api import create_app
@@ -425,3 +426,58 @@ async def test_a_fenced_configure_runs_the_failure_path_which_is_fenced_too(
     assert not node.configured.exists()  # the configure task never ran
     assert not node.configured.parent.exists()
     assert record_of(node.fence_dir)["epoch"] == 7
+
+
+OPERATOR_PLAYBOOK = """\
+- hosts: all
+  gather_facts: false
+  roles:
+    - gossipmgr_fence
+  tasks:
+    - name: The operator's action, after the fence
+      ansible.builtin.raw: echo "acted {{ gossipmgr_epoch }}" >> {{ marker | quote }}
+"""
+
+
+@pytest.mark.ansible
+async def test_an_operators_own_playbook_uses_the_role_by_name(tmp_path: Path) -> None:
+    """A playbook outside gossipmgr's directory finds the role through ANSIBLE_ROLES_PATH,
+    and its later task does not run when the fence refuses the run."""
+    book = tmp_path / "ops"
+    book.mkdir()
+    (book / "site.yml").write_text(OPERATOR_PLAYBOOK)
+    node = Node(tmp_path / "n")
+    marker = tmp_path / "acted"
+    settings = AnsibleSettings(
+        playbook_dir=book,
+        host_vars={**LOCAL, "gossipmgr_fence_dir": str(node.fence_dir)},
+        extra_variables={"marker": str(marker)},
+        timeout_s=DEADLINE_S,
+    )
+
+    async def run(epoch: int) -> Any:
+        with trio.fail_after(DEADLINE_S):
+            return await run_playbook(
+                "site.yml",
+                [Host("n", "127.0.0.1", "n", "service-master")],
+                settings,
+                globals_={},
+                request_vars={},
+                log=lambda _: None,
+                cancel=trio.Event(),
+                work_root=tmp_path / "work",
+                product_vars={
+                    "gossipmgr_epoch": epoch,
+                    "gossipmgr_holder": "h",
+                    "gossipmgr_job": f"J{epoch}",
+                },
+            )
+
+    assert (await run(3)).status == "successful"
+    assert marker.read_text() == "acted 3\n"
+    stale = await run(2)
+    assert (stale.status, stale.error) == (
+        "failed",
+        "fenced: epoch 2 is older than 3 (job J3 by h)",
+    )
+    assert marker.read_text() == "acted 3\n"  # the later task did not run
