@@ -49,6 +49,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -191,8 +192,11 @@ class ApiClient:
     on the next call).
     """
 
-    def __init__(self, dialer: NetnsDialer, host: str, port: int, timeout: float = 5.0) -> None:
+    def __init__(
+        self, dialer: NetnsDialer, host: str, port: int, timeout: float = 5.0, token: str = ""
+    ) -> None:
         self._dialer, self.host, self.port, self.timeout = dialer, host, port, timeout
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._conn: _NsConnection | None = None
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -200,6 +204,7 @@ class ApiClient:
             self._conn = _NsConnection(self._dialer, self.host, self.port, self.timeout)
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers.update(self._auth)
         try:
             self._conn.request(method, path, body=data, headers=headers)
             r = self._conn.getresponse()
@@ -311,6 +316,10 @@ class NetnsCluster:
 
         self.key_file.write_text(generate_key() + "\n")
         self.key_file.chmod(0o600)
+        # One API token for every instance (forwarding passes the client's token on).
+        self.token_file = self.root / "api.token"
+        self.token_file.write_text(secrets.token_urlsafe(32) + "\n")
+        self.token_file.chmod(0o600)
         for i in range(1, self.n_instances + 1):
             h = Host(f"h{i}", i, "instance", self.prefix, self.root / f"h{i}")
             self.instances[h.name] = h
@@ -420,6 +429,8 @@ class NetnsCluster:
                 self.profile,
                 "--encrypt-key-file",
                 str(self.key_file),
+                "--api-token-file",
+                str(self.token_file),
                 "--lease-ttl-ms",
                 str(self.lease_ttl_ms),
                 "--lease-renew-ms",
@@ -484,7 +495,8 @@ class NetnsCluster:
     def client(self, name: str, timeout: float = 5.0) -> ApiClient:
         """A new API client for instance ``name`` (one per thread)."""
         h = self.instances[name]
-        return ApiClient(self._dialers[name], h.addr, API_PORT, timeout)
+        token = self.token_file.read_text().strip()
+        return ApiClient(self._dialers[name], h.addr, API_PORT, timeout, token)
 
     def wait_ready(self, name: str, timeout: float = 60.0) -> None:
         h = self.instances[name]

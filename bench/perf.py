@@ -101,7 +101,7 @@ def gossipmgr_latency(root: Path, writes: int) -> list[float]:
     with agents(root, 3, 0) as cl:
         urls = [cl.instances[f"a{i}"].url for i in range(3)]
         time.sleep(2)  # serf membership settles, gossip peers known
-        with httpx.Client(timeout=5) as c:
+        with httpx.Client(timeout=5, headers=cl.headers) as c:
             c.put(f"{urls[0]}/globals/warm", json={"value": 0}).raise_for_status()
             out = []
             for w in range(writes):

@@ -26,6 +26,7 @@ import base64
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -37,10 +38,10 @@ import trio
 
 from . import __version__
 from . import inventory as inv
-from .ansible import AnsibleSettings
+from .ansible import AnsibleSettings, split_config_vars
 from .api import check_listen_policy, create_app, serve
 from .clock import Timestamp
-from .config import AgentConfig, load, split_addr
+from .config import AgentConfig, load, serf_rpc_secret, split_addr
 from .crdt import LWWMap
 from .errors import ConfigError, GossipmgrError, SerfError, StoreError
 from .gossip.crypto import Keyring, generate_key, load_keyring_file
@@ -93,6 +94,48 @@ def load_or_create_keyring(cfg: AgentConfig) -> tuple[Keyring, Path]:
     return load_keyring_file(path), path
 
 
+#: The token file's name in the data directory when ``api_token_file`` is not set.
+TOKEN_FILE_NAME = "api.token"
+NO_AUTH_WARNING = (
+    "the API requires no token (no_auth = true): every local user, and anyone who can "
+    "reach api_addr, can run playbooks, and so commands, as this agent's user"
+)
+
+
+def token_path(cfg: AgentConfig) -> Path | None:
+    """The token file the API uses: ``api_token_file``, else ``<data_dir>/api.token``;
+    None only with ``no_auth``."""
+    if cfg.api_token_file is not None:
+        return cfg.api_token_file
+    if cfg.no_auth:
+        return None
+    return cfg.data_dir / TOKEN_FILE_NAME
+
+
+def load_or_create_token(cfg: AgentConfig) -> str | None:
+    """The API token (docs/security.md section 3). With no ``api_token_file`` and no
+    ``no_auth``, ``<data_dir>/api.token`` is created on first start: 32 random bytes,
+    url-safe base64, mode 0600, owned by the agent's user; its path is logged."""
+    path = token_path(cfg)
+    if path is None:
+        return None
+    if cfg.api_token_file is None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process created it in between: read theirs
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+            log.warning(
+                "created API token %s (mode 0600): the CLI reads it from there "
+                "(GOSSIPMGR_TOKEN_FILE); copy it to every instance (api_token_file)",
+                path,
+            )
+    return read_token(path)
+
+
 def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -112,9 +155,15 @@ class Agent:
         self.cfg = cfg
         #: command-line options, re-applied over the file on every SIGHUP reload
         self.overrides = dict(overrides or {})
-        self.token = read_token(cfg.api_token_file)
+        self.token = load_or_create_token(cfg)
+        #: read once at start, like the embedded Serf agent's config.json it goes into
+        self.serf_rpc_auth = serf_rpc_secret(cfg)
         api_host, _ = split_addr(cfg.api_addr, "api-addr")
         check_listen_policy(api_host, self.token, cfg.insecure)
+        if self.token is None:
+            log.warning("%s: %s", cfg.name, NO_AUTH_WARNING)
+        else:
+            log.info("%s: API token from %s", cfg.name, token_path(cfg))
         self.keyring, self.key_path = load_or_create_keyring(cfg)
         self.replica = Replica(
             cfg.name,
@@ -177,6 +226,7 @@ class Agent:
             v = runtime.get(key)
             return v if isinstance(v, str) and v else default
 
+        operator, client = split_config_vars(a.extra_variables, extra)
         playbook_dir = Path(pick("playbook_location", str(self.cfg.playbook_dir)))
         return AnsibleSettings(
             playbook_dir=playbook_dir,
@@ -185,10 +235,12 @@ class Agent:
             upgrade_playbook=pick("upgrade_playbook", a.upgrade_playbook),
             user=pick("user", a.user),
             priv_key_file=pick("priv_key_file", a.priv_key_file),
-            extra_variables=extra,
+            extra_variables=operator,
+            client_extra_variables=client,
             host_vars=dict(a.host_vars),
             timeout_s=a.timeout_s,
             discover_join_timeout_s=a.discover_join_timeout_s,
+            allowed_client_vars=frozenset(a.allow_client_vars),
         )
 
     def file_ansible_section(self) -> dict[str, Any]:
@@ -309,10 +361,10 @@ class Agent:
                 encrypt_key=base64.b64encode(self.keyring.primary).decode(),
                 retry_join=list(cfg.join),
                 profile=cfg.serf_profile,
-                rpc_auth=cfg.serf_rpc_auth or None,
+                rpc_auth=self.serf_rpc_auth,
             )
             nursery.start_soon(self._supervise_serf)
-        auth = cfg.serf_rpc_auth or None
+        auth = self.serf_rpc_auth
         self.membership = SerfMembership(serf_connector(rpc_host, rpc_port, auth))
         events = self.membership.subscribe()
         await nursery.start(self.membership.run)
@@ -344,7 +396,7 @@ class Agent:
             healthy = self.membership is not None and self.membership.healthy
             if healthy and not applied:
                 try:
-                    async with open_serf_client(host, port, self.cfg.serf_rpc_auth or None) as c:
+                    async with open_serf_client(host, port, self.serf_rpc_auth) as c:
                         await c.tags(set=tags)
                     applied = True
                 except SerfError as exc:
@@ -520,7 +572,11 @@ class Agent:
         path = self.cfg.config_file
         try:
             new = load(path, self.overrides) if path is not None else self.cfg
-            token = read_token(new.api_token_file)
+            if new.no_auth != self.cfg.no_auth:
+                # Turning auth off must be as loud as starting without it (and pass the
+                # listen policy): only a restart does that.
+                raise ConfigError("no_auth changed: that needs a restart")
+            token = load_or_create_token(new)
             keyring, _ = load_or_create_keyring(new)
         except GossipmgrError as exc:
             log.error("%s: reload refused, keeping the old settings: %s", self.cfg.name, exc)
@@ -622,6 +678,11 @@ class Agent:
                 "restore_seconds": round(self.replica.restore_seconds, 4),
             },
             "entries": len(self.replica.state),
+            "auth": (
+                {"token": True}
+                if self.token is not None
+                else {"token": False, "warning": NO_AUTH_WARNING}
+            ),
         }
 
 
@@ -633,6 +694,11 @@ class AgentApiContext:
         self.replica = agent.replica
         self.jobs = agent.jobs
         self.token: str | None = agent.token  # the agent updates it on SIGHUP
+
+    @property
+    def allowed_client_vars(self) -> frozenset[str]:
+        """The operator's [ansible] allow_client_vars (current after a SIGHUP reload)."""
+        return frozenset(self.agent.cfg.ansible.allow_client_vars)
 
     def peers(self) -> list[dict[str, Any]]:
         return self.agent.peers()
@@ -878,7 +944,17 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "starting one (its node name must equal --name)"
         },
     ),
-    ("--serf-rpc-auth", {"help": "Serf RPC auth key, if the agent sets rpc_auth"}),
+    (
+        "--serf-rpc-auth",
+        {
+            "help": "Serf RPC auth key, if the agent sets rpc_auth. Deprecated: every local "
+            "user can read it in /proc; use --serf-rpc-auth-file or the config file"
+        },
+    ),
+    (
+        "--serf-rpc-auth-file",
+        {"type": Path, "help": "file holding the Serf RPC auth key (rpc_auth)"},
+    ),
     (
         "--serf-profile",
         {
@@ -905,7 +981,20 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "--api-token-file",
-        {"type": Path, "help": "bearer token required by every route but /health"},
+        {
+            "type": Path,
+            "help": "bearer token required by every route but /health "
+            "(default: <data-dir>/api.token, created mode 0600 on first start)",
+        },
+    ),
+    (
+        "--no-auth",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "serve the API without any token: every local user can then run "
+            "playbooks as the agent's user (warned at start and in /health)",
+        },
     ),
     ("--tls-cert", {"type": Path, "help": "serve the API over TLS with this certificate"}),
     ("--tls-key", {"type": Path, "help": "... and this private key"}),
@@ -914,7 +1003,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "action": "store_true",
             "default": None,
-            "help": "allow a non-loopback API address without a token",
+            "help": "with --no-auth, allow a non-loopback API address too",
         },
     ),
     (
@@ -989,6 +1078,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         setup_logging(cfg.log_level)
         for note in cfg.config_notes:
             log.warning("%s", note)
+        if overrides.get("serf_rpc_auth"):
+            log.warning(
+                "--serf-rpc-auth puts the Serf RPC secret on the command line, where every "
+                "local user can read it (/proc/<pid>/cmdline): use --serf-rpc-auth-file or "
+                "serf_rpc_auth in a 0600 config file"
+            )
         agent = Agent(cfg, overrides)
     except GossipmgrError as exc:
         print(f"gossipmgr agent: {exc}", file=sys.stderr)

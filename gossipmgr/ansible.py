@@ -39,8 +39,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -117,6 +117,12 @@ class AnsibleSettings:
     # address to show up as a Discovered node (its Serf agent joined); then it fails with
     # the addresses that did not (clusterm issue #157). 0: do not wait.
     discover_join_timeout_s: float = 120.0
+    # Config-layer extra-vars set through the API (POST /config), on top of
+    # ``extra_variables`` (the operator's file). Client values: checked and marked unsafe.
+    client_extra_variables: Mapping[str, Any] = field(default_factory=dict)
+    # Names the operator lets API clients set although :func:`refused_client_vars` would
+    # refuse them (config file ``[ansible] allow_client_vars``; never settable by the API).
+    allowed_client_vars: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -137,6 +143,173 @@ class WorkflowResult:
     cancelled: bool
     error: str
     steps: list[PlaybookResult]
+
+
+# --------------------------------------------------------------------------- client vars
+
+#: ansible's magic variables without the ``ansible_`` prefix (ansible-core 2.19's
+#: ``constants.INTERNAL_STATIC_VARS`` plus ``omit`` and ``delegated_vars``): ansible sets
+#: them itself, and ``inventory_hostname`` is the ssh connection's fallback address.
+MAGIC_VARS: Final = frozenset(
+    {
+        "delegated_vars",
+        "group_names",
+        "groups",
+        "hostvars",
+        "inventory_dir",
+        "inventory_file",
+        "inventory_hostname",
+        "inventory_hostname_short",
+        "omit",
+        "play_hosts",
+        "playbook_dir",
+        "role_name",
+        "role_names",
+        "role_path",
+        "role_uuid",
+    }
+)
+#: Prefixes of names ansible treats specially. Every connection, privilege-escalation,
+#: shell and interpreter setting ansible reads from variables is ``ansible_*`` (its
+#: MAGIC_VARIABLE_MAPPING and every plugin's documented ``vars:``, including patterns
+#: such as ``ansible_<x>_interpreter``); ``_ansible_*`` are internal, ``__ansible_*``
+#: are the tags of ansible's JSON form (``__ansible_unsafe``, ``__ansible_vault``).
+RESERVED_PREFIXES: Final = ("ansible_", "_ansible_", "__ansible_")
+
+
+def refused_client_vars(variables: Mapping[str, Any], allowed: Collection[str] = ()) -> list[str]:
+    """The names in ``variables`` an API client may not set, sorted (docs/security.md).
+
+    Refused: a top-level name starting with ``ansible_`` (or ``_ansible_``), compared
+    case-insensitively, or one of :data:`MAGIC_VARS`, unless it is in ``allowed`` (exact
+    name, the operator's ``[ansible] allow_client_vars``); and, at any depth, a mapping key
+    starting with ``__ansible_`` (it would change how ansible decodes the value), named as
+    a path ``top.key``. The check is on names only: values are passed to ansible marked
+    unsafe (:func:`mark_unsafe`), so no value is ever templated.
+    """
+    bad: list[str] = []
+
+    def nested(path: str, value: Any) -> None:
+        # Iterative: a deeply nested hostile value must not exhaust the Python stack.
+        stack = [(path, value)]
+        while stack:
+            p, v = stack.pop()
+            if isinstance(v, Mapping):
+                for k, sub in v.items():
+                    if isinstance(k, str) and k.lower().startswith("__ansible_"):
+                        bad.append(f"{p}.{k}")
+                    stack.append((f"{p}.{k}", sub))
+            elif isinstance(v, list | tuple):
+                stack.extend((f"{p}[{i}]", sub) for i, sub in enumerate(v))
+
+    for name, value in variables.items():
+        low = str(name).lower()
+        if name not in allowed and (low.startswith(RESERVED_PREFIXES) or low in MAGIC_VARS):
+            bad.append(str(name))
+        nested(str(name), value)
+    return sorted(set(bad))
+
+
+def client_vars_error(names: Sequence[str], where: str) -> str:
+    """The refusal text for :func:`refused_client_vars`' ``names`` found in ``where``."""
+    quoted = ", ".join(f'"{n}"' for n in names)
+    return (
+        f"{where}: extra-var {quoted} may not be set by an API client: ansible reads "
+        "such variables to decide how, where or as whom it runs commands (the operator "
+        "can allow a name in the agent's config file, [ansible] allow_client_vars)"
+    )
+
+
+def mark_unsafe(value: Any) -> Any:
+    """``value`` with every string wrapped as ``{"__ansible_unsafe": s}``.
+
+    That is ansible's JSON form of ``!unsafe``: ansible-core 2.19 decodes it (extra-vars
+    files given as ``-e @file`` and JSON inventories alike) to a string it never templates,
+    so ``{{ lookup('pipe', ...) }}`` in a client's value reaches the play as literal text.
+    Mapping keys are left as they are (ansible does not template keys); numbers, booleans
+    and null pass unchanged.
+    """
+    if isinstance(value, str):
+        return {"__ansible_unsafe": value}
+    if isinstance(value, Mapping):
+        return {k: mark_unsafe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mark_unsafe(v) for v in value]
+    return value
+
+
+def split_config_vars(
+    file_vars: Mapping[str, Any], config_vars: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the config layer into (operator's, client's) extra-vars.
+
+    POST /config stores the whole ansible section, the file's values included, so a name
+    whose value is still the file's is the operator's (templated, not policed); any other
+    came from an API client (marked unsafe and checked, docs/security.md).
+    """
+    missing = object()
+    operator = {k: v for k, v in config_vars.items() if file_vars.get(k, missing) == v}
+    client = {k: v for k, v in config_vars.items() if k not in operator}
+    return operator, client
+
+
+def check_client_inputs(
+    hosts: Iterable[Host],
+    settings: AnsibleSettings,
+    globals_: Mapping[str, Any],
+    request_vars: Mapping[str, Any],
+) -> None:
+    """Defence in depth at run time: raise JobError naming any refused client variable.
+
+    The API refuses them on the way in; this catches records that arrived by gossip from
+    an older or hostile instance (globals, node vars, the replicated config section).
+    """
+    allowed = settings.allowed_client_vars
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("config extra_variables (POST /config)", settings.client_extra_variables),
+        ("globals", globals_),
+        ("request extra_vars", request_vars),
+    ]
+    layers += [(f"node {h.name or h.addr} extra_vars", h.vars) for h in hosts]
+    for where, layer in layers:
+        bad = refused_client_vars(layer, allowed)
+        if bad:
+            raise JobError(f"refused to run: {client_vars_error(bad, where)}")
+
+
+def _unsafe_inputs(
+    hosts: Sequence[Host],
+    settings: AnsibleSettings,
+    globals_: Mapping[str, Any],
+    request_vars: Mapping[str, Any],
+) -> tuple[list[Host], AnsibleSettings, dict[str, Any], dict[str, Any]]:
+    """The client layers marked unsafe; the operator's (file extra_variables, host_vars)
+    stay templatable."""
+    marked_hosts = [replace(h, vars=mark_unsafe(dict(h.vars))) for h in hosts]
+    config_layer = {**settings.extra_variables, **mark_unsafe(settings.client_extra_variables)}
+    marked_settings = replace(settings, extra_variables=config_layer, client_extra_variables={})
+    return (
+        marked_hosts,
+        marked_settings,
+        mark_unsafe(dict(globals_)),
+        mark_unsafe(dict(request_vars)),
+    )
+
+
+#: Host vars gossipmgr sets from a node's record. Their values come from Serf tags
+#: (NodeAddr, NodeLabel, NodeSerial: any Serf key holder, managed nodes included), from
+#: POST /monitor/event and from discover's addresses: client values too.
+NODE_FIELDS: Final = ("ansible_host", "ansible_ssh_host", "node_addr", "node_name")
+
+
+def _mark_node_fields(inventory: dict[str, Any]) -> dict[str, Any]:
+    """The inventory with :data:`NODE_FIELDS` marked unsafe (in place; returned)."""
+    for group in inventory["all"]["children"].values():
+        for host_vars in group["hosts"].values():
+            for k in NODE_FIELDS:
+                if isinstance(host_vars.get(k), str):
+                    host_vars[k] = mark_unsafe(host_vars[k])
+    return inventory
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -199,6 +372,10 @@ def merge_extra_vars(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _config_layer(settings: AnsibleSettings) -> dict[str, Any]:
+    return {**settings.extra_variables, **settings.client_extra_variables}
+
+
 def build_inventory(
     hosts: Iterable[Host],
     settings: AnsibleSettings,
@@ -230,7 +407,7 @@ def build_inventory(
         # User extra-vars come last: under clusterm they were --extra-vars and beat
         # every inventory variable, so they must here too.
         host_vars.update(
-            merge_extra_vars(settings.extra_variables, globals_, host.vars, request_vars)
+            merge_extra_vars(_config_layer(settings), globals_, host.vars, request_vars)
         )
         group = children.setdefault(host.group, {"hosts": {}})
         group["hosts"][host.alias] = host_vars
@@ -255,7 +432,7 @@ def build_extra_vars(
     for host in hosts:
         node_keys.update(host.vars)
     overridden = node_keys - set(request_vars)
-    merged = merge_extra_vars(settings.extra_variables, globals_, request_vars)
+    merged = merge_extra_vars(_config_layer(settings), globals_, request_vars)
     return {k: v for k, v in merged.items() if k not in overridden}
 
 
@@ -565,8 +742,12 @@ async def run_playbook(
         error = f"playbook file not found: {path}"
         log(f"gossipmgr: {error}")
         return PlaybookResult(playbook, RC_NOT_RUN, "failed", error)
-    inventory = build_inventory(hosts, settings, globals_, request_vars)
-    extravars = build_extra_vars(hosts, settings, globals_, request_vars)
+    # Every value from an API client goes to ansible marked unsafe (never templated).
+    u_hosts, u_settings, u_globals, u_request = _unsafe_inputs(
+        hosts, settings, globals_, request_vars
+    )
+    inventory = _mark_node_fields(build_inventory(u_hosts, u_settings, u_globals, u_request))
+    extravars = build_extra_vars(u_hosts, u_settings, u_globals, u_request)
     extravars.update(product_vars or {})  # last: they beat every other layer
 
     work_root.mkdir(parents=True, exist_ok=True)
@@ -694,6 +875,7 @@ async def run_workflow(
     if not host_list:
         raise JobError(f"{kind}: no hosts given")
     build_inventory(host_list, settings, globals_, request_vars)  # fail early on bad hosts
+    check_client_inputs(host_list, settings, globals_, request_vars)
     steps: list[PlaybookResult] = []
     common: dict[str, Any] = {
         "globals_": globals_,

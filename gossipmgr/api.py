@@ -22,10 +22,12 @@ Shape (h11's habit: errors raised once, translated once, at the boundary):
 * Log streams (``GET /info/logs/{job}``) of a job that ran on another instance are proxied
   from that instance's API.
 
-Security: with a token, every route but ``/health`` needs ``Authorization: Bearer <token>``
-(compared in constant time, ``hmac.compare_digest``). :func:`check_listen_policy` is the
-rule the agent applies before binding: no token on a non-loopback address needs
-``--insecure``.
+Security: with a token (the agent's default: it creates one at first start), every route
+but ``/health`` needs ``Authorization: Bearer <token>`` (compared in constant time,
+``hmac.compare_digest``). :func:`check_listen_policy` is the rule the agent applies before
+binding: no token (``--no-auth``) on a non-loopback address also needs ``--insecure``.
+Every route that sets an extra-var refuses, with 403 naming it, a name an API client may
+not set (``gossipmgr.ansible.refused_client_vars``; docs/security.md section 3).
 
 Who owns what: :func:`create_app` keeps no state of its own besides the app; the context
 (:class:`ApiContext`) owns the replica, the job manager and the peers view. :func:`serve`
@@ -41,7 +43,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -56,6 +58,7 @@ from .crdt import LWWMap
 from .errors import (
     BadRequest,
     ConfigError,
+    Forbidden,
     GossipmgrError,
     NotFound,
     RequestError,
@@ -165,7 +168,7 @@ def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
         pass
     raise ConfigError(
         f"refusing to serve the API on {host or 'all addresses'} without a token: "
-        "set a token (--api-token-file) or pass --insecure"
+        "drop --no-auth (a token is then required) or also pass --insecure"
     )
 
 
@@ -510,6 +513,21 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     def now_ms() -> int:
         return rep.now_ms()
 
+    # ------------------------------------------------------------ extra-vars policy
+    def check_vars(variables: Mapping[str, Any], where: str) -> None:
+        """403 naming any variable an API client may not set (docs/security.md)."""
+        from .ansible import client_vars_error, refused_client_vars
+
+        allowed: Collection[str] = getattr(ctx, "allowed_client_vars", frozenset())
+        bad = refused_client_vars(variables, allowed)
+        if bad:
+            raise Forbidden(client_vars_error(bad, where))
+
+    def client_vars(body: Mapping[str, Any], where: str) -> dict[str, Any]:
+        ev = _field_extra_vars(body)
+        check_vars(ev, where)
+        return ev
+
     # ------------------------------------------------------------ auth and errors
     @app.before_request
     async def _auth() -> None:
@@ -626,7 +644,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         nodes, hg, ev = (
             _field_str_list(b, "nodes"),
             _field_str(b, "host_group"),
-            _field_extra_vars(b),
+            client_vars(b, "extra_vars"),
         )
         if not must_hold():
             return await forward()
@@ -635,7 +653,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/decommission/nodes")
     async def decommission() -> Response:
         b = await _body_untrusted()
-        nodes, ev = _field_str_list(b, "nodes"), _field_extra_vars(b)
+        nodes, ev = _field_str_list(b, "nodes"), client_vars(b, "extra_vars")
         if not must_hold():
             return await forward()
         return await run_job(lambda: ctx.jobs.decommission(nodes, ev))
@@ -646,7 +664,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         nodes, hg, ev = (
             _field_str_list(b, "nodes"),
             _field_str(b, "host_group"),
-            _field_extra_vars(b),
+            client_vars(b, "extra_vars"),
         )
         if not must_hold():
             return await forward()
@@ -655,7 +673,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/discover/nodes")
     async def discover() -> Response:
         b = await _body_untrusted()
-        addrs, ev = _field_str_list(b, "addrs"), _field_extra_vars(b)
+        addrs, ev = _field_str_list(b, "addrs"), client_vars(b, "extra_vars")
         if not must_hold():
             return await forward()
         return await run_job(lambda: ctx.jobs.discover(addrs, ev))
@@ -732,7 +750,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/globals")
     async def globals_replace() -> Response:
         b = await _body_untrusted()
-        new = _field_extra_vars(b)
+        new = client_vars(b, "globals")
         await commit(lambda s, ts: s.d_replace_globals(new, ts))
         return _json({"extra_vars": rep.state.globals()})
 
@@ -750,6 +768,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         _check_key("extra-var", key)
         check_client_var(key)
         v = _field_value(await _body_untrusted())
+        check_vars({key: v}, "globals")
         await commit(lambda s, ts: s.d_set(global_key(key), v, ts))
         return _json({"key": key, "value": v})
 
@@ -763,7 +782,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     @app.post("/node/<name>/extra_vars")
     async def node_vars_replace(name: str) -> Response:
         b = await _body_untrusted()
-        new = _field_extra_vars(b)
+        new = client_vars(b, f"node {name}")
         name = get_node(rep.state, name).name
         await _maybe_await(ctx.jobs.set_node_vars(name, new))
         return _node_response(name)
@@ -772,6 +791,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     async def node_var_put(name: str, key: str) -> Response:
         _check_key("extra-var", key)
         v = _field_value(await _body_untrusted())
+        check_vars({key: v}, f"node {name}")
         name = get_node(rep.state, name).name
         await _maybe_await(ctx.jobs.set_node_var(name, key, v))
         return _node_response(name)
@@ -818,7 +838,16 @@ def create_app(ctx: ApiContext) -> QuartTrio:
                 if k != "extra_variables" and not isinstance(v, str):
                     raise BadRequest(f'ansible configuration "{k}" must be a string')
             if "extra_variables" in ans:
-                _field_extra_vars(ans, "extra_variables")  # validate only
+                new_ev = _field_extra_vars(ans, "extra_variables")
+                try:
+                    old_ev = _field_extra_vars(current.get("ansible") or {}, "extra_variables")
+                except BadRequest:
+                    old_ev = {}
+                # Only what this request changes is the client's: a section read with GET
+                # and posted back carries the operator's file values unchanged.
+                missing = object()
+                changed_ev = {k: v for k, v in new_ev.items() if old_ev.get(k, missing) != v}
+                check_vars(changed_ev, "config extra_variables")
             # An empty value is "unchanged" (clusterm merged the posted config with mergo,
             # which skips empty values; the Go clusterctl sends every key).
             changed = {k: v for k, v in ans.items() if v != ""}
@@ -1115,8 +1144,10 @@ class StandaloneContext:
         ansible: Mapping[str, Any] | None = None,
         serf_ok: bool = True,
         forward_verify: Any = True,
+        allowed_client_vars: Collection[str] = (),
     ) -> None:
         self.replica = replica
+        self.allowed_client_vars = frozenset(allowed_client_vars)
         self.jobs = jobs
         self.token = token
         self.api_url = api_url

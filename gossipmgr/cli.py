@@ -66,7 +66,11 @@ class CliError(Exception):
 class Client:
     """A thin sync client: one method per call, errors as CliError with the server's text."""
 
-    def __init__(self, url: str, token: str | None, cacert: str | None) -> None:
+    def __init__(
+        self, url: str, token: str | None, cacert: str | None, auth_hint: str = ""
+    ) -> None:
+        #: Said after a 401: where the token came from, or why there is none.
+        self.auth_hint = auth_hint
         self.url = url.rstrip("/")
         if "://" not in self.url:  # clusterctl took host:port
             self.url = "http://" + self.url
@@ -100,15 +104,17 @@ class Client:
             raise self._unreachable(exc) from None
         return self._decode(r)
 
-    @staticmethod
-    def _decode(r: httpx.Response) -> Any:
+    def _decode(self, r: httpx.Response) -> Any:
         try:
             obj = r.json()
         except ValueError:
             obj = None
         if r.status_code >= 400:
             text = obj.get("error") if isinstance(obj, dict) else None
-            raise CliError(str(text) if text else f"HTTP {r.status_code}: {r.text.strip()}")
+            text = str(text) if text else f"HTTP {r.status_code}: {r.text.strip()}"
+            if r.status_code == 401 and self.auth_hint:
+                text += f" ({self.auth_hint})"
+            raise CliError(text)
         return obj
 
     def stream_lines(self, path: str, on_line: Callable[[str], None]) -> None:
@@ -474,7 +480,12 @@ def _common() -> argparse.ArgumentParser:
         "-u", "--url", default=S, help=f"API URL (default {DEFAULT_URL}, $GOSSIPMGR_URL)"
     )
     p.add_argument("--token", default=S, help="bearer token ($GOSSIPMGR_TOKEN)")
-    p.add_argument("--token-file", default=S, help="file holding the bearer token")
+    p.add_argument(
+        "--token-file",
+        default=S,
+        help="file holding the bearer token ($GOSSIPMGR_TOKEN_FILE; default "
+        "$GOSSIPMGR_DATA_DIR/api.token or /var/lib/gossipmgr/api.token)",
+    )
     p.add_argument("--cacert", default=S, help="CA bundle to verify an https API")
     p.add_argument("-j", "--json", action="store_true", default=S, help="print JSON")
     p.add_argument("--debug", action="store_true", default=S, help="log each request")
@@ -504,7 +515,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "-u", "--url", default=None, help=f"API URL (default $GOSSIPMGR_URL, else {DEFAULT_URL})"
     )
     parser.add_argument("--token", default=None, help="bearer token (default $GOSSIPMGR_TOKEN)")
-    parser.add_argument("--token-file", default=None, help="read the bearer token from a file")
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help="read the bearer token from a file (default $GOSSIPMGR_TOKEN_FILE, else "
+        "$GOSSIPMGR_DATA_DIR/api.token, else /var/lib/gossipmgr/api.token when readable)",
+    )
     parser.add_argument("--cacert", default=None, help="CA bundle to verify an https API")
     parser.add_argument(
         "-j",
@@ -697,16 +713,45 @@ CLIENT_COMMANDS = {
 }
 
 
-def _token(args: argparse.Namespace) -> str | None:
+#: The agent's default data directory; its api.token is the CLI's last token source.
+DEFAULT_DATA_DIR = "/var/lib/gossipmgr"
+TOKEN_FILE_NAME = "api.token"
+
+
+def default_token_file() -> str:
+    """``$GOSSIPMGR_DATA_DIR/api.token``, else ``/var/lib/gossipmgr/api.token``."""
+    data_dir = os.environ.get("GOSSIPMGR_DATA_DIR") or DEFAULT_DATA_DIR
+    return os.path.join(data_dir, TOKEN_FILE_NAME)
+
+
+def _read_token_file(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as exc:
+        raise CliError(f"cannot read token file {path}: {exc.strerror}", 2) from None
+
+
+def _token(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(token, where it came from or why there is none). First found wins: --token,
+    --token-file, $GOSSIPMGR_TOKEN, $GOSSIPMGR_TOKEN_FILE, then the agent's own token file
+    (:func:`default_token_file`), which only the agent's user (and root) can read."""
     if args.token:
-        return str(args.token)
+        return str(args.token), "token from --token"
     if args.token_file:
-        try:
-            with open(args.token_file, encoding="utf-8") as f:
-                return f.read().strip() or None
-        except OSError as exc:
-            raise CliError(f"cannot read token file {args.token_file}: {exc.strerror}", 2)
-    return os.environ.get("GOSSIPMGR_TOKEN") or None
+        return _read_token_file(args.token_file), f"token from {args.token_file}"
+    if os.environ.get("GOSSIPMGR_TOKEN"):
+        return os.environ["GOSSIPMGR_TOKEN"], "token from $GOSSIPMGR_TOKEN"
+    env_file = os.environ.get("GOSSIPMGR_TOKEN_FILE")
+    if env_file:
+        return _read_token_file(env_file), f"token from $GOSSIPMGR_TOKEN_FILE={env_file}"
+    path = default_token_file()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None, f"token from {path}"
+    except OSError as exc:
+        # Not an error yet: an agent with no_auth needs none. Said if the server asks.
+        return None, f"no token: cannot read {path}: {exc.strerror}"
 
 
 def _fail(text: str, code: int) -> NoReturn:
@@ -729,7 +774,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if func not in CLIENT_COMMANDS:
             return int(func(args))
         url = args.url or os.environ.get("GOSSIPMGR_URL") or DEFAULT_URL
-        client = Client(url, _token(args), args.cacert)
+        token, hint = _token(args)
+        client = Client(url, token, args.cacert, hint)
         try:
             return int(func(client, args))
         finally:

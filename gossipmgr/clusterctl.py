@@ -825,8 +825,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     assert cmd.action is not None
     try:
-        token = _token_from_env()
-        client = Client(url if "://" in url else f"http://{url}", token, None)
+        token, hint = _token_from_env()
+        client = Client(url if "://" in url else f"http://{url}", token, None, hint)
     except CliError as exc:
         return _fatal(str(exc))
     try:
@@ -843,7 +843,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _token_from_env() -> str | None:
+def _token_from_env() -> tuple[str | None, str]:
+    """The gossipmgr CLI's token search without its flags (clusterctl has none):
+    $GOSSIPMGR_TOKEN, $GOSSIPMGR_TOKEN_FILE, then the agent's own token file."""
     import argparse
 
     return _token(argparse.Namespace(token=None, token_file=None))

@@ -42,6 +42,10 @@ class AnsibleConfig:
     timeout_s: float = 0.0
     #: A discover job then waits this long for the nodes to join Serf (0: no wait).
     discover_join_timeout_s: float = 120.0
+    #: Variable names API clients may set although the extra-vars policy refuses them
+    #: (``ansible_*``, ansible's magic variables; docs/security.md). Exact names. Only
+    #: this file sets it: POST /config cannot.
+    allow_client_vars: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,11 @@ class AgentConfig:
     serf_rpc_bind: str = "127.0.0.1:7373"
     #: Use an existing Serf agent at this RPC address instead of starting one.
     serf_rpc: str = ""
-    #: Serf RPC auth key (the agent's ``rpc_auth``), if any.
+    #: Serf RPC auth key (the agent's ``rpc_auth``), if any. Prefer serf_rpc_auth_file (or
+    #: this key in a 0600 config file): on the command line it is in /proc/<pid>/cmdline.
     serf_rpc_auth: str = ""
+    #: A file holding the Serf RPC auth key; read at start (see :func:`serf_rpc_secret`).
+    serf_rpc_auth_file: Path | None = None
     #: memberlist profile for the embedded agent: lan (default) or local.
     serf_profile: str = "lan"
     #: Serf addresses to join (retried forever: a failed start-up join is not fatal).
@@ -72,11 +79,14 @@ class AgentConfig:
     #: Shared 32-byte base64 key (Serf's -encrypt format) for gossip and the embedded Serf.
     #: When unset, <data_dir>/gossip.key is used, created on first start.
     encrypt_key_file: Path | None = None
-    #: A bearer token every API route but /health requires.
+    #: A bearer token every API route but /health requires. Unset: <data_dir>/api.token,
+    #: created (0600) on first start, so even loopback needs a token by default.
     api_token_file: Path | None = None
+    #: Serve the API without any token (loud: warned at start and in /health).
+    no_auth: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    #: Serve the API on a non-loopback address without a token.
+    #: With no_auth: serve the API on a non-loopback address too.
     insecure: bool = False
     playbook_dir: Path = PACKAGED_PLAYBOOKS
     #: Re-run the configure playbook on an Allocated node that comes back (clusterm #123).
@@ -99,6 +109,7 @@ class AgentConfig:
 _PATH_FIELDS = {
     "data_dir",
     "encrypt_key_file",
+    "serf_rpc_auth_file",
     "api_token_file",
     "tls_cert",
     "tls_key",
@@ -290,9 +301,28 @@ def validate(cfg: AgentConfig) -> None:
         pass
     if cfg.serf_profile not in ("lan", "local", "wan"):
         raise ConfigError(f"serf-profile must be lan, local or wan, not {cfg.serf_profile!r}")
+    if cfg.serf_rpc_auth and cfg.serf_rpc_auth_file is not None:
+        raise ConfigError("serf-rpc-auth and serf-rpc-auth-file exclude each other")
+    if cfg.no_auth and cfg.api_token_file is not None:
+        raise ConfigError("no-auth and api-token-file exclude each other")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise ConfigError("tls-cert and tls-key go together")
     if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:
         raise ConfigError("lease-renew-ms must be positive and below lease-ttl-ms")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
+
+
+def serf_rpc_secret(cfg: AgentConfig) -> str | None:
+    """The Serf RPC auth key: ``serf_rpc_auth_file``'s content, else ``serf_rpc_auth``,
+    else None. Raises ConfigError for an unreadable or empty file."""
+    path = cfg.serf_rpc_auth_file
+    if path is None:
+        return cfg.serf_rpc_auth or None
+    try:
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read serf-rpc-auth-file {path}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(f"serf-rpc-auth-file {path} is empty")
+    return secret

@@ -198,6 +198,7 @@ class Demo:
         print(
             f"\nThe cluster keeps running ({urls}). Try, in another terminal:\n"
             f"  export GOSSIPMGR_URL={self.cluster.instances['g1'].url}\n"
+            f"  export GOSSIPMGR_TOKEN_FILE={self.cluster.token_file}\n"
             "  .venv/bin/gossipmgr nodes get\n"
             "  .venv/bin/gossipmgr peers\n"
             "  .venv/bin/gossipmgr jobs\n"

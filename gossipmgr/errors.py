@@ -25,6 +25,7 @@ Errors are raised once, where they happen, and translated once, at a boundary
         ├── Conflict           409  busy (active job) or illegal transition
         ├── CheckFailed        422  a workflow pre-check failed (clusterm's texts)
         ├── Unauthorized       401  missing/invalid token
+        ├── Forbidden          403  refused by policy (an extra-var a client may not set)
         └── Unavailable        503  the request needs Serf/the lease holder and it is down
 """
 
@@ -118,6 +119,13 @@ class Conflict(RequestError):
 
 class CheckFailed(RequestError):
     status_hint = 422
+
+
+class Forbidden(RequestError):
+    """The request is understood but refused by policy (e.g. an ansible variable an API
+    client may not set)."""
+
+    status_hint = 403
 
 
 class Unavailable(RequestError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -181,6 +182,9 @@ class LocalCluster:
     instances: dict[str, Instance] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     key_file: Path = field(init=False)
+    #: The API token every instance requires (one for the cluster: forwarding passes the
+    #: client's token on); the CLI reads it with GOSSIPMGR_TOKEN_FILE.
+    token_file: Path = field(init=False)
     config_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -190,6 +194,11 @@ class LocalCluster:
         if not self.key_file.exists():
             self.key_file.write_text(generate_key() + "\n")
             self.key_file.chmod(0o600)
+        self.token_file = self.root / "api.token"
+        if not self.token_file.exists():
+            fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
         self.config_file = self.root / "agent.toml"
         lines = []
         if self.local_ansible:
@@ -242,6 +251,8 @@ class LocalCluster:
             self.profile,
             "--encrypt-key-file",
             str(self.key_file),
+            "--api-token-file",
+            str(self.token_file),
             "--lease-ttl-ms",
             str(self.lease_ttl_ms),
             "--lease-renew-ms",
@@ -324,16 +335,24 @@ class LocalCluster:
         return None
 
     # -- HTTP ------------------------------------------------------------------------------
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header every API route but /health requires."""
+        return {"Authorization": f"Bearer {self.token_file.read_text().strip()}"}
+
     def get(self, name: str, path: str, timeout: float = 5.0) -> Any:
-        r = httpx.get(f"{self.instances[name].url}{path}", timeout=timeout)
+        url = f"{self.instances[name].url}{path}"
+        r = httpx.get(url, headers=self.headers, timeout=timeout)
         r.raise_for_status()
         return r.json()
 
     def post(self, name: str, path: str, body: Any, timeout: float = 30.0) -> httpx.Response:
-        return httpx.post(f"{self.instances[name].url}{path}", json=body, timeout=timeout)
+        url = f"{self.instances[name].url}{path}"
+        return httpx.post(url, json=body, headers=self.headers, timeout=timeout)
 
     def put(self, name: str, path: str, body: Any, timeout: float = 30.0) -> httpx.Response:
-        return httpx.put(f"{self.instances[name].url}{path}", json=body, timeout=timeout)
+        url = f"{self.instances[name].url}{path}"
+        return httpx.put(url, json=body, headers=self.headers, timeout=timeout)
 
     def lease(self, name: str) -> dict[str, Any]:
         return dict(self.get(name, "/info/lease")["lease"] or {})

@@ -74,8 +74,8 @@ def environ(**kv: str) -> Iterator[None]:
 class Load:
     """``WRITERS`` threads writing unique keys to one instance until stopped."""
 
-    def __init__(self, url: str, tag: str, writers: int = WRITERS) -> None:
-        self.url, self.tag = url, tag
+    def __init__(self, url: str, tag: str, headers: dict[str, str], writers: int = WRITERS) -> None:
+        self.url, self.tag, self.headers = url, tag, headers
         self.acked: dict[str, int] = {}
         self.refused = 0  # 503: not acknowledged, allowed
         self.unexpected: list[str] = []  # any other status: a failure
@@ -85,7 +85,7 @@ class Load:
         self._threads = [threading.Thread(target=self._run, args=(w,)) for w in range(writers)]
 
     def _run(self, w: int) -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=10, headers=self.headers) as client:
             i = 0
             while not self._stop.is_set():
                 key, i = f"{self.tag}-{w}-{i}", i + 1
@@ -145,7 +145,7 @@ class RepResult:
 
 def compactions(c: LocalCluster, name: str) -> int:
     try:
-        text = httpx.get(f"{c.instances[name].url}/metrics", timeout=5).text
+        text = httpx.get(f"{c.instances[name].url}/metrics", headers=c.headers, timeout=5).text
     except httpx.HTTPError:
         return 0
     m = re.search(r"^gossipmgr_store_compactions_total (\d+)", text, re.M)
@@ -183,7 +183,7 @@ def run_rep(
         with environ(**hooks):
             c.start(victim)
     c.wait_ready(victim, timeout=60)
-    with Load(inst.url, f"{tag}r{rep}") as load:
+    with Load(inst.url, f"{tag}r{rep}", c.headers) as load:
         if mode.startswith("point:"):
             wait_for(lambda: not inst.alive, 60, f"{victim} to reach {mode}:{res.n}")
         else:

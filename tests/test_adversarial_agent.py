@@ -49,7 +49,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 def metric(c: LocalCluster, inst: str, name: str) -> float:
     """One sample of /metrics (``name`` includes its labels), 0 when absent."""
-    text = httpx.get(f"{c.instances[inst].url}/metrics", timeout=5).text
+    text = httpx.get(f"{c.instances[inst].url}/metrics", headers=c.headers, timeout=5).text
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
@@ -98,7 +98,16 @@ def forge_lease(c: LocalCluster, target: str, lease: Lease) -> None:
 
 def cli(c: LocalCluster, inst: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gossipmgr.cli", "--url", c.instances[inst].url, *args],
+        [
+            sys.executable,
+            "-m",
+            "gossipmgr.cli",
+            "--url",
+            c.instances[inst].url,
+            "--token-file",
+            str(c.token_file),
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=30,

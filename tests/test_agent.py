@@ -152,7 +152,7 @@ def test_holder_sigkill_hands_over_and_loses_no_health_event(cluster: LocalClust
 
 
 def _reconciles(c: LocalCluster, inst: str) -> int:
-    text = httpx.get(f"{c.instances[inst].url}/metrics", timeout=5).text
+    text = httpx.get(f"{c.instances[inst].url}/metrics", headers=c.headers, timeout=5).text
     for line in text.splitlines():
         if line.startswith("gossipmgr_reconciles_total "):
             return int(float(line.split()[1]))

@@ -168,16 +168,26 @@ def test_daemon_down_is_one_line() -> None:
 
 
 def test_token_sources(server: str, tmp_path: Path) -> None:
-    assert refused(gm("lease", url=server, token=None)) == (
-        "gossipmgr: missing or invalid bearer token"
+    # no token anywhere: the 401 says which default file was tried and why it failed
+    no_dir = {"GOSSIPMGR_DATA_DIR": str(tmp_path / "none")}
+    assert refused(gm("lease", url=server, token=None, env_extra=no_dir)) == (
+        "gossipmgr: missing or invalid bearer token (no token: cannot read "
+        f"{tmp_path / 'none' / 'api.token'}: No such file or directory)"
     )
     assert refused(gm("lease", "--token", "wrong", url=server, token=None)).endswith(
-        "missing or invalid bearer token"
+        "missing or invalid bearer token (token from --token)"
     )
     tf = tmp_path / "tok"
     tf.write_text(TOKEN + "\n")
     assert "holder=i1" in ok(gm("--token-file", str(tf), "lease", url=server, token=None))
     assert "holder=i1" in ok(gm("lease", "--token", TOKEN, url=server, token=None))
+    env_file = {"GOSSIPMGR_TOKEN_FILE": str(tf)}
+    assert "holder=i1" in ok(gm("lease", url=server, token=None, env_extra=env_file))
+    # the agent's own file in its data directory, found without any option
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api.token").write_text(TOKEN + "\n")
+    data_dir = {"GOSSIPMGR_DATA_DIR": str(tmp_path / "data")}
+    assert "holder=i1" in ok(gm("lease", url=server, token=None, env_extra=data_dir))
 
 
 def test_peers_lease_config(server: str) -> None:

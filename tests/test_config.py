@@ -81,7 +81,9 @@ def test_bad_option_or_key_is_one_line_and_nonzero(tmp_path: Path) -> None:
     out = run_cli("agent", "--config", str(bad), "--data-dir", str(tmp_path / "d"))
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "unknown config key 'colour'" in out.stderr
-    out = run_cli("agent", "--data-dir", str(tmp_path / "d"), "--api-addr", "0.0.0.0:0")
+    out = run_cli(
+        "agent", "--data-dir", str(tmp_path / "d"), "--api-addr", "0.0.0.0:0", "--no-auth"
+    )
     assert out.returncode == 2 and "without a token" in out.stderr and "Traceback" not in out.stderr
 
 

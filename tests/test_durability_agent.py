@@ -54,7 +54,7 @@ def test_sigkill_under_write_load_loses_no_acknowledged_write(make_cluster, seed
     stop = threading.Event()
 
     def writer(w: int) -> None:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, headers=c.headers) as client:
             for i in range(100_000):
                 if stop.is_set():
                     return
@@ -86,7 +86,7 @@ def test_sigkill_under_write_load_loses_no_acknowledged_write(make_cluster, seed
 
 
 def _received_bytes(c: LocalCluster, name: str) -> int:
-    text = httpx.get(f"{c.instances[name].url}/metrics", timeout=5).text
+    text = httpx.get(f"{c.instances[name].url}/metrics", headers=c.headers, timeout=5).text
     total = 0
     for m in re.finditer(r'gossipmgr_gossip_bytes_total\{dir="recv",[^}]*\} (\d+)', text):
         total += int(m.group(1))
@@ -114,7 +114,7 @@ def test_restarted_member_catches_up_with_a_fraction_of_full_state(make_cluster)
         "g3 to catch up",
     )
     got = _received_bytes(c, "g3")
-    text = httpx.get(f"{c.instances['g3'].url}/metrics", timeout=5).text
+    text = httpx.get(f"{c.instances['g3'].url}/metrics", headers=c.headers, timeout=5).text
     print("\n".join(ln for ln in text.splitlines() if "bytes_total" in ln and "recv" in ln))
     ratio = got / full_state_bytes
     print(f"restarted member received {got} B; full state {full_state_bytes} B; {ratio:.1%}")
