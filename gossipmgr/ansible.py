@@ -66,6 +66,19 @@ DISCOVER_GROUP: Final = "cluster-node"
 # clusterm's job error text for a cancelled job (contract §2, Jobs).
 CANCELLED_ERROR: Final = "job was cancelled"
 WORKFLOWS: Final = ("commission", "decommission", "update", "discover")
+#: Extra-vars the product sets on every run of a job, after every client layer (so none
+#: can override them) and that no client may set: the lease epoch the job runs under, the
+#: holder running it and the job's id. The gossipmgr_fence role compares the epoch on each
+#: node (docs/ansible.md, "Fencing at the node").
+FENCE_VARS: Final = ("gossipmgr_epoch", "gossipmgr_holder", "gossipmgr_job")
+#: How the gossipmgr_fence module's failure message starts; a step that failed with it
+#: reports that message as its error.
+FENCED_PREFIX: Final = "fenced: "
+#: The shipped role (and its module) that operators' playbooks can use by name: gossipmgr
+#: puts this directory first on ANSIBLE_ROLES_PATH for every run.
+ROLES_DIR: Final = Path(__file__).parent / "playbooks" / "roles"
+# ansible's own default roles_path, kept after ours when the environment sets none.
+_DEFAULT_ROLES_PATH: Final = "~/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles"
 
 _EXTRA_VARS_ERROR = '"extra_vars" should be a valid json. Error: '
 
@@ -302,17 +315,29 @@ def _mark_node_fields(inventory: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- pure logic
 
 
+def check_client_var(name: object) -> None:
+    """Refuse (BadRequest, naming it) an extra-var a client may not set: FENCE_VARS."""
+    if name in FENCE_VARS:
+        raise BadRequest(
+            f'"{name}" is set by gossipmgr on every run (the lease epoch, holder and job '
+            "it runs under, for fencing at the node); a client cannot set it"
+        )
+
+
 def parse_extra_vars(text_or_obj: object) -> dict[str, Any]:
     """Parse a request's ``extra_vars``: a string holding a JSON object (clusterm's wire form).
 
     ``None`` and ``""`` mean ``{}``; a mapping is copied. Anything else, including JSON that
     is not an object and the non-standard constants NaN/Infinity, raises
     :class:`~gossipmgr.errors.BadRequest` with clusterm's text
-    ``"extra_vars" should be a valid json. Error: ...``.
+    ``"extra_vars" should be a valid json. Error: ...``; so does a key in FENCE_VARS
+    (:func:`check_client_var`).
     """
     if text_or_obj is None or text_or_obj == "":
         return {}
     if isinstance(text_or_obj, Mapping):
+        for name in text_or_obj:
+            check_client_var(name)
         return dict(text_or_obj)
     if not isinstance(text_or_obj, str):
         raise BadRequest(
@@ -330,6 +355,8 @@ def parse_extra_vars(text_or_obj: object) -> dict[str, Any]:
         raise BadRequest(f"{_EXTRA_VARS_ERROR}{exc}")
     if not isinstance(value, dict):
         raise BadRequest(f"{_EXTRA_VARS_ERROR}expected a JSON object, got {type(value).__name__}")
+    for name in value:
+        check_client_var(name)
     return value
 
 
@@ -662,7 +689,12 @@ def _cmdline(settings: AnsibleSettings) -> str:
 
 
 def _envvars(private_dir: Path) -> dict[str, str]:
+    roles_path = os.environ.get("ANSIBLE_ROLES_PATH") or _DEFAULT_ROLES_PATH
     return {
+        # `roles: [gossipmgr_fence]` works in any playbook we run. An environment variable
+        # beats ansible.cfg, so a roles_path set there is lost (docs/ansible.md); roles/
+        # next to the playbook is always searched.
+        "ANSIBLE_ROLES_PATH": f"{ROLES_DIR}{os.pathsep}{roles_path}",
         # ansible-runner looks ansible-playbook up on PATH; a venv that is not activated
         # would give rc 127 (stack-notes).
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", os.defpath),
@@ -686,8 +718,13 @@ async def run_playbook(
     log: Callable[[str], None],
     cancel: trio.Event,
     work_root: Path,
+    product_vars: Mapping[str, Any] | None = None,
 ) -> PlaybookResult:
     """Run ``settings.playbook_dir / playbook`` on ``hosts`` and wait for it to finish.
+
+    ``product_vars`` (a job's FENCE_VARS) are added to the extra-vars after every other
+    layer, so nothing a client or operator set can override them. A step that the
+    gossipmgr_fence module failed reports the module's ``fenced: ...`` message as its error.
 
     Never raises for the run's own outcome: a missing playbook file, a playbook failure,
     a cancel (``cancel`` set: status "canceled") and ``settings.timeout_s`` (status
@@ -711,6 +748,7 @@ async def run_playbook(
     )
     inventory = _mark_node_fields(build_inventory(u_hosts, u_settings, u_globals, u_request))
     extravars = build_extra_vars(u_hosts, u_settings, u_globals, u_request)
+    extravars.update(product_vars or {})  # last: they beat every other layer
 
     work_root.mkdir(parents=True, exist_ok=True)
     private_dir = Path(tempfile.mkdtemp(prefix=f"{path.stem}-", dir=work_root))  # mode 0700
@@ -722,9 +760,16 @@ async def run_playbook(
         for line in lines:
             log(line)
 
+    fenced: list[str] = []  # the first fence refusal, as the module said it
+
     def on_event(event: Mapping[str, Any]) -> bool:
         # Runs in ansible-runner's thread, once per callback event and once per plain
         # stdout chunk ("verbose" events), as ansible writes them.
+        if event.get("event") == "runner_on_failed" and not fenced:
+            res = (event.get("event_data") or {}).get("res") or {}
+            msg = res.get("msg") if isinstance(res, Mapping) else None
+            if isinstance(msg, str) and msg.startswith(FENCED_PREFIX) and res.get("fenced"):
+                fenced.append(msg)
         text = event.get("stdout")
         if text:
             try:
@@ -778,6 +823,9 @@ async def run_playbook(
         error = f"timed out after {settings.timeout_s:g} s"
     elif status == "canceled":
         error = "cancelled"
+    elif status != "successful" and fenced:
+        error = fenced[0]
+        log(f"gossipmgr: {playbook}: {error}")
     elif status != "successful" and not error:
         error = f"ansible-playbook exited with rc {rc}"
     log(f"gossipmgr: {playbook}: {status} (rc {rc})")
@@ -789,7 +837,11 @@ async def run_playbook(
 
 def _describe(step: PlaybookResult) -> str:
     text = f'playbook "{step.playbook}" failed (rc {step.rc})'
-    if step.status == "failed" and step.rc != RC_NOT_RUN:
+    if (
+        step.status == "failed"
+        and step.rc != RC_NOT_RUN
+        and not step.error.startswith(FENCED_PREFIX)
+    ):
         return text  # step.error would only repeat the rc
     return f"{text}: {step.error}"
 
@@ -804,6 +856,7 @@ async def run_workflow(
     log: Callable[[str], None],
     cancel: trio.Event,
     work_root: Path,
+    product_vars: Mapping[str, Any] | None = None,
 ) -> WorkflowResult:
     """Run workflow ``kind`` ("commission", "decommission", "update", "discover").
 
@@ -812,7 +865,9 @@ async def run_workflow(
     playbook is stopped (tree and all), the cancel path runs, and the result has
     ``cancelled=True``, ``ok=False``, ``error="job was cancelled"``. The failure and
     cancel paths themselves ignore ``cancel`` (it is already set) but not
-    ``settings.timeout_s`` nor trio cancellation. Raises JobError for an unknown kind,
+    ``settings.timeout_s`` nor trio cancellation. ``product_vars`` go to every run (see
+    :func:`run_playbook`); a step refused by the fence fails like any other and its error
+    is the fence's message. Raises JobError for an unknown kind,
     no hosts, or a bad host list; playbook failures are reported, not raised.
     """
     plan = workflow_plan(kind, settings)
@@ -827,6 +882,7 @@ async def run_workflow(
         "request_vars": request_vars,
         "log": log,
         "work_root": work_root,
+        "product_vars": product_vars,
     }
 
     async def run_path(playbooks: Sequence[str]) -> list[PlaybookResult]:

@@ -804,7 +804,10 @@ def create_app(ctx: ApiContext) -> QuartTrio:
 
     @app.put("/globals/<key>")
     async def global_put(key: str) -> Response:
+        from .ansible import check_client_var
+
         _check_key("extra-var", key)
+        check_client_var(key)
         v = _field_value(await _body_untrusted())
         check_vars({key: v}, "globals")
         await commit(lambda s, ts: s.d_set(global_key(key), v, ts))

@@ -30,6 +30,12 @@ The job record (``("j", id)``, epoch-fenced, see ``gossipmgr.state``)::
     log_count   lines logged so far; log_tail: the last LOG_TAIL_LINES of them, each cut
                 to LOG_LINE_CHARS (replicated at most every LOG_FLUSH_S while running)
 
+Fencing at the node. Every playbook run of a job carries ``gossipmgr_epoch`` (the job's
+epoch), ``gossipmgr_holder`` (this instance) and ``gossipmgr_job`` as extra-vars, set after
+every client layer; the shipped ``gossipmgr_fence`` role refuses the run on a node where a
+newer epoch already acted, and the job takes its failure path with the fence's message
+(docs/ansible.md).
+
 Fencing. Before every write of a run (log tail, final statuses) the run checks, inside the
 commit's ``make`` (so nothing can change between the check and the write),
 ``check_fence(lease, job_epoch, me)``; a watcher task does the same on every replica change
@@ -79,6 +85,7 @@ from .ansible import (
     AnsibleSettings,
     Host,
     WorkflowResult,
+    check_client_var,
     parse_extra_vars,
     run_workflow,
 )
@@ -490,6 +497,12 @@ class JobManager:
                         log=run.line,
                         cancel=run.cancel,
                         work_root=self.work_dir / "runs" / run.job_id,
+                        # the fence's inputs, set after every client layer (docs/ansible.md)
+                        product_vars={
+                            "gossipmgr_epoch": run.epoch,
+                            "gossipmgr_holder": me,
+                            "gossipmgr_job": run.job_id,
+                        },
                     )
                 except JobError as exc:
                     result = WorkflowResult(False, False, str(exc), [])
@@ -1051,3 +1064,4 @@ def _check_var_name(var: object) -> None:
         raise BadRequest(f"a node extra-var name must be a non-empty string, got {var!r}")
     if var in ("node_name", "node_addr"):
         raise BadRequest(f'"{var}" is set by gossipmgr from the node\'s name and address')
+    check_client_var(var)

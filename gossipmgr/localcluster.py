@@ -207,6 +207,8 @@ class LocalCluster:
                 'ansible_connection = "local"',
                 'ansible_python_interpreter = "{{ ansible_playbook_python }}"',
                 f'gossipmgr_demo_root = "{self.root / "hosts"}/{{{{ inventory_hostname }}}}"',
+                # each simulated node keeps its own fence record (docs/ansible.md)
+                f'gossipmgr_fence_dir = "{self.root / "hosts"}/{{{{ inventory_hostname }}}}/fence"',
             ]
         self.config_file.write_text("\n".join(lines) + "\n")
 

@@ -36,7 +36,11 @@ def ansible_settings(root: Path) -> AnsibleSettings:
         playbook_dir=PLAYBOOKS,
         host_vars=LOCAL_HOST_VARS,
         # the sample playbooks write their marker files under this root, not /tmp
-        extra_variables={"gossipmgr_demo_root": str(root / "demo")},
+        extra_variables={
+            "gossipmgr_demo_root": str(root / "demo"),
+            # the shipped playbooks' fence record, not /var/lib/gossipmgr/fence
+            "gossipmgr_fence_dir": str(root / "fence"),
+        },
         timeout_s=120,
         # no node agent runs in these tests: the discover job ends with its playbook
         discover_join_timeout_s=0,
