@@ -175,17 +175,20 @@ MAGIC_VARS: Final = frozenset(
 #: such as ``ansible_<x>_interpreter``); ``_ansible_*`` are internal, ``__ansible_*``
 #: are the tags of ansible's JSON form (``__ansible_unsafe``, ``__ansible_vault``).
 RESERVED_PREFIXES: Final = ("ansible_", "_ansible_", "__ansible_")
+#: gossipmgr's own settings that only the operator may set: a client that pointed a job at
+#: another fence directory would take it out of the per-node epoch order.
+OPERATOR_VARS: Final = frozenset({"gossipmgr_fence_dir"})
 
 
 def refused_client_vars(variables: Mapping[str, Any], allowed: Collection[str] = ()) -> list[str]:
     """The names in ``variables`` an API client may not set, sorted (docs/security.md).
 
     Refused: a top-level name starting with ``ansible_`` (or ``_ansible_``), compared
-    case-insensitively, or one of :data:`MAGIC_VARS`, unless it is in ``allowed`` (exact
-    name, the operator's ``[ansible] allow_client_vars``); and, at any depth, a mapping key
-    starting with ``__ansible_`` (it would change how ansible decodes the value), named as
-    a path ``top.key``. The check is on names only: values are passed to ansible marked
-    unsafe (:func:`mark_unsafe`), so no value is ever templated.
+    case-insensitively, or one of :data:`MAGIC_VARS` or :data:`OPERATOR_VARS`, unless it is
+    in ``allowed`` (exact name, the operator's ``[ansible] allow_client_vars``); and, at any
+    depth, a mapping key starting with ``__ansible_`` (it would change how ansible decodes
+    the value), named as a path ``top.key``. The check is on names only: values are passed
+    to ansible marked unsafe (:func:`mark_unsafe`), so no value is ever templated.
     """
     bad: list[str] = []
 
@@ -204,7 +207,8 @@ def refused_client_vars(variables: Mapping[str, Any], allowed: Collection[str] =
 
     for name, value in variables.items():
         low = str(name).lower()
-        if name not in allowed and (low.startswith(RESERVED_PREFIXES) or low in MAGIC_VARS):
+        reserved = low.startswith(RESERVED_PREFIXES) or low in MAGIC_VARS or low in OPERATOR_VARS
+        if name not in allowed and reserved:
             bad.append(str(name))
         nested(str(name), value)
     return sorted(set(bad))

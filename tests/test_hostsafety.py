@@ -121,6 +121,7 @@ def test_policy_refuses_connection_and_magic_variables() -> None:
         "inventory_hostname": "127.0.0.1",
         "hostvars": {},
         "omit": "x",
+        "gossipmgr_fence_dir": "/tmp/elsewhere",  # would take a job out of the epoch order
     }
     assert refused_client_vars(bad) == sorted(bad)
     # the operator's allow-list lifts exactly the names it lists
