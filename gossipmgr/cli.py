@@ -423,11 +423,20 @@ def cmd_peers(c: Client, args: argparse.Namespace) -> int:
                 p.get("gossip_addr", ""),
                 p.get("lag", ""),
                 _ts(p.get("last_heard")),
+                p.get("auth_failures", 0) or "",
             ]
             for p in r.get("peers", [])
         ]
-        t = table(rows, ("NAME", "STATUS", "API", "GOSSIP", "LAG", "LAST-HEARD"))
-        return t + "\n\n" + _render_lease(r.get("lease"))
+        t = table(rows, ("NAME", "STATUS", "API", "GOSSIP", "LAG", "LAST-HEARD", "AUTH-FAIL"))
+        notes = [
+            f"warning: {p.get('name')}: {p['auth_failures']} gossip datagrams failed "
+            f"authentication ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}): "
+            "its gossip key differs from ours"
+            for p in r.get("peers", [])
+            if p.get("auth_failures")
+            for reasons in [p.get("auth_failure_reasons") or {}]
+        ]
+        return t + "".join("\n" + n for n in notes) + "\n\n" + _render_lease(r.get("lease"))
 
     _out(args, c.call("GET", "/info/peers"), render)
     return 0
