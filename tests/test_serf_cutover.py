@@ -1,0 +1,275 @@
+"""Joining a Serf cluster as it is, and saying so loudly when Serf or the keys are wrong.
+
+Pure: the ``--serf-*`` options and their refusals; the embedded agent's argv (no keyring
+when unencrypted, ``-discover``/``-iface``).
+
+Real processes on loopback (``serf agent`` children, ``gossipmgr agent`` subprocesses):
+
+- an instance started with ``--serf-no-encrypt`` joins a node whose Serf runs without a key
+  (as contiv/ansible starts it) and the node reaches the inventory; ``/health`` warns;
+- an external Serf agent (``--serf-rpc``) whose node name is not ``--name`` is refused at
+  start with both names; one named right is used, and its missing encryption is warned;
+- two instances in one Serf whose gossip keys differ: ``/info/peers``, ``/health``,
+  ``gossipmgr peers`` and ``/metrics`` name the peer whose datagrams fail authentication,
+  with a counter.
+
+The mDNS (``--serf-discover``/``--serf-iface``) path needs network namespaces: see
+``tests/test_cutover_e2e.py``. Every process is stopped by its test, even on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serfutil import AgentPool, agent_pool
+
+from gossipmgr import cli
+from gossipmgr.agent import SERF_UNENCRYPTED_WARNING
+from gossipmgr.config import load
+from gossipmgr.errors import ConfigError
+from gossipmgr.gossip.crypto import generate_key
+from gossipmgr.localcluster import HOST, LocalCluster, free_port, wait_for
+from gossipmgr.serf.process import SerfAgentProcess
+
+# -------------------------------------------------------------------------------- options
+
+
+def test_serf_options_parse_and_iface_defaults_bind_to_the_interface() -> None:
+    cfg = load(
+        None,
+        {"serf_no_encrypt": True, "serf_discover": "mycluster", "serf_iface": "eth1"},
+    )
+    assert cfg.serf_no_encrypt and cfg.serf_discover == "mycluster" and cfg.serf_iface == "eth1"
+    # Serf refuses a bind address that is not on -iface: 0.0.0.0 lets it pick, as contiv's
+    # nodes run it.
+    assert cfg.serf_bind == "0.0.0.0:7946"
+    explicit = load(None, {"serf_iface": "eth1", "serf_bind": "10.0.0.5:17946"})
+    assert explicit.serf_bind == "10.0.0.5:17946"
+    assert load(None, {}).serf_bind == "127.0.0.1:7946"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (
+            {"serf_no_encrypt": True, "serf_encrypt_key_file": Path("/k")},
+            "serf-no-encrypt and serf-encrypt-key-file contradict",
+        ),
+        (
+            {"serf_rpc": "127.0.0.1:17373", "serf_discover": "c"},
+            "serf-discover configure the embedded Serf agent",
+        ),
+        (
+            {"serf_rpc": "127.0.0.1:17373", "serf_no_encrypt": True},
+            "serf-no-encrypt configure the embedded Serf agent",
+        ),
+        ({"serf_discover": "my.cluster"}, "serf-discover must be"),
+        ({"serf_iface": "a b"}, "serf-iface must be a network interface name"),
+    ],
+)
+def test_serf_option_refusals(overrides: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load(None, overrides)
+
+
+def test_embedded_agent_argv_unencrypted_with_mdns(tmp_path: Path) -> None:
+    p = SerfAgentProcess(
+        name="gm1",
+        bind="0.0.0.0:17946",
+        rpc="127.0.0.1:17373",
+        data_dir=tmp_path,
+        encrypt_key=None,
+        discover="mycluster",
+        iface="eth1",
+    )
+    argv = p.prepare()
+    assert "-discover=mycluster" in argv and "-iface=eth1" in argv
+    assert not any(a.startswith(("-keyring-file", "-encrypt")) for a in argv)
+    assert not (tmp_path / "keyring.json").exists()
+    key = generate_key()
+    q = SerfAgentProcess(
+        name="gm1", bind="127.0.0.1:1", rpc="127.0.0.1:2", data_dir=tmp_path, encrypt_key=key
+    )
+    argv = q.prepare()
+    assert f"-keyring-file={tmp_path / 'keyring.json'}" in argv
+    assert not any(a.startswith(("-discover", "-iface")) for a in argv)
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _agent_argv(name: str, data: Path, *extra: str) -> tuple[list[str], str]:
+    api = f"{HOST}:{free_port()}"
+    argv = [
+        sys.executable,
+        "-m",
+        "gossipmgr.cli",
+        "agent",
+        "--name",
+        name,
+        "--data-dir",
+        str(data),
+        "--api-addr",
+        api,
+        "--gossip-addr",
+        f"{HOST}:{free_port()}",
+        *extra,
+    ]
+    return argv, f"http://{api}"
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[AgentPool]:
+    with agent_pool(tmp_path / "serf") as p:
+        yield p
+
+
+def _dump(c: LocalCluster) -> None:
+    for inst in c.instances.values():
+        print(f"--- {inst.name} log tail ---\n{inst.log()[-4000:]}")
+
+
+# ------------------------------------------------------------ unencrypted Serf (contiv's)
+
+
+@pytest.mark.serf
+@pytest.mark.slow
+def test_serf_no_encrypt_joins_an_unencrypted_node(tmp_path: Path, pool: AgentPool) -> None:
+    # The node runs as contiv/ansible's serf.j2 starts it: no -encrypt, clusterm's tags.
+    node = pool.start(
+        "rack1-0001",
+        tags={"NodeLabel": "rack1", "NodeSerial": "0001", "NodeAddr": HOST},
+        profile="local",
+    )
+    c = LocalCluster(tmp_path / "cluster", extra_args=["--serf-no-encrypt", "--join", node.bind])
+    try:
+        c.add_instance("gm1")
+        c.wait_ready("gm1")
+        wait_for(
+            lambda: "rack1-0001" in c.get("gm1", "/info/nodes"),
+            30,
+            "the unencrypted node to reach the inventory",
+        )
+        health = c.get("gm1", "/health")
+        assert health["serf"]["encrypted"] is False
+        assert SERF_UNENCRYPTED_WARNING in health["warnings"]
+        assert "serf is unencrypted (--serf-no-encrypt)" in c.instances["gm1"].log()
+    except BaseException:
+        _dump(c)
+        raise
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------ external agent named otherwise
+
+
+@pytest.mark.serf
+def test_external_serf_agent_named_otherwise_is_refused_with_both_names(
+    tmp_path: Path, pool: AgentPool
+) -> None:
+    serf = pool.start("some-node", profile="local")
+    argv, _ = _agent_argv("gm-a", tmp_path / "gm-a", "--serf-rpc", f"{HOST}:{serf.rpc_port}")
+    # subprocess.run kills the agent if it does not exit in time (it used to run on
+    # silently, with no lease and no replication).
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_env())
+    assert r.returncode != 0, r.stderr[-2000:]
+    assert "'some-node'" in r.stderr and "'gm-a'" in r.stderr, r.stderr[-2000:]
+    assert "--serf-rpc" in r.stderr
+
+
+@pytest.mark.serf
+@pytest.mark.slow
+def test_external_serf_agent_named_right_is_used_and_unencrypted_is_warned(
+    tmp_path: Path, pool: AgentPool
+) -> None:
+    serf = pool.start("gm-b", profile="local")
+    argv, url = _agent_argv("gm-b", tmp_path / "gm-b", "--serf-rpc", f"{HOST}:{serf.rpc_port}")
+    with open(tmp_path / "gm-b.log", "wb") as logf:
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=_env())
+    try:
+
+        def healthy() -> dict[str, Any] | None:
+            assert proc.poll() is None, (tmp_path / "gm-b.log").read_text()[-3000:]
+            h = httpx.get(f"{url}/health", timeout=2).json()
+            return h if h["serf"]["healthy"] and h["serf"]["encrypted"] is not None else None
+
+        h = wait_for(healthy, 30, "gm-b to serve with its external Serf")
+        assert h["serf"]["embedded"] is False and h["serf"]["encrypted"] is False
+        assert any("is unencrypted" in w for w in h["warnings"]), h["warnings"]
+        wait_for(lambda: httpx.get(f"{url}/info/lease").json()["is_holder"], 30, "the lease")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------ mismatched gossip keys
+
+
+@pytest.mark.serf
+@pytest.mark.slow
+def test_mismatched_gossip_keys_name_the_peer_with_a_counter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One Serf cluster (unencrypted here; a shared --serf-encrypt-key-file is the same
+    # case), two gossip keys: the instances meet in Serf but cannot open each other's
+    # gossip.
+    c = LocalCluster(tmp_path / "cluster", extra_args=["--serf-no-encrypt"])
+    try:
+        c.add_instance("gm-a")
+        c.key_file = tmp_path / "other.key"
+        c.key_file.write_text(generate_key() + "\n")
+        c.add_instance("gm-b")
+        c.wait_ready("gm-a")
+        c.wait_ready("gm-b")
+
+        def failing(me: str, other: str) -> dict[str, Any] | None:
+            peers = {p["name"]: p for p in c.get(me, "/info/peers")["peers"]}
+            p = peers.get(other)
+            return p if p is not None and p.get("auth_failures", 0) > 0 else None
+
+        for me, other in (("gm-a", "gm-b"), ("gm-b", "gm-a")):
+            p = wait_for(lambda me=me, other=other: failing(me, other), 30, f"{me} to name {other}")
+            assert p["auth_failure_reasons"].get("unknown_key", 0) > 0, p
+            h = c.get(me, "/health")
+            [a] = [a for a in h["gossip"]["auth_failures"] if a["peer"] == other]
+            assert a["count"] > 0 and a["claimed"] == other
+            assert a["source"] == p["gossip_addr"]
+            assert any(
+                f"gossip from {other} " in w and "fails authentication" in w for w in h["warnings"]
+            ), h["warnings"]
+            metrics = httpx.get(f"{c.instances[me].url}/metrics", timeout=5).text
+            assert f'gossipmgr_gossip_auth_failures_total{{peer="{other}",' in metrics
+            # The CLI in-process (over real HTTP): a subprocess per call costs seconds here.
+            capsys.readouterr()
+            assert cli.main(["peers", "--url", c.instances[me].url]) == 0
+            out = capsys.readouterr().out
+            assert "AUTH-FAIL" in out
+            assert f"warning: {other}: " in out and "failed authentication" in out, out
+            assert cli.main(["peers", "--json", "--url", c.instances[me].url]) == 0
+            rows = json.loads(capsys.readouterr().out)["peers"]
+            assert [r["name"] for r in rows if r.get("auth_failures")] == [other]
+    except BaseException:
+        _dump(c)
+        raise
+    finally:
+        c.close()
