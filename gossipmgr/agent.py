@@ -52,6 +52,7 @@ from .replica import Replica
 from .serf.client import open_serf_client, serf_connector
 from .serf.membership import PUSH_PULL_S, Absences, InstancesChanged, NodeEvent, SerfMembership
 from .serf.process import SerfAgentProcess
+from .serf.refusals import SerfRefusals, watch_refusals
 from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.agent")
@@ -160,6 +161,8 @@ class Agent:
         self.absent_grace_s = ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(cfg.serf_profile, 30.0)
         #: With --serf-rpc: whether the external agent encrypts (from its stats), if known.
         self.external_serf_encrypted: bool | None = None
+        #: Serf traffic our agent refused for encryption reasons (from its log).
+        self.serf_refusals = SerfRefusals()
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
@@ -336,6 +339,12 @@ class Agent:
             nursery.start_soon(self._supervise_serf)
         auth = cfg.serf_rpc_auth or None
         self.membership = SerfMembership(serf_connector(rpc_host, rpc_port, auth))
+        nursery.start_soon(
+            watch_refusals,
+            serf_connector(rpc_host, rpc_port, auth),
+            self.serf_refusals,
+            self.replica.now_ms,
+        )
         events = self.membership.subscribe()
         await nursery.start(self.membership.run)
         nursery.start_soon(self._membership_loop, events)
@@ -612,6 +621,18 @@ class Agent:
                 f"the Serf agent at {self.cfg.serf_rpc} (--serf-rpc) is unencrypted: anyone "
                 "who reaches its Serf port can forge node members. See docs/security.md"
             )
+        for r in self.serf_refusals.snapshot(self.replica.now_ms()):
+            if r["last_ms_ago"] > AUTH_FAILURE_WARN_MS:
+                continue
+            where = (
+                f"to {r['source']} (our join)"
+                if r["direction"] == "join"
+                else (f"from {r['source']}")
+            )
+            out.append(
+                f"serf traffic {where} refused {r['count']} times: {r['reason']}"
+                + (f": {r['hint']}" if r["hint"] else "")
+            )
         for a in self.auth_failures():
             if a["last_ms_ago"] > AUTH_FAILURE_WARN_MS:
                 continue
@@ -704,6 +725,7 @@ class Agent:
                 ),
                 "discover": self.cfg.serf_discover,
                 "iface": self.cfg.serf_iface,
+                "refused": self.serf_refusals.snapshot(self.replica.now_ms()),
             },
             "gossip": {"auth_failures": self.auth_failures()},
             "warnings": self.warnings(),

@@ -11,7 +11,10 @@ Real processes on loopback (``serf agent`` children, ``gossipmgr agent`` subproc
   start with both names; one named right is used, and its missing encryption is warned;
 - two instances in one Serf whose gossip keys differ: ``/info/peers``, ``/health``,
   ``gossipmgr peers`` and ``/metrics`` name the peer whose datagrams fail authentication,
-  with a counter.
+  with a counter;
+- with Serf encrypted by the gossip key (the default), an unencrypted node (the cut-over's
+  original symptom) and an instance with another key never become members: ``/health``
+  says whose Serf traffic is refused, and why, from the agent's own log.
 
 The mDNS (``--serf-discover``/``--serf-iface``) path needs network namespaces: see
 ``tests/test_cutover_e2e.py``. Every process is stopped by its test, even on failure.
@@ -144,38 +147,6 @@ def _dump(c: LocalCluster) -> None:
         print(f"--- {inst.name} log tail ---\n{inst.log()[-4000:]}")
 
 
-# ------------------------------------------------------------ unencrypted Serf (contiv's)
-
-
-@pytest.mark.serf
-@pytest.mark.slow
-def test_serf_no_encrypt_joins_an_unencrypted_node(tmp_path: Path, pool: AgentPool) -> None:
-    # The node runs as contiv/ansible's serf.j2 starts it: no -encrypt, clusterm's tags.
-    node = pool.start(
-        "rack1-0001",
-        tags={"NodeLabel": "rack1", "NodeSerial": "0001", "NodeAddr": HOST},
-        profile="local",
-    )
-    c = LocalCluster(tmp_path / "cluster", extra_args=["--serf-no-encrypt", "--join", node.bind])
-    try:
-        c.add_instance("gm1")
-        c.wait_ready("gm1")
-        wait_for(
-            lambda: "rack1-0001" in c.get("gm1", "/info/nodes"),
-            30,
-            "the unencrypted node to reach the inventory",
-        )
-        health = c.get("gm1", "/health")
-        assert health["serf"]["encrypted"] is False
-        assert SERF_UNENCRYPTED_WARNING in health["warnings"]
-        assert "serf is unencrypted (--serf-no-encrypt)" in c.instances["gm1"].log()
-    except BaseException:
-        _dump(c)
-        raise
-    finally:
-        c.close()
-
-
 # ------------------------------------------------------------ external agent named otherwise
 
 
@@ -227,13 +198,18 @@ def test_external_serf_agent_named_right_is_used_and_unencrypted_is_warned(
 
 @pytest.mark.serf
 @pytest.mark.slow
-def test_mismatched_gossip_keys_name_the_peer_with_a_counter(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_serf_no_encrypt_joins_a_contiv_node_and_mismatched_gossip_keys_are_named(
+    tmp_path: Path, pool: AgentPool, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # One Serf cluster (unencrypted here; a shared --serf-encrypt-key-file is the same
-    # case), two gossip keys: the instances meet in Serf but cannot open each other's
-    # gossip.
-    c = LocalCluster(tmp_path / "cluster", extra_args=["--serf-no-encrypt"])
+    # A node as contiv/ansible's serf.j2 starts it: no -encrypt, clusterm's tags.
+    node = pool.start(
+        "rack1-0001",
+        tags={"NodeLabel": "rack1", "NodeSerial": "0001", "NodeAddr": HOST},
+        profile="local",
+    )
+    # One unencrypted Serf cluster (a shared --serf-encrypt-key-file is the same case), two
+    # gossip keys: the instances meet in Serf but cannot open each other's gossip.
+    c = LocalCluster(tmp_path / "cluster", extra_args=["--serf-no-encrypt", "--join", node.bind])
     try:
         c.add_instance("gm-a")
         c.key_file = tmp_path / "other.key"
@@ -268,6 +244,71 @@ def test_mismatched_gossip_keys_name_the_peer_with_a_counter(
             assert cli.main(["peers", "--json", "--url", c.instances[me].url]) == 0
             rows = json.loads(capsys.readouterr().out)["peers"]
             assert [r["name"] for r in rows if r.get("auth_failures")] == [other]
+        # The unencrypted node reached the inventory (of the lease holder: with no gossip
+        # between them, each instance ends up holding a lease of its own).
+        wait_for(
+            lambda: any("rack1-0001" in c.get(n, "/info/nodes") for n in ("gm-a", "gm-b")),
+            30,
+            "the unencrypted node to reach an inventory",
+        )
+        health = c.get("gm-a", "/health")
+        assert health["serf"]["encrypted"] is False
+        assert SERF_UNENCRYPTED_WARNING in health["warnings"]
+        assert "serf is unencrypted (--serf-no-encrypt)" in c.instances["gm-a"].log()
+    except BaseException:
+        _dump(c)
+        raise
+    finally:
+        c.close()
+
+
+@pytest.mark.serf
+@pytest.mark.slow
+def test_serf_refusals_are_named_on_health(tmp_path: Path, pool: AgentPool) -> None:
+    c = LocalCluster(tmp_path / "cluster")  # Serf encrypted with the gossip key (default)
+    try:
+        c.add_instance("gm-a")
+        c.wait_ready("gm-a")
+        # A node as contiv starts it (no key) joining the instance: before, the inventory
+        # just stayed empty and only the node's log said why.
+        pool.start(
+            "rack1-0001",
+            tags={"NodeLabel": "rack1", "NodeSerial": "0001", "NodeAddr": HOST},
+            config={"retry_join": [c.instances["gm-a"].serf_bind], "retry_interval": "1s"},
+        )
+        # An instance with another key (gossip and Serf share it): it never becomes a
+        # member, so only Serf's layer can say so.
+        c.key_file = tmp_path / "other.key"
+        c.key_file.write_text(generate_key() + "\n")
+        c.add_instance("gm-b")
+        c.wait_ready("gm-b")
+
+        def warned() -> list[str] | None:
+            ws = [w for w in c.get("gm-a", "/health")["warnings"] if w.startswith("serf traffic")]
+            texts = " | ".join(ws)
+            ok = "remote state is not encrypted" in texts and "another key" in texts
+            return ws if ok else None
+
+        ws = wait_for(warned, 30, "gm-a to warn about both refused Serf agents")
+        assert any(
+            "Encryption is configured but remote state is not encrypted" in w
+            and "--serf-no-encrypt" in w
+            for w in ws
+        ), ws
+        assert any("No installed keys could decrypt the message" in w for w in ws), ws
+        refused = c.get("gm-a", "/health")["serf"]["refused"]
+        assert {r["source"] for r in refused} == {HOST}, refused
+        assert all(r["count"] > 0 and r["direction"] == "received" for r in refused)
+        assert c.get("gm-a", "/info/nodes") == {}
+        # The joining side names its target and the reason too.
+        wait_for(
+            lambda: any(
+                r["direction"] == "join" and "No installed keys" in r["reason"]
+                for r in c.get("gm-b", "/health")["serf"]["refused"]
+            ),
+            30,
+            "gm-b to name its failing join",
+        )
     except BaseException:
         _dump(c)
         raise
