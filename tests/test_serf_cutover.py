@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from serfutil import AgentPool, agent_pool
 
 from gossipmgr import cli
@@ -41,6 +43,7 @@ from gossipmgr.errors import ConfigError
 from gossipmgr.gossip.crypto import generate_key
 from gossipmgr.localcluster import HOST, LocalCluster, free_port, wait_for
 from gossipmgr.serf.process import SerfAgentProcess
+from gossipmgr.serf.refusals import MAX_SOURCES, SerfRefusals
 
 # -------------------------------------------------------------------------------- options
 
@@ -104,6 +107,49 @@ def test_embedded_agent_argv_unencrypted_with_mdns(tmp_path: Path) -> None:
     argv = q.prepare()
     assert f"-keyring-file={tmp_path / 'keyring.json'}" in argv
     assert not any(a.startswith(("-discover", "-iface")) for a in argv)
+
+
+# Log lines as serf 0.8.2 wrote them in a live run (two keys, one agent unencrypted).
+SERF_LOG = [
+    "2026/11/29 17:20:30 [ERR] memberlist: failed to receive: Encryption is configured but "
+    "remote state is not encrypted from=10.0.0.7:54156\n",
+    "2026/11/29 17:20:30 [ERR] memberlist: failed to receive: No installed keys could decrypt "
+    "the message from=10.0.0.8:54162\n",
+    "2026/11/29 17:20:31 [ERR] memberlist: failed to receive: No installed keys could decrypt "
+    "the message from=10.0.0.8:54190\n",
+    "2026/11/29 17:20:30 [WARN] agent: Join failed: 1 error occurred:\n\t* Failed to join "
+    "10.0.0.1: Remote state is encrypted and encryption is not configured\n\n, retrying in 1s",
+    "2026/11/29 17:20:30 [ERR] memberlist: failed to receive: EOF from=10.0.0.9:1\n",
+    "2026/11/29 17:20:30 [INFO] serf: EventMemberJoin: a 10.0.0.1\n",
+]
+
+
+def test_serf_refusals_parse_serfs_own_lines() -> None:
+    r = SerfRefusals()
+    assert [r.feed(line, 1_000) for line in SERF_LOG] == [True, True, True, True, False, False]
+    snap = {(x["source"], x["direction"]): x for x in r.snapshot(3_000)}
+    assert set(snap) == {("10.0.0.7", "received"), ("10.0.0.8", "received"), ("10.0.0.1", "join")}
+    assert snap[("10.0.0.8", "received")]["count"] == 2
+    assert snap[("10.0.0.8", "received")]["hint"] == "a Serf agent with another key"
+    assert "--serf-no-encrypt" in snap[("10.0.0.7", "received")]["hint"]
+    assert snap[("10.0.0.1", "join")]["last_ms_ago"] == 2_000
+
+
+@given(st.lists(st.text(max_size=200), max_size=40), st.integers(0, 100))
+def test_serf_refusals_take_any_text_and_stay_bounded(lines: list[str], n: int) -> None:
+    r = SerfRefusals()
+    for line in lines:
+        r.feed(line, 0)  # never raises: log lines are cluster input
+    for i in range(n):
+        assert r.feed(
+            f"[ERR] memberlist: Decrypt packet failed: No installed keys could decrypt the "
+            f"message from=10.1.{i // 256}.{i % 256}:7946",
+            i,
+        )
+    snap = r.snapshot(n)
+    assert len(snap) <= MAX_SOURCES
+    if n:  # the most recent source is always kept
+        assert any(x["source"] == f"10.1.{(n - 1) // 256}.{(n - 1) % 256}" for x in snap)
 
 
 # -------------------------------------------------------------------------------- helpers
