@@ -249,6 +249,10 @@ class Host:
     argv: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     mac: str = ""
+    #: A node's clusterm identity (its NodeLabel and NodeSerial tags): the node is named
+    #: ``<label>-<serial>``. Defaults to ``rack1`` and the node's number.
+    label: str = "rack1"
+    serial: str = ""
 
     @property
     def ns(self) -> str:
@@ -300,6 +304,8 @@ class NetnsCluster:
     mdns: str = ""
     #: Extra options for every gossipmgr agent (e.g. ``--config FILE``).
     agent_args: Sequence[str] = ()
+    #: The nodes' (label, serial), node k taking the k-th; default ("rack1", "000k").
+    node_ids: Sequence[tuple[str, str]] = ()
     prefix: str = ""
     instances: dict[str, Host] = field(default_factory=dict)
     nodes: dict[str, Host] = field(default_factory=dict)
@@ -332,6 +338,8 @@ class NetnsCluster:
             self.instances[h.name] = h
         for k in range(1, self.n_nodes + 1):
             h = Host(f"n{k}", NODE_BASE + k, "node", self.prefix, self.root / f"n{k}")
+            h.label, h.serial = self.node_ids[k - 1] if k <= len(self.node_ids) else ("rack1", "")
+            h.serial = h.serial or f"{k:04d}"
             self.nodes[h.name] = h
 
     @property
@@ -475,7 +483,6 @@ class NetnsCluster:
                 for j in joins:
                     argv += ["--join", j]
             return [*argv, *self.agent_args]
-        serial = f"{h.index - NODE_BASE:04d}"
         if self.mdns:  # as contiv/ansible's serf.j2 starts it (our ports, not Serf's)
             return [
                 shutil.which("serf") or "serf",
@@ -486,9 +493,9 @@ class NetnsCluster:
                 "-iface",
                 h.veth,
                 "-tag",
-                "NodeLabel=rack1",
+                f"NodeLabel={h.label}",
                 "-tag",
-                f"NodeSerial={serial}",
+                f"NodeSerial={h.serial}",
                 "-tag",
                 f"NodeAddr={h.addr}",
                 f"-bind=0.0.0.0:{SERF_PORT}",
@@ -503,8 +510,8 @@ class NetnsCluster:
             f"-bind={h.addr}:{SERF_PORT}",
             f"-rpc-addr=127.0.0.1:{RPC_PORT}",
             f"-profile={self.profile}",
-            "-tag=NodeLabel=rack1",
-            f"-tag=NodeSerial={serial}",
+            f"-tag=NodeLabel={h.label}",
+            f"-tag=NodeSerial={h.serial}",
             f"-tag=NodeAddr={h.addr}",
             f"-keyring-file={keyring}",
             "-retry-interval=1s",
@@ -694,7 +701,7 @@ class NetnsCluster:
 
 def node_name(h: Host) -> str:
     """The Serf/inventory name of a simulated node host (clusterm: ``<label>-<serial>``)."""
-    return f"rack1-{h.index - NODE_BASE:04d}"
+    return f"{h.label}-{h.serial}"
 
 
 def cleanup_leftovers(prefix: str | None = None) -> list[str]:

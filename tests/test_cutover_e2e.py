@@ -36,10 +36,32 @@ pytestmark = [
 ]
 
 MDNS_CLUSTER = "mycluster"  # contiv/ansible's serf_cluster_name default
+#: The nodes, named as in clusterm's inventory fixture (tests/fixtures/clusterm-bolt).
+NODE_IDS = [("cluster-node1", "01"), ("cluster-node2", "02")]
+
+
+def agent_config(root: Path) -> Path:
+    """Jobs run their playbooks on the runner itself (ansible_connection=local)."""
+    path = root / "agent.toml"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "[ansible.host_vars]\n"
+        'ansible_connection = "local"\n'
+        'ansible_python_interpreter = "{{ ansible_playbook_python }}"\n'
+        f'gossipmgr_demo_root = "{root / "hosts"}/{{{{ inventory_hostname }}}}"\n'
+    )
+    return path
 
 
 def test_contiv_fleet_joined_by_mdns_reaches_every_inventory(tmp_path: Path) -> None:
-    c = NetnsCluster(3, 2, root=tmp_path / "cluster", mdns=MDNS_CLUSTER)
+    c = NetnsCluster(
+        3,
+        len(NODE_IDS),
+        root=tmp_path / "cluster",
+        mdns=MDNS_CLUSTER,
+        node_ids=NODE_IDS,
+        agent_args=["--config", str(agent_config(tmp_path / "cluster"))],
+    )
     prefix = c.prefix
     clients: dict[str, Any] = {}
     try:
@@ -56,7 +78,7 @@ def test_contiv_fleet_joined_by_mdns_reaches_every_inventory(tmp_path: Path) -> 
             for h in c.nodes.values():
                 rec = recs[node_name(h)]
                 mon = rec["monitoring_state"]
-                assert mon["serial_number"] == node_name(h).split("-")[1], rec
+                assert mon["label"] == h.label and mon["serial_number"] == h.serial, rec
                 assert mon["management_address"] == h.addr, rec  # the NodeAddr tag
                 assert rec["inventory_state"]["status"] == "Unallocated", rec
             health = cl.get("/health")
