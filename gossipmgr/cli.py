@@ -436,9 +436,23 @@ def cmd_peers(c: Client, args: argparse.Namespace) -> int:
             if p.get("auth_failures")
             for reasons in [p.get("auth_failure_reasons") or {}]
         ]
+        named = {str(p.get("name")) for p in r.get("peers", []) if p.get("auth_failures")}
+        notes += [
+            f"warning: {w}"
+            for w in r.get("warnings", [])
+            if not any(str(w).startswith(f"gossip from {n} (") for n in named)
+        ]
         return t + "".join("\n" + n for n in notes) + "\n\n" + _render_lease(r.get("lease"))
 
-    _out(args, c.call("GET", "/info/peers"), render)
+    res = c.call("GET", "/info/peers")
+    try:
+        # /health's warnings (an unencrypted Serf, refused Serf traffic, ...): shown here too.
+        warnings = c.call("GET", "/health").get("warnings")
+    except (CliError, AttributeError):
+        warnings = None
+    if isinstance(res, dict) and isinstance(warnings, list):
+        res["warnings"] = [str(w) for w in warnings]
+    _out(args, res, render)
     return 0
 
 

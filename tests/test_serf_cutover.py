@@ -287,6 +287,8 @@ def test_serf_no_encrypt_joins_a_contiv_node_and_mismatched_gossip_keys_are_name
             out = capsys.readouterr().out
             assert "AUTH-FAIL" in out
             assert f"warning: {other}: " in out and "failed authentication" in out, out
+            assert f"warning: {SERF_UNENCRYPTED_WARNING}" in out, out
+            assert f"warning: gossip from {other} (" not in out  # said once, per peer
             assert cli.main(["peers", "--json", "--url", c.instances[me].url]) == 0
             rows = json.loads(capsys.readouterr().out)["peers"]
             assert [r["name"] for r in rows if r.get("auth_failures")] == [other]
@@ -310,7 +312,9 @@ def test_serf_no_encrypt_joins_a_contiv_node_and_mismatched_gossip_keys_are_name
 
 @pytest.mark.serf
 @pytest.mark.slow
-def test_serf_refusals_are_named_on_health(tmp_path: Path, pool: AgentPool) -> None:
+def test_serf_refusals_are_named_on_health(
+    tmp_path: Path, pool: AgentPool, capsys: pytest.CaptureFixture[str]
+) -> None:
     c = LocalCluster(tmp_path / "cluster")  # Serf encrypted with the gossip key (default)
     try:
         c.add_instance("gm-a")
@@ -346,6 +350,10 @@ def test_serf_refusals_are_named_on_health(tmp_path: Path, pool: AgentPool) -> N
         assert {r["source"] for r in refused} == {HOST}, refused
         assert all(r["count"] > 0 and r["direction"] == "received" for r in refused)
         assert c.get("gm-a", "/info/nodes") == {}
+        capsys.readouterr()
+        assert cli.main(["peers", "--url", c.instances["gm-a"].url]) == 0
+        out = capsys.readouterr().out
+        assert f"warning: serf traffic from {HOST} refused" in out, out
         # The joining side names its target and the reason too.
         wait_for(
             lambda: any(
