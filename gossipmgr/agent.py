@@ -795,6 +795,11 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) ->
         lines.append(f"{name} {samples}")
 
 
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def metrics_text(agent: Agent) -> str:
     """Prometheus text exposition of every figure the agent keeps."""
     rep = agent.replica
@@ -930,7 +935,7 @@ def metrics_text(agent: Agent) -> str:
             "counter",
             "Datagrams that failed authentication, by peer (or source address).",
             {
-                f'peer="{a["peer"] or ""}",source="{a["source"]}"': a["count"]
+                f'peer="{_label(a["peer"] or "")}",source="{_label(a["source"])}"': a["count"]
                 for a in agent.auth_failures()
             }
             or {'peer="",source=""': 0},
