@@ -209,6 +209,7 @@ class Agent:
             extra_variables=extra,
             host_vars=dict(a.host_vars),
             timeout_s=a.timeout_s,
+            discover_join_timeout_s=a.discover_join_timeout_s,
         )
 
     def file_ansible_section(self) -> dict[str, Any]:
@@ -1118,6 +1119,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         overrides = overrides_from_args(args)
         cfg = load(args.config, overrides)
         setup_logging(cfg.log_level)
+        for note in cfg.config_notes:
+            log.warning("%s", note)
         agent = Agent(cfg, overrides)
     except GossipmgrError as exc:
         print(f"gossipmgr agent: {exc}", file=sys.stderr)

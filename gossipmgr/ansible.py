@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import select
 import shlex
@@ -96,9 +97,13 @@ class AnsibleSettings:
     extra_variables: Mapping[str, Any] = field(default_factory=dict)  # lowest precedence
     # Added to every host before anything else, e.g. ansible_connection=local for the demo.
     host_vars: Mapping[str, Any] = field(default_factory=dict)
-    # Per playbook run: a hung ssh or module must not hold the one job slot forever;
-    # an hour is generous for a real cluster's site.yml.
-    timeout_s: float = 3600
+    # Per playbook run; 0 (the default) is no limit, as clusterm had none: a site.yml on a
+    # big cluster may run for hours, and a cancel (POST /job/cancel) stops a hung one.
+    timeout_s: float = 0
+    # After a discover playbook succeeds, the job waits this long for every discovered
+    # address to show up as a Discovered node (its Serf agent joined); then it fails with
+    # the addresses that did not (clusterm issue #157). 0: do not wait.
+    discover_join_timeout_s: float = 120.0
 
 
 @dataclass
@@ -266,9 +271,16 @@ def workflow_plan(kind: str, settings: AnsibleSettings) -> WorkflowPlan:
 
 
 def discover_hosts(hosts: Iterable[Host]) -> list[Host]:
-    """Hosts as clusterm's discover inventory has them: group cluster-node, aliases node1..N."""
+    """Hosts as clusterm's discover inventory has them: group cluster-node, aliases node1..N,
+    and ``node_name`` = the alias (clusterm's discover set both to ``node<i>``)."""
     return [
-        Host(alias=f"node{i}", addr=h.addr, name=h.name, group=DISCOVER_GROUP, vars=h.vars)
+        Host(
+            alias=f"node{i}",
+            addr=h.addr,
+            name=h.name or f"node{i}",
+            group=DISCOVER_GROUP,
+            vars=h.vars,
+        )
         for i, h in enumerate(hosts, start=1)
     ]
 
@@ -429,7 +441,7 @@ class _RunControl:
     def __init__(self, private_dir: Path, timeout_s: float) -> None:
         self.private_dir = private_dir
         self.stop = threading.Event()
-        self.deadline = time.monotonic() + timeout_s
+        self.deadline = time.monotonic() + timeout_s if timeout_s > 0 else math.inf
         self.outcome = ""  # "" | "canceled" | "timeout", written only by poll
 
     def poll(self) -> bool:

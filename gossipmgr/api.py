@@ -63,6 +63,7 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .inventory import check_import_entries as inv_check_import_entries
 from .inventory import get_node, node_json
 from .lease import Lease
 from .replica import Replica
@@ -115,6 +116,8 @@ class JobsLike(Protocol):
     def set_node_vars(self, node: str, variables: Mapping[str, Any]) -> Any: ...
     def set_node_var(self, node: str, var: str, value: Any) -> Any: ...
     def remove_node_var(self, node: str, var: str) -> Any: ...
+    def import_inventory(self, entries: Any, dry_run: bool = False) -> Any: ...
+    def forget_node(self, name: str, force: bool = False) -> Any: ...
     def job(self, label: str) -> Any: ...
     def jobs(self) -> Any: ...
     def follow(self, job_id: str) -> AsyncIterator[str]: ...
@@ -212,6 +215,15 @@ async def _body_untrusted(*, required: bool = True) -> dict[str, Any]:
 
 class _UnsupportedMediaType(RequestError):
     status_hint = 415
+
+
+def _empty(v: Any) -> bool:
+    """A Go zero value decoded from JSON: null, "", 0, false, or a map/list of such."""
+    if isinstance(v, dict):
+        return all(_empty(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_empty(x) for x in v)
+    return v in (None, "", 0, False)
 
 
 def _json_type(v: Any) -> str:
@@ -359,6 +371,25 @@ OPENAPI: dict[str, Any] = {
                     }
                 },
             },
+            "ImportRequest": {
+                "type": "object",
+                "properties": {
+                    "nodes": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "status": {"type": "string"},
+                                "host_group": {"type": "string"},
+                            },
+                            "required": ["name", "status"],
+                        },
+                    },
+                    "dry_run": {"type": "boolean"},
+                },
+                "required": ["nodes"],
+            },
             "ConfigRequest": {
                 "type": "object",
                 "properties": {"config": {"type": "object"}},
@@ -417,6 +448,16 @@ OPENAPI: dict[str, Any] = {
         },
         "/node/{name}/host_group": {
             "post": _op("Set a node's host-group (holder)", _JOB_CODES, "HostGroupRequest")
+        },
+        "/inventory/import": {
+            "post": _op(
+                "Set imported node statuses and host-groups (holder, fenced)",
+                _JOB_CODES,
+                "ImportRequest",
+            )
+        },
+        "/node/{name}/forget": {
+            "post": _op("Remove a node from the inventory (holder, fenced)", _JOB_CODES)
         },
         "/health": {"get": {**_op("Liveness and health, no auth", (200,)), "security": []}},
         "/metrics": {"get": _op("Prometheus metrics", (200, 401))},
@@ -649,6 +690,31 @@ def create_app(ctx: ApiContext) -> QuartTrio:
         await _maybe_await(ctx.jobs.set_host_group(rec.name, hg))
         return _node_response(rec.name)
 
+    @app.post("/node/<name>/forget")
+    async def node_forget(name: str) -> Response:
+        b = await _body_untrusted(required=False)
+        force = b.get("force", False)
+        if not isinstance(force, bool):
+            raise BadRequest(f'"force" must be true or false, got {_json_type(force)}')
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return _json(_jsonable(await _maybe_await(ctx.jobs.forget_node(name, force=force))))
+
+    @app.post("/inventory/import")
+    async def inventory_import() -> Response:
+        # Inventory records are epoch-fenced: written by the holder under its lease epoch.
+        b = await _body_untrusted()
+        entries = b.get("nodes")
+        inv_check_import_entries(entries)  # a 400 here, before any forwarding
+        dry_run = b.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest(f'"dry_run" must be true or false, got {_json_type(dry_run)}')
+        if not must_hold(needs_serf=False):
+            return await forward()
+        return _json(
+            _jsonable(await _maybe_await(ctx.jobs.import_inventory(entries, dry_run=dry_run)))
+        )
+
     # ------------------------------------------------------------ replicated settings
     def _node_response(ident: str) -> Response:
         return _json(node_json(get_node(rep.state, ident)))
@@ -721,7 +787,12 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             raise BadRequest('"config" must be an object')
         current = ctx.config()
         for section in cfg:
-            if section != "ansible" and cfg[section] != current.get(section):
+            # The Go clusterctl always sends every section, the ones it did not read from
+            # the file as zero values ({"Addr": "", "AuthKey": "", "Timeout": 0}, {},
+            # {"addr": ""}): an empty section means "unchanged".
+            if section == "ansible" or _empty(cfg[section]):
+                continue
+            if cfg[section] != current.get(section):
                 raise BadRequest(
                     f'"{section}" configuration can\'t be changed. '
                     "Only changes to ansible configuration are allowed."
@@ -738,7 +809,11 @@ def create_app(ctx: ApiContext) -> QuartTrio:
                     raise BadRequest(f'ansible configuration "{k}" must be a string')
             if "extra_variables" in ans:
                 _field_extra_vars(ans, "extra_variables")  # validate only
-            await ctx.set_ansible_config(dict(ans))
+            # An empty value is "unchanged" (clusterm merged the posted config with mergo,
+            # which skips empty values; the Go clusterctl sends every key).
+            changed = {k: v for k, v in ans.items() if v != ""}
+            if changed:
+                await ctx.set_ansible_config(changed)
         return _json(ctx.config())
 
     # ------------------------------------------------------------ reads

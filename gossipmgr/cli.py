@@ -24,6 +24,7 @@ import argparse
 import importlib
 import ipaddress
 import json
+import logging
 import os
 import ssl
 import sys
@@ -33,6 +34,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import httpx
+
+from . import __version__
 
 DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
@@ -271,6 +274,10 @@ def _render_job_started(res: Any) -> str:
 def cmd_node(c: Client, args: argparse.Namespace) -> int:
     verb = _verb(args)
     names: list[str] = [args.name] if args.cmd in ("node", "n") else list(args.names)
+    if verb == "forget":
+        res = c.call("POST", f"/node/{_q(args.name)}/forget", {"force": bool(args.force)})
+        _out(args, res, lambda r: f"forgot {r['forgotten']} ({r['status']}, {r['state']})")
+        return 0
     if verb == "get":
         if args.cmd in ("node", "n"):
             _out(args, c.call("GET", f"/info/node/{_q(args.name)}"), _render_node)
@@ -464,6 +471,12 @@ def cmd_lease(c: Client, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- the parser
 
 
+def cmd_import(c: Client, args: argparse.Namespace) -> int:
+    from .clusterm import cmd_import as run  # imports the Bolt reader only when used
+
+    return run(c, args)
+
+
 def _common() -> argparse.ArgumentParser:
     """Global flags, also accepted after the command (SUPPRESS: do not override the
     value given before it with a default)."""
@@ -476,6 +489,7 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=S, help="file holding the bearer token")
     p.add_argument("--cacert", default=S, help="CA bundle to verify an https API")
     p.add_argument("-j", "--json", action="store_true", default=S, help="print JSON")
+    p.add_argument("--debug", action="store_true", default=S, help="log each request")
     return p
 
 
@@ -511,6 +525,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         default=False,
         help="print the server's JSON instead of tables",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False,
+        help="log each HTTP request on stderr (agent: --log-level debug)",
+    )
+    parser.add_argument("--version", action="version", version=f"gossipmgr {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
 
@@ -544,6 +565,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                 ev(vp)
             if verb in ("commission", "update"):
                 hg(vp)
+            vp.set_defaults(func=cmd_node)
+        if not many:
+            vp = vs.add_parser(
+                "forget",
+                parents=[common],
+                help="remove a node that is gone (Disappeared) from the inventory",
+            )
+            vp.add_argument("name", metavar="NAME")
+            vp.add_argument("--force", action="store_true", help="also a Discovered (alive) node")
             vp.set_defaults(func=cmd_node)
 
     p = sub.add_parser("global", aliases=["g"], help="global extra-vars")
@@ -593,6 +623,30 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     vp.add_argument("file", metavar="FILE|-")
     vp.set_defaults(func=cmd_config)
 
+    p = sub.add_parser("import", help="import another manager's inventory")
+    vs = p.add_subparsers(dest="verb", metavar="SOURCE")
+    vs.required = True
+    vp = vs.add_parser(
+        "clusterm",
+        parents=[common],
+        help="clusterm's boltdb inventory and clusterm.conf's ansible settings",
+    )
+    vp.add_argument("--boltdb", metavar="FILE", help="clusterm's inventory.boltdb.dbfile")
+    vp.add_argument("--conf", metavar="FILE", help="clusterm.conf (JSON): the ansible section")
+    vp.add_argument(
+        "--default-host-group",
+        default="service-master",
+        help="host-group of the imported nodes (default service-master, as clusterm)",
+    )
+    vp.add_argument(
+        "--host-group",
+        action="append",
+        metavar="NODE=GROUP",
+        help="host-group of one node (repeatable)",
+    )
+    vp.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    vp.set_defaults(func=cmd_import)
+
     p = sub.add_parser("peers", parents=[common], help="gossipmgr instances and the lease")
     p.set_defaults(func=cmd_peers)
     p = sub.add_parser("lease", parents=[common], help="the lease")
@@ -641,6 +695,7 @@ CLIENT_COMMANDS = {
     cmd_config,
     cmd_peers,
     cmd_lease,
+    cmd_import,
 }
 
 
@@ -667,6 +722,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = args.func
+    if args.debug:
+        if func in CLIENT_COMMANDS:  # httpx logs every request at INFO
+            logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
+        elif getattr(args, "log_level", "absent") is None:  # the agent's own option
+            args.log_level = "debug"
     try:
         if func not in CLIENT_COMMANDS:
             return int(func(args))
@@ -687,4 +747,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: modules that raise
+    # gossipmgr.cli.CliError (the import command) must raise the class main catches.
+    from gossipmgr.cli import main as _main
+
+    sys.exit(_main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import re
 import socket
 import tomllib
@@ -38,7 +39,10 @@ class AnsibleConfig:
     #: Added to every inventory host, e.g. ``ansible_connection = "local"`` for the demo.
     host_vars: Mapping[str, Any] = field(default_factory=dict)
     #: A playbook that runs longer is killed (its whole process tree) and the job errors.
-    timeout_s: float = 3600.0
+    #: 0, the default, is no limit (clusterm had none; a cancel stops a hung run).
+    timeout_s: float = 0.0
+    #: A discover job then waits this long for the nodes to join Serf (0: no wait).
+    discover_join_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class AgentConfig:
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     #: The file this was read from (SIGHUP re-reads it).
     config_file: Path | None = None
+    #: What reading the file noted (a clusterm.conf's ignored sections), logged at start.
+    config_notes: tuple[str, ...] = ()
 
 
 _PATH_FIELDS = {
@@ -145,7 +151,7 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         k = key.replace("-", "_")
-        if k not in fields or k == "config_file":
+        if k not in fields or k in ("config_file", "config_notes"):
             raise ConfigError(f"{where}: unknown config key {key!r}")
         if k == "ansible":
             if not isinstance(value, dict):
@@ -156,18 +162,106 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
     return kwargs
 
 
+def _clusterm_conf(raw: Any, where: str) -> dict[str, Any]:
+    """clusterm's JSON ``clusterm.conf`` as AgentConfig keys.
+
+    ``serf.Addr`` -> ``serf_rpc`` (clusterm talked to the node's own Serf agent there),
+    ``serf.AuthKey`` -> ``serf_rpc_auth``, the ``ansible`` section (``playbook_location``
+    -> ``playbook_dir``, ``extra_variables`` a string holding a JSON object). Empty values
+    are skipped, as clusterm's merge over its defaults did. ``inventory`` and ``manager``
+    are noted and ignored (the inventory is imported with ``gossipmgr import clusterm``;
+    the API address is ``api_addr``, clusterm's ``0.0.0.0:9007`` had no authentication).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: clusterm.conf must be a JSON object")
+    data: dict[str, Any] = {}
+    notes: list[str] = []
+    for key in raw:
+        if key not in ("serf", "ansible", "inventory", "manager"):
+            raise ConfigError(f"{where}: unknown clusterm.conf section {key!r}")
+    serf = raw.get("serf") or {}
+    if not isinstance(serf, dict):
+        raise ConfigError(f"{where}: serf must be an object")
+    for k, v in serf.items():
+        key = {"addr": "serf_rpc", "authkey": "serf_rpc_auth", "timeout": ""}.get(k.lower())
+        if key is None:
+            raise ConfigError(f"{where}: unknown key serf.{k}")
+        if v in ("", 0, None):
+            continue
+        if key:
+            data[key] = _coerce(key, str, v, f"{where} serf.{k}")
+        else:
+            notes.append(f"{where}: serf.Timeout is ignored")
+    ans = raw.get("ansible") or {}
+    if not isinstance(ans, dict):
+        raise ConfigError(f"{where}: ansible must be an object")
+    ansible: dict[str, Any] = {}
+    for k, v in ans.items():
+        if v in ("", None):
+            continue
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: ansible.{k} must be a string")
+        if k == "playbook_location":
+            data["playbook_dir"] = Path(v).expanduser()
+        elif k == "extra_variables":
+            try:
+                ev = json.loads(v)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{where}: ansible.extra_variables must hold a JSON object: {exc}"
+                ) from None
+            if not isinstance(ev, dict):
+                raise ConfigError(f"{where}: ansible.extra_variables must hold a JSON object")
+            ansible["extra_variables"] = ev
+        elif k in (
+            "configure_playbook",
+            "cleanup_playbook",
+            "upgrade_playbook",
+            "user",
+            "priv_key_file",
+        ):
+            ansible[k] = v
+        else:
+            raise ConfigError(f"{where}: unknown key ansible.{k}")
+    if ansible:
+        data["ansible"] = AnsibleConfig(**ansible)
+    if raw.get("inventory"):
+        notes.append(
+            f"{where}: the inventory section is ignored; import clusterm's inventory once "
+            "with `gossipmgr import clusterm --boltdb FILE`"
+        )
+    if raw.get("manager"):
+        notes.append(
+            f"{where}: the manager section is ignored; the API listens on api-addr "
+            "(clusterm's 0.0.0.0:9007 had no authentication)"
+        )
+    data["config_notes"] = tuple(notes)
+    return data
+
+
 def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
-    """Defaults < file < overrides (already typed, None meaning "not given")."""
+    """Defaults < file < overrides (already typed, None meaning "not given").
+
+    The file is TOML, or clusterm's JSON ``clusterm.conf`` (a file starting with ``{``)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             with open(path, "rb") as f:
-                raw = tomllib.load(f)
+                text = f.read()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        data = _build(AgentConfig, raw, str(path))
+        if text.lstrip().startswith(b"{"):
+            try:
+                obj = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: not valid JSON (clusterm.conf): {exc}") from None
+            data = _clusterm_conf(obj, str(path))
+        else:
+            try:
+                raw = tomllib.loads(text.decode("utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+            data = _build(AgentConfig, raw, str(path))
     for k, v in overrides.items():
         if v is not None:
             data[k] = v
@@ -222,7 +316,8 @@ def validate(cfg: AgentConfig) -> None:
         if embedded_only:
             raise ConfigError(
                 f"{', '.join(embedded_only)} configure the embedded Serf agent; with serf-rpc "
-                "the existing agent's own configuration applies"
+                f"({cfg.serf_rpc}, e.g. from clusterm.conf's serf.Addr) the existing agent's "
+                "own configuration applies: give --serf-rpc '' to run the embedded agent"
             )
     if cfg.serf_discover and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.serf_discover):
         raise ConfigError(

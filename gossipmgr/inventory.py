@@ -57,7 +57,15 @@ from typing import Any, Final
 from .clock import Timestamp
 from .crdt import LWWMap
 from .errors import BadRequest, CheckFailed, Conflict, NotFound
-from .state import ClusterState, NodeRecord, combine, host_group_key, inventory_key, monitoring_key
+from .state import (
+    ClusterState,
+    NodeRecord,
+    combine,
+    host_group_key,
+    inventory_key,
+    monitoring_key,
+    node_var_key,
+)
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -476,3 +484,164 @@ def get_node(state: ClusterState, ident: str) -> NodeRecord:
     if rec is None:
         raise NotFound(node_missing(ident))
     return rec
+
+
+# --------------------------------------------------------------------------- import
+
+#: clusterm statuses a workflow leaves behind when its job is cut off (clusterm stopped
+#: mid-job), and the workflow to run again: a same-status move is always allowed, so the
+#: node can be acted on as it is.
+CUT_OFF: Final[Mapping[str, str]] = {
+    PROVISIONING: "commission",
+    CANCELLED: "decommission",
+    MAINTENANCE: "update",
+}
+
+
+def _fresh(rec: NodeRecord) -> bool:
+    """A node only Serf has touched here: discovered, never moved by a workflow."""
+    inv = _inv(rec)
+    return bool(inv["status"] == UNALLOCATED and inv["prev_status"] == INCOMPLETE)
+
+
+def check_import_entries(entries: Any) -> list[tuple[str, str, str]]:
+    """Validate ``[{"name", "status", "host_group"}, ...]``. Raises BadRequest naming the
+    first bad entry. Returns ``(name, status, host_group)`` triples in order."""
+    if not isinstance(entries, list):
+        raise BadRequest('"nodes" must be an array of {"name", "status", "host_group"}')
+    out: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for e in entries:
+        if not isinstance(e, Mapping):
+            raise BadRequest(f"an imported node must be an object, got {e!r}")
+        name, status, hg = e.get("name"), e.get("status"), e.get("host_group", MASTER)
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f'an imported node needs a non-empty "name": {dict(e)!r}')
+        if name in seen:
+            raise BadRequest(f'node "{name}" is listed twice')
+        if status not in STATUSES:
+            raise BadRequest(
+                f'node "{name}": invalid status {status!r} (one of {", ".join(STATUSES)})'
+            )
+        if hg not in HOST_GROUPS:
+            raise BadRequest(f'node "{name}": invalid or empty host-group specified: "{hg}"')
+        seen.add(name)
+        out.append((name, str(status), str(hg)))
+    return out
+
+
+def plan_import(
+    state: ClusterState, entries: Sequence[tuple[str, str, str]]
+) -> dict[str, list[Any]]:
+    """What importing ``(name, status, host_group)`` entries would change. Pure.
+
+    * unknown node: created with that status, state Unknown (Serf sets Discovered when
+      the node is seen) and the host-group;
+    * known node with the same status: only a different host-group is changed;
+    * known node that gossipmgr has not moved (Unallocated after its first discovery):
+      status set, state kept;
+    * any other known node is *kept*: a workflow here already moved it, and the file
+      must not undo that.
+
+    Returns ``{"changed": [{name, from_status, status, from_host_group, host_group}],
+    "unchanged": [name], "kept": [{name, status, prev_status, reason}]}``.
+    """
+    changed: list[dict[str, Any]] = []
+    unchanged: list[str] = []
+    kept: list[dict[str, Any]] = []
+    for name, status, hg in entries:
+        rec = state.node(name)
+        if rec is None:
+            changed.append(
+                {
+                    "name": name,
+                    "from_status": None,
+                    "status": status,
+                    "from_host_group": None,
+                    "host_group": hg,
+                }
+            )
+            continue
+        cur, cur_hg = status_of(rec), host_group_of(rec)
+        if cur != status and not _fresh(rec):
+            prev = _inv(rec)["prev_status"]
+            kept.append(
+                {
+                    "name": name,
+                    "status": cur,
+                    "prev_status": prev,
+                    "reason": f"gossipmgr already moved it to {cur} (from {prev}); "
+                    f"not set to {status}",
+                }
+            )
+            continue
+        if cur == status and cur_hg == hg:
+            unchanged.append(name)
+            continue
+        changed.append(
+            {
+                "name": name,
+                "from_status": cur,
+                "status": status,
+                "from_host_group": cur_hg,
+                "host_group": hg,
+            }
+        )
+    return {"changed": changed, "unchanged": unchanged, "kept": kept}
+
+
+def d_import(
+    state: ClusterState, changed: Sequence[Mapping[str, Any]], epoch: int, ts: Timestamp
+) -> LWWMap:
+    """The delta for :func:`plan_import`'s ``changed`` list (status under ``epoch``)."""
+    out: list[LWWMap] = []
+    for c in changed:
+        name = c["name"]
+        rec = state.node(name)
+        if rec is None:
+            inv = {
+                "status": c["status"],
+                "prev_status": INCOMPLETE,
+                "state": UNKNOWN,
+                "prev_state": UNKNOWN,
+                "epoch": epoch,
+            }
+            out.append(state.d_set(inventory_key(name), inv, ts))
+        elif status_of(rec) != c["status"]:
+            old = _inv(rec)
+            new = {**old, "prev_status": old["status"], "status": c["status"], "epoch": epoch}
+            out.append(state.d_set(inventory_key(name), new, ts))
+        if rec is None or host_group_of(rec) != c["host_group"] or not rec.host_group:
+            out.append(state.d_set(host_group_key(name), c["host_group"], ts))
+    return combine(*out)
+
+
+# --------------------------------------------------------------------------- forget
+
+
+def check_forget(state: ClusterState, name: str, force: bool) -> NodeRecord:
+    """clusterm issue #158: a node that is gone for good stays in the inventory. Forgetting
+    a Discovered node (alive in Serf) needs ``force``: it would be discovered again at
+    once, as a new Unallocated node. Raises NotFound, CheckFailed."""
+    rec = state.node(name)
+    if rec is None:
+        raise NotFound(node_missing(name))
+    if state_of(rec) == DISCOVERED and not force:
+        raise CheckFailed(
+            f'node "{name}" is Discovered (alive in Serf): forget only a node that is gone '
+            "(Disappeared), or force it"
+        )
+    return rec
+
+
+def d_forget(state: ClusterState, name: str, epoch: int, ts: Timestamp) -> LWWMap:
+    """Remove a node: its inventory record becomes a ``forgotten`` marker under ``epoch``
+    (a later discovery under this epoch or a newer one creates the node afresh, as
+    Unallocated), its other entries (monitoring, host-group, own vars) tombstones."""
+    out = [state.d_set(inventory_key(name), {"forgotten": True, "epoch": epoch}, ts)]
+    rec = state.node(name)
+    if rec is not None:
+        out.append(state.d_remove(monitoring_key(name), ts))
+        out.append(state.d_remove(host_group_key(name), ts))
+        out.extend(state.d_remove(node_var_key(name, v), ts) for v in rec.vars)
+    return combine(*out)

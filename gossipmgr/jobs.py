@@ -496,6 +496,10 @@ class JobManager:
                 except Exception as exc:  # a bug must end the job, not leave it Running
                     log.exception("%s: job %s crashed", me, run.job_id)
                     result = WorkflowResult(False, False, f"internal error: {exc!r}", [])
+                if run.kind == "discover" and result.ok and settings.discover_join_timeout_s > 0:
+                    result = await self._await_join(
+                        run, [h.addr for h in hosts], settings.discover_join_timeout_s, result
+                    )
                 nursery.cancel_scope.cancel()
             if run.fenced or result is None:
                 self.counters["fenced_runs"] += 1
@@ -512,6 +516,51 @@ class JobManager:
             run.wake()
             if self._run is run:
                 self._run = None
+
+    async def _await_join(
+        self, run: _Run, addrs: Sequence[str], timeout_s: float, result: WorkflowResult
+    ) -> WorkflowResult:
+        """clusterm issue #157: a discover job ended when its playbook did, even when the
+        node never joined Serf. Wait (bounded) until every address is a Discovered node's
+        management address; a cancel ends the wait (the job ends Cancelled)."""
+
+        def missing() -> list[str]:
+            seen = {
+                inv.addr_of(r)
+                for r in self.replica.state.nodes()
+                if inv.state_of(r) == inv.DISCOVERED
+            }
+            return [a for a in addrs if a not in seen]
+
+        run.line(
+            f"gossipmgr: waiting up to {timeout_s:g} s for {inv.go_list(addrs)} to join the "
+            "Serf cluster"
+        )
+        deadline = trio.current_time() + timeout_s
+        while left := missing():
+            if run.cancel.is_set():
+                return WorkflowResult(False, True, CANCELLED_ERROR, result.steps)
+            if trio.current_time() >= deadline:
+                error = (
+                    f"node(s) {inv.go_list(left)} did not join the Serf cluster within "
+                    f"{timeout_s:g} s of the discover playbook's end: check each node's "
+                    "serf agent (running, its -join/-discover settings and encryption key, "
+                    "tags NodeLabel, NodeSerial and NodeAddr=<that address>)"
+                )
+                run.line(f"gossipmgr: {error}")
+                return WorkflowResult(False, False, error, result.steps)
+            with trio.move_on_at(deadline):
+                async with trio.open_nursery() as wait:
+                    # whichever comes first: a replica change or a cancel
+                    async def on_cancel() -> None:
+                        await run.cancel.wait()
+                        wait.cancel_scope.cancel()
+
+                    wait.start_soon(on_cancel)
+                    await self.replica.wait_change()
+                    wait.cancel_scope.cancel()
+        run.line(f"gossipmgr: {inv.go_list(addrs)} joined the Serf cluster")
+        return result
 
     async def _watch_fence(self, run: _Run, scope: trio.CancelScope) -> None:
         while True:
@@ -675,9 +724,10 @@ class JobManager:
     async def set_monitor_event(self, name: str, nodes: Sequence[Any]) -> dict[str, Any]:
         """clusterm's POST /monitor/event. Raises BadRequest
         ``Invalid or empty event name specified: "<name>"`` or for a malformed node,
-        Unavailable off the holder."""
-        if name not in ("discovered", "disappeared"):
+        Unavailable off the holder. The name is case-insensitive, as in clusterm."""
+        if not isinstance(name, str) or name.lower() not in ("discovered", "disappeared"):
             raise BadRequest(f'Invalid or empty event name specified: "{name}"')
+        name = name.lower()
         if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
             raise BadRequest(f"monitor event nodes must be a list, got {nodes!r}")
         parsed = [inv.check_monitor_node(n) for n in nodes]
@@ -799,6 +849,58 @@ class JobManager:
             desc = f"reconfigure nodes {inv.go_list(ok)} (reappeared)"
             await self._launch("reconfigure", desc, ok, epoch, self._hosts(state, ok), {}, None, {})
             self.counters["reappear_jobs"] += 1
+
+    # ------------------------------------------------------------------ import
+    async def import_inventory(self, entries: Any, dry_run: bool = False) -> dict[str, Any]:
+        """Set imported statuses and host-groups (``gossipmgr import clusterm``). Holder only.
+
+        One fenced commit under our epoch (inventory records are epoch-fenced like a job's
+        writes). Refused with Conflict while a job is active (its nodes are moving), with
+        BadRequest for a bad entry, Unavailable off the holder. See
+        :func:`gossipmgr.inventory.plan_import` for what is changed and what is kept."""
+        parsed = inv.check_import_entries(entries)
+        async with self._lock:
+            epoch = self._holder_epoch()
+            self._check_idle()
+            plan = inv.plan_import(self.replica.state, parsed)
+            if not dry_run and plan["changed"]:
+
+                def make(state: ClusterState, ts: Timestamp) -> LWWMap:
+                    self._fence(epoch, "inventory import")
+                    # Planned again on the state the commit sees: the same answer unless
+                    # a Serf event slipped in, and then this one is the truth.
+                    again = inv.plan_import(state, parsed)
+                    plan.update(again)
+                    return inv.d_import(state, again["changed"], epoch, ts)
+
+                await self.replica.commit(make)
+                log.info(
+                    "%s: imported %d node(s) (%d unchanged, %d kept), epoch %d",
+                    self.replica.name,
+                    len(plan["changed"]),
+                    len(plan["unchanged"]),
+                    len(plan["kept"]),
+                    epoch,
+                )
+        return {"dry_run": dry_run, **plan}
+
+    async def forget_node(self, name: str, force: bool = False) -> dict[str, Any]:
+        """``gossipmgr node forget``: remove a node from the inventory. Holder only (a
+        fenced inventory write). Refused while a job is active (Conflict), for a
+        Discovered node unless ``force`` (CheckFailed), NotFound for an unknown one."""
+        async with self._lock:
+            epoch = self._holder_epoch()
+            self._check_idle()
+            rec = inv.check_forget(self.replica.state, name, force)
+
+            def make(state: ClusterState, ts: Timestamp) -> LWWMap:
+                self._fence(epoch, f"forget of node {rec.name}")
+                inv.check_forget(state, rec.name, force)
+                return inv.d_forget(state, rec.name, epoch, ts)
+
+            await self.replica.commit(make)
+            log.info("%s: forgot node %s (epoch %d)", self.replica.name, rec.name, epoch)
+            return {"forgotten": rec.name, "status": inv.status_of(rec), "state": inv.state_of(rec)}
 
     # ------------------------------------------------------------------ node settings
     async def set_host_group(self, node: str, host_group: str) -> None:

@@ -12,6 +12,7 @@ key                                    value                                    
 ``("n", node, "v", var)``              the node's own extra-var                    LWW
 ``("n", node, "hg")``                  the node's host-group (string)              LWW
 ``("n", node, "inv")``                 ``{status, prev_status, state, prev_state}`` LWW
+                                       (``{forgotten: true}``: a forgotten node)
 ``("n", node, "mon")``                 ``{label, serial, addr}`` from Serf tags     LWW
 ``("j", job_id)``                      job record (see ``gossipmgr.jobs``)         LWW
 ``("cfg", "ansible")``                 the runtime ansible config section          LWW
@@ -204,11 +205,19 @@ class ClusterState:
         return {k[1]: v for k, v in sorted(self._live(GLOBAL))}
 
     def node_names(self) -> list[str]:
-        """Nodes that have an inventory record, sorted."""
-        return sorted(n for n in self._by_node if inventory_key(n) in self.map)
+        """Nodes that have an inventory record (not a forgotten one), sorted."""
+        return sorted(n for n in self._by_node if self.has_node(n))
 
     def has_node(self, name: str) -> bool:
-        return inventory_key(name) in self.map
+        # A forgotten node's inventory record is a marker {"forgotten": true, "epoch"},
+        # not a tombstone: a tombstone in this fenced namespace would outrank every later
+        # write, and the node could never be discovered again under its name.
+        e = self.map.entry(inventory_key(name))
+        return (
+            e is not None
+            and not e.deleted
+            and not (isinstance(e.value, dict) and e.value.get("forgotten"))
+        )
 
     def node(self, name: str) -> NodeRecord | None:
         if not self.has_node(name):

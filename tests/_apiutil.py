@@ -38,6 +38,8 @@ def ansible_settings(root: Path) -> AnsibleSettings:
         # the sample playbooks write their marker files under this root, not /tmp
         extra_variables={"gossipmgr_demo_root": str(root / "demo")},
         timeout_s=120,
+        # no node agent runs in these tests: the discover job ends with its playbook
+        discover_join_timeout_s=0,
     )
 
 

@@ -456,7 +456,7 @@ async def test_discover_uses_node_aliases_in_cluster_node(tmp_path: Path) -> Non
         view = host_view(tmp_path, alias)
         assert view["groups"] == ["cluster-node"]
         assert view["ansible_host"] == view["node_addr"] == addr
-        assert view["node_name"] is None
+        assert view["node_name"] == alias  # clusterm's discover: node_name=node<i>
 
 
 async def wait_until_sleeping(marker: str, lines: list[str], count: int) -> None:
@@ -632,3 +632,27 @@ async def test_shipped_playbooks_work_locally(tmp_path: Path) -> None:
     for alias in "ab":
         assert not (tmp_path / alias / "configured").exists()
         assert (tmp_path / alias / "upgraded").exists()
+
+
+def test_no_playbook_timeout_by_default(tmp_path: Path) -> None:
+    """clusterm had no playbook timeout: the default is none (0), a set one still counts."""
+    from gossipmgr.ansible import _RunControl
+    from gossipmgr.config import AnsibleConfig
+
+    assert AnsibleSettings(playbook_dir=tmp_path).timeout_s == 0
+    assert AnsibleConfig().timeout_s == 0
+    assert _RunControl(tmp_path, 0).deadline == float("inf")
+    ctl = _RunControl(tmp_path, 0)
+    assert ctl.poll() is False and ctl.outcome == ""
+    ctl = _RunControl(tmp_path, 1e-9)
+    assert ctl.poll() is True and ctl.outcome == "timeout"
+
+
+def test_discover_hosts_get_node_name_like_clusterm() -> None:
+    from gossipmgr.ansible import discover_hosts
+
+    hosts = discover_hosts([Host("", "10.0.0.1", "", ""), Host("", "10.0.0.2", "", "")])
+    assert [(h.alias, h.name, h.group) for h in hosts] == [
+        ("node1", "node1", "cluster-node"),
+        ("node2", "node2", "cluster-node"),
+    ]

@@ -103,7 +103,7 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 def test_openapi_lists_every_route_and_nothing_else() -> None:
     app = create_app(StandaloneContext(Replica("x", data_dir=None)))
     assert rule_paths(app) == spec_paths()
-    assert len(spec_paths()) == 27
+    assert len(spec_paths()) == 29
 
 
 def test_listen_policy() -> None:

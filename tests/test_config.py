@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +130,48 @@ def test_sighup_reload_swaps_token_and_keeps_command_line_options(tmp_path: Path
     assert agent.token == "second"
     assert agent.cfg.reconfigure_on_reappear is True  # the command line still wins
     assert agent.cfg.data_dir == tmp_path / "d"
+
+
+def test_a_clusterm_conf_json_file_is_read(tmp_path: Path) -> None:
+    """clusterm's JSON clusterm.conf: serf Addr -> serf-rpc, the ansible section taken,
+    inventory and manager noted and ignored; empty values skipped as clusterm did."""
+    f = tmp_path / "clusterm.conf"
+    f.write_text(
+        json.dumps(
+            {
+                "serf": {"Addr": "127.0.0.1:7373", "AuthKey": "", "Timeout": 0},
+                "inventory": {"boltdb": {"dbfile": "/var/lib/clusterm.db"}},
+                "ansible": {
+                    "playbook_location": "/opt/contiv/ansible",
+                    "user": "admin",
+                    "priv_key_file": "/k",
+                    "extra_variables": '{"env": {"http_proxy": "p"}}',
+                    "configure_playbook": "",
+                },
+                "manager": {"addr": "0.0.0.0:9007"},
+            },
+            indent=2,
+        )
+    )
+    cfg = load(f, {})
+    assert cfg.serf_rpc == "127.0.0.1:7373"
+    assert cfg.playbook_dir == Path("/opt/contiv/ansible")
+    assert cfg.ansible.user == "admin" and cfg.ansible.priv_key_file == "/k"
+    assert cfg.ansible.extra_variables == {"env": {"http_proxy": "p"}}
+    assert cfg.ansible.configure_playbook == "site.yml"  # empty: the default stays
+    assert cfg.api_addr == "127.0.0.1:9007"
+    assert len(cfg.config_notes) == 2
+    assert "inventory section is ignored" in cfg.config_notes[0]
+    assert "gossipmgr import clusterm" in cfg.config_notes[0]
+    # command-line options still win over the file
+    assert load(f, {"serf_rpc": "127.0.0.1:7374"}).serf_rpc == "127.0.0.1:7374"
+    for bad, why in [
+        ('{"serf": {"Addr": 5}}', "serf_rpc must be a string"),
+        ('{"bogus": {}}', "unknown clusterm.conf section 'bogus'"),
+        ('{"ansible": {"extra_variables": "[1]"}}', "must hold a JSON object"),
+        ('{"ansible": {"nope": "x"}}', "unknown key ansible.nope"),
+        ("{not json", "not valid JSON"),
+    ]:
+        f.write_text(bad)
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            load(f, {})

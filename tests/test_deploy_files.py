@@ -29,7 +29,11 @@ OPS_DOCS = [ROOT / "docs" / "operations.md", ROOT / "docs" / "security.md"]
 ROUTE_RE = re.compile(r"\b(GET|POST|PUT|DELETE|PATCH)\s+`?(/[A-Za-z0-9_{}./-]*)")
 OPTION_RE = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
-AGENT_KEYS = [f.name for f in dataclasses.fields(AgentConfig) if f.name != "config_file"]
+AGENT_KEYS = [
+    f.name
+    for f in dataclasses.fields(AgentConfig)
+    if f.name not in ("config_file", "config_notes")  # set by load(), not file keys
+]
 ANSIBLE_KEYS = [f.name for f in dataclasses.fields(AnsibleConfig)]
 
 

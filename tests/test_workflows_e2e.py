@@ -8,6 +8,7 @@ holds the lease (epoch 1); the JobManager runs in the fixture's nursery.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -105,6 +106,7 @@ def settings_for(
                 "ansible_python_interpreter": sys.executable,
             },
             timeout_s=DEADLINE_S,
+            discover_join_timeout_s=float(cfg.get("join_s", "0")),
         )
 
     return settings
@@ -202,6 +204,35 @@ async def test_discover(env: Env) -> None:
     assert env.r.state.node_names() == []  # nodes appear later, through Serf
     info = env.jm.job("last")
     assert any("node1" in line for line in info["logs"])
+
+
+async def test_discover_fails_when_the_node_never_joins_serf(env: Env) -> None:
+    """clusterm issue #157: the playbook succeeded but the node never joined Serf."""
+    env.cfg["join_s"] = "1"
+    job = await env.jm.discover(["127.0.0.9", "127.0.0.8"])
+    rec = await env.ended(job["id"])
+    assert rec["status"] == "Errored", rec
+    assert rec["error"].startswith(
+        "node(s) [127.0.0.9 127.0.0.8] did not join the Serf cluster within 1 s of the "
+        "discover playbook's end"
+    )
+    assert sorted(env.trace()) == ["configure node1 cluster-node", "configure node2 cluster-node"]
+
+
+async def test_discover_completes_once_the_node_joins_serf(env: Env) -> None:
+    env.cfg["join_s"] = "120"
+    job = await env.jm.discover(["127.0.0.9"])
+    with trio.fail_after(60):  # the playbook ran and the job waits for Serf
+        async with contextlib.aclosing(env.jm.follow(job["id"])) as lines:  # type: ignore[type-var]
+            async for line in lines:
+                if "to join the Serf cluster" in line:
+                    break
+    assert env.r.state.job(job["id"])["status"] == "Running"  # type: ignore[index]
+    # the node's Serf agent joins: the holder turns the member into a Discovered node
+    await env.jm.apply_node_event("discovered", "n-9", "n", "9", "127.0.0.9")
+    rec = await env.ended(job["id"])
+    assert (rec["status"], rec["error"]) == ("Complete", "")
+    assert any("[127.0.0.9] joined the Serf cluster" in ln for ln in env.jm.job("last")["logs"])
 
 
 async def test_failure_path_runs_cleanup(env: Env) -> None:
