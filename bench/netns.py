@@ -27,6 +27,18 @@ actions, no iptables/nft, and blackhole routes are *not* silent loss (serf-notes
   setup so a blocked host's neighbour cache never expires (it would never hear an ARP
   reply) and one-way stays one-way instead of decaying into full isolation.
 
+**contiv mode** (``mdns="<cluster>"``): the cluster as contiv/ansible provisions it
+(``roles/serf/templates/serf.j2``). Nodes run ``serf agent -node=<label>-<serial> -discover
+<cluster> -iface <if> -tag NodeLabel=... -tag NodeSerial=... -tag NodeAddr=...`` with no key
+and no join: they find each other by mDNS. They start first (the fleet already runs); the
+instances then join them with ``--serf-no-encrypt --serf-discover <cluster> --serf-iface
+<if>`` and no ``--join``. (Ports stay this harness's constants instead of Serf's defaults.)
+mDNS over the bridge needs two things a bare namespace lacks, both found the hard way:
+an IPv4 route for 224.0.0.0/4 (without one serf 0.8.2's mDNS client panics on a nil
+multicast socket and the agent dies) and IPv6 duplicate address detection off on the veth
+(while the link-local address is tentative the query fails with ``cannot assign requested
+address`` and Serf polls again only 60 s later). The bridge floods multicast as created.
+
 HTTP to an agent is spoken *inside its namespace*: :class:`NetnsDialer` keeps one thread
 that called ``setns(CLONE_NEWNET)`` once and opens every socket there; a socket keeps the
 namespace it was created in, so any thread can then use it (serf-notes §5). This costs one
@@ -242,6 +254,10 @@ class Host:
     argv: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     mac: str = ""
+    #: A node's clusterm identity (its NodeLabel and NodeSerial tags): the node is named
+    #: ``<label>-<serial>``. Defaults to ``rack1`` and the node's number.
+    label: str = "rack1"
+    serial: str = ""
 
     @property
     def ns(self) -> str:
@@ -289,6 +305,12 @@ class NetnsCluster:
     lease_ttl_ms: int = 10_000
     root: Path | None = None
     keep: bool = False
+    #: contiv mode: the mDNS cluster name (see the module docstring); empty = joins and keys.
+    mdns: str = ""
+    #: Extra options for every gossipmgr agent (e.g. ``--config FILE``).
+    agent_args: Sequence[str] = ()
+    #: The nodes' (label, serial), node k taking the k-th; default ("rack1", "000k").
+    node_ids: Sequence[tuple[str, str]] = ()
     prefix: str = ""
     instances: dict[str, Host] = field(default_factory=dict)
     nodes: dict[str, Host] = field(default_factory=dict)
@@ -325,6 +347,8 @@ class NetnsCluster:
             self.instances[h.name] = h
         for k in range(1, self.n_nodes + 1):
             h = Host(f"n{k}", NODE_BASE + k, "node", self.prefix, self.root / f"n{k}")
+            h.label, h.serial = self.node_ids[k - 1] if k <= len(self.node_ids) else ("rack1", "")
+            h.serial = h.serial or f"{k:04d}"
             self.nodes[h.name] = h
 
     @property
@@ -357,12 +381,32 @@ class NetnsCluster:
         for h in self.hosts:
             self._make_host(h)
         self._static_neighbours()
+        if self.mdns:
+            # The fleet runs before gossipmgr arrives; Serf's mDNS polls at start (then every
+            # 60 s), so the instances find the nodes at once.
+            for h in self.nodes.values():
+                self.start(h.name)
+            for h in self.nodes.values():
+                wait_for(
+                    lambda h=h: (
+                        nsexec(
+                            h.ns, "serf", "members", f"-rpc-addr=127.0.0.1:{RPC_PORT}", check=False
+                        ).returncode
+                        == 0
+                        or not h.alive
+                    ),
+                    timeout,
+                    f"node {h.name}'s serf RPC",
+                )
+                if not h.alive:
+                    raise HarnessError(f"node {h.name} exited:\n{h.log()}")
         for h in self.instances.values():
             self.start(h.name)
         for h in self.instances.values():
             self.wait_ready(h.name, timeout)
-        for h in self.nodes.values():
-            self.start(h.name)
+        if not self.mdns:
+            for h in self.nodes.values():
+                self.start(h.name)
         self.wait_instances_see_each_other(timeout)
 
     def _make_host(self, h: Host) -> None:
@@ -379,7 +423,9 @@ class NetnsCluster:
             ["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"],
             ["sysctl", "-qw", f"net.ipv4.conf.{h.veth}.route_localnet=1"],
             ["ip", "addr", "add", f"{h.addr}/24", "dev", h.veth],
+            *([["sysctl", "-qw", f"net.ipv6.conf.{h.veth}.accept_dad=0"]] if self.mdns else []),
             ["ip", "link", "set", h.veth, "up"],
+            *([["ip", "route", "add", "224.0.0.0/4", "dev", h.veth]] if self.mdns else []),
         ):
             nsexec(h.ns, *argv)
         out = nsexec(h.ns, "cat", f"/sys/class/net/{h.veth}/address").stdout.strip()
@@ -436,12 +482,38 @@ class NetnsCluster:
                 "--lease-renew-ms",
                 str(self.lease_ttl_ms // 4),
             ]
-            for j in joins:
-                argv += ["--join", j]
-            return argv
+            if self.mdns:
+                argv += [
+                    "--serf-no-encrypt",
+                    "--serf-discover",
+                    self.mdns,
+                    "--serf-iface",
+                    h.veth,
+                ]
+            else:
+                for j in joins:
+                    argv += ["--join", j]
+            return [*argv, *self.agent_args]
+        if self.mdns:  # as contiv/ansible's serf.j2 starts it (our ports, not Serf's)
+            return [
+                shutil.which("serf") or "serf",
+                "agent",
+                f"-node={node_name(h)}",
+                "-discover",
+                self.mdns,
+                "-iface",
+                h.veth,
+                "-tag",
+                f"NodeLabel={h.label}",
+                "-tag",
+                f"NodeSerial={h.serial}",
+                "-tag",
+                f"NodeAddr={h.addr}",
+                f"-bind=0.0.0.0:{SERF_PORT}",
+                f"-rpc-addr=127.0.0.1:{RPC_PORT}",
+            ]
         keyring = h.data_dir / "keyring.json"
         keyring.write_text(json.dumps([self.key_file.read_text().strip()]))
-        serial = f"{h.index - NODE_BASE:04d}"
         return [
             shutil.which("serf") or "serf",
             "agent",
@@ -449,8 +521,8 @@ class NetnsCluster:
             f"-bind={h.addr}:{SERF_PORT}",
             f"-rpc-addr=127.0.0.1:{RPC_PORT}",
             f"-profile={self.profile}",
-            "-tag=NodeLabel=rack1",
-            f"-tag=NodeSerial={serial}",
+            f"-tag=NodeLabel={h.label}",
+            f"-tag=NodeSerial={h.serial}",
             f"-tag=NodeAddr={h.addr}",
             f"-keyring-file={keyring}",
             "-retry-interval=1s",
@@ -641,7 +713,7 @@ class NetnsCluster:
 
 def node_name(h: Host) -> str:
     """The Serf/inventory name of a simulated node host (clusterm: ``<label>-<serial>``)."""
-    return f"rack1-{h.index - NODE_BASE:04d}"
+    return f"{h.label}-{h.serial}"
 
 
 def cleanup_leftovers(prefix: str | None = None) -> list[str]:

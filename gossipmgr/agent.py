@@ -44,7 +44,7 @@ from .clock import Timestamp
 from .config import AgentConfig, load, serf_rpc_secret, split_addr
 from .crdt import LWWMap
 from .errors import ConfigError, GossipmgrError, SerfError, StoreError
-from .gossip.crypto import Keyring, generate_key, load_keyring_file
+from .gossip.crypto import Keyring, generate_key, load_keyring_file, node_id
 from .gossip.service import GossipService
 from .gossip.transport import open_udp_transport
 from .jobs import JobManager
@@ -53,6 +53,7 @@ from .replica import Replica
 from .serf.client import open_serf_client, serf_connector
 from .serf.membership import PUSH_PULL_S, Absences, InstancesChanged, NodeEvent, SerfMembership
 from .serf.process import SerfAgentProcess
+from .serf.refusals import SerfRefusals, watch_refusals
 from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
 
 log = logging.getLogger("gossipmgr.agent")
@@ -81,6 +82,10 @@ ABSENT_GRACE_PUSH_PULLS = 2.0
 #: far above any partition or outage we plan for (Cassandra's gc_grace default is 10 days).
 TOMBSTONE_TTL_MS = 7 * 24 * 3600 * 1000
 GC_EVERY_S = 3600.0
+#: How long the start-up check of an external Serf agent's node name waits for its RPC.
+EXTERNAL_SERF_CHECK_S = 5.0
+#: A peer's gossip authentication failures are a /health warning this long after the last.
+AUTH_FAILURE_WARN_MS = 60_000
 
 
 def load_or_create_keyring(cfg: AgentConfig) -> tuple[Keyring, Path]:
@@ -136,6 +141,24 @@ def load_or_create_token(cfg: AgentConfig) -> str | None:
     return read_token(path)
 
 
+def serf_key(cfg: AgentConfig, keyring: Keyring) -> str | None:
+    """The key the embedded Serf agent encrypts with: none with --serf-no-encrypt, the Serf
+    cluster's own with --serf-encrypt-key-file, else the gossip key (one key for both)."""
+    if cfg.serf_no_encrypt:
+        return None
+    if cfg.serf_encrypt_key_file is not None:
+        return base64.b64encode(load_keyring_file(cfg.serf_encrypt_key_file).primary).decode()
+    return base64.b64encode(keyring.primary).decode()
+
+
+#: What /health and the start-up log say about --serf-no-encrypt (docs/security.md).
+SERF_UNENCRYPTED_WARNING = (
+    "serf is unencrypted (--serf-no-encrypt): anyone who reaches the Serf port can join and "
+    "forge node members (they appear Discovered; nothing runs on them until commissioned). "
+    "Gossip between instances stays sealed. See docs/security.md"
+)
+
+
 def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -165,6 +188,7 @@ class Agent:
         else:
             log.info("%s: API token from %s", cfg.name, token_path(cfg))
         self.keyring, self.key_path = load_or_create_keyring(cfg)
+        self.serf_key = serf_key(cfg, self.keyring)
         self.replica = Replica(
             cfg.name,
             data_dir=cfg.data_dir / "state",
@@ -190,6 +214,10 @@ class Agent:
         #: Seconds a Discovered node must be missing from our Serf list before a reconcile
         #: marks it Disappeared (an external Serf's profile is unknown: assume lan).
         self.absent_grace_s = ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(cfg.serf_profile, 30.0)
+        #: With --serf-rpc: whether the external agent encrypts (from its stats), if known.
+        self.external_serf_encrypted: bool | None = None
+        #: Serf traffic our agent refused for encryption reasons (from its log).
+        self.serf_refusals = SerfRefusals()
         self.started = time.time()
         self.ready = trio.Event()
         self.counters: dict[str, int] = {
@@ -293,6 +321,8 @@ class Agent:
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
+        if cfg.serf_no_encrypt:
+            log.warning("%s: %s", cfg.name, SERF_UNENCRYPTED_WARNING)
         for note in self.replica.open():
             log.info("%s: %s", cfg.name, note)
         try:
@@ -348,6 +378,8 @@ class Agent:
         }
         if cfg.serf_rpc:
             rpc_host, rpc_port = split_addr(cfg.serf_rpc, "serf-rpc")
+            with trio.move_on_after(EXTERNAL_SERF_CHECK_S):
+                await self._check_external_serf(rpc_host, rpc_port)
             nursery.start_soon(self._keep_external_tags, rpc_host, rpc_port, tags)
         else:
             rpc_host, rpc_port = split_addr(cfg.serf_rpc_bind, "serf-rpc-bind")
@@ -357,15 +389,22 @@ class Agent:
                 rpc=cfg.serf_rpc_bind,
                 data_dir=cfg.data_dir / "serf",
                 tags=tags,
-                # One key serves both layers (same format as Serf's -encrypt).
-                encrypt_key=base64.b64encode(self.keyring.primary).decode(),
+                encrypt_key=self.serf_key,
                 retry_join=list(cfg.join),
+                discover=cfg.serf_discover or None,
+                iface=cfg.serf_iface or None,
                 profile=cfg.serf_profile,
                 rpc_auth=self.serf_rpc_auth,
             )
             nursery.start_soon(self._supervise_serf)
         auth = self.serf_rpc_auth
         self.membership = SerfMembership(serf_connector(rpc_host, rpc_port, auth))
+        nursery.start_soon(
+            watch_refusals,
+            serf_connector(rpc_host, rpc_port, auth),
+            self.serf_refusals,
+            self.replica.now_ms,
+        )
         events = self.membership.subscribe()
         await nursery.start(self.membership.run)
         nursery.start_soon(self._membership_loop, events)
@@ -373,6 +412,30 @@ class Agent:
         nursery.start_soon(self._gc_loop)
         await nursery.start(self.jobs.run)
         nursery.start_soon(self._signals, nursery)
+
+    async def _check_external_serf(self, host: str, port: int) -> None:
+        """Refuse an external Serf agent whose node name is not ours (``ConfigError``).
+
+        The lease and gossip find this instance among Serf's members by ``--name``; an agent
+        named otherwise would leave it with no lease and no replication, silently. An agent
+        that does not answer is not an error (Serf down never stops the daemon): the check
+        runs again whenever it becomes reachable.
+        """
+        try:
+            async with open_serf_client(host, port, self.cfg.serf_rpc_auth or None) as c:
+                stats = await c.stats()
+        except SerfError as exc:
+            log.warning("%s: serf agent at %s:%s: %s", self.cfg.name, host, port, exc)
+            return
+        agent_name = str(stats.get("agent", {}).get("name", ""))
+        if agent_name != self.cfg.name:
+            raise ConfigError(
+                f"the Serf agent at {host}:{port} (--serf-rpc) is node {agent_name!r} but "
+                f"this instance is --name {self.cfg.name!r}: start gossipmgr with --name "
+                f"{agent_name} or point --serf-rpc at this instance's own agent"
+            )
+        encrypted = str(stats.get("serf", {}).get("encrypted", "")).lower()
+        self.external_serf_encrypted = encrypted == "true" if encrypted else None
 
     async def _supervise_serf(self) -> None:
         """The embedded agent: restarted forever; a failing first start is retried too."""
@@ -395,6 +458,7 @@ class Agent:
         while True:
             healthy = self.membership is not None and self.membership.healthy
             if healthy and not applied:
+                await self._check_external_serf(host, port)  # it may have been replaced
                 try:
                     async with open_serf_client(host, port, self.serf_rpc_auth) as c:
                         await c.tags(set=tags)
@@ -599,16 +663,95 @@ class Agent:
         log.warning("%s: reloaded %s (token, gossip keys, ansible section)", self.cfg.name, path)
 
     # ------------------------------------------------------------------ views
+    def auth_failures(self) -> list[dict[str, Any]]:
+        """Gossip datagrams that failed authentication, per source, named when we can.
+
+        The source address is matched against the instances' gossip addresses (then their
+        hosts, then cluster nodes' addresses); the sender id the datagrams claimed (not
+        proven: they did not authenticate) is matched against instance names too.
+        """
+        g = self.gossip
+        if g is None or not g.auth_failures:
+            return []
+        m = self.membership
+        instances = [*m.instances, *m.view.failed_instances] if m is not None else []
+        by_addr = {i.gossip_addr: i.name for i in instances}
+        by_host = {i.gossip_addr[0]: i.name for i in instances}
+        by_node_addr = {n.addr: n.member for n in m.nodes.values()} if m is not None else {}
+        by_id = {node_id(i.name): i.name for i in instances}
+        now = self.replica.now_ms()
+        out = []
+        for src, f in g.auth_failures.items():
+            addr = (src[0], src[1])
+            peer = by_addr.get(addr) or by_host.get(src[0]) or by_node_addr.get(src[0])
+            out.append(
+                {
+                    "peer": peer,
+                    "claimed": by_id.get(f.claimed_sender),
+                    "source": f"{src[0]}:{src[1]}",
+                    "count": f.count,
+                    "reasons": f.reasons.snapshot(),
+                    "last_ms_ago": max(0, now - f.last_ms),
+                }
+            )
+        return sorted(out, key=lambda a: (str(a["peer"] or ""), str(a["source"])))
+
+    def warnings(self) -> list[str]:
+        """Misconfigurations an operator must see (on /health and in ``gossipmgr peers``)."""
+        out: list[str] = []
+        if self.token is None:
+            out.append(NO_AUTH_WARNING)
+        if self.cfg.serf_no_encrypt:
+            out.append(SERF_UNENCRYPTED_WARNING)
+        elif self.cfg.serf_rpc and self.external_serf_encrypted is False:
+            out.append(
+                f"the Serf agent at {self.cfg.serf_rpc} (--serf-rpc) is unencrypted: anyone "
+                "who reaches its Serf port can forge node members. See docs/security.md"
+            )
+        for r in self.serf_refusals.snapshot(self.replica.now_ms()):
+            if r["last_ms_ago"] > AUTH_FAILURE_WARN_MS:
+                continue
+            where = (
+                f"to {r['source']} (our join)"
+                if r["direction"] == "join"
+                else (f"from {r['source']}")
+            )
+            out.append(
+                f"serf traffic {where} refused {r['count']} times: {r['reason']}"
+                + (f": {r['hint']}" if r["hint"] else "")
+            )
+        for a in self.auth_failures():
+            if a["last_ms_ago"] > AUTH_FAILURE_WARN_MS:
+                continue
+            who = a["peer"] or a["claimed"] or "an unknown sender"
+            out.append(
+                f"gossip from {who} ({a['source']}) fails authentication: {a['count']} "
+                f"datagrams refused ({', '.join(f'{k} {v}' for k, v in a['reasons'].items())}); "
+                "its gossip key (--encrypt-key-file) differs from ours"
+            )
+        return out
+
     def peers(self) -> list[dict[str, Any]]:
         m = self.membership
         stats = self.replica.ae.stats(self.replica.now_ms())["peers"]
         out: list[dict[str, Any]] = []
         seen = set()
+        failing: dict[str, list[dict[str, Any]]] = {}
+        for a in self.auth_failures():
+            if a["peer"] is not None:
+                failing.setdefault(str(a["peer"]), []).append(a)
         for inst in m.instances if m is not None else ():
             seen.add(inst.name)
             p = stats.get(inst.name, {})
+            fails = failing.get(inst.name, [])
+            reasons: dict[str, int] = {}
+            for a in fails:
+                for k, v in a["reasons"].items():
+                    reasons[k] = reasons.get(k, 0) + v
             out.append(
                 {
+                    "auth_failures": sum(a["count"] for a in fails),
+                    "auth_failure_reasons": reasons,
                     "name": inst.name,
                     "api_url": inst.api_url,
                     "gossip_addr": f"{inst.gossip_addr[0]}:{inst.gossip_addr[1]}",
@@ -666,7 +809,17 @@ class Agent:
                 "identity_conflicts": [c.as_json() for _, c in sorted(m.view.conflicts.items())]
                 if m
                 else [],
+                "encrypted": (
+                    self.serf_key is not None
+                    if not self.cfg.serf_rpc
+                    else self.external_serf_encrypted
+                ),
+                "discover": self.cfg.serf_discover,
+                "iface": self.cfg.serf_iface,
+                "refused": self.serf_refusals.snapshot(self.replica.now_ms()),
             },
+            "gossip": {"auth_failures": self.auth_failures()},
+            "warnings": self.warnings(),
             "lease": {
                 "holder": self.replica.is_holder(),
                 **(self.replica.lease().__dict__ if self.replica.lease() else {}),
@@ -741,6 +894,11 @@ def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) ->
             lines.append(f"{name}{{{labels}}} {v}")
     else:
         lines.append(f"{name} {samples}")
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def socket_drops(counters: dict[str, int]) -> dict[str, int]:
@@ -903,6 +1061,17 @@ def metrics_text(agent: Agent) -> str:
         )
         _metric(
             lines,
+            "gossipmgr_gossip_auth_failures_total",
+            "counter",
+            "Datagrams that failed authentication, by peer (or source address).",
+            {
+                f'peer="{_label(a["peer"] or "")}",source="{_label(a["source"])}"': a["count"]
+                for a in agent.auth_failures()
+            }
+            or {'peer="",source=""': 0},
+        )
+        _metric(
+            lines,
             "gossipmgr_gossip_resyncs_total",
             "counter",
             "Digest resyncs started.",
@@ -975,8 +1144,44 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "type": Path,
             "help": "shared gossip key (32 bytes base64, Serf's "
-            "-encrypt format; also handed to the embedded Serf). Default: "
+            "-encrypt format; also the embedded Serf's key unless --serf-encrypt-key-file or "
+            "--serf-no-encrypt). Default: "
             "<data-dir>/gossip.key, created if missing",
+        },
+    ),
+    (
+        "--serf-encrypt-key-file",
+        {
+            "type": Path,
+            "metavar": "FILE",
+            "help": "the Serf cluster's key, when it differs from the gossip key "
+            "(embedded Serf only)",
+        },
+    ),
+    (
+        "--serf-no-encrypt",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "run the embedded Serf unencrypted, to join nodes whose Serf runs without "
+            "-encrypt (contiv/ansible's); gossip stays sealed. Warned about at start and "
+            "on /health",
+        },
+    ),
+    (
+        "--serf-discover",
+        {
+            "metavar": "NAME",
+            "help": "find the Serf cluster by mDNS under this name (Serf's -discover; "
+            "contiv's serf_cluster_name)",
+        },
+    ),
+    (
+        "--serf-iface",
+        {
+            "metavar": "IF",
+            "help": "interface the embedded Serf binds and runs mDNS on (Serf's -iface); "
+            "--serf-bind then defaults to 0.0.0.0:7946, Serf picking the interface's address",
         },
     ),
     (

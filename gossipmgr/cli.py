@@ -436,13 +436,36 @@ def cmd_peers(c: Client, args: argparse.Namespace) -> int:
                 p.get("gossip_addr", ""),
                 p.get("lag", ""),
                 _ts(p.get("last_heard")),
+                p.get("auth_failures", 0) or "",
             ]
             for p in r.get("peers", [])
         ]
-        t = table(rows, ("NAME", "STATUS", "API", "GOSSIP", "LAG", "LAST-HEARD"))
-        return t + "\n\n" + _render_lease(r.get("lease"))
+        t = table(rows, ("NAME", "STATUS", "API", "GOSSIP", "LAG", "LAST-HEARD", "AUTH-FAIL"))
+        notes = [
+            f"warning: {p.get('name')}: {p['auth_failures']} gossip datagrams failed "
+            f"authentication ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))}): "
+            "its gossip key differs from ours"
+            for p in r.get("peers", [])
+            if p.get("auth_failures")
+            for reasons in [p.get("auth_failure_reasons") or {}]
+        ]
+        named = {str(p.get("name")) for p in r.get("peers", []) if p.get("auth_failures")}
+        notes += [
+            f"warning: {w}"
+            for w in r.get("warnings", [])
+            if not any(str(w).startswith(f"gossip from {n} (") for n in named)
+        ]
+        return t + "".join("\n" + n for n in notes) + "\n\n" + _render_lease(r.get("lease"))
 
-    _out(args, c.call("GET", "/info/peers"), render)
+    res = c.call("GET", "/info/peers")
+    try:
+        # /health's warnings (an unencrypted Serf, refused Serf traffic, ...): shown here too.
+        warnings = c.call("GET", "/health").get("warnings")
+    except (CliError, AttributeError):
+        warnings = None
+    if isinstance(res, dict) and isinstance(warnings, list):
+        res["warnings"] = [str(w) for w in warnings]
+    _out(args, res, render)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -76,11 +77,22 @@ class AgentConfig:
     serf_profile: str = "lan"
     #: Serf addresses to join (retried forever: a failed start-up join is not fatal).
     join: tuple[str, ...] = ()
-    #: Shared 32-byte base64 key (Serf's -encrypt format) for gossip and the embedded Serf.
+    #: Shared 32-byte base64 key (Serf's -encrypt format) for gossip between instances, and
+    #: for the embedded Serf unless serf_encrypt_key_file / serf_no_encrypt say otherwise.
     #: When unset, <data_dir>/gossip.key is used, created on first start.
     encrypt_key_file: Path | None = None
     #: A bearer token every API route but /health requires. Unset: <data_dir>/api.token,
     #: created (0600) on first start, so even loopback needs a token by default.
+    #: The Serf cluster's key when it differs from the gossip key (the nodes' own Serf).
+    serf_encrypt_key_file: Path | None = None
+    #: Run the embedded Serf agent unencrypted, to join a Serf cluster that runs without
+    #: -encrypt (contiv/ansible's nodes do). Gossip between instances stays sealed.
+    serf_no_encrypt: bool = False
+    #: mDNS cluster name for the embedded agent (Serf's -discover; contiv's serf_cluster_name).
+    serf_discover: str = ""
+    #: Network interface the embedded agent binds and runs mDNS on (Serf's -iface).
+    serf_iface: str = ""
+    #: A bearer token every API route but /health requires.
     api_token_file: Path | None = None
     #: Serve the API without any token (loud: warned at start and in /health).
     no_auth: bool = False
@@ -110,6 +122,7 @@ _PATH_FIELDS = {
     "data_dir",
     "encrypt_key_file",
     "serf_rpc_auth_file",
+    "serf_encrypt_key_file",
     "api_token_file",
     "tls_cert",
     "tls_key",
@@ -268,6 +281,10 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
     for k, v in overrides.items():
         if v is not None:
             data[k] = v
+    if data.get("serf_iface") and "serf_bind" not in data:
+        # As contiv's nodes run it: Serf picks the interface's address (a loopback default
+        # would not be on the interface, and Serf refuses that).
+        data["serf_bind"] = f"0.0.0.0:{split_addr(AgentConfig.serf_bind, 'serf-bind')[1]}"
     if path is not None:
         data["config_file"] = path
     cfg = AgentConfig(**data)
@@ -299,6 +316,32 @@ def validate(cfg: AgentConfig) -> None:
             raise ConfigError("gossip-addr must be a concrete address peers can reach")
     except ValueError:
         pass
+    if cfg.serf_no_encrypt and cfg.serf_encrypt_key_file is not None:
+        raise ConfigError("serf-no-encrypt and serf-encrypt-key-file contradict each other")
+    if cfg.serf_rpc:
+        embedded_only = [
+            opt
+            for opt, value in (
+                ("serf-encrypt-key-file", cfg.serf_encrypt_key_file),
+                ("serf-no-encrypt", cfg.serf_no_encrypt),
+                ("serf-discover", cfg.serf_discover),
+                ("serf-iface", cfg.serf_iface),
+            )
+            if value
+        ]
+        if embedded_only:
+            raise ConfigError(
+                f"{', '.join(embedded_only)} configure the embedded Serf agent; with serf-rpc "
+                f"({cfg.serf_rpc}, e.g. from clusterm.conf's serf.Addr) the existing agent's "
+                "own configuration applies: give --serf-rpc '' to run the embedded agent"
+            )
+    if cfg.serf_discover and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", cfg.serf_discover):
+        raise ConfigError(
+            "serf-discover must be 1-63 letters, digits, '-' or '_' (an mDNS label), "
+            f"not {cfg.serf_discover!r}"
+        )
+    if cfg.serf_iface and not re.fullmatch(r"[^\s/:]{1,15}", cfg.serf_iface):
+        raise ConfigError(f"serf-iface must be a network interface name, not {cfg.serf_iface!r}")
     if cfg.serf_profile not in ("lan", "local", "wan"):
         raise ConfigError(f"serf-profile must be lan, local or wan, not {cfg.serf_profile!r}")
     if cfg.serf_rpc_auth and cfg.serf_rpc_auth_file is not None:

@@ -19,6 +19,7 @@ transport and the replica. ``run`` returns when cancelled.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -26,7 +27,7 @@ import trio
 from ..crdt import LWWMap
 from ..errors import BadPacket
 from ..replica import Replica
-from .crypto import Counters, Keyring, Sealer, node_id
+from .crypto import HEADER_LEN, SENDER_ID_LEN, Counters, Keyring, Sealer, node_id
 from .protocol import TYPE_NAMES
 from .transport import Addr, Transport
 
@@ -34,6 +35,23 @@ log = logging.getLogger("gossipmgr.gossip")
 
 #: Remote deltas waiting for the disk. Beyond it the receive loop waits (backpressure).
 PERSIST_QUEUE = 1_024
+#: Refusals that mean "this sender does not hold our key": a key we do not know, or a tag
+#: that does not verify. Counted per source address so /health can name the peer.
+AUTH_REASONS = frozenset({"unknown_key", "auth"})
+#: Source addresses whose authentication failures are kept (the least recently failing is
+#: forgotten first), so junk from many addresses cannot grow memory.
+MAX_FAILING_SOURCES = 256
+
+
+@dataclass
+class AuthFailures:
+    """Datagrams from one source address that failed authentication."""
+
+    count: int = 0
+    last_ms: int = 0
+    reasons: Counters = field(default_factory=Counters)
+    #: The sender id the last one claimed (unauthenticated: a hint, not a proof).
+    claimed_sender: bytes = b""
 
 
 def _msg_type(plaintext: bytes) -> str:
@@ -50,6 +68,8 @@ class GossipService:
         self.sealer = Sealer(keyring, node_id(replica.name), boot_ms)
         self.addrs: dict[str, Addr] = {}
         self.counters = Counters()
+        #: source address -> its authentication failures (insertion order = LRU order)
+        self.auth_failures: dict[Addr, AuthFailures] = {}
         self._persist_send, self._persist_recv = trio.open_memory_channel[LWWMap](PERSIST_QUEUE)
 
     @property
@@ -78,13 +98,15 @@ class GossipService:
 
     async def _receive_loop(self) -> None:
         while True:
-            data, _src = await self.transport.recv()
+            data, src = await self.transport.recv()
             self.counters.incr("datagrams_received")
             self.counters.incr("bytes_received", len(data))
             try:
                 opened = self.sealer.open_untrusted(data, self.replica.now_ms())
             except BadPacket as exc:
                 self.counters.incr(f"drop_{exc.reason}")
+                if exc.reason in AUTH_REASONS:
+                    self._note_auth_failure(src, exc.reason, data)
                 continue
             kind = _msg_type(opened.plaintext)
             self.counters.incr(f"recv_{kind}")
@@ -92,6 +114,27 @@ class GossipService:
             novel = self.replica.receive(opened.plaintext)
             if novel is not None:
                 await self._persist_send.send(novel)
+
+    def _note_auth_failure(self, src: Addr, reason: str, data: bytes) -> None:
+        f = self.auth_failures.pop(src, None)
+        if f is None:
+            f = AuthFailures()
+            if len(self.auth_failures) >= MAX_FAILING_SOURCES:
+                del self.auth_failures[next(iter(self.auth_failures))]
+        self.auth_failures[src] = f  # most recent last
+        f.count += 1
+        f.last_ms = self.replica.now_ms()
+        f.reasons.incr(reason)
+        if len(data) >= HEADER_LEN:
+            f.claimed_sender = bytes(data[5 : 5 + SENDER_ID_LEN])
+        if f.count == 1:
+            log.warning(
+                "%s: gossip datagram from %s:%s failed authentication (%s): a peer whose "
+                "gossip key differs from ours?",
+                self.replica.name,
+                *src[:2],
+                reason,
+            )
 
     async def _send_loop(self) -> None:
         async for peer, payload in self.replica.outbox:

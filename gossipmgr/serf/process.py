@@ -9,6 +9,12 @@
   absent; when present it wins, because the agent rewrites it on key rotation and a rotated
   key must survive restarts (``-encrypt`` would not: serf-notes §3). A configured key missing
   from it is appended as a secondary key so it can still decrypt.
+- without ``encrypt_key`` the agent runs unencrypted (to join a Serf cluster that does, as
+  contiv/ansible's nodes do); ``keyring.json`` is then left alone and not passed.
+- ``discover``/``iface``: Serf's ``-discover`` (mDNS cluster name) and ``-iface``. Serf then
+  advertises itself by mDNS on the interface and joins what answers, once at start and every
+  60 s; it needs an IPv4 multicast route (without one serf 0.8.2 crashes in its mDNS client)
+  and a usable IPv6 link-local address (else the query fails until the next poll).
 - ``snapshot`` (``-snapshot`` with ``-rejoin``): known peers, so a restart rejoins them even
   after a graceful leave.
 - ``config.json`` (``-config-file``): ``rpc_auth`` and reap timings, which have no flags.
@@ -104,6 +110,8 @@ class SerfAgentProcess:
         tags: Mapping[str, str] | None = None,
         encrypt_key: str | None = None,
         retry_join: Sequence[str] = (),
+        discover: str | None = None,
+        iface: str | None = None,
         profile: str = "lan",
         rpc_auth: str | None = None,
         serf_binary: str = "serf",
@@ -150,6 +158,8 @@ class SerfAgentProcess:
                 raise ConfigError(f"serf {label} must be a positive number, not {value!r}")
         self.encrypt_key = encrypt_key
         self.retry_join = list(retry_join)
+        self.discover = discover or None
+        self.iface = iface or None
         self.profile = profile
         self.rpc_auth = rpc_auth
         self.serf_binary = serf_binary
@@ -236,6 +246,10 @@ class SerfAgentProcess:
                 config_path = self.data_dir / "config.json"
                 _write_json(config_path, config, mode=0o600)
                 argv.append(f"-config-file={config_path}")
+            if self.discover is not None:
+                argv.append(f"-discover={self.discover}")
+            if self.iface is not None:
+                argv.append(f"-iface={self.iface}")
             if self.retry_join:
                 argv += [f"-retry-join={peer}" for peer in self.retry_join]
                 argv.append(f"-retry-interval={self.retry_interval_s:g}s")
