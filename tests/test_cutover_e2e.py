@@ -67,8 +67,11 @@ UPDATED = "cluster-node2-02"
 
 def run_in(c: NetnsCluster, inst: str, *argv: str) -> subprocess.CompletedProcess[str]:
     """A console command (``gossipmgr``, ``clusterctl``) as a real process in the
-    instance's namespace: the installed script when there is one, else ``python -m``."""
+    instance's namespace: the installed script when there is one, else ``python -m``; it
+    finds the cluster's token through ``$GOSSIPMGR_TOKEN_FILE``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
+    # The cluster's API token, as an operator exports it (the default path is not ours).
+    env["GOSSIPMGR_TOKEN_FILE"] = str(c.token_file)
     script = Path(sys.executable).parent / argv[0]
     module = {"gossipmgr": "gossipmgr.cli", "clusterctl": "gossipmgr.clusterctl"}[argv[0]]
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", module]
@@ -94,6 +97,9 @@ def agent_config(root: Path) -> Path:
         'ansible_connection = "local"\n'
         'ansible_python_interpreter = "{{ ansible_playbook_python }}"\n'
         f'gossipmgr_demo_root = "{root / "hosts"}/{{{{ inventory_hostname }}}}"\n'
+        # Each simulated node's fence record under the test's directory, not the host's
+        # /var/lib/gossipmgr/fence (shared by every run on this machine).
+        f'gossipmgr_fence_dir = "{root / "hosts"}/{{{{ inventory_hostname }}}}/fence"\n'
     )
     return path
 

@@ -139,6 +139,9 @@ def _route_regexes() -> list[tuple[str, re.Pattern[str]]]:
     out = []
     for path, method in api.spec_paths():
         rx = re.escape(path)
+        # A node name may hold '/' (every node route takes the rest of the path as the
+        # name, docs/api.md); other placeholders are one path segment.
+        rx = re.sub(r"\\\{name\\\}", r"[^\\s`]+", rx)
         rx = re.sub(r"\\\{[a-z_]+\\\}", r"[^/\\s`]+", rx)
         out.append((method.upper(), re.compile(rx + r"\Z")))
     return out

@@ -229,7 +229,14 @@ def test_external_serf_agent_named_right_is_used_and_unencrypted_is_warned(
         h = wait_for(healthy, 30, "gm-b to serve with its external Serf")
         assert h["serf"]["embedded"] is False and h["serf"]["encrypted"] is False
         assert any("is unencrypted" in w for w in h["warnings"]), h["warnings"]
-        wait_for(lambda: httpx.get(f"{url}/info/lease").json()["is_holder"], 30, "the lease")
+        # The agent made its own token at first start (a default install): read it there.
+        token = (tmp_path / "gm-b" / "api.token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        wait_for(
+            lambda: httpx.get(f"{url}/info/lease", headers=auth).json()["is_holder"],
+            30,
+            "the lease",
+        )
     finally:
         proc.terminate()
         try:
@@ -279,17 +286,32 @@ def test_serf_no_encrypt_joins_a_contiv_node_and_mismatched_gossip_keys_are_name
             assert any(
                 f"gossip from {other} " in w and "fails authentication" in w for w in h["warnings"]
             ), h["warnings"]
-            metrics = httpx.get(f"{c.instances[me].url}/metrics", timeout=5).text
+            metrics = httpx.get(f"{c.instances[me].url}/metrics", headers=c.headers, timeout=5).text
             assert f'gossipmgr_gossip_auth_failures_total{{peer="{other}",' in metrics
             # The CLI in-process (over real HTTP): a subprocess per call costs seconds here.
             capsys.readouterr()
-            assert cli.main(["peers", "--url", c.instances[me].url]) == 0
+            assert (
+                cli.main(["peers", "--url", c.instances[me].url, "--token-file", str(c.token_file)])
+                == 0
+            )
             out = capsys.readouterr().out
             assert "AUTH-FAIL" in out
             assert f"warning: {other}: " in out and "failed authentication" in out, out
             assert f"warning: {SERF_UNENCRYPTED_WARNING}" in out, out
             assert f"warning: gossip from {other} (" not in out  # said once, per peer
-            assert cli.main(["peers", "--json", "--url", c.instances[me].url]) == 0
+            assert (
+                cli.main(
+                    [
+                        "peers",
+                        "--json",
+                        "--url",
+                        c.instances[me].url,
+                        "--token-file",
+                        str(c.token_file),
+                    ]
+                )
+                == 0
+            )
             rows = json.loads(capsys.readouterr().out)["peers"]
             assert [r["name"] for r in rows if r.get("auth_failures")] == [other]
         # The unencrypted node reached the inventory (of the lease holder: with no gossip
@@ -351,7 +373,10 @@ def test_serf_refusals_are_named_on_health(
         assert all(r["count"] > 0 and r["direction"] == "received" for r in refused)
         assert c.get("gm-a", "/info/nodes") == {}
         capsys.readouterr()
-        assert cli.main(["peers", "--url", c.instances["gm-a"].url]) == 0
+        assert (
+            cli.main(["peers", "--url", c.instances["gm-a"].url, "--token-file", str(c.token_file)])
+            == 0
+        )
         out = capsys.readouterr().out
         assert f"warning: serf traffic from {HOST} refused" in out, out
         # The joining side names its target and the reason too.
