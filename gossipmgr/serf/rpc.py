@@ -1,7 +1,7 @@
 """Serf RPC framing, sans-I/O: requests to bytes, bytes to frames.
 
-The protocol (hashicorp/serf ``cmd/serf/command/agent/ipc.go``, and our measurements in
-``/work/shared/docs/serf-notes.md``) has no length prefix: msgpack objects go back to back.
+The protocol (hashicorp/serf ``cmd/serf/command/agent/ipc.go``; docs/serf.md) has no
+length prefix: msgpack objects go back to back.
 A request is a header ``{"Command", "Seq"}`` plus, for some commands, a body map; a reply is a
 header ``{"Seq", "Error"}`` plus, for some commands, a body map. Neither side announces whether
 a body follows: both work it out from the command name, so the tables below must match the
