@@ -41,7 +41,7 @@ from . import inventory as inv
 from .ansible import AnsibleSettings, split_config_vars
 from .api import check_listen_policy, create_app, serve
 from .clock import Timestamp
-from .config import AgentConfig, load, serf_rpc_secret, split_addr
+from .config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
 from .crdt import LWWMap
 from .errors import ConfigError, GossipmgrError, SerfError, StoreError
 from .gossip.crypto import Keyring, generate_key, load_keyring_file, node_id
@@ -162,13 +162,7 @@ SERF_UNENCRYPTED_WARNING = (
 def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
-    try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read api token file {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"api token file {path} is empty")
-    return token
+    return read_secret_file(path, "api token file")
 
 
 class Agent:

@@ -59,6 +59,7 @@ from werkzeug.exceptions import HTTPException
 
 from .clock import Timestamp
 from .codec import MAX_KEY_PART, check_value
+from .config import ANSIBLE_CONFIG_KEYS
 from .crdt import LWWMap
 from .errors import (
     BadPacket,
@@ -94,17 +95,7 @@ FORWARD_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
 #: A proxied log stream may be silent for as long as a playbook task runs.
 STREAM_TIMEOUT = httpx.Timeout(None, connect=3.0)
 #: The sections of the ansible config a POST /config may carry (contract §5).
-ANSIBLE_CONFIG_FIELDS = frozenset(
-    {
-        "configure_playbook",
-        "cleanup_playbook",
-        "upgrade_playbook",
-        "playbook_location",
-        "extra_variables",
-        "user",
-        "priv_key_file",
-    }
-)
+ANSIBLE_CONFIG_FIELDS = frozenset(ANSIBLE_CONFIG_KEYS)
 JSON_MIMETYPE = "application/json"
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LOG_CONTENT_TYPE = "text/plain; charset=utf-8"

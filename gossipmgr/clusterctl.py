@@ -28,6 +28,7 @@ import httpx
 
 from . import __version__
 from .cli import Client, CliError, _token
+from .config import ANSIBLE_CONFIG_KEYS
 
 DEFAULT_URL = "0.0.0.0:9007"
 _START = time.monotonic()
@@ -349,17 +350,6 @@ def _lookup(obj: Mapping[str, Any], name: str) -> Any:
     return None
 
 
-_ANSIBLE_FIELDS = (
-    "configure_playbook",
-    "cleanup_playbook",
-    "upgrade_playbook",
-    "playbook_location",
-    "extra_variables",
-    "user",
-    "priv_key_file",
-)
-
-
 def go_config(obj: Any) -> dict[str, Any]:
     """``(&manager.Config{}).MergeFromReader(file)``: the file decoded into clusterm's
     Config struct (unknown keys dropped, missing ones zero), in the struct's field order.
@@ -387,7 +377,7 @@ def go_config(obj: Any) -> dict[str, Any]:
             "Timeout": _lookup(serf, "Timeout") or 0,
         },
         "inventory": inventory,
-        "ansible": {k: str(_lookup(ans, k) or "") for k in _ANSIBLE_FIELDS},
+        "ansible": {k: str(_lookup(ans, k) or "") for k in ANSIBLE_CONFIG_KEYS},
         "manager": {"addr": str(_lookup(mgr, "addr") or "")},
     }
 

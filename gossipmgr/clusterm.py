@@ -38,6 +38,7 @@ from typing import Any
 from . import inventory as inv
 from .boltread import BoltError, BoltFile
 from .cli import Client, CliError
+from .config import ANSIBLE_CONFIG_KEYS
 
 ASSETS_BUCKET = "assets"
 #: clusterm statuses gossipmgr imports as Unallocated (never set by clusterm's workflows).
@@ -49,16 +50,6 @@ IMPORTED_STATUSES = (
     inv.CANCELLED,
     inv.DECOMMISSIONED,
     inv.MAINTENANCE,
-)
-#: The ansible keys of clusterm.conf gossipmgr's /config takes.
-CONF_ANSIBLE_KEYS = (
-    "configure_playbook",
-    "cleanup_playbook",
-    "upgrade_playbook",
-    "playbook_location",
-    "extra_variables",
-    "user",
-    "priv_key_file",
 )
 
 
@@ -127,7 +118,7 @@ def conf_ansible(conf: Mapping[str, Any], path: str = "clusterm.conf") -> dict[s
     if not isinstance(section, dict):
         raise CliError(f'{path}: "ansible" must be an object', 2)
     out: dict[str, str] = {}
-    for k in CONF_ANSIBLE_KEYS:
+    for k in ANSIBLE_CONFIG_KEYS:
         v = section.get(k)
         if v in (None, ""):
             continue

@@ -21,6 +21,19 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: The keys of the ansible configuration clusterm's ``POST /config`` carries (its
+#: ``manager/config.go``), in its order: what /config takes, what clusterctl prints and
+#: what ``import clusterm`` copies from clusterm.conf.
+ANSIBLE_CONFIG_KEYS = (
+    "configure_playbook",
+    "cleanup_playbook",
+    "upgrade_playbook",
+    "playbook_location",
+    "extra_variables",
+    "user",
+    "priv_key_file",
+)
+
 PACKAGED_PLAYBOOKS = Path(__file__).parent / "playbooks"
 
 
@@ -362,10 +375,16 @@ def serf_rpc_secret(cfg: AgentConfig) -> str | None:
     path = cfg.serf_rpc_auth_file
     if path is None:
         return cfg.serf_rpc_auth or None
+    return read_secret_file(path, "serf-rpc-auth-file")
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A secret kept in a file (a token, a key): its stripped content. Raises ConfigError
+    naming ``what`` and the file when it cannot be read or is empty."""
     try:
         secret = path.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read serf-rpc-auth-file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     if not secret:
-        raise ConfigError(f"serf-rpc-auth-file {path} is empty")
+        raise ConfigError(f"{what} {path} is empty")
     return secret
