@@ -79,6 +79,13 @@ def test_damaged_log_refuses_start_unless_loss_accepted(cluster: LocalCluster) -
     c.wait_ready("victim", 60)
     for i in range(30):
         assert c.put("victim", f"/globals/d{i}", {"value": i}).status_code == 200
+    # The loss accepted below is made good by the peer, so the peer must hold the writes
+    # first: gossip is asynchronous, and a kill right after the last 200 can beat it there.
+    wait_for(
+        lambda: all(globals_of(c, "peer").get(f"d{i}") == i for i in range(30)),
+        60,
+        "the peer to hold every acknowledged write",
+    )
     c.kill9("victim")  # every write above was acknowledged, so it is on disk
     state = inst.data_dir / "state"
     seg = sorted(p for p in state.iterdir() if p.name.startswith("log."))[-1]
