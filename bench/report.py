@@ -101,8 +101,8 @@ def goal_rows(res: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any, str]]
     return rows
 
 
-def table(d: dict[str, Any], skip: tuple[str, ...] = ()) -> str:
-    lines = ["| metric | median |", "|---|---:|"]
+def table(d: dict[str, Any], skip: tuple[str, ...] = (), head: str = "median") -> str:
+    lines = [f"| metric | {head} |", "|---|---:|"]
     for k, v in d.items():
         if any(s in k for s in skip):
             continue
@@ -239,6 +239,17 @@ holding `n` records. `idle_3x10000`: bytes sent per instance while nothing chang
     ("sim", "Beyond one machine: the pure protocol, 50 and 200 instances", None),
     ("durability", "Durability", None),
     ("perf", "Real processes, RSS, and etcd side by side", None),
+    (
+        "crash",
+        "Crashes under write load (bench/crash.py)",
+        """\
+Real agents on loopback; 8 threads PUT unique keys over HTTP to one instance (the victim)
+while it compacts every 4 KiB of log; each repetition ends it one way (`kill9` after a
+seeded number of acknowledged writes, a clean `sigint`, or a SIGKILL at a named point inside
+a commit or a compaction), restarts it, and reads every write that was answered 200 on the
+victim and on every peer. `lost` must be 0. Totals over all repetitions, then the medians of
+one repetition.""",
+    ),
     ("store", "Store (bench_store.py)", None),
     ("api", "API (bench_api.py)", None),
 ]
@@ -305,6 +316,8 @@ def main() -> None:
             out += [body, ""]
         if r.get("params"):
             out += ["Parameters: `" + json.dumps(r["params"], default=str) + "`", ""]
+        if isinstance(r.get("total"), dict):
+            out += [table(r["total"], head="total"), ""]
         if isinstance(r.get("median"), dict):
             out += [table(r["median"]), ""]
         else:
