@@ -223,12 +223,19 @@ class _UnsupportedMediaType(RequestError):
 
 
 def _empty(v: Any) -> bool:
-    """A Go zero value decoded from JSON: null, "", 0, false, or a map/list of such."""
-    if isinstance(v, dict):
-        return all(_empty(x) for x in v.values())
-    if isinstance(v, list):
-        return all(_empty(x) for x in v)
-    return v in (None, "", 0, False)
+    """A Go zero value decoded from JSON: null, "", 0, false, or a map/list of such.
+
+    Iterative: a hostile section nested hundreds deep must not exhaust the stack (a 500)."""
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+        elif x not in (None, "", 0, False):
+            return False
+    return True
 
 
 def _json_type(v: Any) -> str:
@@ -291,6 +298,9 @@ def _field_extra_vars(body: Mapping[str, Any], name: str = "extra_vars") -> dict
     for var, v in ev.items():
         if len(var) > MAX_KEY_PART:
             _check_key(f'"{name}" variable', var)
+        # The name becomes part of a record's key: it must encode too (a lone surrogate
+        # does not, and would fail in the commit as a 500).
+        check_value_untrusted(var, f'"{name}" variable name {var[:40]!r}')
         check_value_untrusted(v, f'"{name}" variable "{var[:40]}"')
     return ev
 

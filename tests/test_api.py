@@ -309,6 +309,39 @@ async def test_malformed_requests_are_refused_without_a_state_change(api: Any) -
     assert ctx.replica.state.map == before
 
 
+async def test_hostile_config_sections_and_unencodable_var_names_are_4xx_not_500(
+    api: Any,
+) -> None:
+    """A section nested hundreds deep (the "empty section" check recursed: 500), and an
+    extra-var name with a lone surrogate (valid JSON, but no record key can encode it: the
+    commit raised UnicodeEncodeError, a 500) on every route that takes extra_vars."""
+    ctx, call = api
+    before = ctx.replica.state.map.copy()
+
+    def nest(depth: int, leaf: Any) -> Any:
+        v = leaf
+        for _ in range(depth):
+            v = {"a": v}
+        return v
+
+    for section, leaf, want in (("serf", 0, 200), ("inventory", 1, 400), ("manager", 1, 400)):
+        st, r = await call("POST", "/config", {"config": {section: nest(900, leaf)}})
+        assert st == want, (section, st, r)
+    lone = b'{"extra_vars": {"\\ud800": 1}}'  # the JSON escape, not a character
+    for method, path in (
+        ("POST", "/globals"),
+        ("POST", "/node/node-1/extra_vars"),
+        ("POST", "/commission/nodes"),
+    ):
+        raw = lone if path != "/commission/nodes" else lone[:-1] + b', "nodes": ["node-1"]}'
+        st, r = await call(method, path, raw=raw, headers=JSON)
+        assert st == 422 and "cannot be encoded" in r["error"], (path, st, r)
+    cfg_raw = b'{"config": {"ansible": {"extra_variables": {"\\ud800": 1}}}}'
+    st, r = await call("POST", "/config", raw=cfg_raw, headers=JSON)
+    assert st == 422 and "cannot be encoded" in r["error"], (st, r)
+    assert ctx.replica.state.map == before
+
+
 async def test_lease_reset_needs_the_token_refuses_an_acting_holder_unless_forced(
     tmp_path: Path,
 ) -> None:
