@@ -416,7 +416,7 @@ class Agent:
         runs again whenever it becomes reachable.
         """
         try:
-            async with open_serf_client(host, port, self.cfg.serf_rpc_auth or None) as c:
+            async with open_serf_client(host, port, self.serf_rpc_auth) as c:
                 stats = await c.stats()
         except SerfError as exc:
             log.warning("%s: serf agent at %s:%s: %s", self.cfg.name, host, port, exc)

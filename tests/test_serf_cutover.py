@@ -211,6 +211,31 @@ def test_external_serf_agent_named_otherwise_is_refused_with_both_names(
 
 
 @pytest.mark.serf
+def test_external_serf_agent_named_otherwise_is_refused_with_an_rpc_auth_file(
+    tmp_path: Path, pool: AgentPool
+) -> None:
+    """The name check must use the RPC secret from --serf-rpc-auth-file (the recommended
+    form): it used --serf-rpc-auth only, got "Authentication required", logged a warning
+    and let the misnamed instance run on silently."""
+    secret = "rpc-" + os.urandom(8).hex()
+    serf = pool.start("some-node", profile="local", config={"rpc_auth": secret})
+    secret_file = tmp_path / "rpc.auth"
+    secret_file.write_text(secret + "\n")
+    secret_file.chmod(0o600)
+    argv, _ = _agent_argv(
+        "gm-a",
+        tmp_path / "gm-a",
+        "--serf-rpc",
+        f"{HOST}:{serf.rpc_port}",
+        "--serf-rpc-auth-file",
+        str(secret_file),
+    )
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=_env())
+    assert r.returncode != 0, r.stderr[-2000:]
+    assert "'some-node'" in r.stderr and "'gm-a'" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.serf
 @pytest.mark.slow
 def test_external_serf_agent_named_right_is_used_and_unencrypted_is_warned(
     tmp_path: Path, pool: AgentPool
