@@ -30,7 +30,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ import trio
 
 from . import __version__
 from . import inventory as inv
-from .ansible import AnsibleSettings, split_config_vars
+from .ansible import AnsibleSettings, client_overrides, split_config_vars
 from .api import check_listen_policy, create_app, serve
 from .clock import Timestamp
 from .config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
@@ -232,17 +232,7 @@ class Agent:
         """
         a = self.cfg.ansible
         runtime = self.replica.state.ansible_config() or {}
-        extra = dict(a.extra_variables)
-        rt_extra = runtime.get("extra_variables")
-        if isinstance(rt_extra, str) and rt_extra.strip():
-            try:
-                parsed = json.loads(rt_extra)
-                if isinstance(parsed, dict):
-                    extra = parsed
-            except ValueError:
-                log.warning("ignoring runtime ansible extra_variables: not a JSON object")
-        elif isinstance(rt_extra, dict):
-            extra = rt_extra
+        extra = runtime_extra_vars(runtime)
 
         def pick(key: str, default: str) -> str:
             v = runtime.get(key)
@@ -863,14 +853,27 @@ class AgentApiContext:
     def config(self) -> dict[str, Any]:
         cfg = self.agent.cfg
         runtime = self.replica.state.ansible_config() or {}
+        file_vars = dict(cfg.ansible.extra_variables)
+        extra = {**file_vars, **client_overrides(file_vars, runtime_extra_vars(runtime))}
         return {
             "serf": {"Addr": cfg.serf_rpc or cfg.serf_rpc_bind, "AuthKey": "", "Timeout": 0},
-            "ansible": {**self.agent.file_ansible_section(), **runtime},
+            "ansible": {
+                **self.agent.file_ansible_section(),
+                **runtime,
+                "extra_variables": json.dumps(extra) if extra else "",
+            },
             "manager": {"addr": cfg.api_addr},
         }
 
     async def set_ansible_config(self, cfg: dict[str, Any]) -> None:
+        """Store the section replicated. Its ``extra_variables`` holds only what clients
+        set over the config file's (the file's own stay the operator's: a later edit of
+        the file applies, and a client cannot drop them)."""
         merged = {**self.config()["ansible"], **cfg}
+        overrides = client_overrides(
+            self.agent.cfg.ansible.extra_variables, runtime_extra_vars(merged)
+        )
+        merged["extra_variables"] = json.dumps(overrides) if overrides else ""
         await self.replica.commit(lambda s, ts: s.d_set(ANSIBLE_CONFIG_KEY, merged, ts))
 
     def holder_api_url(self) -> str | None:
@@ -878,6 +881,22 @@ class AgentApiContext:
 
     def instance_api_url(self, name: str) -> str | None:
         return self.agent.instance_api_url(name)
+
+
+def runtime_extra_vars(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``extra_variables`` of a replicated ansible section: a string holding a JSON
+    object (clusterm's form) or an object; anything else counts as none."""
+    value = section.get("extra_variables")
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return parsed
+        log.warning("ignoring runtime ansible extra_variables: not a JSON object")
+        return {}
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) -> None:

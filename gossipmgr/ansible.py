@@ -247,14 +247,23 @@ def split_config_vars(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split the config layer into (operator's, client's) extra-vars.
 
-    POST /config stores the whole ansible section, the file's values included, so a name
-    whose value is still the file's is the operator's (templated, not policed); any other
-    came from an API client (marked unsafe and checked, docs/security.md).
+    The operator's are the config file's, all of them, as the file says now. POST /config
+    stores only what clients set over them (:func:`client_overrides`); a stored name whose
+    value equals the file's (a copy, as records of earlier versions hold) is the
+    operator's. The client's are marked unsafe and checked (docs/security.md) and win over
+    the file's for the names they set; a client cannot remove an operator's name.
     """
-    missing = object()
-    operator = {k: v for k, v in config_vars.items() if file_vars.get(k, missing) == v}
-    client = {k: v for k, v in config_vars.items() if k not in operator}
+    client = client_overrides(file_vars, config_vars)
+    operator = {k: v for k, v in file_vars.items() if k not in client}
     return operator, client
+
+
+def client_overrides(
+    file_vars: Mapping[str, Any], config_vars: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The entries of ``config_vars`` that are not the config file's value for that name."""
+    missing = object()
+    return {k: v for k, v in config_vars.items() if file_vars.get(k, missing) != v}
 
 
 def check_client_inputs(

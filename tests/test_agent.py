@@ -9,6 +9,7 @@ Disappeared. Every process is stopped by the cluster fixture, even on failure.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -193,3 +194,53 @@ def test_node_unknown_to_our_serf_is_given_a_grace_before_disappearing(
         "the unknown node to be marked Disappeared after the grace",
     )
     assert time.monotonic() - t0 >= 30 - 1
+
+
+def test_config_file_extra_vars_stay_the_operators_after_post_config(
+    cluster: LocalCluster,
+) -> None:
+    """POST /config used to store a copy of the file's extra-vars in the replicated
+    section: a client posting "{}" dropped the operator's (the fence directory among
+    them), and once the operator edited an ``ansible_*`` name in the file and reloaded,
+    the stale copy counted as a client's and every job was refused."""
+    cluster.config_file.write_text(
+        cluster.config_file.read_text()
+        + "[ansible]\ndiscover_join_timeout_s = 0\n"
+        + '[ansible.extra_variables]\nansible_ssh_pipelining = true\nsite = "v1"\n'
+    )
+    start(cluster, "g1")
+    wait_for(lambda: cluster.holder(["g1"]) == "g1", 30, "g1 to hold the lease")
+
+    def extra() -> dict[str, object]:
+        return dict(json.loads(cluster.get("g1", "/config")["ansible"]["extra_variables"]))
+
+    assert extra() == {"ansible_ssh_pipelining": True, "site": "v1"}
+    r = cluster.post("g1", "/config", {"config": {"ansible": {"extra_variables": "{}"}}})
+    assert r.status_code == 200, r.text
+    assert extra() == {"ansible_ssh_pipelining": True, "site": "v1"}  # not dropped
+    r = cluster.post(
+        "g1", "/config", {"config": {"ansible": {"extra_variables": '{"site": "v2"}'}}}
+    )
+    assert r.status_code == 200, r.text
+    assert extra() == {"ansible_ssh_pipelining": True, "site": "v2"}  # a client override
+
+    # The operator edits the file and reloads: the new value is the operator's.
+    cluster.config_file.write_text(
+        cluster.config_file.read_text().replace(
+            "ansible_ssh_pipelining = true", "ansible_ssh_pipelining = false"
+        )
+    )
+    proc = cluster.instances["g1"].proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGHUP)
+    wait_for(lambda: extra().get("ansible_ssh_pipelining") is False, 20, "the reload")
+    r = cluster.post("g1", "/discover/nodes", {"addrs": ["127.0.0.77"]})
+    assert r.status_code == 200, r.text
+    jid = r.json()["id"]
+
+    def finished() -> dict[str, object] | None:
+        rec = dict(cluster.get("g1", f"/info/job/{jid}"))
+        return rec if rec.get("status") in ("Complete", "Errored", "Cancelled") else None
+
+    rec = wait_for(finished, 120, "the discover job to end")
+    assert rec["status"] == "Complete", rec

@@ -168,9 +168,13 @@ def test_mark_unsafe_and_config_split() -> None:
         "e": 1.5,
     }
     operator, client = split_config_vars(
-        {"keep": "{{ a }}", "changed": 1}, {"keep": "{{ a }}", "changed": 2, "new": "x"}
+        {"keep": "{{ a }}", "changed": 1, "file_only": "f"},
+        {"keep": "{{ a }}", "changed": 2, "new": "x"},
     )
-    assert operator == {"keep": "{{ a }}"} and client == {"changed": 2, "new": "x"}
+    # The file's names stay the operator's unless a client set another value (a client
+    # cannot drop them); a stored copy of a file value is the operator's.
+    assert operator == {"keep": "{{ a }}", "file_only": "f"}
+    assert client == {"changed": 2, "new": "x"}
 
 
 # --------------------------------------------------------------------------- templating
