@@ -544,3 +544,26 @@ async def test_a_log_line_with_a_lone_surrogate_is_logged_and_replicable(tmp_pat
     assert run.path.read_text(encoding="utf-8") == "bytes ? from a node\n"
     ts = Timestamp(1, 0, "a")
     check_writable(LWWMap({("j", "j1"): Entry(ts, {"log_tail": list(run.tail)})}))
+
+
+def test_discover_address_dedup_is_linear() -> None:
+    """A discover body of 1 MiB holds ~150,000 short addresses. check_discover removed
+    duplicates with a list scan (``a not in out``): ~10^10 comparisons on the trio thread,
+    minutes with the event loop blocked (lease renewals and gossip stop), before the job
+    record's item limit refused the request. Counted, not timed."""
+    from gossipmgr.inventory import check_discover
+
+    calls = [0]
+
+    class Addr(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            calls[0] += 1
+            return str.__eq__(self, other)
+
+    n = 5_000
+    addrs = [Addr(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(n)]
+    out = check_discover(ClusterState(), [*addrs, addrs[0], addrs[1]])
+    assert out == addrs
+    assert calls[0] < 10 * n, f"{calls[0]} comparisons for {n} addresses"
