@@ -253,7 +253,10 @@ def decode_map_trusted(data: bytes) -> LWWMap:
 
     Raises BadPacket on a malformed structure (the caller names the file).
     """
-    obj = unpack_untrusted(data)
+    # No MAX_DELTA_BYTES cap here: that bounds one message from the network, while a
+    # snapshot holds the whole state (the store bounds it, MAX_SNAPSHOT). With the cap, a
+    # state of more than 64 MiB was written by compaction and then refused at restore.
+    obj = unpack_untrusted(data, max_bytes=len(data))
     if not isinstance(obj, list) or len(obj) != 3 or obj[0] != VERSION:
         raise BadPacket("shape", "a state is [version, gc_horizon, entries]")
     _, horizon, raw = obj

@@ -90,7 +90,8 @@ from .ansible import (
     run_workflow,
 )
 from .clock import Timestamp
-from .crdt import LWWMap
+from .codec import MAX_COUNTER
+from .crdt import Entry, LWWMap
 from .errors import (
     BadRequest,
     Conflict,
@@ -99,9 +100,10 @@ from .errors import (
     StaleEpoch,
     StoreError,
     Unavailable,
+    ValueTooLarge,
 )
 from .lease import check_fence
-from .replica import Replica
+from .replica import Replica, check_writable
 from .state import (
     ClusterState,
     combine,
@@ -138,6 +140,8 @@ ACTIVE: Final = frozenset({QUEUED, RUNNING})
 #: why it failed, small enough that a record stays one datagram-sized entry.
 LOG_TAIL_LINES: Final = 20
 LOG_LINE_CHARS: Final = 200
+#: Characters of a job's error text kept in its record (the whole text is in its log).
+ERROR_CHARS: Final = 1_000
 #: Log-tail writes to the replicated record: at most one per second per running job.
 LOG_FLUSH_S: Final = 1.0
 #: Job records kept (older ones are removed with tombstones, with their local files).
@@ -172,8 +176,45 @@ def job_info(record: Mapping[str, Any], logs: Sequence[str] | None = None) -> di
     return out
 
 
-def _trim(line: str) -> str:
-    return line if len(line) <= LOG_LINE_CHARS else line[: LOG_LINE_CHARS - 3] + "..."
+def _trim(line: str, limit: int = LOG_LINE_CHARS) -> str:
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _encodable(text: str) -> str:
+    """``text`` with any lone UTF-16 surrogate (ansible output of bytes that are not UTF-8
+    arrives so) replaced: neither the log file nor msgpack can encode one."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def check_record_room(job_id: str, record: Mapping[str, Any], ts: Timestamp) -> None:
+    """Refuse a new job record that leaves no room for what its run adds later: the log
+    tail (LOG_TAIL_LINES of LOG_LINE_CHARS), the error text (ERROR_CHARS), the end time and
+    a later epoch. Those later writes of the record cannot be refused; a record accepted
+    here always fits them (``codec.MAX_ENTRY_BYTES``, ``MAX_VALUE_ITEMS``).
+
+    Raises ValueTooLarge (413) or ValueRefused (422) naming the limit."""
+    wide = "\U0010ffff"  # 4 bytes in UTF-8: the largest a character encodes to
+    worst = {
+        **record,
+        "status": wide * 16,
+        "error": wide * ERROR_CHARS,
+        "epoch": MAX_COUNTER,
+        "ended_ms": MAX_COUNTER,
+        "log_count": MAX_COUNTER,
+        "log_tail": [wide * LOG_LINE_CHARS] * LOG_TAIL_LINES,
+    }
+    try:
+        check_writable(LWWMap({job_key(job_id): Entry(ts, worst)}))
+    except ValueTooLarge as exc:
+        raise ValueTooLarge(
+            f"the job record leaves no room for its log tail and result ({exc}; counted "
+            f"with {LOG_TAIL_LINES} log lines of {LOG_LINE_CHARS} and an error of "
+            f"{ERROR_CHARS} characters)"
+        ) from None
 
 
 @dataclass
@@ -194,6 +235,7 @@ class _Run:
     changed: trio.Event = field(default_factory=trio.Event)
 
     def line(self, text: str) -> None:
+        text = _encodable(text)
         if self.file is not None:
             self.file.write(text + "\n")
             self.file.flush()
@@ -438,6 +480,7 @@ class JobManager:
                 "log_count": 0,
                 "log_tail": [],
             }
+            check_record_room(job_id, record, ts)
             parts.append(state.d_set(job_key(job_id), record, ts))
             return combine(*parts)
 
@@ -640,6 +683,7 @@ class JobManager:
             skipped[:] = skip
             return delta
 
+        error = _trim(_encodable(error), ERROR_CHARS)  # the whole text is in the log
         fields = {"status": status, "error": error, "ended_ms": self.replica.now_ms()}
         try:
             await self._write_job(run, fields, statuses)

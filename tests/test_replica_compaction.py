@@ -183,3 +183,25 @@ async def test_seeded_interleavings_of_commits_and_compactions(tmp_path: Path, s
     lost.extend(f"end: {k}" for k, v in acked.items() if got.get(k) != v)
     assert rep.store is None and len(acked) == 200
     assert not lost, f"seed {seed}: acknowledged writes lost: {lost[:5]} ({len(lost)})"
+
+
+async def test_a_snapshot_larger_than_one_delta_restores(tmp_path: Path) -> None:
+    """Every value is within the limits, but together they exceed MAX_DELTA_BYTES (64 MiB,
+    the cap on a delta from the network). Compaction wrote the snapshot (the store takes up
+    to MAX_SNAPSHOT, 1 GiB); restore decoded it with the network's cap and refused it as
+    malformed, so the instance could not start again with its own state."""
+    from gossipmgr.codec import MAX_DELTA_BYTES, MAX_ENTRY_BYTES
+
+    d = tmp_path / "state"
+    rep = Replica("r", data_dir=d, fsync=False, compact_bytes=1 << 40)
+    rep.open()
+    big = "x" * (MAX_ENTRY_BYTES - 1024)  # one object: the state shares it
+    n = MAX_DELTA_BYTES // len(big) + 2
+    for i in range(n):
+        await rep.commit(put(f"k{i}", big))
+    await rep.snapshot_now()
+    await rep.aclose()
+    assert (d / "snapshot.00000000000000000002").stat().st_size > MAX_DELTA_BYTES
+    got = restored_globals(d)
+    assert sorted(got) == sorted(f"k{i}" for i in range(n))
+    assert all(v == big for v in got.values())

@@ -493,3 +493,77 @@ async def test_restore_leaves_out_what_gossip_cannot_carry(tmp_path: Path) -> No
         assert rep2.counters["quarantined"] == 0 and rep2.state.globals() == {"ok": "fine"}
     finally:
         await rep2.aclose()
+
+
+async def test_a_job_record_near_the_limit_never_takes_the_job_service_down(
+    tmp_path: Path,
+) -> None:
+    """A job record grows while its job runs (log tail, error text, end time). A discover
+    of one long address (within the body cap) made a record just under MAX_ENTRY_BYTES: it
+    was accepted, then a later write of the same record (the tail, the final status) was
+    refused as too large, uncaught, and JobManager.run (the agent's job service) died.
+    Every record accepted at the start must leave room for what the run adds; the rest is
+    refused at the request with a 413 naming the limit. Swept across the boundary."""
+    from test_jobs import make_replica, manager, wait_ended
+
+    # The window that crashed is ~200 characters wide: the record fits, the record with a
+    # few tail lines does not (the address is in the record twice: "addrs" and "desc").
+    top = MAX_ENTRY_BYTES // 2
+    for i, n in enumerate(range(top - 2_000, top, 40)):
+        rep = await make_replica(tmp_path / f"d{i}")
+        (tmp_path / f"w{i}").mkdir()
+        jm = manager(rep, tmp_path / f"w{i}")
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(jm.run)
+                try:
+                    info = await jm.discover(["a" * n])
+                except ValueTooLarge as exc:
+                    assert str(MAX_ENTRY_BYTES) in str(exc), exc
+                else:
+                    rec = await wait_ended(jm, info["id"])
+                    assert rec["status"] == "Errored", rec["status"]
+                nursery.cancel_scope.cancel()
+        finally:
+            await rep.aclose()
+
+
+async def test_a_log_line_with_a_lone_surrogate_is_logged_and_replicable(tmp_path: Path) -> None:
+    """ansible-runner hands over output bytes that are not UTF-8 as lone surrogates (its
+    event JSON escapes them). Such a line used to raise in the log file's write, and, in
+    the replicated tail, would make the record unencodable (ValueRefused from the commit,
+    uncaught in the tail flusher). It is logged with the character replaced."""
+    from gossipmgr.jobs import _Run
+
+    run = _Run("j1", "update", 1, tmp_path / "j1.log")
+    run.file = open(run.path, "a", encoding="utf-8")
+    try:
+        run.line("bytes \udcff from a node")
+    finally:
+        run.file.close()
+    assert run.path.read_text(encoding="utf-8") == "bytes ? from a node\n"
+    ts = Timestamp(1, 0, "a")
+    check_writable(LWWMap({("j", "j1"): Entry(ts, {"log_tail": list(run.tail)})}))
+
+
+def test_discover_address_dedup_is_linear() -> None:
+    """A discover body of 1 MiB holds ~150,000 short addresses. check_discover removed
+    duplicates with a list scan (``a not in out``): ~10^10 comparisons on the trio thread,
+    minutes with the event loop blocked (lease renewals and gossip stop), before the job
+    record's item limit refused the request. Counted, not timed."""
+    from gossipmgr.inventory import check_discover
+
+    calls = [0]
+
+    class Addr(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            calls[0] += 1
+            return str.__eq__(self, other)
+
+    n = 5_000
+    addrs = [Addr(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}") for i in range(n)]
+    out = check_discover(ClusterState(), [*addrs, addrs[0], addrs[1]])
+    assert out == addrs
+    assert calls[0] < 10 * n, f"{calls[0]} comparisons for {n} addresses"
