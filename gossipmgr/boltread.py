@@ -145,6 +145,8 @@ class BoltFile:
         """Every leaf element under ``page``: (key, value, flags), in key order."""
         if depth > _MAX_DEPTH:
             raise BoltError(f"{self.path}: bucket tree deeper than {_MAX_DEPTH} (corrupt?)")
+        if len(page) < _PAGE_HDR.size:  # an inline bucket's value cut short
+            raise BoltError(f"{self.path}: a bucket page shorter than a page header")
         _id, flags, count, _ov = _PAGE_HDR.unpack_from(page, 0)
         for i in range(count):
             eoff = _PAGE_HDR.size + i * _LEAF_ELEM.size

@@ -93,6 +93,12 @@ class Lease:
         h, e, x = v.get("holder"), v.get("epoch"), v.get("expires_ms")
         if isinstance(h, str) and type(e) is int and type(x) is int:
             return cls(h, e, x)
+        if type(e) is int:
+            # Malformed (only a gossip-key holder can write one), but the merge still ranks
+            # it by its epoch (state.lease_rank). Read as absent, every claim and reset at a
+            # lower epoch would lose to it for good; read as vacant at that epoch, the next
+            # claim (or a reset) goes past it.
+            return cls("", e, 0)
         return None
 
 
@@ -103,9 +109,11 @@ def bounded(lease: Lease, written_ms: int, cfg: LeaseConfig) -> Lease:
     The holder writes ``now + ttl`` stamped at or after ``now``, so an honest grant is never
     cut; anything further out (a forged entry, or a peer configured with a longer TTL) is
     read as ending there. Every replica holds the same entry, so all read the same expiry.
+    An expiry before 0 (1970) is read as 0: expired all the same, and showable as a date.
     """
     limit = written_ms + cfg.ttl_ms + MAX_SKEW_MS
-    return lease if lease.expires_ms <= limit else replace(lease, expires_ms=limit)
+    expires = max(0, min(lease.expires_ms, limit))
+    return lease if expires == lease.expires_ms else replace(lease, expires_ms=expires)
 
 
 def acting_holder(lease: Lease | None, cands: Sequence[str], now_ms: int) -> str | None:

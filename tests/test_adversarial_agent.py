@@ -12,8 +12,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ import trio
 from gossipmgr.gossip.crypto import load_keyring_file
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
-from gossipmgr.lease import Lease
+from gossipmgr.lease import MAX_EPOCH, Lease
 from gossipmgr.localcluster import HOST, LocalCluster, free_port, wait_for
 from gossipmgr.replica import Replica
 from gossipmgr.state import LEASE_KEY
@@ -72,6 +73,12 @@ def test_oversized_datagrams_are_dropped_and_counted_in_metrics(cluster: LocalCl
 def forge_lease(c: LocalCluster, target: str, lease: Lease) -> None:
     """Write ``lease`` into ``target``'s replica as a gossip-key holder would: a sealed
     delta from an instance nobody lists ("0-mallory")."""
+    forge_entry(c, target, lease.as_value(), lambda: c.lease(target).get("holder") == lease.holder)
+
+
+def forge_entry(c: LocalCluster, target: str, value: Any, reached: Callable[[], bool]) -> None:
+    """Write ``value`` as the lease entry into ``target``'s replica (as ``forge_lease``),
+    gossiping until ``reached()``."""
 
     async def main() -> None:
         rep = Replica("0-mallory", data_dir=None)
@@ -81,15 +88,10 @@ def forge_lease(c: LocalCluster, target: str, lease: Lease) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(svc.run)
                 svc.set_peers({target: (HOST, c.instances[target].gossip_port)})
-                value = lease.as_value()
                 await rep.commit(lambda st, ts: st.d_set(LEASE_KEY, value, ts))
                 # Poll the target's API from a thread while the forger keeps gossiping.
                 await trio.to_thread.run_sync(
-                    lambda: wait_for(
-                        lambda: c.lease(target).get("holder") == lease.holder,
-                        10,
-                        "the forged lease to reach the target",
-                    )
+                    lambda: wait_for(reached, 10, "the forged lease to reach the target")
                 )
                 nursery.cancel_scope.cancel()
 
@@ -147,6 +149,46 @@ def test_forged_far_future_lease_holds_one_ttl_at_most_and_can_be_reset(
     assert "now vacant at epoch" in r.stdout
     wait_for(lambda: cluster.lease("g1")["epoch"] == epoch + 4, 10, "a claim past the reset")
     assert cluster.holder(["g1"]) == "g1"
+
+
+def test_a_malformed_lease_entry_is_claimed_past_and_can_be_reset(
+    cluster: LocalCluster,
+) -> None:
+    """A lease entry with an epoch but no valid expiry still wins the merge by its epoch.
+    It used to read as no lease at all: g1 claimed epoch 1 every 250 ms, lost every time
+    (and logged "claimed the lease" each time), and a reset lost too: no holder, for good."""
+    cluster.add_instance("g1")
+    cluster.wait_ready("g1")
+    wait_for(lambda: cluster.holder(["g1"]) == "g1", 20, "g1 to hold the lease")
+    epoch = cluster.lease("g1")["epoch"]
+    forged = {"holder": "0-mallory", "epoch": epoch + 1}  # no expires_ms
+    forge_entry(cluster, "g1", forged, lambda: cluster.lease("g1").get("epoch") != epoch)
+    wait_for(lambda: cluster.lease("g1").get("epoch") == epoch + 2, 10, "a claim past it")
+    assert cluster.holder(["g1"]) == "g1"
+    r = cli(cluster, "g1", "lease", "reset", "--force")
+    assert r.returncode == 0, r
+    wait_for(lambda: cluster.lease("g1").get("epoch") == epoch + 4, 10, "a claim past the reset")
+    assert cluster.holder(["g1"]) == "g1"
+
+
+def test_a_lease_expiring_before_year_1_does_not_break_health(cluster: LocalCluster) -> None:
+    """/health, /info/lease and /info/peers show the lease's expiry as a date; one before
+    year 1 answered 500 on all three, for good when nothing can outbid the epoch."""
+    cluster.add_instance("g1")
+    cluster.wait_ready("g1")
+    wait_for(lambda: cluster.holder(["g1"]) == "g1", 20, "g1 to hold the lease")
+    forged = Lease("0-mallory", MAX_EPOCH, -(2**62))
+
+    def reached() -> bool:
+        r = httpx.get(f"{cluster.instances['g1'].url}/info/lease", headers=cluster.headers)
+        return r.status_code != 200 or (r.json()["lease"] or {}).get("epoch") == MAX_EPOCH
+
+    forge_entry(cluster, "g1", forged.as_value(), reached)
+    for path in ("/health", "/info/lease", "/info/peers"):
+        r = httpx.get(f"{cluster.instances['g1'].url}{path}", headers=cluster.headers)
+        assert r.status_code == 200, (path, r.status_code, r.text[:200])
+        assert r.json()["lease"]["epoch"] == MAX_EPOCH
+        assert r.json()["lease"]["expires_ms"] == 0
 
 
 def test_members_posing_as_instances_do_not_delay_takeover(cluster: LocalCluster) -> None:
@@ -231,3 +273,30 @@ def test_a_second_member_with_a_nodes_identity_is_reported_and_never_moves_it(
     )
     assert addr() == HOST
     assert metric(cluster, "g1", "gossipmgr_serf_identity_conflicts_total") == 1
+
+
+def test_a_member_whose_node_name_is_too_long_does_not_stop_reconciliation(
+    cluster: LocalCluster,
+) -> None:
+    """Serf tags may hold up to 512 bytes, so a member (anyone, on an unencrypted Serf)
+    can carry a NodeLabel whose node name is longer than gossip's key limit (256). The
+    holder's reconcile writes all its repairs in one commit: with that name among them
+    every reconcile was refused, for every node, for as long as the member stayed."""
+    cluster.add_instance("g1")
+    cluster.wait_ready("g1")
+    wait_for(lambda: cluster.holder(["g1"]) == "g1", 20, "g1 to hold the lease")
+    node = cluster.add_node("rack1", "0001", addr=HOST)
+    wait_for(lambda: node.name in cluster.get("g1", "/info/nodes"), 30, "the node discovered")
+    cluster.add_member("long", {"NodeLabel": "x" * 300, "NodeSerial": "1", "NodeAddr": HOST})
+    wait_for(
+        lambda: "x" * 40 in cluster.instances["g1"].log(),  # logged either way
+        30,
+        "g1 to see the member",
+    )
+    n = metric(cluster, "g1", "gossipmgr_reconciles_total")
+    wait_for(
+        lambda: metric(cluster, "g1", "gossipmgr_reconciles_total") >= n + 2,
+        30,
+        "two more reconciles",
+    )
+    assert all(len(name) <= 256 for name in cluster.get("g1", "/info/nodes"))

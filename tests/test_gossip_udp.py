@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
 
+import pytest
 import trio
 
 from gossipmgr.gossip.crypto import Keyring
@@ -162,3 +164,26 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
         await replay_all(second, b2, "replay")
         await replay_all(first, b2, "stale")
         nursery.cancel_scope.cancel()
+
+
+async def test_wrong_key_datagrams_from_many_ports_log_one_warning_per_host(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who can reach the gossip port can send datagrams with a key id we do not
+    hold, from a new source port each time. Each is counted per source, but the warning
+    ("a peer whose gossip key differs from ours?") is said once per host: it used to be
+    logged for every new source port, one log line per datagram of such a flood."""
+    from gossipmgr.gossip.crypto import Sealer, node_id
+
+    key = os.urandom(32)
+    async with cluster(["a"], [key], str(tmp_path)) as [a]:
+        stranger = Sealer(Keyring(os.urandom(32)), node_id("z"), int(time.time() * 1000))
+        caplog.set_level(logging.WARNING, logger="gossipmgr.gossip")
+        n = 300  # more sources than the service keeps (MAX_FAILING_SOURCES)
+        for _ in range(n):
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.sendto(stranger.seal(b"junk", int(time.time() * 1000)), a.local_addr)
+        await wait_for(lambda: a.counters["drop_unknown_key"] == n)
+        warned = [r for r in caplog.records if "failed authentication" in r.getMessage()]
+        assert len(warned) == 1, [r.getMessage() for r in warned[:5]]
+        assert sum(f.count for f in a.auth_failures.values()) <= n

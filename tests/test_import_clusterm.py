@@ -21,7 +21,7 @@ import trio
 from _apiutil import serving, standalone
 
 from gossipmgr.api import StandaloneContext, create_app
-from gossipmgr.boltread import _META, _PAGE_HDR, BoltError, BoltFile
+from gossipmgr.boltread import _LEAF_ELEM, _META, _PAGE_HDR, BUCKET_LEAF, BoltError, BoltFile
 from gossipmgr.cli import Client, CliError
 from gossipmgr.clusterm import import_clusterm, read_assets
 
@@ -116,6 +116,21 @@ def test_reader_refuses_garbage_and_locked_files(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert BoltFile(live).meta.txid > 0  # lock released: readable
+
+
+def test_reader_refuses_an_inline_bucket_too_short_for_its_page(tmp_path: Path) -> None:
+    """An inline bucket's value is a bucket header and a page; a value cut after the header
+    raised struct.error (a traceback from `gossipmgr import clusterm`), not BoltError."""
+    b = BoltFile(FIX / "small.db", check_lock=False)
+    data = bytearray(b.data)
+    eoff = b.meta.root * b.meta.page_size + _PAGE_HDR.size  # the root leaf's first element
+    eflags, pos, ksize, _vsize = _LEAF_ELEM.unpack_from(data, eoff)
+    assert eflags & BUCKET_LEAF and data[eoff + pos : eoff + pos + ksize] == b"assets"
+    _LEAF_ELEM.pack_into(data, eoff, eflags, pos, ksize, 20)  # header + 4 bytes of page
+    cut = tmp_path / "cut-inline.db"
+    cut.write_bytes(bytes(data))
+    with pytest.raises(BoltError, match="shorter than a page header"):
+        list(BoltFile(cut).items("assets"))
 
 
 def test_reading_never_writes(tmp_path: Path) -> None:

@@ -174,6 +174,53 @@ def test_an_epoch_at_the_top_of_the_range_stops_claims_instead_of_crashing() -> 
     )
 
 
+def merged_lease(*values: object) -> Lease | None:
+    """Join lease entries written one after the other (as gossip would) and read the
+    result as Replica.lease does."""
+    from gossipmgr.clock import Timestamp
+
+    st_ = ClusterState()
+    for i, v in enumerate(values):
+        st_.apply([(LEASE_KEY, Entry(Timestamp(1_000_000 + i, 0, "w"), v))])
+    return read_lease(st_)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"holder": "0-mallory", "epoch": 9},  # no expiry
+        {"holder": "0-mallory", "epoch": 9, "expires_ms": 1.5e15},  # not an int
+        {"holder": 7, "epoch": 9, "expires_ms": 10**15},  # not a name
+        {"epoch": 9},
+    ],
+)
+def test_a_malformed_lease_entry_is_outbid_by_the_next_claim_and_by_a_reset(
+    forged: dict[str, object],
+) -> None:
+    """A gossip-key holder writes a lease entry that is not a valid lease but carries an
+    epoch. The merge still ranks it by that epoch (state.lease_rank), so it must be read as
+    vacant at that epoch: read as absent, every claim (epoch 1) and every reset lost the
+    merge to it, and the cluster had no holder for good."""
+    honest = Lease("a", 3, 1_010_000).as_value()
+    read = merged_lease(honest, forged)
+    assert read is not None and read.epoch == 9
+    assert not is_holder("a", read, ["a", "b"], 1_000_500)
+    claim = decide("a", read, ["a", "b"], 1_000_500, CFG)
+    assert claim is not None and claim.epoch == 10
+    assert merged_lease(honest, forged, claim.as_value()) == claim
+    vacant = reset(read, ["a", "b"], 1_000_500)
+    assert merged_lease(honest, forged, vacant.as_value()) == vacant
+
+
+def test_an_expiry_before_1970_reads_as_expired_at_0() -> None:
+    """lease_json shows the expiry as a date: one before year 1 made /health, /info/lease
+    and /info/peers answer 500 while such a lease was current (for good at MAX_EPOCH)."""
+    for expires in (-(2**62), -1):
+        read = bounded(Lease("0-mallory", MAX_EPOCH, expires), 1_000_000, CFG)
+        assert read == Lease("0-mallory", MAX_EPOCH, 0)
+    assert bounded(Lease("a", 1, 5), 1_000_000, CFG) == Lease("a", 1, 5)
+
+
 # --- candidates that are not live gossip peers -----------------------------------------------
 
 

@@ -117,6 +117,9 @@ class GossipService:
 
     def _note_auth_failure(self, src: Addr, reason: str, data: bytes) -> None:
         f = self.auth_failures.pop(src, None)
+        # Logged once per host while any of its sources is kept: anyone can send such
+        # datagrams, each from a new port, and a warning each would flood the log.
+        said = f is not None or any(a[0] == src[0] for a in self.auth_failures)
         if f is None:
             f = AuthFailures()
             if len(self.auth_failures) >= MAX_FAILING_SOURCES:
@@ -127,7 +130,7 @@ class GossipService:
         f.reasons.incr(reason)
         if len(data) >= HEADER_LEN:
             f.claimed_sender = bytes(data[5 : 5 + SENDER_ID_LEN])
-        if f.count == 1:
+        if not said:
             log.warning(
                 "%s: gossip datagram from %s:%s failed authentication (%s): a peer whose "
                 "gossip key differs from ours?",

@@ -41,6 +41,9 @@ targeted the impostor. One member *owns* an identity; the others claiming it are
    operator accepts a node re-provisioned under another member name while the old member
    is still listed.
 
+A member whose ``<label>-<serial>`` is longer than ``codec.MAX_KEY_PART`` (Serf tags hold
+512 bytes) is not a node here: logged once, no events (the state could not hold its name).
+
 ``left`` counts as disappeared: after a graceful leave the node is as unreachable as after
 a failure. clusterm ignored ``member-leave``, leaving such nodes "discovered" forever; we
 think that was wrong. ``reaped`` is not an inventory change (the node had already
@@ -66,6 +69,7 @@ from typing import Any, Final, Literal
 
 import trio
 
+from gossipmgr.codec import MAX_KEY_PART
 from gossipmgr.errors import SerfError
 from gossipmgr.serf.client import SerfClient
 
@@ -202,6 +206,7 @@ class MembershipView:
         self._owner: dict[str, str] = {}  # identity -> owning member
         self._first_seen: dict[str, float] = {}  # member -> first update that listed it
         self._conflicts: dict[str, Conflict] = {}
+        self._too_long: set[str] = set()  # members whose node name is over MAX_KEY_PART
         #: Members found conflicting so far (each counted once per episode).
         self.conflicts_total = 0
 
@@ -238,6 +243,7 @@ class MembershipView:
         failed: list[Instance] = []
         claims: dict[str, list[tuple[str, str, Mapping[str, Any]]]] = {}
         listed: set[str] = set()
+        too_long: set[str] = set()
         for m in sorted(
             (m for m in members if isinstance(m.get("Name"), str)), key=lambda m: str(m["Name"])
         ):
@@ -251,9 +257,25 @@ class MembershipView:
             tags = m.get("Tags") or {}
             if not all(isinstance(tags.get(k), str) and tags.get(k) for k in NODE_TAGS):
                 continue  # not (or no longer) a cluster node: handled as vanished below
+            name = f"{tags['NodeLabel']}-{tags['NodeSerial']}"
+            if len(name) > MAX_KEY_PART:
+                # Serf tags hold up to 512 bytes; the replicated state holds node names up
+                # to MAX_KEY_PART. Such a member is not a node here: as a node, every write
+                # naming it is refused, and the holder's reconcile (one commit for all
+                # nodes) with it.
+                too_long.add(member)
+                if member not in self._too_long:
+                    log.warning(
+                        "serf membership: member %s claims node %s..., a name of %d "
+                        "characters (limit %d): ignored",
+                        member,
+                        name[:40],
+                        len(name),
+                        MAX_KEY_PART,
+                    )
+                continue
             listed.add(member)
             self._first_seen.setdefault(member, now)
-            name = f"{tags['NodeLabel']}-{tags['NodeSerial']}"
             claims.setdefault(name, []).append((member, status, tags))
         conflicts: dict[str, Conflict] = {}
         for name in sorted(claims):
@@ -293,6 +315,7 @@ class MembershipView:
                     )
                 conflicts[member] = c
         self._conflicts = conflicts
+        self._too_long = too_long
         self._owner = {n: o for n, o in self._owner.items() if n in claims}
         self._first_seen = {m: t for m, t in self._first_seen.items() if m in listed}
         for member in sorted(set(self._nodes) - seen):
