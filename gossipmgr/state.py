@@ -231,10 +231,12 @@ class ClusterState:
             if e is None or e.deleted:
                 continue
             kind = k[2]
+            # A record of another shape (forged by a key holder, or written by another
+            # version) reads as absent: readers, the reconcile among them, never raise.
             if kind == "inv":
-                inv = dict(e.value)
+                inv = dict(e.value) if isinstance(e.value, dict) else {}
             elif kind == "mon":
-                mon = dict(e.value)
+                mon = dict(e.value) if isinstance(e.value, dict) else {}
             elif kind == "hg":
                 hg = str(e.value)
             elif kind == "v":
@@ -248,15 +250,15 @@ class ClusterState:
                 yield rec
 
     def jobs(self) -> dict[str, dict[str, Any]]:
-        return {k[1]: dict(v) for k, v in sorted(self._live(JOB))}
+        return {k[1]: dict(v) for k, v in sorted(self._live(JOB)) if isinstance(v, dict)}
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         v = self.map.get(job_key(job_id))
-        return dict(v) if v is not None else None
+        return dict(v) if isinstance(v, dict) else None
 
     def ansible_config(self) -> dict[str, Any] | None:
         v = self.map.get(ANSIBLE_CONFIG_KEY)
-        return dict(v) if v is not None else None
+        return dict(v) if isinstance(v, dict) else None
 
     def lease(self) -> dict[str, Any] | None:
         v = self.map.get(LEASE_KEY)

@@ -208,3 +208,24 @@ def test_lazy_digests_equal_incremental_ones(a: LWWMap, b: LWWMap) -> None:
     lazy.join(extra)  # from now on maintained incrementally
     eager.join(extra)
     assert lazy.super_digests() == eager.super_digests()
+
+
+def test_records_of_another_shape_read_as_absent_never_raise() -> None:
+    """A key holder (or another version) can gossip a node, job or config record that is
+    not a map; the readers the lease loop's reconcile and the API use must not raise (a
+    ``dict(value)`` on a list or a string did: every holder's lease loop would crash)."""
+    from gossipmgr import inventory as inv
+    from gossipmgr.state import ANSIBLE_CONFIG_KEY, monitoring_key
+
+    for bad in ([1, 2], "x", 7, None, [["a", 1]]):
+        s = ClusterState()
+        t = iter(Timestamp(i, 0, "a") for i in range(1, 100))
+        s.apply(s.d_set(inventory_key("n1"), bad, next(t)))
+        s.apply(s.d_set(monitoring_key("n1"), bad, next(t)))
+        s.apply(s.d_set(job_key("j1"), bad, next(t)))
+        s.apply(s.d_set(ANSIBLE_CONFIG_KEY, bad, next(t)))
+        recs = list(s.nodes())
+        assert [r.name for r in recs] == ["n1"]
+        assert recs[0].inventory == {} and recs[0].monitoring == {}
+        assert inv.state_of(recs[0]) == inv.UNKNOWN and inv.addr_of(recs[0]) == ""
+        assert s.jobs() == {} and s.job("j1") is None and s.ansible_config() is None
