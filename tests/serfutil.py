@@ -22,7 +22,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from gossipmgr.localcluster import FORBIDDEN_PORTS, free_port  # noqa: F401 (re-exported)
+from gossipmgr.localcluster import (  # noqa: F401 (free_port re-exported)
+    FORBIDDEN_PORTS,
+    LocalCluster,
+    free_port,
+)
 
 SERF = shutil.which("serf") or "/usr/bin/serf"
 
@@ -176,3 +180,20 @@ def agent_pool(tmp: Path) -> Iterator[AgentPool]:
         yield pool
     finally:
         pool.stop_all()
+
+
+@contextlib.contextmanager
+def local_cluster(root: Path, lease_ttl_ms: int) -> Iterator[LocalCluster]:
+    """A LocalCluster for one test: on failure its instances' log tails are printed; it is
+    closed whatever happens, and every instance must then be stopped."""
+    c = LocalCluster(root, lease_ttl_ms=lease_ttl_ms)
+    try:
+        yield c
+    except BaseException:
+        for inst in c.instances.values():
+            print(f"--- {inst.name} log tail ---\n{inst.log()[-4000:]}")
+        raise
+    finally:
+        c.close()
+    for inst in c.instances.values():
+        assert not inst.alive

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from serfutil import local_cluster
 
 from gossipmgr.gossip.crypto import load_keyring_file
 from gossipmgr.gossip.service import GossipService
@@ -35,17 +36,8 @@ TTL_MS = 6_000
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", lease_ttl_ms=TTL_MS)
-    try:
+    with local_cluster(tmp_path / "cluster", lease_ttl_ms=TTL_MS) as c:
         yield c
-    except BaseException:
-        for inst in c.instances.values():
-            print(f"--- {inst.name} log tail ---\n{inst.log()[-4000:]}")
-        raise
-    finally:
-        c.close()
-    for inst in c.instances.values():
-        assert not inst.alive
 
 
 def metric(c: LocalCluster, inst: str, name: str) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serfutil import local_cluster
 
 from gossipmgr.localcluster import LocalCluster, wait_for
 
@@ -26,17 +27,8 @@ pytestmark = [pytest.mark.serf, pytest.mark.slow]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", lease_ttl_ms=6_000)
-    try:
+    with local_cluster(tmp_path / "cluster", lease_ttl_ms=6_000) as c:
         yield c
-    except BaseException:
-        for inst in c.instances.values():
-            print(f"--- {inst.name} log tail ---\n{inst.log()[-4000:]}")
-        raise
-    finally:
-        c.close()
-    for inst in c.instances.values():
-        assert not inst.alive
 
 
 def start(c: LocalCluster, *names: str) -> None:
