@@ -158,14 +158,20 @@ def render_nodes(obj: Any) -> str:
     return "".join(out)
 
 
-def render_map(obj: Any) -> str:
-    """``globalTemplate`` and ``configTemplate``."""
+def _object(obj: Any) -> dict[str, Any]:
+    """What a template ranges over: an object, ``null`` read as an empty one (as the Go
+    templates print it)."""
     if obj is None:
-        obj = {}
+        return {}
     if not isinstance(obj, dict):
         raise TemplateError("not an object")
+    return obj
+
+
+def render_map(obj: Any) -> str:
+    """``globalTemplate`` and ``configTemplate``."""
     out: list[str] = []
-    _map_print(out, "", obj)
+    _map_print(out, "", _object(obj))
     return "".join(out)
 
 
@@ -177,10 +183,7 @@ def _job_head(obj: Mapping[str, Any]) -> str:
 
 
 def render_job(obj: Any) -> str:
-    if obj is None:
-        obj = {}
-    if not isinstance(obj, dict):
-        raise TemplateError("not an object")
+    obj = _object(obj)
     out: list[str] = [_job_head(obj), "Logs:\n"]
     _type_print(out, "    ", obj.get("logs"))
     out.append("\n")
@@ -188,11 +191,7 @@ def render_job(obj: Any) -> str:
 
 
 def render_job_short(obj: Any) -> str:
-    if obj is None:
-        obj = {}
-    if not isinstance(obj, dict):
-        raise TemplateError("not an object")
-    return _job_head(obj)
+    return _job_head(_object(obj))
 
 
 def go_json_indent(src: str, indent: str = "    ") -> str:
