@@ -680,7 +680,8 @@ class _RunControl:
 def _write_private_files(private_dir: Path, extravars: Mapping[str, Any]) -> None:
     env = private_dir / "env"
     env.mkdir(mode=0o700)
-    # ansible-runner drops the settings= kwarg unless this file exists (stack-notes).
+    # ansible-runner 2.4 ignores the settings= kwarg unless env/settings exists in the
+    # private data dir, so the settings go in that file.
     (env / "settings").write_text(json.dumps({"pexpect_timeout": PEXPECT_TIMEOUT_S}))
     # Extra-vars go to a 0600 file that ansible-runner passes as `-e @env/extravars`.
     # With suppress_env_files=True the extravars= kwarg would instead be put on the
@@ -709,7 +710,7 @@ def _envvars(private_dir: Path) -> dict[str, str]:
         # next to the playbook is always searched.
         "ANSIBLE_ROLES_PATH": f"{ROLES_DIR}{os.pathsep}{roles_path}",
         # ansible-runner looks ansible-playbook up on PATH; a venv that is not activated
-        # would give rc 127 (stack-notes).
+        # would give rc 127 (command not found), so our interpreter's bin dir goes first.
         "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", os.defpath),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_HOST_KEY_CHECKING": "False",  # as clusterm ran it
