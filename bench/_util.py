@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gossipmgr.clock import Timestamp
-from gossipmgr.crdt import Entry, LWWMap
-from gossipmgr.state import host_group_key, inventory_key, monitoring_key
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import Entry, LWWMap
+from gossipmgr.core.state import host_group_key, inventory_key, monitoring_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent

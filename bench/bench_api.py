@@ -89,8 +89,8 @@ def worker(url: str, kind: str, conns: int, seconds: float, nodes: int) -> dict[
 
 
 async def populate(rep: Any, n: int, batch: int = 500) -> float:
-    from gossipmgr import inventory as inv
-    from gossipmgr.state import combine
+    from gossipmgr.core import inventory as inv
+    from gossipmgr.core.state import combine
 
     t0 = time.perf_counter()
     for start in range(0, n, batch):
@@ -119,8 +119,9 @@ async def populate(rep: Any, n: int, batch: int = 500) -> float:
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import trio
 
-    from gossipmgr.api import StandaloneContext, create_app, serve
-    from gossipmgr.replica import Replica
+    from gossipmgr.api.app import create_app, serve
+    from gossipmgr.runtime.replica import Replica
+    from gossipmgr.testing.standalone import StandaloneContext
 
     with tempfile.TemporaryDirectory() as tmp:
         rep = Replica("bench", data_dir=Path(tmp), fsync=False)

@@ -50,15 +50,15 @@ from _util import (
 )
 from bench_gossip import seed_state, wait_until
 
-from gossipmgr.clock import Timestamp
-from gossipmgr.codec import encode_entries, encode_map
-from gossipmgr.crdt import LWWMap
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.codec import encode_entries, encode_map
+from gossipmgr.core.crdt import LWWMap
 from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
 from gossipmgr.localcluster import LocalCluster
-from gossipmgr.replica import Replica, encode_snapshot
-from gossipmgr.store import Store
+from gossipmgr.runtime.replica import Replica, encode_snapshot
+from gossipmgr.runtime.store import Store
 
 SEQ_WRITES = 500
 CONC_TASKS = 64

@@ -44,13 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import global_records, pct, print_table, write_result
 
-from gossipmgr.codec import encode_map
-from gossipmgr.crdt import LWWMap
+from gossipmgr.core.codec import encode_map
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import NODE, ClusterState, global_key
 from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
-from gossipmgr.replica import Replica
-from gossipmgr.state import NODE, ClusterState, global_key
+from gossipmgr.runtime.replica import Replica
 
 
 def seed_state(st: ClusterState, m: LWWMap) -> None:

@@ -3,8 +3,8 @@
 Run:  .venv/bin/python bench/bench_sim.py [--quick] [--runs 3]
 Prints a table of medians and writes bench/results/sim.json.
 
-``gossipmgr.gossip.sim.Sim`` runs N ``AntiEntropy`` objects on the seeded in-memory network
-(``gossipmgr.testing.InMemoryNetwork``): simulated milliseconds, 0.2-2 ms link delay, 5%
+``gossipmgr.testing.sim.Sim`` runs N ``AntiEntropy`` objects on the seeded in-memory network
+(``gossipmgr.testing.network.InMemoryNetwork``): simulated milliseconds, 0.2-2 ms link delay, 5%
 random loss, default ``GossipConfig`` (tick 150 ms, retransmit 300 ms, repair 2 s). Time
 is *simulated*; the wall time each scenario took on this box is reported beside it.
 
@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import global_records, medians, print_table, write_result
 from bench_gossip import seed_state
 
-from gossipmgr.crdt import Entry, Key
+from gossipmgr.core.crdt import Entry, Key
+from gossipmgr.core.state import global_key
 from gossipmgr.gossip.protocol import GossipConfig
-from gossipmgr.gossip.sim import Sim, addr
-from gossipmgr.state import global_key
+from gossipmgr.testing.sim import Sim, addr
 
 SIM_START_MS = 1_000_000.0
 LOSS = 0.05

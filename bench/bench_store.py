@@ -1,4 +1,4 @@
-"""Benchmark gossipmgr.store: acknowledged appends/s and restore time.
+"""Benchmark gossipmgr.runtime.store: acknowledged appends/s and restore time.
 
 Run:  .venv/bin/python bench/bench_store.py [--runs 3] [--dir /path/on/the/disk/to/test]
 Prints a table of medians and writes bench/results/store.json.
@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from gossipmgr.store import Store
+from gossipmgr.runtime.store import Store
 
 RECORD = 200
 SEQ_N = 2000
@@ -148,14 +148,14 @@ def main() -> None:
     keys = list(runs[0])
     med = {k: statistics.median(r[k] for r in runs) for k in keys}
     print(
-        f"gossipmgr.store, fsync on, {fs} at {args.dir or tempfile.gettempdir()}, "
+        f"gossipmgr.runtime.store, fsync on, {fs} at {args.dir or tempfile.gettempdir()}, "
         f"median of {args.runs} runs"
     )
     print(f"{'metric':40} {'median':>12}   runs")
     for k in keys:
         print(f"{k:40} {med[k]:12.4g}   " + ", ".join(f"{r[k]:.4g}" for r in runs))
     result: dict[str, Any] = {
-        "what": "gossipmgr.store benchmark (bench/bench_store.py)",
+        "what": "gossipmgr.runtime.store benchmark (bench/bench_store.py)",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "fs": fs},
         "params": {
             "record_bytes": RECORD,

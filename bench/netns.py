@@ -457,7 +457,7 @@ class NetnsCluster:
             argv = [
                 sys.executable,
                 "-m",
-                "gossipmgr.cli",
+                "gossipmgr.cli.main",
                 "agent",
                 "--name",
                 h.name,

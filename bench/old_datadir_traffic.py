@@ -22,12 +22,12 @@ import httpx
 import trio
 
 import gossipmgr
-from gossipmgr.clock import Timestamp
-from gossipmgr.codec import encode_map
-from gossipmgr.crdt import Entry, LWWMap
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.codec import encode_map
+from gossipmgr.core.crdt import Entry, LWWMap
+from gossipmgr.core.state import global_key
 from gossipmgr.localcluster import LocalCluster
-from gossipmgr.state import global_key
-from gossipmgr.store import Store
+from gossipmgr.runtime.store import Store
 
 
 def metric(c: LocalCluster, n: str, pat: str) -> float:

@@ -4,12 +4,12 @@
 
 =================  =====================================================================
 replica            state + HLC + durable store (restored before anything else starts)
-API                Quart-Trio on hypercorn (``gossipmgr.api``), reads the local replica
+API                Quart-Trio on hypercorn (``gossipmgr.api.app``), reads the local replica
 gossip             sealed UDP anti-entropy between instances (``gossipmgr.gossip``)
 serf               the embedded ``serf agent`` child, supervised (or an existing agent)
 membership         Serf ``members`` polling + stream -> gossip peers, lease candidates,
                    node health events
-lease              renew/claim decisions (``gossipmgr.lease``) every 250 ms
+lease              renew/claim decisions (``gossipmgr.core.lease``) every 250 ms
 jobs               the job manager: runs workflows when this instance holds the lease
 signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/SIGTERM stop
 =================  =====================================================================
@@ -36,25 +36,31 @@ from typing import Any
 
 import trio
 
-from . import __version__
-from . import inventory as inv
-from .ansible import AnsibleSettings, client_overrides, split_config_vars
-from .api import check_listen_policy, create_app, serve
-from .clock import Timestamp
-from .config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
-from .crdt import LWWMap
-from .errors import ConfigError, GossipmgrError, SerfError, StoreError
-from .gossip.crypto import Keyring, generate_key, load_keyring_file, node_id
-from .gossip.service import GossipService
-from .gossip.transport import open_udp_transport
-from .jobs import JobManager
-from .lease import Lease, LeaseConfig, candidates, decide
-from .replica import Replica
-from .serf.client import open_serf_client, serf_connector
-from .serf.membership import PUSH_PULL_S, Absences, InstancesChanged, NodeEvent, SerfMembership
-from .serf.process import SerfAgentProcess
-from .serf.refusals import SerfRefusals, watch_refusals
-from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
+from gossipmgr import __version__
+from gossipmgr.api.app import check_listen_policy, create_app, serve
+from gossipmgr.config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
+from gossipmgr.core import inventory as inv
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.lease import Lease, LeaseConfig, candidates, decide
+from gossipmgr.core.state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState
+from gossipmgr.errors import ConfigError, GossipmgrError, SerfError, StoreError
+from gossipmgr.gossip.crypto import Keyring, generate_key, load_keyring_file, node_id
+from gossipmgr.gossip.service import GossipService
+from gossipmgr.gossip.transport import open_udp_transport
+from gossipmgr.runtime.ansible import AnsibleSettings, client_overrides, split_config_vars
+from gossipmgr.runtime.jobs import JobManager
+from gossipmgr.runtime.replica import Replica
+from gossipmgr.serf.client import open_serf_client, serf_connector
+from gossipmgr.serf.membership import (
+    PUSH_PULL_S,
+    Absences,
+    InstancesChanged,
+    NodeEvent,
+    SerfMembership,
+)
+from gossipmgr.serf.process import SerfAgentProcess
+from gossipmgr.serf.refusals import SerfRefusals, watch_refusals
 
 log = logging.getLogger("gossipmgr.agent")
 
@@ -824,7 +830,7 @@ class Agent:
 
 
 class AgentApiContext:
-    """The API's view of a running agent (``gossipmgr.api.ApiContext``)."""
+    """The API's view of a running agent (``gossipmgr.api.app.ApiContext``)."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from gossipmgr.errors import ConfigError
 
 #: The keys of the ansible configuration clusterm's ``POST /config`` carries (its
 #: ``manager/config.go``), in its order: what /config takes, what clusterctl prints and
@@ -120,7 +120,7 @@ class AgentConfig:
     #: intact ones (docs/operations.md, "Damaged log"). For one start after an inspection,
     #: not for a config file left on.
     accept_log_damage: bool = False
-    #: Lease timing (see gossipmgr.lease.LeaseConfig for the reasons).
+    #: Lease timing (see gossipmgr.core.lease.LeaseConfig for the reasons).
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
     log_level: str = "info"

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .localcluster import LocalCluster, wait_for
+from gossipmgr.localcluster import LocalCluster, wait_for
 
 NAMES = ("g1", "g2", "g3")
 NODES = (("rack1", "0001"), ("rack1", "0002"), ("rack1", "0003"), ("rack1", "0004"))

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .gossip.crypto import generate_key
+from gossipmgr.gossip.crypto import generate_key
 
 T = TypeVar("T")
 FORBIDDEN_PORTS = {7946, 7373, 9007}
@@ -231,7 +231,7 @@ class LocalCluster:
         inst.args = [
             sys.executable,
             "-m",
-            "gossipmgr.cli",
+            "gossipmgr.cli.main",
             "agent",
             "--name",
             name,

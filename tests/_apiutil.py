@@ -19,10 +19,11 @@ from typing import Any
 import trio
 
 import gossipmgr
-from gossipmgr.ansible import AnsibleSettings
-from gossipmgr.api import StandaloneContext, create_app, serve
-from gossipmgr.jobs import JobManager
-from gossipmgr.replica import Replica
+from gossipmgr.api.app import create_app, serve
+from gossipmgr.runtime.ansible import AnsibleSettings
+from gossipmgr.runtime.jobs import JobManager
+from gossipmgr.runtime.replica import Replica
+from gossipmgr.testing.standalone import StandaloneContext
 
 PLAYBOOKS = Path(gossipmgr.__file__).parent / "playbooks"
 LOCAL_HOST_VARS = {

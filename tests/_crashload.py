@@ -4,7 +4,7 @@ bench/crash.py; not a test itself).
 One *repetition* on a running :class:`~gossipmgr.localcluster.LocalCluster`:
 
 1. (re)start the victim instance, with ``GOSSIPMGR_TEST_CRASH_AT=<point>:<n>`` in its
-   environment when the mode is a named crash point (``gossipmgr/store.py``
+   environment when the mode is a named crash point (``gossipmgr/runtime/store.py``
    ``CRASH_POINTS``: the agent SIGKILLs itself the n-th time it passes that point, e.g.
    inside a compaction), and ``GOSSIPMGR_TEST_COMPACT_BYTES`` small so that it compacts
    every few dozen writes;
@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from gossipmgr.localcluster import LocalCluster, wait_for
-from gossipmgr.store import CRASH_POINTS
+from gossipmgr.runtime.store import CRASH_POINTS
 
 WRITERS = 8
 #: Compact after this many log bytes: a PUT's record is ~100 B, so every ~40 writes.

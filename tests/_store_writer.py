@@ -1,4 +1,5 @@
-"""Crash-test load for gossipmgr.store (run by tests/test_store_crash.py; not a test itself).
+"""Crash-test load for gossipmgr.runtime.store
+(run by tests/test_store_crash.py; not a test itself).
 
 Usage: python tests/_store_writer.py DATA_DIR TAG SEED
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from gossipmgr.store import Store
+from gossipmgr.runtime.store import Store
 
 WRITERS = 8
 

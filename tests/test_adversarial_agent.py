@@ -21,13 +21,13 @@ import pytest
 import trio
 from serfutil import local_cluster
 
+from gossipmgr.core.lease import MAX_EPOCH, Lease
+from gossipmgr.core.state import LEASE_KEY
 from gossipmgr.gossip.crypto import load_keyring_file
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
-from gossipmgr.lease import MAX_EPOCH, Lease
 from gossipmgr.localcluster import HOST, LocalCluster, free_port, wait_for
-from gossipmgr.replica import Replica
-from gossipmgr.state import LEASE_KEY
+from gossipmgr.runtime.replica import Replica
 
 pytestmark = [pytest.mark.serf, pytest.mark.slow]
 
@@ -95,7 +95,7 @@ def cli(c: LocalCluster, inst: str, *args: str) -> subprocess.CompletedProcess[s
         [
             sys.executable,
             "-m",
-            "gossipmgr.cli",
+            "gossipmgr.cli.main",
             "--url",
             c.instances[inst].url,
             "--token-file",

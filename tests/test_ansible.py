@@ -1,4 +1,5 @@
-"""gossipmgr.ansible: pure inventory/precedence logic, then real playbooks through ansible-runner.
+"""gossipmgr.runtime.ansible: pure inventory/precedence logic,
+then real playbooks through ansible-runner.
 
 The integration tests run real ansible-playbook processes against hosts with
 ``ansible_connection=local``; the test playbooks in tests/playbooks/ only touch files
@@ -23,7 +24,8 @@ import pytest
 import trio
 
 import gossipmgr
-from gossipmgr.ansible import (
+from gossipmgr.errors import BadRequest, JobError
+from gossipmgr.runtime.ansible import (
     CANCELLED_ERROR,
     RC_NOT_RUN,
     AnsibleSettings,
@@ -38,7 +40,6 @@ from gossipmgr.ansible import (
     run_workflow,
     workflow_plan,
 )
-from gossipmgr.errors import BadRequest, JobError
 
 TEST_PLAYBOOKS = Path(__file__).parent / "playbooks"
 PACKAGE_PLAYBOOKS = Path(gossipmgr.__file__).parent / "playbooks"
@@ -643,8 +644,8 @@ async def test_shipped_playbooks_work_locally(tmp_path: Path) -> None:
 
 def test_no_playbook_timeout_by_default(tmp_path: Path) -> None:
     """clusterm had no playbook timeout: the default is none (0), a set one still counts."""
-    from gossipmgr.ansible import _RunControl
     from gossipmgr.config import AnsibleConfig
+    from gossipmgr.runtime.ansible import _RunControl
 
     assert AnsibleSettings(playbook_dir=tmp_path).timeout_s == 0
     assert AnsibleConfig().timeout_s == 0
@@ -656,7 +657,7 @@ def test_no_playbook_timeout_by_default(tmp_path: Path) -> None:
 
 
 def test_discover_hosts_get_node_name_like_clusterm() -> None:
-    from gossipmgr.ansible import discover_hosts
+    from gossipmgr.runtime.ansible import discover_hosts
 
     hosts = discover_hosts([Host("", "10.0.0.1", "", ""), Host("", "10.0.0.2", "", "")])
     assert [(h.alias, h.name, h.group) for h in hosts] == [

@@ -18,18 +18,18 @@ import trio
 import trustme
 from _apiutil import add_nodes, serving, standalone
 
-from gossipmgr.api import (
+from gossipmgr.api.app import (
     FORWARDED_HEADER,
     MAX_BODY_BYTES,
     OPENAPI,
-    StandaloneContext,
     check_listen_policy,
     create_app,
     rule_paths,
     spec_paths,
 )
 from gossipmgr.errors import ConfigError
-from gossipmgr.replica import Replica
+from gossipmgr.runtime.replica import Replica
+from gossipmgr.testing.standalone import StandaloneContext
 
 JSON = {"Content-Type": "application/json"}
 
@@ -567,7 +567,7 @@ async def test_shutdown_is_prompt_with_an_idle_keepalive_connection(tmp_path: Pa
             stopped_in = None
             stop = trio.Event()
             async with trio.open_nursery() as n:
-                from gossipmgr.api import serve
+                from gossipmgr.api.app import serve
 
                 url = await n.start(
                     lambda task_status: serve(

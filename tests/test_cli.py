@@ -79,7 +79,7 @@ def gm(
         env["GOSSIPMGR_TOKEN"] = token
     env.update(env_extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "gossipmgr.cli", *args],
+        [sys.executable, "-m", "gossipmgr.cli.main", *args],
         env=env,
         input=stdin,
         capture_output=True,

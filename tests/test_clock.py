@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipmgr.clock import HLC, Timestamp
-from gossipmgr.crdt import LWWMap
+from gossipmgr.core.clock import HLC, Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import global_key
 from gossipmgr.errors import ClockError
-from gossipmgr.state import global_key
 
 
 def test_now_is_strictly_monotonic_even_when_physical_time_goes_back() -> None:

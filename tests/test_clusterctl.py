@@ -22,8 +22,8 @@ import pytest
 import trio
 from _apiutil import add_nodes, serving, standalone
 
-from gossipmgr.api import create_app
-from gossipmgr.clusterctl import (
+from gossipmgr.api.app import create_app
+from gossipmgr.clusterm.clusterctl import (
     api_request_json,
     go_config,
     go_float,
@@ -112,7 +112,7 @@ def test_json_output_is_go_json_indent() -> None:
 async def _ctl_here(url: str, *args: str) -> tuple[int, str, str]:
     """clusterctl's main in this process (a worker thread), stdout and stderr captured:
     the same code as the console script without an interpreter start per call."""
-    from gossipmgr import clusterctl
+    from gossipmgr.clusterm import clusterctl
 
     def run() -> tuple[int, str, str]:
         out, err = io.BytesIO(), io.StringIO()
@@ -131,7 +131,7 @@ async def _ctl_here(url: str, *args: str) -> tuple[int, str, str]:
 async def _ctl(url: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
     p = await trio.run_process(
-        [sys.executable, "-m", "gossipmgr.clusterctl", "--url", url, *args],
+        [sys.executable, "-m", "gossipmgr.clusterm.clusterctl", "--url", url, *args],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
@@ -248,7 +248,8 @@ async def test_the_go_config_set_body_is_accepted_verbatim(tmp_path: Path) -> No
 def test_version_debug_and_an_unreachable_daemon(capsys: pytest.CaptureFixture[str]) -> None:
     import subprocess
 
-    from gossipmgr import cli, clusterctl
+    from gossipmgr.cli import main as cli
+    from gossipmgr.clusterm import clusterctl
 
     assert clusterctl.main(["--version"]) == 0
     assert re.fullmatch(r"\S+ version \d+\.\d+\.\d+\n", capsys.readouterr().out)
@@ -266,13 +267,13 @@ def test_version_debug_and_an_unreachable_daemon(capsys: pytest.CaptureFixture[s
         # a GET and a POST to a daemon that is down: one fatal line each, exit 1 (the Go
         # client panicked on the POST); --debug shows the request first
         for args in (["nodes", "get"], ["node", "commission", "x"]):
-            p = run("gossipmgr.clusterctl", "--debug", "-u", f"127.0.0.1:{port}", *args)
+            p = run("gossipmgr.clusterm.clusterctl", "--debug", "-u", f"127.0.0.1:{port}", *args)
             assert p.returncode == 1, p
             lines = p.stderr.splitlines()
             assert lines[0].startswith("clusterctl: ") and f"127.0.0.1:{port}/" in lines[0]
             assert len(lines) == 2 and "connection refused" in lines[1], lines
             assert "level=fatal" in lines[1] and "Traceback" not in p.stderr
-        p = run("gossipmgr.cli", "-u", f"127.0.0.1:{port}", "--debug", "lease")
+        p = run("gossipmgr.cli.main", "-u", f"127.0.0.1:{port}", "--debug", "lease")
         assert p.returncode == 1 and f"port={port}" in p.stderr  # the request is logged
 
 

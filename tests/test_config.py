@@ -61,7 +61,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gossipmgr.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gossipmgr.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -91,9 +94,9 @@ def test_stale_data_refused_when_joining_allowed_alone(tmp_path: Path) -> None:
     import trio
 
     from gossipmgr.agent import TOMBSTONE_TTL_MS, Agent
-    from gossipmgr.clock import Timestamp
-    from gossipmgr.replica import Replica
-    from gossipmgr.state import global_key
+    from gossipmgr.core.clock import Timestamp
+    from gossipmgr.core.state import global_key
+    from gossipmgr.runtime.replica import Replica
 
     data = tmp_path / "d"
 

@@ -22,7 +22,7 @@ import pytest
 from _crashload import COMPACT_BYTES, environ, expected_exit, globals_of, run_rep
 
 from gossipmgr.localcluster import LocalCluster, wait_for
-from gossipmgr.store import CRASH_POINTS
+from gossipmgr.runtime.store import CRASH_POINTS
 
 pytestmark = [pytest.mark.serf, pytest.mark.slow]
 

@@ -7,10 +7,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipmgr.clock import Timestamp
-from gossipmgr.crdt import Entry, LWWMap, join
-from gossipmgr.lease import Lease
-from gossipmgr.state import (
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import Entry, LWWMap, join
+from gossipmgr.core.lease import Lease
+from gossipmgr.core.state import (
     LEASE_KEY,
     ClusterState,
     combine,
@@ -214,8 +214,8 @@ def test_records_of_another_shape_read_as_absent_never_raise() -> None:
     """A key holder (or another version) can gossip a node, job or config record that is
     not a map; the readers the lease loop's reconcile and the API use must not raise (a
     ``dict(value)`` on a list or a string did: every holder's lease loop would crash)."""
-    from gossipmgr import inventory as inv
-    from gossipmgr.state import ANSIBLE_CONFIG_KEY, monitoring_key
+    from gossipmgr.core import inventory as inv
+    from gossipmgr.core.state import ANSIBLE_CONFIG_KEY, monitoring_key
 
     for bad in ([1, 2], "x", 7, None, [["a", 1]]):
         s = ClusterState()

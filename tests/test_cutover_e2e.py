@@ -73,7 +73,9 @@ def run_in(c: NetnsCluster, inst: str, *argv: str) -> subprocess.CompletedProces
     # The cluster's API token, as an operator exports it (the default path is not ours).
     env["GOSSIPMGR_TOKEN_FILE"] = str(c.token_file)
     script = Path(sys.executable).parent / argv[0]
-    module = {"gossipmgr": "gossipmgr.cli", "clusterctl": "gossipmgr.clusterctl"}[argv[0]]
+    module = {"gossipmgr": "gossipmgr.cli.main", "clusterctl": "gossipmgr.clusterm.clusterctl"}[
+        argv[0]
+    ]
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", module]
     return subprocess.run(
         ["ip", "netns", "exec", c.host(inst).ns, *cmd, *argv[1:]],

@@ -29,7 +29,7 @@ def _demo_processes() -> list[str]:
 def test_demo_runs_to_completion_and_cleans_up() -> None:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(
-        [sys.executable, "-m", "gossipmgr.cli", "demo"],
+        [sys.executable, "-m", "gossipmgr.cli.main", "demo"],
         capture_output=True,
         text=True,
         timeout=300,

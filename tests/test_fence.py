@@ -31,7 +31,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gossipmgr
-from gossipmgr.ansible import (
+from gossipmgr.api.app import create_app
+from gossipmgr.core.lease import Lease, LeaseConfig
+from gossipmgr.core.state import LEASE_KEY, global_key
+from gossipmgr.errors import BadRequest
+from gossipmgr.runtime.ansible import (
     FENCE_VARS,
     AnsibleSettings,
     Host,
@@ -40,12 +44,8 @@ from gossipmgr.ansible import (
     run_playbook,
     run_workflow,
 )
-from gossipmgr.api import create_app
-from gossipmgr.errors import BadRequest
-from gossipmgr.jobs import ACTIVE, JobManager
-from gossipmgr.lease import Lease, LeaseConfig
-from gossipmgr.replica import Replica
-from gossipmgr.state import LEASE_KEY, global_key
+from gossipmgr.runtime.jobs import ACTIVE, JobManager
+from gossipmgr.runtime.replica import Replica
 
 PLAYBOOKS = Path(gossipmgr.__file__).parent / "playbooks"
 MODULE_PATH = PLAYBOOKS / "roles" / "gossipmgr_fence" / "library" / "gossipmgr_fence.py"

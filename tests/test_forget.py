@@ -13,11 +13,11 @@ import pytest
 import trio
 from _apiutil import add_nodes, serving, standalone
 
-from gossipmgr.api import create_app
-from gossipmgr.clock import Timestamp
+from gossipmgr.api.app import create_app
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.inventory import MASTER, check_moves, check_workflow, d_discovered, d_forget
+from gossipmgr.core.state import ClusterState, inventory_key
 from gossipmgr.errors import Conflict
-from gossipmgr.inventory import MASTER, check_moves, check_workflow, d_discovered, d_forget
-from gossipmgr.state import ClusterState, inventory_key
 
 
 async def _disappear(ctx: object, label: str, serial: str) -> None:
@@ -92,7 +92,7 @@ async def test_forget_a_gone_node_and_commission_it_when_it_comes_back(tmp_path:
 
             # the CLI
             env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
-            cli = [sys.executable, "-m", "gossipmgr.cli", "--url", url, "node", "forget"]
+            cli = [sys.executable, "-m", "gossipmgr.cli.main", "--url", url, "node", "forget"]
             p = await trio.run_process(
                 [*cli, "node-0", "--force"],
                 capture_stdout=True,

@@ -7,11 +7,11 @@ import random
 import msgpack
 import pytest
 
-from gossipmgr.clock import HLC
+from gossipmgr.core.clock import HLC
+from gossipmgr.core.state import ClusterState, global_key, inventory_key, node_var_key
 from gossipmgr.gossip.crypto import MAX_PLAINTEXT
 from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
-from gossipmgr.gossip.sim import Sim, addr
-from gossipmgr.state import ClusterState, global_key, inventory_key, node_var_key
+from gossipmgr.testing.sim import Sim, addr
 
 
 def _random_write(sim: Sim, rnd: random.Random) -> None:
@@ -95,7 +95,7 @@ def _bulk(n: int) -> ClusterState:
 
 
 def _wire_all(st: ClusterState) -> list[object]:
-    from gossipmgr.codec import entry_to_wire
+    from gossipmgr.core.codec import entry_to_wire
 
     return [entry_to_wire(k, e) for k, e in st.map.items()]
 

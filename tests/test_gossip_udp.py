@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
+from gossipmgr.core.state import global_key
 from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
-from gossipmgr.replica import Replica
-from gossipmgr.state import global_key
+from gossipmgr.runtime.replica import Replica
 
 
 @contextlib.asynccontextmanager

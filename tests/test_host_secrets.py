@@ -36,7 +36,7 @@ class Agent:
         args = [
             sys.executable,
             "-m",
-            "gossipmgr.cli",
+            "gossipmgr.cli.main",
             "agent",
             "--name",
             data.name,
@@ -100,10 +100,10 @@ def run_cli(
     The interpreter lives under /root (mode 0700 here), which uid 65534 cannot execute, so
     the child starts as root, imports the CLI and warms up httpx with a request to the
     open /health route (nothing read from disk after that but the token file), then drops
-    to ``uid`` and runs ``gossipmgr.cli.main``, which looks for the token as usual.
+    to ``uid`` and runs ``gossipmgr.cli.main.main``, which looks for the token as usual.
     """
     code = (
-        "import os, sys, httpx, gossipmgr.cli as cli\n"
+        "import os, sys, httpx, gossipmgr.cli.main as cli\n"
         f"httpx.get({url!r} + '/health', timeout=5)\n"
         f"uid = {uid!r}\n"
         "if uid is not None:\n"
@@ -237,7 +237,7 @@ def test_serf_rpc_secret_is_on_no_command_line(tmp_path: Path) -> None:
 def test_serf_rpc_secret_on_the_command_line_is_warned_about(tmp_path: Path) -> None:
     """The agent stops with exit 2 before starting anything (a missing token file is
     checked after the warning), so no agent runs."""
-    argv = [sys.executable, "-m", "gossipmgr.cli", "agent", "--data-dir", str(tmp_path / "d")]
+    argv = [sys.executable, "-m", "gossipmgr.cli.main", "agent", "--data-dir", str(tmp_path / "d")]
     argv += ["--serf-rpc-auth", "s3cret", "--api-token-file", str(tmp_path / "missing")]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot read api token file" in out.stderr, out
@@ -283,7 +283,7 @@ def test_default_token_is_created_once_and_no_auth_is_not_a_reload(tmp_path: Pat
 async def test_sighup_swaps_the_token_the_api_checks(tmp_path: Path) -> None:
     """The running API checks the token a reload read (in-process app, real Agent)."""
     from gossipmgr.agent import Agent, AgentApiContext
-    from gossipmgr.api import create_app
+    from gossipmgr.api.app import create_app
     from gossipmgr.config import load
 
     tok = tmp_path / "token"

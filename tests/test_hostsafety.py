@@ -28,17 +28,18 @@ import pytest
 import trio
 from _apiutil import LOCAL_HOST_VARS, add_nodes, serving
 
-from gossipmgr.ansible import (
+from gossipmgr.api.app import create_app
+from gossipmgr.core.state import global_key
+from gossipmgr.localcluster import free_port
+from gossipmgr.runtime.ansible import (
     AnsibleSettings,
     mark_unsafe,
     refused_client_vars,
     split_config_vars,
 )
-from gossipmgr.api import StandaloneContext, create_app
-from gossipmgr.jobs import JobManager
-from gossipmgr.localcluster import free_port
-from gossipmgr.replica import Replica
-from gossipmgr.state import global_key
+from gossipmgr.runtime.jobs import JobManager
+from gossipmgr.runtime.replica import Replica
+from gossipmgr.testing.standalone import StandaloneContext
 
 PLAYBOOKS = Path(__file__).parent / "playbooks_hostsafety"
 
@@ -276,7 +277,7 @@ async def test_cli_prints_the_refusal(tmp_path: Path) -> None:
     async with api_over_http(tmp_path, ssh_harness_vars()) as (ctx, c):
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
         env["GOSSIPMGR_URL"] = str(c.base_url).rstrip("/")
-        cli = [sys.executable, "-m", "gossipmgr.cli"]
+        cli = [sys.executable, "-m", "gossipmgr.cli.main"]
         runs = [
             ["global", "set", "ansible_connection", "local"],
             ["global", "set", "-e", '{"ansible_ssh_common_args": "-oProxyCommand=x"}'],

@@ -20,10 +20,11 @@ import pytest
 import trio
 from _apiutil import serving, standalone
 
-from gossipmgr.api import StandaloneContext, create_app
-from gossipmgr.boltread import _LEAF_ELEM, _META, _PAGE_HDR, BUCKET_LEAF, BoltError, BoltFile
-from gossipmgr.cli import Client, CliError
-from gossipmgr.clusterm import import_clusterm, read_assets
+from gossipmgr.api.app import create_app
+from gossipmgr.cli.main import Client, CliError
+from gossipmgr.clusterm.bolt import _LEAF_ELEM, _META, _PAGE_HDR, BUCKET_LEAF, BoltError, BoltFile
+from gossipmgr.clusterm.importer import import_clusterm, read_assets
+from gossipmgr.testing.standalone import StandaloneContext
 
 FIX = Path(__file__).parent / "fixtures" / "clusterm-bolt"
 
@@ -358,7 +359,7 @@ async def test_cli_import_command(tmp_path: Path) -> None:
     async with standalone(tmp_path) as ctx:
         async with serving(create_app(ctx)) as url:
             env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
-            base = [sys.executable, "-m", "gossipmgr.cli", "--url", url, "import", "clusterm"]
+            base = [sys.executable, "-m", "gossipmgr.cli.main", "--url", url, "import", "clusterm"]
             p = await trio.run_process(
                 [*base, "--boltdb", str(FIX / "small.db"), "--dry-run"],
                 capture_stdout=True,

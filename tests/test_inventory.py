@@ -1,4 +1,4 @@
-"""Pure tests of gossipmgr.inventory: the whole status table, every check's exact text."""
+"""Pure tests of gossipmgr.core.inventory: the whole status table, every check's exact text."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from gossipmgr import inventory as inv
-from gossipmgr.clock import Timestamp
+from gossipmgr.core import inventory as inv
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.state import ClusterState, host_group_key, inventory_key, node_var_key
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound
-from gossipmgr.state import ClusterState, host_group_key, inventory_key, node_var_key
 
 # The contract's table (clusterm-contract.md §1), written out independently of the code.
 CONTRACT_EDGES = {

@@ -17,9 +17,11 @@ import pytest
 import trio
 import trio.testing
 
-from gossipmgr.ansible import AnsibleSettings
+from gossipmgr.core.lease import Lease, LeaseConfig
+from gossipmgr.core.state import LEASE_KEY, inventory_key, job_key
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, Unavailable
-from gossipmgr.jobs import (
+from gossipmgr.runtime.ansible import AnsibleSettings
+from gossipmgr.runtime.jobs import (
     ACTIVE,
     HISTORY,
     LOG_TAIL_LINES,
@@ -27,9 +29,7 @@ from gossipmgr.jobs import (
     make_job_id,
     valid_job_id,
 )
-from gossipmgr.lease import Lease, LeaseConfig
-from gossipmgr.replica import Replica
-from gossipmgr.state import LEASE_KEY, inventory_key, job_key
+from gossipmgr.runtime.replica import Replica
 
 #: Leases written by hand here last 10**9 ms; the bound on expiry must allow it.
 LONG_LEASE = LeaseConfig(ttl_ms=2 * 10**9)

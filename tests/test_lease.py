@@ -9,10 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossipmgr.crdt import Entry
-from gossipmgr.errors import Conflict, StaleEpoch
-from gossipmgr.gossip.sim import Sim, addr
-from gossipmgr.lease import (
+from gossipmgr.core.crdt import Entry
+from gossipmgr.core.lease import (
     MAX_EPOCH,
     MAX_SKEW_MS,
     Lease,
@@ -23,7 +21,9 @@ from gossipmgr.lease import (
     is_holder,
     reset,
 )
-from gossipmgr.state import LEASE_KEY, ClusterState, job_key, lease_rank
+from gossipmgr.core.state import LEASE_KEY, ClusterState, job_key, lease_rank
+from gossipmgr.errors import Conflict, StaleEpoch
+from gossipmgr.testing.sim import Sim, addr
 
 CFG = LeaseConfig(ttl_ms=2_000, renew_ms=500)
 
@@ -147,7 +147,7 @@ def test_reset_refuses_an_acting_holder_unless_forced_and_outranks_everything() 
     # It merges above the lease it replaces (higher epoch), whatever the timestamps.
     st_ = ClusterState()
     forged_ts = st_.map  # noqa: F841 (a fresh map: only ranks matter below)
-    from gossipmgr.clock import Timestamp
+    from gossipmgr.core.clock import Timestamp
 
     forged = Entry(Timestamp(9_999_999, 5, "zz"), Lease("0-mallory", 3, 10**15).as_value())
     reset_e = Entry(Timestamp(1, 0, "a"), Lease("", 4, 0).as_value())
@@ -177,7 +177,7 @@ def test_an_epoch_at_the_top_of_the_range_stops_claims_instead_of_crashing() -> 
 def merged_lease(*values: object) -> Lease | None:
     """Join lease entries written one after the other (as gossip would) and read the
     result as Replica.lease does."""
-    from gossipmgr.clock import Timestamp
+    from gossipmgr.core.clock import Timestamp
 
     st_ = ClusterState()
     for i, v in enumerate(values):

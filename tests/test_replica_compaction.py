@@ -22,8 +22,8 @@ import pytest
 import trio
 import trio.testing
 
-from gossipmgr.replica import Replica
-from gossipmgr.state import global_key
+from gossipmgr.core.state import global_key
+from gossipmgr.runtime.replica import Replica
 
 
 def restored_globals(d: Path) -> dict[str, object]:
@@ -190,7 +190,7 @@ async def test_a_snapshot_larger_than_one_delta_restores(tmp_path: Path) -> None
     the cap on a delta from the network). Compaction wrote the snapshot (the store takes up
     to MAX_SNAPSHOT, 1 GiB); restore decoded it with the network's cap and refused it as
     malformed, so the instance could not start again with its own state."""
-    from gossipmgr.codec import MAX_DELTA_BYTES, MAX_ENTRY_BYTES
+    from gossipmgr.core.codec import MAX_DELTA_BYTES, MAX_ENTRY_BYTES
 
     d = tmp_path / "state"
     rep = Replica("r", data_dir=d, fsync=False, compact_bytes=1 << 40)

@@ -36,8 +36,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from serfutil import AgentPool, agent_pool
 
-from gossipmgr import cli
 from gossipmgr.agent import SERF_UNENCRYPTED_WARNING
+from gossipmgr.cli import main as cli
 from gossipmgr.config import load
 from gossipmgr.errors import ConfigError
 from gossipmgr.gossip.crypto import generate_key
@@ -167,7 +167,7 @@ def _agent_argv(name: str, data: Path, *extra: str) -> tuple[list[str], str]:
     argv = [
         sys.executable,
         "-m",
-        "gossipmgr.cli",
+        "gossipmgr.cli.main",
         "agent",
         "--name",
         name,

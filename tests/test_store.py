@@ -1,4 +1,5 @@
-"""Tests for gossipmgr.store: restore, torn tails, corruption, ENOSPC, group commit, compaction.
+"""Tests for gossipmgr.runtime.store: restore, torn tails, corruption, ENOSPC,
+group commit, compaction.
 
 All on a real file system (pytest's tmp_path); the only thing faked is the failing syscall
 (through the store's ``_sys_pwrite``/``_sys_fsync`` seam) to simulate a full or failing disk.
@@ -19,9 +20,9 @@ import pytest
 import trio
 import trio.testing
 
-import gossipmgr.store as store_mod
+import gossipmgr.runtime.store as store_mod
 from gossipmgr.errors import CorruptFile, StoreError
-from gossipmgr.store import (
+from gossipmgr.runtime.store import (
     FRAME_OVERHEAD,
     HEADER_SIZE,
     LOG_DATA_START,

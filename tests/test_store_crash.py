@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gossipmgr.store import CRASH_POINTS, Restored, Store
+from gossipmgr.runtime.store import CRASH_POINTS, Restored, Store
 
 WRITER = Path(__file__).with_name("_store_writer.py")
 REPO = Path(__file__).resolve().parent.parent

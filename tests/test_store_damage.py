@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import gossipmgr.store as store_mod
+import gossipmgr.runtime.store as store_mod
 from gossipmgr.errors import CorruptFile, StoreError
-from gossipmgr.store import Store
+from gossipmgr.runtime.store import Store
 
 
 def segments(d: Path) -> list[Path]:

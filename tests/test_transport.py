@@ -1,4 +1,4 @@
-"""Transports: real trio UDP on loopback, and gossipmgr.testing's deterministic network."""
+"""Transports: real trio UDP on loopback, and gossipmgr.testing.network's deterministic network."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from gossipmgr.errors import BadPacket
 from gossipmgr.gossip.crypto import MAX_DATAGRAM, Keyring, Sealer
 from gossipmgr.gossip.transport import Addr, Transport, open_udp_transport
-from gossipmgr.testing import InMemoryNetwork, InMemoryTransport
+from gossipmgr.testing.network import InMemoryNetwork, InMemoryTransport
 
 A: Addr = ("10.0.0.1", 7001)
 B: Addr = ("10.0.0.2", 7001)

@@ -26,9 +26,9 @@ from _apiutil import serving, standalone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossipmgr.api import MAX_BODY_BYTES, StandaloneContext, create_app
-from gossipmgr.clock import HLC, Timestamp
-from gossipmgr.codec import (
+from gossipmgr.api.app import MAX_BODY_BYTES, create_app
+from gossipmgr.core.clock import HLC, Timestamp
+from gossipmgr.core.codec import (
     MAX_ENTRY_BYTES,
     MAX_KEY_PART,
     MAX_VALUE_DEPTH,
@@ -36,14 +36,15 @@ from gossipmgr.codec import (
     check_entry,
     entry_to_wire,
 )
-from gossipmgr.crdt import Entry, LWWMap
+from gossipmgr.core.crdt import Entry, LWWMap
+from gossipmgr.core.state import ClusterState, global_key
 from gossipmgr.errors import BadPacket, ValueRefused, ValueTooLarge
 from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.protocol import MAX_MESSAGE_BYTES, AntiEntropy, GossipConfig
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
-from gossipmgr.replica import Replica, check_writable
-from gossipmgr.state import ClusterState, global_key
+from gossipmgr.runtime.replica import Replica, check_writable
+from gossipmgr.testing.standalone import StandaloneContext
 
 
 class Pair:
@@ -449,7 +450,7 @@ async def test_fuzz_accepted_values_replicate_refused_ones_change_nothing(tmp_pa
 def test_restore_size_bound_is_an_upper_bound(value: Any, name: str) -> None:
     # Restore skips encoding an entry when the walk's bound is under the limit: the bound
     # must never be below the real encoded size.
-    from gossipmgr.codec import check_json_value
+    from gossipmgr.core.codec import check_json_value
 
     e = Entry(Timestamp(2**63 - 1, 2**63 - 1, name[:128]), value)
     key = global_key(name)
@@ -462,8 +463,8 @@ async def test_restore_leaves_out_what_gossip_cannot_carry(tmp_path: Path) -> No
     # A data dir written before the rule: the entries are logged, counted and left out;
     # the rest is restored. (Before: restored, then the gossip service died on them or
     # resent them forever.)
-    from gossipmgr.codec import encode_map
-    from gossipmgr.store import Store
+    from gossipmgr.core.codec import encode_map
+    from gossipmgr.runtime.store import Store
 
     ts = Timestamp(1, 0, "i1")
     bad = {
@@ -533,7 +534,7 @@ async def test_a_log_line_with_a_lone_surrogate_is_logged_and_replicable(tmp_pat
     event JSON escapes them). Such a line used to raise in the log file's write, and, in
     the replicated tail, would make the record unencodable (ValueRefused from the commit,
     uncaught in the tail flusher). It is logged with the character replaced."""
-    from gossipmgr.jobs import _Run
+    from gossipmgr.runtime.jobs import _Run
 
     run = _Run("j1", "update", 1, tmp_path / "j1.log")
     run.file = open(run.path, "a", encoding="utf-8")
@@ -551,7 +552,7 @@ def test_discover_address_dedup_is_linear() -> None:
     duplicates with a list scan (``a not in out``): ~10^10 comparisons on the trio thread,
     minutes with the event loop blocked (lease renewals and gossip stop), before the job
     record's item limit refused the request. Counted, not timed."""
-    from gossipmgr.inventory import check_discover
+    from gossipmgr.core.inventory import check_discover
 
     calls = [0]
 

@@ -25,12 +25,12 @@ import httpx
 import pytest
 import trio
 
-from gossipmgr.clock import Timestamp
-from gossipmgr.codec import MAX_ENTRY_BYTES, encode_map
-from gossipmgr.crdt import Entry, LWWMap
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.codec import MAX_ENTRY_BYTES, encode_map
+from gossipmgr.core.crdt import Entry, LWWMap
+from gossipmgr.core.state import global_key
 from gossipmgr.localcluster import LocalCluster, wait_for
-from gossipmgr.state import global_key
-from gossipmgr.store import Store
+from gossipmgr.runtime.store import Store
 
 pytestmark = [pytest.mark.serf, pytest.mark.slow]
 

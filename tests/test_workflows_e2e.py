@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import trio
 
-from gossipmgr.ansible import AnsibleSettings
+from gossipmgr.core.lease import Lease, LeaseConfig
+from gossipmgr.core.state import LEASE_KEY, job_key
 from gossipmgr.errors import CheckFailed, Conflict, Unavailable
-from gossipmgr.jobs import ACTIVE, JobManager
-from gossipmgr.lease import Lease, LeaseConfig
-from gossipmgr.replica import Replica
-from gossipmgr.state import LEASE_KEY, job_key
+from gossipmgr.runtime.ansible import AnsibleSettings
+from gossipmgr.runtime.jobs import ACTIVE, JobManager
+from gossipmgr.runtime.replica import Replica
 
 #: Leases written by hand here last 10**9 ms; the bound on expiry must allow it.
 LONG_LEASE = LeaseConfig(ttl_ms=2 * 10**9)

@@ -5,5 +5,5 @@ Layering (each layer owned by its module, pure ones take ``now`` as an argument)
 
 - ``crypto``    PURE: keys, AES-256-GCM sealing, replay guard. Untrusted bytes -> BadPacket.
 - ``transport`` trio UDP sockets; the ``Transport`` protocol that
-  ``gossipmgr.testing.InMemoryTransport`` also satisfies.
+  ``gossipmgr.testing.network.InMemoryTransport`` also satisfies.
 """

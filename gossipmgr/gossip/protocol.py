@@ -2,7 +2,7 @@
 
 This object takes bytes and time in and returns ``(peer, bytes)`` to send; it never awaits,
 never reads a clock and never touches a socket (``h11`` style). ``gossipmgr.gossip.service``
-moves the bytes over UDP; tests drive it over ``gossipmgr.testing.InMemoryNetwork``.
+moves the bytes over UDP; tests drive it over ``gossipmgr.testing.network.InMemoryNetwork``.
 
 The algorithm is Almeida, Shoker and Baquero's delta-interval anti-entropy with per-peer
 acknowledgements, plus the two fixes Enes et al. (ICDE 2019) showed are needed for deltas to
@@ -57,12 +57,12 @@ from typing import Any
 
 import msgpack
 
-from ..clock import HLC, Timestamp
-from ..codec import entries_from_wire_untrusted, entry_to_wire, unpack_untrusted
-from ..crdt import FANOUT, Entry, Key, LWWMap
-from ..errors import BadPacket, ClockError
-from ..state import ClusterState
-from .crypto import Counters
+from gossipmgr.core.clock import HLC, Timestamp
+from gossipmgr.core.codec import entries_from_wire_untrusted, entry_to_wire, unpack_untrusted
+from gossipmgr.core.crdt import FANOUT, Entry, Key, LWWMap
+from gossipmgr.core.state import ClusterState
+from gossipmgr.errors import BadPacket, ClockError
+from gossipmgr.gossip.crypto import Counters
 
 log = logging.getLogger("gossipmgr.gossip")
 

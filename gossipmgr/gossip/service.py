@@ -24,12 +24,12 @@ from typing import Any
 
 import trio
 
-from ..crdt import LWWMap
-from ..errors import BadPacket
-from ..replica import Replica
-from .crypto import HEADER_LEN, SENDER_ID_LEN, Counters, Keyring, Sealer, node_id
-from .protocol import TYPE_NAMES
-from .transport import Addr, Transport
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.errors import BadPacket
+from gossipmgr.gossip.crypto import HEADER_LEN, SENDER_ID_LEN, Counters, Keyring, Sealer, node_id
+from gossipmgr.gossip.protocol import TYPE_NAMES
+from gossipmgr.gossip.transport import Addr, Transport
+from gossipmgr.runtime.replica import Replica
 
 log = logging.getLogger("gossipmgr.gossip")
 

@@ -2,7 +2,8 @@
 
 A transport only moves datagrams (habit 1: hypercorn's ``trio/udp_server.py`` is a thin loop
 over a protocol object). It neither encrypts nor parses: the protocol seals with
-``gossipmgr.gossip.crypto.Sealer`` and hands bytes here. ``gossipmgr.testing.InMemoryTransport``
+``gossipmgr.gossip.crypto.Sealer`` and hands bytes here.
+``gossipmgr.testing.network.InMemoryTransport``
 satisfies the same ``Transport`` protocol with no sockets (memberlist ``mock_transport.go``).
 
 Errors: ``send`` raises ValueError for a datagram over MAX_DATAGRAM (a caller bug). Network

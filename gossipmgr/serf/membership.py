@@ -69,7 +69,7 @@ from typing import Any, Final, Literal
 
 import trio
 
-from gossipmgr.codec import MAX_KEY_PART
+from gossipmgr.core.codec import MAX_KEY_PART
 from gossipmgr.errors import SerfError
 from gossipmgr.serf.client import SerfClient
 

@@ -49,8 +49,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .clock import DEFAULT_MAX_OFFSET_MS
-from .errors import Conflict, StaleEpoch
+from gossipmgr.core.clock import DEFAULT_MAX_OFFSET_MS
+from gossipmgr.errors import Conflict, StaleEpoch
 
 #: Clock skew a lease's expiry is allowed past ``written + ttl``: the HLC's bound on how far
 #: ahead of a receiver a timestamp may be (docs/design.md). Expiry is the only place clocks

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..clock import HLC
-from ..crdt import LWWMap
-from ..state import ClusterState
-from ..testing import InMemoryNetwork
-from .protocol import AntiEntropy, GossipConfig
+from gossipmgr.core.clock import HLC
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import ClusterState
+from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
+from gossipmgr.testing.network import InMemoryNetwork
 
 
 def addr(name: str) -> tuple[str, int]:

@@ -45,13 +45,13 @@ from typing import Any
 import msgpack
 import trio
 
-from .clock import HLC, Timestamp
-from .codec import check_entry, decode_map_trusted, encode_map
-from .crdt import LWWMap
-from .errors import BadPacket, CorruptFile, StoreError, ValueRefused, ValueTooLarge
-from .gossip.protocol import AntiEntropy, GossipConfig
-from .lease import Lease, LeaseConfig, bounded, is_holder
-from .state import LEASE_KEY, ClusterState
+from gossipmgr.core.clock import HLC, Timestamp
+from gossipmgr.core.codec import check_entry, decode_map_trusted, encode_map
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.lease import Lease, LeaseConfig, bounded, is_holder
+from gossipmgr.core.state import LEASE_KEY, ClusterState
+from gossipmgr.errors import BadPacket, CorruptFile, StoreError, ValueRefused, ValueTooLarge
+from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
 
 log = logging.getLogger("gossipmgr.replica")
 
@@ -160,7 +160,9 @@ class Replica:
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> list[str]:
         """Restore from ``data_dir`` (if any). Raises CorruptFile / StoreError."""
-        from .store import Store  # local: the store pulls in fcntl; pure users skip it
+        from gossipmgr.runtime.store import (
+            Store,  # local: the store pulls in fcntl; pure users skip it
+        )
 
         t0 = time.perf_counter()
         notes: list[str] = []

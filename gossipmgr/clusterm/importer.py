@@ -8,7 +8,7 @@ imported nodes get ``--default-host-group`` (that same default) unless named wit
 ``--host-group NODE=GROUP``.
 
 The import is a client of a running cluster: it reads the file here (read-only, see
-:mod:`gossipmgr.boltread`) and sends ``POST /inventory/import`` (the holder writes every
+:mod:`gossipmgr.clusterm.bolt`) and sends ``POST /inventory/import`` (the holder writes every
 status under its lease epoch) and, with ``--conf``, ``POST /config`` for the ansible
 section. Running it twice changes nothing the second time, and says so.
 
@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import inventory as inv
-from .boltread import BoltError, BoltFile
-from .cli import Client, CliError
-from .config import ANSIBLE_CONFIG_KEYS
+from gossipmgr.cli.main import Client, CliError
+from gossipmgr.clusterm.bolt import BoltError, BoltFile
+from gossipmgr.config import ANSIBLE_CONFIG_KEYS
+from gossipmgr.core import inventory as inv
 
 ASSETS_BUCKET = "assets"
 #: clusterm statuses gossipmgr imports as Unallocated (never set by clusterm's workflows).

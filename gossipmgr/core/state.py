@@ -1,6 +1,6 @@
 """The replicated cluster state: one LWW map, read through a typed view.
 
-Every piece of state gossipmgr replicates is an entry of one :class:`~gossipmgr.crdt.LWWMap`,
+Every piece of state gossipmgr replicates is an entry of one :class:`~gossipmgr.core.crdt.LWWMap`,
 under a key whose first part names its namespace. A nested map (a node's extra-vars) is
 flattened into path keys, which *is* a map of LWW maps: concurrent writers of different
 variables both survive, and a removal is a tombstone on that one variable.
@@ -14,7 +14,7 @@ key                                    value                                    
 ``("n", node, "inv")``                 ``{status, prev_status, state, prev_state}`` LWW
                                        (``{forgotten: true}``: a forgotten node)
 ``("n", node, "mon")``                 ``{label, serial, addr}`` from Serf tags     LWW
-``("j", job_id)``                      job record (see ``gossipmgr.jobs``)         LWW
+``("j", job_id)``                      job record (see ``gossipmgr.runtime.jobs``)         LWW
 ``("cfg", "ansible")``                 the runtime ansible config section          LWW
 ``("lease",)``                         ``{holder, epoch, expires_ms}``             lease order
 =====================================  ==========================================  ==========
@@ -41,8 +41,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clock import Timestamp
-from .crdt import ORDERS, Entry, Key, LWWMap
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import ORDERS, Entry, Key, LWWMap
 
 GLOBAL = "g"
 NODE = "n"

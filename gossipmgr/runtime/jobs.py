@@ -17,7 +17,7 @@ A request's life::
 
 A rejected request writes nothing (clusterm's bug: its rejected requests became "last" jobs).
 
-The job record (``("j", id)``, epoch-fenced, see ``gossipmgr.state``)::
+The job record (``("j", id)``, epoch-fenced, see ``gossipmgr.core.state``)::
 
     id          "<ms:013>-<counter:06>-<instance>": sorts by creation time
     desc, task  clusterm's fields; task is the workflow ("commission", ...)
@@ -55,7 +55,7 @@ its nodes take the failure path. (clusterm's contract said Errored; a distinct s
 reader tell a cancel from a failure, and the error text is kept.)
 
 Monitoring events (Serf health, POST /monitor/event, takeover reconciliation) are applied
-here too, by the holder only, as pure deltas from :mod:`gossipmgr.inventory`. With
+here too, by the holder only, as pure deltas from :mod:`gossipmgr.core.inventory`. With
 ``reconfigure_on_reappear`` an Allocated node that comes back after it disappeared gets a
 "reconfigure" job (configure playbook, Maintenance -> Allocated | Unallocated) when no job
 is active; otherwise it is skipped with a log line (clusterm issue #123).
@@ -79,20 +79,19 @@ from typing import IO, Any, Final
 
 import trio
 
-from . import inventory as inv
-from .ansible import (
-    CANCELLED_ERROR,
-    AnsibleSettings,
-    Host,
-    WorkflowResult,
-    check_client_var,
-    parse_extra_vars,
-    run_workflow,
+from gossipmgr.core import inventory as inv
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.codec import MAX_COUNTER
+from gossipmgr.core.crdt import Entry, LWWMap
+from gossipmgr.core.lease import check_fence
+from gossipmgr.core.state import (
+    ClusterState,
+    combine,
+    host_group_key,
+    job_key,
+    node_var_key,
 )
-from .clock import Timestamp
-from .codec import MAX_COUNTER
-from .crdt import Entry, LWWMap
-from .errors import (
+from gossipmgr.errors import (
     BadRequest,
     Conflict,
     JobError,
@@ -102,15 +101,16 @@ from .errors import (
     Unavailable,
     ValueTooLarge,
 )
-from .lease import check_fence
-from .replica import Replica, check_writable
-from .state import (
-    ClusterState,
-    combine,
-    host_group_key,
-    job_key,
-    node_var_key,
+from gossipmgr.runtime.ansible import (
+    CANCELLED_ERROR,
+    AnsibleSettings,
+    Host,
+    WorkflowResult,
+    check_client_var,
+    parse_extra_vars,
+    run_workflow,
 )
+from gossipmgr.runtime.replica import Replica, check_writable
 
 log = logging.getLogger("gossipmgr.jobs")
 
@@ -914,7 +914,7 @@ class JobManager:
         One fenced commit under our epoch (inventory records are epoch-fenced like a job's
         writes). Refused with Conflict while a job is active (its nodes are moving), with
         BadRequest for a bad entry, Unavailable off the holder. See
-        :func:`gossipmgr.inventory.plan_import` for what is changed and what is kept."""
+        :func:`gossipmgr.core.inventory.plan_import` for what is changed and what is kept."""
         parsed = inv.check_import_entries(entries)
         async with self._lock:
             epoch = self._holder_epoch()

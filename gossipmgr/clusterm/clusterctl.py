@@ -26,9 +26,9 @@ from typing import Any, NoReturn
 
 import httpx
 
-from . import __version__
-from .cli import Client, CliError, _token
-from .config import ANSIBLE_CONFIG_KEYS
+from gossipmgr import __version__
+from gossipmgr.cli.main import Client, CliError, _token
+from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 
 DEFAULT_URL = "0.0.0.0:9007"
 _START = time.monotonic()
@@ -848,6 +848,6 @@ def _fatal(msg: str) -> NoReturn:
 
 
 if __name__ == "__main__":
-    from gossipmgr.clusterctl import main as _main
+    from gossipmgr.clusterm.clusterctl import main as _main
 
     sys.exit(_main())

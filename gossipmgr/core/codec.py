@@ -17,10 +17,10 @@ from typing import Any
 
 import msgpack
 
-from .clock import Timestamp
-from .crdt import Entry, Key, LWWMap
-from .errors import BadPacket
-from .state import valid_key
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import Entry, Key, LWWMap
+from gossipmgr.core.state import valid_key
+from gossipmgr.errors import BadPacket
 
 #: Version of the entry/delta encoding. Bump on any incompatible change; decoders refuse
 #: versions they do not know (append-only, see docs/design.md "Wire protocol").

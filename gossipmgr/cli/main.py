@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from . import __version__
+from gossipmgr import __version__
 
 DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
@@ -489,7 +489,9 @@ def cmd_lease(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_import(c: Client, args: argparse.Namespace) -> int:
-    from .clusterm import cmd_import as run  # imports the Bolt reader only when used
+    from gossipmgr.clusterm.importer import (
+        cmd_import as run,  # imports the Bolt reader only when used
+    )
 
     return run(c, args)
 
@@ -815,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy: modules that raise
-    # gossipmgr.cli.CliError (the import command) must raise the class main catches.
-    from gossipmgr.cli import main as _main
+    # gossipmgr.cli.main.CliError (the import command) must raise the class main catches.
+    from gossipmgr.cli.main import main as _main
 
     sys.exit(_main())

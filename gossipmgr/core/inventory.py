@@ -3,7 +3,8 @@
 Rule 1 (after h11's ``_state.py``): everything that decides a node's inventory status, its
 state, or whether a workflow may start lives in this file, as data where possible. Nothing
 here awaits, reads the clock or touches the disk; every mutator takes the state, the lease
-epoch and a timestamp and *returns a delta* (``gossipmgr.state`` style). ``gossipmgr.jobs``
+epoch and a timestamp and *returns a delta* (``gossipmgr.core.state`` style).
+``gossipmgr.runtime.jobs``
 decides when to commit one.
 
 Theory
@@ -54,11 +55,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .clock import Timestamp
-from .codec import MAX_KEY_PART
-from .crdt import LWWMap
-from .errors import BadRequest, CheckFailed, Conflict, NotFound, ValueRefused
-from .state import (
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.codec import MAX_KEY_PART
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import (
     ClusterState,
     NodeRecord,
     combine,
@@ -67,6 +67,7 @@ from .state import (
     monitoring_key,
     node_var_key,
 )
+from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, ValueRefused
 
 # --------------------------------------------------------------------------- vocabulary
 
@@ -255,7 +256,7 @@ def node_json(rec: NodeRecord) -> dict[str, Any]:
             "host_group": host_group_of(rec),
             "ssh_address": addr,
             # The node's own extra-vars come last: ansible sees them the same way
-            # (gossipmgr.ansible.build_inventory puts them after node_name/node_addr).
+            # (gossipmgr.runtime.ansible.build_inventory puts them after node_name/node_addr).
             "inventory_vars": {"node_name": rec.name, "node_addr": addr, **rec.vars},
         },
     }

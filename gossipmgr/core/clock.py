@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ClockError
+from gossipmgr.errors import ClockError
 
 #: Default bound on how far a remote timestamp may run ahead of local physical time.
 #: 500 ms is CockroachDB's default maximum offset; NTP keeps LAN hosts within a few ms.

@@ -30,7 +30,7 @@ but ``/health`` needs ``Authorization: Bearer <token>`` (compared in constant ti
 ``hmac.compare_digest``). :func:`check_listen_policy` is the rule the agent applies before
 binding: no token (``--no-auth``) on a non-loopback address also needs ``--insecure``.
 Every route that sets an extra-var refuses, with 403 naming it, a name an API client may
-not set (``gossipmgr.ansible.refused_client_vars``; docs/security.md section 3).
+not set (``gossipmgr.runtime.ansible.refused_client_vars``; docs/security.md section 3).
 
 Who owns what: :func:`create_app` keeps no state of its own besides the app; the context
 (:class:`ApiContext`) owns the replica, the job manager and the peers view. :func:`serve`
@@ -46,7 +46,6 @@ import ipaddress
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -57,11 +56,16 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from .clock import Timestamp
-from .codec import MAX_KEY_PART, check_value
-from .config import ANSIBLE_CONFIG_KEYS
-from .crdt import LWWMap
-from .errors import (
+from gossipmgr.config import ANSIBLE_CONFIG_KEYS
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.codec import MAX_KEY_PART, check_value
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.inventory import check_import_entries as inv_check_import_entries
+from gossipmgr.core.inventory import get_node, node_json
+from gossipmgr.core.lease import Lease
+from gossipmgr.core.lease import reset as reset_lease
+from gossipmgr.core.state import LEASE_KEY, ClusterState, global_key
+from gossipmgr.errors import (
     BadPacket,
     BadRequest,
     ConfigError,
@@ -75,12 +79,7 @@ from .errors import (
     ValueRefused,
     ValueTooLarge,
 )
-from .inventory import check_import_entries as inv_check_import_entries
-from .inventory import get_node, node_json
-from .lease import Lease, LeaseConfig
-from .lease import reset as reset_lease
-from .replica import Replica
-from .state import ANSIBLE_CONFIG_KEY, LEASE_KEY, ClusterState, global_key
+from gossipmgr.runtime.replica import Replica
 
 log = logging.getLogger("gossipmgr.api")
 
@@ -105,7 +104,7 @@ LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
 class JobsLike(Protocol):
-    """What the API needs of ``gossipmgr.jobs.JobManager`` (structural, so tests and the
+    """What the API needs of ``gossipmgr.runtime.jobs.JobManager`` (structural, so tests and the
     agent may pass the real one). Methods raise RequestError subclasses with the
     contract's texts, and Unavailable when this instance is not the lease holder."""
 
@@ -135,7 +134,7 @@ class ApiContext(Protocol):
     """
 
     replica: Replica
-    jobs: Any  # a JobsLike (gossipmgr.jobs.JobManager)
+    jobs: Any  # a JobsLike (gossipmgr.runtime.jobs.JobManager)
     token: str | None
 
     def peers(self) -> list[dict[str, Any]]: ...
@@ -289,7 +288,7 @@ def check_value_untrusted(v: Any, what: str) -> Any:
 
 def _field_extra_vars(body: Mapping[str, Any], name: str = "extra_vars") -> dict[str, Any]:
     """clusterm's wire form (a string holding a JSON object) or a plain JSON object."""
-    from .ansible import parse_extra_vars
+    from gossipmgr.runtime.ansible import parse_extra_vars
 
     try:
         ev = parse_extra_vars(body.get(name))
@@ -558,7 +557,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     # ------------------------------------------------------------ extra-vars policy
     def check_vars(variables: Mapping[str, Any], where: str) -> None:
         """403 naming any variable an API client may not set (docs/security.md)."""
-        from .ansible import client_vars_error, refused_client_vars
+        from gossipmgr.runtime.ansible import client_vars_error, refused_client_vars
 
         allowed: Collection[str] = getattr(ctx, "allowed_client_vars", frozenset())
         bad = refused_client_vars(variables, allowed)
@@ -805,7 +804,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
 
     @app.put("/globals/<key>")
     async def global_put(key: str) -> Response:
-        from .ansible import check_client_var
+        from gossipmgr.runtime.ansible import check_client_var
 
         _check_key("extra-var", key)
         check_client_var(key)
@@ -1157,118 +1156,3 @@ async def serve(
 
 
 # --------------------------------------------------------------------------- standalone
-
-
-#: A standalone instance's lease: it is alone, so nobody competes for it; a day keeps it
-#: valid through any test or demo, and a later real cluster sees a holder that is not a
-#: candidate, i.e. a vacant lease, and claims epoch + 1 at once (lease.vacant).
-STANDALONE_LEASE_MS = 24 * 3600 * 1000
-
-
-class StandaloneContext:
-    """An :class:`ApiContext` over one Replica and one job manager, alone in its cluster.
-
-    It holds the lease (call :meth:`claim_lease` once the replica is open), says Serf is
-    healthy (``serf_ok``, settable to test 503s), and has no peers but itself. Used by the
-    tests and the demo; the agent has its own context. It owns nothing: the caller opens
-    and closes the replica and the job manager.
-
-    ``forward_to``: pretend the lease holder's API is at this URL (tests of forwarding run
-    two standalone contexts, one of which does not claim the lease).
-    """
-
-    def __init__(
-        self,
-        replica: Replica,
-        jobs: Any = None,
-        *,
-        token: str | None = None,
-        api_url: str | None = None,
-        forward_to: str | None = None,
-        ansible: Mapping[str, Any] | None = None,
-        serf_ok: bool = True,
-        forward_verify: Any = True,
-        allowed_client_vars: Collection[str] = (),
-    ) -> None:
-        self.replica = replica
-        self.allowed_client_vars = frozenset(allowed_client_vars)
-        self.jobs = jobs
-        self.token = token
-        self.api_url = api_url
-        self.forward_to = forward_to
-        self.serf_ok = serf_ok
-        self.forward_verify = forward_verify
-        self.started = time.time()
-        self._ansible = dict(ansible or {})
-        self.peer_urls: dict[str, str] = {}
-
-    async def claim_lease(self, ttl_ms: int = STANDALONE_LEASE_MS) -> Lease:
-        """Take the lease (epoch + 1) as the only candidate. Returns it once durable."""
-        rep = self.replica
-        # No lease loop renews it: the replica's TTL is this one (its bound on expiry).
-        rep.lease_cfg = LeaseConfig(ttl_ms=ttl_ms, renew_ms=ttl_ms)
-        old = rep.lease()
-        new = Lease(rep.name, (old.epoch + 1) if old else 1, rep.now_ms() + ttl_ms)
-        from .state import LEASE_KEY
-
-        await rep.commit(lambda s, ts: s.d_set(LEASE_KEY, new.as_value(), ts))
-        return new
-
-    def peers(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": self.replica.name,
-                "api_url": self.api_url,
-                "gossip_addr": None,
-                "status": "alive",
-                "lag": 0,
-                "last_heard": time.time(),
-            }
-        ]
-
-    def serf_healthy(self) -> bool:
-        return self.serf_ok
-
-    def health(self) -> dict[str, Any]:
-        return {"uptime_s": round(time.time() - self.started, 3), "standalone": True}
-
-    def metrics_text(self) -> str:
-        rep = self.replica
-        lines = [
-            "# HELP gossipmgr_replica_entries Entries in the replicated map (tombstones too).",
-            "# TYPE gossipmgr_replica_entries gauge",
-            f"gossipmgr_replica_entries {len(rep.state)}",
-            "# HELP gossipmgr_nodes Nodes in the inventory.",
-            "# TYPE gossipmgr_nodes gauge",
-            f"gossipmgr_nodes {len(rep.state.node_names())}",
-        ]
-        for k, v in sorted(rep.counters.items()):
-            lines += [
-                f"# TYPE gossipmgr_replica_{k}_total counter",
-                f"gossipmgr_replica_{k}_total {v}",
-            ]
-        lines += [
-            "# TYPE gossipmgr_is_lease_holder gauge",
-            f"gossipmgr_is_lease_holder {int(rep.is_holder())}",
-        ]
-        return "\n".join(lines) + "\n"
-
-    def config(self) -> dict[str, Any]:
-        ans = self.replica.state.ansible_config()
-        return {
-            "serf": {"Addr": "", "AuthKey": "", "Timeout": 0},
-            "ansible": ans if ans is not None else dict(self._ansible),
-            "manager": {"addr": self.api_url or ""},
-        }
-
-    async def set_ansible_config(self, cfg: dict[str, Any]) -> None:
-        merged = {**self.config()["ansible"], **cfg}
-        await self.replica.commit(lambda s, ts: s.d_set(ANSIBLE_CONFIG_KEY, merged, ts))
-
-    def holder_api_url(self) -> str | None:
-        return None if self.replica.is_holder() else self.forward_to
-
-    def instance_api_url(self, name: str) -> str | None:
-        if name == self.replica.name:
-            return self.api_url
-        return self.peer_urls.get(name)

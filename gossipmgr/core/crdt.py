@@ -5,10 +5,10 @@ is a join-semilattice; a mutator returns a *delta*, itself a tiny state, and app
 separate step (``join``). Reads never mutate.
 
 An :class:`LWWMap` maps keys (tuples of strings) to :class:`Entry` values. An entry is a
-value or a tombstone stamped with a hybrid logical :class:`~gossipmgr.clock.Timestamp`; the
+value or a tombstone stamped with a hybrid logical :class:`~gossipmgr.core.clock.Timestamp`; the
 join keeps, per key, the entry that *wins*. By default the larger timestamp wins; a key
 namespace can register its own total order (the lease does: higher epoch first, see
-``gossipmgr.lease``). Equal orders with different content (impossible with a correct clock,
+``gossipmgr.core.lease``). Equal orders with different content (impossible with a correct clock,
 since timestamps carry the node id) are broken by the encoded content, so the join stays
 deterministic, commutative, associative and idempotent in every case.
 
@@ -35,7 +35,7 @@ from typing import Any
 
 import msgpack
 
-from .clock import Timestamp
+from gossipmgr.core.clock import Timestamp
 
 Key = tuple[str, ...]
 
@@ -55,7 +55,7 @@ class Entry:
 
 
 #: Per-namespace total orders: key[0] -> function of (key, entry) giving a sortable rank.
-#: Registered at import time by ``gossipmgr.state``, which owns the namespaces (the lease
+#: Registered at import time by ``gossipmgr.core.state``, which owns the namespaces (the lease
 #: and the epoch-fenced records use them). A rank must have the same shape for one key.
 ORDERS: dict[str, Callable[[Key, Entry], tuple[Any, ...]]] = {}
 

@@ -1,0 +1,7 @@
+"""`python -m gossipmgr.cli`: the gossipmgr command line."""
+
+import sys
+
+from gossipmgr.cli.main import main
+
+sys.exit(main())
