@@ -119,7 +119,7 @@ async def populate(rep: Any, n: int, batch: int = 500) -> float:
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import trio
 
-    from gossipmgr.api.app import create_app, serve
+    from gossipmgr.api import create_app, serve
     from gossipmgr.runtime.replica import Replica
     from gossipmgr.testing.standalone import StandaloneContext
 

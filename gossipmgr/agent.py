@@ -4,7 +4,7 @@
 
 =================  =====================================================================
 replica            state + HLC + durable store (restored before anything else starts)
-API                Quart-Trio on hypercorn (``gossipmgr.api.app``), reads the local replica
+API                Quart-Trio on hypercorn (``gossipmgr.api``), reads the local replica
 gossip             sealed UDP anti-entropy between instances (``gossipmgr.gossip``)
 serf               the embedded ``serf agent`` child, supervised (or an existing agent)
 membership         Serf ``members`` polling + stream -> gossip peers, lease candidates,
@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from gossipmgr import __version__
-from gossipmgr.api.app import check_listen_policy, create_app, serve
+from gossipmgr.api import check_listen_policy, create_app, serve
 from gossipmgr.config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
@@ -830,7 +830,7 @@ class Agent:
 
 
 class AgentApiContext:
-    """The API's view of a running agent (``gossipmgr.api.app.ApiContext``)."""
+    """The API's view of a running agent (``gossipmgr.api.ApiContext``)."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 import gossipmgr
-from gossipmgr.api.app import create_app, serve
+from gossipmgr.api import create_app, serve
 from gossipmgr.runtime.ansible import AnsibleSettings
 from gossipmgr.runtime.jobs import JobManager
 from gossipmgr.runtime.replica import Replica

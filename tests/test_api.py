@@ -18,7 +18,7 @@ import trio
 import trustme
 from _apiutil import add_nodes, serving, standalone
 
-from gossipmgr.api.app import (
+from gossipmgr.api import (
     FORWARDED_HEADER,
     MAX_BODY_BYTES,
     OPENAPI,
@@ -567,7 +567,7 @@ async def test_shutdown_is_prompt_with_an_idle_keepalive_connection(tmp_path: Pa
             stopped_in = None
             stop = trio.Event()
             async with trio.open_nursery() as n:
-                from gossipmgr.api.app import serve
+                from gossipmgr.api import serve
 
                 url = await n.start(
                     lambda task_status: serve(

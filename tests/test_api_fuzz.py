@@ -22,7 +22,7 @@ from _apiutil import add_nodes, serving, standalone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossipmgr.api.app import MAX_BODY_BYTES, create_app
+from gossipmgr.api import MAX_BODY_BYTES, create_app
 from gossipmgr.core.codec import MAX_KEY_PART, MAX_VALUE_DEPTH, MAX_VALUE_ITEMS
 
 POST_ROUTES = [

@@ -22,7 +22,7 @@ import pytest
 import trio
 from _apiutil import add_nodes, serving, standalone
 
-from gossipmgr.api.app import create_app
+from gossipmgr.api import create_app
 from gossipmgr.clusterm.clusterctl import (
     api_request_json,
     go_config,

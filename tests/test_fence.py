@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gossipmgr
-from gossipmgr.api.app import create_app
+from gossipmgr.api import create_app
 from gossipmgr.core.lease import Lease, LeaseConfig
 from gossipmgr.core.state import LEASE_KEY, global_key
 from gossipmgr.errors import BadRequest

@@ -13,7 +13,7 @@ import pytest
 import trio
 from _apiutil import add_nodes, serving, standalone
 
-from gossipmgr.api.app import create_app
+from gossipmgr.api import create_app
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.inventory import MASTER, check_moves, check_workflow, d_discovered, d_forget
 from gossipmgr.core.state import ClusterState, inventory_key

@@ -283,7 +283,7 @@ def test_default_token_is_created_once_and_no_auth_is_not_a_reload(tmp_path: Pat
 async def test_sighup_swaps_the_token_the_api_checks(tmp_path: Path) -> None:
     """The running API checks the token a reload read (in-process app, real Agent)."""
     from gossipmgr.agent import Agent, AgentApiContext
-    from gossipmgr.api.app import create_app
+    from gossipmgr.api import create_app
     from gossipmgr.config import load
 
     tok = tmp_path / "token"

@@ -28,7 +28,7 @@ import pytest
 import trio
 from _apiutil import LOCAL_HOST_VARS, add_nodes, serving
 
-from gossipmgr.api.app import create_app
+from gossipmgr.api import create_app
 from gossipmgr.core.state import global_key
 from gossipmgr.localcluster import free_port
 from gossipmgr.runtime.ansible import (

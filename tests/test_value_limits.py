@@ -26,7 +26,7 @@ from _apiutil import serving, standalone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossipmgr.api.app import MAX_BODY_BYTES, create_app
+from gossipmgr.api import MAX_BODY_BYTES, create_app
 from gossipmgr.core.clock import HLC, Timestamp
 from gossipmgr.core.codec import (
     MAX_ENTRY_BYTES,
