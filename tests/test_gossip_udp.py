@@ -128,7 +128,17 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
             assert captured
             return captured
 
-        async def replay_all(captured: list[bytes], b: GossipService, reason: str) -> None:
+        async def replay_all(
+            captured: list[bytes], b: GossipService, reason: str, sender: GossipService
+        ) -> None:
+            # b's state must be settled first: what the live sender holds still arrives by
+            # ordinary anti-entropy, and that is not a replay (a run on a loaded machine saw
+            # k0 land during the replays and fail the state check below).
+            await until(
+                lambda: sender.replica.state.globals().items()
+                <= b.replica.state.globals().items(),
+                30,
+            )
             before = dict(b.sealer.refused)
             state = dict(b.replica.state.globals())
             for d in captured:
@@ -149,14 +159,14 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
         b2 = await start("b", b.sealer.boot + 1 + int(time.time() * 1000) - b.sealer.boot)
         second = await capture(a, b2, "after")
         assert a.sealer.sender_id in b2.sealer.guard  # b2 holds replay state for a
-        await replay_all(first, b2, "stale")
+        await replay_all(first, b2, "stale", a)
 
         # The sender restarts; b2 hears from its new incarnation.
         a.set_peers({})
         a2 = await start("a", a.sealer.boot + 1 + int(time.time() * 1000) - a.sealer.boot)
         await capture(a2, b2, "a2-")
-        await replay_all(second, b2, "replay")
-        await replay_all(first, b2, "stale")
+        await replay_all(second, b2, "replay", a2)
+        await replay_all(first, b2, "stale", a2)
         nursery.cancel_scope.cancel()
 
 
