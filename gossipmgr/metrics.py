@@ -1,6 +1,6 @@
 """``GET /metrics``: one Prometheus collector over an instance's live state.
 
-:class:`Collector` is a ``prometheus_client`` custom collector: it holds no values of its
+:class:`InstanceCollector` is a ``prometheus_client`` custom collector: it holds no values of its
 own, it reads a :class:`MetricsSource` (the agent, or the standalone test instance built
 from the same wiring) each time it is scraped. :class:`Metrics` registers one collector in a
 :class:`~prometheus_client.CollectorRegistry` of its own (one per instance, never the
@@ -119,7 +119,7 @@ def gossip_drops(stats: Mapping[str, Any]) -> dict[str, int]:
     return drops
 
 
-class Collector:
+class InstanceCollector:
     """A ``prometheus_client`` collector reading ``source`` at each scrape.
 
     It has no ``describe``: the registry then does not check names at registration, which
@@ -256,13 +256,13 @@ class Collector:
 
 
 class Metrics:
-    """One instance's metrics: a registry of its own holding one :class:`Collector`."""
+    """One instance's metrics: a registry of its own holding one :class:`InstanceCollector`."""
 
     content_type = CONTENT_TYPE
 
     def __init__(self, source: MetricsSource) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(Collector(source))
+        self.registry.register(InstanceCollector(source))
 
     def render(self) -> bytes:
         """The text exposition (UTF-8) of every figure, read now."""
