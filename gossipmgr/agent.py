@@ -48,6 +48,7 @@ from gossipmgr.errors import ConfigError, GossipmgrError, SerfError, StoreError
 from gossipmgr.gossip.crypto import Keyring, generate_key, load_keyring_file, node_id
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
+from gossipmgr.metrics import Metrics
 from gossipmgr.runtime.ansible import AnsibleSettings, client_overrides, split_config_vars
 from gossipmgr.runtime.jobs import JobManager
 from gossipmgr.runtime.replica import Replica
@@ -837,6 +838,7 @@ class AgentApiContext:
         self.replica = agent.replica
         self.jobs = agent.jobs
         self.token: str | None = agent.token  # the agent updates it on SIGHUP
+        self.metrics = Metrics(agent)
 
     @property
     def allowed_client_vars(self) -> frozenset[str]:
@@ -854,7 +856,7 @@ class AgentApiContext:
         return self.agent.health()
 
     def metrics_text(self) -> str:
-        return metrics_text(self.agent)
+        return self.metrics.text()
 
     def config(self) -> dict[str, Any]:
         cfg = self.agent.cfg
@@ -903,202 +905,6 @@ def runtime_extra_vars(section: Mapping[str, Any]) -> dict[str, Any]:
         log.warning("ignoring runtime ansible extra_variables: not a JSON object")
         return {}
     return dict(value) if isinstance(value, dict) else {}
-
-
-def _metric(lines: list[str], name: str, kind: str, help_: str, samples: Any) -> None:
-    lines.append(f"# HELP {name} {help_}")
-    lines.append(f"# TYPE {name} {kind}")
-    if isinstance(samples, dict):
-        for labels, v in samples.items():
-            lines.append(f"{name}{{{labels}}} {v}")
-    else:
-        lines.append(f"{name} {samples}")
-
-
-def _label(value: str) -> str:
-    """A Prometheus label value: backslash, quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def socket_drops(counters: dict[str, int]) -> dict[str, int]:
-    """The UDP transport's drops as metric reasons: ``recv_too_large`` (over MAX_DATAGRAM,
-    refused before any decryption), ``recv_error_<ERRNO>`` and ``send_error_<ERRNO>``."""
-    return {
-        k.replace(":", "_"): v
-        for k, v in counters.items()
-        if k == "recv_too_large" or k.startswith(("recv_error:", "send_error:"))
-    }
-
-
-def metrics_text(agent: Agent) -> str:
-    """Prometheus text exposition of every figure the agent keeps."""
-    rep = agent.replica
-    lines: list[str] = []
-    m = agent.membership
-    lease = rep.lease()
-    _metric(lines, "gossipmgr_up", "gauge", "1 while the agent runs.", 1)
-    _metric(
-        lines, "gossipmgr_serf_healthy", "gauge", "1 when Serf answers.", int(bool(m and m.healthy))
-    )
-    _metric(
-        lines,
-        "gossipmgr_entries",
-        "gauge",
-        "Entries in the replica (tombstones too).",
-        len(rep.state),
-    )
-    _metric(
-        lines, "gossipmgr_nodes", "gauge", "Nodes in the inventory.", len(rep.state.node_names())
-    )
-    _metric(
-        lines,
-        "gossipmgr_lease_holder",
-        "gauge",
-        "1 if this instance holds the lease.",
-        int(rep.is_holder()),
-    )
-    _metric(
-        lines, "gossipmgr_lease_epoch", "gauge", "Current lease epoch.", lease.epoch if lease else 0
-    )
-    _metric(
-        lines,
-        "gossipmgr_fenced_writes_total",
-        "counter",
-        "Writes refused for carrying a stale lease epoch.",
-        rep.state.map.fenced,
-    )
-    _metric(
-        lines,
-        "gossipmgr_hlc_refused_total",
-        "counter",
-        "Remote timestamps refused for running too far ahead.",
-        rep.hlc.refused,
-    )
-    if m is not None:
-        _metric(
-            lines,
-            "gossipmgr_serf_identity_conflicts",
-            "gauge",
-            "Serf members claiming a node identity another member owns (ignored).",
-            len(m.view.conflicts),
-        )
-        _metric(
-            lines,
-            "gossipmgr_serf_identity_conflicts_total",
-            "counter",
-            "Members found claiming another member's node identity.",
-            m.view.conflicts_total,
-        )
-    counters = dict(agent.counters)
-    if agent.serf is not None:  # crashes restarted by the supervisor, plus failed starts
-        counters["serf_restarts"] += max(0, agent.serf.starts - 1)
-    for k, v in sorted(counters.items()):
-        _metric(lines, f"gossipmgr_{k}_total", "counter", f"Agent counter {k}.", v)
-    for k, v in sorted(rep.counters.items()):
-        _metric(lines, f"gossipmgr_replica_{k}_total", "counter", f"Replica counter {k}.", v)
-    store = rep.store
-    if store is not None:
-        st = store.stats
-        _metric(lines, "gossipmgr_store_appends_total", "counter", "Records appended.", st.appends)
-        _metric(lines, "gossipmgr_store_fsyncs_total", "counter", "Group-commit fsyncs.", st.fsyncs)
-        _metric(lines, "gossipmgr_store_errors_total", "counter", "Write/fsync errors.", st.errors)
-        _metric(
-            lines, "gossipmgr_store_fsync_max_seconds", "gauge", "Slowest fsync.", st.fsync_max_s
-        )
-        _metric(
-            lines,
-            "gossipmgr_store_log_bytes",
-            "gauge",
-            "Log bytes since the snapshot.",
-            st.log_bytes,
-        )
-        _metric(
-            lines,
-            "gossipmgr_store_compactions_total",
-            "counter",
-            "Snapshots written.",
-            st.compactions,
-        )
-    if agent.gossip is not None:
-        g = agent.gossip.stats()
-        proto = g["protocol"]
-        _metric(
-            lines,
-            "gossipmgr_gossip_delta_buffer",
-            "gauge",
-            "Deltas kept for peers.",
-            proto["buffer_depth"],
-        )
-        _metric(
-            lines,
-            "gossipmgr_gossip_largest_datagram_bytes",
-            "gauge",
-            "Largest plaintext payload sent.",
-            proto["largest_datagram"],
-        )
-        _metric(
-            lines,
-            "gossipmgr_gossip_peer_lag",
-            "gauge",
-            "Unacknowledged deltas per peer.",
-            {f'peer="{n}"': p["lag"] for n, p in proto["peers"].items()},
-        )
-        tr = g["transport"]
-        _metric(
-            lines,
-            "gossipmgr_gossip_datagrams_total",
-            "counter",
-            "Datagrams by direction.",
-            {
-                'dir="sent"': tr.get("datagrams_sent", 0),
-                'dir="received"': tr.get("datagrams_received", 0),
-            },
-        )
-        _metric(
-            lines,
-            "gossipmgr_gossip_bytes_total",
-            "counter",
-            "Bytes by direction and type.",
-            {
-                f'dir="{k.split("_bytes_")[0]}",type="{k.split("_bytes_")[1]}"': v
-                for k, v in tr.items()
-                if "_bytes_" in k
-            },
-        )
-        # Every layer's drops; a reason two layers share (`version`, `too_large`) is summed.
-        drops: dict[str, int] = socket_drops(g["socket"])
-        for layer in (tr, proto["counters"]):
-            for k, v in layer.items():
-                if k.startswith("drop_"):
-                    drops[k[5:]] = drops.get(k[5:], 0) + v
-        _metric(
-            lines,
-            "gossipmgr_gossip_dropped_total",
-            "counter",
-            "Datagrams dropped by reason.",
-            {f'reason="{k}"': v for k, v in sorted(drops.items())} or {'reason="none"': 0},
-        )
-        _metric(
-            lines,
-            "gossipmgr_gossip_auth_failures_total",
-            "counter",
-            "Datagrams that failed authentication, by peer (or source address).",
-            {
-                f'peer="{_label(a["peer"] or "")}",source="{_label(a["source"])}"': a["count"]
-                for a in agent.auth_failures()
-            }
-            or {'peer="",source=""': 0},
-        )
-        _metric(
-            lines,
-            "gossipmgr_gossip_resyncs_total",
-            "counter",
-            "Digest resyncs started.",
-            proto["counters"].get("digests_sent", 0),
-        )
-    for k, v in sorted(getattr(agent.jobs, "counters", {}).items()):
-        _metric(lines, f"gossipmgr_jobs_{k}_total", "counter", f"Job counter {k}.", v)
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------- command line

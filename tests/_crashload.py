@@ -148,8 +148,8 @@ def compactions(c: LocalCluster, name: str) -> int:
         text = httpx.get(f"{c.instances[name].url}/metrics", headers=c.headers, timeout=5).text
     except httpx.HTTPError:
         return 0
-    m = re.search(r"^gossipmgr_store_compactions_total (\d+)", text, re.M)
-    return int(m.group(1)) if m else 0
+    m = re.search(r"^gossipmgr_store_compactions_total (\S+)", text, re.M)
+    return int(float(m.group(1))) if m else 0
 
 
 def globals_of(c: LocalCluster, name: str) -> dict[str, Any]:

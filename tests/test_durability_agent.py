@@ -88,8 +88,9 @@ def test_sigkill_under_write_load_loses_no_acknowledged_write(make_cluster, seed
 def _received_bytes(c: LocalCluster, name: str) -> int:
     text = httpx.get(f"{c.instances[name].url}/metrics", headers=c.headers, timeout=5).text
     total = 0
-    for m in re.finditer(r'gossipmgr_gossip_bytes_total\{dir="recv",[^}]*\} (\d+)', text):
-        total += int(m.group(1))
+    # prometheus_client writes floats: "123.0", "1.2345e+06" from a million on.
+    for m in re.finditer(r'gossipmgr_gossip_bytes_total\{dir="recv",[^}]*\} (\S+)', text):
+        total += int(float(m.group(1)))
     return total
 
 
