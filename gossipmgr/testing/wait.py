@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import trio
 
@@ -24,13 +24,21 @@ __all__ = ["until", "wait_for"]
 T = TypeVar("T")
 
 
+@overload
 async def until(
-    pred: Callable[[], T | Awaitable[T]],
+    pred: Callable[[], Awaitable[T]], within: float, what: str = ..., *, step: float = ...
+) -> T: ...
+@overload
+async def until(
+    pred: Callable[[], T], within: float, what: str = ..., *, step: float = ...
+) -> T: ...
+async def until(
+    pred: Callable[[], Any],
     within: float,
     what: str = "the condition",
     *,
     step: float = 0.05,
-) -> T:
+) -> Any:
     """Poll ``pred`` every ``step`` seconds until it returns something truthy; return that.
 
     Polling is the point: the state lives in other tasks or processes that cannot notify us.
@@ -39,7 +47,7 @@ async def until(
     with trio.move_on_after(within):
         while True:
             got = pred()
-            value: T = await got if inspect.isawaitable(got) else got  # type: ignore[assignment]
+            value = await got if inspect.isawaitable(got) else got
             if value:
                 return value
             await trio.sleep(step)
