@@ -20,19 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipmgr.errors import ConfigError
-
-#: The keys of the ansible configuration clusterm's ``POST /config`` carries (its
-#: ``manager/config.go``), in its order: what /config takes, what clusterctl prints and
-#: what ``import clusterm`` copies from clusterm.conf.
-ANSIBLE_CONFIG_KEYS = (
-    "configure_playbook",
-    "cleanup_playbook",
-    "upgrade_playbook",
-    "playbook_location",
-    "extra_variables",
-    "user",
-    "priv_key_file",
-)
+from gossipmgr.runtime.ansible_vars import ANSIBLE_CONFIG_KEYS
 
 PACKAGED_PLAYBOOKS = Path(__file__).parent / "playbooks"
 
@@ -306,13 +294,7 @@ def _clusterm_conf(raw: Any, where: str) -> dict[str, Any]:
             if not isinstance(ev, dict):
                 raise ConfigError(f"{where}: ansible.extra_variables must hold a JSON object")
             ansible["extra_variables"] = ev
-        elif k in (
-            "configure_playbook",
-            "cleanup_playbook",
-            "upgrade_playbook",
-            "user",
-            "priv_key_file",
-        ):
+        elif k in ANSIBLE_CONFIG_KEYS:  # the string-valued rest
             ansible[k] = v
         else:
             raise ConfigError(f"{where}: unknown key ansible.{k}")
