@@ -20,7 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from gossipmgr.errors import ConfigError
-from gossipmgr.runtime.ansible_vars import ANSIBLE_CONFIG_KEYS
+
+#: The keys of the ansible configuration clusterm's ``POST /config`` carries (its
+#: ``manager/config.go``), in its order: what /config takes, what clusterctl prints and
+#: what ``import clusterm`` copies from clusterm.conf.
+ANSIBLE_CONFIG_KEYS = (
+    "configure_playbook",
+    "cleanup_playbook",
+    "upgrade_playbook",
+    "playbook_location",
+    "extra_variables",
+    "user",
+    "priv_key_file",
+)
 
 PACKAGED_PLAYBOOKS = Path(__file__).parent / "playbooks"
 
@@ -294,7 +306,13 @@ def _clusterm_conf(raw: Any, where: str) -> dict[str, Any]:
             if not isinstance(ev, dict):
                 raise ConfigError(f"{where}: ansible.extra_variables must hold a JSON object")
             ansible["extra_variables"] = ev
-        elif k in ANSIBLE_CONFIG_KEYS:  # the string-valued rest
+        elif k in (
+            "configure_playbook",
+            "cleanup_playbook",
+            "upgrade_playbook",
+            "user",
+            "priv_key_file",
+        ):
             ansible[k] = v
         else:
             raise ConfigError(f"{where}: unknown key ansible.{k}")

@@ -56,6 +56,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.codec import MAX_KEY_PART, check_value
 from gossipmgr.core.crdt import LWWMap
@@ -78,7 +79,6 @@ from gossipmgr.errors import (
     ValueRefused,
     ValueTooLarge,
 )
-from gossipmgr.runtime.ansible import ANSIBLE_CONFIG_KEYS
 from gossipmgr.runtime.replica import Replica
 
 log = logging.getLogger("gossipmgr.api")

@@ -11,7 +11,7 @@ import httpx
 
 from gossipmgr.cli.client import Client
 from gossipmgr.clusterm.gotext import go_json, go_quote
-from gossipmgr.runtime.ansible_vars import ANSIBLE_CONFIG_KEYS
+from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 
 
 class GoError(Exception):

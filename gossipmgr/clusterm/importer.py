@@ -37,8 +37,8 @@ from typing import Any
 
 from gossipmgr.cli.client import Client, CliError
 from gossipmgr.clusterm.bolt import BoltError, BoltFile
+from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 from gossipmgr.core import inventory as inv
-from gossipmgr.runtime.ansible_vars import ANSIBLE_CONFIG_KEYS
 
 ASSETS_BUCKET = "assets"
 #: clusterm statuses gossipmgr imports as Unallocated (never set by clusterm's workflows).

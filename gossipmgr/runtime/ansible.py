@@ -9,8 +9,9 @@ process tree). The rest of gossipmgr imports the bridge from here (``__all__``).
 
 Who owns what:
 
-* The caller owns ``work_root``: each run leaves one private directory (mode 0700: the
-  extra-vars may be secrets) there, with its ``artifacts/``; deleting old ones is its job.
+* The caller owns ``work_root``: each run creates one private directory under it (mode
+  0700, it holds the extra-vars, which may be secrets) and leaves it there with its
+  ``artifacts/`` for post-mortems. Deleting old ones is the caller's job.
 * The caller owns ``cancel``; this module only reads it. A run started here is always
   finished here: when :func:`run_playbook` returns (or raises, e.g. trio ``Cancelled``),
   the ansible-playbook process tree has exited.
@@ -37,7 +38,6 @@ import trio
 
 from gossipmgr.errors import JobError
 from gossipmgr.runtime.ansible_vars import (
-    ANSIBLE_CONFIG_KEYS,
     FENCE_VARS,
     AnsibleSettings,
     Host,
@@ -58,7 +58,6 @@ from gossipmgr.runtime.ansible_vars import (
 from gossipmgr.runtime.proctree import find_child, kill_process_tree
 
 __all__ = [
-    "ANSIBLE_CONFIG_KEYS",
     "CANCELLED_ERROR",
     "FENCE_VARS",
     "RC_NOT_RUN",

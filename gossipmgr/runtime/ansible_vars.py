@@ -18,19 +18,6 @@ from typing import Any, Final
 
 from gossipmgr.errors import BadRequest, JobError
 
-#: The keys of the ansible configuration clusterm's ``POST /config`` carries (its
-#: ``manager/config.go``), in its order: what /config takes, what clusterctl prints and
-#: what ``import clusterm`` copies from clusterm.conf.
-ANSIBLE_CONFIG_KEYS = (
-    "configure_playbook",
-    "cleanup_playbook",
-    "upgrade_playbook",
-    "playbook_location",
-    "extra_variables",
-    "user",
-    "priv_key_file",
-)
-
 #: Extra-vars the product sets on every run of a job, after every client layer (so none
 #: can override them) and that no client may set: the lease epoch the job runs under, the
 #: holder running it and the job's id. The gossipmgr_fence role compares the epoch on each
