@@ -259,13 +259,6 @@ def cmd_lease(c: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(c: Client, args: argparse.Namespace) -> int:
-    # Imported only when used: the Bolt reader is no cost to the other commands.
-    from gossipmgr.clusterm.importer import cmd_import as run
-
-    return run(c, args)
-
-
 CLIENT_COMMANDS = frozenset(
     {
         cmd_node,
@@ -276,6 +269,5 @@ CLIENT_COMMANDS = frozenset(
         cmd_config,
         cmd_peers,
         cmd_lease,
-        cmd_import,
     }
 )

@@ -12,7 +12,8 @@ Exit codes (clusterctl exited 0 on usage errors and panicked when the daemon was
      (one line, no traceback), or a followed job ended Errored
 * 2  usage error (argparse), bad local input (an IP that does not parse, an unreadable file)
 
-The parts: :mod:`~gossipmgr.cli.parser` (commands and flags, the ``agent``/``demo`` hook),
+The parts: :mod:`~gossipmgr.cli.parser` (commands and flags, the hook for ``import``,
+``agent`` and ``demo``),
 :mod:`~gossipmgr.cli.commands` (one function per command), :mod:`~gossipmgr.cli.client`
 (HTTP, errors, the token search), :mod:`~gossipmgr.cli.output` (tables).
 """
@@ -41,13 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = args.func
+    client_command = func in CLIENT_COMMANDS or getattr(args, "client_command", False)
     if args.debug:
-        if func in CLIENT_COMMANDS:  # httpx logs every request at INFO
+        if client_command:  # httpx logs every request at INFO
             logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
         elif getattr(args, "log_level", "absent") is None:  # the agent's own option
             args.log_level = "debug"
     try:
-        if func not in CLIENT_COMMANDS:
+        if not client_command:
             return int(func(args))
         url = args.url or os.environ.get("GOSSIPMGR_URL") or DEFAULT_URL
         token, hint = find_token(args.token, args.token_file)

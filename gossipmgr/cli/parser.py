@@ -1,10 +1,14 @@
 """The ``gossipmgr`` argument parser: clusterctl's commands, aliases and flags, and ours.
 
-Hooks for other subcommands: :data:`SUBCOMMAND_MODULES` maps a command name (``agent``,
-``demo``) to the module that implements it. The module is imported only when that command
-is run (importing the agent pulls in Quart, hypercorn and ansible: ~1 s that every client
-command would otherwise pay); its ``add_commands(subparsers)`` registers the real parser
-with ``set_defaults(func=...)`` where ``func(args) -> int``.
+Hooks for the commands of higher layers: :data:`SUBCOMMAND_MODULES` maps a command name
+(``import``, ``agent``, ``demo``) to the module that implements it. The module is imported
+only when that command is run (importing the agent pulls in Quart, hypercorn and ansible:
+~1 s that every client command would otherwise pay), so this package never imports the
+layers above it; its ``add_commands(subparsers)`` registers the real parser with
+``set_defaults(func=...)``: ``func(args) -> int``, or, with ``client_command=True`` too,
+``func(client, args) -> int`` called with the client the global options describe (as the
+commands of :mod:`gossipmgr.cli.commands`). Until then the command has a placeholder
+parser (its help line only).
 """
 
 import argparse
@@ -19,6 +23,7 @@ from gossipmgr.cli.client import CliError
 DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
 SUBCOMMAND_MODULES: dict[str, tuple[str, str]] = {
+    "import": ("gossipmgr.clusterm.importer", "import another manager's inventory"),
     "agent": ("gossipmgr.agent", "run the gossipmgr daemon"),
     "demo": ("gossipmgr.demo", "run a local demo cluster through its workflows"),
 }
@@ -28,7 +33,7 @@ _VALUE_OPTIONS = frozenset({"-u", "--url", "--token", "--token-file", "--cacert"
 _Sub = Any  # argparse's _SubParsersAction, a private type
 
 
-def _common() -> argparse.ArgumentParser:
+def common_options() -> argparse.ArgumentParser:
     """Global flags, also accepted after the command (SUPPRESS: do not override the
     value given before it with a default)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -186,30 +191,6 @@ def _add_config_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
     vp.set_defaults(func=cmds.cmd_config)
 
 
-def _add_import_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
-    vs = _verbs(sub, "import", [], "import another manager's inventory", metavar="SOURCE")
-    vp = vs.add_parser(
-        "clusterm",
-        parents=[common],
-        help="clusterm's boltdb inventory and clusterm.conf's ansible settings",
-    )
-    vp.add_argument("--boltdb", metavar="FILE", help="clusterm's inventory.boltdb.dbfile")
-    vp.add_argument("--conf", metavar="FILE", help="clusterm.conf (JSON): the ansible section")
-    vp.add_argument(
-        "--default-host-group",
-        default="service-master",
-        help="host-group of the imported nodes (default service-master, as clusterm)",
-    )
-    vp.add_argument(
-        "--host-group",
-        action="append",
-        metavar="NODE=GROUP",
-        help="host-group of one node (repeatable)",
-    )
-    vp.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
-    vp.set_defaults(func=cmds.cmd_import)
-
-
 def _add_peer_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("peers", parents=[common], help="gossipmgr instances and the lease")
     p.set_defaults(func=cmds.cmd_peers)
@@ -229,7 +210,7 @@ def _add_peer_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The whole parser; ``argv`` only decides which external command module to import."""
-    common = _common()
+    common = common_options()
     parser = argparse.ArgumentParser(
         prog="gossipmgr",
         description="gossipmgr: highly available cluster manager (clusterctl compatible)",
@@ -241,16 +222,23 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_global_commands(sub, common)
     _add_job_commands(sub, common)
     _add_config_commands(sub, common)
-    _add_import_commands(sub, common)
-    _add_peer_commands(sub, common)
     word = _command_word(argv)
-    for name, (mod, help_text) in SUBCOMMAND_MODULES.items():
-        if name == word and add_module_commands(sub, mod):
-            continue
-        # placeholder for --help; never selected when the module exists (imported above)
-        p = sub.add_parser(name, help=help_text)
-        p.set_defaults(func=_missing_module(name, mod))
+    _add_hooked(sub, "import", word)
+    _add_peer_commands(sub, common)
+    for name in ("agent", "demo"):
+        _add_hooked(sub, name, word)
     return parser
+
+
+def _add_hooked(sub: _Sub, name: str, word: str | None) -> None:
+    """The command ``name`` of :data:`SUBCOMMAND_MODULES`: its module's parser when it is
+    the one being run, else a placeholder for --help (never selected when the module
+    exists: it was imported)."""
+    mod, help_text = SUBCOMMAND_MODULES[name]
+    if name == word and add_module_commands(sub, mod):
+        return
+    p = sub.add_parser(name, help=help_text)
+    p.set_defaults(func=_missing_module(name, mod))
 
 
 def _missing_module(name: str, module: str) -> Callable[[argparse.Namespace], int]:
@@ -261,9 +249,8 @@ def _missing_module(name: str, module: str) -> Callable[[argparse.Namespace], in
 
 
 def add_module_commands(sub: _Sub, module: str) -> bool:
-    """The hook for the agent and the demo: ``module.add_commands(subparsers)`` if the
-    module exists and defines it. Its parsers ``set_defaults(func=f)`` with ``f(args) ->
-    int``; such commands are called without an HTTP client."""
+    """The hook (:data:`SUBCOMMAND_MODULES`): ``module.add_commands(subparsers)`` if the
+    module exists and defines it."""
     try:
         m = importlib.import_module(module)
     except ImportError as exc:

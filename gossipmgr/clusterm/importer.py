@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipmgr.cli.client import Client, CliError
+from gossipmgr.cli.parser import common_options
 from gossipmgr.clusterm.bolt import BoltError, BoltFile
 from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 from gossipmgr.core import inventory as inv
@@ -322,6 +323,33 @@ def import_clusterm(
     elif dry_run:
         out("dry run: nothing was written")
     return 1 if problems else 0
+
+
+def add_commands(sub: Any) -> None:
+    """``gossipmgr import clusterm`` (the command line's hook, gossipmgr.cli.parser)."""
+    p = sub.add_parser("import", help="import another manager's inventory")
+    vs = p.add_subparsers(dest="verb", metavar="SOURCE")
+    vs.required = True
+    vp = vs.add_parser(
+        "clusterm",
+        parents=[common_options()],
+        help="clusterm's boltdb inventory and clusterm.conf's ansible settings",
+    )
+    vp.add_argument("--boltdb", metavar="FILE", help="clusterm's inventory.boltdb.dbfile")
+    vp.add_argument("--conf", metavar="FILE", help="clusterm.conf (JSON): the ansible section")
+    vp.add_argument(
+        "--default-host-group",
+        default="service-master",
+        help="host-group of the imported nodes (default service-master, as clusterm)",
+    )
+    vp.add_argument(
+        "--host-group",
+        action="append",
+        metavar="NODE=GROUP",
+        help="host-group of one node (repeatable)",
+    )
+    vp.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    vp.set_defaults(func=cmd_import, client_command=True)
 
 
 def cmd_import(c: Client, args: Any) -> int:
