@@ -294,3 +294,20 @@ def test_peers_last_heard_column_from_last_heard_ms_ago() -> None:
         "",
         "",
     ]
+
+
+def test_import_command_is_hooked_in_lazily() -> None:
+    """`import clusterm` lives in gossipmgr.clusterm (a layer above the CLI): loaded only when
+    that command is run, with its real flags then."""
+    code = (
+        "import sys\n"
+        "from gossipmgr.cli.parser import build_parser\n"
+        "build_parser(['peers']).parse_args(['peers'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gossipmgr.clusterm')))\n"
+        "args = build_parser(['import']).parse_args(['import', 'clusterm', '--boltdb', 'f'])\n"
+        "print(args.boltdb, args.client_command, args.func.__module__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.splitlines() == ["[]", "f True gossipmgr.clusterm.importer"]

@@ -223,10 +223,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_job_commands(sub, common)
     _add_config_commands(sub, common)
     word = _command_word(argv)
-    _add_hooked(sub, "import", word)
+    _add_hooked(sub, "import", word)  # in its place among the client commands
     _add_peer_commands(sub, common)
-    for name in ("agent", "demo"):
-        _add_hooked(sub, name, word)
+    for name in SUBCOMMAND_MODULES:
+        if name != "import":
+            _add_hooked(sub, name, word)
     return parser
 
 
