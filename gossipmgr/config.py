@@ -2,19 +2,19 @@
 
 Sources, later wins: built-in defaults < the TOML file (``--config``) < command-line
 options. Every option is also a key of the file (dashes become underscores); the ansible
-section is the ``[ansible]`` table. Unknown keys and wrong types are a ConfigError with one
-line naming the key (serf's config decoder sets ErrorUnused for the same reason).
+section is the ``[ansible]`` table. Each key has its converter in :data:`AGENT_OPTIONS` or
+:data:`ANSIBLE_OPTIONS`; unknown keys and wrong types are a ConfigError with one line naming
+the key (serf's config decoder sets ErrorUnused for the same reason).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,63 +131,127 @@ class AgentConfig:
     config_notes: tuple[str, ...] = ()
 
 
-_PATH_FIELDS = {
-    "data_dir",
-    "encrypt_key_file",
-    "serf_rpc_auth_file",
-    "serf_encrypt_key_file",
-    "api_token_file",
-    "tls_cert",
-    "tls_key",
-    "playbook_dir",
-    "config_file",
-}
+# --------------------------------------------------------------------------- converters
+#
+# Every option of the file has one converter: (name, value, where) -> the typed value, or
+# a ConfigError naming the key. TOML gives str, int, float, bool, list and table values.
+
+Converter = Callable[[str, Any, str], Any]
 
 
-def _coerce(name: str, ftype: Any, value: Any, where: str) -> Any:
-    t = str(ftype)
-    if name in _PATH_FIELDS:
-        if not isinstance(value, str | Path):
-            raise ConfigError(f"{where}: {name} must be a path string")
-        return Path(value).expanduser()
-    if "bool" in t:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be true or false")
-        return value
-    if "int" in t and "float" not in t:
-        if type(value) is not int:
-            raise ConfigError(f"{where}: {name} must be an integer")
-        return value
-    if "float" in t:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"{where}: {name} must be a number")
-        return float(value)
-    if "tuple" in t:
-        if not isinstance(value, list | tuple) or not all(isinstance(x, str) for x in value):
-            raise ConfigError(f"{where}: {name} must be a list of strings")
-        return tuple(value)
-    if "Mapping" in t:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {name} must be a table")
-        return dict(value)
+def _path(name: str, value: Any, where: str) -> Path:
+    if not isinstance(value, str | Path):
+        raise ConfigError(f"{where}: {name} must be a path string")
+    return Path(value).expanduser()
+
+
+def _bool(name: str, value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {name} must be true or false")
+    return value
+
+
+def _int(name: str, value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise ConfigError(f"{where}: {name} must be an integer")
+    return value
+
+
+def _float(name: str, value: Any, where: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(f"{where}: {name} must be a number")
+    return float(value)
+
+
+def _strings(name: str, value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(x, str) for x in value):
+        raise ConfigError(f"{where}: {name} must be a list of strings")
+    return tuple(value)
+
+
+def _table(name: str, value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {name} must be a table")
+    return dict(value)
+
+
+def _str(name: str, value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {name} must be a string")
     return value
 
 
-def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+#: The ``[ansible]`` table's keys: every field of AnsibleConfig.
+ANSIBLE_OPTIONS: dict[str, Converter] = {
+    "configure_playbook": _str,
+    "cleanup_playbook": _str,
+    "upgrade_playbook": _str,
+    "user": _str,
+    "priv_key_file": _str,
+    "extra_variables": _table,
+    "host_vars": _table,
+    "timeout_s": _float,
+    "discover_join_timeout_s": _float,
+    "allow_client_vars": _strings,
+}
+#: The file's top-level keys: every field of AgentConfig but ``ansible`` (the table above)
+#: and what only loading sets (``config_file``, ``config_notes``).
+AGENT_OPTIONS: dict[str, Converter] = {
+    "name": _str,
+    "data_dir": _path,
+    "api_addr": _str,
+    "advertise_api": _str,
+    "gossip_addr": _str,
+    "serf_bind": _str,
+    "serf_rpc_bind": _str,
+    "serf_rpc": _str,
+    "serf_rpc_auth": _str,
+    "serf_rpc_auth_file": _path,
+    "serf_profile": _str,
+    "join": _strings,
+    "encrypt_key_file": _path,
+    "serf_encrypt_key_file": _path,
+    "serf_no_encrypt": _bool,
+    "serf_discover": _str,
+    "serf_iface": _str,
+    "api_token_file": _path,
+    "no_auth": _bool,
+    "tls_cert": _path,
+    "tls_key": _path,
+    "insecure": _bool,
+    "playbook_dir": _path,
+    "reconfigure_on_reappear": _bool,
+    "accept_log_damage": _bool,
+    "lease_ttl_ms": _int,
+    "lease_renew_ms": _int,
+    "log_level": _str,
+}
+
+
+def _convert(key: str, value: Any, options: Mapping[str, Converter], where: str) -> Any:
+    convert = options.get(key.replace("-", "_"))
+    if convert is None:
+        raise ConfigError(f"{where}: unknown config key {key!r}")
+    return convert(key.replace("-", "_"), value, where)
+
+
+def _ansible_table(value: Any, where: str) -> AnsibleConfig:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [ansible] must be a table")
+    where = f"{where} [ansible]"
+    kwargs = {k.replace("-", "_"): _convert(k, v, ANSIBLE_OPTIONS, where) for k, v in value.items()}
+    return AnsibleConfig(**kwargs)
+
+
+def _file_options(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A TOML file's content as AgentConfig keyword arguments (dashes in keys become
+    underscores). Raises ConfigError for an unknown key or a value of the wrong type."""
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        k = key.replace("-", "_")
-        if k not in fields or k in ("config_file", "config_notes"):
-            raise ConfigError(f"{where}: unknown config key {key!r}")
-        if k == "ansible":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: [ansible] must be a table")
-            kwargs[k] = AnsibleConfig(**_build(AnsibleConfig, value, f"{where} [ansible]"))
+        if key.replace("-", "_") == "ansible":
+            kwargs["ansible"] = _ansible_table(value, where)
         else:
-            kwargs[k] = _coerce(k, fields[k].type, value, where)
+            kwargs[key.replace("-", "_")] = _convert(key, value, AGENT_OPTIONS, where)
     return kwargs
 
 
@@ -218,7 +282,7 @@ def _clusterm_conf(raw: Any, where: str) -> dict[str, Any]:
         if v in ("", 0, None):
             continue
         if key:
-            data[key] = _coerce(key, str, v, f"{where} serf.{k}")
+            data[key] = _str(key, v, f"{where} serf.{k}")
         else:
             notes.append(f"{where}: serf.Timeout is ignored")
     ans = raw.get("ansible") or {}
@@ -290,7 +354,7 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
                 raw = tomllib.loads(text.decode("utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-            data = _build(AgentConfig, raw, str(path))
+            data = _file_options(raw, str(path))
     for k, v in overrides.items():
         if v is not None:
             data[k] = v

@@ -34,13 +34,13 @@ from gossipmgr.runtime.ansible import (
     build_extra_vars,
     build_inventory,
     discover_hosts,
-    kill_process_tree,
     merge_extra_vars,
     parse_extra_vars,
     run_playbook,
     run_workflow,
     workflow_plan,
 )
+from gossipmgr.runtime.proctree import kill_process_tree
 
 TEST_PLAYBOOKS = Path(__file__).parent / "playbooks"
 PACKAGE_PLAYBOOKS = Path(gossipmgr.__file__).parent / "playbooks"

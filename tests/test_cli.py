@@ -249,3 +249,65 @@ def test_agent_and_demo_commands_are_hooked_in_lazily() -> None:
     assert "agent" in out and "demo" in out
     assert "--data-dir" in ok(gm("agent", "--help"))
     assert "--keep" in ok(gm("-u", "http://x", "demo", "--help"))
+
+
+def test_peers_last_heard_column_from_last_heard_ms_ago() -> None:
+    """LAST-HEARD comes from the agent's ``last_heard_ms_ago`` (milliseconds ago): it used
+    to read ``last_heard``, which no agent sends, and so was always empty."""
+    from gossipmgr.cli.output import PEER_HEADER, ago, render_peers
+
+    def peer(name: str, ms_ago: float | None) -> dict[str, Any]:
+        # the fields of one entry of the agent's GET /info/peers
+        return {
+            "auth_failures": 0,
+            "auth_failure_reasons": {},
+            "name": name,
+            "api_url": f"http://127.0.0.1:1/{name}",
+            "gossip_addr": "127.0.0.1:2",
+            "status": "alive",
+            "self": name == "a",
+            "lag": 0,
+            "resyncing": False,
+            "last_heard_ms_ago": ms_ago,
+        }
+
+    res = {
+        "self": "a",
+        "peers": [peer("a", None), peer("b", 1234.5), peer("c", 3_725_000.0)],
+        "lease": None,
+    }
+    lines = render_peers(res).splitlines()
+    col = lines[0].index("LAST-HEARD")
+    assert PEER_HEADER.index("LAST-HEARD") == 5
+    assert [ln[col:].split("  ")[0].strip() for ln in lines[1:4]] == [
+        "",
+        "1.2s ago",
+        "1h02m ago",
+    ]
+    assert [ago(v) for v in (0, 999.0, 42_400, 185_000, None, -1, True, "5")] == [
+        "0.0s ago",
+        "1.0s ago",
+        "42s ago",
+        "3m05s ago",
+        "",
+        "",
+        "",
+        "",
+    ]
+
+
+def test_import_command_is_hooked_in_lazily() -> None:
+    """`import clusterm` lives in gossipmgr.clusterm (a layer above the CLI): loaded only when
+    that command is run, with its real flags then."""
+    code = (
+        "import sys\n"
+        "from gossipmgr.cli.parser import build_parser\n"
+        "build_parser(['peers']).parse_args(['peers'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gossipmgr.clusterm')))\n"
+        "args = build_parser(['import']).parse_args(['import', 'clusterm', '--boltdb', 'f'])\n"
+        "print(args.boltdb, args.client_command, args.func.__module__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.splitlines() == ["[]", "f True gossipmgr.clusterm.importer"]

@@ -23,11 +23,9 @@ import trio
 from _apiutil import add_nodes, serving, standalone
 
 from gossipmgr.api import create_app
-from gossipmgr.clusterm.clusterctl import (
-    api_request_json,
-    go_config,
-    go_float,
-    go_json_indent,
+from gossipmgr.clusterm.goclient import api_request_json, go_config
+from gossipmgr.clusterm.gotext import go_float, go_json_indent
+from gossipmgr.clusterm.templates import (
     render_job,
     render_job_short,
     render_map,

@@ -180,3 +180,59 @@ def test_a_clusterm_conf_json_file_is_read(tmp_path: Path) -> None:
         f.write_text(bad)
         with pytest.raises(ConfigError, match=re.escape(why)):
             load(f, {})
+
+
+def test_every_option_has_a_converter() -> None:
+    """The converter tables name every field a file may set, and nothing else."""
+    from dataclasses import fields
+
+    from gossipmgr.config import AGENT_OPTIONS, ANSIBLE_OPTIONS, AgentConfig
+
+    loaded_only = {"ansible", "config_file", "config_notes"}
+    assert set(AGENT_OPTIONS) == {f.name for f in fields(AgentConfig)} - loaded_only
+    assert set(ANSIBLE_OPTIONS) == {f.name for f in fields(AnsibleConfig)}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("data_dir = 1\n", "data_dir must be a path string"),
+        ("tls-key = true\n", "tls_key must be a path string"),
+        ("no_auth = 1\n", "no_auth must be true or false"),
+        ("lease_ttl_ms = true\n", "lease_ttl_ms must be an integer"),
+        ("lease-renew-ms = '1'\n", "lease_renew_ms must be an integer"),
+        ("join = 'x:1'\n", "join must be a list of strings"),
+        ("join = ['x:1', 2]\n", "join must be a list of strings"),
+        ("serf_profile = 1\n", "serf_profile must be a string"),
+        ("log_level = ['info']\n", "log_level must be a string"),
+        ("config_file = '/x'\n", "unknown config key 'config_file'"),
+        ("config_notes = []\n", "unknown config key 'config_notes'"),
+        ("ansible = 1\n", "agent.toml: [ansible] must be a table"),
+        ("[ansible]\ntimeout_s = true\n", "agent.toml [ansible]: timeout_s must be a number"),
+        ("[ansible]\ntimeout_s = '5'\n", "timeout_s must be a number"),
+        ("[ansible]\nextra_variables = 1\n", "extra_variables must be a table"),
+        ("[ansible]\nallow_client_vars = 'a'\n", "allow_client_vars must be a list of strings"),
+        ("[ansible]\nuser = 0\n", "agent.toml [ansible]: user must be a string"),
+        ("[ansible]\nansible = {}\n", "unknown config key 'ansible'"),
+    ],
+)
+def test_each_option_type_refuses_other_types(tmp_path: Path, text: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        load(write(tmp_path, text), {})
+
+
+def test_each_option_type_is_converted(tmp_path: Path) -> None:
+    text = (
+        "data-dir = '~/gm'\nno_auth = true\nlease_ttl_ms = 20000\njoin = ['a:1', 'b:2']\n"
+        "serf_profile = 'local'\n"
+        "[ansible]\ntimeout_s = 5\ndiscover-join-timeout-s = 1.5\n"
+        "allow_client_vars = ['ansible_user']\nextra_variables = {a = {b = 1}}\n"
+    )
+    cfg = load(write(tmp_path, text), {})
+    assert cfg.data_dir == Path("~/gm").expanduser() and cfg.data_dir.is_absolute()
+    assert cfg.no_auth is True and cfg.lease_ttl_ms == 20000
+    assert cfg.join == ("a:1", "b:2") and cfg.serf_profile == "local"
+    assert type(cfg.ansible.timeout_s) is float and cfg.ansible.timeout_s == 5.0
+    assert cfg.ansible.discover_join_timeout_s == 1.5
+    assert cfg.ansible.allow_client_vars == ("ansible_user",)
+    assert cfg.ansible.extra_variables == {"a": {"b": 1}}

@@ -21,7 +21,7 @@ import trio
 from _apiutil import serving, standalone
 
 from gossipmgr.api import create_app
-from gossipmgr.cli.main import Client, CliError
+from gossipmgr.cli.client import Client, CliError
 from gossipmgr.clusterm.bolt import _LEAF_ELEM, _META, _PAGE_HDR, BUCKET_LEAF, BoltError, BoltFile
 from gossipmgr.clusterm.importer import import_clusterm, read_assets
 from gossipmgr.testing.standalone import StandaloneContext

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gossipmgr.cli.main import Client, CliError
+from gossipmgr.cli.client import Client, CliError
+from gossipmgr.cli.parser import common_options
 from gossipmgr.clusterm.bolt import BoltError, BoltFile
 from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 from gossipmgr.core import inventory as inv
@@ -168,6 +169,116 @@ def _same_extra_vars(a: str, b: str) -> bool:
         return a == b
 
 
+def _entries(
+    assets: Sequence[Asset],
+    default_host_group: str,
+    host_groups: Mapping[str, str],
+    problems: list[str],
+) -> tuple[list[dict[str, str]], list[str]]:
+    """The ``POST /inventory/import`` entries for ``assets`` and the notes to print; an
+    unknown status is added to ``problems`` and skipped."""
+    entries: list[dict[str, str]] = []
+    notes: list[str] = []
+    for a in sorted(assets, key=lambda a: a.name):
+        status = a.status
+        if status in UNUSED_STATUSES:
+            notes.append(
+                f"note {a.name}: clusterm status {status} is not one its workflows set; "
+                "imported as Unallocated"
+            )
+            status = inv.UNALLOCATED
+        elif status not in IMPORTED_STATUSES:
+            problems.append(f"{a.name}: unknown status {status!r}")
+            continue
+        hg = host_groups.get(a.name, default_host_group)
+        entries.append({"name": a.name, "status": status, "host_group": hg})
+    return entries, notes
+
+
+def _change_text(c: Mapping[str, Any]) -> str:
+    if c.get("from_status") is None:
+        return f"new node, {c['status']}, host-group {c['host_group']}"
+    parts = []
+    if c["from_status"] != c["status"]:
+        parts.append(f"{c['from_status']} -> {c['status']}")
+    if c.get("from_host_group") != c["host_group"]:
+        parts.append(f"host-group {c['from_host_group']} -> {c['host_group']}")
+    return ", ".join(parts)
+
+
+def _report_nodes(res: Mapping[str, Any], verb: str, out: Callable[[str], None]) -> None:
+    """What the server changed and what it left alone, and why."""
+    for c in res.get("changed", []):
+        out(f"{verb} {c['name']}: {_change_text(c)}")
+    for k in res.get("kept", []):
+        out(f"left alone {k['name']}: {k['reason']}")
+
+
+def _report_cut_off(
+    res: Mapping[str, Any], entries: Sequence[Mapping[str, str]], out: Callable[[str], None]
+) -> None:
+    """Every imported node now in the status a cut-off workflow left: how to finish it."""
+    kept = {k["name"] for k in res.get("kept", [])}
+    for e in entries:
+        wf = inv.CUT_OFF.get(e["status"])
+        if wf is None or e["name"] in kept:
+            continue
+        hg = f" -g {e['host_group']}" if wf in ("commission", "update") else ""
+        out(
+            f"cut off {e['name']}: {e['status']} (clusterm's {wf} did not finish); "
+            f"to finish it: gossipmgr node {wf} {e['name']}{hg}"
+        )
+
+
+def _import_conf(
+    client: Client,
+    conf_obj: Mapping[str, Any],
+    conf: str | None,
+    *,
+    verb: str,
+    dry_run: bool,
+    out: Callable[[str], None],
+) -> int:
+    """Bring clusterm.conf's ansible section over; returns how many settings changed."""
+    want = conf_ansible(conf_obj, str(conf))
+    current = client.call("GET", "/config").get("ansible", {})
+    diff = {}
+    for k, v in want.items():
+        cur = str(current.get(k, ""))
+        same = _same_extra_vars(cur, v) if k == "extra_variables" else cur == v
+        if not same:
+            diff[k] = v
+            out(f"{verb} ansible {k}: {cur!r} -> {v!r}")
+    for k in ("serf", "manager"):
+        if isinstance(conf_obj.get(k), dict) and conf_obj[k]:
+            out(f"note {conf}: the {k} section is not imported (see gossipmgr agent options)")
+    if diff and not dry_run:
+        client.call("POST", "/config", {"config": {"ansible": diff}})
+    return len(diff)
+
+
+def _read_inventory(
+    boltdb: str | None,
+    conf_obj: Mapping[str, Any] | None,
+    host_groups: Mapping[str, str],
+) -> tuple[str, list[Asset], list[str], int]:
+    """Read the Bolt file (``boltdb``, else the one clusterm.conf names): ``(path, assets,
+    problems, txid)``. Raises CliError (exit 2), also for ``host_groups`` naming a node
+    the file does not hold."""
+    if boltdb is None and conf_obj is not None:
+        boltdb = conf_boltdb_file(conf_obj)
+    if boltdb is None:
+        raise CliError("--boltdb FILE is needed (clusterm.conf names no inventory.boltdb)", 2)
+    try:
+        assets, problems, txid = read_assets(boltdb)
+    except BoltError as exc:
+        raise CliError(str(exc), 2) from None
+    unknown = sorted(set(host_groups) - {a.name for a in assets})
+    if unknown:
+        raise CliError(f"--host-group names node(s) not in {boltdb}: {', '.join(unknown)}", 2)
+    return boltdb, assets, problems, txid
+
+
 def import_clusterm(
     client: Client,
     boltdb: str | None,
@@ -185,98 +296,60 @@ def import_clusterm(
     if default_host_group not in inv.HOST_GROUPS:
         raise CliError(f'invalid or empty host-group specified: "{default_host_group}"', 2)
     conf_obj = read_conf(conf) if conf else None
-    if boltdb is None and conf_obj is not None:
-        boltdb = conf_boltdb_file(conf_obj)
-    if boltdb is None:
-        raise CliError("--boltdb FILE is needed (clusterm.conf names no inventory.boltdb)", 2)
-    try:
-        assets, problems, txid = read_assets(boltdb)
-    except BoltError as exc:
-        raise CliError(str(exc), 2) from None
-    names = {a.name for a in assets}
-    unknown = sorted(set(host_groups) - names)
-    if unknown:
-        raise CliError(f"--host-group names node(s) not in {boltdb}: {', '.join(unknown)}", 2)
-
+    boltdb, assets, problems, txid = _read_inventory(boltdb, conf_obj, host_groups)
     verb = "would change" if dry_run else "changed"
     out(f"clusterm inventory {boltdb}: {len(assets)} node(s), transaction {txid}")
-    entries: list[dict[str, str]] = []
-    notes: list[str] = []
-    for a in sorted(assets, key=lambda a: a.name):
-        status = a.status
-        if status in UNUSED_STATUSES:
-            notes.append(
-                f"note {a.name}: clusterm status {status} is not one its workflows set; "
-                "imported as Unallocated"
-            )
-            status = inv.UNALLOCATED
-        elif status not in IMPORTED_STATUSES:
-            problems.append(f"{a.name}: unknown status {status!r}")
-            continue
-        hg = host_groups.get(a.name, default_host_group)
-        entries.append({"name": a.name, "status": status, "host_group": hg})
-
+    entries, notes = _entries(assets, default_host_group, host_groups, problems)
     res = client.call("POST", "/inventory/import", {"nodes": entries, "dry_run": dry_run})
-    for c in res.get("changed", []):
-        if c.get("from_status") is None:
-            what = f"new node, {c['status']}, host-group {c['host_group']}"
-        else:
-            parts = []
-            if c["from_status"] != c["status"]:
-                parts.append(f"{c['from_status']} -> {c['status']}")
-            if c.get("from_host_group") != c["host_group"]:
-                parts.append(f"host-group {c['from_host_group']} -> {c['host_group']}")
-            what = ", ".join(parts)
-        out(f"{verb} {c['name']}: {what}")
-    for k in res.get("kept", []):
-        out(f"left alone {k['name']}: {k['reason']}")
+    _report_nodes(res, verb, out)
     for n in notes:
         out(n)
-    # Cut-off jobs: every imported node now in the status a cut-off workflow left.
-    kept = {k["name"] for k in res.get("kept", [])}
-    for e in entries:
-        wf = inv.CUT_OFF.get(e["status"])
-        if wf is None or e["name"] in kept:
-            continue
-        hg = f" -g {e['host_group']}" if wf in ("commission", "update") else ""
-        out(
-            f"cut off {e['name']}: {e['status']} (clusterm's {wf} did not finish); "
-            f"to finish it: gossipmgr node {wf} {e['name']}{hg}"
-        )
+    _report_cut_off(res, entries, out)
     for p in problems:
         out(f"skipped {p}")
-
     conf_changes = 0
     if conf_obj is not None:
-        want = conf_ansible(conf_obj, str(conf))
-        current = client.call("GET", "/config").get("ansible", {})
-        diff = {}
-        for k, v in want.items():
-            cur = str(current.get(k, ""))
-            same = _same_extra_vars(cur, v) if k == "extra_variables" else cur == v
-            if not same:
-                diff[k] = v
-                out(f"{verb} ansible {k}: {cur!r} -> {v!r}")
-        for k in ("serf", "manager"):
-            if isinstance(conf_obj.get(k), dict) and conf_obj[k]:
-                out(f"note {conf}: the {k} section is not imported (see gossipmgr agent options)")
-        if diff and not dry_run:
-            client.call("POST", "/config", {"config": {"ansible": diff}})
-        conf_changes = len(diff)
-
-    total = len(res.get("changed", [])) + conf_changes
+        conf_changes = _import_conf(client, conf_obj, conf, verb=verb, dry_run=dry_run, out=out)
+    changed = len(res.get("changed", []))
     summary = (
-        f"{len(res.get('changed', []))} node(s) {verb}, {len(res.get('unchanged', []))} "
+        f"{changed} node(s) {verb}, {len(res.get('unchanged', []))} "
         f"unchanged, {len(res.get('kept', []))} left alone, {len(problems)} skipped"
     )
     if conf_obj is not None:
         summary += f"; {conf_changes} ansible setting(s) {verb}"
     out(summary)
-    if total == 0 and not problems:
+    if changed + conf_changes == 0 and not problems:
         out("nothing to change: the cluster already has this inventory")
     elif dry_run:
         out("dry run: nothing was written")
     return 1 if problems else 0
+
+
+def add_commands(sub: Any) -> None:
+    """``gossipmgr import clusterm`` (the command line's hook, gossipmgr.cli.parser)."""
+    p = sub.add_parser("import", help="import another manager's inventory")
+    vs = p.add_subparsers(dest="verb", metavar="SOURCE")
+    vs.required = True
+    vp = vs.add_parser(
+        "clusterm",
+        parents=[common_options()],
+        help="clusterm's boltdb inventory and clusterm.conf's ansible settings",
+    )
+    vp.add_argument("--boltdb", metavar="FILE", help="clusterm's inventory.boltdb.dbfile")
+    vp.add_argument("--conf", metavar="FILE", help="clusterm.conf (JSON): the ansible section")
+    vp.add_argument(
+        "--default-host-group",
+        default="service-master",
+        help="host-group of the imported nodes (default service-master, as clusterm)",
+    )
+    vp.add_argument(
+        "--host-group",
+        action="append",
+        metavar="NODE=GROUP",
+        help="host-group of one node (repeatable)",
+    )
+    vp.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    vp.set_defaults(func=cmd_import, client_command=True)
 
 
 def cmd_import(c: Client, args: Any) -> int:

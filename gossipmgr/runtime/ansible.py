@@ -1,17 +1,11 @@
 """The ansible bridge: clusterm's workflows as sequences of playbook runs, driven from trio.
 
-Layers, bottom up:
-
-* Pure: :func:`parse_extra_vars`, :func:`merge_extra_vars`, :func:`build_inventory`,
-  :func:`build_extra_vars` and :func:`workflow_plan` turn a request into ansible's inputs.
-  They never touch the disk.
-* Processes: :func:`kill_process_tree` stops ansible-playbook *and every descendant*.
-  ansible-runner's own cancel only ``killpg``\\ s ansible-playbook's process group, but
-  ansible-core 2.19 workers call ``setsid()``, so their modules (and the modules' children)
-  would keep running. We walk ``/proc/<pid>/stat`` ppid links instead (no psutil).
-* trio: :func:`run_playbook` runs one ``ansible_runner.run`` in a worker thread and streams
-  its stdout lines back to the trio thread; :func:`run_workflow` sequences the runs the way
-  clusterm did (contract §2), including the failure and cancel paths.
+:func:`run_playbook` runs one ``ansible_runner.run`` in a worker thread and streams its
+stdout lines back to the trio thread; :func:`run_workflow` sequences the runs the way
+clusterm did (docs/ansible.md, "Sequences"), failure and cancel paths included. Below it:
+:mod:`~gossipmgr.runtime.ansible_vars` (pure: settings, hosts, the client-variable policy,
+precedence) and :mod:`~gossipmgr.runtime.proctree` (stopping ansible-playbook's whole
+process tree). The rest of gossipmgr imports the bridge from here (``__all__``).
 
 Who owns what:
 
@@ -26,27 +20,66 @@ Who owns what:
 See docs/ansible.md for the precedence rule and cancel semantics in prose.
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import math
 import os
-import select
 import shlex
-import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import trio
 
-from gossipmgr.errors import BadRequest, JobError
+from gossipmgr.errors import JobError
+from gossipmgr.runtime.ansible_vars import (
+    FENCE_VARS,
+    AnsibleSettings,
+    Host,
+    build_extra_vars,
+    build_inventory,
+    check_client_inputs,
+    check_client_var,
+    client_overrides,
+    client_vars_error,
+    mark_node_fields,
+    mark_unsafe,
+    merge_extra_vars,
+    parse_extra_vars,
+    refused_client_vars,
+    split_config_vars,
+    unsafe_inputs,
+)
+from gossipmgr.runtime.proctree import find_child, kill_process_tree
+
+__all__ = [
+    "CANCELLED_ERROR",
+    "FENCE_VARS",
+    "RC_NOT_RUN",
+    "AnsibleSettings",
+    "Host",
+    "PlaybookResult",
+    "WorkflowResult",
+    "build_extra_vars",
+    "build_inventory",
+    "check_client_var",
+    "client_overrides",
+    "client_vars_error",
+    "discover_hosts",
+    "mark_unsafe",
+    "merge_extra_vars",
+    "parse_extra_vars",
+    "refused_client_vars",
+    "run_playbook",
+    "run_workflow",
+    "split_config_vars",
+    "workflow_plan",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +87,14 @@ logger = logging.getLogger(__name__)
 # which is how late a cancel or timeout would be noticed; 0.2 s costs nothing measurable.
 PEXPECT_TIMEOUT_S: Final = 0.2
 # Between SIGTERM and SIGKILL when stopping a tree: long enough for ansible and python
-# modules to exit on SIGTERM, short enough that a cancel answers in about a second.
-KILL_GRACE_S: Final = 1.0
-# After SIGKILL, how long to wait for the kernel to finish the processes off.
-KILL_REAP_S: Final = 2.0
 # rc reported for a step that never started (missing playbook, cancelled before start,
 # ansible-runner refused its input). ansible-runner itself reports 254 for a cancelled run.
 RC_NOT_RUN: Final = -1
 # clusterm's discover inventory: one group, aliases node1..N.
 DISCOVER_GROUP: Final = "cluster-node"
-# clusterm's job error text for a cancelled job (contract §2, Jobs).
+# clusterm's job error text for a cancelled job (its Jobs API).
 CANCELLED_ERROR: Final = "job was cancelled"
 WORKFLOWS: Final = ("commission", "decommission", "update", "discover")
-#: Extra-vars the product sets on every run of a job, after every client layer (so none
-#: can override them) and that no client may set: the lease epoch the job runs under, the
-#: holder running it and the job's id. The gossipmgr_fence role compares the epoch on each
-#: node (docs/ansible.md, "Fencing at the node").
-FENCE_VARS: Final = ("gossipmgr_epoch", "gossipmgr_holder", "gossipmgr_job")
 #: How the gossipmgr_fence module's failure message starts; a step that failed with it
 #: reports that message as its error.
 FENCED_PREFIX: Final = "fenced: "
@@ -79,50 +103,6 @@ FENCED_PREFIX: Final = "fenced: "
 ROLES_DIR: Final = Path(__file__).resolve().parents[1] / "playbooks" / "roles"
 # ansible's own default roles_path, kept after ours when the environment sets none.
 _DEFAULT_ROLES_PATH: Final = "~/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles"
-
-_EXTRA_VARS_ERROR = '"extra_vars" should be a valid json. Error: '
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Host:
-    """One node of a request: inventory alias, ssh address, node name, host-group, own vars."""
-
-    alias: str
-    addr: str
-    name: str
-    group: str
-    vars: Mapping[str, Any] = field(default_factory=dict)  # the node's own extra-vars
-
-
-@dataclass(frozen=True)
-class AnsibleSettings:
-    """The config's ansible section, as the runner needs it (contract §5)."""
-
-    playbook_dir: Path
-    configure_playbook: str = "site.yml"
-    cleanup_playbook: str = "cleanup.yml"
-    upgrade_playbook: str = "rolling-upgrade.yml"
-    user: str = ""  # --user when non-empty
-    priv_key_file: str = ""  # --private-key when non-empty
-    extra_variables: Mapping[str, Any] = field(default_factory=dict)  # lowest precedence
-    # Added to every host before anything else, e.g. ansible_connection=local for the demo.
-    host_vars: Mapping[str, Any] = field(default_factory=dict)
-    # Per playbook run; 0 (the default) is no limit, as clusterm had none: a site.yml on a
-    # big cluster may run for hours, and a cancel (POST /job/cancel) stops a hung one.
-    timeout_s: float = 0
-    # After a discover playbook succeeds, the job waits this long for every discovered
-    # address to show up as a Discovered node (its Serf agent joined); then it fails with
-    # the addresses that did not (clusterm issue #157). 0: do not wait.
-    discover_join_timeout_s: float = 120.0
-    # Config-layer extra-vars set through the API (POST /config), on top of
-    # ``extra_variables`` (the operator's file). Client values: checked and marked unsafe.
-    client_extra_variables: Mapping[str, Any] = field(default_factory=dict)
-    # Names the operator lets API clients set although :func:`refused_client_vars` would
-    # refuse them (config file ``[ansible] allow_client_vars``; never settable by the API).
-    allowed_client_vars: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -145,310 +125,6 @@ class WorkflowResult:
     steps: list[PlaybookResult]
 
 
-# --------------------------------------------------------------------------- client vars
-
-#: ansible's magic variables without the ``ansible_`` prefix (ansible-core 2.19's
-#: ``constants.INTERNAL_STATIC_VARS`` plus ``omit`` and ``delegated_vars``): ansible sets
-#: them itself, and ``inventory_hostname`` is the ssh connection's fallback address.
-MAGIC_VARS: Final = frozenset(
-    {
-        "delegated_vars",
-        "group_names",
-        "groups",
-        "hostvars",
-        "inventory_dir",
-        "inventory_file",
-        "inventory_hostname",
-        "inventory_hostname_short",
-        "omit",
-        "play_hosts",
-        "playbook_dir",
-        "role_name",
-        "role_names",
-        "role_path",
-        "role_uuid",
-    }
-)
-#: Prefixes of names ansible treats specially. Every connection, privilege-escalation,
-#: shell and interpreter setting ansible reads from variables is ``ansible_*`` (its
-#: MAGIC_VARIABLE_MAPPING and every plugin's documented ``vars:``, including patterns
-#: such as ``ansible_<x>_interpreter``); ``_ansible_*`` are internal, ``__ansible_*``
-#: are the tags of ansible's JSON form (``__ansible_unsafe``, ``__ansible_vault``).
-RESERVED_PREFIXES: Final = ("ansible_", "_ansible_", "__ansible_")
-#: gossipmgr's own settings that only the operator may set: a client that pointed a job at
-#: another fence directory would take it out of the per-node epoch order.
-OPERATOR_VARS: Final = frozenset({"gossipmgr_fence_dir"})
-
-
-def refused_client_vars(variables: Mapping[str, Any], allowed: Collection[str] = ()) -> list[str]:
-    """The names in ``variables`` an API client may not set, sorted (docs/security.md).
-
-    Refused: a top-level name starting with ``ansible_`` (or ``_ansible_``), compared
-    case-insensitively, or one of :data:`MAGIC_VARS` or :data:`OPERATOR_VARS`, unless it is
-    in ``allowed`` (exact name, the operator's ``[ansible] allow_client_vars``); and, at any
-    depth, a mapping key starting with ``__ansible_`` (it would change how ansible decodes
-    the value), named as a path ``top.key``. The check is on names only: values are passed
-    to ansible marked unsafe (:func:`mark_unsafe`), so no value is ever templated.
-    """
-    bad: list[str] = []
-
-    def nested(path: str, value: Any) -> None:
-        # Iterative: a deeply nested hostile value must not exhaust the Python stack.
-        stack = [(path, value)]
-        while stack:
-            p, v = stack.pop()
-            if isinstance(v, Mapping):
-                for k, sub in v.items():
-                    if isinstance(k, str) and k.lower().startswith("__ansible_"):
-                        bad.append(f"{p}.{k}")
-                    stack.append((f"{p}.{k}", sub))
-            elif isinstance(v, list | tuple):
-                stack.extend((f"{p}[{i}]", sub) for i, sub in enumerate(v))
-
-    for name, value in variables.items():
-        low = str(name).lower()
-        reserved = low.startswith(RESERVED_PREFIXES) or low in MAGIC_VARS or low in OPERATOR_VARS
-        if name not in allowed and reserved:
-            bad.append(str(name))
-        nested(str(name), value)
-    return sorted(set(bad))
-
-
-def client_vars_error(names: Sequence[str], where: str) -> str:
-    """The refusal text for :func:`refused_client_vars`' ``names`` found in ``where``."""
-    quoted = ", ".join(f'"{n}"' for n in names)
-    return (
-        f"{where}: extra-var {quoted} may not be set by an API client: ansible reads "
-        "such variables to decide how, where or as whom it runs commands (the operator "
-        "can allow a name in the agent's config file, [ansible] allow_client_vars)"
-    )
-
-
-def mark_unsafe(value: Any) -> Any:
-    """``value`` with every string wrapped as ``{"__ansible_unsafe": s}``.
-
-    That is ansible's JSON form of ``!unsafe``: ansible-core 2.19 decodes it (extra-vars
-    files given as ``-e @file`` and JSON inventories alike) to a string it never templates,
-    so ``{{ lookup('pipe', ...) }}`` in a client's value reaches the play as literal text.
-    Mapping keys are left as they are (ansible does not template keys); numbers, booleans
-    and null pass unchanged.
-    """
-    if isinstance(value, str):
-        return {"__ansible_unsafe": value}
-    if isinstance(value, Mapping):
-        return {k: mark_unsafe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [mark_unsafe(v) for v in value]
-    return value
-
-
-def split_config_vars(
-    file_vars: Mapping[str, Any], config_vars: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split the config layer into (operator's, client's) extra-vars.
-
-    The operator's are the config file's, all of them, as the file says now. POST /config
-    stores only what clients set over them (:func:`client_overrides`); a stored name whose
-    value equals the file's (a copy, as records of earlier versions hold) is the
-    operator's. The client's are marked unsafe and checked (docs/security.md) and win over
-    the file's for the names they set; a client cannot remove an operator's name.
-    """
-    client = client_overrides(file_vars, config_vars)
-    operator = {k: v for k, v in file_vars.items() if k not in client}
-    return operator, client
-
-
-def client_overrides(
-    file_vars: Mapping[str, Any], config_vars: Mapping[str, Any]
-) -> dict[str, Any]:
-    """The entries of ``config_vars`` that are not the config file's value for that name."""
-    missing = object()
-    return {k: v for k, v in config_vars.items() if file_vars.get(k, missing) != v}
-
-
-def check_client_inputs(
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> None:
-    """Defence in depth at run time: raise JobError naming any refused client variable.
-
-    The API refuses them on the way in; this catches records that arrived by gossip from
-    an older or hostile instance (globals, node vars, the replicated config section).
-    """
-    allowed = settings.allowed_client_vars
-    layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("config extra_variables (POST /config)", settings.client_extra_variables),
-        ("globals", globals_),
-        ("request extra_vars", request_vars),
-    ]
-    layers += [(f"node {h.name or h.addr} extra_vars", h.vars) for h in hosts]
-    for where, layer in layers:
-        bad = refused_client_vars(layer, allowed)
-        if bad:
-            raise JobError(f"refused to run: {client_vars_error(bad, where)}")
-
-
-def _unsafe_inputs(
-    hosts: Sequence[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> tuple[list[Host], AnsibleSettings, dict[str, Any], dict[str, Any]]:
-    """The client layers marked unsafe; the operator's (file extra_variables, host_vars)
-    stay templatable."""
-    marked_hosts = [replace(h, vars=mark_unsafe(dict(h.vars))) for h in hosts]
-    config_layer = {**settings.extra_variables, **mark_unsafe(settings.client_extra_variables)}
-    marked_settings = replace(settings, extra_variables=config_layer, client_extra_variables={})
-    return (
-        marked_hosts,
-        marked_settings,
-        mark_unsafe(dict(globals_)),
-        mark_unsafe(dict(request_vars)),
-    )
-
-
-#: Host vars gossipmgr sets from a node's record. Their values come from Serf tags
-#: (NodeAddr, NodeLabel, NodeSerial: any Serf key holder, managed nodes included), from
-#: POST /monitor/event and from discover's addresses: client values too.
-NODE_FIELDS: Final = ("ansible_host", "ansible_ssh_host", "node_addr", "node_name")
-
-
-def _mark_node_fields(inventory: dict[str, Any]) -> dict[str, Any]:
-    """The inventory with :data:`NODE_FIELDS` marked unsafe (in place; returned)."""
-    for group in inventory["all"]["children"].values():
-        for host_vars in group["hosts"].values():
-            for k in NODE_FIELDS:
-                if isinstance(host_vars.get(k), str):
-                    host_vars[k] = mark_unsafe(host_vars[k])
-    return inventory
-
-
-# --------------------------------------------------------------------------- pure logic
-
-
-def check_client_var(name: object) -> None:
-    """Refuse (BadRequest, naming it) an extra-var a client may not set: FENCE_VARS."""
-    if name in FENCE_VARS:
-        raise BadRequest(
-            f'"{name}" is set by gossipmgr on every run (the lease epoch, holder and job '
-            "it runs under, for fencing at the node); a client cannot set it"
-        )
-
-
-def parse_extra_vars(text_or_obj: object) -> dict[str, Any]:
-    """Parse a request's ``extra_vars``: a string holding a JSON object (clusterm's wire form).
-
-    ``None`` and ``""`` mean ``{}``; a mapping is copied. Anything else, including JSON that
-    is not an object and the non-standard constants NaN/Infinity, raises
-    :class:`~gossipmgr.errors.BadRequest` with clusterm's text
-    ``"extra_vars" should be a valid json. Error: ...``; so does a key in FENCE_VARS
-    (:func:`check_client_var`).
-    """
-    if text_or_obj is None or text_or_obj == "":
-        return {}
-    if isinstance(text_or_obj, Mapping):
-        for name in text_or_obj:
-            check_client_var(name)
-        return dict(text_or_obj)
-    if not isinstance(text_or_obj, str):
-        raise BadRequest(
-            f"{_EXTRA_VARS_ERROR}expected a string holding a JSON object, "
-            f"got {type(text_or_obj).__name__}"
-        )
-
-    def reject_constant(name: str) -> Any:
-        # Python's json accepts NaN/Infinity; JSON (and clusterm's Go decoder) does not.
-        raise ValueError(f"invalid JSON constant {name}")
-
-    try:
-        value = json.loads(text_or_obj, parse_constant=reject_constant)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise BadRequest(f"{_EXTRA_VARS_ERROR}{exc}")
-    if not isinstance(value, dict):
-        raise BadRequest(f"{_EXTRA_VARS_ERROR}expected a JSON object, got {type(value).__name__}")
-    for name in value:
-        check_client_var(name)
-    return value
-
-
-def merge_extra_vars(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge extra-vars layers: later layers win, top-level keys overwrite, no deep merge.
-
-    This is clusterm's rule (config < globals < request); a nested dict in a later layer
-    replaces the earlier one whole, exactly as ansible's own ``--extra-vars`` would.
-    """
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(layer)
-    return merged
-
-
-def _config_layer(settings: AnsibleSettings) -> dict[str, Any]:
-    return {**settings.extra_variables, **settings.client_extra_variables}
-
-
-def build_inventory(
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Build ansible's YAML/JSON inventory structure for the request's hosts (and only them).
-
-    One group per host-group under ``all.children``; each host carries, later wins:
-    ``settings.host_vars``; ``ansible_host``/``ansible_ssh_host``/``node_addr`` = addr and
-    ``node_name`` (omitted when empty, as clusterm's discover did); then its fully merged
-    extra-vars ``config < globals < node < request``. Raises
-    :class:`~gossipmgr.errors.JobError` for a duplicate alias or an empty group or alias.
-    """
-    children: dict[str, dict[str, Any]] = {}
-    seen: set[str] = set()
-    for host in hosts:
-        if not host.alias or not host.group:
-            raise JobError(f"host {host!r} needs a non-empty alias and host-group")
-        if host.alias in seen:
-            raise JobError(f"duplicate inventory alias {host.alias!r}")
-        seen.add(host.alias)
-        host_vars: dict[str, Any] = dict(settings.host_vars)
-        host_vars["ansible_host"] = host.addr
-        host_vars["ansible_ssh_host"] = host.addr  # clusterm's name; pre-2.0 playbooks read it
-        host_vars["node_addr"] = host.addr
-        if host.name:
-            host_vars["node_name"] = host.name
-        # User extra-vars come last: under clusterm they were --extra-vars and beat
-        # every inventory variable, so they must here too.
-        host_vars.update(
-            merge_extra_vars(_config_layer(settings), globals_, host.vars, request_vars)
-        )
-        group = children.setdefault(host.group, {"hosts": {}})
-        group["hosts"][host.alias] = host_vars
-    return {"all": {"children": children}}
-
-
-def build_extra_vars(
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The run's ``--extra-vars``: ``config < globals < request`` minus node-overridden keys.
-
-    ansible has one extra-vars dict for all hosts, and extra-vars outrank inventory host
-    vars. A key that some node sets (and the request does not) therefore must not be in
-    it, or it would clobber that node's value; such keys travel only as host vars, where
-    :func:`build_inventory` already put each host's fully merged value. Keys the request
-    sets stay: the request beats a node's own vars anyway.
-    """
-    node_keys: set[str] = set()
-    for host in hosts:
-        node_keys.update(host.vars)
-    overridden = node_keys - set(request_vars)
-    merged = merge_extra_vars(_config_layer(settings), globals_, request_vars)
-    return {k: v for k, v in merged.items() if k not in overridden}
-
-
 @dataclass(frozen=True)
 class WorkflowStep:
     """One playbook of a workflow and the playbooks to run if it fails or times out."""
@@ -467,7 +143,8 @@ class WorkflowPlan:
 
 
 def workflow_plan(kind: str, settings: AnsibleSettings) -> WorkflowPlan:
-    """clusterm's playbook sequences (contract §2). Raises JobError for an unknown kind.
+    """clusterm's playbook sequences (docs/ansible.md, "Sequences"). Raises JobError for an
+    unknown kind.
 
     commission: configure, on failure cleanup. decommission: cleanup. update: cleanup then
     configure, on configure failure cleanup again (a failed first cleanup ends the job, as in
@@ -502,147 +179,6 @@ def discover_hosts(hosts: Iterable[Host]) -> list[Host]:
     ]
 
 
-# --------------------------------------------------------------------------- process trees
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, starttime) of a live process from /proc/<pid>/stat; None if gone or a zombie."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    # comm (field 2) may hold spaces and parentheses: split after the *last* ')'.
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[1]), int(fields[19])  # fields 4 (ppid) and 22 (starttime) of proc(5)
-
-
-def _process_table() -> dict[int, tuple[int, int]]:
-    table: dict[int, tuple[int, int]] = {}
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if entry.name.isdigit():
-                st = _stat(int(entry.name))
-                if st is not None:
-                    table[int(entry.name)] = st
-    return table
-
-
-def process_tree(root: int) -> dict[int, int]:
-    """``{pid: starttime}`` of ``root`` and all its live descendants, by ppid links."""
-    table = _process_table()
-    if root not in table:
-        return {}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    tree: dict[int, int] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        if pid in tree:
-            continue
-        tree[pid] = table[pid][1]
-        todo.extend(children.get(pid, ()))
-    return tree
-
-
-def _open_pidfd(pid: int, starttime: int) -> int | None:
-    """A pidfd for ``pid`` if it is still the process we walked (same starttime)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return None
-    # The pidfd pins the process; checking starttime *after* opening it rules out pid reuse.
-    st = _stat(pid)
-    if st is None or st[1] != starttime:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _send(fds: Mapping[int, int], sig: signal.Signals) -> None:
-    for fd in fds.values():
-        try:
-            signal.pidfd_send_signal(fd, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_exit(fds: dict[int, int], timeout_s: float) -> None:
-    """Wait until every pidfd reports exit (readable) or the timeout; drops exited ones."""
-    deadline = time.monotonic() + timeout_s
-    while fds:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        poller = select.poll()
-        by_fd = {fd: pid for pid, fd in fds.items()}
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
-        for fd, _ in poller.poll(left * 1000):
-            os.close(fd)
-            del fds[by_fd[fd]]
-
-
-def kill_process_tree(
-    root: int, grace_s: float = KILL_GRACE_S, reap_s: float = KILL_REAP_S
-) -> list[int]:
-    """Stop ``root`` and all its descendants; return the pids that were signalled.
-
-    Blocking (call it from a thread). The tree is frozen first (SIGSTOP, walking again
-    until no new member shows up) so that nothing forks or gets re-parented to init
-    between the walk and the kill; then SIGTERM + SIGCONT, ``grace_s`` to exit, SIGKILL
-    for the rest. Signals go through pidfds, so a recycled pid is never hit. Prior art:
-    ansible-runner's ``Runner.handle_termination`` (killpg only, which misses setsid()
-    workers) and psutil's ``Process.children(recursive=True)`` (same ppid walk).
-    """
-    fds: dict[int, int] = {}
-    try:
-        for _ in range(100):  # bounded: a fork bomb must not keep us here
-            new = {p: s for p, s in process_tree(root).items() if p not in fds}
-            if not new:
-                break
-            for pid, starttime in new.items():
-                fd = _open_pidfd(pid, starttime)
-                if fd is not None:
-                    fds[pid] = fd
-                    try:
-                        signal.pidfd_send_signal(fd, signal.SIGSTOP)
-                    except ProcessLookupError:
-                        pass
-        signalled = sorted(fds)
-        _send(fds, signal.SIGTERM)
-        _send(fds, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
-        _wait_exit(fds, grace_s)
-        if fds:
-            logger.info("ansible: SIGKILL for %s after %.1f s grace", sorted(fds), grace_s)
-            _send(fds, signal.SIGKILL)
-            _wait_exit(fds, reap_s)
-        if fds:
-            logger.warning("ansible: processes %s survived SIGKILL", sorted(fds))
-        return signalled
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-
-def _find_child(needle: str) -> int | None:
-    """Our own child process whose command line contains ``needle`` (the run's private dir)."""
-    me = os.getpid()
-    for pid, (ppid, _) in _process_table().items():
-        if ppid != me:
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle.encode() in cmdline:
-            return pid
-    return None
-
-
 # --------------------------------------------------------------------------- one run
 
 
@@ -670,7 +206,7 @@ class _RunControl:
             self.outcome = "timeout"
         else:
             return False
-        pid = _find_child(str(self.private_dir))
+        pid = find_child(str(self.private_dir))
         if pid is not None:
             killed = kill_process_tree(pid)
             logger.info("ansible: %s run in %s, stopped pids %s", self.outcome, pid, killed)
@@ -722,6 +258,96 @@ def _envvars(private_dir: Path) -> dict[str, str]:
     }
 
 
+def _run_inputs(
+    hosts: Sequence[Host],
+    settings: AnsibleSettings,
+    globals_: Mapping[str, Any],
+    request_vars: Mapping[str, Any],
+    product_vars: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(inventory, extra-vars) of one run. Every value from an API client goes to ansible
+    marked unsafe (never templated); ``product_vars`` come last and beat every layer."""
+    u_hosts, u_settings, u_globals, u_request = unsafe_inputs(
+        hosts, settings, globals_, request_vars
+    )
+    inventory = mark_node_fields(build_inventory(u_hosts, u_settings, u_globals, u_request))
+    extravars = build_extra_vars(u_hosts, u_settings, u_globals, u_request)
+    extravars.update(product_vars or {})  # last: they beat every other layer
+    return inventory, extravars
+
+
+def _fence_refusal(event: Mapping[str, Any]) -> str | None:
+    """The gossipmgr_fence module's ``fenced: ...`` message if ``event`` is its failure."""
+    if event.get("event") != "runner_on_failed":
+        return None
+    res = (event.get("event_data") or {}).get("res") or {}
+    msg = res.get("msg") if isinstance(res, Mapping) else None
+    if isinstance(msg, str) and msg.startswith(FENCED_PREFIX) and res.get("fenced"):
+        return msg
+    return None
+
+
+class _Events:
+    """ansible-runner's ``event_handler`` for one run. Called in ansible-runner's thread,
+    once per callback event and once per plain stdout chunk ("verbose" events), as ansible
+    writes them: relays the stdout lines to ``log`` on the trio thread and keeps the first
+    fence refusal."""
+
+    def __init__(self, log: Callable[[str], None], token: trio.lowlevel.TrioToken) -> None:
+        self.log = log
+        self.token = token
+        self.fenced: list[str] = []  # the first fence refusal, as the module said it
+
+    def _emit(self, lines: list[str]) -> None:
+        for line in lines:
+            self.log(line)
+
+    def __call__(self, event: Mapping[str, Any]) -> bool:
+        refusal = _fence_refusal(event)
+        if refusal is not None and not self.fenced:
+            self.fenced.append(refusal)
+        text = event.get("stdout")
+        if text:
+            try:
+                trio.from_thread.run_sync(self._emit, text.splitlines(), trio_token=self.token)
+            except Exception:  # a broken log sink must not kill the run
+                logger.exception("ansible: log callback failed")
+        return True  # keep ansible-runner's own job_events artifacts
+
+
+async def _run_runner(
+    run_kwargs: Mapping[str, Any], control: _RunControl, cancel: trio.Event, path: Path
+) -> tuple[int, str, str]:
+    """``ansible_runner.run(**run_kwargs)`` in a worker thread, stopped (the whole tree)
+    when ``cancel`` is set or the calling task is cancelled: ``(rc, status, error)``."""
+
+    def run() -> Any:
+        # Imported here, in the worker thread: the first import takes ~0.3 s and must not
+        # block the trio loop; nothing pays for it unless a playbook runs.
+        import ansible_runner
+
+        return ansible_runner.run(**run_kwargs)
+
+    async def relay_cancel() -> None:
+        try:
+            await cancel.wait()
+        finally:  # also when trio cancels us: the thread must not outlive the task
+            control.stop.set()
+
+    error = ""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay_cancel)
+        try:
+            runner = await trio.to_thread.run_sync(run)
+            rc, status = int(runner.rc), str(runner.status)
+        except Exception as exc:  # ansible-runner refused its input: a failed step
+            logger.exception("ansible: ansible-runner failed for %s", path)
+            rc, status, error = RC_NOT_RUN, "failed", f"ansible-runner failed: {exc!r}"
+        finally:
+            nursery.cancel_scope.cancel()
+    return rc, status, error
+
+
 async def run_playbook(
     playbook: str,
     hosts: Iterable[Host],
@@ -756,42 +382,12 @@ async def run_playbook(
         error = f"playbook file not found: {path}"
         log(f"gossipmgr: {error}")
         return PlaybookResult(playbook, RC_NOT_RUN, "failed", error)
-    # Every value from an API client goes to ansible marked unsafe (never templated).
-    u_hosts, u_settings, u_globals, u_request = _unsafe_inputs(
-        hosts, settings, globals_, request_vars
-    )
-    inventory = _mark_node_fields(build_inventory(u_hosts, u_settings, u_globals, u_request))
-    extravars = build_extra_vars(u_hosts, u_settings, u_globals, u_request)
-    extravars.update(product_vars or {})  # last: they beat every other layer
-
+    inventory, extravars = _run_inputs(hosts, settings, globals_, request_vars, product_vars)
     work_root.mkdir(parents=True, exist_ok=True)
     private_dir = Path(tempfile.mkdtemp(prefix=f"{path.stem}-", dir=work_root))  # mode 0700
     _write_private_files(private_dir, extravars)
     control = _RunControl(private_dir, settings.timeout_s)
-    token = trio.lowlevel.current_trio_token()
-
-    def emit(lines: list[str]) -> None:
-        for line in lines:
-            log(line)
-
-    fenced: list[str] = []  # the first fence refusal, as the module said it
-
-    def on_event(event: Mapping[str, Any]) -> bool:
-        # Runs in ansible-runner's thread, once per callback event and once per plain
-        # stdout chunk ("verbose" events), as ansible writes them.
-        if event.get("event") == "runner_on_failed" and not fenced:
-            res = (event.get("event_data") or {}).get("res") or {}
-            msg = res.get("msg") if isinstance(res, Mapping) else None
-            if isinstance(msg, str) and msg.startswith(FENCED_PREFIX) and res.get("fenced"):
-                fenced.append(msg)
-        text = event.get("stdout")
-        if text:
-            try:
-                trio.from_thread.run_sync(emit, text.splitlines(), trio_token=token)
-            except Exception:  # a broken log sink must not kill the run
-                logger.exception("ansible: log callback failed")
-        return True  # keep ansible-runner's own job_events artifacts
-
+    events = _Events(log, trio.lowlevel.current_trio_token())
     run_kwargs: dict[str, Any] = dict(
         private_data_dir=str(private_dir),
         project_dir=str(playbook_dir),  # cwd: an ansible.cfg there is honoured
@@ -801,44 +397,19 @@ async def run_playbook(
         cmdline=_cmdline(settings),
         suppress_env_files=True,  # nothing leaks between runs through env/ files
         quiet=True,  # stdout goes to `log`, not to our own stdout
-        event_handler=on_event,
+        event_handler=events,
         cancel_callback=control.poll,
     )
-
-    def run() -> Any:
-        # Imported here, in the worker thread: the first import takes ~0.3 s and must not
-        # block the trio loop; nothing pays for it unless a playbook runs.
-        import ansible_runner
-
-        return ansible_runner.run(**run_kwargs)
-
-    async def relay_cancel() -> None:
-        try:
-            await cancel.wait()
-        finally:  # also when trio cancels us: the thread must not outlive the task
-            control.stop.set()
-
-    names = ", ".join(h.alias for h in hosts)
-    log(f"gossipmgr: running {path} on {names}")
-    error = ""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(relay_cancel)
-        try:
-            runner = await trio.to_thread.run_sync(run)
-            rc, status = int(runner.rc), str(runner.status)
-        except Exception as exc:  # ansible-runner refused its input: a failed step
-            logger.exception("ansible: ansible-runner failed for %s", path)
-            rc, status, error = RC_NOT_RUN, "failed", f"ansible-runner failed: {exc!r}"
-        finally:
-            nursery.cancel_scope.cancel()
+    log(f"gossipmgr: running {path} on {', '.join(h.alias for h in hosts)}")
+    rc, status, error = await _run_runner(run_kwargs, control, cancel, path)
     if control.outcome:
         status = control.outcome
     if status == "timeout":
         error = f"timed out after {settings.timeout_s:g} s"
     elif status == "canceled":
         error = "cancelled"
-    elif status != "successful" and fenced:
-        error = fenced[0]
+    elif status != "successful" and events.fenced:
+        error = events.fenced[0]
         log(f"gossipmgr: {playbook}: {error}")
     elif status != "successful" and not error:
         error = f"ansible-playbook exited with rc {rc}"

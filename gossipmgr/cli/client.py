@@ -1,0 +1,132 @@
+"""The CLI's HTTP client, its errors and where it finds the API token.
+
+:class:`Client` is a thin sync httpx client: one method per call, every failure a
+:class:`CliError` with one line for the user (the server's ``{"error"}`` text, or why the
+daemon cannot be reached). :func:`find_token` is the token search both command lines share
+(``gossipmgr`` and ``clusterctl``).
+"""
+
+import os
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+#: Requests answer quickly (a job POST returns once launched); following a log is unbounded.
+REQUEST_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+FOLLOW_TIMEOUT = httpx.Timeout(None, connect=5.0)
+#: The agent's default data directory; its api.token is the CLI's last token source.
+DEFAULT_DATA_DIR = "/var/lib/gossipmgr"
+TOKEN_FILE_NAME = "api.token"
+
+
+class CliError(Exception):
+    """One line for the user, then exit ``code`` (1: refused/unreachable, 2: usage)."""
+
+    def __init__(self, text: str, code: int = 1) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class Client:
+    """A thin sync client: one method per call, errors as CliError with the server's text."""
+
+    def __init__(
+        self, url: str, token: str | None, cacert: str | None, auth_hint: str = ""
+    ) -> None:
+        #: Said after a 401: where the token came from, or why there is none.
+        self.auth_hint = auth_hint
+        self.url = url.rstrip("/")
+        if "://" not in self.url:  # clusterctl took host:port
+            self.url = "http://" + self.url
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify: Any = True
+        if cacert:  # httpx 0.28 deprecates verify=<path>
+            try:
+                verify = ssl.create_default_context(cafile=cacert)
+            except (OSError, ssl.SSLError) as exc:
+                raise CliError(f"cannot load CA file {cacert}: {exc}", 2) from None
+        self.http = httpx.Client(headers=headers, verify=verify, timeout=REQUEST_TIMEOUT)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _unreachable(self, exc: httpx.HTTPError) -> CliError:
+        why = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.ConnectError) and "refused" in why.lower():
+            why = "connection refused"
+        elif isinstance(exc, httpx.TimeoutException):
+            why = f"timed out ({type(exc).__name__})"
+        return CliError(f"cannot reach {self.url}: {why}")
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            if body is None:
+                r = self.http.request(method, self.url + path)
+            else:
+                r = self.http.request(method, self.url + path, json=body)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        return self._decode(r)
+
+    def _decode(self, r: httpx.Response) -> Any:
+        try:
+            obj = r.json()
+        except ValueError:
+            obj = None
+        if r.status_code >= 400:
+            text = obj.get("error") if isinstance(obj, dict) else None
+            text = str(text) if text else f"HTTP {r.status_code}: {r.text.strip()}"
+            if r.status_code == 401 and self.auth_hint:
+                text += f" ({self.auth_hint})"
+            raise CliError(text)
+        return obj
+
+    def stream_lines(self, path: str, on_line: Callable[[str], None]) -> None:
+        try:
+            with self.http.stream("GET", self.url + path, timeout=FOLLOW_TIMEOUT) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._decode(r)
+                for line in r.iter_lines():
+                    on_line(line)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+
+
+def default_token_file() -> str:
+    """``$GOSSIPMGR_DATA_DIR/api.token``, else ``/var/lib/gossipmgr/api.token``."""
+    data_dir = os.environ.get("GOSSIPMGR_DATA_DIR") or DEFAULT_DATA_DIR
+    return os.path.join(data_dir, TOKEN_FILE_NAME)
+
+
+def _read_token_file(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as exc:
+        raise CliError(f"cannot read token file {path}: {exc.strerror}", 2) from None
+
+
+def find_token(token: str | None = None, token_file: str | None = None) -> tuple[str | None, str]:
+    """(token, where it came from or why there is none). First found wins: ``token``
+    (--token), ``token_file`` (--token-file), $GOSSIPMGR_TOKEN, $GOSSIPMGR_TOKEN_FILE, then
+    the agent's own token file (:func:`default_token_file`), which only the agent's user
+    (and root) can read. Raises CliError (exit 2) for a named file that cannot be read."""
+    if token:
+        return str(token), "token from --token"
+    if token_file:
+        return _read_token_file(token_file), f"token from {token_file}"
+    if os.environ.get("GOSSIPMGR_TOKEN"):
+        return os.environ["GOSSIPMGR_TOKEN"], "token from $GOSSIPMGR_TOKEN"
+    env_file = os.environ.get("GOSSIPMGR_TOKEN_FILE")
+    if env_file:
+        return _read_token_file(env_file), f"token from $GOSSIPMGR_TOKEN_FILE={env_file}"
+    path = default_token_file()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None, f"token from {path}"
+    except OSError as exc:
+        # Not an error yet: an agent with no_auth needs none. Said if the server asks.
+        return None, f"no token: cannot read {path}: {exc.strerror}"
