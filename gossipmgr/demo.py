@@ -96,6 +96,17 @@ class Demo:
 
     # -- the walk-through ---------------------------------------------------------------------
     def run(self, keep: bool) -> None:
+        self.start_instances()
+        names = self.discover_nodes()
+        self.replicate_a_global()
+        self.workflows(names)
+        holder, new = self.kill_the_holder(master=names[0])
+        self.restart(holder, new)
+        print("\nDemo complete.", flush=True)
+        if keep:
+            self.keep()
+
+    def start_instances(self) -> None:
         c = self.cluster
         self.step("1. Three gossipmgr instances, each with its own Serf agent")
         for n in NAMES:
@@ -106,6 +117,8 @@ class Demo:
         holder = self.holder()
         self.say(f"lease holder: {holder}, epoch {c.lease(holder)['epoch']}")
 
+    def discover_nodes(self) -> list[str]:
+        c = self.cluster
         self.step("2. Four cluster nodes join Serf and are discovered")
         names = [c.add_node(label, serial).name for label, serial in NODES]
 
@@ -119,7 +132,10 @@ class Demo:
             wait_for(partial(all_discovered, n), 30, f"every node to be discovered at {n}")
         self.say("every instance shows the same inventory:")
         self.show_nodes("g3")
+        return names
 
+    def replicate_a_global(self) -> None:
+        c = self.cluster
         self.step("3. Replicated settings: a global extra-var written at g2, read at g3")
         c.put("g2", "/globals/ntp_server", {"value": "pool.ntp.org"}).raise_for_status()
         wait_for(
@@ -129,6 +145,8 @@ class Demo:
         )
         self.say(f"g3 sees {c.get('g3', '/info/globals')['extra_vars']}")
 
+    def workflows(self, names: list[str]) -> None:
+        c = self.cluster
         self.step("4. Workflows, each an ansible job on the lease holder")
         # A discover job runs the discover playbook, then waits until a Serf agent with
         # NodeAddr=<the address> joins (on a real node the playbook installs and starts
@@ -162,6 +180,9 @@ class Demo:
         self.run_job("g1", "/decommission/nodes", {"nodes": [worker]}, f"decommission {worker}")
         self.show_nodes("g1")
 
+    def kill_the_holder(self, master: str) -> tuple[str, str]:
+        """SIGKILL the lease holder; returns (the killed one, the new holder)."""
+        c = self.cluster
         self.step("5. Kill the lease holder with SIGKILL: another instance takes over")
         holder = self.holder()
         before = c.get(holder, "/info/nodes")
@@ -195,7 +216,10 @@ class Demo:
             {"nodes": [master]},
             f"update {master} under the new holder",
         )
+        return holder, new
 
+    def restart(self, holder: str, new: str) -> None:
+        c = self.cluster
         self.step(f"6. Restart {holder}: it restores from disk, then catches up")
         c.start(holder)
         c.wait_ready(holder)
@@ -211,9 +235,6 @@ class Demo:
         )
         self.say(f"{holder} caught up: its inventory equals {new}'s")
         self.show_nodes(holder)
-        print("\nDemo complete.", flush=True)
-        if keep:
-            self.keep()
 
     def keep(self) -> None:
         urls = "  ".join(f"{n}={i.url}" for n, i in self.cluster.instances.items())
