@@ -9,16 +9,44 @@ per request, so no route closes over an agent object.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from quart import current_app
 from quart_trio import QuartTrio
 
-from gossipmgr.runtime.replica import Replica
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.lease import Lease
+from gossipmgr.core.state import ClusterState
 
 #: Where :func:`install_context` keeps the context in ``app.extensions``.
 _EXTENSION = "gossipmgr.context"
+
+
+class ReplicaView(Protocol):
+    """What the API uses of ``gossipmgr.runtime.replica.Replica``: reads of the state and
+    the lease, and :meth:`commit`, which returns once the delta is durable on this
+    instance's disk (StoreError when the data directory refuses it; ValueTooLarge /
+    ValueRefused for a record that could not be gossiped; nothing applied in either case).
+    Read-only properties, so a ``Replica`` attribute satisfies them."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> ClusterState: ...
+    @property
+    def data_dir(self) -> Path | None: ...
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+    @property
+    def candidates(self) -> Sequence[str]: ...
+
+    def now_ms(self) -> int: ...
+    def lease(self) -> Lease | None: ...
+    def is_holder(self) -> bool: ...
+    async def commit(self, make: Callable[[ClusterState, Timestamp], LWWMap]) -> LWWMap: ...
 
 
 class JobsLike(Protocol):
@@ -53,9 +81,12 @@ class ApiContext(Protocol):
     docs/security.md section 3).
     """
 
-    replica: Replica
-    jobs: Any  # a JobsLike (gossipmgr.runtime.jobs.JobManager)
-    token: str | None
+    @property
+    def replica(self) -> ReplicaView: ...
+    @property
+    def jobs(self) -> Any: ...  # a JobsLike (gossipmgr.runtime.jobs.JobManager)
+    @property
+    def token(self) -> str | None: ...  # read per request: the agent swaps it on SIGHUP
 
     def peers(self) -> list[dict[str, Any]]: ...
     def serf_healthy(self) -> bool: ...
@@ -77,6 +108,6 @@ def current_context() -> ApiContext:
     return cast("ApiContext", current_app.extensions[_EXTENSION])
 
 
-def current_replica() -> Replica:
+def current_replica() -> ReplicaView:
     """The current context's replica: what every read is served from."""
     return current_context().replica
