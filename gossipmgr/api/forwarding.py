@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from quart import Response, request
@@ -81,7 +82,9 @@ async def forward() -> Response:
             "being taken over); retry in a few seconds"
         )
     body = await request.get_data(cache=True)
-    target = url.rstrip("/") + request.path
+    # request.path is decoded: a node name holding "?", "#", "%" or a space must be encoded
+    # again, or the holder sees another path ("/node/rack?1/forget" is "/node/rack").
+    target = url.rstrip("/") + quote(request.path)
     try:
         async with httpx.AsyncClient(verify=_verify(), timeout=FORWARD_TIMEOUT) as c:
             r = await c.request(request.method, target, content=body, headers=_forward_headers())
