@@ -35,7 +35,7 @@ here, so the modules inside may be rearranged freely.
 
 from gossipmgr.api.app import OPENAPI, create_app, spec_paths
 from gossipmgr.api.bodies import MAX_BODY_BYTES, check_value_untrusted
-from gossipmgr.api.context import ApiContext, JobsLike
+from gossipmgr.api.context import ApiContext, JobsLike, ReplicaView
 from gossipmgr.api.forwarding import FORWARDED_HEADER
 from gossipmgr.api.openapi import rule_paths
 from gossipmgr.api.routes.lease import lease_json
@@ -47,6 +47,7 @@ __all__ = [
     "OPENAPI",
     "ApiContext",
     "JobsLike",
+    "ReplicaView",
     "check_listen_policy",
     "check_value_untrusted",
     "create_app",
