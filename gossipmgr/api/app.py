@@ -41,8 +41,8 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     the replica, the job manager and the peers view, and is not touched until a request."""
     app = QuartTrio("gossipmgr")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    # Quart's default of 5 s makes test_app() wait 5 s at exit for a background task that
-    # never ends; none is started here, and the caller owns shutdown.
+    # Quart's default of 5 s makes test_app() wait 5 s on exit for a background task that
+    # runs forever (docs/api.md, "Serving").
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]

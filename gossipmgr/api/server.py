@@ -40,7 +40,7 @@ def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
 
 
 class _ShieldedSend:
-    """ASGI wrapper shielding ``send`` from cancellation.
+    """ASGI wrapper shielding ``send`` from cancellation (docs/api.md, "Serving").
 
     Without it, hypercorn's trio worker loses the idle timer of a keep-alive connection after
     its first request (the cancel of a send half-way leaves the connection in a state where

@@ -17,7 +17,8 @@ from gossipmgr.errors import BadRequest
 
 bp = ApiBlueprint("config", __name__)
 
-#: The keys of the ansible section a POST /config may carry.
+#: The keys of the ansible section a POST /config may carry (docs/migrating-from-clusterm.md,
+#: "Configuration").
 ANSIBLE_CONFIG_FIELDS = frozenset(ANSIBLE_CONFIG_KEYS)
 
 CONFIG_REQUEST = Schema(
