@@ -1,28 +1,55 @@
-"""The REST API: every instance serves all of it (Quart-Trio on hypercorn).
+"""The REST API: clusterm's routes (docs/api.md) on Quart-Trio, served by hypercorn; every
+instance serves all of it.
+
+How a request goes through the package:
+
+==================== ===================================================================
+``context``          the :class:`ApiContext` protocol, the API's only view of the agent;
+                     routes reach it per request (``current_context()``)
+``boundary``         the token check, and ONE translation of every error into
+                     ``{"error": text}`` with its status; the JSON helpers
+``bodies``           reading a body and checking each field (4xx with the reason)
+``routes/``          one blueprint per resource; each route declares its OpenAPI entry
+``forwarding``       job writes run on the lease holder; logs proxied from the runner
+``openapi``          the document, built from the routes' declarations
+``app``              :func:`create_app`: the blueprints, the boundary and a context
+``server``           :func:`serve` (hypercorn, trio), :func:`check_listen_policy`
+==================== ===================================================================
+
+* Reads are served from the local replica. Writes of replicated settings (globals, node
+  extra-vars, the ansible config) commit locally through ``Replica.commit``, which returns
+  once the delta is durable on this instance's disk; only then does the route answer.
+* Values are checked where a route reads them (the codec's rule: 413 for a record too large
+  to gossip, 422 over another limit) and again, per record, by ``Replica.commit``: what the
+  API acknowledges replicates.
+* Every route that sets an extra-var refuses, with 403 naming it, a name an API client may
+  not set (``gossipmgr.runtime.ansible.refused_client_vars``; docs/security.md section 3).
+* With a token (the agent's default), every route but ``/health`` needs
+  ``Authorization: Bearer <token>``. :func:`check_listen_policy` is the rule the agent
+  applies before binding: no token (``--no-auth``) on a non-loopback address also needs
+  ``--insecure``.
 
 The names below are the package's public surface; the rest of gossipmgr imports them from
 here, so the modules inside may be rearranged freely.
 """
 
-from gossipmgr.api.app import (
-    FORWARDED_HEADER,
-    MAX_BODY_BYTES,
-    OPENAPI,
-    ApiContext,
-    check_listen_policy,
-    create_app,
-    lease_json,
-    rule_paths,
-    serve,
-    spec_paths,
-)
+from gossipmgr.api.app import OPENAPI, create_app, spec_paths
+from gossipmgr.api.bodies import MAX_BODY_BYTES, check_value_untrusted
+from gossipmgr.api.context import ApiContext, JobsLike, ReplicaView
+from gossipmgr.api.forwarding import FORWARDED_HEADER
+from gossipmgr.api.openapi import rule_paths
+from gossipmgr.api.routes.lease import lease_json
+from gossipmgr.api.server import check_listen_policy, serve
 
 __all__ = [
     "FORWARDED_HEADER",
     "MAX_BODY_BYTES",
     "OPENAPI",
     "ApiContext",
+    "JobsLike",
+    "ReplicaView",
     "check_listen_policy",
+    "check_value_untrusted",
     "create_app",
     "lease_json",
     "rule_paths",

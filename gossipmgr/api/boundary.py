@@ -1,0 +1,117 @@
+"""Where HTTP meets the rest of gossipmgr: who may call, how a refusal becomes a response,
+how an answer becomes JSON.
+
+h11's habit: errors are raised once, anywhere below a route, and translated once, here.
+ONE ``errorhandler`` turns any :class:`~gossipmgr.errors.RequestError` into
+``{"error": "<text>"}`` with its ``status_hint`` (400/401/403/404/409/413/415/422/503).
+werkzeug's own HTTP errors (unknown path 404, 405, 413 body too large) get the same JSON
+body. clusterm answered every error with 500 and plain text; its Go client prints any
+non-200 body, so the same texts with honest codes stay compatible with it.
+
+Security: with a token (the agent's default: it creates one at first start), every route
+but ``/health`` needs ``Authorization: Bearer <token>``, compared in constant time
+(``hmac.compare_digest``). The token is read from the context on every request: the agent
+swaps it on a SIGHUP reload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import inspect
+import json
+import logging
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from gossipmgr.api.bodies import JSON_MIMETYPE, MAX_BODY_BYTES
+from gossipmgr.api.context import current_context
+from gossipmgr.errors import GossipmgrError, RequestError, StoreError, Unauthorized
+
+log = logging.getLogger("gossipmgr.api")
+
+#: The one route that answers without a token (load balancers and probes call it).
+OPEN_PATH = "/health"
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj), status=status, content_type=JSON_MIMETYPE)
+
+
+def error_response(status: int, text: str) -> Response:
+    """The body of every refusal: ``{"error": text}``; a 401 also says how to authenticate."""
+    resp = json_response({"error": text}, status)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="gossipmgr"'
+    return resp
+
+
+async def maybe_await(v: Any) -> Any:
+    """A job manager method's answer, awaited when it is awaitable."""
+    return await v if inspect.isawaitable(v) else v
+
+
+def jsonable(v: Any) -> Any:
+    """Job manager answers may be dataclasses or objects with ``as_json``; JSON them."""
+    if hasattr(v, "as_json"):
+        return v.as_json()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return dataclasses.asdict(v)
+    return v
+
+
+async def check_token() -> None:
+    """``before_request``: raise Unauthorized (401) unless the bearer token matches."""
+    token = current_context().token
+    if not token or request.path == OPEN_PATH:
+        return
+    got = request.headers.get("Authorization", "")
+    scheme, _, cred = got.partition(" ")
+    # compare_digest on bytes of possibly different length is still constant-time in
+    # the secret's length (it does not leak where the first difference is).
+    if scheme.lower() != "bearer" or not hmac.compare_digest(cred.strip().encode(), token.encode()):
+        raise Unauthorized("missing or invalid bearer token")
+
+
+async def request_error(exc: RequestError) -> Response:
+    return error_response(exc.status_hint, str(exc))
+
+
+async def store_error(exc: StoreError) -> Response:
+    # Not acknowledged: nothing was applied (Replica.commit), the client may retry.
+    log.error("%s: write refused by the store: %s", current_context().replica.name, exc)
+    return error_response(503, f"write not acknowledged: the data directory refused it: {exc}")
+
+
+async def http_error(exc: HTTPException) -> Response:
+    code = exc.code or 500
+    text = {
+        404: f"no such route: {request.method} {request.path}",
+        405: f"method {request.method} is not allowed on {request.path}",
+        413: f"request body is larger than {MAX_BODY_BYTES} bytes",
+    }.get(code, exc.description or exc.name)
+    resp = error_response(code, text)
+    if code == 413:
+        # The unread rest of the body is still on the wire, so the server closes the
+        # connection; say so, or a keep-alive client reuses it and its next request
+        # fails with "server disconnected".
+        resp.headers["Connection"] = "close"
+    return resp
+
+
+async def other_error(exc: GossipmgrError) -> Response:
+    name = current_context().replica.name
+    log.error("%s: %s %s failed: %r", name, request.method, request.path, exc)
+    return error_response(500, f"internal error: {exc}")
+
+
+def install_boundary(app: QuartTrio) -> None:
+    """Put the token check and the error translation on ``app`` (every blueprint's routes)."""
+    app.before_request(check_token)
+    app.register_error_handler(RequestError, request_error)
+    app.register_error_handler(StoreError, store_error)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(GossipmgrError, other_error)

@@ -1,0 +1,133 @@
+"""Requests that must run on another instance: job writes on the lease holder, job logs on
+the instance that ran the job.
+
+* Job-running requests (commission/decommission/update/discover, job cancel, monitor
+  events, inventory import, node forget) must run on the lease holder. A non-holder
+  FORWARDS them to the holder's API with the same body and ``Authorization`` header, and
+  relays its status and body (:func:`forward`). A forwarded request carries
+  ``X-Gossipmgr-Forwarded: <instance>``; a receiver that is not the holder either (the
+  lease moved in between) answers 503 instead of forwarding again, so a request never
+  loops.
+* Log streams (``GET /info/logs/{job}``) of a job that ran on another instance are proxied
+  from that instance's API (:func:`proxy_stream`).
+
+Over https, the context's optional ``forward_verify`` (httpx ``verify=``) checks the peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from quart import Response, request
+
+from gossipmgr.api.bodies import JSON_MIMETYPE
+from gossipmgr.api.context import current_context
+from gossipmgr.errors import Unavailable
+
+#: Header a forwarding instance adds; its value is the forwarder's name (loop guard).
+FORWARDED_HEADER = "X-Gossipmgr-Forwarded"
+#: Forwarding: connecting to the holder must be quick (it is on the LAN); a job POST
+#: returns once the job is launched (validation + one durable write), so 30 s is generous.
+FORWARD_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
+#: A proxied log stream may be silent for as long as a playbook task runs.
+STREAM_TIMEOUT = httpx.Timeout(None, connect=3.0)
+
+
+def _verify() -> Any:
+    return getattr(current_context(), "forward_verify", True)
+
+
+def _forward_headers() -> dict[str, str]:
+    h = {FORWARDED_HEADER: current_context().replica.name}
+    for name in ("Authorization", "Content-Type"):
+        v = request.headers.get(name)
+        if v:
+            h[name] = v
+    return h
+
+
+def was_forwarded() -> bool:
+    """True when another instance forwarded (or proxied) this request here."""
+    return bool(request.headers.get(FORWARDED_HEADER))
+
+
+def must_hold(*, needs_serf: bool = True) -> bool:
+    """True: run here. False: forward. Raises Unavailable when Serf is down here."""
+    ctx = current_context()
+    if not ctx.replica.is_holder():
+        return False
+    if needs_serf and not ctx.serf_healthy():
+        raise Unavailable(
+            f"the Serf agent of the lease holder ({ctx.replica.name}) is not reachable: node "
+            "membership is unknown, so jobs cannot run now"
+        )
+    return True
+
+
+async def forward() -> Response:
+    """Relay this request to the lease holder. Raises Unavailable (503)."""
+    ctx = current_context()
+    if was_forwarded():
+        raise Unavailable(
+            f"{ctx.replica.name} is not the lease holder (the lease moved while the request "
+            f"was forwarded by {request.headers[FORWARDED_HEADER]}); retry"
+        )
+    url = ctx.holder_api_url()
+    if url is None:
+        raise Unavailable(
+            "no lease holder is known: jobs cannot run now (the lease is vacant or "
+            "being taken over); retry in a few seconds"
+        )
+    body = await request.get_data(cache=True)
+    # request.path is decoded: a node name holding "?", "#", "%" or a space must be encoded
+    # again, or the holder sees another path ("/node/rack?1/forget" is "/node/rack").
+    target = url.rstrip("/") + quote(request.path)
+    try:
+        async with httpx.AsyncClient(verify=_verify(), timeout=FORWARD_TIMEOUT) as c:
+            r = await c.request(request.method, target, content=body, headers=_forward_headers())
+    except httpx.HTTPError as exc:
+        raise Unavailable(
+            f"the lease holder at {url} cannot be reached: {exc or type(exc).__name__}"
+        )
+    return Response(
+        r.content,
+        status=r.status_code,
+        content_type=r.headers.get("content-type", JSON_MIMETYPE),
+    )
+
+
+async def proxy_stream(target: str, headers: dict[str, str]) -> Any:
+    """Relay the stream at ``target`` (a peer's ``/info/logs/<id>``) with ``headers``; a
+    refusal there is relayed with its status and body. Raises Unavailable when the peer
+    cannot be reached. The client lives as long as the stream: the relay closes it."""
+    client = httpx.AsyncClient(verify=_verify(), timeout=STREAM_TIMEOUT)
+    try:
+        req = client.build_request("GET", target, headers=_forward_headers())
+        r = await client.send(req, stream=True)
+    except httpx.HTTPError as exc:
+        await client.aclose()
+        raise Unavailable(f"the job's instance at {target} cannot be reached: {exc}")
+    if r.status_code != 200:
+        body = await r.aread()
+        await r.aclose()
+        await client.aclose()
+        return Response(
+            body,
+            status=r.status_code,
+            content_type=r.headers.get("content-type", JSON_MIMETYPE),
+        )
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in r.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            yield f"\n[gossipmgr: log stream from {target} broke: {exc}]\n".encode()
+        finally:
+            await r.aclose()
+            await client.aclose()
+
+    return relay(), 200, headers

@@ -1,0 +1,71 @@
+"""Global extra-vars: replicated settings any instance writes (LWW, no lease needed).
+
+A write commits locally through :meth:`Replica.commit`, which returns once the delta is
+durable on this instance's disk; only then does the route answer. Replacing the whole map
+(clusterm's POST /globals) writes the new variables and tombstones the others.
+"""
+
+from __future__ import annotations
+
+from quart import Response
+
+from gossipmgr.api.bodies import (
+    body_untrusted,
+    check_client_vars,
+    check_key,
+    client_vars,
+    field_value,
+)
+from gossipmgr.api.boundary import json_response
+from gossipmgr.api.context import current_replica
+from gossipmgr.api.openapi import EXTRA_VARS_REQUEST, VALUE_REQUEST, WRITE_CODES, ApiBlueprint
+from gossipmgr.core.state import global_key
+from gossipmgr.errors import NotFound
+from gossipmgr.runtime.ansible import check_client_var
+
+bp = ApiBlueprint("globals", __name__)
+
+
+def _unknown(key: str) -> NotFound:
+    return NotFound(f'global extra-var "{key}" doesn\'t exist')
+
+
+@bp.operation("POST", "/globals", "Replace every global extra-var", WRITE_CODES, EXTRA_VARS_REQUEST)
+async def globals_replace() -> Response:
+    b = await body_untrusted()
+    new = client_vars(b, "globals")
+    rep = current_replica()
+    await rep.commit(lambda s, ts: s.d_replace_globals(new, ts))
+    return json_response({"extra_vars": rep.state.globals()})
+
+
+@bp.operation("GET", "/globals/<key>", "One global extra-var", (200, 401, 404))
+async def global_get(key: str) -> Response:
+    g = current_replica().state.globals()
+    if key not in g:
+        raise _unknown(key)
+    return json_response({"key": key, "value": g[key]})
+
+
+@bp.operation("PUT", "/globals/<key>", "Set one global extra-var", WRITE_CODES, VALUE_REQUEST)
+async def global_put(key: str) -> Response:
+    check_key("extra-var", key)
+    check_client_var(key)
+    v = field_value(await body_untrusted())
+    check_client_vars({key: v}, "globals")
+    await current_replica().commit(lambda s, ts: s.d_set(global_key(key), v, ts))
+    return json_response({"key": key, "value": v})
+
+
+@bp.operation("DELETE", "/globals/<key>", "Remove one global extra-var", (200, 401, 404, 503))
+async def global_delete(key: str) -> Response:
+    rep = current_replica()
+    if key not in rep.state.globals():
+        raise _unknown(key)
+    await rep.commit(lambda s, ts: s.d_remove(global_key(key), ts))
+    return json_response({"key": key, "deleted": True})
+
+
+@bp.operation("GET", "/info/globals", "Global extra-vars", (200, 401))
+async def info_globals() -> Response:
+    return json_response({"extra_vars": current_replica().state.globals()})

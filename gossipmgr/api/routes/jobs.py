@@ -1,0 +1,230 @@
+"""Jobs: the workflows that run playbooks on the lease holder, and reading jobs and logs.
+
+A workflow request is checked here in full (a 4xx never depends on where the lease is),
+then run on the holder: here when this instance holds the lease, else forwarded to it
+(:mod:`gossipmgr.api.forwarding`). Reads are served here; a log stream of a job another
+instance ran is proxied from that instance, falling back to the replicated tail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from quart import Response
+
+from gossipmgr.api.bodies import body_untrusted, client_vars, field_str, field_str_list
+from gossipmgr.api.boundary import json_response, jsonable, maybe_await
+from gossipmgr.api.context import current_context
+from gossipmgr.api.forwarding import forward, must_hold, proxy_stream, was_forwarded
+from gossipmgr.api.openapi import EXTRA_VARS_REF, JOB_CODES, ApiBlueprint, Schema
+from gossipmgr.errors import BadRequest, Unavailable
+
+bp = ApiBlueprint("jobs", __name__)
+
+LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+NODES_REQUEST = Schema(
+    "NodesRequest",
+    {
+        "type": "object",
+        "properties": {
+            "nodes": {"type": "array", "items": {"type": "string"}},
+            "host_group": {"type": "string"},
+            "extra_vars": EXTRA_VARS_REF,
+        },
+    },
+)
+DISCOVER_REQUEST = Schema(
+    "DiscoverRequest",
+    {
+        "type": "object",
+        "properties": {
+            "addrs": {"type": "array", "items": {"type": "string"}},
+            "extra_vars": EXTRA_VARS_REF,
+        },
+    },
+)
+_MONITOR_NODE = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string"},
+        "serial": {"type": "string"},
+        "addr": {"type": "string"},
+    },
+}
+MONITOR_EVENT_REQUEST = Schema(
+    "MonitorEventRequest",
+    {
+        "type": "object",
+        "properties": {
+            "monitor_event": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": ["discovered", "disappeared"]},
+                    "nodes": {"type": "array", "items": _MONITOR_NODE},
+                },
+            }
+        },
+    },
+)
+
+
+async def run_job(call: Callable[[], Any]) -> Response:
+    """Run a job manager call here; a job id answers as ``{"job": id}``."""
+    res = jsonable(await maybe_await(call()))
+    if isinstance(res, dict):
+        return json_response(res)
+    if isinstance(res, str):
+        return json_response({"job": res})
+    return json_response({})
+
+
+@bp.operation(
+    "POST",
+    "/commission/nodes",
+    "Commission nodes (runs a job on the lease holder)",
+    JOB_CODES,
+    NODES_REQUEST,
+)
+async def commission() -> Response:
+    b = await body_untrusted()
+    nodes, hg, ev = (
+        field_str_list(b, "nodes"),
+        field_str(b, "host_group"),
+        client_vars(b, "extra_vars"),
+    )
+    if not must_hold():
+        return await forward()
+    return await run_job(lambda: current_context().jobs.commission(nodes, hg, ev))
+
+
+@bp.operation("POST", "/decommission/nodes", "Decommission nodes (job)", JOB_CODES, NODES_REQUEST)
+async def decommission() -> Response:
+    b = await body_untrusted()
+    nodes, ev = field_str_list(b, "nodes"), client_vars(b, "extra_vars")
+    if not must_hold():
+        return await forward()
+    return await run_job(lambda: current_context().jobs.decommission(nodes, ev))
+
+
+@bp.operation("POST", "/update/nodes", "Update nodes (job)", JOB_CODES, NODES_REQUEST)
+async def update() -> Response:
+    b = await body_untrusted()
+    nodes, hg, ev = (
+        field_str_list(b, "nodes"),
+        field_str(b, "host_group"),
+        client_vars(b, "extra_vars"),
+    )
+    if not must_hold():
+        return await forward()
+    return await run_job(lambda: current_context().jobs.update(nodes, hg, ev))
+
+
+@bp.operation(
+    "POST", "/discover/nodes", "Discover nodes by address (job)", JOB_CODES, DISCOVER_REQUEST
+)
+async def discover() -> Response:
+    b = await body_untrusted()
+    addrs, ev = field_str_list(b, "addrs"), client_vars(b, "extra_vars")
+    if not must_hold():
+        return await forward()
+    return await run_job(lambda: current_context().jobs.discover(addrs, ev))
+
+
+@bp.operation("POST", "/job/cancel", "Cancel the active job (holder)", JOB_CODES)
+async def job_cancel() -> Response:
+    await body_untrusted(required=False)
+    if not must_hold(needs_serf=False):
+        return await forward()
+    return await run_job(lambda: current_context().jobs.cancel())
+
+
+@bp.operation(
+    "POST",
+    "/monitor/event",
+    "Inject a discovered/disappeared event (holder)",
+    JOB_CODES,
+    MONITOR_EVENT_REQUEST,
+)
+async def monitor_event() -> Response:
+    b = await body_untrusted()
+    ev = b.get("monitor_event")
+    if not isinstance(ev, dict):
+        raise BadRequest('"monitor_event" must be an object {"name", "nodes"}')
+    name = field_str(ev, "name")
+    nodes = ev.get("nodes") or []
+    if not isinstance(nodes, list) or not all(
+        isinstance(n, dict) and all(isinstance(v, str) for v in n.values()) for n in nodes
+    ):
+        raise BadRequest(
+            '"monitor_event.nodes" must be an array of {"label", "serial", "addr"} strings'
+        )
+    if not must_hold(needs_serf=False):
+        return await forward()
+    return await run_job(lambda: current_context().jobs.set_monitor_event(name, nodes))
+
+
+@bp.operation("GET", "/info/job/<job>", "A job: active, last or an id", (200, 400, 401, 404))
+async def info_job(job: str) -> Response:
+    return json_response(jsonable(await maybe_await(current_context().jobs.job(job))))
+
+
+@bp.operation("GET", "/info/jobs", "Job history", (200, 401))
+async def info_jobs() -> Response:
+    res = jsonable(await maybe_await(current_context().jobs.jobs()))
+    if isinstance(res, dict):
+        res = list(res.values())
+    return json_response({"jobs": [jsonable(j) for j in res]})
+
+
+def job_runner(info: Any) -> str | None:
+    """Which instance runs/ran a job (jobs.py names it ``runner``; ``holder`` tolerated)."""
+    if not isinstance(info, dict):
+        return None
+    for k in ("runner", "instance", "holder"):
+        v = info.get(k)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+@bp.operation(
+    "GET",
+    "/info/logs/<job>",
+    "A job's log, streamed live while it runs",
+    (200, 400, 401, 404, 503),
+)
+async def info_logs(job: str) -> Any:
+    ctx = current_context()
+    # follow() validates eagerly: 400 bad label, 404 unknown id, 409 "job is not
+    # Running" for "active" when none is (clusterm's answer).
+    local = ctx.jobs.follow(job)
+    info = jsonable(await maybe_await(ctx.jobs.job(job)))
+    job_id = str(info.get("id") or job) if isinstance(info, dict) else job
+    runner = job_runner(info)
+    headers = {
+        "Content-Type": LOG_CONTENT_TYPE,
+        "X-Job-Id": job_id,
+        "Cache-Control": "no-cache",
+    }
+    note = ""
+    if runner and runner != ctx.replica.name and not was_forwarded():
+        # The full log is a file on the runner; here we only have the replicated tail
+        # (the last lines of each update). Proxy the runner's stream when we can.
+        url = ctx.instance_api_url(runner)
+        if url is None:
+            note = f"[gossipmgr: the API of {runner} is unknown; showing the replicated tail]"
+        else:
+            try:
+                return await proxy_stream(url.rstrip("/") + f"/info/logs/{job_id}", headers)
+            except Unavailable as exc:
+                note = f"[gossipmgr: {exc}; showing the replicated log tail]"
+    return _local_lines(note, local), 200, headers
+
+
+async def _local_lines(note: str, local: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    if note:
+        yield (note + "\n").encode()
+    async for line in local:
+        yield (line.rstrip("\n") + "\n").encode()

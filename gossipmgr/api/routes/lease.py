@@ -1,0 +1,69 @@
+"""The lease: who runs jobs now, and the operator's way out of a forged or stuck one."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Response
+
+from gossipmgr.api.bodies import body_untrusted
+from gossipmgr.api.boundary import json_response
+from gossipmgr.api.context import current_replica
+from gossipmgr.api.openapi import ApiBlueprint
+from gossipmgr.core.lease import Lease
+from gossipmgr.core.lease import reset as reset_lease
+from gossipmgr.core.state import LEASE_KEY
+from gossipmgr.errors import BadRequest
+
+log = logging.getLogger("gossipmgr.api")
+
+bp = ApiBlueprint("lease", __name__)
+
+
+def lease_json(lease: Lease | None, now_ms: int) -> dict[str, Any] | None:
+    """The lease as the API shows it (``expires`` as an ISO date); None for no lease."""
+    if lease is None:
+        return None
+    return {
+        "holder": lease.holder,
+        "epoch": lease.epoch,
+        "expires": datetime.fromtimestamp(lease.expires_ms / 1000, UTC).isoformat(),
+        "expires_ms": lease.expires_ms,
+        "valid": now_ms < lease.expires_ms,
+    }
+
+
+@bp.operation("GET", "/info/lease", "The lease", (200, 401))
+async def info_lease() -> Response:
+    rep = current_replica()
+    lj = lease_json(rep.lease(), rep.now_ms())
+    return json_response({"lease": lj, "self": rep.name, "is_holder": rep.is_holder()})
+
+
+@bp.operation(
+    "POST",
+    "/lease/reset",
+    "Vacate the lease one epoch up (body optional: {force})",
+    (200, 400, 401, 409, 415, 503),
+)
+async def lease_reset() -> Response:
+    """The operator's way out of a forged or stuck lease (docs/design.md)."""
+    rep = current_replica()
+    b = await body_untrusted(required=False)
+    force = b.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest('"force" must be true or false')
+    before = rep.lease()
+    new = reset_lease(before, rep.candidates, rep.now_ms(), rep.state.max_record_epoch, force)
+    value = new.as_value()
+    await rep.commit(lambda s, ts: s.d_set(LEASE_KEY, value, ts))
+    log.warning(
+        "%s: lease reset by an API client: %s -> vacant at epoch %d",
+        rep.name,
+        f"{before.holder!r} epoch {before.epoch}" if before else "none",
+        new.epoch,
+    )
+    now_ms = rep.now_ms()
+    return json_response({"lease": lease_json(new, now_ms), "previous": lease_json(before, now_ms)})

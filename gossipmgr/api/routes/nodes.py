@@ -1,0 +1,183 @@
+"""Nodes: reading the inventory, a node's own settings (extra-vars, host-group), and the
+fenced inventory writes (import, forget) that run on the lease holder.
+
+Every node route takes ``<path:name>``: a node name may hold "/" (a label from Serf tags or
+a monitor event); it is still addressed by name (or by address, ``inventory.get_node``).
+A node's settings are plain LWW entries: any instance writes them, no lease needed, so
+they are not forwarded. Inventory records are epoch-fenced: written by the holder under
+its lease epoch, so import and forget are.
+"""
+
+from __future__ import annotations
+
+from quart import Response
+
+from gossipmgr.api.bodies import (
+    body_untrusted,
+    check_client_vars,
+    check_key,
+    client_vars,
+    field_flag,
+    field_str,
+    field_value,
+)
+from gossipmgr.api.boundary import json_response, jsonable, maybe_await
+from gossipmgr.api.context import current_context, current_replica
+from gossipmgr.api.forwarding import forward, must_hold
+from gossipmgr.api.openapi import (
+    EXTRA_VARS_REQUEST,
+    JOB_CODES,
+    VALUE_REQUEST,
+    WRITE_CODES,
+    ApiBlueprint,
+    Schema,
+)
+from gossipmgr.core.inventory import check_import_entries, get_node, node_json
+from gossipmgr.errors import BadRequest, NotFound
+
+bp = ApiBlueprint("nodes", __name__)
+
+HOST_GROUP_REQUEST = Schema(
+    "HostGroupRequest",
+    {
+        "type": "object",
+        "properties": {"host_group": {"type": "string"}},
+        "required": ["host_group"],
+    },
+)
+_IMPORT_ENTRY = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "status": {"type": "string"},
+        "host_group": {"type": "string"},
+    },
+    "required": ["name", "status"],
+}
+IMPORT_REQUEST = Schema(
+    "ImportRequest",
+    {
+        "type": "object",
+        "properties": {
+            "nodes": {"type": "array", "items": _IMPORT_ENTRY},
+            "dry_run": {"type": "boolean"},
+        },
+        "required": ["nodes"],
+    },
+)
+
+
+def node_response(ident: str) -> Response:
+    """The node named (or addressed) ``ident`` as JSON; NotFound (404) when unknown."""
+    return json_response(node_json(get_node(current_replica().state, ident)))
+
+
+@bp.operation("GET", "/info/node/<path:name>", "One node", (200, 401, 404))
+async def info_node(name: str) -> Response:
+    return node_response(name)
+
+
+@bp.operation("GET", "/info/nodes", "Every node, by name", (200, 401))
+async def info_nodes() -> Response:
+    return json_response({rec.name: node_json(rec) for rec in current_replica().state.nodes()})
+
+
+@bp.operation(
+    "POST",
+    "/node/<path:name>/host_group",
+    "Set a node's host-group (holder)",
+    JOB_CODES,
+    HOST_GROUP_REQUEST,
+)
+async def node_host_group(name: str) -> Response:
+    # A host-group is a plain LWW entry (jobs.JobManager.set_host_group): any instance
+    # may write it, no lease needed, so it is not forwarded.
+    b = await body_untrusted()
+    if "host_group" not in b:
+        raise BadRequest('"host_group" is required')
+    hg = field_str(b, "host_group")
+    rec = get_node(current_replica().state, name)
+    await maybe_await(current_context().jobs.set_host_group(rec.name, hg))
+    return node_response(rec.name)
+
+
+@bp.operation(
+    "POST",
+    "/node/<path:name>/extra_vars",
+    "Replace a node's own extra-vars",
+    WRITE_CODES,
+    EXTRA_VARS_REQUEST,
+)
+async def node_vars_replace(name: str) -> Response:
+    b = await body_untrusted()
+    new = client_vars(b, f"node {name}")
+    name = get_node(current_replica().state, name).name
+    await maybe_await(current_context().jobs.set_node_vars(name, new))
+    return node_response(name)
+
+
+@bp.operation(
+    "PUT",
+    "/node/<path:name>/extra_vars/<key>",
+    "Set one of a node's extra-vars",
+    WRITE_CODES,
+    VALUE_REQUEST,
+)
+async def node_var_put(name: str, key: str) -> Response:
+    check_key("extra-var", key)
+    v = field_value(await body_untrusted())
+    check_client_vars({key: v}, f"node {name}")
+    name = get_node(current_replica().state, name).name
+    await maybe_await(current_context().jobs.set_node_var(name, key, v))
+    return node_response(name)
+
+
+@bp.operation(
+    "DELETE",
+    "/node/<path:name>/extra_vars/<key>",
+    "Remove one of a node's extra-vars",
+    (200, 401, 404, 503),
+)
+async def node_var_delete(name: str, key: str) -> Response:
+    rec = get_node(current_replica().state, name)
+    name = rec.name
+    if key not in rec.vars:
+        raise NotFound(f'node "{name}" has no extra-var "{key}"')
+    await maybe_await(current_context().jobs.remove_node_var(name, key))
+    return node_response(name)
+
+
+@bp.operation(
+    "POST",
+    "/node/<path:name>/forget",
+    "Remove a node from the inventory (holder, fenced)",
+    JOB_CODES,
+)
+async def node_forget(name: str) -> Response:
+    b = await body_untrusted(required=False)
+    force = field_flag(b, "force")
+    if not must_hold(needs_serf=False):
+        return await forward()
+    return json_response(
+        jsonable(await maybe_await(current_context().jobs.forget_node(name, force=force)))
+    )
+
+
+@bp.operation(
+    "POST",
+    "/inventory/import",
+    "Set imported node statuses and host-groups (holder, fenced)",
+    JOB_CODES,
+    IMPORT_REQUEST,
+)
+async def inventory_import() -> Response:
+    b = await body_untrusted()
+    entries = b.get("nodes")
+    check_import_entries(entries)  # a 400 here, before any forwarding
+    dry_run = field_flag(b, "dry_run")
+    if not must_hold(needs_serf=False):
+        return await forward()
+    jobs = current_context().jobs
+    return json_response(
+        jsonable(await maybe_await(jobs.import_inventory(entries, dry_run=dry_run)))
+    )
