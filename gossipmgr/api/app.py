@@ -60,8 +60,8 @@ from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.codec import MAX_KEY_PART, check_value
 from gossipmgr.core.crdt import LWWMap
-from gossipmgr.core.inventory import check_import_entries as inv_check_import_entries
 from gossipmgr.core.inventory import get_node, node_json
+from gossipmgr.core.inventory_import import check_import_entries as inv_check_import_entries
 from gossipmgr.core.lease import Lease
 from gossipmgr.core.lease import reset as reset_lease
 from gossipmgr.core.state import LEASE_KEY, ClusterState, global_key
