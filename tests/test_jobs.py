@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from gossipmgr.core.job import JobRecord
 from gossipmgr.core.lease import Lease, LeaseConfig
 from gossipmgr.core.state import LEASE_KEY, inventory_key, job_key
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, Unavailable
@@ -72,18 +73,25 @@ async def add_nodes(jm: JobManager, *nodes: tuple[str, str]) -> None:
 async def set_status(r: Replica, name: str, status: str, hg: str | None = None) -> None:
     rec = r.state.node(name)
     assert rec is not None
-    inv = {**rec.inventory, "status": status}
+    inv = {**rec.inventory.to_value(), "status": status}
     await r.commit(lambda st, ts: st.d_set(inventory_key(name), inv, ts))
     if hg is not None:
         await r.commit(lambda st, ts: st.d_set(("n", name, "hg"), hg, ts))
+
+
+def job_value(job_id: str, **fields: Any) -> dict[str, Any]:
+    """A job record's value as an instance writes it, with ``fields`` changed."""
+    rec = JobRecord(job_id, "d", "discover", "discover", (), "Running", "", 1, "a", 1, 1)
+    value = {**rec.to_value(), **fields}
+    return {**value, "workflow": value["task"]}
 
 
 async def wait_ended(jm: JobManager, job_id: str) -> dict[str, Any]:
     with trio.fail_after(DEADLINE_S):
         while True:
             rec = jm.replica.state.job(job_id)
-            if rec is not None and rec["status"] not in ACTIVE and jm.running_job_id is None:
-                return rec
+            if rec is not None and rec.status not in ACTIVE and jm.running_job_id is None:
+                return rec.to_value()
             with trio.move_on_after(0.2):
                 await jm.replica.wait_change()
 
@@ -200,16 +208,16 @@ async def test_one_active_job_refuses_the_next(rep: Replica, tmp_path: Path) -> 
     jm = manager(rep, tmp_path)  # not started: the record below is not reconciled away
     await add_nodes(jm, ("m-1", "10.0.0.1"))
     jid = make_job_id(rep.now_ms(), 1, "a")
-    rec = {
-        "id": jid,
-        "desc": "commission nodes [x-1]",
-        "task": "commission",
-        "nodes": [],
-        "status": "Running",
-        "error": "",
-        "epoch": 1,
-        "runner": "a",
-    }
+    rec = job_value(
+        jid,
+        desc="commission nodes [x-1]",
+        task="commission",
+        nodes=[],
+        status="Running",
+        error="",
+        epoch=1,
+        runner="a",
+    )
     await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: jm.commission(["m-1"], "service-master"),
@@ -222,7 +230,7 @@ async def test_one_active_job_refuses_the_next(rep: Replica, tmp_path: Path) -> 
             "there is already an active job, please try in sometime. Job: [commission nodes [x-1]]"
         )
     assert jm.job("active")["id"] == jid
-    assert rep.state.node("m-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
+    assert rep.state.node("m-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- a job's life
@@ -241,8 +249,8 @@ async def test_failed_job_life_without_ansible(rep: Replica, tmp_path: Path) -> 
         assert info["desc"] == "commission nodes [m-1] host-group service-master"
         # Accepted and launched in one commit: the node is already Provisioning.
         node = rep.state.node("m-1")
-        assert node is not None and node.inventory["status"] == "Provisioning"
-        assert node.inventory["epoch"] == 1
+        assert node is not None and node.inventory.status == "Provisioning"
+        assert node.inventory.epoch == 1
         lines = [line async for line in jm.follow(jid)]
         rec = await wait_ended(jm, jid)
         nursery.cancel_scope.cancel()
@@ -251,7 +259,7 @@ async def test_failed_job_life_without_ansible(rep: Replica, tmp_path: Path) -> 
     assert rec["ended_ms"] >= rec["started_ms"] > 0
     node = rep.state.node("m-1")
     assert node is not None
-    assert (node.inventory["status"], node.inventory["prev_status"]) == (
+    assert (node.inventory.status, node.inventory.prev_status) == (
         "Unallocated",
         "Provisioning",
     )
@@ -296,16 +304,16 @@ async def test_history_is_bounded(rep: Replica, tmp_path: Path) -> None:
     jm = manager(rep, tmp_path)
     old = [make_job_id(1000 + i, i, "a") for i in range(HISTORY + 5)]
     for jid in old:
-        rec = {
-            "id": jid,
-            "desc": "d",
-            "task": "discover",
-            "nodes": [],
-            "status": "Complete",
-            "error": "",
-            "epoch": 1,
-            "runner": "a",
-        }
+        rec = job_value(
+            jid,
+            desc="d",
+            task="discover",
+            nodes=[],
+            status="Complete",
+            error="",
+            epoch=1,
+            runner="a",
+        )
         await rep.commit(lambda st, ts, jid=jid, rec=rec: st.d_set(job_key(jid), rec, ts))
     (tmp_path / "work" / "jobs").mkdir(parents=True)
     jm.log_path(old[0]).write_text("old\n")
@@ -339,12 +347,12 @@ async def test_monitor_events(rep: Replica, tmp_path: Path) -> None:
     )
     assert out == {"event": "discovered", "nodes": ["n-1"]}
     rec = rep.state.node("n-1")
-    assert rec is not None and rec.inventory["state"] == "Discovered"
-    assert rec.inventory["epoch"] == 1
+    assert rec is not None and rec.inventory.state == "Discovered"
+    assert rec.inventory.epoch == 1
     await jm.set_monitor_event("disappeared", [{"label": "n", "serial": "1", "addr": ""}])
     rec = rep.state.node("n-1")
     assert rec is not None
-    assert (rec.inventory["status"], rec.inventory["state"]) == ("Unallocated", "Disappeared")
+    assert (rec.inventory.status, rec.inventory.state) == ("Unallocated", "Disappeared")
     # Repeats change nothing.
     assert not await jm.apply_node_event("disappeared", "n-1", "n", "1", "")
 
@@ -361,7 +369,7 @@ async def test_reconcile_after_takeover(rep: Replica, tmp_path: Path) -> None:
         }
     )
     assert out == {"discovered": ["c-1", "d-1"], "disappeared": ["a-1"]}
-    state = {n.name: n.inventory["state"] for n in rep.state.nodes()}
+    state = {n.name: n.inventory.state for n in rep.state.nodes()}
     assert state == {
         "a-1": "Disappeared",
         "b-1": "Discovered",
@@ -396,16 +404,16 @@ async def test_orphan_of_a_lost_runner_is_ended(rep: Replica, tmp_path: Path) ->
     await set_status(rep, "m-1", "Provisioning")
     await set_status(rep, "u-1", "Unallocated")
     jid = make_job_id(rep.now_ms(), 1, "old")
-    rec = {
-        "id": jid,
-        "desc": "commission",
-        "task": "commission",
-        "nodes": ["m-1", "u-1"],
-        "status": "Running",
-        "error": "",
-        "epoch": 0,
-        "runner": "old",
-    }
+    rec = job_value(
+        jid,
+        desc="commission",
+        task="commission",
+        nodes=["m-1", "u-1"],
+        status="Running",
+        error="",
+        epoch=0,
+        runner="old",
+    )
     await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
     async with trio.open_nursery() as nursery:
         await nursery.start(jm.run)
@@ -414,8 +422,8 @@ async def test_orphan_of_a_lost_runner_is_ended(rep: Replica, tmp_path: Path) ->
     assert done["status"] == "Errored"
     assert done["error"] == "runner old lost the lease (epoch 0) while the job was running"
     assert done["epoch"] == 1
-    assert rep.state.node("m-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
-    assert rep.state.node("u-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
+    assert rep.state.node("m-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
+    assert rep.state.node("u-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
     assert jm.counters["orphans"] == 1
 
 
@@ -450,15 +458,15 @@ async def test_node_settings(rep: Replica, tmp_path: Path) -> None:
 async def test_follow_a_job_running_elsewhere(rep: Replica, tmp_path: Path) -> None:
     jm = manager(rep, tmp_path)  # not started: the remote job stays Running
     jid = make_job_id(rep.now_ms(), 1, "b")
-    base = {
-        "id": jid,
-        "desc": "d",
-        "task": "discover",
-        "nodes": [],
-        "error": "",
-        "epoch": 1,
-        "runner": "b",
-    }
+    base = job_value(
+        jid,
+        desc="d",
+        task="discover",
+        nodes=[],
+        error="",
+        epoch=1,
+        runner="b",
+    )
 
     async def put(status: str, lines: list[str], count: int) -> None:
         rec = {**base, "status": status, "log_tail": lines, "log_count": count}
