@@ -9,6 +9,7 @@ test_workflows_e2e.py.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from gossipmgr.runtime.ansible import AnsibleSettings
 from gossipmgr.runtime.jobs import (
     ACTIVE,
     HISTORY,
+    JOB_TRANSITIONS,
     LOG_TAIL_LINES,
     JobManager,
     make_job_id,
@@ -425,6 +427,65 @@ async def test_orphan_of_a_lost_runner_is_ended(rep: Replica, tmp_path: Path) ->
     assert rep.state.node("m-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
     assert rep.state.node("u-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
     assert jm.counters["orphans"] == 1
+
+
+async def test_a_forged_job_record_neither_stops_the_service_nor_blocks_jobs(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A key holder can gossip a job record of any shape. One that looked active with a
+    ``nodes`` that is not a list made the orphan scan raise TypeError inside its commit,
+    and JobManager.run (the agent with it) died; until then it blocked every request as
+    "the active job", and following it raised. Such a value is no job record now."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    jid = make_job_id(rep.now_ms(), 1, "forger")
+    forged = {"id": jid, "status": "Running", "task": "commission", "nodes": 5, "log_tail": 3}
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), forged, ts))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.commission(["m-1"], "service-master")
+        done = await wait_ended(jm, info["id"])
+        assert jm.counters["orphans"] == 0
+        nursery.cancel_scope.cancel()
+    assert done["status"] == "Errored"  # no playbooks here: it ran and failed
+    assert [j["id"] for j in jm.jobs()] == [info["id"]]
+    for call in (lambda: jm.job(jid), lambda: jm.follow(jid)):
+        with pytest.raises(NotFound):
+            call()
+
+
+async def test_job_statuses_move_only_along_the_table(rep: Replica, tmp_path: Path) -> None:
+    """Every status change the runtime writes (a run's end, an orphan's) is in
+    JOB_TRANSITIONS, as seen by a reader of the replica."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"), ("u-1", "10.0.0.2"))
+    seen: dict[str, list[str]] = {}
+
+    def note() -> None:
+        for jid, rec in rep.state.jobs().items():
+            statuses = seen.setdefault(jid, [])
+            if not statuses or statuses[-1] != rec.status:
+                statuses.append(rec.status)
+
+    async def watch() -> None:
+        while True:
+            note()
+            await rep.wait_change()
+
+    orphan = make_job_id(rep.now_ms(), 1, "old")
+    rec = job_value(orphan, task="update", nodes=["u-1"], epoch=0, runner="old")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await rep.commit(lambda st, ts: st.d_set(job_key(orphan), rec, ts))
+        await nursery.start(jm.run)
+        await wait_ended(jm, orphan)
+        info = await jm.commission(["m-1"], "service-master")
+        await wait_ended(jm, info["id"])
+        note()
+        nursery.cancel_scope.cancel()
+    assert seen == {orphan: ["Running", "Errored"], info["id"]: ["Running", "Errored"]}
+    for statuses in seen.values():
+        assert all(b in JOB_TRANSITIONS[a] for a, b in itertools.pairwise(statuses))
 
 
 # --------------------------------------------------------------------------- node settings
