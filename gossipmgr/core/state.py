@@ -211,17 +211,17 @@ class ClusterState:
             e = self.map.entry(k)
             if e is None or e.deleted:
                 continue
-            kind = k[2]
             # A record of another shape (forged by a key holder, or written by another
             # version) reads as absent: readers, the reconcile among them, never raise.
-            if kind == "inv":
-                inv = Inventory.from_value(e.value)
-            elif kind == "mon":
-                mon = Monitoring.from_value(e.value)
-            elif kind == "hg":
-                hg = str(e.value)
-            elif kind == "v":
-                nvars[k[3]] = e.value
+            match k[2]:
+                case "inv":
+                    inv = Inventory.from_value(e.value)
+                case "mon":
+                    mon = Monitoring.from_value(e.value)
+                case "hg":
+                    hg = str(e.value)
+                case "v":
+                    nvars[k[3]] = e.value
         return NodeRecord(name, inv, mon, hg, nvars)
 
     def nodes(self) -> Iterator[NodeRecord]:

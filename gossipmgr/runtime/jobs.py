@@ -21,15 +21,9 @@ The job record and its status machine are ``gossipmgr.core.job``; the run itself
 fencing, log tail, end) is ``gossipmgr.runtime.jobrun``; logs are
 ``gossipmgr.runtime.joblog``.
 
-Orphans. While this instance holds the lease, ``run`` scans for jobs still Queued/Running
-that it is not running itself (their runner lost the lease, crashed, or restarted) and ends
-them as Errored, moving their nodes along the workflow's failure path, in one commit under
-its own epoch. Nothing stays in Provisioning forever.
-
-Cancel (clusterm issue #63): sets the run's cancel event; the ansible bridge kills the tree
-and runs the workflow's cancel path; the job ends Cancelled with "job was cancelled" and
-its nodes take the failure path. (clusterm's contract said Errored; a distinct status lets a
-reader tell a cancel from a failure, and the error text is kept.)
+Orphans (jobs still active whose runner lost the lease, crashed or restarted) are ended by
+the holder's scan (:meth:`JobManager.reconcile_orphans`); cancel is clusterm issue #63
+(:meth:`JobManager.cancel`). docs/workflows.md tells the whole job model.
 
 The JobManager is also the runtime's one entry point for the API and the agent: monitoring
 events (``gossipmgr.runtime.health``), inventory import and forget
