@@ -1,14 +1,10 @@
 """The node lifecycle: clusterm's inventory status table, its checks, and its events. Pure.
 
 Rule 1 (after h11's ``_state.py``): everything that decides a node's inventory status, its
-state, or whether a workflow may start lives in this file, as data where possible. Nothing
-here awaits, reads the clock or touches the disk; every mutator takes the state, the lease
-epoch and a timestamp and *returns a delta* (``gossipmgr.core.state`` style).
-``gossipmgr.runtime.jobs``
-decides when to commit one.
-
-Theory
-------
+state, or whether a workflow may start lives here (importing: ``inventory_import``), as data
+where possible. Nothing here awaits, reads the clock or touches the disk; every mutator takes
+the state, the lease epoch and a timestamp and *returns a delta*; ``gossipmgr.runtime``
+decides when to commit one. The records read are ``gossipmgr.core.node``'s.
 
 A node has two independent variables, kept in one replicated register
 ``("n", node, "inv") = {status, prev_status, state, prev_state, epoch}`` so that a reader
@@ -35,18 +31,14 @@ when the job starts, ``success`` or ``failure`` when it ends. All the path's edg
 :data:`TRANSITIONS`, so the end of a job never needs a check that could fail.
 
 Atomic multi-node moves: clusterm moved nodes one by one and reverted the moved ones when a
-later one failed. Here :func:`move_statuses` computes *every* transition before producing
-anything; on the first refused one it raises and returns no delta at all. Because the caller
-commits a delta only after it was computed whole, "revert" is never needed: a partial set
-of moves is never committed, so no reader, no peer and no restart can ever see one.
+later one failed. :func:`move_statuses` computes *every* transition first and raises on the
+first refused one, returning no delta; the caller commits only a whole delta, so no reader,
+peer or restart ever sees a partial set of moves, and nothing needs reverting.
 
 Checks (:func:`check_workflow`, :func:`check_discover`) run before anything is written, with
-clusterm's texts, raising :class:`~gossipmgr.errors.CheckFailed` (422). A rejected request
-therefore never becomes a job (clusterm took the job slot first: its "last" job could be a
-request that never ran).
-
-Lists in messages are formatted like Go's ``%v`` of a ``[]string`` (``[a b]``), which is what
-clusterm printed and what its users' scripts may grep for.
+clusterm's texts, raising :class:`~gossipmgr.errors.CheckFailed` (422): a rejected request
+never becomes a job (clusterm took the job slot first). Lists in messages are formatted like
+Go's ``%v`` of a ``[]string`` (``[a b]``), as clusterm printed them for users' scripts.
 """
 
 from __future__ import annotations
@@ -88,10 +80,8 @@ from gossipmgr.core.state import (
 )
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, ValueRefused
 
-#: The lifecycle's public names. The vocabulary is defined with the records
-#: (``gossipmgr.core.node``) and is part of this module's interface too.
 # fmt: off
-__all__ = [
+__all__ = [  # with the vocabulary, defined with the records (core.node)
     "ALLOCATED", "CANCELLED", "DECOMMISSIONED", "DISAPPEARED", "DISCOVERED", "HOST_GROUPS",
     "INCOMPLETE", "MAINTENANCE", "MASTER", "NO_ADDRS", "NO_MASTER_FOR_WORKER", "NO_NODES",
     "ONLY_WORKERS_LEFT", "PROVISIONING", "STATES", "STATUSES", "STATUS_PATHS", "TRANSITIONS",
@@ -233,9 +223,6 @@ def finish_statuses(
             continue
         out.append(_d_inventory(state, name, rec.inventory.with_status(to, epoch), ts))
     return combine(*out), skipped
-
-
-# --------------------------------------------------------------------------- JSON view
 
 
 def node_json(rec: NodeRecord) -> dict[str, Any]:

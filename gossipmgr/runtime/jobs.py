@@ -49,15 +49,8 @@ import trio
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
-from gossipmgr.core.job import (
-    ACTIVE,
-    ERRORED,
-    JOB_TRANSITIONS,
-    RUNNING,
-    JobRecord,
-    make_job_id,
-    valid_job_id,
-)
+from gossipmgr.core.job import ACTIVE as ACTIVE  # the readers' vocabulary, re-exported
+from gossipmgr.core.job import ERRORED, RUNNING, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
 from gossipmgr.errors import (
     BadRequest,
@@ -72,7 +65,6 @@ from gossipmgr.runtime.ansible import AnsibleSettings, Host, parse_extra_vars
 from gossipmgr.runtime.health import HealthEvents
 from gossipmgr.runtime.holder import HolderGate
 from gossipmgr.runtime.joblog import (
-    LOG_TAIL_LINES,
     Run,
     follow_file,
     follow_record,
@@ -81,18 +73,6 @@ from gossipmgr.runtime.joblog import (
 from gossipmgr.runtime.jobrun import Executor, check_record_room
 from gossipmgr.runtime.nodeadmin import NodeAdmin
 from gossipmgr.runtime.replica import Replica
-
-# The job vocabulary is ``gossipmgr.core.job``'s; it is this module's interface too.
-__all__ = [
-    "ACTIVE",
-    "HISTORY",
-    "JOB_TRANSITIONS",
-    "LOG_TAIL_LINES",
-    "JobManager",
-    "job_info",
-    "make_job_id",
-    "valid_job_id",
-]
 
 log = logging.getLogger("gossipmgr.jobs")
 
