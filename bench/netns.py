@@ -1,7 +1,7 @@
 """Network-namespace harness: 3-5 "hosts" with real gossipmgr agents, partitioned for real.
 
 Each host is a network namespace joined to a per-run bridge by a veth pair, addressed in
-127.1.0.0/24 (serf-notes §5: ``lo`` shrunk to 127.0.0.1/32 and ``route_localnet=1`` so a
+127.1.0.0/24 (docs/serf.md, netns: ``lo`` shrunk to 127.0.0.1/32 and ``route_localnet=1`` so a
 127/8 address can leave the namespace). A host runs one ``gossipmgr agent`` (with its
 embedded ``serf agent``); a *node* host runs a plain ``serf agent`` carrying clusterm's
 ``NodeLabel``/``NodeSerial``/``NodeAddr`` tags, as ``gossipmgr.localcluster`` does.
@@ -13,7 +13,7 @@ Inside a namespace of its own every port is free, so ports are fixed constants (
 not Serf's 7946/7373, which the test policy reserves).
 
 Faults, all made with links and qdiscs, because this kernel has no ``tc netem``, no tc
-actions, no iptables/nft, and blackhole routes are *not* silent loss (serf-notes §5):
+actions, no iptables/nft, and blackhole routes are *not* silent loss (docs/serf.md):
 
 * :meth:`NetnsCluster.partition` moves the bridge ports of each non-first group onto a bridge
   of their own (a group of one is simply detached: ``nomaster``); :meth:`heal` puts every
@@ -41,7 +41,7 @@ address`` and Serf polls again only 60 s later). The bridge floods multicast as 
 
 HTTP to an agent is spoken *inside its namespace*: :class:`NetnsDialer` keeps one thread
 that called ``setns(CLONE_NEWNET)`` once and opens every socket there; a socket keeps the
-namespace it was created in, so any thread can then use it (serf-notes §5). This costs one
+namespace it was created in, so any thread can then use it (docs/serf.md). This costs one
 thread hop per *connection* (not per request: connections are kept alive), whereas the
 alternative, ``ip netns exec curl`` per request, costs a process spawn (~5-10 ms) per
 request and would cap lease sampling well below the 100 ms we want.

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from _bounds import bound
 
 import gossipmgr
 from gossipmgr.errors import BadRequest, JobError
@@ -481,14 +482,17 @@ async def test_cancel_stops_the_whole_tree_then_cleans_up(tmp_path: Path, proc_m
     async def run() -> None:
         results.append(await workflow("commission", TWO_HOSTS, settings, tmp_path, lines, cancel))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
-        # 2 hosts x (python + its child). Seeing the task's header in `lines` while the
-        # run is still going proves the log is streamed live.
-        await wait_until_sleeping(proc_marker, lines, 4)
-        assert not results
-        cancelled_at = time.monotonic()
-        cancel.set()
+    # The deadline only stops a cancel that does not work (the tasks sleep 300 s); how fast it
+    # works is a figure of bench/bounds.py.
+    with trio.fail_after(2 * RUN_DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            # 2 hosts x (python + its child). Seeing the task's header in `lines` while the
+            # run is still going proves the log is streamed live.
+            await wait_until_sleeping(proc_marker, lines, 4)
+            assert not results
+            cancelled_at = time.monotonic()
+            cancel.set()
     elapsed = time.monotonic() - cancelled_at  # includes the ~1 s cleanup run
     [result] = results
     assert result.cancelled and not result.ok and result.error == CANCELLED_ERROR
@@ -496,7 +500,7 @@ async def test_cancel_stops_the_whole_tree_then_cleans_up(tmp_path: Path, proc_m
         ("long.yml", "canceled"),
         ("cleanup.yml", "successful"),
     ]
-    assert elapsed < 10, elapsed
+    bound("ansible.cancel_to_cleaned_up", elapsed, 10)
     assert live_pids_with(proc_marker) == []
     assert step_order(tmp_path) == ["configure-long", "cleanup"]
 
@@ -525,7 +529,7 @@ async def test_trio_cancellation_also_stops_the_tree(tmp_path: Path, proc_marker
             await wait_until_sleeping(proc_marker, lines, 2)
             started = time.monotonic()
             nursery.cancel_scope.cancel()
-    assert time.monotonic() - started < 10
+    bound("ansible.trio_cancel_stops_the_tree", time.monotonic() - started, 10)
     assert live_pids_with(proc_marker) == []
 
 

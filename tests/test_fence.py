@@ -18,7 +18,7 @@ import random
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -46,6 +46,7 @@ from gossipmgr.runtime.ansible import (
 )
 from gossipmgr.runtime.jobs import ACTIVE, JobManager
 from gossipmgr.runtime.replica import Replica
+from gossipmgr.testing.wait import until
 
 PLAYBOOKS = Path(gossipmgr.__file__).parent / "playbooks"
 MODULE_PATH = PLAYBOOKS / "roles" / "gossipmgr_fence" / "library" / "gossipmgr_fence.py"
@@ -276,15 +277,6 @@ async def test_the_api_refuses_fence_vars_with_a_400_naming_them(tmp_path: Path)
 # --------------------------------------------------------------------------- real ansible
 
 
-async def until(pred: Callable[[], Any], what: str) -> None:
-    with trio.move_on_after(DEADLINE_S):
-        while True:
-            if pred():
-                return
-            await trio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Node:
     """One simulated node of a local run: its demo marker and its fence record."""
 
@@ -341,7 +333,7 @@ async def ended(r: Replica, jm: JobManager, job_id: str) -> dict[str, Any]:
         rec = r.state.job(job_id)
         return rec is not None and rec.status not in ACTIVE and jm.running_job_id != job_id
 
-    await until(done, f"job {job_id}")
+    await until(done, DEADLINE_S, f"job {job_id}")
     rec = r.state.job(job_id)
     assert rec is not None
     return rec.to_value()

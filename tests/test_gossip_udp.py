@@ -16,6 +16,7 @@ from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
 from gossipmgr.runtime.replica import Replica
+from gossipmgr.testing.wait import until
 
 
 @contextlib.asynccontextmanager
@@ -39,20 +40,13 @@ async def cluster(
             nursery.cancel_scope.cancel()
 
 
-async def wait_for(pred: object, limit_s: float = 10.0) -> None:
-    """Poll a condition on replicas that change from other tasks, with a deadline."""
-    with trio.fail_after(limit_s):
-        while not pred():  # type: ignore[operator]  # noqa: ASYNC110 (state, not an event)
-            await trio.sleep(0.01)
-
-
 async def test_three_instances_converge_over_udp(tmp_path: object) -> None:
     key = os.urandom(32)
     async with cluster(["a", "b", "c"], [key] * 3, str(tmp_path)) as svcs:
         a, b, c = svcs
         await a.replica.commit(lambda st, ts: st.d_set(global_key("x"), 1, ts))
         await c.replica.commit(lambda st, ts: st.d_set(global_key("y"), 2, ts))
-        await wait_for(lambda: all(s.replica.state.globals() == {"x": 1, "y": 2} for s in svcs))
+        await until(lambda: all(s.replica.state.globals() == {"x": 1, "y": 2} for s in svcs), 10)
         assert a.counters["datagrams_sent"] > 0 and b.counters["datagrams_received"] > 0
 
 
@@ -62,9 +56,9 @@ async def test_wrong_key_converges_with_no_one_and_is_counted(tmp_path: object) 
         a, b, z = svcs
         await a.replica.commit(lambda st, ts: st.d_set(global_key("x"), 1, ts))
         await z.replica.commit(lambda st, ts: st.d_set(global_key("evil"), 1, ts))
-        await wait_for(lambda: b.replica.state.globals() == {"x": 1})
-        await wait_for(lambda: z.sealer.refused.get("unknown_key", 0) > 0)
-        await wait_for(lambda: a.sealer.refused.get("unknown_key", 0) > 0)
+        await until(lambda: b.replica.state.globals() == {"x": 1}, 10)
+        await until(lambda: z.sealer.refused.get("unknown_key", 0) > 0, 10)
+        await until(lambda: a.sealer.refused.get("unknown_key", 0) > 0, 10)
         assert "evil" not in a.replica.state.globals()
         assert "x" not in z.replica.state.globals()
 
@@ -81,11 +75,11 @@ async def test_replayed_and_truncated_datagrams_are_counted_and_ignored(tmp_path
                 captured, _ = await spy.recv()
             a.set_peers({"b": b.local_addr})
             await spy.send(captured, b.local_addr)  # delivered once: accepted
-            await wait_for(lambda: b.replica.state.globals() == {"x": 1})
+            await until(lambda: b.replica.state.globals() == {"x": 1}, 10)
             await spy.send(captured, b.local_addr)  # replayed: refused
             await spy.send(captured[:40], b.local_addr)  # truncated: refused
-            await wait_for(lambda: b.sealer.refused.get("replay", 0) >= 1)
-            await wait_for(lambda: b.sealer.refused.get("short", 0) >= 1)
+            await until(lambda: b.sealer.refused.get("replay", 0) >= 1, 10)
+            await until(lambda: b.sealer.refused.get("short", 0) >= 1, 10)
             assert b.counters.get("drop_replay", 0) >= 1 and b.counters.get("drop_short", 0) >= 1
 
 
@@ -126,21 +120,31 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
                 await a.replica.commit(
                     lambda st, ts, i=i: st.d_set(global_key(f"{prefix}{i}"), i, ts)
                 )
-            await wait_for(
-                lambda: all(f"{prefix}{i}" in b.replica.state.globals() for i in range(5))
+            await until(
+                lambda: all(f"{prefix}{i}" in b.replica.state.globals() for i in range(5)), 10
             )
             relaying.cancel()
             a.set_peers({b.replica.name: b.local_addr})
             assert captured
             return captured
 
-        async def replay_all(captured: list[bytes], b: GossipService, reason: str) -> None:
+        async def replay_all(
+            captured: list[bytes], b: GossipService, reason: str, sender: GossipService
+        ) -> None:
+            # b's state must be settled first: what the live sender holds still arrives by
+            # ordinary anti-entropy, and that is not a replay (a run on a loaded machine saw
+            # k0 land during the replays and fail the state check below).
+            await until(
+                lambda: sender.replica.state.globals().items()
+                <= b.replica.state.globals().items(),
+                30,
+            )
             before = dict(b.sealer.refused)
             state = dict(b.replica.state.globals())
             for d in captured:
                 await spy.send(d, b.local_addr)
             want = before.get(reason, 0) + len(captured)
-            await wait_for(lambda: b.sealer.refused[reason] >= want)
+            await until(lambda: b.sealer.refused[reason] >= want, 10)
             assert b.sealer.refused[reason] == want
             assert b.sealer.refused.total() == sum(before.values()) + len(captured)
             assert b.counters[f"drop_{reason}"] >= len(captured)
@@ -155,14 +159,14 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
         b2 = await start("b", b.sealer.boot + 1 + int(time.time() * 1000) - b.sealer.boot)
         second = await capture(a, b2, "after")
         assert a.sealer.sender_id in b2.sealer.guard  # b2 holds replay state for a
-        await replay_all(first, b2, "stale")
+        await replay_all(first, b2, "stale", a)
 
         # The sender restarts; b2 hears from its new incarnation.
         a.set_peers({})
         a2 = await start("a", a.sealer.boot + 1 + int(time.time() * 1000) - a.sealer.boot)
         await capture(a2, b2, "a2-")
-        await replay_all(second, b2, "replay")
-        await replay_all(first, b2, "stale")
+        await replay_all(second, b2, "replay", a2)
+        await replay_all(first, b2, "stale", a2)
         nursery.cancel_scope.cancel()
 
 
@@ -183,7 +187,7 @@ async def test_wrong_key_datagrams_from_many_ports_log_one_warning_per_host(
         for _ in range(n):
             with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
                 await s.sendto(stranger.seal(b"junk", int(time.time() * 1000)), a.local_addr)
-        await wait_for(lambda: a.counters["drop_unknown_key"] == n)
+        await until(lambda: a.counters["drop_unknown_key"] == n, 10)
         warned = [r for r in caplog.records if "failed authentication" in r.getMessage()]
         assert len(warned) == 1, [r.getMessage() for r in warned[:5]]
         assert sum(f.count for f in a.auth_failures.values()) <= n

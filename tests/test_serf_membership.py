@@ -6,7 +6,7 @@ import base64
 import json
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from gossipmgr.serf.membership import (
     SerfMembership,
 )
 from gossipmgr.serf.process import SerfAgentProcess, encoded_tags_size
+from gossipmgr.testing.wait import until
 
 # -- pure view ------------------------------------------------------------------------------
 
@@ -259,18 +260,6 @@ def pool(tmp_path: Path) -> Iterator[AgentPool]:
         yield p
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], within: float) -> None:
-    """Poll ``check`` until true; fail after ``within`` seconds (state lives in other processes)."""
-    with trio.fail_after(within):
-        while True:
-            got = check()
-            if not isinstance(got, bool):
-                got = await got
-            if got:
-                return
-            await trio.sleep(0.05)
-
-
 async def next_node_event(
     events: trio.MemoryReceiveChannel[MembershipEvent], within: float
 ) -> NodeEvent:
@@ -357,7 +346,7 @@ async def test_supervised_restart_health_and_graceful_leave(
                 await nursery.start(agent.run)
             await nursery.start(membership.run)
             assert membership.healthy
-            await eventually(lambda: [i.name for i in membership.instances] == ["g1"], 5)
+            await until(lambda: [i.name for i in membership.instances] == ["g1"], 5)
             assert membership.instances[0].gossip_addr == ("127.0.0.1", 7950)
             async with connect() as c:
                 await c.tags(set={"boot": "runtime-1"})  # must survive the restart
@@ -365,9 +354,9 @@ async def test_supervised_restart_health_and_graceful_leave(
             pid = agent.pid
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
-            await eventually(lambda: not membership.healthy, 5)
+            await until(lambda: not membership.healthy, 5)
             assert membership.last_error
-            await eventually(lambda: agent.ready and membership.healthy, 15)
+            await until(lambda: agent.ready and membership.healthy, 15)
             assert agent.starts == 2 and agent.pid != pid
             async with connect() as c:
                 assert (await c.stats())["tags"]["boot"] == "runtime-1"
@@ -379,7 +368,7 @@ async def test_supervised_restart_health_and_graceful_leave(
                     members = {m["Name"]: m["Status"] for m in await obs.members()}
                     return members.get("g1") == "alive"
 
-                await eventually(g1_alive, 10)
+                await until(g1_alive, 10)
                 nursery.cancel_scope.cancel()  # graceful stop: SIGINT -> leave
             # Peers see "left", not "failed" (failure detection would take ~5 s).
             async with open_serf_client("127.0.0.1", observer.rpc_port) as obs:

@@ -76,7 +76,7 @@ FENCE_VARS: Final = ("gossipmgr_epoch", "gossipmgr_holder", "gossipmgr_job")
 FENCED_PREFIX: Final = "fenced: "
 #: The shipped role (and its module) that operators' playbooks can use by name: gossipmgr
 #: puts this directory first on ANSIBLE_ROLES_PATH for every run.
-ROLES_DIR: Final = Path(__file__).parent / "playbooks" / "roles"
+ROLES_DIR: Final = Path(__file__).resolve().parents[1] / "playbooks" / "roles"
 # ansible's own default roles_path, kept after ours when the environment sets none.
 _DEFAULT_ROLES_PATH: Final = "~/.ansible/roles:/usr/share/ansible/roles:/etc/ansible/roles"
 

@@ -1,0 +1,139 @@
+"""The architecture rules hold: import layers (.importlinter) and code shape (tools/check_shape.py).
+
+Both are also run by `tox -e lint`; here they are part of the default run (about 2 s).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"{LINT_IMPORTS} missing: install the test extras (./dev bootstrap)")
+    # cwd goes first on the path, so the gossipmgr found is the one under cwd.
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo", str(cwd / ".importlinter")],
+        cwd=cwd,
+        env={"PATH": str(LINT_IMPORTS.parent), "PYTHONPATH": str(cwd)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _shape() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("check_shape", ROOT / "tools" / "check_shape.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_import_contracts_are_kept() -> None:
+    out = _lint_imports(ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        # core importing a layer above it, and a fake in the product.
+        ("core/clock.py", "import gossipmgr.runtime.store", "gossipmgr.core is not allowed"),
+        ("runtime/store.py", "import gossipmgr.testing.network", "import gossipmgr.testing"),
+        ("serf/rpc.py", "import trio", "gossipmgr.serf.rpc is not allowed to import trio"),
+    ],
+)
+def test_a_forbidden_import_breaks_the_contracts(
+    tmp_path: Path, module: str, line: str, contract: str
+) -> None:
+    """A copy of the package with one forbidden import added fails the lint, naming it."""
+    shutil.copytree(ROOT / "gossipmgr", tmp_path / "gossipmgr")
+    shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
+    target = tmp_path / "gossipmgr" / module
+    target.write_text(target.read_text() + f"\n{line}  # added by the test\n")
+    out = _lint_imports(tmp_path)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert contract in out.stdout
+    assert "BROKEN" in out.stdout
+
+
+def test_shape_of_the_product_holds() -> None:
+    """No new offender, and every baseline entry still offends (the baseline only shrinks)."""
+    shape = _shape()
+    offences = shape.check_paths(shape.DEFAULT_PATHS)
+    baseline = shape.read_baseline()
+    new = [str(o) for o in offences if o.key not in baseline]
+    stale = sorted(baseline - {o.key for o in offences})
+    assert new == [], "new shape offenders (split them, or say why with '# shape: <reason>')"
+    assert stale == [], "tools/shape-baseline.txt lists entries that no longer offend"
+
+
+def _offences(tmp_path: Path, source: str) -> list[str]:
+    f = tmp_path / "m.py"
+    f.write_text(textwrap.dedent(source))
+    return [o.what for o in _shape().check_file(f)]
+
+
+def test_shape_counts_nesting_as_written(tmp_path: Path) -> None:
+    four = """\
+        def f(xs):
+            for x in xs:
+                if x:
+                    pass
+                elif x is None:
+                    pass
+                else:
+                    try:
+                        with open(x) as fh:
+                            pass
+                    except OSError:
+                        pass
+    """
+    assert _offences(tmp_path, four) == []  # elif, else and except open no level
+    five = """\
+        async def f(xs):
+            while True:
+                try:
+                    async with xs() as c:
+                        async for r in c:
+                            if r:
+                                pass
+                except OSError:
+                    pass
+    """
+    assert _offences(tmp_path, five) == ["blocks nest 5 deep (max 4)"]
+    closure = """\
+        def f(xs):
+            for x in xs:
+                def g():
+                    if x:
+                        match x:
+                            case 1:
+                                pass
+    """
+    assert _offences(tmp_path, closure) == []  # a match and its cases are one level
+    deeper = closure.replace("pass", "with x:\n                                    pass")
+    assert _offences(tmp_path, deeper) == ["blocks nest 5 deep (max 4)"]
+
+
+def test_shape_counts_lengths_and_honours_a_reason(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(80))
+    assert _offences(tmp_path, "def f():\n" + body) == ["function is 81 lines (max 80)"]
+    assert _offences(tmp_path, "def f():  # shape: a table\n" + body) == []
+    assert _offences(tmp_path, "def f():  # shape:\n" + body) != []  # a reason is required
+    long_module = "x = 1\n" * 501
+    assert _offences(tmp_path, long_module) == ["module is 501 lines (max 500)"]
+    assert _offences(tmp_path, "# shape: generated table\n" + long_module) == []
