@@ -18,20 +18,13 @@ import pytest
 import trio
 import trio.testing
 
-from gossipmgr.core.job import JobRecord
+from gossipmgr.core.job import JOB_TRANSITIONS, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.lease import Lease, LeaseConfig
 from gossipmgr.core.state import LEASE_KEY, inventory_key, job_key
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, Unavailable
 from gossipmgr.runtime.ansible import AnsibleSettings
-from gossipmgr.runtime.jobs import (
-    ACTIVE,
-    HISTORY,
-    JOB_TRANSITIONS,
-    LOG_TAIL_LINES,
-    JobManager,
-    make_job_id,
-    valid_job_id,
-)
+from gossipmgr.runtime.joblog import LOG_TAIL_LINES
+from gossipmgr.runtime.jobs import ACTIVE, HISTORY, JobManager
 from gossipmgr.runtime.replica import Replica
 
 #: Leases written by hand here last 10**9 ms; the bound on expiry must allow it.
