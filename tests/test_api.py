@@ -400,8 +400,8 @@ async def _wait_job_ended(ctx: StandaloneContext, job_id: str) -> dict[str, Any]
     with trio.fail_after(60):
         while True:
             rec = ctx.replica.state.job(job_id)
-            if rec is not None and rec["status"] not in ("Queued", "Running"):
-                return rec
+            if rec is not None and rec.status not in ("Queued", "Running"):
+                return rec.to_value()
             await ctx.replica.wait_change()
 
 
@@ -462,7 +462,7 @@ async def test_job_routes(api: Any) -> None:
         },
     )
     assert st == 200 and r["nodes"] == ["node-2"]
-    assert ctx.replica.state.node("node-2").inventory["state"] == "Disappeared"
+    assert ctx.replica.state.node("node-2").inventory.state == "Disappeared"
 
 
 @pytest.mark.ansible

@@ -216,7 +216,7 @@ async def test_monitor_event_names_are_case_insensitive(tmp_path: Path) -> None:
                 )
                 assert r.status_code == 200, r.text
                 rec = ctx.replica.state.node("node-0")
-                assert rec is not None and rec.inventory["state"] == state
+                assert rec is not None and rec.inventory.state == state
             r = await c.post(url + "/monitor/event", json={"monitor_event": {"name": "Gone"}})
             assert r.status_code == 400
             assert r.json()["error"] == 'Invalid or empty event name specified: "Gone"'

@@ -140,6 +140,9 @@ def test_pure_modules_import_neither_trio_nor_socket() -> None:
         "gossipmgr.gossip.protocol",
         "gossipmgr.gossip.crypto",
         "gossipmgr.core.inventory",
+        "gossipmgr.core.inventory_import",
+        "gossipmgr.core.job",
+        "gossipmgr.core.node",
     ]
     code = (
         "import sys, importlib\n"

@@ -171,10 +171,10 @@ def test_fenced_records_refuse_stale_epochs_and_count_them() -> None:
     stale = {"status": "Unallocated", "epoch": 2}
     s.apply(s.d_set(inventory_key("n1"), new, Timestamp(10, 0, "a")))
     s.apply(s.d_set(inventory_key("n1"), stale, Timestamp(11, 0, "b")))
-    assert s.node("n1").inventory["status"] == "Allocated"  # type: ignore[union-attr]
+    assert s.node("n1").inventory.status == "Allocated"  # type: ignore[union-attr]
     s.apply(s.d_set(job_key("1"), {"status": "Complete", "epoch": 3}, Timestamp(10, 0, "a")))
     s.apply(s.d_set(job_key("1"), {"status": "Running", "epoch": 2}, Timestamp(12, 0, "b")))
-    assert s.job("1")["status"] == "Complete"  # type: ignore[index]
+    assert s.map.get(job_key("1"))["status"] == "Complete"
     assert s.map.fenced == 2
 
 
@@ -215,6 +215,7 @@ def test_records_of_another_shape_read_as_absent_never_raise() -> None:
     not a map; the readers the lease loop's reconcile and the API use must not raise (a
     ``dict(value)`` on a list or a string did: every holder's lease loop would crash)."""
     from gossipmgr.core import inventory as inv
+    from gossipmgr.core.node import Inventory
     from gossipmgr.core.state import ANSIBLE_CONFIG_KEY, monitoring_key
 
     for bad in ([1, 2], "x", 7, None, [["a", 1]]):
@@ -226,6 +227,6 @@ def test_records_of_another_shape_read_as_absent_never_raise() -> None:
         s.apply(s.d_set(ANSIBLE_CONFIG_KEY, bad, next(t)))
         recs = list(s.nodes())
         assert [r.name for r in recs] == ["n1"]
-        assert recs[0].inventory == {} and recs[0].monitoring == {}
+        assert recs[0].inventory == Inventory() and recs[0].monitoring is None
         assert inv.state_of(recs[0]) == inv.UNKNOWN and inv.addr_of(recs[0]) == ""
         assert s.jobs() == {} and s.job("j1") is None and s.ansible_config() is None

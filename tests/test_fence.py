@@ -331,12 +331,12 @@ async def holder(tmp_path: Path) -> AsyncIterator[tuple[Replica, JobManager, Nod
 async def ended(r: Replica, jm: JobManager, job_id: str) -> dict[str, Any]:
     def done() -> bool:
         rec = r.state.job(job_id)
-        return rec is not None and rec["status"] not in ACTIVE and jm.running_job_id != job_id
+        return rec is not None and rec.status not in ACTIVE and jm.running_job_id != job_id
 
     await until(done, DEADLINE_S, f"job {job_id}")
     rec = r.state.job(job_id)
     assert rec is not None
-    return rec
+    return rec.to_value()
 
 
 @pytest.mark.ansible
@@ -384,7 +384,7 @@ async def test_a_job_under_an_older_epoch_than_one_that_acted_is_fenced_and_chan
     assert record_of(node.fence_dir) == {"epoch": 2, "holder": "b", "job": "J2"}
     # The job took its failure path: the node is back out of Maintenance.
     m1 = r.state.node("m-1")
-    assert m1 is not None and m1.inventory["status"] != "Maintenance"
+    assert m1 is not None and m1.inventory.status != "Maintenance"
 
 
 @pytest.mark.ansible

@@ -98,8 +98,8 @@ async def wait_job(ctx: StandaloneContext, job_id: str) -> dict[str, Any]:
     with trio.fail_after(90):
         while True:
             rec = ctx.replica.state.job(job_id)
-            if rec is not None and rec["status"] not in ("Queued", "Running"):
-                return dict(rec)
+            if rec is not None and rec.status not in ("Queued", "Running"):
+                return rec.to_value()
             await ctx.replica.wait_change()
 
 

@@ -166,8 +166,8 @@ def _statuses(ctx: StandaloneContext) -> dict[str, tuple[str, str, str]]:
     out = {}
     for rec in ctx.replica.state.nodes():
         out[rec.name] = (
-            str(rec.inventory["status"]),
-            str(rec.inventory["state"]),
+            str(rec.inventory.status),
+            str(rec.inventory.state),
             rec.host_group,
         )
     return out
@@ -244,7 +244,7 @@ async def test_import_large_inventory_idempotent_and_dry_run(tmp_path: Path) -> 
             assert "298 node(s) changed, 1 unchanged, 1 left alone, 0 skipped" in text
             # every record written under the lease epoch (fenced like a job's writes)
             epoch = ctx.replica.lease().epoch  # type: ignore[union-attr]
-            assert all(r.inventory["epoch"] == epoch for r in ctx.replica.state.nodes())
+            assert all(r.inventory.epoch == epoch for r in ctx.replica.state.nodes())
 
             # a second run changes nothing and says so
             before = dict(ctx.replica.state.map.items())
@@ -341,18 +341,18 @@ async def test_an_imported_allocated_node_is_updated_without_a_recommission(
             rc, out = await _import(url, str(FIX / "small.db"))
             assert rc == 0, out
             rec = ctx.replica.state.node("cluster-node2-02")
-            assert rec is not None and rec.inventory["status"] == "Allocated"
+            assert rec is not None and rec.inventory.status == "Allocated"
             job = await ctx.jobs.update(["cluster-node2-02"], "", {})
             with trio.fail_after(120):
                 while True:
                     j = ctx.replica.state.job(job["id"])
-                    if j is not None and j["status"] not in ("Queued", "Running"):
+                    if j is not None and j.status not in ("Queued", "Running"):
                         break
                     await ctx.replica.wait_change()
-            assert j["status"] == "Complete", j
+            assert j.status == "Complete", j
             rec = ctx.replica.state.node("cluster-node2-02")
-            assert rec is not None and rec.inventory["status"] == "Allocated"
-            assert rec.inventory["prev_status"] == "Maintenance"
+            assert rec is not None and rec.inventory.status == "Allocated"
+            assert rec.inventory.prev_status == "Maintenance"
 
 
 async def test_cli_import_command(tmp_path: Path) -> None:

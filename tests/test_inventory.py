@@ -119,7 +119,7 @@ def test_discovered_new_node(ts: Clock) -> None:
     st.apply(d)
     rec = st.node("n-1")
     assert rec is not None
-    assert dict(rec.inventory) == {
+    assert st.map.get(inventory_key("n-1")) == {
         "status": "Unallocated",
         "prev_status": "Incomplete",
         "state": "Discovered",
@@ -163,21 +163,21 @@ def test_disappeared_then_discovered_keeps_status(ts: Clock) -> None:
     rec = st.node("n-1")
     assert rec is not None
     assert (inv.status_of(rec), inv.state_of(rec)) == ("Allocated", "Disappeared")
-    assert rec.inventory["prev_state"] == "Discovered"
+    assert rec.inventory.prev_state == "Discovered"
     assert len(inv.d_disappeared(st, "n-1", 2, ts())) == 0  # already Disappeared
     assert len(inv.d_disappeared(st, "ghost-1", 2, ts())) == 0  # unknown node: no-op
     assert inv.reappears_allocated(st, "n-1")
     st.apply(inv.d_discovered(st, "n-1", "n", "1", "10.0.0.7", 2, ts()))
     rec = st.node("n-1")
     assert rec is not None
-    assert dict(rec.inventory) == {
+    assert st.map.get(inventory_key("n-1")) == {
         "status": "Allocated",
         "prev_status": "Unallocated",
         "state": "Discovered",
         "prev_state": "Disappeared",
         "epoch": 2,
     }
-    assert rec.monitoring["addr"] == "10.0.0.7"  # monitoring refreshed
+    assert rec.addr == "10.0.0.7"  # monitoring refreshed
 
 
 def test_check_monitor_node() -> None:
@@ -208,9 +208,9 @@ def test_move_statuses_all_or_nothing(ts: Clock) -> None:
     for n in ("a-1", "c-1"):
         rec = st.node(n)
         assert rec is not None
-        assert rec.inventory["status"] == "Provisioning"
-        assert rec.inventory["prev_status"] == "Unallocated"
-        assert rec.inventory["epoch"] == 2
+        assert rec.inventory.status == "Provisioning"
+        assert rec.inventory.prev_status == "Unallocated"
+        assert rec.inventory.epoch == 2
     with pytest.raises(CheckFailed, match="doesn't exists"):
         inv.move_statuses(st, ["ghost-1"], "Provisioning", 2, ts())
 
@@ -224,8 +224,8 @@ def test_finish_statuses_skips_nodes_that_moved_on(ts: Clock) -> None:
     )
     st.apply(d)
     assert skipped == ["b-1", "ghost-1"]
-    assert st.node("a-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
-    assert st.node("b-1").inventory["status"] == "Allocated"  # type: ignore[union-attr]
+    assert st.node("a-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
+    assert st.node("b-1").inventory.status == "Allocated"  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- checks

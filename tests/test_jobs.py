@@ -9,6 +9,7 @@ test_workflows_e2e.py.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,13 @@ import pytest
 import trio
 import trio.testing
 
+from gossipmgr.core.job import JOB_TRANSITIONS, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.lease import Lease, LeaseConfig
 from gossipmgr.core.state import LEASE_KEY, inventory_key, job_key
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, Unavailable
 from gossipmgr.runtime.ansible import AnsibleSettings
-from gossipmgr.runtime.jobs import (
-    ACTIVE,
-    HISTORY,
-    LOG_TAIL_LINES,
-    JobManager,
-    make_job_id,
-    valid_job_id,
-)
+from gossipmgr.runtime.joblog import LOG_TAIL_LINES
+from gossipmgr.runtime.jobs import ACTIVE, HISTORY, JobManager
 from gossipmgr.runtime.replica import Replica
 
 #: Leases written by hand here last 10**9 ms; the bound on expiry must allow it.
@@ -72,18 +68,25 @@ async def add_nodes(jm: JobManager, *nodes: tuple[str, str]) -> None:
 async def set_status(r: Replica, name: str, status: str, hg: str | None = None) -> None:
     rec = r.state.node(name)
     assert rec is not None
-    inv = {**rec.inventory, "status": status}
+    inv = {**rec.inventory.to_value(), "status": status}
     await r.commit(lambda st, ts: st.d_set(inventory_key(name), inv, ts))
     if hg is not None:
         await r.commit(lambda st, ts: st.d_set(("n", name, "hg"), hg, ts))
+
+
+def job_value(job_id: str, **fields: Any) -> dict[str, Any]:
+    """A job record's value as an instance writes it, with ``fields`` changed."""
+    rec = JobRecord(job_id, "d", "discover", "discover", (), "Running", "", 1, "a", 1, 1)
+    value = {**rec.to_value(), **fields}
+    return {**value, "workflow": value["task"]}
 
 
 async def wait_ended(jm: JobManager, job_id: str) -> dict[str, Any]:
     with trio.fail_after(DEADLINE_S):
         while True:
             rec = jm.replica.state.job(job_id)
-            if rec is not None and rec["status"] not in ACTIVE and jm.running_job_id is None:
-                return rec
+            if rec is not None and rec.status not in ACTIVE and jm.running_job_id is None:
+                return rec.to_value()
             with trio.move_on_after(0.2):
                 await jm.replica.wait_change()
 
@@ -200,16 +203,16 @@ async def test_one_active_job_refuses_the_next(rep: Replica, tmp_path: Path) -> 
     jm = manager(rep, tmp_path)  # not started: the record below is not reconciled away
     await add_nodes(jm, ("m-1", "10.0.0.1"))
     jid = make_job_id(rep.now_ms(), 1, "a")
-    rec = {
-        "id": jid,
-        "desc": "commission nodes [x-1]",
-        "task": "commission",
-        "nodes": [],
-        "status": "Running",
-        "error": "",
-        "epoch": 1,
-        "runner": "a",
-    }
+    rec = job_value(
+        jid,
+        desc="commission nodes [x-1]",
+        task="commission",
+        nodes=[],
+        status="Running",
+        error="",
+        epoch=1,
+        runner="a",
+    )
     await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: jm.commission(["m-1"], "service-master"),
@@ -222,7 +225,7 @@ async def test_one_active_job_refuses_the_next(rep: Replica, tmp_path: Path) -> 
             "there is already an active job, please try in sometime. Job: [commission nodes [x-1]]"
         )
     assert jm.job("active")["id"] == jid
-    assert rep.state.node("m-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
+    assert rep.state.node("m-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- a job's life
@@ -241,8 +244,8 @@ async def test_failed_job_life_without_ansible(rep: Replica, tmp_path: Path) -> 
         assert info["desc"] == "commission nodes [m-1] host-group service-master"
         # Accepted and launched in one commit: the node is already Provisioning.
         node = rep.state.node("m-1")
-        assert node is not None and node.inventory["status"] == "Provisioning"
-        assert node.inventory["epoch"] == 1
+        assert node is not None and node.inventory.status == "Provisioning"
+        assert node.inventory.epoch == 1
         lines = [line async for line in jm.follow(jid)]
         rec = await wait_ended(jm, jid)
         nursery.cancel_scope.cancel()
@@ -251,7 +254,7 @@ async def test_failed_job_life_without_ansible(rep: Replica, tmp_path: Path) -> 
     assert rec["ended_ms"] >= rec["started_ms"] > 0
     node = rep.state.node("m-1")
     assert node is not None
-    assert (node.inventory["status"], node.inventory["prev_status"]) == (
+    assert (node.inventory.status, node.inventory.prev_status) == (
         "Unallocated",
         "Provisioning",
     )
@@ -296,16 +299,16 @@ async def test_history_is_bounded(rep: Replica, tmp_path: Path) -> None:
     jm = manager(rep, tmp_path)
     old = [make_job_id(1000 + i, i, "a") for i in range(HISTORY + 5)]
     for jid in old:
-        rec = {
-            "id": jid,
-            "desc": "d",
-            "task": "discover",
-            "nodes": [],
-            "status": "Complete",
-            "error": "",
-            "epoch": 1,
-            "runner": "a",
-        }
+        rec = job_value(
+            jid,
+            desc="d",
+            task="discover",
+            nodes=[],
+            status="Complete",
+            error="",
+            epoch=1,
+            runner="a",
+        )
         await rep.commit(lambda st, ts, jid=jid, rec=rec: st.d_set(job_key(jid), rec, ts))
     (tmp_path / "work" / "jobs").mkdir(parents=True)
     jm.log_path(old[0]).write_text("old\n")
@@ -339,12 +342,12 @@ async def test_monitor_events(rep: Replica, tmp_path: Path) -> None:
     )
     assert out == {"event": "discovered", "nodes": ["n-1"]}
     rec = rep.state.node("n-1")
-    assert rec is not None and rec.inventory["state"] == "Discovered"
-    assert rec.inventory["epoch"] == 1
+    assert rec is not None and rec.inventory.state == "Discovered"
+    assert rec.inventory.epoch == 1
     await jm.set_monitor_event("disappeared", [{"label": "n", "serial": "1", "addr": ""}])
     rec = rep.state.node("n-1")
     assert rec is not None
-    assert (rec.inventory["status"], rec.inventory["state"]) == ("Unallocated", "Disappeared")
+    assert (rec.inventory.status, rec.inventory.state) == ("Unallocated", "Disappeared")
     # Repeats change nothing.
     assert not await jm.apply_node_event("disappeared", "n-1", "n", "1", "")
 
@@ -361,7 +364,7 @@ async def test_reconcile_after_takeover(rep: Replica, tmp_path: Path) -> None:
         }
     )
     assert out == {"discovered": ["c-1", "d-1"], "disappeared": ["a-1"]}
-    state = {n.name: n.inventory["state"] for n in rep.state.nodes()}
+    state = {n.name: n.inventory.state for n in rep.state.nodes()}
     assert state == {
         "a-1": "Disappeared",
         "b-1": "Discovered",
@@ -396,16 +399,16 @@ async def test_orphan_of_a_lost_runner_is_ended(rep: Replica, tmp_path: Path) ->
     await set_status(rep, "m-1", "Provisioning")
     await set_status(rep, "u-1", "Unallocated")
     jid = make_job_id(rep.now_ms(), 1, "old")
-    rec = {
-        "id": jid,
-        "desc": "commission",
-        "task": "commission",
-        "nodes": ["m-1", "u-1"],
-        "status": "Running",
-        "error": "",
-        "epoch": 0,
-        "runner": "old",
-    }
+    rec = job_value(
+        jid,
+        desc="commission",
+        task="commission",
+        nodes=["m-1", "u-1"],
+        status="Running",
+        error="",
+        epoch=0,
+        runner="old",
+    )
     await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
     async with trio.open_nursery() as nursery:
         await nursery.start(jm.run)
@@ -414,9 +417,68 @@ async def test_orphan_of_a_lost_runner_is_ended(rep: Replica, tmp_path: Path) ->
     assert done["status"] == "Errored"
     assert done["error"] == "runner old lost the lease (epoch 0) while the job was running"
     assert done["epoch"] == 1
-    assert rep.state.node("m-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
-    assert rep.state.node("u-1").inventory["status"] == "Unallocated"  # type: ignore[union-attr]
+    assert rep.state.node("m-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
+    assert rep.state.node("u-1").inventory.status == "Unallocated"  # type: ignore[union-attr]
     assert jm.counters["orphans"] == 1
+
+
+async def test_a_forged_job_record_neither_stops_the_service_nor_blocks_jobs(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A key holder can gossip a job record of any shape. One that looked active with a
+    ``nodes`` that is not a list made the orphan scan raise TypeError inside its commit,
+    and JobManager.run (the agent with it) died; until then it blocked every request as
+    "the active job", and following it raised. Such a value is no job record now."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    jid = make_job_id(rep.now_ms(), 1, "forger")
+    forged = {"id": jid, "status": "Running", "task": "commission", "nodes": 5, "log_tail": 3}
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), forged, ts))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.commission(["m-1"], "service-master")
+        done = await wait_ended(jm, info["id"])
+        assert jm.counters["orphans"] == 0
+        nursery.cancel_scope.cancel()
+    assert done["status"] == "Errored"  # no playbooks here: it ran and failed
+    assert [j["id"] for j in jm.jobs()] == [info["id"]]
+    for call in (lambda: jm.job(jid), lambda: jm.follow(jid)):
+        with pytest.raises(NotFound):
+            call()
+
+
+async def test_job_statuses_move_only_along_the_table(rep: Replica, tmp_path: Path) -> None:
+    """Every status change the runtime writes (a run's end, an orphan's) is in
+    JOB_TRANSITIONS, as seen by a reader of the replica."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"), ("u-1", "10.0.0.2"))
+    seen: dict[str, list[str]] = {}
+
+    def note() -> None:
+        for jid, rec in rep.state.jobs().items():
+            statuses = seen.setdefault(jid, [])
+            if not statuses or statuses[-1] != rec.status:
+                statuses.append(rec.status)
+
+    async def watch() -> None:
+        while True:
+            note()
+            await rep.wait_change()
+
+    orphan = make_job_id(rep.now_ms(), 1, "old")
+    rec = job_value(orphan, task="update", nodes=["u-1"], epoch=0, runner="old")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        await rep.commit(lambda st, ts: st.d_set(job_key(orphan), rec, ts))
+        await nursery.start(jm.run)
+        await wait_ended(jm, orphan)
+        info = await jm.commission(["m-1"], "service-master")
+        await wait_ended(jm, info["id"])
+        note()
+        nursery.cancel_scope.cancel()
+    assert seen == {orphan: ["Running", "Errored"], info["id"]: ["Running", "Errored"]}
+    for statuses in seen.values():
+        assert all(b in JOB_TRANSITIONS[a] for a, b in itertools.pairwise(statuses))
 
 
 # --------------------------------------------------------------------------- node settings
@@ -450,15 +512,15 @@ async def test_node_settings(rep: Replica, tmp_path: Path) -> None:
 async def test_follow_a_job_running_elsewhere(rep: Replica, tmp_path: Path) -> None:
     jm = manager(rep, tmp_path)  # not started: the remote job stays Running
     jid = make_job_id(rep.now_ms(), 1, "b")
-    base = {
-        "id": jid,
-        "desc": "d",
-        "task": "discover",
-        "nodes": [],
-        "error": "",
-        "epoch": 1,
-        "runner": "b",
-    }
+    base = job_value(
+        jid,
+        desc="d",
+        task="discover",
+        nodes=[],
+        error="",
+        epoch=1,
+        runner="b",
+    )
 
     async def put(status: str, lines: list[str], count: int) -> None:
         rec = {**base, "status": status, "log_tail": lines, "log_count": count}

@@ -429,7 +429,7 @@ def run_lease_schedule(seed: int, phantoms: int = 0) -> None:
     )
     assert ls.sim.run_until_converged(20_000, sorted(live)) is not None
     for n in live:
-        rec = ls.sim.inst[n].state.job("last-action")
+        rec = ls.sim.inst[n].state.map.get(job_key("last-action"))
         assert rec == {"by": holder, "epoch": current.epoch}, f"seed {seed}: {rec}"
 
 

@@ -534,9 +534,9 @@ async def test_a_log_line_with_a_lone_surrogate_is_logged_and_replicable(tmp_pat
     event JSON escapes them). Such a line used to raise in the log file's write, and, in
     the replicated tail, would make the record unencodable (ValueRefused from the commit,
     uncaught in the tail flusher). It is logged with the character replaced."""
-    from gossipmgr.runtime.jobs import _Run
+    from gossipmgr.runtime.joblog import Run
 
-    run = _Run("j1", "update", 1, tmp_path / "j1.log")
+    run = Run("j1", "update", 1, tmp_path / "j1.log")
     run.file = open(run.path, "a", encoding="utf-8")
     try:
         run.line("bytes \udcff from a node")

@@ -69,7 +69,7 @@ class Env:
     def status(self, node: str) -> str:
         rec = self.r.state.node(node)
         assert rec is not None
-        return str(rec.inventory["status"])
+        return str(rec.inventory.status)
 
     async def nodes(self, *names: str) -> None:
         for i, name in enumerate(names, start=1):
@@ -79,14 +79,14 @@ class Env:
     async def ended(self, job_id: str) -> dict[str, Any]:
         def done() -> bool:
             rec = self.r.state.job(job_id)
-            return rec is not None and rec["status"] not in ACTIVE
+            return rec is not None and rec.status not in ACTIVE
 
         await until(
             lambda: done() and self.jm.running_job_id != job_id, DEADLINE_S, f"job {job_id}"
         )
         rec = self.r.state.job(job_id)
         assert rec is not None
-        return rec
+        return rec.to_value()
 
 
 def settings_for(
@@ -225,7 +225,7 @@ async def test_discover_completes_once_the_node_joins_serf(env: Env) -> None:
             async for line in lines:
                 if "to join the Serf cluster" in line:
                     break
-    assert env.r.state.job(job["id"])["status"] == "Running"  # type: ignore[index]
+    assert env.r.state.job(job["id"]).status == "Running"  # type: ignore[union-attr]
     # the node's Serf agent joins: the holder turns the member into a Discovered node
     await env.jm.apply_node_event("discovered", "n-9", "n", "9", "127.0.0.9")
     rec = await env.ended(job["id"])
@@ -307,7 +307,7 @@ async def test_lease_lost_mid_run(env: Env, tmp_path: Path) -> None:
     # The deposed runner wrote nothing after the lease moved: no final status, no cleanup.
     rec = env.r.state.job(job["id"])
     assert rec is not None
-    assert (rec["status"], rec["epoch"], rec["ended_ms"]) == ("Running", 1, 0)
+    assert (rec.status, rec.epoch, rec.ended_ms) == ("Running", 1, 0)
     assert env.status("m-1") == "Provisioning"
     assert "cleanup m-1" not in env.trace()
     with pytest.raises(Unavailable, match="holder is b"):
@@ -322,22 +322,22 @@ async def test_lease_lost_mid_run(env: Env, tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(jb.run)
             await until(
-                lambda: (rb.state.job(job["id"]) or {}).get("status") == "Errored",
+                lambda: getattr(rb.state.job(job["id"]), "status", None) == "Errored",
                 DEADLINE_S,
                 "the orphan",
             )
             nursery.cancel_scope.cancel()
         orphan = rb.state.job(job["id"])
         assert orphan is not None
-        assert orphan["error"] == "runner a lost the lease (epoch 1) while the job was running"
-        assert orphan["epoch"] == 2
+        assert orphan.error == "runner a lost the lease (epoch 1) while the job was running"
+        assert orphan.epoch == 2
         m1 = rb.state.node("m-1")
-        assert m1 is not None and m1.inventory["status"] == "Unallocated"
+        assert m1 is not None and m1.inventory.status == "Unallocated"
         # A late write from the deposed runner (epoch 1, newer clock) loses everywhere.
-        late = {**rec, "status": "Complete"}
+        late = {**rec.to_value(), "status": "Complete"}
         fenced = rb.state.map.fenced
         rb.state.apply(rb.state.d_set(job_key(job["id"]), late, rb.hlc.now(rb.now_ms() + 10**6)))
-        assert rb.state.job(job["id"])["status"] == "Errored"  # type: ignore[index]
+        assert rb.state.job(job["id"]).status == "Errored"  # type: ignore[union-attr]
         assert rb.state.map.fenced == fenced + 1
     finally:
         await rb.aclose()

@@ -40,6 +40,7 @@ from gossipmgr.cli.parser import common_options
 from gossipmgr.clusterm.bolt import BoltError, BoltFile
 from gossipmgr.config import ANSIBLE_CONFIG_KEYS
 from gossipmgr.core import inventory as inv
+from gossipmgr.core.inventory_import import CUT_OFF
 
 ASSETS_BUCKET = "assets"
 #: clusterm statuses gossipmgr imports as Unallocated (never set by clusterm's workflows).
@@ -220,7 +221,7 @@ def _report_cut_off(
     """Every imported node now in the status a cut-off workflow left: how to finish it."""
     kept = {k["name"] for k in res.get("kept", [])}
     for e in entries:
-        wf = inv.CUT_OFF.get(e["status"])
+        wf = CUT_OFF.get(e["status"])
         if wf is None or e["name"] in kept:
             continue
         hg = f" -g {e['host_group']}" if wf in ("commission", "update") else ""

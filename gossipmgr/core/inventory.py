@@ -1,14 +1,10 @@
 """The node lifecycle: clusterm's inventory status table, its checks, and its events. Pure.
 
 Rule 1 (after h11's ``_state.py``): everything that decides a node's inventory status, its
-state, or whether a workflow may start lives in this file, as data where possible. Nothing
-here awaits, reads the clock or touches the disk; every mutator takes the state, the lease
-epoch and a timestamp and *returns a delta* (``gossipmgr.core.state`` style).
-``gossipmgr.runtime.jobs``
-decides when to commit one.
-
-Theory
-------
+state, or whether a workflow may start lives here (importing: ``inventory_import``), as data
+where possible. Nothing here awaits, reads the clock or touches the disk; every mutator takes
+the state, the lease epoch and a timestamp and *returns a delta*; ``gossipmgr.runtime``
+decides when to commit one. The records read are ``gossipmgr.core.node``'s.
 
 A node has two independent variables, kept in one replicated register
 ``("n", node, "inv") = {status, prev_status, state, prev_state, epoch}`` so that a reader
@@ -35,18 +31,14 @@ when the job starts, ``success`` or ``failure`` when it ends. All the path's edg
 :data:`TRANSITIONS`, so the end of a job never needs a check that could fail.
 
 Atomic multi-node moves: clusterm moved nodes one by one and reverted the moved ones when a
-later one failed. Here :func:`move_statuses` computes *every* transition before producing
-anything; on the first refused one it raises and returns no delta at all. Because the caller
-commits a delta only after it was computed whole, "revert" is never needed: a partial set
-of moves is never committed, so no reader, no peer and no restart can ever see one.
+later one failed. :func:`move_statuses` computes *every* transition first and raises on the
+first refused one, returning no delta; the caller commits only a whole delta, so no reader,
+peer or restart ever sees a partial set of moves, and nothing needs reverting.
 
 Checks (:func:`check_workflow`, :func:`check_discover`) run before anything is written, with
-clusterm's texts, raising :class:`~gossipmgr.errors.CheckFailed` (422). A rejected request
-therefore never becomes a job (clusterm took the job slot first: its "last" job could be a
-request that never ran).
-
-Lists in messages are formatted like Go's ``%v`` of a ``[]string`` (``[a b]``), which is what
-clusterm printed and what its users' scripts may grep for.
+clusterm's texts, raising :class:`~gossipmgr.errors.CheckFailed` (422): a rejected request
+never becomes a job (clusterm took the job slot first). Lists in messages are formatted like
+Go's ``%v`` of a ``[]string`` (``[a b]``), as clusterm printed them for users' scripts.
 """
 
 from __future__ import annotations
@@ -58,9 +50,28 @@ from typing import Any, Final
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.codec import MAX_KEY_PART
 from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.node import (
+    ALLOCATED,
+    CANCELLED,
+    DECOMMISSIONED,
+    DISAPPEARED,
+    DISCOVERED,
+    HOST_GROUPS,
+    INCOMPLETE,
+    MAINTENANCE,
+    MASTER,
+    PROVISIONING,
+    STATES,
+    STATUSES,
+    UNALLOCATED,
+    UNKNOWN,
+    WORKER,
+    Inventory,
+    Monitoring,
+    NodeRecord,
+)
 from gossipmgr.core.state import (
     ClusterState,
-    NodeRecord,
     combine,
     host_group_key,
     inventory_key,
@@ -69,34 +80,19 @@ from gossipmgr.core.state import (
 )
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, ValueRefused
 
-# --------------------------------------------------------------------------- vocabulary
-
-INCOMPLETE: Final = "Incomplete"
-UNALLOCATED: Final = "Unallocated"
-PROVISIONING: Final = "Provisioning"
-ALLOCATED: Final = "Allocated"
-CANCELLED: Final = "Cancelled"
-DECOMMISSIONED: Final = "Decommissioned"
-MAINTENANCE: Final = "Maintenance"
-
-STATUSES: Final = (
-    INCOMPLETE,
-    UNALLOCATED,
-    PROVISIONING,
-    ALLOCATED,
-    CANCELLED,
-    DECOMMISSIONED,
-    MAINTENANCE,
-)
-
-UNKNOWN: Final = "Unknown"
-DISCOVERED: Final = "Discovered"
-DISAPPEARED: Final = "Disappeared"
-STATES: Final = (UNKNOWN, DISCOVERED, DISAPPEARED)
-
-MASTER: Final = "service-master"
-WORKER: Final = "service-worker"
-HOST_GROUPS: Final = (MASTER, WORKER)
+# fmt: off
+__all__ = [  # with the vocabulary, defined with the records (core.node)
+    "ALLOCATED", "CANCELLED", "DECOMMISSIONED", "DISAPPEARED", "DISCOVERED", "HOST_GROUPS",
+    "INCOMPLETE", "MAINTENANCE", "MASTER", "NO_ADDRS", "NO_MASTER_FOR_WORKER", "NO_NODES",
+    "ONLY_WORKERS_LEFT", "PROVISIONING", "STATES", "STATUSES", "STATUS_PATHS", "TRANSITIONS",
+    "UNALLOCATED", "UNKNOWN", "UPDATE_NO_MASTER", "WORKER", "StatusPath", "addr_of", "allowed",
+    "check_discover", "check_forget", "check_host_group", "check_monitor_node", "check_moves",
+    "check_node_name", "check_transition", "check_workflow", "d_disappeared", "d_discovered",
+    "d_forget", "find_node", "finish_statuses", "get_node", "go_list", "host_group_of",
+    "move_statuses", "node_json", "node_missing", "node_name", "reappears_allocated",
+    "resolve_nodes", "state_of", "status_of",
+]
+# fmt: on
 
 #: The whole status machine (contract §1). A move to the same status is allowed in addition.
 TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
@@ -157,26 +153,16 @@ def node_name(label: str, serial: str) -> str:
     return f"{label}-{serial}"
 
 
-def _inv(rec: NodeRecord) -> dict[str, Any]:
-    inv = rec.inventory
-    return {
-        "status": str(inv.get("status", INCOMPLETE)),
-        "prev_status": str(inv.get("prev_status", INCOMPLETE)),
-        "state": str(inv.get("state", UNKNOWN)),
-        "prev_state": str(inv.get("prev_state", UNKNOWN)),
-    }
-
-
 def status_of(rec: NodeRecord) -> str:
-    return str(rec.inventory.get("status", INCOMPLETE))
+    return rec.inventory.status
 
 
 def state_of(rec: NodeRecord) -> str:
-    return str(rec.inventory.get("state", UNKNOWN))
+    return rec.inventory.state
 
 
 def addr_of(rec: NodeRecord) -> str:
-    return str(rec.monitoring.get("addr", ""))
+    return rec.addr
 
 
 def host_group_of(rec: NodeRecord) -> str:
@@ -198,10 +184,13 @@ def move_statuses(
     check_moves(state, names, to)
     out: list[LWWMap] = []
     for name in names:
-        inv = _inv(state.node(name))  # type: ignore[arg-type]  # checked just above
-        new = {**inv, "prev_status": inv["status"], "status": to, "epoch": epoch}
-        out.append(state.d_set(inventory_key(name), new, ts))
+        rec = _node(state, name)  # checked just above
+        out.append(_d_inventory(state, name, rec.inventory.with_status(to, epoch), ts))
     return combine(*out)
+
+
+def _d_inventory(state: ClusterState, name: str, inv: Inventory, ts: Timestamp) -> LWWMap:
+    return state.d_set(inventory_key(name), inv.to_value(), ts)
 
 
 def check_moves(state: ClusterState, names: Sequence[str], to: str) -> None:
@@ -232,25 +221,16 @@ def finish_statuses(
         if rec is None or status_of(rec) != during or not allowed(during, to):
             skipped.append(name)
             continue
-        inv = _inv(rec)
-        new = {**inv, "prev_status": during, "status": to, "epoch": epoch}
-        out.append(state.d_set(inventory_key(name), new, ts))
+        out.append(_d_inventory(state, name, rec.inventory.with_status(to, epoch), ts))
     return combine(*out), skipped
-
-
-# --------------------------------------------------------------------------- JSON view
 
 
 def node_json(rec: NodeRecord) -> dict[str, Any]:
     """The contract's node shape (§1), as GET /info/node/{name} answers it."""
-    addr = addr_of(rec)
+    addr = rec.addr
     return {
-        "monitoring_state": {
-            "label": str(rec.monitoring.get("label", "")),
-            "serial_number": str(rec.monitoring.get("serial", "")),
-            "management_address": addr,
-        },
-        "inventory_state": {"name": rec.name, **_inv(rec)},
+        "monitoring_state": (rec.monitoring or Monitoring()).to_json(),
+        "inventory_state": {"name": rec.name, **rec.inventory.to_json()},
         "configuration_state": {
             "inventory_name": rec.name,
             "host_group": host_group_of(rec),
@@ -306,41 +286,29 @@ def d_discovered(
     as prev_state, status kept, monitoring refreshed. Returns an empty delta when nothing
     would change (a repeated event must not churn the replicated record).
     """
-    mon = {"label": label, "serial": serial, "addr": addr}
+    mon = Monitoring(label, serial, addr)
     rec = state.node(name)
     if rec is None:
-        inv = {
-            "status": UNALLOCATED,
-            "prev_status": INCOMPLETE,
-            "state": DISCOVERED,
-            "prev_state": UNKNOWN,
-            "epoch": epoch,
-        }
+        inv = Inventory(UNALLOCATED, INCOMPLETE, DISCOVERED, UNKNOWN, epoch)
         return combine(
-            state.d_set(inventory_key(name), inv, ts),
-            state.d_set(monitoring_key(name), mon, ts),
+            _d_inventory(state, name, inv, ts),
+            state.d_set(monitoring_key(name), mon.to_value(), ts),
             state.d_set(host_group_key(name), MASTER, ts),
         )
     out: list[LWWMap] = []
-    if dict(rec.monitoring) != mon:
-        out.append(state.d_set(monitoring_key(name), mon, ts))
-    old = _inv(rec)
-    if old["state"] != DISCOVERED:
-        new = {**old, "prev_state": old["state"], "state": DISCOVERED, "epoch": epoch}
-        out.append(state.d_set(inventory_key(name), new, ts))
+    if rec.monitoring != mon:
+        out.append(state.d_set(monitoring_key(name), mon.to_value(), ts))
+    if rec.inventory.state != DISCOVERED:
+        out.append(_d_inventory(state, name, rec.inventory.with_state(DISCOVERED, epoch), ts))
     return combine(*out)
 
 
 def d_disappeared(state: ClusterState, name: str, epoch: int, ts: Timestamp) -> LWWMap:
     """Serf said the node failed: state := Disappeared, status kept. Unknown node: no-op."""
     rec = state.node(name)
-    if rec is None:
+    if rec is None or rec.inventory.state == DISAPPEARED:
         return LWWMap()
-    old = _inv(rec)
-    if old["state"] == DISAPPEARED:
-        return LWWMap()
-    new = {**old, "prev_state": old["state"], "state": DISAPPEARED, "epoch": epoch}
-    return state.d_set(inventory_key(name), new, ts)
+    return _d_inventory(state, name, rec.inventory.with_state(DISAPPEARED, epoch), ts)
 
 
 def reappears_allocated(state: ClusterState, name: str) -> bool:
@@ -498,136 +466,6 @@ def get_node(state: ClusterState, ident: str) -> NodeRecord:
     if rec is None:
         raise NotFound(node_missing(ident))
     return rec
-
-
-# --------------------------------------------------------------------------- import
-
-#: clusterm statuses a workflow leaves behind when its job is cut off (clusterm stopped
-#: mid-job), and the workflow to run again: a same-status move is always allowed, so the
-#: node can be acted on as it is.
-CUT_OFF: Final[Mapping[str, str]] = {
-    PROVISIONING: "commission",
-    CANCELLED: "decommission",
-    MAINTENANCE: "update",
-}
-
-
-def _fresh(rec: NodeRecord) -> bool:
-    """A node only Serf has touched here: discovered, never moved by a workflow."""
-    inv = _inv(rec)
-    return bool(inv["status"] == UNALLOCATED and inv["prev_status"] == INCOMPLETE)
-
-
-def check_import_entries(entries: Any) -> list[tuple[str, str, str]]:
-    """Validate ``[{"name", "status", "host_group"}, ...]``. Raises BadRequest naming the
-    first bad entry. Returns ``(name, status, host_group)`` triples in order."""
-    if not isinstance(entries, list):
-        raise BadRequest('"nodes" must be an array of {"name", "status", "host_group"}')
-    out: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
-    for e in entries:
-        if not isinstance(e, Mapping):
-            raise BadRequest(f"an imported node must be an object, got {e!r}")
-        name, status, hg = e.get("name"), e.get("status"), e.get("host_group", MASTER)
-        if not isinstance(name, str) or not name:
-            raise BadRequest(f'an imported node needs a non-empty "name": {dict(e)!r}')
-        if name in seen:
-            raise BadRequest(f'node "{name}" is listed twice')
-        if status not in STATUSES:
-            raise BadRequest(
-                f'node "{name}": invalid status {status!r} (one of {", ".join(STATUSES)})'
-            )
-        if hg not in HOST_GROUPS:
-            raise BadRequest(f'node "{name}": invalid or empty host-group specified: "{hg}"')
-        seen.add(name)
-        out.append((name, str(status), str(hg)))
-    return out
-
-
-def plan_import(
-    state: ClusterState, entries: Sequence[tuple[str, str, str]]
-) -> dict[str, list[Any]]:
-    """What importing ``(name, status, host_group)`` entries would change. Pure.
-
-    * unknown node: created with that status, state Unknown (Serf sets Discovered when
-      the node is seen) and the host-group;
-    * known node with the same status: only a different host-group is changed;
-    * known node that gossipmgr has not moved (Unallocated after its first discovery):
-      status set, state kept;
-    * any other known node is *kept*: a workflow here already moved it, and the file
-      must not undo that.
-
-    Returns ``{"changed": [{name, from_status, status, from_host_group, host_group}],
-    "unchanged": [name], "kept": [{name, status, prev_status, reason}]}``.
-    """
-    changed: list[dict[str, Any]] = []
-    unchanged: list[str] = []
-    kept: list[dict[str, Any]] = []
-    for name, status, hg in entries:
-        rec = state.node(name)
-        if rec is None:
-            changed.append(
-                {
-                    "name": name,
-                    "from_status": None,
-                    "status": status,
-                    "from_host_group": None,
-                    "host_group": hg,
-                }
-            )
-            continue
-        cur, cur_hg = status_of(rec), host_group_of(rec)
-        if cur != status and not _fresh(rec):
-            prev = _inv(rec)["prev_status"]
-            kept.append(
-                {
-                    "name": name,
-                    "status": cur,
-                    "prev_status": prev,
-                    "reason": f"gossipmgr already moved it to {cur} (from {prev}); "
-                    f"not set to {status}",
-                }
-            )
-            continue
-        if cur == status and cur_hg == hg:
-            unchanged.append(name)
-            continue
-        changed.append(
-            {
-                "name": name,
-                "from_status": cur,
-                "status": status,
-                "from_host_group": cur_hg,
-                "host_group": hg,
-            }
-        )
-    return {"changed": changed, "unchanged": unchanged, "kept": kept}
-
-
-def d_import(
-    state: ClusterState, changed: Sequence[Mapping[str, Any]], epoch: int, ts: Timestamp
-) -> LWWMap:
-    """The delta for :func:`plan_import`'s ``changed`` list (status under ``epoch``)."""
-    out: list[LWWMap] = []
-    for c in changed:
-        name = c["name"]
-        rec = state.node(name)
-        if rec is None:
-            inv = {
-                "status": c["status"],
-                "prev_status": INCOMPLETE,
-                "state": UNKNOWN,
-                "prev_state": UNKNOWN,
-                "epoch": epoch,
-            }
-            out.append(state.d_set(inventory_key(name), inv, ts))
-        elif status_of(rec) != c["status"]:
-            old = _inv(rec)
-            new = {**old, "prev_status": old["status"], "status": c["status"], "epoch": epoch}
-            out.append(state.d_set(inventory_key(name), new, ts))
-        if rec is None or host_group_of(rec) != c["host_group"] or not rec.host_group:
-            out.append(state.d_set(host_group_key(name), c["host_group"], ts))
-    return combine(*out)
 
 
 # --------------------------------------------------------------------------- forget

@@ -14,7 +14,7 @@ key                                    value                                    
 ``("n", node, "inv")``                 ``{status, prev_status, state, prev_state}`` LWW
                                        (``{forgotten: true}``: a forgotten node)
 ``("n", node, "mon")``                 ``{label, serial, addr}`` from Serf tags     LWW
-``("j", job_id)``                      job record (see ``gossipmgr.runtime.jobs``)         LWW
+``("j", job_id)``                      job record (``gossipmgr.core.job``)         LWW
 ``("cfg", "ansible")``                 the runtime ansible config section          LWW
 ``("lease",)``                         ``{holder, epoch, expires_ms}``             lease order
 =====================================  ==========================================  ==========
@@ -38,11 +38,12 @@ except :meth:`ClusterState.apply`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import ORDERS, Entry, Key, LWWMap
+from gossipmgr.core.job import JobRecord
+from gossipmgr.core.node import Inventory, Monitoring, NodeRecord, value_epoch
 
 GLOBAL = "g"
 NODE = "n"
@@ -79,15 +80,6 @@ def monitoring_key(node: str) -> Key:
 
 def job_key(job_id: str) -> Key:
     return (JOB, job_id)
-
-
-def value_epoch(value: Any) -> int:
-    """The lease epoch a record was written under (-1 when absent or malformed)."""
-    if isinstance(value, dict):
-        ep = value.get("epoch")
-        if type(ep) is int:
-            return ep
-    return -1
 
 
 def _name_rank(name: Any) -> tuple[int, ...]:
@@ -133,17 +125,6 @@ def valid_key(key: Key) -> bool:
         return n == 1
     # NODE
     return (n == 3 and key[2] in ("hg", "inv", "mon")) or (n == 4 and key[2] == "v")
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    """A read-only snapshot of one node's replicated parts."""
-
-    name: str
-    inventory: Mapping[str, Any] = field(default_factory=dict)
-    monitoring: Mapping[str, Any] = field(default_factory=dict)
-    host_group: str = ""
-    vars: Mapping[str, Any] = field(default_factory=dict)
 
 
 class ClusterState:
@@ -222,25 +203,25 @@ class ClusterState:
     def node(self, name: str) -> NodeRecord | None:
         if not self.has_node(name):
             return None
-        inv: dict[str, Any] = {}
-        mon: dict[str, Any] = {}
+        inv = Inventory()
+        mon: Monitoring | None = None
         hg = ""
         nvars: dict[str, Any] = {}
         for k in self._by_node.get(name, ()):
             e = self.map.entry(k)
             if e is None or e.deleted:
                 continue
-            kind = k[2]
             # A record of another shape (forged by a key holder, or written by another
             # version) reads as absent: readers, the reconcile among them, never raise.
-            if kind == "inv":
-                inv = dict(e.value) if isinstance(e.value, dict) else {}
-            elif kind == "mon":
-                mon = dict(e.value) if isinstance(e.value, dict) else {}
-            elif kind == "hg":
-                hg = str(e.value)
-            elif kind == "v":
-                nvars[k[3]] = e.value
+            match k[2]:
+                case "inv":
+                    inv = Inventory.from_value(e.value)
+                case "mon":
+                    mon = Monitoring.from_value(e.value)
+                case "hg":
+                    hg = str(e.value)
+                case "v":
+                    nvars[k[3]] = e.value
         return NodeRecord(name, inv, mon, hg, nvars)
 
     def nodes(self) -> Iterator[NodeRecord]:
@@ -249,12 +230,18 @@ class ClusterState:
             if rec is not None:
                 yield rec
 
-    def jobs(self) -> dict[str, dict[str, Any]]:
-        return {k[1]: dict(v) for k, v in sorted(self._live(JOB)) if isinstance(v, dict)}
+    def jobs(self) -> dict[str, JobRecord]:
+        """Every job record by id, in id order. A value of another shape (forged by a key
+        holder) is no job: see :meth:`JobRecord.from_value`."""
+        out: dict[str, JobRecord] = {}
+        for k, v in sorted(self._live(JOB)):
+            rec = JobRecord.from_value(v)
+            if rec is not None:
+                out[k[1]] = rec
+        return out
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        v = self.map.get(job_key(job_id))
-        return dict(v) if isinstance(v, dict) else None
+    def job(self, job_id: str) -> JobRecord | None:
+        return JobRecord.from_value(self.map.get(job_key(job_id)))
 
     def ansible_config(self) -> dict[str, Any] | None:
         v = self.map.get(ANSIBLE_CONFIG_KEY)

@@ -32,7 +32,8 @@ from gossipmgr.api.openapi import (
     ApiBlueprint,
     Schema,
 )
-from gossipmgr.core.inventory import check_import_entries, get_node, node_json
+from gossipmgr.core.inventory import get_node, node_json
+from gossipmgr.core.inventory_import import check_import_entries
 from gossipmgr.errors import BadRequest, NotFound
 
 bp = ApiBlueprint("nodes", __name__)

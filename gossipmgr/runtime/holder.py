@@ -1,0 +1,70 @@
+"""What every holder-only write of the job runtime shares.
+
+Jobs (``gossipmgr.runtime.jobs``), monitoring events (``health``) and inventory
+administration (``nodeadmin``) are accepted only by the lease holder and serialised by one
+lock, so that two concurrent requests cannot both pass the one-active-job check. The
+:class:`HolderGate` owns that lock, the lease checks, the counters they all report
+(``JobManager.counters``) and the one run this instance may have.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from gossipmgr.core.job import JobRecord
+from gossipmgr.core.lease import check_fence
+from gossipmgr.errors import Conflict, StaleEpoch, Unavailable
+from gossipmgr.runtime.joblog import Run
+from gossipmgr.runtime.replica import Replica
+
+
+class HolderGate:
+    """The request lock, the lease checks, the counters and the current run."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.lock = trio.Lock()
+        self.counters: dict[str, int] = {
+            "jobs_started": 0,
+            "jobs_ended": 0,
+            "fenced": 0,  # writes refused because the lease moved on
+            "fenced_runs": 0,  # runs stopped because the lease moved on
+            "orphans": 0,
+            "reappear_jobs": 0,
+            "reappear_skipped": 0,
+        }
+        #: The job this instance runs now (its process tree may be alive).
+        self.run: Run | None = None
+
+    def epoch(self) -> int:
+        """The lease epoch if we hold it; raises Unavailable otherwise."""
+        lease = self.replica.lease()
+        if lease is None or not self.replica.is_holder():
+            who = lease.holder if lease is not None else "none"
+            raise Unavailable(f"not the lease holder; holder is {who}")
+        return lease.epoch
+
+    def fence(self, epoch: int, what: str) -> None:
+        """Raise StaleEpoch (and count it) unless we still hold the lease at ``epoch``."""
+        try:
+            check_fence(self.replica.lease(), epoch, self.replica.name, what)
+        except StaleEpoch:
+            self.counters["fenced"] += 1
+            raise
+
+    def active_record(self) -> JobRecord | None:
+        """The active (Queued/Running) job record, if any."""
+        active = [j for j in self.replica.state.jobs().values() if j.active]
+        return max(active, key=lambda j: j.id) if active else None
+
+    def check_idle(self) -> None:
+        """Raise Conflict (clusterm's text) while a job is active."""
+        rec = self.active_record()
+        if rec is not None:
+            raise Conflict(
+                f"there is already an active job, please try in sometime. Job: [{rec.desc}]"
+            )
+        if self.run is not None:  # our own run whose record was overtaken: still busy
+            raise Conflict(
+                f"there is already an active job, please try in sometime. Job: [{self.run.job_id}]"
+            )
