@@ -179,14 +179,9 @@ async def info_jobs() -> Response:
 
 
 def job_runner(info: Any) -> str | None:
-    """Which instance runs/ran a job (jobs.py names it ``runner``; ``holder`` tolerated)."""
-    if not isinstance(info, dict):
-        return None
-    for k in ("runner", "instance", "holder"):
-        v = info.get(k)
-        if isinstance(v, str) and v:
-            return v
-    return None
+    """Which instance runs/ran a job: the job record's ``runner``."""
+    v = info.get("runner") if isinstance(info, dict) else None
+    return v if isinstance(v, str) and v else None
 
 
 @bp.operation(
