@@ -11,7 +11,7 @@ from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.state import ClusterState, host_group_key, inventory_key, node_var_key
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound
 
-# The contract's table (clusterm-contract.md §1), written out independently of the code.
+# clusterm's table (docs/migrating-from-clusterm.md), written out independently of the code.
 CONTRACT_EDGES = {
     ("Incomplete", "Unallocated"),
     ("Unallocated", "Provisioning"),

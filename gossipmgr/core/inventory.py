@@ -94,7 +94,8 @@ __all__ = [  # with the vocabulary, defined with the records (core.node)
 ]
 # fmt: on
 
-#: The whole status machine (contract §1). A move to the same status is allowed in addition.
+#: The whole status machine (docs/migrating-from-clusterm.md, "Nodes and their status machine").
+#: A move to the same status is allowed in addition.
 TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
     INCOMPLETE: frozenset({UNALLOCATED}),
     UNALLOCATED: frozenset({PROVISIONING}),
@@ -115,7 +116,7 @@ class StatusPath:
     failure: str
 
 
-#: Workflow kind -> its status path (contract §2). "discover" changes no status: the node
+#: Workflow kind -> its status path (docs/workflows.md). "discover" changes no status: the node
 #: appears later through Serf. "reconfigure" is gossipmgr's own (clusterm issue #123): the
 #: configure playbook re-run on an Allocated node that came back; it parks the node in
 #: Maintenance like an update does, the only status an Allocated node may move to that
@@ -226,7 +227,7 @@ def finish_statuses(
 
 
 def node_json(rec: NodeRecord) -> dict[str, Any]:
-    """The contract's node shape (§1), as GET /info/node/{name} answers it."""
+    """clusterm's node shape, as GET /info/node/{name} answers it (docs/api.md)."""
     addr = rec.addr
     return {
         "monitoring_state": (rec.monitoring or Monitoring()).to_json(),
@@ -386,7 +387,7 @@ def _healthy_groups(state: ClusterState, exclude: Iterable[str]) -> tuple[list[s
 def check_workflow(
     state: ClusterState, kind: str, idents: Sequence[str], host_group: str = ""
 ) -> list[str]:
-    """clusterm's checks for commission, decommission and update (contract §2).
+    """clusterm's checks for commission, decommission and update (docs/workflows.md, "Checks").
 
     Returns the resolved node names. Raises CheckFailed with clusterm's text for the first
     failed check, in this order: at least one node, every node exists, every node
