@@ -73,6 +73,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -388,13 +389,7 @@ class NetnsCluster:
                 self.start(h.name)
             for h in self.nodes.values():
                 wait_for(
-                    lambda h=h: (
-                        nsexec(
-                            h.ns, "serf", "members", f"-rpc-addr=127.0.0.1:{RPC_PORT}", check=False
-                        ).returncode
-                        == 0
-                        or not h.alive
-                    ),
+                    partial(self._rpc_up_or_dead, h),
                     timeout,
                     f"node {h.name}'s serf RPC",
                 )
@@ -532,6 +527,12 @@ class NetnsCluster:
     # ------------------------------------------------------------------ processes
     def host(self, name: str) -> Host:
         return self.instances.get(name) or self.nodes[name]
+
+    @staticmethod
+    def _rpc_up_or_dead(h: Host) -> bool:
+        """A node's Serf RPC answers (or the node is down, which the caller sees next)."""
+        rpc = f"-rpc-addr=127.0.0.1:{RPC_PORT}"
+        return nsexec(h.ns, "serf", "members", rpc, check=False).returncode == 0 or not h.alive
 
     def start(self, name: str) -> None:
         """(Re)start a host's process (``ip netns exec`` execs in place: the pid is ours)."""

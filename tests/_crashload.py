@@ -213,7 +213,7 @@ def run_rep(
             return sorted(k for k, v in load.acked.items() if g.get(k) != v)
 
         try:
-            wait_for(lambda peer=peer: not missing(peer), 60, f"{peer} to hold every acked write")
+            wait_for(lambda: not missing(), 60, f"{peer} to hold every acked write")
         except TimeoutError:
             res.lost_on_peers[peer] = missing(peer)
     res.seconds = time.monotonic() - t0

@@ -40,7 +40,7 @@ PUT_ROUTES = ["/globals/k", "/node/node-0/extra_vars/k"]
 BODY_ROUTES = [("POST", p) for p in POST_ROUTES] + [("PUT", p) for p in PUT_ROUTES]
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
-json_values = st.recursive(
+json_values: st.SearchStrategy[Any] = st.recursive(
     json_scalars,
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
@@ -107,8 +107,8 @@ def refused_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes, 
             )
         )
         p = draw(st.sampled_from(["/commission/nodes", "/decommission/nodes", "/update/nodes"]))
-        body = {"nodes": names, "host_group": "service-master"}
-        return "POST", p, h, json.dumps(body).encode(), {422}
+        checks = {"nodes": names, "host_group": "service-master"}
+        return "POST", p, h, json.dumps(checks).encode(), {422}
     # wrong types for the route's fields
     body: dict[str, Any]
     if path in ("/commission/nodes", "/decommission/nodes", "/update/nodes"):
@@ -210,7 +210,7 @@ def _parses(b: bytes) -> bool:
         return False
 
 
-segments = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+segments = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
 
 
 @st.composite

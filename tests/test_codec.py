@@ -189,6 +189,7 @@ def test_trusted_decode_drops_tombstones_below_the_gc_horizon() -> None:
     m = decode_map_trusted(msgpack.packb([VERSION, 20, raw], use_bin_type=True))
     assert m.gc_horizon == 20
     assert m.entry(global_key("gone")) is None
-    assert m.entry(global_key("kept")) is not None and m.entry(global_key("kept")).deleted
+    kept = m.entry(global_key("kept"))
+    assert kept is not None and kept.deleted
     assert m.get(global_key("live")) == 1
     assert m == decode_map_untrusted(msgpack.packb([VERSION, 20, raw], use_bin_type=True))

@@ -185,6 +185,7 @@ def test_cut_over_a_contiv_fleet_by_mdns_import_clusterctl_and_update(tmp_path: 
             return job if job.get("status") not in (None, "Queued", "Running") else None
 
         job = wait_for(finished, 120, "the update job to finish", 0.5)
+        assert job is not None
         assert job["status"] == "Complete" and job["workflow"] == "update", job
         assert (hosts / UPDATED / "configured").exists(), job  # update's configure ran
         workflows = [j["workflow"] for j in cl.get("/info/jobs")["jobs"]]

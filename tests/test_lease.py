@@ -338,12 +338,8 @@ class LeaseSim:
         if is_holder(n, lease, cands, phys) and lease is not None and self.steps % 4 == 0:
             # An action under the lease: a fenced job record stamped with our epoch.
             self.actions.append((n, lease.epoch))
-            self.sim.write(
-                n,
-                lambda st, ts, e=lease.epoch: st.d_set(
-                    job_key("last-action"), {"by": n, "epoch": e}, ts
-                ),
-            )
+            action = {"by": n, "epoch": lease.epoch}
+            self.sim.write(n, lambda st, ts: st.d_set(job_key("last-action"), action, ts))
 
     def holders(self, group: set[str]) -> set[str]:
         out = set()

@@ -38,7 +38,7 @@ names = st.lists(texts, max_size=3)
 def old_job_value(**f: Any) -> dict[str, Any]:
     """A job record as gossipmgr wrote it before the typed records (its ``_launch`` literal,
     then ``dict.update`` for the tail and the end, which keep the key order)."""
-    extra = {k: f[k] for k in ("host_group", "addrs") if k in f}
+    extra: dict[str, Any] = {k: f[k] for k in ("host_group", "addrs") if k in f}
     return {
         "id": f["id"],
         "desc": f["desc"],
@@ -86,8 +86,9 @@ def test_a_stored_job_record_reads_and_writes_back_byte_for_byte(value: dict[str
     assert list(rec.to_value()) == list(value)  # field order too: the same msgpack bytes
     assert rec.to_json() == value  # served as stored (GET /info/job adds "logs")
     ts = Timestamp(1, 0, "a")
-    old = encode_map(LWWMap({("j", "x"): Entry(ts, value)}))
-    assert encode_map(LWWMap({("j", "x"): Entry(ts, rec.to_value())})) == old
+    key: tuple[str, ...] = ("j", "x")
+    old = encode_map(LWWMap({key: Entry(ts, value)}))
+    assert encode_map(LWWMap({key: Entry(ts, rec.to_value())})) == old
     again = decode_map_trusted(old).get(("j", "x"))  # as an old data directory reads back
     assert JobRecord.from_value(again) == rec
 
