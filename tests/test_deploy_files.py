@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gossipmgr import agent
 from gossipmgr.api import app as api
+from gossipmgr.cli import agent
 from gossipmgr.cli import main as cli
 from gossipmgr.config import AgentConfig, AnsibleConfig, load
 
