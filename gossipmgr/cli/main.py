@@ -189,6 +189,13 @@ def _ts(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _ago_ms(v: Any) -> str:
+    """``last_heard_ms_ago`` (what the agent sends) as "1.2s ago"; empty when unknown."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return f"{v / 1000:.1f}s ago"
+    return ""
+
+
 def _job_row(j: dict[str, Any]) -> list[Any]:
     return [
         j.get("id", ""),
@@ -435,7 +442,7 @@ def cmd_peers(c: Client, args: argparse.Namespace) -> int:
                 p.get("api_url", ""),
                 p.get("gossip_addr", ""),
                 p.get("lag", ""),
-                _ts(p.get("last_heard")),
+                _ago_ms(p.get("last_heard_ms_ago")),
                 p.get("auth_failures", 0) or "",
             ]
             for p in r.get("peers", [])
