@@ -34,6 +34,7 @@ from gossipmgr.clusterm.clusterctl import (
     render_node,
     render_nodes,
 )
+from gossipmgr.config import AnsibleConfig
 
 FIX = Path(__file__).parent / "fixtures" / "clusterctl"
 CASES = json.loads((FIX / "cases.json").read_text())
@@ -228,7 +229,8 @@ async def test_the_go_config_set_body_is_accepted_verbatim(tmp_path: Path) -> No
     """The exact bytes the Go clusterctl sends for `config set` (every section, the ones
     the file leaves out as zero values): accepted, only the ansible key changes."""
     body = (FIX / "golden" / "request-4.json").read_bytes()
-    async with standalone(tmp_path) as ctx:
+    # a config file with no extra-vars of its own: /config lists the file's too
+    async with standalone(tmp_path, ansible=AnsibleConfig()) as ctx:
         async with serving(create_app(ctx)) as url:
             before = ctx.config()
             async with httpx.AsyncClient() as c:
