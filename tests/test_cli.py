@@ -273,6 +273,10 @@ async def test_peers_shows_last_heard_against_the_real_wiring(tmp_path: Path) ->
                 await a.replica.wait_change()
         url = a.agent.api_url
         p = await trio.to_thread.run_sync(lambda: gm("peers", url=url))
+        # the typed record serves the JSON docs/api.md lists
+        listed = {"name", "api_url", "gossip_addr", "status", "self", "lag", "resyncing"}
+        listed |= {"last_heard_ms_ago", "auth_failures", "auth_failure_reasons"}
+        assert [set(peer) for peer in a.peers()] == [listed, listed]
     lines = ok(p).splitlines()
     col = lines[0].index("LAST-HEARD")
     rows = {ln.split()[0].lstrip("*"): ln for ln in lines[1:3]}
