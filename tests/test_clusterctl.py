@@ -35,6 +35,7 @@ from gossipmgr.clusterm.clusterctl import (
     render_nodes,
 )
 from gossipmgr.config import AnsibleConfig
+from gossipmgr.testing.standalone import fake_serf
 
 FIX = Path(__file__).parent / "fixtures" / "clusterctl"
 CASES = json.loads((FIX / "cases.json").read_text())
@@ -208,6 +209,10 @@ async def test_monitor_event_names_are_case_insensitive(tmp_path: Path) -> None:
         await add_nodes(ctx, 1)
         async with serving(create_app(ctx)) as url, httpx.AsyncClient() as c:
             for name, state in (("Disappeared", "Disappeared"), ("DISCOVERED", "Discovered")):
+                # Serf says the same (the holder's reconcile against Serf agrees)
+                fake_serf(ctx.agent).see(
+                    "node-0", status="alive" if state == "Discovered" else "failed"
+                )
                 r = await c.post(
                     url + "/monitor/event",
                     json={
