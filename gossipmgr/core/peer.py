@@ -31,24 +31,20 @@ class Peer:
     def to_json(self) -> dict[str, Any]:
         """The JSON the API serves (docs/api.md): an instance Serf does not list has no
         gossip figures (no ``resyncing``, ``last_heard_ms_ago`` or auth fields)."""
-        if not self.in_serf:
-            return {
-                "name": self.name,
-                "api_url": self.api_url,
-                "gossip_addr": self.gossip_addr,
-                "status": self.status,
-                "self": self.self_,
-                "lag": self.lag,
-            }
-        return {
-            "auth_failures": self.auth_failures,
-            "auth_failure_reasons": dict(self.auth_failure_reasons),
+        shown = {
             "name": self.name,
             "api_url": self.api_url,
             "gossip_addr": self.gossip_addr,
             "status": self.status,
             "self": self.self_,
             "lag": self.lag,
+        }
+        if not self.in_serf:
+            return shown
+        return {
+            "auth_failures": self.auth_failures,
+            "auth_failure_reasons": dict(self.auth_failure_reasons),
+            **shown,
             "resyncing": self.resyncing,
             "last_heard_ms_ago": self.last_heard_ms_ago,
         }

@@ -58,7 +58,27 @@ class SerfLink(Protocol):
         ...
 
 
-class EmbeddedSerf:
+class _SerfRpc:
+    """A Serf agent reached over RPC at ``rpc`` (with ``rpc_auth``, if it sets one)."""
+
+    process: SerfAgentProcess | None = None
+
+    def __init__(
+        self, name: str, rpc: tuple[str, int], rpc_auth: str | None, encrypted: bool | None
+    ) -> None:
+        self.name = name
+        self._rpc = rpc
+        self._auth = rpc_auth
+        self._encrypted = encrypted
+
+    def connector(self) -> Connect:
+        return serf_connector(*self._rpc, self._auth)
+
+    def encrypted(self) -> bool | None:
+        return self._encrypted
+
+
+class EmbeddedSerf(_SerfRpc):
     """A ``serf agent`` child we start and restart for ever (a failing first start too).
 
     ``make_process`` builds its supervisor from our member's tags (the agent knows the
@@ -75,20 +95,10 @@ class EmbeddedSerf:
         encrypted: bool,
         counters: dict[str, int],
     ) -> None:
-        self.name = name
+        super().__init__(name, rpc, rpc_auth, encrypted)
         self._make = make_process
-        self._rpc = rpc
-        self._auth = rpc_auth
-        self._encrypted = encrypted
         #: the agent's counters (``serf_restarts``)
         self.counters = counters
-        self.process: SerfAgentProcess | None = None
-
-    def connector(self) -> Connect:
-        return serf_connector(*self._rpc, self._auth)
-
-    def encrypted(self) -> bool | None:
-        return self._encrypted
 
     async def run(
         self,
@@ -110,23 +120,12 @@ class EmbeddedSerf:
             backoff = min(backoff * 2, SERF_RESTART_MAX_S)
 
 
-class ExternalSerf:
-    """An existing Serf agent (``--serf-rpc``): its node name must be ours."""
-
-    process = None
+class ExternalSerf(_SerfRpc):
+    """An existing Serf agent (``--serf-rpc``): its node name must be ours. Whether it
+    encrypts is known from its stats once it has answered."""
 
     def __init__(self, name: str, rpc: tuple[str, int], rpc_auth: str | None) -> None:
-        self.name = name
-        self._rpc = rpc
-        self._auth = rpc_auth
-        #: Whether the agent encrypts (from its stats), once known.
-        self._encrypted: bool | None = None
-
-    def connector(self) -> Connect:
-        return serf_connector(*self._rpc, self._auth)
-
-    def encrypted(self) -> bool | None:
-        return self._encrypted
+        super().__init__(name, rpc, rpc_auth, None)
 
     async def run(
         self,
