@@ -1,11 +1,15 @@
 """Standalone instances for tests and benchmarks: the agent's own wiring, Serf faked.
 
 :func:`standalone_agent` builds a :class:`gossipmgr.agent.Agent` from an ``AgentConfig``,
-exactly as ``gossipmgr agent`` does (the same replica, job manager, gossip over UDP on a free
+as ``gossipmgr agent`` does (the same replica, job manager, gossip over UDP on a free
 loopback port, lease loop, API context, API server on a free loopback port), except that
 its Serf connection is a :class:`~gossipmgr.testing.fakeserf.FakeSerf`: alone and healthy,
 or sharing a :class:`~gossipmgr.testing.fakeserf.FakeSerfCluster` with other instances.
 It waits until the instance holds the lease (``claim=True``) and stops it on exit.
+
+What differs from a daemon, on purpose: no signal handling (a test process keeps its
+own), no fsync and a faster job-log flush unless asked, and a day-long lease
+(:func:`standalone_config`; any config field can be passed).
 """
 
 from __future__ import annotations
