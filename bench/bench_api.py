@@ -1,7 +1,8 @@
 """API throughput: requests/s for GET /info/node/<n> and GET /info/nodes with 10,000 nodes.
 
-The server is the real app (Quart-Trio on hypercorn, shielded send) over a StandaloneContext
-whose replica holds 10,000 node records, written by direct commits (``inventory.d_discovered``
+The server is a standalone instance (gossipmgr.testing.standalone: the agent's own wiring,
+Quart-Trio on hypercorn with the shielded send, over a fake Serf) whose replica holds 10,000
+node records, written by direct commits (``inventory.d_discovered``
 deltas, in batches). Load comes from a SEPARATE process (this script with ``--worker``):
 asyncio + httpx with N concurrent keep-alive connections, for a fixed time, loopback only.
 The server and the load generator share the machine's cores, so the figures are a lower
@@ -119,50 +120,45 @@ async def populate(rep: Any, n: int, batch: int = 500) -> float:
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import trio
 
-    from gossipmgr.api import create_app, serve
     from gossipmgr.runtime.replica import Replica
-    from gossipmgr.testing.standalone import StandaloneContext
+    from gossipmgr.testing.standalone import standalone_agent, standalone_config
 
     with tempfile.TemporaryDirectory() as tmp:
-        rep = Replica("bench", data_dir=Path(tmp), fsync=False)
+        # The node records are written first, then the instance starts on them (restored
+        # from disk, as an agent restarts). Its Serf is a fake that lists no node: the
+        # reconcile would mark them Disappeared once absent for two push-pull intervals,
+        # 120 s with the wan profile, well after the runs below.
+        cfg = standalone_config(Path(tmp), "bench", serf_profile="wan")
+        rep = Replica("bench", data_dir=cfg.data_dir / "state", fsync=False)
         rep.open()
         try:
             fill_s = await populate(rep, args.nodes)
             assert len(rep.state.node_names()) == args.nodes
-            ctx = StandaloneContext(rep, None)
-            await ctx.claim_lease()
-            app = create_app(ctx)
-            stop = trio.Event()
-            rows: list[dict[str, Any]] = []
-            async with trio.open_nursery() as nursery:
-                url = await nursery.start(
-                    lambda task_status: serve(
-                        app, "127.0.0.1", 0, shutdown_trigger=stop.wait, task_status=task_status
-                    )
-                )
-                for kind, route, conns in (
-                    ("health", "GET /health", args.conns),
-                    ("node", "GET /info/node/<n>", args.conns),
-                    ("nodes", f"GET /info/nodes ({args.nodes} nodes)", args.nodes_conns),
-                ):
-                    cmd = [
-                        sys.executable,
-                        __file__,
-                        "--worker",
-                        url,
-                        kind,
-                        str(conns),
-                        str(args.seconds),
-                        str(args.nodes),
-                    ]
-                    with trio.fail_after(args.seconds * 4 + 60):
-                        proc = await trio.run_process(cmd, capture_stdout=True)
-                    res = json.loads(proc.stdout)
-                    rows.append({"route": route, "connections": conns, **res})
-                stop.set()
-            return {"fill_seconds": round(fill_s, 2), "rows": rows}
         finally:
             await rep.aclose()
+        async with standalone_agent(cfg) as agent:
+            url = agent.api_url
+            rows: list[dict[str, Any]] = []
+            for kind, route, conns in (
+                ("health", "GET /health", args.conns),
+                ("node", "GET /info/node/<n>", args.conns),
+                ("nodes", f"GET /info/nodes ({args.nodes} nodes)", args.nodes_conns),
+            ):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    url,
+                    kind,
+                    str(conns),
+                    str(args.seconds),
+                    str(args.nodes),
+                ]
+                with trio.fail_after(args.seconds * 4 + 60):
+                    proc = await trio.run_process(cmd, capture_stdout=True)
+                res = json.loads(proc.stdout)
+                rows.append({"route": route, "connections": conns, **res})
+            return {"fill_seconds": round(fill_s, 2), "rows": rows}
 
 
 def main() -> None:

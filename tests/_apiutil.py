@@ -1,8 +1,9 @@
 """Helpers shared by the API, API fuzz and CLI tests, and a standalone server for subprocesses.
 
 ``python tests/_apiutil.py --data DIR --url-file FILE [--token T] [--nodes N]`` runs one
-standalone gossipmgr API (real Replica on disk, real JobManager running the shipped
-playbooks against ansible_connection=local hosts) on 127.0.0.1, port 0, writes its URL to
+standalone gossipmgr instance (the agent's wiring over a fake Serf: real Replica on disk,
+real JobManager running the shipped playbooks against ansible_connection=local hosts) with
+its API on 127.0.0.1, port 0, writes its URL to
 FILE once bound, and serves until SIGTERM/SIGINT.
 """
 
@@ -19,11 +20,11 @@ from typing import Any
 import trio
 
 import gossipmgr
-from gossipmgr.api import create_app, serve
-from gossipmgr.runtime.ansible import AnsibleSettings
-from gossipmgr.runtime.jobs import JobManager
-from gossipmgr.runtime.replica import Replica
-from gossipmgr.testing.standalone import StandaloneContext
+from gossipmgr.api import serve
+from gossipmgr.config import AnsibleConfig
+from gossipmgr.runtime.context import AgentApiContext
+from gossipmgr.testing.fakeserf import FakeSerfCluster
+from gossipmgr.testing.standalone import fake_serf, standalone_agent, standalone_config
 
 PLAYBOOKS = Path(gossipmgr.__file__).parent / "playbooks"
 LOCAL_HOST_VARS = {
@@ -32,9 +33,10 @@ LOCAL_HOST_VARS = {
 }
 
 
-def ansible_settings(root: Path) -> AnsibleSettings:
-    return AnsibleSettings(
-        playbook_dir=PLAYBOOKS,
+def ansible_config(root: Path) -> AnsibleConfig:
+    """The [ansible] section of the tests' instances: the shipped playbooks against
+    ansible_connection=local hosts."""
+    return AnsibleConfig(
         host_vars=LOCAL_HOST_VARS,
         # the sample playbooks write their marker files under this root, not /tmp
         extra_variables={
@@ -55,38 +57,42 @@ async def standalone(
     *,
     token: str | None = None,
     claim: bool = True,
-    forward_to: str | None = None,
+    cluster: FakeSerfCluster | None = None,
     fsync: bool = False,
-) -> AsyncIterator[StandaloneContext]:
-    """A StandaloneContext over a Replica in ``root/name`` with a running JobManager.
+    **cfg_kw: Any,
+) -> AsyncIterator[AgentApiContext]:
+    """A standalone instance in ``root/name`` (gossipmgr.testing.standalone: the agent's
+    wiring over a fake Serf); yields its API context (``ctx.agent`` is the agent).
 
-    ``claim=False`` leaves the lease unclaimed: the instance is then not the holder and
-    forwards job requests to ``forward_to``."""
-    base = root / name
-    rep = Replica(name, data_dir=base / "data", fsync=fsync)
-    rep.open()
-    try:
-        jobs = JobManager(rep, lambda: ansible_settings(base), base / "work", log_flush_s=0.05)
-        ctx = StandaloneContext(rep, jobs, token=token, forward_to=forward_to)
-        if claim:
-            await ctx.claim_lease()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(jobs.run)
-            try:
-                yield ctx
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        await rep.aclose()
+    ``cluster``: a fake Serf cluster shared with other instances (they then gossip with
+    each other; give them one ``encrypt_key_file``). ``claim=False`` does not wait for
+    this instance to hold the lease."""
+    cfg_kw.setdefault("ansible", ansible_config(root / name))
+    cfg = standalone_config(root, name, token=token, **cfg_kw)
+    async with standalone_agent(cfg, cluster, claim=claim, fsync=fsync) as agent:
+        assert agent.api_ctx is not None
+        yield agent.api_ctx
 
 
-async def add_nodes(ctx: StandaloneContext, n: int, prefix: str = "node") -> list[str]:
-    """Discover ``n`` nodes through the real monitor-event path (holder only)."""
+async def add_nodes(ctx: AgentApiContext, n: int, prefix: str = "node") -> list[str]:
+    """Discover ``n`` nodes: they join the instance's (fake) Serf, as real nodes do, and are
+    recorded through the monitor-event path (holder only); returns once membership lists
+    them (so the periodic reconcile against Serf agrees with the inventory)."""
     nodes = [
         {"label": prefix, "serial": str(i), "addr": f"127.0.1.{i % 250 + 1}"} for i in range(n)
     ]
+    serf = fake_serf(ctx.agent)
+    for nd in nodes:
+        tags = {"NodeLabel": nd["label"], "NodeSerial": nd["serial"], "NodeAddr": nd["addr"]}
+        serf.cluster.set_member(f"{nd['label']}-{nd['serial']}", tags)
     res = await ctx.jobs.set_monitor_event("discovered", nodes)
-    return list(res["nodes"])
+    names = list(res["nodes"])
+    m = ctx.agent.membership
+    assert m is not None
+    with trio.fail_after(30):
+        while not all(nm in m.nodes and m.nodes[nm].up for nm in names):
+            await m.wait_polled()
+    return names
 
 
 @asynccontextmanager
@@ -110,14 +116,12 @@ async def _main(args: argparse.Namespace) -> None:
     async with standalone(root, token=args.token) as ctx:
         if args.nodes:
             await add_nodes(ctx, args.nodes)
-        app = create_app(ctx)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with serving(app) as url:
-                ctx.api_url = url
-                Path(args.url_file + ".tmp").write_text(url)
-                Path(args.url_file + ".tmp").rename(args.url_file)
-                async for _ in signals:
-                    break
+            url = ctx.agent.api_url  # the instance's own API server
+            Path(args.url_file + ".tmp").write_text(url)
+            Path(args.url_file + ".tmp").rename(args.url_file)
+            async for _ in signals:
+                break
 
 
 if __name__ == "__main__":

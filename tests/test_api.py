@@ -28,8 +28,16 @@ from gossipmgr.api import (
     spec_paths,
 )
 from gossipmgr.errors import ConfigError
-from gossipmgr.runtime.replica import Replica
-from gossipmgr.testing.standalone import StandaloneContext
+from gossipmgr.runtime.context import AgentApiContext
+from gossipmgr.testing.fakeserf import FakeSerfCluster
+from gossipmgr.testing.standalone import (
+    build,
+    fake_serf,
+    set_serf_healthy,
+    shared_key,
+    standalone_config,
+    wait_until_holder,
+)
 
 JSON = {"Content-Type": "application/json"}
 
@@ -93,15 +101,14 @@ async def api(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
             yield ctx, Caller(app, None)
         else:
             async with serving(app) as url:
-                ctx.api_url = url
                 yield ctx, Caller(app, url)
 
 
 # --------------------------------------------------------------------------- spec
 
 
-def test_openapi_lists_every_route_and_nothing_else() -> None:
-    app = create_app(StandaloneContext(Replica("x", data_dir=None)))
+def test_openapi_lists_every_route_and_nothing_else(tmp_path: Path) -> None:
+    app = create_app(AgentApiContext(build(standalone_config(tmp_path, "x"))))
     assert rule_paths(app) == spec_paths()
     assert len(spec_paths()) == 30
 
@@ -360,8 +367,15 @@ async def test_lease_reset_needs_the_token_refuses_an_acting_holder_unless_force
         assert st == 200, r
         assert (r["previous"]["holder"], r["lease"]["holder"]) == (held.holder, "")
         assert r["lease"]["epoch"] == held.epoch + 1 and not r["lease"]["valid"]
+        # The real lease loop: the only candidate claims the vacant lease at once.
         now = ctx.replica.lease()
-        assert now is not None and (now.holder, now.epoch) == ("", held.epoch + 1)
+        assert now is not None and (now.holder, now.epoch) in (
+            ("", held.epoch + 1),
+            (ctx.replica.name, held.epoch + 2),
+        )
+        await wait_until_holder(ctx.agent)
+        now = ctx.replica.lease()
+        assert now is not None and (now.holder, now.epoch) == (ctx.replica.name, held.epoch + 2)
 
 
 async def test_token_enforcement(tmp_path: Path) -> None:
@@ -396,7 +410,7 @@ async def test_token_enforcement(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- jobs
 
 
-async def _wait_job_ended(ctx: StandaloneContext, job_id: str) -> dict[str, Any]:
+async def _wait_job_ended(ctx: AgentApiContext, job_id: str) -> dict[str, Any]:
     with trio.fail_after(60):
         while True:
             rec = ctx.replica.state.job(job_id)
@@ -416,12 +430,16 @@ async def test_job_routes(api: Any) -> None:
     assert (st, r) == (422, {"error": 'node with name or address "zz" doesn\'t exists'})
     st, r = await call("POST", "/job/cancel")
     assert (st, r) == (409, {"error": "job is not Running"})
-    ctx.serf_ok = False
+    # Serf down here: the instance stops being a lease candidate, so it does not act (the
+    # real wiring answers "no lease holder is known", not the fake's "Serf" message).
+    await set_serf_healthy(ctx.agent, False)
+    await wait_until_holder(ctx.agent, False)
     st, r = await call(
         "POST", "/commission/nodes", {"nodes": ["node-0"], "host_group": "service-master"}
     )
-    assert st == 503 and "Serf" in r["error"]
-    ctx.serf_ok = True
+    assert st == 503 and "no lease holder is known" in r["error"]
+    await set_serf_healthy(ctx.agent, True)
+    await wait_until_holder(ctx.agent)
     assert ctx.replica.state.jobs() == {}
 
     st, job = await call(
@@ -449,6 +467,8 @@ async def test_job_routes(api: Any) -> None:
     assert n["inventory_state"]["status"] == "Allocated"
     st, r = await call("POST", "/decommission/nodes", {"nodes": ["node-0"]})
     assert (st == 422 and "only worker nodes" not in r["error"]) or st == 200
+    # node-2 fails in Serf, and the monitor event says so (the reconcile agrees)
+    fake_serf(ctx.agent).see("node-2", status="failed")
     st, r = await call("POST", "/monitor/event", {"monitor_event": {"name": "bogus", "nodes": []}})
     assert (st, r) == (400, {"error": 'Invalid or empty event name specified: "bogus"'})
     st, r = await call(
@@ -485,56 +505,76 @@ async def test_cancel_and_discover(tmp_path: Path) -> None:
 
 @pytest.mark.ansible
 async def test_forwarding_to_the_holder_and_log_proxy(tmp_path: Path) -> None:
-    async with standalone(tmp_path, "b", token="t") as holder:
+    """Two instances in one (fake) Serf cluster, gossiping for real: ``a`` holds the lease
+    (it claims first, and wins a concurrent claim by name order), ``b`` forwards to it."""
+    cluster = FakeSerfCluster()
+    key = shared_key(tmp_path)
+    async with standalone(
+        tmp_path, "a", token="t", cluster=cluster, encrypt_key_file=key
+    ) as holder:
         await add_nodes(holder, 2)
-        happ = create_app(holder)
-        async with serving(happ) as hurl:
-            holder.api_url = hurl
-            async with standalone(tmp_path, "a", token="t", claim=False, forward_to=hurl) as other:
-                oapp = create_app(other)
-                async with serving(oapp) as ourl:
-                    call = Caller(oapp, ourl, token="t")
-                    # refused by the holder: its status and text are relayed
-                    st, r = await call("POST", "/commission/nodes", {"nodes": []})
-                    assert (st, r) == (422, {"error": "atleast one node should be specified"})
-                    st, r = await call("POST", "/job/cancel")
-                    assert (st, r) == (409, {"error": "job is not Running"})
-                    # malformed bodies are refused locally, never forwarded
-                    st, r = await call("POST", "/commission/nodes", {"nodes": 7})
-                    assert st == 400
-                    # the token travels: without it, 401 here; a wrong one, 401 from there
-                    st, r = await Caller(oapp, ourl)("POST", "/job/cancel")
-                    assert st == 401
-                    # accepted by the holder: the job runs THERE
-                    st, job = await call(
-                        "POST",
-                        "/commission/nodes",
-                        {"nodes": ["node-0"], "host_group": "service-master"},
-                    )
-                    assert st == 200 and job["runner"] == "b"
-                    assert other.replica.state.jobs() == {}
-                    rec = await _wait_job_ended(holder, job["id"])
-                    assert rec["status"] == "Complete"
-                    # gossip stand-in: the non-holder learns the job record
-                    other.replica.state.apply(holder.replica.state.map)
-                    other.peer_urls["b"] = hurl
-                    st, text = await call("GET", f"/info/logs/{job['id']}")
-                    full = holder.jobs.log_path(job["id"]).read_text()
-                    assert st == 200 and text == full and len(full.splitlines()) > 3
-                    # a forwarded request reaching a non-holder is not forwarded again
-                    st, r = await call("POST", "/job/cancel", headers={FORWARDED_HEADER: "x"})
-                    assert st == 503 and "not the lease holder" in r["error"]
-                    # holder unreachable / unknown
-                    other.forward_to = "http://127.0.0.1:9"
-                    st, r = await call("POST", "/job/cancel")
-                    assert st == 503 and "cannot be reached" in r["error"]
-                    other.forward_to = None
-                    st, r = await call("POST", "/discover/nodes", {"addrs": ["127.0.0.9"]})
-                    assert st == 503 and "no lease holder is known" in r["error"]
-                    # the runner's API unknown: the replicated tail, with a note
-                    other.peer_urls.clear()
-                    st, text = await call("GET", f"/info/logs/{job['id']}")
-                    assert st == 200 and "replicated" in text.splitlines()[0]
+        hurl = holder.agent.api_url
+        async with standalone(
+            tmp_path, "b", token="t", claim=False, cluster=cluster, encrypt_key_file=key
+        ) as other:
+            with trio.fail_after(30):  # the holder's lease reaches b over gossip
+                while other.holder_api_url() != hurl:
+                    await other.replica.wait_change()
+            oapp = create_app(other)
+            async with serving(oapp) as ourl:
+                call = Caller(oapp, ourl, token="t")
+                # refused by the holder: its status and text are relayed
+                st, r = await call("POST", "/commission/nodes", {"nodes": []})
+                assert (st, r) == (422, {"error": "atleast one node should be specified"})
+                st, r = await call("POST", "/job/cancel")
+                assert (st, r) == (409, {"error": "job is not Running"})
+                # malformed bodies are refused locally, never forwarded
+                st, r = await call("POST", "/commission/nodes", {"nodes": 7})
+                assert st == 400
+                # the token travels: without it, 401 here; a wrong one, 401 from there
+                st, r = await Caller(oapp, ourl)("POST", "/job/cancel")
+                assert st == 401
+                # accepted by the holder: the job runs THERE
+                st, job = await call(
+                    "POST",
+                    "/commission/nodes",
+                    {"nodes": ["node-0"], "host_group": "service-master"},
+                )
+                assert st == 200 and job["runner"] == "a"
+                rec = await _wait_job_ended(holder, job["id"])
+                assert rec["status"] == "Complete"
+                # gossip: the non-holder learns the job record; the log comes from a's API
+                await _wait_job_ended(other, job["id"])
+                st, text = await call("GET", f"/info/logs/{job['id']}")
+                full = holder.jobs.log_path(job["id"]).read_text()
+                assert st == 200 and text == full and len(full.splitlines()) > 3
+                # a forwarded request reaching a non-holder is not forwarded again
+                st, r = await call("POST", "/job/cancel", headers={FORWARDED_HEADER: "x"})
+                assert st == 503 and "not the lease holder" in r["error"]
+                # holder unreachable: b's Serf advertises a's API at a dead port
+                serf = fake_serf(other.agent)
+                serf.see("a", api="http://127.0.0.1:9")
+                await _until(lambda: other.holder_api_url() == "http://127.0.0.1:9")
+                st, r = await call("POST", "/job/cancel")
+                assert st == 503 and "cannot be reached" in r["error"]
+                # holder unknown: b's Serf says a failed (a's renewals still arrive, so
+                # the lease is not vacant and b does not claim it)
+                serf.see("a", status="failed")
+                await _until(lambda: other.holder_api_url() is None)
+                st, r = await call("POST", "/discover/nodes", {"addrs": ["127.0.0.9"]})
+                assert st == 503 and "no lease holder is known" in r["error"]
+                # the runner's API unknown: the replicated tail, with a note
+                st, text = await call("GET", f"/info/logs/{job['id']}")
+                assert st == 200 and "replicated" in text.splitlines()[0]
+                assert other.replica.state.jobs().keys() == {job["id"]}
+                assert not other.replica.is_holder()
+
+
+async def _until(pred: Any) -> None:
+    """Wait (bounded) for a membership change to reach the instance's view."""
+    with trio.fail_after(30):
+        while not pred():  # noqa: ASYNC110 (state, not an event)
+            await trio.sleep(0.05)  # membership polls every 0.25 s
 
 
 # --------------------------------------------------------------------------- serving

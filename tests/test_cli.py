@@ -311,3 +311,36 @@ def test_import_command_is_hooked_in_lazily() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.splitlines() == ["[]", "f True gossipmgr.clusterm.importer"]
+
+
+async def test_peers_shows_last_heard_against_the_real_wiring(tmp_path: Path) -> None:
+    """Issue 15: `gossipmgr peers` showed an empty LAST-HEARD column against a real agent
+    (the agent sends ``last_heard_ms_ago``; the CLI read ``last_heard``, which only the old
+    hand-wired test context sent). Two instances built by the agent's own wiring (only Serf
+    is a fake, shared), gossiping over real UDP; the CLI, a subprocess, asks ``a``."""
+    import trio
+    from _apiutil import standalone
+
+    from gossipmgr.testing.fakeserf import FakeSerfCluster
+    from gossipmgr.testing.standalone import shared_key
+
+    cluster = FakeSerfCluster()
+    key = shared_key(tmp_path)
+    kw: dict[str, Any] = {"token": TOKEN, "cluster": cluster, "encrypt_key_file": key}
+    async with standalone(tmp_path, "a", **kw) as a, standalone(tmp_path, "b", claim=False, **kw):
+        with trio.fail_after(30):  # until a has heard from b over gossip
+            while not any(
+                p.name == "b" and p.last_heard_ms_ago is not None for p in a.peer_records()
+            ):
+                await a.replica.wait_change()
+        url = a.agent.api_url
+        p = await trio.to_thread.run_sync(lambda: gm("peers", url=url))
+        # the typed record serves the JSON docs/api.md lists
+        listed = {"name", "api_url", "gossip_addr", "status", "self", "lag", "resyncing"}
+        listed |= {"last_heard_ms_ago", "auth_failures", "auth_failure_reasons"}
+        assert [set(peer) for peer in a.peers()] == [listed, listed]
+    lines = ok(p).splitlines()
+    col = lines[0].index("LAST-HEARD")
+    rows = {ln.split()[0].lstrip("*"): ln for ln in lines[1:3]}
+    assert set(rows) == {"a", "b"}, lines
+    assert rows["b"][col:].split(), lines  # a LAST-HEARD value for the peer

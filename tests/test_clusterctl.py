@@ -32,6 +32,8 @@ from gossipmgr.clusterm.templates import (
     render_node,
     render_nodes,
 )
+from gossipmgr.config import AnsibleConfig
+from gossipmgr.testing.standalone import fake_serf
 
 FIX = Path(__file__).parent / "fixtures" / "clusterctl"
 CASES = json.loads((FIX / "cases.json").read_text())
@@ -205,6 +207,10 @@ async def test_monitor_event_names_are_case_insensitive(tmp_path: Path) -> None:
         await add_nodes(ctx, 1)
         async with serving(create_app(ctx)) as url, httpx.AsyncClient() as c:
             for name, state in (("Disappeared", "Disappeared"), ("DISCOVERED", "Discovered")):
+                # Serf says the same (the holder's reconcile against Serf agrees)
+                fake_serf(ctx.agent).see(
+                    "node-0", status="alive" if state == "Discovered" else "failed"
+                )
                 r = await c.post(
                     url + "/monitor/event",
                     json={
@@ -226,7 +232,8 @@ async def test_the_go_config_set_body_is_accepted_verbatim(tmp_path: Path) -> No
     """The exact bytes the Go clusterctl sends for `config set` (every section, the ones
     the file leaves out as zero values): accepted, only the ansible key changes."""
     body = (FIX / "golden" / "request-4.json").read_bytes()
-    async with standalone(tmp_path) as ctx:
+    # a config file with no extra-vars of its own: /config lists the file's too
+    async with standalone(tmp_path, ansible=AnsibleConfig()) as ctx:
         async with serving(create_app(ctx)) as url:
             before = ctx.config()
             async with httpx.AsyncClient() as c:

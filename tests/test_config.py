@@ -69,7 +69,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_agent_help_documents_every_option() -> None:
-    from gossipmgr.agent import OPTIONS
+    from gossipmgr.daemon import OPTIONS
 
     out = run_cli("agent", "--help")
     assert out.returncode == 0

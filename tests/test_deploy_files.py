@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gossipmgr import agent, api
+from gossipmgr import api
+from gossipmgr import daemon as agent
 from gossipmgr.cli import main as cli
 from gossipmgr.config import AgentConfig, AnsibleConfig, load
 

@@ -18,10 +18,14 @@ from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.inventory import MASTER, check_moves, check_workflow, d_discovered, d_forget
 from gossipmgr.core.state import ClusterState, inventory_key
 from gossipmgr.errors import Conflict
+from gossipmgr.runtime.context import AgentApiContext
+from gossipmgr.testing.standalone import fake_serf
 
 
-async def _disappear(ctx: object, label: str, serial: str) -> None:
-    await ctx.jobs.set_monitor_event(  # type: ignore[attr-defined]
+async def _disappear(ctx: AgentApiContext, label: str, serial: str) -> None:
+    """The node fails in Serf (so the holder's reconcile agrees) and the event says so."""
+    fake_serf(ctx.agent).see(f"{label}-{serial}", status="failed")
+    await ctx.jobs.set_monitor_event(
         "disappeared", [{"label": label, "serial": serial, "addr": ""}]
     )
 
@@ -68,6 +72,7 @@ async def test_forget_a_gone_node_and_commission_it_when_it_comes_back(tmp_path:
             assert (await c.get(url + "/info/node/node-0")).status_code == 404
 
             # it comes back: a new node, its old vars gone, and it can be commissioned
+            fake_serf(ctx.agent).see("node-0", status="alive")
             await ctx.jobs.set_monitor_event(
                 "discovered", [{"label": "node", "serial": "0", "addr": "127.0.1.1"}]
             )

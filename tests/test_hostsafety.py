@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,20 +26,18 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from _apiutil import LOCAL_HOST_VARS, add_nodes, serving
+from _apiutil import LOCAL_HOST_VARS, add_nodes, serving, standalone
 
 from gossipmgr.api import create_app
+from gossipmgr.config import AnsibleConfig
 from gossipmgr.core.state import global_key
 from gossipmgr.localcluster import free_port
 from gossipmgr.runtime.ansible import (
-    AnsibleSettings,
     mark_unsafe,
     refused_client_vars,
     split_config_vars,
 )
-from gossipmgr.runtime.jobs import JobManager
-from gossipmgr.runtime.replica import Replica
-from gossipmgr.testing.standalone import StandaloneContext
+from gossipmgr.runtime.context import AgentApiContext
 
 PLAYBOOKS = Path(__file__).parent / "playbooks_hostsafety"
 
@@ -58,43 +56,29 @@ async def api_over_http(
     root: Path,
     host_vars: dict[str, Any],
     client_config: dict[str, Any] | None = None,
-    **ctx_kw: Any,
-) -> AsyncIterator[tuple[StandaloneContext, httpx.AsyncClient]]:
+    allowed_client_vars: Collection[str] = (),
+) -> AsyncIterator[tuple[AgentApiContext, httpx.AsyncClient]]:
     """A standalone instance (holder, nodes node-0 and node-1) over real HTTP. The job
     settings are the test's: ``host_vars`` from the harness, ``out_dir`` from the
-    operator, ``client_config`` as if set through POST /config."""
-    rep = Replica("i1", data_dir=root / "data")
-    rep.open()
+    operator (the config file's [ansible] section), ``client_config`` set through the
+    context as POST /config sets it."""
     out = root / "out"
     out.mkdir()
-
-    def settings() -> AnsibleSettings:
-        extra: dict[str, Any] = {}
+    ansible = AnsibleConfig(
+        host_vars=host_vars,
+        extra_variables={"out_dir": str(out)},  # the operator's: templatable
+        timeout_s=120,
+        allow_client_vars=tuple(allowed_client_vars),
+    )
+    async with standalone(root, ansible=ansible, playbook_dir=PLAYBOOKS) as ctx:
         if client_config:
-            extra["client_extra_variables"] = client_config
-        return AnsibleSettings(
-            playbook_dir=PLAYBOOKS,
-            host_vars=host_vars,
-            extra_variables={"out_dir": str(out)},  # the operator's: templatable
-            timeout_s=120,
-            **extra,
-        )
-
-    try:
-        jobs = JobManager(rep, settings, root / "work", log_flush_s=0.05)
-        ctx = StandaloneContext(rep, jobs, **ctx_kw)
-        await ctx.claim_lease()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(jobs.run)
-            await add_nodes(ctx, 2)
-            async with serving(create_app(ctx)) as url, httpx.AsyncClient(base_url=url) as c:
-                yield ctx, c
-            nursery.cancel_scope.cancel()
-    finally:
-        await rep.aclose()
+            await ctx.set_ansible_config({"extra_variables": json.dumps(client_config)})
+        await add_nodes(ctx, 2)
+        async with serving(create_app(ctx)) as url, httpx.AsyncClient(base_url=url) as c:
+            yield ctx, c
 
 
-async def wait_job(ctx: StandaloneContext, job_id: str) -> dict[str, Any]:
+async def wait_job(ctx: AgentApiContext, job_id: str) -> dict[str, Any]:
     with trio.fail_after(90):
         while True:
             rec = ctx.replica.state.job(job_id)

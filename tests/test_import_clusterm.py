@@ -24,7 +24,10 @@ from gossipmgr.api import create_app
 from gossipmgr.cli.client import Client, CliError
 from gossipmgr.clusterm.bolt import _LEAF_ELEM, _META, _PAGE_HDR, BUCKET_LEAF, BoltError, BoltFile
 from gossipmgr.clusterm.importer import import_clusterm, read_assets
-from gossipmgr.testing.standalone import StandaloneContext
+from gossipmgr.config import AnsibleConfig
+from gossipmgr.runtime.context import AgentApiContext
+from gossipmgr.testing.fakeserf import FakeSerfCluster
+from gossipmgr.testing.standalone import shared_key
 
 FIX = Path(__file__).parent / "fixtures" / "clusterm-bolt"
 
@@ -162,7 +165,7 @@ async def _import(url: str, *args: Any, **kw: Any) -> tuple[int, list[str]]:
     return rc, lines
 
 
-def _statuses(ctx: StandaloneContext) -> dict[str, tuple[str, str, str]]:
+def _statuses(ctx: AgentApiContext) -> dict[str, tuple[str, str, str]]:
     out = {}
     for rec in ctx.replica.state.nodes():
         out[rec.name] = (
@@ -256,18 +259,24 @@ async def test_import_large_inventory_idempotent_and_dry_run(tmp_path: Path) -> 
 
 
 async def test_import_through_a_non_holder_is_forwarded(tmp_path: Path) -> None:
-    async with standalone(tmp_path, "b") as holder:
-        async with serving(create_app(holder)) as hurl:
-            async with standalone(tmp_path, "a", claim=False, forward_to=hurl) as other:
-                async with serving(create_app(other)) as ourl:
-                    rc, out = await _import(ourl, str(FIX / "small.db"))
-                    assert rc == 0, out
-                    assert other.replica.state.node_names() == []
-                    assert _statuses(holder) == {
-                        "cluster-node1-01": ("Unallocated", "Unknown", "service-master"),
-                        "cluster-node2-02": ("Allocated", "Unknown", "service-master"),
-                        "cluster-node3-03": ("Allocated", "Unknown", "service-master"),
-                    }
+    """``a`` holds the lease, ``b`` (same fake Serf cluster, real gossip) forwards to it."""
+    kw: dict[str, Any] = {"cluster": FakeSerfCluster(), "encrypt_key_file": shared_key(tmp_path)}
+    async with standalone(tmp_path, "a", **kw) as holder:
+        async with standalone(tmp_path, "b", claim=False, **kw) as other:
+            with trio.fail_after(30):  # the holder's lease reaches b over gossip
+                while other.holder_api_url() != holder.agent.api_url:
+                    await other.replica.wait_change()
+            async with serving(create_app(other)) as ourl:
+                rc, out = await _import(ourl, str(FIX / "small.db"))
+                assert rc == 0, out
+                # written by the holder only (b has them by gossip, if at all yet)
+                writers = {e.ts.node for _, e in other.replica.state.map.items()}
+                assert writers <= {"a"}, writers
+                assert _statuses(holder) == {
+                    "cluster-node1-01": ("Unallocated", "Unknown", "service-master"),
+                    "cluster-node2-02": ("Allocated", "Unknown", "service-master"),
+                    "cluster-node3-03": ("Allocated", "Unknown", "service-master"),
+                }
 
 
 async def test_bad_import_requests_are_refused_and_change_nothing(tmp_path: Path) -> None:
@@ -310,7 +319,8 @@ async def test_import_conf_sets_the_ansible_section(tmp_path: Path) -> None:
             }
         )
     )
-    async with standalone(tmp_path) as ctx:
+    # a config file with no extra-vars of its own: /config lists the file's too
+    async with standalone(tmp_path, ansible=AnsibleConfig()) as ctx:
         ctx_cfg = ctx.config()["ansible"]
         assert ctx_cfg.get("user", "") != "cluster-admin"
         async with serving(create_app(ctx)) as url:

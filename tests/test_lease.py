@@ -19,6 +19,7 @@ from gossipmgr.core.lease import (
     check_fence,
     decide,
     is_holder,
+    reconcile_due,
     reset,
 )
 from gossipmgr.core.state import LEASE_KEY, ClusterState, job_key, lease_rank
@@ -441,3 +442,15 @@ def test_1000_lease_schedules_one_holder_growing_epochs_fenced_actions() -> None
 def test_100_lease_schedules_with_three_phantom_candidates_sorted_first() -> None:
     for seed in range(100):
         run_lease_schedule(seed, phantoms=3)
+
+
+def test_reconcile_is_due_at_takeover_when_asked_and_then_periodically() -> None:
+    # at takeover: an epoch not reconciled under yet
+    assert reconcile_due(3, 2, now=10.0, last=9.0, every=5.0, soon=False)
+    # same epoch, recent, not asked: not due
+    assert not reconcile_due(3, 3, now=10.0, last=9.0, every=5.0, soon=False)
+    # the instance set changed
+    assert reconcile_due(3, 3, now=10.0, last=9.0, every=5.0, soon=True)
+    # the period passed
+    assert reconcile_due(3, 3, now=14.5, last=9.0, every=5.0, soon=False)
+    assert not reconcile_due(3, 3, now=14.0, last=9.0, every=5.0, soon=False)

@@ -39,12 +39,13 @@ from gossipmgr.core.codec import (
 from gossipmgr.core.crdt import Entry, LWWMap
 from gossipmgr.core.state import ClusterState, global_key
 from gossipmgr.errors import BadPacket, ValueRefused, ValueTooLarge
-from gossipmgr.gossip.crypto import Keyring
+from gossipmgr.gossip.crypto import load_keyring_file
 from gossipmgr.gossip.protocol import MAX_MESSAGE_BYTES, AntiEntropy, GossipConfig
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
+from gossipmgr.runtime.context import AgentApiContext
 from gossipmgr.runtime.replica import Replica, check_writable
-from gossipmgr.testing.standalone import StandaloneContext
+from gossipmgr.testing.standalone import fake_serf, shared_key
 
 
 class Pair:
@@ -53,7 +54,7 @@ class Pair:
 
     def __init__(
         self,
-        ctx: StandaloneContext,
+        ctx: AgentApiContext,
         url: str,
         a: GossipService,
         b: GossipService,
@@ -75,21 +76,23 @@ class Pair:
 
 @contextlib.asynccontextmanager
 async def pair(tmp: Path) -> AsyncIterator[Pair]:
-    key = os.urandom(32)
+    """``a``: a standalone instance (the agent's wiring; its gossip service is ``p.a``).
+    ``b``: a bare replica gossiping with it, listed in a's (fake) Serf as an instance."""
+    key_file = shared_key(tmp)
     async with contextlib.AsyncExitStack() as stack:
-        ctx = await stack.enter_async_context(standalone(tmp))
+        ctx = await stack.enter_async_context(standalone(tmp, encrypt_key_file=key_file))
+        a = ctx.agent.gossip
+        assert a is not None
         rb = Replica("b", data_dir=None)
         rb.open()
-        ta = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
         tb = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
-        a = GossipService(ctx.replica, ta, Keyring(key), boot_ms=ctx.replica.now_ms())
-        b = GossipService(rb, tb, Keyring(key), boot_ms=rb.now_ms())
-        addrs = {"i1": a.local_addr, "b": b.local_addr}
-        a.set_peers(addrs)
-        b.set_peers(addrs)
+        b = GossipService(rb, tb, load_keyring_file(key_file), boot_ms=rb.now_ms())
+        b.set_peers({"i1": a.local_addr})
         async with trio.open_nursery() as nursery:
-            await nursery.start(a.run)
             await nursery.start(b.run)
+            host, port = b.local_addr
+            tags = {"role": "gossipmgr", "gossip": f"{host}:{port}", "api": "", "boot": "1"}
+            fake_serf(ctx.agent).cluster.set_member("b", tags)
             async with (
                 serving(create_app(ctx)) as url,
                 httpx.AsyncClient(base_url=url, timeout=60) as c,

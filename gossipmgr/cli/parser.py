@@ -24,7 +24,7 @@ DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
 SUBCOMMAND_MODULES: dict[str, tuple[str, str]] = {
     "import": ("gossipmgr.clusterm.importer", "import another manager's inventory"),
-    "agent": ("gossipmgr.agent", "run the gossipmgr daemon"),
+    "agent": ("gossipmgr.daemon", "run the gossipmgr daemon"),
     "demo": ("gossipmgr.demo", "run a local demo cluster through its workflows"),
 }
 #: Global options that take a value (to find the command word in argv without parsing).

@@ -244,3 +244,12 @@ def check_fence(lease: Lease | None, epoch: int, holder: str, what: str = "actio
         return
     if epoch < lease.epoch or (epoch == lease.epoch and holder != lease.holder):
         raise StaleEpoch(epoch, lease.epoch, what)
+
+
+def reconcile_due(
+    epoch: int, reconciled_epoch: int, now: float, last: float, every: float, soon: bool
+) -> bool:
+    """Whether the holder reconciles inventory against Serf now: at takeover (an epoch it
+    has not reconciled under), when asked ``soon`` (the instance set changed), and then
+    every ``every`` seconds (``now`` and ``last``, the previous reconcile, in seconds)."""
+    return epoch != reconciled_epoch or soon or now - last > every

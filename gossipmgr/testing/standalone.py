@@ -1,125 +1,135 @@
-"""A standalone API context: one replica and a job manager, alone (tests, bench)."""
+"""Standalone instances for tests and benchmarks: the agent's own wiring, Serf faked.
+
+:func:`standalone_agent` builds a :class:`gossipmgr.agent.Agent` from an ``AgentConfig``,
+as ``gossipmgr agent`` does (the same replica, job manager, gossip over UDP on a free
+loopback port, lease loop, API context, API server on a free loopback port), except that
+its Serf connection is a :class:`~gossipmgr.testing.fakeserf.FakeSerf`: alone and healthy,
+or sharing a :class:`~gossipmgr.testing.fakeserf.FakeSerfCluster` with other instances.
+It waits until the instance holds the lease (``claim=True``) and stops it on exit.
+
+What differs from a daemon, on purpose: no signal handling (a test process keeps its
+own), no fsync and a faster job-log flush unless asked, and a day-long lease
+(:func:`standalone_config`; any config field can be passed).
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Collection, Mapping
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from gossipmgr.core.lease import Lease, LeaseConfig
-from gossipmgr.core.state import ANSIBLE_CONFIG_KEY
-from gossipmgr.runtime.replica import Replica
+import trio
 
-#: A standalone instance's lease: it is alone, so nobody competes for it; a day keeps it
-#: valid through any test or demo, and a later real cluster sees a holder that is not a
-#: candidate, i.e. a vacant lease, and claims epoch + 1 at once (lease.vacant).
+from gossipmgr.agent import Agent
+from gossipmgr.config import AgentConfig, AnsibleConfig
+from gossipmgr.gossip.crypto import generate_key
+from gossipmgr.testing.fakeserf import FakeSerf, FakeSerfCluster
+
+#: How long an instance may take to start and claim the lease (it claims on its first
+#: lease-loop turn once its fake Serf lists it: well under a second unloaded).
+START_TIMEOUT_S = 30.0
+#: A standalone instance's lease TTL: a day keeps it valid through any test or benchmark.
 STANDALONE_LEASE_MS = 24 * 3600 * 1000
 
 
-class StandaloneContext:
-    """An :class:`ApiContext` over one Replica and one job manager, alone in its cluster.
+def standalone_config(
+    root: Path,
+    name: str = "i1",
+    *,
+    token: str | None = None,
+    ansible: AnsibleConfig | None = None,
+    encrypt_key_file: Path | None = None,
+    **kw: Any,
+) -> AgentConfig:
+    """An instance's config under ``root/name``: API and gossip on free loopback ports;
+    ``token`` in a file (None: ``no_auth``); ``kw``: any other ``AgentConfig`` field.
 
-    It holds the lease (call :meth:`claim_lease` once the replica is open), says Serf is
-    healthy (``serf_ok``, settable to test 503s), and has no peers but itself. Used by the
-    tests and the demo; the agent has its own context. It owns nothing: the caller opens
-    and closes the replica and the job manager.
+    The lease lasts a day and is renewed only at its end (``STANDALONE_LEASE_MS``), so a
+    test sees no renewal writes; a test of lease timing passes its own."""
+    kw.setdefault("lease_ttl_ms", STANDALONE_LEASE_MS)
+    kw.setdefault("lease_renew_ms", STANDALONE_LEASE_MS - 1)
+    base = root / name
+    base.mkdir(parents=True, exist_ok=True)
+    token_file = None
+    if token is not None:
+        token_file = base / "api.token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+    return AgentConfig(
+        name=name,
+        data_dir=base / "data",
+        api_addr="127.0.0.1:0",
+        gossip_addr="127.0.0.1:0",
+        api_token_file=token_file,
+        no_auth=token is None,
+        encrypt_key_file=encrypt_key_file,
+        ansible=ansible if ansible is not None else AnsibleConfig(),
+        **kw,
+    )
 
-    ``forward_to``: pretend the lease holder's API is at this URL (tests of forwarding run
-    two standalone contexts, one of which does not claim the lease).
+
+def shared_key(root: Path) -> Path:
+    """A gossip key file for instances of one test that gossip with each other."""
+    path = root / "gossip.key"
+    if not path.exists():
+        path.write_text(generate_key() + "\n")
+        path.chmod(0o600)
+    return path
+
+
+def build(cfg: AgentConfig, cluster: FakeSerfCluster | None = None, **agent_kw: Any) -> Agent:
+    """The agent for ``cfg`` over a fake Serf (in ``cluster``, else alone). Not started."""
+    return Agent(cfg, serf=FakeSerf(cfg.name, cluster), **agent_kw)
+
+
+async def wait_until_holder(agent: Agent, holder: bool = True) -> None:
+    """Wait (bounded) until ``agent`` does (or does not) hold the lease."""
+    with trio.fail_after(START_TIMEOUT_S):
+        while agent.replica.is_holder() != holder:  # noqa: ASYNC110 (state, not an event)
+            await trio.sleep(0.05)  # the lease loop decides every 250 ms
+
+
+@asynccontextmanager
+async def standalone_agent(
+    cfg: AgentConfig,
+    cluster: FakeSerfCluster | None = None,
+    *,
+    claim: bool = True,
+    fsync: bool = False,
+    log_flush_s: float = 0.05,
+) -> AsyncIterator[Agent]:
+    """Run the agent for ``cfg`` over a fake Serf until the block ends.
+
+    ``claim``: wait until it holds the lease (as it does at once when alone). ``fsync``
+    and ``log_flush_s`` default to a test's speed, not a daemon's durability.
     """
+    agent = build(cfg, cluster, fsync=fsync, log_flush_s=log_flush_s)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(START_TIMEOUT_S):
+            await nursery.start(
+                lambda task_status: agent.run(signals=False, task_status=task_status)
+            )
+        try:
+            if claim:
+                await wait_until_holder(agent)
+            yield agent
+        finally:
+            nursery.cancel_scope.cancel()
 
-    def __init__(
-        self,
-        replica: Replica,
-        jobs: Any = None,
-        *,
-        token: str | None = None,
-        api_url: str | None = None,
-        forward_to: str | None = None,
-        ansible: Mapping[str, Any] | None = None,
-        serf_ok: bool = True,
-        forward_verify: Any = True,
-        allowed_client_vars: Collection[str] = (),
-    ) -> None:
-        self.replica = replica
-        self.allowed_client_vars = frozenset(allowed_client_vars)
-        self.jobs = jobs
-        self.token = token
-        self.api_url = api_url
-        self.forward_to = forward_to
-        self.serf_ok = serf_ok
-        self.forward_verify = forward_verify
-        self.started = time.time()
-        self._ansible = dict(ansible or {})
-        self.peer_urls: dict[str, str] = {}
 
-    async def claim_lease(self, ttl_ms: int = STANDALONE_LEASE_MS) -> Lease:
-        """Take the lease (epoch + 1) as the only candidate. Returns it once durable."""
-        rep = self.replica
-        # No lease loop renews it: the replica's TTL is this one (its bound on expiry).
-        rep.lease_cfg = LeaseConfig(ttl_ms=ttl_ms, renew_ms=ttl_ms)
-        old = rep.lease()
-        new = Lease(rep.name, (old.epoch + 1) if old else 1, rep.now_ms() + ttl_ms)
-        from gossipmgr.core.state import LEASE_KEY
+def fake_serf(agent: Agent) -> FakeSerf:
+    """The fake Serf connection of a standalone agent."""
+    link = agent.serf_link
+    assert isinstance(link, FakeSerf), "not a standalone agent"
+    return link
 
-        await rep.commit(lambda s, ts: s.d_set(LEASE_KEY, new.as_value(), ts))
-        return new
 
-    def peers(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": self.replica.name,
-                "api_url": self.api_url,
-                "gossip_addr": None,
-                "status": "alive",
-                "lag": 0,
-                "last_heard": time.time(),
-            }
-        ]
-
-    def serf_healthy(self) -> bool:
-        return self.serf_ok
-
-    def health(self) -> dict[str, Any]:
-        return {"uptime_s": round(time.time() - self.started, 3), "standalone": True}
-
-    def metrics_text(self) -> str:
-        rep = self.replica
-        lines = [
-            "# HELP gossipmgr_replica_entries Entries in the replicated map (tombstones too).",
-            "# TYPE gossipmgr_replica_entries gauge",
-            f"gossipmgr_replica_entries {len(rep.state)}",
-            "# HELP gossipmgr_nodes Nodes in the inventory.",
-            "# TYPE gossipmgr_nodes gauge",
-            f"gossipmgr_nodes {len(rep.state.node_names())}",
-        ]
-        for k, v in sorted(rep.counters.items()):
-            lines += [
-                f"# TYPE gossipmgr_replica_{k}_total counter",
-                f"gossipmgr_replica_{k}_total {v}",
-            ]
-        lines += [
-            "# TYPE gossipmgr_is_lease_holder gauge",
-            f"gossipmgr_is_lease_holder {int(rep.is_holder())}",
-        ]
-        return "\n".join(lines) + "\n"
-
-    def config(self) -> dict[str, Any]:
-        ans = self.replica.state.ansible_config()
-        return {
-            "serf": {"Addr": "", "AuthKey": "", "Timeout": 0},
-            "ansible": ans if ans is not None else dict(self._ansible),
-            "manager": {"addr": self.api_url or ""},
-        }
-
-    async def set_ansible_config(self, cfg: dict[str, Any]) -> None:
-        merged = {**self.config()["ansible"], **cfg}
-        await self.replica.commit(lambda s, ts: s.d_set(ANSIBLE_CONFIG_KEY, merged, ts))
-
-    def holder_api_url(self) -> str | None:
-        return None if self.replica.is_holder() else self.forward_to
-
-    def instance_api_url(self, name: str) -> str | None:
-        if name == self.replica.name:
-            return self.api_url
-        return self.peer_urls.get(name)
+async def set_serf_healthy(agent: Agent, healthy: bool) -> None:
+    """Make the agent's fake Serf (un)reachable and wait until its membership says so."""
+    fake_serf(agent).set_healthy(healthy)
+    m = agent.membership
+    assert m is not None
+    with trio.fail_after(START_TIMEOUT_S):
+        while m.healthy != healthy:  # noqa: ASYNC110 (a flag, no event to wait on)
+            await trio.sleep(0.02)  # the poller retries with backoff (0.1 s doubling)

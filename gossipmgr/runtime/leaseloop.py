@@ -1,0 +1,254 @@
+"""The lease and what its holder does: claim/renew, node health events, reconcile.
+
+Every instance runs :meth:`Holder.lease_loop`: each ``LEASE_LOOP_S`` it refreshes the gossip
+peers and lease candidates from Serf membership, writes what ``core.lease.decide`` says
+(a renewal or a claim) and, while it holds the lease and Serf answers, reconciles the
+inventory against Serf's member list (``core.lease.reconcile_due`` says when).
+:meth:`Holder.membership_loop` applies Serf's node events, on the holder only (a takeover
+reconciles whatever the others ignored).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from gossipmgr.core import inventory as inv
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due
+from gossipmgr.core.state import LEASE_KEY, ClusterState
+from gossipmgr.errors import GossipmgrError, StoreError
+from gossipmgr.gossip.service import GossipService
+from gossipmgr.runtime.jobs import JobManager
+from gossipmgr.runtime.replica import Replica
+from gossipmgr.serf.membership import (
+    PUSH_PULL_S,
+    Absences,
+    InstancesChanged,
+    MembershipEvent,
+    NodeEvent,
+    SerfMembership,
+)
+
+log = logging.getLogger("gossipmgr.agent")
+
+#: A lease candidate counts as live (first in the claim order) if we heard from it over
+#: gossip this recently. An idle live peer is heard at least every ~5 s (3 s until it is
+#: silent, then a digest probe every 2 s that it answers); twice that absorbs some loss.
+LIVE_PEER_MS = 10_000
+#: How often the lease loop decides (renewals are due every ~2.5 s; 250 ms keeps a
+#: takeover within a quarter second of the lease becoming claimable).
+LEASE_LOOP_S = 0.25
+#: The holder reconciles inventory against Serf at takeover, when the instance set changes
+#: (a heal merges another side's writes in) and then this often, so a health event lost
+#: anywhere (a Serf outage, a handover, the other side of a partition) is repaired within
+#: seconds. The partition suite measured 30 s of wrong state with a 30 s period.
+RECONCILE_EVERY_S = 5.0
+#: ...skipping nodes whose Serf status changed this recently: right after a heal the view
+#: is still settling, and acting on it flapped a dead node back to Discovered once.
+RECONCILE_SETTLE_S = 2.0
+#: ...and Discovered nodes our Serf agent does not list at all, until they have been absent
+#: from its list this many push-pull intervals (``PUSH_PULL_S``): our agent may simply not
+#: have heard of them yet. A node Serf lists as failed or left is acted on at once.
+ABSENT_GRACE_PUSH_PULLS = 2.0
+
+
+def absent_grace_s(serf_profile: str) -> float:
+    """Seconds a Discovered node must be missing from our Serf list before a reconcile
+    marks it Disappeared (an external Serf's profile is unknown: assume lan)."""
+    return ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(serf_profile, 30.0)
+
+
+class Holder:
+    """The lease loop and the node-event loop of one instance. Owns neither argument.
+
+    ``counters`` is the agent's (``lease_*``, ``node_events_*``, ``reconciles``), shared
+    with its metrics.
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        jobs: JobManager,
+        gossip: GossipService,
+        membership: SerfMembership,
+        counters: dict[str, int],
+        *,
+        absent_grace_s: float,
+    ) -> None:
+        self.replica = replica
+        self.jobs = jobs
+        self.gossip = gossip
+        self.membership = membership
+        self.counters = counters
+        self.absent_grace_s = absent_grace_s
+        self.reconcile_soon = False
+        self._absences = Absences()
+        self._bounded_seen: dict[str, Any] | None = None
+        self._was_holder = False
+        self._reconciled_epoch = -1
+        self._last_reconcile = 0.0
+
+    # ------------------------------------------------------------------ membership
+    def refresh_peers(self) -> None:
+        m = self.membership
+        if not m.healthy:
+            # Without Serf we cannot know who is alive: stop being a candidate (so we stop
+            # acting), but keep gossiping with the peers we last knew.
+            self.replica.candidates = []
+            return
+        alive = [i for i in m.instances if i.status == "alive"]
+        # Keep gossiping with instances Serf marks failed (memberlist's GossipToTheDead):
+        # after a partition the data heals when the network does, not at Serf's 30 s
+        # reconnect, and a cut-off holder learns of the newer lease at once. They are never
+        # lease candidates, and an unreachable one only costs its unacknowledged deltas
+        # (bounded by max_buffer) and a share of the periodic digests.
+        peers = {i.name: i.gossip_addr for i in (*alive, *m.view.failed_instances)}
+        self.gossip.set_peers(peers)
+        self.replica.candidates = candidates([i.name for i in alive])
+
+    async def membership_loop(self, events: trio.MemoryReceiveChannel[MembershipEvent]) -> None:
+        async for ev in events:
+            self.refresh_peers()
+            if isinstance(ev, InstancesChanged):
+                self.reconcile_soon = True
+            elif ev.kind in ("discovered", "disappeared"):
+                await self._node_event(ev)
+
+    async def _node_event(self, ev: NodeEvent) -> None:
+        if not self.replica.is_holder():
+            # The holder applies it; a takeover reconciles against Serf.
+            self.counters["node_events_ignored"] += 1
+            return
+        try:
+            await self.jobs.apply_node_event(ev.kind, ev.name, ev.label, ev.serial, ev.addr)
+            self.counters["node_events_applied"] += 1
+        except (GossipmgrError, StoreError) as exc:
+            log.error("%s: node event %s refused: %s", self.replica.name, ev, exc)
+
+    def alive_nodes(self) -> dict[str, tuple[str, str, str]]:
+        m = self.membership
+        return {n.name: (n.label, n.serial, n.addr) for n in m.nodes.values() if n.up}
+
+    def unsettled_nodes(self) -> set[str]:
+        now = trio.current_time()
+        known = self.membership.nodes
+        out = {n.name for n in known.values() if now - n.since < RECONCILE_SETTLE_S}
+        # Only nodes Serf does not list can be absent: look up just those (normally none),
+        # not every record (jobs.reconcile scans them all once already).
+        state = self.replica.state
+        unlisted = [
+            n
+            for n in state.node_names()
+            if n not in known
+            and (r := state.node(n)) is not None
+            and inv.state_of(r) == inv.DISCOVERED
+        ]
+        out |= self._absences.young(unlisted, known, now, self.absent_grace_s)
+        return out
+
+    # ------------------------------------------------------------------ lease
+    def _note_bounded_lease(self, lease: Lease | None) -> None:
+        """Log (once per entry) and count a lease whose expiry was cut by the bound."""
+        raw = self.replica.state.lease()
+        if lease is None or raw is None or raw.get("expires_ms") == lease.expires_ms:
+            return
+        if raw != self._bounded_seen:
+            self._bounded_seen = raw
+            self.counters["lease_bounded"] += 1
+            log.warning(
+                "%s: the lease entry (holder %r, epoch %d) expires %s ms ahead, more than a "
+                "TTL after it was written: read as expiring at %d (forged, or a peer with a "
+                "longer --lease-ttl-ms)",
+                self.replica.name,
+                lease.holder,
+                lease.epoch,
+                raw.get("expires_ms"),
+                lease.expires_ms,
+            )
+
+    async def lease_loop(self) -> None:
+        while True:
+            await self.step()
+            await trio.sleep(LEASE_LOOP_S)
+
+    async def step(self) -> None:
+        """One decision: refresh peers, renew or claim, reconcile if due."""
+        self.refresh_peers()
+        await self._decide()
+        holder = self.replica.is_holder()
+        if holder != self._was_holder:
+            log.warning(
+                "%s: %s the lease holder", self.replica.name, "now" if holder else "no longer"
+            )
+            self._was_holder = holder
+        if holder and self.membership.healthy and self.membership.polls > 0:
+            await self._maybe_reconcile()
+
+    async def _decide(self) -> None:
+        rep = self.replica
+        lease = rep.lease()
+        self._note_bounded_lease(lease)
+        new = decide(
+            rep.name,
+            lease,
+            rep.candidates,
+            rep.now_ms(),
+            rep.lease_cfg,
+            rep.state.max_record_epoch,
+            live=rep.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
+        )
+        if new is None:
+            return
+        renewal = lease is not None and lease.holder == rep.name
+        value = new.as_value()
+
+        def make(s: ClusterState, ts: Timestamp) -> LWWMap:
+            return s.d_set(LEASE_KEY, value, ts)
+
+        try:
+            await rep.commit(make)
+        except StoreError as exc:
+            log.error("%s: cannot write the lease: %s", rep.name, exc)
+            return
+        if renewal:
+            self.counters["lease_renewals"] += 1
+        else:
+            self.counters["lease_claims"] += 1
+            log.warning("%s: claimed the lease, epoch %d", rep.name, new.epoch)
+
+    async def _maybe_reconcile(self) -> None:
+        """At takeover (a new epoch) and then periodically: repair any health event lost
+        in the handover or during a Serf outage."""
+        current = self.replica.lease()
+        if current is None:
+            return
+        now = trio.current_time()
+        if not reconcile_due(
+            current.epoch,
+            self._reconciled_epoch,
+            now,
+            self._last_reconcile,
+            RECONCILE_EVERY_S,
+            self.reconcile_soon,
+        ):
+            return
+        self.reconcile_soon = False
+        try:
+            fixed = await self.jobs.reconcile(self.alive_nodes(), self.unsettled_nodes())
+        except (GossipmgrError, StoreError) as exc:
+            log.error("%s: reconcile failed: %s", self.replica.name, exc)
+            return
+        self.counters["reconciles"] += 1
+        if fixed["discovered"] or fixed["disappeared"]:
+            log.warning(
+                "%s: reconcile against Serf (epoch %d): discovered %s, disappeared %s",
+                self.replica.name,
+                current.epoch,
+                fixed["discovered"],
+                fixed["disappeared"],
+            )
+        self._reconciled_epoch, self._last_reconcile = current.epoch, now
