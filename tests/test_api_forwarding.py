@@ -4,12 +4,16 @@ route, with the same path parameters, as the client's request to the non-holder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
+import trio
 from _apiutil import serving, standalone
 
 from gossipmgr.api import create_app
+from gossipmgr.testing.fakeserf import FakeSerfCluster
+from gossipmgr.testing.standalone import shared_key
 
 #: Node names that are one path segment only once percent-encoded: a query mark, a
 #: fragment mark, a percent sign, a space, and a slash (node routes take the rest of the
@@ -18,11 +22,21 @@ NAMES = ["rack?1", "rack#2", "50%", "a b", "dc/r4", "nœud"]
 
 
 async def test_a_forwarded_node_route_keeps_the_node_name(tmp_path: Path) -> None:
+    """Two instances in one (fake) Serf cluster, gossiping for real: ``a`` holds the lease,
+    ``b`` forwards to it."""
     auth = {"Authorization": "Bearer t"}
-    async with standalone(tmp_path, "b", token="t") as holder:
-        async with serving(create_app(holder)) as hurl:
+    cluster = FakeSerfCluster()
+    kw: dict[str, Any] = {
+        "token": "t",
+        "cluster": cluster,
+        "encrypt_key_file": shared_key(tmp_path),
+    }
+    async with standalone(tmp_path, "a", **kw) as holder:
+        async with standalone(tmp_path, "b", claim=False, **kw) as other:
+            with trio.fail_after(30):  # the holder's lease reaches b over gossip
+                while other.holder_api_url() != holder.agent.api_url:
+                    await other.replica.wait_change()
             async with (
-                standalone(tmp_path, "a", token="t", claim=False, forward_to=hurl) as other,
                 serving(create_app(other)) as ourl,
                 httpx.AsyncClient(base_url=ourl, headers=auth) as c,
             ):
