@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,10 @@ def node_state(c: LocalCluster, inst: str, node: str) -> str | None:
     return None if rec is None else str(rec["inventory_state"]["state"])
 
 
+def node_state_is(c: LocalCluster, inst: str, node: str, want: str) -> bool:
+    return node_state(c, inst, node) == want
+
+
 def test_three_instances_find_each_other_and_converge(cluster: LocalCluster) -> None:
     start(cluster, "g1", "g2", "g3")
     wait_for(
@@ -72,7 +77,7 @@ def test_node_discovered_disappears_on_kill_and_comes_back(cluster: LocalCluster
     node = cluster.add_node("rack1", "0001")
     for inst in ("g1", "g2"):
         wait_for(
-            lambda inst=inst: node_state(cluster, inst, node.name) == "Discovered",
+            partial(node_state_is, cluster, inst, node.name, "Discovered"),
             20,
             f"{node.name} discovered at {inst}",
         )
@@ -82,14 +87,14 @@ def test_node_discovered_disappears_on_kill_and_comes_back(cluster: LocalCluster
     cluster.kill9_node(node.name)
     for inst in ("g1", "g2"):
         wait_for(
-            lambda inst=inst: node_state(cluster, inst, node.name) == "Disappeared",
+            partial(node_state_is, cluster, inst, node.name, "Disappeared"),
             30,
             f"{node.name} disappeared at {inst}",
         )
     cluster.start_node(node.name)
     for inst in ("g1", "g2"):
         wait_for(
-            lambda inst=inst: node_state(cluster, inst, node.name) == "Discovered",
+            partial(node_state_is, cluster, inst, node.name, "Discovered"),
             30,
             f"{node.name} back at {inst}",
         )
@@ -138,7 +143,7 @@ def test_holder_sigkill_hands_over_and_loses_no_health_event(cluster: LocalClust
     assert cluster.lease(new)["epoch"] > epoch
     for n in survivors:
         wait_for(
-            lambda n=n: node_state(cluster, n, node.name) == "Disappeared",
+            partial(node_state_is, cluster, n, node.name, "Disappeared"),
             30,
             f"node disappeared at {n} after the handover",
         )

@@ -15,7 +15,9 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgpack
@@ -29,6 +31,14 @@ HERE = Path(__file__).parent
 
 
 @pytest.fixture
+def _field_is(c: LocalCluster, inst: str, path: str, keys: tuple[str, ...], want: Any) -> bool:
+    """``GET path`` at ``inst`` has ``want`` under ``keys``."""
+    v: Any = c.get(inst, path)
+    for k in keys:
+        v = v[k]
+    return bool(v == want)
+
+
 def make_cluster(tmp_path: Path) -> Iterator[object]:
     made: list[LocalCluster] = []
 
@@ -155,13 +165,18 @@ def test_holder_killed_mid_job_orphan_errored_node_unallocated(make_cluster) -> 
     wait_for(lambda: c.holder(survivors) not in (None, holder), 30, "a new holder")
     for n in survivors:
         wait_for(
-            lambda n=n: c.get(n, f"/info/job/{job_id}")["status"] == "Errored",
+            partial(_field_is, c, n, f"/info/job/{job_id}", ("status",), "Errored"),
             30,
             f"the orphaned job Errored at {n}",
         )
         wait_for(
-            lambda n=n: (
-                c.get(n, f"/info/node/{node.name}")["inventory_state"]["status"] == "Unallocated"
+            partial(
+                _field_is,
+                c,
+                n,
+                f"/info/node/{node.name}",
+                ("inventory_state", "status"),
+                "Unallocated",
             ),
             30,
             f"the node back to Unallocated at {n}",

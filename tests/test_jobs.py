@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import pytest
 import trio
 import trio.testing
 
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.job import JOB_TRANSITIONS, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.lease import Lease, LeaseConfig
-from gossipmgr.core.state import LEASE_KEY, inventory_key, job_key
+from gossipmgr.core.state import LEASE_KEY, ClusterState, inventory_key, job_key
 from gossipmgr.errors import BadRequest, CheckFailed, Conflict, NotFound, Unavailable
 from gossipmgr.runtime.ansible import AnsibleSettings
 from gossipmgr.runtime.joblog import LOG_TAIL_LINES
@@ -31,6 +34,11 @@ from gossipmgr.runtime.replica import Replica
 LONG_LEASE = LeaseConfig(ttl_ms=2 * 10**9)
 
 DEADLINE_S = 10
+
+
+def _put(key: tuple[str, ...], value: Any, st: ClusterState, ts: Timestamp) -> LWWMap:
+    """A commit function writing one value (``partial(_put, key, value)``)."""
+    return st.d_set(key, value, ts)
 
 
 async def make_replica(path: Path, name: str = "a", holder: str | None = "a") -> Replica:
@@ -309,7 +317,7 @@ async def test_history_is_bounded(rep: Replica, tmp_path: Path) -> None:
             epoch=1,
             runner="a",
         )
-        await rep.commit(lambda st, ts, jid=jid, rec=rec: st.d_set(job_key(jid), rec, ts))
+        await rep.commit(partial(_put, job_key(jid), rec))
     (tmp_path / "work" / "jobs").mkdir(parents=True)
     jm.log_path(old[0]).write_text("old\n")
     async with trio.open_nursery() as nursery:

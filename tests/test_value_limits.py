@@ -331,7 +331,7 @@ def test_fragments_fit_a_datagram_with_the_longest_instance_name() -> None:
 
 # ------------------------------------------------------------------ round-trip fuzz
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 _scalars = (
     st.none()
     | st.booleans()
@@ -547,7 +547,8 @@ async def test_a_log_line_with_a_lone_surrogate_is_logged_and_replicable(tmp_pat
         run.file.close()
     assert run.path.read_text(encoding="utf-8") == "bytes ? from a node\n"
     ts = Timestamp(1, 0, "a")
-    check_writable(LWWMap({("j", "j1"): Entry(ts, {"log_tail": list(run.tail)})}))
+    key: tuple[str, ...] = ("j", "j1")
+    check_writable(LWWMap({key: Entry(ts, {"log_tail": list(run.tail)})}))
 
 
 def test_discover_address_dedup_is_linear() -> None:

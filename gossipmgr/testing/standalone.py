@@ -24,6 +24,7 @@ import trio
 from gossipmgr.agent import Agent
 from gossipmgr.config import AgentConfig, AnsibleConfig
 from gossipmgr.gossip.crypto import generate_key
+from gossipmgr.runtime.context import RunningAgent
 from gossipmgr.testing.fakeserf import FakeSerf, FakeSerfCluster
 
 #: How long an instance may take to start and claim the lease (it claims on its first
@@ -83,7 +84,7 @@ def build(cfg: AgentConfig, cluster: FakeSerfCluster | None = None, **agent_kw: 
     return Agent(cfg, serf=FakeSerf(cfg.name, cluster), **agent_kw)
 
 
-async def wait_until_holder(agent: Agent, holder: bool = True) -> None:
+async def wait_until_holder(agent: RunningAgent, holder: bool = True) -> None:
     """Wait (bounded) until ``agent`` does (or does not) hold the lease."""
     with trio.fail_after(START_TIMEOUT_S):
         while agent.replica.is_holder() != holder:  # noqa: ASYNC110 (state, not an event)
@@ -118,9 +119,9 @@ async def standalone_agent(
             nursery.cancel_scope.cancel()
 
 
-def fake_serf(agent: Agent) -> FakeSerf:
-    """The fake Serf connection of a standalone agent."""
-    link = agent.serf_link
+def fake_serf(agent: object) -> FakeSerf:
+    """The fake Serf connection of a standalone agent (``ctx.agent`` of its API context)."""
+    link = getattr(agent, "serf_link", None)
     assert isinstance(link, FakeSerf), "not a standalone agent"
     return link
 
