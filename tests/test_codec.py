@@ -140,6 +140,11 @@ def test_pure_modules_import_neither_trio_nor_socket() -> None:
         "gossipmgr.gossip.protocol",
         "gossipmgr.gossip.crypto",
         "gossipmgr.core.inventory",
+        "gossipmgr.core.orders",
+        "gossipmgr.gossip.datagram",
+        "gossipmgr.gossip.keys",
+        "gossipmgr.testing.netsim",
+        "gossipmgr.testing.sim",
     ]
     code = (
         "import sys, importlib\n"

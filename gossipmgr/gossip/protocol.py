@@ -62,7 +62,7 @@ from gossipmgr.core.codec import entries_from_wire_untrusted, entry_to_wire, unp
 from gossipmgr.core.crdt import FANOUT, Entry, Key, LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket, ClockError
-from gossipmgr.gossip.crypto import Counters
+from gossipmgr.gossip.datagram import Counters
 
 log = logging.getLogger("gossipmgr.gossip")
 
