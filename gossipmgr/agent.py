@@ -546,6 +546,8 @@ class Agent:
 
     async def _lease_loop(self) -> None:
         rep = self.replica
+        assert self.gossip is not None  # made in run() before _start()
+        gossip = self.gossip
         was_holder = False
         reconciled_epoch = -1
         last_reconcile = 0.0
@@ -560,7 +562,7 @@ class Agent:
                 rep.now_ms(),
                 rep.lease_cfg,
                 rep.state.max_record_epoch,
-                live=rep.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
+                live=gossip.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
             )
             if new is not None:
                 renewal = lease is not None and lease.holder == rep.name
@@ -723,7 +725,8 @@ class Agent:
 
     def peers(self) -> list[dict[str, Any]]:
         m = self.membership
-        stats = self.replica.ae.stats(self.replica.now_ms())["peers"]
+        g = self.gossip
+        stats = g.ae.stats(self.replica.now_ms())["peers"] if g is not None else {}
         out: list[dict[str, Any]] = []
         seen = set()
         failing: dict[str, list[dict[str, Any]]] = {}

@@ -218,7 +218,11 @@ class AntiEntropy:
     # ------------------------------------------------------------------ local writes
     def local_write(self, delta: LWWMap, now_ms: float) -> Outcome:
         """Join a local delta (already timestamped by ``hlc``) and eagerly push it."""
-        novel = self.state.apply(delta)
+        return self.push_local(self.state.apply(delta), now_ms)
+
+    def push_local(self, novel: LWWMap, now_ms: float) -> Outcome:
+        """Buffer and eagerly push the novel part of a local write already joined into
+        ``state`` (the replica applies its own writes: ``Replica.on_local_write``)."""
         res = Outcome(novel=novel)
         if not len(novel):
             return res
