@@ -51,6 +51,7 @@ from gossipmgr.gossip.transport import open_udp_transport
 from gossipmgr.runtime.ansible import AnsibleSettings, client_overrides, split_config_vars
 from gossipmgr.runtime.jobs import JobManager
 from gossipmgr.runtime.replica import Replica
+from gossipmgr.serf.backoff import Backoff
 from gossipmgr.serf.client import open_serf_client, serf_connector
 from gossipmgr.serf.membership import (
     PUSH_PULL_S,
@@ -430,17 +431,19 @@ class Agent:
     async def _supervise_serf(self) -> None:
         """The embedded agent: restarted forever; a failing first start is retried too."""
         assert self.serf is not None
-        backoff = 1.0
+        backoff = Backoff(1.0, 30.0)
         while True:
             try:
                 await self.serf.run()
             except (SerfError, ConfigError, OSError) as exc:
                 self.counters["serf_restarts"] += 1
                 log.error(
-                    "%s: serf agent failed: %s; retrying in %.0f s", self.cfg.name, exc, backoff
+                    "%s: serf agent failed: %s; retrying in %.0f s",
+                    self.cfg.name,
+                    exc,
+                    backoff.current,
                 )
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            await trio.sleep(backoff.next())
 
     async def _keep_external_tags(self, host: str, port: int, tags: dict[str, str]) -> None:
         """With --serf-rpc, (re)apply our tags whenever the agent is reachable."""

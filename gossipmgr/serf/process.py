@@ -46,6 +46,7 @@ import msgpack
 import trio
 
 from gossipmgr.errors import ConfigError, SerfError, SerfUnavailable
+from gossipmgr.serf.backoff import Backoff
 from gossipmgr.serf.client import open_serf_client
 
 __all__ = ["MAX_TAGS_BYTES", "SerfAgentProcess", "encoded_tags_size", "parse_hostport"]
@@ -279,7 +280,7 @@ class SerfAgentProcess:
 
     async def _supervise(self, argv: list[str], task_status: trio.TaskStatus[None]) -> None:
         started = False
-        backoff = self.backoff_min
+        backoff = Backoff(self.backoff_min, self.backoff_max)
         while True:
             began = trio.current_time()
             proc = await self._spawn(argv)
@@ -304,7 +305,7 @@ class SerfAgentProcess:
                     "%r: agent exited with code %s; restarting in %.1f s",
                     self,
                     proc.returncode,
-                    backoff,
+                    backoff.current,
                 )
             finally:
                 self.ready = False
@@ -312,9 +313,8 @@ class SerfAgentProcess:
                     with trio.CancelScope(shield=True):
                         await self._stop(proc)
             if trio.current_time() - began > 30 * self.backoff_max:
-                backoff = self.backoff_min  # it ran fine for a long while: a fresh failure
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.backoff_max)
+                backoff.reset()  # it ran fine for a long while: a fresh failure
+            await trio.sleep(backoff.next())
 
     async def _spawn(self, argv: list[str]) -> trio.Process:
         self.starts += 1
