@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from gossipmgr.core.codec import MAX_KEY_PART
+from gossipmgr.serf.addr import split_hostport
 
 __all__ = [
     "NODE_TAGS",
@@ -148,16 +149,18 @@ def _parse_instance(m: Mapping[str, Any]) -> Instance | None:
         return None
     name = m.get("Name")
     gossip = tags.get("gossip", "")
-    host, sep, port = str(gossip).rpartition(":")
-    if not isinstance(name, str) or not sep or not host or not port.isdigit():
-        log.warning("serf member %r: role=gossipmgr with bad gossip tag %r; ignored", name, gossip)
+    try:
+        addr = split_hostport(str(gossip))
+    except ValueError as exc:
+        log.warning(
+            "serf member %r: role=gossipmgr with bad gossip tag %r (%s); ignored", name, gossip, exc
+        )
         return None
-    if not 0 < int(port) < 65536:
-        log.warning("serf member %r: gossip port out of range in %r; ignored", name, gossip)
+    if not isinstance(name, str):  # update() passes named members only
         return None
     return Instance(
         name=name,
-        gossip_addr=(host.strip("[]"), int(port)),
+        gossip_addr=addr,
         api_url=str(tags.get("api", "")),
         boot_id=str(tags.get("boot", "")),
         status=str(m.get("Status", "")),
