@@ -11,6 +11,7 @@ without sockets and under ``trio.testing``'s ``autojump_clock`` delays cost no w
 from __future__ import annotations
 
 import collections
+import functools
 import math
 from types import TracebackType
 
@@ -33,18 +34,12 @@ class InMemoryNetwork(SimNetwork):
     Raises ValueError for probabilities outside [0, 1] or a bad delay range. Not thread-safe.
     """
 
-    def __init__(
-        self,
-        seed: int,
-        drop: float = 0.0,
-        dup: float = 0.0,
-        delay: tuple[float, float] = (0.0, 0.0),
-        reorder: bool = True,
-        route_hook: RouteHook | None = None,
-    ) -> None:
-        super().__init__(seed, drop, dup, delay, reorder, route_hook)
-        self._endpoints: dict[Addr, InMemoryTransport] = {}
-        self._changed: trio.Event | None = None
+    #: the trio wake-up of receivers waiting for a datagram's due time (made on demand)
+    _changed: trio.Event | None = None
+
+    @functools.cached_property
+    def _endpoints(self) -> dict[Addr, InMemoryTransport]:
+        return {}
 
     # --- the trio adapter's plumbing ------------------------------------------------------
 
