@@ -2,7 +2,7 @@
 
 This object takes bytes and time in and returns ``(peer, bytes)`` to send; it never awaits,
 never reads a clock and never touches a socket (``h11`` style). ``gossipmgr.gossip.service``
-moves the bytes over UDP; tests drive it over ``gossipmgr.testing.network.InMemoryNetwork``.
+moves the bytes over UDP; tests drive it in ``gossipmgr.testing.sim`` (pure, seeded).
 
 The algorithm is Almeida, Shoker and Baquero's delta-interval anti-entropy with per-peer
 acknowledgements, plus the two fixes Enes et al. (ICDE 2019) showed are needed for deltas to

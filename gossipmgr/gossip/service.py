@@ -33,7 +33,8 @@ from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket
 from gossipmgr.gossip.crypto import HEADER_LEN, SENDER_ID_LEN, Counters, Keyring, Sealer, node_id
-from gossipmgr.gossip.protocol import TYPE_NAMES, AntiEntropy, GossipConfig
+from gossipmgr.gossip.messages import TYPE_NAMES
+from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
 from gossipmgr.gossip.transport import Addr, Transport
 
 log = logging.getLogger("gossipmgr.gossip")
