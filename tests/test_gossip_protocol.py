@@ -207,7 +207,8 @@ def test_every_message_type_decodes_once_into_its_typed_record() -> None:
         assert (msg.sender, msg.incarnation, msg.type, msg.body) == ("b", 9, mtype, want)
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(msg.body, dataclasses.fields(msg.body)[0].name, 0)
-    whole = m.pack(m.DELTA, "b", 9, [0, 1, [entry_to_wire(*e)]])
+    big = Entry(Timestamp(5, 0, "b"), "x" * 100)
+    whole = m.pack(m.DELTA, "b", 9, [0, 1, [entry_to_wire(global_key("big"), big)]])
     pieces = m.fragment(whole, "b", 9, msg_id=1, max_payload=40 + len("b"))
     assert len(pieces) > 1
     from gossipmgr.gossip.datagram import Counters
