@@ -103,8 +103,8 @@ async def udp_cluster(
 def quiet(svcs: list[GossipService]) -> bool:
     """Every instance synced with every peer and every buffer acknowledged."""
     for s in svcs:
-        for ps in s.replica.ae.peers.values():
-            if ps.needs_resync or ps.acked < s.replica.ae.seq or ps.inflight or ps.pending_leaves:
+        for ps in s.ae.peers.values():
+            if ps.needs_resync or ps.acked < s.ae.seq or ps.inflight or ps.pending_leaves:
                 return False
     return True
 
@@ -215,7 +215,7 @@ async def catch_up(records: int, seed: LWWMap, timeout: float) -> dict[str, Any]
         rx = fresh.counters.get("bytes_received", 0)
         rx_entries = fresh.counters.get("recv_bytes_entries", 0)
         tx = sum(s.counters.get("bytes_sent", 0) for s in svcs[:2])
-        ctr = fresh.replica.ae.counters
+        ctr = fresh.ae.counters
         _ = t0
     return {
         "seconds": dt,

@@ -78,6 +78,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
+from gossipmgr.serf.process import serf_agent_argv
+
 T = TypeVar("T")
 
 SUBNET = "127.1.0"
@@ -490,39 +492,28 @@ class NetnsCluster:
                     argv += ["--join", j]
             return [*argv, *self.agent_args]
         if self.mdns:  # as contiv/ansible's serf.j2 starts it (our ports, not Serf's)
-            return [
-                shutil.which("serf") or "serf",
-                "agent",
-                f"-node={node_name(h)}",
-                "-discover",
-                self.mdns,
-                "-iface",
-                h.veth,
-                "-tag",
-                f"NodeLabel={h.label}",
-                "-tag",
-                f"NodeSerial={h.serial}",
-                "-tag",
-                f"NodeAddr={h.addr}",
-                f"-bind=0.0.0.0:{SERF_PORT}",
-                f"-rpc-addr=127.0.0.1:{RPC_PORT}",
-            ]
+            return serf_agent_argv(
+                node_name(h),
+                f"0.0.0.0:{SERF_PORT}",
+                f"127.0.0.1:{RPC_PORT}",
+                binary=shutil.which("serf") or "serf",
+                tags={"NodeLabel": h.label, "NodeSerial": h.serial, "NodeAddr": h.addr},
+                discover=self.mdns,
+                iface=h.veth,
+            )
         keyring = h.data_dir / "keyring.json"
         keyring.write_text(json.dumps([self.key_file.read_text().strip()]))
-        return [
-            shutil.which("serf") or "serf",
-            "agent",
-            f"-node={node_name(h)}",
-            f"-bind={h.addr}:{SERF_PORT}",
-            f"-rpc-addr=127.0.0.1:{RPC_PORT}",
-            f"-profile={self.profile}",
-            f"-tag=NodeLabel={h.label}",
-            f"-tag=NodeSerial={h.serial}",
-            f"-tag=NodeAddr={h.addr}",
-            f"-keyring-file={keyring}",
-            "-retry-interval=1s",
-            *[f"-retry-join={j}" for j in joins],
-        ]
+        return serf_agent_argv(
+            node_name(h),
+            f"{h.addr}:{SERF_PORT}",
+            f"127.0.0.1:{RPC_PORT}",
+            binary=shutil.which("serf") or "serf",
+            profile=self.profile,
+            tags={"NodeLabel": h.label, "NodeSerial": h.serial, "NodeAddr": h.addr},
+            keyring_file=keyring,
+            retry_join=joins,
+            retry_interval_s=1,
+        )
 
     # ------------------------------------------------------------------ processes
     def host(self, name: str) -> Host:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipmgr.errors import ConfigError
+from gossipmgr.serf.addr import split_hostport
 
 #: The keys of the ansible configuration clusterm's ``POST /config`` carries (its
 #: ``manager/config.go``), in its order: what /config takes, what clusterctl prints and
@@ -370,14 +371,12 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
 
 
 def split_addr(value: str, what: str) -> tuple[str, int]:
-    """'host:port' (IPv6 as '[::1]:port') -> (host, port). Raises ConfigError."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{what} must be HOST:PORT, not {value!r}")
-    host = host.strip("[]")
-    if not host:
-        raise ConfigError(f"{what} needs a host, not {value!r}")
-    return host, int(port)
+    """'host:port' (IPv6 as '[::1]:port') -> (host, port), port 0 allowed (the rule is
+    ``gossipmgr.serf.addr.split_hostport``'s). Raises ConfigError naming ``what``."""
+    try:
+        return split_hostport(value, any_port=True)
+    except ValueError as exc:
+        raise ConfigError(f"{what} must be HOST:PORT, not {value!r} ({exc})") from None
 
 
 def validate(cfg: AgentConfig) -> None:

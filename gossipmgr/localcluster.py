@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import httpx
 
 from gossipmgr.gossip.crypto import generate_key
+from gossipmgr.serf.process import serf_agent_argv
 
 T = TypeVar("T")
 FORBIDDEN_PORTS = {7946, 7373, 9007}
@@ -379,20 +380,18 @@ class LocalCluster:
         data = self.root / "nodes" / name
         data.mkdir(parents=True, exist_ok=True)
         serf_port, rpc_port = free_port(), free_port()
-        args = [
-            shutil.which("serf") or "serf",
-            "agent",
-            f"-node={name}",
-            f"-bind={HOST}:{serf_port}",
-            f"-rpc-addr={HOST}:{rpc_port}",
-            f"-profile={self.profile}",
-            *(f"-tag={k}={v}" for k, v in tags.items()),
-            f"-keyring-file={self._node_keyring(data)}",
-            "-retry-interval=1s",
-        ]
         seed = self._seed()
-        if seed:
-            args.append(f"-retry-join={seed}")
+        args = serf_agent_argv(
+            name,
+            f"{HOST}:{serf_port}",
+            f"{HOST}:{rpc_port}",
+            binary=shutil.which("serf") or "serf",
+            profile=self.profile,
+            tags=tags,
+            keyring_file=self._node_keyring(data),
+            retry_join=[seed] if seed else [],
+            retry_interval_s=1,
+        )
         node = Node(
             tags.get("NodeLabel", ""),
             tags.get("NodeSerial", ""),

@@ -27,6 +27,7 @@ from gossipmgr.localcluster import (  # noqa: F401 (free_port re-exported)
     LocalCluster,
     free_port,
 )
+from gossipmgr.serf.process import serf_agent_argv
 
 SERF = shutil.which("serf") or "/usr/bin/serf"
 
@@ -108,24 +109,22 @@ class AgentPool:
         data.mkdir(parents=True, exist_ok=True)
         bind_port = bind_port or free_port()
         rpc_port = rpc_port or free_port()
-        args = [
-            SERF,
-            "agent",
-            f"-node={name}",
-            f"-bind=127.0.0.1:{bind_port}",
-            f"-rpc-addr=127.0.0.1:{rpc_port}",
-            f"-profile={profile}",
-            "-log-level=debug",
-        ]
-        for k, v in (tags or {}).items():
-            args.append(f"-tag={k}={v}")
-        for other in join:
-            args.append(f"-retry-join={other.bind}")
-        args.append("-retry-interval=1s")
+        config_file = None
         if config:
-            path = data / "config.json"
-            path.write_text(json.dumps(dict(config)))
-            args.append(f"-config-file={path}")
+            config_file = data / "config.json"
+            config_file.write_text(json.dumps(dict(config)))
+        args = serf_agent_argv(
+            name,
+            f"127.0.0.1:{bind_port}",
+            f"127.0.0.1:{rpc_port}",
+            binary=SERF,
+            profile=profile,
+            tags=tags,
+            log_level="debug",
+            config_file=config_file,
+            retry_join=[other.bind for other in join],
+            retry_interval_s=1,
+        )
         logf = open(data / "agent.log", "ab")  # the child keeps its own copy
         try:
             proc = subprocess.Popen(

@@ -143,6 +143,11 @@ def test_pure_modules_import_neither_trio_nor_socket() -> None:
         "gossipmgr.core.inventory_import",
         "gossipmgr.core.job",
         "gossipmgr.core.node",
+        "gossipmgr.core.orders",
+        "gossipmgr.gossip.datagram",
+        "gossipmgr.gossip.keys",
+        "gossipmgr.testing.netsim",
+        "gossipmgr.testing.sim",
     ]
     code = (
         "import sys, importlib\n"

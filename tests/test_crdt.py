@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -163,6 +165,26 @@ def test_lease_order_epoch_then_name_then_time() -> None:
     assert m.get(LEASE_KEY)["holder"] == "a"
     m.join(lease_map("a", 2, Timestamp(7, 0, "a")))  # renewal: later timestamp wins
     assert m.entry(LEASE_KEY).ts == Timestamp(7, 0, "a")  # type: ignore[union-attr]
+
+
+def test_merge_orders_do_not_depend_on_what_was_imported() -> None:
+    """The join ranks a lease by epoch even in a process that imported only the map.
+
+    The orders used to be registered into ``crdt.ORDERS`` when ``core.state`` was imported;
+    before that, every namespace was plain LWW and a stale lease claim with a newer clock won.
+    """
+    code = (
+        "import sys\n"
+        "from gossipmgr.core.clock import Timestamp\n"
+        "from gossipmgr.core.crdt import Entry, LWWMap\n"
+        "assert 'gossipmgr.core.state' not in sys.modules\n"
+        "k = ('lease',)\n"
+        "m = LWWMap({k: Entry(Timestamp(1, 0, 'b'), {'holder': 'b', 'epoch': 2})})\n"
+        "m.join(LWWMap({k: Entry(Timestamp(99, 0, 'a'), {'holder': 'a', 'epoch': 1})}))\n"
+        "print(m.get(k)['holder'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "b"
 
 
 def test_fenced_records_refuse_stale_epochs_and_count_them() -> None:

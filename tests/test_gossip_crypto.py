@@ -34,6 +34,7 @@ from gossipmgr.gossip.crypto import (
     node_id,
 )
 from gossipmgr.localcluster import free_port
+from gossipmgr.serf.process import serf_agent_argv
 
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))
@@ -343,11 +344,10 @@ def test_real_serf_agent_accepts_our_keyring_file(tmp_path: Path) -> None:
     p.write_text(json.dumps([ours, theirs]))
     kr = load_keyring_file(p)
     bind, rpc = free_port(), free_port()  # TCP and UDP free
-    proc = subprocess.Popen(
-        ["serf", "agent", "-node=keytest", f"-bind=127.0.0.1:{bind}",
-         f"-rpc-addr=127.0.0.1:{rpc}", f"-keyring-file={p}", "-log-level=warn"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    argv = serf_agent_argv(
+        "keytest", f"127.0.0.1:{bind}", f"127.0.0.1:{rpc}", keyring_file=p, log_level="warn"
+    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 15
         listed = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import msgpack
@@ -179,6 +180,42 @@ def test_malformed_messages_are_dropped_and_counted(payload: bytes) -> None:
     assert res.out == [] and res.novel is None
     assert a.state.map == before
     assert any(k.startswith("drop_") for k in a.counters)
+
+
+def test_every_message_type_decodes_once_into_its_typed_record() -> None:
+    """gossip.messages: one decoder turns the bytes into frozen records, so the protocol
+    never reads raw fields; a FRAG message is reassembled and decoded again."""
+    from gossipmgr.core.clock import Timestamp
+    from gossipmgr.core.codec import entry_to_wire
+    from gossipmgr.core.crdt import Entry
+    from gossipmgr.gossip import messages as m
+
+    e = (global_key("k"), Entry(Timestamp(5, 0, "b"), "v"))
+    digests = list(range(64))
+    cases = [
+        (m.DELTA, [0, 1, [entry_to_wire(*e)]], m.Delta(0, 1, [e])),
+        (m.ACK, [3], m.Ack(3)),
+        (m.DIGEST, [2, m.pack64(digests)], m.Digest(2, digests)),
+        (m.SYNC_OK, [2, 4], m.SyncOk(2, 4)),
+        (m.LEAVES, [7, m.pack64(digests)], m.Leaves(7, digests)),
+        (m.PULL, [1, [5, 6]], m.Pull(1, [5, 6])),
+        (m.ENTRIES, [1, [entry_to_wire(*e)]], m.Entries(1, [e])),
+        (m.PULL_DONE, [1, 2], m.PullDone(1, 2)),
+    ]
+    for mtype, fields, want in cases:
+        msg = m.decode_untrusted(m.pack(mtype, "b", 9, fields))
+        assert (msg.sender, msg.incarnation, msg.type, msg.body) == ("b", 9, mtype, want)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(msg.body, dataclasses.fields(msg.body)[0].name, 0)
+    big = Entry(Timestamp(5, 0, "b"), "x" * 100)
+    whole = m.pack(m.DELTA, "b", 9, [0, 1, [entry_to_wire(global_key("big"), big)]])
+    pieces = m.fragment(whole, "b", 9, msg_id=1, max_payload=40 + len("b"))
+    assert len(pieces) > 1
+    from gossipmgr.gossip.datagram import Counters
+
+    r = m.Reassembler(Counters())
+    got = [r.add_untrusted("b", m.decode_untrusted(p).body, 0) for p in pieces]  # type: ignore[arg-type]
+    assert got[:-1] == [None] * (len(pieces) - 1) and got[-1] == whole
 
 
 def test_far_future_timestamps_are_refused_not_adopted() -> None:

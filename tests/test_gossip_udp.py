@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -17,6 +19,18 @@ from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.testing.wait import until
+
+
+def test_the_replica_does_not_import_the_gossip_layer() -> None:
+    """runtime/ sits above gossip/: the service owns the protocol and the replica is one of
+    its inputs. The replica used to build the anti-entropy object (an import cycle)."""
+    code = (
+        "import sys\n"
+        "import gossipmgr.runtime.replica\n"
+        "print(sorted(m for m in sys.modules if m.startswith('gossipmgr.gossip')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 @contextlib.asynccontextmanager

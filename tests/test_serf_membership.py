@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -443,3 +444,70 @@ async def test_encoded_tags_size_matches_serf_limit(pool: AgentPool) -> None:
         await c.tags(set=fits)
         with pytest.raises(SerfError, match="exceeds limit of 512 bytes"):
             await c.tags(set=too_big)
+
+
+@pytest.mark.parametrize(
+    ("value", "any_port", "want"),
+    [
+        ("127.0.0.1:7000", False, ("127.0.0.1", 7000)),
+        ("[::1]:7000", False, ("::1", 7000)),
+        ("host.example:1", False, ("host.example", 1)),
+        ("0.0.0.0:0", True, ("0.0.0.0", 0)),
+        ("0.0.0.0:0", False, None),
+        ("127.0.0.1:65536", True, None),
+        ("127.0.0.1:", False, None),
+        (":7000", False, None),
+        ("[]:7000", False, None),
+        ("127.0.0.1:7x", False, None),
+        ("nohost", True, None),
+    ],
+)
+def test_one_host_port_rule(value: str, any_port: bool, want: tuple[str, int] | None) -> None:
+    """Config addresses, Serf's bind/RPC addresses and the gossip tag share one parser."""
+    from gossipmgr.config import split_addr
+    from gossipmgr.serf.addr import split_hostport
+    from gossipmgr.serf.process import parse_hostport
+    from gossipmgr.serf.view import MembershipView
+
+    if want is None:
+        with pytest.raises(ValueError):
+            split_hostport(value, any_port=any_port)
+    else:
+        assert split_hostport(value, any_port=any_port) == want
+    if any_port:
+        with pytest.raises(ConfigError) if want is None else contextlib.nullcontext():
+            split_addr(value, "addr")
+    else:
+        with pytest.raises(ConfigError) if want is None else contextlib.nullcontext():
+            assert parse_hostport(value, "serf bind") == want
+        tags = {"role": "gossipmgr", "gossip": value}
+        view = MembershipView()
+        view.update([{"Name": "g1", "Status": "alive", "Tags": tags}], 0.0)
+        assert [i.gossip_addr for i in view.instances] == ([want] if want else [])
+
+
+def test_serf_agent_argv_is_the_supervised_childs() -> None:
+    from gossipmgr.serf.process import serf_agent_argv
+
+    argv = serf_agent_argv(
+        "n1",
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+        profile="lan",
+        tags={"NodeLabel": "a"},
+        keyring_file=Path("/k.json"),
+        retry_join=["127.0.0.1:3"],
+        retry_interval_s=1,
+    )
+    assert argv == [
+        "serf",
+        "agent",
+        "-node=n1",
+        "-bind=127.0.0.1:1",
+        "-rpc-addr=127.0.0.1:2",
+        "-profile=lan",
+        "-tag=NodeLabel=a",
+        "-keyring-file=/k.json",
+        "-retry-join=127.0.0.1:3",
+        "-retry-interval=1s",
+    ]

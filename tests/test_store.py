@@ -104,7 +104,7 @@ async def test_log_bytes_counts_since_last_snapshot_and_stats(tmp_path: Path) ->
 def torn_write(seg: Path, *records: bytes) -> bytes:
     """Append frames the way a batch that never reached its commit is left: written past
     the commit point, commit slot untouched. Returns the bytes added."""
-    raw = b"".join(store_mod._frame(r) for r in records)
+    raw = b"".join(store_mod.frame(r) for r in records)
     with seg.open("ab") as f:
         f.write(raw)
     return raw

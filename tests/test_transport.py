@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import statistics
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -317,3 +319,15 @@ async def test_sealed_gossip_over_duplicating_network_counts_refusals(
     assert sorted(received) == sorted(b"m%d" % i for i in range(50))
     assert net.counters["duplicated"] == 50
     assert sb.refused.snapshot() == {"replay": 50}
+
+
+def test_the_transport_does_not_import_the_crypto_layer_above_it() -> None:
+    """MAX_DATAGRAM and Counters live in gossip/datagram.py, below both (they were in
+    crypto.py, so moving bytes pulled in the sealing layer)."""
+    code = (
+        "import sys\n"
+        "import gossipmgr.gossip.transport\n"
+        "print('gossipmgr.gossip.crypto' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

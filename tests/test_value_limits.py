@@ -160,7 +160,7 @@ async def test_value_up_to_the_limit_replicates(tmp_path: Path) -> None:
             lambda s: len(s.globals().get("s", "")) == n and s.globals().get("f24") == ev["f24"],
             30,
         )
-        assert p.a.replica.ae.counters.get("drop_unsendable", 0) == 0
+        assert p.a.ae.counters.get("drop_unsendable", 0) == 0
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,13 @@ is a join-semilattice; a mutator returns a *delta*, itself a tiny state, and app
 separate step (``join``). Reads never mutate.
 
 An :class:`LWWMap` maps keys (tuples of strings) to :class:`Entry` values. An entry is a
-value or a tombstone stamped with a hybrid logical :class:`~gossipmgr.core.clock.Timestamp`; the
-join keeps, per key, the entry that *wins*. By default the larger timestamp wins; a key
-namespace can register its own total order (the lease does: higher epoch first, see
-``gossipmgr.core.lease``). Equal orders with different content (impossible with a correct clock,
-since timestamps carry the node id) are broken by the encoded content, so the join stays
-deterministic, commutative, associative and idempotent in every case.
+value or a tombstone stamped with a hybrid logical :class:`~gossipmgr.core.clock.Timestamp`;
+the join keeps, per key, the entry that *wins*: the higher rank under the key namespace's
+order (``gossipmgr.core.orders``: the larger timestamp, unless the namespace has its own
+order, as the lease and the epoch-fenced records do). Equal orders with different content
+(impossible with a correct clock, since timestamps carry the node id) are broken by the
+encoded content, so the join stays deterministic, commutative, associative and idempotent in
+every case.
 
 Digests: keys hash into ``LEAVES`` buckets; each bucket keeps the XOR of the 64-bit hashes of
 its ``(key, timestamp, deleted, value)`` entries, updated in O(1) per change. Two replicas hold the
@@ -29,13 +30,14 @@ directory must be reset so it cannot resurrect deleted keys.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.orders import rank
 
 Key = tuple[str, ...]
 
@@ -54,24 +56,13 @@ class Entry:
     deleted: bool = False
 
 
-#: Per-namespace total orders: key[0] -> function of (key, entry) giving a sortable rank.
-#: Registered at import time by ``gossipmgr.core.state``, which owns the namespaces (the lease
-#: and the epoch-fenced records use them). A rank must have the same shape for one key.
-ORDERS: dict[str, Callable[[Key, Entry], tuple[Any, ...]]] = {}
-
-
 def _packed(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _rank(key: Key, e: Entry) -> tuple[Any, ...]:
-    order = ORDERS.get(key[0]) if key else None
-    return order(key, e) if order is not None else (e.ts,)
-
-
 def wins(key: Key, new: Entry, old: Entry) -> bool:
     """True if ``new`` beats ``old`` under the key's order (strictly)."""
-    rn, ro = _rank(key, new), _rank(key, old)
+    rn, ro = rank(key, new), rank(key, old)
     if rn != ro:
         return rn > ro
     if new == old:

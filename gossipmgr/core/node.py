@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from gossipmgr.core.orders import value_epoch
+
 # --------------------------------------------------------------------------- vocabulary
 
 INCOMPLETE: Final = "Incomplete"
@@ -50,15 +52,6 @@ STATES: Final = (UNKNOWN, DISCOVERED, DISAPPEARED)
 MASTER: Final = "service-master"
 WORKER: Final = "service-worker"
 HOST_GROUPS: Final = (MASTER, WORKER)
-
-
-def value_epoch(value: Any) -> int:
-    """The lease epoch a record was written under (-1 when absent or malformed)."""
-    if isinstance(value, dict):
-        ep = value.get("epoch")
-        if type(ep) is int:
-            return ep
-    return -1
 
 
 def _text(value: dict[str, Any], name: str, default: str) -> str:

@@ -19,14 +19,14 @@ key                                    value                                    
 ``("lease",)``                         ``{holder, epoch, expires_ms}``             lease order
 =====================================  ==========================================  ==========
 
-Orders (``crdt.ORDERS``): "LWW" is the larger hybrid timestamp. The *lease order* is
-``(epoch, holder earlier in name order, timestamp)``: a higher epoch always wins; two claims
-of one epoch (made concurrently on two sides of a partition) resolve to the holder whose name
-sorts first, on every replica alike; a renewal (same holder and epoch) wins by timestamp.
-Inventory records and job records are *epoch-fenced*: ranked ``(epoch, timestamp)``, where
-``epoch`` is the lease epoch under which the write was made, so a write by a deposed holder
-loses to any write made under a newer lease even when its clock runs ahead. Such losses are
-counted as ``LWWMap.fenced``.
+Orders (``gossipmgr.core.orders``, the table the map consults): "LWW" is the larger hybrid
+timestamp. The *lease order* is ``(epoch, holder earlier in name order, timestamp)``: a
+higher epoch always wins; two claims of one epoch (made concurrently on two sides of a
+partition) resolve to the holder whose name sorts first, on every replica alike; a renewal
+(same holder and epoch) wins by timestamp. Inventory records and job records are
+*epoch-fenced*: ranked ``(epoch, timestamp)``, where ``epoch`` is the lease epoch under
+which the write was made, so a write by a deposed holder loses to any write made under a
+newer lease even when its clock runs ahead. Such losses are counted as ``LWWMap.fenced``.
 
 Inventory status and state live in one register with their previous values so that a
 record is never torn (status from one writer, prev_status from another).
@@ -41,15 +41,22 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from gossipmgr.core.clock import Timestamp
-from gossipmgr.core.crdt import ORDERS, Entry, Key, LWWMap
+from gossipmgr.core.crdt import Entry, Key, LWWMap
 from gossipmgr.core.job import JobRecord
-from gossipmgr.core.node import Inventory, Monitoring, NodeRecord, value_epoch
+from gossipmgr.core.node import Inventory, Monitoring, NodeRecord
+from gossipmgr.core.orders import (
+    CONFIG,
+    GLOBAL,
+    JOB,
+    LEASE,
+    NODE,
+    value_epoch,
+)
 
-GLOBAL = "g"
-NODE = "n"
-JOB = "j"
-CONFIG = "cfg"
-LEASE = "lease"
+# Re-exported: the ranks of the namespaces above (callers and docs name them here).
+from gossipmgr.core.orders import TOMBSTONE_EPOCH as TOMBSTONE_EPOCH
+from gossipmgr.core.orders import fenced_rank as fenced_rank
+from gossipmgr.core.orders import lease_rank as lease_rank
 
 #: namespaces a decoder accepts (append-only, like every wire enum)
 NAMESPACES = frozenset({GLOBAL, NODE, JOB, CONFIG, LEASE})
@@ -80,36 +87,6 @@ def monitoring_key(node: str) -> Key:
 
 def job_key(job_id: str) -> Key:
     return (JOB, job_id)
-
-
-def _name_rank(name: Any) -> tuple[int, ...]:
-    # Earlier in sort order must rank HIGHER: negate code points, end with a sentinel above
-    # every negated code point so that a prefix ("a") outranks its extensions ("ab").
-    s = name if isinstance(name, str) else "\U0010ffff"
-    return (*(-ord(c) for c in s), 1)
-
-
-def lease_rank(key: Key, e: Entry) -> tuple[Any, ...]:
-    v = e.value if not e.deleted else None
-    return (value_epoch(v), _name_rank(v.get("holder") if isinstance(v, dict) else None), e.ts)
-
-
-#: A tombstone in a fenced namespace outranks every epoch: removing a job record from
-#: history (or a node from the inventory) is final and cannot be undone by a late writer.
-TOMBSTONE_EPOCH = 1 << 62
-
-
-def fenced_rank(key: Key, e: Entry) -> tuple[Any, ...]:
-    return (TOMBSTONE_EPOCH if e.deleted else value_epoch(e.value), e.ts)
-
-
-def _node_rank(key: Key, e: Entry) -> tuple[Any, ...]:
-    return fenced_rank(key, e) if len(key) == 3 and key[2] == "inv" else (-2, e.ts)
-
-
-ORDERS[LEASE] = lease_rank
-ORDERS[JOB] = fenced_rank
-ORDERS[NODE] = _node_rank
 
 
 def valid_key(key: Key) -> bool:

@@ -2,7 +2,7 @@
 
 This object takes bytes and time in and returns ``(peer, bytes)`` to send; it never awaits,
 never reads a clock and never touches a socket (``h11`` style). ``gossipmgr.gossip.service``
-moves the bytes over UDP; tests drive it over ``gossipmgr.testing.network.InMemoryNetwork``.
+moves the bytes over UDP; tests drive it in ``gossipmgr.testing.sim`` (pure, seeded).
 
 The algorithm is Almeida, Shoker and Baquero's delta-interval anti-entropy with per-peer
 acknowledgements, plus the two fixes Enes et al. (ICDE 2019) showed are needed for deltas to
@@ -42,15 +42,15 @@ Every message fits one datagram payload of ``max_payload`` bytes (1,400 minus th
 overhead); a larger message (a huge value, a big interval) is split into ``FRAG`` pieces and
 reassembled with bounded memory.
 
-Message format (msgpack list): ``[PROTO_VERSION, type, sender, incarnation, *fields]``.
-Types are append-only.
+The messages and their one decoder are in ``gossipmgr.gossip.messages``, the encoding of
+outgoing ones in ``gossipmgr.gossip.encoder``, per-peer state and knobs in ``peers``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,95 +58,41 @@ from typing import Any
 import msgpack
 
 from gossipmgr.core.clock import HLC, Timestamp
-from gossipmgr.core.codec import entries_from_wire_untrusted, entry_to_wire, unpack_untrusted
+from gossipmgr.core.codec import entry_to_wire
 from gossipmgr.core.crdt import FANOUT, Entry, Key, LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket, ClockError
-from gossipmgr.gossip.crypto import Counters
+from gossipmgr.gossip.datagram import Counters
+from gossipmgr.gossip.encoder import HEADER_SLACK, MessageEncoder
+from gossipmgr.gossip.messages import (
+    ACK,
+    DELTA,
+    DIGEST,
+    ENTRIES,
+    LEAVES,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME,
+    PULL,
+    PULL_DONE,
+    SYNC_OK,
+    TYPE_NAMES,
+    Ack,
+    Body,
+    Delta,
+    Digest,
+    Entries,
+    Frag,
+    Leaves,
+    Pull,
+    PullDone,
+    Reassembler,
+    SyncOk,
+    decode_untrusted,
+    pack64,
+)
+from gossipmgr.gossip.peers import GossipConfig, LeafClaims, PeerState
 
 log = logging.getLogger("gossipmgr.gossip")
-
-PROTO_VERSION = 1
-
-# Message types. WARNING: ONLY APPEND TO THIS LIST (wire compatibility).
-DELTA = 1
-ACK = 2
-DIGEST = 3
-SYNC_OK = 4
-LEAVES = 5
-PULL = 6
-ENTRIES = 7
-PULL_DONE = 8
-FRAG = 9
-TYPE_NAMES = {
-    DELTA: "delta",
-    ACK: "ack",
-    DIGEST: "digest",
-    SYNC_OK: "sync_ok",
-    LEAVES: "leaves",
-    PULL: "pull",
-    ENTRIES: "entries",
-    PULL_DONE: "pull_done",
-    FRAG: "frag",
-}
-
-#: Largest reassembled message and how many partial ones are kept per instance.
-MAX_MESSAGE_BYTES = 1024 * 1024
-MAX_PARTIAL_MESSAGES = 64
-FRAG_TTL_MS = 5_000
-MAX_NAME = 128
-#: Fixed cost of a message header, a conservative bound used when packing entries.
-_HEADER_SLACK = 64
-
-
-@dataclass(frozen=True)
-class GossipConfig:
-    """Timing and size knobs. Each default has its reason beside it."""
-
-    #: Retransmission tick: 150 ms sits inside the issue's 100-200 ms and at memberlist's
-    #: local-profile gossip interval, so a lost datagram costs ~1 tick.
-    tick_ms: int = 150
-    #: Resend an unacknowledged interval after this long: ~2 loopback/LAN RTTs plus a tick.
-    retransmit_ms: int = 300
-    #: Periodic repair with one random peer. 2 s keeps idle traffic near 3 kbit/s per
-    #: instance (one ~600 B digest out + reply every 2 s) while repairing any miss quickly.
-    sync_interval_ms: int = 2_000
-    #: Retry a resync digest that got no answer after this long.
-    sync_retry_ms: int = 500
-    #: Leaves pulled per window. A leaf holds ~25 entries at 100,000 records, so 32 leaves is
-    #: ~100 KB per window: well under a default 208 KB socket buffer, no burst loss.
-    pull_window_leaves: int = 32
-    #: Pull windows outstanding at once towards one peer (resync rounds run one peer at a
-    #: time, so this is the whole catch-up pipeline).
-    pull_windows_in_flight: int = 4
-    #: An outstanding pull with no PULL_DONE after this long is re-queued.
-    pull_timeout_ms: int = 1_000
-    #: Deltas kept for peers that have not acknowledged them. Past this, laggards resync.
-    max_buffer: int = 4_096
-    #: Datagram payload budget: 1,400-byte datagrams minus the AEAD header/tag.
-    max_payload: int = 1_300
-    #: A peer heard nothing from for this long is *silent* (dead, or cut off): it gets no
-    #: more interval retransmits and holds no deltas in the buffer; it is probed with a
-    #: digest every ``silent_probe_ms`` instead and resyncs when it answers. 3 s is 10
-    #: retransmit periods, and a live peer is heard from at least every sync interval.
-    silent_after_ms: int = 3_000
-    silent_probe_ms: int = 2_000
-
-
-@dataclass
-class PeerState:
-    acked: int = 0  # A[j]: highest local seq acknowledged by j
-    received: int = 0  # r[j]: highest seq of j's we hold without a gap
-    incarnation: int = 0  # j's incarnation as last seen (0 = never heard)
-    last_sent_ms: float = -1e18  # when we last sent j an interval
-    needs_resync: bool = True
-    last_digest_ms: float = -1e18
-    pending_leaves: deque[int] = field(default_factory=deque)
-    queued_leaves: set[int] = field(default_factory=set)
-    inflight: dict[int, tuple[list[int], float]] = field(default_factory=dict)
-    entries_seen: dict[int, int] = field(default_factory=dict)  # req id -> ENTRIES received
-    last_heard_ms: float = -1e18
-    last_ack_ms: float = -1e18
 
 
 @dataclass
@@ -182,16 +128,11 @@ class AntiEntropy:
         self.buffer: deque[tuple[int, str, LWWMap]] = deque()  # (seq, origin, delta)
         self.peers: dict[str, PeerState] = {}
         self._next_req = 1
-        self._next_msg = 1
-        self._partial: OrderedDict[tuple[str, int], tuple[float, list[bytes | None]]] = (
-            OrderedDict()
-        )
         self._last_sync_ms = -1e18
-        #: leaf -> (peer, since): the one peer a differing leaf is being pulled from, so a
-        #: fresh instance resyncing with several peers moves each leaf once, not once per peer
-        self._leaf_owner: dict[int, tuple[str, float]] = {}
         self.counters = Counters()
-        self.largest_datagram = 0
+        self._claims = LeafClaims(self.counters)
+        self._frags = Reassembler(self.counters)
+        self.enc = MessageEncoder(name, incarnation, self.cfg.max_payload, self.counters)
 
     # ------------------------------------------------------------------ membership
     def set_peers(self, names: Iterable[str], now_ms: float) -> None:
@@ -199,7 +140,7 @@ class AntiEntropy:
         wanted = {n for n in names if n != self.name}
         for gone in set(self.peers) - wanted:
             del self.peers[gone]
-            self._leaf_owner = {k: v for k, v in self._leaf_owner.items() if v[0] != gone}
+            self._claims.release_all(gone)
         for n in wanted - set(self.peers):
             # Everything up to now reaches the new peer through a digest resync; deltas
             # from here on flow normally.
@@ -218,7 +159,11 @@ class AntiEntropy:
     # ------------------------------------------------------------------ local writes
     def local_write(self, delta: LWWMap, now_ms: float) -> Outcome:
         """Join a local delta (already timestamped by ``hlc``) and eagerly push it."""
-        novel = self.state.apply(delta)
+        return self.push_local(self.state.apply(delta), now_ms)
+
+    def push_local(self, novel: LWWMap, now_ms: float) -> Outcome:
+        """Buffer and eagerly push the novel part of a local write already joined into
+        ``state`` (the replica applies its own writes: ``Replica.on_local_write``)."""
         res = Outcome(novel=novel)
         if not len(novel):
             return res
@@ -229,33 +174,18 @@ class AntiEntropy:
                 # Eager push of just this delta as the interval (c-1, c], in as many
                 # messages as it takes (a POST /globals may hold many big values).
                 if len(novel) == 1:  # one entry always fits a message (check_entry)
-                    res.out += self._encode(
-                        peer, DELTA, [self.seq - 1, self.seq, self._wire(novel)]
+                    res.out += self.enc.encode(
+                        peer, DELTA, [self.seq - 1, self.seq, self.enc.wire(novel)]
                     )
                 else:
                     if wire is None:
                         wire = [
-                            (w, len(msgpack.packb(w, use_bin_type=True))) for w in self._wire(novel)
+                            (w, len(msgpack.packb(w, use_bin_type=True)))
+                            for w in self.enc.wire(novel)
                         ]
-                    res.out += self._delta_messages(peer, self.seq - 1, self.seq, wire)
+                    res.out += self.enc.delta_messages(peer, self.seq - 1, self.seq, wire)
                 ps.last_sent_ms = now_ms
         return res
-
-    def _delta_messages(
-        self, peer: str, lo: int, hi: int, wire: list[tuple[list[Any], int]]
-    ) -> list[tuple[str, bytes]]:
-        """DELTA messages for the interval (lo, hi] of these (entry, encoded size) pairs:
-        every message but the last is sent as (lo, lo], which acknowledges nothing."""
-        out: list[tuple[str, bytes]] = []
-        batch: list[Any] = []
-        size = 0
-        for w, n in wire:
-            if batch and size + n > self.cfg.max_payload - _HEADER_SLACK:
-                out += self._encode(peer, DELTA, [lo, lo, batch])
-                batch, size = [], 0
-            batch.append(w)
-            size += n
-        return out + self._encode(peer, DELTA, [lo, hi, batch])
 
     def _buffer(self, origin: str, delta: LWWMap) -> None:
         self.seq += 1
@@ -279,7 +209,7 @@ class AntiEntropy:
     def tick(self, now_ms: float) -> list[tuple[str, bytes]]:
         """Retransmit unacknowledged intervals, drive resyncs and periodic repair."""
         out: list[tuple[str, bytes]] = []
-        self._expire_partial(now_ms)
+        self._frags.expire(now_ms)
         silent_seen = False
         for peer, ps in self.peers.items():
             if now_ms - ps.last_heard_ms >= self.cfg.silent_after_ms:
@@ -288,7 +218,7 @@ class AntiEntropy:
                 if ps.acked < self.seq or not ps.needs_resync:
                     ps.acked, ps.needs_resync = self.seq, True
                     silent_seen = True
-                self._release_leaves(peer, list(self._leaf_owner))
+                self._claims.release_all(peer)
                 ps.pending_leaves.clear()
                 ps.queued_leaves.clear()
                 ps.inflight.clear()
@@ -342,14 +272,14 @@ class AntiEntropy:
             if origin != peer:
                 for k, e in delta.items():
                     w = len(msgpack.packb(entry_to_wire(k, e), use_bin_type=True))
-                    if batch and size + w > self.cfg.max_payload - _HEADER_SLACK and k not in batch:
-                        out += self._encode(peer, DELTA, [lo, hi, self._wire_items(batch)])
+                    if batch and size + w > self.cfg.max_payload - HEADER_SLACK and k not in batch:
+                        out += self.enc.encode(peer, DELTA, [lo, hi, self.enc.wire_items(batch)])
                         lo, batch, size = hi, {}, 0
                     batch[k] = e
                     size += w
             hi = seq
         if hi > lo:
-            out += self._encode(peer, DELTA, [lo, hi, self._wire_items(batch)])
+            out += self.enc.encode(peer, DELTA, [lo, hi, self.enc.wire_items(batch)])
         self.counters.incr("retransmits")
         return out
 
@@ -357,7 +287,7 @@ class AntiEntropy:
     def _digest(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
         ps.last_digest_ms = now_ms
         self.counters.incr("digests_sent")
-        return self._encode(peer, DIGEST, [self.seq, _pack64(self.state.map.super_digests())])
+        return self.enc.encode(peer, DIGEST, [self.seq, pack64(self.state.map.super_digests())])
 
     def _resync_busy(self, peer: str, now_ms: float) -> bool:
         """True while another peer's resync round is under way (pulls, or a fresh digest)."""
@@ -376,29 +306,6 @@ class AntiEntropy:
                 ps.queued_leaves.add(leaf)
                 ps.pending_leaves.append(leaf)
 
-    def _claim_leaves(self, peer: str, leaves: Sequence[int], now_ms: float) -> list[int]:
-        """The leaves no other peer is already being pulled for (claimed for ``peer``).
-
-        A leaf skipped here is compared again at the next digest round with ``peer``, after
-        the other pull landed, and pulled from ``peer`` only if it still differs.
-        """
-        mine = []
-        for leaf in leaves:
-            owner = self._leaf_owner.get(leaf)
-            # A claim lasts until its pull completes or its peer is dropped or goes silent
-            # (both release it), however long the leaf waits in that peer's queue.
-            if owner is not None and owner[0] != peer:
-                self.counters.incr("resync_leaves_deduped")
-                continue
-            self._leaf_owner[leaf] = (peer, now_ms)
-            mine.append(leaf)
-        return mine
-
-    def _release_leaves(self, peer: str, leaves: Sequence[int]) -> None:
-        for leaf in leaves:
-            if self._leaf_owner.get(leaf, ("",))[0] == peer:
-                del self._leaf_owner[leaf]
-
     def _pull_more(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
         # Keep a few windows in flight: enough to hide the RTT and the responder's packing
@@ -413,7 +320,7 @@ class AntiEntropy:
             self._next_req += 1
             ps.inflight[req] = (leaves, now_ms)
             ps.entries_seen[req] = 0
-            out += self._encode(peer, PULL, [req, leaves])
+            out += self.enc.encode(peer, PULL, [req, leaves])
         return out
 
     # ------------------------------------------------------------------ receive
@@ -429,29 +336,18 @@ class AntiEntropy:
             return Outcome()
 
     def _receive(self, data: bytes, now_ms: float) -> Outcome:
-        msg = unpack_untrusted(data, MAX_MESSAGE_BYTES)
-        if not isinstance(msg, list) or len(msg) < 4:
-            raise BadPacket("shape", "message must be a list")
-        version, mtype, sender, inc = msg[:4]
-        fields = msg[4:]
-        if version != PROTO_VERSION:
-            raise BadPacket("version", f"protocol version {version!r}")
-        if type(mtype) is not int or mtype not in TYPE_NAMES:
-            raise BadPacket("type", f"unknown message type {mtype!r}")
-        if not isinstance(sender, str) or not 0 < len(sender) <= MAX_NAME:
-            raise BadPacket("shape", "bad sender")
-        if type(inc) is not int or inc < 0:
-            raise BadPacket("shape", "bad incarnation")
+        msg = decode_untrusted(data)
+        sender = msg.sender
         if sender == self.name:
             raise BadPacket("self", "message claims to come from this instance")
-        self.counters.incr(f"recv_{TYPE_NAMES[mtype]}")
-        if mtype == FRAG:
-            whole = self._reassemble(sender, fields, now_ms)
+        self.counters.incr(f"recv_{TYPE_NAMES[msg.type]}")
+        if isinstance(msg.body, Frag):
+            whole = self._frags.add_untrusted(sender, msg.body, now_ms)
             return self._receive(whole, now_ms) if whole is not None else Outcome()
         ps = self.peers.get(sender)
         if ps is not None:
             ps.last_heard_ms = now_ms
-            if ps.incarnation != inc:
+            if ps.incarnation != msg.incarnation:
                 if ps.incarnation != 0:
                     # The peer restarted: its sequence numbers start over and it may have
                     # lost volatile state: resync both ways.
@@ -459,43 +355,55 @@ class AntiEntropy:
                     ps.needs_resync = True
                     ps.acked = self.seq
                 ps.received = 0
-                ps.incarnation = inc
-        handler = _HANDLERS[mtype]
-        return handler(self, sender, ps, fields, now_ms)
+                ps.incarnation = msg.incarnation
+        return self._dispatch(sender, ps, msg.body, now_ms)
 
-    def _on_delta(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if len(f) != 3 or type(f[0]) is not int or type(f[1]) is not int or not f[0] <= f[1]:
-            raise BadPacket("shape", "delta is [lo, hi, entries]")
-        lo, hi, raw = f
-        novel = self._apply_remote(entries_from_wire_untrusted(raw), now)
+    def _dispatch(self, sender: str, ps: PeerState | None, body: Body, now: float) -> Outcome:
+        match body:
+            case Delta():
+                return self._on_delta(sender, ps, body, now)
+            case Ack():
+                return self._on_ack(ps, body, now)
+            case Digest():
+                return self._on_digest(sender, ps, body, now)
+            case SyncOk():
+                return self._on_sync_ok(ps, body, now)
+            case Leaves():
+                return self._on_leaves(sender, ps, body, now)
+            case Pull():
+                return self._on_pull(sender, body)
+            case Entries():
+                return self._on_entries(ps, body, now)
+            case PullDone():
+                return self._on_pull_done(sender, ps, body, now)
+        # Frag: reassembled in _receive; a fragment of fragments is refused like any shape.
+        raise BadPacket("shape", "a fragment inside a fragment")
+
+    def _on_delta(self, sender: str, ps: PeerState | None, m: Delta, now: float) -> Outcome:
+        novel = self._apply_remote(m.entries, now)
         if len(novel):
             self._buffer(sender, novel)
         res = Outcome(novel=novel)
         if ps is not None:
-            if lo <= ps.received < hi:
-                ps.received = hi
-            res.out += self._encode(sender, ACK, [ps.received])
+            if m.lo <= ps.received < m.hi:
+                ps.received = m.hi
+            res.out += self.enc.encode(sender, ACK, [ps.received])
         return res
 
-    def _on_ack(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if len(f) != 1 or type(f[0]) is not int:
-            raise BadPacket("shape", "ack is [seq]")
-        if ps is not None and f[0] <= self.seq:
-            if f[0] > ps.acked:
-                ps.acked = f[0]
+    def _on_ack(self, ps: PeerState | None, m: Ack, now: float) -> Outcome:
+        if ps is not None and m.seq <= self.seq:
+            if m.seq > ps.acked:
+                ps.acked = m.seq
                 ps.last_ack_ms = now
                 self._prune()
         return Outcome()
 
-    def _on_digest(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if len(f) != 2 or type(f[0]) is not int:
-            raise BadPacket("shape", "digest is [seq, supers]")
-        theirs = _unpack64(f[1], FANOUT)
+    def _on_digest(self, sender: str, ps: PeerState | None, m: Digest, now: float) -> Outcome:
         mine = self.state.map.super_digests()
-        differ = [i for i in range(FANOUT) if theirs[i] != mine[i]]
+        differ = [i for i in range(FANOUT) if m.supers[i] != mine[i]]
         res = Outcome()
         if not differ:
-            res.out += self._encode(sender, SYNC_OK, [f[0], self.seq])
+            res.out += self.enc.encode(sender, SYNC_OK, [m.seq, self.seq])
             if ps is not None:
                 # Equal states: the peer holds everything in our buffer.
                 self._acked_all(ps, now)
@@ -503,8 +411,8 @@ class AntiEntropy:
         if ps is not None:
             ps.needs_resync = True  # they have something we lack too, maybe: pull it
         for s in differ:
-            res.out += self._encode(
-                sender, LEAVES, [s, _pack64(self.state.map.leaf_range_digests(s))]
+            res.out += self.enc.encode(
+                sender, LEAVES, [s, pack64(self.state.map.leaf_range_digests(s))]
             )
         return res
 
@@ -514,12 +422,10 @@ class AntiEntropy:
         ps.last_ack_ms = now
         self._prune()
 
-    def _on_sync_ok(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if len(f) != 2 or type(f[0]) is not int or type(f[1]) is not int:
-            raise BadPacket("shape", "sync_ok is [seq, their_seq]")
-        if ps is not None and f[0] <= self.seq:
-            if f[0] > ps.acked:
-                ps.acked = f[0]
+    def _on_sync_ok(self, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
+        if ps is not None and m.seq <= self.seq:
+            if m.seq > ps.acked:
+                ps.acked = m.seq
             if ps.acked >= self.seq:
                 ps.needs_resync = False
             ps.last_ack_ms = now
@@ -527,60 +433,44 @@ class AntiEntropy:
             self._prune()
         return Outcome()
 
-    def _on_leaves(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if len(f) != 2 or type(f[0]) is not int or not 0 <= f[0] < FANOUT:
-            raise BadPacket("shape", "leaves is [super, digests]")
-        theirs = _unpack64(f[1], FANOUT)
-        mine = self.state.map.leaf_range_digests(f[0])
+    def _on_leaves(self, sender: str, ps: PeerState | None, m: Leaves, now: float) -> Outcome:
+        mine = self.state.map.leaf_range_digests(m.super_index)
         if ps is None:
             return Outcome()
-        base = f[0] * FANOUT
-        differ = [base + i for i in range(FANOUT) if theirs[i] != mine[i]]
-        self._requeue(ps, self._claim_leaves(sender, differ, now))
+        base = m.super_index * FANOUT
+        differ = [base + i for i in range(FANOUT) if m.digests[i] != mine[i]]
+        self._requeue(ps, self._claims.claim(sender, differ, now))
         self.counters.incr("resync_leaves", len(differ))
         return Outcome(out=self._pull_more(sender, ps, now))
 
-    def _on_pull(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if (
-            len(f) != 2
-            or type(f[0]) is not int
-            or not isinstance(f[1], list)
-            or len(f[1]) > 4 * FANOUT
-            or not all(type(x) is int and 0 <= x < FANOUT * FANOUT for x in f[1])
-        ):
-            raise BadPacket("shape", "pull is [req, leaves]")
-        req, leaves = f
+    def _on_pull(self, sender: str, m: Pull) -> Outcome:
         res = Outcome()
         items: list[tuple[Key, Entry]] = []
-        for leaf in leaves:
+        for leaf in m.leaves:
             items += self.state.map.leaf_entries(leaf)
-        msgs = self._pack_entries(sender, ENTRIES, [req], items)
+        msgs = self.enc.pack_entries(sender, ENTRIES, [m.req], items)
         res.out += msgs
-        res.out += self._encode(sender, PULL_DONE, [req, len(msgs)])
+        res.out += self.enc.encode(sender, PULL_DONE, [m.req, len(msgs)])
         self.counters.incr("pulls_served")
         return res
 
-    def _on_entries(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if len(f) != 2 or type(f[0]) is not int:
-            raise BadPacket("shape", "entries is [req, entries]")
-        novel = self._apply_remote(entries_from_wire_untrusted(f[1]), now)
-        if ps is not None and f[0] in ps.entries_seen:
-            ps.entries_seen[f[0]] += 1
+    def _on_entries(self, ps: PeerState | None, m: Entries, now: float) -> Outcome:
+        novel = self._apply_remote(m.entries, now)
+        if ps is not None and m.req in ps.entries_seen:
+            ps.entries_seen[m.req] += 1
         return Outcome(novel=novel)
 
-    def _on_pull_done(self, sender: str, ps: PeerState | None, f: list[Any], now: float) -> Outcome:
-        if len(f) != 2 or type(f[0]) is not int or type(f[1]) is not int:
-            raise BadPacket("shape", "pull_done is [req, count]")
-        if ps is None or f[0] not in ps.inflight:
+    def _on_pull_done(self, sender: str, ps: PeerState | None, m: PullDone, now: float) -> Outcome:
+        if ps is None or m.req not in ps.inflight:
             return Outcome()
-        leaves, _ = ps.inflight.pop(f[0])
-        seen = ps.entries_seen.pop(f[0], 0)
-        if seen < f[1]:
+        leaves, _ = ps.inflight.pop(m.req)
+        seen = ps.entries_seen.pop(m.req, 0)
+        if seen < m.count:
             # Some ENTRIES datagrams were lost: pull those leaves again.
             self._requeue(ps, leaves)
             self.counters.incr("pull_incomplete")
         else:
-            self._release_leaves(sender, leaves)
+            self._claims.release(sender, leaves)
         out = self._pull_more(sender, ps, now)
         if not ps.inflight and not ps.pending_leaves:
             # Window drained: check again; SYNC_OK ends the resync.
@@ -593,131 +483,11 @@ class AntiEntropy:
             self.hlc.observe(newest, int(now))  # raises ClockError: drop the whole message
         return self.state.apply(items)
 
-    # ------------------------------------------------------------------ encoding
-    def _wire(self, delta: LWWMap) -> list[Any]:
-        return [entry_to_wire(k, e) for k, e in delta.items()]
-
-    @staticmethod
-    def _wire_items(items: dict[Key, Entry]) -> list[Any]:
-        return [entry_to_wire(k, e) for k, e in items.items()]
-
-    def _pack_entries(
-        self, peer: str, mtype: int, head: list[Any], items: list[tuple[Key, Entry]]
-    ) -> list[tuple[str, bytes]]:
-        out: list[tuple[str, bytes]] = []
-        batch: list[Any] = []
-        size = 0
-        for k, e in items:
-            w = entry_to_wire(k, e)
-            n = len(msgpack.packb(w, use_bin_type=True))
-            if batch and size + n > self.cfg.max_payload - _HEADER_SLACK:
-                out += self._encode(peer, mtype, [*head, batch])
-                batch, size = [], 0
-            batch.append(w)
-            size += n
-        if batch:
-            out += self._encode(peer, mtype, [*head, batch])
-        return out
-
-    def _encode(self, peer: str, mtype: int, fields: list[Any]) -> list[tuple[str, bytes]]:
-        """The datagram payloads of one message; none (logged, counted ``drop_unsendable``)
-        for a message that cannot be encoded or is larger than ``MAX_MESSAGE_BYTES``.
-
-        Local writes are refused before that can happen (``replica.check_writable``) and a
-        restore leaves such entries out (``Replica._quarantine``); this is the last line, so
-        one bad record never takes the gossip service down.
-        """
-        try:
-            data = msgpack.packb(
-                [PROTO_VERSION, mtype, self.name, self.incarnation, *fields], use_bin_type=True
-            )
-        except (ValueError, TypeError, OverflowError) as exc:
-            return self._unsendable(peer, mtype, f"cannot be encoded: {exc}")
-        self.counters.incr(f"sent_{TYPE_NAMES[mtype]}")
-        if len(data) <= self.cfg.max_payload:
-            self.largest_datagram = max(self.largest_datagram, len(data))
-            return [(peer, data)]
-        if len(data) > MAX_MESSAGE_BYTES:
-            return self._unsendable(
-                peer, mtype, f"{len(data)} bytes exceed the {MAX_MESSAGE_BYTES}-byte message limit"
-            )
-        return self._fragment(peer, data)
-
-    def _unsendable(self, peer: str, mtype: int, why: str) -> list[tuple[str, bytes]]:
-        self.counters.incr("drop_unsendable")
-        log.error("%s: %s message to %s not sent: %s", self.name, TYPE_NAMES[mtype], peer, why)
-        return []
-
-    def _fragment(self, peer: str, data: bytes) -> list[tuple[str, bytes]]:
-        # The fragment header holds the sender's name (up to MAX_NAME characters): measure
-        # it (with the largest index/count and a bin32 length) instead of assuming it small.
-        n_max = MAX_MESSAGE_BYTES // 512
-        header = len(
-            msgpack.packb(
-                [
-                    PROTO_VERSION,
-                    FRAG,
-                    self.name,
-                    self.incarnation,
-                    self._next_msg,
-                    n_max,
-                    n_max,
-                    b"",
-                ],
-                use_bin_type=True,
-            )
-        )
-        chunk = self.cfg.max_payload - header - 4
-        pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
-        msg_id = self._next_msg
-        self._next_msg += 1
-        out = []
-        for i, p in enumerate(pieces):
-            d = msgpack.packb(
-                [PROTO_VERSION, FRAG, self.name, self.incarnation, msg_id, i, len(pieces), p],
-                use_bin_type=True,
-            )
-            self.largest_datagram = max(self.largest_datagram, len(d))
-            out.append((peer, d))
-        self.counters.incr("sent_frag", len(pieces))
-        return out
-
-    def _reassemble(self, sender: str, f: list[Any], now: float) -> bytes | None:
-        if (
-            len(f) != 4
-            or not all(type(x) is int for x in f[:3])
-            or not isinstance(f[3], bytes)
-            or not 0 <= f[1] < f[2] <= MAX_MESSAGE_BYTES // 512
-        ):
-            raise BadPacket("shape", "frag is [id, index, total, bytes]")
-        msg_id, idx, total, piece = f
-        key = (sender, msg_id)
-        if key not in self._partial:
-            if len(self._partial) >= MAX_PARTIAL_MESSAGES:
-                self._partial.popitem(last=False)
-                self.counters.incr("drop_frag_evicted")
-            self._partial[key] = (now, [None] * total)
-        _, parts = self._partial[key]
-        if len(parts) != total:
-            raise BadPacket("shape", "fragment total changed")
-        parts[idx] = piece
-        if any(p is None for p in parts):
-            return None
-        del self._partial[key]
-        whole = b"".join(p for p in parts if p is not None)
-        if len(whole) > MAX_MESSAGE_BYTES:
-            raise BadPacket("too_large", "reassembled message too large")
-        return whole
-
-    def _expire_partial(self, now: float) -> None:
-        while self._partial:
-            key, (born, _) = next(iter(self._partial.items()))
-            if now - born < FRAG_TTL_MS:
-                break
-            del self._partial[key]
-            self.counters.incr("drop_frag_expired")
-
     # ------------------------------------------------------------------ figures
+    @property
+    def largest_datagram(self) -> int:
+        return self.enc.largest_datagram
+
     def stats(self, now_ms: float) -> dict[str, Any]:
         return {
             "seq": self.seq,
@@ -737,25 +507,11 @@ class AntiEntropy:
         }
 
 
-def _pack64(values: Sequence[int]) -> bytes:
-    return b"".join(v.to_bytes(8, "big") for v in values)
-
-
-def _unpack64(raw: Any, n: int) -> list[int]:
-    if not isinstance(raw, bytes) or len(raw) != 8 * n:
-        raise BadPacket("shape", "digest block has the wrong size")
-    return [int.from_bytes(raw[i : i + 8], "big") for i in range(0, 8 * n, 8)]
-
-
-_HANDLERS = {
-    DELTA: AntiEntropy._on_delta,
-    ACK: AntiEntropy._on_ack,
-    DIGEST: AntiEntropy._on_digest,
-    SYNC_OK: AntiEntropy._on_sync_ok,
-    LEAVES: AntiEntropy._on_leaves,
-    PULL: AntiEntropy._on_pull,
-    ENTRIES: AntiEntropy._on_entries,
-    PULL_DONE: AntiEntropy._on_pull_done,
-}
-
-__all__ = ["AntiEntropy", "GossipConfig", "Outcome", "Timestamp"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "TYPE_NAMES",
+    "AntiEntropy",
+    "GossipConfig",
+    "Outcome",
+    "Timestamp",
+]

@@ -1,40 +1,49 @@
 """The thin trio loop under the anti-entropy protocol: it only moves bytes.
 
-Three tasks share one transport:
+The service owns the anti-entropy protocol object (``ae``, pure) and feeds it. Three tasks
+share one transport:
 
 * receive: datagram -> ``Sealer.open_untrusted`` (decrypt, authenticate, replay guard) ->
-  ``Replica.receive`` (the pure protocol) -> novel delta queued for persistence. Anything
-  refused is dropped and counted by reason; nothing refused reaches the state.
-* send: drains ``Replica.outbox`` (what the protocol wants sent), seals each payload for
-  its recipient and sends it to the peer's gossip address (from Serf membership).
+  ``AntiEntropy.receive_untrusted`` (joins into the replica's state) -> novel delta queued
+  for persistence. Anything refused is dropped and counted by reason; nothing refused
+  reaches the state.
+* send: drains the outbox (what the protocol wants sent), seals each payload for its
+  recipient and sends it to the peer's gossip address (from Serf membership).
 * tick: calls the protocol's timer every ``tick_ms``.
 
 And a fourth persists remote deltas through the replica's store (group commit), so an
-fsync never stalls the receive loop.
+fsync never stalls the receive loop. Local writes reach the protocol through the replica's
+``on_local_write`` hook, registered here: the replica does not know the gossip layer.
 
-Ownership: the service owns none of its arguments; the caller opens and closes the
-transport and the replica. ``run`` returns when cancelled.
+Ownership: the service owns ``ae`` and its outbox, none of its arguments; the caller opens
+and closes the transport and the replica. ``run`` returns when cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from gossipmgr.core.clock import HLC
 from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket
 from gossipmgr.gossip.crypto import HEADER_LEN, SENDER_ID_LEN, Counters, Keyring, Sealer, node_id
-from gossipmgr.gossip.protocol import TYPE_NAMES
+from gossipmgr.gossip.messages import TYPE_NAMES
+from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
 from gossipmgr.gossip.transport import Addr, Transport
-from gossipmgr.runtime.replica import Replica
 
 log = logging.getLogger("gossipmgr.gossip")
 
 #: Remote deltas waiting for the disk. Beyond it the receive loop waits (backpressure).
 PERSIST_QUEUE = 1_024
+#: Datagrams queued for the send task; beyond it they are dropped and counted (the
+#: retransmit tick and digest resync recover them), so a stalled socket never blocks a write.
+OUTBOX_LIMIT = 10_000
 #: Refusals that mean "this sender does not hold our key": a key we do not know, or a tag
 #: that does not verify. Counted per source address so /health can name the peer.
 AUTH_REASONS = frozenset({"unknown_key", "auth"})
@@ -61,10 +70,48 @@ def _msg_type(plaintext: bytes) -> str:
     return "other"
 
 
+class ReplicaPort(Protocol):
+    """What the service needs of the replica (``gossipmgr.runtime.replica.Replica``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def incarnation(self) -> int: ...
+
+    @property
+    def state(self) -> ClusterState: ...
+
+    @property
+    def hlc(self) -> HLC: ...
+
+    #: the service counts ``outbox_dropped`` here
+    counters: dict[str, int]
+
+    def now_ms(self) -> int: ...
+
+    def on_local_write(self, listener: Callable[[LWWMap], None]) -> None: ...
+
+    def remote_applied(self, novel: LWWMap) -> None: ...
+
+    async def persist(self, novel: LWWMap) -> None: ...
+
+
 class GossipService:
-    def __init__(self, replica: Replica, transport: Transport, keyring: Keyring, *, boot_ms: int):
+    def __init__(
+        self,
+        replica: ReplicaPort,
+        transport: Transport,
+        keyring: Keyring,
+        *,
+        boot_ms: int,
+        config: GossipConfig | None = None,
+    ):
         self.replica = replica
         self.transport = transport
+        self.ae = AntiEntropy(replica.name, replica.incarnation, replica.state, replica.hlc, config)
+        self._outbox_send, self._outbox = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
+        replica.on_local_write(self._local_write)
         self.sealer = Sealer(keyring, node_id(replica.name), boot_ms)
         self.addrs: dict[str, Addr] = {}
         self.counters = Counters()
@@ -86,7 +133,17 @@ class GossipService:
         if peers != self.addrs:
             log.info("%s: gossip peers now %s", self.replica.name, sorted(peers))
         self.addrs = dict(peers)
-        self.replica.set_peers(sorted(peers))
+        self.ae.set_peers(sorted(peers), self.replica.now_ms())
+
+    def _queue(self, out: list[tuple[str, bytes]]) -> None:
+        for item in out:
+            try:
+                self._outbox_send.send_nowait(item)
+            except trio.WouldBlock:
+                self.replica.counters["outbox_dropped"] += 1
+
+    def _local_write(self, novel: LWWMap) -> None:
+        self._queue(self.ae.push_local(novel, self.replica.now_ms()).out)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -111,9 +168,11 @@ class GossipService:
             kind = _msg_type(opened.plaintext)
             self.counters.incr(f"recv_{kind}")
             self.counters.incr(f"recv_bytes_{kind}", len(data))
-            novel = self.replica.receive(opened.plaintext)
-            if novel is not None:
-                await self._persist_send.send(novel)
+            res = self.ae.receive_untrusted(opened.plaintext, self.replica.now_ms())
+            self._queue(res.out)
+            if res.novel is not None and len(res.novel):
+                self.replica.remote_applied(res.novel)
+                await self._persist_send.send(res.novel)
 
     def _note_auth_failure(self, src: Addr, reason: str, data: bytes) -> None:
         f = self.auth_failures.pop(src, None)
@@ -140,7 +199,7 @@ class GossipService:
             )
 
     async def _send_loop(self) -> None:
-        async for peer, payload in self.replica.outbox:
+        async for peer, payload in self._outbox:
             dest = self.addrs.get(peer)
             if dest is None:
                 self.counters.incr("drop_no_address")
@@ -161,9 +220,9 @@ class GossipService:
             await self.transport.send(sealed, dest)
 
     async def _tick_loop(self) -> None:
-        interval = self.replica.ae.cfg.tick_ms / 1000
+        interval = self.ae.cfg.tick_ms / 1000
         while True:
-            self.replica.tick()
+            self._queue(self.ae.tick(self.replica.now_ms()))
             await trio.sleep(interval)
 
     async def _persist_loop(self) -> None:
@@ -185,5 +244,5 @@ class GossipService:
             "transport": dict(self.counters),
             "refused": dict(self.sealer.refused),
             "socket": dict(self.transport.counters),
-            "protocol": self.replica.ae.stats(self.replica.now_ms()),
+            "protocol": self.ae.stats(self.replica.now_ms()),
         }

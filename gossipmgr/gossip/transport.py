@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
-from gossipmgr.gossip.crypto import MAX_DATAGRAM, Counters
+from gossipmgr.gossip.datagram import MAX_DATAGRAM, Counters
 
 __all__ = ["MAX_DATAGRAM", "RECV_BUFFER", "Addr", "Transport", "UdpTransport", "open_udp_transport"]
 

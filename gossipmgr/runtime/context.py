@@ -181,7 +181,8 @@ class AgentApiContext:
         """Every instance Serf lists, and this one (sorted by name)."""
         m = self.agent.membership
         name = self.agent.cfg.name
-        stats = self.replica.ae.stats(self.replica.now_ms())["peers"]
+        g = self.agent.gossip
+        stats = g.ae.stats(self.replica.now_ms())["peers"] if g is not None else {}
         failing: dict[str, list[dict[str, Any]]] = {}
         for a in self.auth_failures():
             if a["peer"] is not None:

@@ -199,7 +199,7 @@ class Holder:
             rep.now_ms(),
             rep.lease_cfg,
             rep.state.max_record_epoch,
-            live=rep.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
+            live=self.gossip.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
         )
         if new is None:
             return

@@ -6,7 +6,7 @@ updates, health events)::
     make(state, ts) -> delta        pure; ts from the hybrid logical clock
     await store.append(delta)       durable: written and fsync'd (group commit)
     state.apply(delta)              visible to local reads
-    anti-entropy.local_write        eager push to every peer (via ``outbox``)
+    on_local_write listeners        the gossip service: eager push to every peer
 
 So a write is acknowledged (``commit`` returns) only once it is on disk; a write whose append
 fails raises StoreError and is neither applied nor sent. Remote deltas are applied by the
@@ -30,7 +30,9 @@ snapshot to be written. Remote deltas need no gate: they are applied before they
 persisted.
 
 Ownership: the Replica owns its Store (opened in ``open``, closed in ``aclose``). It starts
-no tasks; the gossip service drains ``outbox`` and calls ``receive``.
+no tasks and knows nothing of gossip: ``gossipmgr.gossip.service.GossipService`` owns the
+anti-entropy protocol, which joins remote deltas into ``state`` and reports them here
+(``remote_applied``, ``persist``), and registers with ``on_local_write`` for local ones.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, LeaseConfig, bounded, is_holder
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import BadPacket, CorruptFile, StoreError, ValueRefused, ValueTooLarge
-from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
 
 log = logging.getLogger("gossipmgr.replica")
 
@@ -59,11 +60,9 @@ SNAPSHOT_VERSION = 1
 #: Snapshot once this much log has accumulated: bounded restore time (replaying 8 MiB of
 #: small deltas takes well under a second) and bounded disk use.
 DEFAULT_COMPACT_BYTES = 8 * 1024 * 1024
-#: Datagrams queued for the gossip service; beyond it they are dropped and counted (the
-#: retransmit tick and digest resync recover them), so a stalled socket never blocks a write.
-OUTBOX_LIMIT = 10_000
-
 Make = Callable[[ClusterState, Timestamp], LWWMap]
+#: Told the novel part of every local write, once it is durable and applied.
+LocalWriteListener = Callable[[LWWMap], None]
 
 
 def check_writable(delta: LWWMap) -> None:
@@ -116,7 +115,6 @@ class Replica:
         *,
         data_dir: Path | None,
         incarnation: int | None = None,
-        gossip: GossipConfig | None = None,
         lease: LeaseConfig | None = None,
         max_offset_ms: int = 500,
         fsync: bool = True,
@@ -130,7 +128,6 @@ class Replica:
         self.incarnation = incarnation if incarnation is not None else int(clock() * 1000)
         self.state = ClusterState()
         self.hlc = HLC(name, max_offset_ms=max_offset_ms)
-        self.ae = AntiEntropy(name, self.incarnation, self.state, self.hlc, gossip)
         self.lease_cfg = lease or LeaseConfig()
         #: alive gossipmgr instances (Serf's view, set by the agent); alone: just us
         self.candidates: list[str] = [name]
@@ -145,12 +142,13 @@ class Replica:
         self._drained = trio.Event()  # set when _in_flight drops to 0 while the gate is shut
         self._gate_open = trio.Event()
         self._gate_open.set()
-        send, recv = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
-        self.outbox_send, self.outbox = send, recv
+        self._listeners: list[LocalWriteListener] = []
         self._changed = trio.Event()
         self.counters: dict[str, int] = {
             "writes": 0,
             "write_errors": 0,
+            # Counted by the gossip service (its send queue is full); kept here so the
+            # metric (gossipmgr_replica_outbox_dropped_total) exists from the start.
             "outbox_dropped": 0,
             "quarantined": 0,
         }
@@ -270,16 +268,18 @@ class Replica:
                 except StoreError:
                     self.counters["write_errors"] += 1
                     raise
-            res = self.ae.local_write(delta, self.now_ms())
+            novel = self.state.apply(delta)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._drained.set()
         self.counters["writes"] += 1
-        self._send(res.out)
+        if len(novel):
+            for listener in self._listeners:
+                listener(novel)
         self._notify()
         await self._maybe_compact()
-        return res.novel if res.novel is not None else LWWMap()
+        return novel
 
     async def persist(self, novel: LWWMap) -> None:
         """Persist a remote delta that the protocol already applied (best effort)."""
@@ -333,28 +333,17 @@ class Replica:
             finally:
                 self._gate_open.set()
 
-    # ------------------------------------------------------------------ gossip glue
-    def _send(self, out: list[tuple[str, bytes]]) -> None:
-        for item in out:
-            try:
-                self.outbox_send.send_nowait(item)
-            except trio.WouldBlock:
-                self.counters["outbox_dropped"] += 1
+    # ------------------------------------------------------------------ replication
+    def on_local_write(self, listener: LocalWriteListener) -> None:
+        """Call ``listener(novel)`` after every local write that changed the state (the
+        gossip service pushes it to the peers). It must not block or raise."""
+        self._listeners.append(listener)
 
-    def receive(self, payload: bytes) -> LWWMap | None:
-        """Feed one decrypted datagram to the protocol; returns the novel delta to persist."""
-        res = self.ae.receive_untrusted(payload, self.now_ms())
-        self._send(res.out)
-        if res.novel is not None and len(res.novel):
+    def remote_applied(self, novel: LWWMap) -> None:
+        """A remote delta was joined into ``state`` (by the protocol): wake change waiters.
+        Persisting it is a separate step (``persist``)."""
+        if len(novel):
             self._notify()
-            return res.novel
-        return None
-
-    def tick(self) -> None:
-        self._send(self.ae.tick(self.now_ms()))
-
-    def set_peers(self, names: list[str]) -> None:
-        self.ae.set_peers(names, self.now_ms())
 
     # ------------------------------------------------------------------ change feed
     def _notify(self) -> None:

@@ -18,7 +18,6 @@ makes a factory for that).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -28,7 +27,14 @@ from typing import Any, Final
 import trio
 
 from gossipmgr.errors import SerfError, SerfProtocolError, SerfUnavailable
-from gossipmgr.serf.rpc import Frame, SerfRpcProtocol, error_for
+from gossipmgr.serf.rpc import (
+    Frame,
+    MemberRecord,
+    SerfRpcProtocol,
+    error_for,
+    normalize_member,
+    normalize_record,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -50,33 +56,6 @@ SLOW_TIMEOUT: Final = 15.0
 #: Records buffered per stream before we drop (the agent itself buffers 512 per stream).
 STREAM_BUFFER: Final = 512
 _READ_SIZE: Final = 65536
-
-MemberRecord = dict[str, Any]
-
-
-def normalize_member(raw: Mapping[str, Any]) -> MemberRecord:
-    """Copy a Serf member record with ``Addr`` (4 or 16 raw bytes) turned into an IP string.
-
-    IPv4-mapped IPv6 addresses become plain IPv4. Other fields are copied unchanged.
-    """
-    rec = dict(raw)
-    addr = rec.get("Addr")
-    if isinstance(addr, bytes | bytearray) and len(addr) in (4, 16):
-        ip = ipaddress.ip_address(bytes(addr))
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        rec["Addr"] = str(ip)
-    if not isinstance(rec.get("Tags"), dict):
-        rec["Tags"] = {}
-    return rec
-
-
-def _normalize_record(body: dict[str, Any]) -> dict[str, Any]:
-    members = body.get("Members")
-    if isinstance(members, list):
-        body = dict(body)
-        body["Members"] = [normalize_member(m) for m in members if isinstance(m, dict)]
-    return body
 
 
 class RecordStream:
@@ -100,7 +79,7 @@ class RecordStream:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             self._client._raise_if_broken()
             raise StopAsyncIteration from None
-        return _normalize_record(frame.body or {})
+        return normalize_record(frame.body or {})
 
     async def aclose(self) -> None:
         """Stop listening locally (does not send ``stop``; see :meth:`SerfClient.stream`)."""

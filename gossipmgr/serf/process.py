@@ -46,9 +46,17 @@ import msgpack
 import trio
 
 from gossipmgr.errors import ConfigError, SerfError, SerfUnavailable
+from gossipmgr.serf.addr import split_hostport
+from gossipmgr.serf.backoff import Backoff
 from gossipmgr.serf.client import open_serf_client
 
-__all__ = ["MAX_TAGS_BYTES", "SerfAgentProcess", "encoded_tags_size", "parse_hostport"]
+__all__ = [
+    "MAX_TAGS_BYTES",
+    "SerfAgentProcess",
+    "encoded_tags_size",
+    "parse_hostport",
+    "serf_agent_argv",
+]
 
 
 #: The agent must not outlive gossipmgr: an orphaned agent would keep advertising a dead
@@ -85,11 +93,60 @@ def encoded_tags_size(tags: Mapping[str, str]) -> int:
 
 
 def parse_hostport(value: str, what: str) -> tuple[str, int]:
-    """Split "ip:port"; raise ConfigError on a malformed value."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{what}: expected ip:port, got {value!r}")
-    return host.strip("[]"), int(port)
+    """Split "ip:port" (``gossipmgr.serf.addr.split_hostport``, port 1-65535); raise
+    ConfigError on a malformed value."""
+    try:
+        return split_hostport(value)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: expected ip:port, got {value!r} ({exc})") from None
+
+
+def serf_agent_argv(
+    node: str,
+    bind: str,
+    rpc_addr: str,
+    *,
+    binary: str = "serf",
+    profile: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    tags_file: Path | None = None,
+    snapshot: Path | None = None,
+    rejoin: bool = False,
+    log_level: str | None = None,
+    keyring_file: Path | None = None,
+    config_file: Path | None = None,
+    discover: str | None = None,
+    iface: str | None = None,
+    retry_join: Sequence[str] = (),
+    retry_interval_s: float | None = None,
+) -> list[str]:
+    """The argv of a ``serf agent`` (0.8.x flags): the one builder of it, used by the
+    supervised child here and by every test, bench and local cluster that starts a bare
+    agent. An option left at None/empty is not passed (Serf's default applies)."""
+    argv = [binary, "agent", f"-node={node}", f"-bind={bind}", f"-rpc-addr={rpc_addr}"]
+    if profile is not None:
+        argv.append(f"-profile={profile}")
+    argv += [f"-tag={k}={v}" for k, v in (tags or {}).items()]
+    if tags_file is not None:
+        argv.append(f"-tags-file={tags_file}")
+    if snapshot is not None:
+        argv.append(f"-snapshot={snapshot}")
+    if rejoin:
+        argv.append("-rejoin")
+    if log_level is not None:
+        argv.append(f"-log-level={log_level}")
+    for flag, value in (
+        ("keyring-file", keyring_file),
+        ("config-file", config_file),
+        ("discover", discover),
+        ("iface", iface),
+    ):
+        if value is not None:
+            argv.append(f"-{flag}={value}")
+    argv += [f"-retry-join={peer}" for peer in retry_join]
+    if retry_interval_s is not None:
+        argv.append(f"-retry-interval={retry_interval_s:g}s")
+    return argv
 
 
 class SerfAgentProcess:
@@ -212,50 +269,56 @@ class SerfAgentProcess:
                     f"Serf's limit is {MAX_TAGS_BYTES} bytes"
                 )
             _write_json(tags_path, tags)
-            argv = [
-                self.serf_binary,
-                "agent",
-                f"-node={self.name}",
-                f"-bind={self.bind}",
-                f"-rpc-addr={self.rpc_host}:{self.rpc_port}",
-                f"-profile={self.profile}",
-                f"-tags-file={tags_path}",
-                f"-snapshot={self.data_dir / 'snapshot'}",
-                "-rejoin",
-                f"-log-level={self.log_level}",
-            ]
-            if self.encrypt_key is not None:
-                ring_path = self.data_dir / "keyring.json"
-                ring: list[str] = []
-                if ring_path.exists():
-                    loaded = json.loads(ring_path.read_text() or "[]")
-                    if isinstance(loaded, list):
-                        ring = [str(k) for k in loaded]
-                if self.encrypt_key not in ring:
-                    ring.append(self.encrypt_key)
-                    _write_json(ring_path, ring, mode=0o600)  # the shared key
-                argv.append(f"-keyring-file={ring_path}")
-            config: dict[str, Any] = {}
-            if self.rpc_auth is not None:
-                config["rpc_auth"] = self.rpc_auth
-            if self.reconnect_timeout is not None:
-                config["reconnect_timeout"] = self.reconnect_timeout
-            if self.tombstone_timeout is not None:
-                config["tombstone_timeout"] = self.tombstone_timeout
-            if config:
-                config_path = self.data_dir / "config.json"
-                _write_json(config_path, config, mode=0o600)
-                argv.append(f"-config-file={config_path}")
-            if self.discover is not None:
-                argv.append(f"-discover={self.discover}")
-            if self.iface is not None:
-                argv.append(f"-iface={self.iface}")
-            if self.retry_join:
-                argv += [f"-retry-join={peer}" for peer in self.retry_join]
-                argv.append(f"-retry-interval={self.retry_interval_s:g}s")
+            keyring_file = self._write_keyring() if self.encrypt_key is not None else None
+            argv = serf_agent_argv(
+                self.name,
+                self.bind,
+                f"{self.rpc_host}:{self.rpc_port}",
+                binary=self.serf_binary,
+                profile=self.profile,
+                tags_file=tags_path,
+                snapshot=self.data_dir / "snapshot",
+                rejoin=True,
+                log_level=self.log_level,
+                keyring_file=keyring_file,
+                config_file=self._write_config(),
+                discover=self.discover,
+                iface=self.iface,
+                retry_join=self.retry_join,
+                retry_interval_s=self.retry_interval_s if self.retry_join else None,
+            )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"serf data dir {self.data_dir}: {exc}") from exc
         return argv
+
+    def _write_keyring(self) -> Path:
+        """keyring.json holding our key (kept with any keys Serf installed since)."""
+        assert self.encrypt_key is not None
+        ring_path = self.data_dir / "keyring.json"
+        ring: list[str] = []
+        if ring_path.exists():
+            loaded = json.loads(ring_path.read_text() or "[]")
+            if isinstance(loaded, list):
+                ring = [str(k) for k in loaded]
+        if self.encrypt_key not in ring:
+            ring.append(self.encrypt_key)
+            _write_json(ring_path, ring, mode=0o600)  # the shared key
+        return ring_path
+
+    def _write_config(self) -> Path | None:
+        """config.json for the settings with no command-line flag, if any is set."""
+        config: dict[str, Any] = {}
+        if self.rpc_auth is not None:
+            config["rpc_auth"] = self.rpc_auth
+        if self.reconnect_timeout is not None:
+            config["reconnect_timeout"] = self.reconnect_timeout
+        if self.tombstone_timeout is not None:
+            config["tombstone_timeout"] = self.tombstone_timeout
+        if not config:
+            return None
+        config_path = self.data_dir / "config.json"
+        _write_json(config_path, config, mode=0o600)
+        return config_path
 
     # -- supervision ----------------------------------------------------------------------
 
@@ -279,7 +342,7 @@ class SerfAgentProcess:
 
     async def _supervise(self, argv: list[str], task_status: trio.TaskStatus[None]) -> None:
         started = False
-        backoff = self.backoff_min
+        backoff = Backoff(self.backoff_min, self.backoff_max)
         while True:
             began = trio.current_time()
             proc = await self._spawn(argv)
@@ -304,7 +367,7 @@ class SerfAgentProcess:
                     "%r: agent exited with code %s; restarting in %.1f s",
                     self,
                     proc.returncode,
-                    backoff,
+                    backoff.current,
                 )
             finally:
                 self.ready = False
@@ -312,9 +375,8 @@ class SerfAgentProcess:
                     with trio.CancelScope(shield=True):
                         await self._stop(proc)
             if trio.current_time() - began > 30 * self.backoff_max:
-                backoff = self.backoff_min  # it ran fine for a long while: a fresh failure
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.backoff_max)
+                backoff.reset()  # it ran fine for a long while: a fresh failure
+            await trio.sleep(backoff.next())
 
     async def _spawn(self, argv: list[str]) -> trio.Process:
         self.starts += 1

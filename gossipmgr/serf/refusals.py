@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Final
@@ -126,10 +126,16 @@ async def watch_refusals(
     while True:
         try:
             async with connect() as client, client.monitor("WARN") as lines:
-                async for rec in lines:
-                    text = rec.get("Log")
-                    if isinstance(text, str) and refusals.feed(text, now_ms()):
-                        log.debug("serf refused: %s", text.strip())
+                await _feed(lines, refusals, now_ms)
         except (SerfError, OSError) as exc:
             log.debug("serf log monitor down: %s", exc)
         await trio.sleep(retry_s)
+
+
+async def _feed(
+    lines: AsyncIterator[dict[str, Any]], refusals: SerfRefusals, now_ms: Callable[[], int]
+) -> None:
+    async for rec in lines:
+        text = rec.get("Log")
+        if isinstance(text, str) and refusals.feed(text, now_ms()):
+            log.debug("serf refused: %s", text.strip())

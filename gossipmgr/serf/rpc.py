@@ -19,6 +19,7 @@ programming error on the sending side (unknown command, body given to a body-les
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,9 +35,12 @@ __all__ = [
     "RESPONSE_BODY",
     "STREAMING",
     "Frame",
+    "MemberRecord",
     "SerfRpcProtocol",
     "encode_request",
     "error_for",
+    "normalize_member",
+    "normalize_record",
 ]
 
 #: Commands that send a body map after the request header (ipc.go's handlers that call
@@ -276,3 +280,34 @@ class SerfRpcProtocol:
         """
         if seq in self._outstanding and self._outstanding[seq] in STREAMING:
             self._retire(seq)
+
+
+# --- member records -----------------------------------------------------------------------
+
+MemberRecord = dict[str, Any]
+
+
+def normalize_member(raw: Mapping[str, Any]) -> MemberRecord:
+    """Copy a Serf member record with ``Addr`` (4 or 16 raw bytes) turned into an IP string.
+
+    IPv4-mapped IPv6 addresses become plain IPv4. Other fields are copied unchanged.
+    """
+    rec = dict(raw)
+    addr = rec.get("Addr")
+    if isinstance(addr, bytes | bytearray) and len(addr) in (4, 16):
+        ip = ipaddress.ip_address(bytes(addr))
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        rec["Addr"] = str(ip)
+    if not isinstance(rec.get("Tags"), dict):
+        rec["Tags"] = {}
+    return rec
+
+
+def normalize_record(body: dict[str, Any]) -> dict[str, Any]:
+    """A reply or stream record with its ``Members`` normalized (``normalize_member``)."""
+    members = body.get("Members")
+    if isinstance(members, list):
+        body = dict(body)
+        body["Members"] = [normalize_member(m) for m in members if isinstance(m, dict)]
+    return body

@@ -16,7 +16,7 @@ from gossipmgr.core.clock import HLC
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
-from gossipmgr.testing.network import InMemoryNetwork
+from gossipmgr.testing.netsim import SimNetwork
 
 
 def addr(name: str) -> tuple[str, int]:
@@ -40,7 +40,7 @@ class SimInstance:
 
 @dataclass
 class Sim:
-    """``n`` instances on an ``InMemoryNetwork``; ``now`` is simulated milliseconds."""
+    """``n`` instances on a ``SimNetwork``; ``now`` is simulated milliseconds."""
 
     n: int
     seed: int = 0
@@ -52,11 +52,11 @@ class Sim:
     now: float = 1_000_000.0
     names: list[str] = field(init=False)
     inst: dict[str, SimInstance] = field(init=False)
-    net: InMemoryNetwork = field(init=False)
+    net: SimNetwork = field(init=False)
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
-        self.net = InMemoryNetwork(self.seed, drop=self.drop, dup=self.dup, delay=self.delay)
+        self.net = SimNetwork(self.seed, drop=self.drop, dup=self.dup, delay=self.delay)
         self.names = [f"i{k:03d}" for k in range(self.n)]
         self.inst = {}
         for k, name in enumerate(self.names):

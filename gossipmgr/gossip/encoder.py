@@ -1,0 +1,117 @@
+"""Messages out: one anti-entropy message as the datagram payloads that carry it.
+
+PURE. ``MessageEncoder`` packs fields into messages (``gossipmgr.gossip.messages``), splits
+batches of entries into as many messages as the payload budget needs, fragments a message
+larger than one datagram, and drops (logged, counted ``drop_unsendable``) one that cannot be
+encoded or exceeds ``MAX_MESSAGE_BYTES``. Counts go into the protocol's ``counters``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+
+from gossipmgr.core.codec import entry_to_wire
+from gossipmgr.core.crdt import Entry, Key, LWWMap
+from gossipmgr.gossip.datagram import Counters
+from gossipmgr.gossip.messages import DELTA, MAX_MESSAGE_BYTES, TYPE_NAMES, fragment, pack
+
+log = logging.getLogger("gossipmgr.gossip")
+
+__all__ = ["HEADER_SLACK", "MessageEncoder", "Payloads"]
+
+#: Fixed cost of a message header, a conservative bound used when packing entries.
+HEADER_SLACK = 64
+
+Payloads = list[tuple[str, bytes]]
+"""(peer, datagram payload) pairs to send."""
+
+
+class MessageEncoder:
+    """The sending side of one instance's messages. Not thread-safe (one owner)."""
+
+    def __init__(self, name: str, incarnation: int, max_payload: int, counters: Counters):
+        self.name = name
+        self.incarnation = incarnation
+        self.max_payload = max_payload
+        self.counters = counters
+        self.largest_datagram = 0
+        self._next_msg = 1
+
+    def delta_messages(
+        self, peer: str, lo: int, hi: int, wire: list[tuple[list[Any], int]]
+    ) -> Payloads:
+        """DELTA messages for the interval (lo, hi] of these (entry, encoded size) pairs:
+        every message but the last is sent as (lo, lo], which acknowledges nothing."""
+        out: Payloads = []
+        batch: list[Any] = []
+        size = 0
+        for w, n in wire:
+            if batch and size + n > self.max_payload - HEADER_SLACK:
+                out += self.encode(peer, DELTA, [lo, lo, batch])
+                batch, size = [], 0
+            batch.append(w)
+            size += n
+        return out + self.encode(peer, DELTA, [lo, hi, batch])
+
+    def wire(self, delta: LWWMap) -> list[Any]:
+        return [entry_to_wire(k, e) for k, e in delta.items()]
+
+    @staticmethod
+    def wire_items(items: dict[Key, Entry]) -> list[Any]:
+        return [entry_to_wire(k, e) for k, e in items.items()]
+
+    def pack_entries(
+        self, peer: str, mtype: int, head: list[Any], items: list[tuple[Key, Entry]]
+    ) -> Payloads:
+        out: Payloads = []
+        batch: list[Any] = []
+        size = 0
+        for k, e in items:
+            w = entry_to_wire(k, e)
+            n = len(msgpack.packb(w, use_bin_type=True))
+            if batch and size + n > self.max_payload - HEADER_SLACK:
+                out += self.encode(peer, mtype, [*head, batch])
+                batch, size = [], 0
+            batch.append(w)
+            size += n
+        if batch:
+            out += self.encode(peer, mtype, [*head, batch])
+        return out
+
+    def encode(self, peer: str, mtype: int, fields: list[Any]) -> Payloads:
+        """The datagram payloads of one message; none (logged, counted ``drop_unsendable``)
+        for a message that cannot be encoded or is larger than ``MAX_MESSAGE_BYTES``.
+
+        Local writes are refused before that can happen (``replica.check_writable``) and a
+        restore leaves such entries out (``Replica._quarantine``); this is the last line, so
+        one bad record never takes the gossip service down.
+        """
+        try:
+            data = pack(mtype, self.name, self.incarnation, fields)
+        except (ValueError, TypeError, OverflowError) as exc:
+            return self.unsendable(peer, mtype, f"cannot be encoded: {exc}")
+        self.counters.incr(f"sent_{TYPE_NAMES[mtype]}")
+        if len(data) <= self.max_payload:
+            self.largest_datagram = max(self.largest_datagram, len(data))
+            return [(peer, data)]
+        if len(data) > MAX_MESSAGE_BYTES:
+            return self.unsendable(
+                peer, mtype, f"{len(data)} bytes exceed the {MAX_MESSAGE_BYTES}-byte message limit"
+            )
+        return self.fragment(peer, data)
+
+    def unsendable(self, peer: str, mtype: int, why: str) -> Payloads:
+        self.counters.incr("drop_unsendable")
+        log.error("%s: %s message to %s not sent: %s", self.name, TYPE_NAMES[mtype], peer, why)
+        return []
+
+    def fragment(self, peer: str, data: bytes) -> Payloads:
+        msg_id = self._next_msg
+        self._next_msg += 1
+        pieces = fragment(data, self.name, self.incarnation, msg_id, self.max_payload)
+        self.largest_datagram = max(self.largest_datagram, *map(len, pieces))
+        self.counters.incr("sent_frag", len(pieces))
+        return [(peer, d) for d in pieces]

@@ -1,0 +1,98 @@
+"""What the anti-entropy protocol keeps per peer, its timing and size knobs, and the table
+of which peer each differing leaf is being pulled from. PURE (plain records).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gossipmgr.gossip.datagram import Counters
+
+__all__ = ["GossipConfig", "LeafClaims", "PeerState"]
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    """Timing and size knobs. Each default has its reason beside it."""
+
+    #: Retransmission tick: 150 ms sits inside the issue's 100-200 ms and at memberlist's
+    #: local-profile gossip interval, so a lost datagram costs ~1 tick.
+    tick_ms: int = 150
+    #: Resend an unacknowledged interval after this long: ~2 loopback/LAN RTTs plus a tick.
+    retransmit_ms: int = 300
+    #: Periodic repair with one random peer. 2 s keeps idle traffic near 3 kbit/s per
+    #: instance (one ~600 B digest out + reply every 2 s) while repairing any miss quickly.
+    sync_interval_ms: int = 2_000
+    #: Retry a resync digest that got no answer after this long.
+    sync_retry_ms: int = 500
+    #: Leaves pulled per window. A leaf holds ~25 entries at 100,000 records, so 32 leaves is
+    #: ~100 KB per window: well under a default 208 KB socket buffer, no burst loss.
+    pull_window_leaves: int = 32
+    #: Pull windows outstanding at once towards one peer (resync rounds run one peer at a
+    #: time, so this is the whole catch-up pipeline).
+    pull_windows_in_flight: int = 4
+    #: An outstanding pull with no PULL_DONE after this long is re-queued.
+    pull_timeout_ms: int = 1_000
+    #: Deltas kept for peers that have not acknowledged them. Past this, laggards resync.
+    max_buffer: int = 4_096
+    #: Datagram payload budget: 1,400-byte datagrams minus the AEAD header/tag.
+    max_payload: int = 1_300
+    #: A peer heard nothing from for this long is *silent* (dead, or cut off): it gets no
+    #: more interval retransmits and holds no deltas in the buffer; it is probed with a
+    #: digest every ``silent_probe_ms`` instead and resyncs when it answers. 3 s is 10
+    #: retransmit periods, and a live peer is heard from at least every sync interval.
+    silent_after_ms: int = 3_000
+    silent_probe_ms: int = 2_000
+
+
+@dataclass
+class PeerState:
+    acked: int = 0  # A[j]: highest local seq acknowledged by j
+    received: int = 0  # r[j]: highest seq of j's we hold without a gap
+    incarnation: int = 0  # j's incarnation as last seen (0 = never heard)
+    last_sent_ms: float = -1e18  # when we last sent j an interval
+    needs_resync: bool = True
+    last_digest_ms: float = -1e18
+    pending_leaves: deque[int] = field(default_factory=deque)
+    queued_leaves: set[int] = field(default_factory=set)
+    inflight: dict[int, tuple[list[int], float]] = field(default_factory=dict)
+    entries_seen: dict[int, int] = field(default_factory=dict)  # req id -> ENTRIES received
+    last_heard_ms: float = -1e18
+    last_ack_ms: float = -1e18
+
+
+class LeafClaims:
+    """leaf -> (peer, since): the one peer a differing leaf is being pulled from, so a fresh
+    instance resyncing with several peers moves each leaf once, not once per peer."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.owner: dict[int, tuple[str, float]] = {}
+
+    def claim(self, peer: str, leaves: Sequence[int], now_ms: float) -> list[int]:
+        """The leaves no other peer is already being pulled for (claimed for ``peer``).
+
+        A leaf skipped here is compared again at the next digest round with ``peer``, after
+        the other pull landed, and pulled from ``peer`` only if it still differs.
+        """
+        mine = []
+        for leaf in leaves:
+            owner = self.owner.get(leaf)
+            # A claim lasts until its pull completes or its peer is dropped or goes silent
+            # (both release it), however long the leaf waits in that peer's queue.
+            if owner is not None and owner[0] != peer:
+                self.counters.incr("resync_leaves_deduped")
+                continue
+            self.owner[leaf] = (peer, now_ms)
+            mine.append(leaf)
+        return mine
+
+    def release(self, peer: str, leaves: Sequence[int]) -> None:
+        for leaf in leaves:
+            if self.owner.get(leaf, ("",))[0] == peer:
+                del self.owner[leaf]
+
+    def release_all(self, peer: str) -> None:
+        self.owner = {k: v for k, v in self.owner.items() if v[0] != peer}
