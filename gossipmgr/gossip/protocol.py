@@ -4,43 +4,13 @@ This object takes bytes and time in and returns ``(peer, bytes)`` to send; it ne
 never reads a clock and never touches a socket (``h11`` style). ``gossipmgr.gossip.service``
 moves the bytes over UDP; tests drive it in ``gossipmgr.testing.sim`` (pure, seeded).
 
-The algorithm is Almeida, Shoker and Baquero's delta-interval anti-entropy with per-peer
-acknowledgements, plus the two fixes Enes et al. (ICDE 2019) showed are needed for deltas to
-actually be cheaper than full state:
-
-* Every change joined into the replica (local writes, and *novel* parts of received deltas)
-  is appended to a delta buffer under a local sequence number, remembering its origin.
-* **Eager push**: a local write is sent to every peer at once as the interval ``(c-1, c]``.
-* **Tick** (every ``tick_ms``): a peer ``j`` whose ack ``A[j]`` is behind gets the join of
-  ``D(A[j], c]`` again, after ``retransmit_ms`` without an ack.
-* **BP** (never send a delta back to the peer it came from): deltas whose origin is ``j`` are
-  left out of ``j``'s intervals.
-* **RR** (remove redundancy): a receiver joins the delta and buffers only the part that
-  changed its state (``LWWMap.join`` returns it), so old news is never forwarded again.
-* Acks: a receiver keeps ``r[j]``, the highest sequence received without a gap from ``j``; an
-  interval ``(lo, hi]`` with ``lo <= r[j]`` moves it to ``hi``. The entries of a gapped interval
-  are applied anyway (a LWW join is order-free) but not acknowledged, so the sender resends
-  from ``r[j]``. Sequence numbers are per *incarnation* (restart); a new incarnation resets them.
-* **Bounded memory**: the buffer drops what every current peer acknowledged; when it would
-  exceed ``max_buffer``, the oldest deltas are dropped and a peer that had not acknowledged
-  them is switched to a digest resync instead (Akka's DeltaNack answered with full state,
-  but here only the differing buckets move). A peer heard nothing from for
-  ``silent_after_ms`` (dead, or cut off) is switched to resync at once: it holds nothing in
-  the buffer and gets only a digest probe every ``silent_probe_ms`` until it answers.
-
-Digest resync (new peers, restarted peers, peers too far behind, and a periodic repair round
-with one random peer every ``sync_interval_ms``): the initiator sends its 64 super-bucket
-digests (``DIGEST``); the responder answers ``SYNC_OK`` when they match, else the 64 leaf
-digests of each differing super-bucket (``LEAVES``) and flags the initiator for its own pull;
-the initiator pulls differing leaves a window at a time (``PULL`` -> ``ENTRIES``... ``PULL_DONE``),
-then checks again. So both sides pull what they lack, only differing buckets travel, and
-the window paces bulk transfer (no UDP burst larger than ``pull_window_leaves`` leaves).
-Equal digests prove each side holds everything the other had acknowledged-or-not at that
-instant, so ``SYNC_OK`` also acknowledges the whole buffer.
-
-Every message fits one datagram payload of ``max_payload`` bytes (1,400 minus the crypto
-overhead); a larger message (a huge value, a big interval) is split into ``FRAG`` pieces and
-reassembled with bounded memory.
+The algorithm (docs/design.md, "Anti-entropy"): Almeida, Shoker and Baquero's delta-interval
+anti-entropy with per-peer acknowledgements, eager push of local writes, retransmits on
+``tick``, Enes et al.'s BP (no delta back to its origin) and RR (buffer only what changed the
+state), a bounded buffer, silent peers probed by digest, and digest resync (64 super-bucket
+digests, then the differing leaves, pulled a window at a time) for new, restarted and lagging
+peers and a periodic repair round. Every message fits one datagram payload; a larger one
+travels as ``FRAG`` pieces.
 
 The messages and their one decoder are in ``gossipmgr.gossip.messages``, the encoding of
 outgoing ones in ``gossipmgr.gossip.encoder``, per-peer state and knobs in ``peers``.

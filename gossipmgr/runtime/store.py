@@ -9,44 +9,11 @@ The files of a data directory and how they are read are in ``gossipmgr.runtime.s
 (its docstring lists them) and ``gossipmgr.runtime.restore``; docs/storage-format.md has the
 byte layout and the crash-safety argument step by step.
 
-Decisions and why:
-
-- Checksums: records use ``zlib.crc32`` (C speed on many small frames, catches every burst
-  up to 32 bits; CRC32C would be nicer but is not in the stdlib). Snapshots use
-  ``hashlib.blake2b`` (256-bit): one large, rarely read file where a 2**-32 miss chance is
-  not worth saving a few ms, and blake2b is as fast as sha1 in CPython.
-- Torn write vs damage: every segment (format version 2) holds a *commit point* in one
-  of two commit slots after its header. A commit writes and fsyncs the batch, then writes
-  the commit point past it and fsyncs again; only then does append() return. So every
-  byte before the commit point was acknowledged and a crash can only tear bytes after it.
-  Restore refuses (:class:`CorruptFile`, file and offset named) any bad or missing byte
-  before the commit point, unless the operator accepts the loss (``accept_damage``: the
-  intact records are kept, the segment is copied to ``log.N.corrupt`` and cut); in the
-  last segment a bad frame after the commit point is a torn write, cut off and reported.
-  Version 1 segments (no commit point) keep the old heuristic: a short frame, a bad
-  checksum on the frame ending at EOF, or a bad frame followed only by zeros at the end of
-  the last segment is torn. PostgreSQL and etcd also stop rather than skip damage.
-- A corrupt newest snapshot (bad magic/checksum/length): it is **refused**, renamed to
-  ``snapshot.N.corrupt`` (kept for inspection, never deleted by us) and restore uses the
-  previous good snapshot plus *all* segments after it, which retention keeps for exactly
-  this purpose. That restore is complete, not partial, because ``snapshot.N`` only summed
-  up records still present in those segments. The refusal is in ``Restored.notes`` and
-  logged at WARNING. If no older snapshot with an unbroken chain exists, open() raises
-  :class:`CorruptFile` naming the file. A snapshot with an unknown *format version* is never
-  set aside: it was probably written by a newer gossipmgr, so open() raises instead.
-- Replay must be idempotent: a record appended while compact() runs may be covered by the
-  snapshot and also replayed after it (CRDT joins are idempotent).
-- Group commit without a background task: appenders queue frames in the open batch; the
-  one holding ``_flush_lock`` takes the whole batch, writes it with one ``pwrite`` and one
-  fsync in a worker thread, then every appender of that batch returns (or raises). Each
-  appender's task owns its wait; nobody owns a flusher task (prior art: PostgreSQL's
-  commit_delay/group commit, MySQL binlog group commit).
-- Failed write or fsync (ENOSPC, EIO): the whole batch fails with :class:`StoreError`, the
-  commit slot being written is set back to the last good offset, and the segment is
-  truncated back to it and fsync'd (after a failed fsync the
-  page cache state is unknown, see PostgreSQL "fsyncgate" 2018, so the bytes are cut off,
-  never retried). If even that truncate fails the store refuses every later append until
-  reopened: garbage could otherwise sit in the middle of the log.
+The decisions and why (crc32 for records and blake2b for snapshots; a durable commit point
+per segment, so damage to acknowledged bytes is refused and only a tail after it can be a
+torn write; a corrupt newest snapshot set aside for the previous one plus every later
+segment; idempotent replay; group commit without a flusher task; a failed write or fsync
+cut off, never retried) are in docs/storage-format.md, each with its prior art.
 
 Threads: all blocking I/O in async methods runs in ``trio.to_thread.run_sync``; ``open()``
 is synchronous (call it once at start, from a thread if you like).
