@@ -600,7 +600,7 @@ async def test_tls(tmp_path: Path) -> None:
 
 
 async def test_shutdown_is_prompt_with_an_idle_keepalive_connection(tmp_path: Path) -> None:
-    """stack-notes trap 1: without the shielded send, shutdown waits graceful_timeout."""
+    """Without the shielded send, shutdown waits graceful_timeout (docs/api.md, "Serving")."""
     async with standalone(tmp_path) as ctx:
         app = create_app(ctx)
         async with httpx.AsyncClient() as c:

@@ -10,7 +10,7 @@ when its ``async with`` block exits. A lost connection (EOF, reset, desync) is r
 and raised as :class:`~gossipmgr.errors.SerfUnavailable` (or ``SerfProtocolError`` on a
 desync) in every waiter, current and future: nothing hangs.
 
-The agent handles each connection serially (serf-notes §6 pitfall 8): a slow ``join``,
+The agent handles each connection serially (docs/serf.md, "RPC protocol"): a slow ``join``,
 ``leave`` or key operation delays every later reply on the same connection, and a busy
 stream competes with replies. Open a separate client for those (:func:`serf_connector`
 makes a factory for that).
@@ -51,7 +51,7 @@ log = logging.getLogger("gossipmgr.serf")
 #: wedged agent.
 DEFAULT_TIMEOUT: Final = 5.0
 #: Floor for commands that are slow by design: ``leave`` replies after 1.1-1.7 s and a
-#: ``join`` or key operation waits on the network (serf-notes §2).
+#: ``join`` or key operation waits on the network (docs/serf.md, "Measured timings").
 SLOW_TIMEOUT: Final = 15.0
 #: Records buffered per stream before we drop (the agent itself buffers 512 per stream).
 STREAM_BUFFER: Final = 512
@@ -256,7 +256,7 @@ class SerfClient:
 
     async def members(self) -> list[MemberRecord]:
         """All members the agent knows, ``Addr`` as an IP string, in the agent's (random)
-        order: sort them yourself (serf-notes §1)."""
+        order: sort them yourself (docs/serf.md, "RPC protocol")."""
         body = await self.call("members")
         return [normalize_member(m) for m in body.get("Members") or [] if isinstance(m, dict)]
 
@@ -305,7 +305,7 @@ class SerfClient:
         await self.call("force-leave", body)
 
     async def event(self, name: str, payload: bytes = b"", coalesce: bool = True) -> None:
-        """Fire a user event. Name+payload must fit about 480 bytes (serf-notes §1)."""
+        """Fire a user event. Name+payload must fit about 480 bytes (docs/serf.md, "Limits")."""
         await self.call("event", {"Name": name, "Payload": bytes(payload), "Coalesce": coalesce})
 
     @asynccontextmanager

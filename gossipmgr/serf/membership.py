@@ -3,7 +3,8 @@
 
 :class:`SerfMembership` is the trio service around a ``MembershipView``: it polls ``members`` every
 ``poll_interval`` (the event stream lags about 1 s because of Serf's hard-coded coalescing,
-serf-notes §2) and holds a ``stream`` on its own connection only to wake the poller early.
+docs/serf.md, "Measured timings") and holds a ``stream`` on its own connection only to wake
+the poller early.
 It never raises because Serf is down: it reports ``healthy=False`` and retries with
 exponential backoff (0.1 s doubling to 5 s).
 """

@@ -7,7 +7,7 @@
   file holds (configured keys win; extra runtime keys persist).
 - ``keyring.json`` (``-keyring-file``, only with ``encrypt_key``): created from the key when
   absent; when present it wins, because the agent rewrites it on key rotation and a rotated
-  key must survive restarts (``-encrypt`` would not: serf-notes §3). A configured key missing
+  key must survive restarts (``-encrypt`` would not: docs/serf.md). A configured key missing
   from it is appended as a secondary key so it can still decrypt.
 - without ``encrypt_key`` the agent runs unencrypted (to join a Serf cluster that does, as
   contiv/ansible's nodes do); ``keyring.json`` is then left alone and not passed.
@@ -20,7 +20,7 @@
 - ``config.json`` (``-config-file``): ``rpc_auth`` and reap timings, which have no flags.
 - ``agent.log``: the child's stdout and stderr.
 
-Peers are joined with ``-retry-join`` (a failed startup ``-join`` is fatal: serf-notes §6).
+Peers are joined with ``-retry-join`` (a failed startup ``-join`` is fatal: docs/serf.md).
 Stopping sends SIGINT, which makes the agent leave gracefully so peers see ``left`` rather
 than ``failed`` (SIGTERM does not leave), and SIGKILL after ``leave_timeout``.
 

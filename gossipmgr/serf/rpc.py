@@ -45,7 +45,8 @@ __all__ = [
 
 #: Commands that send a body map after the request header (ipc.go's handlers that call
 #: ``client.dec.Decode``). ``members``, ``leave``, ``list-keys`` and ``stats`` must NOT send one:
-#: the agent would parse it as the next header and re-run the old command (serf-notes §1).
+#: the agent would parse it as the next header and re-run the old command (docs/serf.md,
+#: "RPC protocol").
 REQUEST_BODY: Final = frozenset(
     {
         "handshake",
@@ -112,7 +113,7 @@ def encode_request(command: str, seq: int, body: Mapping[str, Any] | None = None
     if wants_body and body is None:
         raise ValueError(f"serf command {command!r} needs a request body")
     if not wants_body and body is not None:
-        # A body here would be read by the agent as the next header (serf-notes §1, pitfall 7).
+        # A body here would be read by the agent as the next header (docs/serf.md, "RPC protocol").
         raise ValueError(f"serf command {command!r} takes no request body")
     out: bytes = msgpack.packb({"Command": command, "Seq": seq}, use_bin_type=True)
     if body is not None:
