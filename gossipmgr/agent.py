@@ -163,7 +163,7 @@ class Agent:
         }
         self.serf_link = serf or serf_link(cfg, self.serf_key, self.serf_rpc_auth, self.counters)
         self.membership: SerfMembership | None = None
-        self.gossip: GossipService | None = None
+        self.gossip: GossipService[Replica] | None = None
         self.holder: Holder | None = None
         self.api_url = ""
         self.api_ctx: AgentApiContext | None = None

@@ -22,11 +22,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from gossipmgr.localcluster import (  # noqa: F401 (free_port re-exported)
-    FORBIDDEN_PORTS,
-    LocalCluster,
-    free_port,
-)
+from gossipmgr.localcluster import LocalCluster
+from gossipmgr.localcluster import free_port as free_port  # re-exported for the tests
 from gossipmgr.serf.process import serf_agent_argv
 
 SERF = shutil.which("serf") or "/usr/bin/serf"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from functools import partial
+from typing import Any
 
 import msgpack
 import pytest
 
-from gossipmgr.core.clock import HLC
+from gossipmgr.core.clock import HLC, Timestamp
+from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState, global_key, inventory_key, node_var_key
 from gossipmgr.gossip.crypto import MAX_PLAINTEXT
 from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
@@ -87,12 +90,17 @@ def test_single_update_costs_a_small_fraction_of_full_state() -> None:
     assert spent < 0.05 * full_state_bytes, (spent, full_state_bytes)
 
 
-def _bulk(n: int) -> ClusterState:
+def _set_global(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWWMap:
+    """A write function (``partial(_set_global, var, value)``) for ``Sim.write``."""
+    return st.d_set(global_key(var), value, ts)
+
+
+def _bulk(n: int) -> LWWMap:
     st = ClusterState()
     h = HLC("seed")
     for k in range(n):
         st.apply(st.d_set(inventory_key(f"node-{k}"), {"status": "Unallocated", "i": k}, h.now(1)))
-    return st.map  # type: ignore[return-value]
+    return st.map
 
 
 def _wire_all(st: ClusterState) -> list[object]:
@@ -121,7 +129,7 @@ def test_restarted_instance_fetches_only_what_it_missed() -> None:
     down = sim.names[2]
     sim.inst[down].up = False
     for k in range(20):
-        sim.write(sim.names[k % 2], lambda st, ts, k=k: st.d_set(global_key(f"w{k}"), k, ts))
+        sim.write(sim.names[k % 2], partial(_set_global, f"w{k}", k))
     sim.step(sim.now + 2_000)
     sim.restart(down, incarnation=2)
     received_before = sim.inst[down].received_novel
@@ -136,7 +144,7 @@ def test_delta_buffer_is_bounded_and_laggard_resyncs() -> None:
     lagger = sim.names[2]
     sim.net.partition([{addr(sim.names[0]), addr(sim.names[1])}, {addr(lagger)}])
     for k in range(500):
-        sim.write(sim.names[0], lambda st, ts, k=k: st.d_set(global_key(f"k{k % 97}"), k, ts))
+        sim.write(sim.names[0], partial(_set_global, f"k{k % 97}", k))
         sim.step(sim.now + 1)
     assert max(len(i.ae.buffer) for i in sim.inst.values()) <= 50
     sim.net.heal()
@@ -192,7 +200,7 @@ def test_every_message_type_decodes_once_into_its_typed_record() -> None:
 
     e = (global_key("k"), Entry(Timestamp(5, 0, "b"), "v"))
     digests = list(range(64))
-    cases = [
+    cases: list[tuple[int, list[Any], object]] = [
         (m.DELTA, [0, 1, [entry_to_wire(*e)]], m.Delta(0, 1, [e])),
         (m.ACK, [3], m.Ack(3)),
         (m.DIGEST, [2, m.pack64(digests)], m.Digest(2, digests)),
@@ -236,7 +244,7 @@ def test_silent_peer_holds_no_buffer_gets_only_probes_and_resyncs_when_back() ->
     sim.step(sim.now + 3_000)
     sim.inst[dead].up = False
     for k in range(200):
-        sim.write(writer, lambda st, ts, k=k: st.d_set(global_key(f"k{k}"), k, ts))
+        sim.write(writer, partial(_set_global, f"k{k}", k))
         sim.step(sim.now + 20)
     sim.step(sim.now + 5_000)
     ae = sim.inst[writer].ae

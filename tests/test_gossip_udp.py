@@ -9,16 +9,26 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 import trio
 
-from gossipmgr.core.state import global_key
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import ClusterState, global_key
 from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.testing.wait import until
+
+Service = GossipService[Replica]
+
+
+def _set_global(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWWMap:
+    """A commit function (``partial(_set_global, var, value)``)."""
+    return st.d_set(global_key(var), value, ts)
 
 
 def test_the_replica_does_not_import_the_gossip_layer() -> None:
@@ -36,7 +46,7 @@ def test_the_replica_does_not_import_the_gossip_layer() -> None:
 @contextlib.asynccontextmanager
 async def cluster(
     names: list[str], keys: list[bytes], tmp: str
-) -> AsyncIterator[list[GossipService]]:
+) -> AsyncIterator[list[GossipService[Replica]]]:
     async with contextlib.AsyncExitStack() as stack:
         services = []
         for name, key in zip(names, keys, strict=True):
@@ -106,7 +116,7 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
     async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         spy = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
 
-        async def start(name: str, boot: int) -> GossipService:
+        async def start(name: str, boot: int) -> GossipService[Replica]:
             rep = Replica(name, data_dir=None)
             rep.open()
             tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
@@ -114,7 +124,7 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
             await nursery.start(svc.run)
             return svc
 
-        async def capture(a: GossipService, b: GossipService, prefix: str) -> list[bytes]:
+        async def capture(a: Service, b: Service, prefix: str) -> list[bytes]:
             """a writes 5 keys to b through the spy, which records and forwards."""
             captured: list[bytes] = []
             tap = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
@@ -131,9 +141,7 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
             b.set_peers({a.replica.name: a.local_addr})
             nursery.start_soon(relay)
             for i in range(5):
-                await a.replica.commit(
-                    lambda st, ts, i=i: st.d_set(global_key(f"{prefix}{i}"), i, ts)
-                )
+                await a.replica.commit(partial(_set_global, f"{prefix}{i}", i))
             await until(
                 lambda: all(f"{prefix}{i}" in b.replica.state.globals() for i in range(5)), 10
             )
@@ -143,14 +151,13 @@ async def test_datagrams_captured_before_either_side_restarts_are_refused(tmp_pa
             return captured
 
         async def replay_all(
-            captured: list[bytes], b: GossipService, reason: str, sender: GossipService
+            captured: list[bytes], b: Service, reason: str, sender: Service
         ) -> None:
             # b's state must be settled first: what the live sender holds still arrives by
             # ordinary anti-entropy, and that is not a replay (a run on a loaded machine saw
             # k0 land during the replays and fail the state check below).
             await until(
-                lambda: sender.replica.state.globals().items()
-                <= b.replica.state.globals().items(),
+                lambda: sender.replica.state.globals().items() <= b.replica.state.globals().items(),
                 30,
             )
             before = dict(b.sealer.refused)

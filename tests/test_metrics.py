@@ -47,7 +47,7 @@ class InstanceParts:
     services started: Serf is not reached, no datagram is sent, no job runs."""
 
     replica: Replica
-    gossip: GossipService | None
+    gossip: GossipService[Replica] | None
     membership: SerfMembership | None
     jobs: JobManager | None
     serf: None = None  # an external Serf agent: no embedded one to count restarts of

@@ -22,7 +22,9 @@ import pytest
 import trio
 import trio.testing
 
-from gossipmgr.core.state import global_key
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import ClusterState, global_key
 from gossipmgr.runtime.replica import Replica
 
 
@@ -35,8 +37,11 @@ def restored_globals(d: Path) -> dict[str, object]:
         rep.store.close()
 
 
-def put(var: str, value: object) -> Callable[..., object]:
-    return lambda s, ts: s.d_set(global_key(var), value, ts)
+def put(var: str, value: object) -> Callable[[ClusterState, Timestamp], LWWMap]:
+    def make(s: ClusterState, ts: Timestamp) -> LWWMap:
+        return s.d_set(global_key(var), value, ts)
+
+    return make
 
 
 def park_after_append(rep: Replica) -> tuple[trio.Event, trio.Event]:

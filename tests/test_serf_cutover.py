@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +303,7 @@ def test_serf_no_encrypt_joins_a_contiv_node_and_mismatched_gossip_keys_are_name
             return p if p is not None and p.get("auth_failures", 0) > 0 else None
 
         for me, other in (("gm-a", "gm-b"), ("gm-b", "gm-a")):
-            p = wait_for(lambda me=me, other=other: failing(me, other), 30, f"{me} to name {other}")
+            p = wait_for(partial(failing, me, other), 30, f"{me} to name {other}")
             assert p["auth_failure_reasons"].get("unknown_key", 0) > 0, p
             h = c.get(me, "/health")
             [a] = [a for a in h["gossip"]["auth_failures"] if a["peer"] == other]

@@ -56,8 +56,8 @@ class Pair:
         self,
         ctx: AgentApiContext,
         url: str,
-        a: GossipService,
-        b: GossipService,
+        a: GossipService[Replica],
+        b: GossipService[Replica],
         client: httpx.AsyncClient,
     ) -> None:
         self.ctx, self.url, self.a, self.b, self.c = ctx, url, a, b, client

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -97,10 +97,15 @@ class ReplicaPort(Protocol):
     async def persist(self, novel: LWWMap) -> None: ...
 
 
-class GossipService:
+R = TypeVar("R", bound=ReplicaPort)
+
+
+class GossipService(Generic[R]):
+    """Gossip for one replica (``R``: what the agent passes, seen through ``ReplicaPort``)."""
+
     def __init__(
         self,
-        replica: ReplicaPort,
+        replica: R,
         transport: Transport,
         keyring: Keyring,
         *,

@@ -93,7 +93,7 @@ class RunningAgent(Protocol):
     @property
     def membership(self) -> SerfMembership | None: ...
     @property
-    def gossip(self) -> GossipService | None: ...
+    def gossip(self) -> GossipService[Replica] | None: ...
     @property
     def serf_link(self) -> SerfLink: ...
     @property
@@ -119,7 +119,7 @@ def runtime_extra_vars(section: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def auth_failures(
-    gossip: GossipService | None, membership: SerfMembership | None, now_ms: int
+    gossip: GossipService[Replica] | None, membership: SerfMembership | None, now_ms: int
 ) -> list[dict[str, Any]]:
     """Gossip datagrams that failed authentication, per source, named when we can.
 

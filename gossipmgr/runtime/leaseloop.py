@@ -73,7 +73,7 @@ class Holder:
         self,
         replica: Replica,
         jobs: JobManager,
-        gossip: GossipService,
+        gossip: GossipService[Replica],
         membership: SerfMembership,
         counters: dict[str, int],
         *,
