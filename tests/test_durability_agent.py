@@ -30,7 +30,6 @@ pytestmark = [pytest.mark.serf, pytest.mark.slow]
 HERE = Path(__file__).parent
 
 
-@pytest.fixture
 def _field_is(c: LocalCluster, inst: str, path: str, keys: tuple[str, ...], want: Any) -> bool:
     """``GET path`` at ``inst`` has ``want`` under ``keys``."""
     v: Any = c.get(inst, path)
@@ -39,6 +38,7 @@ def _field_is(c: LocalCluster, inst: str, path: str, keys: tuple[str, ...], want
     return bool(v == want)
 
 
+@pytest.fixture
 def make_cluster(tmp_path: Path) -> Iterator[object]:
     made: list[LocalCluster] = []
 
