@@ -455,6 +455,30 @@ async def test_a_forged_job_record_neither_stops_the_service_nor_blocks_jobs(
             call()
 
 
+async def test_a_job_record_under_another_id_s_key_is_no_job(rep: Replica, tmp_path: Path) -> None:
+    """Every record gossipmgr writes is under its own id's key. A well-shaped Running value
+    under ("j", A) that says id B was read as the active job B: the orphan scan looked B up,
+    found nothing to end, and ran again every second (counting and logging an orphan each
+    time) while every request was refused ("there is already an active job") for good."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    key_id = make_job_id(rep.now_ms(), 1, "forger")
+    said_id = make_job_id(rep.now_ms(), 2, "forger")
+    forged = job_value(said_id, runner="forger", epoch=1)
+    await rep.commit(partial(_put, job_key(key_id), forged))
+    assert rep.state.job(key_id) is None
+    assert rep.state.jobs() == {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.commission(["m-1"], "service-master")
+        await wait_ended(jm, info["id"])
+        nursery.cancel_scope.cancel()
+    assert jm.counters["orphans"] == 0
+    assert [j["id"] for j in jm.jobs()] == [info["id"]]
+    with pytest.raises(NotFound):
+        jm.job(key_id)
+
+
 async def test_job_statuses_move_only_along_the_table(rep: Replica, tmp_path: Path) -> None:
     """Every status change the runtime writes (a run's end, an orphan's) is in
     JOB_TRANSITIONS, as seen by a reader of the replica."""
