@@ -55,9 +55,9 @@ from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
 from gossipmgr.errors import (
     BadRequest,
     Conflict,
+    GossipmgrError,
     JobError,
     NotFound,
-    StoreError,
     Unavailable,
 )
 from gossipmgr.runtime import nodesettings
@@ -159,7 +159,9 @@ class JobManager:
             return
         try:
             await self.reconcile_orphans()
-        except StoreError as exc:  # disk trouble: retry at the next wake
+        except GossipmgrError as exc:
+            # Disk trouble, the lease moving on mid-commit, or an orphan (gossiped by a key
+            # holder) too big to end: retry at the next wake; the service goes on.
             log.error("%s: orphan reconciliation failed: %s", self.replica.name, exc)
 
     @property
