@@ -336,6 +336,36 @@ async def test_history_is_bounded(rep: Replica, tmp_path: Path) -> None:
     assert jm.job("last")["addrs"] == ["10.1.1.1"]
 
 
+async def test_a_request_cancelled_after_its_job_is_committed_still_runs_it(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A request is cancelled (its HTTP client went away) once its job record is committed,
+    with the history full, so the launch then removes the dropped job's files in a thread.
+    That thread call raised Cancelled before the run was started: the record stayed Running
+    with this instance as its runner, the orphan scan skipped it as ours, and every later
+    request was refused ("there is already an active job") until a restart."""
+    jm = manager(rep, tmp_path)
+    for i in range(HISTORY):
+        jid = make_job_id(1000 + i, i, "a")
+        await rep.commit(partial(_put, job_key(jid), job_value(jid, status="Complete")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        with trio.CancelScope() as request:
+
+            def cancel_on_a_new_job(novel: LWWMap) -> None:
+                if any(k[0] == "j" and not e.deleted for k, e in novel.items()):
+                    request.cancel()  # delivered at the request's next checkpoint
+
+            rep.on_local_write(cancel_on_a_new_job)
+            await jm.discover(["10.1.1.1"])
+        assert request.cancel_called
+        new = max(rep.state.jobs())
+        done = await wait_ended(jm, new)
+        nursery.cancel_scope.cancel()
+    assert done["status"] == "Errored"  # it ran (no playbooks here) and ended
+    assert jm.active_record() is None
+
+
 # --------------------------------------------------------------------------- monitoring
 
 
