@@ -15,12 +15,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 import trio.testing
 
 from gossipmgr.core.clock import Timestamp
-from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.codec import MAX_ENTRY_BYTES, entry_to_wire
+from gossipmgr.core.crdt import Entry, LWWMap
 from gossipmgr.core.job import JOB_TRANSITIONS, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.lease import Lease, LeaseConfig
 from gossipmgr.core.state import LEASE_KEY, ClusterState, inventory_key, job_key
@@ -334,6 +336,36 @@ async def test_history_is_bounded(rep: Replica, tmp_path: Path) -> None:
     assert jm.job("last")["addrs"] == ["10.1.1.1"]
 
 
+async def test_a_request_cancelled_after_its_job_is_committed_still_runs_it(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A request is cancelled (its HTTP client went away) once its job record is committed,
+    with the history full, so the launch then removes the dropped job's files in a thread.
+    That thread call raised Cancelled before the run was started: the record stayed Running
+    with this instance as its runner, the orphan scan skipped it as ours, and every later
+    request was refused ("there is already an active job") until a restart."""
+    jm = manager(rep, tmp_path)
+    for i in range(HISTORY):
+        jid = make_job_id(1000 + i, i, "a")
+        await rep.commit(partial(_put, job_key(jid), job_value(jid, status="Complete")))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        with trio.CancelScope() as request:
+
+            def cancel_on_a_new_job(novel: LWWMap) -> None:
+                if any(k[0] == "j" and not e.deleted for k, e in novel.items()):
+                    request.cancel()  # delivered at the request's next checkpoint
+
+            rep.on_local_write(cancel_on_a_new_job)
+            await jm.discover(["10.1.1.1"])
+        assert request.cancel_called
+        new = max(rep.state.jobs())
+        done = await wait_ended(jm, new)
+        nursery.cancel_scope.cancel()
+    assert done["status"] == "Errored"  # it ran (no playbooks here) and ended
+    assert jm.active_record() is None
+
+
 # --------------------------------------------------------------------------- monitoring
 
 
@@ -453,6 +485,90 @@ async def test_a_forged_job_record_neither_stops_the_service_nor_blocks_jobs(
     for call in (lambda: jm.job(jid), lambda: jm.follow(jid)):
         with pytest.raises(NotFound):
             call()
+
+
+async def test_a_job_record_under_another_id_s_key_is_no_job(rep: Replica, tmp_path: Path) -> None:
+    """Every record gossipmgr writes is under its own id's key. A well-shaped Running value
+    under ("j", A) that says id B was read as the active job B: the orphan scan looked B up,
+    found nothing to end, and ran again every second (counting and logging an orphan each
+    time) while every request was refused ("there is already an active job") for good."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    key_id = make_job_id(rep.now_ms(), 1, "forger")
+    said_id = make_job_id(rep.now_ms(), 2, "forger")
+    forged = job_value(said_id, runner="forger", epoch=1)
+    await rep.commit(partial(_put, job_key(key_id), forged))
+    assert rep.state.job(key_id) is None
+    assert rep.state.jobs() == {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.commission(["m-1"], "service-master")
+        await wait_ended(jm, info["id"])
+        nursery.cancel_scope.cancel()
+    assert jm.counters["orphans"] == 0
+    assert [j["id"] for j in jm.jobs()] == [info["id"]]
+    with pytest.raises(NotFound):
+        jm.job(key_id)
+
+
+def _padded_to_the_limit(
+    key: tuple[str, ...], value: dict[str, Any], ts: Timestamp
+) -> dict[str, Any]:
+    """``value`` with its ``desc`` grown until the entry is a few bytes under the limit of
+    one gossip message (``codec.MAX_ENTRY_BYTES``): a record any key holder can gossip."""
+
+    def size(v: dict[str, Any]) -> int:
+        return len(msgpack.packb(entry_to_wire(key, Entry(ts, v)), use_bin_type=True))
+
+    pad = MAX_ENTRY_BYTES - size(value) - 16
+    return {**value, "desc": value["desc"] + "x" * pad}
+
+
+async def test_an_orphan_too_big_to_end_does_not_stop_the_service(
+    rep: Replica, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An active record just under the size limit (gossiped by a key holder) cannot be
+    ended: its error text does not fit. The orphan scan's commit raised ValueTooLarge,
+    which only StoreError was caught for, and JobManager.run (the agent with it) died."""
+    jm = manager(rep, tmp_path)
+    jid = make_job_id(rep.now_ms(), 1, "forger")
+    ts = Timestamp(rep.now_ms(), 0, "forger")
+    key = job_key(jid)
+    forged = _padded_to_the_limit(key, job_value(jid, runner="forger", epoch=0), ts)
+    await rep.commit(partial(_put, key, forged))  # it fits: a commit takes it
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        await trio.testing.wait_all_tasks_blocked()  # the first scan ran
+        nursery.cancel_scope.cancel()
+    assert "orphan reconciliation failed" in caplog.text
+    assert rep.state.job(jid) is not None and rep.state.job(jid).active  # type: ignore[union-attr]
+
+
+async def test_a_running_record_grown_to_the_limit_does_not_stop_the_service(
+    rep: Replica, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key holder overwrites our running job's record (same epoch, later timestamp) with
+    one just under the size limit: the run's final write (log tail, error) no longer fits.
+    Its ValueTooLarge escaped the run (only StaleEpoch and StoreError were caught) and
+    killed JobManager.run, the agent with it."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, ("m-1", "10.0.0.1"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.commission(["m-1"], "service-master")
+        # No checkpoint since the launch: the run has not written yet. Applied as gossip is.
+        key = job_key(info["id"])
+        ts = Timestamp(rep.now_ms() + 10**6, 0, "forger")
+        current = rep.state.job(info["id"])
+        assert current is not None
+        grown = _padded_to_the_limit(key, current.to_value(), ts)
+        rep.state.apply(LWWMap({key: Entry(ts, grown)}))
+        with trio.fail_after(DEADLINE_S):
+            while jm.running_job_id is not None:
+                with trio.move_on_after(0.2):
+                    await rep.wait_change()
+        nursery.cancel_scope.cancel()
+    assert "final write failed" in caplog.text
 
 
 async def test_job_statuses_move_only_along_the_table(rep: Replica, tmp_path: Path) -> None:

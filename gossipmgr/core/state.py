@@ -209,16 +209,18 @@ class ClusterState:
 
     def jobs(self) -> dict[str, JobRecord]:
         """Every job record by id, in id order. A value of another shape (forged by a key
-        holder) is no job: see :meth:`JobRecord.from_value`."""
+        holder) is no job: see :meth:`job`."""
         out: dict[str, JobRecord] = {}
         for k, v in sorted(self._live(JOB)):
-            rec = JobRecord.from_value(v)
+            rec = _job_at(k[1], v)
             if rec is not None:
                 out[k[1]] = rec
         return out
 
     def job(self, job_id: str) -> JobRecord | None:
-        return JobRecord.from_value(self.map.get(job_key(job_id)))
+        """The record under ``("j", job_id)``; None for a value that is not a job record's
+        shape (:meth:`JobRecord.from_value`) or that names another id than its key's."""
+        return _job_at(job_id, self.map.get(job_key(job_id)))
 
     def ansible_config(self) -> dict[str, Any] | None:
         v = self.map.get(ANSIBLE_CONFIG_KEY)
@@ -258,6 +260,14 @@ class ClusterState:
         entries += [(key_of(k), Entry(ts, None, True)) for k in old if k not in new]
         d.join(entries)
         return d
+
+
+def _job_at(job_id: str, value: Any) -> JobRecord | None:
+    # Every record gossipmgr writes sits under its own id's key. One that names another id
+    # (forged) would be found by a reader of the list and missed by a lookup of its id: an
+    # active one could then never be ended, and blocked every request.
+    rec = JobRecord.from_value(value)
+    return rec if rec is not None and rec.id == job_id else None
 
 
 def combine(*deltas: LWWMap) -> LWWMap:

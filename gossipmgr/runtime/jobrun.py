@@ -37,7 +37,7 @@ from gossipmgr.core.crdt import Entry, LWWMap
 from gossipmgr.core.job import CANCELLED, COMPLETE, ERRORED, JobRecord
 from gossipmgr.core.lease import check_fence
 from gossipmgr.core.state import ClusterState, combine, job_key
-from gossipmgr.errors import Conflict, JobError, StaleEpoch, StoreError, ValueTooLarge
+from gossipmgr.errors import Conflict, GossipmgrError, JobError, StaleEpoch, ValueTooLarge
 from gossipmgr.runtime.ansible import (
     CANCELLED_ERROR,
     AnsibleSettings,
@@ -252,7 +252,7 @@ class Executor:
                     await self._write_job(run)
                 except StaleEpoch:
                     pass  # the watcher stops the run; this write is simply not made
-                except StoreError as exc:  # the next flush or the final write carries it
+                except GossipmgrError as exc:  # the next flush or the final write carries it
                     log.warning(
                         "%s: job %s: log tail not saved: %s", self.replica.name, run.job_id, exc
                     )
@@ -310,8 +310,9 @@ class Executor:
         except (StaleEpoch, Conflict) as exc:  # the lease moved on | the record had ended
             log.warning("%s: job %s: final write refused: %s", me, run.job_id, exc)
             return
-        except StoreError as exc:
-            # The record stays Running; once this run is gone the orphan scan ends it.
+        except GossipmgrError as exc:
+            # Disk trouble, or a record (overwritten by a key holder) the end no longer fits
+            # in: it stays Running; once this run is gone the orphan scan ends it.
             log.error("%s: job %s: final write failed: %s", me, run.job_id, exc)
             return
         self.gate.counters["jobs_ended"] += 1

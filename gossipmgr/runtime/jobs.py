@@ -55,9 +55,9 @@ from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
 from gossipmgr.errors import (
     BadRequest,
     Conflict,
+    GossipmgrError,
     JobError,
     NotFound,
-    StoreError,
     Unavailable,
 )
 from gossipmgr.runtime import nodesettings
@@ -159,7 +159,9 @@ class JobManager:
             return
         try:
             await self.reconcile_orphans()
-        except StoreError as exc:  # disk trouble: retry at the next wake
+        except GossipmgrError as exc:
+            # Disk trouble, the lease moving on mid-commit, or an orphan (gossiped by a key
+            # holder) too big to end: retry at the next wake; the service goes on.
             log.error("%s: orphan reconciliation failed: %s", self.replica.name, exc)
 
     @property
@@ -326,16 +328,19 @@ class JobManager:
             self.gate.run = None
             raise
         self.counters["jobs_started"] += 1
-        if dropped:
-            try:
-                await trio.to_thread.run_sync(self._remove_files, dropped)
-            except OSError as exc:  # the job is accepted; stale files are only litter
-                log.warning("%s: could not remove files of old jobs: %s", me, exc)
+        # Started before anything else can raise here (a cancel of this request): a
+        # committed job that never ran would hold the job slot (gate.run) for good.
         globals_ = self.replica.state.globals()
         nursery.start_soon(
             self.executor.execute, run, hosts, settings, globals_, dict(request_vars)
         )
         log.info("%s: job %s started (%s), epoch %d", me, job_id, desc, epoch)
+        if dropped:
+            try:
+                with trio.CancelScope(shield=True):  # a few unlinks; not left half done
+                    await trio.to_thread.run_sync(self._remove_files, dropped)
+            except OSError as exc:  # the job is accepted; stale files are only litter
+                log.warning("%s: could not remove files of old jobs: %s", me, exc)
         return job_info(self.replica.state.job(job_id) or made[0])
 
     def _remove_files(self, job_ids: Sequence[str]) -> None:
