@@ -21,9 +21,8 @@ from gossipmgr.api.bodies import (
     field_str,
     field_value,
 )
-from gossipmgr.api.boundary import json_response, jsonable, maybe_await
+from gossipmgr.api.boundary import json_response, maybe_await
 from gossipmgr.api.context import current_context, current_replica
-from gossipmgr.api.forwarding import forward, must_hold
 from gossipmgr.api.openapi import (
     EXTRA_VARS_REQUEST,
     JOB_CODES,
@@ -32,6 +31,7 @@ from gossipmgr.api.openapi import (
     ApiBlueprint,
     Schema,
 )
+from gossipmgr.api.routes.jobs import on_holder
 from gossipmgr.core.inventory import get_node, node_json
 from gossipmgr.core.inventory_import import check_import_entries
 from gossipmgr.errors import BadRequest, NotFound
@@ -157,10 +157,8 @@ async def node_var_delete(name: str, key: str) -> Response:
 async def node_forget(name: str) -> Response:
     b = await body_untrusted(required=False)
     force = field_flag(b, "force")
-    if not must_hold(needs_serf=False):
-        return await forward()
-    return json_response(
-        jsonable(await maybe_await(current_context().jobs.forget_node(name, force=force)))
+    return await on_holder(
+        lambda: current_context().jobs.forget_node(name, force=force), needs_serf=False
     )
 
 
@@ -176,9 +174,7 @@ async def inventory_import() -> Response:
     entries = b.get("nodes")
     check_import_entries(entries)  # a 400 here, before any forwarding
     dry_run = field_flag(b, "dry_run")
-    if not must_hold(needs_serf=False):
-        return await forward()
-    jobs = current_context().jobs
-    return json_response(
-        jsonable(await maybe_await(jobs.import_inventory(entries, dry_run=dry_run)))
+    return await on_holder(
+        lambda: current_context().jobs.import_inventory(entries, dry_run=dry_run),
+        needs_serf=False,
     )
