@@ -24,10 +24,9 @@ and inventory records merge epoch-first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -41,8 +40,7 @@ from gossipmgr.core.state import ClusterState, combine, job_key
 from gossipmgr.errors import Conflict, JobError, StaleEpoch, StoreError, ValueTooLarge
 from gossipmgr.runtime.ansible import (
     CANCELLED_ERROR,
-    AnsibleSettings,
-    Host,
+    RunInputs,
     WorkflowResult,
     run_workflow,
 )
@@ -92,17 +90,6 @@ def check_record_room(record: JobRecord, ts: Timestamp) -> None:
         ) from None
 
 
-@dataclass(frozen=True, slots=True)
-class WorkflowInputs:
-    """What one run's workflow is given: its hosts, the ansible settings, and the global and
-    request extra-vars (see :func:`gossipmgr.runtime.ansible.run_workflow`)."""
-
-    hosts: list[Host]
-    settings: AnsibleSettings
-    globals_: Mapping[str, Any]
-    request_vars: Mapping[str, Any]
-
-
 class Executor:
     """Runs jobs for a JobManager: ``work_dir/runs/<id>`` holds ansible-runner's files."""
 
@@ -112,7 +99,7 @@ class Executor:
         self.work_dir = work_dir
         self.log_flush_s = log_flush_s
 
-    async def execute(self, run: Run, inputs: WorkflowInputs) -> None:
+    async def execute(self, run: Run, inputs: RunInputs) -> None:
         me = self.replica.name
         try:
             try:
@@ -138,7 +125,7 @@ class Executor:
             if self.gate.run is run:
                 self.gate.run = None
 
-    async def _run_watched(self, run: Run, inputs: WorkflowInputs) -> WorkflowResult | None:
+    async def _run_watched(self, run: Run, inputs: RunInputs) -> WorkflowResult | None:
         """The workflow's result; None when the fence watcher stopped it first."""
         result: WorkflowResult | None = None
         async with trio.open_nursery() as nursery:
@@ -152,16 +139,13 @@ class Executor:
             nursery.cancel_scope.cancel()
         return result
 
-    async def _workflow(self, run: Run, inputs: WorkflowInputs) -> WorkflowResult:
+    async def _workflow(self, run: Run, inputs: RunInputs) -> WorkflowResult:
         me = self.replica.name
         kind = "commission" if run.kind == "reconfigure" else run.kind
         try:
             return await run_workflow(
                 kind,
-                inputs.hosts,
-                inputs.settings,
-                globals_=inputs.globals_,
-                request_vars=inputs.request_vars,
+                inputs,
                 log=run.line,
                 cancel=run.cancel,
                 work_root=self.work_dir / "runs" / run.job_id,

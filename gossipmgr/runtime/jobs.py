@@ -61,7 +61,7 @@ from gossipmgr.errors import (
     Unavailable,
 )
 from gossipmgr.runtime import nodesettings
-from gossipmgr.runtime.ansible import AnsibleSettings, Host, parse_extra_vars
+from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, parse_extra_vars
 from gossipmgr.runtime.health import HealthEvents
 from gossipmgr.runtime.holder import HolderGate
 from gossipmgr.runtime.joblog import (
@@ -70,7 +70,7 @@ from gossipmgr.runtime.joblog import (
     follow_record,
     local_lines,
 )
-from gossipmgr.runtime.jobrun import Executor, WorkflowInputs, check_record_room
+from gossipmgr.runtime.jobrun import Executor, check_record_room
 from gossipmgr.runtime.nodeadmin import NodeAdmin
 from gossipmgr.runtime.replica import Replica
 
@@ -332,7 +332,7 @@ class JobManager:
             except OSError as exc:  # the job is accepted; stale files are only litter
                 log.warning("%s: could not remove files of old jobs: %s", me, exc)
         globals_ = self.replica.state.globals()
-        inputs = WorkflowInputs(hosts, settings, globals_, dict(request_vars))
+        inputs = RunInputs(hosts, settings, globals_, dict(request_vars))
         nursery.start_soon(self.executor.execute, run, inputs)
         log.info("%s: job %s started (%s), epoch %d", me, job_id, desc, epoch)
         return job_info(self.replica.state.job(job_id) or made[0])
