@@ -31,6 +31,7 @@ from gossipmgr.runtime.ansible import (
     RC_NOT_RUN,
     AnsibleSettings,
     Host,
+    RunInputs,
     build_extra_vars,
     build_inventory,
     discover_hosts,
@@ -140,10 +141,7 @@ async def workflow(
     with trio.fail_after(RUN_DEADLINE_S):
         return await run_workflow(
             kind,
-            hosts,
-            settings,
-            globals_=globals_ or {},
-            request_vars=request_vars or {},
+            RunInputs(hosts, settings, globals_ or {}, request_vars or {}),
             log=(lines if lines is not None else []).append,
             cancel=cancel if cancel is not None else trio.Event(),
             work_root=tmp_path / "work",
@@ -221,7 +219,7 @@ def test_inventory_layout_and_precedence(tmp_path: Path) -> None:
         playbook_dir=tmp_path, extra_variables=PRECEDENCE_CONFIG, host_vars={"hv": 1}
     )
     hosts = [*PRECEDENCE_HOSTS, Host("c", "10.0.0.3", "", "service-worker")]
-    inv = build_inventory(hosts, settings, PRECEDENCE_GLOBALS, PRECEDENCE_REQUEST)
+    inv = build_inventory(RunInputs(hosts, settings, PRECEDENCE_GLOBALS, PRECEDENCE_REQUEST))
     assert set(inv) == {"all"}
     groups = inv["all"]["children"]
     assert set(groups) == {"service-master", "service-worker"}
@@ -245,14 +243,16 @@ def test_inventory_layout_and_precedence(tmp_path: Path) -> None:
 
 def test_extra_vars_leave_node_overridden_keys_to_host_vars(tmp_path: Path) -> None:
     settings = AnsibleSettings(playbook_dir=tmp_path, extra_variables=PRECEDENCE_CONFIG)
-    extra = build_extra_vars(PRECEDENCE_HOSTS, settings, PRECEDENCE_GLOBALS, PRECEDENCE_REQUEST)
+    extra = build_extra_vars(
+        RunInputs(PRECEDENCE_HOSTS, settings, PRECEDENCE_GLOBALS, PRECEDENCE_REQUEST)
+    )
     # "color" is set by node a (and not by the request): as an extra-var it would clobber
     # a's value, so it travels only as host vars. "size" is set by the request, which
     # beats the node anyway, so it stays.
     assert extra == {"size": "request", "shape": "config", "only_global": "g"}
     # With no node vars, it is exactly config < globals < request.
     plain = [Host("x", "1.2.3.4", "x", "g")]
-    assert build_extra_vars(plain, settings, PRECEDENCE_GLOBALS, PRECEDENCE_REQUEST) == {
+    assert build_extra_vars(RunInputs(plain, settings, PRECEDENCE_GLOBALS, PRECEDENCE_REQUEST)) == {
         "color": "global",
         "size": "request",
         "shape": "config",
@@ -264,9 +264,9 @@ def test_bad_host_lists(tmp_path: Path) -> None:
     settings = AnsibleSettings(playbook_dir=tmp_path)
     dup = [Host("a", "1.1.1.1", "n1", "g"), Host("a", "1.1.1.2", "n2", "g")]
     with pytest.raises(JobError, match="duplicate inventory alias 'a'"):
-        build_inventory(dup, settings, {}, {})
+        build_inventory(RunInputs(dup, settings, {}, {}))
     with pytest.raises(JobError, match="non-empty alias and host-group"):
-        build_inventory([Host("a", "1.1.1.1", "n1", "")], settings, {}, {})
+        build_inventory(RunInputs([Host("a", "1.1.1.1", "n1", "")], settings, {}, {}))
 
 
 def test_workflow_plans(tmp_path: Path) -> None:
@@ -515,10 +515,7 @@ async def test_trio_cancellation_also_stops_the_tree(tmp_path: Path, proc_marker
             async def run() -> None:
                 await run_playbook(
                     "long.yml",
-                    ONE_HOST,
-                    settings,
-                    globals_={},
-                    request_vars={},
+                    RunInputs(ONE_HOST, settings, {}, {}),
                     log=lines.append,
                     cancel=trio.Event(),
                     work_root=tmp_path / "work",
@@ -555,10 +552,7 @@ async def test_timeout_kills_the_tree(tmp_path: Path, proc_marker: str) -> None:
                 nursery.start_soon(watch)
                 result = await run_playbook(
                     "long.yml",
-                    ONE_HOST,
-                    settings,
-                    globals_={},
-                    request_vars={},
+                    RunInputs(ONE_HOST, settings, {}, {}),
                     log=lines.append,
                     cancel=trio.Event(),
                     work_root=tmp_path / f"work{timeout_s}",
@@ -581,10 +575,7 @@ async def test_concurrent_runs_are_isolated(tmp_path: Path) -> None:
     async def run(d: Path, color: str) -> None:
         results[color] = await run_playbook(
             "ok.yml",
-            ONE_HOST,
-            make_settings(d),
-            globals_={},
-            request_vars={"color": color},
+            RunInputs(ONE_HOST, make_settings(d), {}, {"color": color}),
             log=lambda _: None,
             cancel=trio.Event(),
             work_root=tmp_path / "work",
@@ -625,10 +616,7 @@ async def test_shipped_playbooks_work_locally(tmp_path: Path) -> None:
         with trio.fail_after(RUN_DEADLINE_S):
             result = await run_playbook(
                 playbook,
-                hosts,
-                settings,
-                globals_=globals_,
-                request_vars={},
+                RunInputs(hosts, settings, globals_, {}),
                 log=lambda _: None,
                 cancel=trio.Event(),
                 work_root=tmp_path / "work",

@@ -39,6 +39,7 @@ from gossipmgr.runtime.ansible import (
     FENCE_VARS,
     AnsibleSettings,
     Host,
+    RunInputs,
     check_client_var,
     parse_extra_vars,
     run_playbook,
@@ -358,10 +359,9 @@ async def test_a_job_under_an_older_epoch_than_one_that_acted_is_fenced_and_chan
     with trio.fail_after(DEADLINE_S):
         newer = await run_workflow(
             "update",
-            [Host("m-1", "127.0.0.1", "m-1", "service-worker")],
-            fence_settings(node),
-            globals_={},
-            request_vars={},
+            RunInputs(
+                [Host("m-1", "127.0.0.1", "m-1", "service-worker")], fence_settings(node), {}, {}
+            ),
             log=lines.append,
             cancel=trio.Event(),
             work_root=tmp_path / "newer",
@@ -397,10 +397,9 @@ async def test_a_fenced_configure_runs_the_failure_path_which_is_fenced_too(
     with trio.fail_after(DEADLINE_S):
         result = await run_workflow(
             "commission",
-            [Host("n", "127.0.0.1", "n", "service-master")],
-            fence_settings(node),
-            globals_={},
-            request_vars={},
+            RunInputs(
+                [Host("n", "127.0.0.1", "n", "service-master")], fence_settings(node), {}, {}
+            ),
             log=lines.append,
             cancel=trio.Event(),
             work_root=tmp_path / "work",
@@ -451,10 +450,7 @@ async def test_an_operators_own_playbook_uses_the_role_by_name(tmp_path: Path) -
         with trio.fail_after(DEADLINE_S):
             return await run_playbook(
                 "site.yml",
-                [Host("n", "127.0.0.1", "n", "service-master")],
-                settings,
-                globals_={},
-                request_vars={},
+                RunInputs([Host("n", "127.0.0.1", "n", "service-master")], settings, {}, {}),
                 log=lambda _: None,
                 cancel=trio.Event(),
                 work_root=tmp_path / "work",

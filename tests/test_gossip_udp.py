@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from functools import partial
 
 import pytest
 import trio
+from _imports import modules_loaded_by
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
@@ -34,13 +33,8 @@ def _set_global(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWW
 def test_the_replica_does_not_import_the_gossip_layer() -> None:
     """runtime/ sits above gossip/: the service owns the protocol and the replica is one of
     its inputs. The replica used to build the anti-entropy object (an import cycle)."""
-    code = (
-        "import sys\n"
-        "import gossipmgr.runtime.replica\n"
-        "print(sorted(m for m in sys.modules if m.startswith('gossipmgr.gossip')))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    loaded = modules_loaded_by(["gossipmgr.runtime.replica"])
+    assert [m for m in loaded if m.startswith("gossipmgr.gossip")] == []
 
 
 @contextlib.asynccontextmanager

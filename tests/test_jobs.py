@@ -91,6 +91,11 @@ def job_value(job_id: str, **fields: Any) -> dict[str, Any]:
     return {**value, "workflow": value["task"]}
 
 
+async def put_job(rep: Replica, job_id: str, **fields: Any) -> None:
+    """Commit :func:`job_value` ``(job_id, **fields)`` as that job's record."""
+    await rep.commit(partial(_put, job_key(job_id), job_value(job_id, **fields)))
+
+
 async def wait_ended(jm: JobManager, job_id: str) -> dict[str, Any]:
     with trio.fail_after(DEADLINE_S):
         while True:
@@ -213,17 +218,7 @@ async def test_one_active_job_refuses_the_next(rep: Replica, tmp_path: Path) -> 
     jm = manager(rep, tmp_path)  # not started: the record below is not reconciled away
     await add_nodes(jm, ("m-1", "10.0.0.1"))
     jid = make_job_id(rep.now_ms(), 1, "a")
-    rec = job_value(
-        jid,
-        desc="commission nodes [x-1]",
-        task="commission",
-        nodes=[],
-        status="Running",
-        error="",
-        epoch=1,
-        runner="a",
-    )
-    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
+    await put_job(rep, jid, desc="commission nodes [x-1]", task="commission")
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: jm.commission(["m-1"], "service-master"),
         lambda: jm.discover(["10.9.9.9"]),
@@ -309,17 +304,7 @@ async def test_history_is_bounded(rep: Replica, tmp_path: Path) -> None:
     jm = manager(rep, tmp_path)
     old = [make_job_id(1000 + i, i, "a") for i in range(HISTORY + 5)]
     for jid in old:
-        rec = job_value(
-            jid,
-            desc="d",
-            task="discover",
-            nodes=[],
-            status="Complete",
-            error="",
-            epoch=1,
-            runner="a",
-        )
-        await rep.commit(partial(_put, job_key(jid), rec))
+        await put_job(rep, jid, status="Complete")
     (tmp_path / "work" / "jobs").mkdir(parents=True)
     jm.log_path(old[0]).write_text("old\n")
     async with trio.open_nursery() as nursery:
@@ -439,17 +424,9 @@ async def test_orphan_of_a_lost_runner_is_ended(rep: Replica, tmp_path: Path) ->
     await set_status(rep, "m-1", "Provisioning")
     await set_status(rep, "u-1", "Unallocated")
     jid = make_job_id(rep.now_ms(), 1, "old")
-    rec = job_value(
-        jid,
-        desc="commission",
-        task="commission",
-        nodes=["m-1", "u-1"],
-        status="Running",
-        error="",
-        epoch=0,
-        runner="old",
+    await put_job(
+        rep, jid, desc="commission", task="commission", nodes=["m-1", "u-1"], epoch=0, runner="old"
     )
-    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
     async with trio.open_nursery() as nursery:
         await nursery.start(jm.run)
         done = await wait_ended(jm, jid)
@@ -590,10 +567,9 @@ async def test_job_statuses_move_only_along_the_table(rep: Replica, tmp_path: Pa
             await rep.wait_change()
 
     orphan = make_job_id(rep.now_ms(), 1, "old")
-    rec = job_value(orphan, task="update", nodes=["u-1"], epoch=0, runner="old")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
-        await rep.commit(lambda st, ts: st.d_set(job_key(orphan), rec, ts))
+        await put_job(rep, orphan, task="update", nodes=["u-1"], epoch=0, runner="old")
         await nursery.start(jm.run)
         await wait_ended(jm, orphan)
         info = await jm.commission(["m-1"], "service-master")
@@ -636,19 +612,9 @@ async def test_node_settings(rep: Replica, tmp_path: Path) -> None:
 async def test_follow_a_job_running_elsewhere(rep: Replica, tmp_path: Path) -> None:
     jm = manager(rep, tmp_path)  # not started: the remote job stays Running
     jid = make_job_id(rep.now_ms(), 1, "b")
-    base = job_value(
-        jid,
-        desc="d",
-        task="discover",
-        nodes=[],
-        error="",
-        epoch=1,
-        runner="b",
-    )
 
     async def put(status: str, lines: list[str], count: int) -> None:
-        rec = {**base, "status": status, "log_tail": lines, "log_count": count}
-        await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec, ts))
+        await put_job(rep, jid, runner="b", status=status, log_tail=lines, log_count=count)
 
     await put("Running", ["l1", "l2"], 2)
     got: list[str] = []

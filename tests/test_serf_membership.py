@@ -19,16 +19,16 @@ from serfutil import AgentPool, agent_pool, free_port, needs_serf
 
 from gossipmgr.errors import ConfigError, SerfError, SerfUnavailable
 from gossipmgr.serf.client import open_serf_client, serf_connector
-from gossipmgr.serf.membership import (
+from gossipmgr.serf.membership import SerfMembership
+from gossipmgr.serf.process import SerfAgentProcess, encoded_tags_size
+from gossipmgr.serf.view import (
     Absences,
     Instance,
     InstancesChanged,
     MembershipEvent,
     MembershipView,
     NodeEvent,
-    SerfMembership,
 )
-from gossipmgr.serf.process import SerfAgentProcess, encoded_tags_size
 from gossipmgr.testing.wait import until
 
 # -- pure view ------------------------------------------------------------------------------

@@ -132,11 +132,7 @@ class GoClient:
             )
         except httpx.HTTPError as exc:
             raise self._net_error("Post", url, exc) from None
-        if r.status_code != 200:
-            raise GoError(
-                f"Request URL: {rsrc} Request Body: {req_repr} Response status: "
-                f"{go_quote(_status(r))}. Response body: {r.text}"
-            )
+        _check_status(rsrc, req_repr, r)
 
     def get(self, rsrc: str) -> bytes:
         url = self._url(rsrc)
@@ -146,11 +142,7 @@ class GoClient:
             r = self.http.get(url)
         except httpx.HTTPError as exc:
             raise self._net_error("Get", url, exc) from None
-        if r.status_code != 200:
-            raise GoError(
-                f"Request URL: {rsrc} Request Body: <nil> Response status: "
-                f"{go_quote(_status(r))}. Response body: {r.text}"
-            )
+        _check_status(rsrc, "<nil>", r)
         return r.content
 
     def stream(self, rsrc: str, write: Callable[[bytes], None]) -> None:
@@ -159,14 +151,21 @@ class GoClient:
             with self.http.stream("GET", url, timeout=httpx.Timeout(None, connect=5.0)) as r:
                 if r.status_code != 200:
                     r.read()
-                    raise GoError(
-                        f"Request URL: {rsrc} Request Body: <nil> Response status: "
-                        f"{go_quote(_status(r))}. Response body: {r.text}"
-                    )
+                _check_status(rsrc, "<nil>", r)
                 for chunk in r.iter_raw():
                     write(chunk)
         except httpx.HTTPError as exc:
             raise self._net_error("Get", url, exc) from None
+
+
+def _check_status(rsrc: str, req_repr: str, r: httpx.Response) -> None:
+    """Raise clusterm's GoError for an answer other than 200 (``req_repr``: the request
+    body as Go printed it, ``<nil>`` for a GET)."""
+    if r.status_code != 200:
+        raise GoError(
+            f"Request URL: {rsrc} Request Body: {req_repr} Response status: "
+            f"{go_quote(_status(r))}. Response body: {r.text}"
+        )
 
 
 def _status(r: httpx.Response) -> str:

@@ -6,7 +6,7 @@ import datetime as _dt
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 _START = time.monotonic()
 
@@ -107,27 +107,27 @@ def go_json_indent(src: str, indent: str = "    ") -> str:
     return "".join(out) + src[end:]
 
 
+#: strconv.Quote's backslash escapes: the quote, the backslash and the C escapes.
+_GO_ESCAPES: Final = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\t": "\\t",
+    "\r": "\\r",
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\v": "\\v",
+}
+
+
 def go_quote(s: str) -> str:
     """``strconv.Quote`` (``%q``)."""
     out = ['"']
     for ch in s:
         o = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\a":
-            out.append("\\a")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\v":
-            out.append("\\v")
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\x{o:02x}")
         elif not ch.isprintable() and o > 0x7F:

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +41,7 @@ from gossipmgr.runtime.ansible_vars import (
     FENCE_VARS,
     AnsibleSettings,
     Host,
+    RunInputs,
     build_extra_vars,
     build_inventory,
     check_client_inputs,
@@ -64,6 +65,7 @@ __all__ = [
     "AnsibleSettings",
     "Host",
     "PlaybookResult",
+    "RunInputs",
     "WorkflowResult",
     "build_extra_vars",
     "build_inventory",
@@ -259,19 +261,13 @@ def _envvars(private_dir: Path) -> dict[str, str]:
 
 
 def _run_inputs(
-    hosts: Sequence[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-    product_vars: Mapping[str, Any] | None,
+    inputs: RunInputs, product_vars: Mapping[str, Any] | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(inventory, extra-vars) of one run. Every value from an API client goes to ansible
     marked unsafe (never templated); ``product_vars`` come last and beat every layer."""
-    u_hosts, u_settings, u_globals, u_request = unsafe_inputs(
-        hosts, settings, globals_, request_vars
-    )
-    inventory = mark_node_fields(build_inventory(u_hosts, u_settings, u_globals, u_request))
-    extravars = build_extra_vars(u_hosts, u_settings, u_globals, u_request)
+    marked = unsafe_inputs(inputs)
+    inventory = mark_node_fields(build_inventory(marked))
+    extravars = build_extra_vars(marked)
     extravars.update(product_vars or {})  # last: they beat every other layer
     return inventory, extravars
 
@@ -350,17 +346,14 @@ async def _run_runner(
 
 async def run_playbook(
     playbook: str,
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
+    inputs: RunInputs,
     *,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
     log: Callable[[str], None],
     cancel: trio.Event,
     work_root: Path,
     product_vars: Mapping[str, Any] | None = None,
 ) -> PlaybookResult:
-    """Run ``settings.playbook_dir / playbook`` on ``hosts`` and wait for it to finish.
+    """Run ``settings.playbook_dir / playbook`` on ``inputs.hosts`` and wait for it to finish.
 
     ``product_vars`` (a job's FENCE_VARS) are added to the extra-vars after every other
     layer, so nothing a client or operator set can override them. A step that the
@@ -373,7 +366,7 @@ async def run_playbook(
     stopped like a cancel and trio's Cancelled propagates. Either way the ansible-playbook
     process tree has exited when this returns.
     """
-    hosts = list(hosts)
+    hosts, settings = inputs.hosts, inputs.settings
     playbook_dir = settings.playbook_dir.resolve()
     path = playbook_dir / playbook
     if cancel.is_set():
@@ -382,7 +375,7 @@ async def run_playbook(
         error = f"playbook file not found: {path}"
         log(f"gossipmgr: {error}")
         return PlaybookResult(playbook, RC_NOT_RUN, "failed", error)
-    inventory, extravars = _run_inputs(hosts, settings, globals_, request_vars, product_vars)
+    inventory, extravars = _run_inputs(inputs, product_vars)
     work_root.mkdir(parents=True, exist_ok=True)
     private_dir = Path(tempfile.mkdtemp(prefix=f"{path.stem}-", dir=work_root))  # mode 0700
     _write_private_files(private_dir, extravars)
@@ -433,11 +426,8 @@ def _describe(step: PlaybookResult) -> str:
 
 async def run_workflow(
     kind: str,
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
+    inputs: RunInputs,
     *,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
     log: Callable[[str], None],
     cancel: trio.Event,
     work_root: Path,
@@ -455,16 +445,15 @@ async def run_workflow(
     is the fence's message. Raises JobError for an unknown kind,
     no hosts, or a bad host list; playbook failures are reported, not raised.
     """
-    plan = workflow_plan(kind, settings)
-    host_list: Sequence[Host] = discover_hosts(hosts) if kind == "discover" else list(hosts)
-    if not host_list:
+    plan = workflow_plan(kind, inputs.settings)
+    if kind == "discover":
+        inputs = replace(inputs, hosts=discover_hosts(inputs.hosts))
+    if not inputs.hosts:
         raise JobError(f"{kind}: no hosts given")
-    build_inventory(host_list, settings, globals_, request_vars)  # fail early on bad hosts
-    check_client_inputs(host_list, settings, globals_, request_vars)
+    build_inventory(inputs)  # fail early on bad hosts
+    check_client_inputs(inputs)
     steps: list[PlaybookResult] = []
     common: dict[str, Any] = {
-        "globals_": globals_,
-        "request_vars": request_vars,
         "log": log,
         "work_root": work_root,
         "product_vars": product_vars,
@@ -476,13 +465,13 @@ async def run_workflow(
         done = []
         for pb in playbooks:
             log(f"gossipmgr: {kind}: running failure path {pb}")
-            result = await run_playbook(pb, host_list, settings, cancel=trio.Event(), **common)
+            result = await run_playbook(pb, inputs, cancel=trio.Event(), **common)
             steps.append(result)
             done.append(result)
         return done
 
     for step in plan.steps:
-        result = await run_playbook(step.playbook, host_list, settings, cancel=cancel, **common)
+        result = await run_playbook(step.playbook, inputs, cancel=cancel, **common)
         if result.status == "canceled" and result.rc == RC_NOT_RUN and not steps:
             # Cancelled before anything ran: nothing to undo.
             return WorkflowResult(False, True, CANCELLED_ERROR, steps)

@@ -11,7 +11,7 @@
 """
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -67,6 +67,17 @@ class AnsibleSettings:
     # Names the operator lets API clients set although :func:`refused_client_vars` would
     # refuse them (config file ``[ansible] allow_client_vars``; never settable by the API).
     allowed_client_vars: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RunInputs:
+    """What a run's inventory and extra-vars are made of: its ``hosts`` (each with its node's
+    own vars), the operator's ``settings``, the global extra-vars and the request's."""
+
+    hosts: Sequence[Host]
+    settings: AnsibleSettings
+    globals_: Mapping[str, Any]
+    request_vars: Mapping[str, Any]
 
 
 # --------------------------------------------------------------------------- client vars
@@ -195,46 +206,37 @@ def client_overrides(
     return {k: v for k, v in config_vars.items() if file_vars.get(k, missing) != v}
 
 
-def check_client_inputs(
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> None:
+def check_client_inputs(inputs: RunInputs) -> None:
     """Defence in depth at run time: raise JobError naming any refused client variable.
 
     The API refuses them on the way in; this catches records that arrived by gossip from
     an older or hostile instance (globals, node vars, the replicated config section).
     """
-    allowed = settings.allowed_client_vars
+    allowed = inputs.settings.allowed_client_vars
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("config extra_variables (POST /config)", settings.client_extra_variables),
-        ("globals", globals_),
-        ("request extra_vars", request_vars),
+        ("config extra_variables (POST /config)", inputs.settings.client_extra_variables),
+        ("globals", inputs.globals_),
+        ("request extra_vars", inputs.request_vars),
     ]
-    layers += [(f"node {h.name or h.addr} extra_vars", h.vars) for h in hosts]
+    layers += [(f"node {h.name or h.addr} extra_vars", h.vars) for h in inputs.hosts]
     for where, layer in layers:
         bad = refused_client_vars(layer, allowed)
         if bad:
             raise JobError(f"refused to run: {client_vars_error(bad, where)}")
 
 
-def unsafe_inputs(
-    hosts: Sequence[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> tuple[list[Host], AnsibleSettings, dict[str, Any], dict[str, Any]]:
+def unsafe_inputs(inputs: RunInputs) -> RunInputs:
     """The client layers marked unsafe; the operator's (file extra_variables, host_vars)
     stay templatable."""
-    marked_hosts = [replace(h, vars=mark_unsafe(dict(h.vars))) for h in hosts]
+    settings = inputs.settings
+    marked_hosts = [replace(h, vars=mark_unsafe(dict(h.vars))) for h in inputs.hosts]
     config_layer = {**settings.extra_variables, **mark_unsafe(settings.client_extra_variables)}
     marked_settings = replace(settings, extra_variables=config_layer, client_extra_variables={})
-    return (
+    return RunInputs(
         marked_hosts,
         marked_settings,
-        mark_unsafe(dict(globals_)),
-        mark_unsafe(dict(request_vars)),
+        mark_unsafe(dict(inputs.globals_)),
+        mark_unsafe(dict(inputs.request_vars)),
     )
 
 
@@ -318,12 +320,7 @@ def _config_layer(settings: AnsibleSettings) -> dict[str, Any]:
     return {**settings.extra_variables, **settings.client_extra_variables}
 
 
-def build_inventory(
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> dict[str, Any]:
+def build_inventory(inputs: RunInputs) -> dict[str, Any]:
     """Build ansible's YAML/JSON inventory structure for the request's hosts (and only them).
 
     One group per host-group under ``all.children``; each host carries, later wins:
@@ -332,9 +329,10 @@ def build_inventory(
     extra-vars ``config < globals < node < request``. Raises
     :class:`~gossipmgr.errors.JobError` for a duplicate alias or an empty group or alias.
     """
+    settings = inputs.settings
     children: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
-    for host in hosts:
+    for host in inputs.hosts:
         if not host.alias or not host.group:
             raise JobError(f"host {host!r} needs a non-empty alias and host-group")
         if host.alias in seen:
@@ -349,19 +347,16 @@ def build_inventory(
         # User extra-vars come last: under clusterm they were --extra-vars and beat
         # every inventory variable, so they must here too.
         host_vars.update(
-            merge_extra_vars(_config_layer(settings), globals_, host.vars, request_vars)
+            merge_extra_vars(
+                _config_layer(settings), inputs.globals_, host.vars, inputs.request_vars
+            )
         )
         group = children.setdefault(host.group, {"hosts": {}})
         group["hosts"][host.alias] = host_vars
     return {"all": {"children": children}}
 
 
-def build_extra_vars(
-    hosts: Iterable[Host],
-    settings: AnsibleSettings,
-    globals_: Mapping[str, Any],
-    request_vars: Mapping[str, Any],
-) -> dict[str, Any]:
+def build_extra_vars(inputs: RunInputs) -> dict[str, Any]:
     """The run's ``--extra-vars``: ``config < globals < request`` minus node-overridden keys.
 
     ansible has one extra-vars dict for all hosts, and extra-vars outrank inventory host
@@ -371,8 +366,8 @@ def build_extra_vars(
     sets stay: the request beats a node's own vars anyway.
     """
     node_keys: set[str] = set()
-    for host in hosts:
+    for host in inputs.hosts:
         node_keys.update(host.vars)
-    overridden = node_keys - set(request_vars)
-    merged = merge_extra_vars(_config_layer(settings), globals_, request_vars)
+    overridden = node_keys - set(inputs.request_vars)
+    merged = merge_extra_vars(_config_layer(inputs.settings), inputs.globals_, inputs.request_vars)
     return {k: v for k, v in merged.items() if k not in overridden}

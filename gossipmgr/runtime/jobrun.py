@@ -24,9 +24,9 @@ and inventory records merge epoch-first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import trio
 
@@ -40,8 +40,7 @@ from gossipmgr.core.state import ClusterState, combine, job_key
 from gossipmgr.errors import Conflict, GossipmgrError, JobError, StaleEpoch, ValueTooLarge
 from gossipmgr.runtime.ansible import (
     CANCELLED_ERROR,
-    AnsibleSettings,
-    Host,
+    RunInputs,
     WorkflowResult,
     run_workflow,
 )
@@ -100,14 +99,7 @@ class Executor:
         self.work_dir = work_dir
         self.log_flush_s = log_flush_s
 
-    async def execute(
-        self,
-        run: Run,
-        hosts: list[Host],
-        settings: AnsibleSettings,
-        globals_: Mapping[str, Any],
-        request_vars: Mapping[str, Any],
-    ) -> None:
+    async def execute(self, run: Run, inputs: RunInputs) -> None:
         me = self.replica.name
         try:
             try:
@@ -116,7 +108,7 @@ class Executor:
             except OSError as exc:  # run anyway: the replicated tail still shows the log
                 log.error("%s: job %s: cannot write its log file: %s", me, run.job_id, exc)
             run.line(f"gossipmgr: job {run.job_id} ({run.kind}) run by {me}, epoch {run.epoch}")
-            result = await self._run_watched(run, hosts, settings, globals_, request_vars)
+            result = await self._run_watched(run, inputs)
             if run.fenced or result is None:
                 self.gate.counters["fenced_runs"] += 1
                 run.line(f"gossipmgr: job {run.job_id} stopped: the lease moved on (fenced)")
@@ -133,44 +125,27 @@ class Executor:
             if self.gate.run is run:
                 self.gate.run = None
 
-    async def _run_watched(
-        self,
-        run: Run,
-        hosts: list[Host],
-        settings: AnsibleSettings,
-        globals_: Mapping[str, Any],
-        request_vars: Mapping[str, Any],
-    ) -> WorkflowResult | None:
+    async def _run_watched(self, run: Run, inputs: RunInputs) -> WorkflowResult | None:
         """The workflow's result; None when the fence watcher stopped it first."""
         result: WorkflowResult | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_fence, run, nursery.cancel_scope)
             nursery.start_soon(self._flush_tail, run)
-            result = await self._workflow(run, hosts, settings, globals_, request_vars)
-            if run.kind == "discover" and result.ok and settings.discover_join_timeout_s > 0:
-                addrs = [h.addr for h in hosts]
-                timeout_s = settings.discover_join_timeout_s
+            result = await self._workflow(run, inputs)
+            timeout_s = inputs.settings.discover_join_timeout_s
+            if run.kind == "discover" and result.ok and timeout_s > 0:
+                addrs = [h.addr for h in inputs.hosts]
                 result = await self._await_join(run, addrs, timeout_s, result)
             nursery.cancel_scope.cancel()
         return result
 
-    async def _workflow(
-        self,
-        run: Run,
-        hosts: list[Host],
-        settings: AnsibleSettings,
-        globals_: Mapping[str, Any],
-        request_vars: Mapping[str, Any],
-    ) -> WorkflowResult:
+    async def _workflow(self, run: Run, inputs: RunInputs) -> WorkflowResult:
         me = self.replica.name
         kind = "commission" if run.kind == "reconfigure" else run.kind
         try:
             return await run_workflow(
                 kind,
-                hosts,
-                settings,
-                globals_=globals_,
-                request_vars=request_vars,
+                inputs,
                 log=run.line,
                 cancel=run.cancel,
                 work_root=self.work_dir / "runs" / run.job_id,

@@ -61,7 +61,7 @@ from gossipmgr.errors import (
     Unavailable,
 )
 from gossipmgr.runtime import nodesettings
-from gossipmgr.runtime.ansible import AnsibleSettings, Host, parse_extra_vars
+from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, parse_extra_vars
 from gossipmgr.runtime.health import HealthEvents
 from gossipmgr.runtime.holder import HolderGate
 from gossipmgr.runtime.joblog import (
@@ -331,9 +331,8 @@ class JobManager:
         # Started before anything else can raise here (a cancel of this request): a
         # committed job that never ran would hold the job slot (gate.run) for good.
         globals_ = self.replica.state.globals()
-        nursery.start_soon(
-            self.executor.execute, run, hosts, settings, globals_, dict(request_vars)
-        )
+        inputs = RunInputs(hosts, settings, globals_, dict(request_vars))
+        nursery.start_soon(self.executor.execute, run, inputs)
         log.info("%s: job %s started (%s), epoch %d", me, job_id, desc, epoch)
         if dropped:
             try:

@@ -24,13 +24,13 @@ from gossipmgr.errors import GossipmgrError, StoreError
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.runtime.jobs import JobManager
 from gossipmgr.runtime.replica import Replica
-from gossipmgr.serf.membership import (
+from gossipmgr.serf.membership import SerfMembership
+from gossipmgr.serf.view import (
     PUSH_PULL_S,
     Absences,
     InstancesChanged,
     MembershipEvent,
     NodeEvent,
-    SerfMembership,
 )
 
 log = logging.getLogger("gossipmgr.agent")

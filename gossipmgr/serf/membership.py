@@ -1,5 +1,5 @@
-"""Who is in the cluster, kept current from a Serf agent (the rules are in
-``gossipmgr.serf.view``, whose names are re-exported here).
+"""Who is in the cluster, kept current from a Serf agent (the rules, and the event and
+record types, are in ``gossipmgr.serf.view``: import them from there).
 
 :class:`SerfMembership` is the trio service around a ``MembershipView``: it polls ``members`` every
 ``poll_interval`` (the event stream lags about 1 s because of Serf's hard-coded coalescing,
@@ -23,30 +23,9 @@ import trio
 from gossipmgr.errors import SerfError
 from gossipmgr.serf.backoff import Backoff
 from gossipmgr.serf.client import SerfClient
-from gossipmgr.serf.view import (
-    PUSH_PULL_S,
-    Absences,
-    Conflict,
-    Instance,
-    InstancesChanged,
-    MembershipEvent,
-    MembershipView,
-    NodeEvent,
-    NodeInfo,
-)
+from gossipmgr.serf.view import Instance, MembershipEvent, MembershipView, NodeEvent, NodeInfo
 
-__all__ = [
-    "PUSH_PULL_S",
-    "Absences",
-    "Conflict",
-    "Instance",
-    "InstancesChanged",
-    "MembershipEvent",
-    "MembershipView",
-    "NodeEvent",
-    "NodeInfo",
-    "SerfMembership",
-]
+__all__ = ["SerfMembership"]
 
 log = logging.getLogger("gossipmgr.serf")
 

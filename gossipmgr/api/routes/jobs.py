@@ -80,6 +80,19 @@ async def run_job(call: Callable[[], Any]) -> Response:
     return json_response({})
 
 
+async def on_holder(call: Callable[[], Any], *, needs_serf: bool = True) -> Response:
+    """Run a checked request's job manager call (:func:`run_job`) when this instance holds
+    the lease (and, with ``needs_serf``, reaches Serf); else forward it to the holder."""
+    if not must_hold(needs_serf=needs_serf):
+        return await forward()
+    return await run_job(call)
+
+
+def _nodes_request(b: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
+    """A commission/update body, checked in this order: nodes, host_group, extra_vars."""
+    return field_str_list(b, "nodes"), field_str(b, "host_group"), client_vars(b, "extra_vars")
+
+
 @bp.operation(
     "POST",
     "/commission/nodes",
@@ -88,37 +101,21 @@ async def run_job(call: Callable[[], Any]) -> Response:
     NODES_REQUEST,
 )
 async def commission() -> Response:
-    b = await body_untrusted()
-    nodes, hg, ev = (
-        field_str_list(b, "nodes"),
-        field_str(b, "host_group"),
-        client_vars(b, "extra_vars"),
-    )
-    if not must_hold():
-        return await forward()
-    return await run_job(lambda: current_context().jobs.commission(nodes, hg, ev))
+    nodes, hg, ev = _nodes_request(await body_untrusted())
+    return await on_holder(lambda: current_context().jobs.commission(nodes, hg, ev))
 
 
 @bp.operation("POST", "/decommission/nodes", "Decommission nodes (job)", JOB_CODES, NODES_REQUEST)
 async def decommission() -> Response:
     b = await body_untrusted()
     nodes, ev = field_str_list(b, "nodes"), client_vars(b, "extra_vars")
-    if not must_hold():
-        return await forward()
-    return await run_job(lambda: current_context().jobs.decommission(nodes, ev))
+    return await on_holder(lambda: current_context().jobs.decommission(nodes, ev))
 
 
 @bp.operation("POST", "/update/nodes", "Update nodes (job)", JOB_CODES, NODES_REQUEST)
 async def update() -> Response:
-    b = await body_untrusted()
-    nodes, hg, ev = (
-        field_str_list(b, "nodes"),
-        field_str(b, "host_group"),
-        client_vars(b, "extra_vars"),
-    )
-    if not must_hold():
-        return await forward()
-    return await run_job(lambda: current_context().jobs.update(nodes, hg, ev))
+    nodes, hg, ev = _nodes_request(await body_untrusted())
+    return await on_holder(lambda: current_context().jobs.update(nodes, hg, ev))
 
 
 @bp.operation(
@@ -127,17 +124,13 @@ async def update() -> Response:
 async def discover() -> Response:
     b = await body_untrusted()
     addrs, ev = field_str_list(b, "addrs"), client_vars(b, "extra_vars")
-    if not must_hold():
-        return await forward()
-    return await run_job(lambda: current_context().jobs.discover(addrs, ev))
+    return await on_holder(lambda: current_context().jobs.discover(addrs, ev))
 
 
 @bp.operation("POST", "/job/cancel", "Cancel the active job (holder)", JOB_CODES)
 async def job_cancel() -> Response:
     await body_untrusted(required=False)
-    if not must_hold(needs_serf=False):
-        return await forward()
-    return await run_job(lambda: current_context().jobs.cancel())
+    return await on_holder(lambda: current_context().jobs.cancel(), needs_serf=False)
 
 
 @bp.operation(
@@ -160,9 +153,9 @@ async def monitor_event() -> Response:
         raise BadRequest(
             '"monitor_event.nodes" must be an array of {"label", "serial", "addr"} strings'
         )
-    if not must_hold(needs_serf=False):
-        return await forward()
-    return await run_job(lambda: current_context().jobs.set_monitor_event(name, nodes))
+    return await on_holder(
+        lambda: current_context().jobs.set_monitor_event(name, nodes), needs_serf=False
+    )
 
 
 @bp.operation("GET", "/info/job/<job>", "A job: active, last or an id", (200, 400, 401, 404))

@@ -10,6 +10,9 @@ its lease epoch, so import and forget are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from quart import Response
 
 from gossipmgr.api.bodies import (
@@ -21,9 +24,8 @@ from gossipmgr.api.bodies import (
     field_str,
     field_value,
 )
-from gossipmgr.api.boundary import json_response, jsonable, maybe_await
+from gossipmgr.api.boundary import json_response, maybe_await
 from gossipmgr.api.context import current_context, current_replica
-from gossipmgr.api.forwarding import forward, must_hold
 from gossipmgr.api.openapi import (
     EXTRA_VARS_REQUEST,
     JOB_CODES,
@@ -32,8 +34,10 @@ from gossipmgr.api.openapi import (
     ApiBlueprint,
     Schema,
 )
+from gossipmgr.api.routes.jobs import on_holder
 from gossipmgr.core.inventory import get_node, node_json
 from gossipmgr.core.inventory_import import check_import_entries
+from gossipmgr.core.node import NodeRecord
 from gossipmgr.errors import BadRequest, NotFound
 
 bp = ApiBlueprint("nodes", __name__)
@@ -73,6 +77,14 @@ def node_response(ident: str) -> Response:
     return json_response(node_json(get_node(current_replica().state, ident)))
 
 
+async def write_node(ident: str, write: Callable[[NodeRecord], Any]) -> Response:
+    """Resolve the node ``ident`` (NotFound, 404), write one of its settings with
+    ``write(record)`` (its job manager call) and answer the node as it is then."""
+    rec = get_node(current_replica().state, ident)
+    await maybe_await(write(rec))
+    return node_response(rec.name)
+
+
 @bp.operation("GET", "/info/node/<path:name>", "One node", (200, 401, 404))
 async def info_node(name: str) -> Response:
     return node_response(name)
@@ -97,9 +109,7 @@ async def node_host_group(name: str) -> Response:
     if "host_group" not in b:
         raise BadRequest('"host_group" is required')
     hg = field_str(b, "host_group")
-    rec = get_node(current_replica().state, name)
-    await maybe_await(current_context().jobs.set_host_group(rec.name, hg))
-    return node_response(rec.name)
+    return await write_node(name, lambda rec: current_context().jobs.set_host_group(rec.name, hg))
 
 
 @bp.operation(
@@ -112,9 +122,7 @@ async def node_host_group(name: str) -> Response:
 async def node_vars_replace(name: str) -> Response:
     b = await body_untrusted()
     new = client_vars(b, f"node {name}")
-    name = get_node(current_replica().state, name).name
-    await maybe_await(current_context().jobs.set_node_vars(name, new))
-    return node_response(name)
+    return await write_node(name, lambda rec: current_context().jobs.set_node_vars(rec.name, new))
 
 
 @bp.operation(
@@ -128,9 +136,7 @@ async def node_var_put(name: str, key: str) -> Response:
     check_key("extra-var", key)
     v = field_value(await body_untrusted())
     check_client_vars({key: v}, f"node {name}")
-    name = get_node(current_replica().state, name).name
-    await maybe_await(current_context().jobs.set_node_var(name, key, v))
-    return node_response(name)
+    return await write_node(name, lambda rec: current_context().jobs.set_node_var(rec.name, key, v))
 
 
 @bp.operation(
@@ -140,12 +146,12 @@ async def node_var_put(name: str, key: str) -> Response:
     (200, 401, 404, 503),
 )
 async def node_var_delete(name: str, key: str) -> Response:
-    rec = get_node(current_replica().state, name)
-    name = rec.name
-    if key not in rec.vars:
-        raise NotFound(f'node "{name}" has no extra-var "{key}"')
-    await maybe_await(current_context().jobs.remove_node_var(name, key))
-    return node_response(name)
+    def remove(rec: NodeRecord) -> Any:
+        if key not in rec.vars:
+            raise NotFound(f'node "{rec.name}" has no extra-var "{key}"')
+        return current_context().jobs.remove_node_var(rec.name, key)
+
+    return await write_node(name, remove)
 
 
 @bp.operation(
@@ -157,10 +163,8 @@ async def node_var_delete(name: str, key: str) -> Response:
 async def node_forget(name: str) -> Response:
     b = await body_untrusted(required=False)
     force = field_flag(b, "force")
-    if not must_hold(needs_serf=False):
-        return await forward()
-    return json_response(
-        jsonable(await maybe_await(current_context().jobs.forget_node(name, force=force)))
+    return await on_holder(
+        lambda: current_context().jobs.forget_node(name, force=force), needs_serf=False
     )
 
 
@@ -176,9 +180,7 @@ async def inventory_import() -> Response:
     entries = b.get("nodes")
     check_import_entries(entries)  # a 400 here, before any forwarding
     dry_run = field_flag(b, "dry_run")
-    if not must_hold(needs_serf=False):
-        return await forward()
-    jobs = current_context().jobs
-    return json_response(
-        jsonable(await maybe_await(jobs.import_inventory(entries, dry_run=dry_run)))
+    return await on_holder(
+        lambda: current_context().jobs.import_inventory(entries, dry_run=dry_run),
+        needs_serf=False,
     )
