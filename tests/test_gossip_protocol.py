@@ -256,3 +256,30 @@ def test_silent_peer_holds_no_buffer_gets_only_probes_and_resyncs_when_back() ->
     assert idle < 20_000, idle  # probes and repair digests only, not 200 deltas again
     sim.inst[dead].up = True
     assert sim.run_until_converged(10_000) is not None
+
+
+def test_a_fragment_inside_a_fragment_is_refused_not_recursed_into() -> None:
+    """A reassembled message that is itself a FRAG is dropped (``drop_shape``): no sender
+    nests them, and following the nesting let one ~20 KB message (a FRAG of one piece
+    holding a FRAG of one piece ... thousands deep) raise RecursionError out of
+    ``receive_untrusted`` and take the gossip service down."""
+    from gossipmgr.gossip import messages as m
+
+    a = _ae("a")
+    a.set_peers(["b"], 0)
+    inner = m.pack(m.ACK, "b", 1, [0])
+    for i in range(2_000):
+        inner = m.pack(m.FRAG, "b", 1, [i + 1, 0, 1, inner])
+    pieces = m.fragment(inner, "b", 1, msg_id=10**6, max_payload=1_300)
+    assert len(pieces) > 1
+    for p in pieces:
+        res = a.receive_untrusted(p, 1_000)
+        assert res.out == [] and res.novel is None
+    assert a.counters["drop_shape"] == 1
+    # One level of nesting is refused just the same (senders fragment whole messages only).
+    one_piece = m.pack(m.FRAG, "b", 1, [7, 0, 1, m.pack(m.ACK, "b", 1, [0])])
+    assert a.receive_untrusted(one_piece, 1_000).out == []  # a fragmented ACK: taken
+    assert a.counters["recv_ack"] == 1 and a.counters["drop_shape"] == 1
+    nested = m.pack(m.FRAG, "b", 1, [8, 0, 1, one_piece])
+    assert a.receive_untrusted(nested, 1_000).out == []
+    assert a.counters["recv_ack"] == 1 and a.counters["drop_shape"] == 2
