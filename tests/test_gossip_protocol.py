@@ -13,6 +13,7 @@ import pytest
 from gossipmgr.core.clock import HLC, Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState, global_key, inventory_key, node_var_key
+from gossipmgr.errors import BadPacket
 from gossipmgr.gossip.crypto import MAX_PLAINTEXT
 from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
 from gossipmgr.testing.sim import Sim, addr
@@ -283,3 +284,29 @@ def test_a_fragment_inside_a_fragment_is_refused_not_recursed_into() -> None:
     nested = m.pack(m.FRAG, "b", 1, [8, 0, 1, one_piece])
     assert a.receive_untrusted(nested, 1_000).out == []
     assert a.counters["recv_ack"] == 1 and a.counters["drop_shape"] == 2
+
+
+def test_a_partial_message_holds_at_most_max_message_bytes() -> None:
+    """A partial message is dropped (``too_large``) as soon as its pieces exceed
+    ``MAX_MESSAGE_BYTES``, not when its last piece arrives: 2,048 pieces of ~1.3 KB each
+    held ~2.6 MiB per partial message (64 of them: ~170 MiB), against the documented 1 MiB."""
+    from gossipmgr.gossip import messages as m
+    from gossipmgr.gossip.datagram import Counters
+
+    counters = Counters()
+    r = m.Reassembler(counters)
+    piece = b"p" * 1_200
+    total = m.MAX_FRAGMENTS
+    refused_at = None
+    for i in range(total - 1):  # never the last piece: the message stays partial
+        try:
+            r.add_untrusted("b", m.Frag(1, i, total, piece), 0)
+        except BadPacket as exc:
+            assert exc.reason == "too_large"
+            refused_at = i
+            break
+    assert refused_at is not None
+    assert refused_at * len(piece) <= m.MAX_MESSAGE_BYTES < (refused_at + 1) * len(piece)
+    # The partial message is gone: a later piece starts a new one, it is not appended.
+    assert r.add_untrusted("b", m.Frag(1, 0, total, piece), 0) is None
+    assert r.held_bytes() == len(piece)
