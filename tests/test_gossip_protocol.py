@@ -13,6 +13,7 @@ import pytest
 from gossipmgr.core.clock import HLC, Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState, global_key, inventory_key, node_var_key
+from gossipmgr.errors import BadPacket
 from gossipmgr.gossip.crypto import MAX_PLAINTEXT
 from gossipmgr.gossip.protocol import AntiEntropy, GossipConfig
 from gossipmgr.testing.sim import Sim, addr
@@ -256,3 +257,56 @@ def test_silent_peer_holds_no_buffer_gets_only_probes_and_resyncs_when_back() ->
     assert idle < 20_000, idle  # probes and repair digests only, not 200 deltas again
     sim.inst[dead].up = True
     assert sim.run_until_converged(10_000) is not None
+
+
+def test_a_fragment_inside_a_fragment_is_refused_not_recursed_into() -> None:
+    """A reassembled message that is itself a FRAG is dropped (``drop_shape``): no sender
+    nests them, and following the nesting let one ~20 KB message (a FRAG of one piece
+    holding a FRAG of one piece ... thousands deep) raise RecursionError out of
+    ``receive_untrusted`` and take the gossip service down."""
+    from gossipmgr.gossip import messages as m
+
+    a = _ae("a")
+    a.set_peers(["b"], 0)
+    inner = m.pack(m.ACK, "b", 1, [0])
+    for i in range(2_000):
+        inner = m.pack(m.FRAG, "b", 1, [i + 1, 0, 1, inner])
+    pieces = m.fragment(inner, "b", 1, msg_id=10**6, max_payload=1_300)
+    assert len(pieces) > 1
+    for p in pieces:
+        res = a.receive_untrusted(p, 1_000)
+        assert res.out == [] and res.novel is None
+    assert a.counters["drop_shape"] == 1
+    # One level of nesting is refused just the same (senders fragment whole messages only).
+    one_piece = m.pack(m.FRAG, "b", 1, [7, 0, 1, m.pack(m.ACK, "b", 1, [0])])
+    assert a.receive_untrusted(one_piece, 1_000).out == []  # a fragmented ACK: taken
+    assert a.counters["recv_ack"] == 1 and a.counters["drop_shape"] == 1
+    nested = m.pack(m.FRAG, "b", 1, [8, 0, 1, one_piece])
+    assert a.receive_untrusted(nested, 1_000).out == []
+    assert a.counters["recv_ack"] == 1 and a.counters["drop_shape"] == 2
+
+
+def test_a_partial_message_holds_at_most_max_message_bytes() -> None:
+    """A partial message is dropped (``too_large``) as soon as its pieces exceed
+    ``MAX_MESSAGE_BYTES``, not when its last piece arrives: 2,048 pieces of ~1.3 KB each
+    held ~2.6 MiB per partial message (64 of them: ~170 MiB), against the documented 1 MiB."""
+    from gossipmgr.gossip import messages as m
+    from gossipmgr.gossip.datagram import Counters
+
+    counters = Counters()
+    r = m.Reassembler(counters)
+    piece = b"p" * 1_200
+    total = m.MAX_FRAGMENTS
+    refused_at = None
+    for i in range(total - 1):  # never the last piece: the message stays partial
+        try:
+            r.add_untrusted("b", m.Frag(1, i, total, piece), 0)
+        except BadPacket as exc:
+            assert exc.reason == "too_large"
+            refused_at = i
+            break
+    assert refused_at is not None
+    assert refused_at * len(piece) <= m.MAX_MESSAGE_BYTES < (refused_at + 1) * len(piece)
+    # The partial message is gone: a later piece starts a new one, it is not appended.
+    assert r.add_untrusted("b", m.Frag(1, 0, total, piece), 0) is None
+    assert r.held_bytes() == len(piece)

@@ -579,3 +579,22 @@ async def test_aclose_waits_for_the_running_flush_and_fails_queued_appends(
         release.set()
     assert results[b"in-flight"] == "acked" and "closed" in results[b"queued"]
     assert restore(tmp_path).records == [b"in-flight"]
+
+
+async def test_store_logs_under_its_name_of_before_the_move(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store's warnings (restore's notes and failed batches alike) carry the logger name
+    ``gossipmgr.store`` that the agent's log lines showed before the code moved to
+    runtime/ (store, segments, restore): operators filter on it."""
+    s, _ = opened(tmp_path)
+    await s.append(b"keep")
+    s.close()
+    (seg,) = files(tmp_path, "log.")
+    torn_write(seg, b"never committed")
+    seg.write_bytes(seg.read_bytes()[:-3])
+    with caplog.at_level("WARNING"):
+        r = restore(tmp_path)
+    assert r.torn_tail
+    names = {rec.name for rec in caplog.records if "torn write" in rec.getMessage()}
+    assert names == {"gossipmgr.store"}

@@ -285,38 +285,55 @@ def decode_untrusted(data: bytes) -> Message:
 class Reassembler:
     """Joins ``Frag`` pieces back into messages, with bounded memory: at most
     ``MAX_PARTIAL_MESSAGES`` partial messages (the oldest evicted, ``drop_frag_evicted``),
-    each for at most ``FRAG_TTL_MS`` (``drop_frag_expired``, counted in ``counters``)."""
+    each for at most ``FRAG_TTL_MS`` (``drop_frag_expired``, counted in ``counters``) and
+    holding at most ``MAX_MESSAGE_BYTES`` (past that it is dropped: BadPacket ``too_large``)."""
 
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
         self._partial: OrderedDict[tuple[str, int], tuple[float, list[bytes | None]]] = (
             OrderedDict()
         )
+        self._size: dict[tuple[str, int], int] = {}  # bytes held per partial message
+
+    def held_bytes(self) -> int:
+        """Bytes of pieces held in partial messages."""
+        return sum(self._size.values())
 
     def add_untrusted(self, sender: str, f: Frag, now: float) -> bytes | None:
         """The whole message once its last piece arrived, else None. Raises BadPacket."""
         key = (sender, f.msg_id)
         if key not in self._partial:
             if len(self._partial) >= MAX_PARTIAL_MESSAGES:
-                self._partial.popitem(last=False)
+                evicted, _ = self._partial.popitem(last=False)
+                del self._size[evicted]
                 self.counters.incr("drop_frag_evicted")
             self._partial[key] = (now, [None] * f.total)
+            self._size[key] = 0
         _, parts = self._partial[key]
         if len(parts) != f.total:
             raise BadPacket("shape", "fragment total changed")
+        old = parts[f.index]
+        size = self._size[key] + len(f.piece) - (len(old) if old is not None else 0)
+        if size > MAX_MESSAGE_BYTES:
+            # Refused now, not when the last piece arrives: a partial message holds at
+            # most MAX_MESSAGE_BYTES (up to MAX_FRAGMENTS pieces could hold more).
+            self._drop(key)
+            raise BadPacket("too_large", "reassembled message too large")
         parts[f.index] = f.piece
+        self._size[key] = size
         if any(p is None for p in parts):
             return None
+        self._drop(key)
+        return b"".join(p for p in parts if p is not None)
+
+    def _drop(self, key: tuple[str, int]) -> None:
         del self._partial[key]
-        whole = b"".join(p for p in parts if p is not None)
-        if len(whole) > MAX_MESSAGE_BYTES:
-            raise BadPacket("too_large", "reassembled message too large")
-        return whole
+        del self._size[key]
 
     def expire(self, now: float) -> None:
         while self._partial:
             key, (born, _) = next(iter(self._partial.items()))
             if now - born < FRAG_TTL_MS:
                 break
-            del self._partial[key]
+            self._drop(key)
             self.counters.incr("drop_frag_expired")

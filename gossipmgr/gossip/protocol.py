@@ -305,15 +305,21 @@ class AntiEntropy:
             self.counters.incr("drop_clock")
             return Outcome()
 
-    def _receive(self, data: bytes, now_ms: float) -> Outcome:
+    def _receive(self, data: bytes, now_ms: float, *, reassembled: bool = False) -> Outcome:
         msg = decode_untrusted(data)
         sender = msg.sender
         if sender == self.name:
             raise BadPacket("self", "message claims to come from this instance")
         self.counters.incr(f"recv_{TYPE_NAMES[msg.type]}")
         if isinstance(msg.body, Frag):
+            if reassembled:
+                # Senders fragment whole messages only. Following a nesting would recurse
+                # once per level: a ~20 KB message nested deep enough raised RecursionError.
+                raise BadPacket("shape", "a fragment inside a fragment")
             whole = self._frags.add_untrusted(sender, msg.body, now_ms)
-            return self._receive(whole, now_ms) if whole is not None else Outcome()
+            if whole is None:
+                return Outcome()
+            return self._receive(whole, now_ms, reassembled=True)
         ps = self.peers.get(sender)
         if ps is not None:
             ps.last_heard_ms = now_ms
@@ -346,7 +352,7 @@ class AntiEntropy:
                 return self._on_entries(ps, body, now)
             case PullDone():
                 return self._on_pull_done(sender, ps, body, now)
-        # Frag: reassembled in _receive; a fragment of fragments is refused like any shape.
+        # Frag: reassembled in _receive, which refuses a fragment of fragments.
         raise BadPacket("shape", "a fragment inside a fragment")
 
     def _on_delta(self, sender: str, ps: PeerState | None, m: Delta, now: float) -> Outcome:

@@ -37,7 +37,7 @@ from gossipmgr.runtime.segments import (
     write_file_atomic,
 )
 
-log = logging.getLogger("gossipmgr.runtime.store")
+log = logging.getLogger("gossipmgr.store")  # the Store's logger (runtime/store.py)
 
 
 @dataclass(frozen=True)

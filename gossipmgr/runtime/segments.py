@@ -40,7 +40,7 @@ from pathlib import Path
 
 from gossipmgr.errors import CorruptFile
 
-log = logging.getLogger("gossipmgr.runtime.store")
+log = logging.getLogger("gossipmgr.store")  # the Store's logger (runtime/store.py)
 
 # --- format constants (docs/storage-format.md) -------------------------------------------
 # Versioning: each kind of file carries its layout version; a reader refuses any version it

@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gossipmgr.store")  # its name before the move to runtime/
 
 # Test seam: the low-level calls the append path uses. Tests monkeypatch these (never the
 # os module itself, which trio uses for its own wake-up fd) to simulate ENOSPC/EIO.
