@@ -83,7 +83,7 @@ __all__ = [
     "workflow_plan",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("gossipmgr.ansible")  # the name it logged under before the move
 
 # How often ansible-runner's pexpect loop calls our cancel callback. Its default is 5 s,
 # which is how late a cancel or timeout would be noticed; 0.2 s costs nothing measurable.

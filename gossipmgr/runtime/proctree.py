@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-logger = logging.getLogger("gossipmgr.runtime.ansible")
+logger = logging.getLogger("gossipmgr.ansible")
 
 # modules to exit on SIGTERM, short enough that a cancel answers in about a second.
 KILL_GRACE_S: Final = 1.0
