@@ -18,6 +18,7 @@ from typing import Protocol
 import trio
 
 from gossipmgr.errors import ConfigError, SerfError
+from gossipmgr.serf.backoff import Backoff
 from gossipmgr.serf.client import open_serf_client, serf_connector
 from gossipmgr.serf.membership import Connect
 from gossipmgr.serf.process import SerfAgentProcess
@@ -109,15 +110,16 @@ class EmbeddedSerf(_SerfRpc):
     ) -> None:
         self.process = self._make(tags)  # a bad option raises ConfigError here, at start
         task_status.started()
-        backoff = 1.0
+        backoff = Backoff(1.0, SERF_RESTART_MAX_S)
         while True:
             try:
                 await self.process.run()
             except (SerfError, ConfigError, OSError) as exc:
                 self.counters["serf_restarts"] += 1
-                log.error("%s: serf agent failed: %s; retrying in %.0f s", self.name, exc, backoff)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, SERF_RESTART_MAX_S)
+                log.error(
+                    "%s: serf agent failed: %s; retrying in %.0f s", self.name, exc, backoff.current
+                )
+            await trio.sleep(backoff.next())
 
 
 class ExternalSerf(_SerfRpc):
