@@ -284,6 +284,7 @@ def test_peers_last_heard_column_from_last_heard_ms_ago() -> None:
         "1.2s ago",
         "1h02m ago",
     ]
+    assert ago(float("inf")) == ago(float("nan")) == ""  # a hostile server's JSON
     assert [ago(v) for v in (0, 999.0, 42_400, 185_000, None, -1, True, "5")] == [
         "0.0s ago",
         "1.0s ago",

@@ -6,6 +6,7 @@ JSON itself instead (:func:`out`).
 
 import argparse
 import json
+import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -46,7 +47,7 @@ def ago(ms: Any) -> str:
     """A duration in milliseconds (``last_heard_ms_ago``) as ``0.4s ago``, ``42s ago``,
     ``3m05s ago`` or ``2h07m ago``; empty when there is none (``null``: the instance itself,
     or a peer not heard from yet)."""
-    if not isinstance(ms, int | float) or isinstance(ms, bool) or not ms >= 0:
+    if not isinstance(ms, int | float) or isinstance(ms, bool) or not 0 <= ms < math.inf:
         return ""
     secs = ms / 1000
     if secs < 10:
