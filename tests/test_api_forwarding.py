@@ -17,8 +17,11 @@ from gossipmgr.testing.standalone import shared_key
 
 #: Node names that are one path segment only once percent-encoded: a query mark, a
 #: fragment mark, a percent sign, a space, and a slash (node routes take the rest of the
-#: path as the name), and a letter outside ASCII.
-NAMES = ["rack?1", "rack#2", "50%", "a b", "dc/r4", "nœud"]
+#: path as the name), a letter outside ASCII, and slashes around dot segments (an HTTP
+#: client removes "/../" and "/./" from a path: the holder saw "/node/dc/r7/forget").
+NAMES = ["rack?1", "rack#2", "50%", "a b", "dc/r4", "nœud", "dc/../r7", "dc/./r8", "r9/.."]
+#: Nodes a mangled forwarded path would reach instead: they must stay.
+BYSTANDERS = ["r7", "dc/r8", "dc"]
 
 
 async def test_a_forwarded_node_route_keeps_the_node_name(tmp_path: Path) -> None:
@@ -40,7 +43,7 @@ async def test_a_forwarded_node_route_keeps_the_node_name(tmp_path: Path) -> Non
                 serving(create_app(other)) as ourl,
                 httpx.AsyncClient(base_url=ourl, headers=auth) as c,
             ):
-                entries = [{"name": n, "status": "Unallocated"} for n in NAMES]
+                entries = [{"name": n, "status": "Unallocated"} for n in NAMES + BYSTANDERS]
                 r = await c.post("/inventory/import", json={"nodes": entries})
                 assert r.status_code == 200, r.text
                 assert all(holder.replica.state.node(n) is not None for n in NAMES)
@@ -49,3 +52,4 @@ async def test_a_forwarded_node_route_keeps_the_node_name(tmp_path: Path) -> Non
                     r = await c.post(f"/node/{quote(name, safe='')}/forget", json={})
                     assert (r.status_code, r.json().get("forgotten")) == (200, name), r.text
                     assert holder.replica.state.node(name) is None
+                assert all(holder.replica.state.node(n) is not None for n in BYSTANDERS)

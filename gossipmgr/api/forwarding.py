@@ -54,6 +54,19 @@ def was_forwarded() -> bool:
     return bool(request.headers.get(FORWARDED_HEADER))
 
 
+def forwarded_path(path: str) -> str:
+    """The decoded ``path`` of a request, encoded again so that the holder routes it to the
+    same view with the same parameters.
+
+    A node name holding "?", "#", "%" or a space must be encoded, or the holder sees another
+    path ("/node/rack?1/forget" is "/node/rack"); a "." or ".." segment (a name such as
+    "dc/../r7") too, or the HTTP client removes it ("/node/dc/../r7/forget" is sent as
+    "/node/r7/forget", which forgets another node). ``%2E`` is a dot the holder decodes."""
+    return "/".join(
+        "%2E" * len(seg) if seg in (".", "..") else quote(seg, safe="") for seg in path.split("/")
+    )
+
+
 def must_hold(*, needs_serf: bool = True) -> bool:
     """True: run here. False: forward. Raises Unavailable when Serf is down here."""
     ctx = current_context()
@@ -82,9 +95,7 @@ async def forward() -> Response:
             "being taken over); retry in a few seconds"
         )
     body = await request.get_data(cache=True)
-    # request.path is decoded: a node name holding "?", "#", "%" or a space must be encoded
-    # again, or the holder sees another path ("/node/rack?1/forget" is "/node/rack").
-    target = url.rstrip("/") + quote(request.path)
+    target = url.rstrip("/") + forwarded_path(request.path)
     try:
         async with httpx.AsyncClient(verify=_verify(), timeout=FORWARD_TIMEOUT) as c:
             r = await c.request(request.method, target, content=body, headers=_forward_headers())
