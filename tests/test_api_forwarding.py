@@ -11,7 +11,7 @@ import httpx
 import trio
 from _apiutil import serving, standalone
 
-from gossipmgr.api import create_app
+from gossipmgr.api import FORWARDED_HEADER, create_app
 from gossipmgr.testing.fakeserf import FakeSerfCluster
 from gossipmgr.testing.standalone import shared_key
 
@@ -53,3 +53,34 @@ async def test_a_forwarded_node_route_keeps_the_node_name(tmp_path: Path) -> Non
                     assert (r.status_code, r.json().get("forgotten")) == (200, name), r.text
                     assert holder.replica.state.node(name) is None
                 assert all(holder.replica.state.node(n) is not None for n in BYSTANDERS)
+
+
+async def test_forwarding_carries_header_bytes_ascii_cannot(tmp_path: Path) -> None:
+    """A non-holder named with a letter outside ASCII (config allows any name without
+    spaces) forwards and proxies like any other, and a client's header bytes outside ASCII
+    reach the holder as sent. Both were a 500: httpx encodes str header values as ASCII."""
+    cluster = FakeSerfCluster()
+    kw: dict[str, Any] = {
+        "token": "t",
+        "cluster": cluster,
+        "encrypt_key_file": shared_key(tmp_path),
+    }
+    async with standalone(tmp_path, "a", **kw) as holder:
+        async with standalone(tmp_path, "nœud", claim=False, **kw) as other:
+            with trio.fail_after(30):  # the holder's lease reaches the other over gossip
+                while other.holder_api_url() != holder.agent.api_url:
+                    await other.replica.wait_change()
+            async with (
+                serving(create_app(other)) as ourl,
+                httpx.AsyncClient(base_url=ourl, headers={"Authorization": "Bearer t"}) as c,
+            ):
+                r = await c.post("/job/cancel")
+                assert (r.status_code, r.json()) == (409, {"error": "job is not Running"})
+                ctype = b"application/json; note=caf\xe9"
+                r = await c.post("/job/cancel", content=b"{}", headers={b"Content-Type": ctype})
+                assert (r.status_code, r.json()) == (409, {"error": "job is not Running"})
+                # the loop guard names the forwarder as it is named
+                guard = {FORWARDED_HEADER.encode(): "nœud".encode()}
+                r = await c.post("/job/cancel", headers=guard)
+                assert r.status_code == 503, r.text
+                assert "forwarded by nœud" in r.json()["error"]

@@ -40,18 +40,27 @@ def _verify() -> Any:
     return getattr(current_context(), "forward_verify", True)
 
 
-def _forward_headers() -> dict[str, str]:
-    h = {FORWARDED_HEADER: current_context().replica.name}
+def _forward_headers() -> dict[bytes, bytes]:
+    """The headers a forwarded (or proxied) request carries, as bytes: httpx encodes a str
+    value as ASCII, and refused (a 500) an instance name or a client's header outside it."""
+    # Our name as UTF-8 (any name without spaces is valid); the client's headers as the
+    # bytes it sent (the server decoded them as latin-1).
+    h = {FORWARDED_HEADER.encode(): current_context().replica.name.encode()}
     for name in ("Authorization", "Content-Type"):
         v = request.headers.get(name)
         if v:
-            h[name] = v
+            h[name.encode()] = v.encode("latin-1")
     return h
 
 
 def was_forwarded() -> bool:
     """True when another instance forwarded (or proxied) this request here."""
     return bool(request.headers.get(FORWARDED_HEADER))
+
+
+def _forwarder() -> str:
+    """The name of the instance that forwarded this request (sent as UTF-8)."""
+    return request.headers[FORWARDED_HEADER].encode("latin-1").decode("utf-8", "replace")
 
 
 def forwarded_path(path: str) -> str:
@@ -86,7 +95,7 @@ async def forward() -> Response:
     if was_forwarded():
         raise Unavailable(
             f"{ctx.replica.name} is not the lease holder (the lease moved while the request "
-            f"was forwarded by {request.headers[FORWARDED_HEADER]}); retry"
+            f"was forwarded by {_forwarder()}); retry"
         )
     url = ctx.holder_api_url()
     if url is None:
