@@ -34,6 +34,10 @@ FORWARDED_HEADER = "X-Gossipmgr-Forwarded"
 FORWARD_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
 #: A proxied log stream may be silent for as long as a playbook task runs.
 STREAM_TIMEOUT = httpx.Timeout(None, connect=3.0)
+#: What httpx raises for a peer it cannot reach, including a URL it refuses before
+#: connecting (a control character, a host label over 63 characters: from a Serf ``api``
+#: tag, i.e. ``--advertise-api``), which are not ``httpx.HTTPError``s.
+_UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL, UnicodeError)
 
 
 def _verify() -> Any:
@@ -108,7 +112,7 @@ async def forward() -> Response:
     try:
         async with httpx.AsyncClient(verify=_verify(), timeout=FORWARD_TIMEOUT) as c:
             r = await c.request(request.method, target, content=body, headers=_forward_headers())
-    except httpx.HTTPError as exc:
+    except _UNREACHABLE as exc:
         raise Unavailable(
             f"the lease holder at {url} cannot be reached: {exc or type(exc).__name__}"
         )
@@ -127,7 +131,7 @@ async def proxy_stream(target: str, headers: dict[str, str]) -> Any:
     try:
         req = client.build_request("GET", target, headers=_forward_headers())
         r = await client.send(req, stream=True)
-    except httpx.HTTPError as exc:
+    except _UNREACHABLE as exc:
         await client.aclose()
         raise Unavailable(f"the job's instance at {target} cannot be reached: {exc}")
     if r.status_code != 200:
