@@ -1,7 +1,8 @@
 """The agent's secret files: the API token, the gossip keyring and the embedded Serf's key.
 
-Each is read (or created, mode 0600) at start and again on a SIGHUP reload; see
-docs/security.md for who may read them.
+Each is read (or created, mode 0600) at start; a SIGHUP reload reads the token and the
+gossip keyring again, not the Serf key (it went into the embedded agent's configuration at
+its start). See docs/security.md for who may read them.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import pytest
 import trio
 import trustme
 from _apiutil import add_nodes, serving, standalone
+from _bounds import bound
 
 from gossipmgr.api import (
     FORWARDED_HEADER,
@@ -600,28 +601,32 @@ async def test_tls(tmp_path: Path) -> None:
 
 
 async def test_shutdown_is_prompt_with_an_idle_keepalive_connection(tmp_path: Path) -> None:
-    """Without the shielded send, shutdown waits graceful_timeout (docs/api.md, "Serving")."""
+    """Without the shielded send, shutdown waits graceful_timeout (docs/api.md, "Serving").
+
+    The figure (about 0.1 s) is bench/bounds.py's; here only that shutdown does not wait
+    for the idle connection: a graceful_timeout of 10 minutes against a 1-minute deadline."""
+    from gossipmgr.api import serve
+
     async with standalone(tmp_path) as ctx:
         app = create_app(ctx)
         async with httpx.AsyncClient() as c:
-            stopped_in = None
             stop = trio.Event()
-            async with trio.open_nursery() as n:
-                from gossipmgr.api import serve
-
-                url = await n.start(
-                    lambda task_status: serve(
-                        app,
-                        "127.0.0.1",
-                        0,
-                        shutdown_trigger=stop.wait,
-                        graceful_timeout=10,
-                        task_status=task_status,
+            with trio.CancelScope() as deadline:
+                async with trio.open_nursery() as n:
+                    url = await n.start(
+                        lambda task_status: serve(
+                            app,
+                            "127.0.0.1",
+                            0,
+                            shutdown_trigger=stop.wait,
+                            graceful_timeout=600,
+                            task_status=task_status,
+                        )
                     )
-                )
-                for _ in range(3):  # keep-alive: the same connection, then idle
-                    assert (await c.get(url + "/health")).status_code == 200
-                t0 = trio.current_time()
-                stop.set()
-            stopped_in = trio.current_time() - t0
-            assert stopped_in < 3.0
+                    for _ in range(3):  # keep-alive: the same connection, then idle
+                        assert (await c.get(url + "/health")).status_code == 200
+                    t0 = trio.current_time()
+                    deadline.deadline = t0 + 60
+                    stop.set()
+            assert not deadline.cancelled_caught, "shutdown waited for the idle connection"
+            bound("api.shutdown_with_idle_keepalive", trio.current_time() - t0, 3.0)

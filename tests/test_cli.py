@@ -324,16 +324,21 @@ async def test_peers_shows_last_heard_against_the_real_wiring(tmp_path: Path) ->
 
     from gossipmgr.testing.fakeserf import FakeSerfCluster
     from gossipmgr.testing.standalone import shared_key
+    from gossipmgr.testing.wait import until
 
     cluster = FakeSerfCluster()
     key = shared_key(tmp_path)
     kw: dict[str, Any] = {"token": TOKEN, "cluster": cluster, "encrypt_key_file": key}
     async with standalone(tmp_path, "a", **kw) as a, standalone(tmp_path, "b", claim=False, **kw):
-        with trio.fail_after(30):  # until a has heard from b over gossip
-            while not any(
+        # Polled: hearing from b is no change to a's replica (a wait for one only ended
+        # when b happened to claim the lease before a's lease reached it).
+        await until(
+            lambda: any(
                 p.name == "b" and p.last_heard_ms_ago is not None for p in a.peer_records()
-            ):
-                await a.replica.wait_change()
+            ),
+            30,
+            "a to hear from b over gossip",
+        )
         url = a.agent.api_url
         p = await trio.to_thread.run_sync(lambda: gm("peers", url=url))
         # the typed record serves the JSON docs/api.md lists

@@ -34,24 +34,50 @@ FORWARDED_HEADER = "X-Gossipmgr-Forwarded"
 FORWARD_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
 #: A proxied log stream may be silent for as long as a playbook task runs.
 STREAM_TIMEOUT = httpx.Timeout(None, connect=3.0)
+#: What httpx raises for a peer it cannot reach, including a URL it refuses before
+#: connecting (a control character, a host label over 63 characters: from a Serf ``api``
+#: tag, i.e. ``--advertise-api``), which are not ``httpx.HTTPError``s.
+_UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL, UnicodeError)
 
 
 def _verify() -> Any:
     return getattr(current_context(), "forward_verify", True)
 
 
-def _forward_headers() -> dict[str, str]:
-    h = {FORWARDED_HEADER: current_context().replica.name}
+def _forward_headers() -> dict[bytes, bytes]:
+    """The headers a forwarded (or proxied) request carries, as bytes: httpx encodes a str
+    value as ASCII, and refused (a 500) an instance name or a client's header outside it."""
+    # Our name as UTF-8 (any name without spaces is valid); the client's headers as the
+    # bytes it sent (the server decoded them as latin-1).
+    h = {FORWARDED_HEADER.encode(): current_context().replica.name.encode()}
     for name in ("Authorization", "Content-Type"):
         v = request.headers.get(name)
         if v:
-            h[name] = v
+            h[name.encode()] = v.encode("latin-1")
     return h
 
 
 def was_forwarded() -> bool:
     """True when another instance forwarded (or proxied) this request here."""
     return bool(request.headers.get(FORWARDED_HEADER))
+
+
+def _forwarder() -> str:
+    """The name of the instance that forwarded this request (sent as UTF-8)."""
+    return request.headers[FORWARDED_HEADER].encode("latin-1").decode("utf-8", "replace")
+
+
+def forwarded_path(path: str) -> str:
+    """The decoded ``path`` of a request, encoded again so that the holder routes it to the
+    same view with the same parameters.
+
+    A node name holding "?", "#", "%" or a space must be encoded, or the holder sees another
+    path ("/node/rack?1/forget" is "/node/rack"); a "." or ".." segment (a name such as
+    "dc/../r7") too, or the HTTP client removes it ("/node/dc/../r7/forget" is sent as
+    "/node/r7/forget", which forgets another node). ``%2E`` is a dot the holder decodes."""
+    return "/".join(
+        "%2E" * len(seg) if seg in (".", "..") else quote(seg, safe="") for seg in path.split("/")
+    )
 
 
 def must_hold(*, needs_serf: bool = True) -> bool:
@@ -73,7 +99,7 @@ async def forward() -> Response:
     if was_forwarded():
         raise Unavailable(
             f"{ctx.replica.name} is not the lease holder (the lease moved while the request "
-            f"was forwarded by {request.headers[FORWARDED_HEADER]}); retry"
+            f"was forwarded by {_forwarder()}); retry"
         )
     url = ctx.holder_api_url()
     if url is None:
@@ -82,13 +108,11 @@ async def forward() -> Response:
             "being taken over); retry in a few seconds"
         )
     body = await request.get_data(cache=True)
-    # request.path is decoded: a node name holding "?", "#", "%" or a space must be encoded
-    # again, or the holder sees another path ("/node/rack?1/forget" is "/node/rack").
-    target = url.rstrip("/") + quote(request.path)
+    target = url.rstrip("/") + forwarded_path(request.path)
     try:
         async with httpx.AsyncClient(verify=_verify(), timeout=FORWARD_TIMEOUT) as c:
             r = await c.request(request.method, target, content=body, headers=_forward_headers())
-    except httpx.HTTPError as exc:
+    except _UNREACHABLE as exc:
         raise Unavailable(
             f"the lease holder at {url} cannot be reached: {exc or type(exc).__name__}"
         )
@@ -107,7 +131,7 @@ async def proxy_stream(target: str, headers: dict[str, str]) -> Any:
     try:
         req = client.build_request("GET", target, headers=_forward_headers())
         r = await client.send(req, stream=True)
-    except httpx.HTTPError as exc:
+    except _UNREACHABLE as exc:
         await client.aclose()
         raise Unavailable(f"the job's instance at {target} cannot be reached: {exc}")
     if r.status_code != 200:

@@ -153,8 +153,10 @@ class Holder:
     # ------------------------------------------------------------------ lease
     def _note_bounded_lease(self, lease: Lease | None) -> None:
         """Log (once per entry) and count a lease whose expiry was cut by the bound."""
+        if lease is None:
+            return  # no entry, or one that is not a lease (not even a map: forged)
         raw = self.replica.state.lease()
-        if lease is None or raw is None or raw.get("expires_ms") == lease.expires_ms:
+        if raw is None or raw.get("expires_ms") == lease.expires_ms:
             return
         if raw != self._bounded_seen:
             self._bounded_seen = raw
