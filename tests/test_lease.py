@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gossipmgr.core.clock import HLC
 from gossipmgr.core.crdt import Entry
 from gossipmgr.core.lease import (
     MAX_EPOCH,
@@ -454,3 +455,12 @@ def test_reconcile_is_due_at_takeover_when_asked_and_then_periodically() -> None
     # the period passed
     assert reconcile_due(3, 3, now=14.5, last=9.0, every=5.0, soon=False)
     assert not reconcile_due(3, 3, now=14.0, last=9.0, every=5.0, soon=False)
+
+
+@pytest.mark.parametrize("value", [7, "x", [1, 2], None, True])
+def test_a_raw_lease_entry_that_is_not_a_map_reads_as_absent(value: object) -> None:
+    """``ClusterState.lease()`` (the raw entry the lease loop inspects) raised on a forged
+    value that ``dict()`` cannot take; it reads as absent, as the other readers do."""
+    state = ClusterState()
+    state.apply(state.d_set(LEASE_KEY, value, HLC("x").now(1)))
+    assert state.lease() is None

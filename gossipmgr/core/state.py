@@ -227,8 +227,10 @@ class ClusterState:
         return dict(v) if isinstance(v, dict) else None
 
     def lease(self) -> dict[str, Any] | None:
+        """The raw lease entry; a value that is not a map (forged) reads as absent, as the
+        node, job and config readers do."""
         v = self.map.get(LEASE_KEY)
-        return dict(v) if v is not None else None
+        return dict(v) if isinstance(v, dict) else None
 
     def max_timestamp(self) -> Timestamp | None:
         return self.map.max_timestamp()
