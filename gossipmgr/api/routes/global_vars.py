@@ -39,15 +39,15 @@ async def globals_replace() -> Response:
     return json_response({"extra_vars": rep.state.globals()})
 
 
-@bp.operation("GET", "/globals/<key>", "One global extra-var", (200, 401, 404))
+@bp.operation("GET", "/globals/<path:key>", "One global extra-var", (200, 401, 404))
 async def global_get(key: str) -> Response:
-    g = current_replica().state.globals()
-    if key not in g:
+    state = current_replica().state
+    if not state.has_global(key):
         raise _unknown(key)
-    return json_response({"key": key, "value": g[key]})
+    return json_response({"key": key, "value": state.global_value(key)})
 
 
-@bp.operation("PUT", "/globals/<key>", "Set one global extra-var", WRITE_CODES, VALUE_REQUEST)
+@bp.operation("PUT", "/globals/<path:key>", "Set one global extra-var", WRITE_CODES, VALUE_REQUEST)
 async def global_put(key: str) -> Response:
     check_key("extra-var", key)
     check_client_var(key)
@@ -57,10 +57,10 @@ async def global_put(key: str) -> Response:
     return json_response({"key": key, "value": v})
 
 
-@bp.operation("DELETE", "/globals/<key>", "Remove one global extra-var", (200, 401, 404, 503))
+@bp.operation("DELETE", "/globals/<path:key>", "Remove one global extra-var", (200, 401, 404, 503))
 async def global_delete(key: str) -> Response:
     rep = current_replica()
-    if key not in rep.state.globals():
+    if not rep.state.has_global(key):
         raise _unknown(key)
     await rep.commit(lambda s, ts: s.d_remove(global_key(key), ts))
     return json_response({"key": key, "deleted": True})
