@@ -252,7 +252,49 @@ one repetition.""",
     ),
     ("store", "Store (bench_store.py)", None),
     ("api", "API (bench_api.py)", None),
+    ("reads", "Single-key reads against unrelated state (bench_reads.py)", None),
 ]
+
+
+def reads_section(r: dict[str, Any]) -> list[str]:
+    """bench_reads.py: one row per read, its p50 at each size, before (``before``: the same
+    script run on the commit named there) and now."""
+    sizes = r.get("params", {}).get("sizes", [])
+    now = r.get("median", {})
+    before = r.get("before", {}).get("median", {})
+    src = (HERE / "bench_reads.py").read_text()
+    doc = src[src.index('"""') + 3 : src.index("    .venv/bin/python")].strip()
+    out = [doc.split("\n", 1)[1].strip(), ""]
+    if r.get("before"):
+        out += [
+            f"Before: the same script on `{r['before'].get('commit', '?')}`, where a global "
+            "read built and sorted every global (a node by name and a job by id were already "
+            "looked up directly). Now: every read from the replica's live-entry indexes. The "
+            "sizes are timed in order in one process, N = 0 first; differences of a "
+            "millisecond or less between columns are the shared machine's noise.",
+            "",
+        ]
+    head = "| read | " + " | ".join(f"N = {n:,}" for n in sizes) + " | N max / N 0 |"
+    out += [
+        "Median over the runs of each run's p50 latency, ms"
+        + (" (before → now)" if before else ""),
+        "",
+        head,
+        "|---" * (len(sizes) + 2) + "|",
+    ]
+    for what in ("global", "node", "job"):
+        for mode in ("inproc", "http"):
+            keys = [f"{what}_{mode}_{n}_p50_ms" for n in sizes]
+            if not all(k in now for k in keys):
+                continue
+            cells = []
+            for k in keys:
+                cells.append(f"{fmt(before[k])} → {fmt(now[k])}" if k in before else fmt(now[k]))
+            ratio = f"{now[keys[-1]] / now[keys[0]]:.2f}x" if now[keys[0]] else "-"
+            if all(k in before for k in (keys[0], keys[-1])) and before[keys[0]]:
+                ratio = f"{before[keys[-1]] / before[keys[0]]:.2f}x → {ratio}"
+            out.append(f"| {what} ({mode}) | " + " | ".join(cells) + f" | {ratio} |")
+    return [*out, ""]
 
 
 def describe(name: str, r: dict[str, Any]) -> str:
@@ -303,6 +345,10 @@ def main() -> None:
         if not r:
             continue
         out += [f"## {title}", ""]
+        if name == "reads":
+            n_runs = f" ({len(r.get('runs', []))} run(s))" if r.get("runs") else ""
+            out += [f"Command: `{r.get('command', '')}`{n_runs}", "", *reads_section(r)]
+            continue
         cmd = r.get("command") or {
             "store": "python bench/bench_store.py",
             "api": "python bench/bench_api.py",

@@ -258,7 +258,7 @@ class Agent:
     async def _gc_loop(self) -> None:
         while True:
             await trio.sleep(GC_EVERY_S)
-            dropped = self.replica.state.map.gc(self.replica.now_ms() - TOMBSTONE_TTL_MS)
+            dropped = self.replica.state.gc(self.replica.now_ms() - TOMBSTONE_TTL_MS)
             if dropped:
                 log.info("%s: garbage-collected %d tombstones", self.cfg.name, dropped)
 

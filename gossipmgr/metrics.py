@@ -153,7 +153,7 @@ class InstanceCollector:
         yield _gauge(
             "gossipmgr_entries", "Entries in the replica (tombstones too).", len(rep.state)
         )
-        yield _gauge("gossipmgr_nodes", "Nodes in the inventory.", len(rep.state.node_names()))
+        yield _gauge("gossipmgr_nodes", "Nodes in the inventory.", rep.state.node_count())
         yield _gauge(
             "gossipmgr_lease_holder", "1 if this instance holds the lease.", int(rep.is_holder())
         )

@@ -11,7 +11,13 @@ from quart_trio import QuartTrio
 from gossipmgr.api.bodies import MAX_BODY_BYTES
 from gossipmgr.api.boundary import install_boundary, json_response
 from gossipmgr.api.context import ApiContext, install_context
-from gossipmgr.api.openapi import ApiBlueprint, document, operations_of, spec_paths_of
+from gossipmgr.api.openapi import (
+    CONVERTERS,
+    ApiBlueprint,
+    document,
+    operations_of,
+    spec_paths_of,
+)
 from gossipmgr.api.routes import BLUEPRINTS
 
 _spec = ApiBlueprint("openapi", __name__)
@@ -46,6 +52,7 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = None
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.converters.update(CONVERTERS)  # before any rule that names one
     install_context(app, ctx)
     install_boundary(app)
     for bp in ALL_BLUEPRINTS:

@@ -11,12 +11,13 @@ any other way is missing from the document, which ``tests/test_deploy_files.py``
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from quart import Blueprint
 from quart_trio import QuartTrio
+from werkzeug.routing import PathConverter
 
 from gossipmgr.api.bodies import JSON_MIMETYPE
 
@@ -66,6 +67,8 @@ class Operation:
     codes: tuple[int, ...]
     body: Schema | None = None
     public: bool = False  # no token needed
+    #: descriptions of path parameters (``{name}`` in ``path``), by name
+    params: tuple[tuple[str, str], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         op: dict[str, Any] = {
@@ -74,12 +77,24 @@ class Operation:
                 str(c): ({"description": "OK"} if c < 300 else _ERROR_REF) for c in self.codes
             },
         }
+        text = dict(self.params)
+        names = re.findall(r"\{(\w+)\}", self.path)
+        if text:
+            op["parameters"] = [_path_param(n, text.get(n, "")) for n in names]
         if self.body is not None:
             ref = {"$ref": f"#/components/schemas/{self.body.name}"}
             op["requestBody"] = {"required": True, "content": {JSON_MIMETYPE: {"schema": ref}}}
         if self.public:
             op["security"] = []
         return op
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    p: dict[str, Any] = {"name": name, "in": "path", "required": True}
+    if description:
+        p["description"] = description
+    p["schema"] = {"type": "string"}
+    return p
 
 
 #: Request bodies more than one resource takes.
@@ -89,6 +104,19 @@ EXTRA_VARS_REQUEST = Schema(
 VALUE_REQUEST = Schema(
     "ValueRequest", {"type": "object", "properties": {"value": {}}, "required": ["value"]}
 )
+
+
+class AnyPathConverter(PathConverter):
+    """``<key:NAME>``: the rest of the path, whatever it holds, as the parameter: "/" (also
+    leading or doubled: werkzeug's ``path`` refuses a leading "/" and redirects a doubled
+    one, which would make a PUT write another key), percent-encoded or not."""
+
+    regex = ".+"
+    part_isolating = False
+
+
+#: The converters every app registers (``create_app``).
+CONVERTERS: dict[str, type[PathConverter]] = {"key": AnyPathConverter}
 
 
 def openapi_path(rule: str) -> str:
@@ -112,11 +140,14 @@ class ApiBlueprint(Blueprint):
         body: Schema | None = None,
         *,
         public: bool = False,
+        params: Mapping[str, str] | None = None,
     ) -> Callable[[_F], _F]:
-        """Register the decorated view for ``method`` on ``rule`` and document it."""
+        """Register the decorated view for ``method`` on ``rule`` and document it (``params``:
+        descriptions of its path parameters)."""
 
         def register(view: _F) -> _F:
-            op = Operation(openapi_path(rule), method.lower(), summary, codes, body, public)
+            p = tuple((params or {}).items())
+            op = Operation(openapi_path(rule), method.lower(), summary, codes, body, public, p)
             self.operations.append(op)
             self.add_url_rule(rule, view_func=view, methods=[method.upper()])
             return view

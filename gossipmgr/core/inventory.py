@@ -342,14 +342,13 @@ def node_missing(ident: str) -> str:
 
 
 def find_node(state: ClusterState, ident: str) -> NodeRecord | None:
-    """A node by name, else by management address (clusterm accepted either)."""
+    """A node by name, else by management address (clusterm accepted either); of several
+    nodes at one address, the first in name order."""
     rec = state.node(ident)
     if rec is not None:
         return rec
-    for r in state.nodes():
-        if addr_of(r) == ident:
-            return r
-    return None
+    found = (state.node(n) for n in state.nodes_at(ident))  # indexed: no scan of every node
+    return next((r for r in found if r is not None), None)
 
 
 def resolve_nodes(state: ClusterState, idents: Sequence[str]) -> list[str]:

@@ -105,13 +105,29 @@ def valid_key(key: Key) -> bool:
 
 
 class ClusterState:
-    """The replica: an LWW map plus an index of keys by node for fast node reads."""
+    """The replica: an LWW map plus indexes of its live entries, kept as entries are joined.
+
+    Reads cost what they return: one global, one job or one node touches only its own
+    entries, and a listing (nodes, globals, jobs) only the live records of its namespace,
+    never the map's other entries or its tombstones. Every index holds *live* entries only,
+    so dropping tombstones (``LWWMap.gc``) never leaves one stale; each is updated from the
+    winning entry alone (:meth:`_index`), on every path that changes the map (``apply``,
+    ``adopt``, the constructor). :meth:`index_snapshot` and :func:`rebuilt_index` let a
+    test check them against a full rebuild.
+    """
 
     def __init__(self, entries: LWWMap | None = None) -> None:
         self.map = LWWMap()
+        #: node -> its live keys (a forgotten node's marker included)
         self._by_node: dict[str, set[Key]] = {}
-        # Keys of the small namespaces, so reads of globals and jobs never scan the map.
-        self._by_ns: dict[str, set[Key]] = {GLOBAL: set(), JOB: set()}
+        #: nodes with a live, not forgotten, inventory record
+        self._nodes: set[str] = set()
+        #: management address (the live monitoring record's) -> nodes monitored there
+        self._by_addr: dict[str, set[str]] = {}
+        self._addr_of: dict[str, str] = {}
+        #: live global names and job ids
+        self._globals: set[str] = set()
+        self._jobs: set[str] = set()
         #: The highest lease epoch any fenced record (inventory, job) was written under.
         #: The lease must never trail it (see ``lease.decide``'s ``floor``).
         self.max_record_epoch = 0
@@ -142,40 +158,97 @@ class ClusterState:
             self._index(k, e)
         return novel
 
-    def _index(self, k: Key, e: Entry) -> None:
-        if k[0] == NODE:
-            self._by_node.setdefault(k[1], set()).add(k)
-            if len(k) == 3 and k[2] == "inv" and not e.deleted:
-                self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
-        elif k[0] in self._by_ns:
-            self._by_ns[k[0]].add(k)
-            if k[0] == JOB and not e.deleted:
-                self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
+    def gc(self, horizon_ms: int) -> int:
+        """Drop tombstones older than ``horizon_ms`` (``LWWMap.gc``). The indexes hold live
+        entries only, so none needs a change."""
+        return self.map.gc(horizon_ms)
 
-    def _live(self, ns: str) -> Iterator[tuple[Key, Any]]:
-        for k in self._by_ns[ns]:
-            e = self.map.entry(k)
-            if e is not None and not e.deleted:
-                yield k, e.value
+    def _index(self, k: Key, e: Entry) -> None:
+        """Bring the indexes in line with ``e``, now the entry under ``k``."""
+        live = not e.deleted
+        ns = k[0]
+        if ns == GLOBAL:
+            _mark(self._globals, k[1], live)
+        elif ns == JOB:
+            _mark(self._jobs, k[1], live)
+            if live:
+                self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
+        elif ns == NODE:
+            self._index_node(k, e)
+
+    def _index_node(self, k: Key, e: Entry) -> None:
+        name, live = k[1], not e.deleted
+        keys = self._by_node.get(name)
+        if live:
+            if keys is None:
+                keys = self._by_node[name] = set()
+            keys.add(k)
+        elif keys is not None:
+            keys.discard(k)
+            if not keys:
+                del self._by_node[name]
+        if len(k) != 3:
+            return
+        if k[2] == "inv":
+            _mark(self._nodes, name, live and not _forgotten(e.value))
+            if live:
+                self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
+        elif k[2] == "mon":
+            mon = Monitoring.from_value(e.value) if live else None
+            self._index_addr(name, mon.addr if mon is not None else "")
+
+    def _index_addr(self, name: str, addr: str) -> None:
+        old = self._addr_of.pop(name, "")
+        if old:
+            names = self._by_addr[old]
+            names.discard(name)
+            if not names:
+                del self._by_addr[old]
+        if addr:
+            self._addr_of[name] = addr
+            self._by_addr.setdefault(addr, set()).add(name)
+
+    def index_snapshot(self) -> dict[str, Any]:
+        """The indexes as plain values (for tests: compare with :func:`rebuilt_index`)."""
+        return {
+            "by_node": {n: set(ks) for n, ks in self._by_node.items()},
+            "nodes": set(self._nodes),
+            "by_addr": {a: set(ns) for a, ns in self._by_addr.items()},
+            "globals": set(self._globals),
+            "jobs": set(self._jobs),
+        }
 
     # -- reads ---------------------------------------------------------------------------
     def globals(self) -> dict[str, Any]:
-        return {k[1]: v for k, v in sorted(self._live(GLOBAL))}
+        """Every global extra-var, in name order."""
+        get = self.map.get
+        return {v: get(global_key(v)) for v in sorted(self._globals)}
+
+    def has_global(self, var: str) -> bool:
+        return var in self._globals
+
+    def global_value(self, var: str) -> Any:
+        """The global ``var``'s value (None when absent: ask :meth:`has_global` first, a
+        value may be JSON null)."""
+        return self.map.get(global_key(var))
 
     def node_names(self) -> list[str]:
         """Nodes that have an inventory record (not a forgotten one), sorted."""
-        return sorted(n for n in self._by_node if self.has_node(n))
+        return sorted(self._nodes)
+
+    def node_count(self) -> int:
+        return len(self._nodes)
 
     def has_node(self, name: str) -> bool:
         # A forgotten node's inventory record is a marker {"forgotten": true, "epoch"},
         # not a tombstone: a tombstone in this fenced namespace would outrank every later
         # write, and the node could never be discovered again under its name.
-        e = self.map.entry(inventory_key(name))
-        return (
-            e is not None
-            and not e.deleted
-            and not (isinstance(e.value, dict) and e.value.get("forgotten"))
-        )
+        return name in self._nodes
+
+    def nodes_at(self, addr: str) -> list[str]:
+        """Nodes whose monitoring record gives ``addr`` as their management address (forgotten
+        ones too: :meth:`node` tells), in name order."""
+        return sorted(self._by_addr.get(addr, ()))
 
     def node(self, name: str) -> NodeRecord | None:
         if not self.has_node(name):
@@ -211,10 +284,11 @@ class ClusterState:
         """Every job record by id, in id order. A value of another shape (forged by a key
         holder) is no job: see :meth:`job`."""
         out: dict[str, JobRecord] = {}
-        for k, v in sorted(self._live(JOB)):
-            rec = _job_at(k[1], v)
+        get = self.map.get
+        for i in sorted(self._jobs):
+            rec = _job_at(i, get(job_key(i)))
             if rec is not None:
-                out[k[1]] = rec
+                out[i] = rec
         return out
 
     def job(self, job_id: str) -> JobRecord | None:
@@ -262,6 +336,36 @@ class ClusterState:
         entries += [(key_of(k), Entry(ts, None, True)) for k in old if k not in new]
         d.join(entries)
         return d
+
+
+def _mark(s: set[str], name: str, present: bool) -> None:
+    if present:
+        s.add(name)
+    else:
+        s.discard(name)
+
+
+def _forgotten(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value.get("forgotten"))
+
+
+def rebuilt_index(m: LWWMap) -> dict[str, Any]:
+    """The indexes of :class:`ClusterState` computed afresh from every entry of ``m``, by the
+    definitions of the reads they serve (the reference for :meth:`ClusterState.index_snapshot`)."""
+    out: dict[str, Any] = {"by_node": {}, "nodes": set(), "by_addr": {}, "globals": set()}
+    out["jobs"] = set()
+    for k, v in m.live():
+        if k[0] == GLOBAL:
+            out["globals"].add(k[1])
+        elif k[0] == JOB:
+            out["jobs"].add(k[1])
+        elif k[0] == NODE:
+            out["by_node"].setdefault(k[1], set()).add(k)
+            if k[2] == "inv" and not _forgotten(v):
+                out["nodes"].add(k[1])
+            elif k[2] == "mon" and (mon := Monitoring.from_value(v)) is not None and mon.addr:
+                out["by_addr"].setdefault(mon.addr, set()).add(k[1])
+    return out
 
 
 def _job_at(job_id: str, value: Any) -> JobRecord | None:

@@ -26,6 +26,13 @@ from gossipmgr.runtime.ansible import check_client_var
 bp = ApiBlueprint("globals", __name__)
 
 
+#: The ``{key}`` of ``/globals/{key}``, as the OpenAPI document describes it.
+KEY_PARAM = {
+    "key": "the variable's name, percent-encoded or not: the rest of the path, '/' included "
+    "(leading, trailing or doubled ones too); not empty, at most 256 characters"
+}
+
+
 def _unknown(key: str) -> NotFound:
     return NotFound(f'global extra-var "{key}" doesn\'t exist')
 
@@ -39,15 +46,24 @@ async def globals_replace() -> Response:
     return json_response({"extra_vars": rep.state.globals()})
 
 
-@bp.operation("GET", "/globals/<key>", "One global extra-var", (200, 401, 404))
+@bp.operation(
+    "GET", "/globals/<key:key>", "One global extra-var", (200, 401, 404), params=KEY_PARAM
+)
 async def global_get(key: str) -> Response:
-    g = current_replica().state.globals()
-    if key not in g:
+    state = current_replica().state
+    if not state.has_global(key):
         raise _unknown(key)
-    return json_response({"key": key, "value": g[key]})
+    return json_response({"key": key, "value": state.global_value(key)})
 
 
-@bp.operation("PUT", "/globals/<key>", "Set one global extra-var", WRITE_CODES, VALUE_REQUEST)
+@bp.operation(
+    "PUT",
+    "/globals/<key:key>",
+    "Set one global extra-var",
+    WRITE_CODES,
+    VALUE_REQUEST,
+    params=KEY_PARAM,
+)
 async def global_put(key: str) -> Response:
     check_key("extra-var", key)
     check_client_var(key)
@@ -57,10 +73,16 @@ async def global_put(key: str) -> Response:
     return json_response({"key": key, "value": v})
 
 
-@bp.operation("DELETE", "/globals/<key>", "Remove one global extra-var", (200, 401, 404, 503))
+@bp.operation(
+    "DELETE",
+    "/globals/<key:key>",
+    "Remove one global extra-var",
+    (200, 401, 404, 503),
+    params=KEY_PARAM,
+)
 async def global_delete(key: str) -> Response:
     rep = current_replica()
-    if key not in rep.state.globals():
+    if not rep.state.has_global(key):
         raise _unknown(key)
     await rep.commit(lambda s, ts: s.d_remove(global_key(key), ts))
     return json_response({"key": key, "deleted": True})
