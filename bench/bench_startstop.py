@@ -1,0 +1,114 @@
+"""Start and stop of one real agent process over 10,000 node records.
+
+A data dir holding N node records (inventory, monitoring and host-group entries each;
+``bench/_util.py: node_records``) is written beforehand as a snapshot; then, per run, the
+``gossipmgr agent`` command (LocalCluster's command line: embedded serf, free loopback
+ports) is started on it and timed:
+
+* ``serve_s``: process start (Popen) -> the first ``GET /health`` answering 200 (polled
+  every 5 ms);
+* ``stop_s``: SIGTERM -> the agent process has exited (its serf child has left and been
+  reaped by then: the agent waits for it).
+
+    .venv/bin/python bench/bench_startstop.py [--nodes 10000] [--runs 5]
+
+Prints a table (median over runs) and writes bench/results/startstop.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench._util import node_records, print_table, write_result  # noqa: E402
+from bench.bench_durability import build_snapshot  # noqa: E402
+from gossipmgr.localcluster import LocalCluster  # noqa: E402
+
+
+def one_run(root: Path, nodes: int) -> dict[str, Any]:
+    cl = LocalCluster(root, local_ansible=False)
+    try:
+        t0 = time.perf_counter()
+        inst = cl.add_instance("a0")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{inst.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if not inst.alive:
+                raise RuntimeError(f"agent exited:\n{inst.log()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("agent did not serve in 60 s")
+            time.sleep(0.005)
+        serve_s = time.perf_counter() - t0
+        entries = httpx.get(f"{inst.url}/health", timeout=5).json().get("entries")
+        cl.wait_ready("a0")  # serf up too: the stop below includes its leave
+        time.sleep(0.5)  # let the first lease round settle
+        assert inst.proc is not None
+        t1 = time.perf_counter()
+        inst.proc.send_signal(signal.SIGTERM)
+        code = inst.proc.wait(60)
+        stop_s = time.perf_counter() - t1
+        return {"serve_s": serve_s, "stop_s": stop_s, "exit_code": code, "entries": entries}
+    finally:
+        cl.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nodes", type=int, default=10_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--label", default="", help="a note stored with the result")
+    ap.add_argument(
+        "--before", type=Path, help="an earlier startstop.json whose medians to keep as 'before'"
+    )
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        seed = Path(tmp) / "seed"
+        trio.run(build_snapshot, seed, node_records(args.nodes))
+        runs = []
+        for i in range(args.runs):
+            root = Path(tmp) / f"run{i}"
+            state = root / "a0" / "state"
+            state.mkdir(parents=True)
+            for f in seed.iterdir():
+                (state / f.name).write_bytes(f.read_bytes())
+            r = one_run(root, args.nodes)
+            runs.append(r)
+            print(f"run {i}: serve {r['serve_s']:.3f} s, stop {r['stop_s']:.3f} s", flush=True)
+    med = {k: statistics.median(r[k] for r in runs) for k in ("serve_s", "stop_s")}
+    print_table(
+        f"{args.nodes} node records, {args.runs} runs ({args.label or 'this tree'})",
+        [("process start -> serving (s)", med["serve_s"]), ("SIGTERM -> exit (s)", med["stop_s"])],
+    )
+    extra = {}
+    if args.before is not None:
+        old = json.loads(args.before.read_text())
+        extra["before"] = {"params": old["params"], "median": old["median"]}
+    out = write_result(
+        "startstop",
+        "agent process start -> GET /health 200, SIGTERM -> exit; one agent with embedded serf",
+        {"nodes": args.nodes, "runs": args.runs, "label": args.label},
+        runs,
+        extra,
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
