@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _imports import modules_loaded_by
 
 HERE = Path(__file__).parent
 TOKEN = "cli-test-token"
@@ -350,3 +351,13 @@ async def test_peers_shows_last_heard_against_the_real_wiring(tmp_path: Path) ->
     rows = {ln.split()[0].lstrip("*"): ln for ln in lines[1:3]}
     assert set(rows) == {"a", "b"}, lines
     assert rows["b"][col:].split(), lines  # a LAST-HEARD value for the peer
+
+
+def test_agent_command_path_leaves_heavy_imports_for_later() -> None:
+    """Issue 17 (start within 0.5 s): what `gossipmgr agent` imports to serve does not load
+    the heavy dependencies only some requests need: httpx (forwarding, the CLI's client),
+    ansible_runner (a playbook run), the clusterm modules (`import clusterm`)."""
+    loaded = set(modules_loaded_by(["gossipmgr.cli.main", "gossipmgr.daemon", "gossipmgr.agent"]))
+    heavy = {"httpx", "ansible_runner", "ansible", "gossipmgr.clusterm"}
+    assert "quart" in loaded  # the serving path itself was imported
+    assert heavy & loaded == set()

@@ -17,27 +17,43 @@ Over https, the context's optional ``forward_verify`` (httpx ``verify=``) checks
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
 from quart import Response, request
 
 from gossipmgr.api.bodies import JSON_MIMETYPE
 from gossipmgr.api.context import current_context
 from gossipmgr.errors import Unavailable
 
+if TYPE_CHECKING:
+    import httpx
+
 #: Header a forwarding instance adds; its value is the forwarder's name (loop guard).
 FORWARDED_HEADER = "X-Gossipmgr-Forwarded"
 #: Forwarding: connecting to the holder must be quick (it is on the LAN); a job POST
 #: returns once the job is launched (validation + one durable write), so 30 s is generous.
-FORWARD_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
+FORWARD_TIMEOUT = (30.0, 3.0)
 #: A proxied log stream may be silent for as long as a playbook task runs.
-STREAM_TIMEOUT = httpx.Timeout(None, connect=3.0)
+STREAM_TIMEOUT = (None, 3.0)
+
+
 #: What httpx raises for a peer it cannot reach, including a URL it refuses before
 #: connecting (a control character, a host label over 63 characters: from a Serf ``api``
 #: tag, i.e. ``--advertise-api``), which are not ``httpx.HTTPError``s.
-_UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL, UnicodeError)
+def _unreachable() -> tuple[type[BaseException], ...]:
+    import httpx  # lazy: a heavy import (~0.1 s) only a forwarded request needs
+
+    return (httpx.HTTPError, httpx.InvalidURL, UnicodeError)
+
+
+def _client(timeout: tuple[float | None, float]) -> httpx.AsyncClient:
+    """An httpx client with (total, connect) ``timeout``; httpx is imported on first use."""
+    import httpx  # lazy: a heavy import (~0.1 s) only a forwarded request needs
+
+    return httpx.AsyncClient(
+        verify=_verify(), timeout=httpx.Timeout(timeout[0], connect=timeout[1])
+    )
 
 
 def _verify() -> Any:
@@ -110,9 +126,9 @@ async def forward() -> Response:
     body = await request.get_data(cache=True)
     target = url.rstrip("/") + forwarded_path(request.path)
     try:
-        async with httpx.AsyncClient(verify=_verify(), timeout=FORWARD_TIMEOUT) as c:
+        async with _client(FORWARD_TIMEOUT) as c:
             r = await c.request(request.method, target, content=body, headers=_forward_headers())
-    except _UNREACHABLE as exc:
+    except _unreachable() as exc:
         raise Unavailable(
             f"the lease holder at {url} cannot be reached: {exc or type(exc).__name__}"
         )
@@ -127,11 +143,11 @@ async def proxy_stream(target: str, headers: dict[str, str]) -> Any:
     """Relay the stream at ``target`` (a peer's ``/info/logs/<id>``) with ``headers``; a
     refusal there is relayed with its status and body. Raises Unavailable when the peer
     cannot be reached. The client lives as long as the stream: the relay closes it."""
-    client = httpx.AsyncClient(verify=_verify(), timeout=STREAM_TIMEOUT)
+    client = _client(STREAM_TIMEOUT)
     try:
         req = client.build_request("GET", target, headers=_forward_headers())
         r = await client.send(req, stream=True)
-    except _UNREACHABLE as exc:
+    except _unreachable() as exc:
         await client.aclose()
         raise Unavailable(f"the job's instance at {target} cannot be reached: {exc}")
     if r.status_code != 200:
@@ -148,7 +164,7 @@ async def proxy_stream(target: str, headers: dict[str, str]) -> Any:
         try:
             async for chunk in r.aiter_raw():
                 yield chunk
-        except httpx.HTTPError as exc:
+        except _unreachable()[0] as exc:
             yield f"\n[gossipmgr: log stream from {target} broke: {exc}]\n".encode()
         finally:
             await r.aclose()

@@ -6,16 +6,20 @@ daemon cannot be reached). :func:`find_token` is the token search both command l
 (``gossipmgr`` and ``clusterctl``).
 """
 
+from __future__ import annotations
+
 import os
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 #: Requests answer quickly (a job POST returns once launched); following a log is unbounded.
-REQUEST_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
-FOLLOW_TIMEOUT = httpx.Timeout(None, connect=5.0)
+#: (total, connect) seconds.
+REQUEST_TIMEOUT = (60.0, 5.0)
+FOLLOW_TIMEOUT = (None, 5.0)
 #: The agent's default data directory; its api.token is the CLI's last token source.
 DEFAULT_DATA_DIR = "/var/lib/gossipmgr"
 TOKEN_FILE_NAME = "api.token"
@@ -47,16 +51,26 @@ class Client:
                 verify = ssl.create_default_context(cafile=cacert)
             except (OSError, ssl.SSLError) as exc:
                 raise CliError(f"cannot load CA file {cacert}: {exc}", 2) from None
-        self.http = httpx.Client(headers=headers, verify=verify, timeout=REQUEST_TIMEOUT)
+        # Lazy: httpx is a heavy import (~0.1 s) that `gossipmgr agent`, which shares this
+        # command line, never needs.
+        import httpx
+
+        self._httpx = httpx
+        self.http = httpx.Client(
+            headers=headers, verify=verify, timeout=self._timeout(REQUEST_TIMEOUT)
+        )
+
+    def _timeout(self, t: tuple[float | None, float]) -> httpx.Timeout:
+        return self._httpx.Timeout(t[0], connect=t[1])
 
     def close(self) -> None:
         self.http.close()
 
     def _unreachable(self, exc: httpx.HTTPError) -> CliError:
         why = str(exc) or type(exc).__name__
-        if isinstance(exc, httpx.ConnectError) and "refused" in why.lower():
+        if isinstance(exc, self._httpx.ConnectError) and "refused" in why.lower():
             why = "connection refused"
-        elif isinstance(exc, httpx.TimeoutException):
+        elif isinstance(exc, self._httpx.TimeoutException):
             why = f"timed out ({type(exc).__name__})"
         return CliError(f"cannot reach {self.url}: {why}")
 
@@ -66,7 +80,7 @@ class Client:
                 r = self.http.request(method, self.url + path)
             else:
                 r = self.http.request(method, self.url + path, json=body)
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         return self._decode(r)
 
@@ -85,13 +99,15 @@ class Client:
 
     def stream_lines(self, path: str, on_line: Callable[[str], None]) -> None:
         try:
-            with self.http.stream("GET", self.url + path, timeout=FOLLOW_TIMEOUT) as r:
+            with self.http.stream(
+                "GET", self.url + path, timeout=self._timeout(FOLLOW_TIMEOUT)
+            ) as r:
                 if r.status_code >= 400:
                     r.read()
                     self._decode(r)
                 for line in r.iter_lines():
                     on_line(line)
-        except httpx.HTTPError as exc:
+        except self._httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
 
 
