@@ -22,7 +22,9 @@
 
 Peers are joined with ``-retry-join`` (a failed startup ``-join`` is fatal: docs/serf.md).
 Stopping sends SIGINT, which makes the agent leave gracefully so peers see ``left`` rather
-than ``failed`` (SIGTERM does not leave), and SIGKILL after ``leave_timeout``.
+than ``failed`` (SIGTERM does not leave); once its own member record says ``left`` (the
+leave intent has been sent), a second signal skips Serf's fixed 1 s propagate delay; SIGKILL
+after ``leave_timeout``.
 
 Caveat: if this Python process is SIGKILLed the child is orphaned; no PDEATHSIG is set
 because trio spawns from a worker thread and PDEATHSIG fires when *that thread* exits.
@@ -80,6 +82,8 @@ log = logging.getLogger("gossipmgr.serf")
 #: memberlist.MetaMaxSize: the magic byte plus the msgpack tag map must fit in this.
 MAX_TAGS_BYTES: Final = 512
 PROFILES: Final = frozenset({"lan", "local", "wan"})
+#: memberlist's GossipInterval per profile (DefaultLANConfig, DefaultLocalConfig, ...).
+GOSSIP_INTERVAL_S: Final = {"lan": 0.2, "local": 0.1, "wan": 0.5}
 
 
 def encoded_tags_size(tags: Mapping[str, str]) -> int:
@@ -414,16 +418,48 @@ class SerfAgentProcess:
         return False
 
     async def _stop(self, proc: trio.Process) -> None:
-        """SIGINT (graceful leave), then SIGKILL after ``leave_timeout``. Call shielded."""
+        """SIGINT (graceful leave); once the leave is out, a second signal; SIGKILL after
+        ``leave_timeout``. Call shielded.
+
+        Serf's leave broadcasts the leave intent, waits until it has been sent, marks the
+        node left (its own member record says ``left`` from then on), broadcasts that, then
+        sleeps a fixed 1 s (memberlist's ``LeavePropagateDelay``, not configurable in the
+        agent) before it exits. Peers that got the intent record the member as ``left``
+        whatever happens next, so the sleep is not needed for them to: once the agent's
+        own record says ``left``, a second signal makes it exit at once (code 1)."""
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
             with trio.move_on_after(self.leave_timeout):
-                await proc.wait()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._cut_propagate_delay, proc)
+                    await proc.wait()
+                    nursery.cancel_scope.cancel()
         if proc.returncode is None:
             log.warning("%r: no exit %.1f s after SIGINT; SIGKILL", self, self.leave_timeout)
             proc.kill()
             await proc.wait()
         log.info("%r: stopped (exit code %s)", self, proc.returncode)
+
+    async def _cut_propagate_delay(self, proc: trio.Process) -> None:
+        """Poll the agent's own member status; when it is ``left``, signal again (the agent
+        then skips the rest of its leave wait). Returns quietly if the RPC goes away."""
+        try:
+            async with open_serf_client(
+                self.rpc_host, self.rpc_port, self.rpc_auth, timeout=1.0
+            ) as c:
+                while True:
+                    own = [m for m in await c.members() if m.get("Name") == self.name]
+                    if own and own[0].get("Status") == "left":
+                        break
+                    await trio.sleep(0.01)
+        except SerfError:
+            return
+        # The node-dead message memberlist queued with ``left`` goes out at the next gossip
+        # round: wait one, so peers record ``left`` at once, not after failure detection.
+        await trio.sleep(GOSSIP_INTERVAL_S[self.profile])
+        if proc.returncode is None:
+            log.debug("%r: leave sent; skipping the agent's propagate delay", self)
+            proc.send_signal(signal.SIGTERM)
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
