@@ -423,7 +423,7 @@ class SerfAgentProcess:
 
         Serf's leave broadcasts the leave intent, waits until it has been sent, marks the
         node left (its own member record says ``left`` from then on), broadcasts that, then
-        sleeps a fixed 1 s (memberlist's ``LeavePropagateDelay``, not configurable in the
+        sleeps a fixed 1 s (Serf's ``LeavePropagateDelay``, not configurable in the
         agent) before it exits. Peers that got the intent record the member as ``left``
         whatever happens next, so the sleep is not needed for them to: once the agent's
         own record says ``left``, a second signal makes it exit at once (code 1)."""
