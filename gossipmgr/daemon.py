@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -242,7 +243,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
         first = _first_leaf(group)
         print(f"gossipmgr agent: {first}", file=sys.stderr)
         return 1
-    return 0
+    _exit_clean()
+
+
+def _exit_clean() -> NoReturn:
+    """Exit 0 without the interpreter's teardown: by now the store is closed (its last
+    fsync done) and the Serf child has left and been reaped; freeing the restored state
+    object by object took 0.2-0.35 s of a 0.45 s stop with 10,000 nodes (issue 17). Flush
+    what is buffered first (logging.shutdown flushes and closes every handler)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -244,3 +245,46 @@ def test_config_file_extra_vars_stay_the_operators_after_post_config(
 
     rec = wait_for(finished, 120, "the discover job to end")
     assert rec["status"] == "Complete", rec
+
+
+def _serf_status(c: LocalCluster, observer: str, member: str) -> str | None:
+    out = subprocess.run(
+        [
+            "serf",
+            "members",
+            f"-rpc-addr=127.0.0.1:{c.instances[observer].rpc_port}",
+            "-format=json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    for m in json.loads(out.stdout)["members"]:
+        if m["name"] == member:
+            return str(m["status"])
+    return None
+
+
+def test_sigterm_stop_is_graceful(cluster: LocalCluster) -> None:
+    """Issue 17 cut the stop short twice (Serf's 1 s leave delay, the interpreter's teardown):
+    still exit code 0, the log flushed to its last line, the store closed with the write in
+    it, and the peer sees the member "left", never "failed"."""
+    start(cluster, "a0", "a1")
+    assert cluster.put("a1", "/globals/kept", {"value": 17}).status_code == 200
+    a1 = cluster.instances["a1"]
+    assert a1.proc is not None
+    a1.proc.send_signal(signal.SIGTERM)
+    assert a1.proc.wait(30) == 0
+    assert "stopped (exit code" in a1.log()
+    seen: list[str | None] = []
+
+    def a1_left() -> bool:
+        seen.append(_serf_status(cluster, "a0", "a1"))
+        return seen[-1] == "left"
+
+    wait_for(a1_left, 20, "a0's Serf to see a1 left")
+    assert "failed" not in seen, seen
+    cluster.start("a1")
+    cluster.wait_ready("a1")
+    assert cluster.get("a1", "/globals/kept") == {"key": "kept", "value": 17}
