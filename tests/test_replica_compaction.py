@@ -13,6 +13,7 @@ moments, as a crash would leave it (all 20 seeds tried lost writes before the fi
 
 from __future__ import annotations
 
+import gc
 import random
 import shutil
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ import trio.testing
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState, global_key
+from gossipmgr.errors import StoreError
 from gossipmgr.runtime.replica import Replica
 
 
@@ -210,3 +212,34 @@ async def test_a_snapshot_larger_than_one_delta_restores(tmp_path: Path) -> None
     got = restored_globals(d)
     assert sorted(got) == sorted(f"k{i}" for i in range(n))
     assert all(v == big for v in got.values())
+
+
+async def test_open_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path) -> None:
+    """open() turns the cyclic collector off while it restores (issue 17): it must be back
+    on afterwards, also when the restore fails, and stay off if it was off."""
+    d = tmp_path / "s"
+    rep = Replica("r", data_dir=d, fsync=False)
+    rep.open()
+    await rep.commit(put("k", 1))
+    await rep.aclose()
+    assert gc.isenabled()
+    rep = Replica("r", data_dir=d, fsync=False)
+    rep.open()
+    assert gc.isenabled() and len(rep.state) == 1
+    await rep.aclose()
+    gc.disable()
+    try:
+        rep = Replica("r", data_dir=d, fsync=False)
+        rep.open()
+        assert not gc.isenabled()
+        await rep.aclose()
+    finally:
+        gc.enable()
+    held = Replica("r", data_dir=d, fsync=False)
+    held.open()
+    try:
+        with pytest.raises(StoreError):  # the directory lock is held: the restore raises
+            Replica("r2", data_dir=d, fsync=False).open()
+        assert gc.isenabled()
+    finally:
+        await held.aclose()
