@@ -14,16 +14,20 @@ the ``gossipmgr_gossip_*`` ones without a gossip service, the identity-conflict 
 Serf membership is set up.
 """
 
-from collections.abc import Iterator, Mapping, Sequence, Sized
-from typing import Any, Protocol
+from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gossipmgr.runtime.replica import Replica
 
-#: The content type of what :meth:`Metrics.render` returns (the text format, version 0.0.4).
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+#: The content type of what :meth:`Metrics.render` returns (the text format, version 0.0.4:
+#: prometheus_client's CONTENT_TYPE_PLAIN_0_0_4, which is only imported at the first scrape).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ConflictView(Protocol):
@@ -82,10 +86,14 @@ class MetricsSource(Protocol):
 
 
 def _gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
+    from prometheus_client.core import GaugeMetricFamily  # lazy: heavy, only a scrape needs it
+
     return GaugeMetricFamily(name, help_, value=value)
 
 
 def _counter(name: str, help_: str, value: float) -> CounterMetricFamily:
+    from prometheus_client.core import CounterMetricFamily  # lazy: heavy, only a scrape
+
     return CounterMetricFamily(name, help_, value=value)
 
 
@@ -200,6 +208,9 @@ class InstanceCollector:
         yield _counter("gossipmgr_store_compactions_total", "Snapshots written.", st.compactions)
 
     def _gossip(self, g: Mapping[str, Any]) -> Iterator[Metric]:
+        # lazy: prometheus_client is heavy and only a scrape needs it
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         proto, tr = g["protocol"], g["transport"]
         yield _gauge(
             "gossipmgr_gossip_delta_buffer", "Deltas kept for peers.", proto["buffer_depth"]
@@ -261,11 +272,23 @@ class Metrics:
     content_type = CONTENT_TYPE
 
     def __init__(self, source: MetricsSource) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(InstanceCollector(source))
+        self.source = source
+        self._registry: CollectorRegistry | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """Made at the first use: prometheus_client is imported then, not at start."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry  # lazy: heavy, only a scrape
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(InstanceCollector(self.source))
+        return self._registry
 
     def render(self) -> bytes:
         """The text exposition (UTF-8) of every figure, read now."""
+        from prometheus_client import generate_latest  # lazy: heavy, only a scrape needs it
+
         return generate_latest(self.registry)
 
     def text(self) -> str:

@@ -356,8 +356,9 @@ async def test_peers_shows_last_heard_against_the_real_wiring(tmp_path: Path) ->
 def test_agent_command_path_leaves_heavy_imports_for_later() -> None:
     """Issue 17 (start within 0.5 s): what `gossipmgr agent` imports to serve does not load
     the heavy dependencies only some requests need: httpx (forwarding, the CLI's client),
-    ansible_runner (a playbook run), the clusterm modules (`import clusterm`)."""
+    ansible_runner (a playbook run), prometheus_client (a scrape), the clusterm modules
+    (`import clusterm`)."""
     loaded = set(modules_loaded_by(["gossipmgr.cli.main", "gossipmgr.daemon", "gossipmgr.agent"]))
-    heavy = {"httpx", "ansible_runner", "ansible", "gossipmgr.clusterm"}
+    heavy = {"httpx", "ansible_runner", "ansible", "prometheus_client", "gossipmgr.clusterm"}
     assert "quart" in loaded  # the serving path itself was imported
     assert heavy & loaded == set()
