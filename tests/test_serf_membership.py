@@ -381,7 +381,7 @@ async def test_supervised_restart_health_and_graceful_leave(
             async def g1_left() -> bool:
                 members = {m["Name"]: m["Status"] for m in await obs.members()}
                 seen.append(members["g1"])
-                return members["g1"] == "left"
+                return bool(members["g1"] == "left")
 
             await until(g1_left, 20)
         assert "failed" not in seen, seen
