@@ -102,6 +102,23 @@ def time_open(d: Path, expect_entries: int) -> float:
 
 
 # ---------------------------------------------------------------------------- agent start
+def wait_serving(inst: Any, step: float, within: float = 60.0) -> None:
+    """Poll ``GET /health`` of a LocalCluster instance every ``step`` s until it answers 200;
+    raises if the agent exits or ``within`` seconds pass."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if httpx.get(f"{inst.url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if not inst.alive:
+            raise RuntimeError(f"agent exited:\n{inst.log()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"agent did not serve in {within:g} s")
+        time.sleep(step)
+
+
 def agent_start(root: Path, records: LWWMap | None, n: int) -> dict[str, Any]:
     name = "a0"
     cl = LocalCluster(root / f"agent{n}", local_ansible=False)
@@ -110,18 +127,7 @@ def agent_start(root: Path, records: LWWMap | None, n: int) -> dict[str, Any]:
             trio.run(build_snapshot, cl.root / name / "state", records)
         t0 = time.perf_counter()
         inst = cl.add_instance(name)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{inst.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if not inst.alive:
-                raise RuntimeError(f"agent exited:\n{inst.log()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("agent did not serve in 60 s")
-            time.sleep(0.01)
+        wait_serving(inst, 0.01)
         serve_s = time.perf_counter() - t0
         health = httpx.get(f"{inst.url}/health", timeout=5).json()
         time.sleep(1.0)  # let the serf child and the first lease round settle

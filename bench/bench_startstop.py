@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench._util import node_records, print_table, write_result  # noqa: E402
-from bench.bench_durability import build_snapshot  # noqa: E402
+from bench.bench_durability import build_snapshot, wait_serving  # noqa: E402
 from gossipmgr.localcluster import LocalCluster  # noqa: E402
 
 
@@ -43,18 +43,7 @@ def one_run(root: Path, nodes: int) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         inst = cl.add_instance("a0")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{inst.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if not inst.alive:
-                raise RuntimeError(f"agent exited:\n{inst.log()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("agent did not serve in 60 s")
-            time.sleep(0.005)
+        wait_serving(inst, 0.005)
         serve_s = time.perf_counter() - t0
         entries = httpx.get(f"{inst.url}/health", timeout=5).json().get("entries")
         cl.wait_ready("a0")  # serf up too: the stop below includes its leave
