@@ -378,7 +378,12 @@ async def test_fuzz_accepted_values_replicate_refused_ones_change_nothing(tmp_pa
 
         def run() -> tuple[int, int]:
             n = [0, 0]
-            with httpx.Client(base_url=p.url, timeout=60) as c:
+            # A fresh connection per request: an example can take longer than the server's
+            # 5 s keep-alive (a big value, then waiting for the peer on a loaded machine),
+            # and a PUT sent as the server closes the idle connection is not retried
+            # ("Server disconnected without sending a response", seen once in CI).
+            no_reuse = httpx.Limits(max_keepalive_connections=0)
+            with httpx.Client(base_url=p.url, timeout=60, limits=no_reuse) as c:
 
                 @settings(
                     max_examples=EXAMPLES,
