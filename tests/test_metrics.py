@@ -187,10 +187,14 @@ def test_agent_exports_the_documented_set_with_odd_instance_names(cluster: Local
         assert r.status_code == 200, r.text
         return r
 
-    def lag_of_b_listed() -> bool:
-        return ("gossipmgr_gossip_peer_lag", (("peer", b),)) in samples(scrape().text)
+    def lag_of_b_listed_and_gossip_counted() -> bool:
+        # Serf can show b before the first datagram: the byte counters have no sample yet.
+        got = samples(scrape().text)
+        return ("gossipmgr_gossip_peer_lag", (("peer", b),)) in got and any(
+            name == "gossipmgr_gossip_bytes_total" for name, _ in got
+        )
 
-    wait_for(lag_of_b_listed, 30, f"{a} to list {b}'s gossip lag")
+    wait_for(lag_of_b_listed_and_gossip_counted, 30, f"{a} to list {b}'s gossip lag and bytes")
     r = scrape()
     assert r.headers["content-type"] == CONTENT_TYPE
     assert exported_metrics(r.text) == documented_metrics()
