@@ -150,6 +150,7 @@ class Agent:
             cfg.data_dir / "work",
             reconfigure_on_reappear=cfg.reconfigure_on_reappear,
             log_flush_s=log_flush_s,
+            job_log_max_bytes=cfg.job_log_max_bytes,
         )
         self.boot_ms = int(time.time() * 1000)
         self.counters: dict[str, int] = {

@@ -125,6 +125,10 @@ class AgentConfig:
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
     log_level: str = "info"
+    #: The cap of one job's replicated log (every instance keeps it; docs/api.md): past it
+    #: one "log truncated" line, the rest only in the runner's work_dir/jobs/<id>.log. The
+    #: logs of the newest jobs are kept while their total is within 16 times this.
+    job_log_max_bytes: int = 2 * 1024 * 1024
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     #: The file this was read from (SIGHUP re-reads it).
     config_file: Path | None = None
@@ -226,6 +230,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "lease_ttl_ms": _int,
     "lease_renew_ms": _int,
     "log_level": _str,
+    "job_log_max_bytes": _int,
 }
 
 
@@ -428,6 +433,8 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("tls-cert and tls-key go together")
     if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:
         raise ConfigError("lease-renew-ms must be positive and below lease-ttl-ms")
+    if not 4096 <= cfg.job_log_max_bytes <= 64 * 1024 * 1024:
+        raise ConfigError("job-log-max-bytes must be within 4096 .. 67108864 (64 MiB)")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
 
