@@ -257,6 +257,7 @@ def test_chunks_leave_with_their_job_record_and_past_the_budget() -> None:
 # --------------------------------------------------------------------------- real ansible
 
 
+@pytest.mark.ansible
 async def test_a_real_job_log_past_its_cap_is_truncated_and_complete_up_to_it(
     rep: Replica, tmp_path: Path
 ) -> None:

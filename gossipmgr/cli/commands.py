@@ -234,13 +234,15 @@ def follow_job(c: Client, args: argparse.Namespace, label: str) -> int:
 def _stream_log(
     c: Client, job_id: str, offset: Callable[[], int], on_line: Callable[[str], None]
 ) -> Any:
-    """Follow the log from ``offset()`` until the job ended; return its final record.
-    Reconnects (bounded: FOLLOW_RETRIES in a row without a line) when the stream broke."""
+    """Follow the log from ``offset()`` until the job ended; return its final record. A
+    stream that broke, or ended while the job still runs (its instance stopped), is resumed
+    at ``offset()``: at most FOLLOW_RETRIES tries in a row that bring no new line."""
     tries = 0
     while True:
         start = offset()
         try:
             c.stream_lines(f"/info/logs/{_q(job_id)}?offset={start}", on_line)
+            final = c.call("GET", f"/info/job/{_q(job_id)}")
         except Unreachable as exc:
             tries = 0 if offset() > start else tries + 1
             if tries > FOLLOW_RETRIES:
@@ -248,7 +250,6 @@ def _stream_log(
             print(f"[{exc}; resuming at line {offset()}]", file=sys.stderr, flush=True)
             time.sleep(FOLLOW_RETRY_S * tries)
             continue
-        final = c.call("GET", f"/info/job/{_q(job_id)}")
         if final.get("status") not in ("Queued", "Running"):
             return final
         tries = 0 if offset() > start else tries + 1
