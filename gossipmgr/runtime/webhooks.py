@@ -163,6 +163,13 @@ class Notifier:
         self.counters[f"webhook_{what}"] += 1
 
     def _on_write(self, novel: LWWMap) -> None:
+        # Called inside Replica.commit, after the write: it must never raise there.
+        try:
+            self._queue_events(novel)
+        except Exception:
+            log.exception("webhooks: events of a write not queued")
+
+    def _queue_events(self, novel: LWWMap) -> None:
         if not self.replica.is_holder():
             return
         evs = events_of(novel, self._seen)
