@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from gossipmgr.api import check_listen_policy, create_app, serve
-from gossipmgr.config import AgentConfig, load, serf_rpc_secret, split_addr
+from gossipmgr.config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
 from gossipmgr.core.lease import LeaseConfig
 from gossipmgr.errors import ConfigError, GossipmgrError
 from gossipmgr.gossip.service import GossipService
@@ -56,6 +56,7 @@ from gossipmgr.runtime.jobs import LOG_FLUSH_S, JobManager
 from gossipmgr.runtime.leaseloop import Holder, absent_grace_s
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.serflink import EmbeddedSerf, ExternalSerf, SerfLink
+from gossipmgr.runtime.webhooks import Hook, Notifier
 from gossipmgr.serf.membership import SerfMembership
 from gossipmgr.serf.process import SerfAgentProcess
 from gossipmgr.serf.refusals import SerfRefusals, watch_refusals
@@ -150,6 +151,7 @@ class Agent:
             cfg.data_dir / "work",
             reconfigure_on_reappear=cfg.reconfigure_on_reappear,
             log_flush_s=log_flush_s,
+            job_log_max_bytes=cfg.job_log_max_bytes,
         )
         self.boot_ms = int(time.time() * 1000)
         self.counters: dict[str, int] = {
@@ -160,8 +162,18 @@ class Agent:
             "node_events_ignored": 0,
             "reconciles": 0,
             "serf_restarts": 0,
+            # webhooks (gossipmgr.runtime.webhooks): exported even with none configured
+            "webhook_dropped": 0,
+            "webhook_failed": 0,
+            "webhook_retries": 0,
+            "webhook_sent": 0,
         }
         self.serf_link = serf or serf_link(cfg, self.serf_key, self.serf_rpc_auth, self.counters)
+        self.notifier: Notifier | None = None
+        if cfg.webhooks and cfg.webhook_secret_file is not None:  # config.validate: both
+            secret = read_secret_file(cfg.webhook_secret_file, "webhook-secret-file")
+            hooks = [Hook(w.url, w.events) for w in cfg.webhooks]
+            self.notifier = Notifier(self.replica, hooks, secret.encode(), self.counters)
         self.membership: SerfMembership | None = None
         self.gossip: GossipService[Replica] | None = None
         self.holder: Holder | None = None
@@ -343,6 +355,8 @@ class Agent:
         nursery.start_soon(self.holder.lease_loop)
         nursery.start_soon(self._gc_loop)
         await nursery.start(self.jobs.run)
+        if self.notifier is not None:
+            await nursery.start(self.notifier.run)
         if signals:
             nursery.start_soon(self._signals, nursery)
 

@@ -63,6 +63,18 @@ class AnsibleConfig:
     allow_client_vars: tuple[str, ...] = ()
 
 
+#: What a webhook may be called for (``gossipmgr.runtime.webhooks``).
+WEBHOOK_EVENTS = ("job.ended", "node.changed")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[[webhooks]]`` table: the receiver's URL and the events it gets."""
+
+    url: str
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     #: Instance name: unique per instance, also its Serf node name and the lease order key.
@@ -125,6 +137,14 @@ class AgentConfig:
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
     log_level: str = "info"
+    #: The cap of one job's replicated log (docs/api.md, "Job logs"); the newest jobs' logs
+    #: are kept while their total is within 16 times this.
+    job_log_max_bytes: int = 2 * 1024 * 1024
+    #: Receivers the lease holder calls when a job ends and when a node's status or state
+    #: changes (docs/operations.md, "Webhooks"): ``[[webhooks]]`` tables ``url``, ``events``.
+    webhooks: tuple[WebhookConfig, ...] = ()
+    #: The shared secret webhook requests are signed with (HMAC-SHA256).
+    webhook_secret_file: Path | None = None
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     #: The file this was read from (SIGHUP re-reads it).
     config_file: Path | None = None
@@ -174,6 +194,25 @@ def _table(name: str, value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: {name} must be a table")
     return dict(value)
+
+
+def _webhooks(name: str, value: Any, where: str) -> tuple[WebhookConfig, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: {name} must be a list of tables [[webhooks]]")
+    out = []
+    for i, item in enumerate(value):
+        at = f"{where}: {name}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"url", "events"}:
+            raise ConfigError(f"{at} must be a table with url and events (only)")
+        url = item.get("url")
+        if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+            raise ConfigError(f"{at}: url must be an http:// or https:// URL")
+        events = _strings("events", item.get("events", list(WEBHOOK_EVENTS)), at)
+        unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+        if unknown or not events:
+            raise ConfigError(f"{at}: events must be some of {', '.join(WEBHOOK_EVENTS)}")
+        out.append(WebhookConfig(url, events))
+    return tuple(out)
 
 
 def _str(name: str, value: Any, where: str) -> str:
@@ -226,6 +265,9 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "lease_ttl_ms": _int,
     "lease_renew_ms": _int,
     "log_level": _str,
+    "job_log_max_bytes": _int,
+    "webhooks": _webhooks,
+    "webhook_secret_file": _path,
 }
 
 
@@ -428,6 +470,10 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("tls-cert and tls-key go together")
     if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:
         raise ConfigError("lease-renew-ms must be positive and below lease-ttl-ms")
+    if cfg.webhooks and cfg.webhook_secret_file is None:
+        raise ConfigError("webhooks need webhook-secret-file (their requests are signed)")
+    if not 4096 <= cfg.job_log_max_bytes <= 64 * 1024 * 1024:
+        raise ConfigError("job-log-max-bytes must be within 4096 .. 67108864 (64 MiB)")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
 

@@ -544,7 +544,7 @@ async def test_forwarding_to_the_holder_and_log_proxy(tmp_path: Path) -> None:
                 assert st == 200 and job["runner"] == "a"
                 rec = await _wait_job_ended(holder, job["id"])
                 assert rec["status"] == "Complete"
-                # gossip: the non-holder learns the job record; the log comes from a's API
+                # gossip: the non-holder learns the job record and its log's chunks
                 await _wait_job_ended(other, job["id"])
                 st, text = await call("GET", f"/info/logs/{job['id']}")
                 full = holder.jobs.log_path(job["id"]).read_text()
@@ -564,9 +564,14 @@ async def test_forwarding_to_the_holder_and_log_proxy(tmp_path: Path) -> None:
                 await _until(lambda: other.holder_api_url() is None)
                 st, r = await call("POST", "/discover/nodes", {"addrs": ["127.0.0.9"]})
                 assert st == 503 and "no lease holder is known" in r["error"]
-                # the runner's API unknown: the replicated tail, with a note
+                # the runner's API unknown: the whole log all the same (replicated here),
+                # and from an offset the lines after it
                 st, text = await call("GET", f"/info/logs/{job['id']}")
-                assert st == 200 and "replicated" in text.splitlines()[0]
+                assert st == 200 and text == full
+                st, text = await call("GET", f"/info/logs/{job['id']}?offset=2")
+                assert st == 200 and text.splitlines() == full.splitlines()[2:]
+                st, r = await call("GET", f"/info/logs/{job['id']}?offset=-1")
+                assert st == 400 and "offset" in r["error"]
                 assert other.replica.state.jobs().keys() == {job["id"]}
                 assert not other.replica.is_holder()
 

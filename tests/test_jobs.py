@@ -604,33 +604,3 @@ async def test_node_settings(rep: Replica, tmp_path: Path) -> None:
             await jm.set_node_var("m-1", bad, 1)
     with pytest.raises(BadRequest):
         await jm.set_node_vars("m-1", ["x"])  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- remote follow
-
-
-async def test_follow_a_job_running_elsewhere(rep: Replica, tmp_path: Path) -> None:
-    jm = manager(rep, tmp_path)  # not started: the remote job stays Running
-    jid = make_job_id(rep.now_ms(), 1, "b")
-
-    async def put(status: str, lines: list[str], count: int) -> None:
-        await put_job(rep, jid, runner="b", status=status, log_tail=lines, log_count=count)
-
-    await put("Running", ["l1", "l2"], 2)
-    got: list[str] = []
-
-    async def reader() -> None:
-        async for line in jm.follow(jid):
-            got.append(line)
-
-    with trio.fail_after(DEADLINE_S):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            await trio.testing.wait_all_tasks_blocked()
-            assert got == ["l1", "l2"]
-            await put("Running", ["l2", "l3"], 3)
-            await trio.testing.wait_all_tasks_blocked()
-            assert got == ["l1", "l2", "l3"]
-            tail = [f"l{i}" for i in range(31, 51)]
-            await put("Complete", tail, 50)
-    assert got == ["l1", "l2", "l3", "... 27 lines skipped ...", *tail]

@@ -1,5 +1,4 @@
-"""Requests that must run on another instance: job writes on the lease holder, job logs on
-the instance that ran the job.
+"""Requests that must run on another instance: job writes on the lease holder.
 
 * Job-running requests (commission/decommission/update/discover, job cancel, monitor
   events, inventory import, node forget) must run on the lease holder. A non-holder
@@ -8,15 +7,14 @@ the instance that ran the job.
   ``X-Gossipmgr-Forwarded: <instance>``; a receiver that is not the holder either (the
   lease moved in between) answers 503 instead of forwarding again, so a request never
   loops.
-* Log streams (``GET /info/logs/{job}``) of a job that ran on another instance are proxied
-  from that instance's API (:func:`proxy_stream`).
+* Job logs are not among them: every instance serves them from the replicated chunks
+  (``gossipmgr.runtime.joblog``).
 
 Over https, the context's optional ``forward_verify`` (httpx ``verify=``) checks the peer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -34,8 +32,6 @@ FORWARDED_HEADER = "X-Gossipmgr-Forwarded"
 #: Forwarding: connecting to the holder must be quick (it is on the LAN); a job POST
 #: returns once the job is launched (validation + one durable write), so 30 s is generous.
 FORWARD_TIMEOUT = (30.0, 3.0)
-#: A proxied log stream may be silent for as long as a playbook task runs.
-STREAM_TIMEOUT = (None, 3.0)
 
 
 #: What httpx raises for a peer it cannot reach, including a URL it refuses before
@@ -137,37 +133,3 @@ async def forward() -> Response:
         status=r.status_code,
         content_type=r.headers.get("content-type", JSON_MIMETYPE),
     )
-
-
-async def proxy_stream(target: str, headers: dict[str, str]) -> Any:
-    """Relay the stream at ``target`` (a peer's ``/info/logs/<id>``) with ``headers``; a
-    refusal there is relayed with its status and body. Raises Unavailable when the peer
-    cannot be reached. The client lives as long as the stream: the relay closes it."""
-    client = _client(STREAM_TIMEOUT)
-    try:
-        req = client.build_request("GET", target, headers=_forward_headers())
-        r = await client.send(req, stream=True)
-    except _unreachable() as exc:
-        await client.aclose()
-        raise Unavailable(f"the job's instance at {target} cannot be reached: {exc}")
-    if r.status_code != 200:
-        body = await r.aread()
-        await r.aclose()
-        await client.aclose()
-        return Response(
-            body,
-            status=r.status_code,
-            content_type=r.headers.get("content-type", JSON_MIMETYPE),
-        )
-
-    async def relay() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in r.aiter_raw():
-                yield chunk
-        except _unreachable()[0] as exc:
-            yield f"\n[gossipmgr: log stream from {target} broke: {exc}]\n".encode()
-        finally:
-            await r.aclose()
-            await client.aclose()
-
-    return relay(), 200, headers

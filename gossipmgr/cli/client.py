@@ -33,6 +33,10 @@ class CliError(Exception):
         self.code = code
 
 
+class Unreachable(CliError):
+    """The daemon could not be reached, or the connection broke (a follow may resume)."""
+
+
 class Client:
     """A thin sync client: one method per call, errors as CliError with the server's text."""
 
@@ -66,13 +70,13 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def _unreachable(self, exc: httpx.HTTPError) -> CliError:
+    def _unreachable(self, exc: httpx.HTTPError) -> Unreachable:
         why = str(exc) or type(exc).__name__
         if isinstance(exc, self._httpx.ConnectError) and "refused" in why.lower():
             why = "connection refused"
         elif isinstance(exc, self._httpx.TimeoutException):
             why = f"timed out ({type(exc).__name__})"
-        return CliError(f"cannot reach {self.url}: {why}")
+        return Unreachable(f"cannot reach {self.url}: {why}")
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         try:

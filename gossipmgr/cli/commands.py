@@ -6,10 +6,11 @@ import ipaddress
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from gossipmgr.cli.client import Client, CliError
+from gossipmgr.cli.client import Client, CliError, Unreachable
 from gossipmgr.cli.output import (
     out,
     render_job,
@@ -24,6 +25,10 @@ from gossipmgr.cli.output import (
 
 #: How often the TTY progress line is redrawn while following a job.
 PROGRESS_EVERY_S = 1.0
+#: A followed log whose stream broke is resumed at its next line: at most this many tries
+#: in a row without a new line, FOLLOW_RETRY_S more apart each time.
+FOLLOW_RETRIES = 5
+FOLLOW_RETRY_S = 1.0
 WORKFLOW_PATH = {
     "commission": "/commission/nodes",
     "decommission": "/decommission/nodes",
@@ -188,17 +193,22 @@ def cmd_job(c: Client, args: argparse.Namespace) -> int:
 
 
 def follow_job(c: Client, args: argparse.Namespace, label: str) -> int:
-    """Stream a job's log lines to stdout; progress on stderr when it is a TTY; final status."""
+    """Stream a job's log lines to stdout; progress on stderr when it is a TTY; final status.
+
+    A stream that breaks (the instance stopped) or ends while the job still runs is resumed
+    at the next line (``?offset=``): no line is lost or printed twice."""
     job = c.call("GET", f"/info/job/{_q(label)}")
     job_id = str(job.get("id") or label)
     t0 = time.monotonic()
+    offset = max(0, int(getattr(args, "offset", 0) or 0))
     count = 0
     tty = sys.stderr.isatty()
     last_draw = 0.0
 
     def on_line(line: str) -> None:
-        nonlocal count, last_draw
+        nonlocal count, last_draw, offset
         count += 1
+        offset += 1
         if tty:
             sys.stderr.write("\r\033[K")
         print(line, flush=True)
@@ -208,10 +218,9 @@ def follow_job(c: Client, args: argparse.Namespace, label: str) -> int:
             sys.stderr.write(f"[running {int(now - t0)}s, {count} lines]")
             sys.stderr.flush()
 
-    c.stream_lines(f"/info/logs/{_q(job_id)}", on_line)
+    final = _stream_log(c, job_id, lambda: offset, on_line)
     if tty:
         sys.stderr.write("\r\033[K")
-    final = c.call("GET", f"/info/job/{_q(job_id)}")
     status = final.get("status", "?")
     err = final.get("error") or ""
     if args.json:
@@ -220,6 +229,33 @@ def follow_job(c: Client, args: argparse.Namespace, label: str) -> int:
         took = time.monotonic() - t0
         print(f"job {job_id}: {status}{(': ' + err) if err else ''} ({count} lines, {took:.1f}s)")
     return 0 if status == "Complete" else 1
+
+
+def _stream_log(
+    c: Client, job_id: str, offset: Callable[[], int], on_line: Callable[[str], None]
+) -> Any:
+    """Follow the log from ``offset()`` until the job ended; return its final record. A
+    stream that broke, or ended while the job still runs (its instance stopped), is resumed
+    at ``offset()``: at most FOLLOW_RETRIES tries in a row that bring no new line."""
+    tries = 0
+    while True:
+        start = offset()
+        try:
+            c.stream_lines(f"/info/logs/{_q(job_id)}?offset={start}", on_line)
+            final = c.call("GET", f"/info/job/{_q(job_id)}")
+        except Unreachable as exc:
+            tries = 0 if offset() > start else tries + 1
+            if tries > FOLLOW_RETRIES:
+                raise
+            print(f"[{exc}; resuming at line {offset()}]", file=sys.stderr, flush=True)
+            time.sleep(FOLLOW_RETRY_S * tries)
+            continue
+        if final.get("status") not in ("Queued", "Running"):
+            return final
+        tries = 0 if offset() > start else tries + 1
+        if tries > FOLLOW_RETRIES:
+            return final
+        time.sleep(FOLLOW_RETRY_S * tries)
 
 
 def cmd_jobs(c: Client, args: argparse.Namespace) -> int:

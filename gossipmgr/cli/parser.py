@@ -169,6 +169,13 @@ def _add_job_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
     vp = vs.add_parser("get", aliases=["g"], parents=[common])
     vp.add_argument("job", metavar="active|last|ID")
     vp.add_argument("-f", "--follow", action="store_true", help="stream the log until it ends")
+    vp.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with -f: start at line N (0-based) of the log",
+    )
     vp.set_defaults(func=cmds.cmd_job)
     vp = vs.add_parser("cancel", parents=[common])
     vp.set_defaults(func=cmds.cmd_job)

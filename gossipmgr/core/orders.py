@@ -8,8 +8,9 @@ described in ``gossipmgr.core.state``; docs/design.md has the rules and why.
 
 - *LWW*: ``(timestamp,)``.
 - *Lease order* (``("lease",)``): ``(epoch, holder earlier in name order, timestamp)``.
-- *Epoch-fenced* (job records, a node's inventory record): ``(epoch, timestamp)``, a
-  tombstone above every epoch. A node's other keys (vars, host-group, monitoring) are LWW.
+- *Epoch-fenced* (job records and their log chunks, a node's inventory record):
+  ``(epoch, timestamp)``, a tombstone above every epoch. A node's other keys (vars,
+  host-group, monitoring) are LWW.
 
 A rank must have the same shape for every entry of one key (they are compared).
 """
@@ -26,6 +27,7 @@ __all__ = [
     "CONFIG",
     "GLOBAL",
     "JOB",
+    "JOBLOG",
     "LEASE",
     "NODE",
     "ORDERS",
@@ -60,6 +62,7 @@ NODE = "n"
 JOB = "j"
 CONFIG = "cfg"
 LEASE = "lease"
+JOBLOG = "jl"
 
 
 def value_epoch(value: Any) -> int:
@@ -98,7 +101,7 @@ def node_rank(key: Key, e: Ranked) -> tuple[Any, ...]:
 
 #: namespace -> its order. Namespaces not listed are LWW.
 ORDERS: Mapping[str, Rank] = MappingProxyType(
-    {LEASE: lease_rank, JOB: fenced_rank, NODE: node_rank}
+    {LEASE: lease_rank, JOB: fenced_rank, NODE: node_rank, JOBLOG: fenced_rank}
 )
 
 

@@ -15,6 +15,8 @@ key                                    value                                    
                                        (``{forgotten: true}``: a forgotten node)
 ``("n", node, "mon")``                 ``{label, serial, addr}`` from Serf tags     LWW
 ``("j", job_id)``                      job record (``gossipmgr.core.job``)         LWW
+``("jl", job_id, index)``              a chunk of the job's log                    fenced
+                                       (``gossipmgr.core.joblog``)
 ``("cfg", "ansible")``                 the runtime ansible config section          LWW
 ``("lease",)``                         ``{holder, epoch, expires_ms}``             lease order
 =====================================  ==========================================  ==========
@@ -23,10 +25,11 @@ Orders (``gossipmgr.core.orders``, the table the map consults): "LWW" is the lar
 timestamp. The *lease order* is ``(epoch, holder earlier in name order, timestamp)``: a
 higher epoch always wins; two claims of one epoch (made concurrently on two sides of a
 partition) resolve to the holder whose name sorts first, on every replica alike; a renewal
-(same holder and epoch) wins by timestamp. Inventory records and job records are
-*epoch-fenced*: ranked ``(epoch, timestamp)``, where ``epoch`` is the lease epoch under
-which the write was made, so a write by a deposed holder loses to any write made under a
-newer lease even when its clock runs ahead. Such losses are counted as ``LWWMap.fenced``.
+(same holder and epoch) wins by timestamp. Inventory records, job records and job log
+chunks are *epoch-fenced*: ranked ``(epoch, timestamp)``, where ``epoch`` is the lease
+epoch under which the write was made, so a write by a deposed holder loses to any write
+made under a newer lease even when its clock runs ahead. Such losses are counted as
+``LWWMap.fenced``.
 
 Inventory status and state live in one register with their previous values so that a
 record is never torn (status from one writer, prev_status from another).
@@ -48,6 +51,7 @@ from gossipmgr.core.orders import (
     CONFIG,
     GLOBAL,
     JOB,
+    JOBLOG,
     LEASE,
     NODE,
     value_epoch,
@@ -59,7 +63,7 @@ from gossipmgr.core.orders import fenced_rank as fenced_rank
 from gossipmgr.core.orders import lease_rank as lease_rank
 
 #: namespaces a decoder accepts (append-only, like every wire enum)
-NAMESPACES = frozenset({GLOBAL, NODE, JOB, CONFIG, LEASE})
+NAMESPACES = frozenset({GLOBAL, NODE, JOB, CONFIG, LEASE, JOBLOG})
 
 LEASE_KEY: Key = (LEASE,)
 ANSIBLE_CONFIG_KEY: Key = (CONFIG, "ansible")
@@ -100,6 +104,8 @@ def valid_key(key: Key) -> bool:
         return n == 2 and key[1] == "ansible"
     if ns == LEASE:
         return n == 1
+    if ns == JOBLOG:
+        return n == 3 and len(key[2]) == 6 and key[2].isascii() and key[2].isdigit()
     # NODE
     return (n == 3 and key[2] in ("hg", "inv", "mon")) or (n == 4 and key[2] == "v")
 

@@ -1,9 +1,12 @@
-"""Job logs: the runner's log file, the replicated tail, and following either live.
+"""Job logs: the runner's log file, the replicated chunks, and following them live.
 
-The instance that runs a job writes every line of it to ``work_dir/jobs/<id>.log`` and keeps
+The instance that runs a job writes every line of it to ``work_dir/jobs/<id>.log``, keeps
 the last LOG_TAIL_LINES of them (each cut to LOG_LINE_CHARS) for the job record's
-``log_tail``, which reaches every replica. Following a job (``GET /info/logs/<id>``) reads
-the file where the job runs or ran, and the replicated tail elsewhere.
+``log_tail``, and cuts the whole log into chunks (``gossipmgr.core.joblog``) that the run
+replicates with the record (``gossipmgr.runtime.jobrun``). Every instance serves and
+follows a job's log from those chunks (:func:`follow_log`): the same lines under the same line
+numbers everywhere, also after the runner is gone. A job whose log has no chunks (removed
+to stay within the budget, or run by a version before the chunks) shows its record's tail.
 
 Ownership: a :class:`Run` belongs to the JobManager that started it; it opens and closes
 its file. The followers here only read.
@@ -19,6 +22,8 @@ from typing import IO, Final
 
 import trio
 
+from gossipmgr.core import joblog as chunks
+from gossipmgr.core.job import JobRecord
 from gossipmgr.runtime.replica import Replica
 
 #: Lines of a job's log kept in its replicated record: enough for `job get last` to show
@@ -59,12 +64,23 @@ class Run:
     done: bool = False
     file: IO[str] | None = None
     changed: trio.Event = field(default_factory=trio.Event)
+    #: the cap of the replicated log (``job_log_max_bytes``)
+    max_bytes: int = chunks.DEFAULT_MAX_BYTES
+    log: chunks.LogChunks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = chunks.LogChunks(
+            self.max_bytes,
+            f"[gossipmgr: log truncated: it passed job_log_max_bytes ({self.max_bytes} "
+            f"bytes); the rest is only in {self.path} on the instance that ran the job]",
+        )
 
     def line(self, text: str) -> None:
         text = encodable(text)
         if self.file is not None:
             self.file.write(text + "\n")
             self.file.flush()
+        self.log.add(text)
         self.tail.append(trim(text))
         self.count += 1
         self.dirty = True
@@ -75,57 +91,55 @@ class Run:
         self.changed = trio.Event()
 
 
-def local_lines(path: Path) -> list[str] | None:
-    """The last INFO_LOG_LINES of a log file, or None when it cannot be read."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return text.splitlines()[-INFO_LOG_LINES:]
+#: How long a follower of an ended job waits for lines its record counts but this replica
+#: does not hold yet (a gossip message still under way) before it ends with a note.
+GAP_WAIT_S: Final = 5.0
 
 
-async def follow_file(path: Path, run: Run | None) -> AsyncIterator[str]:
-    """The lines of a log file; while ``run`` (writing it) is not done, live ones too."""
-    pos = 0
-    partial = ""
-    while True:
-        # Read before checking done: the last lines are written before done is set.
-        changed = run.changed if run is not None else None
-        done = run is None or run.done
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                f.seek(pos)
-                chunk = f.read()
-                pos = f.tell()
-        except FileNotFoundError:
-            chunk = ""
-        *lines, partial = (partial + chunk).split("\n")
-        for line in lines:
-            yield line
-        if done:
-            if partial:
-                yield partial
-            return
-        assert changed is not None
-        await changed.wait()
+def replicated_lines(replica: Replica, rec: JobRecord) -> list[str]:
+    """The last INFO_LOG_LINES of the job's replicated log; its record's tail without one."""
+    get = replica.state.map.get
+    if chunks.has_log(get, rec.id):
+        return chunks.all_lines(get, rec.id)[-INFO_LOG_LINES:]
+    return list(rec.log_tail)
 
 
-async def follow_record(replica: Replica, job_id: str) -> AsyncIterator[str]:
-    """The replicated tail of a job, until the job ends or its record goes. A gap of more
-    than LOG_TAIL_LINES between two updates is reported as one "lines skipped" line."""
-    seen = 0
+def _tail_from(rec: JobRecord, offset: int) -> list[str]:
+    """The lines of the record's tail numbered ``offset`` or later, after a note."""
+    first = rec.log_count - len(rec.log_tail)  # the number of log_tail[0]
+    note = (
+        f"[gossipmgr: the full log of job {rec.id} is not kept (removed to stay within the "
+        "log budget, or written by an older version); its last lines follow]"
+    )
+    return [note, *rec.log_tail[max(0, offset - first) :]]
+
+
+async def follow_log(replica: Replica, job_id: str, offset: int = 0) -> AsyncIterator[str]:
+    """The job's log from line ``offset`` (0-based; lines before it are skipped), live
+    until the job ends, from the replicated chunks, never a line twice: a client that
+    counted N lines resumes with ``offset=N``."""
+    get = replica.state.map.get
+    cur = chunks.seek(get, job_id, offset)
     while True:
         rec = replica.state.job(job_id)
         if rec is None:
             return
-        first = rec.log_count - len(rec.log_tail)  # index of log_tail[0]
-        if rec.log_count > seen:
-            if first > seen:
-                yield f"... {first - seen} lines skipped ..."
-                seen = first
-            for line in rec.log_tail[seen - first :]:
+        get = replica.state.map.get
+        if not rec.active and rec.log_count > 0 and not chunks.has_log(get, job_id):
+            for line in _tail_from(rec, offset):
                 yield line
-            seen = rec.log_count
-        if not rec.active:
             return
-        await replica.wait_change()
+        lines, cur, complete = chunks.read(get, job_id, cur)
+        for line in lines:
+            yield line
+        if complete or (not rec.active and cur.offset >= rec.log_count):
+            return
+        if rec.active:
+            await replica.wait_change()
+            continue
+        with trio.move_on_after(GAP_WAIT_S) as waited:
+            await replica.wait_change()
+        if waited.cancelled_caught:
+            missing = rec.log_count - cur.offset
+            yield f"[gossipmgr: {missing} more lines of this log have not reached this instance]"
+            return

@@ -3,8 +3,8 @@
 ``gossipmgr.runtime.jobs`` accepts a request and starts :meth:`Executor.execute` in its
 nursery once the job record (Running) is committed. The run:
 
-* writes its log (``gossipmgr.runtime.joblog``) and replicates the tail at most every
-  ``log_flush_s``;
+* writes its log (``gossipmgr.runtime.joblog``) and replicates it, its new chunks and the
+  record's tail in one commit, at most every ``log_flush_s``;
 * runs the workflow's playbooks (``gossipmgr.runtime.ansible``) with the fence's inputs
   (``gossipmgr_epoch``, ``gossipmgr_holder``, ``gossipmgr_job``) as extra-vars, set after
   every client layer, so the ``gossipmgr_fence`` role refuses a run on a node where a newer
@@ -35,6 +35,7 @@ from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.codec import MAX_COUNTER
 from gossipmgr.core.crdt import Entry, LWWMap
 from gossipmgr.core.job import CANCELLED, COMPLETE, ERRORED, JobRecord
+from gossipmgr.core.joblog import d_chunks
 from gossipmgr.core.lease import check_fence
 from gossipmgr.core.state import ClusterState, combine, job_key
 from gossipmgr.errors import Conflict, GossipmgrError, JobError, StaleEpoch, ValueTooLarge
@@ -238,9 +239,10 @@ class Executor:
         change: Callable[[JobRecord], JobRecord] | None = None,
         extra: Callable[[ClusterState, Timestamp], LWWMap] | None = None,
     ) -> None:
-        """Write the run's log tail into its record, with ``change`` applied to it and the
-        ``extra`` delta in the same commit."""
+        """Write the run's log tail into its record and its changed log chunks, with
+        ``change`` applied to the record and the ``extra`` delta in the same commit."""
         tail, count = tuple(run.tail), run.count
+        taken = run.log.take(run.epoch)  # taken with the count: the record counts them
 
         def make(state: ClusterState, ts: Timestamp) -> LWWMap:
             self.gate.fence(run.epoch, f"write of job {run.job_id}")
@@ -251,11 +253,17 @@ class Executor:
             if change is not None:
                 rec = change(rec)
             parts = [state.d_set(job_key(run.job_id), rec.to_value(), ts)]
+            parts.append(d_chunks(run.job_id, taken, ts))
             if extra is not None:
                 parts.append(extra(state, ts))
             return combine(*parts)
 
-        await self.replica.commit(make)
+        try:
+            await self.replica.commit(make)
+        except BaseException:
+            run.log.failed(i for i, _ in taken)  # the next flush carries them
+            raise
+        run.log.written(i for i, _ in taken)
 
     async def _finish(self, run: Run, result: WorkflowResult) -> None:
         me = self.replica.name
@@ -276,6 +284,7 @@ class Executor:
 
         error = trim(encodable(error), ERROR_CHARS)  # the whole text is in the log
         ended_ms = self.replica.now_ms()
+        run.log.end()  # the last chunk says the log is complete
 
         def ended(rec: JobRecord) -> JobRecord:
             return rec.transition(status, error=error, ended_ms=ended_ms, epoch=run.epoch)

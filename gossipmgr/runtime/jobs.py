@@ -51,6 +51,7 @@ from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.job import ACTIVE as ACTIVE  # the readers' vocabulary, re-exported
 from gossipmgr.core.job import ERRORED, RUNNING, JobRecord, make_job_id, valid_job_id
+from gossipmgr.core.joblog import DEFAULT_MAX_BYTES, TOTAL_CAPS, d_trim_logs
 from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
 from gossipmgr.errors import (
     BadRequest,
@@ -64,20 +65,15 @@ from gossipmgr.runtime import nodesettings
 from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, parse_extra_vars
 from gossipmgr.runtime.health import HealthEvents
 from gossipmgr.runtime.holder import HolderGate
-from gossipmgr.runtime.joblog import (
-    Run,
-    follow_file,
-    follow_record,
-    local_lines,
-)
+from gossipmgr.runtime.joblog import Run, follow_log, replicated_lines
 from gossipmgr.runtime.jobrun import Executor, check_record_room
 from gossipmgr.runtime.nodeadmin import NodeAdmin
 from gossipmgr.runtime.replica import Replica
 
 log = logging.getLogger("gossipmgr.jobs")
 
-#: Log-tail writes to the replicated record: at most one per second per running job.
-LOG_FLUSH_S: Final = 1.0
+#: Log writes (chunks and the record's tail, one commit): at most five a second per job.
+LOG_FLUSH_S: Final = 0.2
 #: Job records kept (older ones are removed with tombstones, with their local files).
 HISTORY: Final = 100
 #: How often the holder re-scans for orphans without a replica change (a lease can expire
@@ -126,8 +122,10 @@ class JobManager:
         *,
         reconfigure_on_reappear: bool = False,
         log_flush_s: float = LOG_FLUSH_S,
+        job_log_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.replica = replica
+        self.job_log_max_bytes = job_log_max_bytes
         self.settings = settings
         self.work_dir = Path(work_dir)
         self.gate = HolderGate(replica)
@@ -187,9 +185,14 @@ class JobManager:
         return make_job_id(self.replica.now_ms(), self._counter, self.replica.name)
 
     def _history_trim(self, state: ClusterState, ts: Timestamp) -> tuple[LWWMap, list[str]]:
+        """Tombstones for the records past HISTORY and their logs, and for the oldest kept
+        logs past the budget (``gossipmgr.core.joblog.d_trim_logs``)."""
         ids = sorted(state.jobs())
-        old = ids[: max(0, len(ids) - (HISTORY - 1))]
-        return combine(*(state.d_remove(job_key(i), ts) for i in old)), old
+        cut = max(0, len(ids) - (HISTORY - 1))
+        old, kept = ids[:cut], ids[cut:][::-1]
+        budget = (TOTAL_CAPS - 1) * self.job_log_max_bytes  # room for the new job's log
+        logs = d_trim_logs(state.map.get, old, kept, budget, ts)
+        return combine(*(state.d_remove(job_key(i), ts) for i in old), logs), old
 
     def _hosts(self, state: ClusterState, names: Sequence[str], group: str = "") -> list[Host]:
         hosts = []
@@ -320,7 +323,7 @@ class JobManager:
             parts.append(state.d_set(job_key(job_id), record.to_value(), ts))
             return combine(*parts)
 
-        run = Run(job_id, kind, epoch, self.log_path(job_id))
+        run = Run(job_id, kind, epoch, self.log_path(job_id), max_bytes=self.job_log_max_bytes)
         self.gate.run = run
         try:
             await self.replica.commit(make)
@@ -441,15 +444,14 @@ class JobManager:
         """``active`` | ``last`` | a job id -> ``{desc, task, status, error, logs, ...}``.
 
         Raises BadRequest ``Invalid or empty job label specified: "<x>"`` and NotFound
-        ``info for "<x>" job doesn't exist``. ``logs`` is the runner's full log (its last
-        INFO_LOG_LINES) when it ran here, else the replicated tail."""
+        ``info for "<x>" job doesn't exist``. ``logs`` is the replicated log (its last
+        INFO_LOG_LINES; :func:`~gossipmgr.runtime.joblog.replicated_lines`)."""
         if label not in ("active", "last") and not valid_job_id(label):
             raise BadRequest(f'Invalid or empty job label specified: "{label}"')
         rec = self._record(label)
         if rec is None:
             raise NotFound(f'info for "{label}" job doesn\'t exist')
-        lines = local_lines(self.log_path(rec.id)) if valid_job_id(rec.id) else None
-        return job_info(rec, lines)
+        return job_info(rec, replicated_lines(self.replica, rec))
 
     def _record(self, label: str) -> JobRecord | None:
         if label == "active":
@@ -471,14 +473,14 @@ class JobManager:
             raise BadRequest(f'Invalid or empty job label specified: "{job_id}"')
         return self.work_dir / "jobs" / f"{job_id}.log"
 
-    def follow(self, label: str) -> AsyncIterator[str]:
-        """Stream a job's log: the lines so far, then live ones until it ends.
+    def follow(self, label: str, offset: int = 0) -> AsyncIterator[str]:
+        """Stream a job's log from line ``offset`` (0-based): the lines so far, then live
+        ones until it ends, from the replicated chunks on every instance alike
+        (:func:`gossipmgr.runtime.joblog.follow_log`).
 
         ``label`` is a job id or ``active``. Validated eagerly: raises BadRequest/NotFound
-        like :meth:`job`, and Conflict ``job is not Running`` for ``active`` when no job
-        is active (clusterm's GET /info/logs/active). Where the job runs here, lines come
-        from its log file; elsewhere from the replicated tail
-        (:func:`gossipmgr.runtime.joblog.follow_record`)."""
+        like :meth:`job` (and for a negative offset), and Conflict ``job is not Running``
+        for ``active`` when no job is active (clusterm's GET /info/logs/active)."""
         if label == "active":
             rec = self.active_record()
             if rec is None:
@@ -489,9 +491,6 @@ class JobManager:
             rec = self.replica.state.job(label)
             if rec is None:
                 raise NotFound(f'info for "{label}" job doesn\'t exist')
-        run = (
-            self.gate.run if self.gate.run is not None and self.gate.run.job_id == rec.id else None
-        )
-        if run is not None or self.log_path(rec.id).exists():
-            return follow_file(self.log_path(rec.id), run)
-        return follow_record(self.replica, rec.id)
+        if type(offset) is not int or offset < 0:
+            raise BadRequest(f"offset must be a line number (0 or more), not {offset!r}")
+        return follow_log(self.replica, rec.id, offset)

@@ -2,8 +2,8 @@
 
 A workflow request is checked here in full (a 4xx never depends on where the lease is),
 then run on the holder: here when this instance holds the lease, else forwarded to it
-(:mod:`gossipmgr.api.forwarding`). Reads are served here; a log stream of a job another
-instance ran is proxied from that instance, falling back to the replicated tail.
+(:mod:`gossipmgr.api.forwarding`). Reads are served here, job logs too: every instance
+holds every job's log in replicated chunks (``gossipmgr.runtime.joblog``).
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from quart import Response
+from quart import Response, request
 
 from gossipmgr.api.bodies import body_untrusted, client_vars, field_str, field_str_list
 from gossipmgr.api.boundary import json_response, jsonable, maybe_await
 from gossipmgr.api.context import current_context
-from gossipmgr.api.forwarding import forward, must_hold, proxy_stream, was_forwarded
+from gossipmgr.api.forwarding import forward, must_hold
 from gossipmgr.api.openapi import EXTRA_VARS_REF, JOB_CODES, ApiBlueprint, Schema
-from gossipmgr.errors import BadRequest, Unavailable
+from gossipmgr.errors import BadRequest
 
 bp = ApiBlueprint("jobs", __name__)
 
@@ -171,48 +171,39 @@ async def info_jobs() -> Response:
     return json_response({"jobs": [jsonable(j) for j in res]})
 
 
-def job_runner(info: Any) -> str | None:
-    """Which instance runs/ran a job: the job record's ``runner``."""
-    v = info.get("runner") if isinstance(info, dict) else None
-    return v if isinstance(v, str) and v else None
+def log_offset() -> int:
+    """The ``offset`` query parameter: the number of the first line wanted (0-based, the
+    count of lines a client already has). Raises BadRequest for anything else."""
+    raw = request.args.get("offset", "0")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise BadRequest(f'"offset" must be a line number (0 or more), not {raw!r}')
+    return int(raw)
 
 
 @bp.operation(
     "GET",
     "/info/logs/<job>",
-    "A job's log, streamed live while it runs",
-    (200, 400, 401, 404, 503),
+    "A job's log from the replicated chunks, streamed live while it runs; "
+    "?offset=N starts at line N (0-based)",
+    (200, 400, 401, 404, 409),
 )
 async def info_logs(job: str) -> Any:
     ctx = current_context()
+    offset = log_offset()
     # follow() validates eagerly: 400 bad label, 404 unknown id, 409 "job is not
     # Running" for "active" when none is (clusterm's answer).
-    local = ctx.jobs.follow(job)
+    lines = ctx.jobs.follow(job, offset)
     info = jsonable(await maybe_await(ctx.jobs.job(job)))
     job_id = str(info.get("id") or job) if isinstance(info, dict) else job
-    runner = job_runner(info)
     headers = {
         "Content-Type": LOG_CONTENT_TYPE,
         "X-Job-Id": job_id,
+        "X-Log-Offset": str(offset),
         "Cache-Control": "no-cache",
     }
-    note = ""
-    if runner and runner != ctx.replica.name and not was_forwarded():
-        # The full log is a file on the runner; here we only have the replicated tail
-        # (the last lines of each update). Proxy the runner's stream when we can.
-        url = ctx.instance_api_url(runner)
-        if url is None:
-            note = f"[gossipmgr: the API of {runner} is unknown; showing the replicated tail]"
-        else:
-            try:
-                return await proxy_stream(url.rstrip("/") + f"/info/logs/{job_id}", headers)
-            except Unavailable as exc:
-                note = f"[gossipmgr: {exc}; showing the replicated log tail]"
-    return _local_lines(note, local), 200, headers
+    return _encoded(lines), 200, headers
 
 
-async def _local_lines(note: str, local: AsyncIterator[str]) -> AsyncIterator[bytes]:
-    if note:
-        yield (note + "\n").encode()
-    async for line in local:
+async def _encoded(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    async for line in lines:
         yield (line.rstrip("\n") + "\n").encode()
