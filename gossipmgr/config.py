@@ -36,6 +36,8 @@ ANSIBLE_CONFIG_KEYS = (
 )
 
 PACKAGED_PLAYBOOKS = Path(__file__).parent / "playbooks"
+#: The largest node_history_limit: entries are small, but each node's are read whole.
+MAX_NODE_HISTORY = 10_000
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class AgentConfig:
     serf_iface: str = ""
     #: A bearer token every API route but /health requires.
     api_token_file: Path | None = None
+    #: Named tokens with roles (admin | read), one ``NAME ROLE sha256:HEX`` line each
+    #: (docs/security.md, "Named tokens"); reloaded on SIGHUP, beside the one token above.
+    api_tokens_file: Path | None = None
     #: Serve the API without any token (loud: warned at start and in /health).
     no_auth: bool = False
     tls_cert: Path | None = None
@@ -124,6 +129,8 @@ class AgentConfig:
     #: Lease timing (see gossipmgr.core.lease.LeaseConfig for the reasons).
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
+    #: History entries kept per node (gossipmgr.core.history); 0 writes none.
+    node_history_limit: int = 200
     log_level: str = "info"
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     #: The file this was read from (SIGHUP re-reads it).
@@ -216,6 +223,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "serf_discover": _str,
     "serf_iface": _str,
     "api_token_file": _path,
+    "api_tokens_file": _path,
     "no_auth": _bool,
     "tls_cert": _path,
     "tls_key": _path,
@@ -225,6 +233,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "accept_log_damage": _bool,
     "lease_ttl_ms": _int,
     "lease_renew_ms": _int,
+    "node_history_limit": _int,
     "log_level": _str,
 }
 
@@ -422,8 +431,10 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError(f"serf-profile must be lan, local or wan, not {cfg.serf_profile!r}")
     if cfg.serf_rpc_auth and cfg.serf_rpc_auth_file is not None:
         raise ConfigError("serf-rpc-auth and serf-rpc-auth-file exclude each other")
-    if cfg.no_auth and cfg.api_token_file is not None:
-        raise ConfigError("no-auth and api-token-file exclude each other")
+    if cfg.no_auth and (cfg.api_token_file is not None or cfg.api_tokens_file is not None):
+        raise ConfigError("no-auth and api-token-file / api-tokens-file exclude each other")
+    if not 0 <= cfg.node_history_limit <= MAX_NODE_HISTORY:
+        raise ConfigError(f"node-history-limit must be 0 to {MAX_NODE_HISTORY}")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise ConfigError("tls-cert and tls-key go together")
     if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:

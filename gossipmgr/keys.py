@@ -1,8 +1,9 @@
 """The agent's secret files: the API token, the gossip keyring and the embedded Serf's key.
 
-Each is read (or created, mode 0600) at start; a SIGHUP reload reads the token and the
-gossip keyring again, not the Serf key (it went into the embedded agent's configuration at
-its start). See docs/security.md for who may read them.
+Each is read (or created, mode 0600) at start; a SIGHUP reload reads the token (and the
+named tokens file, ``api_tokens_file``) and the gossip keyring again, not the Serf key (it
+went into the embedded agent's configuration at its start). See docs/security.md for who
+may read them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import secrets
 from pathlib import Path
 
 from gossipmgr.config import AgentConfig, read_secret_file
+from gossipmgr.core.tokens import TokenTable, parse_tokens
+from gossipmgr.errors import ConfigError
 from gossipmgr.gossip.crypto import Keyring, generate_key, load_keyring_file
 
 log = logging.getLogger("gossipmgr.agent")
@@ -71,6 +74,23 @@ def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
     return read_secret_file(path, "api token file")
+
+
+def load_tokens(cfg: AgentConfig, token: str | None) -> TokenTable | None:
+    """Every token the API accepts: ``token`` (the ``api_token_file`` one, named
+    ``default``, admin) and those of ``api_tokens_file`` (``gossipmgr.core.tokens``). None
+    without auth. Raises ConfigError for an unreadable or malformed file."""
+    if cfg.no_auth:
+        return None
+    named = []
+    path = cfg.api_tokens_file
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read api tokens file {path}: {exc.strerror}") from None
+        named = parse_tokens(text, str(path))
+    return TokenTable.with_default(token, named)
 
 
 def serf_key(cfg: AgentConfig, keyring: Keyring) -> str | None:
