@@ -98,9 +98,14 @@ def event_of(old: Any, new: Any, cause: Cause) -> str | None:
     return changed if a.status != b.status else None
 
 
-def entry_value(event: str, new: Any, ts: Timestamp, cause: Cause) -> dict[str, Any]:
-    """The stored value of one entry."""
-    inv = Inventory() if _forgotten(new) else Inventory.from_value(new)
+def entry_value(event: str, old: Any, new: Any, ts: Timestamp, cause: Cause) -> dict[str, Any]:
+    """The stored value of one entry: the register as it is now (a forgotten node's: as it
+    was when it was forgotten, both current and previous)."""
+    if _forgotten(new):
+        last = Inventory() if old is None or _forgotten(old) else Inventory.from_value(old)
+        inv = Inventory(last.status, last.status, last.state, last.state)
+    else:
+        inv = Inventory.from_value(new)
     return {
         "event": event,
         **inv.to_json(),
@@ -138,7 +143,9 @@ def d_history(
         if event is None:
             continue
         hid = history_id(ts)
-        out.merge([(history_key(node, hid), Entry(ts, entry_value(event, e.value, ts, cause)))])
+        out.merge(
+            [(history_key(node, hid), Entry(ts, entry_value(event, old, e.value, ts, cause)))]
+        )
         ids = sorted({*live.get(node, ()), hid}, reverse=True)
         out.merge((history_key(node, old_id), Entry(ts, None, True)) for old_id in ids[limit:])
     return out
