@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from _apiutil import add_nodes, fake_serf, standalone
+from _apiutil import add_nodes, standalone
 
 from gossipmgr.core.tokens import ADMIN, make_token
 from gossipmgr.runtime.context import AgentApiContext
+from gossipmgr.testing.standalone import fake_serf
 
 TOKEN = "default-secret"
 OPS = "ops-secret-0123456789"

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from _apiutil import add_nodes, standalone
 
+from gossipmgr.agent import Agent
 from gossipmgr.core.tokens import ADMIN, READ, TokenTable, make_token, parse_tokens
 from gossipmgr.errors import ConfigError
 
@@ -118,14 +119,16 @@ async def test_roles_over_real_http_and_sighup_reload(tmp_path: Path) -> None:
         assert (await _call(url, "GET", "/info/nodes", "nope"))[0] == 401
         assert (await _call(url, "GET", "/info/nodes", None))[0] == 401
         assert (await _call(url, "GET", "/health", None))[0] == 200
-        # SIGHUP: the file is read again (viewer removed, late added)
+        # SIGHUP (its handler): the file is read again (viewer removed, late added)
+        agent = ctx.agent
+        assert isinstance(agent, Agent)
         _tokens_file(path, ("ops", ADMIN, OPS), ("late", READ, "late-secret-0123"))
-        ctx.agent.reload()
+        agent.reload()
         assert (await _call(url, "GET", "/info/nodes", VIEWER))[0] == 401
         assert (await _call(url, "GET", "/info/nodes", "late-secret-0123"))[0] == 200
         # a broken file on reload is refused whole: the old tokens stay
         path.write_text("late read sha256:xyz\n")
-        ctx.agent.reload()
+        agent.reload()
         assert (await _call(url, "GET", "/info/nodes", "late-secret-0123"))[0] == 200
         assert (await _call(url, "PUT", "/globals/z", OPS, {"value": 3}))[0] == 200
 
