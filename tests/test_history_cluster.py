@@ -1,5 +1,5 @@
 """Node history, replicated: a commission, a failed update and a disappearance show
-identically on every instance of a real cluster (two instances) (gossipmgr agents with their embedded
+identically on every instance of a real cluster (two gossipmgr agents with their embedded
 ``serf agent``, a node that is a real ``serf agent``, real ansible with the shipped
 playbooks), with who asked (a named token added by SIGHUP), where, when, under which epoch
 and why. Every process is stopped by the cluster fixture, even on failure."""
