@@ -308,7 +308,7 @@ class AgentApiContext:
             },
             "entries": len(rep.state),
             "auth": (
-                {"token": True, "tokens": len(self.tokens.tokens) if self.tokens else 1}
+                {"token": True}
                 if self.token is not None
                 else {"token": False, "warning": NO_AUTH_WARNING}
             ),
