@@ -77,10 +77,11 @@ def read_token(path: Path | None) -> str | None:
 
 
 def load_tokens(cfg: AgentConfig, token: str | None) -> TokenTable | None:
-    """Every token the API accepts: ``token`` (the ``api_token_file`` one, named
-    ``default``, admin) and those of ``api_tokens_file`` (``gossipmgr.core.tokens``). None
-    without auth. Raises ConfigError for an unreadable or malformed file."""
-    if cfg.no_auth:
+    """The named tokens of ``api_tokens_file`` (``gossipmgr.core.tokens``), accepted beside
+    ``token`` (the ``api_token_file`` one: an admin token named ``default``). None without
+    auth or without the file. Raises ConfigError for an unreadable or malformed file, or
+    one whose names or secrets clash with each other or with ``token``."""
+    if cfg.no_auth or cfg.api_tokens_file is None:
         return None
     named = []
     path = cfg.api_tokens_file
@@ -90,7 +91,8 @@ def load_tokens(cfg: AgentConfig, token: str | None) -> TokenTable | None:
         except OSError as exc:
             raise ConfigError(f"cannot read api tokens file {path}: {exc.strerror}") from None
         named = parse_tokens(text, str(path))
-    return TokenTable.with_default(token, named)
+    TokenTable.with_default(token, named)  # no clash with the default token
+    return TokenTable(named)
 
 
 def serf_key(cfg: AgentConfig, keyring: Keyring) -> str | None:

@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 
 from gossipmgr.api.bodies import JSON_MIMETYPE, MAX_BODY_BYTES
 from gossipmgr.api.context import current_context
-from gossipmgr.core.tokens import TokenTable, may_call
+from gossipmgr.core.tokens import TokenTable, match_bearer, may_call
 from gossipmgr.errors import Forbidden, GossipmgrError, RequestError, StoreError, Unauthorized
 from gossipmgr.runtime.actor import set_asked_by
 
@@ -72,15 +72,13 @@ async def check_token() -> None:
     job record and the node history it writes say who asked."""
     ctx = current_context()
     set_asked_by("")
-    table: TokenTable | None = getattr(ctx, "tokens", None)
-    if table is None and ctx.token:
-        table = TokenTable.with_default(ctx.token)
-    if table is None or request.path == OPEN_PATH:
+    named: TokenTable | None = getattr(ctx, "tokens", None)
+    if (not ctx.token and named is None) or request.path == OPEN_PATH:
         return
     got = request.headers.get("Authorization", "")
     scheme, _, cred = got.partition(" ")
-    # Hashed, then compared with every token by compare_digest (core.tokens.TokenTable).
-    token = table.match(cred.strip()) if scheme.lower() == "bearer" else None
+    # Hashed, then compared with every token by compare_digest (core.tokens.match_bearer).
+    token = match_bearer(cred.strip(), ctx.token, named) if scheme.lower() == "bearer" else None
     if token is None:
         raise Unauthorized("missing or invalid bearer token")
     set_asked_by(token.name)

@@ -119,12 +119,23 @@ class TokenTable:
 
     def match(self, bearer: str) -> ApiToken | None:
         """The token whose secret is ``bearer``, or None. Every entry is compared."""
-        digest = token_digest(bearer)
-        found: ApiToken | None = None
-        for t in self.tokens:
-            if hmac.compare_digest(digest, t.digest):
-                found = t
-        return found
+        return _match(token_digest(bearer), self.tokens)
+
+
+def _match(digest: bytes, tokens: Iterable[ApiToken]) -> ApiToken | None:
+    found: ApiToken | None = None
+    for t in tokens:
+        if hmac.compare_digest(digest, t.digest):
+            found = t
+    return found
+
+
+def match_bearer(bearer: str, default: str | None, named: TokenTable | None) -> ApiToken | None:
+    """The token ``bearer`` is: the ``default`` admin token (the single token file's, read
+    anew per request: a reload swaps it) or one of ``named``; None for neither. Every
+    token is compared, in constant time."""
+    first = [make_token(DEFAULT_NAME, ADMIN, default)] if default else []
+    return _match(token_digest(bearer), [*first, *(named.tokens if named else ())])
 
 
 def may_call(token: ApiToken, method: str) -> bool:
