@@ -16,8 +16,10 @@ import pytest
 from _apiutil import add_nodes, standalone
 
 from gossipmgr.agent import Agent
+from gossipmgr.config import load
 from gossipmgr.core.tokens import ADMIN, READ, TokenTable, make_token, parse_tokens
 from gossipmgr.errors import ConfigError
+from gossipmgr.keys import load_tokens
 
 DEFAULT = "the-default-secret"
 OPS = "ops-secret-0123456789"
@@ -173,3 +175,34 @@ def test_token_add_prints_the_secret_once_and_appends_its_hash(tmp_path: Path) -
     bad = _gm("token", "add", "a b", "--file", str(path))
     assert bad.returncode == 2 and "token name 'a b'" in bad.stderr
     assert len(path.read_text().splitlines()) == 2  # nothing appended by the refusals
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        (
+            {"no_auth": True, "api_tokens_file": "/x"},
+            "no-auth and api-token-file / api-tokens-file",
+        ),
+        ({"node_history_limit": -1}, "node-history-limit must be 0 to 10000"),
+        ({"node_history_limit": 10_001}, "node-history-limit must be 0 to 10000"),
+    ],
+)
+def test_config_refuses_bad_token_and_history_settings(
+    tmp_path: Path, overrides: dict[str, Any], why: str
+) -> None:
+    with pytest.raises(ConfigError, match=why):
+        load(None, {"data_dir": str(tmp_path), **overrides})
+
+
+def test_a_tokens_file_clashing_with_the_default_token_is_refused(tmp_path: Path) -> None:
+    path = _tokens_file(tmp_path / "tokens", ("ops", ADMIN, DEFAULT))
+    cfg = load(None, {"data_dir": tmp_path, "api_tokens_file": path})
+    with pytest.raises(ConfigError, match="same secret"):
+        load_tokens(cfg, DEFAULT)
+    _tokens_file(path, ("default", READ, OPS))
+    with pytest.raises(ConfigError, match="names must be unique: default"):
+        load_tokens(cfg, DEFAULT)
+    _tokens_file(path, ("ops", ADMIN, OPS))
+    table = load_tokens(cfg, DEFAULT)
+    assert table is not None and [t.name for t in table.tokens] == ["ops"]
