@@ -165,3 +165,22 @@ async def test_jobs_record_who_asked(tmp_path: Path) -> None:
             assert h["job"] == job["id"] and h["token"] == "ops" and h["instance"] == "i1"
         assert r["history"][0]["reason"] == "job commission Complete"
         assert r["history"][1]["reason"] == "commission nodes [node-0] host-group service-master"
+
+
+async def test_an_import_is_noted_as_imported(tmp_path: Path) -> None:
+    async with standalone(tmp_path, token=TOKEN) as ctx:
+        url = ctx.agent.api_url
+        body = {"nodes": [{"name": "imp-1", "status": "Allocated", "host_group": "service-worker"}]}
+        st, r = await _post(url, "/inventory/import", body)
+        assert st == 200 and [c["name"] for c in r["changed"]] == ["imp-1"]
+        st, h = await _get(url, "/info/node/imp-1/history")
+        assert st == 200
+        ((event, status, token, reason),) = [
+            (e["event"], e["status"], e["token"], e["reason"]) for e in h["history"]
+        ]
+        assert (event, status, token, reason) == (
+            "imported",
+            "Allocated",
+            "default",
+            "inventory import",
+        )
