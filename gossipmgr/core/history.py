@@ -38,7 +38,7 @@ from gossipmgr.core.crdt import Entry, Key, LWWMap
 from gossipmgr.core.node import DISAPPEARED, DISCOVERED, Inventory
 from gossipmgr.core.orders import NODE
 
-#: The fourth part of a history key's third: ``("n", node, "h", id)``.
+#: The third part of a history key, ``("n", node, "h", id)``.
 HISTORY_PART: Final = "h"
 #: Entries kept per node unless configured otherwise (``node_history_limit``).
 DEFAULT_LIMIT: Final = 200
