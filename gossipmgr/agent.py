@@ -42,7 +42,13 @@ from gossipmgr.core.lease import LeaseConfig
 from gossipmgr.errors import ConfigError, GossipmgrError
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
-from gossipmgr.keys import load_or_create_keyring, load_or_create_token, serf_key, token_path
+from gossipmgr.keys import (
+    load_or_create_keyring,
+    load_or_create_token,
+    load_tokens,
+    serf_key,
+    token_path,
+)
 from gossipmgr.metrics import Metrics
 from gossipmgr.runtime.ansible import AnsibleSettings, split_config_vars
 from gossipmgr.runtime.context import (
@@ -127,6 +133,8 @@ class Agent:
         #: command-line options, re-applied over the file on every SIGHUP reload
         self.overrides = dict(overrides or {})
         self.token = load_or_create_token(cfg)
+        #: every token the API accepts, by name and role (the agent swaps it on SIGHUP)
+        self.tokens = load_tokens(cfg, self.token)
         #: read once at start, like the embedded Serf agent's config.json it goes into
         self.serf_rpc_auth = serf_rpc_secret(cfg)
         api_host, _ = split_addr(cfg.api_addr, "api-addr")
@@ -153,6 +161,7 @@ class Agent:
             log_flush_s=log_flush_s,
             job_log_max_bytes=cfg.job_log_max_bytes,
         )
+        self.jobs.gate.history_limit = cfg.node_history_limit
         self.boot_ms = int(time.time() * 1000)
         self.counters: dict[str, int] = {
             "lease_bounded": 0,
@@ -381,6 +390,7 @@ class Agent:
                 # listen policy): only a restart does that.
                 raise ConfigError("no_auth changed: that needs a restart")
             token = load_or_create_token(new)
+            tokens = load_tokens(new, token)
             keyring, _ = load_or_create_keyring(new)
         except GossipmgrError as exc:
             log.error("%s: reload refused, keeping the old settings: %s", self.cfg.name, exc)
@@ -390,14 +400,15 @@ class Agent:
                 **self.cfg.__dict__,
                 "ansible": new.ansible,
                 "api_token_file": new.api_token_file,
+                "api_tokens_file": new.api_tokens_file,
                 "encrypt_key_file": new.encrypt_key_file,
                 "reconfigure_on_reappear": new.reconfigure_on_reappear,
             }
         )
-        self.token = token
+        self.token, self.tokens = token, tokens
         if self.api_ctx is not None:
-            self.api_ctx.token = token
+            self.api_ctx.token, self.api_ctx.tokens = token, tokens
         self.jobs.reconfigure_on_reappear = new.reconfigure_on_reappear
         if self.gossip is not None:
             self.gossip.set_keyring(keyring)
-        log.warning("%s: reloaded %s (token, gossip keys, ansible section)", self.cfg.name, path)
+        log.warning("%s: reloaded %s (tokens, gossip keys, ansible section)", self.cfg.name, path)

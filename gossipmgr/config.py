@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gossipmgr.clustermconf import clusterm_conf
 from gossipmgr.errors import ConfigError
 from gossipmgr.serf.addr import split_hostport
 
@@ -36,6 +37,8 @@ ANSIBLE_CONFIG_KEYS = (
 )
 
 PACKAGED_PLAYBOOKS = Path(__file__).parent / "playbooks"
+#: The largest node_history_limit: entries are small, but each node's are read whole.
+MAX_NODE_HISTORY = 10_000
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class AgentConfig:
     serf_iface: str = ""
     #: A bearer token every API route but /health requires.
     api_token_file: Path | None = None
+    #: Named tokens with roles (admin | read), one ``NAME ROLE sha256:HEX`` line each
+    #: (docs/security.md, "Named tokens"); reloaded on SIGHUP, beside the one token above.
+    api_tokens_file: Path | None = None
     #: Serve the API without any token (loud: warned at start and in /health).
     no_auth: bool = False
     tls_cert: Path | None = None
@@ -136,6 +142,8 @@ class AgentConfig:
     #: Lease timing (see gossipmgr.core.lease.LeaseConfig for the reasons).
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
+    #: History entries kept per node (gossipmgr.core.history); 0 writes none.
+    node_history_limit: int = 200
     log_level: str = "info"
     #: The cap of one job's replicated log (docs/api.md, "Job logs"); the newest jobs' logs
     #: are kept while their total is within 16 times this.
@@ -255,6 +263,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "serf_discover": _str,
     "serf_iface": _str,
     "api_token_file": _path,
+    "api_tokens_file": _path,
     "no_auth": _bool,
     "tls_cert": _path,
     "tls_key": _path,
@@ -264,6 +273,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "accept_log_damage": _bool,
     "lease_ttl_ms": _int,
     "lease_renew_ms": _int,
+    "node_history_limit": _int,
     "log_level": _str,
     "job_log_max_bytes": _int,
     "webhooks": _webhooks,
@@ -298,83 +308,6 @@ def _file_options(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     return kwargs
 
 
-def _clusterm_conf(raw: Any, where: str) -> dict[str, Any]:
-    """clusterm's JSON ``clusterm.conf`` as AgentConfig keys.
-
-    ``serf.Addr`` -> ``serf_rpc`` (clusterm talked to the node's own Serf agent there),
-    ``serf.AuthKey`` -> ``serf_rpc_auth``, the ``ansible`` section (``playbook_location``
-    -> ``playbook_dir``, ``extra_variables`` a string holding a JSON object). Empty values
-    are skipped, as clusterm's merge over its defaults did. ``inventory`` and ``manager``
-    are noted and ignored (the inventory is imported with ``gossipmgr import clusterm``;
-    the API address is ``api_addr``, clusterm's ``0.0.0.0:9007`` had no authentication).
-    """
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: clusterm.conf must be a JSON object")
-    data: dict[str, Any] = {}
-    notes: list[str] = []
-    for key in raw:
-        if key not in ("serf", "ansible", "inventory", "manager"):
-            raise ConfigError(f"{where}: unknown clusterm.conf section {key!r}")
-    serf = raw.get("serf") or {}
-    if not isinstance(serf, dict):
-        raise ConfigError(f"{where}: serf must be an object")
-    for k, v in serf.items():
-        key = {"addr": "serf_rpc", "authkey": "serf_rpc_auth", "timeout": ""}.get(k.lower())
-        if key is None:
-            raise ConfigError(f"{where}: unknown key serf.{k}")
-        if v in ("", 0, None):
-            continue
-        if key:
-            data[key] = _str(key, v, f"{where} serf.{k}")
-        else:
-            notes.append(f"{where}: serf.Timeout is ignored")
-    ans = raw.get("ansible") or {}
-    if not isinstance(ans, dict):
-        raise ConfigError(f"{where}: ansible must be an object")
-    ansible: dict[str, Any] = {}
-    for k, v in ans.items():
-        if v in ("", None):
-            continue
-        if not isinstance(v, str):
-            raise ConfigError(f"{where}: ansible.{k} must be a string")
-        if k == "playbook_location":
-            data["playbook_dir"] = Path(v).expanduser()
-        elif k == "extra_variables":
-            try:
-                ev = json.loads(v)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"{where}: ansible.extra_variables must hold a JSON object: {exc}"
-                ) from None
-            if not isinstance(ev, dict):
-                raise ConfigError(f"{where}: ansible.extra_variables must hold a JSON object")
-            ansible["extra_variables"] = ev
-        elif k in (
-            "configure_playbook",
-            "cleanup_playbook",
-            "upgrade_playbook",
-            "user",
-            "priv_key_file",
-        ):
-            ansible[k] = v
-        else:
-            raise ConfigError(f"{where}: unknown key ansible.{k}")
-    if ansible:
-        data["ansible"] = AnsibleConfig(**ansible)
-    if raw.get("inventory"):
-        notes.append(
-            f"{where}: the inventory section is ignored; import clusterm's inventory once "
-            "with `gossipmgr import clusterm --boltdb FILE`"
-        )
-    if raw.get("manager"):
-        notes.append(
-            f"{where}: the manager section is ignored; the API listens on api-addr "
-            "(clusterm's 0.0.0.0:9007 had no authentication)"
-        )
-    data["config_notes"] = tuple(notes)
-    return data
-
-
 def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
     """Defaults < file < overrides (already typed, None meaning "not given").
 
@@ -391,7 +324,9 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> AgentConfig:
                 obj = json.loads(text)
             except ValueError as exc:
                 raise ConfigError(f"{path}: not valid JSON (clusterm.conf): {exc}") from None
-            data = _clusterm_conf(obj, str(path))
+            data = clusterm_conf(obj, str(path))
+            if "ansible" in data:
+                data["ansible"] = AnsibleConfig(**data["ansible"])
         else:
             try:
                 raw = tomllib.loads(text.decode("utf-8"))
@@ -464,8 +399,10 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError(f"serf-profile must be lan, local or wan, not {cfg.serf_profile!r}")
     if cfg.serf_rpc_auth and cfg.serf_rpc_auth_file is not None:
         raise ConfigError("serf-rpc-auth and serf-rpc-auth-file exclude each other")
-    if cfg.no_auth and cfg.api_token_file is not None:
-        raise ConfigError("no-auth and api-token-file exclude each other")
+    if cfg.no_auth and (cfg.api_token_file is not None or cfg.api_tokens_file is not None):
+        raise ConfigError("no-auth and api-token-file / api-tokens-file exclude each other")
+    if not 0 <= cfg.node_history_limit <= MAX_NODE_HISTORY:
+        raise ConfigError(f"node-history-limit must be 0 to {MAX_NODE_HISTORY}")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise ConfigError("tls-cert and tls-key go together")
     if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:

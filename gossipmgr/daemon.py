@@ -131,6 +131,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "--api-tokens-file",
+        {
+            "type": Path,
+            "help": "named tokens with roles, one 'NAME ROLE sha256:HEX' line each "
+            "(gossipmgr token add writes them), accepted beside the --api-token-file token",
+        },
+    ),
+    (
         "--no-auth",
         {
             "action": "store_true",
@@ -174,6 +182,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "ones, copy the damaged segment to log.<seq>.corrupt (they are LOST here; "
             "peers may still hold them)",
         },
+    ),
+    (
+        "--node-history-limit",
+        {"type": int, "help": "history entries kept per node (default 200; 0: none)"},
     ),
     ("--lease-ttl-ms", {"type": int, "help": "lease time to live (default 10000)"}),
     (

@@ -1,8 +1,9 @@
 """The agent's secret files: the API token, the gossip keyring and the embedded Serf's key.
 
-Each is read (or created, mode 0600) at start; a SIGHUP reload reads the token and the
-gossip keyring again, not the Serf key (it went into the embedded agent's configuration at
-its start). See docs/security.md for who may read them.
+Each is read (or created, mode 0600) at start; a SIGHUP reload reads the token (and the
+named tokens file, ``api_tokens_file``) and the gossip keyring again, not the Serf key (it
+went into the embedded agent's configuration at its start). See docs/security.md for who
+may read them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import secrets
 from pathlib import Path
 
 from gossipmgr.config import AgentConfig, read_secret_file
+from gossipmgr.core.tokens import TokenTable, parse_tokens
+from gossipmgr.errors import ConfigError
 from gossipmgr.gossip.crypto import Keyring, generate_key, load_keyring_file
 
 log = logging.getLogger("gossipmgr.agent")
@@ -71,6 +74,25 @@ def read_token(path: Path | None) -> str | None:
     if path is None:
         return None
     return read_secret_file(path, "api token file")
+
+
+def load_tokens(cfg: AgentConfig, token: str | None) -> TokenTable | None:
+    """The named tokens of ``api_tokens_file`` (``gossipmgr.core.tokens``), accepted beside
+    ``token`` (the ``api_token_file`` one: an admin token named ``default``). None without
+    auth or without the file. Raises ConfigError for an unreadable or malformed file, or
+    one whose names or secrets clash with each other or with ``token``."""
+    if cfg.no_auth or cfg.api_tokens_file is None:
+        return None
+    named = []
+    path = cfg.api_tokens_file
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read api tokens file {path}: {exc.strerror}") from None
+        named = parse_tokens(text, str(path))
+    TokenTable.with_default(token, named)  # no clash with the default token
+    return TokenTable(named)
 
 
 def serf_key(cfg: AgentConfig, keyring: Keyring) -> str | None:

@@ -10,14 +10,14 @@ non-200 body, so the same texts with honest codes stay compatible with it.
 
 Security: with a token (the agent's default: it creates one at first start), every route
 but ``/health`` needs ``Authorization: Bearer <token>``, compared in constant time
-(``hmac.compare_digest``). The token is read from the context on every request: the agent
-swaps it on a SIGHUP reload.
+(``hmac.compare_digest``). Named tokens (``api_tokens_file``) carry a role: ``read`` tokens
+get 403 for anything but GET/HEAD/OPTIONS. The tokens are read from the context on every
+request: the agent swaps them on a SIGHUP reload.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import inspect
 import json
 import logging
@@ -29,7 +29,9 @@ from werkzeug.exceptions import HTTPException
 
 from gossipmgr.api.bodies import JSON_MIMETYPE, MAX_BODY_BYTES
 from gossipmgr.api.context import current_context
-from gossipmgr.errors import GossipmgrError, RequestError, StoreError, Unauthorized
+from gossipmgr.core.tokens import TokenTable, match_bearer, may_call
+from gossipmgr.errors import Forbidden, GossipmgrError, RequestError, StoreError, Unauthorized
+from gossipmgr.runtime.actor import set_asked_by
 
 log = logging.getLogger("gossipmgr.api")
 
@@ -64,16 +66,27 @@ def jsonable(v: Any) -> Any:
 
 
 async def check_token() -> None:
-    """``before_request``: raise Unauthorized (401) unless the bearer token matches."""
-    token = current_context().token
-    if not token or request.path == OPEN_PATH:
+    """``before_request``: raise Unauthorized (401) unless the bearer is one of the tokens
+    (``gossipmgr.core.tokens``), Forbidden (403) when its role may not make this request
+    (a read token mutating). Names the token for the request (``runtime.actor``), so the
+    job record and the node history it writes say who asked."""
+    ctx = current_context()
+    set_asked_by("")
+    named: TokenTable | None = getattr(ctx, "tokens", None)
+    if (not ctx.token and named is None) or request.path == OPEN_PATH:
         return
     got = request.headers.get("Authorization", "")
     scheme, _, cred = got.partition(" ")
-    # compare_digest on bytes of possibly different length is still constant-time in
-    # the secret's length (it does not leak where the first difference is).
-    if scheme.lower() != "bearer" or not hmac.compare_digest(cred.strip().encode(), token.encode()):
+    # Hashed, then compared with every token by compare_digest (core.tokens.match_bearer).
+    token = match_bearer(cred.strip(), ctx.token, named) if scheme.lower() == "bearer" else None
+    if token is None:
         raise Unauthorized("missing or invalid bearer token")
+    set_asked_by(token.name)
+    if not may_call(token, request.method):
+        raise Forbidden(
+            f'token "{token.name}" has the role {token.role}: it may read and watch, not '
+            f"{request.method} {request.path} (that needs an admin token)"
+        )
 
 
 async def request_error(exc: RequestError) -> Response:

@@ -13,6 +13,7 @@ from urllib.parse import quote
 from gossipmgr.cli.client import Client, CliError, Unreachable
 from gossipmgr.cli.output import (
     out,
+    render_history,
     render_job,
     render_job_started,
     render_jobs,
@@ -105,6 +106,10 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
         return 0
     if verb == "get":
         _nodes_get(c, args, names)
+        return 0
+    if verb == "history":
+        query = f"?limit={args.limit}" if args.limit is not None else ""
+        out(args, c.call("GET", f"/info/node/{_q(args.name)}/history{query}"), render_history)
         return 0
     body: dict[str, Any] = {"nodes": names, "extra_vars": _extra_vars_arg(args.extra_vars)}
     if verb in ("commission", "update"):

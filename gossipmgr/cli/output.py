@@ -90,6 +90,32 @@ def render_node(n: dict[str, Any]) -> str:
     return text
 
 
+HISTORY_HEADER = ("WHEN", "EVENT", "STATUS", "STATE", "INSTANCE", "EPOCH", "TOKEN", "JOB", "WHY")
+
+
+def render_history(r: dict[str, Any]) -> str:
+    """GET /info/node/{name}/history as a table, newest first."""
+    rows = [
+        [
+            ts(h.get("ms")),
+            h.get("event"),
+            _moved(h.get("prev_status"), h.get("status")),
+            _moved(h.get("prev_state"), h.get("state")),
+            h.get("instance"),
+            h.get("epoch"),
+            h.get("token") or "-",
+            h.get("job") or "-",
+            h.get("reason"),
+        ]
+        for h in r.get("history", [])
+    ]
+    return table(rows, HISTORY_HEADER) if rows else f"no history for {r.get('name')}"
+
+
+def _moved(a: Any, b: Any) -> str:
+    return str(b) if a == b else f"{a} -> {b}"
+
+
 def render_vars(v: dict[str, Any]) -> str:
     if not v:
         return "(none)"

@@ -14,10 +14,12 @@ parser (its help line only).
 import argparse
 import importlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from gossipmgr import __version__
 from gossipmgr.cli import commands as cmds
+from gossipmgr.cli import tokens as cli_tokens
 from gossipmgr.cli.client import CliError
 
 DEFAULT_URL = "http://127.0.0.1:9007"
@@ -142,6 +144,14 @@ def _add_node_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
             vp.add_argument("name", metavar="NAME")
             vp.add_argument("--force", action="store_true", help="also a Discovered (alive) node")
             vp.set_defaults(func=cmds.cmd_node)
+            vp = vs.add_parser(
+                "history",
+                parents=[common],
+                help="who did what to the node, where, when and why (newest first)",
+            )
+            vp.add_argument("name", metavar="NAME")
+            vp.add_argument("-n", "--limit", type=int, default=None, help="at most N entries")
+            vp.set_defaults(func=cmds.cmd_node)
 
 
 def _add_global_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
@@ -215,6 +225,18 @@ def _add_peer_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmds.cmd_lease)
 
 
+def _add_token_commands(sub: _Sub) -> None:
+    vs = _verbs(sub, "token", [], "named API tokens (the agent's api_tokens_file)")
+    vp = vs.add_parser(
+        "add",
+        help="make a token: print its secret once, append NAME ROLE sha256:HASH to the file",
+    )
+    vp.add_argument("name", metavar="NAME")
+    vp.add_argument("--role", choices=["admin", "read"], default="read", help="default: read")
+    vp.add_argument("--file", required=True, type=Path, help="the tokens file (api_tokens_file)")
+    vp.set_defaults(func=cli_tokens.cmd_token_add)
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The whole parser; ``argv`` only decides which external command module to import."""
     common = common_options()
@@ -232,6 +254,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     word = _command_word(argv)
     _add_hooked(sub, "import", word)  # in its place among the client commands
     _add_peer_commands(sub, common)
+    _add_token_commands(sub)
     for name in SUBCOMMAND_MODULES:
         if name != "import":
             _add_hooked(sub, name, word)

@@ -13,12 +13,16 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
     runner      the instance that runs it; its full log is work_dir/jobs/<id>.log there
     created_ms, started_ms, ended_ms
     log_count   lines logged so far; log_tail: the last lines of them
+    requested_by  optional: the name of the API token that asked (absent: none did, e.g.
+                a reconfigure job, or a record written before the field existed)
 
 :meth:`JobRecord.to_value` gives exactly that map, in that field order (the stored and the
 served shape: GET /info/job answers it plus ``logs``). Every record gossipmgr wrote, since
 the first version, has all these fields; :meth:`JobRecord.from_value` reads a value of any
 other shape (not a map, a field missing or of another type: forged by a key holder) as no
-record at all, so no reader has to guess, and none raises.
+record at all, so no reader has to guess, and none raises. The one optional field,
+``requested_by``, is read tolerantly both ways: a version before it ignores it, and this one
+reads it absent, or of another type, as "" (and then does not write it back).
 
 A record's status changes only through :meth:`JobRecord.transition`, which consults
 :data:`JOB_TRANSITIONS` and refuses anything else.
@@ -103,6 +107,7 @@ class JobRecord:
     log_tail: tuple[str, ...] = ()
     host_group: str | None = None
     addrs: tuple[str, ...] | None = None
+    requested_by: str = ""
 
     @classmethod
     def from_value(cls, value: object) -> JobRecord | None:
@@ -126,6 +131,7 @@ class JobRecord:
             log_tail=tuple(value["log_tail"]),
             host_group=hg,
             addrs=tuple(addrs) if addrs is not None else None,
+            requested_by=by if isinstance(by := value.get("requested_by"), str) else "",
         )
 
     def to_value(self) -> dict[str, Any]:
@@ -152,6 +158,8 @@ class JobRecord:
             log_count=self.log_count,
             log_tail=list(self.log_tail),
         )
+        if self.requested_by:
+            out["requested_by"] = self.requested_by
         return out
 
     def to_json(self) -> dict[str, Any]:

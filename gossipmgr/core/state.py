@@ -14,6 +14,8 @@ key                                    value                                    
 ``("n", node, "inv")``                 ``{status, prev_status, state, prev_state}`` LWW
                                        (``{forgotten: true}``: a forgotten node)
 ``("n", node, "mon")``                 ``{label, serial, addr}`` from Serf tags     LWW
+``("n", node, "h", id)``               one entry of the node's history             LWW
+                                       (``gossipmgr.core.history``)
 ``("j", job_id)``                      job record (``gossipmgr.core.job``)         LWW
 ``("jl", job_id, index)``              a chunk of the job's log                    fenced
                                        (``gossipmgr.core.joblog``)
@@ -45,6 +47,7 @@ from typing import Any
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import Entry, Key, LWWMap
+from gossipmgr.core.history import Cause, d_history, is_history_key, newest
 from gossipmgr.core.job import JobRecord
 from gossipmgr.core.node import Inventory, Monitoring, NodeRecord
 from gossipmgr.core.orders import (
@@ -107,7 +110,7 @@ def valid_key(key: Key) -> bool:
     if ns == JOBLOG:
         return n == 3 and len(key[2]) == 6 and key[2].isascii() and key[2].isdigit()
     # NODE
-    return (n == 3 and key[2] in ("hg", "inv", "mon")) or (n == 4 and key[2] == "v")
+    return (n == 3 and key[2] in ("hg", "inv", "mon")) or (n == 4 and key[2] in ("v", "h"))
 
 
 class ClusterState:
@@ -124,8 +127,10 @@ class ClusterState:
 
     def __init__(self, entries: LWWMap | None = None) -> None:
         self.map = LWWMap()
-        #: node -> its live keys (a forgotten node's marker included)
+        #: node -> its live keys (a forgotten node's marker included; not its history)
         self._by_node: dict[str, set[Key]] = {}
+        #: node -> the ids of its live history entries (``gossipmgr.core.history``)
+        self._history: dict[str, set[str]] = {}
         #: nodes with a live, not forgotten, inventory record
         self._nodes: set[str] = set()
         #: management address (the live monitoring record's) -> nodes monitored there
@@ -184,6 +189,9 @@ class ClusterState:
 
     def _index_node(self, k: Key, e: Entry) -> None:
         name, live = k[1], not e.deleted
+        if is_history_key(k):
+            _mark_in(self._history, name, k[3], live)
+            return
         keys = self._by_node.get(name)
         if live:
             if keys is None:
@@ -222,6 +230,7 @@ class ClusterState:
             "by_addr": {a: set(ns) for a, ns in self._by_addr.items()},
             "globals": set(self._globals),
             "jobs": set(self._jobs),
+            "history": {n: set(ids) for n, ids in self._history.items()},
         }
 
     # -- reads ---------------------------------------------------------------------------
@@ -279,6 +288,21 @@ class ClusterState:
                 case "v":
                     nvars[k[3]] = e.value
         return NodeRecord(name, inv, mon, hg, nvars)
+
+    def history(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The node's history entries, newest first, at most ``limit`` (forgotten nodes keep
+        theirs): ``gossipmgr.core.history.newest``."""
+        get = self.map.get
+        ids = self._history.get(name, ())
+        return newest(((i, get((NODE, name, "h", i))) for i in ids), limit)
+
+    def has_history(self, name: str) -> bool:
+        return name in self._history
+
+    def d_history(self, delta: LWWMap, ts: Timestamp, cause: Cause, limit: int) -> LWWMap:
+        """``delta`` with a history entry for each inventory change in it, and the
+        tombstones that keep each node to ``limit`` entries (``core.history``)."""
+        return combine(delta, d_history(self.map, self._history, delta, ts, cause, limit))
 
     def nodes(self) -> Iterator[NodeRecord]:
         for n in self.node_names():
@@ -351,6 +375,16 @@ def _mark(s: set[str], name: str, present: bool) -> None:
         s.discard(name)
 
 
+def _mark_in(index: dict[str, set[str]], name: str, item: str, present: bool) -> None:
+    items = index.get(name)
+    if present:
+        index.setdefault(name, set()).add(item)
+    elif items is not None:
+        items.discard(item)
+        if not items:
+            del index[name]
+
+
 def _forgotten(value: Any) -> bool:
     return isinstance(value, dict) and bool(value.get("forgotten"))
 
@@ -360,11 +394,14 @@ def rebuilt_index(m: LWWMap) -> dict[str, Any]:
     definitions of the reads they serve (the reference for :meth:`ClusterState.index_snapshot`)."""
     out: dict[str, Any] = {"by_node": {}, "nodes": set(), "by_addr": {}, "globals": set()}
     out["jobs"] = set()
+    out["history"] = {}
     for k, v in m.live():
         if k[0] == GLOBAL:
             out["globals"].add(k[1])
         elif k[0] == JOB:
             out["jobs"].add(k[1])
+        elif k[0] == NODE and is_history_key(k):
+            out["history"].setdefault(k[1], set()).add(k[3])
         elif k[0] == NODE:
             out["by_node"].setdefault(k[1], set()).add(k)
             if k[2] == "inv" and not _forgotten(v):

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from gossipmgr import __version__
 from gossipmgr.core.peer import Peer
 from gossipmgr.core.state import ANSIBLE_CONFIG_KEY
+from gossipmgr.core.tokens import TokenTable
 from gossipmgr.gossip.crypto import node_id
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.runtime.ansible import client_overrides
@@ -86,6 +87,8 @@ class RunningAgent(Protocol):
     def jobs(self) -> JobManager: ...
     @property
     def token(self) -> str | None: ...
+    @property
+    def tokens(self) -> TokenTable | None: ...
     @property
     def api_url(self) -> str: ...
     @property
@@ -159,6 +162,7 @@ class AgentApiContext:
         self.replica = agent.replica
         self.jobs = agent.jobs
         self.token: str | None = agent.token  # the agent updates it on SIGHUP
+        self.tokens: TokenTable | None = agent.tokens  # ... and these
 
     @property
     def allowed_client_vars(self) -> frozenset[str]:
@@ -309,6 +313,12 @@ class AgentApiContext:
                 else {"token": False, "warning": NO_AUTH_WARNING}
             ),
         }
+
+    @property
+    def history_limit(self) -> int:
+        """History entries kept per node (``node_history_limit``): the default and the
+        largest ``limit`` of GET /info/node/{name}/history."""
+        return self.agent.jobs.gate.history_limit
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:

@@ -61,12 +61,12 @@ class HealthEvents:
         done: list[str] = []
         for label, serial, addr in parsed:
             nm = inv.node_name(label, serial)
-            await self.apply_node_event(name, nm, label, serial, addr)
+            await self.apply_node_event(name, nm, label, serial, addr, source="monitor event")
             done.append(nm)
         return {"event": name, "nodes": done}
 
     async def apply_node_event(
-        self, kind: str, name: str, label: str, serial: str, addr: str
+        self, kind: str, name: str, label: str, serial: str, addr: str, *, source: str = "serf"
     ) -> bool:
         """Apply one Serf health event ("discovered" | "disappeared"). Holder only.
 
@@ -77,7 +77,8 @@ class HealthEvents:
         reappear: list[str] = []
         async with self.gate.lock:
             epoch = self.gate.epoch()
-            changed = await self._apply(epoch, [(kind, name, label, serial, addr)], reappear)
+            event = (kind, name, label, serial, addr)
+            changed = await self._apply(epoch, [event], reappear, source)
         await self._reappeared(reappear)
         return changed
 
@@ -97,7 +98,7 @@ class HealthEvents:
         async with self.gate.lock:
             epoch = self.gate.epoch()
             events = self._differences(alive_nodes, unsettled)
-            await self._apply(epoch, events, reappear)
+            await self._apply(epoch, events, reappear, "reconcile with serf")
         await self._reappeared(reappear)
         return {
             "discovered": [e[1] for e in events if e[0] == "discovered"],
@@ -127,7 +128,9 @@ class HealthEvents:
                 events.append(("discovered", nm, label, serial, addr))
         return events
 
-    async def _apply(self, epoch: int, events: Sequence[NodeEvent], reappear: list[str]) -> bool:
+    async def _apply(
+        self, epoch: int, events: Sequence[NodeEvent], reappear: list[str], source: str
+    ) -> bool:
         def make(state: ClusterState, ts: Timestamp) -> LWWMap:
             self.gate.fence(epoch, "monitoring event")
             reappear.clear()
@@ -136,9 +139,12 @@ class HealthEvents:
                 if kind == "discovered":
                     if inv.reappears_allocated(state, nm):
                         reappear.append(nm)
-                    parts.append(inv.d_discovered(state, nm, label, serial, addr, epoch, ts))
+                    d = inv.d_discovered(state, nm, label, serial, addr, epoch, ts)
                 else:
-                    parts.append(inv.d_disappeared(state, nm, epoch, ts))
+                    d = inv.d_disappeared(state, nm, epoch, ts)
+                # the node's history (runtime.holder): who, where, why
+                why = f"{source}: {kind}"
+                parts.append(self.gate.noted(state, d, ts, epoch, reason=why))
             return combine(*parts)
 
         return len(await self.replica.commit(make)) > 0

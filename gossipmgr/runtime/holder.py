@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import trio
 
-from gossipmgr.core.job import JobRecord
+from gossipmgr.core import inventory as inv
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.history import DEFAULT_LIMIT, Cause
+from gossipmgr.core.job import ERRORED, JobRecord
 from gossipmgr.core.lease import check_fence
+from gossipmgr.core.state import ClusterState, combine, job_key
 from gossipmgr.errors import Conflict, StaleEpoch, Unavailable
+from gossipmgr.runtime.actor import asked_by
 from gossipmgr.runtime.joblog import Run
 from gossipmgr.runtime.replica import Replica
 
@@ -35,6 +41,27 @@ class HolderGate:
         }
         #: The job this instance runs now (its process tree may be alive).
         self.run: Run | None = None
+        #: History entries kept per node (``node_history_limit``; 0: none written).
+        self.history_limit = DEFAULT_LIMIT
+
+    def noted(
+        self,
+        state: ClusterState,
+        delta: LWWMap,
+        ts: Timestamp,
+        epoch: int,
+        *,
+        token: str | None = None,
+        job: str = "",
+        reason: str = "",
+        imported: bool = False,
+    ) -> LWWMap:
+        """``delta`` with the node history entries of the inventory changes in it
+        (``gossipmgr.core.history``): by this instance under ``epoch``, asked by ``token``
+        (default: the token of the request being served, ``runtime.actor``)."""
+        who = asked_by() if token is None else token
+        cause = Cause(self.replica.name, epoch, who, job, reason, imported)
+        return state.d_history(delta, ts, cause, self.history_limit)
 
     def epoch(self) -> int:
         """The lease epoch if we hold it; raises Unavailable otherwise."""
@@ -68,3 +95,24 @@ class HolderGate:
             raise Conflict(
                 f"there is already an active job, please try in sometime. Job: [{self.run.job_id}]"
             )
+
+    def d_end_orphan(self, state: ClusterState, job_id: str, epoch: int, ts: Timestamp) -> LWWMap:
+        """End orphan ``job_id`` Errored and move its nodes along the failure path (if it is
+        still active: the scan ran before the commit), noted in their history."""
+        cur = state.job(job_id)
+        if cur is None or not cur.active:
+            return LWWMap()
+        if cur.runner != self.replica.name or cur.epoch != epoch:
+            why = (
+                f"runner {cur.runner} lost the lease (epoch {cur.epoch}) while the job was running"
+            )
+        else:
+            why = f"runner {cur.runner} stopped (epoch {cur.epoch}) while the job was running"
+        ended = cur.transition(ERRORED, error=why, ended_ms=ts.ms, epoch=epoch)
+        parts = [state.d_set(job_key(job_id), ended.to_value(), ts)]
+        path = inv.STATUS_PATHS.get(cur.task)
+        if path is not None:
+            moved = inv.finish_statuses(state, cur.nodes, path.during, path.failure, epoch, ts)[0]
+            by = cur.requested_by
+            parts.append(self.noted(state, moved, ts, epoch, token=by, job=job_id, reason=why))
+        return combine(*parts)

@@ -271,8 +271,11 @@ class Executor:
         run.line(f"gossipmgr: job {run.job_id} ended {status}{': ' + error if error else ''}")
         rec = self.replica.state.job(run.job_id)
         names = list(rec.nodes) if rec is not None else []
+        asked = rec.requested_by if rec is not None else ""
         path = inv.STATUS_PATHS.get(run.kind)
         skipped: list[str] = []
+        error = trim(encodable(error), ERROR_CHARS)  # the whole text is in the log
+        why = error or f"job {run.kind} {status}"
 
         def statuses(state: ClusterState, ts: Timestamp) -> LWWMap:
             if path is None:
@@ -280,9 +283,9 @@ class Executor:
             to = path.success if result.ok else path.failure
             delta, skip = inv.finish_statuses(state, names, path.during, to, run.epoch, ts)
             skipped[:] = skip
-            return delta
+            note = self.gate.noted
+            return note(state, delta, ts, run.epoch, token=asked, job=run.job_id, reason=why)
 
-        error = trim(encodable(error), ERROR_CHARS)  # the whole text is in the log
         ended_ms = self.replica.now_ms()
         run.log.end()  # the last chunk says the log is complete
 

@@ -50,7 +50,7 @@ from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.job import ACTIVE as ACTIVE  # the readers' vocabulary, re-exported
-from gossipmgr.core.job import ERRORED, RUNNING, JobRecord, make_job_id, valid_job_id
+from gossipmgr.core.job import RUNNING, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.joblog import DEFAULT_MAX_BYTES, TOTAL_CAPS, d_trim_logs
 from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
 from gossipmgr.errors import (
@@ -62,6 +62,7 @@ from gossipmgr.errors import (
     Unavailable,
 )
 from gossipmgr.runtime import nodesettings
+from gossipmgr.runtime.actor import asked_by
 from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, parse_extra_vars
 from gossipmgr.runtime.health import HealthEvents
 from gossipmgr.runtime.holder import HolderGate
@@ -86,24 +87,6 @@ def job_info(record: JobRecord, logs: Sequence[str] | None = None) -> dict[str, 
     out = record.to_json()
     out["logs"] = list(logs) if logs is not None else list(record.log_tail)
     return out
-
-
-def _d_end_orphan(state: ClusterState, job_id: str, me: str, epoch: int, ts: Timestamp) -> LWWMap:
-    """End orphan ``job_id`` Errored and move its nodes along the failure path (if it is
-    still active: the scan ran before the commit)."""
-    cur = state.job(job_id)
-    if cur is None or not cur.active:
-        return LWWMap()
-    if cur.runner != me or cur.epoch != epoch:
-        why = f"runner {cur.runner} lost the lease (epoch {cur.epoch}) while the job was running"
-    else:
-        why = f"runner {cur.runner} stopped (epoch {cur.epoch}) while the job was running"
-    ended = cur.transition(ERRORED, error=why, ended_ms=ts.ms, epoch=epoch)
-    parts = [state.d_set(job_key(job_id), ended.to_value(), ts)]
-    path = inv.STATUS_PATHS.get(cur.task)
-    if path is not None:
-        parts.append(inv.finish_statuses(state, cur.nodes, path.during, path.failure, epoch, ts)[0])
-    return combine(*parts)
 
 
 class JobManager:
@@ -287,8 +270,7 @@ class JobManager:
         if nursery is None:
             raise Unavailable("the job manager is not running")
         settings = self.settings()  # read once per job: a config change reaches the next one
-        job_id = self._new_id()
-        me = self.replica.name
+        job_id, me, asked = self._new_id(), self.replica.name, asked_by()
         dropped: list[str] = []
         status_path = inv.STATUS_PATHS.get(kind)
         made: list[JobRecord] = []
@@ -297,7 +279,8 @@ class JobManager:
             self.gate.fence(epoch, f"start of job {job_id}")
             parts: list[LWWMap] = []
             if status_path is not None:
-                parts.append(inv.move_statuses(state, names, status_path.during, epoch, ts))
+                moved = inv.move_statuses(state, names, status_path.during, epoch, ts)
+                parts.append(self.gate.noted(state, moved, ts, epoch, job=job_id, reason=desc))
             if host_group:
                 parts += [state.d_set(host_group_key(n), host_group, ts) for n in names]
             trim, old = self._history_trim(state, ts)
@@ -317,6 +300,7 @@ class JobManager:
                 started_ms=ts.ms,
                 host_group=host_group or None,
                 addrs=tuple(addrs) if addrs is not None else None,
+                requested_by=asked,
             )
             check_record_room(record, ts)
             made[:] = [record]
@@ -391,7 +375,7 @@ class JobManager:
 
             def make(state: ClusterState, ts: Timestamp) -> LWWMap:
                 self.gate.fence(epoch, "orphan reconciliation")
-                return combine(*(_d_end_orphan(state, i, me, epoch, ts) for i in ids))
+                return combine(*(self.gate.d_end_orphan(state, i, epoch, ts) for i in ids))
 
             await self.replica.commit(make)
             self.counters["orphans"] += len(ids)

@@ -48,7 +48,9 @@ class NodeAdmin:
                     # Planned again on the state the commit sees: the same answer unless
                     # a Serf event slipped in, and then this one is the truth.
                     plan = plan_import(state, parsed)
-                    return d_import(state, plan.changed, epoch, ts)
+                    d = d_import(state, plan.changed, epoch, ts)
+                    why = "inventory import"
+                    return self.gate.noted(state, d, ts, epoch, reason=why, imported=True)
 
                 await self.replica.commit(make)
                 log.info(
@@ -73,7 +75,9 @@ class NodeAdmin:
             def make(state: ClusterState, ts: Timestamp) -> LWWMap:
                 self.gate.fence(epoch, f"forget of node {rec.name}")
                 inv.check_forget(state, rec.name, force)
-                return inv.d_forget(state, rec.name, epoch, ts)
+                d = inv.d_forget(state, rec.name, epoch, ts)
+                why = "node forget" + (" (forced)" if force else "")
+                return self.gate.noted(state, d, ts, epoch, reason=why)
 
             await self.replica.commit(make)
             log.info("%s: forgot node %s (epoch %d)", self.replica.name, rec.name, epoch)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from quart import Response
+from quart import Response, request
 
 from gossipmgr.api.bodies import (
     body_untrusted,
@@ -35,7 +35,8 @@ from gossipmgr.api.openapi import (
     Schema,
 )
 from gossipmgr.api.routes.jobs import on_holder
-from gossipmgr.core.inventory import get_node, node_json
+from gossipmgr.core.history import DEFAULT_LIMIT
+from gossipmgr.core.inventory import find_node, get_node, node_json, node_missing
 from gossipmgr.core.inventory_import import check_import_entries
 from gossipmgr.core.node import NodeRecord
 from gossipmgr.errors import BadRequest, NotFound
@@ -88,6 +89,32 @@ async def write_node(ident: str, write: Callable[[NodeRecord], Any]) -> Response
 @bp.operation("GET", "/info/node/<path:name>", "One node", (200, 401, 404))
 async def info_node(name: str) -> Response:
     return node_response(name)
+
+
+@bp.operation(
+    "GET",
+    "/info/node/<path:name>/history",
+    "A node's history, newest first (?limit=N, at most node_history_limit)",
+    (200, 400, 401, 404),
+)
+async def info_node_history(name: str) -> Response:
+    bound = int(getattr(current_context(), "history_limit", DEFAULT_LIMIT))
+    limit = _limit(request.args.get("limit"), bound)
+    state = current_replica().state
+    rec = find_node(state, name)  # by name or management address; forgotten: by name
+    node = rec.name if rec is not None else name
+    if rec is None and not state.has_history(node):
+        raise NotFound(node_missing(name))
+    return json_response({"name": node, "limit": limit, "history": state.history(node, limit)})
+
+
+def _limit(text: str | None, bound: int) -> int:
+    """``?limit=``: 1 to ``bound`` (default ``bound``). Raises BadRequest."""
+    if text is None:
+        return max(bound, 1)
+    if not text.isdigit() or not 1 <= int(text) <= max(bound, 1):
+        raise BadRequest(f"limit must be a whole number from 1 to {max(bound, 1)}, not {text!r}")
+    return int(text)
 
 
 @bp.operation("GET", "/info/nodes", "Every node, by name", (200, 401))
