@@ -124,12 +124,18 @@ class AgentConfig:
     #: Lease timing (see gossipmgr.core.lease.LeaseConfig for the reasons).
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
+    #: Changes the change feed (GET /watch) keeps for clients that resume or lag behind.
+    watch_history: int = 10_000
     log_level: str = "info"
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     #: The file this was read from (SIGHUP re-reads it).
     config_file: Path | None = None
     #: What reading the file noted (a clusterm.conf's ignored sections), logged at start.
     config_notes: tuple[str, ...] = ()
+
+
+#: Upper bound of ``watch_history`` (each kept change costs ~200 bytes beside its value).
+MAX_WATCH_HISTORY = 1_000_000
 
 
 # --------------------------------------------------------------------------- converters
@@ -225,6 +231,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "accept_log_damage": _bool,
     "lease_ttl_ms": _int,
     "lease_renew_ms": _int,
+    "watch_history": _int,
     "log_level": _str,
 }
 
@@ -428,6 +435,8 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("tls-cert and tls-key go together")
     if cfg.lease_renew_ms <= 0 or cfg.lease_renew_ms >= cfg.lease_ttl_ms:
         raise ConfigError("lease-renew-ms must be positive and below lease-ttl-ms")
+    if not 1 <= cfg.watch_history <= MAX_WATCH_HISTORY:
+        raise ConfigError(f"watch-history must be between 1 and {MAX_WATCH_HISTORY}")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
 

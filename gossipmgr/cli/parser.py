@@ -19,6 +19,7 @@ from typing import Any
 from gossipmgr import __version__
 from gossipmgr.cli import commands as cmds
 from gossipmgr.cli.client import CliError
+from gossipmgr.cli.watch import add_watch_command
 
 DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
@@ -225,6 +226,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     word = _command_word(argv)
     _add_hooked(sub, "import", word)  # in its place among the client commands
     _add_peer_commands(sub, common)
+    add_watch_command(sub, common)
     for name in SUBCOMMAND_MODULES:
         if name != "import":
             _add_hooked(sub, name, word)
