@@ -53,7 +53,7 @@ def test_frames_put_delete_and_ids() -> None:
     h.append([(global_key("x"), _e(1)), (global_key("x"), _e(2, deleted=True))])
     put, delete = h.get(1), h.get(2)
     assert put is not None and delete is not None
-    text = put.frame(h.stream).decode()
+    text = put.frame.decode()
     assert text.startswith(f"id: {h.stream}-1\nevent: put\ndata: ")
     assert json.loads(text.split("data: ")[1]) == {
         "key": "globals/x",
@@ -61,7 +61,7 @@ def test_frames_put_delete_and_ids() -> None:
         "writer": "w",
         "ms": 1001,
     }
-    text = delete.frame(h.stream).decode()
+    text = delete.frame.decode()
     assert "event: delete\n" in text and '"value"' not in text
     assert parse_event_id(f"{h.stream}-2") == (h.stream, 2)
     assert comment_frame("keepalive") == b": keepalive\n\n"
@@ -93,6 +93,18 @@ def test_start_resets_when_history_is_gone_or_foreign() -> None:
     assert future.seq == 5 and "never sent" in future.reset
     other = h.start(f"{stream_token('i1', 2)}-3")  # a restarted instance's id
     assert other.seq == 5 and "another run" in other.reset
+
+
+def test_history_holds_a_bounded_number_of_bytes() -> None:
+    h = History(stream_token("i1", 1), 100, max_bytes=1000)
+    big = Entry(Timestamp(1, 0, "w"), "x" * 300)
+    h.append((global_key(str(i)), big) for i in range(10))
+    assert h.head == 10 and h.bytes <= 1000 and h.held == 2
+    assert h.get(8) is None and h.get(9) is not None
+    h.append([(global_key("huge"), Entry(Timestamp(2, 0, "w"), "y" * 5000))])
+    assert h.held == 1 and h.get(11) is not None  # the newest is always kept
+    assert "no longer kept" in h.start(f"{h.stream}-9").reset
+    assert not h.start(f"{h.stream}-10").reset
 
 
 def test_cursor_is_cut_off_once_it_falls_behind_the_ring() -> None:
@@ -177,17 +189,18 @@ op = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(
     capacity=st.integers(1, 12),
+    max_bytes=st.one_of(st.just(1 << 30), st.integers(100, 1500)),
     prefix=st.sampled_from(PREFIXES),
     ops=st.lists(op, max_size=40),
 )
 def test_resuming_client_gets_every_change_once_in_order_or_is_told(
-    capacity: int, prefix: str, ops: list[tuple[str, object]]
+    capacity: int, max_bytes: int, prefix: str, ops: list[tuple[str, object]]
 ) -> None:
     """A client that reads some changes, disconnects (keeping the last id it saw, or not)
     and resumes receives, between resets, exactly the matching changes committed after its
     start, each once, in commit order; it is reset exactly when changes it had not seen were
     dropped from the ring, and cut off only then."""
-    h = History(stream_token("i1", 7), capacity)
+    h = History(stream_token("i1", 7), capacity, max_bytes)  # by count, or bytes too
     log: list[tuple[int, str]] = []  # every change ever appended: (seq, key text)
     client = Client(h, prefix)
     client.connect(False)

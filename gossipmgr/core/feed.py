@@ -23,7 +23,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gossipmgr.core.crdt import Entry, Key
@@ -33,6 +33,8 @@ from gossipmgr.core.orders import CONFIG, GLOBAL, JOB, LEASE, NODE
 DEFAULT_HISTORY = 10_000
 #: Most changes one client is sent in one chunk (one write to its connection).
 MAX_BATCH = 256
+#: Most bytes of rendered events the history holds (values may be up to 1 MiB each).
+MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
 _NODE_PARTS = {"hg": "host_group", "inv": "inventory", "mon": "monitoring"}
 _ID_RE = re.compile(r"^([0-9a-f]{1,16}\.[0-9a-f]{8})-([0-9]{1,19})$")
@@ -83,37 +85,35 @@ def _jsonable(v: Any) -> Any:
     return v.hex() if isinstance(v, bytes | bytearray) else repr(v)
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class Change:
-    """One committed entry, as the feed sends it."""
+    """One committed entry, as the feed sends it: its Server-Sent Event, rendered once when
+    it is recorded (the history then holds bytes whose size it counts, never a reference to
+    a value the state has since dropped)."""
 
     seq: int
     key: str
-    entry: Entry
-    _frame: bytes | None = field(default=None, repr=False)
+    deleted: bool
+    frame: bytes
 
-    @property
-    def deleted(self) -> bool:
-        return self.entry.deleted
 
-    def data(self) -> dict[str, Any]:
-        """The event's ``data`` object: ``key``, ``value`` (a put only), ``writer`` (the
-        instance whose write it is) and ``ms`` (its hybrid timestamp's wall-clock part)."""
-        d: dict[str, Any] = {"key": self.key}
-        if not self.entry.deleted:
-            d["value"] = self.entry.value
-        d["writer"] = self.entry.ts.node
-        d["ms"] = self.entry.ts.ms
-        return d
+def change_data(key: str, e: Entry) -> dict[str, Any]:
+    """An event's ``data`` object: ``key``, ``value`` (a put only), ``writer`` (the instance
+    whose write it is) and ``ms`` (its hybrid timestamp's wall-clock part)."""
+    d: dict[str, Any] = {"key": key}
+    if not e.deleted:
+        d["value"] = e.value
+    d["writer"] = e.ts.node
+    d["ms"] = e.ts.ms
+    return d
 
-    def frame(self, stream: str) -> bytes:
-        """The Server-Sent Event, rendered once for all the clients that send it."""
-        if self._frame is None:
-            kind = "delete" if self.entry.deleted else "put"
-            body = json.dumps(self.data(), separators=(",", ":"), default=_jsonable)
-            text = f"id: {stream}-{self.seq}\nevent: {kind}\ndata: {body}\n\n"
-            self._frame = text.encode("utf-8", "surrogatepass")
-        return self._frame
+
+def render_change(stream: str, seq: int, key: Key, e: Entry) -> Change:
+    text = key_text(key)
+    kind = "delete" if e.deleted else "put"
+    body = json.dumps(change_data(text, e), separators=(",", ":"), default=_jsonable)
+    frame = f"id: {stream}-{seq}\nevent: {kind}\ndata: {body}\n\n"
+    return Change(seq, text, e.deleted, frame.encode("utf-8", "surrogatepass"))
 
 
 def event_frame(kind: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
@@ -131,10 +131,10 @@ def comment_frame(text: str, event_id: str | None = None) -> bytes:
     return f": {text}\n{tail}".encode()
 
 
-def cutoff_reason(behind: int, capacity: int) -> str:
+def cutoff_reason(behind: int, held: int) -> str:
     return (
-        f"the client fell {behind} changes behind and the feed keeps {capacity}: it did not "
-        "read fast enough; re-read the state, then watch again"
+        f"the client fell {behind} changes behind and the feed holds the last {held}: it "
+        "did not read fast enough; re-read the state, then watch again"
     )
 
 
@@ -149,21 +149,27 @@ class Start:
 
 
 class History:
-    """The last ``capacity`` changes, numbered in commit order (sequence from 1)."""
+    """The last ``capacity`` changes, numbered in commit order (sequence from 1), and no
+    more than ``max_bytes`` of rendered events (the newest is always kept)."""
 
-    def __init__(self, stream: str, capacity: int = DEFAULT_HISTORY) -> None:
+    def __init__(
+        self, stream: str, capacity: int = DEFAULT_HISTORY, max_bytes: int = MAX_HISTORY_BYTES
+    ) -> None:
         if capacity < 1:
             raise ValueError("the history must hold at least one change")
         self.stream = stream
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._ring: list[Change | None] = [None] * capacity
-        #: sequence of the newest change (0: none yet)
+        #: sequence of the newest change (0: none yet), of the oldest held
         self.head = 0
+        self.oldest = 1
+        #: bytes of the events held
+        self.bytes = 0
 
     @property
-    def oldest(self) -> int:
-        """Sequence of the oldest change still held (``head + 1`` when none is)."""
-        return max(1, self.head - self.capacity + 1)
+    def held(self) -> int:
+        return self.head - self.oldest + 1
 
     def event_id(self, seq: int) -> str:
         return f"{self.stream}-{seq}"
@@ -174,9 +180,23 @@ class History:
         ring, cap = self._ring, self.capacity
         for k, e in entries:
             self.head += 1
-            ring[self.head % cap] = Change(self.head, key_text(k), e)
+            c = render_change(self.stream, self.head, k, e)
+            if self.head - self.oldest >= cap:  # full: the slot holds the oldest
+                self._drop_oldest()
+            ring[self.head % cap] = c
+            self.bytes += len(c.frame)
+            while self.bytes > self.max_bytes and self.oldest < self.head:
+                self._drop_oldest()
             n += 1
         return n
+
+    def _drop_oldest(self) -> None:
+        slot = self.oldest % self.capacity
+        old = self._ring[slot]
+        if old is not None:
+            self.bytes -= len(old.frame)
+        self._ring[slot] = None
+        self.oldest += 1
 
     def get(self, seq: int) -> Change | None:
         """The change numbered ``seq``, None when it is not (or no longer) held."""
@@ -205,8 +225,8 @@ class History:
             why = f"event {since} was never sent by this run of the instance"
         elif seq + 1 < self.oldest:
             why = (
-                f"the changes after {since} are no longer kept (the feed keeps the last "
-                f"{self.capacity})"
+                f"the changes after {since} are no longer kept (the feed holds the last "
+                f"{self.held})"
             )
         else:
             return Start(seq, self.event_id(seq))

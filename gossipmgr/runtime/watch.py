@@ -74,7 +74,7 @@ class Watch:
                 chunk = self._next_chunk()
                 if chunk is None:
                     feed.cutoffs += 1
-                    why = cutoff_reason(self.cursor.behind(feed.history), feed.history.capacity)
+                    why = cutoff_reason(self.cursor.behind(feed.history), feed.history.held)
                     log.info("watch client (prefix %r) cut off: %s", self.cursor.prefix, why)
                     yield event_frame("cutoff", {"reason": why})
                     return
@@ -101,9 +101,8 @@ class Watch:
             if not batch:
                 break
             for c in batch:
-                f = c.frame(h.stream)
-                parts.append(f)
-                size += len(f)
+                parts.append(c.frame)
+                size += len(c.frame)
         return b"".join(parts)
 
 
