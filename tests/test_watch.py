@@ -18,7 +18,9 @@ import trio
 from _apiutil import standalone
 from serfutil import local_cluster
 
+from gossipmgr.api import server
 from gossipmgr.localcluster import LocalCluster, wait_for
+from gossipmgr.testing.wait import until
 
 TOKEN = "w4tch"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -315,3 +317,70 @@ def test_changes_arriving_by_gossip_appear_on_the_other_feed(cluster: LocalClust
         (f"globals/from-g1-{i}", i, "g1") for i in range(3)
     ]
     wait_for(lambda: cluster.get("g2", "/globals/from-g1-2")["value"] == 2, 10, "the read")
+
+
+async def test_idle_stream_heartbeats_a_disconnect_leaves_nothing(tmp_path: Path) -> None:
+    async with standalone(tmp_path, token=TOKEN) as ctx:
+        url, feed = ctx.agent.api_url, ctx.agent.feed
+        feed.heartbeat_s = 0.05  # the default is 15 s; what is checked is that one comes
+        async with httpx.AsyncClient(headers=AUTH, timeout=30) as c:
+            with trio.fail_after(60):
+                async with watching(c, f"{url}/watch") as ev:
+                    assert await ev._line() == ": watching"
+                    while await ev._line() != ": keepalive":
+                        pass
+                    assert feed.clients == 1
+                # the client left: its stream (an async generator in the request's task)
+                # ended with the request; nothing of it stays behind
+                await until(lambda: feed.clients == 0, 30, "the stream to end")
+
+
+async def test_the_instance_stops_with_a_watcher_connected(tmp_path: Path) -> None:
+    sock = trio.socket.socket()
+    with sock, trio.fail_after(60):
+        async with standalone(tmp_path, token=TOKEN) as ctx:
+            u = urlsplit(ctx.agent.api_url)
+            await sock.connect((u.hostname, u.port))
+            await sock.send(
+                f"GET /watch HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+            )
+            raw = b""
+            while b": watching" not in raw:
+                raw += await sock.recv(4096)
+        # stopped while the stream was open: the server closed the connection
+        while await sock.recv(65536):
+            pass
+
+
+async def test_a_stalled_client_does_not_hold_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher that stops reading blocks the server's (uncancellable) writes; the kernel
+    aborts its connection once nothing was acknowledged for SEND_STALL_TIMEOUT_MS, so the
+    instance still stops (it hung until the client left before)."""
+    monkeypatch.setattr(server, "SEND_STALL_TIMEOUT_MS", 1000)
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock, trio.fail_after(90):
+        async with standalone(tmp_path, token=TOKEN) as ctx:
+            url = ctx.agent.api_url
+            u = urlsplit(url)
+            await sock.connect((u.hostname, u.port))
+            await sock.send(
+                f"GET /watch HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+            )
+            raw = b""
+            while b": watching" not in raw:
+                raw += await sock.recv(4096)
+            async with httpx.AsyncClient(headers=AUTH, timeout=30) as c:
+                for i in range(100):  # ~3 MB: far more than the socket buffers hold
+                    await put(c, url, f"big/{i}", "x" * 30_000)
+        # stopped (it could not before: the server's stop waited for the stalled write);
+        # the connection was aborted (a reset) or closed
+        try:
+            while await sock.recv(65536):
+                pass
+        except OSError:
+            pass
