@@ -257,17 +257,29 @@ async def test_a_client_that_does_not_read_is_cut_off_and_writes_go_on(tmp_path:
                 await fast.next()
 
                 async def read_fast() -> None:
-                    while len(small) < 10:
+                    while True:
                         small.append((await fast.change())["data"]["key"])
 
                 nursery.start_soon(read_fast)
                 big = "x" * 30_000
-                for i in range(200):  # ~6 MB to a client that reads nothing
-                    await put(c, url, f"big/{i}", big)  # each acknowledged: 200
-                    if i % 20 == 0:
-                        await put(c, url, f"small/{i}", i)
+                feed, writes = ctx.agent.feed, 0
+                # Write to a client that reads nothing until the feed cuts it off (once its
+                # socket buffers are full it falls behind the 32 kept changes); every write
+                # is acknowledged meanwhile. 2,000 x 30 KB is far more than any buffers hold.
+                while feed.cutoffs == 0 and writes < 2000:
+                    await put(c, url, f"big/{writes}", big)
+                    if writes % 20 == 0:
+                        await put(c, url, f"small/{writes}", writes)
+                    writes += 1
+                assert feed.cutoffs == 1
+                assert feed.clients == 2  # still connected: it is told when it reads
+                await put(c, url, "small/last", 0)
+                await until(lambda: small[-1:] == ["globals/small/last"], 30, "the fast one")
+                nursery.cancel_scope.cancel()
             # the other client got every change it watched, in order
-            assert small == [f"globals/small/{i}" for i in range(0, 200, 20)]
+            assert small == [f"globals/small/{i}" for i in range(0, writes, 20)] + [
+                "globals/small/last"
+            ]
             while True:  # now the slow client reads: what was sent, the cutoff, the end
                 data = await slow.recv(65536)
                 if not data:
@@ -278,8 +290,7 @@ async def test_a_client_that_does_not_read_is_cut_off_and_writes_go_on(tmp_path:
     frames = body.decode().strip().split("\n\n")
     assert frames[-1].startswith("event: cutoff\ndata: ")
     assert "fell" in json.loads(frames[-1].split("data: ", 1)[1])["reason"]
-    assert 0 < sum(f.count("event: put") for f in frames) < 200  # some sent, then cut off
-    assert ctx.agent.feed.cutoffs == 1
+    assert 0 < sum(f.count("event: put") for f in frames) < writes  # some sent, then cut off
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ remote deltas (``on_remote_write``) and records each entry in the pure
 commit path never waits for a client. Each client is a cursor into that history
 (:meth:`ChangeFeed.open`), so a client holds no buffer of its own; its backlog is bounded by
 the history, and a client that falls further behind than the history holds is cut off with
-a reason. Clients sleep on one event that every append sets; an idle stream gets a comment
-every ``heartbeat_s`` so proxies keep it open. A stream is an async generator run by the
-HTTP server's own request task: it starts no task, and a client that disconnects cancels it.
+a reason (noted when it happens; the client is told when it reads again). Clients sleep on
+one event that every append sets; an idle stream gets a comment every ``heartbeat_s`` so
+proxies keep it open. A stream is an async generator run by the HTTP server's own request
+task: it starts no task, and a client that disconnects cancels it.
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ class Watch:
         self.feed = feed
         self.start = start
         self.cursor = Cursor(prefix, start.seq)
+        #: why it was cut off ("" while it is not)
+        self.reason = ""
 
     async def frames(self) -> AsyncIterator[bytes]:
         """The stream's bytes: ``: watching`` (with the id it starts from), a reset if
         one is due, then the changes as they are committed, heartbeats while idle, and a
         cutoff (which ends it) when the client fell behind what the history holds."""
         feed = self.feed
-        feed.clients += 1
+        feed.watches.add(self)
         try:
             yield comment_frame("watching", self.start.event_id)
             if self.start.reset:
@@ -73,10 +76,7 @@ class Watch:
                 wake = feed.wake
                 chunk = self._next_chunk()
                 if chunk is None:
-                    feed.cutoffs += 1
-                    why = cutoff_reason(self.cursor.behind(feed.history), feed.history.held)
-                    log.info("watch client (prefix %r) cut off: %s", self.cursor.prefix, why)
-                    yield event_frame("cutoff", {"reason": why})
+                    yield event_frame("cutoff", {"reason": self.cut_off()})
                     return
                 if chunk:
                     yield chunk
@@ -86,7 +86,20 @@ class Watch:
                 if idle.cancelled_caught:
                     yield comment_frame("keepalive")
         finally:
-            feed.clients -= 1
+            feed.watches.discard(self)
+
+    def lost(self) -> bool:
+        """True once a change this client has not been sent left the history."""
+        return self.cursor.pos + 1 < self.feed.history.oldest
+
+    def cut_off(self) -> str:
+        """Cut this client off (once: counted and logged); the reason it is told."""
+        if not self.reason:
+            h = self.feed.history
+            self.reason = cutoff_reason(self.cursor.behind(h), h.held)
+            self.feed.cutoffs += 1
+            log.info("watch client (prefix %r) cut off: %s", self.cursor.prefix, self.reason)
+        return self.reason
 
     def _next_chunk(self) -> bytes | None:
         """The frames of the next changes for this client (b"" when there are none yet);
@@ -120,14 +133,23 @@ class ChangeFeed:
         self.heartbeat_s = heartbeat_s
         #: set (and replaced) on every append: what idle clients wait on
         self.wake = trio.Event()
-        #: streams open now; streams ever cut off (metrics, /health)
-        self.clients = 0
+        #: streams open now; streams ever cut off
+        self.watches: set[Watch] = set()
         self.cutoffs = 0
         replica.on_local_write(self._record)
         replica.on_remote_write(self._record)
 
+    @property
+    def clients(self) -> int:
+        return len(self.watches)
+
     def _record(self, novel: LWWMap) -> None:
         if self.history.append(novel.items()):
+            # A client that lost a change is cut off now (counted, logged), even while its
+            # connection is blocked: it learns it when it reads again.
+            for w in self.watches:
+                if not w.reason and w.lost():
+                    w.cut_off()
             self.wake.set()
             self.wake = trio.Event()
 
