@@ -67,6 +67,16 @@ def test_frames_put_delete_and_ids() -> None:
     assert comment_frame("keepalive") == b": keepalive\n\n"
 
 
+def test_a_value_json_cannot_carry_is_rendered_never_raised() -> None:
+    h = History(stream_token("i1", 1), 4)
+    odd = Entry(Timestamp(1, 0, "w"), {(1, 2): float("nan")})
+    h.append([(global_key("odd"), odd), (global_key("b"), Entry(Timestamp(2, 0, "w"), b"\x01"))])
+    c1, c2 = h.get(1), h.get(2)
+    assert c1 is not None and c2 is not None
+    assert json.loads(c1.frame.decode().split("data: ")[1])["unrenderable"] is True
+    assert json.loads(c2.frame.decode().split("data: ")[1])["value"] == "01"
+
+
 def test_stream_tokens_differ_by_name_and_incarnation() -> None:
     assert stream_token("i1", 5) != stream_token("i2", 5)
     assert stream_token("i1", 5) != stream_token("i1", 6)

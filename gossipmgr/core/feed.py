@@ -111,7 +111,15 @@ def change_data(key: str, e: Entry) -> dict[str, Any]:
 def render_change(stream: str, seq: int, key: Key, e: Entry) -> Change:
     text = key_text(key)
     kind = "delete" if e.deleted else "put"
-    body = json.dumps(change_data(text, e), separators=(",", ":"), default=_jsonable)
+    data = change_data(text, e)
+    try:
+        body = json.dumps(data, separators=(",", ":"), default=_jsonable, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        # Not reachable through codec.check_entry (string keys, finite numbers, 32 levels);
+        # a feed listener must never raise into a commit.
+        data["value"] = None
+        data["unrenderable"] = True
+        body = json.dumps(data, separators=(",", ":"))
     frame = f"id: {stream}-{seq}\nevent: {kind}\ndata: {body}\n\n"
     return Change(seq, text, e.deleted, frame.encode("utf-8", "surrogatepass"))
 
