@@ -85,6 +85,10 @@ def _jsonable(v: Any) -> Any:
     return v.hex() if isinstance(v, bytes | bytearray) else repr(v)
 
 
+#: One encoder for every event (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_jsonable, allow_nan=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One committed entry, as the feed sends it: its Server-Sent Event, rendered once when
@@ -113,7 +117,7 @@ def render_change(stream: str, seq: int, key: Key, e: Entry) -> Change:
     kind = "delete" if e.deleted else "put"
     data = change_data(text, e)
     try:
-        body = json.dumps(data, separators=(",", ":"), default=_jsonable, allow_nan=False)
+        body = _ENCODER.encode(data)
     except (TypeError, ValueError, RecursionError):
         # Not reachable through codec.check_entry (string keys, finite numbers, 32 levels);
         # a feed listener must never raise into a commit.
