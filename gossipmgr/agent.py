@@ -62,6 +62,7 @@ from gossipmgr.runtime.jobs import LOG_FLUSH_S, JobManager
 from gossipmgr.runtime.leaseloop import Holder, absent_grace_s
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.serflink import EmbeddedSerf, ExternalSerf, SerfLink
+from gossipmgr.runtime.watch import ChangeFeed
 from gossipmgr.runtime.webhooks import Hook, Notifier
 from gossipmgr.serf.membership import SerfMembership
 from gossipmgr.serf.process import SerfAgentProcess
@@ -153,6 +154,7 @@ class Agent:
             lease=LeaseConfig(ttl_ms=cfg.lease_ttl_ms, renew_ms=cfg.lease_renew_ms),
         )
         self.replica.candidates = []  # nothing until Serf says who is alive
+        self.feed = ChangeFeed(self.replica, history=cfg.watch_history)
         self.jobs = JobManager(
             self.replica,
             self.ansible_settings,

@@ -144,6 +144,8 @@ class AgentConfig:
     lease_renew_ms: int = 2_500
     #: History entries kept per node (gossipmgr.core.history); 0 writes none.
     node_history_limit: int = 200
+    #: Changes the change feed (GET /watch) keeps for clients that resume or lag behind.
+    watch_history: int = 10_000
     log_level: str = "info"
     #: The cap of one job's replicated log (docs/api.md, "Job logs"); the newest jobs' logs
     #: are kept while their total is within 16 times this.
@@ -158,6 +160,10 @@ class AgentConfig:
     config_file: Path | None = None
     #: What reading the file noted (a clusterm.conf's ignored sections), logged at start.
     config_notes: tuple[str, ...] = ()
+
+
+#: Upper bound of ``watch_history`` (each kept change costs ~200 bytes beside its value).
+MAX_WATCH_HISTORY = 1_000_000
 
 
 # --------------------------------------------------------------------------- converters
@@ -274,6 +280,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "lease_ttl_ms": _int,
     "lease_renew_ms": _int,
     "node_history_limit": _int,
+    "watch_history": _int,
     "log_level": _str,
     "job_log_max_bytes": _int,
     "webhooks": _webhooks,
@@ -411,6 +418,8 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("webhooks need webhook-secret-file (their requests are signed)")
     if not 4096 <= cfg.job_log_max_bytes <= 64 * 1024 * 1024:
         raise ConfigError("job-log-max-bytes must be within 4096 .. 67108864 (64 MiB)")
+    if not 1 <= cfg.watch_history <= MAX_WATCH_HISTORY:
+        raise ConfigError(f"watch-history must be between 1 and {MAX_WATCH_HISTORY}")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log-level must be debug, info, warning or error, not {cfg.log_level!r}")
 

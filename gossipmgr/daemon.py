@@ -192,6 +192,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "--lease-renew-ms",
         {"type": int, "help": "renew when this much of the TTL has passed (default 2500)"},
     ),
+    (
+        "--watch-history",
+        {"type": int, "help": "changes GET /watch keeps for resuming clients (default 10000)"},
+    ),
     ("--log-level", {"choices": ["debug", "info", "warning", "error"], "help": "default info"}),
 ]
 

@@ -71,6 +71,19 @@ class JobsLike(Protocol):
     def follow(self, job_id: str, offset: int = 0) -> AsyncIterator[str]: ...
 
 
+class WatchLike(Protocol):
+    """One client's change stream (``gossipmgr.runtime.watch.Watch``)."""
+
+    def frames(self) -> AsyncIterator[bytes]: ...
+
+
+class FeedLike(Protocol):
+    """The change feed (``gossipmgr.runtime.watch.ChangeFeed``): :meth:`open` raises
+    BadRequest for a ``since`` that is not an event id."""
+
+    def open(self, prefix: str = "", since: str | None = None) -> WatchLike: ...
+
+
 class ApiContext(Protocol):
     """Everything the API reads or calls; the agent (or the standalone context of
     ``gossipmgr.testing``) owns it.
@@ -85,6 +98,8 @@ class ApiContext(Protocol):
     def replica(self) -> ReplicaView: ...
     @property
     def jobs(self) -> Any: ...  # a JobsLike (gossipmgr.runtime.jobs.JobManager)
+    @property
+    def feed(self) -> FeedLike: ...
     @property
     def token(self) -> str | None: ...  # read per request: the agent swaps it on SIGHUP
 

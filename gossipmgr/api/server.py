@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve as hyper_serve
 from quart_trio import QuartTrio
 
@@ -59,6 +60,27 @@ class _ShieldedSend:
         await self.app(scope, receive, shielded_send)
 
 
+#: A connection whose peer acknowledges none of our data for this long (a client that stopped
+#: reading: its receive window stays shut) is aborted by the kernel (``TCP_USER_TIMEOUT``).
+#: hypercorn's writes cannot be cancelled, so without it such a client holds its request, a
+#: ``GET /watch`` stream for one, and the server's stop with it, forever (docs/api.md,
+#: "Serving"). Read when the listening sockets are made.
+SEND_STALL_TIMEOUT_MS = 30_000
+
+
+class _Config(Config):
+    """hypercorn's Config, its TCP listeners set to abort stalled connections (their
+    accepted sockets inherit the option)."""
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        opt = getattr(socket, "TCP_USER_TIMEOUT", None)
+        for s in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            if opt is not None and s.family in (socket.AF_INET, socket.AF_INET6):
+                s.setsockopt(socket.IPPROTO_TCP, opt, SEND_STALL_TIMEOUT_MS)
+        return sockets
+
+
 async def serve(
     app: QuartTrio,
     host: str,
@@ -79,7 +101,7 @@ async def serve(
     """
     if (certfile is None) != (keyfile is None):
         raise ConfigError("TLS needs both a certificate file and a key file")
-    cfg = Config()
+    cfg = _Config()
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
     cfg.bind = [f"{h}:{port}"]
     cfg.certfile = certfile

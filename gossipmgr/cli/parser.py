@@ -21,6 +21,7 @@ from gossipmgr import __version__
 from gossipmgr.cli import commands as cmds
 from gossipmgr.cli import tokens as cli_tokens
 from gossipmgr.cli.client import CliError
+from gossipmgr.cli.watch import add_watch_command
 
 DEFAULT_URL = "http://127.0.0.1:9007"
 #: Commands implemented elsewhere: name -> (module with add_commands(sub), one-line help).
@@ -255,6 +256,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_hooked(sub, "import", word)  # in its place among the client commands
     _add_peer_commands(sub, common)
     _add_token_commands(sub)
+    add_watch_command(sub, common)
     for name in SUBCOMMAND_MODULES:
         if name != "import":
             _add_hooked(sub, name, word)

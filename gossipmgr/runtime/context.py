@@ -25,6 +25,7 @@ from gossipmgr.runtime.ansible import client_overrides
 from gossipmgr.runtime.jobs import JobManager
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.serflink import SerfLink
+from gossipmgr.runtime.watch import ChangeFeed
 from gossipmgr.serf.membership import SerfMembership
 from gossipmgr.serf.refusals import SerfRefusals
 
@@ -85,6 +86,8 @@ class RunningAgent(Protocol):
     def replica(self) -> Replica: ...
     @property
     def jobs(self) -> JobManager: ...
+    @property
+    def feed(self) -> ChangeFeed: ...
     @property
     def token(self) -> str | None: ...
     @property
@@ -161,6 +164,7 @@ class AgentApiContext:
         self.agent = agent
         self.replica = agent.replica
         self.jobs = agent.jobs
+        self.feed = agent.feed
         self.token: str | None = agent.token  # the agent updates it on SIGHUP
         self.tokens: TokenTable | None = agent.tokens  # ... and these
 

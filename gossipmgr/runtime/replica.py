@@ -144,6 +144,7 @@ class Replica:
         self._gate_open = trio.Event()
         self._gate_open.set()
         self._listeners: list[LocalWriteListener] = []
+        self._remote_listeners: list[LocalWriteListener] = []
         self._changed = trio.Event()
         self.counters: dict[str, int] = {
             "writes": 0,
@@ -357,10 +358,17 @@ class Replica:
         gossip service pushes it to the peers). It must not block or raise."""
         self._listeners.append(listener)
 
+    def on_remote_write(self, listener: LocalWriteListener) -> None:
+        """Call ``listener(novel)`` after every remote delta joined into ``state`` that changed
+        it (the change feed records it). It must not block or raise."""
+        self._remote_listeners.append(listener)
+
     def remote_applied(self, novel: LWWMap) -> None:
-        """A remote delta was joined into ``state`` (by the protocol): wake change waiters.
-        Persisting it is a separate step (``persist``)."""
+        """A remote delta was joined into ``state`` (by the protocol): tell the remote-write
+        listeners, wake change waiters. Persisting it is a separate step (``persist``)."""
         if len(novel):
+            for listener in self._remote_listeners:
+                listener(novel)
             self._notify()
 
     # ------------------------------------------------------------------ change feed

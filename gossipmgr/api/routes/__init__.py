@@ -8,11 +8,12 @@ OpenAPI summary and status codes (:meth:`gossipmgr.api.openapi.ApiBlueprint.oper
 ``config``      the runtime configuration (its ansible section is writable)
 ``lease``       the lease, and resetting it
 ``status``      health (no token), peers, metrics
+``watch``       the change feed (Server-Sent Events)
 =============== ==================================================================
 """
 
 from gossipmgr.api.openapi import ApiBlueprint
-from gossipmgr.api.routes import config, global_vars, jobs, lease, nodes, status
+from gossipmgr.api.routes import config, global_vars, jobs, lease, nodes, status, watch
 
 #: Every resource's blueprint, in the order the document lists them.
 BLUEPRINTS: tuple[ApiBlueprint, ...] = (
@@ -22,4 +23,5 @@ BLUEPRINTS: tuple[ApiBlueprint, ...] = (
     config.bp,
     lease.bp,
     status.bp,
+    watch.bp,
 )
