@@ -12,10 +12,10 @@ One client (this process) sends sequential requests over keep-alive HTTP.
 
 * writes/s: N sequential single-key writes (~200 B values) to r1 (2,000; ``--writes``);
 * write -> visible: a write at r1, timed until it is seen on r2 AND r3 (etcd: one
-  ``/v3/watch`` stream per replica; gossipmgr: one ``GET /watch`` stream per replica or,
-  where that route is missing, ``GET /globals/{key}`` polled every 1 ms, labelled
-  "polled"); 200 writes ~20 ms apart; p50 / p99 / max, and the ack p50 of those writes at
-  r1; on a fresh cluster and on one holding 10,000 keys;
+  ``/v3/watch`` stream per replica; gossipmgr: one stream of its change feed, ``/watch``
+  (Server-Sent Events), per replica or, where the feed is missing, ``GET /globals/{key}``
+  polled every 1 ms, labelled "polled"); 200 writes ~20 ms apart; p50 / p99 / max, and
+  the ack p50 of those writes at r1; on a fresh cluster and on one holding 10,000 keys;
 * restart catch-up: r3 stopped (SIGTERM), 1,000 of the 10,000 keys rewritten at r1, r3
   started again: time from its process start until its local store holds all 1,000 new
   values (checked every 10 ms: etcd, a serializable range; gossipmgr, ``GET /info/globals``);
