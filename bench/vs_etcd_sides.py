@@ -286,6 +286,13 @@ class EtcdSide:
         res.raise_for_status()
         return bool(res.json().get("kvs"))
 
+    def value(self, r: int, key: str) -> str | None:
+        body = {"key": b64(key), "serializable": True}
+        res = self.c.post(f"{self.url(r)}/v3/kv/range", json=body, timeout=5)
+        res.raise_for_status()
+        kvs = res.json().get("kvs")
+        return unb64(kvs[0].get("value", "")) if kvs else None
+
     def fill(self, start: int, stop: int) -> None:
         """Keys ``k<i>`` for i in start..stop, 100 puts per transaction (etcd allows 128)."""
         for lo in range(start, stop, 100):
@@ -397,6 +404,13 @@ class GossipSide:
         if res.status_code not in (200, 404):
             res.raise_for_status()
         return res.status_code == 200
+
+    def value(self, r: int, key: str) -> Any:
+        res = self.c.get(f"{self.url(r)}/globals/{key}", timeout=5)
+        if res.status_code == 404:
+            return None
+        res.raise_for_status()
+        return res.json()["value"]
 
     def values(self, r: int, keys: list[str]) -> dict[str, str]:
         res = self.c.get(f"{self.url(r)}/info/globals", timeout=5)
