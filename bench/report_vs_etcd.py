@@ -63,6 +63,13 @@ def section(r: dict[str, Any], plotted: bool) -> list[str]:
     if errors:
         out += [f"**{len(errors)} phase(s) failed** in these runs (`errors` in the JSON); "
                 "their rows are medians of the runs that completed.", ""]  # fmt: skip
+    loads = [x[k] for x in runs for k in x if k.endswith("_loadavg_1m") and x[k] is not None]
+    loads = loads or [v for k, v in r.get("loadavg_1m_during", {}).items() if k != "how"]
+    if loads:
+        cores = r.get("machine", {}).get("nproc", "?")
+        out += ["1-minute load average during the runs: "
+                f"{min(loads):.1f} to {max(loads):.1f} on {cores} cores (the benchmark's own "
+                "processes included; other work shared the machine).", ""]  # fmt: skip
     out += ["Parameters: `" + ", ".join(f"{k}={v}" for k, v in params.items()) + "`", ""]
     if plotted:
         out += [f"![etcd and gossipmgr side by side](img/{PLOT})", ""]
@@ -91,11 +98,11 @@ def plot(r: dict[str, Any], img: Path) -> bool:
         (f"GET p50\n{big:,} keys", f"get_{big}_p50_ms"),
     ]
     panels = [
-        ("sequential writes/s (higher is better)", [("writes/s", "writes_per_s")], False),
+        ("writes/s\n(higher is better)", [("writes/s", "writes_per_s")], False),
         ("latency, ms (log; lower is better)", lat, True),
-        ("restart catch-up, s (lower is better)", [("r3 catch-up", "catch_up_s")], False),
+        ("restart catch-up, s\n(lower is better)", [("r3 catch-up", "catch_up_s")], False),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 5, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.2, 5, 1.2]})
     for ax, (title, metrics, log) in zip(axes, panels, strict=True):
         xs = range(len(metrics))
         for j, (name, color) in enumerate((("etcd", "#55a868"), ("gossipmgr", "#4c72b0"))):

@@ -386,7 +386,16 @@ def one_run(i: int, root: Path, p: Plan, samples: dict[str, list[float]]) -> dic
             traceback.print_exc()
             row[f"{name}_error"] = traceback.format_exc(limit=3)[-2000:]
         row[f"{name}_wall_s"] = time.perf_counter() - t0
+        row[f"{name}_loadavg_1m"] = loadavg()
     return row
+
+
+def loadavg() -> float | None:
+    """The machine's 1-minute load average (its own processes included): how shared it was."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def etcd_version() -> str:
