@@ -46,7 +46,7 @@ from _util import global_records, pct, print_table, write_result
 
 from gossipmgr.core.codec import encode_map
 from gossipmgr.core.crdt import LWWMap
-from gossipmgr.core.state import NODE, ClusterState, global_key
+from gossipmgr.core.state import ClusterState, global_key
 from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.service import GossipService
 from gossipmgr.gossip.transport import open_udp_transport
@@ -54,17 +54,12 @@ from gossipmgr.runtime.replica import Replica
 
 
 def seed_state(st: ClusterState, m: LWWMap) -> None:
-    """Give ``st`` a copy of ``m`` without re-hashing every entry (``LWWMap.copy``).
+    """Give the empty ``st`` a copy of ``m`` without re-hashing every entry (``LWWMap.copy``).
 
-    ``ClusterState.apply`` would hash each entry again (seconds at 100,000); the copy is the
-    same state, and the two read indexes are rebuilt the way ``apply`` builds them.
+    ``ClusterState.apply`` would hash each entry again (seconds at 100,000); ``adopt`` takes
+    the copy as the state and builds the read indexes the way ``apply`` keeps them.
     """
-    st.map = m.copy()
-    for k, _ in m.items():
-        if k[0] == NODE:
-            st._by_node.setdefault(k[1], set()).add(k)
-        elif k[0] in st._by_ns:
-            st._by_ns[k[0]].add(k)
+    st.adopt(m.copy())
 
 
 @contextlib.asynccontextmanager

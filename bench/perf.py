@@ -179,7 +179,11 @@ class Etcd:
         ]
         log = open(self.root / f"{m['name']}.log", "ab")
         m["proc"] = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group (bench/vs_etcd.py kills groups)
         )
         log.close()
         self.procs.append(m["proc"])

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import report_vs_etcd
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -239,6 +241,7 @@ holding `n` records. `idle_3x10000`: bytes sent per instance while nothing chang
     ("sim", "Beyond one machine: the pure protocol, 50 and 200 instances", None),
     ("durability", "Durability", None),
     ("perf", "Real processes, RSS, and etcd side by side", None),
+    ("vs_etcd", "Side by side with etcd", None),
     (
         "crash",
         "Crashes under write load (bench/crash.py)",
@@ -399,6 +402,9 @@ def main() -> None:
         if name == "reads":
             n_runs = f" ({len(r.get('runs', []))} run(s))" if r.get("runs") else ""
             out += [f"Command: `{r.get('command', '')}`{n_runs}", "", *reads_section(r)]
+            continue
+        if name == "vs_etcd":
+            out += report_vs_etcd.section(r, report_vs_etcd.plot(r, IMG))
             continue
         if name == "startstop":
             n_runs = f" ({len(r.get('runs', []))} run(s))" if r.get("runs") else ""
