@@ -322,6 +322,18 @@ class ClusterState:
         """Replace every global extra-var (clusterm's POST /globals): sets + tombstones."""
         return self._replace(self.globals(), new, global_key, ts)
 
+    def d_patch_globals(self, changes: Mapping[str, Any], ts: Timestamp) -> LWWMap:
+        """Set several globals and remove others in one delta (``PATCH /globals``): a value
+        of None removes the variable (a tombstone, only for one that exists: removing an
+        absent one changes nothing), any other value sets it."""
+        d = LWWMap.lazy()  # a delta: never digested, so never hashed
+        d.merge(
+            (global_key(k), Entry(ts, None, True) if v is None else Entry(ts, v))
+            for k, v in changes.items()
+            if v is not None or k in self._globals
+        )
+        return d
+
     def d_replace_node_vars(self, node: str, new: Mapping[str, Any], ts: Timestamp) -> LWWMap:
         rec = self.node(node)
         old = dict(rec.vars) if rec else {}
@@ -331,10 +343,10 @@ class ClusterState:
     def _replace(
         old: Mapping[str, Any], new: Mapping[str, Any], key_of: Any, ts: Timestamp
     ) -> LWWMap:
-        d = LWWMap()
+        d = LWWMap.lazy()  # a delta: never digested, so never hashed
         entries: list[tuple[Key, Entry]] = [(key_of(k), Entry(ts, v)) for k, v in new.items()]
         entries += [(key_of(k), Entry(ts, None, True)) for k in old if k not in new]
-        d.join(entries)
+        d.merge(entries)
         return d
 
 

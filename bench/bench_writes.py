@@ -1,0 +1,181 @@
+"""API writes: sequential single-key PUTs and batches of 100 keys, from one client.
+
+One client (a SEPARATE process: this script with ``--worker``, httpx over one keep-alive
+connection) writes as fast as the answers come, each request after the previous answer:
+
+* ``seq1``: ``PUT /globals/k<i>`` with a ~160-character string value, one key per request;
+* ``batch100``: ``PATCH /globals`` with 100 such keys per request (one delta, one fsync).
+
+Against three servers, each started afresh per run (empty data dir, loopback only):
+
+* ``standalone``: the agent's own wiring over a fake Serf, in this process
+  (gossipmgr.testing.standalone), fsync on, as a daemon has it;
+* ``standalone_nofsync``: the same with fsync off (what the tests run): the cost of
+  everything but the disk;
+* ``agent``: a real ``gossipmgr agent`` process with its own ``serf agent``
+  (gossipmgr.localcluster, one instance), fsync on.
+
+Every answer must be 200. Reported per server and workload: requests/s, keys/s, p50 and p99
+latency of one request; the median over ``--runs`` runs (default 3). The client and the server
+share the machine's cores, so the figures are lower bounds; compare rows of one run.
+
+    .venv/bin/python bench/bench_writes.py [--writes 2000] [--batches 200] [--runs 3]
+
+Writes bench/results/writes.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _util import medians, pct, print_table, write_result  # noqa: E402
+
+VALUE = "v" * 160
+BATCH = 100
+
+
+# --------------------------------------------------------------------------- client
+
+
+def worker(url: str, kind: str, n: int, token: str) -> dict[str, Any]:
+    """In the worker process: ``n`` sequential requests of ``kind``; counts and latencies."""
+    import httpx
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+
+    def request(c: httpx.Client, i: int) -> httpx.Response:
+        if kind == "seq1":
+            return c.put(f"/globals/k{i}", content=json.dumps({"value": VALUE}))
+        body = {f"b{i}-{j}": VALUE for j in range(BATCH)}
+        return c.patch("/globals", content=json.dumps(body))
+
+    lat: list[float] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+        for i in range(20):  # warm-up: the connection, the first commits
+            request(c, -1 - i).raise_for_status()
+        t0 = time.perf_counter()
+        for i in range(n):
+            t = time.perf_counter()
+            r = request(c, i)
+            lat.append(time.perf_counter() - t)
+            if r.status_code != 200:
+                raise SystemExit(f"{kind} request {i}: {r.status_code} {r.text[:200]}")
+        elapsed = time.perf_counter() - t0
+    keys = n * (BATCH if kind == "batch100" else 1)
+    return {
+        "requests_per_s": round(n / elapsed, 1),
+        "keys_per_s": round(keys / elapsed, 1),
+        "p50_ms": round(pct(lat, 50) * 1000, 2),
+        "p99_ms": round(pct(lat, 99) * 1000, 2),
+    }
+
+
+def run_worker(url: str, kind: str, n: int, token: str = "") -> dict[str, Any]:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--worker", url, kind, str(n), token]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"worker failed: {out.stderr[-2000:]}")
+    res: dict[str, Any] = json.loads(out.stdout)
+    return res
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def workloads(url: str, args: argparse.Namespace, token: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind, n in (("seq1", args.writes), ("batch100", args.batches)):
+        if kind not in args.workloads.split(","):
+            continue
+        for k, v in run_worker(url, kind, n, token).items():
+            out[f"{kind}_{k}"] = v
+    return out
+
+
+def standalone_run(args: argparse.Namespace, fsync: bool) -> dict[str, Any]:
+    import trio
+
+    from gossipmgr.testing.standalone import standalone_agent, standalone_config
+
+    async def main() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = standalone_config(Path(tmp), "w1")
+            async with standalone_agent(cfg, fsync=fsync) as agent:
+                url = agent.api_url
+                return await trio.to_thread.run_sync(workloads, url, args)
+
+    return trio.run(main)
+
+
+def agent_run(args: argparse.Namespace) -> dict[str, Any]:
+    from gossipmgr.localcluster import LocalCluster
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cl = LocalCluster(Path(tmp), local_ansible=False)
+        try:
+            inst = cl.add_instance("w1")
+            cl.wait_ready("w1")
+            return workloads(inst.url, args, cl.token_file.read_text().strip())
+        finally:
+            cl.close()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        url, kind, n, token = (*sys.argv[2:5], sys.argv[5] if len(sys.argv) > 5 else "")
+        if not url.startswith("http://127."):
+            raise SystemExit("the load generator targets loopback only")
+        print(json.dumps(worker(url, kind, int(n), token)))
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--writes", type=int, default=2000, help="PUTs per run")
+    p.add_argument("--batches", type=int, default=200, help="PATCHes of 100 keys per run")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--servers", default="standalone,standalone_nofsync,agent")
+    p.add_argument("--workloads", default="seq1,batch100")
+    p.add_argument("--label", default="", help="a name for this tree (e.g. a commit)")
+    args = p.parse_args()
+    servers = [s for s in args.servers.split(",") if s]
+    runs: list[dict[str, Any]] = []
+    for i in range(args.runs):
+        row: dict[str, Any] = {}
+        for s in servers:  # alternated within a run: the machine's load hits all alike
+            if s == "agent":
+                res = agent_run(args)
+            else:
+                res = standalone_run(args, fsync=s == "standalone")
+            row.update({f"{s}_{k}": v for k, v in res.items()})
+            print(f"run {i + 1} {s}: {res}", flush=True)
+        runs.append(row)
+    med = medians(runs)
+    print_table("API writes, one sequential client", med.items(), runs)
+    params = {
+        "writes": args.writes,
+        "batches": args.batches,
+        "batch_keys": BATCH,
+        "value": "a 160-character string",
+        "runs": args.runs,
+        "servers": servers,
+        "workloads": args.workloads.split(","),
+        "label": args.label,
+    }
+    path = write_result("writes", "API writes: sequential PUT and PATCH of 100 keys", params, runs)
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
