@@ -42,7 +42,7 @@ from typing import Any
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import Entry, Key, LWWMap
-from gossipmgr.core.job import JobRecord
+from gossipmgr.core.job import ACTIVE, JobRecord
 from gossipmgr.core.node import Inventory, Monitoring, NodeRecord
 from gossipmgr.core.orders import (
     CONFIG,
@@ -125,9 +125,10 @@ class ClusterState:
         #: management address (the live monitoring record's) -> nodes monitored there
         self._by_addr: dict[str, set[str]] = {}
         self._addr_of: dict[str, str] = {}
-        #: live global names and job ids
+        #: live global names and job ids; the ids whose record says Queued or Running
         self._globals: set[str] = set()
         self._jobs: set[str] = set()
+        self._active_jobs: set[str] = set()
         #: The highest lease epoch any fenced record (inventory, job) was written under.
         #: The lease must never trail it (see ``lease.decide``'s ``floor``).
         self.max_record_epoch = 0
@@ -171,6 +172,7 @@ class ClusterState:
             _mark(self._globals, k[1], live)
         elif ns == JOB:
             _mark(self._jobs, k[1], live)
+            _mark(self._active_jobs, k[1], live and _active(e.value))
             if live:
                 self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
         elif ns == NODE:
@@ -216,6 +218,7 @@ class ClusterState:
             "by_addr": {a: set(ns) for a, ns in self._by_addr.items()},
             "globals": set(self._globals),
             "jobs": set(self._jobs),
+            "active_jobs": set(self._active_jobs),
         }
 
     # -- reads ---------------------------------------------------------------------------
@@ -291,6 +294,13 @@ class ClusterState:
                 out[i] = rec
         return out
 
+    def active_jobs(self) -> list[JobRecord]:
+        """The Queued and Running job records, in id order: from their index, so a caller
+        on every write (the holder's orphan scan) never reads the job history."""
+        get = self.map.get
+        recs = (_job_at(i, get(job_key(i))) for i in sorted(self._active_jobs))
+        return [r for r in recs if r is not None and r.active]
+
     def job(self, job_id: str) -> JobRecord | None:
         """The record under ``("j", job_id)``; None for a value that is not a job record's
         shape (:meth:`JobRecord.from_value`) or that names another id than its key's."""
@@ -357,6 +367,10 @@ def _mark(s: set[str], name: str, present: bool) -> None:
         s.discard(name)
 
 
+def _active(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("status") in ACTIVE
+
+
 def _forgotten(value: Any) -> bool:
     return isinstance(value, dict) and bool(value.get("forgotten"))
 
@@ -365,12 +379,14 @@ def rebuilt_index(m: LWWMap) -> dict[str, Any]:
     """The indexes of :class:`ClusterState` computed afresh from every entry of ``m``, by the
     definitions of the reads they serve (the reference for :meth:`ClusterState.index_snapshot`)."""
     out: dict[str, Any] = {"by_node": {}, "nodes": set(), "by_addr": {}, "globals": set()}
-    out["jobs"] = set()
+    out["jobs"], out["active_jobs"] = set(), set()
     for k, v in m.live():
         if k[0] == GLOBAL:
             out["globals"].add(k[1])
         elif k[0] == JOB:
             out["jobs"].add(k[1])
+            if _active(v):
+                out["active_jobs"].add(k[1])
         elif k[0] == NODE:
             out["by_node"].setdefault(k[1], set()).add(k)
             if k[2] == "inv" and not _forgotten(v):
