@@ -16,8 +16,10 @@ Against three servers, each started afresh per run (empty data dir, loopback onl
   (gossipmgr.localcluster, one instance), fsync on.
 
 Every answer must be 200. Reported per server and workload: requests/s, keys/s, p50 and p99
-latency of one request; the median over ``--runs`` runs (default 3). The client and the server
-share the machine's cores, so the figures are lower bounds; compare rows of one run.
+latency of one request, and the server's CPU time per request (user + system, all its
+threads: background work included); the median over ``--runs`` runs (default 3). The client
+and the server share the machine's cores, so the figures are lower bounds; compare rows of
+one run.
 
     .venv/bin/python bench/bench_writes.py [--writes 2000] [--batches 200] [--runs 3]
 
@@ -28,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +100,28 @@ def run_worker(url: str, kind: str, n: int, token: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------- servers
 
 
-def workloads(url: str, args: argparse.Namespace, token: str = "") -> dict[str, Any]:
+def workloads(
+    url: str, args: argparse.Namespace, cpu: Callable[[], float], token: str = ""
+) -> dict[str, Any]:
+    """Each workload in turn; ``cpu()``: the server's CPU seconds so far (user + system), so
+    that its CPU per request is known too (less sensitive to a loaded machine than rates)."""
     out: dict[str, Any] = {}
     for kind, n in (("seq1", args.writes), ("batch100", args.batches)):
         if kind not in args.workloads.split(","):
             continue
-        for k, v in run_worker(url, kind, n, token).items():
+        c0 = cpu()
+        res = run_worker(url, kind, n, token)
+        # the worker's 20 warm-up requests count as well
+        res["server_cpu_us_per_request"] = round((cpu() - c0) / (n + 20) * 1e6)
+        for k, v in res.items():
             out[f"{kind}_{k}"] = v
     return out
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def standalone_run(args: argparse.Namespace, fsync: bool) -> dict[str, Any]:
@@ -116,7 +134,7 @@ def standalone_run(args: argparse.Namespace, fsync: bool) -> dict[str, Any]:
             cfg = standalone_config(Path(tmp), "w1")
             async with standalone_agent(cfg, fsync=fsync) as agent:
                 url = agent.api_url
-                return await trio.to_thread.run_sync(workloads, url, args)
+                return await trio.to_thread.run_sync(workloads, url, args, time.process_time)
 
     return trio.run(main)
 
@@ -129,7 +147,11 @@ def agent_run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             inst = cl.add_instance("w1")
             cl.wait_ready("w1")
-            return workloads(inst.url, args, cl.token_file.read_text().strip())
+            assert inst.proc is not None
+            pid = inst.proc.pid
+            return workloads(
+                inst.url, args, lambda: proc_cpu(pid), cl.token_file.read_text().strip()
+            )
         finally:
             cl.close()
 
