@@ -23,6 +23,11 @@ one run.
 
     .venv/bin/python bench/bench_writes.py [--writes 2000] [--batches 200] [--runs 3]
 
+``--before-tree DIR`` (a checkout of an older commit, e.g. ``git archive <rev> | tar -x -C
+DIR``) runs every server of every run twice, alternating: once on DIR's gossipmgr, once on
+this tree's, and records DIR's figures under ``before`` (only ``seq1`` there when DIR has
+no PATCH /globals: ``--before-workloads``).
+
 Writes bench/results/writes.json.
 """
 
@@ -39,8 +44,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
+#: ``--before-tree``: the server side of a run is this script's ``--one`` mode in a child
+#: process whose gossipmgr is imported from the tree named here (agents it starts inherit it).
+TREE_ENV = "GOSSIPMGR_BENCH_TREE"
+sys.path.insert(0, os.environ.get(TREE_ENV) or str(HERE.parent))
+sys.path.insert(1, str(HERE))
 
 from _util import medians, pct, print_table, write_result  # noqa: E402
 
@@ -156,6 +164,27 @@ def agent_run(args: argparse.Namespace) -> dict[str, Any]:
             cl.close()
 
 
+def one(args: argparse.Namespace, server: str) -> dict[str, Any]:
+    if server == "agent":
+        return agent_run(args)
+    return standalone_run(args, fsync=server == "standalone")
+
+
+def one_in_tree(args: argparse.Namespace, server: str, tree: Path) -> dict[str, Any]:
+    """:func:`one` in a child process importing gossipmgr from ``tree``."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    env[TREE_ENV] = str(tree)
+    cmd = [sys.executable, __file__, "--one", server, "--writes", str(args.writes)]
+    cmd += ["--batches", str(args.batches), "--workloads", args.before_workloads]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise SystemExit(f"run on {tree} failed: {out.stderr[-2000:]}")
+    res: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return res
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         url, kind, n, token = (*sys.argv[2:5], sys.argv[5] if len(sys.argv) > 5 else "")
@@ -170,21 +199,37 @@ def main() -> None:
     p.add_argument("--servers", default="standalone,standalone_nofsync,agent")
     p.add_argument("--workloads", default="seq1,batch100")
     p.add_argument("--label", default="", help="a name for this tree (e.g. a commit)")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)
+    p.add_argument("--before-tree", type=Path, default=None)
+    p.add_argument("--before-label", default="")
+    p.add_argument("--before-workloads", default="seq1")
     args = p.parse_args()
+    if args.one:
+        print(json.dumps(one(args, args.one)))
+        return
     servers = [s for s in args.servers.split(",") if s]
     runs: list[dict[str, Any]] = []
+    before: list[dict[str, Any]] = []
     for i in range(args.runs):
         row: dict[str, Any] = {}
+        old: dict[str, Any] = {}
         for s in servers:  # alternated within a run: the machine's load hits all alike
-            if s == "agent":
-                res = agent_run(args)
-            else:
-                res = standalone_run(args, fsync=s == "standalone")
+            if args.before_tree is not None:
+                res = one_in_tree(args, s, args.before_tree)
+                old.update({f"{s}_{k}": v for k, v in res.items()})
+                print(f"run {i + 1} {s} (before): {res}", flush=True)
+            res = one(args, s)
             row.update({f"{s}_{k}": v for k, v in res.items()})
             print(f"run {i + 1} {s}: {res}", flush=True)
         runs.append(row)
+        if old:
+            before.append(old)
     med = medians(runs)
     print_table("API writes, one sequential client", med.items(), runs)
+    extra: dict[str, Any] = {}
+    if before:
+        extra["before"] = {"label": args.before_label, "median": medians(before), "runs": before}
+        print_table(f"before ({args.before_label})", medians(before).items(), before)
     params = {
         "writes": args.writes,
         "batches": args.batches,
@@ -195,7 +240,8 @@ def main() -> None:
         "workloads": args.workloads.split(","),
         "label": args.label,
     }
-    path = write_result("writes", "API writes: sequential PUT and PATCH of 100 keys", params, runs)
+    what = "API writes: sequential PUT and PATCH of 100 keys"
+    path = write_result("writes", what, params, runs, extra)
     print(f"written {path}")
 
 
