@@ -170,14 +170,17 @@ def one(args: argparse.Namespace, server: str) -> dict[str, Any]:
     return standalone_run(args, fsync=server == "standalone")
 
 
-def one_in_tree(args: argparse.Namespace, server: str, tree: Path) -> dict[str, Any]:
-    """:func:`one` in a child process importing gossipmgr from ``tree``."""
+def one_in_tree(
+    args: argparse.Namespace, server: str, tree: Path, workloads: str
+) -> dict[str, Any]:
+    """:func:`one` in a child process importing gossipmgr from ``tree`` (both trees run
+    that way when compared, so neither server shares a process with the harness)."""
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(tree))
     env[TREE_ENV] = str(tree)
     cmd = [sys.executable, __file__, "--one", server, "--writes", str(args.writes)]
-    cmd += ["--batches", str(args.batches), "--workloads", args.before_workloads]
+    cmd += ["--batches", str(args.batches), "--workloads", workloads]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise SystemExit(f"run on {tree} failed: {out.stderr[-2000:]}")
@@ -215,10 +218,12 @@ def main() -> None:
         old: dict[str, Any] = {}
         for s in servers:  # alternated within a run: the machine's load hits all alike
             if args.before_tree is not None:
-                res = one_in_tree(args, s, args.before_tree)
+                res = one_in_tree(args, s, args.before_tree, args.before_workloads)
                 old.update({f"{s}_{k}": v for k, v in res.items()})
                 print(f"run {i + 1} {s} (before): {res}", flush=True)
-            res = one(args, s)
+                res = one_in_tree(args, s, HERE.parent, args.workloads)
+            else:
+                res = one(args, s)
             row.update({f"{s}_{k}": v for k, v in res.items()})
             print(f"run {i + 1} {s}: {res}", flush=True)
         runs.append(row)
