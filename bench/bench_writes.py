@@ -8,8 +8,8 @@ connection) writes as fast as the answers come, each request after the previous 
 
 Against three servers, each started afresh per run (empty data dir, loopback only):
 
-* ``standalone``: the agent's own wiring over a fake Serf, in this process
-  (gossipmgr.testing.standalone), fsync on, as a daemon has it;
+* ``standalone``: the agent's own wiring over a fake Serf (gossipmgr.testing.standalone),
+  in this process (in a child process with ``--before-tree``), fsync on, as a daemon has it;
 * ``standalone_nofsync``: the same with fsync off (what the tests run): the cost of
   everything but the disk;
 * ``agent``: a real ``gossipmgr agent`` process with its own ``serf agent``
