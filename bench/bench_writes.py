@@ -13,7 +13,10 @@ Against three servers, each started afresh per run (empty data dir, loopback onl
 * ``standalone_nofsync``: the same with fsync off (what the tests run): the cost of
   everything but the disk;
 * ``agent``: a real ``gossipmgr agent`` process with its own ``serf agent``
-  (gossipmgr.localcluster, one instance), fsync on.
+  (gossipmgr.localcluster, one instance), fsync on;
+* ``holder`` (no HTTP, no client): a standalone instance holding the lease commits
+  ``--writes`` globals in process with 0, then 100 ended jobs in its history (the most it
+  keeps), and lets what each commit wakes run: the CPU of one commit on the holder.
 
 Every answer must be 200. Reported per server and workload: requests/s, keys/s, p50 and p99
 latency of one request, and the server's CPU time per request (user + system, all its
@@ -164,9 +167,52 @@ def agent_run(args: argparse.Namespace) -> dict[str, Any]:
             cl.close()
 
 
+def holder_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``holder`` server: no HTTP. A standalone instance (fsync off) holding the lease,
+    with 0 and then 100 ended jobs in its history (``jobs.HISTORY``, what a busy cluster
+    keeps), commits ``--writes`` globals in process, letting the tasks each commit wakes (the
+    holder's orphan scan) run after each; CPU per commit."""
+    import trio
+    import trio.testing
+
+    from gossipmgr.core.job import JobRecord, make_job_id
+    from gossipmgr.core.state import combine, global_key, job_key
+    from gossipmgr.testing.standalone import standalone_agent, standalone_config
+
+    def job(i: int) -> JobRecord:
+        jid = make_job_id(1_000 + i, i, "w1")
+        return JobRecord(jid, "d", "update", "update", (), "Complete", "", 1, "w1", 1, 2, 3)
+
+    async def main(n_jobs: int) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with standalone_agent(standalone_config(Path(tmp), "w1")) as agent:
+                rep = agent.replica
+                hist = [job(i) for i in range(n_jobs)]
+
+                def seed(st: Any, ts: Any) -> Any:
+                    return combine(*(st.d_set(job_key(j.id), j.to_value(), ts) for j in hist))
+
+                await rep.commit(seed)
+                await trio.testing.wait_all_tasks_blocked()
+                c0 = time.process_time()
+                for i in range(args.writes):
+                    key = global_key(f"k{i}")
+
+                    def write(st: Any, ts: Any, key: Any = key) -> Any:
+                        return st.d_set(key, VALUE, ts)
+
+                    await rep.commit(write)
+                    await trio.testing.wait_all_tasks_blocked()
+                return float((time.process_time() - c0) / args.writes * 1e6)
+
+    return {f"commit_{n}jobs_cpu_us": round(trio.run(main, n)) for n in (0, 100)}
+
+
 def one(args: argparse.Namespace, server: str) -> dict[str, Any]:
     if server == "agent":
         return agent_run(args)
+    if server == "holder":
+        return holder_run(args)
     return standalone_run(args, fsync=server == "standalone")
 
 
@@ -199,7 +245,7 @@ def main() -> None:
     p.add_argument("--writes", type=int, default=2000, help="PUTs per run")
     p.add_argument("--batches", type=int, default=200, help="PATCHes of 100 keys per run")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--servers", default="standalone,standalone_nofsync,agent")
+    p.add_argument("--servers", default="standalone,standalone_nofsync,agent,holder")
     p.add_argument("--workloads", default="seq1,batch100")
     p.add_argument("--label", default="", help="a name for this tree (e.g. a commit)")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)

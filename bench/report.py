@@ -336,6 +336,18 @@ def writes_section(r: dict[str, Any]) -> list[str]:
             k = pre + "server_cpu_us_per_request"
             cells.append(f"{fmt(before[k])} → {fmt(now[k])}" if k in before else fmt(now[k]))
             out.append(f"| {server} | {kind} | " + " | ".join(cells) + " |")
+    holder = [(n, f"holder_commit_{n}jobs_cpu_us") for n in (0, 100)]
+    if all(k in now for _, k in holder):
+        out += [
+            "",
+            "One commit on the lease holder, in process (the `holder` server), CPU µs",
+            "",
+            "| jobs in the history | " + ("before → now |" if before else "now |"),
+            "|---:|---:|",
+        ]
+        for n, k in holder:
+            cell = f"{fmt(before[k])} → {fmt(now[k])}" if k in before else fmt(now[k])
+            out.append(f"| {n} | {cell} |")
     notes = r.get("notes")
     if notes:
         out += ["", notes]
