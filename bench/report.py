@@ -255,6 +255,7 @@ one repetition.""",
     ),
     ("store", "Store (bench_store.py)", None),
     ("api", "API (bench_api.py)", None),
+    ("writes", "API writes (bench_writes.py)", None),
     ("reads", "Single-key reads against unrelated state (bench_reads.py)", None),
     ("startstop", "Start and stop of one agent (bench_startstop.py)", None),
 ]
@@ -307,6 +308,52 @@ def startstop_section(r: dict[str, Any]) -> list[str]:
         "on importing `gossipmgr.agent`, of which quart (with flask and jinja2) ~0.25 s and "
         "trio ~0.1 s, and the restore of the 30,000 entries ~0.2-0.3 s.",
     ]
+    return [*out, ""]
+
+
+def writes_section(r: dict[str, Any]) -> list[str]:
+    """bench_writes.py: per server and workload, before (``before``: the same script run
+    alternately on the tree named there) and now."""
+    src = (HERE / "bench_writes.py").read_text()
+    doc = src[src.index('"""') + 3 : src.index("    .venv/bin/python")].strip()
+    now = r.get("median", {})
+    before = r.get("before", {}).get("median", {})
+    b_label = r.get("before", {}).get("label", "before")
+    out = [doc.split("\n", 1)[1].strip(), ""]
+    out += [
+        f"Medians of {len(r.get('runs', []))} runs"
+        + (f", before ({b_label}) → now, alternated in each run" if before else ""),
+        "",
+        "| server | workload | requests/s | keys/s | p50 ms | p99 ms | server CPU µs/request |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for server in r.get("params", {}).get("servers", []):
+        for kind in ("seq1", "batch100"):
+            pre = f"{server}_{kind}_"
+            if pre + "requests_per_s" not in now:
+                continue
+            cells = []
+            for m in ("requests_per_s", "keys_per_s", "p50_ms", "p99_ms"):
+                k = pre + m
+                cells.append(f"{fmt(before[k])} → {fmt(now[k])}" if k in before else fmt(now[k]))
+            k = pre + "server_cpu_us_per_request"
+            cells.append(f"{fmt(before[k])} → {fmt(now[k])}" if k in before else fmt(now[k]))
+            out.append(f"| {server} | {kind} | " + " | ".join(cells) + " |")
+    holder = [(n, f"holder_commit_{n}jobs_cpu_us") for n in (0, 100)]
+    if all(k in now for _, k in holder):
+        out += [
+            "",
+            "One commit on the lease holder, in process (the `holder` server), CPU µs",
+            "",
+            "| jobs in the history | " + ("before → now |" if before else "now |"),
+            "|---:|---:|",
+        ]
+        for n, k in holder:
+            cell = f"{fmt(before[k])} → {fmt(now[k])}" if k in before else fmt(now[k])
+            out.append(f"| {n} | {cell} |")
+    notes = r.get("notes")
+    if notes:
+        out += ["", notes]
     return [*out, ""]
 
 
@@ -405,6 +452,9 @@ def main() -> None:
             continue
         if name == "vs_etcd":
             out += report_vs_etcd.section(r, report_vs_etcd.plot(r, IMG))
+        if name == "writes":
+            n_runs = f" ({len(r.get('runs', []))} run(s))" if r.get("runs") else ""
+            out += [f"Command: `{r.get('command', '')}`{n_runs}", "", *writes_section(r)]
             continue
         if name == "startstop":
             n_runs = f" ({len(r.get('runs', []))} run(s))" if r.get("runs") else ""

@@ -58,7 +58,8 @@ def _key_value(draw: st.DrawFn) -> tuple[Key, Any]:
     if kind == "g":
         return global_key(name), draw(st.one_of(st.none(), st.integers(0, 2)))
     if kind == "j":
-        return job_key(name), {"id": name, "epoch": draw(st.integers(0, 3))}
+        status = draw(st.sampled_from(["Running", "Queued", "Complete", "Errored"]))
+        return job_key(name), {"id": name, "epoch": draw(st.integers(0, 3)), "status": status}
     if kind == "inv":
         return inventory_key(name), draw(_inv_values)
     if kind == "mon":

@@ -37,6 +37,8 @@ from gossipmgr.runtime.ansible import client_vars_error, parse_extra_vars, refus
 #: or commission of a few thousand nodes with extra-vars: well under 1 MiB.
 MAX_BODY_BYTES = 1024 * 1024
 JSON_MIMETYPE = "application/json"
+#: RFC 7396's type for a JSON merge patch (``PATCH /globals`` takes it, or plain JSON).
+MERGE_PATCH_MIMETYPE = "application/merge-patch+json"
 #: The value rule's nesting limit, as error texts name it.
 DEPTH_TEXT = f"{MAX_VALUE_DEPTH} levels"
 
@@ -45,18 +47,21 @@ class UnsupportedMediaType(RequestError):
     status_hint = 415
 
 
-async def body_untrusted(*, required: bool = True) -> dict[str, Any]:
+async def body_untrusted(
+    *, required: bool = True, mimetypes: tuple[str, ...] = (JSON_MIMETYPE,)
+) -> dict[str, Any]:
     """The request body as a JSON object. Raises BadRequest (400), UnsupportedMediaType
     (415), ValueRefused (422, nested too deeply), or werkzeug's 413.
 
-    ``required=False`` lets an empty body (no Content-Type needed) mean ``{}``.
+    ``required=False`` lets an empty body (no Content-Type needed) mean ``{}``;
+    ``mimetypes``: the Content-Types accepted.
     """
     data = await request.get_data(cache=True)
     if not data and not required:
         return {}
-    if request.mimetype != JSON_MIMETYPE:
+    if request.mimetype not in mimetypes:
         raise UnsupportedMediaType(
-            f"Content-Type must be {JSON_MIMETYPE}, got {request.mimetype or 'none'!r}"
+            f"Content-Type must be {' or '.join(mimetypes)}, got {request.mimetype or 'none'!r}"
         )
     if not data:
         raise BadRequest("request body is empty: expected a JSON object")

@@ -145,8 +145,25 @@ def _global_set(c: Client, args: argparse.Namespace) -> None:
     out(args, res, lambda r: f"{r['key']} = {json.dumps(r['value'])}")
 
 
+def _global_set_many(c: Client, args: argparse.Namespace) -> None:
+    """`global set-many FILE|-`: a JSON object {name: value | null} in one PATCH /globals
+    (one write: all of it is applied or none; null removes the variable)."""
+    text = _read_file_arg(args.file)
+    try:
+        changes = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{args.file} is not valid JSON: {exc}", 2)
+    if not isinstance(changes, dict):
+        raise CliError(f"{args.file} must be a JSON object of name: value (null removes)", 2)
+    res = c.call("PATCH", "/globals", changes)
+    out(args, res, lambda r: f"set {r['set']}, deleted {r['deleted']}")
+
+
 def cmd_global(c: Client, args: argparse.Namespace) -> int:
     verb = _verb(args)
+    if verb == "set-many":
+        _global_set_many(c, args)
+        return 0
     if verb == "get":
         if args.key:
             out(args, c.call("GET", f"/globals/{_q(args.key)}"), lambda r: json.dumps(r["value"]))

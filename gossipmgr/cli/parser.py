@@ -170,6 +170,13 @@ def _add_global_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
     vp.add_argument("value", nargs="?", metavar="VALUE")
     _extra_vars(vp)
     vp.set_defaults(func=cmds.cmd_global)
+    vp = vs.add_parser(
+        "set-many",
+        parents=[common],
+        help="set and remove many in one write: a JSON object {KEY: VALUE | null} in FILE or -",
+    )
+    vp.add_argument("file", metavar="FILE|-")
+    vp.set_defaults(func=cmds.cmd_global)
     vp = vs.add_parser("delete", aliases=["rm"], parents=[common])
     vp.add_argument("key", metavar="KEY")
     vp.set_defaults(func=cmds.cmd_global)

@@ -12,7 +12,7 @@ has a named limit below.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -39,6 +39,12 @@ MAX_COUNTER = (1 << 63) - 1  # ms and logical fit a signed 64-bit integer
 #: the fragmenter's limit) minus 4 KiB for the message header (sender name, interval).
 #: Checked on the encoded entry, not on the JSON that made it: floats grow ~2.2x in msgpack.
 MAX_ENTRY_BYTES = 1024 * 1024 - 4096
+#: Largest encoded batch (``PATCH /globals``: the entries of one delta, summed): what one
+#: gossip message carries, like one entry, so that the eager push delivers a batch to a
+#: peer in one message, applied there in one join (all of it visible, or none).
+MAX_BATCH_BYTES = MAX_ENTRY_BYTES
+#: Most variables one batch may change.
+MAX_BATCH_KEYS = 10_000
 #: Integers msgpack can carry.
 MIN_INT = -(2**63)
 MAX_INT = 2**64 - 1
@@ -55,6 +61,15 @@ def encode_entries(entries: Iterable[tuple[Key, Entry]], gc_horizon: int = 0) ->
 
 def encode_map(m: LWWMap) -> bytes:
     return encode_entries(m.items(), m.gc_horizon)
+
+
+def encode_packed(packed: Sequence[bytes], gc_horizon: int = 0) -> bytes:
+    """What :func:`encode_entries` returns, from entries already packed one by one
+    (``msgpack.packb(entry_to_wire(k, e))``, as :func:`check_entry` returns them): msgpack
+    concatenates, so a commit encodes each entry once, for its size check and its record."""
+    p = msgpack.Packer(use_bin_type=True)
+    head: bytes = p.pack(VERSION) + p.pack(gc_horizon) + p.pack_array_header(len(packed))
+    return b"\x93" + head + b"".join(packed)
 
 
 def _check_value(v: Any, depth: int, budget: list[int]) -> int:
@@ -131,11 +146,16 @@ def check_key(key: Any) -> None:
         raise BadPacket("key", f"unknown key shape {tuple(key)[:3]!r}")
 
 
-def _packed_size(obj: Any) -> int | None:
+def _packed(obj: Any) -> bytes | None:
     try:
-        return len(msgpack.packb(obj, use_bin_type=True))
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
     except (ValueError, TypeError, OverflowError):  # deep, huge int, lone UTF-16 surrogate
         return None
+
+
+def _packed_size(obj: Any) -> int | None:
+    b = _packed(obj)
+    return None if b is None else len(b)
 
 
 def check_value(v: Any) -> None:
@@ -155,7 +175,7 @@ def check_value(v: Any) -> None:
         raise BadPacket("value", "value cannot be encoded (a string with a lone surrogate?)")
 
 
-def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> None:
+def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> bytes | None:
     """THE rule for what may enter the replicated state from this instance (a local write,
     a restored record): exactly what every peer's :func:`entry_from_wire_untrusted` accepts,
     and small enough to travel in one gossip message once encoded (``MAX_ENTRY_BYTES``).
@@ -165,6 +185,9 @@ def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> None:
     ``from_disk``: the entry was decoded from msgpack, so it encodes (its strings are valid
     UTF-8); it is then encoded only when the bound from the walk exceeds the limit, which
     keeps restore fast (most records are far below it).
+
+    Returns the encoded entry when it encoded it (always unless ``from_disk``), so that a
+    commit writes those bytes (:func:`encode_packed`) instead of encoding the entry again.
     """
     check_key(key)
     if from_disk:
@@ -176,8 +199,9 @@ def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> None:
         if bound <= MAX_ENTRY_BYTES:
             if e.deleted and e.value is not None:
                 raise BadPacket("entry", "a tombstone carries no value")
-            return
-    size = _packed_size(entry_to_wire(key, e))
+            return None
+    packed = _packed(entry_to_wire(key, e))
+    size = None if packed is None else len(packed)
     if size is not None and size > MAX_ENTRY_BYTES:
         raise BadPacket(
             "too_large",
@@ -189,8 +213,9 @@ def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> None:
             raise BadPacket("entry", "a tombstone carries no value")
     else:
         check_json_value(e.value)
-    if size is None:
+    if packed is None:
         raise BadPacket("value", "value cannot be encoded (a string with a lone surrogate?)")
+    return packed
 
 
 def entry_from_wire_untrusted(raw: Any) -> tuple[Key, Entry]:

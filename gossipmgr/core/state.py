@@ -48,7 +48,7 @@ from typing import Any
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import Entry, Key, LWWMap
 from gossipmgr.core.history import Cause, d_history, is_history_key, newest
-from gossipmgr.core.job import JobRecord
+from gossipmgr.core.job import ACTIVE, JobRecord
 from gossipmgr.core.node import Inventory, Monitoring, NodeRecord
 from gossipmgr.core.orders import (
     CONFIG,
@@ -136,9 +136,10 @@ class ClusterState:
         #: management address (the live monitoring record's) -> nodes monitored there
         self._by_addr: dict[str, set[str]] = {}
         self._addr_of: dict[str, str] = {}
-        #: live global names and job ids
+        #: live global names and job ids; the ids whose record says Queued or Running
         self._globals: set[str] = set()
         self._jobs: set[str] = set()
+        self._active_jobs: set[str] = set()
         #: The highest lease epoch any fenced record (inventory, job) was written under.
         #: The lease must never trail it (see ``lease.decide``'s ``floor``).
         self.max_record_epoch = 0
@@ -182,6 +183,7 @@ class ClusterState:
             _mark(self._globals, k[1], live)
         elif ns == JOB:
             _mark(self._jobs, k[1], live)
+            _mark(self._active_jobs, k[1], live and _active(e.value))
             if live:
                 self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
         elif ns == NODE:
@@ -231,6 +233,7 @@ class ClusterState:
             "globals": set(self._globals),
             "jobs": set(self._jobs),
             "history": {n: set(ids) for n, ids in self._history.items()},
+            "active_jobs": set(self._active_jobs),
         }
 
     # -- reads ---------------------------------------------------------------------------
@@ -321,6 +324,13 @@ class ClusterState:
                 out[i] = rec
         return out
 
+    def active_jobs(self) -> list[JobRecord]:
+        """The Queued and Running job records, in id order: from their index, so a caller
+        on every write (the holder's orphan scan) never reads the job history."""
+        get = self.map.get
+        recs = (_job_at(i, get(job_key(i))) for i in sorted(self._active_jobs))
+        return [r for r in recs if r is not None and r.active]
+
     def job(self, job_id: str) -> JobRecord | None:
         """The record under ``("j", job_id)``; None for a value that is not a job record's
         shape (:meth:`JobRecord.from_value`) or that names another id than its key's."""
@@ -352,6 +362,18 @@ class ClusterState:
         """Replace every global extra-var (clusterm's POST /globals): sets + tombstones."""
         return self._replace(self.globals(), new, global_key, ts)
 
+    def d_patch_globals(self, changes: Mapping[str, Any], ts: Timestamp) -> LWWMap:
+        """Set several globals and remove others in one delta (``PATCH /globals``): a value
+        of None removes the variable (a tombstone, only for one that exists: removing an
+        absent one changes nothing), any other value sets it."""
+        d = LWWMap.lazy()  # a delta: never digested, so never hashed
+        d.merge(
+            (global_key(k), Entry(ts, None, True) if v is None else Entry(ts, v))
+            for k, v in changes.items()
+            if v is not None or k in self._globals
+        )
+        return d
+
     def d_replace_node_vars(self, node: str, new: Mapping[str, Any], ts: Timestamp) -> LWWMap:
         rec = self.node(node)
         old = dict(rec.vars) if rec else {}
@@ -361,10 +383,10 @@ class ClusterState:
     def _replace(
         old: Mapping[str, Any], new: Mapping[str, Any], key_of: Any, ts: Timestamp
     ) -> LWWMap:
-        d = LWWMap()
+        d = LWWMap.lazy()  # a delta: never digested, so never hashed
         entries: list[tuple[Key, Entry]] = [(key_of(k), Entry(ts, v)) for k, v in new.items()]
         entries += [(key_of(k), Entry(ts, None, True)) for k in old if k not in new]
-        d.join(entries)
+        d.merge(entries)
         return d
 
 
@@ -385,6 +407,10 @@ def _mark_in(index: dict[str, set[str]], name: str, item: str, present: bool) ->
             del index[name]
 
 
+def _active(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("status") in ACTIVE
+
+
 def _forgotten(value: Any) -> bool:
     return isinstance(value, dict) and bool(value.get("forgotten"))
 
@@ -393,13 +419,15 @@ def rebuilt_index(m: LWWMap) -> dict[str, Any]:
     """The indexes of :class:`ClusterState` computed afresh from every entry of ``m``, by the
     definitions of the reads they serve (the reference for :meth:`ClusterState.index_snapshot`)."""
     out: dict[str, Any] = {"by_node": {}, "nodes": set(), "by_addr": {}, "globals": set()}
-    out["jobs"] = set()
+    out["jobs"], out["active_jobs"] = set(), set()
     out["history"] = {}
     for k, v in m.live():
         if k[0] == GLOBAL:
             out["globals"].add(k[1])
         elif k[0] == JOB:
             out["jobs"].add(k[1])
+            if _active(v):
+                out["active_jobs"].add(k[1])
         elif k[0] == NODE and is_history_key(k):
             out["history"].setdefault(k[1], set()).add(k[3])
         elif k[0] == NODE:

@@ -28,12 +28,12 @@ from typing import Any
 import msgpack
 
 from gossipmgr.core.clock import HLC, Timestamp
-from gossipmgr.core.codec import entry_to_wire
+from gossipmgr.core.codec import MAX_BATCH_BYTES, entry_to_wire
 from gossipmgr.core.crdt import FANOUT, Entry, Key, LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket, ClockError
 from gossipmgr.gossip.datagram import Counters
-from gossipmgr.gossip.encoder import HEADER_SLACK, MessageEncoder
+from gossipmgr.gossip.encoder import HEADER_SLACK, MessageEncoder, Payloads
 from gossipmgr.gossip.messages import (
     ACK,
     DELTA,
@@ -153,9 +153,16 @@ class AntiEntropy:
                             (w, len(msgpack.packb(w, use_bin_type=True)))
                             for w in self.enc.wire(novel)
                         ]
-                    res.out += self.enc.delta_messages(peer, self.seq - 1, self.seq, wire)
+                    res.out += self._push_many(peer, wire)
                 ps.last_sent_ms = now_ms
         return res
+
+    def _push_many(self, peer: str, wire: list[tuple[list[Any], int]]) -> Payloads:
+        """Several entries as (c-1, c]: ONE message (fragmented) when it fits, so the peer
+        joins a batch at once (all visible or none); else as many as it takes."""
+        if sum(n for _, n in wire) <= MAX_BATCH_BYTES:
+            return self.enc.encode(peer, DELTA, [self.seq - 1, self.seq, [w for w, _ in wire]])
+        return self.enc.delta_messages(peer, self.seq - 1, self.seq, wire)
 
     def _buffer(self, origin: str, delta: LWWMap) -> None:
         self.seq += 1

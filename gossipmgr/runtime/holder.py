@@ -81,8 +81,8 @@ class HolderGate:
 
     def active_record(self) -> JobRecord | None:
         """The active (Queued/Running) job record, if any."""
-        active = [j for j in self.replica.state.jobs().values() if j.active]
-        return max(active, key=lambda j: j.id) if active else None
+        active = self.replica.state.active_jobs()  # in id order
+        return active[-1] if active else None
 
     def check_idle(self) -> None:
         """Raise Conflict (clusterm's text) while a job is active."""

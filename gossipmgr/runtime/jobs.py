@@ -361,14 +361,15 @@ class JobManager:
 
         Each is marked Errored with the reason, and its nodes still in the workflow's
         ``during`` status take its failure path, in one commit under our epoch."""
+        if not self.replica.state.active_jobs():  # every write wakes the scan: O(1) then
+            return []
         async with self.gate.lock:
             try:
                 epoch = self.gate.epoch()
             except Unavailable:
                 return []
             mine = self.running_job_id
-            jobs = self.replica.state.jobs().values()
-            ids = [j.id for j in jobs if j.active and j.id != mine]
+            ids = [j.id for j in self.replica.state.active_jobs() if j.id != mine]
             if not ids:
                 return []
             me = self.replica.name

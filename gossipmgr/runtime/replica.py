@@ -49,7 +49,7 @@ import msgpack
 import trio
 
 from gossipmgr.core.clock import HLC, Timestamp
-from gossipmgr.core.codec import check_entry, decode_map_trusted, encode_map
+from gossipmgr.core.codec import check_entry, decode_map_trusted, encode_map, encode_packed
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, LeaseConfig, bounded, is_holder
 from gossipmgr.core.state import LEASE_KEY, ClusterState
@@ -66,18 +66,32 @@ Make = Callable[[ClusterState, Timestamp], LWWMap]
 LocalWriteListener = Callable[[LWWMap], None]
 
 
-def check_writable(delta: LWWMap) -> None:
+def check_writable(delta: LWWMap, max_bytes: int | None = None) -> list[bytes]:
     """Refuse a local delta that gossip could not carry to every peer (``codec.check_entry``:
     the same rule a peer's decoder applies, plus the encoded size of one message). What a
     commit accepts therefore replicates. Raises ValueTooLarge (413) or ValueRefused (422);
-    the text names the key and the limit."""
+    the text names the key and the limit. ``max_bytes``: also refuse (413) a delta whose
+    encoded entries add up to more (a batch that must travel in one gossip message).
+
+    Returns the encoded entries (the record is built from them: ``codec.encode_packed``)."""
+    packed: list[bytes] = []
     for key, e in delta.items():
         try:
-            check_entry(key, e)
+            b = check_entry(key, e)
         except BadPacket as exc:
             where = "/".join(key)[:80]
             cls = ValueTooLarge if exc.reason == "too_large" else ValueRefused
             raise cls(f"{where}: {exc.detail}") from None
+        assert b is not None  # check_entry encodes every entry not read from disk
+        packed.append(b)
+    if max_bytes is not None:
+        size = sum(map(len, packed))
+        if size > max_bytes:
+            raise ValueTooLarge(
+                f"the batch is {size} bytes encoded, more than one gossip message carries "
+                f"(limit {max_bytes} bytes): split it into smaller batches"
+            )
+    return packed
 
 
 def default_compact_bytes() -> int:
@@ -265,12 +279,13 @@ class Replica:
         return int(self.clock() * 1000)
 
     # ------------------------------------------------------------------ writes
-    async def commit(self, make: Make) -> LWWMap:
+    async def commit(self, make: Make, *, max_bytes: int | None = None) -> LWWMap:
         """Make a delta, make it durable, apply it, push it. Returns the novel part.
 
         Raises StoreError (nothing applied, nothing sent) when the data directory refuses
         the write, and whatever ``make`` raises (validation errors) before anything happens;
-        ValueTooLarge / ValueRefused (nothing applied) for a delta gossip could not carry.
+        ValueTooLarge / ValueRefused (nothing applied) for a delta gossip could not carry,
+        or whose encoded entries exceed ``max_bytes`` (``check_writable``).
         """
         while not self._gate_open.is_set():  # a compaction is taking its snapshot
             await self._gate_open.wait()
@@ -280,10 +295,10 @@ class Replica:
             delta = make(self.state, ts)
             if not len(delta):
                 return delta
-            check_writable(delta)
+            packed = check_writable(delta, max_bytes)
             if self._store is not None:
                 try:
-                    await self._store.append(encode_map(delta))
+                    await self._store.append(encode_packed(packed, delta.gc_horizon))
                 except StoreError:
                     self.counters["write_errors"] += 1
                     raise

@@ -1,0 +1,121 @@
+"""The write path costs what it writes: nothing a write wakes reads unrelated state, and
+concurrent writers share the fsync.
+
+Every commit wakes the holder's orphan scan (``JobManager.run`` waits on the replica's
+change event). It used to build every job record of the history on each wake-up
+(``ClusterState.jobs()``), so each write on the holder cost O(jobs). Now the scan starts from
+the index of active jobs; counted here in record decodes, not in time.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from _apiutil import standalone
+
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.job import COMPLETE, RUNNING, JobRecord, make_job_id
+from gossipmgr.core.state import ClusterState, combine, job_key
+from gossipmgr.runtime import store as store_mod
+from gossipmgr.testing.wait import until
+
+
+def _job(i: int, status: str) -> JobRecord:
+    ended = 3 if status == COMPLETE else 0
+    jid = make_job_id(1_000 + i, i, "i1")
+    return JobRecord(jid, "d", "update", "update", (), status, "", 1, "i1", 1, 2, ended)
+
+
+async def test_the_orphan_scan_every_write_wakes_does_not_read_the_job_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with standalone(tmp_path) as ctx:
+        history = [_job(i, COMPLETE) for i in range(300)]
+
+        def make(s: ClusterState, ts: Timestamp) -> LWWMap:
+            return combine(*(s.d_set(job_key(j.id), j.to_value(), ts) for j in history))
+
+        await ctx.replica.commit(make)
+        decoded = 0
+        real = JobRecord.from_value.__func__  # type: ignore[attr-defined]
+
+        def counting(cls: type[JobRecord], value: object) -> Any:
+            nonlocal decoded
+            decoded += 1
+            return real(cls, value)
+
+        monkeypatch.setattr(JobRecord, "from_value", classmethod(counting))
+        assert await ctx.jobs.reconcile_orphans() == []
+        assert ctx.jobs.active_record() is None
+        assert decoded == 0  # was 600: the whole history, twice
+
+        # an active record not run here is still found (and ended) by the scan
+        orphan = _job(999, RUNNING)
+        await ctx.replica.commit(lambda s, ts: s.d_set(job_key(orphan.id), orphan.to_value(), ts))
+        ended = await ctx.jobs.reconcile_orphans()
+        assert ended in ([orphan.id], [])  # [] when the scan woken by the commit was first
+        rec = ctx.replica.state.job(orphan.id)
+        assert rec is not None and rec.status == "Errored"
+        assert decoded < 10
+
+
+async def test_concurrent_api_writers_share_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit end to end: PUTs arriving while a commit's fsync runs are written and
+    made durable together by the next one (one batch, one pair of fdatasyncs), and each is
+    answered only after it. Deterministic: the first fsync waits until all are queued."""
+    release = threading.Event()
+    calls: list[int] = []
+    real_fsync = store_mod._sys_fsync
+
+    def held_fsync(fd: int) -> None:
+        calls.append(fd)
+        release.wait(30)
+        real_fsync(fd)
+
+    async with standalone(tmp_path, fsync=True) as ctx:
+        monkeypatch.setattr(store_mod, "_sys_fsync", held_fsync)
+        try:
+            await _writers_while_fsync_is_held(ctx, calls, release)
+        finally:
+            release.set()  # never leave a worker thread waiting
+
+
+async def _writers_while_fsync_is_held(
+    ctx: Any, calls: list[int], release: threading.Event
+) -> None:
+    store = ctx.replica.store
+    before = store.stats.batches
+    answers: list[int] = []
+    limits = httpx.Limits(max_connections=32)
+    async with (
+        httpx.AsyncClient(base_url=ctx.agent.api_url, limits=limits, timeout=60) as c,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def put(i: int) -> None:
+            r = await c.put(f"/globals/k{i}", json={"value": i})
+            answers.append(r.status_code)
+
+        nursery.start_soon(put, 0)
+        await until(lambda: calls, 30, "the first commit in its fsync")
+        for i in range(1, 21):
+            nursery.start_soon(put, i)
+
+        def queued() -> bool:
+            batch = store._open_batch  # the records waiting for the next flush
+            return batch is not None and batch.records == 20
+
+        await until(queued, 30, "20 writes queued behind the first fsync")
+        assert answers == []  # nobody is answered before its fsync
+        release.set()
+    assert answers == [200] * 21
+    assert store.stats.batches == before + 2  # the first write, then the 20 together
+    assert set(ctx.replica.state.globals()) == {f"k{i}" for i in range(21)}
