@@ -58,7 +58,7 @@ from bench.netns import (  # noqa: E402
     unavailable_reason,
     wait_for,
 )
-from bench.partition_jobs import JobDriver, write_config  # noqa: E402
+from bench.partition_jobs import JobDriver, start_first_job, write_config  # noqa: E402
 
 SCHEDULES = (
     "isolate-one",
@@ -431,13 +431,14 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
     victim_host = next(iter(c.nodes))  # n1 dies in every schedule; n2 stays up
     victim, live = nodes[0], nodes[1]
     holder0 = prepare(c, nodes)
+    first_job = start_first_job(c, holder0) if s.jobs else None  # acting when the fault starts
     tag = f"{s.name}{s.seed}".replace("-", "")
     t_base = time.monotonic()
     sampler = Sampler(c, [victim, live], t_base)
     work = Workload(c, tag, live, nodes, list(c.instances), t_base)
     sampler.start()
     work.start()
-    driver = JobDriver(c, holder0, t_base) if s.jobs else None
+    driver = None if first_job is None else JobDriver(c, holder0, t_base, first_job)
     events: list[tuple[float, str, Any]] = []
     comps: list[tuple[float, list[set[str]]]] = [(0.0, c.components())]
     crashed: list[str] = []
@@ -447,7 +448,7 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
     t_heal: float | None = None
     try:
         if driver is not None:
-            driver.start()  # the job running when the fault starts, then both sides' requests
+            driver.start()  # every instance asks to act on the jobs' node
         for idx, (off, action, arg) in enumerate(s.steps):
             delay = lead + off - (time.monotonic() - t_base)
             if delay > 0:
@@ -678,7 +679,7 @@ def median(xs: Sequence[float | None]) -> float | None:
 
 def table(results: Sequence[dict[str, Any]]) -> str:
     hdr = (
-        f"{'schedule':<16}{'seed':>6} {'ok':<4}{'fault s':>8}{'acked':>7}{'conv s':>8}"
+        f"{'schedule':<20}{'seed':>6} {'ok':<4}{'fault s':>8}{'acked':>7}{'conv s':>8}"
         f"{'health s':>9}{'1-holder s':>11}{'overlap s':>10}{'in-grp s':>9}{'takeover':>9}"
         f"{'acts':>6}{'ooo':>5}{'minor':>6}{'fenced':>7}"
     )
@@ -691,7 +692,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         le = r.get("lease", {})
         na = r.get("node_actions", {})
         rows.append(
-            f"{r['schedule']:<16}{r['seed']:>6} {'yes' if r['ok'] else 'NO':<4}"
+            f"{r['schedule']:<20}{r['seed']:>6} {'yes' if r['ok'] else 'NO':<4}"
             f"{f(r.get('fault_s')):>8}{f(r.get('writes', {}).get('acked')):>7}"
             f"{f(r.get('heal_to_convergence_s')):>8}{f(r.get('heal_to_health_s')):>9}"
             f"{f(le.get('heal_to_one_holder_s')):>11}{f(le.get('overlap_s')):>10}"

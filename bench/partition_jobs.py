@@ -9,8 +9,10 @@ role first, as in the shipped playbooks, then ``partition_action``, which append
 per action to the node's action log ``actions.jsonl`` under the fence lock, after the
 fence check: ``{"t", "epoch", "holder", "job", "action", "step", "node_epoch"}``.
 
-* :class:`JobDriver`: just before the fault it starts a long job (8 actions, 1 s apart) on
-  the holder, so a job is running when the partition starts; then, until the heal, one
+* :func:`start_first_job`: before the schedule's clock starts, a long job (12 actions, 1 s
+  apart) on the holder, and a wait for its first action on the node (ansible takes
+  seconds to start on a loaded machine), so a job is acting when the partition starts.
+* :class:`JobDriver`: from the schedule's start until the heal, one
   thread per instance asks *that* instance to act on the node every 1.5 s (update when the
   node is Allocated there, commission when Unallocated/Decommissioned), so both sides of a
   partition try to act on the same node. A request to a non-holder is forwarded to the
@@ -41,7 +43,7 @@ PLAYBOOKS = Path(__file__).resolve().parent / "partition_playbooks"
 #: The simulated node the jobs act on: the cluster's third node (n1 is killed, n2 is the
 #: workload's contended node).
 JOB_NODE_HOST = "n3"
-FIRST_JOB_STEPS = 8  # ~8 s of actions after ansible's start: running when the fault starts
+FIRST_JOB_STEPS = 12  # 12 s of actions from its first: ~10 s into the fault
 JOB_STEPS = 3
 JOB_PACE_S = 1.5
 IDLE_TIMEOUT_S = 90.0
@@ -245,14 +247,42 @@ def _post_job(cl: ApiClient, inst: str, node: str, steps: int, t: float) -> JobR
     return r
 
 
+def action_log(c: NetnsCluster, node: str) -> Path:
+    assert c.root is not None
+    return c.root / "nodes" / node / "actions.jsonl"
+
+
+def start_first_job(c: NetnsCluster, holder: str, timeout: float = 90.0) -> JobRequest:
+    """Start the long job on ``holder`` and return once its first action is on the node.
+    Raises HarnessError if it is refused or does not act in time."""
+    node = node_name(c.nodes[JOB_NODE_HOST])
+    cl = c.client(holder, timeout=10.0)
+    try:
+        r = _post_job(cl, holder, node, FIRST_JOB_STEPS, 0.0)
+    finally:
+        cl.close()
+    if r is None or r.status != 200:
+        raise HarnessError(f"the pre-fault job on {node} was refused: {r}")
+    path = action_log(c, node)
+    wait_for(
+        lambda: path.exists() and f'"job": "{r.job_id}"' in path.read_text(),
+        timeout,
+        f"the first action of job {r.job_id} on {node}",
+        0.2,
+    )
+    return r
+
+
 @dataclass
 class JobDriver:
-    """Starts the pre-fault job, then asks every instance to act on the node until
-    :meth:`stop`. Owns its threads (joined by ``stop``) and their clients."""
+    """Asks every instance to act on the node until :meth:`stop` (``first``: the job
+    started by :func:`start_first_job`). Owns its threads (joined by ``stop``) and their
+    clients."""
 
     c: NetnsCluster
     holder: str
     t_base: float
+    first: JobRequest
     node: str = ""
     requests: list[JobRequest] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -263,20 +293,13 @@ class JobDriver:
         self.node = self.node or node_name(self.c.nodes[JOB_NODE_HOST])
         #: wall-clock time of t=0 (the action log is stamped with time.time()).
         self.wall0 = time.time() - (time.monotonic() - self.t_base)
+        self.first.t = round(-self.now(), 2)  # started before t=0
+        self.requests.append(self.first)
 
     def now(self) -> float:
         return time.monotonic() - self.t_base
 
     def start(self) -> None:
-        """The long job on the holder (raises HarnessError if refused), then the threads."""
-        cl = self.c.client(self.holder, timeout=10.0)
-        try:
-            r = _post_job(cl, self.holder, self.node, FIRST_JOB_STEPS, self.now())
-        finally:
-            cl.close()
-        if r is None or r.status != 200:
-            raise HarnessError(f"the pre-fault job on {self.node} was refused: {r}")
-        self.requests.append(r)
         for inst in self.c.instances:
             t = threading.Thread(target=self._run, args=(inst,), daemon=True)
             self._threads.append(t)
@@ -325,8 +348,7 @@ class JobDriver:
                 cl.close()
 
     def actions(self) -> list[Action]:
-        assert self.c.root is not None
-        path = self.c.root / "nodes" / self.node / "actions.jsonl"
+        path = action_log(self.c, self.node)
         text = path.read_text() if path.exists() else ""
         return parse_actions(self.node, text, self.wall0)
 
@@ -341,10 +363,12 @@ class JobDriver:
             records, failures = {}, [str(exc)]
         acts = self.actions()
         out = check_actions(acts, comps, len(self.c.instances))
-        first = self.requests[0].job_id if self.requests else ""
-        mine = [a.t for a in acts if a.job == first]
+        mine = [a.t for a in acts if a.job == self.first.job_id]
         out["first_job_spans_fault"] = bool(mine) and min(mine) < t_fault < max(mine)
         out["jobs"] = job_outcomes(records, self.requests)
+        out["requests"] = [
+            (r.t, r.inst, r.kind, r.status, r.job_id or r.error) for r in self.requests
+        ]
         out["actions_during_fault"] = sum(1 for a in acts if t_fault <= a.t < t_heal)
         if out["out_of_order"]:
             failures.append(
@@ -364,5 +388,6 @@ __all__ = [
     "groups_at",
     "job_outcomes",
     "parse_actions",
+    "start_first_job",
     "write_config",
 ]
