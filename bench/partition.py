@@ -342,11 +342,11 @@ def build(name: str, seed: int, hosts: Sequence[str], quick: bool) -> Schedule:
         s.steps = [
             (0, "partition", [majority, minority]),
             (p / 3, "kill_node", None),
-            (p, "heal", None),
+            (1.5 * p, "heal", None),  # longer: a job takes ~15 s to reach a loaded node
         ]
         s.jobs = True
     elif name == "job-holder-isolated":
-        s.steps = [(0, "isolate", "holder"), (p / 3, "kill_node", None), (p, "heal", None)]
+        s.steps = [(0, "isolate", "holder"), (p / 3, "kill_node", None), (1.5 * p, "heal", None)]
         s.jobs = True
     elif name == "random":
         t = 0.0

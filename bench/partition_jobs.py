@@ -333,12 +333,12 @@ class JobDriver:
         clients = {n: self.c.client(n) for n in self.c.instances if self.c.instances[n].alive}
         try:
 
-            def idle() -> dict[str, Any] | None:
+            def idle() -> dict[str, Any]:  # empty (falsy) while a job is active
                 recs: dict[str, Any] = {}
                 for cl in clients.values():
                     for j in cl.get("/info/jobs")["jobs"]:
                         if j["status"] in ("Queued", "Running"):
-                            return None
+                            return {}
                         recs[j["id"]] = j
                 return recs
 
