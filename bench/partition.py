@@ -31,6 +31,7 @@ stdout and JSON in bench/results/partition.json (``--out`` to change).
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import platform
@@ -536,7 +537,10 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
             # Stays converged (nothing flaps back) for a few seconds.
             time.sleep(3.0)
             try:
-                snaps = snapshots(c, clients)
+                try:
+                    snaps = snapshots(c, clients)
+                except (OSError, http.client.HTTPException):  # a keep-alive the server closed
+                    snaps = snapshots(c, clients)  # (the client redials)
                 if len({canon(v) for v in snaps.values()}) != 1:
                     failures.append("replicas drifted apart after converging")
                 else:
