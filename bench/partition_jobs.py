@@ -252,10 +252,21 @@ def action_log(c: NetnsCluster, node: str) -> Path:
     return c.root / "nodes" / node / "actions.jsonl"
 
 
-def start_first_job(c: NetnsCluster, holder: str, timeout: float = 90.0) -> JobRequest:
+@dataclass
+class FirstJob:
+    """The job started by :func:`start_first_job`, and where the node's action log stood
+    before it (the log is the run's: earlier schedules' lines are not this schedule's)."""
+
+    request: JobRequest
+    log_offset: int
+
+
+def start_first_job(c: NetnsCluster, holder: str, timeout: float = 90.0) -> FirstJob:
     """Start the long job on ``holder`` and return once its first action is on the node.
     Raises HarnessError if it is refused or does not act in time."""
     node = node_name(c.nodes[JOB_NODE_HOST])
+    path = action_log(c, node)
+    offset = path.stat().st_size if path.exists() else 0
     cl = c.client(holder, timeout=10.0)
     try:
         r = _post_job(cl, holder, node, FIRST_JOB_STEPS, 0.0)
@@ -263,14 +274,13 @@ def start_first_job(c: NetnsCluster, holder: str, timeout: float = 90.0) -> JobR
         cl.close()
     if r is None or r.status != 200:
         raise HarnessError(f"the pre-fault job on {node} was refused: {r}")
-    path = action_log(c, node)
     wait_for(
         lambda: path.exists() and f'"job": "{r.job_id}"' in path.read_text(),
         timeout,
         f"the first action of job {r.job_id} on {node}",
         0.2,
     )
-    return r
+    return FirstJob(r, offset)
 
 
 @dataclass
@@ -282,7 +292,7 @@ class JobDriver:
     c: NetnsCluster
     holder: str
     t_base: float
-    first: JobRequest
+    first: FirstJob
     node: str = ""
     requests: list[JobRequest] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -293,8 +303,8 @@ class JobDriver:
         self.node = self.node or node_name(self.c.nodes[JOB_NODE_HOST])
         #: wall-clock time of t=0 (the action log is stamped with time.time()).
         self.wall0 = time.time() - (time.monotonic() - self.t_base)
-        self.first.t = round(-self.now(), 2)  # started before t=0
-        self.requests.append(self.first)
+        self.first.request.t = round(-self.now(), 2)  # started before t=0
+        self.requests.append(self.first.request)
 
     def now(self) -> float:
         return time.monotonic() - self.t_base
@@ -349,7 +359,9 @@ class JobDriver:
 
     def actions(self) -> list[Action]:
         path = action_log(self.c, self.node)
-        text = path.read_text() if path.exists() else ""
+        with open(path, "rb") as f:  # this schedule's lines only
+            f.seek(self.first.log_offset)
+            text = f.read().decode()
         return parse_actions(self.node, text, self.wall0)
 
     def finish(
@@ -363,7 +375,7 @@ class JobDriver:
             records, failures = {}, [str(exc)]
         acts = self.actions()
         out = check_actions(acts, comps, len(self.c.instances))
-        mine = [a.t for a in acts if a.job == self.first.job_id]
+        mine = [a.t for a in acts if a.job == self.first.request.job_id]
         out["first_job_spans_fault"] = bool(mine) and min(mine) < t_fault < max(mine)
         out["jobs"] = job_outcomes(records, self.requests)
         out["requests"] = [
@@ -382,6 +394,7 @@ class JobDriver:
 
 __all__ = [
     "Action",
+    "FirstJob",
     "JobDriver",
     "JobRequest",
     "check_actions",
