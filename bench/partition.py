@@ -24,6 +24,12 @@ simulated node is killed (SIGKILL of its serf) during the fault. After the heal 
   connected group (should be ~0), takeover time after a holder crash/isolation, and the time
   from heal to one agreed holder (which must happen: failed otherwise).
 
+Jobs schedules (``job-split``, ``job-holder-isolated``, half of the random ones) also run
+real playbooks on a simulated node while the fault lasts, a job acting when it starts and
+every instance asked to act on the same node; their checker
+(``bench/partition_jobs.py``) fails the schedule for a node action applied out of epoch
+order and reports actions by a side without a majority and the jobs' outcomes.
+
 A failed schedule prints its seed and the command that replays it. Results: a table on
 stdout and JSON in bench/results/partition.json (``--out`` to change).
 """
