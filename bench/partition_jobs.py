@@ -268,12 +268,23 @@ def start_first_job(c: NetnsCluster, holder: str, timeout: float = 90.0) -> Firs
     path = action_log(c, node)
     offset = path.stat().st_size if path.exists() else 0
     cl = c.client(holder, timeout=10.0)
-    try:
+    last: list[Any] = []
+
+    def accepted() -> JobRequest | None:
         r = _post_job(cl, holder, node, FIRST_JOB_STEPS, 0.0)
+        if r is None:  # a job holds the node, or the holder's record of it is not settled
+            last[:] = [cl.request("GET", f"/info/node/{node}")]
+            return None
+        last[:] = [r]
+        return r if r.status == 200 else None
+
+    try:
+        r = wait_for(accepted, 60.0, f"{holder} to accept a job on {node}", 1.0)
+    except HarnessError as exc:
+        raise HarnessError(f"the pre-fault job was refused: {exc}; last answer: {last}") from None
     finally:
         cl.close()
-    if r is None or r.status != 200:
-        raise HarnessError(f"the pre-fault job on {node} was refused: {r}")
+    assert r is not None
     wait_for(
         lambda: path.exists() and f'"job": "{r.job_id}"' in path.read_text(),
         timeout,
