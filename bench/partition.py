@@ -24,6 +24,12 @@ simulated node is killed (SIGKILL of its serf) during the fault. After the heal 
   connected group (should be ~0), takeover time after a holder crash/isolation, and the time
   from heal to one agreed holder (which must happen: failed otherwise).
 
+Jobs schedules (``job-split``, ``job-holder-isolated``, half of the random ones) also run
+real playbooks on a simulated node while the fault lasts, a job acting when it starts and
+every instance asked to act on the same node; their checker
+(``bench/partition_jobs.py``) fails the schedule for a node action applied out of epoch
+order and reports actions by a side without a majority and the jobs' outcomes.
+
 A failed schedule prints its seed and the command that replays it. Results: a table on
 stdout and JSON in bench/results/partition.json (``--out`` to change).
 """
@@ -31,6 +37,7 @@ stdout and JSON in bench/results/partition.json (``--out`` to change).
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import platform
@@ -58,6 +65,7 @@ from bench.netns import (  # noqa: E402
     unavailable_reason,
     wait_for,
 )
+from bench.partition_jobs import JobDriver, start_first_job, write_config  # noqa: E402
 
 SCHEDULES = (
     "isolate-one",
@@ -67,8 +75,12 @@ SCHEDULES = (
     "holder-isolated",
     "holder-crash",
     "long",
+    "job-split",
+    "job-holder-isolated",
     "random",
 )
+#: Left out of ``--quick`` (it keeps one jobs schedule, job-split).
+NOT_QUICK = ("long", "job-holder-isolated")
 WRITE_PACE_S = 0.25
 SAMPLE_EVERY_S = 0.1
 CONVERGE_TIMEOUT_S = 75.0  # > the holder's 30 s periodic reconcile, plus Serf's reconnect
@@ -298,6 +310,8 @@ class Schedule:
     seed: int
     #: (offset s from the fault phase start, action, argument)
     steps: list[tuple[float, str, Any]] = field(default_factory=list)
+    #: Jobs act on a node during the fault (bench/partition_jobs.py).
+    jobs: bool = False
 
 
 def build(name: str, seed: int, hosts: Sequence[str], quick: bool) -> Schedule:
@@ -330,6 +344,17 @@ def build(name: str, seed: int, hosts: Sequence[str], quick: bool) -> Schedule:
         s.steps = [(0, "crash", "holder"), (p / 3, "kill_node", None), (p, "restart", None)]
     elif name == "long":
         s.steps = [(0, "isolate", "nonholder"), (10, "kill_node", None), (45.0, "heal", None)]
+    elif name == "job-split":  # the jobs' node stays with the majority (group 0)
+        majority = [h for h in hosts if h not in minority]
+        s.steps = [
+            (0, "partition", [majority, minority]),
+            (p / 3, "kill_node", None),
+            (1.5 * p, "heal", None),  # longer: a job takes ~15 s to reach a loaded node
+        ]
+        s.jobs = True
+    elif name == "job-holder-isolated":
+        s.steps = [(0, "isolate", "holder"), (p / 3, "kill_node", None), (1.5 * p, "heal", None)]
+        s.jobs = True
     elif name == "random":
         t = 0.0
         for phase in range(rng.randint(1, 3)):
@@ -355,6 +380,7 @@ def build(name: str, seed: int, hosts: Sequence[str], quick: bool) -> Schedule:
             s.steps.append((t, "heal", None))
             t += rng.uniform(0, 3)
         s.steps.sort(key=lambda x: x[0])
+        s.jobs = rng.random() < 0.5  # drawn last: the fault steps of a seed stay the same
     else:
         raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
     s.steps.sort(key=lambda x: x[0])
@@ -411,13 +437,15 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
     nodes = [node_name(h) for h in c.nodes.values()]
     victim_host = next(iter(c.nodes))  # n1 dies in every schedule; n2 stays up
     victim, live = nodes[0], nodes[1]
-    holder0 = prepare(c, [victim, live])
+    holder0 = prepare(c, nodes)
+    first_job = start_first_job(c, holder0) if s.jobs else None  # acting when the fault starts
     tag = f"{s.name}{s.seed}".replace("-", "")
     t_base = time.monotonic()
     sampler = Sampler(c, [victim, live], t_base)
     work = Workload(c, tag, live, nodes, list(c.instances), t_base)
     sampler.start()
     work.start()
+    driver = None if first_job is None else JobDriver(c, holder0, t_base, first_job)
     events: list[tuple[float, str, Any]] = []
     comps: list[tuple[float, list[set[str]]]] = [(0.0, c.components())]
     crashed: list[str] = []
@@ -426,6 +454,8 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
     lead = 2.0  # writes and samples before the first fault
     t_heal: float | None = None
     try:
+        if driver is not None:
+            driver.start()  # every instance asks to act on the jobs' node
         for idx, (off, action, arg) in enumerate(s.steps):
             delay = lead + off - (time.monotonic() - t_base)
             if delay > 0:
@@ -437,6 +467,8 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
             is_last = idx == len(s.steps) - 1
             if is_last:
                 work.stop()  # writes end at the heal, so convergence has a fixed target
+                if driver is not None:
+                    driver.stop()
             if action == "isolate":
                 c.isolate(arg)
             elif action == "partition":
@@ -491,7 +523,13 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
                     n: state["nodes"].get(n, {}).get("inventory_state", {}).get("state")
                     for n in (victim, live)
                 }
-                if same and not miss and st == {victim: "Disappeared", live: "Discovered"}:
+                idle = not any(j["status"] in ("Queued", "Running") for j in state["jobs"]["jobs"])
+                if (
+                    same
+                    and not miss
+                    and st == {victim: "Disappeared", live: "Discovered"}
+                    and idle  # a job still running changes /info/jobs
+                ):
                     t_health = now
                     break
                 last_problem = "; ".join(miss[:3]) if miss else f"node states {st}"
@@ -505,7 +543,10 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
             # Stays converged (nothing flaps back) for a few seconds.
             time.sleep(3.0)
             try:
-                snaps = snapshots(c, clients)
+                try:
+                    snaps = snapshots(c, clients)
+                except (OSError, http.client.HTTPException):  # a keep-alive the server closed
+                    snaps = snapshots(c, clients)  # (the client redials)
                 if len({canon(v) for v in snaps.values()}) != 1:
                     failures.append("replicas drifted apart after converging")
                 else:
@@ -518,6 +559,8 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
     finally:
         sampler.stop()
         work.stop()
+        if driver is not None:
+            driver.stop()
     t_end = time.monotonic() - t_base
     kill_t = next((t for t, a, _ in events if a == "kill_node"), None)
     fault_t = events[0][0] if events else lead
@@ -528,8 +571,11 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
         t_heal,
         t_end,
         holder0,
-        takeover=s.name in ("holder-isolated", "holder-crash"),
+        takeover=s.name in ("holder-isolated", "holder-crash", "job-holder-isolated"),
     )
+    if driver is not None:
+        result["node_actions"], job_failures = driver.finish(comps, fault_t, t_heal)
+        failures += job_failures
     flaps = health_flaps(sampler, victim, kill_t)
     lease_tl: dict[str, list[tuple[float, bool, str | None, int, bool]]] = {}
     for t, n, is_h, h, e, v in sampler.lease:
@@ -643,8 +689,9 @@ def median(xs: Sequence[float | None]) -> float | None:
 
 def table(results: Sequence[dict[str, Any]]) -> str:
     hdr = (
-        f"{'schedule':<16}{'seed':>6} {'ok':<4}{'fault s':>8}{'acked':>7}{'conv s':>8}"
+        f"{'schedule':<20}{'seed':>6} {'ok':<4}{'fault s':>8}{'acked':>7}{'conv s':>8}"
         f"{'health s':>9}{'1-holder s':>11}{'overlap s':>10}{'in-grp s':>9}{'takeover':>9}"
+        f"{'acts':>6}{'ooo':>5}{'minor':>6}{'fenced':>7}"
     )
     rows = [hdr, "-" * len(hdr)]
 
@@ -653,12 +700,15 @@ def table(results: Sequence[dict[str, Any]]) -> str:
 
     for r in results:
         le = r.get("lease", {})
+        na = r.get("node_actions", {})
         rows.append(
-            f"{r['schedule']:<16}{r['seed']:>6} {'yes' if r['ok'] else 'NO':<4}"
+            f"{r['schedule']:<20}{r['seed']:>6} {'yes' if r['ok'] else 'NO':<4}"
             f"{f(r.get('fault_s')):>8}{f(r.get('writes', {}).get('acked')):>7}"
             f"{f(r.get('heal_to_convergence_s')):>8}{f(r.get('heal_to_health_s')):>9}"
             f"{f(le.get('heal_to_one_holder_s')):>11}{f(le.get('overlap_s')):>10}"
             f"{f(le.get('in_group_overlap_s')):>9}{f(le.get('takeover_s')):>9}"
+            f"{f(na.get('actions')):>6}{f(na.get('out_of_order')):>5}"
+            f"{f(na.get('minority_actions')):>6}{f(na.get('jobs', {}).get('fenced')):>7}"
         )
     return "\n".join(rows)
 
@@ -669,7 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "real Serf. Needs root (creates namespaces, veths, bridges); cleans up on exit, "
         "Ctrl-C and SIGTERM."
     )
-    ap.add_argument("--quick", action="store_true", help="3 hosts, 12 s faults, no 'long' schedule")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 hosts, 12 s faults, no 'long' or 'job-holder-isolated' schedule",
+    )
     ap.add_argument(
         "--seed",
         type=int,
@@ -699,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("removed: " + (", ".join(gone) if gone else "nothing"))
         return 0
     names = [x.strip() for x in a.schedules.split(",") if x.strip()] or [
-        n for n in SCHEDULES if not (a.quick and n == "long")
+        n for n in SCHEDULES if not (a.quick and n in NOT_QUICK)
     ]
     for n in names:
         if n not in SCHEDULES:
@@ -719,11 +773,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t0:7.1f}s] {msg}", flush=True)
 
-    c = NetnsCluster(n_hosts, 2, keep=a.keep)
+    c = NetnsCluster(n_hosts, 3, keep=a.keep)  # n3: the jobs' node (bench/partition_jobs.py)
+    assert c.root is not None
+    c.agent_args = ["--config", str(write_config(c.root))]
     log(f"run prefix {c.prefix}, data in {c.root}")
     try:
         c.setup()
-        log(f"{n_hosts} instances + 2 nodes up")
+        log(f"{n_hosts} instances + 3 nodes up")
         for s in plan:
             log(f"schedule {s.name} (seed {s.seed}): {len(s.steps)} steps")
             try:
@@ -762,6 +818,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in got
             if r["lease"]["takeover_s"] is not None
         },
+        "node_actions_out_of_order": sum(
+            r["node_actions"]["out_of_order"] for r in got if "node_actions" in r
+        ),
+        "node_actions_by_minority": sum(
+            r["node_actions"]["minority_actions"] for r in got if "node_actions" in r
+        ),
         "passed": len(ok),
         "failed": len(results) - len(ok),
     }
