@@ -15,6 +15,10 @@ jobs               the job manager: runs workflows when this instance holds the 
 signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/SIGTERM stop
 =================  =====================================================================
 
+Start order: the replica is restored, then the API serves (it needs nothing else), then
+the gossip transport and service, Serf, membership, the lease and the jobs start beside it;
+/health says what has not started yet (issue 17, start time).
+
 Its Serf connection is the one part a caller may supply (``serf=``): the tests' standalone
 instances (``gossipmgr.testing.standalone``) are this same wiring over a fake Serf. The
 command line is ``gossipmgr.daemon``.
