@@ -289,10 +289,12 @@ def startstop_section(r: dict[str, Any]) -> list[str]:
         "Before and now ran back to back, 7 runs each, while seven other sessions ran test "
         "suites on the same 2 cores (load average 12-16): each start waited for a CPU most "
         "of the time (6-22 s wall for ~1 s of CPU), so the wall figures say nothing about "
-        "an idle machine and the stop figures wobble too (another pair, an hour apart: "
-        "start 8.94 → 11.14 s wall, 1.13 → 1.08 s CPU, before the GC pause below; stop "
-        "0.221 → 0.287 s). The CPU time is the figure to compare. What changed for the "
-        "start (issue 17 part 5):",
+        "an idle machine and the stop figures wobble too. Two more comparisons: a pair "
+        "run 10 minutes earlier, before the GC pause below (start 8.94 → 11.14 s wall, "
+        "1.13 → 1.08 s CPU, stop 0.221 → 0.287 s), and 3 rounds alternating the two trees, "
+        "2 runs each (6 a side), 20 minutes later (start 3.72 → 3.25 s wall, 1.07 → 0.90 s "
+        "CPU, stop 0.190 → 0.170 s). The CPU time is the figure to compare. What changed "
+        "for the start (issue 17 part 5):",
         "",
         "- **Restore** (CPU, min of 7, 30,000 entries): decode 108 → 79 ms (`Timestamp` "
         "and `Entry` are named tuples, made in a third of the time and compared in C; a "
