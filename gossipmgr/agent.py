@@ -15,6 +15,10 @@ jobs               the job manager: runs workflows when this instance holds the 
 signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/SIGTERM stop
 =================  =====================================================================
 
+Start order: the replica is restored, then the API serves (it needs nothing else), then
+the gossip transport and service, Serf, membership, the lease and the jobs start beside it;
+/health says what has not started yet (issue 17, start time).
+
 Its Serf connection is the one part a caller may supply (``serf=``): the tests' standalone
 instances (``gossipmgr.testing.standalone``) are this same wiring over a fake Serf. The
 command line is ``gossipmgr.daemon``.
@@ -308,20 +312,19 @@ class Agent:
             len(self.replica.state),
         )
         try:
-            gossip_host, gossip_port = split_addr(cfg.gossip_addr, "gossip-addr")
-            async with open_udp_transport(gossip_host, gossip_port) as transport:
-                self.gossip = GossipService(
-                    self.replica, transport, self.keyring, boot_ms=self.boot_ms
-                )
-                async with trio.open_nursery() as nursery:
-                    await self._start(nursery, signals)
-                    self.ready.set()
-                    task_status.started(self)
+            async with trio.open_nursery() as nursery:
+                # Serving first (issue 17, start time): the API needs only the restored
+                # replica; until gossip and Serf are up, /health says so ("gossip":
+                # {"running": false}, "serf": {"error": "not started"}).
+                await self._serve_api(nursery)
+                await nursery.start(self._run_parts, nursery, signals)
+                self.ready.set()
+                task_status.started(self)
         finally:
             with trio.CancelScope(shield=True):
                 await self.replica.aclose()
 
-    async def _start(self, nursery: trio.Nursery, signals: bool) -> None:
+    async def _serve_api(self, nursery: trio.Nursery) -> None:
         cfg = self.cfg
         self.api_ctx = AgentApiContext(self)
         app = create_app(self.api_ctx)
@@ -337,6 +340,25 @@ class Agent:
             )
         )
         self.api_url = cfg.advertise_api or str(url)
+
+    async def _run_parts(
+        self,
+        outer: trio.Nursery,
+        signals: bool,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Gossip, Serf, membership, the lease and the jobs, beside the API (``outer``, which
+        a stop signal cancels with them); the gossip transport outlives its tasks."""
+        gossip_host, gossip_port = split_addr(self.cfg.gossip_addr, "gossip-addr")
+        async with open_udp_transport(gossip_host, gossip_port) as transport:
+            self.gossip = GossipService(self.replica, transport, self.keyring, boot_ms=self.boot_ms)
+            async with trio.open_nursery() as nursery:
+                await self._start(nursery, signals, outer)
+                task_status.started()
+
+    async def _start(self, nursery: trio.Nursery, signals: bool, outer: trio.Nursery) -> None:
+        cfg = self.cfg
         assert self.gossip is not None
         gossip_addr = await nursery.start(self.gossip.run)
         log.info("%s: API on %s, gossip on %s:%s", cfg.name, self.api_url, *gossip_addr)
@@ -369,7 +391,7 @@ class Agent:
         if self.notifier is not None:
             await nursery.start(self.notifier.run)
         if signals:
-            nursery.start_soon(self._signals, nursery)
+            nursery.start_soon(self._signals, outer)
 
     # ------------------------------------------------------------------ signals
     async def _signals(self, nursery: trio.Nursery) -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from gossipmgr.api import OPENAPI, create_app
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import Entry, Key, LWWMap
+from gossipmgr.core.history import history_key
 from gossipmgr.core.inventory import find_node
 from gossipmgr.core.job import JobRecord
 from gossipmgr.core.node import Monitoring
@@ -54,7 +55,7 @@ _mon_values = st.one_of(
 @st.composite
 def _key_value(draw: st.DrawFn) -> tuple[Key, Any]:
     name = draw(_names)
-    kind = draw(st.sampled_from(["g", "j", "inv", "mon", "hg", "v"]))
+    kind = draw(st.sampled_from(["g", "j", "inv", "mon", "hg", "v", "h"]))
     if kind == "g":
         return global_key(name), draw(st.one_of(st.none(), st.integers(0, 2)))
     if kind == "j":
@@ -66,6 +67,8 @@ def _key_value(draw: st.DrawFn) -> tuple[Key, Any]:
         return monitoring_key(name), draw(_mon_values)
     if kind == "hg":
         return host_group_key(name), "service-master"
+    if kind == "h":  # a node history entry: its own index, never the node's keys
+        return history_key(name, draw(st.sampled_from(["1-0-p", "2-0-q"]))), {"event": "status"}
     return node_var_key(name, draw(_names)), draw(st.integers(0, 2))
 
 

@@ -21,7 +21,7 @@ larger timestamp, which is what last-writer-wins needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gossipmgr.errors import ClockError
 
@@ -30,9 +30,12 @@ from gossipmgr.errors import ClockError
 DEFAULT_MAX_OFFSET_MS = 500
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Timestamp:
-    """A hybrid logical timestamp. Ordered by ``(ms, logical, node)``."""
+class Timestamp(NamedTuple):
+    """A hybrid logical timestamp. Ordered by ``(ms, logical, node)``.
+
+    A named tuple, not a dataclass: every entry carries one, so making and comparing them
+    is on the restore path (30,000 per 10,000 nodes) and in every join; a tuple is made in
+    a third of the time and compares in C (issue 17, start time)."""
 
     ms: int
     logical: int

@@ -45,6 +45,9 @@ MAX_ENTRY_BYTES = 1024 * 1024 - 4096
 MAX_BATCH_BYTES = MAX_ENTRY_BYTES
 #: Most variables one batch may change.
 MAX_BATCH_KEYS = 10_000
+#: An upper bound of an entry's encoding without its value: list, flags and counters, at
+#: most 6 key parts of MAX_KEY_PART characters and a node id of MAX_NODE_ID, 4 bytes each.
+_ENTRY_ROOM = 64 + 6 * 5 + 4 * (6 * MAX_KEY_PART + MAX_NODE_ID)
 #: Integers msgpack can carry.
 MIN_INT = -(2**63)
 MAX_INT = 2**64 - 1
@@ -131,18 +134,17 @@ def check_json_value(v: Any) -> int:
 
 def check_key(key: Any) -> None:
     """Raise BadPacket("key") unless ``key`` is a known key shape of short strings."""
-    if type(key) is not tuple and not isinstance(key, list | tuple):
-        raise BadPacket("key", "key must be a list of 1-6 strings")
-    if not 0 < len(key) <= 6:
+    is_tuple = type(key) is tuple
+    if (not is_tuple and not isinstance(key, list | tuple)) or not 0 < len(key) <= 6:
         raise BadPacket("key", "key must be a list of 1-6 strings")
     for p in key:
-        if type(p) is not str:
-            raise BadPacket("key", "key must be a list of 1-6 strings")
-        if len(p) > MAX_KEY_PART:
+        if type(p) is not str or len(p) > MAX_KEY_PART:
+            if type(p) is not str:
+                raise BadPacket("key", "key must be a list of 1-6 strings")
             raise BadPacket(
                 "key", f"name {p[:40]!r}... is {len(p)} characters (limit {MAX_KEY_PART})"
             )
-    if not valid_key(key if type(key) is tuple else tuple(key)):
+    if not valid_key(key if is_tuple else tuple(key)):
         raise BadPacket("key", f"unknown key shape {tuple(key)[:3]!r}")
 
 
@@ -190,16 +192,18 @@ def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> bytes | None:
     commit writes those bytes (:func:`encode_packed`) instead of encoding the entry again.
     """
     check_key(key)
-    if from_disk:
-        bound = 64 + 5 * len(key) + 4 * (sum(map(len, key)) + len(e.ts.node))
-        try:
-            bound += 0 if e.deleted else check_json_value(e.value)
-        except BadPacket:
-            bound = MAX_ENTRY_BYTES + 1  # encode it: size first, as below
-        if bound <= MAX_ENTRY_BYTES:
-            if e.deleted and e.value is not None:
+    if from_disk and len(e.ts.node) <= MAX_NODE_ID:
+        # The key and timestamp take at most _ENTRY_ROOM bytes (their lengths are bounded),
+        # so the value's bound decides; the walk is the check itself when it passes.
+        if e.deleted:
+            if e.value is not None:
                 raise BadPacket("entry", "a tombstone carries no value")
             return None
+        try:
+            if _check_value(e.value, 0, [MAX_VALUE_ITEMS]) <= MAX_ENTRY_BYTES - _ENTRY_ROOM:
+                return None
+        except BadPacket:
+            pass  # encode it: size first, as below
     packed = _packed(entry_to_wire(key, e))
     size = None if packed is None else len(packed)
     if size is not None and size > MAX_ENTRY_BYTES:
@@ -287,15 +291,22 @@ def decode_map_trusted(data: bytes) -> LWWMap:
     _, horizon, raw = obj
     if type(horizon) is not int or not isinstance(raw, list):
         raise BadPacket("shape", "bad state header")
-    m = LWWMap.lazy()
-    m.gc_horizon = horizon
     try:
-        m.merge(
-            (tuple(k), Entry(Timestamp(ms, lg, node), None if dl else v, dl))
+        entries = {
+            tuple(k): Entry(Timestamp(ms, lg, node), None if dl else v, dl)
             for k, ms, lg, node, dl, v in raw
-        )
+        }
     except (TypeError, ValueError) as exc:
         raise BadPacket("entry", f"malformed entry ({exc})") from None
+    if len(entries) == len(raw):  # each key once, as every state we write: no join needed
+        return LWWMap.lazy_of(entries, horizon)
+    # A key repeated: the join decides which entry stays, whatever the order on disk.
+    m = LWWMap.lazy()
+    m.gc_horizon = horizon
+    m.merge(
+        (tuple(k), Entry(Timestamp(ms, lg, node), None if dl else v, dl))
+        for k, ms, lg, node, dl, v in raw
+    )
     return m
 
 

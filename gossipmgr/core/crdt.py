@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -47,13 +47,18 @@ FANOUT = 64
 LEAVES = FANOUT * FANOUT
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One versioned value. ``value`` is JSON-like and ignored when ``deleted``."""
+class Entry(NamedTuple):
+    """One versioned value. ``value`` is JSON-like and ignored when ``deleted``.
+
+    A named tuple like :class:`~gossipmgr.core.clock.Timestamp`, for the same reason: one
+    per entry, made on every restore and decode (issue 17, start time)."""
 
     ts: Timestamp
     value: Any = None
     deleted: bool = False
+
+
+_ts_of = attrgetter("ts")
 
 
 def _packed(obj: Any) -> bytes:
@@ -126,6 +131,19 @@ class LWWMap:
         m._hashed = False
         return m
 
+    @classmethod
+    def lazy_of(cls, entries: dict[Key, Entry], gc_horizon: int = 0) -> LWWMap:
+        """A lazy map (:meth:`lazy`) holding ``entries`` as they are, with no join: for one
+        decoded state, whose keys are unique, so the join of its entries into an empty map
+        would keep every one. Tombstones older than ``gc_horizon`` are left out, as the
+        join leaves them out. Takes ownership of ``entries``."""
+        m = cls.lazy()
+        m.gc_horizon = gc_horizon
+        if gc_horizon > 0:
+            entries = {k: e for k, e in entries.items() if not e.deleted or e.ts.ms >= gc_horizon}
+        m._entries = entries
+        return m
+
     def _ensure_hashed(self) -> None:
         if self._hashed:
             return
@@ -171,7 +189,7 @@ class LWWMap:
                 yield k, e.value
 
     def max_timestamp(self) -> Timestamp | None:
-        return max((e.ts for e in self._entries.values()), default=None)
+        return max(map(_ts_of, self._entries.values()), default=None)
 
     def leaf_digests(self) -> list[int]:
         self._ensure_hashed()

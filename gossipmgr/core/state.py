@@ -156,12 +156,49 @@ class ClusterState:
         return len(self.map)
 
     def adopt(self, m: LWWMap) -> None:
-        """Take ``m`` as the whole state (restore into an empty replica): no re-join."""
+        """Take ``m`` as the whole state (restore into an empty replica): no re-join.
+
+        The indexes are built in one pass over the live entries, the same as :meth:`_index`
+        of each entry in turn but without its calls (the restore runs before serving): an
+        empty replica's indexes have nothing a tombstone could remove."""
         if len(self.map):
             raise ValueError("adopt() needs an empty replica")
         self.map = m
+        by_node, epoch = self._by_node, self.max_record_epoch
         for k, e in m.items():
-            self._index(k, e)
+            if e.deleted:
+                continue
+            ns = k[0]
+            if ns == NODE:
+                name = k[1]
+                if is_history_key(k):
+                    self._history.setdefault(name, set()).add(k[3])
+                    continue
+                keys = by_node.get(name)
+                if keys is None:
+                    by_node[name] = {k}
+                else:
+                    keys.add(k)
+                if len(k) == 3 and k[2] != "hg":
+                    epoch = self._adopt_node_record(name, k[2], e.value, epoch)
+            elif ns == GLOBAL:
+                self._globals.add(k[1])
+            elif ns == JOB:
+                self._jobs.add(k[1])
+                if _active(e.value):
+                    self._active_jobs.add(k[1])
+                epoch = max(epoch, value_epoch(e.value))
+        self.max_record_epoch = epoch
+
+    def _adopt_node_record(self, name: str, part: str, value: Any, epoch: int) -> int:
+        if part == "inv":
+            if not _forgotten(value):
+                self._nodes.add(name)
+            return max(epoch, value_epoch(value))
+        if part == "mon" and (addr := _mon_addr(value)):
+            self._addr_of[name] = addr
+            self._by_addr.setdefault(addr, set()).add(name)
+        return epoch
 
     def apply(self, delta: LWWMap | Iterable[tuple[Key, Entry]]) -> LWWMap:
         """Join a delta (or state) in; return the novel part (see ``LWWMap.join``)."""
@@ -210,8 +247,7 @@ class ClusterState:
             if live:
                 self.max_record_epoch = max(self.max_record_epoch, value_epoch(e.value))
         elif k[2] == "mon":
-            mon = Monitoring.from_value(e.value) if live else None
-            self._index_addr(name, mon.addr if mon is not None else "")
+            self._index_addr(name, _mon_addr(e.value) if live else "")
 
     def _index_addr(self, name: str, addr: str) -> None:
         old = self._addr_of.pop(name, "")
@@ -409,6 +445,12 @@ def _mark_in(index: dict[str, set[str]], name: str, item: str, present: bool) ->
 
 def _active(value: Any) -> bool:
     return isinstance(value, dict) and value.get("status") in ACTIVE
+
+
+def _mon_addr(value: Any) -> str:
+    """The management address of a monitoring record's value (``Monitoring.from_value``'s
+    ``addr``; "" for a value that is not a map)."""
+    return str(value.get("addr", "")) if isinstance(value, dict) else ""
 
 
 def _forgotten(value: Any) -> bool:

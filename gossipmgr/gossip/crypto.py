@@ -51,8 +51,6 @@ import os
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-
 from gossipmgr.errors import BadPacket
 from gossipmgr.gossip.datagram import MAX_DATAGRAM, Counters
 from gossipmgr.gossip.keys import (
@@ -304,6 +302,11 @@ class Sealer:
             replay_window, max_senders, boot if accept_since_ms is None else accept_since_ms
         )
         self.refused = Counters()
+        # Function-local: cryptography loads when gossip starts, after the API serves (a heavy
+        # import: issue 17, start time); the keyring makes its ciphers then too.
+        from cryptography.exceptions import InvalidTag
+
+        self._invalid_tag: type[Exception] = InvalidTag
 
     @property
     def counter(self) -> int:
@@ -375,7 +378,7 @@ class Sealer:
         header = data[:HEADER_LEN]
         try:
             plaintext = aead.decrypt(header[_FIXED.size :], data[HEADER_LEN:], header)
-        except InvalidTag:
+        except self._invalid_tag:
             raise BadPacket("auth", "tag mismatch")
         # Authenticated from here on: labels below describe genuine cluster datagrams.
         if sent_ms < now_ms - self.max_age_ms:

@@ -15,10 +15,12 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from gossipmgr.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "KEY_ID_LEN",
@@ -119,20 +121,22 @@ class Keyring:
     Raises ValueError for a key that is not 32 bytes or two keys whose ids collide.
     """
 
-    __slots__ = ("_by_id", "_primary", "_primary_id")
+    __slots__ = ("_aead", "_by_id", "_primary", "_primary_id")
 
     def __init__(self, primary: bytes, accepted: Sequence[bytes] = ()) -> None:
-        by_id: dict[bytes, tuple[bytes, AESGCM]] = {}
+        by_id: dict[bytes, bytes] = {}
         for key in (primary, *accepted):
             if not isinstance(key, bytes) or len(key) != KEY_LEN:
                 raise ValueError(f"a key must be {KEY_LEN} bytes")
             kid = key_id(key)
             if kid in by_id:
-                if by_id[kid][0] == key:
+                if by_id[kid] == key:
                     continue  # the same key listed twice
                 raise ValueError("two keys share a key id; generate another key")
-            by_id[kid] = (key, AESGCM(key))
+            by_id[kid] = key
         self._by_id = by_id
+        #: key id -> its cipher, made at its first use (see :meth:`_cipher`)
+        self._aead: dict[bytes, AESGCM] = {}
         self._primary = primary
         self._primary_id = key_id(primary)
 
@@ -147,14 +151,25 @@ class Keyring:
     @property
     def keys(self) -> tuple[bytes, ...]:
         """All installed keys, primary first."""
-        return tuple(k for k, _ in self._by_id.values())
+        return tuple(self._by_id.values())
 
     def _sealer(self) -> AESGCM:
-        return self._by_id[self._primary_id][1]
+        aead = self._opener(self._primary_id)
+        assert aead is not None  # the primary is always installed
+        return aead
 
     def _opener(self, kid: bytes) -> AESGCM | None:
-        entry = self._by_id.get(kid)
-        return entry[1] if entry is not None else None
+        aead = self._aead.get(kid)
+        if aead is None:
+            key = self._by_id.get(kid)
+            if key is None:
+                return None
+            # Function-local: cryptography is a heavy import (its Rust bindings) that the
+            # agent needs only once gossip runs, after its API serves (issue 17, start time).
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            aead = self._aead[kid] = AESGCM(key)
+        return aead
 
     def __repr__(self) -> str:  # never show key bytes
         ids = ", ".join(k.hex() for k in self._by_id)

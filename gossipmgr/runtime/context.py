@@ -301,7 +301,8 @@ class AgentApiContext:
                 "iface": cfg.serf_iface,
                 "refused": a.serf_refusals.snapshot(rep.now_ms()),
             },
-            "gossip": {"auth_failures": self.auth_failures()},
+            # False until the gossip service has started (it starts after the API serves)
+            "gossip": {"started": a.gossip is not None, "auth_failures": self.auth_failures()},
             "warnings": self.warnings(),
             "lease": {"holder": rep.is_holder(), **(lease.__dict__ if lease else {})},
             "durability": {

@@ -1,0 +1,46 @@
+"""Start time (issue 17 part 5): what `gossipmgr agent` loads before it serves.
+
+The agent serves its API once the data dir is restored; gossip and Serf start after that
+(docs/benchmarks.md, "Start and stop"). A heavy dependency that only those later parts, or
+only some requests, need is imported where it is first used, and this keeps it so: a fresh
+interpreter's import of the daemon's command line must not load it.
+"""
+
+from __future__ import annotations
+
+from _imports import modules_loaded_by
+
+#: Loaded later: cryptography when gossip starts (the keyring's ciphers, the sealer);
+#: httpx by forwarding and the CLI's client commands; ansible_runner (and ansible, yaml) by
+#: a playbook run; prometheus_client at the first scrape; the clusterm importer by name.
+LATER = {
+    "cryptography",
+    "httpx",
+    "ansible_runner",
+    "ansible",
+    "yaml",
+    "prometheus_client",
+    "gossipmgr.clusterm",
+}
+
+
+def test_the_daemon_import_leaves_heavy_modules_for_later() -> None:
+    loaded = set(modules_loaded_by(["gossipmgr.daemon"]))
+    assert {"gossipmgr.agent", "quart", "hypercorn"} <= loaded  # the serving path itself
+    assert sorted(LATER & loaded) == []
+
+
+def test_the_keyring_makes_its_ciphers_at_first_use() -> None:
+    """A keyring built at start (the agent reads its key file before serving) seals and
+    opens once cryptography is loaded on demand; an unknown key id still has no cipher."""
+    from gossipmgr.gossip.crypto import Sealer, node_id
+    from gossipmgr.gossip.keys import Keyring, key_id
+
+    old, new, other = (bytes([i]) * 32 for i in (1, 2, 3))
+    ring = Keyring(new, [old])
+    a = Sealer(Keyring(old), node_id("a"), 1)
+    b = Sealer(ring, node_id("b"), 1)
+    opened = b.open_untrusted(a.seal(b"hello", 1000), 1000)
+    assert opened.plaintext == b"hello"
+    assert ring._opener(key_id(other)) is None
+    assert Sealer(ring, node_id("c"), 1).open_untrusted(b.seal(b"x", 1000), 1000).plaintext == b"x"
