@@ -200,6 +200,51 @@ async def test_follow_a_job_running_elsewhere_resumes_at_an_offset(rep: Replica)
     assert [x async for x in follow_log(rep, jid, 10_000)] == []
 
 
+async def test_a_follower_resuming_past_what_this_replica_holds_gets_the_rest(
+    rep: Replica,
+) -> None:
+    """A client that read 1,500 lines on another instance resumes here, where only the first
+    500 have arrived: once the rest arrives it gets lines 1,500 on, once (it used to wait at
+    the chunk starting at line 1,000, before its offset, for good)."""
+    jid = make_job_id(rep.now_ms(), 1, "b")
+    w = jl.LogChunks(1 << 20, "[truncated]")
+    lines = [f"l{i}" for i in range(2500)]
+    for x in lines[:500]:
+        w.add(x)
+    await _put_chunks(rep, jid, w.take(1))
+    await _put_job(rep, jid, "Running", 500)
+    resumed: list[str] = []
+
+    async def reader() -> None:
+        async for line in follow_log(rep, jid, 1500):
+            resumed.append(line)
+
+    with trio.fail_after(DEADLINE_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert resumed == []
+            for x in lines[500:]:
+                w.add(x)
+            w.end()
+            await _put_chunks(rep, jid, w.take(1))
+            await _put_job(rep, jid, "Complete", 2500)
+    assert resumed == lines[1500:]
+    # the pure reader alike, from a cursor sought before the later chunks existed
+    m: dict[Key, Any] = {}
+    w2 = jl.LogChunks(1 << 20, "[truncated]")
+    for x in lines[:500]:
+        w2.add(x)
+    _write(m, "j", w2.take(1))
+    cur = jl.seek(m.get, "j", 1500)
+    for x in lines[500:]:
+        w2.add(x)
+    w2.end()
+    _write(m, "j", w2.take(1))
+    got, cur, complete = jl.read(m.get, "j", cur)
+    assert got == lines[1500:] and complete and cur.offset == 2500
+
+
 async def test_an_ended_job_without_chunks_shows_its_tail_with_a_note(rep: Replica) -> None:
     """A job run by a version before the chunks (or whose log was removed): its tail."""
     jid = make_job_id(rep.now_ms(), 1, "b")

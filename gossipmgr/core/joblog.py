@@ -232,8 +232,10 @@ def read(get: Getter, job_id: str, cur: Cursor) -> tuple[list[str], Cursor, bool
     """The lines from ``cur`` on that the replica holds without a gap, the cursor after
     them, and whether the log is complete there (its end or its truncation marker read).
 
-    A chunk is left for the next only at the next one's ``first``: a chunk that arrived
-    before the last lines of the one it follows (a gap) waits for them."""
+    A chunk is left for the next once the next one's ``first`` is not past the line wanted:
+    a chunk that arrived before the last lines of the one it follows (a gap) waits for
+    them; one that starts at or before a cursor past what this replica held when it was
+    sought (a client resuming here at an offset it read elsewhere) is where it goes on."""
     out: list[str] = []
     index, pos = cur.index, cur.offset
     while (ch := chunk_at(get, job_id, index)) is not None and ch.first <= pos:
@@ -243,7 +245,7 @@ def read(get: Getter, job_id: str, cur: Cursor) -> tuple[list[str], Cursor, bool
         if pos >= ch.stop and (ch.end or ch.truncated):
             return out, Cursor(index, pos), True
         nxt = chunk_at(get, job_id, index + 1)
-        if nxt is None or nxt.first != pos:
+        if nxt is None or nxt.first > pos:
             break
         index += 1
     return out, Cursor(index, pos), False
