@@ -112,7 +112,10 @@ def _limit(text: str | None, bound: int) -> int:
     """``?limit=``: 1 to ``bound`` (default ``bound``). Raises BadRequest."""
     if text is None:
         return max(bound, 1)
-    if not text.isdigit() or not 1 <= int(text) <= max(bound, 1):
+    # ASCII digits only, and few: str.isdigit() also takes "²" (int() refuses it) and
+    # int() refuses more than 4,300 digits; either would be a 500
+    ok = text.isascii() and text.isdigit() and len(text) <= 6
+    if not ok or not 1 <= int(text) <= max(bound, 1):
         raise BadRequest(f"limit must be a whole number from 1 to {max(bound, 1)}, not {text!r}")
     return int(text)
 
