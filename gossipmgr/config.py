@@ -440,6 +440,8 @@ def read_secret_file(path: Path, what: str) -> str:
         secret = path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # a ValueError: a SIGHUP reload would not catch it
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
     if not secret:
         raise ConfigError(f"{what} {path} is empty")
     return secret

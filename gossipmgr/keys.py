@@ -90,6 +90,8 @@ def load_tokens(cfg: AgentConfig, token: str | None) -> TokenTable | None:
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read api tokens file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:  # a ValueError: a SIGHUP reload would not catch it
+            raise ConfigError(f"api tokens file {path} is not UTF-8 text") from None
         named = parse_tokens(text, str(path))
     TokenTable.with_default(token, named)  # no clash with the default token
     return TokenTable(named)

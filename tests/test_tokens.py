@@ -19,7 +19,7 @@ from gossipmgr.agent import Agent
 from gossipmgr.config import load
 from gossipmgr.core.tokens import ADMIN, READ, TokenTable, make_token, parse_tokens
 from gossipmgr.errors import ConfigError
-from gossipmgr.keys import load_tokens
+from gossipmgr.keys import load_or_create_token, load_tokens
 
 DEFAULT = "the-default-secret"
 OPS = "ops-secret-0123456789"
@@ -132,6 +132,17 @@ async def test_roles_over_real_http_and_sighup_reload(tmp_path: Path) -> None:
         path.write_text("late read sha256:xyz\n")
         agent.reload()
         assert (await _call(url, "GET", "/info/nodes", "late-secret-0123"))[0] == 200
+        # ... and so is one that is not UTF-8 (a Latin-1 comment): refused, not a crash of
+        # the signal handler (UnicodeDecodeError is no ConfigError), for either token file
+        good = path.read_bytes()
+        path.write_bytes(b"# caf\xe9\n" + good)
+        agent.reload()
+        assert (await _call(url, "GET", "/info/nodes", "late-secret-0123"))[0] == 200
+        path.write_bytes(good)
+        default_file = tmp_path / "default.token"
+        default_file.write_bytes(b"caf\xe9\n")
+        with pytest.raises(ConfigError, match="not UTF-8"):
+            load_or_create_token(load(None, {"data_dir": tmp_path, "api_token_file": default_file}))
         assert (await _call(url, "PUT", "/globals/z", OPS, {"value": 3}))[0] == 200
 
 

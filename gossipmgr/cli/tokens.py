@@ -27,6 +27,8 @@ def cmd_token_add(args: argparse.Namespace) -> int:
         raise CliError(str(exc), 2) from None
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}", 1) from None
+    except UnicodeDecodeError:
+        raise CliError(f"cannot read {path}: not UTF-8 text", 1) from None
     if any(t.name == token.name for t in existing):
         raise CliError(f'{path} already has a token named "{token.name}"', 1)
     sep = "" if not text or text.endswith("\n") else "\n"
