@@ -106,6 +106,10 @@ def test_a_receiver_verifies_signature_and_timestamp() -> None:
     # a replay: the same request, later than the tolerance
     assert not wh.verify(SECRET, ts, body, sig, time.time() + wh.TOLERANCE_S + 5)
     assert not wh.verify(SECRET, "soon", body, sig, time.time())
+    # hostile headers (a server decodes them as Latin-1): False, never an exception
+    arabic = "".join(chr(0x660 + int(d)) for d in ts)  # int() takes these digits
+    assert not wh.verify(SECRET, arabic, body, sig, time.time())
+    assert not wh.verify(SECRET, ts, body, "sha256=\u00e9" + sig[8:], time.time())
 
 
 async def test_events_are_signed_and_retried_past_a_failing_receiver(tmp_path: Path) -> None:

@@ -78,12 +78,17 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
 
 
 def verify(secret: bytes, timestamp: str, body: bytes, signature: str, now_s: float) -> bool:
-    """What a receiver checks: the signature (in constant time) and a fresh timestamp."""
+    """What a receiver checks: the signature (in constant time) and a fresh timestamp.
+    False, never an exception, for headers of any text (a server decodes them as Latin-1;
+    ``int()`` takes non-ASCII digits, ``compare_digest`` refuses non-ASCII strings)."""
+    if not timestamp.isascii():
+        return False
     try:
         fresh = abs(now_s - int(timestamp)) <= TOLERANCE_S
     except ValueError:
         return False
-    return fresh and hmac.compare_digest(sign(secret, timestamp, body), signature)
+    want = sign(secret, timestamp, body).encode()
+    return fresh and hmac.compare_digest(want, signature.encode("utf-8", "replace"))
 
 
 def events_of(novel: LWWMap, seen: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
