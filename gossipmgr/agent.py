@@ -315,7 +315,7 @@ class Agent:
             async with trio.open_nursery() as nursery:
                 # Serving first (issue 17, start time): the API needs only the restored
                 # replica; until gossip and Serf are up, /health says so ("gossip":
-                # {"running": false}, "serf": {"error": "not started"}).
+                # {"started": false}, "serf": {"error": "not started"}).
                 await self._serve_api(nursery)
                 await nursery.start(self._run_parts, nursery, signals)
                 self.ready.set()

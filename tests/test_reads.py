@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossipmgr.api import OPENAPI, create_app
-from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.clock import HLC, Timestamp
 from gossipmgr.core.crdt import Entry, Key, LWWMap
 from gossipmgr.core.history import history_key
 from gossipmgr.core.inventory import find_node
@@ -35,6 +35,7 @@ from gossipmgr.core.state import (
     node_var_key,
     rebuilt_index,
 )
+from gossipmgr.gossip.protocol import AntiEntropy
 
 # --------------------------------------------------------------------------- indexes
 
@@ -184,6 +185,34 @@ def test_a_tombstone_leaves_no_trace_in_the_indexes_and_gc_keeps_them_true() -> 
     assert s.node_names() == [] and s.node_count() == 0 and s.node("n/1") is None
     assert find_node(s, "10.0.0.8") is None
     assert s.index_snapshot() == rebuilt_index(s.map)
+
+
+def test_a_job_record_of_another_shape_is_indexed_never_raised_on() -> None:
+    """A job record whose status is a list or a map (a forged or future record: any JSON
+    passes the wire checks) is joined by gossip and read back at restore. Indexing it
+    raised TypeError (an unhashable status looked up in a frozenset): out of the gossip
+    receive loop, and out of the restore, so the instance could not start."""
+    t = Timestamp(1, 0, "p")
+    odd = [
+        (job_key("j1"), Entry(t, {"id": "j1", "status": ["Running"]})),
+        (job_key("j2"), Entry(t, {"id": "j2", "status": {"a": 1}})),
+        (job_key("j3"), Entry(t, {"id": "j3", "status": "Running", "epoch": 2})),
+    ]
+    s = ClusterState()
+    s.apply(odd)
+    assert s.index_snapshot() == rebuilt_index(s.map)
+    assert s.index_snapshot()["active_jobs"] == {"j3"}
+    restored = ClusterState()
+    restored.adopt(LWWMap(odd))
+    assert restored.index_snapshot() == s.index_snapshot()
+    # over gossip: the peer joins it and goes on
+    a = AntiEntropy("a", 1, ClusterState(), HLC("a"))
+    b = AntiEntropy("b", 1, ClusterState(), HLC("b"))
+    a.set_peers(["b"], 0)
+    b.set_peers(["a"], 0)
+    for _, data in a.local_write(LWWMap(odd), 1_000).out:
+        b.receive_untrusted(data, 1_000)
+    assert b.state.jobs().keys() <= {"j1", "j2", "j3"} and len(b.state) == 3
 
 
 # --------------------------------------------------------------------------- API

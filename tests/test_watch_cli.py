@@ -191,3 +191,39 @@ def test_cli_watch_parsing_rendering_and_cutoff() -> None:
             w.handle({"id": "s-4", "event": "cutoff", "data": '{"reason": "too slow"}'})
     finally:
         c.close()
+
+
+async def test_cli_watch_keeps_reconnecting_after_the_instance_it_watched_stops(
+    tmp_path: Path,
+) -> None:
+    """The instance stops (a restart, say) while the CLI watches: the stream breaks, and the
+    reconnection attempts are refused while it is down. The CLI connected once, so it goes
+    on trying (it exited with "cannot reach" at the first refusal when the stream it had
+    was broken rather than ended)."""
+    async with standalone(tmp_path, token=TOKEN) as ctx:
+        url = ctx.agent.api_url
+        feed = ctx.agent.feed
+        proc_cm = cli_watch("--url", url, "--token", TOKEN, "watch", "--json")
+        proc, out, err = await proc_cm.__aenter__()
+        try:
+            with trio.fail_after(60):
+                await until(lambda: feed.clients == 1, 30, "the CLI to connect")
+                async with httpx.AsyncClient(headers=AUTH, timeout=30) as c:
+                    await c.put(f"{url}/globals/a", json={"value": 1})
+                assert json.loads(await out.next())["key"] == "globals/a"
+        except BaseException:
+            await proc_cm.__aexit__(None, None, None)
+            raise
+    # the instance is stopped: its port refuses connections
+    try:
+        with trio.fail_after(60):
+            first = await err.next()
+            assert "reconnecting" in first, first
+            try:
+                second = await err.next()
+            except EOFError as exc:
+                raise AssertionError(f"the CLI exited: {exc}") from None
+            assert "reconnecting" in second, second
+            assert proc.returncode is None
+    finally:
+        await proc_cm.__aexit__(None, None, None)

@@ -72,6 +72,9 @@ class Watcher:
         self.prefix = prefix
         self.last_id = since
         self.as_json = as_json
+        #: a stream was opened once (a later refused connection is then a restart or a
+        #: network fault to wait out, not a wrong URL)
+        self.connected = False
 
     def url(self) -> str:
         q = urlencode({"prefix": self.prefix}) if self.prefix else ""
@@ -110,24 +113,23 @@ class Watcher:
             if r.status_code >= 400:
                 r.read()
                 c._decode(r)
+            self.connected = True
             for ev in sse_events(r.iter_lines()):
                 self.handle(ev)
 
 
 def cmd_watch(c: Client, args: argparse.Namespace) -> int:
     w = Watcher(c, args.prefix or "", args.since, bool(args.json))
-    connected_once = False
     failures = 0
     while True:
         try:
             w.stream_once()
-            connected_once = True
             failures = 0
             why = "the server ended the stream"
         except Cutoff as exc:
             raise CliError(f"watch cut off: {exc}") from None
         except c._httpx.HTTPError as exc:
-            if not connected_once and isinstance(exc, c._httpx.ConnectError):
+            if not w.connected and isinstance(exc, c._httpx.ConnectError):
                 raise c._unreachable(exc) from None
             why = str(exc) or type(exc).__name__
         wait = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]

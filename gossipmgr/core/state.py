@@ -444,7 +444,12 @@ def _mark_in(index: dict[str, set[str]], name: str, item: str, present: bool) ->
 
 
 def _active(value: Any) -> bool:
-    return isinstance(value, dict) and value.get("status") in ACTIVE
+    # Any JSON passes the wire checks: a status that is a list or a map (unhashable) must
+    # read as not active, not raise out of a join (the gossip receive loop) or a restore.
+    if not isinstance(value, dict):
+        return False
+    status = value.get("status")
+    return isinstance(status, str) and status in ACTIVE
 
 
 def _mon_addr(value: Any) -> str:
