@@ -9,6 +9,7 @@ encoded or exceeds ``MAX_MESSAGE_BYTES``. Counts go into the protocol's ``counte
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -55,6 +56,31 @@ class MessageEncoder:
             batch.append(w)
             size += n
         return out + self.encode(peer, DELTA, [lo, hi, batch])
+
+    def interval_messages(
+        self, peer: str, lo: int, buffer: Iterable[tuple[int, str, LWWMap]]
+    ) -> Payloads:
+        """DELTA messages for the buffered interval ``(lo, newest]`` without ``peer``'s own
+        deltas (BP), each filling a datagram: every message acknowledges up to its last seq."""
+        out: Payloads = []
+        batch: dict[Key, Entry] = {}
+        size = 0
+        hi = lo
+        for seq, origin, delta in buffer:
+            if seq <= lo:
+                continue
+            if origin != peer:
+                for k, e in delta.items():
+                    w = len(msgpack.packb(entry_to_wire(k, e), use_bin_type=True))
+                    if batch and size + w > self.max_payload - HEADER_SLACK and k not in batch:
+                        out += self.encode(peer, DELTA, [lo, hi, self.wire_items(batch)])
+                        lo, batch, size = hi, {}, 0
+                    batch[k] = e
+                    size += w
+            hi = seq
+        if hi > lo:
+            out += self.encode(peer, DELTA, [lo, hi, self.wire_items(batch)])
+        return out
 
     def wire(self, delta: LWWMap) -> list[Any]:
         return [entry_to_wire(k, e) for k, e in delta.items()]

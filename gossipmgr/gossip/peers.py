@@ -45,6 +45,13 @@ class GossipConfig:
     #: retransmit periods, and a live peer is heard from at least every sync interval.
     silent_after_ms: int = 3_000
     silent_probe_ms: int = 2_000
+    #: Catch-up: at start, and when a peer (re)appears, a digest goes at once (not at the next
+    #: tick or repair round) to every such peer up to this many, chosen at random beyond it,
+    #: and their resyncs run in parallel (each differing leaf is still pulled from one of
+    #: them). 8 keeps the answers to one start (up to 64 leaf digests from each peer, ~40 KB)
+    #: well inside a socket buffer however large the cluster; the other peers resync one at
+    #: a time after it, as before, and mostly answer "equal".
+    catchup_fanout: int = 8
 
 
 @dataclass
@@ -61,6 +68,13 @@ class PeerState:
     entries_seen: dict[int, int] = field(default_factory=dict)  # req id -> ENTRIES received
     last_heard_ms: float = -1e18
     last_ack_ms: float = -1e18
+    #: In the current catch-up: resyncs in parallel with the other catch-up peers.
+    catchup: bool = False
+    #: Our last digest has had no answer (LEAVES or SYNC_OK) yet.
+    digest_unanswered: bool = False
+    #: The catch-up digest was sent again on first hearing from the peer (at most once: it
+    #: may have been dropped because the peer did not know our address yet).
+    catchup_resent: bool = False
 
 
 class LeafClaims:

@@ -9,8 +9,9 @@ anti-entropy with per-peer acknowledgements, eager push of local writes, retrans
 ``tick``, Enes et al.'s BP (no delta back to its origin) and RR (buffer only what changed the
 state), a bounded buffer, silent peers probed by digest, and digest resync (64 super-bucket
 digests, then the differing leaves, pulled a window at a time) for new, restarted and lagging
-peers and a periodic repair round. Every message fits one datagram payload; a larger one
-travels as ``FRAG`` pieces.
+peers and a periodic repair round, and catch-up at once with every peer that is new or
+comes back (``gossipmgr.gossip.catchup``). Every message fits one datagram payload; a
+larger one travels as ``FRAG`` pieces.
 
 The messages and their one decoder are in ``gossipmgr.gossip.messages``, the encoding of
 outgoing ones in ``gossipmgr.gossip.encoder``, per-peer state and knobs in ``peers``.
@@ -21,19 +22,19 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from gossipmgr.core.clock import HLC, Timestamp
-from gossipmgr.core.codec import entry_to_wire
 from gossipmgr.core.crdt import FANOUT, Entry, Key, LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket, ClockError
+from gossipmgr.gossip.catchup import CatchUp, CatchUpPeers
 from gossipmgr.gossip.datagram import Counters
-from gossipmgr.gossip.encoder import HEADER_SLACK, MessageEncoder
+from gossipmgr.gossip.encoder import MessageEncoder, Payloads
 from gossipmgr.gossip.messages import (
     ACK,
     DELTA,
@@ -73,7 +74,7 @@ class Outcome:
     novel: LWWMap | None = None
 
 
-class AntiEntropy:
+class AntiEntropy(CatchUpPeers):
     """One instance's side of the protocol. Owns ``state`` mutations for remote deltas."""
 
     def __init__(
@@ -103,28 +104,9 @@ class AntiEntropy:
         self._claims = LeafClaims(self.counters)
         self._frags = Reassembler(self.counters)
         self.enc = MessageEncoder(name, incarnation, self.cfg.max_payload, self.counters)
-
-    # ------------------------------------------------------------------ membership
-    def set_peers(self, names: Iterable[str], now_ms: float) -> None:
-        """The current peer set (alive gossipmgr instances, not including self)."""
-        wanted = {n for n in names if n != self.name}
-        for gone in set(self.peers) - wanted:
-            del self.peers[gone]
-            self._claims.release_all(gone)
-        for n in wanted - set(self.peers):
-            # Everything up to now reaches the new peer through a digest resync; deltas
-            # from here on flow normally.
-            self.peers[n] = PeerState(acked=self.seq, needs_resync=True, last_heard_ms=now_ms)
-        self._prune()
-
-    def heard_from(self, now_ms: float, within_ms: float) -> set[str]:
-        """Peers that sent us an authenticated message in the last ``within_ms`` (never
-        merely listed: a new peer starts as not heard from)."""
-        return {
-            n
-            for n, ps in self.peers.items()
-            if ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
-        }
+        #: the latest catch-up (``catch_up``), None before the first
+        self.catchup: CatchUp | None = None
+        self._alive: dict[str, str] = {}  # peer -> boot id, as last listed alive
 
     # ------------------------------------------------------------------ local writes
     def local_write(self, delta: LWWMap, now_ms: float) -> Outcome:
@@ -189,6 +171,7 @@ class AntiEntropy:
                     ps.acked, ps.needs_resync = self.seq, True
                     silent_seen = True
                 self._claims.release_all(peer)
+                self._end_catchup(peer, ps, now_ms, lost=True)
                 ps.pending_leaves.clear()
                 ps.queued_leaves.clear()
                 ps.inflight.clear()
@@ -200,10 +183,11 @@ class AntiEntropy:
             if ps.needs_resync and now_ms - ps.last_digest_ms >= self.cfg.sync_retry_ms:
                 # One resync round at a time: after it drains, the next peer's digest mostly
                 # matches (one SYNC_OK) instead of every peer sending leaf digests at once.
+                # A catch-up's peers resync in parallel.
                 if (
                     not ps.inflight
                     and not ps.pending_leaves
-                    and not self._resync_busy(peer, now_ms)
+                    and (ps.catchup or not self._resync_busy(peer, now_ms))
                 ):
                     out += self._digest(peer, ps, now_ms)
             for req, (leaves, sent) in list(ps.inflight.items()):
@@ -228,34 +212,16 @@ class AntiEntropy:
                 out += self._digest(peer, ps, now_ms)
         return out
 
-    def _interval(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
+    def _interval(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
         """Send D(A[j], c] without j's own deltas (BP), as messages that fit a datagram."""
         ps.last_sent_ms = now_ms
-        out: list[tuple[str, bytes]] = []
-        lo = ps.acked
-        batch: dict[Key, Entry] = {}
-        size = 0
-        hi = lo
-        for seq, origin, delta in self.buffer:
-            if seq <= lo:
-                continue
-            if origin != peer:
-                for k, e in delta.items():
-                    w = len(msgpack.packb(entry_to_wire(k, e), use_bin_type=True))
-                    if batch and size + w > self.cfg.max_payload - HEADER_SLACK and k not in batch:
-                        out += self.enc.encode(peer, DELTA, [lo, hi, self.enc.wire_items(batch)])
-                        lo, batch, size = hi, {}, 0
-                    batch[k] = e
-                    size += w
-            hi = seq
-        if hi > lo:
-            out += self.enc.encode(peer, DELTA, [lo, hi, self.enc.wire_items(batch)])
         self.counters.incr("retransmits")
-        return out
+        return self.enc.interval_messages(peer, ps.acked, self.buffer)
 
     # ------------------------------------------------------------------ resync
     def _digest(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
         ps.last_digest_ms = now_ms
+        ps.digest_unanswered = True
         self.counters.incr("digests_sent")
         return self.enc.encode(peer, DIGEST, [self.seq, pack64(self.state.map.super_digests())])
 
@@ -332,7 +298,10 @@ class AntiEntropy:
                     ps.acked = self.seq
                 ps.received = 0
                 ps.incarnation = msg.incarnation
-        return self._dispatch(sender, ps, msg.body, now_ms)
+        res = self._dispatch(sender, ps, msg.body, now_ms)
+        if ps is not None and ps.catchup and ps.digest_unanswered:
+            res.out += self._unanswered(sender, ps, msg.body, now_ms)
+        return res
 
     def _dispatch(self, sender: str, ps: PeerState | None, body: Body, now: float) -> Outcome:
         match body:
@@ -343,7 +312,7 @@ class AntiEntropy:
             case Digest():
                 return self._on_digest(sender, ps, body, now)
             case SyncOk():
-                return self._on_sync_ok(ps, body, now)
+                return self._on_sync_ok(sender, ps, body, now)
             case Leaves():
                 return self._on_leaves(sender, ps, body, now)
             case Pull():
@@ -383,6 +352,7 @@ class AntiEntropy:
             if ps is not None:
                 # Equal states: the peer holds everything in our buffer.
                 self._acked_all(ps, now)
+                self._end_catchup(sender, ps, now)
             return res
         if ps is not None:
             ps.needs_resync = True  # they have something we lack too, maybe: pull it
@@ -398,7 +368,10 @@ class AntiEntropy:
         ps.last_ack_ms = now
         self._prune()
 
-    def _on_sync_ok(self, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
+    def _on_sync_ok(self, sender: str, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
+        if ps is not None:
+            self._answered(ps, now)
+            self._end_catchup(sender, ps, now)
         if ps is not None and m.seq <= self.seq:
             if m.seq > ps.acked:
                 ps.acked = m.seq
@@ -413,8 +386,12 @@ class AntiEntropy:
         mine = self.state.map.leaf_range_digests(m.super_index)
         if ps is None:
             return Outcome()
+        self._answered(ps, now)
         base = m.super_index * FANOUT
         differ = [base + i for i in range(FANOUT) if m.digests[i] != mine[i]]
+        if ps.inflight:  # an answer to a repeated digest: what is being pulled stays out
+            pulling = {leaf for leaves, _ in ps.inflight.values() for leaf in leaves}
+            differ = [leaf for leaf in differ if leaf not in pulling]
         self._requeue(ps, self._claims.claim(sender, differ, now))
         self.counters.incr("resync_leaves", len(differ))
         return Outcome(out=self._pull_more(sender, ps, now))
@@ -451,13 +428,18 @@ class AntiEntropy:
         if not ps.inflight and not ps.pending_leaves:
             # Window drained: check again; SYNC_OK ends the resync.
             out += self._digest(sender, ps, now)
+            if ps.catchup:
+                out += self._recheck_catchup(now)
         return Outcome(out=out)
 
     def _apply_remote(self, items: list[tuple[Key, Entry]], now: float) -> LWWMap:
         if items:
             newest = max(e.ts for _, e in items)
             self.hlc.observe(newest, int(now))  # raises ClockError: drop the whole message
-        return self.state.apply(items)
+        novel = self.state.apply(items)
+        if self.catchup is not None:
+            self.catchup.joined(len(novel), now)
+        return novel
 
     # ------------------------------------------------------------------ figures
     @property

@@ -22,7 +22,7 @@ and closes the transport and the replica. ``run`` returns when cancelled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -123,6 +123,7 @@ class GossipService(Generic[R]):
         #: source address -> its authentication failures (insertion order = LRU order)
         self.auth_failures: dict[Addr, AuthFailures] = {}
         self._persist_send, self._persist_recv = trio.open_memory_channel[LWWMap](PERSIST_QUEUE)
+        self._catchup_logged = True
 
     @property
     def local_addr(self) -> Addr:
@@ -132,13 +133,30 @@ class GossipService(Generic[R]):
         """Rotate keys at run time (SIGHUP): new primary for sending, all for receiving."""
         self.sealer.keyring = keyring
 
-    def set_peers(self, peers: dict[str, Addr]) -> None:
-        """The alive gossipmgr instances (name -> gossip address), self excluded."""
+    def set_peers(self, peers: dict[str, Addr], alive: Mapping[str, str] | None = None) -> None:
+        """The gossipmgr instances to gossip with (name -> gossip address; self excluded).
+
+        ``alive``: those Serf lists as alive, each with its boot id. A peer that is new (and
+        alive) or comes back (alive again, or a new boot id) is caught up with at once
+        (``AntiEntropy.set_peers``); this instance's first peers too, so a restart starts
+        pulling what it missed as soon as Serf names them.
+        """
         peers = {n: a for n, a in peers.items() if n != self.replica.name}
         if peers != self.addrs:
             log.info("%s: gossip peers now %s", self.replica.name, sorted(peers))
         self.addrs = dict(peers)
-        self.ae.set_peers(sorted(peers), self.replica.now_ms())
+        before = self.ae.catchup
+        self._queue(self.ae.set_peers(sorted(peers), self.replica.now_ms(), alive))
+        cu = self.ae.catchup
+        if cu is not None and cu is not before:
+            log.info("%s: catch-up: started with %s", self.replica.name, ", ".join(cu.peers))
+            self._catchup_logged = False
+
+    def _log_catchup(self) -> None:
+        cu = self.ae.catchup
+        if cu is not None and cu.done_ms is not None and not self._catchup_logged:
+            self._catchup_logged = True
+            log.info("%s: catch-up: done %s", self.replica.name, cu.summary())
 
     def _queue(self, out: list[tuple[str, bytes]]) -> None:
         for item in out:
@@ -228,6 +246,7 @@ class GossipService(Generic[R]):
         interval = self.ae.cfg.tick_ms / 1000
         while True:
             self._queue(self.ae.tick(self.replica.now_ms()))
+            self._log_catchup()
             await trio.sleep(interval)
 
     async def _persist_loop(self) -> None:

@@ -107,7 +107,8 @@ class Holder:
         # lease candidates, and an unreachable one only costs its unacknowledged deltas
         # (bounded by max_buffer) and a share of the periodic digests.
         peers = {i.name: i.gossip_addr for i in (*alive, *m.view.failed_instances)}
-        self.gossip.set_peers(peers)
+        # An instance alive again, or under a new boot id, is caught up with at once.
+        self.gossip.set_peers(peers, {i.name: i.boot_id for i in alive})
         self.replica.candidates = candidates([i.name for i in alive])
 
     async def membership_loop(self, events: trio.MemoryReceiveChannel[MembershipEvent]) -> None:
