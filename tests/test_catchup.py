@@ -162,3 +162,42 @@ def test_the_catch_up_fan_out_is_bounded_in_a_large_cluster() -> None:
     back = sim.inst[down].ae
     assert back.catchup is not None and len(back.catchup.peers) == 3
     assert sim.run_until_converged(10_000) is not None
+
+
+def test_the_peers_of_a_restarted_instance_pull_nothing_stale_from_it() -> None:
+    """Its peers see it restarted (a new incarnation, then Serf lists it again) while it
+    pulls from them: they leave the resync to it instead of pulling its stale leaves
+    (which used to cost it ~3x what it pulled), and end equal all the same."""
+    sim = Sim(3, seed=23, delay=(5.0, 20.0))  # slow links: its catch-up spans their ticks
+    _seed(sim, 2_000)
+    down = sim.names[2]
+    _rewrite_while_down(sim, down, random.Random(23))
+    sim.restart(down, incarnation=2)
+    sim.step(sim.now + 30)  # its digests reach them before their Serf lists it again
+    sim.serf_view()
+    assert sim.run_until_converged(5_000) is not None
+    sim.step(sim.now + 3_000)  # their own resync rounds with it, if any, happen here
+    back = sim.inst[down].ae
+    assert back.counters.get("pulls_served", 0) == 0
+    assert sim.converged(sim.names)
+
+
+def test_one_side_pulling_makes_both_sides_equal() -> None:
+    """Push-pull: a completed pull sends the peer what it lacks in those leaves, so a
+    resync started by one side alone heals both sides' writes (no tick of the other)."""
+    sim = Sim(2, seed=9, delay=(0.1, 1.0))
+    a, b = sim.names
+    _seed(sim, 500)
+    sim.step(sim.now + 3_000)
+    sim.net.partition([{addr(a)}, {addr(b)}])
+    for k in range(100):
+        sim.write(a, partial(_set, f"a{k}", k))
+        sim.write(b, partial(_set, f"b{k}", k))
+    sim.step(sim.now + 5_000)
+    sim.net.heal()
+    _no_ticks_for(sim, 10_000)
+    b_digests = sim.inst[b].ae.counters.get("digests_sent", 0)
+    sim._send(a, sim.inst[a].ae.catch_up([b], sim.now))  # a alone starts a resync
+    assert sim.run_until_converged(2_000) is not None
+    assert sim.inst[b].ae.counters.get("digests_sent", 0) == b_digests  # b compared nothing
+    assert sim.inst[a].ae.counters["pushed_back"] == 100

@@ -140,7 +140,12 @@ class CatchUpPeers:
         ``catchup_fanout`` of them, chosen at random beyond), not from the next tick one peer
         at a time. Each differing leaf is still pulled from one of them (``LeafClaims``).
         This period's repair round is taken by it."""
-        names = [n for n in names if n in self.peers]
+        # A peer already resyncing with us (it sent a digest or a pull just now: it knew of
+        # us first) is left to it: its pulls push back what we lack.
+        retry = self.cfg.sync_retry_ms
+        names = [
+            n for n in names if n in self.peers and now_ms - self.peers[n].their_resync_ms >= retry
+        ]
         if len(names) > self.cfg.catchup_fanout:
             names = sorted(self.rng.sample(names, self.cfg.catchup_fanout))
         if not names:

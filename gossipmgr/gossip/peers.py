@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gossipmgr.core.crdt import Entry, Key
 from gossipmgr.gossip.datagram import Counters
 
 __all__ = ["GossipConfig", "LeafClaims", "PeerState"]
@@ -66,6 +67,12 @@ class PeerState:
     queued_leaves: set[int] = field(default_factory=set)
     inflight: dict[int, tuple[list[int], float]] = field(default_factory=dict)
     entries_seen: dict[int, int] = field(default_factory=dict)  # req id -> ENTRIES received
+    #: req id -> the entries received for it: the peer's whole content of those leaves,
+    #: against which what it lacks is pushed back once the pull is complete
+    pulled: dict[int, dict[Key, Entry]] = field(default_factory=dict)
+    #: when the peer last sent us a DIGEST or a PULL: it is resyncing with us, and its
+    #: pulls push back what we lack, so a resync of ours would only pull its stale leaves
+    their_resync_ms: float = -1e18
     last_heard_ms: float = -1e18
     last_ack_ms: float = -1e18
     #: In the current catch-up: resyncs in parallel with the other catch-up peers.

@@ -180,7 +180,7 @@ class AntiEntropy(CatchUpPeers):
                 continue
             if ps.acked < self.seq and now_ms - ps.last_sent_ms >= self.cfg.retransmit_ms:
                 out += self._interval(peer, ps, now_ms)
-            if ps.needs_resync and now_ms - ps.last_digest_ms >= self.cfg.sync_retry_ms:
+            if ps.needs_resync and self._may_digest(ps, now_ms):
                 # One resync round at a time: after it drains, the next peer's digest mostly
                 # matches (one SYNC_OK) instead of every peer sending leaf digests at once.
                 # A catch-up's peers resync in parallel.
@@ -194,6 +194,7 @@ class AntiEntropy(CatchUpPeers):
                 if now_ms - sent >= self.cfg.pull_timeout_ms:
                     del ps.inflight[req]
                     ps.entries_seen.pop(req, None)
+                    ps.pulled.pop(req, None)
                     self._requeue(ps, leaves)
                     self.counters.incr("pull_timeout")
             out += self._pull_more(peer, ps, now_ms)
@@ -208,9 +209,15 @@ class AntiEntropy(CatchUpPeers):
             ]
             peer = self.rng.choice(sorted(heard or self.peers))
             ps = self.peers[peer]
-            if not ps.inflight and not ps.pending_leaves:
+            if not ps.inflight and not ps.pending_leaves and self._may_digest(ps, now_ms):
                 out += self._digest(peer, ps, now_ms)
         return out
+
+    def _may_digest(self, ps: PeerState, now_ms: float) -> bool:
+        """Not within ``sync_retry_ms`` of our last digest to it, nor while it resyncs with
+        us (its pulls push back what we lack; ours would only pull its stale leaves)."""
+        retry = self.cfg.sync_retry_ms
+        return now_ms - ps.last_digest_ms >= retry and now_ms - ps.their_resync_ms >= retry
 
     def _interval(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
         """Send D(A[j], c] without j's own deltas (BP), as messages that fit a datagram."""
@@ -256,6 +263,7 @@ class AntiEntropy(CatchUpPeers):
             self._next_req += 1
             ps.inflight[req] = (leaves, now_ms)
             ps.entries_seen[req] = 0
+            ps.pulled[req] = {}
             out += self.enc.encode(peer, PULL, [req, leaves])
         return out
 
@@ -316,7 +324,7 @@ class AntiEntropy(CatchUpPeers):
             case Leaves():
                 return self._on_leaves(sender, ps, body, now)
             case Pull():
-                return self._on_pull(sender, body)
+                return self._on_pull(sender, body, now)
             case Entries():
                 return self._on_entries(ps, body, now)
             case PullDone():
@@ -344,6 +352,8 @@ class AntiEntropy(CatchUpPeers):
         return Outcome()
 
     def _on_digest(self, sender: str, ps: PeerState | None, m: Digest, now: float) -> Outcome:
+        if ps is not None:
+            ps.their_resync_ms = now
         mine = self.state.map.super_digests()
         differ = [i for i in range(FANOUT) if m.supers[i] != mine[i]]
         res = Outcome()
@@ -396,7 +406,9 @@ class AntiEntropy(CatchUpPeers):
         self.counters.incr("resync_leaves", len(differ))
         return Outcome(out=self._pull_more(sender, ps, now))
 
-    def _on_pull(self, sender: str, m: Pull) -> Outcome:
+    def _on_pull(self, sender: str, m: Pull, now: float) -> Outcome:
+        if (ps := self.peers.get(sender)) is not None:
+            ps.their_resync_ms = now
         res = Outcome()
         items: list[tuple[Key, Entry]] = []
         for leaf in m.leaves:
@@ -411,6 +423,7 @@ class AntiEntropy(CatchUpPeers):
         novel = self._apply_remote(m.entries, now)
         if ps is not None and m.req in ps.entries_seen:
             ps.entries_seen[m.req] += 1
+            ps.pulled[m.req].update(m.entries)
         return Outcome(novel=novel)
 
     def _on_pull_done(self, sender: str, ps: PeerState | None, m: PullDone, now: float) -> Outcome:
@@ -418,13 +431,22 @@ class AntiEntropy(CatchUpPeers):
             return Outcome()
         leaves, _ = ps.inflight.pop(m.req)
         seen = ps.entries_seen.pop(m.req, 0)
+        theirs = ps.pulled.pop(m.req, {})
+        out: Payloads = []
         if seen < m.count:
             # Some ENTRIES datagrams were lost: pull those leaves again.
             self._requeue(ps, leaves)
             self.counters.incr("pull_incomplete")
         else:
             self._claims.release(sender, leaves)
-        out = self._pull_more(sender, ps, now)
+            # Push-pull: we know its whole content of these leaves now; send it what it
+            # lacks or holds older, so one round makes both sides equal there.
+            mine = [(k, e) for leaf in leaves for k, e in self.state.map.leaf_entries(leaf)]
+            push = [(k, e) for k, e in mine if theirs.get(k) != e]
+            if push:
+                self.counters.incr("pushed_back", len(push))
+                out += self.enc.pack_entries(sender, ENTRIES, [0], push)
+        out += self._pull_more(sender, ps, now)
         if not ps.inflight and not ps.pending_leaves:
             # Window drained: check again; SYNC_OK ends the resync.
             out += self._digest(sender, ps, now)
