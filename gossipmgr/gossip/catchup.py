@@ -25,6 +25,10 @@ from gossipmgr.gossip.peers import GossipConfig, LeafClaims, PeerState
 
 __all__ = ["CatchUp", "CatchUpPeers"]
 
+#: Senders not (yet) in the peer set whose last resync with us is remembered; the least
+#: recent is forgotten first.
+MAX_STRANGERS = 256
+
 
 @dataclass
 class CatchUp:
@@ -89,6 +93,7 @@ class CatchUpPeers:
     peers: dict[str, PeerState]
     catchup: CatchUp | None
     _alive: dict[str, str]
+    _strangers: dict[str, float]
     _claims: LeafClaims
     _last_sync_ms: float
 
@@ -118,7 +123,12 @@ class CatchUpPeers:
         for n in new:
             # Everything up to now reaches the new peer through a digest resync; deltas
             # from here on flow normally.
-            self.peers[n] = PeerState(acked=self.seq, needs_resync=True, last_heard_ms=now_ms)
+            self.peers[n] = PeerState(
+                acked=self.seq,
+                needs_resync=True,
+                last_heard_ms=now_ms,
+                their_resync_ms=self._strangers.pop(n, -1e18),
+            )
         self._prune()
         back = new
         if alive is not None:
@@ -134,6 +144,19 @@ class CatchUpPeers:
             for n, ps in self.peers.items()
             if ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
         }
+
+    def _resyncing_with_us(self, sender: str, now_ms: float) -> None:
+        """``sender`` sent a DIGEST or a PULL: it is resyncing with us. Remembered for an
+        instance not yet in our peer set too (a start is often heard of before Serf names
+        it): once Serf names it, our catch-up leaves it alone (``catch_up``)."""
+        ps = self.peers.get(sender)
+        if ps is not None:
+            ps.their_resync_ms = now_ms
+            return
+        self._strangers.pop(sender, None)
+        self._strangers[sender] = now_ms  # most recent last
+        if len(self._strangers) > MAX_STRANGERS:
+            del self._strangers[next(iter(self._strangers))]
 
     def catch_up(self, names: Sequence[str], now_ms: float) -> Payloads:
         """Resync with these peers now and in parallel: a digest to each at once (to

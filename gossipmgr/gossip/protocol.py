@@ -107,6 +107,7 @@ class AntiEntropy(CatchUpPeers):
         #: the latest catch-up (``catch_up``), None before the first
         self.catchup: CatchUp | None = None
         self._alive: dict[str, str] = {}  # peer -> boot id, as last listed alive
+        self._strangers: dict[str, float] = {}  # not yet peers -> when they resynced with us
 
     # ------------------------------------------------------------------ local writes
     def local_write(self, delta: LWWMap, now_ms: float) -> Outcome:
@@ -352,8 +353,7 @@ class AntiEntropy(CatchUpPeers):
         return Outcome()
 
     def _on_digest(self, sender: str, ps: PeerState | None, m: Digest, now: float) -> Outcome:
-        if ps is not None:
-            ps.their_resync_ms = now
+        self._resyncing_with_us(sender, now)
         mine = self.state.map.super_digests()
         differ = [i for i in range(FANOUT) if m.supers[i] != mine[i]]
         res = Outcome()
@@ -407,8 +407,7 @@ class AntiEntropy(CatchUpPeers):
         return Outcome(out=self._pull_more(sender, ps, now))
 
     def _on_pull(self, sender: str, m: Pull, now: float) -> Outcome:
-        if (ps := self.peers.get(sender)) is not None:
-            ps.their_resync_ms = now
+        self._resyncing_with_us(sender, now)
         res = Outcome()
         items: list[tuple[Key, Entry]] = []
         for leaf in m.leaves:
