@@ -209,3 +209,25 @@ def test_one_side_pulling_makes_both_sides_equal() -> None:
     assert sim.run_until_converged(2_000) is not None
     assert sim.inst[b].ae.counters.get("digests_sent", 0) == b_digests  # b compared nothing
     assert sim.inst[a].ae.counters["pushed_back"] == 100
+
+
+def _idle_bytes_per_instance_s(n: int, seconds: float = 12.0) -> tuple[float, Sim]:
+    sim = Sim(n, seed=n, delay=(0.1, 1.0))
+    sim.serf_view()
+    sim.step(sim.now + 5_000)  # the start's catch-ups settle
+    before = sum(i.bytes_sent for i in sim.inst.values())
+    sim.step(sim.now + seconds * 1000)
+    return (sum(i.bytes_sent for i in sim.inst.values()) - before) / n / seconds, sim
+
+
+def test_idle_traffic_per_instance_does_not_grow_with_the_cluster() -> None:
+    """An idle peer is no longer probed by digest (650 bytes to each peer every 2-3 s: at 30
+    instances every peer was "silent" at every other, 8x the 3-instance bytes per
+    instance); it gets a small heartbeat, from the peers sorting before it only, and still
+    hears from each of those within the lease's 10 s (LIVE_PEER_MS)."""
+    three, _ = _idle_bytes_per_instance_s(3)
+    thirty, sim = _idle_bytes_per_instance_s(30)
+    assert thirty <= 2 * three, (three, thirty)
+    for name, i in sim.inst.items():
+        before = {p for p in sim.names if p < name}
+        assert before <= i.ae.heard_from(sim.now, 10_000), name

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gossipmgr.gossip.datagram import Counters
-from gossipmgr.gossip.encoder import Payloads
-from gossipmgr.gossip.messages import Body, Leaves, SyncOk
+from gossipmgr.gossip.encoder import MessageEncoder, Payloads
+from gossipmgr.gossip.messages import ACK, Body, Leaves, SyncOk
 from gossipmgr.gossip.peers import GossipConfig, LeafClaims, PeerState
 
 __all__ = ["CatchUp", "CatchUpPeers"]
@@ -92,7 +92,8 @@ class CatchUpPeers:
     counters: Counters
     peers: dict[str, PeerState]
     catchup: CatchUp | None
-    _alive: dict[str, str]
+    enc: MessageEncoder
+    _alive: dict[str, str] | None
     _strangers: dict[str, float]
     _claims: LeafClaims
     _last_sync_ms: float
@@ -132,7 +133,8 @@ class CatchUpPeers:
         self._prune()
         back = new
         if alive is not None:
-            back = {n for n, boot in alive.items() if n in wanted and self._alive.get(n) != boot}
+            was = self._alive or {}
+            back = {n for n, boot in alive.items() if n in wanted and was.get(n) != boot}
             self._alive = {n: boot for n, boot in alive.items() if n in wanted}
         return self.catch_up(sorted(back), now_ms)
 
@@ -144,6 +146,34 @@ class CatchUpPeers:
             for n, ps in self.peers.items()
             if ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
         }
+
+    def _owes(self, peer: str, ps: PeerState) -> bool:
+        """Whether we wait for something from ``peer`` (an ack, an answer to a digest, pulled
+        entries) or Serf lists it failed: only such a peer, not heard from for
+        ``silent_after_ms``, is silent (probed by digest). An idle peer Serf lists alive
+        merely gets our heartbeat: at 30 instances every peer was "silent" at every other
+        most of the time, and the probes (a 650-byte digest each, every 2-3 s, to each
+        peer) grew every instance's idle traffic with the cluster's size."""
+        failed = self._alive is not None and peer not in self._alive
+        waiting = ps.inflight or ps.pending_leaves or ps.digest_unanswered
+        return failed or ps.acked < self.seq or ps.needs_resync or bool(waiting)
+
+    def _heartbeat(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
+        """An ACK (~90 bytes sealed) to a peer sorting after us that we sent nothing for
+        ``heartbeat_ms``, so it hears from us; it acknowledges what we hold of its deltas
+        (``ps.received``), as any ACK does.
+
+        Who needs to hear from whom is the lease's claim order (docs/design.md, "The
+        lease"): candidates heard from in the last 10 s first, in name order. An instance's
+        own place in it depends only on the candidates sorting before it, so only those
+        must reach it; a heartbeat to every peer would cost each instance one datagram per
+        peer per period, and its idle traffic would grow with the cluster again."""
+        last = max(ps.last_sent_ms, ps.last_digest_ms, ps.last_beat_ms)
+        if peer < self.name or now_ms - last < self.cfg.heartbeat_ms:
+            return []
+        ps.last_beat_ms = now_ms
+        self.counters.incr("heartbeats")
+        return self.enc.encode(peer, ACK, [ps.received])
 
     def _resyncing_with_us(self, sender: str, now_ms: float) -> None:
         """``sender`` sent a DIGEST or a PULL: it is resyncing with us. Remembered for an

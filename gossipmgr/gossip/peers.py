@@ -46,6 +46,13 @@ class GossipConfig:
     #: retransmit periods, and a live peer is heard from at least every sync interval.
     silent_after_ms: int = 3_000
     silent_probe_ms: int = 2_000
+    #: A peer sorting after us that we sent nothing for this long gets an ACK, so it hears
+    #: from us: the lease orders candidates heard from in the last 10 s first
+    #: (``LIVE_PEER_MS``; ``CatchUpPeers._heartbeat`` says why only those). 6 s keeps that
+    #: within 10 s with room for the round trip; 30 instances then send ~2.4 heartbeats/s
+    #: each on average. Only a peer that owes us something (or that Serf lists failed) is
+    #: *silent* and probed by digest (``CatchUpPeers._owes``).
+    heartbeat_ms: int = 6_000
     #: Catch-up: at start, and when a peer (re)appears, a digest goes at once (not at the next
     #: tick or repair round) to every such peer up to this many, chosen at random beyond it,
     #: and their resyncs run in parallel (each differing leaf is still pulled from one of
@@ -75,6 +82,7 @@ class PeerState:
     their_resync_ms: float = -1e18
     last_heard_ms: float = -1e18
     last_ack_ms: float = -1e18
+    last_beat_ms: float = -1e18  # our last heartbeat to it
     #: In the current catch-up: resyncs in parallel with the other catch-up peers.
     catchup: bool = False
     #: Our last digest has had no answer (LEAVES or SYNC_OK) yet.

@@ -106,7 +106,7 @@ class AntiEntropy(CatchUpPeers):
         self.enc = MessageEncoder(name, incarnation, self.cfg.max_payload, self.counters)
         #: the latest catch-up (``catch_up``), None before the first
         self.catchup: CatchUp | None = None
-        self._alive: dict[str, str] = {}  # peer -> boot id, as last listed alive
+        self._alive: dict[str, str] | None = None  # peer -> boot id, as last listed alive
         self._strangers: dict[str, float] = {}  # not yet peers -> when they resynced with us
 
     # ------------------------------------------------------------------ local writes
@@ -165,7 +165,7 @@ class AntiEntropy(CatchUpPeers):
         self._frags.expire(now_ms)
         silent_seen = False
         for peer, ps in self.peers.items():
-            if now_ms - ps.last_heard_ms >= self.cfg.silent_after_ms:
+            if now_ms - ps.last_heard_ms >= self.cfg.silent_after_ms and self._owes(peer, ps):
                 # Silent: stop retransmitting to it and stop holding deltas for it; a digest
                 # probe now and then finds out when it is back, and the resync catches it up.
                 if ps.acked < self.seq or not ps.needs_resync:
@@ -179,6 +179,7 @@ class AntiEntropy(CatchUpPeers):
                 if now_ms - ps.last_digest_ms >= self.cfg.silent_probe_ms:
                     out += self._digest(peer, ps, now_ms)
                 continue
+            out += self._heartbeat(peer, ps, now_ms)
             if ps.acked < self.seq and now_ms - ps.last_sent_ms >= self.cfg.retransmit_ms:
                 out += self._interval(peer, ps, now_ms)
             if ps.needs_resync and self._may_digest(ps, now_ms):
