@@ -137,6 +137,7 @@ def write_visible(cl: LocalCluster, names: list[str], writes: int) -> dict[str, 
     pollers = Pollers(cl, names)
     all_ms: list[float] = []
     each_ms: list[float] = []
+    missed: list[str] = []
     others = len(names) - 1
     try:
         with httpx.Client(headers=cl.headers, timeout=30) as c:
@@ -149,16 +150,35 @@ def write_visible(cl: LocalCluster, names: list[str], writes: int) -> dict[str, 
                 t0 = time.perf_counter()
                 r = c.put(f"{cl.instances[writer].url}/globals/{key}", json={"value": value})
                 r.raise_for_status()
-                wait_for(lambda: len(pollers.seen) >= others, 60, f"write {i} everywhere", 0.002)
+                try:
+                    wait_for(lambda: len(pollers.seen) >= others, 60, f"write {i}", 0.002)
+                except TimeoutError:
+                    pass
                 with pollers.lock:
                     times = [(t - t0) * 1000 for t in pollers.seen.values()]
+                    late = sorted(set(names) - set(pollers.seen) - {writer})
                     pollers.want = None
+                if late:  # not seen within 60 s: reported, not folded into the percentiles
+                    try:
+                        view = c.get(f"{cl.instances[late[0]].url}/info/peers", timeout=30).text
+                    except httpx.HTTPError as exc:
+                        view = repr(exc)
+                    missed.append(
+                        f"write {i} at {writer}: not seen on {', '.join(late)}; "
+                        f"{late[0]}'s /info/peers: {view[:3000]}"
+                    )
+                    print(missed[-1], flush=True)
+                    continue
                 all_ms.append(max(times))
                 each_ms += times
                 time.sleep(0.05)
     finally:
         pollers.close()
+    if not all_ms:
+        return {"writes": writes, "writes_missed": len(missed), "missed": missed}
     return {
+        "writes_missed": len(missed),
+        "missed": missed,
         "visible_all_p50_ms": pct(all_ms, 50),
         "visible_all_p99_ms": pct(all_ms, 99),
         "visible_all_max_ms": max(all_ms),

@@ -231,3 +231,23 @@ def test_idle_traffic_per_instance_does_not_grow_with_the_cluster() -> None:
     for name, i in sim.inst.items():
         before = {p for p in sim.names if p < name}
         assert before <= i.ae.heard_from(sim.now, 10_000), name
+
+
+def test_a_write_in_a_large_cluster_is_not_forwarded_by_every_peer() -> None:
+    """Beyond ``forward_all_up_to`` peers, a delta received from its writer is not sent on
+    by every receiver to every other peer (29 x 28 datagrams per write at 30 instances,
+    the lease renewals' cost when idle); the writer's push reaches everyone. A one-way
+    cut is still healed, by the repair rounds."""
+    sim = Sim(30, seed=4, delay=(0.1, 1.0))
+    sim.serf_view()
+    sim.step(sim.now + 5_000)
+    sent = sum(i.datagrams_sent for i in sim.inst.values())
+    sim.write(sim.names[0], partial(_set, "x", 1))
+    assert sim.run_until_converged(1_000) is not None
+    sim.step(sim.now + 1_000)
+    # 29 deltas + 29 acks, plus the background (repair digests, heartbeats) of ~1 s.
+    assert sum(i.datagrams_sent for i in sim.inst.values()) - sent < 300
+    writer, cut = sim.names[0], sim.names[1]
+    sim.net.cut(addr(writer), addr(cut))
+    sim.write(writer, partial(_set, "y", 2))
+    assert sim.run_until_converged(20_000) is not None

@@ -53,6 +53,11 @@ class GossipConfig:
     #: each on average. Only a peer that owes us something (or that Serf lists failed) is
     #: *silent* and probed by digest (``CatchUpPeers._owes``).
     heartbeat_ms: int = 6_000
+    #: A delta received from the instance that wrote it is forwarded to our other peers
+    #: (buffered) only while we have at most this many peers (``CatchUpPeers._forwards``):
+    #: in small clusters forwarding heals a one-way cut within a tick, and it costs little;
+    #: at 30 instances it cost every instance a datagram per peer per write.
+    forward_all_up_to: int = 8
     #: Catch-up: at start, and when a peer (re)appears, a digest goes at once (not at the next
     #: tick or repair round) to every such peer up to this many, chosen at random beyond it,
     #: and their resyncs run in parallel (each differing leaf is still pulled from one of

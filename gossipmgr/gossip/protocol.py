@@ -336,7 +336,7 @@ class AntiEntropy(CatchUpPeers):
 
     def _on_delta(self, sender: str, ps: PeerState | None, m: Delta, now: float) -> Outcome:
         novel = self._apply_remote(m.entries, now)
-        if len(novel):
+        if len(novel) and self._forwards(sender, m.entries):
             self._buffer(sender, novel)
         res = Outcome(novel=novel)
         if ps is not None:
