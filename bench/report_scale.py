@@ -102,26 +102,35 @@ def scale_section(res: dict[str, dict[str, Any]], fmt: Callable[[Any], str]) -> 
     for key, label in SCALE_KEYS:
         cells = [fmt(res[k].get("median", {}).get(key, "-")) for k, _ in have]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    prefix = "idle_bytes_per_s_mean_"
+    kinds = sorted({k[len(prefix) :] for c, _ in have for k in res[c]["median"] if prefix in k})
+    for kind in kinds:
+        cells = [fmt(res[k].get("median", {}).get(prefix + kind, "-")) for k, _ in have]
+        out.append(f"| idle bytes/s per instance: `{kind}` | " + " | ".join(cells) + " |")
     out += ["", *SCALE_TEXT, ""]
     return out
 
 
 SCALE_TEXT = [
-    "Every figure is one run (30 real agents take minutes to start on this machine). Before, "
-    "an idle peer counted as *silent* after 3 s without a message, and silent peers were "
-    "probed with a 650-byte digest every 2 s: at 3 instances every peer hears from the other "
-    "two often enough that this costs little, but at 30 a peer hears from most others "
-    "rarely (one random repair digest in 29 per 2 s), so every instance probed ~28 peers "
-    "every 2-3 s and its idle traffic grew with the cluster (the simulation in "
-    "tests/test_catchup.py: 8x the 3-instance bytes per instance). Now only a peer that "
-    "owes us something (an ack, an answer, pulled entries) or that Serf lists failed is "
-    "silent and probed; an idle one gets a ~90-byte heartbeat every 6 s, and only from the "
-    "peers sorting before it (the lease's claim order is all that needs it: "
-    "docs/design.md, Silent peers). The lease holder's renewals (every 2.5 s to every "
-    "peer) make it the max. The doc's 3-instance goal figure above (478 B/s) was measured "
-    "in one process without a lease holder (bench_gossip.py), so the like-for-like "
-    "reference is this table's 3-instance column. Write → visible is polled (GET "
-    "/globals/{key} every 5 ms from one thread per instance: 29 threads against 30 agents "
-    "on 2 cores), not read from `GET /watch`, which was not on main yet; it includes up to "
-    "one poll and the GET itself.",
+    "Every column is one run (30 real agents take minutes to start on this machine, whose "
+    "load average passed 50 while they did). Two things made the idle traffic per instance "
+    "grow with the cluster, both fixed (docs/design.md, Anti-entropy and Silent peers): "
+    "(1) an idle peer counted as *silent* after 3 s without a message and was probed with a "
+    "650-byte digest every 2 s; at 3 instances a peer hears from the other two often "
+    "enough, but at 30 it hears from most others rarely (one random repair digest in 29 "
+    "per 2 s), so every instance probed ~28 peers every 2-3 s. Now only a peer that owes us "
+    "something (an ack, an answer, pulled entries) or that Serf lists failed is silent and "
+    "probed; an idle one gets a ~90-byte heartbeat every 6 s, and only from the peers "
+    "sorting before it (the lease's claim order is all that needs it). (2) Every received "
+    "delta was forwarded by its receiver to every other peer, so the lease holder's renewal "
+    "(every 2.5 s) cost every instance ~28 datagrams and ~28 acks; now, beyond 8 peers, a "
+    "delta that came straight from its writer is not forwarded (the writer reaches every "
+    "peer; the repair rounds heal a cut). In the seeded simulation (tests/test_catchup.py) "
+    "the idle bytes per instance at 30 went from 8x the 3-instance figure to ~1.5x, and a "
+    "write from 1,001 datagrams to under 300. The lease holder's renewals make it the max. "
+    "The 3-instance goal figure at the top (478 B/s) was measured in one process without a "
+    "lease holder (bench_gossip.py), so the like-for-like reference is this table's "
+    "3-instance column. Write → visible is polled (GET /globals/{key} every 5 ms from one "
+    "thread per instance: 29 threads against 30 agents on 2 cores), not read from "
+    "`GET /watch`, which was not on main yet; it includes up to one poll and the GET itself.",
 ]
