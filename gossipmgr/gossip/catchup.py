@@ -1,4 +1,4 @@
-"""The peer set and catch-up, for ``AntiEntropy`` (``gossipmgr.gossip.protocol``). PURE.
+"""The peer set, liveness and catch-up, for ``AntiEntropy`` (``gossipmgr.gossip.protocol``). PURE.
 
 Who the peers are (``set_peers``, from Serf's view) and what happens when that changes: a
 peer that is new, or comes back (listed alive again after failing or leaving, or under a
@@ -7,6 +7,11 @@ at once: a digest goes to each of them in the same instant and their resyncs run
 parallel (``catch_up``), instead of one peer at a time from the next tick, or at the next
 repair round. An instance that restarts thus starts pulling what it missed as soon as Serf
 names its peers (docs/design.md, "Catch-up").
+
+And what each peer costs while nothing happens, so that it does not grow with the cluster:
+only a peer that owes us something, or that Serf lists failed, is *silent* and probed by
+digest (``_owes``); an idle one gets a small heartbeat (``_heartbeat``); and beyond a few
+peers a delta that came straight from its writer is not forwarded (``_forwards``).
 
 ``CatchUpPeers`` is a mixin of ``AntiEntropy`` (the protocol's state is one object); it
 declares what it uses of it. ``CatchUp`` records one catch-up for the service's log.
