@@ -119,6 +119,7 @@ class Pollers:
                 try:
                     r = c.get(f"{url}/globals/{key}")
                 except httpx.HTTPError:
+                    time.sleep(POLL_S)
                     continue
                 if r.status_code == 200 and r.json().get("value") == value:
                     with self.lock:
