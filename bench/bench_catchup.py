@@ -224,7 +224,11 @@ def main() -> None:
     extra = {}
     if args.before is not None:
         old = json.loads(args.before.read_text())
-        extra["before"] = {"params": old["params"], "median": old["median"]}
+        extra["before"] = {
+            "params": old["params"],
+            "median": old["median"],
+            "after_peers_runs": [x["visible_s"] - x["peers_s"] for x in old["runs"]],
+        }
     out = write_result(
         "catchup",
         "3 agents; r3 stopped, keys rewritten at r1, r3 restarted: process start -> all "
