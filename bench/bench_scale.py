@@ -13,8 +13,8 @@ peers and a probe write has reached all of them:
   next instance in turn, one at a time; the N-1 others are polled (``GET /globals/{key}``,
   one thread per instance, every 5 ms) until each returns the value. Per write: the time
   from sending the PUT until the last of the N-1 has it (``all``), and until each has it
-  (``each``); p50/p99/max over the writes. Polling (not ``GET /watch``, which is not on this
-  tree's main yet): the figures include up to one poll interval and a GET's own time.
+  (``each``); p50/p99/max over the writes. Polling, not the change feed (``/watch``, not on
+  this tree's main yet): the figures include up to one poll interval and a GET's own time.
 
 Every process is stopped at the end, even on failure (``LocalCluster.close``).
 

@@ -142,6 +142,6 @@ SCALE_TEXT = [
     "was measured in one process without a lease holder (bench_gossip.py); the "
     "like-for-like reference is this table's 3-instance column (real agents, renewals "
     "included). Write → visible is polled (GET /globals/{key} every 5 ms from one thread "
-    "per instance: 29 threads against 30 agents on 2 cores), not read from `GET /watch`, "
-    "which was not on main yet; it includes up to one poll and the GET itself.",
+    "per instance: 29 threads against 30 agents on 2 cores), not read from the change feed "
+    "(`/watch`), which was not on main yet; it includes up to one poll and the GET itself.",
 ]
