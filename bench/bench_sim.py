@@ -54,7 +54,7 @@ _BASE: dict[int, Any] = {}
 
 
 def build(n: int, records: int, seed: int, drop: float) -> Sim:
-    sim = Sim(n, seed=seed, drop=drop, config=GossipConfig(), now=SIM_START_MS)
+    sim = Sim(n, seed=seed, drop=drop, config=GossipConfig(), now=SIM_START_MS, announce=False)
     if records not in _BASE:
         _BASE[records] = global_records(records, base_ms=int(SIM_START_MS) - 60_000)
     base = _BASE[records]
@@ -64,7 +64,8 @@ def build(n: int, records: int, seed: int, drop: float) -> Sim:
         if newest is not None:
             inst.ae.hlc.advance_to(newest)
         for ps in inst.ae.peers.values():
-            ps.needs_resync = False  # start converged (see the module docstring)
+            # start converged (see the module docstring): no resync, no start's catch-up
+            ps.needs_resync = ps.catchup = ps.digest_unanswered = False
     return sim
 
 

@@ -22,6 +22,10 @@ import report_vs_etcd
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from bench.report_scale import catchup_section, scale_section  # noqa: E402
+
 RESULTS = HERE / "results"
 DOC = REPO / "docs" / "benchmarks.md"
 IMG = REPO / "docs" / "img"
@@ -258,7 +262,11 @@ one repetition.""",
     ("writes", "API writes (bench_writes.py)", None),
     ("reads", "Single-key reads against unrelated state (bench_reads.py)", None),
     ("startstop", "Start and stop of one agent (bench_startstop.py)", None),
+    ("catchup", "Restart catch-up (bench_catchup.py)", None),
+    ("scale30", "Thirty instances", None),
 ]
+#: results shown inside another's section (bench_scale.py's before and 3-instance runs)
+SHOWN_WITH = {"scale3", "scale3_before", "scale30_before"}
 
 
 def startstop_section(r: dict[str, Any]) -> list[str]:
@@ -488,6 +496,12 @@ def main() -> None:
             n_runs = f" ({len(r.get('runs', []))} run(s))" if r.get("runs") else ""
             out += [f"Command: `{r.get('command', '')}`{n_runs}", "", *startstop_section(r)]
             continue
+        if name == "catchup":
+            out += [f"Command: `{r.get('command', '')}`", "", *catchup_section(r, fmt)]
+            continue
+        if name == "scale30":
+            out += scale_section(res, fmt)
+            continue
         cmd = r.get("command") or {
             "store": "python bench/bench_store.py",
             "api": "python bench/bench_api.py",
@@ -529,7 +543,7 @@ def main() -> None:
                 "```",
                 "",
             ]
-    other = sorted(set(res) - {s[0] for s in SECTIONS})
+    other = sorted(set(res) - {s[0] for s in SECTIONS} - SHOWN_WITH)
     if other:
         out += ["## Other results", ""]
         for name in other:

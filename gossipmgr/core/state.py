@@ -208,8 +208,7 @@ class ClusterState:
         return novel
 
     def gc(self, horizon_ms: int) -> int:
-        """Drop tombstones older than ``horizon_ms`` (``LWWMap.gc``). The indexes hold live
-        entries only, so none needs a change."""
+        """Drop tombstones older than ``horizon_ms`` (the indexes hold live entries only)."""
         return self.map.gc(horizon_ms)
 
     def _index(self, k: Key, e: Entry) -> None:
@@ -453,8 +452,7 @@ def _active(value: Any) -> bool:
 
 
 def _mon_addr(value: Any) -> str:
-    """The management address of a monitoring record's value (``Monitoring.from_value``'s
-    ``addr``; "" for a value that is not a map)."""
+    """A monitoring record's management address ("" for a value that is not a map)."""
     return str(value.get("addr", "")) if isinstance(value, dict) else ""
 
 

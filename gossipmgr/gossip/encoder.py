@@ -9,11 +9,12 @@ encoded or exceeds ``MAX_MESSAGE_BYTES``. Counts go into the protocol's ``counte
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
 
-from gossipmgr.core.codec import entry_to_wire
+from gossipmgr.core.codec import MAX_BATCH_BYTES, entry_to_wire
 from gossipmgr.core.crdt import Entry, Key, LWWMap
 from gossipmgr.gossip.datagram import Counters
 from gossipmgr.gossip.messages import DELTA, MAX_MESSAGE_BYTES, TYPE_NAMES, fragment, pack
@@ -55,6 +56,41 @@ class MessageEncoder:
             batch.append(w)
             size += n
         return out + self.encode(peer, DELTA, [lo, hi, batch])
+
+    def push_messages(
+        self, peer: str, lo: int, hi: int, wire: list[tuple[list[Any], int]]
+    ) -> Payloads:
+        """A local write of several entries as (lo, hi]: ONE message (fragmented) when it
+        fits, so the peer joins a batch at once (all visible or none); else as many as it
+        takes (:meth:`delta_messages`)."""
+        if sum(n for _, n in wire) <= MAX_BATCH_BYTES:
+            return self.encode(peer, DELTA, [lo, hi, [w for w, _ in wire]])
+        return self.delta_messages(peer, lo, hi, wire)
+
+    def interval_messages(
+        self, peer: str, lo: int, buffer: Iterable[tuple[int, str, LWWMap]]
+    ) -> Payloads:
+        """DELTA messages for the buffered interval ``(lo, newest]`` without ``peer``'s own
+        deltas (BP), each filling a datagram: every message acknowledges up to its last seq."""
+        out: Payloads = []
+        batch: dict[Key, Entry] = {}
+        size = 0
+        hi = lo
+        for seq, origin, delta in buffer:
+            if seq <= lo:
+                continue
+            if origin != peer:
+                for k, e in delta.items():
+                    w = len(msgpack.packb(entry_to_wire(k, e), use_bin_type=True))
+                    if batch and size + w > self.max_payload - HEADER_SLACK and k not in batch:
+                        out += self.encode(peer, DELTA, [lo, hi, self.wire_items(batch)])
+                        lo, batch, size = hi, {}, 0
+                    batch[k] = e
+                    size += w
+            hi = seq
+        if hi > lo:
+            out += self.encode(peer, DELTA, [lo, hi, self.wire_items(batch)])
+        return out
 
     def wire(self, delta: LWWMap) -> list[Any]:
         return [entry_to_wire(k, e) for k, e in delta.items()]

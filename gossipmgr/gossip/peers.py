@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gossipmgr.core.crdt import Entry, Key
 from gossipmgr.gossip.datagram import Counters
 
 __all__ = ["GossipConfig", "LeafClaims", "PeerState"]
@@ -45,6 +46,25 @@ class GossipConfig:
     #: retransmit periods, and a live peer is heard from at least every sync interval.
     silent_after_ms: int = 3_000
     silent_probe_ms: int = 2_000
+    #: A peer sorting after us that we sent nothing for this long gets an ACK, so it hears
+    #: from us: the lease orders candidates heard from in the last 10 s first
+    #: (``LIVE_PEER_MS``; ``CatchUpPeers._heartbeat`` says why only those). 6 s keeps that
+    #: within 10 s with room for the round trip; 30 instances then send ~2.4 heartbeats/s
+    #: each on average. Only a peer that owes us something (or that Serf lists failed) is
+    #: *silent* and probed by digest (``CatchUpPeers._owes``).
+    heartbeat_ms: int = 6_000
+    #: A delta received from the instance that wrote it is forwarded to our other peers
+    #: (buffered) only while we have at most this many peers (``CatchUpPeers._forwards``):
+    #: in small clusters forwarding heals a one-way cut within a tick, and it costs little;
+    #: at 30 instances it cost every instance a datagram per peer per write.
+    forward_all_up_to: int = 8
+    #: Catch-up: at start, and when a peer (re)appears, a digest goes at once (not at the next
+    #: tick or repair round) to every such peer up to this many, chosen at random beyond it,
+    #: and their resyncs run in parallel (each differing leaf is still pulled from one of
+    #: them). 8 keeps the answers to one start (up to 64 leaf digests from each peer, ~40 KB)
+    #: well inside a socket buffer however large the cluster; the other peers resync one at
+    #: a time after it, as before, and mostly answer "equal".
+    catchup_fanout: int = 8
 
 
 @dataclass
@@ -59,8 +79,22 @@ class PeerState:
     queued_leaves: set[int] = field(default_factory=set)
     inflight: dict[int, tuple[list[int], float]] = field(default_factory=dict)
     entries_seen: dict[int, int] = field(default_factory=dict)  # req id -> ENTRIES received
+    #: req id -> the entries received for it: the peer's whole content of those leaves,
+    #: against which what it lacks is pushed back once the pull is complete
+    pulled: dict[int, dict[Key, Entry]] = field(default_factory=dict)
+    #: when the peer last sent us a DIGEST or a PULL: it is resyncing with us, and its
+    #: pulls push back what we lack, so a resync of ours would only pull its stale leaves
+    their_resync_ms: float = -1e18
     last_heard_ms: float = -1e18
     last_ack_ms: float = -1e18
+    last_beat_ms: float = -1e18  # our last heartbeat to it
+    #: In the current catch-up: resyncs in parallel with the other catch-up peers.
+    catchup: bool = False
+    #: Our last digest has had no answer (LEAVES or SYNC_OK) yet.
+    digest_unanswered: bool = False
+    #: The catch-up digest was sent again on first hearing from the peer (at most once: it
+    #: may have been dropped because the peer did not know our address yet).
+    catchup_resent: bool = False
 
 
 class LeafClaims:

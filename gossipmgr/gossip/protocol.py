@@ -9,8 +9,9 @@ anti-entropy with per-peer acknowledgements, eager push of local writes, retrans
 ``tick``, Enes et al.'s BP (no delta back to its origin) and RR (buffer only what changed the
 state), a bounded buffer, silent peers probed by digest, and digest resync (64 super-bucket
 digests, then the differing leaves, pulled a window at a time) for new, restarted and lagging
-peers and a periodic repair round. Every message fits one datagram payload; a larger one
-travels as ``FRAG`` pieces.
+peers and a periodic repair round, and catch-up at once with every peer that is new or
+comes back (``gossipmgr.gossip.catchup``). Every message fits one datagram payload; a
+larger one travels as ``FRAG`` pieces.
 
 The messages and their one decoder are in ``gossipmgr.gossip.messages``, the encoding of
 outgoing ones in ``gossipmgr.gossip.encoder``, per-peer state and knobs in ``peers``.
@@ -21,19 +22,19 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from gossipmgr.core.clock import HLC, Timestamp
-from gossipmgr.core.codec import MAX_BATCH_BYTES, entry_to_wire
 from gossipmgr.core.crdt import FANOUT, Entry, Key, LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket, ClockError
+from gossipmgr.gossip.catchup import CatchUp, CatchUpPeers
 from gossipmgr.gossip.datagram import Counters
-from gossipmgr.gossip.encoder import HEADER_SLACK, MessageEncoder, Payloads
+from gossipmgr.gossip.encoder import MessageEncoder, Payloads
 from gossipmgr.gossip.messages import (
     ACK,
     DELTA,
@@ -73,7 +74,7 @@ class Outcome:
     novel: LWWMap | None = None
 
 
-class AntiEntropy:
+class AntiEntropy(CatchUpPeers):
     """One instance's side of the protocol. Owns ``state`` mutations for remote deltas."""
 
     def __init__(
@@ -103,28 +104,10 @@ class AntiEntropy:
         self._claims = LeafClaims(self.counters)
         self._frags = Reassembler(self.counters)
         self.enc = MessageEncoder(name, incarnation, self.cfg.max_payload, self.counters)
-
-    # ------------------------------------------------------------------ membership
-    def set_peers(self, names: Iterable[str], now_ms: float) -> None:
-        """The current peer set (alive gossipmgr instances, not including self)."""
-        wanted = {n for n in names if n != self.name}
-        for gone in set(self.peers) - wanted:
-            del self.peers[gone]
-            self._claims.release_all(gone)
-        for n in wanted - set(self.peers):
-            # Everything up to now reaches the new peer through a digest resync; deltas
-            # from here on flow normally.
-            self.peers[n] = PeerState(acked=self.seq, needs_resync=True, last_heard_ms=now_ms)
-        self._prune()
-
-    def heard_from(self, now_ms: float, within_ms: float) -> set[str]:
-        """Peers that sent us an authenticated message in the last ``within_ms`` (never
-        merely listed: a new peer starts as not heard from)."""
-        return {
-            n
-            for n, ps in self.peers.items()
-            if ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
-        }
+        #: the latest catch-up (``catch_up``), None before the first
+        self.catchup: CatchUp | None = None
+        self._alive: dict[str, str] | None = None  # peer -> boot id, as last listed alive
+        self._strangers: dict[str, float] = {}  # not yet peers -> when they resynced with us
 
     # ------------------------------------------------------------------ local writes
     def local_write(self, delta: LWWMap, now_ms: float) -> Outcome:
@@ -153,16 +136,9 @@ class AntiEntropy:
                             (w, len(msgpack.packb(w, use_bin_type=True)))
                             for w in self.enc.wire(novel)
                         ]
-                    res.out += self._push_many(peer, wire)
+                    res.out += self.enc.push_messages(peer, self.seq - 1, self.seq, wire)
                 ps.last_sent_ms = now_ms
         return res
-
-    def _push_many(self, peer: str, wire: list[tuple[list[Any], int]]) -> Payloads:
-        """Several entries as (c-1, c]: ONE message (fragmented) when it fits, so the peer
-        joins a batch at once (all visible or none); else as many as it takes."""
-        if sum(n for _, n in wire) <= MAX_BATCH_BYTES:
-            return self.enc.encode(peer, DELTA, [self.seq - 1, self.seq, [w for w, _ in wire]])
-        return self.enc.delta_messages(peer, self.seq - 1, self.seq, wire)
 
     def _buffer(self, origin: str, delta: LWWMap) -> None:
         self.seq += 1
@@ -189,34 +165,38 @@ class AntiEntropy:
         self._frags.expire(now_ms)
         silent_seen = False
         for peer, ps in self.peers.items():
-            if now_ms - ps.last_heard_ms >= self.cfg.silent_after_ms:
+            if now_ms - ps.last_heard_ms >= self.cfg.silent_after_ms and self._owes(peer, ps):
                 # Silent: stop retransmitting to it and stop holding deltas for it; a digest
                 # probe now and then finds out when it is back, and the resync catches it up.
                 if ps.acked < self.seq or not ps.needs_resync:
                     ps.acked, ps.needs_resync = self.seq, True
                     silent_seen = True
                 self._claims.release_all(peer)
+                self._end_catchup(peer, ps, now_ms, lost=True)
                 ps.pending_leaves.clear()
                 ps.queued_leaves.clear()
                 ps.inflight.clear()
                 if now_ms - ps.last_digest_ms >= self.cfg.silent_probe_ms:
                     out += self._digest(peer, ps, now_ms)
                 continue
+            out += self._heartbeat(peer, ps, now_ms)
             if ps.acked < self.seq and now_ms - ps.last_sent_ms >= self.cfg.retransmit_ms:
                 out += self._interval(peer, ps, now_ms)
-            if ps.needs_resync and now_ms - ps.last_digest_ms >= self.cfg.sync_retry_ms:
+            if ps.needs_resync and self._may_digest(ps, now_ms):
                 # One resync round at a time: after it drains, the next peer's digest mostly
                 # matches (one SYNC_OK) instead of every peer sending leaf digests at once.
+                # A catch-up's peers resync in parallel.
                 if (
                     not ps.inflight
                     and not ps.pending_leaves
-                    and not self._resync_busy(peer, now_ms)
+                    and (ps.catchup or not self._resync_busy(peer, now_ms))
                 ):
                     out += self._digest(peer, ps, now_ms)
             for req, (leaves, sent) in list(ps.inflight.items()):
                 if now_ms - sent >= self.cfg.pull_timeout_ms:
                     del ps.inflight[req]
                     ps.entries_seen.pop(req, None)
+                    ps.pulled.pop(req, None)
                     self._requeue(ps, leaves)
                     self.counters.incr("pull_timeout")
             out += self._pull_more(peer, ps, now_ms)
@@ -231,38 +211,26 @@ class AntiEntropy:
             ]
             peer = self.rng.choice(sorted(heard or self.peers))
             ps = self.peers[peer]
-            if not ps.inflight and not ps.pending_leaves:
+            if not ps.inflight and not ps.pending_leaves and self._may_digest(ps, now_ms):
                 out += self._digest(peer, ps, now_ms)
         return out
 
-    def _interval(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
+    def _may_digest(self, ps: PeerState, now_ms: float) -> bool:
+        """Not within ``sync_retry_ms`` of our last digest to it, nor while it resyncs with
+        us (its pulls push back what we lack; ours would only pull its stale leaves)."""
+        retry = self.cfg.sync_retry_ms
+        return now_ms - ps.last_digest_ms >= retry and now_ms - ps.their_resync_ms >= retry
+
+    def _interval(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
         """Send D(A[j], c] without j's own deltas (BP), as messages that fit a datagram."""
         ps.last_sent_ms = now_ms
-        out: list[tuple[str, bytes]] = []
-        lo = ps.acked
-        batch: dict[Key, Entry] = {}
-        size = 0
-        hi = lo
-        for seq, origin, delta in self.buffer:
-            if seq <= lo:
-                continue
-            if origin != peer:
-                for k, e in delta.items():
-                    w = len(msgpack.packb(entry_to_wire(k, e), use_bin_type=True))
-                    if batch and size + w > self.cfg.max_payload - HEADER_SLACK and k not in batch:
-                        out += self.enc.encode(peer, DELTA, [lo, hi, self.enc.wire_items(batch)])
-                        lo, batch, size = hi, {}, 0
-                    batch[k] = e
-                    size += w
-            hi = seq
-        if hi > lo:
-            out += self.enc.encode(peer, DELTA, [lo, hi, self.enc.wire_items(batch)])
         self.counters.incr("retransmits")
-        return out
+        return self.enc.interval_messages(peer, ps.acked, self.buffer)
 
     # ------------------------------------------------------------------ resync
     def _digest(self, peer: str, ps: PeerState, now_ms: float) -> list[tuple[str, bytes]]:
         ps.last_digest_ms = now_ms
+        ps.digest_unanswered = True
         self.counters.incr("digests_sent")
         return self.enc.encode(peer, DIGEST, [self.seq, pack64(self.state.map.super_digests())])
 
@@ -297,6 +265,7 @@ class AntiEntropy:
             self._next_req += 1
             ps.inflight[req] = (leaves, now_ms)
             ps.entries_seen[req] = 0
+            ps.pulled[req] = {}
             out += self.enc.encode(peer, PULL, [req, leaves])
         return out
 
@@ -339,7 +308,10 @@ class AntiEntropy:
                     ps.acked = self.seq
                 ps.received = 0
                 ps.incarnation = msg.incarnation
-        return self._dispatch(sender, ps, msg.body, now_ms)
+        res = self._dispatch(sender, ps, msg.body, now_ms)
+        if ps is not None and ps.catchup and ps.digest_unanswered:
+            res.out += self._unanswered(sender, ps, msg.body, now_ms)
+        return res
 
     def _dispatch(self, sender: str, ps: PeerState | None, body: Body, now: float) -> Outcome:
         match body:
@@ -350,11 +322,11 @@ class AntiEntropy:
             case Digest():
                 return self._on_digest(sender, ps, body, now)
             case SyncOk():
-                return self._on_sync_ok(ps, body, now)
+                return self._on_sync_ok(sender, ps, body, now)
             case Leaves():
                 return self._on_leaves(sender, ps, body, now)
             case Pull():
-                return self._on_pull(sender, body)
+                return self._on_pull(sender, body, now)
             case Entries():
                 return self._on_entries(ps, body, now)
             case PullDone():
@@ -364,7 +336,7 @@ class AntiEntropy:
 
     def _on_delta(self, sender: str, ps: PeerState | None, m: Delta, now: float) -> Outcome:
         novel = self._apply_remote(m.entries, now)
-        if len(novel):
+        if len(novel) and self._forwards(sender, m.entries):
             self._buffer(sender, novel)
         res = Outcome(novel=novel)
         if ps is not None:
@@ -382,6 +354,7 @@ class AntiEntropy:
         return Outcome()
 
     def _on_digest(self, sender: str, ps: PeerState | None, m: Digest, now: float) -> Outcome:
+        self._resyncing_with_us(sender, now)
         mine = self.state.map.super_digests()
         differ = [i for i in range(FANOUT) if m.supers[i] != mine[i]]
         res = Outcome()
@@ -390,6 +363,7 @@ class AntiEntropy:
             if ps is not None:
                 # Equal states: the peer holds everything in our buffer.
                 self._acked_all(ps, now)
+                self._end_catchup(sender, ps, now)
             return res
         if ps is not None:
             ps.needs_resync = True  # they have something we lack too, maybe: pull it
@@ -405,7 +379,10 @@ class AntiEntropy:
         ps.last_ack_ms = now
         self._prune()
 
-    def _on_sync_ok(self, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
+    def _on_sync_ok(self, sender: str, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
+        if ps is not None:
+            self._answered(ps, now)
+            self._end_catchup(sender, ps, now)
         if ps is not None and m.seq <= self.seq:
             if m.seq > ps.acked:
                 ps.acked = m.seq
@@ -420,13 +397,18 @@ class AntiEntropy:
         mine = self.state.map.leaf_range_digests(m.super_index)
         if ps is None:
             return Outcome()
+        self._answered(ps, now)
         base = m.super_index * FANOUT
         differ = [base + i for i in range(FANOUT) if m.digests[i] != mine[i]]
+        if ps.inflight:  # an answer to a repeated digest: what is being pulled stays out
+            pulling = {leaf for leaves, _ in ps.inflight.values() for leaf in leaves}
+            differ = [leaf for leaf in differ if leaf not in pulling]
         self._requeue(ps, self._claims.claim(sender, differ, now))
         self.counters.incr("resync_leaves", len(differ))
         return Outcome(out=self._pull_more(sender, ps, now))
 
-    def _on_pull(self, sender: str, m: Pull) -> Outcome:
+    def _on_pull(self, sender: str, m: Pull, now: float) -> Outcome:
+        self._resyncing_with_us(sender, now)
         res = Outcome()
         items: list[tuple[Key, Entry]] = []
         for leaf in m.leaves:
@@ -441,6 +423,7 @@ class AntiEntropy:
         novel = self._apply_remote(m.entries, now)
         if ps is not None and m.req in ps.entries_seen:
             ps.entries_seen[m.req] += 1
+            ps.pulled[m.req].update(m.entries)
         return Outcome(novel=novel)
 
     def _on_pull_done(self, sender: str, ps: PeerState | None, m: PullDone, now: float) -> Outcome:
@@ -448,23 +431,37 @@ class AntiEntropy:
             return Outcome()
         leaves, _ = ps.inflight.pop(m.req)
         seen = ps.entries_seen.pop(m.req, 0)
+        theirs = ps.pulled.pop(m.req, {})
+        out: Payloads = []
         if seen < m.count:
             # Some ENTRIES datagrams were lost: pull those leaves again.
             self._requeue(ps, leaves)
             self.counters.incr("pull_incomplete")
         else:
             self._claims.release(sender, leaves)
-        out = self._pull_more(sender, ps, now)
+            # Push-pull: we know its whole content of these leaves now; send it what it
+            # lacks or holds older, so one round makes both sides equal there.
+            mine = [(k, e) for leaf in leaves for k, e in self.state.map.leaf_entries(leaf)]
+            push = [(k, e) for k, e in mine if theirs.get(k) != e]
+            if push:
+                self.counters.incr("pushed_back", len(push))
+                out += self.enc.pack_entries(sender, ENTRIES, [0], push)
+        out += self._pull_more(sender, ps, now)
         if not ps.inflight and not ps.pending_leaves:
             # Window drained: check again; SYNC_OK ends the resync.
             out += self._digest(sender, ps, now)
+            if ps.catchup:
+                out += self._recheck_catchup(now)
         return Outcome(out=out)
 
     def _apply_remote(self, items: list[tuple[Key, Entry]], now: float) -> LWWMap:
         if items:
             newest = max(e.ts for _, e in items)
             self.hlc.observe(newest, int(now))  # raises ClockError: drop the whole message
-        return self.state.apply(items)
+        novel = self.state.apply(items)
+        if self.catchup is not None:
+            self.catchup.joined(len(novel), now)
+        return novel
 
     # ------------------------------------------------------------------ figures
     @property

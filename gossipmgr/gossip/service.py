@@ -22,7 +22,7 @@ and closes the transport and the replica. ``run`` returns when cancelled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -50,6 +50,9 @@ AUTH_REASONS = frozenset({"unknown_key", "auth"})
 #: Source addresses whose authentication failures are kept (the least recently failing is
 #: forgotten first), so junk from many addresses cannot grow memory.
 MAX_FAILING_SOURCES = 256
+#: Instances not (yet) in our peer set whose answers go to the source address of their last
+#: authenticated datagram (see ``_note_reply_to``); the least recent is forgotten first.
+MAX_REPLY_TO = 256
 
 
 @dataclass
@@ -119,10 +122,13 @@ class GossipService(Generic[R]):
         replica.on_local_write(self._local_write)
         self.sealer = Sealer(keyring, node_id(replica.name), boot_ms)
         self.addrs: dict[str, Addr] = {}
+        #: senders Serf has not named to us yet -> where their last datagram came from
+        self.reply_to: dict[str, Addr] = {}
         self.counters = Counters()
         #: source address -> its authentication failures (insertion order = LRU order)
         self.auth_failures: dict[Addr, AuthFailures] = {}
         self._persist_send, self._persist_recv = trio.open_memory_channel[LWWMap](PERSIST_QUEUE)
+        self._catchup_logged = True
 
     @property
     def local_addr(self) -> Addr:
@@ -132,13 +138,32 @@ class GossipService(Generic[R]):
         """Rotate keys at run time (SIGHUP): new primary for sending, all for receiving."""
         self.sealer.keyring = keyring
 
-    def set_peers(self, peers: dict[str, Addr]) -> None:
-        """The alive gossipmgr instances (name -> gossip address), self excluded."""
+    def set_peers(self, peers: dict[str, Addr], alive: Mapping[str, str] | None = None) -> None:
+        """The gossipmgr instances to gossip with (name -> gossip address; self excluded).
+
+        ``alive``: those Serf lists as alive, each with its boot id. A peer that is new (and
+        alive) or comes back (alive again, or a new boot id) is caught up with at once
+        (``AntiEntropy.set_peers``); this instance's first peers too, so a restart starts
+        pulling what it missed as soon as Serf names them.
+        """
         peers = {n: a for n, a in peers.items() if n != self.replica.name}
         if peers != self.addrs:
             log.info("%s: gossip peers now %s", self.replica.name, sorted(peers))
         self.addrs = dict(peers)
-        self.ae.set_peers(sorted(peers), self.replica.now_ms())
+        for n in peers:
+            self.reply_to.pop(n, None)
+        before = self.ae.catchup
+        self._queue(self.ae.set_peers(sorted(peers), self.replica.now_ms(), alive))
+        cu = self.ae.catchup
+        if cu is not None and cu is not before:
+            log.info("%s: catch-up: started with %s", self.replica.name, ", ".join(cu.peers))
+            self._catchup_logged = False
+
+    def _log_catchup(self) -> None:
+        cu = self.ae.catchup
+        if cu is not None and cu.done_ms is not None and not self._catchup_logged:
+            self._catchup_logged = True
+            log.info("%s: catch-up: done %s", self.replica.name, cu.summary())
 
     def _queue(self, out: list[tuple[str, bytes]]) -> None:
         for item in out:
@@ -174,10 +199,32 @@ class GossipService(Generic[R]):
             self.counters.incr(f"recv_{kind}")
             self.counters.incr(f"recv_bytes_{kind}", len(data))
             res = self.ae.receive_untrusted(opened.plaintext, self.replica.now_ms())
+            self._note_reply_to(res.out, opened.sender_id, src)
             self._queue(res.out)
             if res.novel is not None and len(res.novel):
                 self.replica.remote_applied(res.novel)
                 await self._persist_send.send(res.novel)
+
+    def _note_reply_to(self, out: list[tuple[str, bytes]], sender_id: bytes, src: Addr) -> None:
+        """Answers to an instance Serf has not named to us yet go to the datagram's source.
+
+        At a start, Serf names the new instance's peers to it before it names the new
+        instance to them (their membership poll): without this, the new instance's
+        catch-up digest was dropped (``no_address``) and its catch-up began only once they
+        caught up with it. Only answers to this very datagram (the protocol answers its
+        sender only) and only when the datagram's authenticated sender id is the
+        recipient's: the source address is not authenticated, but the datagram is fresh,
+        sealed for us by a key holder, and never replayable (``Sealer``).
+        """
+        for peer, _ in out:
+            if peer in self.addrs or node_id(peer) != sender_id:
+                continue
+            self.reply_to.pop(peer, None)
+            self.reply_to[peer] = src  # most recent last
+            if len(self.reply_to) > MAX_REPLY_TO:
+                del self.reply_to[next(iter(self.reply_to))]
+            self.counters.incr("reply_to_source")
+            return
 
     def _note_auth_failure(self, src: Addr, reason: str, data: bytes) -> None:
         f = self.auth_failures.pop(src, None)
@@ -205,7 +252,7 @@ class GossipService(Generic[R]):
 
     async def _send_loop(self) -> None:
         async for peer, payload in self._outbox:
-            dest = self.addrs.get(peer)
+            dest = self.addrs.get(peer) or self.reply_to.get(peer)
             if dest is None:
                 self.counters.incr("drop_no_address")
                 continue
@@ -228,6 +275,7 @@ class GossipService(Generic[R]):
         interval = self.ae.cfg.tick_ms / 1000
         while True:
             self._queue(self.ae.tick(self.replica.now_ms()))
+            self._log_catchup()
             await trio.sleep(interval)
 
     async def _persist_loop(self) -> None:

@@ -36,8 +36,9 @@ from gossipmgr.serf.view import (
 log = logging.getLogger("gossipmgr.agent")
 
 #: A lease candidate counts as live (first in the claim order) if we heard from it over
-#: gossip this recently. An idle live peer is heard at least every ~5 s (3 s until it is
-#: silent, then a digest probe every 2 s that it answers); twice that absorbs some loss.
+#: gossip this recently. An idle live peer is heard at least every ~6 s by the peers sorting
+#: after it (its heartbeat, GossipConfig.heartbeat_ms), the only ones whose claim order it
+#: can change; 10 s leaves room for the round trip.
 LIVE_PEER_MS = 10_000
 #: How often the lease loop decides (renewals are due every ~2.5 s; 250 ms keeps a
 #: takeover within a quarter second of the lease becoming claimable).
@@ -107,7 +108,8 @@ class Holder:
         # lease candidates, and an unreachable one only costs its unacknowledged deltas
         # (bounded by max_buffer) and a share of the periodic digests.
         peers = {i.name: i.gossip_addr for i in (*alive, *m.view.failed_instances)}
-        self.gossip.set_peers(peers)
+        # An instance alive again, or under a new boot id, is caught up with at once.
+        self.gossip.set_peers(peers, {i.name: i.boot_id for i in alive})
         self.replica.candidates = candidates([i.name for i in alive])
 
     async def membership_loop(self, events: trio.MemoryReceiveChannel[MembershipEvent]) -> None:

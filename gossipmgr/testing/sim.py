@@ -8,7 +8,7 @@ Each instance has its own physical clock offset (skew) within the HLC's bound.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,9 @@ class Sim:
     max_skew_ms: int = 0
     config: GossipConfig = field(default_factory=GossipConfig)
     now: float = 1_000_000.0
+    #: send what each instance's first ``set_peers`` returns (its start's catch-up digests);
+    #: False for a simulation that seeds every instance and starts it converged
+    announce: bool = True
     names: list[str] = field(init=False)
     inst: dict[str, SimInstance] = field(init=False)
     net: SimNetwork = field(init=False)
@@ -67,7 +70,9 @@ class Sim:
             )
             self.inst[name] = SimInstance(ae, skew, next_tick=self.now + rng.uniform(0, 150))
         for name in self.names:
-            self.inst[name].ae.set_peers(self.names, self.now)
+            out = self.inst[name].ae.set_peers(self.names, self.now)
+            if self.announce:
+                self._send(name, out)
 
     # -- helpers ------------------------------------------------------------------------
     def phys(self, name: str) -> int:
@@ -90,14 +95,31 @@ class Sim:
             self.net.send(addr(src), addr(dst), data, self.now)
 
     def restart(self, name: str, incarnation: int) -> None:
-        """Volatile protocol state is lost; the replica (durable) is kept."""
+        """Volatile protocol state is lost; the replica (durable) is kept. The instance's
+        peers are set at once (as Serf names them at a start), and what that returns (its
+        catch-up digests) is sent."""
         old = self.inst[name]
         hlc = HLC(name, last=old.ae.hlc.last)
         ae = AntiEntropy(
             name, incarnation, old.state, hlc, self.config, rng=random.Random(incarnation)
         )
-        ae.set_peers(self.names, self.now)
         self.inst[name] = SimInstance(ae, old.skew_ms, next_tick=self.now)
+        self._send(name, ae.set_peers(self.names, self.now))
+
+    def serf_view(self, cut: Iterable[str] = ()) -> None:
+        """Every running instance is told what Serf would list now: the running instances on
+        its side of ``cut`` (a partition: those named against the others) alive, each under
+        its incarnation as boot id; the rest failed (still peers)."""
+        side = set(cut)
+        for name, i in self.inst.items():
+            if not i.up:
+                continue
+            alive = {
+                n: str(o.ae.incarnation)
+                for n, o in self.inst.items()
+                if o.up and (n in side) == (name in side)
+            }
+            self._send(name, i.ae.set_peers(self.names, self.now, alive))
 
     def step(self, until: float) -> None:
         """Advance simulated time to ``until``, delivering and ticking in order."""
