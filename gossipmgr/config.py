@@ -124,6 +124,10 @@ class AgentConfig:
     #: Lease timing (see gossipmgr.core.lease.LeaseConfig for the reasons).
     lease_ttl_ms: int = 10_000
     lease_renew_ms: int = 2_500
+    #: Two instances: the survivor claims the lease once Serf has listed the other failed
+    #: this long (a majority of two needs both; gossipmgr.core.quorum). Negative: never by
+    #: itself, only by ``gossipmgr lease take --force``.
+    lease_solo_after_s: float = 30.0
     log_level: str = "info"
     ansible: AnsibleConfig = field(default_factory=AnsibleConfig)
     #: The file this was read from (SIGHUP re-reads it).
@@ -225,6 +229,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "accept_log_damage": _bool,
     "lease_ttl_ms": _int,
     "lease_renew_ms": _int,
+    "lease_solo_after_s": _float,
     "log_level": _str,
 }
 

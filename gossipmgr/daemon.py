@@ -180,6 +180,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "--lease-renew-ms",
         {"type": int, "help": "renew when this much of the TTL has passed (default 2500)"},
     ),
+    (
+        "--lease-solo-after-s",
+        {
+            "type": float,
+            "help": "two instances: the survivor takes the lease once Serf has listed the "
+            "other failed this long (default 30; negative: only by 'lease take --force')",
+        },
+    ),
     ("--log-level", {"choices": ["debug", "info", "warning", "error"], "help": "default info"}),
 ]
 

@@ -18,7 +18,8 @@ import trio
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
-from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due
+from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due, settling
+from gossipmgr.core.quorum import Quorum, quorum
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import GossipmgrError, StoreError
 from gossipmgr.gossip.service import GossipService
@@ -54,6 +55,12 @@ RECONCILE_SETTLE_S = 2.0
 #: from its list this many push-pull intervals (``PUSH_PULL_S``): our agent may simply not
 #: have heard of them yet. A node Serf lists as failed or left is acted on at once.
 ABSENT_GRACE_PUSH_PULLS = 2.0
+#: A new holder, or one whose instance set just changed, reconciles (and applies Serf's
+#: node events) only once its Serf member list has not changed for this long: the view has
+#: settled. Right after a heal members come back in bursts as memberlist's alive messages
+#: spread (a gossip round is 200 ms, a probe 1 s with the lan profile), and a view caught
+#: mid-change flapped a dead node back to Discovered (docs/design.md, "Takeover").
+VIEW_SETTLE_S = 3.0
 
 
 def absent_grace_s(serf_profile: str) -> float:
@@ -78,6 +85,7 @@ class Holder:
         counters: dict[str, int],
         *,
         absent_grace_s: float,
+        solo_after_s: float | None = None,
     ) -> None:
         self.replica = replica
         self.jobs = jobs
@@ -85,6 +93,9 @@ class Holder:
         self.membership = membership
         self.counters = counters
         self.absent_grace_s = absent_grace_s
+        #: the two-instance rule's bound (``core.quorum``; None: off)
+        self.solo_after_s = solo_after_s
+        self._failed_since: dict[str, float] = {}
         self.reconcile_soon = False
         self._absences = Absences()
         self._bounded_seen: dict[str, Any] | None = None
@@ -99,6 +110,7 @@ class Holder:
             # Without Serf we cannot know who is alive: stop being a candidate (so we stop
             # acting), but keep gossiping with the peers we last knew.
             self.replica.candidates = []
+            self._set_quorum(Quorum(0, 0))
             return
         alive = [i for i in m.instances if i.status == "alive"]
         # Keep gossiping with instances Serf marks failed (memberlist's GossipToTheDead):
@@ -109,6 +121,24 @@ class Holder:
         peers = {i.name: i.gossip_addr for i in (*alive, *m.view.failed_instances)}
         self.gossip.set_peers(peers)
         self.replica.candidates = candidates([i.name for i in alive])
+        now = trio.current_time()
+        failed = [i.name for i in m.view.failed_instances]
+        self._failed_since = {n: self._failed_since.get(n, now) for n in failed}
+        self._set_quorum(
+            quorum(
+                self.replica.name,
+                self.replica.candidates,
+                self._failed_since,
+                now,
+                self.solo_after_s,
+            )
+        )
+
+    def _set_quorum(self, q: Quorum) -> None:
+        old = self.replica.quorum
+        self.replica.quorum = q
+        if q.may_hold != old.may_hold:
+            log.warning("%s: %s", self.replica.name, q.describe())
 
     async def membership_loop(self, events: trio.MemoryReceiveChannel[MembershipEvent]) -> None:
         async for ev in events:
@@ -122,6 +152,12 @@ class Holder:
         if not self.replica.is_holder():
             # The holder applies it; a takeover reconciles against Serf.
             self.counters["node_events_ignored"] += 1
+            return
+        lease = self.replica.lease()
+        if lease is not None and settling(lease.epoch, self._reconciled_epoch, self.reconcile_soon):
+            # A takeover or instance-set reconcile is pending: it runs from a settled
+            # view and covers this event; the view it came from may be mid-change.
+            self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
             return
         try:
             await self.jobs.apply_node_event(ev.kind, ev.name, ev.label, ev.serial, ev.addr)
@@ -202,6 +238,7 @@ class Holder:
             rep.lease_cfg,
             rep.state.max_record_epoch,
             live=self.gossip.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
+            may_hold=rep.quorum.may_hold,
         )
         if new is None:
             return
@@ -220,7 +257,9 @@ class Holder:
             self.counters["lease_renewals"] += 1
         else:
             self.counters["lease_claims"] += 1
-            log.warning("%s: claimed the lease, epoch %d", rep.name, new.epoch)
+            log.warning(
+                "%s: claimed the lease, epoch %d (%s)", rep.name, new.epoch, rep.quorum.describe()
+            )
 
     async def _maybe_reconcile(self) -> None:
         """At takeover (a new epoch) and then periodically: repair any health event lost
@@ -236,6 +275,8 @@ class Holder:
             self._last_reconcile,
             RECONCILE_EVERY_S,
             self.reconcile_soon,
+            quiet_for=now - self.membership.view.changed_at,
+            settle=VIEW_SETTLE_S,
         ):
             return
         self.reconcile_soon = False
