@@ -16,7 +16,7 @@ from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.node import Monitoring
 from gossipmgr.core.state import ClusterState, combine
 
-__all__ = ["NodeEvent", "apply_events", "differences"]
+__all__ = ["NodeEvent", "apply_events", "comeback", "differences"]
 
 #: (kind, node name, label, serial, addr); kind is "discovered" or "disappeared".
 NodeEvent = tuple[str, str, str, str, str]
@@ -61,3 +61,19 @@ def apply_events(
         else:
             parts.append(inv.d_disappeared(state, nm, epoch, ts))
     return combine(*parts)
+
+
+def comeback(state: ClusterState, event: NodeEvent) -> bool:
+    """True for a "discovered" event of a node the inventory holds as Disappeared.
+
+    The holder applies such a comeback only through a reconcile, once the node has been
+    alive in its Serf view for the settle bound: a view caught mid-change (right after a
+    heal, members it had lost contact with are listed alive for a moment) once brought a
+    dead node back to Discovered. A failure, or a node seen for the first time, is applied
+    at once; a dead node shown alive could be commissioned, a live one shown Disappeared
+    for a few seconds is only late.
+    """
+    if event[0] != "discovered":
+        return False
+    rec = state.node(event[1])
+    return rec is not None and inv.state_of(rec) == inv.DISAPPEARED

@@ -20,6 +20,7 @@ from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due, settling
 from gossipmgr.core.quorum import Quorum, quorum
+from gossipmgr.core.reconcile import comeback
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import GossipmgrError, StoreError
 from gossipmgr.gossip.service import GossipService
@@ -48,9 +49,6 @@ LEASE_LOOP_S = 0.25
 #: anywhere (a Serf outage, a handover, the other side of a partition) is repaired within
 #: seconds. The partition suite measured 30 s of wrong state with a 30 s period.
 RECONCILE_EVERY_S = 5.0
-#: ...skipping nodes whose Serf status changed this recently: right after a heal the view
-#: is still settling, and acting on it flapped a dead node back to Discovered once.
-RECONCILE_SETTLE_S = 2.0
 #: ...and Discovered nodes our Serf agent does not list at all, until they have been absent
 #: from its list this many push-pull intervals (``PUSH_PULL_S``): our agent may simply not
 #: have heard of them yet. A node Serf lists as failed or left is acted on at once.
@@ -61,6 +59,10 @@ ABSENT_GRACE_PUSH_PULLS = 2.0
 #: spread (a gossip round is 200 ms, a probe 1 s with the lan profile), and a view caught
 #: mid-change flapped a dead node back to Discovered (docs/design.md, "Takeover").
 VIEW_SETTLE_S = 3.0
+#: ...and each reconcile skips nodes whose Serf status changed this recently (the same
+#: bound: a node listed alive again for less than this may be a view mid-change), so a
+#: comeback (``core.reconcile.comeback``, left to the reconcile) waits that long too.
+RECONCILE_SETTLE_S = VIEW_SETTLE_S
 
 
 def absent_grace_s(serf_profile: str) -> float:
@@ -157,6 +159,11 @@ class Holder:
         if lease is not None and settling(lease.epoch, self._reconciled_epoch, self.reconcile_soon):
             # A takeover or instance-set reconcile is pending: it runs from a settled
             # view and covers this event; the view it came from may be mid-change.
+            self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
+            return
+        if comeback(self.replica.state, (ev.kind, ev.name, ev.label, ev.serial, ev.addr)):
+            # A node back from Disappeared: the periodic reconcile applies it once Serf has
+            # listed it alive for RECONCILE_SETTLE_S (a view mid-change flapped a dead one).
             self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
             return
         try:

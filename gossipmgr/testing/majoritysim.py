@@ -9,7 +9,8 @@ mid-change), then the truth. Cluster nodes sit with the first group of a partiti
 be killed. The decisions are the production pure functions: ``core.quorum`` (the majority
 rule), ``core.lease`` (``decide``, ``is_holder``, ``reconcile_due``, ``settling``) and
 ``core.reconcile`` (what a reconcile writes). ``legacy=True`` runs them as before the
-majority rule and the settle gate (every instance may hold; no settle), to show what they fix.
+majority rule and the settle gate (every instance may hold; no settle), ``settle=False``
+without the settle gate only, to show what each fixes.
 
 Used by ``tests/test_majority.py``: 1,000 seeded schedules and the issue's flap scenario.
 """
@@ -33,7 +34,7 @@ from gossipmgr.core.lease import (
     settling,
 )
 from gossipmgr.core.quorum import Quorum, quorum
-from gossipmgr.core.reconcile import NodeEvent, apply_events, differences
+from gossipmgr.core.reconcile import NodeEvent, apply_events, comeback, differences
 from gossipmgr.core.state import LEASE_KEY, ClusterState, inventory_key
 from gossipmgr.runtime.leaseloop import RECONCILE_EVERY_S, RECONCILE_SETTLE_S, VIEW_SETTLE_S
 from gossipmgr.testing.netsim import SimNetwork
@@ -100,6 +101,7 @@ class MajoritySim:
         n: int,
         *,
         legacy: bool = False,
+        settle: bool = True,
         cfg: LeaseConfig | None = None,
         solo_after_s: float | None = None,
         drop: float = 0.0,
@@ -108,6 +110,7 @@ class MajoritySim:
     ) -> None:
         self.rng = random.Random(seed)
         self.legacy, self.solo_after_s, self.stale_ms = legacy, solo_after_s, stale_ms
+        self.settle = settle and not legacy
         self.cfg = cfg or LeaseConfig(ttl_ms=2_000, renew_ms=500)
         self.net = SimNetwork(seed, drop=drop, dup=0.05, delay=(0.2, 5.0))
         self.now = 1_000_000.0
@@ -118,8 +121,9 @@ class MajoritySim:
         self.killed: set[str] = set()
         #: (ms, instance, node, state) each time a replica's record of a node changed
         self.node_states: list[tuple[float, str, str, str]] = []
-        #: (ms, holders, views current) after every lease-loop step: who may act then
-        self.holders_at: list[tuple[float, frozenset[str], bool]] = []
+        #: (ms, holders, views current, connected groups of live instances) after every
+        #: lease-loop step: who may act then, and who could reach whom
+        self.holders_at: list[tuple[float, frozenset[str], bool, tuple[frozenset[str], ...]]] = []
         self.inst: dict[str, Inst] = {}
         for name in self.names:
             view = self._truth(name, None)
@@ -288,13 +292,14 @@ class MajoritySim:
     def _health(self, i: Inst, lease: Lease) -> None:
         now_s = self.now / 1000
         epoch = lease.epoch
-        if not self.legacy and settling(epoch, i.reconciled_epoch, i.soon):
+        if self.settle and settling(epoch, i.reconciled_epoch, i.soon):
             i.events.clear()  # the settled reconcile covers them
         elif i.events:
-            events, i.events = list(i.events), []
+            events = [e for e in i.events if not (self.settle and comeback(i.state, e))]
+            i.events = []
             self.write(i, lambda s, ts: apply_events(s, events, epoch, ts))
         quiet = now_s - i.view.changed_at
-        settle = 0.0 if self.legacy else VIEW_SETTLE_S
+        settle = VIEW_SETTLE_S if self.settle else 0.0
         last = i.last_reconcile
         if not reconcile_due(
             epoch, i.reconciled_epoch, now_s, last, RECONCILE_EVERY_S, i.soon, quiet, settle
@@ -311,7 +316,10 @@ class MajoritySim:
     def run(self, ms: float) -> None:
         end = self.now + ms
         while self.now < end:
-            nxt = min(i.next_step for i in self.inst.values())
+            nxt = min(
+                (i.next_step for i in self.inst.values() if i.name not in self.crashed),
+                default=end,
+            )
             due = self.net.next_due()
             t = min(end, nxt, due if due is not None else end)
             self.now = max(self.now, t)
@@ -341,7 +349,8 @@ class MajoritySim:
         if stepped:
             live = [self.inst[n] for n in self.names if n not in self.crashed]
             holders = frozenset(i.name for i in live if self.holding(i))
-            self.holders_at.append((self.now, holders, self.views_current()))
+            groups = tuple(frozenset(g - self.crashed) for g in self.groups)
+            self.holders_at.append((self.now, holders, self.views_current(), groups))
         for name in sorted(self._dirty):
             for nd in self.nodes:
                 v = self.inst[name].state.map.get(inventory_key(nd))
