@@ -5,7 +5,9 @@ of the known gossipmgr instances: the alive ones plus the failed ones (a failed 
 may be alive on the other side of a partition); members that left gracefully do not count
 (they said goodbye: nobody acts on their behalf). In any partition with a majority side,
 only that side can hold, so only that side acts; a minority side keeps serving reads and
-taking writes with no holder.
+taking writes with no holder. An instance Serf lists alive counts only if we heard from it
+over gossip lately (:func:`heard_window_ms`): an isolated instance's Serf view can list
+everyone alive for tens of seconds.
 
 Two instances cannot have a majority once one fails: 1 of 2 is not more than half. The
 survivor therefore takes over once Serf has declared the other failed for longer than
@@ -23,19 +25,21 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ALONE", "Quorum", "quorum"]
+__all__ = ["ALONE", "Quorum", "heard_window_ms", "quorum"]
 
 
 @dataclass(frozen=True)
 class Quorum:
-    """What one instance's Serf view says about the majority."""
+    """What one instance's Serf view (and its gossip) says about the majority."""
 
-    #: instances Serf lists alive, this one included
+    #: instances Serf lists alive that we heard from over gossip lately, this one included
     sees: int
     #: instances Serf lists alive or failed (left ones do not count)
     known: int
     #: the two-instance rule lets this instance hold without a majority
     solo: bool = False
+    #: instances Serf lists alive that we have not heard from lately (not in ``sees``)
+    unheard: int = 0
 
     @property
     def majority(self) -> bool:
@@ -56,6 +60,8 @@ class Quorum:
             return f"majority: {seen}"
         if self.solo:
             return f"solo (two-instance rule): {seen}, the other failed long enough"
+        if self.unheard:
+            seen += f" ({self.unheard} alive in Serf but not heard from over gossip)"
         return f"no majority: {seen}"
 
     def as_json(self) -> dict[str, Any]:
@@ -64,13 +70,36 @@ class Quorum:
             "may_hold": self.may_hold,
             "sees": self.sees,
             "known": self.known,
+            "unheard": self.unheard,
             "solo": self.solo,
             "reason": self.describe(),
         }
 
 
+#: The shortest window of :func:`heard_window_ms`: an idle live peer is heard at least every
+#: ~5 s (silent after 3 s, then probed every 2 s; gossip/protocol.py).
+MIN_HEARD_MS = 5_000
+
 #: A lone instance (no Serf view yet, or a standalone one): a majority of one.
 ALONE = Quorum(1, 1)
+
+
+def heard_window_ms(ttl_ms: int, renew_ms: int) -> int:
+    """How recently an instance must have been heard from over gossip to count as seen.
+
+    Serf's view of an isolated instance can list every other member alive for tens of
+    seconds (Lifeguard slows its probes when nothing answers), and its copy of the lease
+    expires ``ttl - renew`` after it last heard a renewal at the latest: without this,
+    it claimed then, "with a majority". A peer it last heard before the cut is unheard
+    for at least that long by then, so the window stays below it (500 ms of margin for
+    the loop's period). Live peers are heard far more often: the holder's renewals (every
+    ``renew``) are acknowledged by every peer, and a peer silent for 3 s is probed every
+    2 s; the window is also at most two renewal periods, so a holder cut off from its peers
+    stops within two missed rounds of acknowledgements. It is never below 5 s, how often an
+    idle live peer is heard at least: with a TTL under 5.5 s plus the renewal period, an
+    isolated instance may therefore still count peers heard just before the cut.
+    """
+    return max(MIN_HEARD_MS, min(2 * renew_ms, ttl_ms - renew_ms - 500))
 
 
 def quorum(
@@ -79,19 +108,24 @@ def quorum(
     failed_since: Mapping[str, float],
     now: float,
     solo_after: float | None,
+    heard: Collection[str] | None = None,
 ) -> Quorum:
     """The majority as ``me`` sees it.
 
     ``alive``: instances Serf lists alive (``me`` among them when Serf lists us);
     ``failed_since``: the instances Serf lists failed, each with the time (same clock as
     ``now``, seconds) since when we have seen it failed; ``solo_after``: the two-instance
-    bound in seconds (None: off). A name in both is counted as alive.
+    bound in seconds (None: off); ``heard``: the instances heard from over gossip within
+    :func:`heard_window_ms` (None: count every alive one). An instance counts as seen when
+    Serf lists it alive and (it is ``me`` or) we heard from it. A name in both ``alive``
+    and ``failed_since`` is counted as alive.
     """
-    up = set(alive)
-    failed = {n: t for n, t in failed_since.items() if n not in up}
-    known = len(up) + len(failed)
-    q = Quorum(len(up), known)
-    if q.majority or solo_after is None or known != 2 or up != {me}:
+    listed = set(alive)
+    up = listed if heard is None else {n for n in listed if n == me or n in heard}
+    failed = {n: t for n, t in failed_since.items() if n not in listed}
+    known = len(listed) + len(failed)
+    q = Quorum(len(up), known, unheard=len(listed - up))
+    if q.majority or solo_after is None or known != 2 or listed != {me} or up != {me}:
         return q
     (since,) = failed.values()
     return Quorum(q.sees, q.known, solo=now - since >= solo_after)

@@ -19,7 +19,7 @@ from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due, settling
-from gossipmgr.core.quorum import Quorum, quorum
+from gossipmgr.core.quorum import Quorum, heard_window_ms, quorum
 from gossipmgr.core.reconcile import comeback
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import GossipmgrError, StoreError
@@ -126,6 +126,10 @@ class Holder:
         now = trio.current_time()
         failed = [i.name for i in m.view.failed_instances]
         self._failed_since = {n: self._failed_since.get(n, now) for n in failed}
+        cfg = self.replica.lease_cfg
+        heard = self.gossip.ae.heard_from(
+            self.replica.now_ms(), heard_window_ms(cfg.ttl_ms, cfg.renew_ms)
+        )
         self._set_quorum(
             quorum(
                 self.replica.name,
@@ -133,6 +137,7 @@ class Holder:
                 self._failed_since,
                 now,
                 self.solo_after_s,
+                heard,
             )
         )
 

@@ -18,7 +18,7 @@ Used by ``tests/test_majority.py``: 1,000 seeded schedules and the issue's flap 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gossipmgr.core import inventory as inv
@@ -33,7 +33,7 @@ from gossipmgr.core.lease import (
     reconcile_due,
     settling,
 )
-from gossipmgr.core.quorum import Quorum, quorum
+from gossipmgr.core.quorum import Quorum, heard_window_ms, quorum
 from gossipmgr.core.reconcile import NodeEvent, apply_events, comeback, differences
 from gossipmgr.core.state import LEASE_KEY, ClusterState, inventory_key
 from gossipmgr.runtime.leaseloop import RECONCILE_EVERY_S, RECONCILE_SETTLE_S, VIEW_SETTLE_S
@@ -83,6 +83,7 @@ class Inst:
     events: list[NodeEvent] = field(default_factory=list)
     max_epoch: int = 0
     steps: int = 0
+    last_heard: dict[str, float] = field(default_factory=dict)  # peer -> ms
 
 
 def read_lease(state: ClusterState, cfg: LeaseConfig) -> Lease | None:
@@ -112,6 +113,10 @@ class MajoritySim:
         self.legacy, self.solo_after_s, self.stale_ms = legacy, solo_after_s, stale_ms
         self.settle = settle and not legacy
         self.cfg = cfg or LeaseConfig(ttl_ms=2_000, renew_ms=500)
+        # The production window without its 5 s floor (which is about real gossip's
+        # cadence; here every instance pushes its whole state every other loop period).
+        c = self.cfg
+        self.heard_ms = min(heard_window_ms(c.ttl_ms, c.renew_ms), c.ttl_ms - c.renew_ms - 500)
         self.net = SimNetwork(seed, drop=drop, dup=0.05, delay=(0.2, 5.0))
         self.now = 1_000_000.0
         self.names = [f"i{k}" for k in range(n)]
@@ -146,11 +151,13 @@ class MajoritySim:
     def node_reachable(self, name: str, node: str) -> bool:
         return node not in self.killed and name in self.groups[0]
 
-    def partition(self, groups: Iterable[set[str]]) -> None:
-        """Cut the instances into ``groups`` (cluster nodes stay with the first)."""
+    def partition(self, groups: Iterable[set[str]], slow: Mapping[str, float] = {}) -> None:
+        """Cut the instances into ``groups`` (cluster nodes stay with the first). ``slow``:
+        instances whose Serf view takes that many ms to notice (an isolated agent's
+        Lifeguard slows its probes: ~26 s with 4 peers in the partition suite)."""
         self.groups = [set(g) for g in groups]
         self.net.partition([{(n, 0) for n in g} for g in self.groups])
-        self._refresh_all()
+        self._refresh_all(slow)
 
     def heal(self) -> None:
         cut_off = {n: set(self.names) - self.group_of(n) for n in self.names}
@@ -176,9 +183,10 @@ class MajoritySim:
         self.killed.add(node)
         self._refresh_all()
 
-    def _refresh_all(self) -> None:
+    def _refresh_all(self, slow: Mapping[str, float] = {}) -> None:
         for name in self.names:
-            self.inst[name].refresh_at.append(self.now + self.rng.uniform(100, 1_500))
+            lag = slow.get(name, self.rng.uniform(100, 1_500))
+            self.inst[name].refresh_at.append(self.now + lag)
 
     def views_current(self) -> bool:
         """No instance has a Serf view still to catch up with reality."""
@@ -236,7 +244,9 @@ class MajoritySim:
     def quorum_of(self, i: Inst) -> Quorum:
         if self.legacy:
             return Quorum(1, 1)
-        return quorum(i.name, i.view.alive, i.view.failed_since, self.now / 1000, self.solo_after_s)
+        heard = {p for p, t in i.last_heard.items() if self.now - t < self.heard_ms}
+        v = i.view
+        return quorum(i.name, v.alive, v.failed_since, self.now / 1000, self.solo_after_s, heard)
 
     def phys(self, i: Inst) -> int:
         return int(self.now) + i.skew_ms
@@ -246,11 +256,11 @@ class MajoritySim:
         delta = delta_of(i.state, i.hlc.now(self.phys(i)))
         i.state.apply(delta)
         self._dirty.add(i.name)
-        self._broadcast(i, list(delta.items()))
+        if len(delta):
+            self._broadcast(i, list(delta.items()))
 
     def _broadcast(self, i: Inst, items: list[tuple[Key, Entry]]) -> None:
-        if not items:
-            return
+        """Send ``items`` to every peer (an empty state is sent too: peers hear us)."""
         self._msgs.append(items)
         data = str(len(self._msgs) - 1).encode()
         for peer in self.names:
@@ -286,7 +296,7 @@ class MajoritySim:
         else:
             i.events.clear()  # not the holder: a takeover reconciles
         i.steps += 1
-        if i.steps % 4 == 0:  # anti-entropy: the whole (small) state now and then
+        if i.steps % 2 == 0:  # anti-entropy: the whole (small) state now and then
             self._broadcast(i, list(i.state.map.items()))
 
     def _health(self, i: Inst, lease: Lease) -> None:
@@ -323,8 +333,9 @@ class MajoritySim:
             due = self.net.next_due()
             t = min(end, nxt, due if due is not None else end)
             self.now = max(self.now, t)
-            for _, dst, data in self.net.deliver(self.now):
+            for src, dst, data in self.net.deliver(self.now):
                 if dst[0] not in self.crashed:
+                    self.inst[dst[0]].last_heard[src[0]] = self.now
                     self._receive(self.inst[dst[0]], self._msgs[int(data)])
             stepped = False
             for i in self.inst.values():
