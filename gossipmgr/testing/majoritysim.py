@@ -39,7 +39,7 @@ from gossipmgr.core.state import LEASE_KEY, ClusterState, inventory_key
 from gossipmgr.runtime.leaseloop import RECONCILE_EVERY_S, RECONCILE_SETTLE_S, VIEW_SETTLE_S
 from gossipmgr.testing.netsim import SimNetwork
 
-__all__ = ["LOOP_MS", "MajoritySim", "View", "read_lease"]
+__all__ = ["LOOP_MS", "MajoritySim", "View", "check_schedule", "read_lease", "run_schedule"]
 
 #: The lease loop's period (``runtime.leaseloop.LEASE_LOOP_S``) in simulated ms.
 LOOP_MS = 250
@@ -166,6 +166,8 @@ class MajoritySim:
         self.net.heal()
         for name, lost in cut_off.items():
             i = self.inst[name]
+            # Traffic flows again: even a view slowed by Lifeguard catches up now.
+            i.refresh_at = [self.now + self.rng.uniform(100, 1_500)]
             if name in self.crashed or not (lost or nodes_cut[name]):
                 continue
             # Mid-change: what it lost contact with comes back "alive" first, then the truth.
@@ -296,8 +298,9 @@ class MajoritySim:
         else:
             i.events.clear()  # not the holder: a takeover reconciles
         i.steps += 1
-        if i.steps % 2 == 0:  # anti-entropy: the whole (small) state now and then
-            self._broadcast(i, list(i.state.map.items()))
+        # Anti-entropy: the whole (small) state every period, so peers hear from us (the
+        # real protocol: acks to every renewal push, digest probes of silent peers).
+        self._broadcast(i, list(i.state.map.items()))
 
     def _health(self, i: Inst, lease: Lease) -> None:
         now_s = self.now / 1000
@@ -380,3 +383,70 @@ class MajoritySim:
             if "Disappeared" in seq and inv.DISCOVERED in seq[seq.index("Disappeared") :]:
                 out.append(f"{node} on {name}: {' -> '.join(seq)}")
         return out
+
+
+# -- seeded schedules ----------------------------------------------------------------------
+def run_schedule(seed: int) -> None:
+    """One seeded schedule: 2-7 instances, one or two faults (partitions, isolations with
+    Serf views that notice nothing, holder crashes), a node killed, heals; then the checks."""
+    rng = random.Random(seed)
+    n = 2 + seed % 6  # 2 to 7 instances: even sizes too
+    solo = 1.0 if n == 2 and rng.random() < 0.5 else None
+    sim = MajoritySim(
+        seed, n, drop=rng.choice([0.0, 0.05, 0.2]), solo_after_s=solo, stale_ms=(0.0, 2_500.0)
+    )
+    sim.run(4_000)
+    kinds = ["partition", "isolate", "crash", "partition_and_crash"]
+    killed = False
+    for _ in range(rng.randint(1, 2)):
+        kind = rng.choice(kinds)
+        live = [x for x in sim.names if x not in sim.crashed]
+        if kind in ("partition", "partition_and_crash") and len(live) > 1:
+            rng.shuffle(live)
+            cut = rng.randint(1, len(live) - 1)
+            sim.partition([set(live[:cut]), set(live[cut:])])
+        elif kind == "isolate":
+            # Half the time its Serf view notices nothing for the whole fault (Lifeguard).
+            slow = {live[0]: 60_000.0} if rng.random() < 0.5 else {}
+            sim.partition([set(sim.names) - {live[0]}, {live[0]}], slow=slow)
+        if kind in ("crash", "partition_and_crash") and len(live) > 1:
+            holders = [x for x in live if sim.holding(sim.inst[x])]
+            sim.crash(min(holders or live))
+        sim.run(rng.uniform(500, 1_500))
+        if not killed:
+            sim.kill_node(sim.nodes[0])
+            killed = True
+        sim.run(rng.uniform(500, 3_000))
+        sim.heal()
+        sim.run(rng.uniform(0, 2_000))
+    sim.run(9_000)  # views settle (<= 1.5 s + 2.5 s stale), then 3 s quiet, reconcile
+    check_schedule(seed, sim, solo)
+
+
+def check_schedule(seed: int, sim: MajoritySim, solo: float | None) -> None:
+    """The properties (raises AssertionError naming the seed): never a holder on a minority
+    side once every Serf view has caught up and a majority side exists; after the heal at
+    most one holder, exactly one when one may exist; the dead node Disappeared everywhere,
+    never back to Discovered. Epochs only grow: ``MajoritySim`` asserts it at every step."""
+    n = len(sim.names)
+    for t, holders, current, groups in sim.holders_at:
+        if not current:
+            continue  # some Serf view still lags reality: nobody has been told yet
+        major = [g for g in groups if 2 * len(g) > n]
+        if major:
+            # Never a holder on a minority side once a majority side exists.
+            assert holders <= major[0], f"seed {seed} at {t}: holders {holders}, groups {groups}"
+    # After the heal: one connected group; at most one holder, exactly one when a
+    # majority of the known instances is alive (or the two-instance rule applies).
+    live = set(sim.names) - sim.crashed
+    tail = [h for t, h, cur, _ in sim.holders_at if t > sim.now - 2_000 and cur]
+    assert tail, f"seed {seed}: views never settled"
+    assert all(len(h) <= 1 for h in tail), f"seed {seed}: holders {tail[-5:]}"
+    can_hold = 2 * len(live) > n or (solo is not None and n == 2 and len(live) == 1)
+    assert (len(tail[-1]) == 1) == can_hold, f"seed {seed}: {tail[-1]} live {live}"
+    if can_hold:
+        # Health agrees with Serf and never flapped: the dead node Disappeared everywhere.
+        assert sim.flaps(sim.nodes[0]) == [], f"seed {seed}"
+        for x in live:
+            rec = sim.inst[x].state.node(sim.nodes[0])
+            assert rec is not None and rec.inventory.state == "Disappeared", f"seed {seed}: {x}"
