@@ -167,12 +167,11 @@ class MajoritySim:
         for name, lost in cut_off.items():
             i = self.inst[name]
             # Traffic flows again: even a view slowed by Lifeguard catches up now.
-            i.refresh_at = [self.now + self.rng.uniform(100, 1_500)]
+            at = self.now + self.rng.uniform(100, 1_500)
+            i.refresh_at = [at]
             if name in self.crashed or not (lost or nodes_cut[name]):
                 continue
             # Mid-change: what it lost contact with comes back "alive" first, then the truth.
-            at = self.now + self.rng.uniform(100, 1_500)
-            i.refresh_at.append(at)
             i.stale_until = at + self.rng.uniform(*self.stale_ms)
             i.stale_nodes = nodes_cut[name]
             i.refresh_at.append(i.stale_until)
