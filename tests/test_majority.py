@@ -91,6 +91,19 @@ def test_two_instances_the_survivor_holds_only_after_the_bound(
     assert quorum("a", ["a", "b"], {}, now, bound).majority
 
 
+def test_alive_in_serf_counts_when_heard_lately_and_never_heard_not_at_all() -> None:
+    """An isolated instance's Serf lists everyone alive: peers it heard from before the cut
+    count as known but not seen; a member that never spoke (a phantom, a joiner) is left
+    out, so it can neither make nor take away a majority."""
+    q = quorum("a", ["a", "b", "c"], {}, 0.0, None, heard=set(), ever={"b", "c"})
+    assert (q.sees, q.known, q.unheard, q.majority) == (1, 3, 2, False)
+    assert "2 alive in Serf but not heard from over gossip" in q.describe()
+    q = quorum("a", ["a", "b", "c", "p1", "p2", "p3"], {}, 0.0, None, {"b"}, {"b", "c"})
+    assert (q.sees, q.known, q.majority) == (2, 3, True)
+    q = quorum("a", ["a", "p1", "p2"], {"b": 0.0}, 0.0, None, set(), set())
+    assert (q.sees, q.known, q.majority) == (1, 2, False)
+
+
 def test_describe_says_what_the_operator_needs() -> None:
     assert Quorum(2, 5).describe() == "no majority: sees 2 of 5 instances"
     assert Quorum(3, 5).describe() == "majority: sees 3 of 5 instances"

@@ -109,6 +109,7 @@ def quorum(
     now: float,
     solo_after: float | None,
     heard: Collection[str] | None = None,
+    ever: Collection[str] | None = None,
 ) -> Quorum:
     """The majority as ``me`` sees it.
 
@@ -116,13 +117,20 @@ def quorum(
     ``failed_since``: the instances Serf lists failed, each with the time (same clock as
     ``now``, seconds) since when we have seen it failed; ``solo_after``: the two-instance
     bound in seconds (None: off); ``heard``: the instances heard from over gossip within
-    :func:`heard_window_ms` (None: count every alive one). An instance counts as seen when
-    Serf lists it alive and (it is ``me`` or) we heard from it. A name in both ``alive``
-    and ``failed_since`` is counted as alive.
+    :func:`heard_window_ms` (None: count every alive one); ``ever``: those heard from at
+    least once since they became our gossip peers (None: all).
+
+    An instance counts as seen when Serf lists it alive and (it is ``me`` or) we heard from
+    it lately. One Serf lists alive that never spoke to us (just joined, or a bare ``serf
+    agent`` tagged as an instance) is not counted at all until it does: it cannot take a
+    majority away. A failed one always counts. A name in both ``alive`` and
+    ``failed_since`` is counted as alive.
     """
     listed = set(alive)
+    if ever is not None:
+        listed = {n for n in listed if n == me or n in ever}
     up = listed if heard is None else {n for n in listed if n == me or n in heard}
-    failed = {n: t for n, t in failed_since.items() if n not in listed}
+    failed = {n: t for n, t in failed_since.items() if n not in set(alive)}
     known = len(listed) + len(failed)
     q = Quorum(len(up), known, unheard=len(listed - up))
     if q.majority or solo_after is None or known != 2 or listed != {me} or up != {me}:

@@ -127,9 +127,9 @@ class Holder:
         failed = [i.name for i in m.view.failed_instances]
         self._failed_since = {n: self._failed_since.get(n, now) for n in failed}
         cfg = self.replica.lease_cfg
-        heard = self.gossip.ae.heard_from(
-            self.replica.now_ms(), heard_window_ms(cfg.ttl_ms, cfg.renew_ms)
-        )
+        ae = self.gossip.ae
+        heard = ae.heard_from(self.replica.now_ms(), heard_window_ms(cfg.ttl_ms, cfg.renew_ms))
+        ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0}
         self._set_quorum(
             quorum(
                 self.replica.name,
@@ -138,6 +138,7 @@ class Holder:
                 now,
                 self.solo_after_s,
                 heard,
+                ever,
             )
         )
 

@@ -247,7 +247,8 @@ class MajoritySim:
             return Quorum(1, 1)
         heard = {p for p, t in i.last_heard.items() if self.now - t < self.heard_ms}
         v = i.view
-        return quorum(i.name, v.alive, v.failed_since, self.now / 1000, self.solo_after_s, heard)
+        now_s, solo, ever = self.now / 1000, self.solo_after_s, i.last_heard.keys()
+        return quorum(i.name, v.alive, v.failed_since, now_s, solo, heard, ever)
 
     def phys(self, i: Inst) -> int:
         return int(self.now) + i.skew_ms
