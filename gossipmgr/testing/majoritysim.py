@@ -75,6 +75,7 @@ class Inst:
     view: View
     next_step: float
     refresh_at: list[float] = field(default_factory=list)
+    stale_from: float = 0.0
     stale_until: float | None = None
     stale_nodes: bool = False  # the stale picture also lists the nodes alive again
     reconciled_epoch: int = -1
@@ -160,7 +161,8 @@ class MajoritySim:
         self._refresh_all(slow)
 
     def heal(self) -> None:
-        cut_off = {n: set(self.names) - self.group_of(n) for n in self.names}
+        live = set(self.names) - self.crashed
+        cut_off = {n: live - self.group_of(n) for n in self.names}
         nodes_cut = {n: n not in self.groups[0] for n in self.names}
         self.groups = [set(self.names)]
         self.net.heal()
@@ -172,7 +174,7 @@ class MajoritySim:
             if name in self.crashed or not (lost or nodes_cut[name]):
                 continue
             # Mid-change: what it lost contact with comes back "alive" first, then the truth.
-            i.stale_until = at + self.rng.uniform(*self.stale_ms)
+            i.stale_from, i.stale_until = at, at + self.rng.uniform(*self.stale_ms)
             i.stale_nodes = nodes_cut[name]
             i.refresh_at.append(i.stale_until)
 
@@ -223,9 +225,9 @@ class MajoritySim:
         if not due:
             return
         i.refresh_at = [t for t in i.refresh_at if t > self.now]
-        stale = i.stale_until is not None and self.now < i.stale_until
+        stale = i.stale_until is not None and i.stale_from <= self.now < i.stale_until
         new = self._stale(i) if stale else self._truth(i.name, i.view)
-        if not stale:
+        if i.stale_until is not None and self.now >= i.stale_until:
             i.stale_until = None
         old = i.view
         if (new.alive, new.failed_since.keys(), new.nodes) == (
