@@ -170,7 +170,8 @@ class MajoritySim:
             i = self.inst[name]
             # Traffic flows again: even a view slowed by Lifeguard catches up now.
             at = self.now + self.rng.uniform(100, 1_500)
-            i.refresh_at = [at]
+            # (a stale picture still showing from an earlier heal ends as modelled)
+            i.refresh_at = [at] + ([i.stale_until] if i.stale_until is not None else [])
             if name in self.crashed or not (lost or nodes_cut[name]):
                 continue
             # Mid-change: what it lost contact with comes back "alive" first, then the truth.
