@@ -174,6 +174,8 @@ class MajoritySim:
             i.refresh_at = [at] + ([i.stale_until] if i.stale_until is not None else [])
             if name in self.crashed or not (lost or nodes_cut[name]):
                 continue
+            if i.stale_until is not None and i.stale_from <= self.now:
+                continue  # already mid-change: that picture ends as modelled (<= stale_ms)
             # Mid-change: what it lost contact with comes back "alive" first, then the truth.
             i.stale_from, i.stale_until = at, at + self.rng.uniform(*self.stale_ms)
             i.stale_nodes = nodes_cut[name]
