@@ -174,6 +174,7 @@ class Agent:
             "lease_claims": 0,
             "lease_renewals": 0,
             "node_events_applied": 0,
+            "node_events_deferred": 0,
             "node_events_ignored": 0,
             "reconciles": 0,
             "serf_restarts": 0,
@@ -383,6 +384,7 @@ class Agent:
             membership,
             self.counters,
             absent_grace_s=absent_grace_s(cfg.serf_profile),
+            solo_after_s=cfg.lease_solo_after_s if cfg.lease_solo_after_s >= 0 else None,
         )
         nursery.start_soon(self.holder.membership_loop, events)
         nursery.start_soon(self.holder.lease_loop)

@@ -146,6 +146,10 @@ class AgentConfig:
     node_history_limit: int = 200
     #: Changes the change feed (GET /watch) keeps for clients that resume or lag behind.
     watch_history: int = 10_000
+    #: Two instances: the survivor claims the lease once Serf has listed the other failed
+    #: this long (a majority of two needs both; gossipmgr.core.quorum). Negative: never by
+    #: itself, only by ``gossipmgr lease take --force``.
+    lease_solo_after_s: float = 30.0
     log_level: str = "info"
     #: The cap of one job's replicated log (docs/api.md, "Job logs"); the newest jobs' logs
     #: are kept while their total is within 16 times this.
@@ -281,6 +285,7 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "lease_renew_ms": _int,
     "node_history_limit": _int,
     "watch_history": _int,
+    "lease_solo_after_s": _float,
     "log_level": _str,
     "job_log_max_bytes": _int,
     "webhooks": _webhooks,

@@ -196,6 +196,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "--watch-history",
         {"type": int, "help": "changes GET /watch keeps for resuming clients (default 10000)"},
     ),
+    (
+        "--lease-solo-after-s",
+        {
+            "type": float,
+            "help": "two instances: the survivor takes the lease once Serf has listed the "
+            "other failed this long (default 30; negative: only by 'lease take --force')",
+        },
+    ),
     ("--log-level", {"choices": ["debug", "info", "warning", "error"], "help": "default info"}),
 ]
 

@@ -179,10 +179,13 @@ def agent_pool(tmp: Path) -> Iterator[AgentPool]:
 
 
 @contextlib.contextmanager
-def local_cluster(root: Path, lease_ttl_ms: int) -> Iterator[LocalCluster]:
+def local_cluster(
+    root: Path, lease_ttl_ms: int, extra_args: tuple[str, ...] = ()
+) -> Iterator[LocalCluster]:
     """A LocalCluster for one test: on failure its instances' log tails are printed; it is
-    closed whatever happens, and every instance must then be stopped."""
-    c = LocalCluster(root, lease_ttl_ms=lease_ttl_ms)
+    closed whatever happens, and every instance must then be stopped. ``extra_args``: more
+    options for every agent."""
+    c = LocalCluster(root, lease_ttl_ms=lease_ttl_ms, extra_args=extra_args)
     try:
         yield c
     except BaseException:

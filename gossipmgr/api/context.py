@@ -18,7 +18,8 @@ from quart_trio import QuartTrio
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
-from gossipmgr.core.lease import Lease
+from gossipmgr.core.lease import Lease, LeaseConfig
+from gossipmgr.core.quorum import Quorum
 from gossipmgr.core.state import ClusterState
 
 #: Where :func:`install_context` keeps the context in ``app.extensions``.
@@ -42,6 +43,10 @@ class ReplicaView(Protocol):
     def counters(self) -> Mapping[str, int]: ...
     @property
     def candidates(self) -> Sequence[str]: ...
+    @property
+    def quorum(self) -> Quorum: ...
+    @property
+    def lease_cfg(self) -> LeaseConfig: ...
 
     def now_ms(self) -> int: ...
     def lease(self) -> Lease | None: ...

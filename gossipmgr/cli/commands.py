@@ -2,8 +2,10 @@
 and prints the result (:mod:`gossipmgr.cli.output`)."""
 
 import argparse
+import getpass
 import ipaddress
 import json
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from gossipmgr.cli.output import (
     render_node,
     render_nodes,
     render_peers,
+    render_quorum,
     render_vars,
 )
 
@@ -313,7 +316,25 @@ def cmd_lease(c: Client, args: argparse.Namespace) -> int:
             ),
         )
         return 0
-    out(args, c.call("GET", "/info/lease"), lambda r: render_lease(r.get("lease")))
+    if getattr(args, "action", "show") == "take":
+        by = f"{getpass.getuser()}@{socket.gethostname()}"
+        r = c.call("POST", "/lease/take", {"force": bool(args.force), "by": by})
+        out(
+            args,
+            r,
+            lambda r: (
+                "previous "
+                + render_lease(r.get("previous"))
+                + "\nnow "
+                + render_lease(r.get("lease"))
+            ),
+        )
+        return 0
+    out(
+        args,
+        c.call("GET", "/info/lease"),
+        lambda r: render_lease(r.get("lease")) + render_quorum(r.get("quorum")),
+    )
     return 0
 
 

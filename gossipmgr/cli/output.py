@@ -162,10 +162,19 @@ def render_lease(lease: dict[str, Any] | None) -> str:
     if not lease:
         return "lease: none (vacant)"
     valid = "valid" if lease.get("valid") else "EXPIRED"
+    forced = f" forced by {lease['forced_by']}" if lease.get("forced_by") else ""
     return (
         f"lease: holder={lease.get('holder')} epoch={lease.get('epoch')} "
-        f"expires={lease.get('expires')} ({valid})"
+        f"expires={lease.get('expires')} ({valid}){forced}"
     )
+
+
+def render_quorum(q: Any) -> str:
+    """The majority line (``core/quorum.py``) of /info/lease or /info/peers; "" if absent."""
+    if not isinstance(q, dict) or not q.get("reason"):
+        return ""
+    tail = "" if q.get("may_hold") else " (this instance cannot hold the lease)"
+    return f"\n{q['reason']}{tail}"
 
 
 def peer_row(p: dict[str, Any], self_name: Any) -> list[Any]:
@@ -206,4 +215,5 @@ def render_peers(r: dict[str, Any]) -> str:
     rows = [peer_row(p, r.get("self")) for p in r.get("peers", [])]
     text = table(rows, PEER_HEADER)
     notes = _peer_warnings(r)
-    return text + "".join("\n" + n for n in notes) + "\n\n" + render_lease(r.get("lease"))
+    lease = render_lease(r.get("lease")) + render_quorum(r.get("quorum"))
+    return text + "".join("\n" + n for n in notes) + "\n\n" + lease

@@ -219,16 +219,19 @@ def _add_config_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
 def _add_peer_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("peers", parents=[common], help="gossipmgr instances and the lease")
     p.set_defaults(func=cmds.cmd_peers)
-    p = sub.add_parser("lease", parents=[common], help="the lease: show, or reset")
+    p = sub.add_parser("lease", parents=[common], help="the lease: show, reset or take")
     p.add_argument(
         "action",
         nargs="?",
-        choices=["show", "reset"],
+        choices=["show", "reset", "take"],
         default="show",
-        help="reset: vacate the lease one epoch up, deposing its holder (docs/design.md)",
+        help="reset: vacate the lease one epoch up, deposing its holder; take (with "
+        "--force): the instance addressed holds it without a majority (docs/design.md)",
     )
     p.add_argument(
-        "--force", action="store_true", help="reset even while an alive instance holds it"
+        "--force",
+        action="store_true",
+        help="reset even while an alive instance holds it; take: required",
     )
     p.set_defaults(func=cmds.cmd_lease)
 

@@ -8,6 +8,10 @@ its own view of Serf membership and the current physical time, and commits what 
 Rules:
 
 * Candidates are the alive gossipmgr members in Serf, sorted by name (``candidates``).
+* An instance claims or renews only while its Serf view holds a strict majority of the
+  known instances, or the two-instance rule lets it (``core.quorum``; ``decide``'s
+  ``may_hold``); a holder without one stops acting at once (``is_holder``). An operator can
+  override with :func:`take` (a forced grant, renewed without a majority, naming who forced it).
 * The holder renews (same epoch, new expiry) once less than ``ttl - renew`` is left.
 * The lease is *vacant* when absent, expired, or its holder is not an alive candidate (Serf
   says failed or left) *and* has missed a renewal by half a period (its renewals stopped
@@ -82,9 +86,18 @@ class Lease:
     holder: str
     epoch: int
     expires_ms: int
+    #: Who forced this grant without a majority (``take``); "" for an ordinary grant.
+    forced_by: str = ""
 
     def as_value(self) -> dict[str, Any]:
-        return {"holder": self.holder, "epoch": self.epoch, "expires_ms": self.expires_ms}
+        v: dict[str, Any] = {
+            "holder": self.holder,
+            "epoch": self.epoch,
+            "expires_ms": self.expires_ms,
+        }
+        if self.forced_by:
+            v["forced_by"] = self.forced_by
+        return v
 
     @classmethod
     def from_value(cls, v: Any) -> Lease | None:
@@ -92,7 +105,8 @@ class Lease:
             return None
         h, e, x = v.get("holder"), v.get("epoch"), v.get("expires_ms")
         if isinstance(h, str) and type(e) is int and type(x) is int:
-            return cls(h, e, x)
+            f = v.get("forced_by")
+            return cls(h, e, x, f if isinstance(f, str) else "")
         if type(e) is int:
             # Malformed (only a gossip-key holder can write one), but the merge still ranks
             # it by its epoch (state.lease_rank). Read as absent, every claim and reset at a
@@ -175,9 +189,48 @@ def vacant(
     return lease.holder not in cands and overdue(lease, now_ms, cfg or LeaseConfig())
 
 
-def is_holder(me: str, lease: Lease | None, cands: Sequence[str], now_ms: int) -> bool:
-    """True if ``me`` may act now: it holds an unexpired lease and is itself a candidate."""
-    return lease is not None and lease.holder == me and now_ms < lease.expires_ms and me in cands
+def is_holder(
+    me: str, lease: Lease | None, cands: Sequence[str], now_ms: int, may_hold: bool = True
+) -> bool:
+    """True if ``me`` may act now: it holds an unexpired lease, is itself a candidate, and
+    its Serf view holds a majority (``may_hold``, ``core.quorum``) or the grant was forced.
+    A holder that loses its majority stops acting at once, not when its grant expires."""
+    return (
+        lease is not None
+        and lease.holder == me
+        and now_ms < lease.expires_ms
+        and me in cands
+        and (may_hold or bool(lease.forced_by))
+    )
+
+
+def take(
+    me: str,
+    lease: Lease | None,
+    cands: Sequence[str],
+    now_ms: int,
+    cfg: LeaseConfig,
+    by: str,
+    floor: int = 0,
+) -> Lease:
+    """The operator's override (``gossipmgr lease take --force``): ``me`` holds the lease
+    one epoch above everything seen, with or without a majority, recording ``by`` (who
+    forced it). While ``me`` has no majority it keeps renewing the forced grant (``decide``);
+    once it has one again, the renewal is an ordinary one. Every other holder is deposed:
+    its later actions carry an older epoch and are fenced.
+
+    Raises Conflict if ``me`` is not a candidate (Serf does not list it alive) or the epoch
+    is exhausted.
+    """
+    if me not in cands:
+        raise Conflict(f"{me} is not a lease candidate (Serf does not list it alive)")
+    epoch = max(lease.epoch if lease is not None else 0, floor) + 1
+    if epoch > MAX_EPOCH:
+        raise Conflict(
+            f"the lease epoch is exhausted ({epoch - 1}, written by a gossip-key holder): "
+            "no lease can outbid it (see docs/design.md)"
+        )
+    return Lease(me, epoch, now_ms + cfg.ttl_ms, forced_by=by or "an API client")
 
 
 def decide(
@@ -188,8 +241,13 @@ def decide(
     cfg: LeaseConfig,
     floor: int = 0,
     live: Collection[str] | None = None,
+    may_hold: bool = True,
 ) -> Lease | None:
     """What ``me`` should write now: a renewal or a claim, or None to do nothing.
+
+    ``may_hold``: our Serf view holds a majority of the known instances, or the
+    two-instance rule applies (``core.quorum``). Without it ``me`` neither claims nor
+    renews, except that a grant forced by an operator (``take``) is renewed as forced.
 
     ``floor`` is the highest epoch any fenced record carries (``ClusterState.
     max_record_epoch``). A holder that crashed right after claiming may have had its
@@ -206,14 +264,17 @@ def decide(
     if me not in cands:
         return None
     if lease is not None and lease.holder == me and now_ms < lease.expires_ms:
+        if not may_hold and not lease.forced_by:
+            return None  # lost the majority: stop renewing (is_holder already says no)
+        forced = "" if may_hold else lease.forced_by
         if lease.epoch < floor:
             if floor >= MAX_EPOCH:
                 return None  # nothing can outbid it
-            return Lease(me, floor + 1, now_ms + cfg.ttl_ms)  # re-grant past the floor
-        if lease.expires_ms - now_ms <= cfg.ttl_ms - cfg.renew_ms:
-            return Lease(me, lease.epoch, now_ms + cfg.ttl_ms)
+            return Lease(me, floor + 1, now_ms + cfg.ttl_ms, forced)  # re-grant past the floor
+        if lease.expires_ms - now_ms <= cfg.ttl_ms - cfg.renew_ms or forced != lease.forced_by:
+            return Lease(me, lease.epoch, now_ms + cfg.ttl_ms, forced)
         return None
-    if not vacant(lease, cands, now_ms, cfg):
+    if not may_hold or not vacant(lease, cands, now_ms, cfg):
         return None
     # The expired holder (alive in Serf but silent: hung, or its gossip cut) goes to the
     # back of the line, so the next candidate claims at once instead of a TTL later.
@@ -247,9 +308,31 @@ def check_fence(lease: Lease | None, epoch: int, holder: str, what: str = "actio
 
 
 def reconcile_due(
-    epoch: int, reconciled_epoch: int, now: float, last: float, every: float, soon: bool
+    epoch: int,
+    reconciled_epoch: int,
+    now: float,
+    last: float,
+    every: float,
+    soon: bool,
+    quiet_for: float = float("inf"),
+    settle: float = 0.0,
 ) -> bool:
     """Whether the holder reconciles inventory against Serf now: at takeover (an epoch it
-    has not reconciled under), when asked ``soon`` (the instance set changed), and then
-    every ``every`` seconds (``now`` and ``last``, the previous reconcile, in seconds)."""
-    return epoch != reconciled_epoch or soon or now - last > every
+    has not reconciled under) and when asked ``soon`` (the instance set changed), once its
+    Serf view has been quiet (no member changed) for ``settle`` seconds (``quiet_for``:
+    how long it has been); otherwise every ``every`` seconds (``now`` and ``last``, the
+    previous reconcile, in seconds).
+
+    Right after a heal or a takeover the view is mid-change: acting on it once flapped a
+    dead node back to Discovered (docs/design.md, "Takeover"). A pending takeover or
+    instance-set reconcile also holds back the periodic one."""
+    if epoch != reconciled_epoch or soon:
+        return quiet_for >= settle
+    return now - last > every
+
+
+def settling(epoch: int, reconciled_epoch: int, soon: bool) -> bool:
+    """True while a takeover or instance-set reconcile is pending: the holder then leaves
+    Serf's node events to that reconcile (made from a settled view) instead of applying
+    them from a view that may be mid-change."""
+    return epoch != reconciled_epoch or soon

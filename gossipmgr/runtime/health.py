@@ -20,15 +20,12 @@ from typing import Any
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
-from gossipmgr.core.node import Monitoring
+from gossipmgr.core.reconcile import NodeEvent, differences
 from gossipmgr.core.state import ClusterState, combine
 from gossipmgr.errors import BadRequest, Conflict, Unavailable
 from gossipmgr.runtime.holder import HolderGate
 
 log = logging.getLogger("gossipmgr.jobs")
-
-#: (kind, node name, label, serial, addr); kind is "discovered" or "disappeared".
-NodeEvent = tuple[str, str, str, str, str]
 
 
 class HealthEvents:
@@ -109,24 +106,7 @@ class HealthEvents:
         self, alive_nodes: Mapping[str, tuple[str, str, str]], unsettled: Collection[str]
     ) -> list[NodeEvent]:
         """The events that make the inventory agree with ``alive_nodes``."""
-        state = self.replica.state
-        events: list[NodeEvent] = []
-        for rec in state.nodes():
-            if rec.name in unsettled:
-                continue
-            if inv.state_of(rec) == inv.DISCOVERED and rec.name not in alive_nodes:
-                events.append(("disappeared", rec.name, "", "", ""))
-        for nm, (label, serial, addr) in sorted(alive_nodes.items()):
-            if nm in unsettled:
-                continue
-            known = state.node(nm)
-            if (
-                known is None
-                or inv.state_of(known) != inv.DISCOVERED
-                or known.monitoring != Monitoring(label, serial, addr)
-            ):
-                events.append(("discovered", nm, label, serial, addr))
-        return events
+        return differences(self.replica.state, alive_nodes, unsettled)
 
     async def _apply(
         self, epoch: int, events: Sequence[NodeEvent], reappear: list[str], source: str

@@ -18,7 +18,9 @@ import trio
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
-from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due
+from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due, settling
+from gossipmgr.core.quorum import Quorum, heard_window_ms, quorum
+from gossipmgr.core.reconcile import comeback
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import GossipmgrError, StoreError
 from gossipmgr.gossip.service import GossipService
@@ -48,13 +50,20 @@ LEASE_LOOP_S = 0.25
 #: anywhere (a Serf outage, a handover, the other side of a partition) is repaired within
 #: seconds. The partition suite measured 30 s of wrong state with a 30 s period.
 RECONCILE_EVERY_S = 5.0
-#: ...skipping nodes whose Serf status changed this recently: right after a heal the view
-#: is still settling, and acting on it flapped a dead node back to Discovered once.
-RECONCILE_SETTLE_S = 2.0
 #: ...and Discovered nodes our Serf agent does not list at all, until they have been absent
 #: from its list this many push-pull intervals (``PUSH_PULL_S``): our agent may simply not
 #: have heard of them yet. A node Serf lists as failed or left is acted on at once.
 ABSENT_GRACE_PUSH_PULLS = 2.0
+#: A new holder, or one whose instance set just changed, reconciles (and applies Serf's
+#: node events) only once its Serf member list has not changed for this long: the view has
+#: settled. Right after a heal members come back in bursts as memberlist's alive messages
+#: spread (a gossip round is 200 ms, a probe 1 s with the lan profile), and a view caught
+#: mid-change flapped a dead node back to Discovered (docs/design.md, "Takeover").
+VIEW_SETTLE_S = 3.0
+#: ...and each reconcile skips nodes whose Serf status changed this recently (the same
+#: bound: a node listed alive again for less than this may be a view mid-change), so a
+#: comeback (``core.reconcile.comeback``, left to the reconcile) waits that long too.
+RECONCILE_SETTLE_S = VIEW_SETTLE_S
 
 
 def absent_grace_s(serf_profile: str) -> float:
@@ -79,6 +88,7 @@ class Holder:
         counters: dict[str, int],
         *,
         absent_grace_s: float,
+        solo_after_s: float | None = None,
     ) -> None:
         self.replica = replica
         self.jobs = jobs
@@ -86,6 +96,9 @@ class Holder:
         self.membership = membership
         self.counters = counters
         self.absent_grace_s = absent_grace_s
+        #: the two-instance rule's bound (``core.quorum``; None: off)
+        self.solo_after_s = solo_after_s
+        self._failed_since: dict[str, float] = {}
         self.reconcile_soon = False
         self._absences = Absences()
         self._bounded_seen: dict[str, Any] | None = None
@@ -100,6 +113,7 @@ class Holder:
             # Without Serf we cannot know who is alive: stop being a candidate (so we stop
             # acting), but keep gossiping with the peers we last knew.
             self.replica.candidates = []
+            self._set_quorum(Quorum(0, 0))
             return
         alive = [i for i in m.instances if i.status == "alive"]
         # Keep gossiping with instances Serf marks failed (memberlist's GossipToTheDead):
@@ -111,6 +125,30 @@ class Holder:
         # An instance alive again, or under a new boot id, is caught up with at once.
         self.gossip.set_peers(peers, {i.name: i.boot_id for i in alive})
         self.replica.candidates = candidates([i.name for i in alive])
+        now = trio.current_time()
+        failed = [i.name for i in m.view.failed_instances]
+        self._failed_since = {n: self._failed_since.get(n, now) for n in failed}
+        cfg = self.replica.lease_cfg
+        ae = self.gossip.ae
+        heard = ae.heard_from(self.replica.now_ms(), heard_window_ms(cfg.ttl_ms, cfg.renew_ms))
+        ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0}
+        self._set_quorum(
+            quorum(
+                self.replica.name,
+                self.replica.candidates,
+                self._failed_since,
+                now,
+                self.solo_after_s,
+                heard,
+                ever,
+            )
+        )
+
+    def _set_quorum(self, q: Quorum) -> None:
+        old = self.replica.quorum
+        self.replica.quorum = q
+        if q.may_hold != old.may_hold:
+            log.warning("%s: %s", self.replica.name, q.describe())
 
     async def membership_loop(self, events: trio.MemoryReceiveChannel[MembershipEvent]) -> None:
         async for ev in events:
@@ -124,6 +162,17 @@ class Holder:
         if not self.replica.is_holder():
             # The holder applies it; a takeover reconciles against Serf.
             self.counters["node_events_ignored"] += 1
+            return
+        lease = self.replica.lease()
+        if lease is not None and settling(lease.epoch, self._reconciled_epoch, self.reconcile_soon):
+            # A takeover or instance-set reconcile is pending: it runs from a settled
+            # view and covers this event; the view it came from may be mid-change.
+            self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
+            return
+        if comeback(self.replica.state, (ev.kind, ev.name, ev.label, ev.serial, ev.addr)):
+            # A node back from Disappeared: the periodic reconcile applies it once Serf has
+            # listed it alive for RECONCILE_SETTLE_S (a view mid-change flapped a dead one).
+            self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
             return
         try:
             await self.jobs.apply_node_event(ev.kind, ev.name, ev.label, ev.serial, ev.addr)
@@ -204,6 +253,7 @@ class Holder:
             rep.lease_cfg,
             rep.state.max_record_epoch,
             live=self.gossip.ae.heard_from(rep.now_ms(), LIVE_PEER_MS),
+            may_hold=rep.quorum.may_hold,
         )
         if new is None:
             return
@@ -222,7 +272,9 @@ class Holder:
             self.counters["lease_renewals"] += 1
         else:
             self.counters["lease_claims"] += 1
-            log.warning("%s: claimed the lease, epoch %d", rep.name, new.epoch)
+            log.warning(
+                "%s: claimed the lease, epoch %d (%s)", rep.name, new.epoch, rep.quorum.describe()
+            )
 
     async def _maybe_reconcile(self) -> None:
         """At takeover (a new epoch) and then periodically: repair any health event lost
@@ -238,6 +290,8 @@ class Holder:
             self._last_reconcile,
             RECONCILE_EVERY_S,
             self.reconcile_soon,
+            quiet_for=now - self.membership.view.changed_at,
+            settle=VIEW_SETTLE_S,
         ):
             return
         self.reconcile_soon = False

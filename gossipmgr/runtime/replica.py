@@ -52,6 +52,7 @@ from gossipmgr.core.clock import HLC, Timestamp
 from gossipmgr.core.codec import check_entry, decode_map_trusted, encode_map, encode_packed
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, LeaseConfig, bounded, is_holder
+from gossipmgr.core.quorum import ALONE, Quorum
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import BadPacket, CorruptFile, StoreError, ValueRefused, ValueTooLarge
 
@@ -146,6 +147,8 @@ class Replica:
         self.lease_cfg = lease or LeaseConfig()
         #: alive gossipmgr instances (Serf's view, set by the agent); alone: just us
         self.candidates: list[str] = [name]
+        #: the majority as our Serf view shows it (set by the lease loop); alone: one of one
+        self.quorum: Quorum = ALONE
         self.compact_bytes = compact_bytes if compact_bytes is not None else default_compact_bytes()
         self._accept_damage = accept_damage
         self._store: Any = None
@@ -405,4 +408,6 @@ class Replica:
         return None if lease is None else bounded(lease, e.ts.ms, self.lease_cfg)
 
     def is_holder(self) -> bool:
-        return is_holder(self.name, self.lease(), self.candidates, self.now_ms())
+        return is_holder(
+            self.name, self.lease(), self.candidates, self.now_ms(), self.quorum.may_hold
+        )

@@ -216,6 +216,10 @@ class MembershipView:
         self._first_seen: dict[str, float] = {}  # member -> first update that listed it
         self._conflicts: dict[str, Conflict] = {}
         self._too_long: set[str] = set()  # members whose node name is over MAX_KEY_PART
+        self._statuses: frozenset[tuple[str, str]] = frozenset()
+        #: ``now`` of the last update whose member list differed from the one before (a
+        #: member joined, changed status or was reaped): how long the view has been quiet.
+        self.changed_at = 0.0
         #: Members found conflicting so far (each counted once per episode).
         self.conflicts_total = 0
 
@@ -246,6 +250,12 @@ class MembershipView:
         list changed (or on the first update), one :class:`InstancesChanged`. Malformed
         records are skipped, never raised on: member tags are cluster input.
         """
+        members = list(members)
+        statuses = frozenset(
+            (m["Name"], str(m.get("Status", ""))) for m in members if isinstance(m.get("Name"), str)
+        )
+        if statuses != self._statuses or self._first:
+            self._statuses, self.changed_at = statuses, now
         scan = self._scan(members, now)
         events, seen = self._assign(scan.claims, now)
         self._owner = {n: o for n, o in self._owner.items() if n in scan.claims}

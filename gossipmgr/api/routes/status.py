@@ -27,6 +27,8 @@ async def health() -> Response:
         "serf": {"healthy": ctx.serf_healthy()},
         "lease": lease_json(rep.lease(), rep.now_ms()),
         "is_holder": rep.is_holder(),
+        # the majority rule (core/quorum.py): may this instance hold the lease?
+        "quorum": rep.quorum.as_json(),
         "durability": {
             "data_dir": str(rep.data_dir) if rep.data_dir is not None else None,
             "writes": rep.counters.get("writes", 0),
@@ -51,6 +53,7 @@ async def info_peers() -> Response:
             "self": rep.name,
             "peers": ctx.peers(),
             "lease": lease_json(rep.lease(), rep.now_ms()),
+            "quorum": rep.quorum.as_json(),
         }
     )
 
