@@ -251,3 +251,27 @@ def test_a_write_in_a_large_cluster_is_not_forwarded_by_every_peer() -> None:
     sim.net.cut(addr(writer), addr(cut))
     sim.write(writer, partial(_set, "y", 2))
     assert sim.run_until_converged(20_000) is not None
+
+
+def test_a_would_be_holder_hears_a_majority_of_a_large_idle_cluster_once_it_probes() -> None:
+    """The lease's majority rule counts the instances heard from in the last 5 s; with more
+    than 8 peers nothing is forwarded and heartbeats go only to the peers sorting after
+    their sender, so an idle instance early in the claim order (the lease holder's
+    successor) hears almost nobody. When the holder goes, it could never claim, and those
+    after it wait for it: no holder at all. ``probe_unheard`` (called by the lease loop of
+    an instance that may claim) asks each unheard peer a digest, whose answer is heard."""
+    sim = Sim(30, seed=5, delay=(0.1, 1.0))
+    sim.serf_view()
+    sim.step(sim.now + 20_000)  # idle: only heartbeats (and the start's catch-ups, settled)
+    successor = sim.inst[sim.names[1]]
+    window = 5_000
+    assert len(successor.ae.heard_from(sim.now, window)) + 1 <= 15  # no majority of 30
+    others = [n for n in sim.names if n != sim.names[1]]
+    out = successor.ae.probe_unheard(others, sim.now, window)
+    assert len(_digests_to(out)) >= 15
+    sim._send(sim.names[1], out)
+    sim.step(sim.now + 1_000)
+    assert len(successor.ae.heard_from(sim.now, window)) + 1 > 15
+    # Probes are rate-limited: asking again at once sends nothing to the peers just probed.
+    again = _digests_to(successor.ae.probe_unheard(others, sim.now, 0))
+    assert not again & _digests_to(out)

@@ -76,8 +76,9 @@ class Quorum:
         }
 
 
-#: The shortest window of :func:`heard_window_ms`: an idle live peer is heard at least every
-#: ~5 s (silent after 3 s, then probed every 2 s; gossip/protocol.py).
+#: The shortest window of :func:`heard_window_ms`: an instance that may need a majority
+#: probes the peers it has not heard from lately every 2 s (``probe_unheard`` in
+#: gossip/catchup.py, called by the lease loop), so a live one is heard well within it.
 MIN_HEARD_MS = 5_000
 
 #: A lone instance (no Serf view yet, or a standalone one): a majority of one.
@@ -93,11 +94,12 @@ def heard_window_ms(ttl_ms: int, renew_ms: int) -> int:
     it claimed then, "with a majority". A peer it last heard before the cut is unheard
     for at least that long by then, so the window stays below it (500 ms of margin for
     the loop's period). Live peers are heard far more often: the holder's renewals (every
-    ``renew``) are acknowledged by every peer, and a peer silent for 3 s is probed every
-    2 s; the window is also at most two renewal periods, so a holder cut off from its peers
-    stops within two missed rounds of acknowledgements. It is never below 5 s, how often an
-    idle live peer is heard at least: with a TTL under 5.5 s plus the renewal period, an
-    isolated instance may therefore still count peers heard just before the cut.
+    ``renew``) are acknowledged by every peer, and an instance that may need a majority
+    probes the peers it has not heard lately every 2 s; the window is also at most two
+    renewal periods, so a holder cut off from its peers stops within two missed rounds of
+    acknowledgements. It is never below 5 s (MIN_HEARD_MS): with a TTL under 5.5 s plus the
+    renewal period, an isolated instance may therefore still count peers heard just before
+    the cut.
     """
     return max(MIN_HEARD_MS, min(2 * renew_ms, ttl_ms - renew_ms - 500))
 

@@ -153,6 +153,25 @@ class CatchUpPeers:
             if ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
         }
 
+    def probe_unheard(
+        self, names: Iterable[str], now_ms: float, within_ms: float
+    ) -> list[tuple[str, bytes]]:
+        """Digests to the peers among ``names`` not heard from in ``within_ms`` (each at most
+        every ``silent_probe_ms``): their answers make them heard. The lease's majority rule
+        counts instances heard from lately, and an idle instance early in the claim order
+        hears almost nobody in a large cluster (nothing forwarded beyond
+        ``forward_all_up_to`` peers; heartbeats only to the peers sorting after their
+        sender): the lease loop calls this while its instance may have to claim, so the
+        cost is paid then only, never by every idle instance."""
+        out: list[tuple[str, bytes]] = []
+        for n in names:
+            ps = self.peers.get(n)
+            if ps is None or (ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms):
+                continue
+            if now_ms - ps.last_digest_ms >= self.cfg.silent_probe_ms:
+                out += self._digest(n, ps, now_ms)
+        return out
+
     def _owes(self, peer: str, ps: PeerState) -> bool:
         """Whether we wait for something from ``peer`` (an ack, an answer to a digest, pulled
         entries) or Serf lists it failed: only such a peer, not heard from for

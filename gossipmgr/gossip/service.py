@@ -22,7 +22,7 @@ and closes the transport and the replica. ``run`` returns when cancelled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -158,6 +158,11 @@ class GossipService(Generic[R]):
         if cu is not None and cu is not before:
             log.info("%s: catch-up: started with %s", self.replica.name, ", ".join(cu.peers))
             self._catchup_logged = False
+
+    def probe_unheard(self, names: Iterable[str], within_ms: float) -> None:
+        """Ask the peers among ``names`` not heard from lately (``AntiEntropy.probe_unheard``:
+        the lease loop of an instance that may need a majority)."""
+        self._queue(self.ae.probe_unheard(names, self.replica.now_ms(), within_ms))
 
     def _log_catchup(self) -> None:
         cu = self.ae.catchup

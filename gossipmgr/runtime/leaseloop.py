@@ -130,7 +130,8 @@ class Holder:
         self._failed_since = {n: self._failed_since.get(n, now) for n in failed}
         cfg = self.replica.lease_cfg
         ae = self.gossip.ae
-        heard = ae.heard_from(self.replica.now_ms(), heard_window_ms(cfg.ttl_ms, cfg.renew_ms))
+        window = heard_window_ms(cfg.ttl_ms, cfg.renew_ms)
+        heard = ae.heard_from(self.replica.now_ms(), window)
         ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0}
         self._set_quorum(
             quorum(
@@ -142,6 +143,19 @@ class Holder:
                 heard,
                 ever,
             )
+        )
+        if not self.replica.quorum.may_hold and self._may_claim_soon(window):
+            # Heard from too few to claim: ask the unheard (large idle clusters hear little).
+            self.gossip.probe_unheard([i.name for i in alive], window)
+
+    def _may_claim_soon(self, window_ms: int) -> bool:
+        """This instance holds the lease, or its lease ends within ``window_ms`` (a live
+        holder's renewals keep it further off): the majority it may need must be heard."""
+        lease = self.replica.lease()
+        return (
+            lease is None
+            or lease.holder == self.replica.name
+            or lease.expires_ms - self.replica.now_ms() <= window_ms
         )
 
     def _set_quorum(self, q: Quorum) -> None:
