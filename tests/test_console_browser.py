@@ -46,6 +46,7 @@ try:
     from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import Select, WebDriverWait
 except ImportError:  # pragma: no cover - selenium is in the test extras
@@ -199,8 +200,15 @@ def _rows(c: Console, attr: str = "node") -> list[str]:
 
 def test_nodes_filter_and_search(console: Console) -> None:
     d = console.driver
-    console.go("#/nodes")
+    # keyboard only: the skip link, then the pages' links in order; Enter follows one
+    d.execute_script("document.querySelector('a.skip').focus()")
+    d.switch_to.active_element.send_keys(Keys.TAB)
+    assert d.switch_to.active_element.text == "Overview"
+    d.switch_to.active_element.send_keys(Keys.TAB)
+    assert d.switch_to.active_element.text == "Nodes"
+    d.switch_to.active_element.send_keys(Keys.ENTER)
     console.title_is("Nodes")
+    assert console.css_text("nav a[aria-current=page]") == "Nodes"
     console.wait("two nodes", lambda: _rows(console) == ["node-0", "node-1"])
     search = d.find_element(By.ID, "f-search")
     search.send_keys("node-1")
@@ -214,6 +222,15 @@ def test_nodes_filter_and_search(console: Console) -> None:
     Select(d.find_element(By.ID, "f-status")).select_by_value("")
     console.wait("no filter", lambda: len(_rows(console)) == 2)
     console.shot("nodes")
+    # a phone's width: nothing wider than the screen but the tables' own scrolling boxes
+    size = d.get_window_size()
+    d.set_window_size(390, 844)
+    try:
+        wide = "return document.documentElement.scrollWidth <= window.innerWidth"
+        console.wait("the page fits a phone's width", lambda: d.execute_script(wide))
+        console.shot("nodes-phone")
+    finally:
+        d.set_window_size(size["width"], size["height"])
 
 
 def test_refused_action_shows_clusterms_text(console: Console) -> None:

@@ -80,7 +80,8 @@ async def check_token() -> None:
     named: TokenTable | None = getattr(ctx, "tokens", None)
     if (not ctx.token and named is None) or request.path == OPEN_PATH:
         return
-    if request.path.startswith(CONSOLE_PREFIX) and request.method in ("GET", "HEAD"):
+    console = request.path.startswith(CONSOLE_PREFIX) or request.path == CONSOLE_PREFIX[:-1]
+    if console and request.method in ("GET", "HEAD"):
         return
     got = request.headers.get("Authorization", "")
     scheme, _, cred = got.partition(" ")
