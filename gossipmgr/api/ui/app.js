@@ -31,7 +31,7 @@ function route() {
   return ["overview", overview()];
 }
 
-function show() {
+function show(navigated) {
   if (!me) return;
   if (page && page.unmount) page.unmount();
   const [section, next] = route();
@@ -46,7 +46,7 @@ function show() {
   page.mount(el);
   document.title = `${page.title} · gossipmgr`;
   refresh(page);
-  if (document.activeElement && document.activeElement !== document.body) heading.focus();
+  if (navigated) heading.focus();  // a screen reader announces the new page
 }
 
 async function refresh(p) {
@@ -108,6 +108,6 @@ document.addEventListener("DOMContentLoaded", () => {
     start();
   });
   $("signout").addEventListener("click", () => { auth.clear(); signIn(""); });
-  window.addEventListener("hashchange", show);
+  window.addEventListener("hashchange", () => show(true));
   start();
 });
