@@ -8,7 +8,7 @@ import re
 from functools import cache
 from importlib.resources import files
 
-from quart import Response, redirect
+from quart import Response
 
 from gossipmgr.api.boundary import current_token, json_response
 from gossipmgr.api.context import current_context
