@@ -56,8 +56,23 @@ except ImportError:  # pragma: no cover - selenium is in the test extras
 class Console:
     """The server's URL, the browser, and where screenshots go."""
 
-    def __init__(self, url: str, driver: WebDriver, shots: Path, root: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        driver: WebDriver,
+        shots: Path,
+        root: Path,
+        procs: list[subprocess.Popen[bytes]],
+    ) -> None:
         self.url, self.driver, self.shots, self.root = url, driver, shots, root
+        self.procs = procs
+
+    def restart(self) -> None:
+        """Stop the instance and start it again on its data dir and its port."""
+        _stop(self.procs[-1])
+        proc, url = _start_server(self.root, self.url.removeprefix("http://"))
+        self.procs.append(proc)
+        assert url == self.url
 
     def wait(self, what: str, cond: Callable[[], Any], timeout: float = WAIT_S) -> Any:
         """Wait (bounded) until ``cond()`` is truthy; a vanished element counts as not yet."""
@@ -116,15 +131,18 @@ class Console:
         return r.status_code, r.json()
 
 
-def _start_server(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(root: Path, api_addr: str = "") -> tuple[subprocess.Popen[bytes], str]:
+    """Start the instance (again, on its data dir: ``api_addr`` keeps its port)."""
     tokens = root / "tokens"
     tokens.write_text(make_token("viewer", READ, READ_TOKEN).line() + "\n")
     url_file = root / "url"
+    url_file.unlink(missing_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     cmd = [sys.executable, str(HERE / "_apiutil.py"), "--data", str(root / "data")]
     cmd += ["--url-file", str(url_file), "--token", ADMIN_TOKEN, "--tokens-file", str(tokens)]
     cmd += ["--nodes", "2", "--playbooks", str(HERE / "playbooks_console")]
-    with (root / "server.log").open("wb") as log:  # the child keeps its own descriptor
+    cmd += ["--api-addr", api_addr] if api_addr else []
+    with (root / "server.log").open("ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + WAIT_S
     while not url_file.exists():
@@ -163,14 +181,16 @@ def console(
     shots = Path(opt) if opt else root / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     proc, url = _start_server(root)
+    procs = [proc]  # the test that restarts the instance adds the new process
     try:
         driver = _browser()
         try:
-            yield Console(url, driver, shots, root)
+            yield Console(url, driver, shots, root, procs)
         finally:
             driver.quit()
     finally:
-        _stop(proc)
+        for p in procs:
+            _stop(p)
 
 
 def test_overview_after_sign_in(console: Console) -> None:
@@ -321,6 +341,21 @@ def test_globals_view_edit_and_live(console: Console) -> None:
     assert console.api("PUT", "/globals/from_cli", {"value": 7})[0] == 200
     console.wait("the live row", lambda: "from_cli" in _rows(console, "global"))
     console.shot("globals")
+
+
+def test_a_restart_resets_the_feed_and_the_page_rereads(console: Console) -> None:
+    """The instance restarts: the page's stream breaks, is reopened with the last event id
+    of the old run, gets `event: reset`, re-reads, and goes on showing changes live."""
+    d = console.driver
+    d.execute_script("window.consoleNoReload = 43")
+    console.go("#/globals")
+    console.title_is("Globals")
+    console.wait("the feed", lambda: console.text("live") == "live")
+    console.restart()
+    console.wait("the reset", lambda: console.text("live") == "live, re-read after a reset")
+    assert console.api("PUT", "/globals/after_restart", {"value": "yes"})[0] == 200
+    console.wait("live again", lambda: "after_restart" in _rows(console, "global"))
+    assert d.execute_script("return window.consoleNoReload") == 43
 
 
 def test_read_token_sees_no_actions(console: Console) -> None:

@@ -138,6 +138,7 @@ export class Watch {
       if (ev.event === "put" || ev.event === "delete") {
         this.onChange({ kind: ev.event, ...JSON.parse(ev.data) });
       } else if (ev.event === "reset") {
+        this.onState("live, re-read after a reset");
         this.onResync("reset");
       } else if (ev.event === "cutoff") {
         // Too far behind: start again from now, and re-read once the new stream is open.
