@@ -251,6 +251,15 @@ def test_nodes_filter_and_search(console: Console) -> None:
         console.shot("nodes-phone")
     finally:
         d.set_window_size(size["width"], size["height"])
+    # a redraw keeps the keyboard's place: the focused link's successor takes the focus
+    d.execute_script("window.focused = document.querySelector('a[href=\"#/node/node-1\"]')")
+    d.execute_script("window.focused.focus()")
+    st, _ = console.api("POST", "/node/node-1/host_group", {"host_group": "service-worker"})
+    assert st == 200
+    console.wait("the redraw", lambda: d.execute_script("return !window.focused.isConnected"))
+    console.wait("service-worker shown", lambda: "service-worker" in console.text("page"))
+    focused = d.execute_script("return document.activeElement.getAttribute('href')")
+    assert focused == "#/node/node-1"
 
 
 def test_refused_action_shows_clusterms_text(console: Console) -> None:

@@ -49,9 +49,23 @@ function show(navigated) {
   if (navigated) heading.focus();  // a screen reader announces the new page
 }
 
+// The element a redraw may replace, told by what it points to or is (link, id, data-*).
+function focusKey(el) {
+  if (!el || el === document.body || !$("page").contains(el)) return null;
+  for (const a of ["href", "id", "aria-label"]) if (el.getAttribute(a)) return [a, el.getAttribute(a)];
+  return null;
+}
+
 async function refresh(p) {
+  const key = focusKey(document.activeElement);
   try {
     await p.refresh();
+    // A redraw replaced the focused link or button: focus its successor, so a keyboard
+    // user does not fall back to the top of the page at every change.
+    if (key && !$("page").contains(document.activeElement)) {
+      const again = [...$("page").querySelectorAll(`[${key[0]}]`)].find((e) => e.getAttribute(key[0]) === key[1]);
+      if (again) again.focus();
+    }
     if (p === page) fill($("page-error"));
   } catch (err) {
     if (p === page && $("page-error")) fill($("page-error"), `could not read: ${err.message}`);
