@@ -1,7 +1,7 @@
 """Helpers shared by the API, API fuzz and CLI tests, and a standalone server for subprocesses.
 
 ``python tests/_apiutil.py --data DIR --url-file FILE [--token T] [--tokens-file F]
-[--nodes N] [--playbooks DIR] [--api-addr HOST:PORT]`` runs one
+[--nodes N] [--playbooks DIR] [--api-addr HOST:PORT] [--watch-history N]`` runs one
 standalone gossipmgr instance (the agent's wiring over a fake Serf: real Replica on disk,
 real JobManager running the shipped playbooks against ansible_connection=local hosts) with
 its API on 127.0.0.1, port 0, writes its URL to
@@ -119,6 +119,8 @@ async def _main(args: argparse.Namespace) -> None:
         kw["api_tokens_file"] = Path(args.tokens_file)
     if args.api_addr:
         kw["api_addr"] = args.api_addr
+    if args.watch_history:
+        kw["watch_history"] = args.watch_history
     if args.playbooks:
         kw["playbook_dir"] = Path(args.playbooks)
     async with standalone(root, token=args.token, **kw) as ctx:
@@ -140,5 +142,6 @@ if __name__ == "__main__":
     p.add_argument("--tokens-file", help="named tokens (api_tokens_file)")
     p.add_argument("--nodes", type=int, default=0)
     p.add_argument("--api-addr", help="default 127.0.0.1:0 (a free port)")
+    p.add_argument("--watch-history", type=int, default=0, help="changes the feed keeps")
     p.add_argument("--playbooks", help="playbook_dir (default: the packaged playbooks)")
     trio.run(_main, p.parse_args(sys.argv[1:]))

@@ -30,6 +30,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 HERE = Path(__file__).parent
 ADMIN_TOKEN = "console-admin-secret-0123"
 READ_TOKEN = "console-read-secret-0123"
+WATCH_HISTORY = 100
+BURST = 300
 #: Generous: a shared 2-core machine runs ansible and a browser here.
 WAIT_S = 60.0
 
@@ -141,6 +143,8 @@ def _start_server(root: Path, api_addr: str = "") -> tuple[subprocess.Popen[byte
     cmd = [sys.executable, str(HERE / "_apiutil.py"), "--data", str(root / "data")]
     cmd += ["--url-file", str(url_file), "--token", ADMIN_TOKEN, "--tokens-file", str(tokens)]
     cmd += ["--nodes", "2", "--playbooks", str(HERE / "playbooks_console")]
+    # a short feed history, so one batch of BURST globals outruns any reader: a cutoff
+    cmd += ["--watch-history", str(WATCH_HISTORY)]
     cmd += ["--api-addr", api_addr] if api_addr else []
     with (root / "server.log").open("ab") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -364,6 +368,20 @@ def test_a_restart_resets_the_feed_and_the_page_rereads(console: Console) -> Non
     console.wait("the reset", lambda: console.text("live") == "live, re-read after a reset")
     assert console.api("PUT", "/globals/after_restart", {"value": "yes"})[0] == 200
     console.wait("live again", lambda: "after_restart" in _rows(console, "global"))
+    assert d.execute_script("return window.consoleNoReload") == 43
+
+
+def test_a_cutoff_reconnects_and_rereads(console: Console) -> None:
+    """One batch of more changes than the feed keeps: the page's stream is cut off; the
+    page opens a new one from now, re-reads, and shows the whole batch."""
+    d = console.driver
+    console.go("#/globals")
+    console.title_is("Globals")
+    console.wait("the feed", lambda: console.text("live").startswith("live"))
+    batch = {f"burst{i:03d}": i for i in range(BURST)}
+    assert console.api("PATCH", "/globals", batch) == (200, {"set": BURST, "deleted": 0})
+    console.wait("the cutoff", lambda: console.text("live") == "live, re-read after a cutoff")
+    console.wait("the whole batch", lambda: set(batch) <= set(_rows(console, "global")))
     assert d.execute_script("return window.consoleNoReload") == 43
 
 

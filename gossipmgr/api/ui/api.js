@@ -102,7 +102,7 @@ const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
 // indicator. A broken stream is reopened with Last-Event-ID, backing off to 5 s.
 export class Watch {
   constructor(onChange, onResync, onState) {
-    Object.assign(this, { onChange, onResync, onState, lastId: "", stopped: false });
+    Object.assign(this, { onChange, onResync, onState, lastId: "", after: "", stopped: false });
   }
 
   start() { this.ctl = new AbortController(); this.loop(); }
@@ -134,7 +134,12 @@ export class Watch {
     let first = true;
     for await (const ev of sse(body)) {
       if (ev.id) this.lastId = ev.id;
-      if (first) { first = false; this.onState("live"); this.onResync("open"); }
+      if (first) {
+        first = false;
+        this.onState(this.after ? `live, re-read after a ${this.after}` : "live");
+        this.after = "";
+        this.onResync("open");
+      }
       if (ev.event === "put" || ev.event === "delete") {
         this.onChange({ kind: ev.event, ...JSON.parse(ev.data) });
       } else if (ev.event === "reset") {
@@ -143,6 +148,7 @@ export class Watch {
       } else if (ev.event === "cutoff") {
         // Too far behind: start again from now, and re-read once the new stream is open.
         this.lastId = "";
+        this.after = "cutoff";
         this.onState("cut off, reconnecting");
         return;
       }
