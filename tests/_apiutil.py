@@ -1,6 +1,7 @@
 """Helpers shared by the API, API fuzz and CLI tests, and a standalone server for subprocesses.
 
-``python tests/_apiutil.py --data DIR --url-file FILE [--token T] [--nodes N]`` runs one
+``python tests/_apiutil.py --data DIR --url-file FILE [--token T] [--tokens-file F]
+[--nodes N] [--playbooks DIR] [--api-addr HOST:PORT] [--watch-history N]`` runs one
 standalone gossipmgr instance (the agent's wiring over a fake Serf: real Replica on disk,
 real JobManager running the shipped playbooks against ansible_connection=local hosts) with
 its API on 127.0.0.1, port 0, writes its URL to
@@ -113,7 +114,16 @@ async def serving(app: Any, **kw: Any) -> AsyncIterator[str]:
 
 async def _main(args: argparse.Namespace) -> None:
     root = Path(args.data)
-    async with standalone(root, token=args.token) as ctx:
+    kw: dict[str, Any] = {}
+    if args.tokens_file:
+        kw["api_tokens_file"] = Path(args.tokens_file)
+    if args.api_addr:
+        kw["api_addr"] = args.api_addr
+    if args.watch_history:
+        kw["watch_history"] = args.watch_history
+    if args.playbooks:
+        kw["playbook_dir"] = Path(args.playbooks)
+    async with standalone(root, token=args.token, **kw) as ctx:
         if args.nodes:
             await add_nodes(ctx, args.nodes)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -129,5 +139,9 @@ if __name__ == "__main__":
     p.add_argument("--data", required=True)
     p.add_argument("--url-file", required=True)
     p.add_argument("--token")
+    p.add_argument("--tokens-file", help="named tokens (api_tokens_file)")
     p.add_argument("--nodes", type=int, default=0)
+    p.add_argument("--api-addr", help="default 127.0.0.1:0 (a free port)")
+    p.add_argument("--watch-history", type=int, default=0, help="changes the feed keeps")
+    p.add_argument("--playbooks", help="playbook_dir (default: the packaged playbooks)")
     trio.run(_main, p.parse_args(sys.argv[1:]))

@@ -9,9 +9,10 @@ body. clusterm answered every error with 500 and plain text; its Go client print
 non-200 body, so the same texts with honest codes stay compatible with it.
 
 Security: with a token (the agent's default: it creates one at first start), every route
-but ``/health`` needs ``Authorization: Bearer <token>``, compared in constant time
-(``hmac.compare_digest``). Named tokens (``api_tokens_file``) carry a role: ``read`` tokens
-get 403 for anything but GET/HEAD/OPTIONS. The tokens are read from the context on every
+but ``/health`` and the console's static files (``/ui/``, they hold no data) needs
+``Authorization: Bearer <token>``, compared in constant time (``hmac.compare_digest``).
+Named tokens (``api_tokens_file``) carry a role: ``read`` tokens get 403 for anything but
+GET/HEAD/OPTIONS. The tokens are read from the context on every
 request: the agent swaps them on a SIGHUP reload.
 """
 
@@ -23,13 +24,13 @@ import json
 import logging
 from typing import Any
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from gossipmgr.api.bodies import JSON_MIMETYPE, MAX_BODY_BYTES
 from gossipmgr.api.context import current_context
-from gossipmgr.core.tokens import TokenTable, match_bearer, may_call
+from gossipmgr.core.tokens import ApiToken, TokenTable, match_bearer, may_call
 from gossipmgr.errors import Forbidden, GossipmgrError, RequestError, StoreError, Unauthorized
 from gossipmgr.runtime.actor import set_asked_by
 
@@ -37,6 +38,9 @@ log = logging.getLogger("gossipmgr.api")
 
 #: The one route that answers without a token (load balancers and probes call it).
 OPEN_PATH = "/health"
+#: The web console's static files (docs/console.md) are served without a token too: they
+#: hold no data, and the page sends the token with every request it makes.
+CONSOLE_PREFIX = "/ui/"
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
@@ -72,8 +76,12 @@ async def check_token() -> None:
     job record and the node history it writes say who asked."""
     ctx = current_context()
     set_asked_by("")
+    g.api_token = None
     named: TokenTable | None = getattr(ctx, "tokens", None)
     if (not ctx.token and named is None) or request.path == OPEN_PATH:
+        return
+    console = request.path.startswith(CONSOLE_PREFIX) or request.path == CONSOLE_PREFIX[:-1]
+    if console and request.method in ("GET", "HEAD"):
         return
     got = request.headers.get("Authorization", "")
     scheme, _, cred = got.partition(" ")
@@ -82,11 +90,18 @@ async def check_token() -> None:
     if token is None:
         raise Unauthorized("missing or invalid bearer token")
     set_asked_by(token.name)
+    g.api_token = token
     if not may_call(token, request.method):
         raise Forbidden(
             f'token "{token.name}" has the role {token.role}: it may read and watch, not '
             f"{request.method} {request.path} (that needs an admin token)"
         )
+
+
+def current_token() -> ApiToken | None:
+    """The token of the request being served (None: the agent serves without auth)."""
+    token: ApiToken | None = g.get("api_token")
+    return token
 
 
 async def request_error(exc: RequestError) -> Response:

@@ -44,7 +44,8 @@ def standalone_config(
     **kw: Any,
 ) -> AgentConfig:
     """An instance's config under ``root/name``: API and gossip on free loopback ports;
-    ``token`` in a file (None: ``no_auth``); ``kw``: any other ``AgentConfig`` field.
+    ``token`` in a file (None: ``no_auth``); ``kw``: any other ``AgentConfig`` field
+    (``api_addr`` too: a restarted instance can keep its port).
 
     The lease lasts a day and is renewed only at its end (``STANDALONE_LEASE_MS``), so a
     test sees no renewal writes; a test of lease timing passes its own."""
@@ -60,7 +61,7 @@ def standalone_config(
     return AgentConfig(
         name=name,
         data_dir=base / "data",
-        api_addr="127.0.0.1:0",
+        api_addr=kw.pop("api_addr", "127.0.0.1:0"),
         gossip_addr="127.0.0.1:0",
         api_token_file=token_file,
         no_auth=token is None,

@@ -9,11 +9,12 @@ OpenAPI summary and status codes (:meth:`gossipmgr.api.openapi.ApiBlueprint.oper
 ``lease``       the lease, and resetting it
 ``status``      health (no token), peers, metrics
 ``watch``       the change feed (Server-Sent Events)
+``console``     the web console's static files (``/ui/``) and ``/whoami``
 =============== ==================================================================
 """
 
 from gossipmgr.api.openapi import ApiBlueprint
-from gossipmgr.api.routes import config, global_vars, jobs, lease, nodes, status, watch
+from gossipmgr.api.routes import config, console, global_vars, jobs, lease, nodes, status, watch
 
 #: Every resource's blueprint, in the order the document lists them.
 BLUEPRINTS: tuple[ApiBlueprint, ...] = (
@@ -24,4 +25,5 @@ BLUEPRINTS: tuple[ApiBlueprint, ...] = (
     lease.bp,
     status.bp,
     watch.bp,
+    console.bp,
 )

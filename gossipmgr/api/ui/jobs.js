@@ -1,0 +1,106 @@
+// Jobs: the history (newest first) and, per job, its record and its log, followed live
+// through GET /info/logs/{id}?offset=N: the lines arrive as the runner replicates them; a
+// broken stream is resumed at the number of lines received, so none is lost or doubled.
+import { api, get, lines, seg } from "./api.js";
+import { badge, facts, fill, h, jobLink, table, when } from "./dom.js";
+
+const JOB_KEY = /^jobs\/[^/]+$/;
+
+function cancelButton(role, onDone, msg) {
+  if (role !== "admin") return null;
+  return h("button", { type: "button", class: "action a-cancel", onclick: async () => {
+    fill(msg);
+    try {
+      const res = await api("POST", "job/cancel");
+      fill(msg, `job ${res.id} cancelled`);
+    } catch (err) {
+      fill(msg, `cancel refused: ${err.message}`);
+    }
+    onDone();
+  } }, "Cancel the running job");
+}
+
+export function jobs(role) {
+  const box = h("div");
+  const bar = h("div", { class: "buttons" });
+  const msg = h("p", { class: "error", role: "alert" });
+  const page = {
+    title: "Jobs",
+    match: (key) => JOB_KEY.test(key),
+    mount(el) { el.append(bar, msg, box); },
+    async refresh() {
+      const res = await get("info/jobs");
+      const list = Array.isArray(res) ? res : res.jobs;
+      const running = list.some((j) => j.status === "Running");
+      fill(bar, running ? cancelButton(role, () => page.refresh(), msg) : null);
+      fill(box, table("Jobs, newest first", ["Id", "Task", "Status", "Nodes", "Asked by", "Started", "Ended"],
+        list.map((j) => h("tr", {},
+          h("th", { scope: "row" }, jobLink(j.id)), h("td", {}, j.task), h("td", {}, badge(j.status)),
+          h("td", {}, (j.nodes || j.addrs || []).join(", ")), h("td", {}, j.requested_by || "-"),
+          h("td", {}, when(j.started_ms || j.created_ms)), h("td", {}, when(j.ended_ms)))),
+        "no job yet"));
+    },
+  };
+  return page;
+}
+
+export function job(id, role) {
+  const rec = h("div");
+  const bar = h("div", { class: "buttons" });
+  const msg = h("p", { class: "error", role: "alert" });
+  const count = h("span", { id: "log-count" }, "0");
+  const log = h("pre", { id: "job-log", role: "log", "aria-label": `Log of job ${id}`, tabindex: "0" });
+  const state = h("span", { id: "log-state" }, "reading");
+  const ctl = new AbortController();
+  let got = 0;
+
+  async function follow() {
+    let tries = 0;
+    while (!ctl.signal.aborted && tries < 30) {
+      try {
+        for await (const line of lines(`info/logs/${seg(id)}?offset=${got}`, ctl.signal)) {
+          log.append(line + "\n");
+          got += 1;
+          tries = 0;
+          count.textContent = String(got);
+        }
+        fill(state, "complete");
+        return;
+      } catch (err) {
+        if (ctl.signal.aborted) return;
+        if (err.status && err.status !== 503) { fill(state, `not available: ${err.message}`); return; }
+        tries += 1;
+        fill(state, "reconnecting");
+        await new Promise((res) => setTimeout(res, Math.min(200 * 2 ** tries, 5000)));
+      }
+    }
+  }
+
+  const page = {
+    title: `Job ${id}`,
+    match: (key) => key === `jobs/${id}`,
+    mount(el) {
+      el.append(h("p", {}, h("a", { href: "#/jobs" }, "All jobs")), rec, bar, msg,
+        h("section", { class: "card wide", "aria-labelledby": "h-log" },
+          h("h2", { id: "h-log" }, "Log"),
+          h("p", {}, count, " lines, ", state), log));
+      follow();
+    },
+    unmount() { ctl.abort(); },
+    async refresh() {
+      const j = await get(`info/job/${seg(id)}`);
+      fill(bar, j.status === "Running" ? cancelButton(role, () => page.refresh(), msg) : null);
+      fill(rec, h("section", { class: "card wide", "aria-labelledby": "h-job" },
+        h("h2", { id: "h-job" }, j.desc || j.task),
+        facts([
+          ["Status", h("span", { id: "job-status" }, badge(j.status))],
+          ["Task", j.task], ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
+          ["Runner", j.runner || "-"], ["Epoch", String(j.epoch ?? "-")],
+          ["Asked by", j.requested_by || "-"],
+          ["Created", when(j.created_ms)], ["Started", when(j.started_ms)], ["Ended", when(j.ended_ms)],
+          ["Error", j.error || "-"],
+        ])));
+    },
+  };
+  return page;
+}
