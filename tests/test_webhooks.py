@@ -146,7 +146,11 @@ async def test_events_are_signed_and_retried_past_a_failing_receiver(tmp_path: P
         )
     bodies = [body for _, body in rx.got]
     assert bodies[0] == bodies[1] == bodies[2]  # one event, two refusals, then delivered
+    ids = [headers["X-Gossipmgr-Delivery"] for headers, _ in rx.got]
+    assert ids[0] == ids[1] == ids[2]  # a receiver drops the repeat by its id
     events = rx.events()
+    assert [e["id"] for e in events] == ids
+    assert len(set(ids[2:])) == len(ids[2:])  # every other event has its own id
     assert all(e["instance"] == "i1" and e["epoch"] == lease.epoch for e in events)
     ended = [e for e in events if e["type"] == "job.ended"]
     assert len(ended) == 1 and ended[0]["job"]["id"] == job["id"]

@@ -60,6 +60,9 @@ TOLERANCE_S: Final = 300
 SIGNATURE_HEADER: Final = "X-Gossipmgr-Signature"
 TIMESTAMP_HEADER: Final = "X-Gossipmgr-Timestamp"
 EVENT_HEADER: Final = "X-Gossipmgr-Event"
+#: The event's id (also ``id`` in the body): the same on every attempt, so a receiver drops
+#: a retried request that arrives twice.
+DELIVERY_HEADER: Final = "X-Gossipmgr-Delivery"
 
 #: (url, body, headers) -> HTTP status; raises OSError-like errors when unreachable.
 Post = Callable[[str, bytes, Mapping[str, str]], Awaitable[int]]
@@ -99,10 +102,12 @@ def events_of(novel: LWWMap, seen: dict[str, tuple[str, str]]) -> list[dict[str,
     for key, e in novel.items():
         if e.deleted:
             continue
+        # The write's hybrid timestamp and the record's key: unique to this change.
+        eid = f"{e.ts.ms}.{e.ts.logical}.{e.ts.node}/{key[0]}/{key[1]}"
         if key[0] == JOB and len(key) == 2:
             rec = JobRecord.from_value(e.value)
             if rec is not None and not rec.active:
-                out.append({"type": JOB_ENDED, "job": _job(rec)})
+                out.append({"type": JOB_ENDED, "id": eid, "job": _job(rec)})
         elif key[0] == NODE and len(key) == 3 and key[2] == "inv":
             if not isinstance(e.value, dict) or "status" not in e.value:
                 continue  # a forgotten node's marker
@@ -111,7 +116,7 @@ def events_of(novel: LWWMap, seen: dict[str, tuple[str, str]]) -> list[dict[str,
             if now == seen.get(key[1], (inv.prev_status, inv.prev_state)):
                 continue
             seen[key[1]] = now
-            out.append({"type": NODE_CHANGED, "node": {"name": key[1], **inv.to_json()}})
+            out.append({"type": NODE_CHANGED, "id": eid, "node": {"name": key[1], **inv.to_json()}})
     return out
 
 
@@ -219,6 +224,7 @@ class Notifier:
                 TIMESTAMP_HEADER: ts,
                 SIGNATURE_HEADER: sign(self.secret, ts, body),
                 EVENT_HEADER: str(ev["type"]),
+                DELIVERY_HEADER: str(ev["id"]),
             }
             try:
                 status = await self.post(hook.url, body, headers)
