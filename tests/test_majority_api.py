@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import trio
-from _apiutil import serving, standalone
+from _apiutil import add_nodes, serving, standalone
 
 from gossipmgr.api import create_app
 from gossipmgr.cli.output import render_lease, render_quorum
@@ -110,3 +110,35 @@ async def test_two_instances_the_survivor_holds_when_forced(
                 while (cur := ctx.replica.lease()) is None or cur.forced_by:  # noqa: ASYNC110
                     await trio.sleep(0.05)
             assert cur.epoch == body["lease"]["epoch"] and cur.holder == ctx.replica.name
+
+
+async def test_a_running_job_stops_when_its_instance_loses_the_majority(tmp_path: Path) -> None:
+    """A holder that loses its majority stops taking work (``is_holder``) and stops the job
+    it runs too (the fence watcher): a minority side does not act on nodes. Real ansible; the
+    configure playbook waits for a file that never comes, so only the stop can end the run.
+    Nothing more is written by the minority: the record stays Running for the next holder's
+    orphan scan."""
+    cluster = FakeSerfCluster()
+    playbooks = Path(__file__).parent / "playbooks_console"
+    async with standalone(tmp_path, cluster=cluster, playbook_dir=playbooks) as ctx:
+        (node,) = await add_nodes(ctx, 1)
+        never = tmp_path / "never-created"
+        job = await ctx.jobs.commission([node], "service-master", {"console_release": str(never)})
+        gate = ctx.agent.jobs.gate
+        with trio.fail_after(120):
+            while gate.run is None or "waiting for" not in "\n".join(gate.run.tail):  # noqa: ASYNC110
+                await trio.sleep(0.05)  # the playbook reached its wait
+        run = gate.run
+        assert run is not None and not run.fenced
+        # Two more instances, both failed in our Serf view: we see 1 of 3.
+        cluster.set_member("i2", instance_tags("i2", 1), status="failed")
+        cluster.set_member("i3", instance_tags("i3", 2), status="failed")
+        with trio.fail_after(30):
+            while not run.done:  # noqa: ASYNC110 (the watcher's state)
+                await trio.sleep(0.05)
+        assert run.fenced and "lost the majority (no majority: sees 1 of 3" in run.fenced_why
+        assert any("lost the majority" in line for line in run.tail)
+        assert gate.counters["fenced_runs"] == 1
+        rec = ctx.replica.state.job(job["id"])
+        assert rec is not None and rec.status == "Running"
+        assert not never.exists()

@@ -61,6 +61,8 @@ class Run:
     count: int = 0
     dirty: bool = False
     fenced: bool = False
+    #: why the fence watcher stopped the run ("" while it runs)
+    fenced_why: str = ""
     done: bool = False
     file: IO[str] | None = None
     changed: trio.Event = field(default_factory=trio.Event)

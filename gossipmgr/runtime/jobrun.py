@@ -53,6 +53,9 @@ log = logging.getLogger("gossipmgr.jobs")
 
 #: Characters of a job's error text kept in its record (the whole text is in its log).
 ERROR_CHARS: Final = 1_000
+#: How often a running job checks that its instance still sees a majority (the lease loop
+#: updates it every 250 ms; a replica change wakes the check at once too).
+QUORUM_CHECK_S: Final = 0.5
 
 
 def outcome(result: WorkflowResult) -> tuple[str, str]:
@@ -112,10 +115,9 @@ class Executor:
             result = await self._run_watched(run, inputs)
             if run.fenced or result is None:
                 self.gate.counters["fenced_runs"] += 1
-                run.line(f"gossipmgr: job {run.job_id} stopped: the lease moved on (fenced)")
-                log.warning(
-                    "%s: job %s stopped: lease moved past epoch %d", me, run.job_id, run.epoch
-                )
+                why = run.fenced_why or "the lease moved on"
+                run.line(f"gossipmgr: job {run.job_id} stopped: {why} (fenced)")
+                log.warning("%s: job %s stopped under epoch %d: %s", me, run.job_id, run.epoch, why)
                 return
             await self._finish(run, result)
         finally:
@@ -209,15 +211,33 @@ class Executor:
             wait.cancel_scope.cancel()
 
     async def _watch_fence(self, run: Run, scope: trio.CancelScope) -> None:
+        """Stop the run when the lease moves past its epoch, or when this instance no longer
+        sees a majority (``Quorum.may_hold``; a forced grant excepted, as in ``is_holder``): a
+        minority side must not act on nodes while a majority side may (docs/design.md, "The
+        lease"). Nothing more is written: the record stays Running until the next holder's
+        orphan scan ends it."""
         while True:
             try:
                 check_fence(self.replica.lease(), run.epoch, self.replica.name)
             except StaleEpoch as exc:
-                run.fenced = True
-                log.warning("%s: job %s: %s; stopping the run", self.replica.name, run.job_id, exc)
+                run.fenced, run.fenced_why = True, str(exc)
+            q, lease = self.replica.quorum, self.replica.lease()
+            if not run.fenced and not q.may_hold and not (lease and lease.forced_by):
+                run.fenced, run.fenced_why = (
+                    True,
+                    f"this instance lost the majority ({q.describe()})",
+                )
+            if run.fenced:
+                log.warning(
+                    "%s: job %s: %s; stopping the run",
+                    self.replica.name,
+                    run.job_id,
+                    run.fenced_why,
+                )
                 scope.cancel()
                 return
-            await self.replica.wait_change()
+            with trio.move_on_after(QUORUM_CHECK_S):
+                await self.replica.wait_change()
 
     async def _flush_tail(self, run: Run) -> None:
         while True:
