@@ -206,6 +206,7 @@ def test_overview_after_sign_in(console: Console) -> None:
     body = console.text("page")
     assert "Instances" in body and "i1 (this instance)" in body
     assert "Epoch" in _card(console, "h-lease")
+    assert "Majority\nmajority: sees 1 of 1 instances" in _card(console, "h-lease")
     assert "Unallocated" in _card(console, "h-nodes") and "2 in all" in _card(console, "h-nodes")
     assert "Healthy" in _card(console, "h-serf")
     assert console.text("who") == "token default (admin)"

@@ -19,7 +19,7 @@ export function overview() {
       const [peers, health, nodes] = await Promise.all([
         get("info/peers"), get("health"), get("info/nodes"),
       ]);
-      fill(body, instances(peers), lease(peers.lease), serf(health), byStatus(nodes),
+      fill(body, instances(peers), lease(peers.lease, peers.quorum), serf(health), byStatus(nodes),
         warnings(health));
     },
   };
@@ -42,11 +42,14 @@ function instances(peers) {
       rows, "no instance known"));
 }
 
-function lease(l) {
+function lease(l, quorum) {
   const pairs = l
     ? [["Holder", l.holder || "(vacant)"], ["Epoch", String(l.epoch)],
       ["Expires", when(l.expires_ms)], ["Valid", l.valid ? "yes" : "no"]]
     : [["Holder", "no lease yet"]];
+  if (l && l.forced_by) pairs.push(["Forced by", l.forced_by]);
+  // The majority rule as this instance sees it (e.g. "no majority: sees 2 of 5 instances").
+  if (quorum && quorum.reason) pairs.push(["Majority", quorum.reason]);
   return h("section", { class: "card", "aria-labelledby": "h-lease" },
     h("h2", { id: "h-lease" }, "Lease"), facts(pairs));
 }
