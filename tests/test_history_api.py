@@ -70,11 +70,14 @@ async def test_history_of_serf_and_api_events(tmp_path: Path) -> None:
         st, r = await _get(url, "/info/node/node-0/history")
         assert st == 200 and r["name"] == "node-0" and r["limit"] == 200
         got = [(h["event"], h["state"], h["token"], h["reason"]) for h in r["history"]]
-        assert got == [
-            ("reappeared", "Discovered", "", "serf: discovered"),
-            ("disappeared", "Disappeared", "", "serf: disappeared"),
-            ("discovered", "Discovered", "", "monitor event: discovered"),
-        ]
+        # A comeback is applied by the reconcile once Serf has listed the node alive for a
+        # while (docs/design.md, "Health only from a settled view"); a failure by the Serf
+        # event, or by a reconcile that sees it first.
+        assert got[0] == ("reappeared", "Discovered", "", "reconcile with serf: discovered")
+        assert got[1][:3] == ("disappeared", "Disappeared", "")
+        assert got[1][3] in ("serf: disappeared", "reconcile with serf: disappeared")
+        assert got[2] == ("discovered", "Discovered", "", "monitor event: discovered")
+        assert len(got) == 3
         for h in r["history"]:
             assert h["instance"] == "i1" and h["epoch"] == epoch and h["job"] == ""
             assert h["status"] == "Unallocated" and h["ms"] > 0
