@@ -222,7 +222,10 @@ class Executor:
             except StaleEpoch as exc:
                 run.fenced, run.fenced_why = True, str(exc)
             q, lease = self.replica.quorum, self.replica.lease()
-            if not run.fenced and not q.may_hold and not (lease and lease.forced_by):
+            # known == 0: no Serf view at all (our own agent restarting), not a minority: a
+            # long outage stops the run through the lease moving on, a short one does not.
+            minority = q.known > 0 and not q.may_hold
+            if not run.fenced and minority and not (lease and lease.forced_by):
                 run.fenced, run.fenced_why = (
                     True,
                     f"this instance lost the majority ({q.describe()})",
