@@ -217,11 +217,11 @@ class Executor:
         lease"). Nothing more is written: the record stays Running until the next holder's
         orphan scan ends it."""
         while True:
+            q, lease = self.replica.quorum, self.replica.lease()
             try:
-                check_fence(self.replica.lease(), run.epoch, self.replica.name)
+                check_fence(lease, run.epoch, self.replica.name)
             except StaleEpoch as exc:
                 run.fenced, run.fenced_why = True, str(exc)
-            q, lease = self.replica.quorum, self.replica.lease()
             # known == 0: no Serf view at all (our own agent restarting), not a minority: a
             # long outage stops the run through the lease moving on, a short one does not.
             minority = q.known > 0 and not q.may_hold
