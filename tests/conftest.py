@@ -8,8 +8,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
+import pluggy
 import pytest
 from hypothesis import HealthCheck, settings
+
+from gossipmgr.localcluster import LocalCluster
 
 # Shared 2-core machines: generation speed and per-example time vary too much for
 # Hypothesis' timing checks to mean anything; the example counts are what we rely on.
@@ -29,3 +34,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="save the web console's screenshots (tests/test_console_browser.py) in DIR "
         "(default: under pytest's tmp dir)",
     )
+
+
+#: Lines of each instance's log attached to the report of a failed test that used a
+#: LocalCluster: a CI run that fails on a loaded machine is diagnosed from these alone.
+LOG_TAIL_LINES = 80
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        if not isinstance(value, LocalCluster):
+            continue
+        for name, inst in sorted(value.instances.items()):
+            lines = inst.log().splitlines()[-LOG_TAIL_LINES:]
+            rep.sections.append((f"instance {name}: last {len(lines)} log lines", "\n".join(lines)))
