@@ -166,6 +166,8 @@ class Agent:
             reconfigure_on_reappear=cfg.reconfigure_on_reappear,
             log_flush_s=log_flush_s,
             job_log_max_bytes=cfg.job_log_max_bytes,
+            job_queue=cfg.job_queue,
+            job_queue_max=cfg.job_queue_max,
         )
         self.jobs.gate.history_limit = cfg.node_history_limit
         self.boot_ms = int(time.time() * 1000)

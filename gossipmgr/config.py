@@ -154,6 +154,12 @@ class AgentConfig:
     #: The cap of one job's replicated log (docs/api.md, "Job logs"); the newest jobs' logs
     #: are kept while their total is within 16 times this.
     job_log_max_bytes: int = 2 * 1024 * 1024
+    #: Queue a workflow request that arrives while a job is active, when the request does
+    #: not say (``"queue": true|false``); off: such a request is refused with 409, as by
+    #: clusterm (docs/workflows.md, "Queued jobs").
+    job_queue: bool = False
+    #: Jobs queued at most; one more is refused with 409 (0 .. MAX_JOB_QUEUE).
+    job_queue_max: int = 10
     #: Receivers the lease holder calls when a job ends and when a node's status or state
     #: changes (docs/operations.md, "Webhooks"): ``[[webhooks]]`` tables ``url``, ``events``.
     webhooks: tuple[WebhookConfig, ...] = ()
@@ -166,6 +172,8 @@ class AgentConfig:
     config_notes: tuple[str, ...] = ()
 
 
+#: Upper bound of ``job_queue_max`` (gossipmgr.core.jobqueue.MAX_LIMIT).
+MAX_JOB_QUEUE = 1000
 #: Upper bound of ``watch_history`` (each kept change costs ~200 bytes beside its value).
 MAX_WATCH_HISTORY = 1_000_000
 
@@ -288,6 +296,8 @@ AGENT_OPTIONS: dict[str, Converter] = {
     "lease_solo_after_s": _float,
     "log_level": _str,
     "job_log_max_bytes": _int,
+    "job_queue": _bool,
+    "job_queue_max": _int,
     "webhooks": _webhooks,
     "webhook_secret_file": _path,
 }
@@ -423,6 +433,8 @@ def validate(cfg: AgentConfig) -> None:
         raise ConfigError("webhooks need webhook-secret-file (their requests are signed)")
     if not 4096 <= cfg.job_log_max_bytes <= 64 * 1024 * 1024:
         raise ConfigError("job-log-max-bytes must be within 4096 .. 67108864 (64 MiB)")
+    if not 0 <= cfg.job_queue_max <= MAX_JOB_QUEUE:
+        raise ConfigError(f"job-queue-max must be within 0 .. {MAX_JOB_QUEUE}")
     if not 1 <= cfg.watch_history <= MAX_WATCH_HISTORY:
         raise ConfigError(f"watch-history must be between 1 and {MAX_WATCH_HISTORY}")
     if cfg.log_level not in ("debug", "info", "warning", "error"):

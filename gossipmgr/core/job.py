@@ -15,14 +15,20 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
     log_count   lines logged so far; log_tail: the last lines of them
     requested_by  optional: the name of the API token that asked (absent: none did, e.g.
                 a reconfigure job, or a record written before the field existed)
+    request     optional, Queued records only: the stored request the holder starts the job
+                with, ``{"op": <JobManager entry point>, "args": {<its arguments>}}``
+                (``gossipmgr.core.jobqueue``); the record written at the start has none
 
 :meth:`JobRecord.to_value` gives exactly that map, in that field order (the stored and the
 served shape: GET /info/job answers it plus ``logs``). Every record gossipmgr wrote, since
 the first version, has all these fields; :meth:`JobRecord.from_value` reads a value of any
 other shape (not a map, a field missing or of another type: forged by a key holder) as no
-record at all, so no reader has to guess, and none raises. The one optional field,
-``requested_by``, is read tolerantly both ways: a version before it ignores it, and this one
-reads it absent, or of another type, as "" (and then does not write it back).
+record at all, so no reader has to guess, and none raises. The optional field
+``requested_by`` is read tolerantly both ways: a version before it ignores it, and this one
+reads it absent, or of another type, as "" (and then does not write it back). ``request``
+likewise: a version before it ignores it; this one reads it absent, or of any other shape
+than the map above, as None (a Queued record without one is ended Errored when its turn
+comes, never run).
 
 A record's status changes only through :meth:`JobRecord.transition`, which consults
 :data:`JOB_TRANSITIONS` and refuses anything else.
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from gossipmgr.errors import Conflict
@@ -44,8 +50,8 @@ ERRORED: Final = "Errored"
 CANCELLED: Final = "Cancelled"
 
 #: The job status machine. gossipmgr writes a record Running in the same commit that
-#: accepts it (a request answers only once its job is launched); Queued is kept in the
-#: vocabulary for clusterm's readers and is treated as active wherever it is seen.
+#: accepts it (a request answers only once its job is launched), or Queued when the request
+#: asked to wait for the running job (``gossipmgr.core.jobqueue``); both are active.
 JOB_TRANSITIONS: Final[Mapping[str, frozenset[str]]] = {
     QUEUED: frozenset({RUNNING, ERRORED, CANCELLED}),
     RUNNING: frozenset({COMPLETE, ERRORED, CANCELLED}),
@@ -83,6 +89,16 @@ def _is_texts(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+def _request(v: object) -> dict[str, Any] | None:
+    """A stored request ``{"op": str, "args": map}`` (other keys dropped), else None."""
+    if not isinstance(v, dict):
+        return None
+    op, args = v.get("op"), v.get("args")
+    if not isinstance(op, str) or not isinstance(args, dict):
+        return None
+    return {"op": op, "args": args}
+
+
 _TEXT: Final = ("id", "desc", "task", "workflow", "status", "error", "runner")
 _INT: Final = ("epoch", "created_ms", "started_ms", "ended_ms", "log_count")
 
@@ -108,6 +124,7 @@ class JobRecord:
     host_group: str | None = None
     addrs: tuple[str, ...] | None = None
     requested_by: str = ""
+    request: dict[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
     def from_value(cls, value: object) -> JobRecord | None:
@@ -132,6 +149,7 @@ class JobRecord:
             host_group=hg,
             addrs=tuple(addrs) if addrs is not None else None,
             requested_by=by if isinstance(by := value.get("requested_by"), str) else "",
+            request=_request(value.get("request")),
         )
 
     def to_value(self) -> dict[str, Any]:
@@ -160,6 +178,8 @@ class JobRecord:
         )
         if self.requested_by:
             out["requested_by"] = self.requested_by
+        if self.request is not None:
+            out["request"] = self.request
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -15,12 +15,13 @@ from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.history import DEFAULT_LIMIT, Cause
-from gossipmgr.core.job import ERRORED, JobRecord
+from gossipmgr.core.job import ERRORED, QUEUED, RUNNING, JobRecord
 from gossipmgr.core.lease import check_fence
 from gossipmgr.core.state import ClusterState, combine, job_key
 from gossipmgr.errors import Conflict, StaleEpoch, Unavailable
 from gossipmgr.runtime.actor import asked_by
 from gossipmgr.runtime.joblog import Run
+from gossipmgr.runtime.queuestart import starting
 from gossipmgr.runtime.replica import Replica
 
 
@@ -80,14 +81,16 @@ class HolderGate:
             raise
 
     def active_record(self) -> JobRecord | None:
-        """The active (Queued/Running) job record, if any."""
+        """The active job record, if any: the Running one, else the next queued one."""
         active = self.replica.state.active_jobs()  # in id order
-        return active[-1] if active else None
+        running = [j for j in active if j.status == RUNNING]
+        return running[-1] if running else (active[0] if active else None)
 
     def check_idle(self) -> None:
-        """Raise Conflict (clusterm's text) while a job is active."""
+        """Raise Conflict (clusterm's text) while a job is active (but for the queued one
+        being started, ``gossipmgr.runtime.queuestart``: only one Running job blocks it)."""
         rec = self.active_record()
-        if rec is not None:
+        if rec is not None and not (rec.status == QUEUED and starting() is not None):
             raise Conflict(
                 f"there is already an active job, please try in sometime. Job: [{rec.desc}]"
             )
@@ -100,7 +103,7 @@ class HolderGate:
         """End orphan ``job_id`` Errored and move its nodes along the failure path (if it is
         still active: the scan ran before the commit), noted in their history."""
         cur = state.job(job_id)
-        if cur is None or not cur.active:
+        if cur is None or cur.status != RUNNING:  # a Queued one waits for its turn
             return LWWMap()
         if cur.runner != self.replica.name or cur.epoch != epoch:
             why = (

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,7 +50,7 @@ from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.job import ACTIVE as ACTIVE  # the readers' vocabulary, re-exported
-from gossipmgr.core.job import RUNNING, JobRecord, make_job_id, valid_job_id
+from gossipmgr.core.job import RUNNING, JobRecord, make_job_id
 from gossipmgr.core.joblog import DEFAULT_MAX_BYTES, TOTAL_CAPS, d_trim_logs
 from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
 from gossipmgr.errors import (
@@ -58,7 +58,6 @@ from gossipmgr.errors import (
     Conflict,
     GossipmgrError,
     JobError,
-    NotFound,
     Unavailable,
 )
 from gossipmgr.runtime import nodesettings
@@ -66,9 +65,12 @@ from gossipmgr.runtime.actor import asked_by
 from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, parse_extra_vars
 from gossipmgr.runtime.health import HealthEvents
 from gossipmgr.runtime.holder import HolderGate
-from gossipmgr.runtime.joblog import Run, follow_log, replicated_lines
+from gossipmgr.runtime.joblog import Run
+from gossipmgr.runtime.jobqueue import JobQueue
+from gossipmgr.runtime.jobreads import JobReads, job_info
 from gossipmgr.runtime.jobrun import Executor, check_record_room
 from gossipmgr.runtime.nodeadmin import NodeAdmin
+from gossipmgr.runtime.queuestart import claim, launch_id
 from gossipmgr.runtime.replica import Replica
 
 log = logging.getLogger("gossipmgr.jobs")
@@ -82,20 +84,15 @@ HISTORY: Final = 100
 ORPHAN_SCAN_S: Final = 1.0
 
 
-def job_info(record: JobRecord, logs: Sequence[str] | None = None) -> dict[str, Any]:
-    """clusterm's job answer ``{desc, task, status, error, logs}`` plus gossipmgr's fields."""
-    out = record.to_json()
-    out["logs"] = list(logs) if logs is not None else list(record.log_tail)
-    return out
-
-
-class JobManager:
+class JobManager(JobReads):
     """Runs clusterm's workflows as replicated, fenced jobs on the lease holder.
 
     ``settings`` is called at each job start (so a changed ansible config reaches the next
     run: clusterm's bug was that it never did). ``work_dir`` holds ``jobs/<id>.log`` and
     ``runs/<id>/`` (ansible-runner's private dirs); it is created when needed.
     """
+
+    queue: JobQueue
 
     def __init__(
         self,
@@ -106,6 +103,8 @@ class JobManager:
         reconfigure_on_reappear: bool = False,
         log_flush_s: float = LOG_FLUSH_S,
         job_log_max_bytes: int = DEFAULT_MAX_BYTES,
+        job_queue: bool = False,
+        job_queue_max: int = 10,
     ) -> None:
         self.replica = replica
         self.job_log_max_bytes = job_log_max_bytes
@@ -120,6 +119,9 @@ class JobManager:
         self.admin = NodeAdmin(self.gate)
         self._nursery: trio.Nursery | None = None
         self._counter = 0
+        self.queue = JobQueue(
+            self.gate, self._entry_point, self._new_id, enabled=job_queue, limit=job_queue_max
+        )
 
     # ------------------------------------------------------------------ service
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -130,6 +132,7 @@ class JobManager:
                 task_status.started()
                 while True:
                     await self._scan_orphans()
+                    await self.queue.start_next()  # gossipmgr.runtime.jobqueue
                     with trio.move_on_after(ORPHAN_SCAN_S):
                         await self.replica.wait_change()
             finally:
@@ -158,11 +161,11 @@ class JobManager:
     def reconfigure_on_reappear(self, on: bool) -> None:
         self.health.reconfigure_on_reappear = on
 
-    def active_record(self) -> JobRecord | None:
-        """The active (Queued/Running) job record, if any."""
-        return self.gate.active_record()
-
     # ------------------------------------------------------------------ helpers
+    def _entry_point(self, op: str) -> Any:
+        """The request method named ``op`` (one of ``core.jobqueue.QUEUEABLE``), or None."""
+        return getattr(self, op, None)
+
     def _new_id(self) -> str:
         self._counter += 1
         return make_job_id(self.replica.now_ms(), self._counter, self.replica.name)
@@ -170,7 +173,7 @@ class JobManager:
     def _history_trim(self, state: ClusterState, ts: Timestamp) -> tuple[LWWMap, list[str]]:
         """Tombstones for the records past HISTORY and their logs, and for the oldest kept
         logs past the budget (``gossipmgr.core.joblog.d_trim_logs``)."""
-        ids = sorted(state.jobs())
+        ids = sorted(i for i, j in state.jobs().items() if not j.active)  # never a Queued one
         cut = max(0, len(ids) - (HISTORY - 1))
         old, kept = ids[:cut], ids[cut:][::-1]
         budget = (TOTAL_CAPS - 1) * self.job_log_max_bytes  # room for the new job's log
@@ -188,6 +191,13 @@ class JobManager:
         return hosts
 
     # ------------------------------------------------------------------ requests
+    async def submit(
+        self, op: str, args: Mapping[str, Any], queue: bool | None = None
+    ) -> dict[str, Any]:
+        """A workflow request: ``op`` (an entry point below) with ``args``, run now or
+        queued (:meth:`gossipmgr.runtime.jobqueue.JobQueue.submit`)."""
+        return await self.queue.submit(op, args, queue)
+
     async def commission(
         self, nodes: Sequence[str], host_group: str, extra_vars: object = None
     ) -> dict[str, Any]:
@@ -270,7 +280,7 @@ class JobManager:
         if nursery is None:
             raise Unavailable("the job manager is not running")
         settings = self.settings()  # read once per job: a config change reaches the next one
-        job_id, me, asked = self._new_id(), self.replica.name, asked_by()
+        job_id, me, asked = launch_id(self._new_id), self.replica.name, asked_by()
         dropped: list[str] = []
         status_path = inv.STATUS_PATHS.get(kind)
         made: list[JobRecord] = []
@@ -296,7 +306,7 @@ class JobManager:
                 error="",
                 epoch=epoch,
                 runner=me,
-                created_ms=ts.ms,
+                created_ms=claim(state, job_id, ts.ms),  # a queued job's, if Queued still
                 started_ms=ts.ms,
                 host_group=host_group or None,
                 addrs=tuple(addrs) if addrs is not None else None,
@@ -335,10 +345,13 @@ class JobManager:
             shutil.rmtree(self.work_dir / "runs" / j, ignore_errors=True)
 
     # ------------------------------------------------------------------ cancel / orphans
-    async def cancel(self) -> dict[str, Any]:
-        """Cancel the active job (clusterm issue #63). Returns its record (still Running:
-        the cancel path runs, then the job ends Cancelled). Raises Unavailable, and
-        Conflict ``job is not Running`` when there is no active job."""
+    async def cancel(self, job_id: str | None = None) -> dict[str, Any]:
+        """Cancel the running job (clusterm issue #63), or job ``job_id``: a queued one ends
+        Cancelled at once (``JobQueue.cancel``). Returns its record (a running one is still
+        Running: the cancel path runs, then it ends Cancelled). Raises Unavailable, and
+        Conflict ``job is not Running`` when no job runs."""
+        if job_id is not None and (queued := await self.queue.cancel(job_id)) is not None:
+            return queued
         async with self.gate.lock:
             self.gate.epoch()
             run = self.gate.run
@@ -350,26 +363,28 @@ class JobManager:
                     return job_info(rec)
                 # its record was overtaken (see HolderGate.check_idle): answer as for others
             rec = self.active_record()
-            if rec is None:
+            if rec is None or rec.status != RUNNING:
                 raise Conflict("job is not Running")
         # Active but not ours: an orphan; end it now rather than at the next scan.
         await self.reconcile_orphans()
         return job_info(self.replica.state.job(rec.id) or rec)
 
     async def reconcile_orphans(self) -> list[str]:
-        """End every Queued/Running job this holder is not running. Returns their ids.
+        """End every Running job this holder is not running (Queued ones wait their turn:
+        ``gossipmgr.runtime.jobqueue``). Returns their ids.
 
         Each is marked Errored with the reason, and its nodes still in the workflow's
         ``during`` status take its failure path, in one commit under our epoch."""
-        if not self.replica.state.active_jobs():  # every write wakes the scan: O(1) then
-            return []
+        if not any(j.status == RUNNING for j in self.replica.state.active_jobs()):
+            return []  # every write wakes the scan: cheap then; Queued ones wait their turn
         async with self.gate.lock:
             try:
                 epoch = self.gate.epoch()
             except Unavailable:
                 return []
             mine = self.running_job_id
-            ids = [j.id for j in self.replica.state.active_jobs() if j.id != mine]
+            active = self.replica.state.active_jobs()
+            ids = [j.id for j in active if j.status == RUNNING and j.id != mine]
             if not ids:
                 return []
             me = self.replica.name
@@ -423,59 +438,3 @@ class JobManager:
 
     async def remove_node_var(self, node: str, var: str) -> None:
         await nodesettings.remove_node_var(self.replica, node, var)
-
-    # ------------------------------------------------------------------ reads
-    def job(self, label: str) -> dict[str, Any]:
-        """``active`` | ``last`` | a job id -> ``{desc, task, status, error, logs, ...}``.
-
-        Raises BadRequest ``Invalid or empty job label specified: "<x>"`` and NotFound
-        ``info for "<x>" job doesn't exist``. ``logs`` is the replicated log (its last
-        INFO_LOG_LINES; :func:`~gossipmgr.runtime.joblog.replicated_lines`)."""
-        if label not in ("active", "last") and not valid_job_id(label):
-            raise BadRequest(f'Invalid or empty job label specified: "{label}"')
-        rec = self._record(label)
-        if rec is None:
-            raise NotFound(f'info for "{label}" job doesn\'t exist')
-        return job_info(rec, replicated_lines(self.replica, rec))
-
-    def _record(self, label: str) -> JobRecord | None:
-        if label == "active":
-            return self.active_record()
-        if label == "last":
-            ended = [j for j in self.replica.state.jobs().values() if not j.active]
-            return max(ended, key=lambda j: j.id) if ended else None
-        return self.replica.state.job(label)
-
-    def jobs(self) -> list[dict[str, Any]]:
-        """Every job record kept (at most HISTORY), newest first."""
-        recs = self.replica.state.jobs()
-        return [recs[k].to_json() for k in sorted(recs, reverse=True)]
-
-    def log_path(self, job_id: str) -> Path:
-        """Where the runner keeps the full log of ``job_id``. Raises BadRequest for a
-        malformed id (it becomes a file name)."""
-        if not valid_job_id(job_id):
-            raise BadRequest(f'Invalid or empty job label specified: "{job_id}"')
-        return self.work_dir / "jobs" / f"{job_id}.log"
-
-    def follow(self, label: str, offset: int = 0) -> AsyncIterator[str]:
-        """Stream a job's log from line ``offset`` (0-based): the lines so far, then live
-        ones until it ends, from the replicated chunks on every instance alike
-        (:func:`gossipmgr.runtime.joblog.follow_log`).
-
-        ``label`` is a job id or ``active``. Validated eagerly: raises BadRequest/NotFound
-        like :meth:`job` (and for a negative offset), and Conflict ``job is not Running``
-        for ``active`` when no job is active (clusterm's GET /info/logs/active)."""
-        if label == "active":
-            rec = self.active_record()
-            if rec is None:
-                raise Conflict("job is not Running")
-        else:
-            if not valid_job_id(label):
-                raise BadRequest(f'Invalid or empty job label specified: "{label}"')
-            rec = self.replica.state.job(label)
-            if rec is None:
-                raise NotFound(f'info for "{label}" job doesn\'t exist')
-        if type(offset) is not int or offset < 0:
-            raise BadRequest(f"offset must be a line number (0 or more), not {offset!r}")
-        return follow_log(self.replica, rec.id, offset)

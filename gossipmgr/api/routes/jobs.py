@@ -2,8 +2,11 @@
 
 A workflow request is checked here in full (a 4xx never depends on where the lease is),
 then run on the holder: here when this instance holds the lease, else forwarded to it
-(:mod:`gossipmgr.api.forwarding`). Reads are served here, job logs too: every instance
-holds every job's log in replicated chunks (``gossipmgr.runtime.joblog``).
+(:mod:`gossipmgr.api.forwarding`). The holder runs it through ``JobManager.submit`` with
+the entry point's name and arguments, so a request that asked to wait (``"queue": true``)
+is stored with exactly those and started later (``gossipmgr.runtime.jobqueue``). Reads
+are served here, job logs too: every instance holds every job's log in replicated chunks
+(``gossipmgr.runtime.joblog``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from typing import Any
 
 from quart import Response, request
 
-from gossipmgr.api.bodies import body_untrusted, client_vars, field_str, field_str_list
+from gossipmgr.api.bodies import (
+    body_untrusted,
+    client_vars,
+    field_str,
+    field_str_list,
+    json_type,
+)
 from gossipmgr.api.boundary import json_response, jsonable, maybe_await
 from gossipmgr.api.context import current_context
 from gossipmgr.api.forwarding import forward, must_hold
@@ -32,6 +41,7 @@ NODES_REQUEST = Schema(
             "nodes": {"type": "array", "items": {"type": "string"}},
             "host_group": {"type": "string"},
             "extra_vars": EXTRA_VARS_REF,
+            "queue": {"type": "boolean"},
         },
     },
 )
@@ -42,8 +52,13 @@ DISCOVER_REQUEST = Schema(
         "properties": {
             "addrs": {"type": "array", "items": {"type": "string"}},
             "extra_vars": EXTRA_VARS_REF,
+            "queue": {"type": "boolean"},
         },
     },
+)
+CANCEL_REQUEST = Schema(
+    "CancelRequest",
+    {"type": "object", "properties": {"job": {"type": "string"}}},
 )
 _MONITOR_NODE = {
     "type": "object",
@@ -88,6 +103,22 @@ async def on_holder(call: Callable[[], Any], *, needs_serf: bool = True) -> Resp
     return await run_job(call)
 
 
+def queue_flag(b: dict[str, Any]) -> bool | None:
+    """The optional ``queue`` field: wait while a job is active (true) or be refused with
+    409 (false); absent or null: the holder's ``job_queue`` setting decides."""
+    v = b.get("queue")
+    if v is not None and not isinstance(v, bool):
+        raise BadRequest(f'"queue" must be true or false, got {json_type(v)}')
+    return v
+
+
+async def submit(b: dict[str, Any], op: str, **args: Any) -> Response:
+    """Run (or queue: :func:`queue_flag`) the job manager's entry point ``op`` with
+    ``args`` on the holder (:func:`on_holder`)."""
+    queue = queue_flag(b)
+    return await on_holder(lambda: current_context().jobs.submit(op, args, queue))
+
+
 def _nodes_request(b: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
     """A commission/update body, checked in this order: nodes, host_group, extra_vars."""
     return field_str_list(b, "nodes"), field_str(b, "host_group"), client_vars(b, "extra_vars")
@@ -101,21 +132,23 @@ def _nodes_request(b: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
     NODES_REQUEST,
 )
 async def commission() -> Response:
-    nodes, hg, ev = _nodes_request(await body_untrusted())
-    return await on_holder(lambda: current_context().jobs.commission(nodes, hg, ev))
+    b = await body_untrusted()
+    nodes, hg, ev = _nodes_request(b)
+    return await submit(b, "commission", nodes=nodes, host_group=hg, extra_vars=ev)
 
 
 @bp.operation("POST", "/decommission/nodes", "Decommission nodes (job)", JOB_CODES, NODES_REQUEST)
 async def decommission() -> Response:
     b = await body_untrusted()
     nodes, ev = field_str_list(b, "nodes"), client_vars(b, "extra_vars")
-    return await on_holder(lambda: current_context().jobs.decommission(nodes, ev))
+    return await submit(b, "decommission", nodes=nodes, extra_vars=ev)
 
 
 @bp.operation("POST", "/update/nodes", "Update nodes (job)", JOB_CODES, NODES_REQUEST)
 async def update() -> Response:
-    nodes, hg, ev = _nodes_request(await body_untrusted())
-    return await on_holder(lambda: current_context().jobs.update(nodes, hg, ev))
+    b = await body_untrusted()
+    nodes, hg, ev = _nodes_request(b)
+    return await submit(b, "update", nodes=nodes, host_group=hg, extra_vars=ev)
 
 
 @bp.operation(
@@ -124,13 +157,24 @@ async def update() -> Response:
 async def discover() -> Response:
     b = await body_untrusted()
     addrs, ev = field_str_list(b, "addrs"), client_vars(b, "extra_vars")
-    return await on_holder(lambda: current_context().jobs.discover(addrs, ev))
+    return await submit(b, "discover", addrs=addrs, extra_vars=ev)
 
 
-@bp.operation("POST", "/job/cancel", "Cancel the active job (holder)", JOB_CODES)
+@bp.operation(
+    "POST",
+    "/job/cancel",
+    'Cancel the running job, or a queued or running one by id ({"job": ID}) (holder)',
+    JOB_CODES,
+    CANCEL_REQUEST,
+)
 async def job_cancel() -> Response:
-    await body_untrusted(required=False)
-    return await on_holder(lambda: current_context().jobs.cancel(), needs_serf=False)
+    b = await body_untrusted(required=False)
+    job = b.get("job")
+    if job is None:  # clusterm's form: no body
+        return await on_holder(lambda: current_context().jobs.cancel(), needs_serf=False)
+    if not isinstance(job, str):
+        raise BadRequest(f'"job" must be a job id (a string), got {json_type(job)}')
+    return await on_holder(lambda: current_context().jobs.cancel(job), needs_serf=False)
 
 
 @bp.operation(
