@@ -117,6 +117,8 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"nodes": names, "extra_vars": _extra_vars_arg(args.extra_vars)}
     if verb in ("commission", "update"):
         body["host_group"] = args.host_group or ""
+    if args.queue:
+        body["queue"] = True
     out(args, c.call("POST", WORKFLOW_PATH[verb], body), render_job_started)
     return 0
 
@@ -127,7 +129,12 @@ def cmd_discover(c: Client, args: argparse.Namespace) -> int:
             ipaddress.ip_address(a)
         except ValueError:
             raise CliError(f'failed to parse ip address "{a}"', 2)
-    body = {"addrs": list(args.addrs), "extra_vars": _extra_vars_arg(args.extra_vars)}
+    body: dict[str, Any] = {
+        "addrs": list(args.addrs),
+        "extra_vars": _extra_vars_arg(args.extra_vars),
+    }
+    if args.queue:
+        body["queue"] = True
     out(args, c.call("POST", "/discover/nodes", body), render_job_started)
     return 0
 
@@ -208,7 +215,11 @@ def cmd_config(c: Client, args: argparse.Namespace) -> int:
 def cmd_job(c: Client, args: argparse.Namespace) -> int:
     verb = _verb(args)
     if verb == "cancel":
-        out(args, c.call("POST", "/job/cancel"), lambda r: "cancel requested")
+        if args.job:
+            res = c.call("POST", "/job/cancel", {"job": args.job})
+        else:
+            res = c.call("POST", "/job/cancel")
+        out(args, res, lambda r: f"job {r.get('id', '')}: cancel requested ({r.get('status')})")
         return 0
     label = args.job
     if not args.follow:

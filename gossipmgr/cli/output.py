@@ -129,7 +129,7 @@ def job_row(j: dict[str, Any]) -> list[Any]:
     return [
         j.get("id", ""),
         j.get("task", j.get("kind", "")),
-        j.get("status", ""),
+        f"{j['status']} #{j['queue_position']}" if "queue_position" in j else j.get("status", ""),
         j.get("runner", ""),
         ts(j.get("started_ms", j.get("created_ms", j.get("started")))),
         j.get("desc", ""),
@@ -151,6 +151,8 @@ def render_job(j: dict[str, Any]) -> str:
 
 def render_job_started(res: Any) -> str:
     if isinstance(res, dict) and res.get("id"):
+        if res.get("status") == "Queued":
+            return f"job {res['id']} queued (position {res.get('queue_position', '?')})"
         return f"job {res['id']} started ({res.get('status', 'Queued')})"
     return ""
 

@@ -113,6 +113,14 @@ def _extra_vars(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _queue(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="while a job runs, wait in the job queue instead of being refused",
+    )
+
+
 def _host_group(p: argparse.ArgumentParser) -> None:
     p.add_argument("-g", "--host-group", default="", help="service-master or service-worker")
 
@@ -127,6 +135,7 @@ def _add_node_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
             else:
                 vp.add_argument("name", metavar="NAME")
             _extra_vars(vp)
+            _queue(vp)
             if verb in ("commission", "update"):
                 _host_group(vp)
             vp.set_defaults(func=cmds.cmd_node)
@@ -195,7 +204,8 @@ def _add_job_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
         help="with -f: start at line N (0-based) of the log",
     )
     vp.set_defaults(func=cmds.cmd_job)
-    vp = vs.add_parser("cancel", parents=[common])
+    vp = vs.add_parser("cancel", parents=[common], help="the running job, or job ID")
+    vp.add_argument("job", nargs="?", metavar="ID", help="a queued or running job")
     vp.set_defaults(func=cmds.cmd_job)
 
     p = sub.add_parser("jobs", parents=[common], help="job history")
@@ -204,6 +214,7 @@ def _add_job_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("discover", aliases=["d"], parents=[common], help="discover nodes by IP")
     p.add_argument("addrs", nargs="+", metavar="IP")
     _extra_vars(p)
+    _queue(p)
     p.set_defaults(func=cmds.cmd_discover)
 
 

@@ -1,23 +1,30 @@
 // Jobs: the history (newest first) and, per job, its record and its log, followed live
 // through GET /info/logs/{id}?offset=N: the lines arrive as the runner replicates them; a
 // broken stream is resumed at the number of lines received, so none is lost or doubled.
+// A queued job (status Queued, with its queue_position) can be cancelled before it runs.
 import { api, get, lines, seg } from "./api.js";
 import { badge, facts, fill, h, jobLink, table, when } from "./dom.js";
 
 const JOB_KEY = /^jobs\/[^/]+$/;
 
-function cancelButton(role, onDone, msg) {
+// Cancels the running job (id undefined) or the job `id` (a queued one ends at once).
+function cancelButton(role, onDone, msg, id) {
   if (role !== "admin") return null;
-  return h("button", { type: "button", class: "action a-cancel", onclick: async () => {
+  const label = id ? `Cancel queued job ${id}` : "Cancel the running job";
+  return h("button", { type: "button", class: "action a-cancel", "aria-label": label, onclick: async () => {
     fill(msg);
     try {
-      const res = await api("POST", "job/cancel");
+      const res = await api("POST", "job/cancel", id ? { job: id } : undefined);
       fill(msg, `job ${res.id} cancelled`);
     } catch (err) {
       fill(msg, `cancel refused: ${err.message}`);
     }
     onDone();
-  } }, "Cancel the running job");
+  } }, id ? "Cancel" : "Cancel the running job");
+}
+
+function status(j) {
+  return j.status === "Queued" && j.queue_position ? [badge(j.status), ` #${j.queue_position}`] : [badge(j.status)];
 }
 
 export function jobs(role) {
@@ -33,11 +40,13 @@ export function jobs(role) {
       const list = Array.isArray(res) ? res : res.jobs;
       const running = list.some((j) => j.status === "Running");
       fill(bar, running ? cancelButton(role, () => page.refresh(), msg) : null);
-      fill(box, table("Jobs, newest first", ["Id", "Task", "Status", "Nodes", "Asked by", "Started", "Ended"],
+      const refresh = () => page.refresh();
+      fill(box, table("Jobs, newest first", ["Id", "Task", "Status", "Nodes", "Asked by", "Started", "Ended", "Action"],
         list.map((j) => h("tr", {},
-          h("th", { scope: "row" }, jobLink(j.id)), h("td", {}, j.task), h("td", {}, badge(j.status)),
+          h("th", { scope: "row" }, jobLink(j.id)), h("td", {}, j.task), h("td", {}, ...status(j)),
           h("td", {}, (j.nodes || j.addrs || []).join(", ")), h("td", {}, j.requested_by || "-"),
-          h("td", {}, when(j.started_ms || j.created_ms)), h("td", {}, when(j.ended_ms)))),
+          h("td", {}, when(j.started_ms || j.created_ms)), h("td", {}, when(j.ended_ms)),
+          h("td", {}, j.status === "Queued" ? cancelButton(role, refresh, msg, j.id) : null))),
         "no job yet"));
     },
   };
@@ -89,11 +98,12 @@ export function job(id, role) {
     unmount() { ctl.abort(); },
     async refresh() {
       const j = await get(`info/job/${seg(id)}`);
-      fill(bar, j.status === "Running" ? cancelButton(role, () => page.refresh(), msg) : null);
+      const queued = j.status === "Queued";
+      fill(bar, j.status === "Running" || queued ? cancelButton(role, () => page.refresh(), msg, queued ? id : undefined) : null);
       fill(rec, h("section", { class: "card wide", "aria-labelledby": "h-job" },
         h("h2", { id: "h-job" }, j.desc || j.task),
         facts([
-          ["Status", h("span", { id: "job-status" }, badge(j.status))],
+          ["Status", h("span", { id: "job-status" }, ...status(j))],
           ["Task", j.task], ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
           ["Runner", j.runner || "-"], ["Epoch", String(j.epoch ?? "-")],
           ["Asked by", j.requested_by || "-"],
