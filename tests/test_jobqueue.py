@@ -19,10 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_jobs import DEADLINE_S, _put, add_nodes, job_value, manager, put_job, rep
 
+from gossipmgr.cli.parser import build_parser
+from gossipmgr.config import load as load_config
 from gossipmgr.core import jobqueue as jq
 from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.state import job_key
-from gossipmgr.errors import BadRequest, Conflict, NotFound
+from gossipmgr.errors import BadRequest, ConfigError, Conflict, NotFound
 from gossipmgr.runtime.jobs import HISTORY, JobManager
 from gossipmgr.runtime.replica import Replica
 
@@ -289,3 +291,60 @@ async def test_the_history_trim_never_removes_a_queued_job(rep: Replica, tmp_pat
     r = rep.state.job(queued[1])
     assert r is not None and r.started_ms > 0 and r.runner == "a"
     assert len(rep.state.jobs()) == HISTORY and rep.state.job(queued[0]) is None
+
+
+# --------------------------------------------------------------------------- config, CLI
+
+
+def test_the_config_switches(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text("")
+    assert (load_config(path, {}).job_queue, load_config(path, {}).job_queue_max) == (False, 10)
+    path.write_text("job_queue = true\njob_queue_max = 3\n")
+    cfg = load_config(path, {})
+    assert (cfg.job_queue, cfg.job_queue_max) == (True, 3)
+    for bad in ("job_queue_max = -1", "job_queue_max = 1001", "job_queue = 'yes'"):
+        path.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match=r"job[-_]queue"):
+            load_config(path, {})
+
+
+class Recorder:
+    """The CLI client's one method, recording what a command sends (pure: no server)."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer, self.calls = answer, list[tuple[str, str, Any]]()
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        self.calls.append((method, path, body))
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("argv", "sent", "printed"),
+    [
+        (
+            ["nodes", "update", "a", "b", "--queue"],
+            ("POST", "/update/nodes", {"nodes": ["a", "b"], "extra_vars": "", "host_group": ""}),
+            "job J queued (position 2)",
+        ),
+        (
+            ["discover", "10.0.0.1", "--queue"],
+            ("POST", "/discover/nodes", {"addrs": ["10.0.0.1"], "extra_vars": ""}),
+            "job J queued (position 2)",
+        ),
+        (["job", "cancel", "J"], ("POST", "/job/cancel", {"job": "J"}), "job J: cancel requested"),
+        (["job", "cancel"], ("POST", "/job/cancel", None), "job J: cancel requested"),
+    ],
+)
+def test_the_cli_sends_queue_and_the_job_to_cancel(
+    argv: list[str], sent: tuple[str, str, Any], printed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = build_parser(argv).parse_args(argv)
+    rec = Recorder({"id": "J", "status": "Queued", "queue_position": 2})
+    assert args.func(rec, args) == 0
+    method, path, body = sent
+    if "--queue" in argv:
+        body = {**body, "queue": True}
+    assert rec.calls == [(method, path, body)]
+    assert capsys.readouterr().out.startswith(printed)

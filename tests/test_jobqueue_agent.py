@@ -22,6 +22,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,10 +78,10 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
     trace, tag = tmp_path / "trace", f"queue-hold-{uuid.uuid4().hex}"
     ev = {"queue_trace": str(trace)}
 
-    def job(inst: str, path: str, body: dict[str, object]) -> dict[str, object]:
+    def job(inst: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         r = c.post(inst, path, {"extra_vars": ev, **body})
         assert r.status_code == 200, r.text
-        out: dict[str, object] = r.json()
+        out: dict[str, Any] = r.json()
         return out
 
     try:
@@ -110,7 +111,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
 
         def replicated(inst: str) -> bool:
             jobs = {j["id"]: j for j in c.get(inst, "/info/jobs")["jobs"]}
-            return (
+            return bool(
                 jobs.get(doomed["id"], {}).get("status") == "Cancelled"
                 and jobs.get(third["id"], {}).get("queue_position") == 2
             )
