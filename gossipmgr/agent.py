@@ -170,6 +170,8 @@ class Agent:
             job_queue_max=cfg.job_queue_max,
         )
         self.jobs.gate.history_limit = cfg.node_history_limit
+        # a queued job waits while Serf is unreachable here, as a request gets a 503 then
+        self.jobs.queue.may_start = lambda: bool(self.membership and self.membership.healthy)
         self.boot_ms = int(time.time() * 1000)
         self.counters: dict[str, int] = {
             "lease_bounded": 0,

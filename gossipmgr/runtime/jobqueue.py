@@ -70,6 +70,9 @@ class JobQueue:
         self.enabled = enabled
         #: Queued records at most (job_queue_max).
         self.limit = limit
+        #: False holds the queue (the agent: while its Serf agent is unreachable, node
+        #: membership is unknown, and the API refuses job requests with 503).
+        self.may_start: Callable[[], bool] = lambda: True
 
     def _busy(self) -> bool:
         return self.gate.run is not None or bool(self.replica.state.active_jobs())
@@ -135,7 +138,7 @@ class JobQueue:
     # ------------------------------------------------------------------ start
     async def start_next(self) -> None:
         """Start the oldest queued job if this instance holds the lease and none runs."""
-        if not self.replica.is_holder() or self.gate.run is not None:
+        if not self.replica.is_holder() or self.gate.run is not None or not self.may_start():
             return
         rec = jq.next_to_start(self.replica.state.active_jobs())
         if rec is None:

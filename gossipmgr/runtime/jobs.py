@@ -17,6 +17,9 @@ A request's life::
     commit (durable when it returns); start the run in our nursery; answer the request
 
 A rejected request writes nothing (clusterm's bug: its rejected requests became "last" jobs).
+A request that asks to wait (:meth:`JobManager.submit` with ``queue``) while a job is
+active is written Queued instead of refused, and started later by the service loop through
+the same entry point (``gossipmgr.runtime.jobqueue``).
 The job record and its status machine are ``gossipmgr.core.job``; the run itself (playbooks,
 fencing, log tail, end) is ``gossipmgr.runtime.jobrun``; logs are
 ``gossipmgr.runtime.joblog``.
