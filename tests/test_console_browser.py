@@ -329,6 +329,38 @@ def test_commission_from_the_ui_live(console: Console) -> None:
     assert d.execute_script("return window.consoleNoReload") == 42  # never reloaded
 
 
+def test_a_queued_job_shows_its_place_and_is_cancelled_from_the_jobs_page(
+    console: Console,
+) -> None:
+    """While a job runs, a request with "queue": true waits; the jobs page shows it Queued
+    with its position and a Cancel button, which ends it Cancelled (it never runs)."""
+    d = console.driver
+    release = console.root / "release-queue"
+    body = {"nodes": ["node-0"], "extra_vars": {"console_release": str(release)}}
+    st, running = console.api("POST", "/update/nodes", body)
+    assert st == 200 and running["status"] == "Running", running
+    try:
+        body = {"nodes": ["node-1"], "host_group": "service-worker", "queue": True}
+        st, queued = console.api("POST", "/commission/nodes", body)
+        assert st == 200 and queued["status"] == "Queued", queued
+        console.go("#/jobs")
+        console.title_is("Jobs")
+        console.wait("the queued job", lambda: "Queued #1" in console.text("page"))
+        console.shot("jobs-queued")
+        label = f"Cancel queued job {queued['id']}"
+        d.find_element(By.CSS_SELECTOR, f'button[aria-label="{label}"]').click()
+        console.wait("Cancelled", lambda: "Queued" not in console.text("page"))
+        st, rec = console.api("GET", f"/info/job/{queued['id']}")
+        assert (rec["status"], rec["started_ms"]) == ("Cancelled", 0)
+    finally:
+        release.write_text("go")
+    ended = console.wait(
+        "the running job's end",
+        lambda: console.api("GET", f"/info/job/{running['id']}")[1]["status"] == "Complete",
+    )
+    assert ended
+
+
 def test_globals_view_edit_and_live(console: Console) -> None:
     d = console.driver
     console.go("#/globals")
