@@ -340,8 +340,8 @@ def test_a_queued_job_shows_its_place_and_is_cancelled_from_the_jobs_page(
     st, running = console.api("POST", "/update/nodes", body)
     assert st == 200 and running["status"] == "Running", running
     try:
-        body = {"nodes": ["node-1"], "host_group": "service-worker", "queue": True}
-        st, queued = console.api("POST", "/commission/nodes", body)
+        ask = {"nodes": ["node-1"], "host_group": "service-worker", "queue": True}
+        st, queued = console.api("POST", "/commission/nodes", ask)
         assert st == 200 and queued["status"] == "Queued", queued
         console.go("#/jobs")
         console.title_is("Jobs")
