@@ -186,6 +186,7 @@ def log_offset() -> int:
     "A job's log from the replicated chunks, streamed live while it runs; "
     "?offset=N starts at line N (0-based)",
     (200, 400, 401, 404, 409),
+    query={"offset": "the number of the first line wanted, 0-based (default 0)"},
 )
 async def info_logs(job: str) -> Any:
     ctx = current_context()
