@@ -271,7 +271,6 @@ class JobManager:
         """Commit statuses + job record in one delta, then start the run. Lock held.
 
         The record names ``host_group`` when the request did, and ``addrs`` (discover).
-
         The status moves are computed inside ``make``: a refused transition (Conflict)
         raises there, before anything is written, so a partial move is never committed."""
         nursery = self._nursery
