@@ -26,8 +26,12 @@ from hypothesis import strategies as st
 from test_fence import DEADLINE_S, LOCAL, PLAYBOOKS, fm
 
 from gossipmgr.core import checkmode
+from gossipmgr.core import inventory as inv
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.inventory import STATUS_PATHS
-from gossipmgr.core.job import JobRecord
+from gossipmgr.core.job import JobRecord, make_job_id
+from gossipmgr.core.state import ClusterState, combine, job_key
 from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, run_playbook
 from gossipmgr.runtime.context import AgentApiContext
 from gossipmgr.testing.wait import until
@@ -235,3 +239,48 @@ async def test_check_must_be_a_boolean_and_is_refused_like_a_real_run(tmp_path: 
             assert r.json()["error"] == 'node with name or address "ghost" doesn\'t exists'
         assert ctx.replica.state.map == before
         assert ctx.jobs.active_record() is None
+
+
+@pytest.mark.parametrize("check", [False, True])
+async def test_an_orphaned_check_job_is_ended_without_moving_its_nodes(
+    tmp_path: Path, check: bool
+) -> None:
+    """The holder's orphan scan ends a job whose runner is gone and moves its nodes still in
+    the workflow's ``during`` status along the failure path; a check job's, never. (The
+    node is put in Provisioning by hand: a check job never moves it there itself.)"""
+    async with standalone(tmp_path) as ctx:
+        (a,) = await add_nodes(ctx, 1)
+        lease = ctx.replica.lease()
+        assert lease is not None
+        rec = JobRecord(
+            id=make_job_id(ctx.replica.now_ms(), 1, "gone"),
+            desc=checkmode.job_desc("commission", [a], "service-master", check),
+            task="commission",
+            workflow="commission",
+            nodes=(a,),
+            status="Running",
+            error="",
+            epoch=lease.epoch,
+            runner="gone",
+            created_ms=1,
+            started_ms=1,
+            check=check,
+        )
+
+        def make(s: ClusterState, ts: Timestamp) -> LWWMap:
+            moved = inv.move_statuses(s, [a], inv.PROVISIONING, lease.epoch, ts)
+            return combine(moved, s.d_set(job_key(rec.id), rec.to_value(), ts))
+
+        await ctx.replica.commit(make)
+
+        def ended() -> bool:
+            cur = ctx.replica.state.job(rec.id)
+            return cur is not None and not cur.active
+
+        await until(ended, DEADLINE_S, "the orphan scan")
+        cur, node = ctx.replica.state.job(rec.id), ctx.replica.state.node(a)
+        assert cur is not None and node is not None
+        assert cur.status == "Errored" and "runner gone" in cur.error
+        assert cur.check is check
+        expected = inv.PROVISIONING if check else inv.UNALLOCATED
+        assert node.inventory.status == expected
