@@ -34,6 +34,7 @@ from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.state import ClusterState, combine, job_key
 from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, run_playbook
 from gossipmgr.runtime.context import AgentApiContext
+from gossipmgr.runtime.webhooks import events_of
 from gossipmgr.testing.wait import until
 
 TOKEN = "check-mode-token"
@@ -81,6 +82,15 @@ def test_a_forged_check_value_never_raises_and_only_true_means_check(value: Any)
     assert rec is not None
     assert rec.check is (value is True)
     assert rec.to_value().get("check", False) is (value is True)
+
+
+def test_a_check_jobs_end_tells_webhook_receivers_it_was_a_check() -> None:
+    ts = Timestamp(5, 0, "i1")
+    ended = {**RECORD, "status": "Complete"}
+    for value, want in (({**ended, "check": True}, True), (ended, None)):
+        (event,) = events_of(LWWMap().set_delta(job_key(RECORD["id"]), value, ts), {})
+        assert event["type"] == "job.ended"
+        assert event["job"].get("check") is want
 
 
 @pytest.mark.parametrize("kind", ["commission", "update", "decommission", "reconfigure"])
