@@ -32,6 +32,7 @@ from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.inventory import STATUS_PATHS
 from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.state import ClusterState, combine, job_key
+from gossipmgr.errors import BadRequest
 from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, run_playbook
 from gossipmgr.runtime.context import AgentApiContext
 from gossipmgr.runtime.webhooks import events_of
@@ -247,6 +248,10 @@ async def test_check_must_be_a_boolean_and_is_refused_like_a_real_run(tmp_path: 
             r = await c.post("/commission/nodes", json={"nodes": ["ghost"], "check": True})
             assert r.status_code == 422
             assert r.json()["error"] == 'node with name or address "ghost" doesn\'t exists'
+            # The JobManager entry points (which a queued request also reaches) check it too.
+            forged: Any = "yes"
+            with pytest.raises(BadRequest, match='"check" must be true or false'):
+                await ctx.jobs.commission([a], "service-master", None, check=forged)
         assert ctx.replica.state.map == before
         assert ctx.jobs.active_record() is None
 

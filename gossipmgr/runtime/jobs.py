@@ -233,6 +233,8 @@ class JobManager:
             raise BadRequest(f'"nodes" must be a list of node names, got {nodes!r}')
         if not isinstance(host_group, str):
             raise BadRequest(f'"host_group" must be a string, got {host_group!r}')
+        if not isinstance(check, bool):
+            raise BadRequest(f'"check" must be true or false, got {check!r}')
         request_vars = parse_extra_vars(extra_vars)
         async with self.gate.lock:
             epoch = self.gate.epoch()

@@ -95,7 +95,8 @@ export function job(id, role) {
         h("h2", { id: "h-job" }, j.desc || j.task),
         facts([
           ["Status", h("span", { id: "job-status" }, badge(j.status))],
-          ["Task", j.check ? `${j.task} (check mode: changes nothing)` : j.task], ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
+          ["Task", j.check ? `${j.task} (check mode: changes nothing)` : j.task],
+          ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
           ["Runner", j.runner || "-"], ["Epoch", String(j.epoch ?? "-")],
           ["Asked by", j.requested_by || "-"],
           ["Created", when(j.created_ms)], ["Started", when(j.started_ms)], ["Ended", when(j.ended_ms)],
