@@ -86,8 +86,11 @@ def test_a_queued_record_carries_its_request_and_reads_back() -> None:
     back = JobRecord.from_value(r.to_value())
     assert back == r and jq.QueuedRequest.from_record(back) == req
     assert jq.QueuedRequest("upgrade", {"all": True, "batch": "50%", "max_fail": 0}).describe() == (
-        "upgrade all=True batch=50% max_fail=0"
+        "upgrade (all) batch=50% max_fail=0"
     )
+    checked = jq.QueuedRequest("update", {"nodes": ["a"], "check": True})
+    r = jq.queued_record("0000000001000-000002-a", checked, 3, 1000, "")
+    assert r.check and r.desc == "update nodes [a] (check)"
     with pytest.raises(BadRequest, match="cannot be queued"):
         jq.check_op("forget_node")
 
@@ -174,7 +177,7 @@ async def test_queued_jobs_start_in_order_once_each_checked_when_they_start(
             ("commission", commission("rack-1")),
             # rack-1 is Unallocated after the failed commission: refused when it starts
             ("update", {"nodes": ["rack-1"], "host_group": "", "extra_vars": {"v": 1}}),
-            ("commission", commission("rack-2")),
+            ("commission", {**commission("rack-2"), "check": True}),  # rides through
             ("discover", {"addrs": ["10.9.9.9"], "extra_vars": ""}),
         )
     ]
@@ -196,6 +199,7 @@ async def test_queued_jobs_start_in_order_once_each_checked_when_they_start(
         assert r.runner == "a" and r.epoch == 1 and r.request is None
         assert jm.log_path(r.id).read_text().count(f"gossipmgr: job {r.id} (") == 1
     assert four.addrs == ("10.9.9.9",)
+    assert three.check and three.desc.endswith(" (check)") and not one.check
     assert rep.state.node("rack-2").inventory.status == "Unallocated"  # type: ignore[union-attr]
 
 

@@ -117,6 +117,8 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"nodes": names, "extra_vars": _extra_vars_arg(args.extra_vars)}
     if verb in ("commission", "update"):
         body["host_group"] = args.host_group or ""
+    if args.check:
+        body["check"] = True
     if args.queue:
         body["queue"] = True
     out(args, c.call("POST", WORKFLOW_PATH[verb], body), render_job_started)

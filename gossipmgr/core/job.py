@@ -15,6 +15,8 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
     log_count   lines logged so far; log_tail: the last lines of them
     requested_by  optional: the name of the API token that asked (absent: none did, e.g.
                 a reconfigure job, or a record written before the field existed)
+    check       optional: true for a check-mode job (ansible's check and diff modes: it
+                showed what the workflow would change and changed nothing; absent: false)
     request     optional, Queued records only: the stored request the holder starts the job
                 with, ``{"op": <JobManager entry point>, "args": {<its arguments>}}``
                 (``gossipmgr.core.jobqueue``); the record written at the start has none
@@ -23,12 +25,12 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
 served shape: GET /info/job answers it plus ``logs``). Every record gossipmgr wrote, since
 the first version, has all these fields; :meth:`JobRecord.from_value` reads a value of any
 other shape (not a map, a field missing or of another type: forged by a key holder) as no
-record at all, so no reader has to guess, and none raises. The optional field
-``requested_by`` is read tolerantly both ways: a version before it ignores it, and this one
-reads it absent, or of another type, as "" (and then does not write it back). ``request``
-likewise: a version before it ignores it; this one reads it absent, or of any other shape
-than the map above, as None (a Queued record without one is ended Errored when its turn
-comes, never run).
+record at all, so no reader has to guess, and none raises. The optional fields,
+``requested_by``, ``check`` and ``request``, are read tolerantly both ways: a version before
+them ignores them, and this one reads ``requested_by`` absent, or of another type, as "",
+``check`` as true only when it is exactly ``true`` (and then does not write a default
+back), and ``request`` absent, or of any other shape than the map above, as None (a Queued
+record without one is ended Errored when its turn comes, never run).
 
 A record's status changes only through :meth:`JobRecord.transition`, which consults
 :data:`JOB_TRANSITIONS` and refuses anything else.
@@ -124,6 +126,7 @@ class JobRecord:
     host_group: str | None = None
     addrs: tuple[str, ...] | None = None
     requested_by: str = ""
+    check: bool = False
     request: dict[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
@@ -149,6 +152,7 @@ class JobRecord:
             host_group=hg,
             addrs=tuple(addrs) if addrs is not None else None,
             requested_by=by if isinstance(by := value.get("requested_by"), str) else "",
+            check=value.get("check") is True,
             request=_request(value.get("request")),
         )
 
@@ -178,6 +182,8 @@ class JobRecord:
         )
         if self.requested_by:
             out["requested_by"] = self.requested_by
+        if self.check:
+            out["check"] = True
         if self.request is not None:
             out["request"] = self.request
         return out

@@ -50,8 +50,8 @@ class QueuedRequest:
         return {"op": self.op, "args": dict(self.args)}
 
     def describe(self) -> str:
-        """The queued record's ``desc``: ``commission nodes [a b] host-group g``; other
-        arguments (extra-vars aside) as ``name=value``."""
+        """The queued record's ``desc``: ``commission nodes [a b] host-group g``, a true
+        flag as ``(check)``, other arguments (extra-vars aside) as ``name=value``."""
         parts = [self.op]
         for name, value in self.args.items():
             if name == "extra_vars" or value is None or value is False or value == "":
@@ -60,6 +60,8 @@ class QueuedRequest:
                 parts.append(f"{name} [{' '.join(str(v) for v in value)}]")
             elif name == "host_group":
                 parts.append(f"host-group {value}")
+            elif value is True:
+                parts.append(f"({name})")
             else:
                 parts.append(f"{name}={value}")
         return " ".join(parts)
@@ -120,5 +122,6 @@ def queued_record(job_id: str, req: QueuedRequest, epoch: int, ms: int, asked: s
         started_ms=0,
         addrs=tuple(str(a) for a in addrs) if isinstance(addrs, list) else None,
         requested_by=asked,
+        check=req.args.get("check") is True,  # a check job once started (core.checkmode)
         request=req.to_value(),
     )

@@ -49,6 +49,7 @@ from typing import Any, Final
 
 import trio
 
+from gossipmgr.core import checkmode
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
@@ -202,20 +203,26 @@ class JobManager(JobReads):
         return await self.queue.submit(op, args, queue)
 
     async def commission(
-        self, nodes: Sequence[str], host_group: str, extra_vars: object = None
+        self, nodes: Sequence[str], host_group: str, extra_vars: object = None, check: bool = False
     ) -> dict[str, Any]:
         """Commission nodes. Raises BadRequest, Unavailable, Conflict, CheckFailed."""
-        return await self._workflow("commission", nodes, host_group, extra_vars)
+        return await self._workflow("commission", nodes, host_group, extra_vars, check)
 
-    async def decommission(self, nodes: Sequence[str], extra_vars: object = None) -> dict[str, Any]:
-        """Decommission nodes. Raises BadRequest, Unavailable, Conflict, CheckFailed."""
-        return await self._workflow("decommission", nodes, "", extra_vars)
+    async def decommission(
+        self, nodes: Sequence[str], extra_vars: object = None, check: bool = False
+    ) -> dict[str, Any]:
+        """Decommission nodes. Raises like :meth:`commission`."""
+        return await self._workflow("decommission", nodes, "", extra_vars, check)
 
     async def update(
-        self, nodes: Sequence[str], host_group: str = "", extra_vars: object = None
+        self,
+        nodes: Sequence[str],
+        host_group: str = "",
+        extra_vars: object = None,
+        check: bool = False,
     ) -> dict[str, Any]:
         """Update nodes (optionally to a new host-group). Raises like :meth:`commission`."""
-        return await self._workflow("update", nodes, host_group, extra_vars)
+        return await self._workflow("update", nodes, host_group, extra_vars, check)
 
     async def discover(self, addrs: Sequence[str], extra_vars: object = None) -> dict[str, Any]:
         """Run the configure playbook on new addresses (group cluster-node, node1..N).
@@ -233,12 +240,14 @@ class JobManager(JobReads):
             )
 
     async def _workflow(
-        self, kind: str, nodes: Sequence[str], host_group: str, extra_vars: object
+        self, kind: str, nodes: Sequence[str], host_group: str, extra_vars: object, check: bool
     ) -> dict[str, Any]:
         if isinstance(nodes, str) or not isinstance(nodes, Sequence):
             raise BadRequest(f'"nodes" must be a list of node names, got {nodes!r}')
         if not isinstance(host_group, str):
             raise BadRequest(f'"host_group" must be a string, got {host_group!r}')
+        if not isinstance(check, bool):
+            raise BadRequest(f'"check" must be true or false, got {check!r}')
         request_vars = parse_extra_vars(extra_vars)
         async with self.gate.lock:
             epoch = self.gate.epoch()
@@ -251,10 +260,10 @@ class JobManager(JobReads):
             # is down; _launch moves the statuses for real in its one commit.
             inv.check_moves(state, names, path.during)
             hosts = self._hosts(state, names, host_group)
-            desc = f"{kind} nodes {inv.go_list(names)}"
-            if host_group:
-                desc += f" host-group {host_group}"
-            return await self._launch(kind, desc, names, epoch, hosts, request_vars, host_group)
+            desc = checkmode.job_desc(kind, names, host_group, check)
+            return await self._launch(
+                kind, desc, names, epoch, hosts, request_vars, host_group, check=check
+            )
 
     async def _reconfigure(self, names: list[str], epoch: int) -> None:
         """The reconfigure job of Allocated nodes that came back (lock held)."""
@@ -272,11 +281,11 @@ class JobManager(JobReads):
         request_vars: Mapping[str, Any],
         host_group: str | None,
         addrs: Sequence[str] | None = None,
+        check: bool = False,  # core.checkmode: no status move, no host-group
     ) -> dict[str, Any]:
         """Commit statuses + job record in one delta, then start the run. Lock held.
 
         The record names ``host_group`` when the request did, and ``addrs`` (discover).
-
         The status moves are computed inside ``make``: a refused transition (Conflict)
         raises there, before anything is written, so a partial move is never committed."""
         nursery = self._nursery
@@ -285,7 +294,7 @@ class JobManager(JobReads):
         settings = self.settings()  # read once per job: a config change reaches the next one
         job_id, me, asked = launch_id(self._new_id), self.replica.name, asked_by()
         dropped: list[str] = []
-        status_path = inv.STATUS_PATHS.get(kind)
+        status_path = checkmode.status_path(kind, check)
         made: list[JobRecord] = []
 
         def make(state: ClusterState, ts: Timestamp) -> LWWMap:
@@ -294,7 +303,7 @@ class JobManager(JobReads):
             if status_path is not None:
                 moved = inv.move_statuses(state, names, status_path.during, epoch, ts)
                 parts.append(self.gate.noted(state, moved, ts, epoch, job=job_id, reason=desc))
-            if host_group:
+            if host_group and not check:
                 parts += [state.d_set(host_group_key(n), host_group, ts) for n in names]
             trim, old = self._history_trim(state, ts)
             dropped[:] = old
@@ -314,6 +323,7 @@ class JobManager(JobReads):
                 host_group=host_group or None,
                 addrs=tuple(addrs) if addrs is not None else None,
                 requested_by=asked,
+                check=check,
             )
             check_record_room(record, ts)
             made[:] = [record]
@@ -331,7 +341,7 @@ class JobManager(JobReads):
         # Started before anything else can raise here (a cancel of this request): a
         # committed job that never ran would hold the job slot (gate.run) for good.
         globals_ = self.replica.state.globals()
-        inputs = RunInputs(hosts, settings, globals_, dict(request_vars))
+        inputs = RunInputs(hosts, settings, globals_, dict(request_vars), check=check)
         nursery.start_soon(self.executor.execute, run, inputs)
         log.info("%s: job %s started (%s), epoch %d", me, job_id, desc, epoch)
         if dropped:

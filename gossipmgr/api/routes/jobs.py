@@ -19,6 +19,7 @@ from quart import Response, request
 from gossipmgr.api.bodies import (
     body_untrusted,
     client_vars,
+    field_flag,
     field_str,
     field_str_list,
     json_type,
@@ -42,6 +43,8 @@ NODES_REQUEST = Schema(
             "host_group": {"type": "string"},
             "extra_vars": EXTRA_VARS_REF,
             "queue": {"type": "boolean"},
+            # check mode: show what the playbooks would change, change nothing (workflows.md)
+            "check": {"type": "boolean", "default": False},
         },
     },
 )
@@ -133,22 +136,23 @@ def _nodes_request(b: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
 )
 async def commission() -> Response:
     b = await body_untrusted()
-    nodes, hg, ev = _nodes_request(b)
-    return await submit(b, "commission", nodes=nodes, host_group=hg, extra_vars=ev)
+    (nodes, hg, ev), check = _nodes_request(b), field_flag(b, "check")
+    return await submit(b, "commission", nodes=nodes, host_group=hg, extra_vars=ev, check=check)
 
 
 @bp.operation("POST", "/decommission/nodes", "Decommission nodes (job)", JOB_CODES, NODES_REQUEST)
 async def decommission() -> Response:
     b = await body_untrusted()
     nodes, ev = field_str_list(b, "nodes"), client_vars(b, "extra_vars")
-    return await submit(b, "decommission", nodes=nodes, extra_vars=ev)
+    check = field_flag(b, "check")
+    return await submit(b, "decommission", nodes=nodes, extra_vars=ev, check=check)
 
 
 @bp.operation("POST", "/update/nodes", "Update nodes (job)", JOB_CODES, NODES_REQUEST)
 async def update() -> Response:
     b = await body_untrusted()
-    nodes, hg, ev = _nodes_request(b)
-    return await submit(b, "update", nodes=nodes, host_group=hg, extra_vars=ev)
+    (nodes, hg, ev), check = _nodes_request(b), field_flag(b, "check")
+    return await submit(b, "update", nodes=nodes, host_group=hg, extra_vars=ev, check=check)
 
 
 @bp.operation(
@@ -230,6 +234,7 @@ def log_offset() -> int:
     "A job's log from the replicated chunks, streamed live while it runs; "
     "?offset=N starts at line N (0-based)",
     (200, 400, 401, 404, 409),
+    query={"offset": "the number of the first line wanted, 0-based (default 0)"},
 )
 async def info_logs(job: str) -> Any:
     ctx = current_context()

@@ -43,7 +43,8 @@ export function jobs(role) {
       const refresh = () => page.refresh();
       fill(box, table("Jobs, newest first", ["Id", "Task", "Status", "Nodes", "Asked by", "Started", "Ended", "Action"],
         list.map((j) => h("tr", {},
-          h("th", { scope: "row" }, jobLink(j.id)), h("td", {}, j.task), h("td", {}, ...status(j)),
+          h("th", { scope: "row" }, jobLink(j.id)), h("td", {}, j.check ? `${j.task} (check)` : j.task),
+          h("td", {}, ...status(j)),
           h("td", {}, (j.nodes || j.addrs || []).join(", ")), h("td", {}, j.requested_by || "-"),
           h("td", {}, when(j.started_ms || j.created_ms)), h("td", {}, when(j.ended_ms)),
           h("td", {}, j.status === "Queued" ? cancelButton(role, refresh, msg, j.id) : null))),
@@ -104,7 +105,8 @@ export function job(id, role) {
         h("h2", { id: "h-job" }, j.desc || j.task),
         facts([
           ["Status", h("span", { id: "job-status" }, ...status(j))],
-          ["Task", j.task], ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
+          ["Task", j.check ? `${j.task} (check mode: changes nothing)` : j.task],
+          ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
           ["Runner", j.runner || "-"], ["Epoch", String(j.epoch ?? "-")],
           ["Asked by", j.requested_by || "-"],
           ["Created", when(j.created_ms)], ["Started", when(j.started_ms)], ["Ended", when(j.ended_ms)],
