@@ -15,6 +15,8 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
     log_count   lines logged so far; log_tail: the last lines of them
     requested_by  optional: the name of the API token that asked (absent: none did, e.g.
                 a reconfigure job, or a record written before the field existed)
+    upgrade     optional: a rolling upgrade's progress (``gossipmgr.core.upgrade``); a
+                value of another shape reads as absent, an older version ignores it
 
 :meth:`JobRecord.to_value` gives exactly that map, in that field order (the stored and the
 served shape: GET /info/job answers it plus ``logs``). Every record gossipmgr wrote, since
@@ -35,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from gossipmgr.core.upgrade import Upgrade
 from gossipmgr.errors import Conflict
 
 QUEUED: Final = "Queued"
@@ -108,6 +111,7 @@ class JobRecord:
     host_group: str | None = None
     addrs: tuple[str, ...] | None = None
     requested_by: str = ""
+    upgrade: Upgrade | None = None
 
     @classmethod
     def from_value(cls, value: object) -> JobRecord | None:
@@ -132,6 +136,7 @@ class JobRecord:
             host_group=hg,
             addrs=tuple(addrs) if addrs is not None else None,
             requested_by=by if isinstance(by := value.get("requested_by"), str) else "",
+            upgrade=Upgrade.from_value(value.get("upgrade")),
         )
 
     def to_value(self) -> dict[str, Any]:
@@ -160,11 +165,17 @@ class JobRecord:
         )
         if self.requested_by:
             out["requested_by"] = self.requested_by
+        if self.upgrade is not None:
+            out["upgrade"] = self.upgrade.to_value()
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The served shape: the stored one (JSON-ready: strings, ints and lists)."""
-        return self.to_value()
+        """The served shape: the stored one (JSON-ready: strings, ints and lists), but an
+        upgrade's stored request extra-vars."""
+        out = self.to_value()
+        if self.upgrade is not None:
+            out["upgrade"] = self.upgrade.to_json()
+        return out
 
     @property
     def active(self) -> bool:

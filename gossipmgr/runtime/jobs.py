@@ -53,6 +53,7 @@ from gossipmgr.core.job import ACTIVE as ACTIVE  # the readers' vocabulary, re-e
 from gossipmgr.core.job import RUNNING, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.joblog import DEFAULT_MAX_BYTES, TOTAL_CAPS, d_trim_logs
 from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
+from gossipmgr.core.upgrade import Upgrade
 from gossipmgr.errors import (
     BadRequest,
     Conflict,
@@ -70,6 +71,7 @@ from gossipmgr.runtime.joblog import Run, follow_log, replicated_lines
 from gossipmgr.runtime.jobrun import Executor, check_record_room
 from gossipmgr.runtime.nodeadmin import NodeAdmin
 from gossipmgr.runtime.replica import Replica
+from gossipmgr.runtime.upgrade import Upgrades
 
 log = logging.getLogger("gossipmgr.jobs")
 
@@ -118,6 +120,9 @@ class JobManager:
             self.gate, self._reconfigure, reconfigure_on_reappear=reconfigure_on_reappear
         )
         self.admin = NodeAdmin(self.gate)
+        self.upgrades = Upgrades(
+            self.gate, self.executor, settings, self.log_path, job_log_max_bytes
+        )
         self._nursery: trio.Nursery | None = None
         self._counter = 0
 
@@ -219,6 +224,10 @@ class JobManager:
                 "discover", desc, [], epoch, hosts, request_vars, None, addr_list
             )
 
+    async def upgrade(self, nodes: object, all_: object = None, **opts: Any) -> dict[str, Any]:
+        """A rolling upgrade (:meth:`Upgrades.start`). Raises like :meth:`commission`."""
+        return await self.upgrades.start(self._launch, nodes, all_, **opts)
+
     async def _workflow(
         self, kind: str, nodes: Sequence[str], host_group: str, extra_vars: object
     ) -> dict[str, Any]:
@@ -259,6 +268,7 @@ class JobManager:
         request_vars: Mapping[str, Any],
         host_group: str | None,
         addrs: Sequence[str] | None = None,
+        upgrade: Upgrade | None = None,
     ) -> dict[str, Any]:
         """Commit statuses + job record in one delta, then start the run. Lock held.
 
@@ -301,6 +311,7 @@ class JobManager:
                 host_group=host_group or None,
                 addrs=tuple(addrs) if addrs is not None else None,
                 requested_by=asked,
+                upgrade=upgrade,
             )
             check_record_room(record, ts)
             made[:] = [record]
@@ -354,6 +365,8 @@ class JobManager:
                 raise Conflict("job is not Running")
         # Active but not ours: an orphan; end it now rather than at the next scan.
         await self.reconcile_orphans()
+        if (run := self.gate.run) is not None and run.job_id == rec.id:
+            run.cancel.set()  # an upgrade the scan resumed: it ends Cancelled
         return job_info(self.replica.state.job(rec.id) or rec)
 
     async def reconcile_orphans(self) -> list[str]:
@@ -370,6 +383,7 @@ class JobManager:
                 return []
             mine = self.running_job_id
             ids = [j.id for j in self.replica.state.active_jobs() if j.id != mine]
+            ids = await self.upgrades.resume(ids, epoch, self._nursery)  # resumed, not ended
             if not ids:
                 return []
             me = self.replica.name
