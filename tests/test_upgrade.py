@@ -59,6 +59,7 @@ def test_batch_examples_and_refusals() -> None:
     assert batch_size("50%", 5) == 2 and batch_size("10%", 5) == 1 and batch_size("100%", 5) == 5
     assert batch_size(10, 3) == 3
     assert plan_batches(list("abcde"), 2) == (("a", "b"), ("c", "d"), ("e",))
+    bad: object
     for bad in (0, -1, "0%", "101%", "x", "%", "2.5", 2.0, True, [], "1e3"):
         with pytest.raises(BadRequest, match='"batch"'):
             batch_size(bad, 10)

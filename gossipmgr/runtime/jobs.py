@@ -271,8 +271,7 @@ class JobManager:
         upgrade: Upgrade | None = None,
     ) -> dict[str, Any]:
         """Commit statuses + job record in one delta, then start the run. Lock held.
-
-        The record names ``host_group`` when the request did, and ``addrs`` (discover).
+        The record names ``host_group`` when the request did, ``addrs`` (discover), ``upgrade``.
 
         The status moves are computed inside ``make``: a refused transition (Conflict)
         raises there, before anything is written, so a partial move is never committed."""
