@@ -230,3 +230,32 @@ def test_only_discovered_allocated_nodes_are_upgraded() -> None:
     assert check_upgrade(s2, None, True) == ["a", "b"]
     with pytest.raises(CheckFailed, match=NO_ALLOCATED):
         check_upgrade(_state({"u": (inv.UNALLOCATED, inv.DISCOVERED)}), None, True)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_the_cli_builds_the_upgrade_request() -> None:
+    from gossipmgr.cli.client import CliError
+    from gossipmgr.cli.commands import _upgrade_body
+    from gossipmgr.cli.parser import build_parser
+
+    def body(*argv: str) -> dict[str, Any]:
+        args = build_parser(["nodes", "upgrade"]).parse_args(["nodes", "upgrade", *argv])
+        return _upgrade_body(args, {"nodes": list(args.names), "extra_vars": ""})
+
+    assert body("a", "b", "--batch", "25%", "--max-fail", "1") == {
+        "nodes": ["a", "b"],
+        "extra_vars": "",
+        "batch": "25%",
+        "max_fail": 1,
+    }
+    assert body("--all", "--batch", "2") == {
+        "all": True,
+        "extra_vars": "",
+        "batch": 2,
+        "max_fail": 0,
+    }
+    for argv in ((), ("a", "--all")):
+        with pytest.raises(CliError, match="names or --all"):
+            body(*argv)
