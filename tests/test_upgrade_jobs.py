@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import trio
-from test_jobs import add_nodes, make_job_id, make_replica, manager, rep, set_status, wait_ended
+from test_jobs import add_nodes, make_replica, manager, rep, set_status, wait_ended
 
 from gossipmgr.core import joblog as chunks
-from gossipmgr.core.job import JobRecord
+from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.joblog import d_chunks
 from gossipmgr.core.state import combine, job_key
 from gossipmgr.core.upgrade import Upgrade
