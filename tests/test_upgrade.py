@@ -32,7 +32,7 @@ NAMES = st.lists(st.text("abcdef", min_size=1, max_size=4), min_size=1, max_size
 # --------------------------------------------------------------------------- batching
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(NAMES, st.integers(min_value=1, max_value=60))
 def test_batches_of_n_cover_the_nodes_in_order_each_once(names: list[str], n: int) -> None:
     size = batch_size(n, len(names))
@@ -72,7 +72,7 @@ def test_batch_examples_and_refusals() -> None:
 # --------------------------------------------------------------------------- accounting
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(NAMES, st.integers(1, 5), st.integers(0, 6), st.data())
 def test_max_fail_accounting_stops_exactly_when_more_than_k_failed(
     names: list[str], size: int, k: int, data: st.DataObject
@@ -128,7 +128,7 @@ _UP = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(_UP)
 def test_progress_round_trips_in_a_job_record_and_is_served_without_extra_vars(
     up: Upgrade,
@@ -141,7 +141,7 @@ def test_progress_round_trips_in_a_job_record_and_is_served_without_extra_vars(
     assert "extra_vars" not in served and served["batches"] == [list(b) for b in up.batches]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.one_of(st.none(), st.integers(), st.text(), st.lists(st.integers()),
                  st.dictionaries(st.sampled_from(["batches", "done", "current", "failed",
                                                   "max_fail", "extra_vars"]),
