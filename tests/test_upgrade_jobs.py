@@ -144,10 +144,9 @@ async def test_a_new_holder_resumes_from_the_batch_in_flight_and_its_log_goes_on
     assert JobRecord.from_value(rep.state.map.get(job_key(jid))).upgrade.extra_vars == {"v": 1}  # type: ignore[union-attr]
 
 
-@pytest.mark.ansible
-async def test_a_node_not_discovered_within_upgrade_wait_s_counts_as_failed(
-    rep: Replica, tmp_path: Path
-) -> None:
+def _holding(rep: Replica, tmp_path: Path) -> tuple[JobManager, Path]:
+    """A JobManager whose upgrade playbook (real, ansible_connection=local) holds each
+    batch until the returned file exists; upgrade_wait_s 0.5."""
     books, release = tmp_path / "books", tmp_path / "release"
     books.mkdir()
     (books / "rolling-upgrade.yml").write_text(
@@ -160,7 +159,21 @@ async def test_a_node_not_discovered_within_upgrade_wait_s_counts_as_failed(
         host_vars={"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
         upgrade_wait_s=0.5,
     )
-    jm = JobManager(rep, lambda: settings, tmp_path / "work")
+    return JobManager(rep, lambda: settings, tmp_path / "work"), release
+
+
+async def _ended(rep: Replica, job_id: str) -> JobRecord:
+    with trio.fail_after(60):
+        while (rec := rep.state.job(job_id)) is None or rec.active:
+            await rep.wait_change()
+    return rec
+
+
+@pytest.mark.ansible
+async def test_a_node_not_discovered_within_upgrade_wait_s_counts_as_failed(
+    rep: Replica, tmp_path: Path
+) -> None:
+    jm, release = _holding(rep, tmp_path)
     names = await _allocated(jm, 2)
     async with trio.open_nursery() as nursery:
         await nursery.start(jm.run)
@@ -168,14 +181,34 @@ async def test_a_node_not_discovered_within_upgrade_wait_s_counts_as_failed(
         with trio.fail_after(60):
             while _status(rep, names[1]) != "Maintenance":  # the batch started
                 await rep.wait_change()
-            # the node goes while its playbook runs, and does not come back
-            await jm.apply_node_event("disappeared", names[1], "n", "1", "")
-            release.touch()
-            while (rec := rep.state.job(info["id"])) is None or rec.active:
-                await rep.wait_change()
+        # the node goes while its playbook runs, and does not come back
+        await jm.apply_node_event("disappeared", names[1], "n", "1", "")
+        release.touch()
+        rec = await _ended(rep, info["id"])
         nursery.cancel_scope.cancel()
     assert rec.status == "Errored" and rec.upgrade is not None
     assert list(rec.upgrade.failed) == [names[1]], rec
     assert _status(rep, names[0]) == "Allocated" and _status(rep, names[1]) == "Maintenance"
     why = _history(rep, names[1])[0]["reason"]
     assert why == "upgrade failed: not Discovered in Serf within 0.5 s of its batch's run"
+
+
+@pytest.mark.ansible
+async def test_a_cancel_stops_the_batch_and_leaves_the_rest_untouched(
+    rep: Replica, tmp_path: Path
+) -> None:
+    jm, _ = _holding(rep, tmp_path)
+    names = await _allocated(jm, 2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.upgrade(names, max_fail=5)
+        with trio.fail_after(60):
+            while "running" not in "\n".join(jm.job(info["id"])["logs"]):  # ansible started
+                await rep.wait_change()
+        await jm.cancel()
+        rec = await _ended(rep, info["id"])
+        nursery.cancel_scope.cancel()
+    assert rec.status == "Cancelled" and rec.error == "job was cancelled"
+    assert rec.upgrade is not None and rec.upgrade.done == 1 and rec.upgrade.failed == (names[0],)
+    assert _status(rep, names[0]) == "Maintenance" and _status(rep, names[1]) == "Allocated"
+    assert _history(rep, names[0])[0]["reason"] == "upgrade failed: job was cancelled"

@@ -172,8 +172,8 @@ class Upgrades:
             self.gate.run = None
             raise
         run.line(
-            f"gossipmgr: job {rec.id} resumed by {me} under epoch {epoch} (runner "
-            f"{rec.runner}, epoch {rec.epoch}, stopped): {up.done} of {len(up.batches)} "
+            f"gossipmgr: job {rec.id} resumed by {me} under epoch {epoch} after its runner "
+            f"{rec.runner} (epoch {rec.epoch}) stopped; {up.done} of {len(up.batches)} "
             "batches were done"
         )
         inputs = RunInputs([], self.settings(), self.replica.state.globals(), up.extra_vars or {})
@@ -200,7 +200,8 @@ class Upgrades:
             if hosts:
                 cancelled = await self._upgrade(ex, run, inputs, hosts, failed)
                 if cancelled:
-                    await self._end(ex, run, i, {h.name: CANCELLED_ERROR for h in hosts})
+                    failed |= {h.name: CANCELLED_ERROR for h in hosts}
+                    await self._end(ex, run, i, failed)
                     return WorkflowResult(False, True, CANCELLED_ERROR, [])
             up = await self._end(ex, run, i, failed)
             if reason := up.stop_reason():
