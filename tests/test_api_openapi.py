@@ -78,3 +78,21 @@ def test_every_reference_in_the_document_resolves() -> None:
         for part in ref.removeprefix("#/").split("/"):
             assert part in node, ref
             node = node[part]
+
+
+@pytest.mark.parametrize(
+    ("path", "names"),
+    [
+        ("/watch", {"prefix", "since"}),
+        ("/info/node/{name}/history", {"limit"}),
+        ("/info/logs/{job}", {"offset"}),
+    ],
+)
+def test_query_parameters_are_documented(path: str, names: set[str]) -> None:
+    """A client generated from the document can send the query parameters a route reads."""
+    params = OPENAPI["paths"][path]["get"]["parameters"]
+    query = {p["name"]: p for p in params if p["in"] == "query"}
+    assert set(query) == names
+    assert all(p["required"] is False and p["description"] for p in query.values())
+    # path parameters stay first and required
+    assert all(p["required"] for p in params if p["in"] == "path")

@@ -329,6 +329,38 @@ def test_commission_from_the_ui_live(console: Console) -> None:
     assert d.execute_script("return window.consoleNoReload") == 42  # never reloaded
 
 
+def test_check_mode_from_the_ui_changes_nothing(console: Console) -> None:
+    """The "Check mode" toggle sends ``check: true``: a check job (its record and the job
+    history say so), and the node's status and host-group stay as they were."""
+    d = console.driver
+    console.go("#/node/node-1")
+    console.title_is("Node node-1")
+    console.wait("the node's status", lambda: console.text("node-status") == "Unallocated")
+    before = console.api("GET", "/info/node/node-1")[1]
+    Select(d.find_element(By.ID, "a-hostgroup")).select_by_value("service-worker")
+    ev = d.find_element(By.ID, "a-extravars")
+    ev.clear()  # the release file exists: the playbook does not wait
+    ev.send_keys(json.dumps({"console_release": str(console.root / "release")}))
+    d.find_element(By.ID, "a-check").click()
+    d.find_element(By.CSS_SELECTOR, "button.a-commission").click()
+    started = "commission (check) started: job"
+    console.wait("the check job", lambda: started in console.text("action-result"))
+    job_id = d.find_element(By.CSS_SELECTOR, "#action-result a").text
+
+    def ended() -> Any:
+        rec = console.api("GET", f"/info/job/{job_id}")[1]
+        return rec if rec["status"] != "Running" else None
+
+    rec = console.wait("the check job's end", ended)
+    assert (rec["status"], rec["check"]) == ("Complete", True), rec
+    assert rec["desc"] == "commission nodes [node-1] host-group service-worker (check)"
+    after = console.api("GET", "/info/node/node-1")[1]
+    assert after["inventory_state"] == before["inventory_state"]
+    assert after["configuration_state"] == before["configuration_state"]  # host-group too
+    console.go("#/jobs")
+    console.wait("shown as a check", lambda: "commission (check)" in console.text("page"))
+
+
 def test_globals_view_edit_and_live(console: Console) -> None:
     d = console.driver
     console.go("#/globals")

@@ -109,6 +109,10 @@ def test_upgrade_stops_past_max_fail_and_a_new_holder_finishes_it_exactly_once(
     assert r.status_code == 200, r.text
     r = c.post(holder, "/upgrade/nodes", {"nodes": [nodes[0], "nope"], "batch": 2})
     assert r.status_code == 422 and "nope" in r.json()["error"]  # nothing started
+    for bad_body in ({"all": True, "nodes": nodes}, {"all": True, "batch": "0%"},
+                     {"all": True, "max_fail": -1}, {"all": True, "check": True}):  # fmt: skip
+        r = c.post(holder, "/upgrade/nodes", bad_body)
+        assert r.status_code == 400, (bad_body, r.text)
     job1 = _start(c, holder, {"all": True, "batch": 2, "max_fail": 0})
     rec = wait_for(lambda: _job_ended(c, holder, job1), DEADLINE_S, "the first upgrade")
     reason = "stopped after batch 2 of 3: 1 node failed, more than --max-fail 0"
@@ -136,8 +140,9 @@ def test_upgrade_stops_past_max_fail_and_a_new_holder_finishes_it_exactly_once(
         "batch": 2,
         "extra_vars": {"upgrade_hold": hold, "upgrade_release": str(release), "upgrade_tag": tag},
     }
-    job2 = _start(c, holder, body)
     other = "g2" if holder == "g1" else "g1"
+    job2 = _start(c, other, body)  # forwarded to the holder
+    assert job2.endswith(f"-{holder}")
     try:
         wait_for(
             lambda: all(_lines(c, n, "started", job2) for n in hold),

@@ -3,6 +3,7 @@ wiring, Serf faked), through a TCP proxy the test can cut to drop its connection
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,8 +18,8 @@ import pytest
 import trio
 from _apiutil import standalone
 
-from gossipmgr.cli.client import Client
-from gossipmgr.cli.watch import Cutoff, Watcher, render, sse_events
+from gossipmgr.cli.client import Client, CliError
+from gossipmgr.cli.watch import Cutoff, Watcher, cmd_watch, render, sse_events
 from gossipmgr.testing.wait import until
 
 TOKEN = "w4tch-cli"
@@ -227,3 +228,34 @@ async def test_cli_watch_keeps_reconnecting_after_the_instance_it_watched_stops(
             assert proc.returncode is None
     finally:
         await proc_cm.__aexit__(None, None, None)
+
+
+def test_cli_watch_backoff_starts_over_after_a_stream_that_was_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reconnection waits grow while attempts fail, and start over once a stream was
+    open: a watch that streamed for an hour and then lost its connection waits 0.2 s, not
+    the 5 s an earlier outage had reached."""
+    # each attempt: (opened a stream?, then the error it ended with)
+    attempts = [(False, True), (False, True), (False, True), (True, True), (False, True)]
+    attempts += [(True, True), (True, True), (False, False)]
+    waits: list[float] = []
+
+    def stream_once(self: Watcher) -> None:
+        opened, _ = attempts.pop(0)
+        if not attempts:
+            raise Cutoff("end of the test")
+        self.opened = opened
+        self.connected = self.connected or opened
+        raise httpx.ReadError("connection dropped")
+
+    monkeypatch.setattr(Watcher, "stream_once", stream_once)
+    monkeypatch.setattr("gossipmgr.cli.watch.time.sleep", waits.append)
+    c = Client("http://127.0.0.1:9", None, None)
+    args = argparse.Namespace(prefix="", since=None, json=False)
+    try:
+        with pytest.raises(CliError, match="end of the test"):
+            cmd_watch(c, args)
+    finally:
+        c.close()
+    assert waits == [0.2, 0.5, 1.0, 0.2, 0.5, 0.2, 0.2]

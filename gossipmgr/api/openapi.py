@@ -69,6 +69,8 @@ class Operation:
     public: bool = False  # no token needed
     #: descriptions of path parameters (``{name}`` in ``path``), by name
     params: tuple[tuple[str, str], ...] = ()
+    #: optional query parameters (``?name=``) and their descriptions, by name
+    query: tuple[tuple[str, str], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         op: dict[str, Any] = {
@@ -79,8 +81,11 @@ class Operation:
         }
         text = dict(self.params)
         names = re.findall(r"\{(\w+)\}", self.path)
-        if text:
-            op["parameters"] = [_path_param(n, text.get(n, "")) for n in names]
+        # every path parameter is declared (OpenAPI requires it), described where known
+        parameters = [_path_param(n, text.get(n, "")) for n in names]
+        parameters += [_query_param(n, d) for n, d in self.query]
+        if parameters:
+            op["parameters"] = parameters
         if self.body is not None:
             ref = {"$ref": f"#/components/schemas/{self.body.name}"}
             op["requestBody"] = {"required": True, "content": {JSON_MIMETYPE: {"schema": ref}}}
@@ -95,6 +100,16 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
         p["description"] = description
     p["schema"] = {"type": "string"}
     return p
+
+
+def _query_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
 
 
 #: Request bodies more than one resource takes.
@@ -141,13 +156,15 @@ class ApiBlueprint(Blueprint):
         *,
         public: bool = False,
         params: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
     ) -> Callable[[_F], _F]:
         """Register the decorated view for ``method`` on ``rule`` and document it (``params``:
-        descriptions of its path parameters)."""
+        descriptions of its path parameters; ``query``: of its optional query parameters)."""
 
         def register(view: _F) -> _F:
-            p = tuple((params or {}).items())
-            op = Operation(openapi_path(rule), method.lower(), summary, codes, body, public, p)
+            p, q = tuple((params or {}).items()), tuple((query or {}).items())
+            path = openapi_path(rule)
+            op = Operation(path, method.lower(), summary, codes, body, public, p, q)
             self.operations.append(op)
             self.add_url_rule(rule, view_func=view, methods=[method.upper()])
             return view

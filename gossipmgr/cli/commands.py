@@ -120,6 +120,8 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
         return 0
     if verb in ("commission", "update"):
         body["host_group"] = args.host_group or ""
+    if args.check:
+        body["check"] = True
     out(args, c.call("POST", WORKFLOW_PATH[verb], body), render_job_started)
     return 0
 

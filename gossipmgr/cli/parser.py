@@ -129,6 +129,12 @@ def _add_node_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
             _extra_vars(vp)
             if verb in ("commission", "update"):
                 _host_group(vp)
+            vp.add_argument(
+                "--check",
+                action="store_true",
+                help="check mode: run the playbooks with ansible's --check --diff; the job "
+                "log shows what would change, and nothing changes (no node status either)",
+            )
             vp.set_defaults(func=cmds.cmd_node)
         if many:
             _add_upgrade(vs, common)

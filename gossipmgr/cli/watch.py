@@ -75,6 +75,8 @@ class Watcher:
         #: a stream was opened once (a later refused connection is then a restart or a
         #: network fault to wait out, not a wrong URL)
         self.connected = False
+        #: the last attempt opened a stream (a drop after that starts the backoff over)
+        self.opened = False
 
     def url(self) -> str:
         q = urlencode({"prefix": self.prefix}) if self.prefix else ""
@@ -105,6 +107,7 @@ class Watcher:
         """One connection, until it ends. Raises CliError for a refusal, Cutoff, or the
         client's transport errors (the caller reconnects)."""
         c = self.c
+        self.opened = False
         headers = {"Accept": "text/event-stream"}
         if self.last_id:
             headers["Last-Event-ID"] = self.last_id
@@ -113,7 +116,7 @@ class Watcher:
             if r.status_code >= 400:
                 r.read()
                 c._decode(r)
-            self.connected = True
+            self.connected = self.opened = True
             for ev in sse_events(r.iter_lines()):
                 self.handle(ev)
 
@@ -132,6 +135,8 @@ def cmd_watch(c: Client, args: argparse.Namespace) -> int:
             if not w.connected and isinstance(exc, c._httpx.ConnectError):
                 raise c._unreachable(exc) from None
             why = str(exc) or type(exc).__name__
+            if w.opened:  # it was streaming: a new outage, not the same one going on
+                failures = 0
         wait = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
         failures += 1
         print(f"gossipmgr: watch: {why}; reconnecting in {wait:g}s", file=sys.stderr)

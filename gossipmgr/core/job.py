@@ -15,6 +15,8 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
     log_count   lines logged so far; log_tail: the last lines of them
     requested_by  optional: the name of the API token that asked (absent: none did, e.g.
                 a reconfigure job, or a record written before the field existed)
+    check       optional: true for a check-mode job (ansible's check and diff modes: it
+                showed what the workflow would change and changed nothing; absent: false)
     upgrade     optional: a rolling upgrade's progress (``gossipmgr.core.upgrade``); a
                 value of another shape reads as absent, an older version ignores it
 
@@ -22,9 +24,10 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
 served shape: GET /info/job answers it plus ``logs``). Every record gossipmgr wrote, since
 the first version, has all these fields; :meth:`JobRecord.from_value` reads a value of any
 other shape (not a map, a field missing or of another type: forged by a key holder) as no
-record at all, so no reader has to guess, and none raises. The one optional field,
-``requested_by``, is read tolerantly both ways: a version before it ignores it, and this one
-reads it absent, or of another type, as "" (and then does not write it back).
+record at all, so no reader has to guess, and none raises. The optional fields,
+``requested_by`` and ``check``, are read tolerantly both ways: a version before them ignores
+them, and this one reads ``requested_by`` absent, or of another type, as "", and ``check``
+as true only when it is exactly ``true`` (and then does not write a default back).
 
 A record's status changes only through :meth:`JobRecord.transition`, which consults
 :data:`JOB_TRANSITIONS` and refuses anything else.
@@ -111,6 +114,7 @@ class JobRecord:
     host_group: str | None = None
     addrs: tuple[str, ...] | None = None
     requested_by: str = ""
+    check: bool = False
     upgrade: Upgrade | None = None
 
     @classmethod
@@ -136,6 +140,7 @@ class JobRecord:
             host_group=hg,
             addrs=tuple(addrs) if addrs is not None else None,
             requested_by=by if isinstance(by := value.get("requested_by"), str) else "",
+            check=value.get("check") is True,
             upgrade=Upgrade.from_value(value.get("upgrade")),
         )
 
@@ -165,6 +170,8 @@ class JobRecord:
         )
         if self.requested_by:
             out["requested_by"] = self.requested_by
+        if self.check:
+            out["check"] = True
         if self.upgrade is not None:
             out["upgrade"] = self.upgrade.to_value()
         return out

@@ -233,8 +233,8 @@ def _write_private_files(private_dir: Path, extravars: Mapping[str, Any]) -> Non
         json.dump(dict(extravars), f)
 
 
-def _cmdline(settings: AnsibleSettings) -> str:
-    args: list[str] = []
+def _cmdline(settings: AnsibleSettings, check: bool) -> str:
+    args: list[str] = ["--check", "--diff"] if check else []  # a check job: changes nothing
     if settings.user:
         args += ["--user", settings.user]
     if settings.priv_key_file:
@@ -393,13 +393,14 @@ async def run_playbook(
         playbook=playbook,
         inventory=inventory,
         envvars=_envvars(private_dir),
-        cmdline=_cmdline(settings),
+        cmdline=_cmdline(settings, inputs.check),
         suppress_env_files=True,  # nothing leaks between runs through env/ files
         quiet=True,  # stdout goes to `log`, not to our own stdout
         event_handler=events,
         cancel_callback=control.poll,
     )
-    log(f"gossipmgr: running {path} on {', '.join(h.alias for h in hosts)}")
+    mode = " in check mode (--check --diff)" if inputs.check else ""
+    log(f"gossipmgr: running {path}{mode} on {', '.join(h.alias for h in hosts)}")
     rc, status, error = await _run_runner(run_kwargs, control, cancel, path)
     if control.outcome:
         status = control.outcome

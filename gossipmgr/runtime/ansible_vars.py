@@ -75,12 +75,14 @@ class AnsibleSettings:
 @dataclass(frozen=True, slots=True)
 class RunInputs:
     """What a run's inventory and extra-vars are made of: its ``hosts`` (each with its node's
-    own vars), the operator's ``settings``, the global extra-vars and the request's."""
+    own vars), the operator's ``settings``, the global extra-vars and the request's; and
+    ``check``: run in ansible's check and diff modes (a check job, ``core.checkmode``)."""
 
     hosts: Sequence[Host]
     settings: AnsibleSettings
     globals_: Mapping[str, Any]
     request_vars: Mapping[str, Any]
+    check: bool = False
 
 
 # --------------------------------------------------------------------------- client vars

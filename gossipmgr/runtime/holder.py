@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import trio
 
+from gossipmgr.core import checkmode
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
@@ -110,7 +111,7 @@ class HolderGate:
             why = f"runner {cur.runner} stopped (epoch {cur.epoch}) while the job was running"
         ended = cur.transition(ERRORED, error=why, ended_ms=ts.ms, epoch=epoch)
         parts = [state.d_set(job_key(job_id), ended.to_value(), ts)]
-        path = inv.STATUS_PATHS.get(cur.task)
+        path = checkmode.status_path(cur.task, cur.check)  # a check job moved no status
         if path is not None:
             moved = inv.finish_statuses(state, cur.nodes, path.during, path.failure, epoch, ts)[0]
             by = cur.requested_by

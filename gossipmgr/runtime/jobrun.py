@@ -30,6 +30,7 @@ from typing import Final
 
 import trio
 
+from gossipmgr.core import checkmode
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.codec import MAX_COUNTER
@@ -125,7 +126,7 @@ class Executor:
                 run.line(f"gossipmgr: job {run.job_id} stopped: {why} (fenced)")
                 log.warning("%s: job %s stopped under epoch %d: %s", me, run.job_id, run.epoch, why)
                 return
-            await self._finish(run, result)
+            await self._finish(run, result, inputs.check)
         finally:
             run.done = True
             if run.file is not None:
@@ -296,14 +297,14 @@ class Executor:
             raise
         run.log.written(i for i, _ in taken)
 
-    async def _finish(self, run: Run, result: WorkflowResult) -> None:
+    async def _finish(self, run: Run, result: WorkflowResult, check: bool) -> None:
         me = self.replica.name
         status, error = outcome(result)
         run.line(f"gossipmgr: job {run.job_id} ended {status}{': ' + error if error else ''}")
         rec = self.replica.state.job(run.job_id)
         names = list(rec.nodes) if rec is not None else []
         asked = rec.requested_by if rec is not None else ""
-        path = inv.STATUS_PATHS.get(run.kind)
+        path = checkmode.status_path(run.kind, check)  # a check job moves no status
         skipped: list[str] = []
         error = trim(encodable(error), ERROR_CHARS)  # the whole text is in the log
         why = error or f"job {run.kind} {status}"

@@ -46,6 +46,7 @@ from typing import Any, Final
 
 import trio
 
+from gossipmgr.core import checkmode
 from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
@@ -53,7 +54,6 @@ from gossipmgr.core.job import ACTIVE as ACTIVE  # the readers' vocabulary, re-e
 from gossipmgr.core.job import RUNNING, JobRecord, make_job_id, valid_job_id
 from gossipmgr.core.joblog import DEFAULT_MAX_BYTES, TOTAL_CAPS, d_trim_logs
 from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
-from gossipmgr.core.upgrade import Upgrade
 from gossipmgr.errors import (
     BadRequest,
     Conflict,
@@ -71,7 +71,7 @@ from gossipmgr.runtime.joblog import Run, follow_log, replicated_lines
 from gossipmgr.runtime.jobrun import Executor, check_record_room
 from gossipmgr.runtime.nodeadmin import NodeAdmin
 from gossipmgr.runtime.replica import Replica
-from gossipmgr.runtime.upgrade import Upgrades
+from gossipmgr.runtime.upgrade import Upgrade, Upgrades
 
 log = logging.getLogger("gossipmgr.jobs")
 
@@ -120,9 +120,7 @@ class JobManager:
             self.gate, self._reconfigure, reconfigure_on_reappear=reconfigure_on_reappear
         )
         self.admin = NodeAdmin(self.gate)
-        self.upgrades = Upgrades(
-            self.gate, self.executor, settings, self.log_path, job_log_max_bytes
-        )
+        self.upgrades = Upgrades(self.executor, settings, self.log_path, job_log_max_bytes)
         self._nursery: trio.Nursery | None = None
         self._counter = 0
 
@@ -194,20 +192,26 @@ class JobManager:
 
     # ------------------------------------------------------------------ requests
     async def commission(
-        self, nodes: Sequence[str], host_group: str, extra_vars: object = None
+        self, nodes: Sequence[str], host_group: str, extra_vars: object = None, check: bool = False
     ) -> dict[str, Any]:
         """Commission nodes. Raises BadRequest, Unavailable, Conflict, CheckFailed."""
-        return await self._workflow("commission", nodes, host_group, extra_vars)
+        return await self._workflow("commission", nodes, host_group, extra_vars, check)
 
-    async def decommission(self, nodes: Sequence[str], extra_vars: object = None) -> dict[str, Any]:
-        """Decommission nodes. Raises BadRequest, Unavailable, Conflict, CheckFailed."""
-        return await self._workflow("decommission", nodes, "", extra_vars)
+    async def decommission(
+        self, nodes: Sequence[str], extra_vars: object = None, check: bool = False
+    ) -> dict[str, Any]:
+        """Decommission nodes. Raises like :meth:`commission`."""
+        return await self._workflow("decommission", nodes, "", extra_vars, check)
 
     async def update(
-        self, nodes: Sequence[str], host_group: str = "", extra_vars: object = None
+        self,
+        nodes: Sequence[str],
+        host_group: str = "",
+        extra_vars: object = None,
+        check: bool = False,
     ) -> dict[str, Any]:
         """Update nodes (optionally to a new host-group). Raises like :meth:`commission`."""
-        return await self._workflow("update", nodes, host_group, extra_vars)
+        return await self._workflow("update", nodes, host_group, extra_vars, check)
 
     async def discover(self, addrs: Sequence[str], extra_vars: object = None) -> dict[str, Any]:
         """Run the configure playbook on new addresses (group cluster-node, node1..N).
@@ -229,12 +233,14 @@ class JobManager:
         return await self.upgrades.start(self._launch, nodes, all_, **opts)
 
     async def _workflow(
-        self, kind: str, nodes: Sequence[str], host_group: str, extra_vars: object
+        self, kind: str, nodes: Sequence[str], host_group: str, extra_vars: object, check: bool
     ) -> dict[str, Any]:
         if isinstance(nodes, str) or not isinstance(nodes, Sequence):
             raise BadRequest(f'"nodes" must be a list of node names, got {nodes!r}')
         if not isinstance(host_group, str):
             raise BadRequest(f'"host_group" must be a string, got {host_group!r}')
+        if not isinstance(check, bool):
+            raise BadRequest(f'"check" must be true or false, got {check!r}')
         request_vars = parse_extra_vars(extra_vars)
         async with self.gate.lock:
             epoch = self.gate.epoch()
@@ -247,10 +253,10 @@ class JobManager:
             # is down; _launch moves the statuses for real in its one commit.
             inv.check_moves(state, names, path.during)
             hosts = self._hosts(state, names, host_group)
-            desc = f"{kind} nodes {inv.go_list(names)}"
-            if host_group:
-                desc += f" host-group {host_group}"
-            return await self._launch(kind, desc, names, epoch, hosts, request_vars, host_group)
+            desc = checkmode.job_desc(kind, names, host_group, check)
+            return await self._launch(
+                kind, desc, names, epoch, hosts, request_vars, host_group, check=check
+            )
 
     async def _reconfigure(self, names: list[str], epoch: int) -> None:
         """The reconfigure job of Allocated nodes that came back (lock held)."""
@@ -268,20 +274,19 @@ class JobManager:
         request_vars: Mapping[str, Any],
         host_group: str | None,
         addrs: Sequence[str] | None = None,
+        check: bool = False,  # core.checkmode: no status move, no host-group
         upgrade: Upgrade | None = None,
     ) -> dict[str, Any]:
-        """Commit statuses + job record in one delta, then start the run. Lock held.
-        The record names ``host_group`` when the request did, ``addrs`` (discover), ``upgrade``.
-
-        The status moves are computed inside ``make``: a refused transition (Conflict)
-        raises there, before anything is written, so a partial move is never committed."""
+        """Commit statuses + job record (``host_group``, ``addrs``, ``upgrade`` as given) in
+        one delta, then start the run; lock held. The moves are computed in ``make``: a refused
+        one (Conflict) raises before anything is written: a partial move is never committed."""
         nursery = self._nursery
         if nursery is None:
             raise Unavailable("the job manager is not running")
         settings = self.settings()  # read once per job: a config change reaches the next one
         job_id, me, asked = self._new_id(), self.replica.name, asked_by()
         dropped: list[str] = []
-        status_path = inv.STATUS_PATHS.get(kind)
+        status_path = checkmode.status_path(kind, check)
         made: list[JobRecord] = []
 
         def make(state: ClusterState, ts: Timestamp) -> LWWMap:
@@ -290,7 +295,7 @@ class JobManager:
             if status_path is not None:
                 moved = inv.move_statuses(state, names, status_path.during, epoch, ts)
                 parts.append(self.gate.noted(state, moved, ts, epoch, job=job_id, reason=desc))
-            if host_group:
+            if host_group and not check:
                 parts += [state.d_set(host_group_key(n), host_group, ts) for n in names]
             trim, old = self._history_trim(state, ts)
             dropped[:] = old
@@ -310,6 +315,7 @@ class JobManager:
                 host_group=host_group or None,
                 addrs=tuple(addrs) if addrs is not None else None,
                 requested_by=asked,
+                check=check,
                 upgrade=upgrade,
             )
             check_record_room(record, ts)
@@ -328,7 +334,7 @@ class JobManager:
         # Started before anything else can raise here (a cancel of this request): a
         # committed job that never ran would hold the job slot (gate.run) for good.
         globals_ = self.replica.state.globals()
-        inputs = RunInputs(hosts, settings, globals_, dict(request_vars))
+        inputs = RunInputs(hosts, settings, globals_, dict(request_vars), check=check)
         nursery.start_soon(self.executor.execute, run, inputs)
         log.info("%s: job %s started (%s), epoch %d", me, job_id, desc, epoch)
         if dropped:
@@ -364,8 +370,7 @@ class JobManager:
                 raise Conflict("job is not Running")
         # Active but not ours: an orphan; end it now rather than at the next scan.
         await self.reconcile_orphans()
-        if (run := self.gate.run) is not None and run.job_id == rec.id:
-            run.cancel.set()  # an upgrade the scan resumed: it ends Cancelled
+        self.upgrades.cancel_resumed(rec.id)  # an upgrade the scan resumed: it ends Cancelled
         return job_info(self.replica.state.job(rec.id) or rec)
 
     async def reconcile_orphans(self) -> list[str]:

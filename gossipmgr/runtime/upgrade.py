@@ -45,11 +45,13 @@ from gossipmgr.core.upgrade import (
     DURING,
     KIND,
     SUCCESS,
-    Upgrade,
     batch_size,
     check_max_fail,
     failed_hosts,
     plan_batches,
+)
+from gossipmgr.core.upgrade import (
+    Upgrade as Upgrade,  # re-exported for the JobManager's signature
 )
 from gossipmgr.core.upgrade_check import check_upgrade
 from gossipmgr.errors import Conflict, JobError
@@ -62,7 +64,6 @@ from gossipmgr.runtime.ansible import (
     parse_extra_vars,
     run_playbook,
 )
-from gossipmgr.runtime.holder import HolderGate
 from gossipmgr.runtime.joblog import Run
 from gossipmgr.runtime.jobrun import Executor
 
@@ -77,14 +78,13 @@ class Upgrades:
 
     def __init__(
         self,
-        gate: HolderGate,
         executor: Executor,
         settings: Callable[[], AnsibleSettings],
         log_path: Callable[[str], Path],
         max_bytes: int,
     ) -> None:
-        self.gate = gate
-        self.replica = gate.replica
+        self.gate = executor.gate
+        self.replica = executor.replica
         self.executor = executor
         self.settings = settings
         self.log_path = log_path
@@ -144,6 +144,12 @@ class Upgrades:
                 left.remove(job_id)
                 break
         return left
+
+    def cancel_resumed(self, job_id: str) -> None:
+        """Cancel ``job_id`` if it is the run here (an upgrade :meth:`resume` adopted while a
+        cancel was asked for it as an orphan)."""
+        if (run := self.gate.run) is not None and run.job_id == job_id and not run.done:
+            run.cancel.set()
 
     async def _adopt(self, rec: JobRecord, epoch: int, nursery: trio.Nursery) -> None:
         me, up = self.replica.name, rec.upgrade

@@ -121,7 +121,7 @@ def events_of(novel: LWWMap, seen: dict[str, tuple[str, str]]) -> list[dict[str,
 
 
 def _job(rec: JobRecord) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "id": rec.id,
         "task": rec.task,
         "nodes": list(rec.nodes),
@@ -130,6 +130,9 @@ def _job(rec: JobRecord) -> dict[str, Any]:
         "runner": rec.runner,
         "ended_ms": rec.ended_ms,
     }
+    if rec.check:  # a check job changed nothing: a receiver must not read it as done
+        out["check"] = True
+    return out
 
 
 async def httpx_post(url: str, body: bytes, headers: Mapping[str, str]) -> int:

@@ -13,7 +13,13 @@ from typing import Any
 
 from quart import Response, request
 
-from gossipmgr.api.bodies import body_untrusted, client_vars, field_str, field_str_list
+from gossipmgr.api.bodies import (
+    body_untrusted,
+    client_vars,
+    field_flag,
+    field_str,
+    field_str_list,
+)
 from gossipmgr.api.boundary import json_response, jsonable, maybe_await
 from gossipmgr.api.context import current_context
 from gossipmgr.api.forwarding import forward, must_hold
@@ -32,6 +38,8 @@ NODES_REQUEST = Schema(
             "nodes": {"type": "array", "items": {"type": "string"}},
             "host_group": {"type": "string"},
             "extra_vars": EXTRA_VARS_REF,
+            # check mode: show what the playbooks would change, change nothing (workflows.md)
+            "check": {"type": "boolean", "default": False},
         },
     },
 )
@@ -101,21 +109,24 @@ def _nodes_request(b: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
     NODES_REQUEST,
 )
 async def commission() -> Response:
-    nodes, hg, ev = _nodes_request(await body_untrusted())
-    return await on_holder(lambda: current_context().jobs.commission(nodes, hg, ev))
+    b = await body_untrusted()
+    (nodes, hg, ev), check = _nodes_request(b), field_flag(b, "check")
+    return await on_holder(lambda: current_context().jobs.commission(nodes, hg, ev, check=check))
 
 
 @bp.operation("POST", "/decommission/nodes", "Decommission nodes (job)", JOB_CODES, NODES_REQUEST)
 async def decommission() -> Response:
     b = await body_untrusted()
     nodes, ev = field_str_list(b, "nodes"), client_vars(b, "extra_vars")
-    return await on_holder(lambda: current_context().jobs.decommission(nodes, ev))
+    check = field_flag(b, "check")
+    return await on_holder(lambda: current_context().jobs.decommission(nodes, ev, check=check))
 
 
 @bp.operation("POST", "/update/nodes", "Update nodes (job)", JOB_CODES, NODES_REQUEST)
 async def update() -> Response:
-    nodes, hg, ev = _nodes_request(await body_untrusted())
-    return await on_holder(lambda: current_context().jobs.update(nodes, hg, ev))
+    b = await body_untrusted()
+    (nodes, hg, ev), check = _nodes_request(b), field_flag(b, "check")
+    return await on_holder(lambda: current_context().jobs.update(nodes, hg, ev, check=check))
 
 
 @bp.operation(
@@ -186,6 +197,7 @@ def log_offset() -> int:
     "A job's log from the replicated chunks, streamed live while it runs; "
     "?offset=N starts at line N (0-based)",
     (200, 400, 401, 404, 409),
+    query={"offset": "the number of the first line wanted, 0-based (default 0)"},
 )
 async def info_logs(job: str) -> Any:
     ctx = current_context()

@@ -96,6 +96,7 @@ async def info_node(name: str) -> Response:
     "/info/node/<path:name>/history",
     "A node's history, newest first (?limit=N, at most node_history_limit)",
     (200, 400, 401, 404),
+    query={"limit": "how many entries, newest first: 1 to node_history_limit (the default)"},
 )
 async def info_node_history(name: str) -> Response:
     bound = int(getattr(current_context(), "history_limit", DEFAULT_LIMIT))

@@ -13,6 +13,7 @@ from gossipmgr.api.context import current_context
 from gossipmgr.api.openapi import EXTRA_VARS_REF, JOB_CODES, ApiBlueprint, Schema
 from gossipmgr.api.routes.jobs import on_holder
 from gossipmgr.core.upgrade import batch_size, check_max_fail
+from gossipmgr.errors import BadRequest
 
 bp = ApiBlueprint("upgrade", __name__)
 
@@ -43,6 +44,8 @@ UPGRADE_REQUEST = Schema(
 )
 async def upgrade() -> Response:
     b = await body_untrusted()
+    if field_flag(b, "check"):  # a dry run must never become a real upgrade
+        raise BadRequest('"check" (check mode) is not offered for an upgrade')
     nodes, all_ = field_str_list(b, "nodes"), field_flag(b, "all")
     batch, max_fail = b.get("batch"), check_max_fail(b.get("max_fail"))
     batch_size(batch, 1)  # its form (N or P%), checked before forwarding

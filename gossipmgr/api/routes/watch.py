@@ -18,6 +18,10 @@ EVENT_STREAM = "text/event-stream; charset=utf-8"
     "/watch",
     "Server-Sent Events of every change committed here (?prefix=, ?since= or Last-Event-ID)",
     (200, 400, 401),
+    query={
+        "prefix": "only keys starting with this text (e.g. globals/ or nodes/NAME/)",
+        "since": "resume after this event id (the header Last-Event-ID, when sent, wins)",
+    },
 )
 async def watch() -> Response:
     # An EventSource reconnects to the URL it was given (with its ?since=) and sends the

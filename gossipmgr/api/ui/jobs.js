@@ -43,7 +43,8 @@ export function jobs(role) {
       fill(bar, running ? cancelButton(role, () => page.refresh(), msg) : null);
       fill(box, table("Jobs, newest first", ["Id", "Task", "Status", "Nodes", "Asked by", "Started", "Ended"],
         list.map((j) => h("tr", {},
-          h("th", { scope: "row" }, jobLink(j.id)), h("td", {}, j.task), h("td", {}, badge(j.status)),
+          h("th", { scope: "row" }, jobLink(j.id)), h("td", {}, j.check ? `${j.task} (check)` : j.task),
+          h("td", {}, badge(j.status)),
           h("td", {}, (j.nodes || j.addrs || []).join(", ")), h("td", {}, j.requested_by || "-"),
           h("td", {}, when(j.started_ms || j.created_ms)), h("td", {}, when(j.ended_ms)))),
         "no job yet"));
@@ -102,7 +103,8 @@ export function job(id, role) {
         h("h2", { id: "h-job" }, j.desc || j.task),
         facts([
           ["Status", h("span", { id: "job-status" }, badge(j.status))],
-          ["Task", j.task], ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
+          ["Task", j.check ? `${j.task} (check mode: changes nothing)` : j.task],
+          ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
           ["Runner", j.runner || "-"], ["Epoch", String(j.epoch ?? "-")],
           ["Asked by", j.requested_by || "-"],
           ...(j.upgrade ? [["Upgrade", h("span", { id: "job-upgrade" }, upgradeText(j.upgrade))]] : []),

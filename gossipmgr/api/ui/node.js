@@ -1,6 +1,8 @@
 // One node: its state, its variables (extra-vars), its history, and (admin tokens only)
 // the actions commission / update / decommission / forget. A refused action shows the
-// API's text (clusterm's wording) in an alert next to the form.
+// API's text (clusterm's wording) in an alert next to the form. "Check mode" sends
+// `check: true` with a commission, update or decommission: the job's log shows what the
+// playbooks would change, and nothing changes (docs/workflows.md, "Check mode").
 import { api, get, seg } from "./api.js";
 import { badge, facts, fill, h, jobLink, json, table, when } from "./dom.js";
 import { address } from "./nodes.js";
@@ -30,8 +32,10 @@ export function node(name, role) {
       }
       const body = { nodes: [name], extra_vars: ev };
       if (kind !== "decommission") body.host_group = hg;
+      const check = form.elements["a-check"].checked;
+      if (check) body.check = true;
       res = await api("POST", `${kind}/nodes`, body);
-      fill(result, `${kind} started: job `, jobLink(res.id), ` (${res.status}).`);
+      fill(result, `${kind}${check ? " (check)" : ""} started: job `, jobLink(res.id), ` (${res.status}).`);
     } catch (err) {
       fill(refused, `${kind} refused: ${err.message}`);
     }
@@ -50,6 +54,9 @@ export function node(name, role) {
           h("option", { value: "" }, "(keep the node's: update only)"))),
       h("div", { class: "field" }, h("label", { for: "a-extravars" }, "Extra-vars (a JSON object)"),
         h("textarea", { id: "a-extravars", name: "a-extravars", rows: "3", placeholder: '{"key": "value"}' })),
+      h("div", { class: "field check" },
+        h("input", { id: "a-check", name: "a-check", type: "checkbox" }),
+        h("label", { for: "a-check" }, "Check mode: show what would change, change nothing")),
       h("div", { class: "field check" },
         h("input", { id: "a-force", name: "a-force", type: "checkbox" }),
         h("label", { for: "a-force" }, "Force a forget (the node is alive in Serf)")),

@@ -10,6 +10,11 @@ node (``<dir>/epoch.json``), and
 * otherwise records ``{epoch, holder, job}`` (temp file, fsync, rename, fsync of the
   directory), so the record survives a crash whole or not at all.
 
+In ansible's check mode (a gossipmgr check job) it compares the same way, and fails the same
+way, but records nothing and creates nothing on the node: ``changed`` then says whether a
+real run would have recorded its epoch. A check job acts on nothing, so it must not move the
+node's epoch order either.
+
 Pure apart from :func:`fence` (the file work) and :func:`main` (ansible's glue), so the
 rule can be tested without ansible. Only the standard library and ansible's module_utils:
 the file is shipped to the node on its own. See docs/ansible.md.
@@ -33,6 +38,7 @@ short_description: Refuse a gossipmgr job whose lease epoch is older than one th
 description:
   - Compares O(epoch) with the highest epoch recorded on the node, under a lock; records it
     if not lower, fails with C(fenced: epoch N is older than M (job J by H)) if lower.
+  - In check mode it compares and fails alike, but records and creates nothing.
 options:
   epoch: {description: The lease epoch of the job (gossipmgr_epoch)., type: int, required: true}
   holder: {description: The holder running the job (gossipmgr_holder)., type: str, required: true}
@@ -99,26 +105,50 @@ def _write_atomically(directory: str, record: dict[str, Any]) -> None:
         os.close(dfd)
 
 
-def fence(directory: str, epoch: int, holder: str, job: str) -> dict[str, Any]:
+def _read_record(directory: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(directory, RECORD)) as f:
+            return parse_record(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def _open_lock(directory: str, check: bool) -> int | None:
+    """The node's lock, held: exclusive to record; shared to only compare (``check``),
+    which creates nothing, so a node without a fence directory has no lock to take."""
+    if check:
+        try:
+            fd = os.open(os.path.join(directory, LOCK), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+    else:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if check else fcntl.LOCK_EX)  # released at close
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def fence(directory: str, epoch: int, holder: str, job: str, check: bool = False) -> dict[str, Any]:
     """Check and record under the node's lock. Returns ``{changed, previous, record}``.
 
-    Raises Fenced (nothing written), BadRecord, OSError."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    lock_fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    ``check`` (ansible's check mode): compare only; nothing is written or created, and
+    ``changed`` says whether the record would have changed. Raises Fenced (nothing
+    written), BadRecord, OSError."""
+    lock_fd = _open_lock(directory, check)
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # released when the fd is closed
-        try:
-            with open(os.path.join(directory, RECORD)) as f:
-                previous: dict[str, Any] | None = parse_record(f.read())
-        except FileNotFoundError:
-            previous = None
+        previous = _read_record(directory)
         record = decide(previous, epoch, holder, job)
         changed = previous != record
-        if changed:
+        if changed and not check:
             _write_atomically(directory, record)
         return {"changed": changed, "previous": previous, "record": record}
     finally:
-        os.close(lock_fd)
+        if lock_fd is not None:
+            os.close(lock_fd)
 
 
 def main() -> None:
@@ -131,11 +161,12 @@ def main() -> None:
             "job": {"type": "str", "required": True},
             "dir": {"type": "path", "default": DEFAULT_DIR},
         },
-        supports_check_mode=False,
+        # Check mode compares (a stale check job is refused too) and records nothing.
+        supports_check_mode=True,
     )
     p = module.params
     try:
-        out = fence(p["dir"], p["epoch"], p["holder"], p["job"])
+        out = fence(p["dir"], p["epoch"], p["holder"], p["job"], module.check_mode)
     except Fenced as exc:
         module.fail_json(msg=str(exc), fenced=True)
     except BadRecord as exc:
