@@ -244,6 +244,7 @@ class Agent:
             host_vars=dict(a.host_vars),
             timeout_s=a.timeout_s,
             discover_join_timeout_s=a.discover_join_timeout_s,
+            upgrade_wait_s=a.upgrade_wait_s,
             allowed_client_vars=frozenset(a.allow_client_vars),
         )
 

@@ -60,6 +60,9 @@ class AnsibleConfig:
     timeout_s: float = 0.0
     #: A discover job then waits this long for the nodes to join Serf (0: no wait).
     discover_join_timeout_s: float = 120.0
+    #: After each batch of a rolling upgrade, its nodes must be Discovered again within
+    #: this long; a node that is not counts as failed.
+    upgrade_wait_s: float = 300.0
     #: Variable names API clients may set although the extra-vars policy refuses them
     #: (``ansible_*``, ansible's magic variables; docs/security.md). Exact names. Only
     #: this file sets it: POST /config cannot.
@@ -258,6 +261,7 @@ ANSIBLE_OPTIONS: dict[str, Converter] = {
     "host_vars": _table,
     "timeout_s": _float,
     "discover_join_timeout_s": _float,
+    "upgrade_wait_s": _float,
     "allow_client_vars": _strings,
 }
 #: The file's top-level keys: every field of AgentConfig but ``ansible`` (the table above)

@@ -470,3 +470,15 @@ def test_read_token_sees_no_actions(console: Console) -> None:
     # and the server refuses what the page does not offer
     st, err = console.api("POST", "/decommission/nodes", {"nodes": ["node-1"]}, READ_TOKEN)
     assert st == 403 and 'token "viewer" has the role read' in err["error"]
+
+
+def test_an_upgrade_job_shows_its_batches(console: Console) -> None:
+    """A rolling upgrade's record shows its progress on the job page (there is no upgrade
+    playbook here: the batch fails at once, and the job stops past --max-fail 0)."""
+    st, rec = console.api("POST", "/upgrade/nodes", {"nodes": ["node-0"]})
+    assert st == 200, rec
+    console.go(f"#/job/{rec['id']}")
+    console.wait("the job's end", lambda: console.text("job-status") == "Errored")
+    want = "1 of 1 batches done; failed: node-0 (max-fail 0)"
+    console.wait("its progress", lambda: console.text("job-upgrade") == want)
+    console.shot("job-upgrade")

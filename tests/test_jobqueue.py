@@ -352,3 +352,25 @@ def test_the_cli_sends_queue_and_the_job_to_cancel(
         body = {**body, "queue": True}
     assert rec.calls == [(method, path, body)]
     assert capsys.readouterr().out.startswith(printed)
+
+
+async def test_a_queued_upgrade_keeps_its_options_and_is_checked_when_it_starts(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """``POST /upgrade/nodes`` with ``"queue": true`` goes through the same queue: its
+    options are stored as given, and the upgrade's own checks run when it starts (the
+    nodes here are Unallocated: refused then, with the upgrade's reason)."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, *NODES)
+    await busy(rep)
+    args = {"nodes": ["rack-1", "rack-2"], "all_": False, "batch": "50%", "max_fail": 1}
+    queued = await jm.submit("upgrade", {**args, "extra_vars": ""}, queue=True)
+    assert queued["status"] == "Queued" and queued["request"]["op"] == "upgrade"
+    assert queued["request"]["args"] == {**args, "extra_vars": {}}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        await wait_idle(jm)
+        nursery.cancel_scope.cancel()
+    done = rep.state.job(queued["id"])
+    assert done is not None and done.status == "Errored"
+    assert done.error.startswith("queued job not started: only Allocated nodes can be upgraded")

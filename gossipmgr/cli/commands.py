@@ -115,6 +115,9 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
         out(args, c.call("GET", f"/info/node/{_q(args.name)}/history{query}"), render_history)
         return 0
     body: dict[str, Any] = {"nodes": names, "extra_vars": _extra_vars_arg(args.extra_vars)}
+    if verb == "upgrade":
+        out(args, c.call("POST", "/upgrade/nodes", _upgrade_body(args, body)), render_job_started)
+        return 0
     if verb in ("commission", "update"):
         body["host_group"] = args.host_group or ""
     if args.check:
@@ -123,6 +126,20 @@ def cmd_node(c: Client, args: argparse.Namespace) -> int:
         body["queue"] = True
     out(args, c.call("POST", WORKFLOW_PATH[verb], body), render_job_started)
     return 0
+
+
+def _upgrade_body(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
+    if bool(args.all) == bool(args.names):
+        raise CliError("nodes upgrade: give node names or --all (not both)", 2)
+    if args.all:
+        body = {"all": True, "extra_vars": body["extra_vars"]}
+    batch = args.batch
+    if batch is not None:
+        body["batch"] = int(batch) if batch.isdigit() else batch
+    body["max_fail"] = args.max_fail
+    if args.queue:
+        body["queue"] = True
+    return body
 
 
 def cmd_discover(c: Client, args: argparse.Namespace) -> int:

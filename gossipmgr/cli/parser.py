@@ -145,6 +145,8 @@ def _add_node_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
                 "log shows what would change, and nothing changes (no node status either)",
             )
             vp.set_defaults(func=cmds.cmd_node)
+        if many:
+            _add_upgrade(vs, common)
         vp = vs.add_parser("get", aliases=["g"], parents=[common])
         if many:
             vp.add_argument("names", nargs="*", metavar="NAME")
@@ -168,6 +170,23 @@ def _add_node_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:
             vp.add_argument("name", metavar="NAME")
             vp.add_argument("-n", "--limit", type=int, default=None, help="at most N entries")
             vp.set_defaults(func=cmds.cmd_node)
+
+
+def _add_upgrade(vs: _Sub, common: argparse.ArgumentParser) -> None:
+    vp = vs.add_parser(
+        "upgrade",
+        parents=[common],
+        help="rolling upgrade of Allocated nodes in batches (the upgrade_playbook)",
+    )
+    vp.add_argument("names", nargs="*", metavar="NAME")
+    vp.add_argument("--all", action="store_true", help="every Allocated node")
+    vp.add_argument("--batch", default=None, help="nodes per batch: N or P%% (default 1)")
+    vp.add_argument(
+        "--max-fail", type=int, default=0, help="stop once more than K nodes failed (default 0)"
+    )
+    _extra_vars(vp)
+    _queue(vp)
+    vp.set_defaults(func=cmds.cmd_node)
 
 
 def _add_global_commands(sub: _Sub, common: argparse.ArgumentParser) -> None:

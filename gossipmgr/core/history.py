@@ -13,7 +13,9 @@ loss: each is a plain LWW entry, and the map's join is the merge. Keys sort by t
 ``event`` is ``discovered`` (a node seen for the first time, or again after it was
 forgotten), ``reappeared`` (Disappeared -> Discovered), ``disappeared``, ``status`` (a
 status change, ``job`` says which job moved it), ``imported`` (a status set by an
-inventory import) or ``forgotten``.
+inventory import), ``forgotten``, or ``noted``: a job's note on a node whose register
+it rewrote without a change (``Cause.noted``: e.g. a rolling upgrade that failed on a node
+leaves it in Maintenance, and says why).
 
 **The bound.** A node keeps its newest ``limit`` entries (200 by default). The writer of a
 new entry also writes tombstones for that node's live entries beyond the newest ``limit``,
@@ -45,7 +47,15 @@ DEFAULT_LIMIT: Final = 200
 #: Characters of a reason kept in an entry (the job's log has the whole text).
 REASON_CHARS: Final = 500
 
-EVENTS: Final = ("discovered", "reappeared", "disappeared", "status", "imported", "forgotten")
+EVENTS: Final = (
+    "discovered",
+    "reappeared",
+    "disappeared",
+    "status",
+    "imported",
+    "forgotten",
+    "noted",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,8 @@ class Cause:
     reason: str = ""
     #: ``imported`` instead of ``status`` for a status change (an inventory import)
     imported: bool = False
+    #: nodes whose rewritten register gets a ``noted`` entry even though it did not change
+    noted: frozenset[str] = frozenset()
 
 
 def history_id(ts: Timestamp) -> str:
@@ -140,6 +152,8 @@ def d_history(
         node = key[1]
         old = m.get(key)
         event = event_of(old, e.value, cause)
+        if event is None and node in cause.noted:
+            event = "noted"
         if event is None:
             continue
         hid = history_id(ts)

@@ -20,6 +20,8 @@ A job record is the value of ``("j", id)`` (epoch-fenced, see ``gossipmgr.core.s
     request     optional, Queued records only: the stored request the holder starts the job
                 with, ``{"op": <JobManager entry point>, "args": {<its arguments>}}``
                 (``gossipmgr.core.jobqueue``); the record written at the start has none
+    upgrade     optional: a rolling upgrade's progress (``gossipmgr.core.upgrade``); a
+                value of another shape reads as absent, an older version ignores it
 
 :meth:`JobRecord.to_value` gives exactly that map, in that field order (the stored and the
 served shape: GET /info/job answers it plus ``logs``). Every record gossipmgr wrote, since
@@ -43,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from gossipmgr.core.upgrade import Upgrade
 from gossipmgr.errors import Conflict
 
 QUEUED: Final = "Queued"
@@ -128,6 +131,7 @@ class JobRecord:
     requested_by: str = ""
     check: bool = False
     request: dict[str, Any] | None = field(default=None, hash=False)
+    upgrade: Upgrade | None = None
 
     @classmethod
     def from_value(cls, value: object) -> JobRecord | None:
@@ -154,6 +158,7 @@ class JobRecord:
             requested_by=by if isinstance(by := value.get("requested_by"), str) else "",
             check=value.get("check") is True,
             request=_request(value.get("request")),
+            upgrade=Upgrade.from_value(value.get("upgrade")),
         )
 
     def to_value(self) -> dict[str, Any]:
@@ -186,11 +191,17 @@ class JobRecord:
             out["check"] = True
         if self.request is not None:
             out["request"] = self.request
+        if self.upgrade is not None:
+            out["upgrade"] = self.upgrade.to_value()
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The served shape: the stored one (JSON-ready: strings, ints and lists)."""
-        return self.to_value()
+        """The served shape: the stored one (JSON-ready: strings, ints and lists), but an
+        upgrade's stored request extra-vars."""
+        out = self.to_value()
+        if self.upgrade is not None:
+            out["upgrade"] = self.upgrade.to_json()
+        return out
 
     @property
     def active(self) -> bool:

@@ -144,7 +144,15 @@ class LogChunks:
         self.truncated = False
         self._chunks: dict[int, _Open] = {}  # the open one and any not yet written
         self._open: _Open | None = None
+        self._next = 0  # the index of the first chunk this writer opens
         self._dirty: set[int] = set()
+
+    def continue_after(self, chunk: Chunk, index: int, size: int) -> None:
+        """Go on with a log another runner wrote up to ``chunk`` (its last, at ``index``;
+        ``size`` bytes in all): the next line opens chunk ``index + 1`` and is numbered
+        ``chunk.stop`` (a job resumed by a new holder, ``gossipmgr.runtime.upgrade``)."""
+        self.lines, self.bytes, self._next = chunk.stop, size, index + 1
+        self.truncated = chunk.truncated
 
     def add(self, line: str) -> bool:
         """Add one line; False when it is past the cap (the marker was added instead, once)."""
@@ -166,7 +174,7 @@ class LogChunks:
         if ch is None or (
             ch.lines and (ch.size + size > CHUNK_BYTES or len(ch.lines) >= CHUNK_LINES)
         ):
-            index = 0 if ch is None else ch.index + 1
+            index = self._next if ch is None else ch.index + 1
             ch = self._open = self._chunks[index] = _Open(index, self.lines)
         ch.lines.append(line)
         ch.size += size
@@ -177,7 +185,7 @@ class LogChunks:
     def end(self) -> None:
         """The job ended: the last chunk says so (written by the final flush)."""
         if self._open is None:
-            self._open = self._chunks[0] = _Open(0, 0)
+            self._open = self._chunks[self._next] = _Open(self._next, self.lines)
         self._open.end = True
         self._dirty.add(self._open.index)
 

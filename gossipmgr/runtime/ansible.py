@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -115,6 +115,9 @@ class PlaybookResult:
     rc: int
     status: str  # "successful" | "failed" | "canceled" | "timeout"
     error: str = ""
+    #: ansible's recap (the playbook_on_stats event's data: failures, dark, processed, ...
+    #: by host); empty when the run never got that far
+    stats: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -293,6 +296,7 @@ class _Events:
         self.log = log
         self.token = token
         self.fenced: list[str] = []  # the first fence refusal, as the module said it
+        self.stats: dict[str, Any] = {}  # the recap's per-host counts (PlaybookResult.stats)
 
     def _emit(self, lines: list[str]) -> None:
         for line in lines:
@@ -302,6 +306,8 @@ class _Events:
         refusal = _fence_refusal(event)
         if refusal is not None and not self.fenced:
             self.fenced.append(refusal)
+        if event.get("event") == "playbook_on_stats":
+            self.stats = dict(event.get("event_data") or {})
         text = event.get("stdout")
         if text:
             try:
@@ -408,7 +414,7 @@ async def run_playbook(
     elif status != "successful" and not error:
         error = f"ansible-playbook exited with rc {rc}"
     log(f"gossipmgr: {playbook}: {status} (rc {rc})")
-    return PlaybookResult(playbook, rc, status, error)
+    return PlaybookResult(playbook, rc, status, error, events.stats)
 
 
 # --------------------------------------------------------------------------- workflows

@@ -61,6 +61,9 @@ class AnsibleSettings:
     # address to show up as a Discovered node (its Serf agent joined); then it fails with
     # the addresses that did not (clusterm issue #157). 0: do not wait.
     discover_join_timeout_s: float = 120.0
+    # After each batch of a rolling upgrade, how long its nodes may take to be Discovered
+    # again (Serf); a node not back by then counts as failed (gossipmgr.runtime.upgrade).
+    upgrade_wait_s: float = 300.0
     # Config-layer extra-vars set through the API (POST /config), on top of
     # ``extra_variables`` (the operator's file). Client values: checked and marked unsafe.
     client_extra_variables: Mapping[str, Any] = field(default_factory=dict)

@@ -24,7 +24,7 @@ and inventory records merge epoch-first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -85,6 +85,8 @@ def check_record_room(record: JobRecord, ts: Timestamp) -> None:
         "log_count": MAX_COUNTER,
         "log_tail": [wide * LOG_LINE_CHARS] * LOG_TAIL_LINES,
     }
+    if record.upgrade is not None:  # its progress grows up to every node failed
+        worst["upgrade"] = record.upgrade.worst().to_value()
     try:
         check_writable(LWWMap({job_key(record.id): Entry(ts, worst)}))
     except ValueTooLarge as exc:
@@ -103,6 +105,10 @@ class Executor:
         self.replica = gate.replica
         self.work_dir = work_dir
         self.log_flush_s = log_flush_s
+        #: workflows run by another module instead of run_workflow (kind -> runner):
+        #: ``upgrade`` (gossipmgr.runtime.upgrade)
+        self.runners: dict[str, Callable[[Executor, Run, RunInputs], Awaitable[WorkflowResult]]]
+        self.runners = {}
 
     async def execute(self, run: Run, inputs: RunInputs) -> None:
         me = self.replica.name
@@ -147,6 +153,8 @@ class Executor:
         me = self.replica.name
         kind = "commission" if run.kind == "reconfigure" else run.kind
         try:
+            if (runner := self.runners.get(run.kind)) is not None:
+                return await runner(self, run, inputs)
             return await run_workflow(
                 kind,
                 inputs,

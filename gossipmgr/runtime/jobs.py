@@ -76,6 +76,7 @@ from gossipmgr.runtime.jobrun import Executor, check_record_room
 from gossipmgr.runtime.nodeadmin import NodeAdmin
 from gossipmgr.runtime.queuestart import claim, launch_id
 from gossipmgr.runtime.replica import Replica
+from gossipmgr.runtime.upgrade import Upgrade, Upgrades
 
 log = logging.getLogger("gossipmgr.jobs")
 
@@ -121,6 +122,7 @@ class JobManager(JobReads):
             self.gate, self._reconfigure, reconfigure_on_reappear=reconfigure_on_reappear
         )
         self.admin = NodeAdmin(self.gate)
+        self.upgrades = Upgrades(self.executor, settings, self.log_path, job_log_max_bytes)
         self._nursery: trio.Nursery | None = None
         self._counter = 0
         self.queue = JobQueue(
@@ -239,6 +241,10 @@ class JobManager(JobReads):
                 "discover", desc, [], epoch, hosts, request_vars, None, addr_list
             )
 
+    async def upgrade(self, nodes: object, all_: object = None, **opts: Any) -> dict[str, Any]:
+        """A rolling upgrade (:meth:`Upgrades.start`). Raises like :meth:`commission`."""
+        return await self.upgrades.start(self._launch, nodes, all_, **opts)
+
     async def _workflow(
         self, kind: str, nodes: Sequence[str], host_group: str, extra_vars: object, check: bool
     ) -> dict[str, Any]:
@@ -282,12 +288,11 @@ class JobManager(JobReads):
         host_group: str | None,
         addrs: Sequence[str] | None = None,
         check: bool = False,  # core.checkmode: no status move, no host-group
+        upgrade: Upgrade | None = None,
     ) -> dict[str, Any]:
-        """Commit statuses + job record in one delta, then start the run. Lock held.
-
-        The record names ``host_group`` when the request did, and ``addrs`` (discover).
-        The status moves are computed inside ``make``: a refused transition (Conflict)
-        raises there, before anything is written, so a partial move is never committed."""
+        """Commit statuses + job record (``host_group``, ``addrs``, ``upgrade`` as given) in
+        one delta, then start the run; lock held. The moves are computed in ``make``: a refused
+        one (Conflict) raises before anything is written: a partial move is never committed."""
         nursery = self._nursery
         if nursery is None:
             raise Unavailable("the job manager is not running")
@@ -324,6 +329,7 @@ class JobManager(JobReads):
                 addrs=tuple(addrs) if addrs is not None else None,
                 requested_by=asked,
                 check=check,
+                upgrade=upgrade,
             )
             check_record_room(record, ts)
             made[:] = [record]
@@ -380,6 +386,7 @@ class JobManager(JobReads):
                 raise Conflict("job is not Running")
         # Active but not ours: an orphan; end it now rather than at the next scan.
         await self.reconcile_orphans()
+        self.upgrades.cancel_resumed(rec.id)  # an upgrade the scan resumed: it ends Cancelled
         return job_info(self.replica.state.job(rec.id) or rec)
 
     async def reconcile_orphans(self) -> list[str]:
@@ -398,6 +405,7 @@ class JobManager(JobReads):
             mine = self.running_job_id
             active = self.replica.state.active_jobs()
             ids = [j.id for j in active if j.status == RUNNING and j.id != mine]
+            ids = await self.upgrades.resume(ids, epoch, self._nursery)  # resumed, not ended
             if not ids:
                 return []
             me = self.replica.name

@@ -3,6 +3,7 @@ OpenAPI summary and status codes (:meth:`gossipmgr.api.openapi.ApiBlueprint.oper
 
 =============== ==================================================================
 ``jobs``        workflows run on the lease holder (forwarded), jobs, job logs
+``upgrade``     the rolling upgrade (a workflow, run like the others)
 ``nodes``       the inventory, a node's settings, import and forget (fenced)
 ``global_vars`` global extra-vars
 ``config``      the runtime configuration (its ansible section is writable)
@@ -14,11 +15,22 @@ OpenAPI summary and status codes (:meth:`gossipmgr.api.openapi.ApiBlueprint.oper
 """
 
 from gossipmgr.api.openapi import ApiBlueprint
-from gossipmgr.api.routes import config, console, global_vars, jobs, lease, nodes, status, watch
+from gossipmgr.api.routes import (
+    config,
+    console,
+    global_vars,
+    jobs,
+    lease,
+    nodes,
+    status,
+    upgrade,
+    watch,
+)
 
 #: Every resource's blueprint, in the order the document lists them.
 BLUEPRINTS: tuple[ApiBlueprint, ...] = (
     jobs.bp,
+    upgrade.bp,
     nodes.bp,
     global_vars.bp,
     config.bp,

@@ -27,6 +27,14 @@ function status(j) {
   return j.status === "Queued" && j.queue_position ? [badge(j.status), ` #${j.queue_position}`] : [badge(j.status)];
 }
 
+// A rolling upgrade's progress (the record's `upgrade`): batches done, the one running,
+// the nodes that failed.
+function upgradeText(u) {
+  const running = u.current >= 0 ? `; batch ${u.current + 1} running: ${u.batches[u.current].join(", ")}` : "";
+  const failed = u.failed.length ? `; failed: ${u.failed.join(", ")}` : "";
+  return `${u.done} of ${u.batches.length} batches done${running}${failed} (max-fail ${u.max_fail})`;
+}
+
 export function jobs(role) {
   const box = h("div");
   const bar = h("div", { class: "buttons" });
@@ -109,6 +117,7 @@ export function job(id, role) {
           ["Nodes", (j.nodes || j.addrs || []).join(", ") || "-"],
           ["Runner", j.runner || "-"], ["Epoch", String(j.epoch ?? "-")],
           ["Asked by", j.requested_by || "-"],
+          ...(j.upgrade ? [["Upgrade", h("span", { id: "job-upgrade" }, upgradeText(j.upgrade))]] : []),
           ["Created", when(j.created_ms)], ["Started", when(j.started_ms)], ["Ended", when(j.ended_ms)],
           ["Error", j.error || "-"],
         ])));
