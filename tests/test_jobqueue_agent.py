@@ -9,7 +9,7 @@ local) that trace each job's runs to a file. One cluster for the whole story:
   instance (forwarded), their positions visible everywhere;
 * a queued job is cancelled (asked at a non-holder) and never runs;
 * the holder is SIGKILLed while the first job runs; the new holder ends that one as an
-  orphan and runs the two queued jobs in order, each exactly once, under its epoch: the
+  orphan and runs the three queued jobs in order, each exactly once, under its epoch: the
   second (``update``) is only valid once the first queued one (``commission`` of the same
   node) has completed, so the order is checked by the state as well as by the trace.
 """
@@ -106,6 +106,9 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
         doomed = job(others[1], "/decommission/nodes", {"nodes": [nodes[2]], "queue": True})
         assert [j["status"] for j in (second, third, doomed)] == ["Queued"] * 3
         assert [j["queue_position"] for j in (second, third, doomed)] == [1, 2, 3]
+        last = {"nodes": [nodes[2]], "host_group": "service-master", "queue": True}
+        fourth = job(others[1], "/commission/nodes", last)
+        assert (fourth["status"], fourth["queue_position"]) == ("Queued", 4)
         r = c.post(others[1], "/job/cancel", {"job": doomed["id"]})
         assert r.status_code == 200 and r.json()["status"] == "Cancelled", r.text
 
@@ -114,6 +117,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
             return bool(
                 jobs.get(doomed["id"], {}).get("status") == "Cancelled"
                 and jobs.get(third["id"], {}).get("queue_position") == 2
+                and jobs.get(fourth["id"], {}).get("queue_position") == 3
             )
 
         wait_for(lambda: all(replicated(n) for n in others), 30, "the queue on every instance")
@@ -125,16 +129,17 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
             rec = c.get(survivor, f"/info/job/{job_id}")
             return rec["status"] not in ("Queued", "Running")
 
-        wait_for(lambda: ended(third["id"]), 120, "the new holder to run the queue")
+        wait_for(lambda: ended(fourth["id"]), 150, "the new holder to run the queue")
     finally:
         _kill_marked(tag)
-    recs = [c.get(survivor, f"/info/job/{j['id']}") for j in (first, second, third, doomed)]
-    one, two, three, four = recs
+    jobs = (first, second, third, doomed, fourth)
+    one, two, three, four, five = (c.get(survivor, f"/info/job/{j['id']}") for j in jobs)
     assert one["status"] == "Errored" and "lost the lease" in one["error"]
-    assert (two["status"], three["status"]) == ("Complete", "Complete"), (two, three)
+    assert [j["status"] for j in (two, three, five)] == ["Complete"] * 3, (two, three, five)
     new_holder = two["runner"]
-    assert new_holder in others and three["runner"] == new_holder
+    assert new_holder in others and three["runner"] == five["runner"] == new_holder
     assert two["epoch"] > first["epoch"] and three["epoch"] == two["epoch"] == one["epoch"]
+    assert five["epoch"] == two["epoch"]
     assert (four["status"], four["runner"], four["started_ms"]) == ("Cancelled", "", 0)
     lines = trace.read_text().splitlines()
     assert lines == [
@@ -142,7 +147,8 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
         f"configure {second['id']} {nodes[1]}",
         f"cleanup {third['id']} {nodes[1]}",
         f"configure {third['id']} {nodes[1]}",
+        f"configure {fourth['id']} {nodes[2]}",
     ], lines
     info = c.get(survivor, "/info/nodes")
     statuses = [info[n]["inventory_state"]["status"] for n in nodes]
-    assert statuses == ["Unallocated", "Allocated", "Unallocated"], statuses
+    assert statuses == ["Unallocated", "Allocated", "Allocated"], statuses
