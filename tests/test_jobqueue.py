@@ -22,6 +22,9 @@ from test_jobs import DEADLINE_S, _put, add_nodes, job_value, manager, put_job, 
 from gossipmgr.cli.parser import build_parser
 from gossipmgr.config import load as load_config
 from gossipmgr.core import jobqueue as jq
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.codec import MAX_ENTRY_BYTES, check_entry
+from gossipmgr.core.crdt import Entry
 from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.state import job_key
 from gossipmgr.errors import BadRequest, ConfigError, Conflict, NotFound
@@ -374,3 +377,68 @@ async def test_a_queued_upgrade_keeps_its_options_and_is_checked_when_it_starts(
     done = rep.state.job(queued["id"])
     assert done is not None and done.status == "Errored"
     assert done.error.startswith("queued job not started: only Allocated nodes can be upgraded")
+
+
+def _queued_entry_size(rep: Replica, args: dict[str, Any]) -> int:
+    """The encoded size of the Queued record (its entry) :meth:`JobQueue.submit` writes."""
+    now = rep.now_ms()
+    jid = make_job_id(now, 1, rep.name)
+    value = jq.queued_record(jid, jq.QueuedRequest("update", args), 1, now, "").to_value()
+    packed = check_entry(job_key(jid), Entry(Timestamp(now, 0, rep.name), value))
+    assert packed is not None
+    return len(packed)
+
+
+async def test_a_queued_job_near_the_size_limit_can_be_ended_and_never_stops_the_service(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A Queued record that fits one gossip message with a few bytes to spare: ending it
+    (Cancelled, or Errored with the reason its start was refused) must still be writable,
+    and a write that fails there must not escape the JobManager's service loop (the
+    agent's nursery: the whole agent would stop, on every holder in turn)."""
+    jm = manager(rep, tmp_path)
+    await add_nodes(jm, *NODES)
+    await busy(rep)
+
+    def args(pad: int) -> dict[str, Any]:
+        # rack-1 is Unallocated: an update of it is refused when it starts
+        return {"nodes": ["rack-1"], "host_group": "", "extra_vars": {"pad": "x" * pad}}
+
+    pad = 600_000
+    pad += MAX_ENTRY_BYTES - 40 - _queued_entry_size(rep, args(pad))
+    assert MAX_ENTRY_BYTES - 60 < _queued_entry_size(rep, args(pad)) <= MAX_ENTRY_BYTES - 40
+    cancelled = (await jm.submit("update", args(pad), queue=True))["id"]
+    refused = (await jm.submit("update", args(pad), queue=True))["id"]
+    res = await jm.cancel(cancelled)
+    assert res["status"] == "Cancelled" and "request" not in res
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        await wait_idle(jm)
+        nursery.cancel_scope.cancel()
+    r = rep.state.job(refused)
+    assert r is not None and r.status == "Errored" and r.request is None
+    assert r.error.startswith("queued job not started: ") and "transition" in r.error
+
+
+async def test_a_forged_queued_record_too_big_to_end_leaves_the_service_running(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A key holder's Queued record with no request to run and a desc that leaves no room
+    for the Errored end: the start cannot write that end; the service logs it and goes
+    on (retrying at its next wake) instead of raising out of its loop."""
+    jm = manager(rep, tmp_path)
+    jid = make_job_id(700, 1, "k")
+    fields: dict[str, Any] = {"status": "Queued", "runner": "", "request": None}
+    pad = 600_000
+    for _ in range(2):  # the size is linear in the pad beyond 64 KiB
+        value = job_value(jid, **fields, desc="x" * pad)
+        packed = check_entry(job_key(jid), Entry(Timestamp(rep.now_ms(), 0, rep.name), value))
+        assert packed is not None
+        pad += MAX_ENTRY_BYTES - 40 - len(packed)
+    await put_job(rep, jid, **fields, desc="x" * pad)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        await jm._start_queued()  # what the loop calls: the end is refused, logged
+        nursery.cancel_scope.cancel()
+    r = rep.state.job(jid)
+    assert r is not None and r.status == "Queued"

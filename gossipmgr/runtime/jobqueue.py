@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gossipmgr.core import jobqueue as jq
@@ -178,6 +179,9 @@ class JobQueue:
                 if cur is None or cur.status != QUEUED:
                     return LWWMap()
                 rec = cur.transition(status, error=error[:1000], ended_ms=ts.ms, epoch=epoch)
+                # the stored request is for the start only: dropped, the ended record is
+                # never larger than the Queued one by more than its error (it always fits)
+                rec = replace(rec, request=None)
                 ended[:] = [rec]
                 return state.d_set(job_key(job_id), rec.to_value(), ts)
 

@@ -138,7 +138,7 @@ class JobManager(JobReads):
                 task_status.started()
                 while True:
                     await self._scan_orphans()
-                    await self.queue.start_next()  # gossipmgr.runtime.jobqueue
+                    await self._start_queued()
                     with trio.move_on_after(ORPHAN_SCAN_S):
                         await self.replica.wait_change()
             finally:
@@ -153,6 +153,15 @@ class JobManager(JobReads):
             # Disk trouble, the lease moving on mid-commit, or an orphan (gossiped by a key
             # holder) too big to end: retry at the next wake; the service goes on.
             log.error("%s: orphan reconciliation failed: %s", self.replica.name, exc)
+
+    async def _start_queued(self) -> None:
+        try:
+            await self.queue.start_next()  # gossipmgr.runtime.jobqueue
+        except GossipmgrError as exc:
+            # Ending a queued job whose start was refused failed (the lease moving on
+            # mid-commit, disk trouble, a forged record too big to end): retry at the next
+            # wake; the service goes on (an exception here would stop the whole agent).
+            log.error("%s: starting a queued job failed: %s", self.replica.name, exc)
 
     @property
     def running_job_id(self) -> str | None:
