@@ -28,6 +28,7 @@ from gossipmgr.core.crdt import Entry
 from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.state import job_key
 from gossipmgr.errors import BadRequest, ConfigError, Conflict, NotFound
+from gossipmgr.runtime.joblog import Run
 from gossipmgr.runtime.jobs import HISTORY, JobManager
 from gossipmgr.runtime.replica import Replica
 
@@ -442,3 +443,22 @@ async def test_a_forged_queued_record_too_big_to_end_leaves_the_service_running(
         nursery.cancel_scope.cancel()
     r = rep.state.job(jid)
     assert r is not None and r.status == "Queued"
+
+
+async def test_cancelling_a_job_by_id_never_cancels_another_one(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """``cancel(X)`` with X Running but not this holder's run (another runner's, an orphan
+    the scan has not ended yet, e.g. after a partition heals) ends X, and leaves the run
+    of this holder (job Y) alone: the id names the job to cancel."""
+    jm = manager(rep, tmp_path)
+    mine = make_job_id(900, 1, "a")
+    await put_job(rep, mine, status="Running", runner="a", task="commission")
+    run = Run(mine, "commission", 1, jm.log_path(mine))
+    jm.gate.run = run  # this holder's run of Y (no playbook needed to stand for one)
+    other = make_job_id(800, 1, "zz")
+    await put_job(rep, other, status="Running", runner="zz", task="commission")
+    res = await jm.cancel(other)
+    assert res["id"] == other and res["status"] == "Errored"
+    assert not run.cancel.is_set()
+    assert rep.state.job(mine).status == "Running"  # type: ignore[union-attr]

@@ -383,15 +383,17 @@ class JobManager(JobReads):
         async with self.gate.lock:
             self.gate.epoch()
             run = self.gate.run
-            if run is not None and not run.done:
+            if run is not None and not run.done and job_id in (None, run.job_id):
                 run.cancel.set()
                 run.line(f"gossipmgr: job {run.job_id}: cancel requested")
                 rec = self.replica.state.job(run.job_id)
                 if rec is not None:
                     return job_info(rec)
                 # its record was overtaken (see HolderGate.check_idle): answer as for others
-            rec = self.active_record()
+            rec = self.active_record() if job_id is None else self.replica.state.job(job_id)
             if rec is None or rec.status != RUNNING:
+                if job_id is not None and rec is not None:  # ended since queue.cancel looked
+                    raise Conflict(f'job "{job_id}" is not active (it ended {rec.status})')
                 raise Conflict("job is not Running")
         # Active but not ours: an orphan; end it now rather than at the next scan.
         await self.reconcile_orphans()
