@@ -46,8 +46,9 @@ export function jobs(role) {
     async refresh() {
       const res = await get("info/jobs");
       const list = Array.isArray(res) ? res : res.jobs;
-      const running = list.some((j) => j.status === "Running");
-      fill(bar, running ? cancelButton(role, () => page.refresh(), msg) : null);
+      // the cancel names the job shown: one that started since the page was drawn is not hit
+      const running = list.find((j) => j.status === "Running");
+      fill(bar, running ? cancelButton(role, () => page.refresh(), msg, running.id) : null);
       const refresh = () => page.refresh();
       fill(box, table("Jobs, newest first", ["Id", "Task", "Status", "Nodes", "Asked by", "Started", "Ended", "Action"],
         list.map((j) => h("tr", {},
@@ -108,7 +109,7 @@ export function job(id, role) {
     async refresh() {
       const j = await get(`info/job/${seg(id)}`);
       const queued = j.status === "Queued";
-      fill(bar, j.status === "Running" || queued ? cancelButton(role, () => page.refresh(), msg, queued ? id : undefined) : null);
+      fill(bar, j.status === "Running" || queued ? cancelButton(role, () => page.refresh(), msg, id) : null);
       fill(rec, h("section", { class: "card wide", "aria-labelledby": "h-job" },
         h("h2", { id: "h-job" }, j.desc || j.task),
         facts([
