@@ -212,3 +212,28 @@ async def test_a_cancel_stops_the_batch_and_leaves_the_rest_untouched(
     assert rec.upgrade is not None and rec.upgrade.done == 1 and rec.upgrade.failed == (names[0],)
     assert _status(rep, names[0]) == "Maintenance" and _status(rep, names[1]) == "Allocated"
     assert _history(rep, names[0])[0]["reason"] == "upgrade failed: job was cancelled"
+
+
+async def test_a_forged_log_chunk_does_not_stop_the_resume(rep: Replica, tmp_path: Path) -> None:
+    """The last chunk of an orphaned upgrade's log is of no chunk's shape (forged by a key
+    holder): the scan must not crash on it; the upgrade is resumed, its log numbered on
+    from the record's line count."""
+    jm = manager(rep, tmp_path)
+    names = await _allocated(jm, 2)
+    up = Upgrade(((names[0],), (names[1],)), max_fail=5)
+    jid = make_job_id(rep.now_ms(), 1, "old")
+    rec = JobRecord(jid, "upgrade", "upgrade", "upgrade", tuple(names), "Running", "", 0,
+                    "old", 1, 1, log_count=3, log_tail=("l0", "l1", "l2"), upgrade=up)  # fmt: skip
+    await rep.commit(
+        lambda st, ts: combine(
+            st.d_set(job_key(jid), rec.to_value(), ts),
+            st.d_set(chunks.log_key(jid, 0), {"forged": True}, ts),
+        )
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        done = await wait_ended(jm, jid)
+        nursery.cancel_scope.cancel()
+    assert done["runner"] == "a" and done["epoch"] == 1, done
+    assert done["upgrade"]["done"] == 2, done
+    assert done["log_count"] > 3 and rep.state.map.get(chunks.log_key(jid, 1)) is not None
