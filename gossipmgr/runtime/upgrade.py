@@ -207,7 +207,6 @@ class Upgrades:
             if hosts:
                 cancelled = await self._upgrade(ex, run, inputs, hosts, failed)
                 if cancelled:
-                    failed |= {h.name: CANCELLED_ERROR for h in hosts}
                     await self._end(ex, run, i, failed)
                     return WorkflowResult(False, True, CANCELLED_ERROR, [])
             up = await self._end(ex, run, i, failed)
@@ -227,7 +226,8 @@ class Upgrades:
         failed: dict[str, str],
     ) -> bool:
         """One batch's run and wait; its failed nodes go into ``failed`` (name -> why).
-        True when it was cancelled."""
+        True when it was cancelled (during the run: every node of the batch failed; during
+        the wait: the nodes not back yet)."""
         settings = inputs.settings
         result = await run_playbook(
             settings.upgrade_playbook,
@@ -242,6 +242,7 @@ class Upgrades:
             },
         )
         if result.status == "canceled":
+            failed.update({h.name: CANCELLED_ERROR for h in hosts})
             return True
         names = [h.name for h in hosts]
         why = f'playbook "{result.playbook}" failed on it: {result.error}'
@@ -249,9 +250,16 @@ class Upgrades:
             failed[name] = why
         wait_s = settings.upgrade_wait_s
         ran_well = [n for n in names if n not in failed]
-        for name in await self._wait_back(ex, run, ran_well, wait_s):
-            failed[name] = f"not Discovered in Serf within {wait_s:g} s of its batch's run"
-        return False
+        away = await self._wait_back(ex, run, ran_well, wait_s)
+        cancelled = run.cancel.is_set()  # a cancel ends the wait: the job ends Cancelled
+        why = (
+            CANCELLED_ERROR
+            if cancelled
+            else f"not Discovered in Serf within {wait_s:g} s of its batch's run"
+        )
+        for name in away:
+            failed[name] = why
+        return cancelled
 
     async def _wait_back(
         self, ex: Executor, run: Run, names: list[str], wait_s: float
