@@ -309,3 +309,28 @@ async def test_a_log_flush_during_a_batch_commit_loses_no_progress(
         nursery.start_soon(jm.executor._write_job, run)
     now = rep.state.job(jid)
     assert now is not None and now.upgrade is not None and now.upgrade.current == 0, now.upgrade
+
+
+async def test_a_cancel_of_an_orphaned_upgrade_notes_the_batch_in_flight(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """``job cancel`` of an upgrade left Running by another runner, batch 1 in flight: the
+    holder adopts it and it ends Cancelled at once; that batch's nodes stay in Maintenance
+    noted as cancelled (as for a cancel during the batch's run), the rest untouched."""
+    jm = manager(rep, tmp_path)
+    names = await _allocated(jm, 2)
+    await set_status(rep, names[0], "Maintenance")  # moved by the old runner's batch 1
+    up = Upgrade(((names[0],), (names[1],)), done=0, current=0, max_fail=5)
+    jid = make_job_id(rep.now_ms(), 1, "old")
+    rec = JobRecord(jid, "upgrade", "upgrade", "upgrade", tuple(names), "Running", "", 0,
+                    "old", 1, 1, upgrade=up)  # fmt: skip
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec.to_value(), ts))
+    async with trio.open_nursery() as nursery:
+        jm._nursery = nursery  # the service's nursery, without its scan: the cancel adopts
+        await jm.cancel()
+        ended = await _ended(rep, jid)
+    assert ended.status == "Cancelled" and ended.runner == "a", ended
+    assert ended.upgrade is not None and ended.upgrade.done == 1, ended.upgrade
+    assert ended.upgrade.failed == (names[0],)
+    assert _status(rep, names[0]) == "Maintenance" and _status(rep, names[1]) == "Allocated"
+    assert _history(rep, names[0])[0]["reason"] == "upgrade failed: job was cancelled"

@@ -199,6 +199,8 @@ class Upgrades:
         up = self._progress(run)
         while (i := up.next_batch()) is not None:
             if run.cancel.is_set():
+                if up.current == i:  # in flight at a takeover: its nodes are in Maintenance
+                    await self._end(ex, run, i, dict.fromkeys(up.batches[i], CANCELLED_ERROR))
                 return WorkflowResult(False, True, CANCELLED_ERROR, [])
             again = " again (it was in flight at a takeover)" if up.current == i else ""
             batch, n = up.batches[i], len(up.batches)
