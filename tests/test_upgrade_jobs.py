@@ -19,6 +19,7 @@ import trio
 import trio.testing
 from test_jobs import add_nodes, make_replica, manager, rep, set_status, wait_ended
 
+from gossipmgr.core import inventory as inv
 from gossipmgr.core import joblog as chunks
 from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.joblog import d_chunks
@@ -334,3 +335,41 @@ async def test_a_cancel_of_an_orphaned_upgrade_notes_the_batch_in_flight(
     assert ended.upgrade.failed == (names[0],)
     assert _status(rep, names[0]) == "Maintenance" and _status(rep, names[1]) == "Allocated"
     assert _history(rep, names[0])[0]["reason"] == "upgrade failed: job was cancelled"
+
+
+async def test_a_serf_event_during_a_batch_end_loses_neither_change(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A batch's end (node back to Allocated) and a Serf event for the same node (it went
+    away) write the same inventory register: made at once, the later-stamped write must
+    not put back what the other changed (the status move or the Disappeared state)."""
+    jm = manager(rep, tmp_path)
+    names = await _allocated(jm, 1)
+    await set_status(rep, names[0], "Maintenance")
+    jid = make_job_id(rep.now_ms(), 1, "a")
+    rec = JobRecord(jid, "upgrade", "upgrade", "upgrade", tuple(names), "Running", "", 1,
+                    "a", 1, 1, upgrade=Upgrade(((names[0],),)))  # fmt: skip
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec.to_value(), ts))
+    run = Run(jid, "upgrade", 1, tmp_path / "job.log")
+
+    def back(st: Any, ts: Any) -> Any:
+        return inv.finish_statuses(st, names, "Maintenance", "Allocated", 1, ts)[0]
+
+    store = rep._store
+    assert store is not None
+    append, held = store.append, [False]
+
+    async def held_append(record: bytes) -> None:  # the batch's write waits at its disk write
+        if not held[0]:
+            held[0] = True
+            await trio.testing.wait_all_tasks_blocked()
+        await append(record)
+
+    store.append = held_append  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jm.executor._write_job, run, None, back)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(jm.apply_node_event, "disappeared", names[0], "n", "0", "")
+    node = rep.state.node(names[0])
+    assert node is not None
+    assert (node.inventory.status, node.inventory.state) == ("Allocated", "Disappeared")

@@ -278,8 +278,15 @@ class Executor:
     ) -> None:
         """Write the run's log tail into its record and its changed log chunks, with
         ``change`` applied to the record and the ``extra`` delta in the same commit.
-        One at a time (``_write_lock``)."""
-        async with self._write_lock:
+        One at a time (``_write_lock``); one with ``extra`` (node status moves) also under
+        the holder's lock, as every other inventory write of the holder (Serf events):
+        each is a read-modify-write of a node's register, and one made while the other's
+        commit is under way would put back what that one changed."""
+        if extra is None:
+            async with self._write_lock:
+                await self._write_job_locked(run, change, extra)
+            return
+        async with self.gate.lock, self._write_lock:
             await self._write_job_locked(run, change, extra)
 
     async def _write_job_locked(
