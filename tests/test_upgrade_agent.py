@@ -149,6 +149,13 @@ def test_upgrade_stops_past_max_fail_and_a_new_holder_finishes_it_exactly_once(
             DEADLINE_S,
             "the second batch to start",
         )
+        # the instance that takes over must have seen batch 1 recorded done (a write the
+        # killed holder never gossiped is lost with it, and the batch would run again)
+        wait_for(
+            lambda: c.get(other, f"/info/job/{job2}")["upgrade"]["current"] == 1,
+            DEADLINE_S,
+            "batch 2's start to reach the other instance",
+        )
         old_epoch = c.get(other, f"/info/job/{job2}")["epoch"]
         c.kill9(holder)  # batch 1 done, batch 2 in flight
         _kill_marked(tag)

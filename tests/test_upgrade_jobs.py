@@ -10,13 +10,16 @@ that ran well but is not Discovered in time counts as failed.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from test_jobs import add_nodes, make_replica, manager, rep, set_status, wait_ended
 
+from gossipmgr.core import inventory as inv
 from gossipmgr.core import joblog as chunks
 from gossipmgr.core.job import JobRecord, make_job_id
 from gossipmgr.core.joblog import d_chunks
@@ -24,6 +27,7 @@ from gossipmgr.core.state import combine, job_key
 from gossipmgr.core.upgrade import Upgrade
 from gossipmgr.errors import CheckFailed, Conflict, Unavailable
 from gossipmgr.runtime.ansible import AnsibleSettings
+from gossipmgr.runtime.joblog import Run
 from gossipmgr.runtime.jobs import JobManager
 from gossipmgr.runtime.replica import Replica
 
@@ -144,9 +148,9 @@ async def test_a_new_holder_resumes_from_the_batch_in_flight_and_its_log_goes_on
     assert JobRecord.from_value(rep.state.map.get(job_key(jid))).upgrade.extra_vars == {"v": 1}  # type: ignore[union-attr]
 
 
-def _holding(rep: Replica, tmp_path: Path) -> tuple[JobManager, Path]:
+def _holding(rep: Replica, tmp_path: Path, wait_s: float = 0.5) -> tuple[JobManager, Path]:
     """A JobManager whose upgrade playbook (real, ansible_connection=local) holds each
-    batch until the returned file exists; upgrade_wait_s 0.5."""
+    batch until the returned file exists; upgrade_wait_s ``wait_s``."""
     books, release = tmp_path / "books", tmp_path / "release"
     books.mkdir()
     (books / "rolling-upgrade.yml").write_text(
@@ -157,7 +161,7 @@ def _holding(rep: Replica, tmp_path: Path) -> tuple[JobManager, Path]:
     settings = AnsibleSettings(
         playbook_dir=books,
         host_vars={"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-        upgrade_wait_s=0.5,
+        upgrade_wait_s=wait_s,
     )
     return JobManager(rep, lambda: settings, tmp_path / "work"), release
 
@@ -212,3 +216,160 @@ async def test_a_cancel_stops_the_batch_and_leaves_the_rest_untouched(
     assert rec.upgrade is not None and rec.upgrade.done == 1 and rec.upgrade.failed == (names[0],)
     assert _status(rep, names[0]) == "Maintenance" and _status(rep, names[1]) == "Allocated"
     assert _history(rep, names[0])[0]["reason"] == "upgrade failed: job was cancelled"
+
+
+async def test_a_forged_log_chunk_does_not_stop_the_resume(rep: Replica, tmp_path: Path) -> None:
+    """The last chunk of an orphaned upgrade's log is of no chunk's shape (forged by a key
+    holder): the scan must not crash on it; the upgrade is resumed, its log numbered on
+    from the record's line count."""
+    jm = manager(rep, tmp_path)
+    names = await _allocated(jm, 2)
+    up = Upgrade(((names[0],), (names[1],)), max_fail=5)
+    jid = make_job_id(rep.now_ms(), 1, "old")
+    rec = JobRecord(jid, "upgrade", "upgrade", "upgrade", tuple(names), "Running", "", 0,
+                    "old", 1, 1, log_count=3, log_tail=("l0", "l1", "l2"), upgrade=up)  # fmt: skip
+    await rep.commit(
+        lambda st, ts: combine(
+            st.d_set(job_key(jid), rec.to_value(), ts),
+            st.d_set(chunks.log_key(jid, 0), {"forged": True}, ts),
+        )
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        done = await wait_ended(jm, jid)
+        nursery.cancel_scope.cancel()
+    assert done["runner"] == "a" and done["epoch"] == 1, done
+    assert done["upgrade"]["done"] == 2, done
+    assert done["log_count"] > 3 and rep.state.map.get(chunks.log_key(jid, 1)) is not None
+
+
+@pytest.mark.ansible
+async def test_a_cancel_during_the_wait_for_discovered_ends_the_job_cancelled(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A cancel while the batch waits for its nodes to be Discovered ends the job Cancelled
+    (not Errored by --max-fail), the node still away noted as cancelled, not as slow."""
+    jm, release = _holding(rep, tmp_path, wait_s=600.0)
+    names = await _allocated(jm, 3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(jm.run)
+        info = await jm.upgrade(names, batch=2, max_fail=0)
+        with trio.fail_after(60):
+            while _status(rep, names[1]) != "Maintenance":  # the batch started
+                await rep.wait_change()
+        await jm.apply_node_event("disappeared", names[1], "n", "1", "")
+        release.touch()
+        with trio.fail_after(60):
+            while "to be Discovered" not in "\n".join(jm.job(info["id"])["logs"]):
+                await rep.wait_change()
+        await jm.cancel()
+        rec = await _ended(rep, info["id"])
+        nursery.cancel_scope.cancel()
+    assert rec.status == "Cancelled" and rec.error == "job was cancelled", rec
+    assert _status(rep, names[0]) == "Allocated" and _status(rep, names[1]) == "Maintenance"
+    assert _status(rep, names[2]) == "Allocated"
+    assert _history(rep, names[1])[0]["reason"] == "upgrade failed: job was cancelled"
+
+
+async def test_a_log_flush_during_a_batch_commit_loses_no_progress(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """The run's log flush and a batch's start (or end) write the same job record: made at
+    once, the flush (read before the batch's write landed, stamped after it) must not put
+    the old progress back."""
+    jm = manager(rep, tmp_path)
+    names = await _allocated(jm, 2)
+    jid = make_job_id(rep.now_ms(), 1, "a")
+    up = Upgrade(((names[0],), (names[1],)))
+    rec = JobRecord(jid, "upgrade", "upgrade", "upgrade", tuple(names), "Running", "", 1,
+                    "a", 1, 1, upgrade=up)  # fmt: skip
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec.to_value(), ts))
+    run = Run(jid, "upgrade", 1, tmp_path / "job.log")
+    run.line("a line for the flush")
+
+    def started(r: JobRecord) -> JobRecord:
+        assert r.upgrade is not None
+        return replace(r, upgrade=r.upgrade.started(0))
+
+    # The batch's write (made first) is held at its disk write until the flush got as far
+    # as it can: without a lock, the flush has made its delta from the state before it.
+    store = rep._store
+    assert store is not None
+    append, held = store.append, [False]
+
+    async def held_append(record: bytes) -> None:
+        if not held[0]:
+            held[0] = True
+            await trio.testing.wait_all_tasks_blocked()
+        await append(record)
+
+    store.append = held_append  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jm.executor._write_job, run, started)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(jm.executor._write_job, run)
+    now = rep.state.job(jid)
+    assert now is not None and now.upgrade is not None and now.upgrade.current == 0, now.upgrade
+
+
+async def test_a_cancel_of_an_orphaned_upgrade_notes_the_batch_in_flight(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """``job cancel`` of an upgrade left Running by another runner, batch 1 in flight: the
+    holder adopts it and it ends Cancelled at once; that batch's nodes stay in Maintenance
+    noted as cancelled (as for a cancel during the batch's run), the rest untouched."""
+    jm = manager(rep, tmp_path)
+    names = await _allocated(jm, 2)
+    await set_status(rep, names[0], "Maintenance")  # moved by the old runner's batch 1
+    up = Upgrade(((names[0],), (names[1],)), done=0, current=0, max_fail=5)
+    jid = make_job_id(rep.now_ms(), 1, "old")
+    rec = JobRecord(jid, "upgrade", "upgrade", "upgrade", tuple(names), "Running", "", 0,
+                    "old", 1, 1, upgrade=up)  # fmt: skip
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec.to_value(), ts))
+    async with trio.open_nursery() as nursery:
+        jm._nursery = nursery  # the service's nursery, without its scan: the cancel adopts
+        await jm.cancel()
+        ended = await _ended(rep, jid)
+    assert ended.status == "Cancelled" and ended.runner == "a", ended
+    assert ended.upgrade is not None and ended.upgrade.done == 1, ended.upgrade
+    assert ended.upgrade.failed == (names[0],)
+    assert _status(rep, names[0]) == "Maintenance" and _status(rep, names[1]) == "Allocated"
+    assert _history(rep, names[0])[0]["reason"] == "upgrade failed: job was cancelled"
+
+
+async def test_a_serf_event_during_a_batch_end_loses_neither_change(
+    rep: Replica, tmp_path: Path
+) -> None:
+    """A batch's end (node back to Allocated) and a Serf event for the same node (it went
+    away) write the same inventory register: made at once, the later-stamped write must
+    not put back what the other changed (the status move or the Disappeared state)."""
+    jm = manager(rep, tmp_path)
+    names = await _allocated(jm, 1)
+    await set_status(rep, names[0], "Maintenance")
+    jid = make_job_id(rep.now_ms(), 1, "a")
+    rec = JobRecord(jid, "upgrade", "upgrade", "upgrade", tuple(names), "Running", "", 1,
+                    "a", 1, 1, upgrade=Upgrade(((names[0],),)))  # fmt: skip
+    await rep.commit(lambda st, ts: st.d_set(job_key(jid), rec.to_value(), ts))
+    run = Run(jid, "upgrade", 1, tmp_path / "job.log")
+
+    def back(st: Any, ts: Any) -> Any:
+        return inv.finish_statuses(st, names, "Maintenance", "Allocated", 1, ts)[0]
+
+    store = rep._store
+    assert store is not None
+    append, held = store.append, [False]
+
+    async def held_append(record: bytes) -> None:  # the batch's write waits at its disk write
+        if not held[0]:
+            held[0] = True
+            await trio.testing.wait_all_tasks_blocked()
+        await append(record)
+
+    store.append = held_append  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jm.executor._write_job, run, None, back)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(jm.apply_node_event, "disappeared", names[0], "n", "0", "")
+    node = rep.state.node(names[0])
+    assert node is not None
+    assert (node.inventory.status, node.inventory.state) == ("Allocated", "Disappeared")

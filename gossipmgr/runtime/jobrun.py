@@ -109,6 +109,11 @@ class Executor:
         #: ``upgrade`` (gossipmgr.runtime.upgrade)
         self.runners: dict[str, Callable[[Executor, Run, RunInputs], Awaitable[WorkflowResult]]]
         self.runners = {}
+        #: held across each job-record write (read, make, commit): the log flush and a
+        #: workflow's own writes during the run (an upgrade's batch start and end) are
+        #: read-modify-writes of the same record; made at once, the later-stamped one would
+        #: put back what the other changed
+        self._write_lock = trio.Lock()
 
     async def execute(self, run: Run, inputs: RunInputs) -> None:
         me = self.replica.name
@@ -272,7 +277,24 @@ class Executor:
         extra: Callable[[ClusterState, Timestamp], LWWMap] | None = None,
     ) -> None:
         """Write the run's log tail into its record and its changed log chunks, with
-        ``change`` applied to the record and the ``extra`` delta in the same commit."""
+        ``change`` applied to the record and the ``extra`` delta in the same commit.
+        One at a time (``_write_lock``); one with ``extra`` (node status moves) also under
+        the holder's lock, as every other inventory write of the holder (Serf events):
+        each is a read-modify-write of a node's register, and one made while the other's
+        commit is under way would put back what that one changed."""
+        if extra is None:
+            async with self._write_lock:
+                await self._write_job_locked(run, change, extra)
+            return
+        async with self.gate.lock, self._write_lock:
+            await self._write_job_locked(run, change, extra)
+
+    async def _write_job_locked(
+        self,
+        run: Run,
+        change: Callable[[JobRecord], JobRecord] | None,
+        extra: Callable[[ClusterState, Timestamp], LWWMap] | None,
+    ) -> None:
         tail, count = tuple(run.tail), run.count
         taken = run.log.take(run.epoch)  # taken with the count: the record counts them
 

@@ -158,7 +158,8 @@ class Upgrades:
         get = self.replica.state.map.get
         if idx := chunks.chunk_indexes(get, rec.id):
             last = chunks.chunk_at(get, rec.id, idx[-1])
-            assert last is not None
+            if last is None:  # of no chunk's shape (forged): number on from the record's count
+                last = chunks.Chunk(max(0, rec.log_count), (), 0, False, False)
             run.log.continue_after(last, idx[-1], chunks.log_size(get, rec.id))
             run.count = last.stop
         run.tail.extend(rec.log_tail)
@@ -198,6 +199,8 @@ class Upgrades:
         up = self._progress(run)
         while (i := up.next_batch()) is not None:
             if run.cancel.is_set():
+                if up.current == i:  # in flight at a takeover: its nodes are in Maintenance
+                    await self._end(ex, run, i, dict.fromkeys(up.batches[i], CANCELLED_ERROR))
                 return WorkflowResult(False, True, CANCELLED_ERROR, [])
             again = " again (it was in flight at a takeover)" if up.current == i else ""
             batch, n = up.batches[i], len(up.batches)
@@ -206,7 +209,6 @@ class Upgrades:
             if hosts:
                 cancelled = await self._upgrade(ex, run, inputs, hosts, failed)
                 if cancelled:
-                    failed |= {h.name: CANCELLED_ERROR for h in hosts}
                     await self._end(ex, run, i, failed)
                     return WorkflowResult(False, True, CANCELLED_ERROR, [])
             up = await self._end(ex, run, i, failed)
@@ -226,7 +228,8 @@ class Upgrades:
         failed: dict[str, str],
     ) -> bool:
         """One batch's run and wait; its failed nodes go into ``failed`` (name -> why).
-        True when it was cancelled."""
+        True when it was cancelled (during the run: every node of the batch failed; during
+        the wait: the nodes not back yet)."""
         settings = inputs.settings
         result = await run_playbook(
             settings.upgrade_playbook,
@@ -241,6 +244,7 @@ class Upgrades:
             },
         )
         if result.status == "canceled":
+            failed.update({h.name: CANCELLED_ERROR for h in hosts})
             return True
         names = [h.name for h in hosts]
         why = f'playbook "{result.playbook}" failed on it: {result.error}'
@@ -248,9 +252,16 @@ class Upgrades:
             failed[name] = why
         wait_s = settings.upgrade_wait_s
         ran_well = [n for n in names if n not in failed]
-        for name in await self._wait_back(ex, run, ran_well, wait_s):
-            failed[name] = f"not Discovered in Serf within {wait_s:g} s of its batch's run"
-        return False
+        away = await self._wait_back(ex, run, ran_well, wait_s)
+        cancelled = run.cancel.is_set()  # a cancel ends the wait: the job ends Cancelled
+        why = (
+            CANCELLED_ERROR
+            if cancelled
+            else f"not Discovered in Serf within {wait_s:g} s of its batch's run"
+        )
+        for name in away:
+            failed[name] = why
+        return cancelled
 
     async def _wait_back(
         self, ex: Executor, run: Run, names: list[str], wait_s: float
