@@ -309,7 +309,8 @@ async def test_a_log_flush_during_a_batch_commit_loses_no_progress(
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(jm.executor._write_job, run)
     now = rep.state.job(jid)
-    assert now is not None and now.upgrade is not None and now.upgrade.current == 0, now.upgrade
+    assert now is not None and now.upgrade is not None
+    assert now.upgrade.current == 0, now.upgrade
 
 
 async def test_a_cancel_of_an_orphaned_upgrade_notes_the_batch_in_flight(
