@@ -20,6 +20,10 @@ generated keys, values, tokens and bodies). A body over ``MAX_BODY_BYTES`` gets 
 connection. Anything unusual goes to Quart unchanged: another method (HEAD, OPTIONS), a key
 the route's converter would not match, a body on a GET or DELETE, a ``root_path``.
 The OpenAPI document is untouched: the routes are still Quart's, declared as before.
+
+One difference, on purpose: Quart cancels a request whose client disconnects while it is
+served; the fast path reads the whole body first and then finishes a write it has started
+(acknowledged to nobody, durable and replicated like any other write).
 """
 
 from __future__ import annotations
