@@ -227,7 +227,10 @@ def one_in_tree(
     env[TREE_ENV] = str(tree)
     cmd = [sys.executable, __file__, "--one", server, "--writes", str(args.writes)]
     cmd += ["--batches", str(args.batches), "--workloads", workloads]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    # cwd: an agent is started as ``python -m gossipmgr.cli.main``, which puts its working
+    # directory first on sys.path, before PYTHONPATH: run from a checkout, every agent ran
+    # that checkout's gossipmgr, whatever the tree.
+    out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise SystemExit(f"run on {tree} failed: {out.stderr[-2000:]}")
     res: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])

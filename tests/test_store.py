@@ -30,6 +30,7 @@ from gossipmgr.runtime.store import (
     Restored,
     Store,
 )
+from gossipmgr.testing.wait import until
 
 
 def opened(d: Path, **kw: bool) -> tuple[Store, Restored]:
@@ -598,3 +599,49 @@ async def test_store_logs_under_its_name_of_before_the_move(
     assert r.torn_tail
     names = {rec.name for rec in caplog.records if "torn write" in rec.getMessage()}
     assert names == {"gossipmgr.store"}
+
+
+async def test_a_cancelled_appender_still_finishes_its_batch_in_the_flush_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commits run in the store's own thread (runtime.flusher), one after another; an
+    appender cancelled while its batch is in the fsync does not abandon it: the batch is
+    written and made durable for everyone in it, and the next batch follows."""
+    s, _ = opened(tmp_path)
+    release = threading.Event()
+    threads: list[str] = []
+    real_fsync = store_mod._sys_fsync
+
+    def slow_fsync(fd: int) -> None:
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_mod, "_sys_fsync", slow_fsync)
+    acked: list[bytes] = []
+    cancel = trio.CancelScope()
+
+    async def first() -> None:
+        with cancel:
+            await s.append(b"first")
+
+    async def second() -> None:
+        await s.append(b"second")
+        acked.append(b"second")
+
+    async with trio.open_nursery() as n:
+        n.start_soon(first)  # takes the batch and blocks in its fsync
+        await until(lambda: threads, 10, "the first batch in its fsync")
+        n.start_soon(second)  # queued for the next batch
+        await trio.testing.wait_all_tasks_blocked()
+        cancel.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(threads) == 1 and acked == []  # still in the first batch's fsync
+        release.set()
+    assert acked == [b"second"]
+    s.close()
+    assert restore(tmp_path).records == [b"first", b"second"]
+    # two batches, two fdatasyncs each, all in the store's one flush thread
+    assert len(threads) == 4 and {
+        t.split(" ")[:3] == ["gossipmgr", "store", "flush"] for t in threads
+    } == {True}

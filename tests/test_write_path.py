@@ -119,3 +119,45 @@ async def _writers_while_fsync_is_held(
     assert answers == [200] * 21
     assert store.stats.batches == before + 2  # the first write, then the 20 together
     assert set(ctx.replica.state.globals()) == {f"k{i}" for i in range(21)}
+
+
+async def test_an_answer_of_known_length_is_written_in_one_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hypercorn wrote a response's head and its body in two ``send()`` calls (two wake-ups
+    of the client on loopback); the API's server writes one of known length in one. Counted
+    on the server's side of the connection, for answers of the fast path and of Quart, a
+    refusal and an empty HEAD answer."""
+    sends: list[int] = []
+    real_send_all = trio.SocketStream.send_all
+
+    async with standalone(tmp_path) as ctx:
+        port = int(ctx.agent.api_url.rsplit(":", 1)[1])
+
+        async def counting_send_all(self: trio.SocketStream, data: Any) -> None:
+            if self.socket.getsockname()[1] == port and len(data):
+                sends.append(len(data))
+            await real_send_all(self, data)
+
+        monkeypatch.setattr(trio.SocketStream, "send_all", counting_send_all)
+        async with httpx.AsyncClient(base_url=ctx.agent.api_url, timeout=60) as c:
+            for method, path, body, status in [
+                ("PUT", "/globals/k", {"value": "v" * 160}, 200),
+                ("GET", "/globals/k", None, 200),
+                ("GET", "/info/globals", None, 200),
+                ("GET", "/globals/absent", None, 404),
+                ("PUT", "/globals/k", {"novalue": 1}, 400),
+                ("HEAD", "/health", None, 200),
+            ]:
+                del sends[:]
+                r = await c.request(method, path, json=body)
+                assert r.status_code == status, (method, path, r.text)
+                assert len(sends) == 1, (method, path, sends)
+                assert sends[0] == len(r.content) + len(_head(r)), (method, path)
+
+
+def _head(r: httpx.Response) -> bytes:
+    """The bytes of ``r``'s status line and headers as they were on the wire."""
+    lines = [f"HTTP/1.1 {r.status_code} ".encode() + r.reason_phrase.encode()]
+    lines += [k + b": " + v for k, v in r.headers.raw]
+    return b"\r\n".join(lines) + b"\r\n\r\n"

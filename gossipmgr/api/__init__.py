@@ -10,6 +10,8 @@ How a request goes through the package:
                      ``{"error": text}`` with its status; the JSON helpers
 ``bodies``           reading a body and checking each field (4xx with the reason)
 ``routes/``          one blueprint per resource; each route declares its OpenAPI entry
+``fastpath``         ``GET|PUT|DELETE /globals/{key}`` answered before Quart, with the
+                     same functions the routes call (the same answers, less CPU)
 ``forwarding``       job writes run on the lease holder; logs proxied from the runner
 ``openapi``          the document, built from the routes' declarations
 ``app``              :func:`create_app`: the blueprints, the boundary and a context

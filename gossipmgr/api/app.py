@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 from gossipmgr.api.bodies import MAX_BODY_BYTES
 from gossipmgr.api.boundary import install_boundary, json_response
 from gossipmgr.api.context import ApiContext, install_context
+from gossipmgr.api.fastpath import FastPath, match
 from gossipmgr.api.openapi import (
     CONVERTERS,
     ApiBlueprint,
@@ -41,11 +42,27 @@ def spec_paths() -> set[tuple[str, str]]:
     return spec_paths_of(OPENAPI)
 
 
-def create_app(ctx: ApiContext) -> QuartTrio:
+class GossipmgrApp(QuartTrio):
+    """Quart-Trio with the fast path in front (``api.fastpath``): the single-key routes of
+    ``/globals`` are answered before Quart's request machinery when ``fast_path`` is set
+    (:func:`create_app` sets it; ``None`` sends every request through Quart)."""
+
+    fast_path: FastPath | None = None
+
+    async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
+        req = match(scope) if self.fast_path is not None else None
+        if req is not None and self.fast_path is not None:
+            await self.fast_path(req, receive, send)
+        else:
+            await super().asgi_app(scope, receive, send)
+
+
+def create_app(ctx: ApiContext, *, fast_path: bool = True) -> GossipmgrApp:
     """Build the Quart-Trio app over ``ctx``. Serve it with :func:`gossipmgr.api.serve` (or
     test it with ``app.test_client()``). The app keeps no state of its own; ``ctx`` owns
-    the replica, the job manager and the peers view, and is not touched until a request."""
-    app = QuartTrio("gossipmgr")
+    the replica, the job manager and the peers view, and is not touched until a request.
+    ``fast_path=False`` leaves out the fast path (the tests compare both)."""
+    app = GossipmgrApp("gossipmgr")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Quart's default of 5 s makes test_app() wait 5 s on exit for a background task that
     # runs forever (docs/api.md, "Serving").
@@ -57,4 +74,6 @@ def create_app(ctx: ApiContext) -> QuartTrio:
     install_boundary(app)
     for bp in ALL_BLUEPRINTS:
         app.register_blueprint(bp)
+    if fast_path:
+        app.fast_path = FastPath(ctx)
     return app

@@ -20,8 +20,9 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from quart import request
+from werkzeug.http import parse_options_header
 
-from gossipmgr.api.context import current_context
+from gossipmgr.api.context import ApiContext, current_context
 from gossipmgr.core.codec import MAX_KEY_PART, MAX_VALUE_DEPTH, check_value
 from gossipmgr.errors import (
     BadPacket,
@@ -56,12 +57,30 @@ async def body_untrusted(
     ``required=False`` lets an empty body (no Content-Type needed) mean ``{}``;
     ``mimetypes``: the Content-Types accepted.
     """
-    data = await request.get_data(cache=True)
+    data = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    return parse_body_untrusted(data, request.mimetype, required=required, mimetypes=mimetypes)
+
+
+def mimetype_of(content_type: str) -> str:
+    """A Content-Type header's media type, lower case, without parameters (werkzeug's
+    ``Request.mimetype``, for a request read without Quart: ``api.fastpath``)."""
+    return parse_options_header(content_type)[0].lower()
+
+
+def parse_body_untrusted(
+    data: bytes,
+    mimetype: str,
+    *,
+    required: bool = True,
+    mimetypes: tuple[str, ...] = (JSON_MIMETYPE,),
+) -> dict[str, Any]:
+    """``data``, a request body whose Content-Type is ``mimetype``, as a JSON object: the
+    rule of :func:`body_untrusted` (which raises the same) without Quart."""
     if not data and not required:
         return {}
-    if request.mimetype not in mimetypes:
+    if mimetype not in mimetypes:
         raise UnsupportedMediaType(
-            f"Content-Type must be {' or '.join(mimetypes)}, got {request.mimetype or 'none'!r}"
+            f"Content-Type must be {' or '.join(mimetypes)}, got {mimetype or 'none'!r}"
         )
     if not data:
         raise BadRequest("request body is empty: expected a JSON object")
@@ -186,10 +205,13 @@ def check_key(kind: str, key: str) -> None:
         )
 
 
-def check_client_vars(variables: Mapping[str, Any], where: str) -> None:
+def check_client_vars(
+    variables: Mapping[str, Any], where: str, ctx: ApiContext | None = None
+) -> None:
     """403 naming any variable an API client may not set (docs/security.md), unless the
-    context's ``allowed_client_vars`` (the operator's config) allows it."""
-    allowed: Collection[str] = getattr(current_context(), "allowed_client_vars", frozenset())
+    context's ``allowed_client_vars`` (the operator's config) allows it. ``ctx``: the
+    context (default: the current request's)."""
+    allowed: Collection[str] = getattr(ctx or current_context(), "allowed_client_vars", frozenset())
     bad = refused_client_vars(variables, allowed)
     if bad:
         raise Forbidden(client_vars_error(bad, where))

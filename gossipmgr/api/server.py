@@ -9,9 +9,14 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import h11
+import hypercorn.protocol
 import trio
 from hypercorn.config import Config, Sockets
+from hypercorn.events import RawData
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hyper_serve
+from hypercorn.typing import H11SendableEvent
 from quart_trio import QuartTrio
 
 from gossipmgr.errors import ConfigError
@@ -60,6 +65,49 @@ class _ShieldedSend:
         await self.app(scope, receive, shielded_send)
 
 
+class _OneSendH11(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, writing a response of known length in one ``send()``.
+
+    hypercorn writes each h11 event on its own: the head, the body, then the (empty) end of
+    a message whose length the head declares: two ``send()`` calls and a third, empty,
+    trip through the connection's send lock per answer. On loopback each ``send()`` runs
+    the whole TCP path and wakes the client, so for a small answer (a single-key write's)
+    the second costs nearly as much as the first. Here the head of a response that declares
+    its Content-Length is held and written together with the first bytes that follow it
+    (its body, or its end when it has none: a HEAD, an empty answer), and an end of message
+    that adds no bytes is not written at all. Streamed answers (chunked: ``GET /watch``,
+    followed job logs) are written as hypercorn writes them, event by event.
+    """
+
+    _held = b""
+
+    async def _send_h11_event(self, event: H11SendableEvent) -> None:
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        if isinstance(event, h11.Response) and any(
+            name.lower() == b"content-length" for name, _ in event.headers
+        ):
+            self._held = data
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        if data or not isinstance(event, h11.EndOfMessage):
+            await self.send(RawData(data=data))
+
+
+def _install_one_send() -> None:
+    """Make hypercorn's connections speak HTTP/1.1 through :class:`_OneSendH11`.
+
+    hypercorn has no setting for its protocol classes: its ``ProtocolWrapper`` builds one by
+    the name it imports, ``hypercorn.protocol.H11Protocol``, so that name is pointed at the
+    subclass (every hypercorn server in the process is this API's). Idempotent."""
+    setattr(hypercorn.protocol, "H11Protocol", _OneSendH11)  # noqa: B010 (not exported)
+
+
 #: A connection whose peer acknowledges none of our data for this long (a client that stopped
 #: reading: its receive window stays shut) is aborted by the kernel (``TCP_USER_TIMEOUT``).
 #: hypercorn's writes cannot be cancelled, so without it such a client holds its request, a
@@ -101,6 +149,7 @@ async def serve(
     """
     if (certfile is None) != (keyfile is None):
         raise ConfigError("TLS needs both a certificate file and a key file")
+    _install_one_send()
     cfg = _Config()
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
     cfg.bind = [f"{h}:{port}"]

@@ -15,8 +15,10 @@ torn write; a corrupt newest snapshot set aside for the previous one plus every 
 segment; idempotent replay; group commit without a flusher task; a failed write or fsync
 cut off, never retried) are in docs/storage-format.md, each with its prior art.
 
-Threads: all blocking I/O in async methods runs in ``trio.to_thread.run_sync``; ``open()``
-is synchronous (call it once at start, from a thread if you like).
+Threads: all blocking I/O in async methods runs off the trio thread: group commits in the
+store's own flush thread (``runtime.flusher``: a cheaper hand-off than trio's thread cache per
+batch), the rest in ``trio.to_thread.run_sync``; ``open()`` is synchronous (call it once at
+start, from a thread if you like).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 import trio
 
 from gossipmgr.errors import StoreError
+from gossipmgr.runtime.flusher import FlushThread
 from gossipmgr.runtime.restore import AppendPoint, Restored, create_segment, restore
 from gossipmgr.runtime.segments import (
     CRASH_POINTS,
@@ -113,8 +116,9 @@ class Store:
     """A data directory of log segments and snapshots. See the module docstring.
 
     Ownership: the Store owns its open segment file descriptor and the directory lock from
-    :meth:`open` until :meth:`close`/:meth:`aclose`. It starts no tasks; every async method
-    does its own work in the caller's task (and worker threads it waits for).
+    :meth:`open` until :meth:`close`/:meth:`aclose`, and its flush thread from the first
+    append until then. It starts no tasks; every async method does its own work in the
+    caller's task (and threads it waits for).
 
     ``fsync=False`` skips fsync: acknowledged records then survive a process crash (they
     are in the OS page cache) but not power loss. For tests and benchmarks.
@@ -138,6 +142,7 @@ class Store:
         self._broken: str | None = None
         self._open_batch: _Batch | None = None
         self._flush_lock = trio.Lock()
+        self._flusher = FlushThread(f"gossipmgr store flush {self.data_dir.name}")
         self._compact_lock = trio.Lock()
         self._closed = False
         # counters
@@ -339,9 +344,9 @@ class Store:
                 raise StoreError(f"store {self.data_dir} is closed")
             if self._broken is not None:
                 raise StoreError(self._broken)
-            # Shielded: once taken, a batch must be finished for every appender in it.
+            # Not cancellable: once taken, a batch must be finished for every appender in it.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._flush_sync, data, seq)
+                await self._flusher.run(self._flush_sync, data, seq)
         except (OSError, StoreError) as e:
             self._errors += 1
             batch.error = e
@@ -484,6 +489,7 @@ class Store:
             self._release()
 
     def _release(self) -> None:
+        self._flusher.stop()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -9,6 +9,7 @@ removes many in one delta: one record, one fsync, one answer, all of it or nothi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Response
@@ -24,7 +25,7 @@ from gossipmgr.api.bodies import (
     field_value,
 )
 from gossipmgr.api.boundary import json_response
-from gossipmgr.api.context import current_replica
+from gossipmgr.api.context import ApiContext, current_context, current_replica
 from gossipmgr.api.openapi import (
     EXTRA_VARS_REQUEST,
     VALUE_REQUEST,
@@ -107,14 +108,46 @@ async def globals_patch() -> Response:
     return json_response({"set": len(novel) - deleted, "deleted": deleted})
 
 
+# The single-key routes are written once, over the context, for two callers: the Quart
+# views below and the fast path in front of Quart (``api.fastpath``), so both apply the same
+# checks, in the same order, with the same texts. ``read_body``: the request body as a JSON
+# object (``bodies.body_untrusted`` or the fast path's ``parse_body_untrusted``), called
+# only once the key has passed its checks.
+ReadBody = Callable[[], Awaitable[dict[str, Any]]]
+
+
+async def get_one(ctx: ApiContext, key: str) -> dict[str, Any]:
+    """GET /globals/{key}: 404 for a variable that does not exist."""
+    state = ctx.replica.state
+    if not state.has_global(key):
+        raise _unknown(key)
+    return {"key": key, "value": state.global_value(key)}
+
+
+async def put_one(ctx: ApiContext, key: str, read_body: ReadBody) -> dict[str, Any]:
+    """PUT /globals/{key}: the key's checks, then the body's, then one durable commit."""
+    check_key("extra-var", key)
+    check_client_var(key)
+    v = field_value(await read_body())
+    check_client_vars({key: v}, "globals", ctx)
+    await ctx.replica.commit(lambda s, ts: s.d_set(global_key(key), v, ts))
+    return {"key": key, "value": v}
+
+
+async def delete_one(ctx: ApiContext, key: str) -> dict[str, Any]:
+    """DELETE /globals/{key}: 404 for a variable that does not exist."""
+    rep = ctx.replica
+    if not rep.state.has_global(key):
+        raise _unknown(key)
+    await rep.commit(lambda s, ts: s.d_remove(global_key(key), ts))
+    return {"key": key, "deleted": True}
+
+
 @bp.operation(
     "GET", "/globals/<key:key>", "One global extra-var", (200, 401, 404), params=KEY_PARAM
 )
 async def global_get(key: str) -> Response:
-    state = current_replica().state
-    if not state.has_global(key):
-        raise _unknown(key)
-    return json_response({"key": key, "value": state.global_value(key)})
+    return json_response(await get_one(current_context(), key))
 
 
 @bp.operation(
@@ -126,12 +159,7 @@ async def global_get(key: str) -> Response:
     params=KEY_PARAM,
 )
 async def global_put(key: str) -> Response:
-    check_key("extra-var", key)
-    check_client_var(key)
-    v = field_value(await body_untrusted())
-    check_client_vars({key: v}, "globals")
-    await current_replica().commit(lambda s, ts: s.d_set(global_key(key), v, ts))
-    return json_response({"key": key, "value": v})
+    return json_response(await put_one(current_context(), key, body_untrusted))
 
 
 @bp.operation(
@@ -142,11 +170,7 @@ async def global_put(key: str) -> Response:
     params=KEY_PARAM,
 )
 async def global_delete(key: str) -> Response:
-    rep = current_replica()
-    if not rep.state.has_global(key):
-        raise _unknown(key)
-    await rep.commit(lambda s, ts: s.d_remove(global_key(key), ts))
-    return json_response({"key": key, "deleted": True})
+    return json_response(await delete_one(current_context(), key))
 
 
 @bp.operation("GET", "/info/globals", "Global extra-vars", (200, 401))
