@@ -233,7 +233,15 @@ class ApiClient:
             return r.status, raw.decode(errors="replace")
 
     def get(self, path: str) -> Any:
-        status, body = self.request("GET", path)
+        reused = self._conn is not None
+        try:
+            status, body = self.request("GET", path)
+        except ConnectionResetError:  # RemoteDisconnected too
+            if not reused:
+                raise
+            # A keep-alive connection the server closed while idle (the partition suite's
+            # final read, 3 s after the last, failed on one): a GET is safe to redial once.
+            status, body = self.request("GET", path)
         if status != 200:
             raise http.client.HTTPException(f"GET {path}: {status} {body}")
         return body

@@ -264,6 +264,58 @@ def canon(x: Any) -> str:
     return json.dumps(x, sort_keys=True)
 
 
+def _keyed(x: Any) -> Any:
+    """A list of records keyed by their id/name (so a diff names the record, not an index)."""
+    if isinstance(x, list) and x and all(isinstance(e, dict) for e in x):
+        for k in ("id", "name", "job_id"):
+            if all(k in e for e in x):
+                return {str(e[k]): e for e in x}
+    return x
+
+
+def gossip_diagnostics(c: NetnsCluster) -> dict[str, Any]:
+    """Per instance: its peers as it sees them and its gossip/HLC/fencing counters (from
+    /metrics), so a divergence can be told apart from a stalled protocol."""
+    out: dict[str, Any] = {}
+    for n in c.instances:
+        if not c.instances[n].alive:
+            continue
+        cl = c.client(n, timeout=5.0)
+        try:
+            _, text = cl.request("GET", "/metrics")
+            lines = text.splitlines() if isinstance(text, str) else []
+            keep = ("gossipmgr_gossip", "gossipmgr_hlc", "gossipmgr_fenced", "gossipmgr_entries")
+            out[n] = {
+                "peers": cl.get("/info/peers"),
+                "metrics": [ln for ln in lines if ln.startswith(keep)],
+            }
+        except Exception as exc:  # a diagnostic: never fail the run on it
+            out[n] = {"error": repr(exc)}
+        finally:
+            cl.close()
+    return out
+
+
+def replica_diff(snaps: dict[str, Any], limit: int = 12) -> list[str]:
+    """Where replicas differ: ``path: inst=value ...`` for each differing leaf (at most
+    ``limit``), so a failure names the keys, their values and timestamps per replica."""
+    out: list[str] = []
+
+    def walk(path: str, vals: dict[str, Any]) -> None:
+        if len(out) >= limit or len({canon(v) for v in vals.values()}) == 1:
+            return
+        vals = {n: _keyed(v) for n, v in vals.items()}
+        if all(isinstance(v, dict) for v in vals.values()):
+            keys = sorted(set().union(*(v.keys() for v in vals.values())))
+            for k in keys:
+                walk(f"{path}/{k}", {n: v.get(k, "<absent>") for n, v in vals.items()})
+            return
+        out.append(f"{path}: " + " | ".join(f"{n}={canon(v)[:300]}" for n, v in vals.items()))
+
+    walk("", snaps)
+    return out
+
+
 def missing_writes(state: dict[str, Any], writes: Sequence[Write]) -> list[str]:
     """Problems with acknowledged writes in one replica's state (empty = all present)."""
     g, nodes = state["globals"], state["nodes"]
@@ -425,7 +477,17 @@ def prepare(c: NetnsCluster, nodes: Sequence[str], timeout: float = 120.0) -> st
                     return None
             return holder
 
-        holder = wait_for(ok, timeout, "a healthy baseline (one holder, nodes Discovered)", 0.3)
+        try:
+            holder = wait_for(ok, timeout, "a healthy baseline (one holder, nodes Discovered)", 0.3)
+        except HarnessError as exc:
+            try:
+                diff = replica_diff(snapshots(c, clients))
+            except Exception as rexc:  # the diagnostic must not hide the timeout
+                diff = [f"(could not read the replicas: {rexc})"]
+            path = c.root / f"diag-{int(time.time())}.json" if c.root else None
+            if path is not None:
+                path.write_text(json.dumps(gossip_diagnostics(c), indent=1, default=str))
+            raise HarnessError(f"{exc}; replicas differ at: {diff}; diagnostics: {path}") from exc
         assert holder is not None
         return holder
     finally:
@@ -516,7 +578,11 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
                     c.instances
                 )
                 state = next(iter(snaps.values()))
-                miss = missing_writes(state, writes) if same else ["replicas differ"]
+                miss = (
+                    missing_writes(state, writes)
+                    if same
+                    else ["replicas differ at: " + "; ".join(replica_diff(snaps, 6))]
+                )
                 if same and not miss and t_conv is None:
                     t_conv = now
                 st = {
@@ -534,6 +600,8 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
                     break
                 last_problem = "; ".join(miss[:3]) if miss else f"node states {st}"
                 time.sleep(0.25)
+            if t_conv is None or t_health is None:
+                result["diagnostics"] = gossip_diagnostics(c)
             if t_conv is None:
                 failures.append(f"no convergence within {CONVERGE_TIMEOUT_S:.0f} s: {last_problem}")
             elif t_health is None:
@@ -548,7 +616,9 @@ def run_schedule(c: NetnsCluster, s: Schedule, log: Callable[[str], None]) -> di
                 except (OSError, http.client.HTTPException):  # a keep-alive the server closed
                     snaps = snapshots(c, clients)  # (the client redials)
                 if len({canon(v) for v in snaps.values()}) != 1:
-                    failures.append("replicas drifted apart after converging")
+                    failures.append(
+                        "replicas drifted apart after converging: " + "; ".join(replica_diff(snaps))
+                    )
                 else:
                     failures += missing_writes(next(iter(snaps.values())), writes)
             except Exception as exc:

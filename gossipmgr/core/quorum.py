@@ -61,7 +61,10 @@ class Quorum:
         if self.solo:
             return f"solo (two-instance rule): {seen}, the other failed long enough"
         if self.unheard:
-            seen += f" ({self.unheard} alive in Serf but not heard from over gossip)"
+            seen += (
+                f" ({self.unheard} alive in Serf but not heard from over gossip lately, or not"
+                " caught up with since)"
+            )
         return f"no majority: {seen}"
 
     def as_json(self) -> dict[str, Any]:

@@ -153,11 +153,24 @@ class CatchUpPeers:
             if ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
         }
 
+    def caught_up(self, now_ms: float, within_ms: float) -> set[str]:
+        """The peers :meth:`heard_from` in ``within_ms`` that we are not *behind*
+        (``PeerState.behind``): a peer heard again after a gap of ``within_ms`` or more
+        since we last synced with it (a partition healed, a restart; a new peer) counts
+        only once a digest exchange with it came out equal. The lease's majority rule
+        counts these: an instance cut off while the others moved the lease on hears a
+        majority again a round trip before it has their newer lease, and its own expired
+        copy then looked claimable (the partition suite: an isolated instance claimed at
+        the heal, reconciled from its stale Serf view and flapped a dead node)."""
+        heard = self.heard_from(now_ms, within_ms)
+        return {n for n in heard if not self.peers[n].behind(within_ms)}
+
     def probe_unheard(
         self, names: Iterable[str], now_ms: float, within_ms: float
     ) -> list[tuple[str, bytes]]:
-        """Digests to the peers among ``names`` not heard from in ``within_ms`` (each at most
-        every ``silent_probe_ms``): their answers make them heard. The lease's majority rule
+        """Digests to the peers among ``names`` not heard from in ``within_ms``, or that we
+        are behind (each at most every ``silent_probe_ms``): their answers make them heard
+        and, once equal, caught up (:meth:`caught_up`). The lease's majority rule
         counts instances heard from lately, and an idle instance early in the claim order
         hears almost nobody in a large cluster (nothing forwarded beyond
         ``forward_all_up_to`` peers; heartbeats only to the peers sorting after their
@@ -166,7 +179,10 @@ class CatchUpPeers:
         out: list[tuple[str, bytes]] = []
         for n in names:
             ps = self.peers.get(n)
-            if ps is None or (ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms):
+            if ps is None:
+                continue
+            heard = ps.incarnation != 0 and now_ms - ps.last_heard_ms < within_ms
+            if heard and not ps.behind(within_ms):
                 continue
             if now_ms - ps.last_digest_ms >= self.cfg.silent_probe_ms:
                 out += self._digest(n, ps, now_ms)

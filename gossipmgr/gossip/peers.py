@@ -95,6 +95,16 @@ class PeerState:
     #: The catch-up digest was sent again on first hearing from the peer (at most once: it
     #: may have been dropped because the peer did not know our address yet).
     catchup_resent: bool = False
+    #: The longest time we heard nothing from the peer since a digest exchange with it
+    #: last came out equal (our state then held everything it held); a new or restarted
+    #: peer starts at "forever". A peer heard again after such a gap may have written
+    #: what has not reached us yet (the lease among it): ``CatchUpPeers.caught_up``
+    #: counts it only after the next equal exchange, which resets this to 0.
+    unsynced_gap_ms: float = 1e18
+
+    def behind(self, gap_ms: float) -> bool:
+        """We went ``gap_ms`` or longer without hearing from it since we last synced."""
+        return self.unsynced_gap_ms >= gap_ms
 
 
 class LeafClaims:

@@ -298,6 +298,7 @@ class AntiEntropy(CatchUpPeers):
             return self._receive(whole, now_ms, reassembled=True)
         ps = self.peers.get(sender)
         if ps is not None:
+            ps.unsynced_gap_ms = max(ps.unsynced_gap_ms, now_ms - ps.last_heard_ms)
             ps.last_heard_ms = now_ms
             if ps.incarnation != msg.incarnation:
                 if ps.incarnation != 0:
@@ -305,7 +306,7 @@ class AntiEntropy(CatchUpPeers):
                     # lost volatile state: resync both ways.
                     self.counters.incr("peer_restarts")
                     ps.needs_resync = True
-                    ps.acked = self.seq
+                    ps.acked, ps.unsynced_gap_ms = self.seq, 1e18  # behind it too
                 ps.received = 0
                 ps.incarnation = msg.incarnation
         res = self._dispatch(sender, ps, msg.body, now_ms)
@@ -361,7 +362,8 @@ class AntiEntropy(CatchUpPeers):
         if not differ:
             res.out += self.enc.encode(sender, SYNC_OK, [m.seq, self.seq])
             if ps is not None:
-                # Equal states: the peer holds everything in our buffer.
+                # Equal: it holds all in our buffer; we, all it held (caught up).
+                ps.unsynced_gap_ms = 0.0
                 self._acked_all(ps, now)
                 self._end_catchup(sender, ps, now)
             return res
@@ -381,6 +383,7 @@ class AntiEntropy(CatchUpPeers):
 
     def _on_sync_ok(self, sender: str, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
         if ps is not None:
+            ps.unsynced_gap_ms = 0.0  # it held what we held: we are caught up with it
             self._answered(ps, now)
             self._end_catchup(sender, ps, now)
         if ps is not None and m.seq <= self.seq:

@@ -131,7 +131,7 @@ class Holder:
         cfg = self.replica.lease_cfg
         ae = self.gossip.ae
         window = heard_window_ms(cfg.ttl_ms, cfg.renew_ms)
-        heard = ae.heard_from(self.replica.now_ms(), window)
+        heard = ae.caught_up(self.replica.now_ms(), window)  # heard, and not behind
         ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0}
         self._set_quorum(
             quorum(
