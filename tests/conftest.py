@@ -34,6 +34,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="save the web console's screenshots (tests/test_console_browser.py) in DIR "
         "(default: under pytest's tmp dir)",
     )
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="also run the tests marked `long` (./dev test-all): long variants of promises "
+        "the default run covers with a cheaper test (docs/testing.md lists them)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The default run deselects the tests marked ``long`` (``--long`` keeps them)."""
+    if config.getoption("--long"):
+        return
+    keep = [it for it in items if it.get_closest_marker("long") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[it for it in items if it not in keep])
+        items[:] = keep
 
 
 #: Lines of each instance's log attached to the report of a failed test that used a

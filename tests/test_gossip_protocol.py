@@ -58,8 +58,9 @@ def run_schedule(seed: int) -> None:
         assert i.ae.largest_datagram <= MAX_PLAINTEXT
 
 
-def test_1000_schedules_converge_under_loss_dup_reorder_and_partitions() -> None:
-    for seed in range(1000):
+def test_300_schedules_converge_under_loss_dup_reorder_and_partitions() -> None:
+    # bench/sim_schedules.py runs 1,000 and more
+    for seed in range(300):
         run_schedule(seed)
 
 
