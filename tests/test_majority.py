@@ -1,5 +1,6 @@
 """The lease's majority rule and settled health, pure: the rule (Hypothesis), the lease
-decisions under it, and 1,000 seeded schedules with partitions and crashes over the
+decisions under it, and 100 seeded schedules (bench/majority_sim.py: 1,000 and more) with
+partitions and crashes over the
 simulated network (``gossipmgr.testing.majoritysim``), plus the issue-18 flap scenario."""
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ rule), ``core.lease`` (``decide``, ``is_holder``, ``reconcile_due``, ``settling`
 majority rule and the settle gate (every instance may hold; no settle), ``settle=False``
 without the settle gate only, to show what each fixes.
 
-Used by ``tests/test_majority.py``: 1,000 seeded schedules and the issue's flap scenario.
+Used by ``tests/test_majority.py`` (100 seeded schedules and the issue's flap scenario)
+and ``bench/majority_sim.py`` (1,000 and more).
 """
 
 from __future__ import annotations
