@@ -88,6 +88,18 @@ def free_port(host: str = HOST) -> int:
     raise RuntimeError("no free port found")
 
 
+def kill_marked(tag: str) -> None:
+    """SIGKILL every process whose command line holds ``tag``: the playbook processes a
+    SIGKILLed agent left behind (a test puts ``tag`` in a sleep's command line so that it
+    can find and stop them, whatever happens to the agent that started them)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if tag.encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 def wait_for(
     pred: Callable[[], T | bool | None], timeout: float, what: str, interval: float = 0.05
 ) -> T:

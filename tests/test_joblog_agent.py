@@ -9,10 +9,8 @@ resumes at its line offset once the runner is back, and prints every line exactl
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gossipmgr.localcluster import LocalCluster, wait_for
+from gossipmgr.localcluster import LocalCluster, kill_marked, local_cluster, wait_for
 
 HERE = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.serf, pytest.mark.ansible, pytest.mark.slow]
@@ -30,15 +28,9 @@ pytestmark = [pytest.mark.serf, pytest.mark.ansible, pytest.mark.slow]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(
-        tmp_path / "c",
-        lease_ttl_ms=6_000,
-        extra_args=("--playbook-dir", str(HERE / "playbooks_biglog")),
-    )
-    try:
+    playbooks = ("--playbook-dir", str(HERE / "playbooks_biglog"))
+    with local_cluster(tmp_path / "c", lease_ttl_ms=6_000, extra_args=playbooks) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _log(c: LocalCluster, name: str, job_id: str, offset: int | None = None) -> str:
@@ -48,16 +40,6 @@ def _log(c: LocalCluster, name: str, job_id: str, offset: int | None = None) -> 
     r = httpx.get(url, headers=c.headers, timeout=30)
     assert r.status_code == 200, r.text
     return r.text
-
-
-def _kill_marked(tag: str) -> None:
-    """Stop the killed runner's orphaned playbook processes (found by ``tag``)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if tag.encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def test_the_log_up_to_a_mid_job_kill_is_served_by_another_instance_and_the_follow_resumes(
@@ -101,7 +83,7 @@ def test_the_log_up_to_a_mid_job_kill_is_served_by_another_instance_and_the_foll
 
         wait_for(printed_all, 60, "the CLI to print the 1,200 lines")
         c.kill9(runner)  # mid-job: the playbook lingers
-        _kill_marked(tag)
+        kill_marked(tag)
         wait_for(
             lambda: c.get(other, f"/info/job/{job_id}")["status"] == "Errored",
             60,
@@ -123,7 +105,7 @@ def test_the_log_up_to_a_mid_job_kill_is_served_by_another_instance_and_the_foll
         if follow.poll() is None:
             follow.kill()
             follow.wait(10)
-        _kill_marked(tag)
+        kill_marked(tag)
     printed = out.read_text().splitlines()
     assert printed[:-1] == lines  # every line once: none lost, none repeated
     assert printed[-1].startswith(f"job {job_id}: Errored")

@@ -16,9 +16,6 @@ local) that trace each job's runs to a file. One cluster for the whole story:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from gossipmgr.localcluster import LocalCluster, wait_for
+from gossipmgr.localcluster import LocalCluster, kill_marked, local_cluster, wait_for
 
 HERE = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.serf, pytest.mark.ansible, pytest.mark.slow]
@@ -34,25 +31,9 @@ pytestmark = [pytest.mark.serf, pytest.mark.ansible, pytest.mark.slow]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(
-        tmp_path / "c",
-        lease_ttl_ms=6_000,
-        extra_args=("--playbook-dir", str(HERE / "playbooks_queue")),
-    )
-    try:
+    playbooks = ("--playbook-dir", str(HERE / "playbooks_queue"))
+    with local_cluster(tmp_path / "c", lease_ttl_ms=6_000, extra_args=playbooks) as c:
         yield c
-    finally:
-        c.close()
-
-
-def _kill_marked(tag: str) -> None:
-    """Stop the killed holder's orphaned playbook processes (found by ``tag``)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if tag.encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
@@ -122,7 +103,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
 
         wait_for(lambda: all(replicated(n) for n in others), 30, "the queue on every instance")
         c.kill9(holder)  # mid-job: the first job's sleep lingers
-        _kill_marked(tag)
+        kill_marked(tag)
         survivor = others[0]
 
         def ended(job_id: object) -> bool:
@@ -131,7 +112,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
 
         wait_for(lambda: ended(fourth["id"]), 150, "the new holder to run the queue")
     finally:
-        _kill_marked(tag)
+        kill_marked(tag)
     jobs = (first, second, third, doomed, fourth)
     one, two, three, four, five = (c.get(survivor, f"/info/job/{j['id']}") for j in jobs)
     assert one["status"] == "Errored" and "lost the lease" in one["error"]

@@ -16,9 +16,6 @@ lines under the cluster's tmp dir). One cluster for both promises:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from gossipmgr.localcluster import LocalCluster, wait_for
+from gossipmgr.localcluster import LocalCluster, kill_marked, local_cluster, wait_for
 
 HERE = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.serf, pytest.mark.ansible, pytest.mark.slow]
@@ -35,25 +32,9 @@ DEADLINE_S = 120  # a few playbook runs on a loaded 2-core machine
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(
-        tmp_path / "c",
-        lease_ttl_ms=6_000,
-        extra_args=("--playbook-dir", str(HERE / "playbooks_upgrade")),
-    )
-    try:
+    playbooks = ("--playbook-dir", str(HERE / "playbooks_upgrade"))
+    with local_cluster(tmp_path / "c", lease_ttl_ms=6_000, extra_args=playbooks) as c:
         yield c
-    finally:
-        c.close()
-
-
-def _kill_marked(tag: str) -> None:
-    """Stop the killed holder's orphaned playbook processes (found by ``tag``)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if tag.encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _lines(c: LocalCluster, node: str, name: str, job: str) -> list[str]:
@@ -158,11 +139,11 @@ def test_upgrade_stops_past_max_fail_and_a_new_holder_finishes_it_exactly_once(
         )
         old_epoch = c.get(other, f"/info/job/{job2}")["epoch"]
         c.kill9(holder)  # batch 1 done, batch 2 in flight
-        _kill_marked(tag)
+        kill_marked(tag)
         release.touch()
         rec = wait_for(lambda: _job_ended(c, other, job2), DEADLINE_S, "the resumed upgrade")
     finally:
-        _kill_marked(tag)
+        kill_marked(tag)
     assert rec["status"] == "Complete" and rec["error"] == "", rec
     assert rec["runner"] == other and rec["epoch"] > old_epoch, rec
     assert rec["upgrade"]["done"] == 3 and rec["upgrade"]["failed"] == [], rec
