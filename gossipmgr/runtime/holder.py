@@ -23,7 +23,7 @@ from gossipmgr.errors import Conflict, StaleEpoch, Unavailable
 from gossipmgr.runtime.actor import asked_by
 from gossipmgr.runtime.joblog import Run
 from gossipmgr.runtime.queuestart import starting
-from gossipmgr.runtime.replica import Replica
+from gossipmgr.runtime.replica import Make, Replica
 
 
 class HolderGate:
@@ -64,6 +64,16 @@ class HolderGate:
         who = asked_by() if token is None else token
         cause = Cause(self.replica.name, epoch, who, job, reason, imported)
         return state.d_history(delta, ts, cause, self.history_limit)
+
+    async def start_run(self, run: Run, make: Make) -> None:
+        """Take the job slot for ``run`` and commit ``make`` (its record); the slot is
+        given back when the commit fails or is cancelled. Lock held."""
+        self.run = run
+        try:
+            await self.replica.commit(make)
+        except BaseException:
+            self.run = None
+            raise
 
     def epoch(self) -> int:
         """The lease epoch if we hold it; raises Unavailable otherwise."""

@@ -346,12 +346,7 @@ class JobManager(JobReads):
             return combine(*parts)
 
         run = Run(job_id, kind, epoch, self.log_path(job_id), max_bytes=self.job_log_max_bytes)
-        self.gate.run = run
-        try:
-            await self.replica.commit(make)
-        except BaseException:
-            self.gate.run = None
-            raise
+        await self.gate.start_run(run, make)
         self.counters["jobs_started"] += 1
         # Started before anything else can raise here (a cancel of this request): a
         # committed job that never ran would hold the job slot (gate.run) for good.

@@ -172,12 +172,7 @@ class Upgrades:
             new = replace(cur, epoch=epoch, runner=me)
             return state.d_set(job_key(rec.id), new.to_value(), ts)
 
-        self.gate.run = run
-        try:
-            await self.replica.commit(make)
-        except BaseException:
-            self.gate.run = None
-            raise
+        await self.gate.start_run(run, make)
         run.line(
             f"gossipmgr: job {rec.id} resumed by {me} under epoch {epoch} after its runner "
             f"{rec.runner} (epoch {rec.epoch}) stopped; {up.done} of {len(up.batches)} "
