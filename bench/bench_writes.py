@@ -133,10 +133,12 @@ def workloads(
     return out
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` (its threads included)."""
+def proc_cpu(pid: int, system_only: bool = False) -> float:
+    """CPU seconds (user + system, or system only) of process ``pid`` (its threads
+    included, its children not)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) + (0 if system_only else int(fields[11]))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def standalone_run(args: argparse.Namespace, fsync: bool) -> dict[str, Any]:
@@ -270,6 +272,7 @@ def cluster3_run(args: argparse.Namespace) -> dict[str, Any]:
             idle = {n: (proc_cpu(p) - c0[n]) / 5 for n, p in pids.items()}
             spies = _profile(pids, Path(args.profile)) if args.profile else []
             c0 = {n: proc_cpu(p) for n, p in pids.items()}
+            s0 = {n: proc_cpu(p, True) for n, p in pids.items()}
             t0 = time.perf_counter()
             res = run_worker(
                 cl.instances["r1"].url, "seq1", args.writes, cl.token_file.read_text().strip()
@@ -282,12 +285,14 @@ def cluster3_run(args: argparse.Namespace) -> dict[str, Any]:
             )
             elapsed = time.perf_counter() - t0
             cpu = {n: proc_cpu(p) - c0[n] for n, p in pids.items()}
+            sys_cpu = {n: proc_cpu(p, True) - s0[n] for n, p in pids.items()}
             for s in spies:
                 s.send_signal(signal.SIGINT)
                 s.wait(30)
             n_req = args.writes + 20
             for n in names:
                 res[f"{n}_cpu_us_per_write"] = round(cpu[n] / n_req * 1e6)
+                res[f"{n}_sys_cpu_us_per_write"] = round(sys_cpu[n] / n_req * 1e6)
                 res[f"{n}_idle_cpu_ms_per_s"] = round(idle[n] * 1e3, 1)
                 res[f"{n}_busy_cpu_us_per_write"] = round(
                     (cpu[n] - idle[n] * elapsed) / n_req * 1e6
