@@ -35,7 +35,7 @@ DIR``) runs every server of every run twice, alternating: once on DIR's gossipmg
 this tree's, and records DIR's figures under ``before`` (only ``seq1`` there when DIR has
 no PATCH /globals: ``--before-workloads``).
 
-Writes bench/results/writes.json.
+Writes bench/results/writes.json (bench/results/replication.json for ``--servers cluster3``).
 """
 
 from __future__ import annotations
@@ -394,7 +394,9 @@ def main() -> None:
         "label": args.label,
     }
     what = "API writes: sequential PUT and PATCH of 100 keys"
-    path = write_result("writes", what, params, runs, extra)
+    # cluster3 alone: the replication cost (docs/benchmarks.md), kept apart from the rest
+    name = "replication" if servers == ["cluster3"] else "writes"
+    path = write_result(name, what, params, runs, extra)
     print(f"written {path}")
 
 
