@@ -242,6 +242,20 @@ def _profile(pids: dict[str, int], out_dir: Path) -> list[Any]:
     ]
 
 
+def _datagrams(cl: Any, name: str) -> dict[str, float]:
+    """``gossipmgr_gossip_datagrams_total`` of agent ``name`` by direction (its /metrics)."""
+    import httpx
+
+    inst = cl.instances[name]
+    text = httpx.get(f"{inst.url}/metrics", headers=cl.headers(), timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gossipmgr_gossip_datagrams_total{"):
+            d = line.split('dir="', 1)[1].split('"', 1)[0]
+            out[d] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def cluster3_run(args: argparse.Namespace) -> dict[str, Any]:
     """The ``cluster3`` server: three real agents (each with its Serf, fsync on); the client
     writes to r1 only. CPU per write of each agent process (user + system, its threads, not
@@ -273,6 +287,7 @@ def cluster3_run(args: argparse.Namespace) -> dict[str, Any]:
             spies = _profile(pids, Path(args.profile)) if args.profile else []
             c0 = {n: proc_cpu(p) for n, p in pids.items()}
             s0 = {n: proc_cpu(p, True) for n, p in pids.items()}
+            d0 = {n: _datagrams(cl, n) for n in names}
             t0 = time.perf_counter()
             res = run_worker(
                 cl.instances["r1"].url, "seq1", args.writes, cl.token_file.read_text().strip()
@@ -290,6 +305,10 @@ def cluster3_run(args: argparse.Namespace) -> dict[str, Any]:
                 s.send_signal(signal.SIGINT)
                 s.wait(30)
             n_req = args.writes + 20
+            for n in names:
+                d1 = _datagrams(cl, n)
+                for k in ("sent", "received"):
+                    res[f"{n}_datagrams_{k}_per_write"] = round((d1[k] - d0[n][k]) / n_req, 2)
             for n in names:
                 res[f"{n}_cpu_us_per_write"] = round(cpu[n] / n_req * 1e6)
                 res[f"{n}_sys_cpu_us_per_write"] = round(sys_cpu[n] / n_req * 1e6)
