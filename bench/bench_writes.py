@@ -247,7 +247,7 @@ def _datagrams(cl: Any, name: str) -> dict[str, float]:
     import httpx
 
     inst = cl.instances[name]
-    text = httpx.get(f"{inst.url}/metrics", headers=cl.headers(), timeout=10).text
+    text = httpx.get(f"{inst.url}/metrics", headers=cl.headers, timeout=10).text
     out: dict[str, float] = {}
     for line in text.splitlines():
         if line.startswith("gossipmgr_gossip_datagrams_total{"):
