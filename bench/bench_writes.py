@@ -14,6 +14,10 @@ Against three servers, each started afresh per run (empty data dir, loopback onl
   everything but the disk;
 * ``agent``: a real ``gossipmgr agent`` process with its own ``serf agent``
   (gossipmgr.localcluster, one instance), fsync on;
+* ``cluster3``: three real agents (r1, r2, r3, each with its Serf, fsync on); the client
+  writes to r1 only; the CPU per write of each agent (``r2``/``r3``: what receiving,
+  persisting and acknowledging a peer's delta costs), their idle CPU before the run, and
+  with ``--profile DIR`` a py-spy record (raw collapsed stacks) of each agent;
 * ``holder`` (no HTTP, no client): a standalone instance holding the lease commits
   ``--writes`` globals in process with 0, then 100 ended jobs in its history (the most it
   keeps), and lets what each commit wakes run: the CPU of one commit on the holder.
@@ -31,7 +35,7 @@ DIR``) runs every server of every run twice, alternating: once on DIR's gossipmg
 this tree's, and records DIR's figures under ``before`` (only ``seq1`` there when DIR has
 no PATCH /globals: ``--before-workloads``).
 
-Writes bench/results/writes.json.
+Writes bench/results/writes.json (bench/results/replication.json for ``--servers cluster3``).
 """
 
 from __future__ import annotations
@@ -129,10 +133,12 @@ def workloads(
     return out
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` (its threads included)."""
+def proc_cpu(pid: int, system_only: bool = False) -> float:
+    """CPU seconds (user + system, or system only) of process ``pid`` (its threads
+    included, its children not)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) + (0 if system_only else int(fields[11]))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def standalone_run(args: argparse.Namespace, fsync: bool) -> dict[str, Any]:
@@ -208,9 +214,118 @@ def holder_run(args: argparse.Namespace) -> dict[str, Any]:
     return {f"commit_{n}jobs_cpu_us": round(trio.run(main, n)) for n in (0, 100)}
 
 
+def _profile(pids: dict[str, int], out_dir: Path) -> list[Any]:
+    """py-spy (``pip install py-spy``) recording each of ``pids`` until stopped: raw
+    collapsed stacks, 200 Hz, idle samples left out, into ``out_dir/<name>.txt``."""
+    import subprocess
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    return [
+        subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "-p",
+                str(pid),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "-o",
+                str(out_dir / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def _datagrams(cl: Any, name: str) -> dict[str, float]:
+    """``gossipmgr_gossip_datagrams_total`` of agent ``name`` by direction (its /metrics)."""
+    import httpx
+
+    inst = cl.instances[name]
+    text = httpx.get(f"{inst.url}/metrics", headers=cl.headers, timeout=10).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gossipmgr_gossip_datagrams_total{"):
+            d = line.split('dir="', 1)[1].split('"', 1)[0]
+            out[d] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def cluster3_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``cluster3`` server: three real agents (each with its Serf, fsync on); the client
+    writes to r1 only. CPU per write of each agent process (user + system, its threads, not
+    its children: Serf is not counted), and of each agent idle over 5 s before (the tick,
+    lease renewals, Serf polls: what a write's figure includes per second of the run)."""
+    import signal
+
+    from gossipmgr.localcluster import LocalCluster, wait_for
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cl = LocalCluster(Path(tmp), local_ansible=False)
+        try:
+            names = ("r1", "r2", "r3")
+            for n in names:
+                cl.add_instance(n)
+            for n in names:
+                cl.wait_ready(n)
+            r = cl.put("r1", "/globals/ready", {"value": "1"})
+            r.raise_for_status()
+
+            def seen() -> bool:
+                return all(cl.get(n, "/globals/ready").get("value") == "1" for n in names[1:])
+
+            wait_for(seen, 30, "the first write to reach r2 and r3")
+            pids = {n: cl.instances[n].proc.pid for n in names}  # type: ignore[union-attr]
+            c0 = {n: proc_cpu(p) for n, p in pids.items()}
+            time.sleep(5)
+            idle = {n: (proc_cpu(p) - c0[n]) / 5 for n, p in pids.items()}
+            spies = _profile(pids, Path(args.profile)) if args.profile else []
+            c0 = {n: proc_cpu(p) for n, p in pids.items()}
+            s0 = {n: proc_cpu(p, True) for n, p in pids.items()}
+            d0 = {n: _datagrams(cl, n) for n in names}
+            t0 = time.perf_counter()
+            res = run_worker(
+                cl.instances["r1"].url, "seq1", args.writes, cl.token_file.read_text().strip()
+            )
+            last = f"k{args.writes - 1}"
+            wait_for(
+                lambda: all(cl.get(n, f"/globals/{last}").get("value") == VALUE for n in names[1:]),
+                60,
+                "the last write to reach r2 and r3",
+            )
+            elapsed = time.perf_counter() - t0
+            cpu = {n: proc_cpu(p) - c0[n] for n, p in pids.items()}
+            sys_cpu = {n: proc_cpu(p, True) - s0[n] for n, p in pids.items()}
+            for s in spies:
+                s.send_signal(signal.SIGINT)
+                s.wait(30)
+            n_req = args.writes + 20
+            for n in names:
+                d1 = _datagrams(cl, n)
+                for k in ("sent", "received"):
+                    res[f"{n}_datagrams_{k}_per_write"] = round((d1[k] - d0[n][k]) / n_req, 2)
+            for n in names:
+                res[f"{n}_cpu_us_per_write"] = round(cpu[n] / n_req * 1e6)
+                res[f"{n}_sys_cpu_us_per_write"] = round(sys_cpu[n] / n_req * 1e6)
+                res[f"{n}_idle_cpu_ms_per_s"] = round(idle[n] * 1e3, 1)
+                res[f"{n}_busy_cpu_us_per_write"] = round(
+                    (cpu[n] - idle[n] * elapsed) / n_req * 1e6
+                )
+            return res
+        finally:
+            cl.close()
+
+
 def one(args: argparse.Namespace, server: str) -> dict[str, Any]:
     if server == "agent":
         return agent_run(args)
+    if server == "cluster3":
+        return cluster3_run(args)
     if server == "holder":
         return holder_run(args)
     return standalone_run(args, fsync=server == "standalone")
@@ -227,6 +342,8 @@ def one_in_tree(
     env[TREE_ENV] = str(tree)
     cmd = [sys.executable, __file__, "--one", server, "--writes", str(args.writes)]
     cmd += ["--batches", str(args.batches), "--workloads", workloads]
+    if args.profile:
+        cmd += ["--profile", str(Path(args.profile).resolve() / tree.name)]
     # cwd: an agent is started as ``python -m gossipmgr.cli.main``, which puts its working
     # directory first on sys.path, before PYTHONPATH: run from a checkout, every agent ran
     # that checkout's gossipmgr, whatever the tree.
@@ -255,6 +372,7 @@ def main() -> None:
     p.add_argument("--before-tree", type=Path, default=None)
     p.add_argument("--before-label", default="")
     p.add_argument("--before-workloads", default="seq1")
+    p.add_argument("--profile", default="", help="cluster3: py-spy each agent into this dir")
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args, args.one)))
@@ -295,7 +413,9 @@ def main() -> None:
         "label": args.label,
     }
     what = "API writes: sequential PUT and PATCH of 100 keys"
-    path = write_result("writes", what, params, runs, extra)
+    # cluster3 alone: the replication cost (docs/benchmarks.md), kept apart from the rest
+    name = "replication" if servers == ["cluster3"] else "writes"
+    path = write_result(name, what, params, runs, extra)
     print(f"written {path}")
 
 

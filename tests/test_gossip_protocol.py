@@ -313,3 +313,29 @@ def test_a_partial_message_holds_at_most_max_message_bytes() -> None:
     # The partial message is gone: a later piece starts a new one, it is not appended.
     assert r.add_untrusted("b", m.Frag(1, 0, total, piece), 0) is None
     assert r.held_bytes() == len(piece)
+
+
+def test_sequential_deltas_share_deferred_acks_and_cause_no_retransmit() -> None:
+    """Deltas arriving within ``ack_delay_ms`` of the last ACK to their sender are acked at
+    the next tick, together (one ACK each used to cost the receiver a send and the writer a
+    receive per write): 20 writes 25 ms apart get at most half as many ACKs, all of them
+    end acknowledged (the writer's buffer is pruned) and none is retransmitted."""
+    sim = Sim(2, seed=3)
+    assert sim.run_until_converged(5_000) is not None
+    sim.step(sim.now + 1_000)
+    a, b = (sim.inst[n].ae for n in sim.names)
+    acks0, retx0 = a.counters["recv_ack"], a.counters["retransmits"]
+    for i in range(20):
+        sim.write(sim.names[0], partial(_set_g, f"s{i}", i))
+        sim.step(sim.now + 25)
+    sim.step(sim.now + 1_000)
+    assert {f"s{i}" for i in range(20)} <= set(b.state.globals())
+    acks = a.counters["recv_ack"] - acks0
+    assert 1 <= acks <= 10, acks
+    assert b.counters["acks_deferred"] >= 10
+    assert a.peers[sim.names[1]].acked == a.seq and not a.buffer
+    assert a.counters["retransmits"] == retx0
+
+
+def _set_g(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWWMap:
+    return st.d_set(global_key(var), value, ts)

@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 from _imports import modules_loaded_by
 
 from gossipmgr.core.clock import Timestamp
@@ -206,3 +207,56 @@ async def test_wrong_key_datagrams_from_many_ports_log_one_warning_per_host(
         warned = [r for r in caplog.records if "failed authentication" in r.getMessage()]
         assert len(warned) == 1, [r.getMessage() for r in warned[:5]]
         assert sum(f.count for f in a.auth_failures.values()) <= n
+
+
+class _CountingReplica(Replica):
+    """A replica recording the size of each remote delta it is asked to persist."""
+
+    persisted: list[int]
+
+    async def persist(self, novel: LWWMap) -> None:
+        self.persisted.append(len(novel))
+        await super().persist(novel)
+
+
+async def test_remote_deltas_of_one_window_are_persisted_in_one_append(tmp_path: object) -> None:
+    """Remote deltas arriving within the persist window share one append (one group commit,
+    not one per delta), and what the window holds when the service stops is persisted:
+    reopened, the data dir has every delta received. (The window is made long here so that
+    all of them fall in it whatever the machine's load.)"""
+    import pathlib
+
+    key = os.urandom(32)
+    data = pathlib.Path(str(tmp_path)) / "b"
+    a = Replica("a", data_dir=None)
+    b = _CountingReplica("b", data_dir=data, fsync=False)
+    b.persisted = []
+    for r in (a, b):
+        r.open()
+    n = 30
+    async with contextlib.AsyncExitStack() as stack:
+        svcs: list[Service] = []
+        for r in (a, b):
+            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
+            svcs.append(GossipService(r, tr, Keyring(key), boot_ms=r.now_ms()))
+        svcs[1].persist_window_ms = 600_000
+        addrs = {s.replica.name: s.local_addr for s in svcs}
+        for s in svcs:
+            s.set_peers(addrs)
+        async with trio.open_nursery() as nursery:
+            for s in svcs:
+                await nursery.start(s.run)
+            for i in range(n):
+                await a.commit(partial(_set_global, f"k{i}", i))
+            await until(lambda: len(b.state.globals()) == n, 10)
+            await trio.testing.wait_all_tasks_blocked()  # b's receive loop queued the last
+            assert b.persisted == []  # all held in the window
+            nursery.cancel_scope.cancel()
+    assert b.persisted == [n]  # the stop persisted the window's deltas, in one append
+    await b.aclose()
+    again = Replica("b", data_dir=data, fsync=False)
+    again.open()
+    try:
+        assert again.state.globals() == {f"k{i}": i for i in range(n)}
+    finally:
+        await again.aclose()

@@ -209,11 +209,27 @@ class CatchUpPeers:
         own place in it depends only on the candidates sorting before it, so only those
         must reach it; a heartbeat to every peer would cost each instance one datagram per
         peer per period, and its idle traffic would grow with the cluster again."""
+        if ps.ack_due:  # deltas received since our last ACK (``_ack_received``)
+            return self._ack(peer, ps, now_ms)
         last = max(ps.last_sent_ms, ps.last_digest_ms, ps.last_beat_ms)
         if peer < self.name or now_ms - last < self.cfg.heartbeat_ms:
             return []
         ps.last_beat_ms = now_ms
         self.counters.incr("heartbeats")
+        return self._ack(peer, ps, now_ms)
+
+    def _ack_received(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
+        """The ACK of a delta just received from ``peer``: at once, or, within
+        ``ack_delay_ms`` of our last ACK to it, at the next tick (``_heartbeat``), one for
+        all the deltas received meanwhile (``GossipConfig.ack_delay_ms``)."""
+        if now_ms - ps.last_ack_sent_ms < self.cfg.ack_delay_ms:
+            ps.ack_due = True
+            self.counters.incr("acks_deferred")
+            return []
+        return self._ack(peer, ps, now_ms)
+
+    def _ack(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
+        ps.last_ack_sent_ms, ps.ack_due = now_ms, False
         return self.enc.encode(peer, ACK, [ps.received])
 
     def _forwards(self, sender: str, entries: Sequence[tuple[Key, Entry]]) -> bool:

@@ -58,6 +58,12 @@ class GossipConfig:
     #: in small clusters forwarding heals a one-way cut within a tick, and it costs little;
     #: at 30 instances it cost every instance a datagram per peer per write.
     forward_all_up_to: int = 8
+    #: A delta received within this long of our last ACK to its sender is acknowledged at
+    #: the next tick (one ACK for all of them), not at once: sequential writes at r1 cost
+    #: each peer an ACK sent and r1 an ACK received per write. The first delta after a
+    #: quiet spell is acked at once. 100 ms + one tick stays under ``retransmit_ms``, so a
+    #: deferred ACK causes no retransmit.
+    ack_delay_ms: int = 100
     #: Catch-up: at start, and when a peer (re)appears, a digest goes at once (not at the next
     #: tick or repair round) to every such peer up to this many, chosen at random beyond it,
     #: and their resyncs run in parallel (each differing leaf is still pulled from one of
@@ -88,6 +94,9 @@ class PeerState:
     last_heard_ms: float = -1e18
     last_ack_ms: float = -1e18
     last_beat_ms: float = -1e18  # our last heartbeat to it
+    last_ack_sent_ms: float = -1e18  # our last ACK of its deltas (``AntiEntropy._on_delta``)
+    #: A delta of its arrived within ``ack_delay_ms`` of our last ACK: the next tick acks it.
+    ack_due: bool = False
     #: In the current catch-up: resyncs in parallel with the other catch-up peers.
     catchup: bool = False
     #: Our last digest has had no answer (LEAVES or SYNC_OK) yet.

@@ -36,7 +36,6 @@ from gossipmgr.gossip.catchup import CatchUp, CatchUpPeers
 from gossipmgr.gossip.datagram import Counters
 from gossipmgr.gossip.encoder import MessageEncoder, Payloads
 from gossipmgr.gossip.messages import (
-    ACK,
     DELTA,
     DIGEST,
     ENTRIES,
@@ -343,7 +342,7 @@ class AntiEntropy(CatchUpPeers):
         if ps is not None:
             if m.lo <= ps.received < m.hi:
                 ps.received = m.hi
-            res.out += self.enc.encode(sender, ACK, [ps.received])
+            res.out += self._ack_received(sender, ps, now)
         return res
 
     def _on_ack(self, ps: PeerState | None, m: Ack, now: float) -> Outcome:

@@ -10,8 +10,9 @@ updates, health events)::
 
 So a write is acknowledged (``commit`` returns) only once it is on disk; a write whose append
 fails raises StoreError and is neither applied nor sent. Remote deltas are applied by the
-protocol first and persisted after (``persist``): if this instance crashes in between, its
-peers still hold them and the digest resync at the next start brings them back.
+protocol first and persisted after (``persist``, by the gossip service, one append for the
+deltas of a 100 ms window): if this instance crashes in between, its peers still hold them
+and the digest resync at the next start brings them back.
 
 Restore (``open``): the newest good snapshot, then the log after it; the clock is moved past
 the largest timestamp found, so it never goes backwards across a restart. A snapshot or log
