@@ -117,6 +117,7 @@ class Holder:
         self._failed_since: dict[str, float] = {}
         self.reconcile_soon = False
         self._absences = Absences()
+        self._comebacks_waiting: set[str] = set()
         self._bounded_seen: dict[str, Any] | None = None
         self._was_holder = False
         self._reconciled_epoch = -1
@@ -232,8 +233,17 @@ class Holder:
         out |= self._absences.young(unlisted, known, now, self.absent_grace_s)
         up = {n.name: n.since for n in known.values() if n.up}
         bound = COMEBACK_PUSH_PULLS * self.push_pull_s
-        out |= comebacks_waiting(state, up, up, self.held_since, now, bound)
-        return out
+        waiting = comebacks_waiting(state, up, up, self.held_since, now, bound)
+        for name in sorted(waiting - self._comebacks_waiting):
+            log.warning(
+                "%s: %s is Disappeared and alive in our Serf view: applied once it has been "
+                "alive there, and we have held the lease, for %.0f s",
+                self.replica.name,
+                name,
+                bound,
+            )
+        self._comebacks_waiting = waiting
+        return out | waiting
 
     # ------------------------------------------------------------------ lease
     def _note_bounded_lease(self, lease: Lease | None) -> None:
