@@ -1,13 +1,16 @@
 """The lease's majority rule and settled health, pure: the rule (Hypothesis), the lease
 decisions under it, and 100 seeded schedules (bench/majority_sim.py: 1,000 and more) with
 partitions and crashes over the
-simulated network (``gossipmgr.testing.majoritysim``), plus the issue-18 flap scenario."""
+simulated network (``gossipmgr.testing.majoritysim``), plus the issue-18 flap scenarios
+(a view mid-change after a heal; a holder whose own agent missed a node's death)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gossipmgr.core import inventory as inv
+from gossipmgr.core.clock import HLC
 from gossipmgr.core.lease import (
     Lease,
     LeaseConfig,
@@ -18,7 +21,10 @@ from gossipmgr.core.lease import (
     take,
 )
 from gossipmgr.core.quorum import Quorum, quorum
+from gossipmgr.core.reconcile import comebacks_waiting
+from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import Conflict
+from gossipmgr.serf.view import PUSH_PULL_S
 from gossipmgr.testing.majoritysim import LOOP_MS, MajoritySim, read_lease, run_schedule
 
 CFG = LeaseConfig(ttl_ms=2_000, renew_ms=500)
@@ -218,7 +224,8 @@ def nodes_with_the_minority(settle: bool, seed: int = 2) -> MajoritySim:
     sim.kill_node(sim.nodes[0])
     sim.run(8_000)
     sim.heal()
-    sim.run(15_000)
+    # The live node's comeback waits for the comeback bound (a push-pull interval).
+    sim.run(15_000 + sim.comeback_s * 1000)
     return sim
 
 
@@ -259,3 +266,67 @@ def test_takeover_after_a_holder_crash_is_serf_detection_plus_one_loop_period() 
             assert sim.now - t0 < 10_000, f"seed {seed}: no takeover"
         # Serf detection (<= 1.5 s here), renewals overdue (<= 0.75 s), one loop period.
         assert sim.now - t0 <= 1_500 + 750 + LOOP_MS + 50, f"seed {seed}: {sim.now - t0}"
+
+
+# --- a holder whose own agent missed a node's death (partition suite, random seed 24) ----
+
+
+def test_comebacks_waiting_needs_the_node_alive_and_the_lease_held_for_the_bound() -> None:
+    state, hlc = ClusterState(), HLC("i0")
+    for k, name in enumerate(("a-1", "b-1", "c-1")):
+        state.apply(inv.d_discovered(state, name, name[0], "1", "10.0.0.1", 1, hlc.now(k)))
+    for name in ("a-1", "b-1"):
+        state.apply(inv.d_disappeared(state, name, 1, hlc.now(10)))
+    alive = {"a-1": 0, "b-1": 0, "c-1": 0, "new-1": 0}
+    since = {"a-1": 110.0, "b-1": 70.0, "c-1": 120.0, "new-1": 125.0}
+    # Only Disappeared nodes wait (c-1 is Discovered, new-1 unknown: first sightings).
+    assert comebacks_waiting(state, alive, since, 0.0, 130.0, 30.0) == {"a-1"}
+    # Held for less than the bound: every comeback waits, however long the node was alive.
+    assert comebacks_waiting(state, alive, since, 110.0, 130.0, 30.0) == {"a-1", "b-1"}
+    assert comebacks_waiting(state, alive, since, 0.0, 200.0, 30.0) == set()
+    # A node missing from ``alive_since`` counts as alive since just now.
+    assert comebacks_waiting(state, alive, {}, 0.0, 200.0, 30.0) == {"a-1", "b-1"}
+    assert comebacks_waiting(state, {}, since, 0.0, 200.0, 30.0) == set()
+
+
+def holder_missed_the_death(comeback_s: float, seed: int = 3) -> MajoritySim:
+    """The partition suite's ``random`` 24: D's agent cannot receive when a node dies, so
+    its view keeps the node alive; 9 s after the death D receives again (the heal), its
+    push-pull lands 14 s later and makes every agent list the node alive until probes fail
+    it again, 6 s after that (20 s after the heal, as measured there). Meanwhile the
+    holder is isolated (11 s after the heal) and D, next in the claim order, takes over
+    and reconciles from a view that has listed the node alive, quietly, all along. lan
+    profile (push-pull 30 s)."""
+    sim = MajoritySim(seed, 5, cfg=LeaseConfig(), stale_ms=(0, 0), comeback_s=comeback_s)
+    sim.run(6_000)
+    (holder,) = (n for n in sim.names if sim.holding(sim.inst[n]))
+    deaf = sorted(n for n in sim.names if n != holder)[0]
+    node = sim.nodes[0]
+    heal_at = sim.now + 9_000
+    sim.missed_death(deaf, node, heal_at + 20_000)
+    sim.kill_node(node)
+    sim.run(9_000)
+    sim.heal()
+    sim.stale_alive([n for n in sim.names if n != deaf], node, heal_at + 14_000, heal_at + 20_000)
+    sim.run(11_000)
+    sim.partition([set(sim.names) - {holder}, {holder}])
+    sim.run(8_000)
+    assert [n for n in sim.names if sim.holding(sim.inst[n])] == [deaf]
+    sim.heal()
+    sim.run(40_000)
+    return sim
+
+
+def test_a_holder_whose_agent_missed_the_death_flaps_it_with_the_settle_bound_only() -> None:
+    """With only the 3 s settle bound, the new holder's quiet, stale view is trusted."""
+    sim = holder_missed_the_death(comeback_s=0.0)
+    assert len(sim.flaps(sim.nodes[0])) == 5, sim.flaps(sim.nodes[0])
+
+
+def test_a_comeback_waits_a_push_pull_of_holding_and_of_alive_so_nothing_flaps() -> None:
+    sim = holder_missed_the_death(comeback_s=PUSH_PULL_S["lan"])
+    assert sim.flaps(sim.nodes[0]) == []
+    for n in sim.names:
+        for node, want in ((sim.nodes[0], "Disappeared"), (sim.nodes[1], "Discovered")):
+            rec = sim.inst[n].state.node(node)
+            assert rec is not None and rec.inventory.state == want, (n, node)

@@ -20,7 +20,7 @@ from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due, settling
 from gossipmgr.core.quorum import Quorum, heard_window_ms, quorum
-from gossipmgr.core.reconcile import comeback
+from gossipmgr.core.reconcile import comeback, comebacks_waiting
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import GossipmgrError, StoreError
 from gossipmgr.gossip.service import GossipService
@@ -61,15 +61,25 @@ ABSENT_GRACE_PUSH_PULLS = 2.0
 #: mid-change flapped a dead node back to Discovered (docs/design.md, "Takeover").
 VIEW_SETTLE_S = 3.0
 #: ...and each reconcile skips nodes whose Serf status changed this recently (the same
-#: bound: a node listed alive again for less than this may be a view mid-change), so a
-#: comeback (``core.reconcile.comeback``, left to the reconcile) waits that long too.
+#: bound: a node listed alive again for less than this may be a view mid-change).
 RECONCILE_SETTLE_S = VIEW_SETTLE_S
+#: A comeback (a Disappeared node alive in our Serf view, ``core.reconcile.comeback``) is
+#: left to the reconcile, which applies it only once the node has been alive in our view,
+#: and we have held the lease, for this many push-pull intervals (``PUSH_PULL_S``):
+#: an agent that missed a node's death keeps listing it alive, quietly, until a push-pull
+#: round and the probes that follow correct it (``core.reconcile.comebacks_waiting``).
+COMEBACK_PUSH_PULLS = 1.0
 
 
 def absent_grace_s(serf_profile: str) -> float:
     """Seconds a Discovered node must be missing from our Serf list before a reconcile
     marks it Disappeared (an external Serf's profile is unknown: assume lan)."""
     return ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(serf_profile, 30.0)
+
+
+def push_pull_s(serf_profile: str) -> float:
+    """memberlist's push-pull interval of a Serf profile (an external Serf: assume lan)."""
+    return PUSH_PULL_S.get(serf_profile, 30.0)
 
 
 class Holder:
@@ -89,6 +99,7 @@ class Holder:
         *,
         absent_grace_s: float,
         solo_after_s: float | None = None,
+        push_pull_s: float = PUSH_PULL_S["lan"],
     ) -> None:
         self.replica = replica
         self.jobs = jobs
@@ -96,11 +107,17 @@ class Holder:
         self.membership = membership
         self.counters = counters
         self.absent_grace_s = absent_grace_s
+        #: our Serf profile's push-pull interval (the comeback bound, times
+        #: ``COMEBACK_PUSH_PULLS``)
+        self.push_pull_s = push_pull_s
+        #: ``trio.current_time()`` when this instance last became the holder
+        self.held_since = 0.0
         #: the two-instance rule's bound (``core.quorum``; None: off)
         self.solo_after_s = solo_after_s
         self._failed_since: dict[str, float] = {}
         self.reconcile_soon = False
         self._absences = Absences()
+        self._comebacks_waiting: set[str] = set()
         self._bounded_seen: dict[str, Any] | None = None
         self._was_holder = False
         self._reconciled_epoch = -1
@@ -185,7 +202,8 @@ class Holder:
             return
         if comeback(self.replica.state, (ev.kind, ev.name, ev.label, ev.serial, ev.addr)):
             # A node back from Disappeared: the periodic reconcile applies it once Serf has
-            # listed it alive for RECONCILE_SETTLE_S (a view mid-change flapped a dead one).
+            # listed it alive, and we have held the lease, for a push-pull interval (a view
+            # mid-change, and a holder whose agent missed the death, flapped dead ones).
             self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
             return
         try:
@@ -213,7 +231,19 @@ class Holder:
             and inv.state_of(r) == inv.DISCOVERED
         ]
         out |= self._absences.young(unlisted, known, now, self.absent_grace_s)
-        return out
+        up = {n.name: n.since for n in known.values() if n.up}
+        bound = COMEBACK_PUSH_PULLS * self.push_pull_s
+        waiting = comebacks_waiting(state, up, up, self.held_since, now, bound)
+        for name in sorted(waiting - self._comebacks_waiting):
+            log.warning(
+                "%s: %s is Disappeared and alive in our Serf view: applied once it has been "
+                "alive there, and we have held the lease, for %.0f s",
+                self.replica.name,
+                name,
+                bound,
+            )
+        self._comebacks_waiting = waiting
+        return out | waiting
 
     # ------------------------------------------------------------------ lease
     def _note_bounded_lease(self, lease: Lease | None) -> None:
@@ -252,6 +282,8 @@ class Holder:
                 "%s: %s the lease holder", self.replica.name, "now" if holder else "no longer"
             )
             self._was_holder = holder
+            if holder:
+                self.held_since = trio.current_time()
         if holder and self.membership.healthy and self.membership.polls > 0:
             await self._maybe_reconcile()
 

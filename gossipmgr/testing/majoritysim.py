@@ -6,13 +6,17 @@ delays, partitions). Each has a Serf view that lags reality (failure detection: 
 differently per instance) and that, right after a heal, first shows a stale picture for a
 while: the members it had lost contact with are listed alive again (a view caught
 mid-change), then the truth. Cluster nodes sit with the first group of a partition; one can
-be killed. The decisions are the production pure functions: ``core.quorum`` (the majority
-rule), ``core.lease`` (``decide``, ``is_holder``, ``reconcile_due``, ``settling``) and
-``core.reconcile`` (what a reconcile writes). ``legacy=True`` runs them as before the
-majority rule and the settle gate (every instance may hold; no settle), ``settle=False``
-without the settle gate only, to show what each fixes.
+be killed; an instance's view can miss a node's death (its agent could not receive then:
+``missed_death``) and views can list a dead node alive again for a while (a push-pull
+from such an agent: ``stale_alive``). The decisions are the production pure functions:
+``core.quorum`` (the majority rule), ``core.lease`` (``decide``, ``is_holder``,
+``reconcile_due``, ``settling``) and ``core.reconcile`` (what a reconcile writes, and which
+comebacks wait). ``legacy=True`` runs them as before the majority rule and the settle gate
+(every instance may hold; no settle), ``settle=False`` without the settle gate only,
+``comeback_s=0`` without the comeback wait (a comeback then waits only
+``RECONCILE_SETTLE_S``), to show what each fixes.
 
-Used by ``tests/test_majority.py`` (100 seeded schedules and the issue's flap scenario)
+Used by ``tests/test_majority.py`` (100 seeded schedules and the issue's flap scenarios)
 and ``bench/majority_sim.py`` (1,000 and more).
 """
 
@@ -35,9 +39,16 @@ from gossipmgr.core.lease import (
     settling,
 )
 from gossipmgr.core.quorum import Quorum, heard_window_ms, quorum
-from gossipmgr.core.reconcile import NodeEvent, apply_events, comeback, differences
+from gossipmgr.core.reconcile import (
+    NodeEvent,
+    apply_events,
+    comeback,
+    comebacks_waiting,
+    differences,
+)
 from gossipmgr.core.state import LEASE_KEY, ClusterState, inventory_key
 from gossipmgr.runtime.leaseloop import RECONCILE_EVERY_S, RECONCILE_SETTLE_S, VIEW_SETTLE_S
+from gossipmgr.serf.view import PUSH_PULL_S
 from gossipmgr.testing.netsim import SimNetwork
 
 __all__ = ["LOOP_MS", "MajoritySim", "View", "check_schedule", "read_lease", "run_schedule"]
@@ -86,6 +97,10 @@ class Inst:
     max_epoch: int = 0
     steps: int = 0
     last_heard: dict[str, float] = field(default_factory=dict)  # peer -> ms
+    #: node -> [from, until) ms: the view lists the node alive then, whatever the truth
+    alive_override: dict[str, tuple[float, float]] = field(default_factory=dict)
+    held_since: float = 0.0  # s, when it last became the holder
+    was_holding: bool = False
 
 
 def read_lease(state: ClusterState, cfg: LeaseConfig) -> Lease | None:
@@ -110,10 +125,13 @@ class MajoritySim:
         drop: float = 0.0,
         stale_ms: tuple[float, float] = (0.0, 2_500.0),
         n_nodes: int = 2,
+        comeback_s: float = PUSH_PULL_S["lan"],
     ) -> None:
         self.rng = random.Random(seed)
         self.legacy, self.solo_after_s, self.stale_ms = legacy, solo_after_s, stale_ms
         self.settle = settle and not legacy
+        #: the comeback bound (production: ``COMEBACK_PUSH_PULLS`` push-pull intervals)
+        self.comeback_s = comeback_s if self.settle else 0.0
         self.cfg = cfg or LeaseConfig(ttl_ms=2_000, renew_ms=500)
         # The production window without its 5 s floor (which is about real gossip's
         # cadence; here every instance pushes its whole state every other loop period).
@@ -190,6 +208,19 @@ class MajoritySim:
         self.killed.add(node)
         self._refresh_all()
 
+    def missed_death(self, name: str, node: str, until_ms: float) -> None:
+        """``name``'s agent cannot receive now: when ``node`` dies its view keeps listing
+        it alive until ``until_ms`` (a push-pull round and the probes that follow)."""
+        self.inst[name].alive_override[node] = (self.now, until_ms)
+        self.inst[name].refresh_at.append(until_ms)
+
+    def stale_alive(self, names: Iterable[str], node: str, from_ms: float, until_ms: float) -> None:
+        """The views of ``names`` list ``node`` alive in [from_ms, until_ms): a push-pull
+        from an agent that missed its death, until probes fail it again."""
+        for name in names:
+            self.inst[name].alive_override[node] = (from_ms, until_ms)
+            self.inst[name].refresh_at += [from_ms, until_ms]
+
     def _refresh_all(self, slow: Mapping[str, float] = {}) -> None:
         for name in self.names:
             lag = slow.get(name, self.rng.uniform(100, 1_500))
@@ -208,8 +239,11 @@ class MajoritySim:
             if n not in alive
         }
         nodes = {}
+        inst = self.inst.get(name)
         for nd in self.nodes:
             up = self.node_reachable(name, nd)
+            over = inst.alive_override.get(nd) if inst is not None else None
+            up = up or (over is not None and over[0] <= self.now < over[1])
             prev = old.nodes.get(nd) if old else None
             nodes[nd] = (up, prev[1] if prev is not None and prev[0] == up else now_s)
         return View(alive, failed, nodes, now_s)
@@ -299,7 +333,11 @@ class MajoritySim:
             value = new.as_value()
             self.write(i, lambda s, ts: s.d_set(LEASE_KEY, value, ts))
         lease = read_lease(i.state, self.cfg)
-        if lease is not None and self.holding(i):
+        held = lease is not None and self.holding(i)
+        if held and not i.was_holding:
+            i.held_since = self.now / 1000
+        i.was_holding = held
+        if lease is not None and held:
             self._health(i, lease)
         else:
             i.events.clear()  # not the holder: a takeover reconciles
@@ -327,6 +365,10 @@ class MajoritySim:
         view = i.view
         unsettled = {nd for nd, (_, s) in view.nodes.items() if now_s - s < RECONCILE_SETTLE_S}
         alive = {nd: _event(nd, True)[2:] for nd, (up, _) in view.nodes.items() if up}
+        if self.comeback_s:
+            up_since = {nd: s for nd, (up, s) in view.nodes.items() if up}
+            b = self.comeback_s
+            unsettled |= comebacks_waiting(i.state, alive, up_since, i.held_since, now_s, b)
         events = differences(i.state, alive, unsettled)
         self.write(i, lambda s, ts: apply_events(s, events, epoch, ts))
         i.soon, i.reconciled_epoch, i.last_reconcile = False, epoch, now_s
