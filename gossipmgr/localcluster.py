@@ -381,6 +381,20 @@ class LocalCluster:
             seen.add(lease["holder"])
         return seen.pop() if len(seen) == 1 else None
 
+    def formed(self, names: Sequence[str] | None = None) -> str | None:
+        """The agreed holder once every named (running) instance sees all of them and holds
+        a majority of them, caught up (``/health`` quorum ``sees == known == len(names)``);
+        None before. Right after the instances find each other, each may hold a lease of
+        its own and lose the majority for a moment while it catches up with the others: a
+        job started then is stopped (the majority rule), so a test starts its jobs on a
+        formed cluster."""
+        names = names or [n for n, i in self.instances.items() if i.alive]
+        for n in names:
+            q = self.get(n, "/health")["quorum"]
+            if not (q["may_hold"] and q["sees"] == q["known"] == len(names)):
+                return None
+        return self.holder(names)
+
     # -- simulated nodes -------------------------------------------------------------------
     def add_node(self, label: str, serial: str, addr: str = HOST) -> Node:
         tags = {"NodeLabel": label, "NodeSerial": serial, "NodeAddr": addr}
