@@ -15,9 +15,12 @@ jobs               the job manager: runs workflows when this instance holds the 
 signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/SIGTERM stop
 =================  =====================================================================
 
-Start order: the replica is restored, then the API serves (it needs nothing else), then
-the gossip transport and service, Serf, membership, the lease and the jobs start beside it;
-/health says what has not started yet (issue 17, start time).
+Start order (issue 17: start time, restart catch-up): the replica is restored and the API's
+address bound (requests wait in its backlog); the web stack (Quart, hypercorn) starts
+loading in a thread; meanwhile gossip starts and pulls what this instance missed from the
+peers it last knew (``runtime.peerfile``), before Serf is up; Serf, membership, the lease
+and the jobs start beside it; the API serves once its modules are loaded. /health says
+what has not started yet.
 
 Its Serf connection is the one part a caller may supply (``serf=``): the tests' standalone
 instances (``gossipmgr.testing.standalone``) are this same wiring over a fake Serf. The
@@ -30,9 +33,12 @@ on /health and in the log, and stops acting (no candidacy, so no lease) until Se
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import logging
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,7 +46,7 @@ from typing import Any
 
 import trio
 
-from gossipmgr.api import check_listen_policy, create_app, serve
+from gossipmgr.api import bind_listener, check_listen_policy, listener_url
 from gossipmgr.config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
 from gossipmgr.core.lease import LeaseConfig
 from gossipmgr.errors import ConfigError, GossipmgrError
@@ -64,6 +70,7 @@ from gossipmgr.runtime.context import (
 )
 from gossipmgr.runtime.jobs import LOG_FLUSH_S, JobManager
 from gossipmgr.runtime.leaseloop import Holder, absent_grace_s, push_pull_s
+from gossipmgr.runtime.peerfile import PeerFile
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.serflink import EmbeddedSerf, ExternalSerf, SerfLink
 from gossipmgr.runtime.watch import ChangeFeed
@@ -88,6 +95,22 @@ log = logging.getLogger("gossipmgr.agent")
 #: far above any partition or outage we plan for (Cassandra's gc_grace default is 10 days).
 TOMBSTONE_TTL_MS = 7 * 24 * 3600 * 1000
 GC_EVERY_S = 3600.0
+#: The API's web stack (Quart, flask, werkzeug, jinja2, hypercorn: over half of the daemon's
+#: import time), loaded in a thread while gossip catches up (``Agent.run``).
+WEB_STACK = ("gossipmgr.api.app", "gossipmgr.api.server")
+
+
+def _import_web_stack() -> None:
+    """Import :data:`WEB_STACK` with the cyclic GC off, as the command line imports the
+    daemon (~130 collections cost ~15 % of such an import's CPU time)."""
+    gc_on = gc.isenabled()
+    gc.disable()
+    try:
+        for name in WEB_STACK:
+            importlib.import_module(name)
+    finally:
+        if gc_on:
+            gc.enable()
 
 
 def serf_link(
@@ -317,35 +340,50 @@ class Agent:
             self.replica.restore_seconds,
             len(self.replica.state),
         )
+        api_host, api_port = split_addr(cfg.api_addr, "api-addr")
+        try:
+            sock = bind_listener(api_host, api_port)
+        except OSError:
+            await self.replica.aclose()
+            raise
+        self.api_url = cfg.advertise_api or listener_url(sock, cfg.tls_cert is not None)
         try:
             async with trio.open_nursery() as nursery:
-                # Serving first (issue 17, start time): the API needs only the restored
-                # replica; until gossip and Serf are up, /health says so ("gossip":
-                # {"started": false}, "serf": {"error": "not started"}).
-                await self._serve_api(nursery)
+                # Catch-up first (issue 17): the web stack loads in a thread while gossip and
+                # Serf start; requests wait in the bound socket's backlog until it serves.
+                web_stack = trio.Event()
+                nursery.start_soon(self._load_web_stack, web_stack)
                 await nursery.start(self._run_parts, nursery, signals)
+                await web_stack.wait()
+                await self._serve_api(nursery, sock)
                 self.ready.set()
                 task_status.started(self)
         finally:
+            sock.close()  # the server's by now, if it started (closing twice is fine)
             with trio.CancelScope(shield=True):
                 await self.replica.aclose()
 
-    async def _serve_api(self, nursery: trio.Nursery) -> None:
+    async def _load_web_stack(self, done: trio.Event) -> None:
+        await trio.to_thread.run_sync(_import_web_stack, abandon_on_cancel=True)
+        done.set()
+
+    async def _serve_api(self, nursery: trio.Nursery, sock: socket.socket) -> None:
+        from gossipmgr.api import create_app, serve  # loaded by _load_web_stack
+
         cfg = self.cfg
         self.api_ctx = AgentApiContext(self)
         app = create_app(self.api_ctx)
-        api_host, api_port = split_addr(cfg.api_addr, "api-addr")
-        url = await nursery.start(
+        await nursery.start(
             lambda task_status: serve(
                 app,
-                api_host,
-                api_port,
+                "",
+                0,
                 certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
                 keyfile=str(cfg.tls_key) if cfg.tls_key else None,
+                sock=sock,
                 task_status=task_status,
             )
         )
-        self.api_url = cfg.advertise_api or str(url)
 
     async def _run_parts(
         self,
@@ -368,6 +406,7 @@ class Agent:
         assert self.gossip is not None
         gossip_addr = await nursery.start(self.gossip.run)
         log.info("%s: API on %s, gossip on %s:%s", cfg.name, self.api_url, *gossip_addr)
+        self._catch_up_from_last_peers()
         tags = {
             "role": "gossipmgr",
             "gossip": f"{gossip_addr[0]}:{gossip_addr[1]}",
@@ -400,6 +439,21 @@ class Agent:
             await nursery.start(self.notifier.run)
         if signals:
             nursery.start_soon(self._signals, outer)
+
+    def _catch_up_from_last_peers(self) -> None:
+        """Start gossiping with the peers this instance last knew (``runtime.peerfile``):
+        a restart pulls what it missed from them at once, before Serf is up and has named
+        them; Serf's view replaces them when it comes. From then on every peer set is
+        kept for the next start."""
+        assert self.gossip is not None
+        peer_file = PeerFile(self.cfg.data_dir / "peers.json")
+        peers, alive = peer_file.load()
+        if peers:
+            log.info(
+                "%s: catching up from the peers it last knew: %s", self.cfg.name, sorted(peers)
+            )
+            self.gossip.set_peers(peers, alive)
+        self.gossip.on_peers = peer_file.save
 
     # ------------------------------------------------------------------ signals
     async def _signals(self, nursery: trio.Nursery) -> None:

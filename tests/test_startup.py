@@ -1,8 +1,9 @@
 """Start time (issue 17 part 5): what `gossipmgr agent` loads before it serves.
 
-The agent serves its API once the data dir is restored; gossip and Serf start after that
-(docs/benchmarks.md, "Start and stop"). A heavy dependency that only those later parts, or
-only some requests, need is imported where it is first used, and this keeps it so: a fresh
+The agent restores its data dir, binds its API address and starts gossip (catching up from
+the peers it last knew) and Serf while the web stack (Quart, hypercorn) loads in a thread
+(docs/design.md, "Start and stop"). A heavy dependency that only later parts, or only some
+requests, need is imported where it is first used, and this keeps it so: a fresh
 interpreter's import of the daemon's command line must not load it.
 """
 
@@ -22,12 +23,31 @@ LATER = {
     "prometheus_client",
     "gossipmgr.clusterm",
 }
+#: Loaded in a thread once the agent runs (``gossipmgr.agent.WEB_STACK``), while gossip
+#: catches up: the web stack.
+WEB_STACK = {"quart", "quart_trio", "flask", "werkzeug", "jinja2", "hypercorn", "h2", "wsproto"}
 
 
 def test_the_daemon_import_leaves_heavy_modules_for_later() -> None:
     loaded = set(modules_loaded_by(["gossipmgr.daemon"]))
-    assert {"gossipmgr.agent", "quart", "hypercorn"} <= loaded  # the serving path itself
+    assert {"gossipmgr.agent", "trio", "gossipmgr.api.listen"} <= loaded
     assert sorted(LATER & loaded) == []
+    assert sorted(WEB_STACK & loaded) == []
+
+
+def test_the_api_package_loads_its_parts_at_first_use() -> None:
+    """``gossipmgr.api``'s public names stay where they were (PEP 562: loaded when first
+    read), and an unknown name is still an AttributeError."""
+    import gossipmgr.api as api
+    from gossipmgr.api.app import create_app
+
+    assert api.create_app is create_app
+    try:
+        api.no_such_name  # noqa: B018 (the attribute read is the test)
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("an unknown name was found")
 
 
 def test_the_keyring_makes_its_ciphers_at_first_use() -> None:

@@ -15,7 +15,9 @@ How a request goes through the package:
 ``forwarding``       job writes run on the lease holder; logs proxied from the runner
 ``openapi``          the document, built from the routes' declarations
 ``app``              :func:`create_app`: the blueprints, the boundary and a context
-``server``           :func:`serve` (hypercorn, trio), :func:`check_listen_policy`
+``server``           :func:`serve` (hypercorn, trio)
+``listen``           the listening socket, bound before the rest is imported;
+                     :func:`check_listen_policy`
 ==================== ===================================================================
 
 * Reads are served from the local replica. Writes of replicated settings (globals, node
@@ -35,13 +37,49 @@ The names below are the package's public surface; the rest of gossipmgr imports 
 here, so the modules inside may be rearranged freely.
 """
 
-from gossipmgr.api.app import OPENAPI, create_app, spec_paths
-from gossipmgr.api.bodies import MAX_BODY_BYTES, check_value_untrusted
-from gossipmgr.api.context import ApiContext, JobsLike, ReplicaView
-from gossipmgr.api.forwarding import FORWARDED_HEADER
-from gossipmgr.api.openapi import rule_paths
-from gossipmgr.api.routes.lease import lease_json
-from gossipmgr.api.server import check_listen_policy, serve
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gossipmgr.api.listen import bind_listener, check_listen_policy, listener_url
+
+if TYPE_CHECKING:
+    from gossipmgr.api.app import OPENAPI, create_app, spec_paths
+    from gossipmgr.api.bodies import MAX_BODY_BYTES, check_value_untrusted
+    from gossipmgr.api.context import ApiContext, JobsLike, ReplicaView
+    from gossipmgr.api.forwarding import FORWARDED_HEADER
+    from gossipmgr.api.openapi import rule_paths
+    from gossipmgr.api.routes.lease import lease_json
+    from gossipmgr.api.server import serve
+
+#: Where each public name lives. Loaded at first use (PEP 562), so that the agent can bind
+#: its address (``api.listen``) before Quart, flask, werkzeug, jinja2 and hypercorn are
+#: imported: they are most of the daemon's import time (docs/design.md, "Start and stop").
+_LAZY = {
+    "OPENAPI": "gossipmgr.api.app",
+    "create_app": "gossipmgr.api.app",
+    "spec_paths": "gossipmgr.api.app",
+    "MAX_BODY_BYTES": "gossipmgr.api.bodies",
+    "check_value_untrusted": "gossipmgr.api.bodies",
+    "ApiContext": "gossipmgr.api.context",
+    "JobsLike": "gossipmgr.api.context",
+    "ReplicaView": "gossipmgr.api.context",
+    "FORWARDED_HEADER": "gossipmgr.api.forwarding",
+    "rule_paths": "gossipmgr.api.openapi",
+    "lease_json": "gossipmgr.api.routes.lease",
+    "serve": "gossipmgr.api.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "FORWARDED_HEADER",
@@ -50,10 +88,12 @@ __all__ = [
     "ApiContext",
     "JobsLike",
     "ReplicaView",
+    "bind_listener",
     "check_listen_policy",
     "check_value_untrusted",
     "create_app",
     "lease_json",
+    "listener_url",
     "rule_paths",
     "serve",
     "spec_paths",

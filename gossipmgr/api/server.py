@@ -1,13 +1,13 @@
-"""Serving the app: hypercorn's trio worker in the caller's nursery, and the rule the agent
-applies before it binds (:func:`check_listen_policy`)."""
+"""Serving the app: hypercorn's trio worker in the caller's nursery, on a socket bound
+beforehand (``api.listen``) or one it binds; :func:`check_listen_policy` (the rule the agent
+applies before it binds) lives in ``api.listen`` and is re-exported here."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 import hypercorn.protocol
@@ -17,32 +17,14 @@ from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hyper_serve
 from hypercorn.typing import H11SendableEvent
-from quart_trio import QuartTrio
 
+from gossipmgr.api.listen import check_listen_policy
 from gossipmgr.errors import ConfigError
 
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
 
-def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
-    """Refuse to serve the API without a token on a non-loopback address.
-
-    Raises ConfigError unless ``host`` is a loopback address (or ``localhost``), a token is
-    set, or ``insecure`` is true. An empty host or ``0.0.0.0``/``::`` listen everywhere and
-    so count as non-loopback.
-    """
-    if token or insecure:
-        return
-    h = host.strip("[]")
-    if h == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(h).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise ConfigError(
-        f"refusing to serve the API on {host or 'all addresses'} without a token: "
-        "drop --no-auth (a token is then required) or also pass --insecure"
-    )
+__all__ = ["check_listen_policy", "serve"]
 
 
 class _ShieldedSend:
@@ -118,10 +100,18 @@ SEND_STALL_TIMEOUT_MS = 30_000
 
 class _Config(Config):
     """hypercorn's Config, its TCP listeners set to abort stalled connections (their
-    accepted sockets inherit the option)."""
+    accepted sockets inherit the option); ``listener``: a socket bound beforehand
+    (``api.listen.bind_listener``) to serve on instead of binding ``bind``."""
+
+    listener: socket.socket | None = None
 
     def create_sockets(self) -> Sockets:
-        sockets = super().create_sockets()
+        if self.listener is None:
+            sockets = super().create_sockets()
+        else:
+            tls = [self.listener] if self.ssl_enabled else []
+            plain = [] if self.ssl_enabled else [self.listener]
+            sockets = Sockets(secure_sockets=tls, insecure_sockets=plain, quic_sockets=[])
         opt = getattr(socket, "TCP_USER_TIMEOUT", None)
         for s in (*sockets.secure_sockets, *sockets.insecure_sockets):
             if opt is not None and s.family in (socket.AF_INET, socket.AF_INET6):
@@ -138,12 +128,15 @@ async def serve(
     keyfile: str | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 2.0,
+    sock: socket.socket | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` with hypercorn until ``shutdown_trigger`` returns (or cancellation).
 
     Calls ``task_status.started(url)`` with the bound base URL (``http://127.0.0.1:PORT``,
-    ``https://...`` with TLS), so ``port=0`` works. TLS is on when both ``certfile`` and
+    ``https://...`` with TLS), so ``port=0`` works. ``sock``: a listening socket bound
+    beforehand (``api.listen.bind_listener``) to serve on, instead of binding
+    ``host:port``; the server owns it from then on. TLS is on when both ``certfile`` and
     ``keyfile`` are given; one without the other raises ConfigError. The caller owns the
     nursery and so the server's lifetime.
     """
@@ -159,6 +152,7 @@ async def serve(
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("gossipmgr.api.hypercorn")
     cfg.keep_alive_timeout = 5.0
+    cfg.listener = sock
 
     async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await hyper_serve(

@@ -134,6 +134,9 @@ class GossipService(Generic[R]):
         self._persist_send, self._persist_recv = trio.open_memory_channel[LWWMap](PERSIST_QUEUE)
         self.persist_window_ms = PERSIST_WINDOW_MS
         self._catchup_logged = True
+        #: told every peer set given to :meth:`set_peers` (the agent keeps the last one in
+        #: its data dir, to catch up from at its next start before Serf names them)
+        self.on_peers: Callable[[dict[str, Addr], Mapping[str, str] | None], None] | None = None
 
     @property
     def local_addr(self) -> Addr:
@@ -155,6 +158,8 @@ class GossipService(Generic[R]):
         if peers != self.addrs:
             log.info("%s: gossip peers now %s", self.replica.name, sorted(peers))
         self.addrs = dict(peers)
+        if self.on_peers is not None:
+            self.on_peers(self.addrs, alive)
         for n in peers:
             self.reply_to.pop(n, None)
         before = self.ae.catchup

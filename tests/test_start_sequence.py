@@ -1,0 +1,138 @@
+"""The start sequence (issue 17, restart catch-up and start time; docs/design.md, "Start
+and stop"): a restarted instance pulls what it missed from the peers it last knew before
+Serf names them, and a request that arrives while the web stack is still loading waits in
+the bound socket's backlog and is answered.
+
+Standalone instances: the agent's own wiring over a fake Serf (gossip over real UDP on
+loopback, the API over real HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+import gossipmgr.agent
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import ClusterState, global_key
+from gossipmgr.runtime.peerfile import PeerFile
+from gossipmgr.testing.fakeserf import FakeSerfCluster
+from gossipmgr.testing.standalone import (
+    START_TIMEOUT_S,
+    build,
+    fake_serf,
+    shared_key,
+    standalone_agent,
+    standalone_config,
+)
+from gossipmgr.testing.wait import until
+
+
+def _set_global(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWWMap:
+    return st.d_set(global_key(var), value, ts)
+
+
+async def test_a_restart_catches_up_from_its_last_peers_before_serf_is_up(
+    tmp_path: Path,
+) -> None:
+    """i2 restarts with its Serf unreachable the whole time: it still gets the write made
+    while it was down, from the peer its data dir remembers (before, its gossip peers
+    came from Serf only, and it waited for Serf)."""
+    cluster = FakeSerfCluster()
+    key = shared_key(tmp_path)
+    cfg1 = standalone_config(tmp_path, "i1", encrypt_key_file=key)
+    cfg2 = standalone_config(tmp_path, "i2", encrypt_key_file=key)
+    async with standalone_agent(cfg1, cluster) as i1:
+        async with standalone_agent(cfg2, cluster, claim=False) as i2:
+            gossip = i2.gossip
+            assert gossip is not None
+
+            def knows_i1() -> bool:
+                return "i1" in gossip.addrs
+
+            await until(knows_i1, START_TIMEOUT_S)
+        saved, alive = PeerFile(cfg2.data_dir / "peers.json").load()
+        assert set(saved) == {"i1"} and set(alive) == {"i1"}
+        await i1.replica.commit(partial(_set_global, "missed", "while i2 was down"))
+
+        # Serf never comes up in this run: i2's own agent is unreachable, and it is not in
+        # i1's Serf view either (i1 saw it leave), so i1 starts nothing towards it.
+        again = build(cfg2)
+        fake_serf(again).set_healthy(False)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(START_TIMEOUT_S):
+                await nursery.start(
+                    lambda task_status: again.run(signals=False, task_status=task_status)
+                )
+
+            def caught_up() -> bool:
+                return again.replica.state.globals().get("missed") == "while i2 was down"
+
+            await until(caught_up, START_TIMEOUT_S)
+            assert again.membership is not None and not again.membership.healthy
+            assert again.replica.candidates == []  # no Serf view: no lease candidacy either
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_during_the_web_stack_import_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API address is bound before Quart and hypercorn are imported: a client that
+    connects and sends its request meanwhile is not refused; it is answered once the
+    server runs."""
+    release = threading.Event()
+    real_import = gossipmgr.agent._import_web_stack
+
+    def held_import() -> None:
+        release.wait(START_TIMEOUT_S)
+        real_import()
+
+    monkeypatch.setattr(gossipmgr.agent, "_import_web_stack", held_import)
+    agent = build(standalone_config(tmp_path, "i1"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(agent.run, signals=False))
+        await until(lambda: agent.api_url != "" and agent.gossip is not None, START_TIMEOUT_S)
+        host, port = agent.api_url.removeprefix("http://").rsplit(":", 1)
+
+        def ask() -> bytes:
+            with socket.create_connection((host, int(port)), timeout=START_TIMEOUT_S) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert not agent.ready.is_set()  # sent while the import is held
+                release.set()
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            return b"".join(chunks)
+
+        answer = await trio.to_thread.run_sync(ask)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(body)["name"] == "i1"
+        nursery.cancel_scope.cancel()
+
+
+def test_the_peer_file_keeps_the_last_peer_set_and_ignores_a_bad_one(tmp_path: Path) -> None:
+    path = tmp_path / "peers.json"
+    pf = PeerFile(path)
+    assert pf.load() == ({}, {})  # no file: nothing to catch up from
+    pf.save({"b": ("127.0.0.1", 7001), "c": ("::1", 7002)}, {"b": "18c"})
+    assert PeerFile(path).load() == ({"b": ("127.0.0.1", 7001), "c": ("::1", 7002)}, {"b": "18c"})
+    stamp = path.stat().st_mtime_ns
+    pf.save({"b": ("127.0.0.1", 7001), "c": ("::1", 7002)}, {"b": "18c"})
+    assert path.stat().st_mtime_ns == stamp  # unchanged: not rewritten
+    for bad in (
+        "{",
+        "[]",
+        '{"version": 1, "peers": {"b": "nohost"}, "alive": {}}',
+        '{"version": 1, "peers": {"b": "h:99999"}, "alive": {}}',
+        '{"version": 9, "peers": {}, "alive": {}}',
+    ):
+        path.write_text(bad)
+        assert PeerFile(path).load() == ({}, {}), bad
