@@ -12,11 +12,15 @@ seen on r2; then r3 is started again on its data dir and timed from the process 
   loaded machine, and a tighter poll slowed the catch-up it measures) holds all 1,000 new
   values (the figure the etcd comparison quotes: restart -> all missed updates visible);
 * from r3's own log (its lines carry millisecond timestamps), where the time went:
-  ``restored_s`` (the restore done), ``api_s`` (API and gossip listening, Serf next),
-  ``peers_s`` (Serf gave the gossip peers: "gossip peers now"), and from the catch-up's
+  ``restored_s`` (the restore done), ``api_s`` (API address bound and gossip listening,
+  Serf next), ``peers_s`` (gossip got its peers, "gossip peers now": from the data dir's
+  peer file at a restart since issue 17, else from Serf), ``serving_s`` (hypercorn
+  serves the API), and from the catch-up's
   own log lines (when the tree has them): when it started (``catchup_start_s``: a digest to
   every peer), got its first answer, joined its last missed entry, and found every peer
   equal (``catchup_first_answer_s``, ``catchup_last_entry_s``, ``catchup_equal_s``);
+* ``serve_cpu_s``, ``visible_cpu_s``: r3's CPU time (user + system, ``/proc``) by then:
+  what the start costs, less sensitive than the wall times to other load on the machine;
 * persisted: after the check, r3 is stopped again and a ``Replica.open`` of its data dir
   must hold all 1,000 new values (asserted, not timed).
 
@@ -49,6 +53,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench._util import print_table, write_result  # noqa: E402
 from bench.bench_durability import wait_serving  # noqa: E402
+from bench.bench_startstop import cpu_seconds  # noqa: E402
 from gossipmgr.localcluster import LocalCluster, wait_for  # noqa: E402
 from gossipmgr.runtime.replica import Replica  # noqa: E402
 
@@ -61,6 +66,7 @@ MARKS = {
     r": API on ": "api_s",
     r": gossip peers now \[.+\]": "peers_s",
     r": catch-up: started": "catchup_start_s",
+    r"gossipmgr\.api\.hypercorn: Running on ": "serving_s",
 }
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 #: The catch-up's own figures, in ms after it started (gossip/catchup.py, CatchUp.summary).
@@ -167,9 +173,12 @@ def one_run(root: Path, keys: int) -> dict[str, Any]:
         cl.start("r3")
         wait_serving(r3, 0.005)
         serve_s = time.perf_counter() - t0
+        assert r3.proc is not None
+        serve_cpu_s = cpu_seconds(r3.proc.pid)
         with httpx.Client() as c:
             wait_for(lambda: holds(cl, "r3", keys, "new", c), 60, "r3 to catch up", POLL_S)
         visible_s = time.perf_counter() - t0
+        visible_cpu_s = cpu_seconds(r3.proc.pid)
         time.sleep(0.5)  # let the last novel deltas reach the disk before stopping r3
         moved = {f"r3_{k}": v for k, v in gossip_bytes(cl, "r3").items() if "entries" in k}
         text = r3.log()[log_offset:] if len(r3.log()) > log_offset else r3.log()
@@ -180,6 +189,8 @@ def one_run(root: Path, keys: int) -> dict[str, Any]:
         return {
             "serve_s": serve_s,
             "visible_s": visible_s,
+            "serve_cpu_s": serve_cpu_s,
+            "visible_cpu_s": visible_cpu_s,
             **log_marks(text, t0_epoch),
             **moved,
         }
@@ -190,13 +201,16 @@ def one_run(root: Path, keys: int) -> dict[str, Any]:
 FIGURES = (
     ("serve_s", "process start -> GET /health 200"),
     ("restored_s", "  log: restore done"),
-    ("api_s", "  log: API and gossip listening"),
-    ("peers_s", "  log: Serf gave the gossip peers"),
+    ("api_s", "  log: API bound and gossip listening"),
+    ("peers_s", "  log: gossip got its peers (peer file or Serf)"),
     ("catchup_start_s", "  log: catch-up started (digests to every peer)"),
     ("catchup_first_answer_s", "  log: catch-up: first answer"),
     ("catchup_last_entry_s", "  log: catch-up: last missed entry joined"),
     ("catchup_equal_s", "  log: catch-up: every peer equal"),
+    ("serving_s", "  log: the API serves (hypercorn running)"),
     ("visible_s", "process start -> all keys visible on r3"),
+    ("serve_cpu_s", "r3's CPU time by its first GET /health 200"),
+    ("visible_cpu_s", "r3's CPU time by all keys visible"),
 )
 
 

@@ -1,6 +1,8 @@
 """Side by side with etcd: the same client workloads against 3 etcd members and 3 gossipmgr agents.
 
 Run:  .venv/bin/python bench/vs_etcd.py [--runs 3] [--writes 2000|10000] [--quick]
+      [--only catchup]   (that workload alone, on clusters holding 10,000 keys; written
+      to bench/results/vs_etcd_catchup.json, so the full run's file is kept)
 Then: .venv/bin/python bench/report.py   (docs/benchmarks.md and docs/img/vs_etcd.png)
 
 One run starts each system in turn (which one first alternates between runs): 3 etcd members
@@ -71,6 +73,8 @@ class Plan:
     mid: int
     big: int
     spacing_s: float = 0.02
+    #: one workload alone ("catchup"), or "" for all of them
+    only: str = ""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -78,6 +82,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
     ap.add_argument("--writes", type=int, default=2000, help="sequential writes (e.g. 10000)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run, small sizes")
+    ap.add_argument(
+        "--only",
+        choices=["catchup"],
+        default="",
+        help="run this workload alone (catchup: r3 restarted after 1,000 of 10,000 keys "
+        "were rewritten); results in vs_etcd_catchup.json",
+    )
     args = ap.parse_args(argv)
     if args.runs < 1 or args.writes < 1:
         ap.error("--runs and --writes must be at least 1")
@@ -94,9 +105,17 @@ def make_plan(args: argparse.Namespace) -> Plan:
             gets=50,
             mid=1_000,
             big=10_000,
+            only=args.only,
         )
     return Plan(
-        args.runs, args.writes, visible=200, rewrite=1_000, gets=300, mid=10_000, big=100_000
+        args.runs,
+        args.writes,
+        visible=200,
+        rewrite=1_000,
+        gets=300,
+        mid=10_000,
+        big=100_000,
+        only=args.only,
     )
 
 
@@ -352,6 +371,19 @@ def phases_gossipmgr(
         record_gets(s, p.big, p.gets, row)
 
 
+def catchup_etcd(root: Path, p: Plan, row: dict[str, Any], _: dict[str, list[float]]) -> None:
+    with EtcdSide(root / "etcd-filled") as s:
+        s.fill(0, p.mid)
+        settle(s)
+        row["etcd_catch_up_s"] = catch_up(s, p.rewrite)
+
+
+def catchup_gossipmgr(root: Path, p: Plan, row: dict[str, Any], _: dict[str, list[float]]) -> None:
+    with GossipSide(root / "g-mid", seeded=p.mid) as s:
+        settle(s)
+        row["gossipmgr_catch_up_s"] = catch_up(s, p.rewrite)
+
+
 def fresh_phase(s: Side, p: Plan, row: dict[str, Any], samples: dict[str, list[float]]) -> None:
     record_gets(s, 0, p.gets, row)
     vis_phase(s, "fresh", p, row, samples)
@@ -377,6 +409,8 @@ def vis_phase(
 def one_run(i: int, root: Path, p: Plan, samples: dict[str, list[float]]) -> dict[str, Any]:
     row: dict[str, Any] = {"run": i + 1}
     order = [("etcd", phases_etcd), ("gossipmgr", phases_gossipmgr)]
+    if p.only == "catchup":
+        order = [("etcd", catchup_etcd), ("gossipmgr", catchup_gossipmgr)]
     for name, phases in order if i % 2 == 0 else order[::-1]:
         print(f"== run {i + 1}/{p.runs}: {name}", flush=True)
         t0 = time.perf_counter()
@@ -423,10 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     med = medians(runs)
     polled = any(r.get("gossipmgr_visible_polled") for r in runs)
     rows = table(med, p, polled)
+    if p.only:  # the rows of that workload only
+        rows = [r for r in rows if r["etcd"] is not None or r["gossipmgr"] is not None]
     print_side_by_side(rows)
     errors = {k: v for r in runs for k, v in r.items() if k.endswith("_error")}
     path = write_result(
-        "vs_etcd",
+        f"vs_etcd_{p.only}" if p.only else "vs_etcd",
         "etcd 3.4 and gossipmgr side by side, 3 replicas each on loopback (bench/vs_etcd.py)",
         {**asdict(p), "quick": args.quick},
         runs,
