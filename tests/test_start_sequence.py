@@ -39,12 +39,12 @@ def _set_global(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWW
     return st.d_set(global_key(var), value, ts)
 
 
-async def test_a_restart_catches_up_from_its_last_peers_before_serf_is_up(
-    tmp_path: Path,
-) -> None:
-    """i2 restarts with its Serf unreachable the whole time: it still gets the write made
-    while it was down, from the peer its data dir remembers (before, its gossip peers
-    came from Serf only, and it waited for Serf)."""
+async def _restart_after_a_missed_write(tmp_path: Path, serf_healthy: bool) -> None:
+    """i1 and i2 run (one fake Serf cluster); i2 stops; i1 writes; i2 starts again on its
+    data dir with a Serf of its own that has not joined the cluster: unreachable
+    (``serf_healthy`` false) or reachable and listing only i2 (an agent that has not
+    joined yet). i2 must get the write from the peer its data dir remembers. i1 saw i2
+    leave, so it starts nothing towards i2: the pull is i2's."""
     cluster = FakeSerfCluster()
     key = shared_key(tmp_path)
     cfg1 = standalone_config(tmp_path, "i1", encrypt_key_file=key)
@@ -62,10 +62,8 @@ async def test_a_restart_catches_up_from_its_last_peers_before_serf_is_up(
         assert set(saved) == {"i1"} and set(alive) == {"i1"}
         await i1.replica.commit(partial(_set_global, "missed", "while i2 was down"))
 
-        # Serf never comes up in this run: i2's own agent is unreachable, and it is not in
-        # i1's Serf view either (i1 saw it leave), so i1 starts nothing towards it.
-        again = build(cfg2)
-        fake_serf(again).set_healthy(False)
+        again = build(cfg2)  # a fake Serf alone: it never lists i1
+        fake_serf(again).set_healthy(serf_healthy)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(START_TIMEOUT_S):
                 await nursery.start(
@@ -76,9 +74,28 @@ async def test_a_restart_catches_up_from_its_last_peers_before_serf_is_up(
                 return again.replica.state.globals().get("missed") == "while i2 was down"
 
             await until(caught_up, START_TIMEOUT_S)
-            assert again.membership is not None and not again.membership.healthy
-            assert again.replica.candidates == []  # no Serf view: no lease candidacy either
+            assert again.membership is not None
+            assert again.membership.healthy is serf_healthy
+            assert "i1" not in again.replica.candidates  # Serf never named it
             nursery.cancel_scope.cancel()
+        # Serf's views that named no other instance did not overwrite the peer file.
+        assert set(PeerFile(cfg2.data_dir / "peers.json").load()[0]) == {"i1"}
+
+
+async def test_a_restart_catches_up_from_its_last_peers_before_serf_is_up(
+    tmp_path: Path,
+) -> None:
+    """Serf unreachable the whole time: before, gossip peers came from Serf only, and the
+    restarted instance waited for it."""
+    await _restart_after_a_missed_write(tmp_path, serf_healthy=False)
+
+
+async def test_a_restart_keeps_its_last_peers_until_serf_names_another_instance(
+    tmp_path: Path,
+) -> None:
+    """Serf up but not joined yet (it lists only this instance): its view does not empty
+    the peer set the restart is catching up from."""
+    await _restart_after_a_missed_write(tmp_path, serf_healthy=True)
 
 
 async def test_a_request_during_the_web_stack_import_is_answered(

@@ -122,6 +122,7 @@ class Holder:
         self._was_holder = False
         self._reconciled_epoch = -1
         self._last_reconcile = 0.0
+        self._serf_named_peers = False
 
     # ------------------------------------------------------------------ membership
     def refresh_peers(self) -> None:
@@ -139,8 +140,13 @@ class Holder:
         # lease candidates, and an unreachable one only costs its unacknowledged deltas
         # (bounded by max_buffer) and a share of the periodic digests.
         peers = {i.name: i.gossip_addr for i in (*alive, *m.view.failed_instances)}
-        # An instance alive again, or under a new boot id, is caught up with at once.
-        self.gossip.set_peers(peers, {i.name: i.boot_id for i in alive})
+        # A Serf agent that has not joined yet lists only us: until Serf has named another
+        # instance once, gossip keeps the peers this instance last knew (the agent's peer
+        # file: a restart catches up from them before Serf has joined; issue 17).
+        self._serf_named_peers |= any(n != self.replica.name for n in peers)
+        if self._serf_named_peers:
+            # An instance alive again, or under a new boot id, is caught up with at once.
+            self.gossip.set_peers(peers, {i.name: i.boot_id for i in alive})
         self.replica.candidates = candidates([i.name for i in alive])
         now = trio.current_time()
         failed = [i.name for i in m.view.failed_instances]
