@@ -17,7 +17,7 @@ The gossipmgr package is byte-compiled first, as an installation is (pip writes 
 ``.pyc`` files): with ``PYTHONDONTWRITEBYTECODE`` set and no ``.pyc``, every start would
 compile each module again (0.1-0.15 s), which no deployed agent does.
 
-    .venv/bin/python bench/bench_startstop.py [--nodes 10000] [--runs 5]
+    .venv/bin/python bench/bench_startstop.py [--nodes 10000] [--runs 5] [--profile local]
 
 Prints a table (median over runs) and writes bench/results/startstop.json.
 """
@@ -55,8 +55,8 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(root: Path, nodes: int) -> dict[str, Any]:
-    cl = LocalCluster(root, local_ansible=False)
+def one_run(root: Path, nodes: int, profile: str = "local") -> dict[str, Any]:
+    cl = LocalCluster(root, local_ansible=False, profile=profile)
     try:
         t0 = time.perf_counter()
         inst = cl.add_instance("a0")
@@ -97,6 +97,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--label", default="", help="a note stored with the result")
     ap.add_argument(
+        "--profile",
+        choices=["local", "lan", "wan"],
+        default="local",
+        help="the embedded Serf's timing profile (the stop waits one gossip round of it)",
+    )
+    ap.add_argument(
         "--before", type=Path, help="an earlier startstop.json whose medians to keep as 'before'"
     )
     args = ap.parse_args()
@@ -111,7 +117,7 @@ def main() -> None:
             state.mkdir(parents=True)
             for f in seed.iterdir():
                 (state / f.name).write_bytes(f.read_bytes())
-            r = one_run(root, args.nodes)
+            r = one_run(root, args.nodes, args.profile)
             runs.append(r)
             cpu = r["serve_cpu_s"]
             print(
@@ -133,7 +139,13 @@ def main() -> None:
     out = write_result(
         "startstop",
         "agent process start -> GET /health 200, SIGTERM -> exit; one agent with embedded serf",
-        {"nodes": args.nodes, "runs": args.runs, "label": args.label, "bytecode": "compiled"},
+        {
+            "nodes": args.nodes,
+            "runs": args.runs,
+            "label": args.label,
+            "bytecode": "compiled",
+            "profile": args.profile,
+        },
         runs,
         extra,
     )
