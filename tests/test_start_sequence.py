@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+import trustme
 
 import gossipmgr.agent
 from gossipmgr.core.clock import Timestamp
@@ -153,3 +156,21 @@ def test_the_peer_file_keeps_the_last_peer_set_and_ignores_a_bad_one(tmp_path: P
     ):
         path.write_text(bad)
         assert PeerFile(path).load() == ({}, {}), bad
+
+
+async def test_the_agent_serves_tls_on_the_socket_it_bound_first(tmp_path: Path) -> None:
+    """With ``tls_cert``/``tls_key`` the socket bound before the web stack loads is served
+    over TLS, and the URL the agent advertises says https."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    ca.cert_pem.write_to_path(str(cafile))
+    cfg = standalone_config(tmp_path, "i1", tls_cert=certfile, tls_key=keyfile)
+    async with standalone_agent(cfg) as agent:
+        assert agent.api_url.startswith("https://127.0.0.1:")
+        tls = ssl.create_default_context(cafile=cafile)
+        async with httpx.AsyncClient(verify=tls) as c:
+            r = await c.get(agent.api_url + "/health")
+        assert r.status_code == 200 and r.json()["name"] == "i1"
