@@ -101,13 +101,14 @@ WEB_STACK = ("gossipmgr.api.app", "gossipmgr.api.server")
 
 
 def _import_web_stack() -> None:
-    """Import :data:`WEB_STACK` with the cyclic GC off, as the command line imports the
-    daemon (~130 collections cost ~15 % of such an import's CPU time)."""
+    """Import :data:`WEB_STACK` with the cyclic GC off (as the CLI imports the daemon) and
+    freeze what it made (as the restore does): no collection walks it (~20 ms each)."""
     gc_on = gc.isenabled()
     gc.disable()
     try:
         for name in WEB_STACK:
             importlib.import_module(name)
+        gc.freeze()
     finally:
         if gc_on:
             gc.enable()
@@ -441,10 +442,8 @@ class Agent:
             nursery.start_soon(self._signals, outer)
 
     def _catch_up_from_last_peers(self) -> None:
-        """Start gossiping with the peers this instance last knew (``runtime.peerfile``):
-        a restart pulls what it missed from them at once, before Serf is up and has named
-        them; Serf's view replaces them when it comes. From then on every peer set is
-        kept for the next start."""
+        """Gossip with the peers this instance last knew (``runtime.peerfile``): a restart
+        pulls what it missed from them before Serf names them. Every later set is kept."""
         assert self.gossip is not None
         peer_file = PeerFile(self.cfg.data_dir / "peers.json")
         peers, alive = peer_file.load()
