@@ -63,7 +63,7 @@ from gossipmgr.runtime.context import (
     runtime_extra_vars,
 )
 from gossipmgr.runtime.jobs import LOG_FLUSH_S, JobManager
-from gossipmgr.runtime.leaseloop import Holder, absent_grace_s, push_pull_s
+from gossipmgr.runtime.leaseloop import Holder, absent_grace_s
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.serflink import EmbeddedSerf, ExternalSerf, SerfLink
 from gossipmgr.runtime.watch import ChangeFeed
@@ -390,7 +390,7 @@ class Agent:
             self.counters,
             absent_grace_s=absent_grace_s(cfg.serf_profile),
             solo_after_s=cfg.lease_solo_after_s if cfg.lease_solo_after_s >= 0 else None,
-            push_pull_s=push_pull_s(cfg.serf_profile),
+            serf_profile=cfg.serf_profile,
         )
         nursery.start_soon(self.holder.membership_loop, events)
         nursery.start_soon(self.holder.lease_loop)

@@ -24,8 +24,8 @@ from gossipmgr.core.quorum import Quorum, quorum
 from gossipmgr.core.reconcile import comebacks_waiting
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import Conflict
-from gossipmgr.serf.view import PUSH_PULL_S
-from gossipmgr.testing.majoritysim import LOOP_MS, MajoritySim, read_lease, run_schedule
+from gossipmgr.testing.majorityschedules import run_schedule
+from gossipmgr.testing.majoritysim import LOOP_MS, MajoritySim, read_lease
 
 CFG = LeaseConfig(ttl_ms=2_000, renew_ms=500)
 NAMES = [f"i{k}" for k in range(9)]
@@ -224,8 +224,8 @@ def nodes_with_the_minority(settle: bool, seed: int = 2) -> MajoritySim:
     sim.kill_node(sim.nodes[0])
     sim.run(8_000)
     sim.heal()
-    # The live node's comeback waits for the comeback bound (a push-pull interval).
-    sim.run(15_000 + sim.comeback_s * 1000)
+    # The live node's comeback waits for the comeback bounds.
+    sim.run(15_000 + max(sim.comeback) * 1000)
     return sim
 
 
@@ -280,16 +280,20 @@ def test_comebacks_waiting_needs_the_node_alive_and_the_lease_held_for_the_bound
     alive = {"a-1": 0, "b-1": 0, "c-1": 0, "new-1": 0}
     since = {"a-1": 110.0, "b-1": 70.0, "c-1": 120.0, "new-1": 125.0}
     # Only Disappeared nodes wait (c-1 is Discovered, new-1 unknown: first sightings).
-    assert comebacks_waiting(state, alive, since, 0.0, 130.0, 30.0) == {"a-1"}
+    assert comebacks_waiting(state, alive, since, 0.0, 130.0, 30.0, 30.0) == {"a-1"}
     # Held for less than the bound: every comeback waits, however long the node was alive.
-    assert comebacks_waiting(state, alive, since, 110.0, 130.0, 30.0) == {"a-1", "b-1"}
-    assert comebacks_waiting(state, alive, since, 0.0, 200.0, 30.0) == set()
+    assert comebacks_waiting(state, alive, since, 110.0, 130.0, 30.0, 30.0) == {"a-1", "b-1"}
+    assert comebacks_waiting(state, alive, since, 0.0, 200.0, 30.0, 30.0) == set()
     # A node missing from ``alive_since`` counts as alive since just now.
-    assert comebacks_waiting(state, alive, {}, 0.0, 200.0, 30.0) == {"a-1", "b-1"}
-    assert comebacks_waiting(state, {}, since, 0.0, 200.0, 30.0) == set()
+    assert comebacks_waiting(state, alive, {}, 0.0, 200.0, 30.0, 30.0) == {"a-1", "b-1"}
+    assert comebacks_waiting(state, {}, since, 0.0, 200.0, 30.0, 30.0) == set()
+    # The two bounds apart: alive for 20 s (a-1) and held for 130 s.
+    assert comebacks_waiting(state, alive, since, 0.0, 130.0, 25.0, 140.0) == {"a-1", "b-1"}
+    assert comebacks_waiting(state, alive, since, 0.0, 130.0, 25.0, 120.0) == {"a-1"}
+    assert comebacks_waiting(state, alive, since, 0.0, 130.0, 15.0, 120.0) == set()
 
 
-def holder_missed_the_death(comeback_s: float, seed: int = 3) -> MajoritySim:
+def holder_missed_the_death(comeback: tuple[float, float] | None, seed: int = 3) -> MajoritySim:
     """The partition suite's ``random`` 24: D's agent cannot receive when a node dies, so
     its view keeps the node alive; 9 s after the death D receives again (the heal), its
     push-pull lands 14 s later and makes every agent list the node alive until probes fail
@@ -297,7 +301,7 @@ def holder_missed_the_death(comeback_s: float, seed: int = 3) -> MajoritySim:
     holder is isolated (11 s after the heal) and D, next in the claim order, takes over
     and reconciles from a view that has listed the node alive, quietly, all along. lan
     profile (push-pull 30 s)."""
-    sim = MajoritySim(seed, 5, cfg=LeaseConfig(), stale_ms=(0, 0), comeback_s=comeback_s)
+    sim = MajoritySim(seed, 5, cfg=LeaseConfig(), stale_ms=(0, 0), comeback=comeback)
     sim.run(6_000)
     (holder,) = (n for n in sim.names if sim.holding(sim.inst[n]))
     deaf = sorted(n for n in sim.names if n != holder)[0]
@@ -319,12 +323,12 @@ def holder_missed_the_death(comeback_s: float, seed: int = 3) -> MajoritySim:
 
 def test_a_holder_whose_agent_missed_the_death_flaps_it_with_the_settle_bound_only() -> None:
     """With only the 3 s settle bound, the new holder's quiet, stale view is trusted."""
-    sim = holder_missed_the_death(comeback_s=0.0)
+    sim = holder_missed_the_death(comeback=(0.0, 0.0))
     assert len(sim.flaps(sim.nodes[0])) == 5, sim.flaps(sim.nodes[0])
 
 
 def test_a_comeback_waits_a_push_pull_of_holding_and_of_alive_so_nothing_flaps() -> None:
-    sim = holder_missed_the_death(comeback_s=PUSH_PULL_S["lan"])
+    sim = holder_missed_the_death(comeback=None)
     assert sim.flaps(sim.nodes[0]) == []
     for n in sim.names:
         for node, want in ((sim.nodes[0], "Disappeared"), (sim.nodes[1], "Discovered")):

@@ -33,6 +33,7 @@ from gossipmgr.serf.view import (
     InstancesChanged,
     MembershipEvent,
     NodeEvent,
+    comeback_bounds,
 )
 
 log = logging.getLogger("gossipmgr.agent")
@@ -63,23 +64,17 @@ VIEW_SETTLE_S = 3.0
 #: ...and each reconcile skips nodes whose Serf status changed this recently (the same
 #: bound: a node listed alive again for less than this may be a view mid-change).
 RECONCILE_SETTLE_S = VIEW_SETTLE_S
-#: A comeback (a Disappeared node alive in our Serf view, ``core.reconcile.comeback``) is
-#: left to the reconcile, which applies it only once the node has been alive in our view,
-#: and we have held the lease, for this many push-pull intervals (``PUSH_PULL_S``):
-#: an agent that missed a node's death keeps listing it alive, quietly, until a push-pull
-#: round and the probes that follow correct it (``core.reconcile.comebacks_waiting``).
-COMEBACK_PUSH_PULLS = 1.0
+# A comeback (a Disappeared node alive in our Serf view, ``core.reconcile.comeback``) is
+# left to the reconcile, which applies it only once the node has been alive in our view,
+# and we have held the lease, long enough for a view that missed the node's death to have
+# been corrected: ``serf.view.comeback_bounds`` of our Serf profile and member count
+# (``core.reconcile.comebacks_waiting``).
 
 
 def absent_grace_s(serf_profile: str) -> float:
     """Seconds a Discovered node must be missing from our Serf list before a reconcile
     marks it Disappeared (an external Serf's profile is unknown: assume lan)."""
     return ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(serf_profile, 30.0)
-
-
-def push_pull_s(serf_profile: str) -> float:
-    """memberlist's push-pull interval of a Serf profile (an external Serf: assume lan)."""
-    return PUSH_PULL_S.get(serf_profile, 30.0)
 
 
 class Holder:
@@ -99,7 +94,7 @@ class Holder:
         *,
         absent_grace_s: float,
         solo_after_s: float | None = None,
-        push_pull_s: float = PUSH_PULL_S["lan"],
+        serf_profile: str = "lan",
     ) -> None:
         self.replica = replica
         self.jobs = jobs
@@ -107,9 +102,8 @@ class Holder:
         self.membership = membership
         self.counters = counters
         self.absent_grace_s = absent_grace_s
-        #: our Serf profile's push-pull interval (the comeback bound, times
-        #: ``COMEBACK_PUSH_PULLS``)
-        self.push_pull_s = push_pull_s
+        #: our Serf profile (its timing sets the comeback bounds; an external Serf: lan)
+        self.serf_profile = serf_profile
         #: ``trio.current_time()`` when this instance last became the holder
         self.held_since = 0.0
         #: the two-instance rule's bound (``core.quorum``; None: off)
@@ -202,8 +196,8 @@ class Holder:
             return
         if comeback(self.replica.state, (ev.kind, ev.name, ev.label, ev.serial, ev.addr)):
             # A node back from Disappeared: the periodic reconcile applies it once Serf has
-            # listed it alive, and we have held the lease, for a push-pull interval (a view
-            # mid-change, and a holder whose agent missed the death, flapped dead ones).
+            # listed it alive, and we have held the lease, long enough (``unsettled_nodes``:
+            # a view mid-change, and a holder whose agent missed the death, flapped dead ones).
             self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
             return
         try:
@@ -232,15 +226,16 @@ class Holder:
         ]
         out |= self._absences.young(unlisted, known, now, self.absent_grace_s)
         up = {n.name: n.since for n in known.values() if n.up}
-        bound = COMEBACK_PUSH_PULLS * self.push_pull_s
-        waiting = comebacks_waiting(state, up, up, self.held_since, now, bound)
+        alive_s, held_s = comeback_bounds(self.serf_profile, self.membership.view.members)
+        waiting = comebacks_waiting(state, up, up, self.held_since, now, alive_s, held_s)
         for name in sorted(waiting - self._comebacks_waiting):
             log.warning(
                 "%s: %s is Disappeared and alive in our Serf view: applied once it has been "
-                "alive there, and we have held the lease, for %.0f s",
+                "alive there for %.0f s and we have held the lease for %.0f s",
                 self.replica.name,
                 name,
-                bound,
+                alive_s,
+                held_s,
             )
         self._comebacks_waiting = waiting
         return out | waiting
