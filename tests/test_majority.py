@@ -24,7 +24,8 @@ from gossipmgr.core.quorum import Quorum, quorum
 from gossipmgr.core.reconcile import comebacks_waiting
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import Conflict
-from gossipmgr.testing.majorityschedules import run_schedule
+from gossipmgr.serf.view import MembershipView, comeback_bounds
+from gossipmgr.testing.majorityschedules import run_schedule, schedule
 from gossipmgr.testing.majoritysim import LOOP_MS, MajoritySim, read_lease
 
 CFG = LeaseConfig(ttl_ms=2_000, renew_ms=500)
@@ -248,8 +249,10 @@ def test_a_holder_waits_for_a_settled_view_and_nothing_flaps() -> None:
 
 
 def test_100_schedules_majority_side_only_one_holder_growing_epochs_no_flap() -> None:
-    """Epochs only grow (asserted at every step by the simulation). The same over 1,000
-    and more seeds: ``python bench/majority_sim.py`` (docs/testing.md)."""
+    """Epochs only grow (asserted at every step by the simulation). A quarter of them
+    start with the missed-death fault (three of these 100 flap with the old comeback
+    bound: 4, 53, 67). The same over 1,000 and more seeds: ``python
+    bench/majority_sim.py`` (docs/testing.md)."""
     for seed in range(100):
         run_schedule(seed)
 
@@ -327,10 +330,49 @@ def test_a_holder_whose_agent_missed_the_death_flaps_it_with_the_settle_bound_on
     assert len(sim.flaps(sim.nodes[0])) == 5, sim.flaps(sim.nodes[0])
 
 
-def test_a_comeback_waits_a_push_pull_of_holding_and_of_alive_so_nothing_flaps() -> None:
+def test_a_comeback_waits_the_bounds_of_holding_and_of_alive_so_nothing_flaps() -> None:
     sim = holder_missed_the_death(comeback=None)
     assert sim.flaps(sim.nodes[0]) == []
     for n in sim.names:
         for node, want in ((sim.nodes[0], "Disappeared"), (sim.nodes[1], "Discovered")):
             rec = sim.inst[n].state.node(node)
             assert rec is not None and rec.inventory.state == want, (n, node)
+
+
+def test_the_comeback_bounds_follow_memberlist_timing_and_the_cluster_size() -> None:
+    """alive_s = 2 probe intervals + the longest suspicion; held_s = a push-pull period
+    more (memberlist 0.2: SuspicionMult 3/4/6, SuspicionMaxTimeoutMult 6, ProbeInterval
+    1/1/5 s, push-pull 15/30/60 s, scaled above 32 members)."""
+    assert comeback_bounds("local", 8) == (20.0, 35.0)
+    assert comeback_bounds("lan", 8) == (26.0, 56.0)
+    assert comeback_bounds("wan", 8) == (190.0, 250.0)
+    assert comeback_bounds("external", 3) == comeback_bounds("lan", 3)
+    # Suspicion grows with log10(members) above 10; push-pull doubles above 32 members.
+    assert comeback_bounds("lan", 100) == (50.0, 140.0)
+    alive, held = comeback_bounds("lan", 33)
+    assert round(held - alive) == 60
+    view = MembershipView()
+    inst = {"role": "gossipmgr", "gossip": "127.0.0.1:1"}
+    node = {"NodeLabel": "n", "NodeSerial": "1", "NodeAddr": "127.0.0.2"}
+    view.update([{"Name": "g1", "Status": "alive", "Tags": inst}], 0.0)
+    assert view.members == 1
+    members = [{"Name": "g1", "Status": "alive", "Tags": inst}]
+    members.append({"Name": "n-1", "Status": "failed", "Tags": node})
+    view.update(members, 1.0)
+    assert view.members == 2
+
+
+def test_missed_death_schedule_67_flaps_with_one_push_pull_and_not_with_the_bounds() -> None:
+    """Seeded schedule 67 (3 instances): i1's agent cannot receive when the node dies
+    (4.8 s); i0, the holder, marks it Disappeared; i1 receives again at 12.6 s and takes
+    over at 30.0 s (i0 cut off, then crashed), its view still listing the node alive; its
+    push-pull lands at 42.2 s and the node is failed again, in every view, at 67.0 s (no
+    agent confirmed the suspicion). With the old bound (one lan push-pull of alive and of
+    holding, 30 s) i1 re-discovered it at 64.5 s; with the bounds (26 s, 56 s) it waits."""
+    sim, _ = schedule(67, (30.0, 30.0))
+    assert sim.flaps(sim.nodes[0]), "expected the old bound to re-discover the dead node"
+    sim, solo = schedule(67)
+    assert sim.flaps(sim.nodes[0]) == []
+    check = [sim.inst[x].state.node(sim.nodes[0]) for x in ("i1", "i2")]
+    assert [r.inventory.state if r else None for r in check] == ["Disappeared"] * 2
+    assert solo is None

@@ -95,7 +95,6 @@ NODE_TAGS: Final = ("NodeLabel", "NodeSerial", "NodeAddr")
 NodeEventKind = Literal["discovered", "disappeared", "reaped"]
 
 
-
 @dataclass(frozen=True, slots=True)
 class ProfileTiming:
     """memberlist's failure-detection timing of one Serf profile (hashicorp/memberlist

@@ -15,7 +15,7 @@ import random
 from gossipmgr.serf.view import PROFILE_TIMING, push_pull_interval_s, suspicion_max_s
 from gossipmgr.testing.majoritysim import MajoritySim
 
-__all__ = ["MISSED_DEATH_SHARE", "check_schedule", "missed_death", "run_schedule"]
+__all__ = ["MISSED_DEATH_SHARE", "check_schedule", "missed_death", "run_schedule", "schedule"]
 
 #: The share of schedules that start with the "missed death" fault.
 MISSED_DEATH_SHARE = 0.25
@@ -66,9 +66,17 @@ def missed_death(sim: MajoritySim, rng: random.Random) -> float:
 
 
 def run_schedule(seed: int, comeback: tuple[float, float] | None = None) -> None:
+    """One seeded schedule (:func:`schedule`), then the checks."""
+    check_schedule(seed, *schedule(seed, comeback))
+
+
+def schedule(
+    seed: int, comeback: tuple[float, float] | None = None
+) -> tuple[MajoritySim, float | None]:
     """One seeded schedule: 2-7 instances, one or two faults (partitions, isolations with
-    Serf views that notice nothing, holder crashes), a node killed, heals; then the checks.
-    ``comeback``: the simulation's comeback bounds (default: production's)."""
+    Serf views that notice nothing, holder crashes), a node killed, heals. ``comeback``:
+    the simulation's comeback bounds (default: production's). Returns the simulation and
+    the two-instance rule's bound."""
     rng = random.Random(seed)
     n = 2 + seed % 6  # 2 to 7 instances: even sizes too
     solo = 1.0 if n == 2 and rng.random() < 0.5 else None
@@ -109,7 +117,7 @@ def run_schedule(seed: int, comeback: tuple[float, float] | None = None) -> None
         sim.run(rng.uniform(0, 2_000))
     # Views settle (<= 1.5 s + 2.5 s stale, every stale "alive" over), 3 s quiet, reconcile.
     sim.run(max(sim.now, fixed_at) - sim.now + 9_000)
-    check_schedule(seed, sim, solo)
+    return sim, solo
 
 
 def check_schedule(seed: int, sim: MajoritySim, solo: float | None) -> None:

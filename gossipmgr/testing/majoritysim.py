@@ -264,7 +264,8 @@ class MajoritySim:
     def _update_view(self, i: Inst) -> None:
         due = [t for t in i.refresh_at if t <= self.now]
         if not due:
-            self._update_overrides(i)
+            if i.override_at and min(i.override_at) <= self.now:
+                self._update_overrides(i)
             return
         i.refresh_at = [t for t in i.refresh_at if t > self.now]
         i.override_at = [t for t in i.override_at if t > self.now]
@@ -292,8 +293,6 @@ class MajoritySim:
     def _update_overrides(self, i: Inst) -> None:
         """An alive override starts or ends (``stale_alive``): only the nodes it covers
         change in the view; the rest keeps whatever lag it has (Serf says it at once)."""
-        if not any(t <= self.now for t in i.override_at):
-            return
         i.override_at = [t for t in i.override_at if t > self.now]
         truth, old = self._truth(i.name, i.view).nodes, i.view
         nodes = {nd: truth[nd] if nd in i.alive_override else v for nd, v in old.nodes.items()}
@@ -450,4 +449,3 @@ class MajoritySim:
             if "Disappeared" in seq and inv.DISCOVERED in seq[seq.index("Disappeared") :]:
                 out.append(f"{node} on {name}: {' -> '.join(seq)}")
         return out
-
