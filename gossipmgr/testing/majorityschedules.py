@@ -143,7 +143,8 @@ def check_schedule(seed: int, sim: MajoritySim, solo: float | None) -> None:
     assert (len(tail[-1]) == 1) == can_hold, f"seed {seed}: {tail[-1]} live {live}"
     if can_hold:
         # Health agrees with Serf and never flapped: the dead node Disappeared everywhere.
-        assert sim.flaps(sim.nodes[0]) == [], f"seed {seed}"
+        flaps = sim.flaps(sim.nodes[0])
+        assert flaps == [], f"seed {seed}: {flaps}"
         for x in live:
             rec = sim.inst[x].state.node(sim.nodes[0])
             assert rec is not None and rec.inventory.state == "Disappeared", f"seed {seed}: {x}"
