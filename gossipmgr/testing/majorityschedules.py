@@ -1,11 +1,11 @@
-"""The seeded schedules of the lease simulation, and their checks. Pure.
+"""The seeded schedules of the lease simulation. Pure.
 
 :func:`run_schedule` draws, from its seed, 2-7 instances over ``MajoritySim``'s simulated
 network and one or two faults (partitions, isolations whose Serf view notices nothing,
 holder crashes, two-instance clusters with the solo bound), a cluster node killed, heals;
 and in about one schedule in four first the "missed death" fault (:func:`missed_death`).
-:func:`check_schedule` checks the properties. ``tests/test_majority.py`` runs 100 seeds,
-``bench/majority_sim.py`` 1,000 and more.
+``majoritysim.check_schedule`` checks the properties. ``tests/test_majority.py`` runs 100
+seeds, ``bench/majority_sim.py`` 1,000 and more.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import random
 
 from gossipmgr.serf.view import PROFILE_TIMING, push_pull_interval_s, suspicion_max_s
-from gossipmgr.testing.majoritysim import MajoritySim
+from gossipmgr.testing.majoritysim import MajoritySim, check_schedule
 
-__all__ = ["MISSED_DEATH_SHARE", "check_schedule", "missed_death", "run_schedule", "schedule"]
+__all__ = ["MISSED_DEATH_SHARE", "missed_death", "run_schedule", "schedule"]
 
 #: The share of schedules that start with the "missed death" fault.
 MISSED_DEATH_SHARE = 0.25
@@ -118,33 +118,3 @@ def schedule(
     # Views settle (<= 1.5 s + 2.5 s stale, every stale "alive" over), 3 s quiet, reconcile.
     sim.run(max(sim.now, fixed_at) - sim.now + 9_000)
     return sim, solo
-
-
-def check_schedule(seed: int, sim: MajoritySim, solo: float | None) -> None:
-    """The properties (raises AssertionError naming the seed): never a holder on a minority
-    side once every Serf view has caught up and a majority side exists; after the heal at
-    most one holder, exactly one when one may exist; the dead node Disappeared everywhere,
-    never back to Discovered. Epochs only grow: ``MajoritySim`` asserts it at every step."""
-    n = len(sim.names)
-    for t, holders, current, groups in sim.holders_at:
-        if not current:
-            continue  # some Serf view still lags reality: nobody has been told yet
-        major = [g for g in groups if 2 * len(g) > n]
-        if major:
-            # Never a holder on a minority side once a majority side exists.
-            assert holders <= major[0], f"seed {seed} at {t}: holders {holders}, groups {groups}"
-    # After the heal: one connected group; at most one holder, exactly one when a
-    # majority of the known instances is alive (or the two-instance rule applies).
-    live = set(sim.names) - sim.crashed
-    tail = [h for t, h, cur, _ in sim.holders_at if t > sim.now - 2_000 and cur]
-    assert tail, f"seed {seed}: views never settled"
-    assert all(len(h) <= 1 for h in tail), f"seed {seed}: holders {tail[-5:]}"
-    can_hold = 2 * len(live) > n or (solo is not None and n == 2 and len(live) == 1)
-    assert (len(tail[-1]) == 1) == can_hold, f"seed {seed}: {tail[-1]} live {live}"
-    if can_hold:
-        # Health agrees with Serf and never flapped: the dead node Disappeared everywhere.
-        flaps = sim.flaps(sim.nodes[0])
-        assert flaps == [], f"seed {seed}: {flaps}"
-        for x in live:
-            rec = sim.inst[x].state.node(sim.nodes[0])
-            assert rec is not None and rec.inventory.state == "Disappeared", f"seed {seed}: {x}"

@@ -17,8 +17,8 @@ comebacks wait). ``legacy=True`` runs them as before the majority rule and the s
 ``RECONCILE_SETTLE_S``), to show what each fixes.
 
 Used by ``gossipmgr.testing.majorityschedules`` (the seeded schedules of
-``tests/test_majority.py`` and ``bench/majority_sim.py``) and by the issue's flap
-scenarios in ``tests/test_majority.py``.
+``tests/test_majority.py`` and ``bench/majority_sim.py``, checked by
+:func:`check_schedule` here) and by the issue's flap scenarios in ``tests/test_majority.py``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from gossipmgr.runtime.leaseloop import RECONCILE_EVERY_S, RECONCILE_SETTLE_S, V
 from gossipmgr.serf.view import comeback_bounds
 from gossipmgr.testing.netsim import SimNetwork
 
-__all__ = ["LOOP_MS", "MajoritySim", "View", "read_lease"]
+__all__ = ["LOOP_MS", "MajoritySim", "View", "check_schedule", "read_lease"]
 
 #: The lease loop's period (``runtime.leaseloop.LEASE_LOOP_S``) in simulated ms.
 LOOP_MS = 250
@@ -449,3 +449,34 @@ class MajoritySim:
             if "Disappeared" in seq and inv.DISCOVERED in seq[seq.index("Disappeared") :]:
                 out.append(f"{node} on {name}: {' -> '.join(seq)}")
         return out
+
+
+# -- the seeded schedules' checks (the schedules: ``majorityschedules``) -------------------
+def check_schedule(seed: int, sim: MajoritySim, solo: float | None) -> None:
+    """The properties (raises AssertionError naming the seed): never a holder on a minority
+    side once every Serf view has caught up and a majority side exists; after the heal at
+    most one holder, exactly one when one may exist; the dead node Disappeared everywhere,
+    never back to Discovered. Epochs only grow: ``MajoritySim`` asserts it at every step."""
+    n = len(sim.names)
+    for t, holders, current, groups in sim.holders_at:
+        if not current:
+            continue  # some Serf view still lags reality: nobody has been told yet
+        major = [g for g in groups if 2 * len(g) > n]
+        if major:
+            # Never a holder on a minority side once a majority side exists.
+            assert holders <= major[0], f"seed {seed} at {t}: holders {holders}, groups {groups}"
+    # After the heal: one connected group; at most one holder, exactly one when a
+    # majority of the known instances is alive (or the two-instance rule applies).
+    live = set(sim.names) - sim.crashed
+    tail = [h for t, h, cur, _ in sim.holders_at if t > sim.now - 2_000 and cur]
+    assert tail, f"seed {seed}: views never settled"
+    assert all(len(h) <= 1 for h in tail), f"seed {seed}: holders {tail[-5:]}"
+    can_hold = 2 * len(live) > n or (solo is not None and n == 2 and len(live) == 1)
+    assert (len(tail[-1]) == 1) == can_hold, f"seed {seed}: {tail[-1]} live {live}"
+    if can_hold:
+        # Health agrees with Serf and never flapped: the dead node Disappeared everywhere.
+        flaps = sim.flaps(sim.nodes[0])
+        assert flaps == [], f"seed {seed}: {flaps}"
+        for x in live:
+            rec = sim.inst[x].state.node(sim.nodes[0])
+            assert rec is not None and rec.inventory.state == "Disappeared", f"seed {seed}: {x}"
