@@ -315,6 +315,14 @@ class LocalCluster:
                 f"\n--- {name} serf log tail ---\n{serf_log[-2000:]}"
             ) from None
 
+    def add_instances(self, *names: str) -> None:
+        """Add and start the instances ``names`` at once, then wait until each serves with
+        its Serf agent up (they start in parallel)."""
+        for n in names:
+            self.add_instance(n)
+        for n in names:
+            self.wait_ready(n)
+
     def kill9(self, name: str) -> None:
         inst = self.instances[name]
         if inst.proc is not None and inst.proc.poll() is None:

@@ -34,13 +34,6 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         yield c
 
 
-def start(c: LocalCluster, *names: str) -> None:
-    for n in names:
-        c.add_instance(n)
-    for n in names:
-        c.wait_ready(n)
-
-
 def node_state(c: LocalCluster, inst: str, node: str) -> str | None:
     nodes = c.get(inst, "/info/nodes")
     rec = nodes.get(node)
@@ -52,7 +45,7 @@ def node_state_is(c: LocalCluster, inst: str, node: str, want: str) -> bool:
 
 
 def test_node_discovered_disappears_on_kill_and_comes_back(cluster: LocalCluster) -> None:
-    start(cluster, "g1", "g2")
+    cluster.add_instances("g1", "g2")
     wait_for(cluster.holder, 20, "a lease holder")
     node = cluster.add_node("rack1", "0001")
     for inst in ("g1", "g2"):
@@ -84,7 +77,7 @@ def test_node_discovered_disappears_on_kill_and_comes_back(cluster: LocalCluster
 
 
 def test_serf_killed_under_a_running_agent_is_recovered(cluster: LocalCluster) -> None:
-    start(cluster, "g1")
+    cluster.add_instances("g1")
     cluster.put("g1", "/globals/k", {"value": 1})
     pid = wait_for(lambda: cluster.serf_pid("g1"), 10, "the embedded serf pid")
     os.kill(pid, signal.SIGKILL)
@@ -107,7 +100,7 @@ def test_serf_killed_under_a_running_agent_is_recovered(cluster: LocalCluster) -
 def test_holder_sigkill_hands_over_and_loses_no_health_event(cluster: LocalCluster) -> None:
     # Three instances find each other through Serf and converge on a write (this was its
     # own test, on a cluster of its own: the same start, so one cluster proves both).
-    start(cluster, "g1", "g2", "g3")
+    cluster.add_instances("g1", "g2", "g3")
     wait_for(
         lambda: all(len(cluster.get(n, "/info/peers")["peers"]) == 3 for n in cluster.instances),
         20,
@@ -166,7 +159,7 @@ def test_node_unknown_to_our_serf_is_given_a_grace_before_disappearing(
     yet (a join broadcast missed, until the next push-pull): CI once saw a new holder mark
     four live nodes Disappeared this way. It is left alone for 2 push-pull intervals (30 s
     with the local profile used here), then marked Disappeared."""
-    start(cluster, "g1")
+    cluster.add_instances("g1")
     wait_for(lambda: cluster.holder() == "g1", 20, "g1 to hold the lease")
     t0 = time.monotonic()
     r = cluster.post(
@@ -210,7 +203,7 @@ def test_config_file_extra_vars_stay_the_operators_after_post_config(
         + "[ansible]\ndiscover_join_timeout_s = 0\n"
         + '[ansible.extra_variables]\nansible_ssh_pipelining = true\nsite = "v1"\n'
     )
-    start(cluster, "g1")
+    cluster.add_instances("g1")
     wait_for(lambda: cluster.holder(["g1"]) == "g1", 30, "g1 to hold the lease")
 
     def extra() -> dict[str, object]:
@@ -271,7 +264,7 @@ def test_sigterm_stop_is_graceful(cluster: LocalCluster) -> None:
     """Issue 17 cut the stop short twice (Serf's 1 s leave delay, the interpreter's teardown):
     still exit code 0, the log flushed to its last line, the store closed with the write in
     it, and the peer sees the member "left", never "failed"."""
-    start(cluster, "a0", "a1")
+    cluster.add_instances("a0", "a1")
     # "ready" is each Serf up, not joined: a1 stopped before a0 heard of it is never "left"
     # there (a0 saw None for 20 s in CI and on a loaded machine).
     wait_for(lambda: _serf_status(cluster, "a0", "a1") == "alive", 30, "a0's Serf to see a1")
