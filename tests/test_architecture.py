@@ -6,6 +6,7 @@ docs/design.md's table of packages agrees with the tree and with what each packa
 
 from __future__ import annotations
 
+import configparser
 import importlib.util
 import re
 import shutil
@@ -70,6 +71,18 @@ def test_a_forbidden_import_breaks_the_contracts(
     assert out.returncode == 1, out.stdout + out.stderr
     assert contract in out.stdout
     assert "BROKEN" in out.stdout
+
+
+def test_the_no_fakes_contract_covers_the_whole_product() -> None:
+    """Every package and module under gossipmgr/ but testing/ is a source of the contract
+    that forbids importing gossipmgr.testing (a module added to the tree must be added)."""
+    conf = configparser.ConfigParser()
+    conf.read(ROOT / ".importlinter")
+    listed = conf["importlinter:contract:no-fakes-in-product"]["source_modules"].split()
+    pkg = ROOT / "gossipmgr"
+    tree = {p.name for p in pkg.iterdir() if (p / "__init__.py").exists()}
+    tree |= {p.stem for p in pkg.glob("*.py") if not p.name.startswith("_")}
+    assert sorted(listed) == sorted(f"gossipmgr.{m}" for m in tree - {"testing"})
 
 
 def test_shape_of_the_product_holds() -> None:
