@@ -265,6 +265,10 @@ def _card(c: Console, heading_id: str) -> str:
     return c.css_text(f"section[aria-labelledby={heading_id}]")
 
 
+def _has(text: str, *parts: str) -> bool:
+    return all(p in text for p in parts)
+
+
 def _rows(c: Console, attr: str = "node") -> list[str]:
     script = f"return [...document.querySelectorAll('tr[data-{attr}]')].map(r => r.dataset.{attr})"
     return list(c.driver.execute_script(script))
@@ -325,6 +329,13 @@ def test_refused_action_shows_clusterms_text(console: Console) -> None:
         'transition from "Unallocated" to "Cancelled" is not allowed'
     )
     console.wait("the refusal", lambda: console.text("action-error") == want)
+    Select(d.find_element(By.ID, "a-hostgroup")).select_by_value("")  # keep the node's
+    d.find_element(By.CSS_SELECTOR, "button.a-update").click()
+    want = (
+        "update refused: failed to update node-0's state in inventory, Error: "
+        'transition from "Unallocated" to "Maintenance" is not allowed'
+    )
+    console.wait("the update's refusal", lambda: console.text("action-error") == want)
     Select(d.find_element(By.ID, "a-hostgroup")).select_by_value("service-worker")
     d.find_element(By.CSS_SELECTOR, "button.a-commission").click()
     want = (
@@ -335,6 +346,11 @@ def test_refused_action_shows_clusterms_text(console: Console) -> None:
     assert console.text("action-result") == ""
     assert console.text("node-status") == "Unallocated"  # nothing changed
     assert console.api("GET", "/info/jobs") == (200, {"jobs": []})
+    # the node's own extra-vars, shown as they change
+    assert console.api("PUT", "/node/node-0/extra_vars/console_rack", {"value": "r7"})[0] == 200
+    console.wait(
+        "the node's extra-vars", lambda: _has(_card(console, "h-vars"), "console_rack", '"r7"')
+    )
 
 
 def test_commission_from_the_ui_live(console: Console) -> None:
