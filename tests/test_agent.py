@@ -1,6 +1,7 @@
 """gossipmgr agents as real processes with embedded serf agents on loopback.
 
-Covers: instances finding each other through Serf and converging on a write; a simulated
+Covers: instances finding each other through Serf and converging on a write, and
+`gossipmgr peers` showing when each was last heard; a simulated
 node discovered, killed -9 (disappeared) and back (discovered); the Serf agent killed under
 a running gossipmgr and recovered; one lease holder, handed over on SIGKILL without losing
 a health event; a node our Serf agent does not list given a grace before it is marked
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -32,6 +35,22 @@ pytestmark = [pytest.mark.serf, pytest.mark.slow]
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with local_cluster(tmp_path / "cluster", lease_ttl_ms=6_000) as c:
         yield c
+
+
+def _last_heard(c: LocalCluster, inst: str) -> dict[str, str] | None:
+    """``gossipmgr peers`` (the CLI, a subprocess) asking ``inst``: each other instance's
+    LAST-HEARD cell; None until every other instance has one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOSSIPMGR_")}
+    env |= {"GOSSIPMGR_URL": c.instances[inst].url, "GOSSIPMGR_TOKEN_FILE": str(c.token_file)}
+    cmd = [sys.executable, "-m", "gossipmgr.cli.main", "peers"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True)
+    lines = out.stdout.splitlines()
+    col = lines[0].index("LAST-HEARD")
+    rows = [ln for ln in lines[1:] if ln.strip()]  # a blank line, then the majority line
+    cells = {ln.split()[0].lstrip("*"): ln[col:].split("  ")[0].strip() for ln in rows}
+    others = {name: v for name, v in cells.items() if name in c.instances and name != inst}
+    ok = len(others) == len(c.instances) - 1 and all(others.values())
+    return others if ok else None
 
 
 def node_state(c: LocalCluster, inst: str, node: str) -> str | None:
@@ -116,6 +135,12 @@ def test_holder_sigkill_hands_over_and_loses_no_health_event(cluster: LocalClust
         10,
         "the write to reach every instance",
     )
+    # `gossipmgr peers` against a real agent shows when each peer was last heard (issue 15:
+    # the CLI read a field the agent does not send, and the LAST-HEARD column was empty).
+    wait_for(lambda: _last_heard(cluster, "g1"), 20, "g1 to have heard from g2 and g3")
+    heard = _last_heard(cluster, "g1")
+    assert heard is not None and sorted(heard) == ["g2", "g3"], heard
+    assert all(re.fullmatch(r"\S+ ago", v) for v in heard.values()), heard
     assert wait_for(cluster.holder, 20, "one agreed lease holder") in cluster.instances
     # The holder is SIGKILLed while a node's health event is under way.
     node = cluster.add_node("rack2", "0042")
