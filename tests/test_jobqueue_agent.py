@@ -41,10 +41,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
 ) -> None:
     c = cluster
     names = ("g1", "g2", "g3")
-    for n in names:
-        c.add_instance(n)
-    for n in names:
-        c.wait_ready(n)
+    c.add_instances(*names)
     nodes = [c.add_node("rack", f"000{i}").name for i in (1, 2, 3)]
 
     def discovered(inst: str) -> bool:

@@ -64,10 +64,7 @@ def test_upgrade_stops_past_max_fail_and_a_new_holder_finishes_it_exactly_once(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     c = cluster
-    for n in ("g1", "g2"):
-        c.add_instance(n)
-    for n in ("g1", "g2"):
-        c.wait_ready(n)
+    c.add_instances("g1", "g2")
     nodes = sorted(c.add_node("rack", f"000{i}").name for i in range(6))
 
     def discovered() -> bool:
