@@ -1,6 +1,6 @@
 """The majority rule's seeded schedules, long version (tests/test_majority.py runs 100).
 
-    .venv/bin/python bench/majority_sim.py [--seeds 1000] [--first 0]
+    .venv/bin/python bench/majority_sim.py [--seeds 1000] [--first 0] [--rejoin]
 
 Each schedule (``gossipmgr.testing.majoritysim.run_schedule``): 2-7 instances over the
 simulated network, one or two faults (partitions, isolations whose Serf view notices
@@ -8,6 +8,10 @@ nothing, holder crashes, two-instance clusters with the solo bound), a cluster n
 heals. Checked: epochs only grow; never a holder on a minority side once every Serf view
 has caught up and a majority side exists; after the heal at most one holder (exactly one
 when one may exist); the dead node Disappeared everywhere and never back to Discovered.
+``--rejoin``: the rejoin schedules instead (``gossipmgr.testing.catchupsim.
+run_rejoin_schedule``: catch-up modelled, graceful restarts of one or several instances,
+crashes and restarts, partitions, isolations; also checked: never two holders in one
+connected group once formed; tests/test_quorum_rejoin.py runs 40).
 Prints the failing seeds (replay one with ``--first SEED --seeds 1``); exit 1 if any.
 """
 
@@ -22,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gossipmgr.testing.catchupsim import run_rejoin_schedule  # noqa: E402
 from gossipmgr.testing.majoritysim import run_schedule  # noqa: E402
 
 
@@ -29,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=1000, help="how many schedules")
     ap.add_argument("--first", type=int, default=0, help="the first seed")
+    ap.add_argument("--rejoin", action="store_true", help="the rejoin schedules")
     a = ap.parse_args(argv)
+    run = run_rejoin_schedule if a.rejoin else run_schedule
     t0 = time.monotonic()
     failed: list[str] = []
     for seed in range(a.first, a.first + a.seeds):
         try:
-            run_schedule(seed)
+            run(seed)
         except AssertionError as exc:
             failed.append(f"seed {seed}: {exc}")
     took = time.monotonic() - t0

@@ -211,3 +211,29 @@ def test_40_rejoin_schedules_one_holder_per_group_growing_epochs_no_flap() -> No
     """bench/majority_sim.py runs 1,000 and more."""
     for seed in range(40):
         run_rejoin_schedule(seed)
+
+
+def formation(n: int, seed: int, keep: bool = True) -> tuple[str, bool]:
+    """The first instance starts alone and claims; the others start 3 s later (they join
+    it): who holds at the end, and whether it held under one epoch from before they did."""
+    sim = CatchUpSim(seed, n, keep=keep)
+    for x in sim.names[1:]:
+        sim.stop(x)
+    sim.run(3_000)
+    for x in sim.names[1:]:
+        sim.start(x)
+    t0 = sim.now - 500
+    sim.run(6_000)
+    (holder,) = (x for x in sim.names if sim.holding(sim.inst[x]))
+    return holder, sim.held_throughout(holder, t0, sim.now)
+
+
+def test_at_formation_the_first_holder_keeps_the_lease_while_the_others_join() -> None:
+    """A job started on the first instance while the others are still joining survives:
+    its holder never loses the majority (before: it counted the joiners it was catching up
+    with and stepped down until caught up)."""
+    seeds = range(4)
+    for n in (2, 3, 5):
+        assert [formation(n, s) for s in seeds] == [("i0", True)] * 4, n
+        old = [formation(n, s, keep=False) for s in seeds]
+        assert not any(held for _, held in old), (n, old)

@@ -158,14 +158,20 @@ class Holder:
         caught = ae.caught_up(now_ms, window)
         behind = heard - caught  # heard again (or restarted, or new), not caught up with
         # Until this instance has caught up with a peer since its start (or its start's
-        # catch-up gave up on all of them), an instance Serf lists that never spoke to us
-        # counts as known: a restarted instance counted "1 of 1" and claimed on its stale
-        # copy of the lease before its first answer arrived.
-        cu = ae.catchup
-        self._synced = self._synced or bool(caught) or (cu is not None and cu.done_ms is not None)
+        # catch-up gave up on all of them, or Serf listed no other instance while no other
+        # holder is on record: a first instance), an instance Serf lists that never spoke
+        # to us counts as known: a restarted instance counted "1 of 1" and claimed on its
+        # expired copy of the lease before its first answer arrived.
+        lease, cu = self.replica.lease(), ae.catchup
+        self._synced = (
+            self._synced
+            or bool(caught)
+            or (cu is not None and cu.done_ms is not None)
+            or (not set(peers) - {me} and (lease is None or lease.holder == me))
+        )
         ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0} if self._synced else None
         # A holder with a majority keeps it while it catches up with returning peers.
-        keep = keeps_through_catch_up(me, self.replica.lease(), now_ms, self._last_quorum)
+        keep = keeps_through_catch_up(me, lease, now_ms, self._last_quorum)
         q = quorum(
             me,
             self.replica.candidates,

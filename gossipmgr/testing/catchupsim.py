@@ -10,8 +10,8 @@ about returning peers:
 * the quorum is the lease loop's (``runtime.leaseloop.Holder.refresh_peers``): the peers
   heard lately, those of them we are behind, ``core.quorum.keeps_through_catch_up`` (a
   holder with a majority counts a peer it is catching up with on neither side), and, until
-  the instance has caught up with a peer since its start, a listed peer it never heard
-  from counts as known;
+  the instance has caught up with a peer since its start (or was alone with no other
+  holder on record), a listed peer it never heard from counts as known;
 * instances stop gracefully (Serf: left, counted nowhere) or crash (failed), and start
   again: a new incarnation, the replica kept, the volatile state (who was heard, caught up
   with, the previous quorum) lost.
@@ -144,10 +144,14 @@ class CatchUpSim(MajoritySim):
             return prev
         heard = {p for p, t in i.last_heard.items() if self.now - t < self.heard_ms}
         behind = heard & self.behind[i.name]
-        ever = set(i.last_heard) if self.synced[i.name] or not self.guard else None
         lease = read_lease(i.state, self.cfg)
+        v = i.view
+        first = not (set(v.alive) | set(v.failed_since)) - {i.name}
+        if first and (lease is None or lease.holder == i.name):
+            self.synced[i.name] = True  # alone, and no other holder on record
+        ever = set(i.last_heard) if self.synced[i.name] or not self.guard else None
         keep = self.keep and keeps_through_catch_up(i.name, lease, self.phys(i), prev)
-        v, now_s = i.view, self.now / 1000
+        now_s = self.now / 1000
         solo = self.solo_after_s
         q = quorum(i.name, v.alive, v.failed_since, now_s, solo, heard, ever, behind, keep)
         self._q[i.name] = (self.now, q)
