@@ -19,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease
@@ -106,6 +109,44 @@ def test_a_rejoining_instance_counts_a_majority_only_once_caught_up() -> None:
 
 
 # --- a holder must keep its majority through a returning peer's catch-up ------------------
+
+NAMES = [f"i{k}" for k in range(9)]
+
+
+def test_keeping_needs_a_valid_grant_of_ours_and_a_majority_at_the_previous_evaluation() -> None:
+    mine, major = Lease("a", 3, 10_000), Quorum(2, 3)
+    assert keeps_through_catch_up("a", mine, 9_999, major)
+    assert not keeps_through_catch_up("a", mine, 10_000, major)  # expired
+    assert not keeps_through_catch_up("b", mine, 9_000, major)  # not ours
+    assert not keeps_through_catch_up("a", None, 9_000, major)
+    assert not keeps_through_catch_up("a", mine, 9_000, Quorum(1, 2))  # lost the majority
+    assert not keeps_through_catch_up("a", mine, 9_000, Quorum(1, 2, solo=True))
+    assert not keeps_through_catch_up("a", mine, 9_000, Quorum(0, 0))  # a start
+    # A peer we are behind: known only; kept through: on neither side.
+    q = quorum("a", ["a", "b"], {}, 0.0, None, {"b"}, {"b"}, {"b"})
+    assert (q.sees, q.known, q.majority, q.catching_up) == (1, 2, False, 0)
+    q = quorum("a", ["a", "b"], {}, 0.0, None, {"b"}, {"b"}, {"b"}, keep=True)
+    assert (q.sees, q.known, q.majority, q.catching_up) == (1, 1, True, 1)
+    assert "1 catching up, counted on neither side" in q.describe()
+
+
+@given(st.lists(st.sampled_from(NAMES), unique=True, min_size=1), st.data())
+def test_keeping_through_a_catch_up_never_gives_a_minority_side_a_majority(
+    known: list[str], data: st.DataObject
+) -> None:
+    """A side of a cut sees its own members alive and the rest failed; whatever subset of
+    its members it is catching up with, and with ``keep``, it has a majority only if it is
+    a majority side. ``keep`` only ever adds a majority to a view, never takes one."""
+    side = data.draw(st.lists(st.sampled_from(known), unique=True, min_size=1))
+    me = side[0]
+    behind = set(data.draw(st.lists(st.sampled_from(side), unique=True)))
+    failed = {n: 0.0 for n in known if n not in side}
+    args = (me, side, failed, 1.0, None, set(side), set(side), behind)
+    kept, plain = quorum(*args, keep=True), quorum(*args)
+    if kept.majority:
+        assert 2 * len(side) > len(known), (side, known, behind)
+    assert kept.majority or not plain.majority
+    assert plain.sees == kept.sees == len(set(side) - (behind - {me}))
 
 
 def as_lease_loop(sim: Sim, me: str, alive: list[str], prev: Quorum) -> Quorum:
