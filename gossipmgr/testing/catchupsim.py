@@ -48,8 +48,8 @@ NONE = Quorum(0, 0)
 
 
 class CatchUpSim(MajoritySim):
-    """See the module docstring. ``holds_at`` records, after every lease-loop step, who
-    holds and under which epoch: ``(ms, {instance: epoch})``."""
+    """See the module docstring. ``holds_at`` records, at every instant some instance's
+    lease loop stepped, who holds and under which epoch: ``(ms, {instance: epoch})``."""
 
     def __init__(
         self,
@@ -157,8 +157,12 @@ class CatchUpSim(MajoritySim):
         self._q[i.name] = (self.now, q)
         return q
 
-    def _step(self, i: Inst) -> None:
-        super()._step(i)
+    def _sample(self, stepped: bool) -> None:
+        # After every instance's view update of this instant (an instance's quorum is
+        # evaluated once per instant: evaluating another's before its update went stale).
+        super()._sample(stepped)
+        if not stepped:
+            return
         holds = {}
         for x in self.names:
             lease = read_lease(self.inst[x].state, self.cfg)
