@@ -1,6 +1,7 @@
 """The majority rule's seeded schedules, long version (tests/test_majority.py runs 100).
 
     .venv/bin/python bench/majority_sim.py [--seeds 1000] [--first 0] [--comeback A,H]
+    .venv/bin/python bench/majority_sim.py [--seeds 1000] [--first 0] --rejoin
 
 Each schedule (``gossipmgr.testing.majorityschedules.run_schedule``): 2-7 instances over
 the simulated network, one or two faults (partitions, isolations whose Serf view notices
@@ -15,6 +16,11 @@ Disappeared everywhere and never back to Discovered. ``--comeback 30,30`` runs t
 other comeback bounds (alive_s, held_s; 30,30 was the bound before the missed-death
 corner was closed: 18 of the first 1,000 seeds flap). Prints the failing seeds (replay
 one with ``--first SEED --seeds 1``); exit 1 if any.
+
+``--rejoin``: the rejoin schedules instead (``gossipmgr.testing.catchupsim.
+run_rejoin_schedule``: catch-up modelled, graceful restarts of one or several instances,
+crashes and restarts, partitions, isolations; also checked: never two holders in one
+connected group once formed; tests/test_quorum_rejoin.py runs 40).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gossipmgr.testing.catchupsim import run_rejoin_schedule  # noqa: E402
 from gossipmgr.testing.majorityschedules import run_schedule  # noqa: E402
 
 
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=1000, help="how many schedules")
     ap.add_argument("--first", type=int, default=0, help="the first seed")
+    ap.add_argument("--rejoin", action="store_true", help="the rejoin schedules")
     ap.add_argument(
         "--comeback",
         metavar="ALIVE_S,HELD_S",
@@ -50,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     for seed in range(a.first, a.first + a.seeds):
         try:
-            run_schedule(seed, bounds)
+            if a.rejoin:
+                run_rejoin_schedule(seed)
+            else:
+                run_schedule(seed, bounds)
         except AssertionError as exc:
             failed.append(f"seed {seed}: {exc}")
     took = time.monotonic() - t0

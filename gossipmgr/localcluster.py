@@ -400,10 +400,10 @@ class LocalCluster:
     def formed(self, names: Sequence[str] | None = None) -> str | None:
         """The agreed holder once every named (running) instance sees all of them and holds
         a majority of them, caught up (``/health`` quorum ``sees == known == len(names)``);
-        None before. Right after the instances find each other, each may hold a lease of
-        its own and lose the majority for a moment while it catches up with the others: a
-        job started then is stopped (the majority rule), so a test starts its jobs on a
-        formed cluster."""
+        None before. A holder keeps its majority while it catches up with instances that
+        join or come back (``core.quorum.keeps_through_catch_up``), so a job can start as
+        soon as there is a holder; this is for a test that needs every instance to count
+        every other."""
         names = names or [n for n, i in self.instances.items() if i.alive]
         for n in names:
             q = self.get(n, "/health")["quorum"]

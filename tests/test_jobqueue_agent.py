@@ -51,7 +51,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
         )
 
     wait_for(lambda: all(discovered(n) for n in names), 60, "the nodes to be discovered")
-    holder = wait_for(c.formed, 30, "a formed cluster and its holder")
+    holder = wait_for(c.holder, 30, "a holder")
     others = [n for n in names if n != holder]
     trace, tag = tmp_path / "trace", f"queue-hold-{uuid.uuid4().hex}"
     ev = {"queue_trace": str(trace)}

@@ -19,7 +19,7 @@ from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due, settling
-from gossipmgr.core.quorum import Quorum, heard_window_ms, quorum
+from gossipmgr.core.quorum import Quorum, heard_window_ms, keeps_through_catch_up, quorum
 from gossipmgr.core.reconcile import comeback, comebacks_waiting
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import GossipmgrError, StoreError
@@ -109,6 +109,11 @@ class Holder:
         #: the two-instance rule's bound (``core.quorum``; None: off)
         self.solo_after_s = solo_after_s
         self._failed_since: dict[str, float] = {}
+        #: caught up with a peer since the start (``refresh_peers``)
+        self._synced = False
+        #: our previous evaluation of the majority (none at the start: the replica's
+        #: ``ALONE`` is no evidence of a majority)
+        self._last_quorum = Quorum(0, 0)
         self.reconcile_soon = False
         self._absences = Absences()
         self._comebacks_waiting: set[str] = set()
@@ -142,21 +147,40 @@ class Holder:
         cfg = self.replica.lease_cfg
         ae = self.gossip.ae
         window = heard_window_ms(cfg.ttl_ms, cfg.renew_ms)
-        heard = ae.caught_up(self.replica.now_ms(), window)  # heard, and not behind
-        ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0}
-        self._set_quorum(
-            quorum(
-                self.replica.name,
-                self.replica.candidates,
-                self._failed_since,
-                now,
-                self.solo_after_s,
-                heard,
-                ever,
-            )
+        now_ms, me = self.replica.now_ms(), self.replica.name
+        heard = ae.heard_from(now_ms, window)
+        caught = ae.caught_up(now_ms, window)
+        behind = heard - caught  # heard again (or restarted, or new), not caught up with
+        # Until this instance has caught up with a peer since its start (or its start's
+        # catch-up gave up on all of them, or Serf listed no other instance while no other
+        # holder is on record: a first instance), an instance Serf lists that never spoke
+        # to us counts as known: a restarted instance counted "1 of 1" and claimed on its
+        # expired copy of the lease before its first answer arrived.
+        lease, cu = self.replica.lease(), ae.catchup
+        self._synced = (
+            self._synced
+            or bool(caught)
+            or (cu is not None and cu.done_ms is not None)
+            or (not set(peers) - {me} and (lease is None or lease.holder == me))
         )
-        if not self.replica.quorum.may_hold and self._may_claim_soon(window):
-            # Heard from too few to claim: ask the unheard (large idle clusters hear little).
+        ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0} if self._synced else None
+        # A holder with a majority keeps it while it catches up with returning peers.
+        keep = keeps_through_catch_up(me, lease, now_ms, self._last_quorum)
+        q = quorum(
+            me,
+            self.replica.candidates,
+            self._failed_since,
+            now,
+            self.solo_after_s,
+            heard,
+            ever,
+            behind,
+            keep,
+        )
+        self._set_quorum(q)
+        if (not q.may_hold or q.catching_up) and self._may_claim_soon(window):
+            # Heard from too few to claim, or catching up with returning peers: ask them
+            # (large idle clusters hear little).
             self.gossip.probe_unheard([i.name for i in alive], window)
 
     def _may_claim_soon(self, window_ms: int) -> bool:
@@ -171,7 +195,7 @@ class Holder:
 
     def _set_quorum(self, q: Quorum) -> None:
         old = self.replica.quorum
-        self.replica.quorum = q
+        self.replica.quorum = self._last_quorum = q
         if q.may_hold != old.may_hold:
             log.warning("%s: %s", self.replica.name, q.describe())
 

@@ -404,8 +404,7 @@ class MajoritySim:
             self.now = max(self.now, t)
             for src, dst, data in self.net.deliver(self.now):
                 if dst[0] not in self.crashed:
-                    self.inst[dst[0]].last_heard[src[0]] = self.now
-                    self._receive(self.inst[dst[0]], self._msgs[int(data)])
+                    self._deliver(src[0], self.inst[dst[0]], self._msgs[int(data)])
             stepped = False
             for i in self.inst.values():
                 if i.name in self.crashed:
@@ -419,7 +418,8 @@ class MajoritySim:
             if t >= end:
                 break
 
-    def _receive(self, i: Inst, items: list[tuple[Key, Entry]]) -> None:
+    def _deliver(self, src: str, i: Inst, items: list[tuple[Key, Entry]]) -> None:
+        i.last_heard[src] = self.now
         for _, e in items:
             i.hlc.advance_to(e.ts)
         if i.state.apply(items):
