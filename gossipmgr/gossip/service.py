@@ -169,6 +169,11 @@ class GossipService(Generic[R]):
         the lease loop of an instance that may need a majority)."""
         self._queue(self.ae.probe_unheard(names, self.replica.now_ms(), within_ms))
 
+    def ask(self, out: list[tuple[str, bytes]]) -> None:
+        """Send what the protocol returned to a caller outside the service's loops (a confirm
+        round: ``AntiEntropy.confirm_ask``, ``runtime.confirm``)."""
+        self._queue(out)
+
     def _log_catchup(self) -> None:
         cu = self.ae.catchup
         if cu is not None and cu.done_ms is not None and not self._catchup_logged:
