@@ -5,12 +5,14 @@ ansible (``ansible_connection=local``) on one simulated node, ``n3``, whose "nod
 directory, ``<cluster root>/nodes/<node>/``, on the machine's one filesystem: every side
 of a partition reaches it (as a management network separate from the cut one would). The
 agents run this directory's playbooks (``partition_playbooks/``): the ``gossipmgr_fence``
-role first, as in the shipped playbooks, then ``partition_action``, which appends one line
-per action to the node's action log ``actions.jsonl`` under the fence lock, after the
-fence check: ``{"t", "epoch", "holder", "job", "action", "step", "node_epoch"}``.
+role first, as in the shipped playbooks, then each step of the action as docs/ansible.md
+tells operators to write it (``step.yml``: a 1 s pause, ``gossipmgr_confirm``, then
+``partition_action``, which appends one line to the node's action log ``actions.jsonl``
+under the fence lock: ``{"t", "epoch", "holder", "job", "action", "step",
+"node_epoch"}``).
 
-* :func:`start_first_job`: before the schedule's clock starts, a long job (12 actions, 1 s
-  apart) on the holder, and a wait for its first action on the node (ansible takes
+* :func:`start_first_job`: before the schedule's clock starts, a long job (12 confirmed
+  steps, ~2-3 s apart on the 2-core machine) on the holder, and a wait for its first action on the node (ansible takes
   seconds to start on a loaded machine), so a job is acting when the partition starts.
 * :class:`JobDriver`: from the schedule's start until the heal, one
   thread per instance asks *that* instance to act on the node every 1.5 s (update when the
@@ -43,7 +45,7 @@ PLAYBOOKS = Path(__file__).resolve().parent / "partition_playbooks"
 #: The simulated node the jobs act on: the cluster's third node (n1 is killed, n2 is the
 #: workload's contended node).
 JOB_NODE_HOST = "n3"
-FIRST_JOB_STEPS = 12  # 12 s of actions from its first: ~10 s into the fault
+FIRST_JOB_STEPS = 12  # 12 confirmed steps (a pause, a confirm, an action): through the fault
 JOB_STEPS = 3
 JOB_PACE_S = 1.5
 IDLE_TIMEOUT_S = 90.0
