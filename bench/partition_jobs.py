@@ -12,8 +12,9 @@ under the fence lock: ``{"t", "epoch", "holder", "job", "action", "step",
 "node_epoch"}``).
 
 * :func:`start_first_job`: before the schedule's clock starts, a long job (12 confirmed
-  steps, ~2-3 s apart on the 2-core machine) on the holder, and a wait for its first action on the node (ansible takes
-  seconds to start on a loaded machine), so a job is acting when the partition starts.
+  steps, ~2-3 s apart on the 2-core machine) on the holder, and a wait for its first
+  action on the node (ansible takes seconds to start on a loaded machine), so a job is
+  acting when the partition starts.
 * :class:`JobDriver`: from the schedule's start until the heal, one
   thread per instance asks *that* instance to act on the node every 1.5 s (update when the
   node is Allocated there, commission when Unallocated/Decommissioned), so both sides of a
