@@ -393,7 +393,7 @@ class Agent:
             solo_after_s=cfg.lease_solo_after_s if cfg.lease_solo_after_s >= 0 else None,
             push_pull_s=push_pull_s(cfg.serf_profile),
         )
-        self.jobs.executor.confirmer = Confirmer(self.replica, self.gossip)
+        self.jobs.executor.confirmer = Confirmer(self.replica, self.gossip, self.jobs.counters)
         nursery.start_soon(self.holder.membership_loop, events)
         nursery.start_soon(self.holder.lease_loop)
         nursery.start_soon(self._gc_loop)

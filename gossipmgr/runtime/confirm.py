@@ -53,13 +53,21 @@ REQUEST_TIMEOUT_S: Final = 10.0
 
 class Confirmer:
     """Confirms for the runs of one instance (owns nothing: the replica and gossip are the
-    agent's)."""
+    agent's). ``counters``: where ``confirms_ok`` and ``confirms_refused`` are counted (the
+    job counters, exported as ``gossipmgr_jobs_confirms_*_total``)."""
 
-    def __init__(self, replica: Replica, gossip: GossipService[Replica]) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        gossip: GossipService[Replica],
+        counters: dict[str, int] | None = None,
+    ) -> None:
         self.replica = replica
         self.gossip = gossip
         self.timeout_s = CONFIRM_TIMEOUT_S
-        self.counters = {"confirms_ok": 0, "confirms_refused": 0}
+        self.counters = counters if counters is not None else {}
+        self.counters.setdefault("confirms_ok", 0)
+        self.counters.setdefault("confirms_refused", 0)
 
     def _holds(self, epoch: int) -> bool:
         lease = self.replica.lease()
