@@ -8,11 +8,12 @@ step ``step`` of the run (the playbooks include ``step.yml`` once per step: a pa
 (``<fence_dir>/lock``, the lock the fence module takes) it reads the epoch the fence
 recorded (``<fence_dir>/epoch.json``) and appends one JSON line to
 ``<node_dir>/actions.jsonl``: ``{"t", "epoch", "holder", "job", "action", "step",
-"node_epoch"}``. It does not check the epoch itself: the fence role did, once, at the start
-of the run (as in a real playbook), so a line whose ``epoch`` is lower than an earlier
-line's is an action applied out of epoch order, and ``node_epoch`` tells whether a newer
-epoch had passed the fence meanwhile. Only the standard library and ansible's
-module_utils.
+"node_epoch", "confirmed_at"}`` (``confirmed_at``: when the controller's
+``gossipmgr_confirm`` said yes, wall clock, or null). It does not check the epoch
+itself: the fence role did, once, at the start of the run (as in a real playbook), so a
+line whose ``epoch`` is lower than an earlier line's is an action applied out of epoch
+order, and ``node_epoch`` tells whether a newer epoch had passed the fence meanwhile.
+Only the standard library and ansible's module_utils.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ options:
   job: {description: gossipmgr_job., type: str, required: true}
   action: {description: configure, cleanup or upgrade., type: str, required: true}
   step: {description: The step of the run this action is., type: int, default: 0}
+  confirmed_at: {description: When gossipmgr_confirm said yes (wall clock)., type: float}
 """
 
 
@@ -57,6 +59,7 @@ def act(p: dict[str, object], step: int) -> dict[str, object]:
             "action": p["action"],
             "step": step,
             "node_epoch": node_epoch,
+            "confirmed_at": p.get("confirmed_at"),
         }
         with open(os.path.join(node_dir, "actions.jsonl"), "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
@@ -79,6 +82,7 @@ def main() -> None:
             "job": {"type": "str", "required": True},
             "action": {"type": "str", "required": True},
             "step": {"type": "int", "default": 0},
+            "confirmed_at": {"type": "float", "default": None},
         },
         supports_check_mode=False,
     )

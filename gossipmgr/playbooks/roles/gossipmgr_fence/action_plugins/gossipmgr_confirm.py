@@ -8,7 +8,8 @@ before its epoch check). It connects to the job's confirm socket, named by the
 runs only, and sends ``{"epoch", "job", "host"}``; the instance answers after a fresh round
 trip to its peers over gossip (gossipmgr/runtime/confirm.py, core/confirm.py).
 
-* yes: the task is ``ok``, its ``msg`` the instance's reason (``majority: 3 of 5 ...``);
+* yes: the task is ``ok``, its ``msg`` the instance's reason (``majority: 3 of 5 ...``),
+  ``confirmed_at`` the controller's wall-clock time of the answer (register it to log it);
 * no: the task fails with the instance's ``no majority: ...`` (``confirm_refused: true``),
   so the play stops before the next task and the job takes its failure path with it;
 * the socket cannot be reached (the run or its instance is gone): it fails the same way;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from typing import Any
 
 from ansible.plugins.action import ActionBase  # type: ignore[import-untyped]
@@ -95,7 +97,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]
             }
         reason = str(answer["reason"])
         if answer.get("ok") is True:
-            result.update(changed=False, confirmed=True, msg=reason)
+            result.update(changed=False, confirmed=True, confirmed_at=time.time(), msg=reason)
         else:
             if not reason.startswith(REFUSED):
                 reason = REFUSED + reason
