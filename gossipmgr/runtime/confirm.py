@@ -203,8 +203,10 @@ class Confirmer:
         else:
             c = await self.confirm(run.epoch, live)
         run.line(f"gossipmgr: confirm for {host or '?'}: {c.reason}")
-        if not c.ok:
-            log.warning("%s: job %s: confirm refused: %s", self.replica.name, run.job_id, c.reason)
+        level = logging.INFO if c.ok else logging.WARNING
+        log.log(
+            level, "%s: job %s: confirm for %s: %s", self.replica.name, run.job_id, host, c.reason
+        )
         return c
 
 
