@@ -38,6 +38,8 @@ def test_a_strict_majority_of_answers_confirms_and_less_refuses() -> None:
     two = {"b": Answer(3, "a"), "c": Answer(3, "a")}
     ok = verdict("a", 3, holds=True, run_live=True, known=known, answers=two)
     assert ok.ok and ok.reason == "majority: 3 of 5 instances answered now (a, b, c)"
+    timed = verdict("a", 3, holds=True, run_live=True, known=known, answers=two, took_s=0.0042)
+    assert timed.reason == "majority: 3 of 5 instances answered now (a, b, c) in 4 ms"
     one = verdict("a", 3, holds=True, run_live=True, known=known, answers={"b": Answer(3, "a")})
     assert not one.ok
     assert one.reason == ("no majority: 2 of 5 instances answered within 1 s, 3 needed (a, b)")

@@ -93,6 +93,7 @@ def verdict(
     answers: Mapping[str, Answer],
     alone_by: str = "",
     timeout_s: float = 1.0,
+    took_s: float | None = None,
 ) -> Confirmation:
     """The confirm's answer, after the round trip.
 
@@ -102,7 +103,7 @@ def verdict(
     ``known``: :func:`known_instances`; ``answers``: the peers that answered this round, each
     with the lease it reads; ``alone_by``: why this holder may act without a majority (the
     two-instance rule, a forced grant; "" if neither); ``timeout_s``: how long the round
-    waited (for the reason's text)."""
+    could wait, ``took_s``: how long it took (both for the reason's text)."""
     if not run_live:
         return Confirmation(False, f"{REFUSED}the job's run under epoch {epoch} has ended")
     if not holds:
@@ -116,7 +117,10 @@ def verdict(
     sees, total = 1 + len(counted), len(set(known) | {me})
     who = ", ".join([me, *counted])
     if sees * 2 > total:
-        return Confirmation(True, f"majority: {sees} of {total} instances answered now ({who})")
+        took = "" if took_s is None else f" in {took_s * 1000:.0f} ms"
+        return Confirmation(
+            True, f"majority: {sees} of {total} instances answered now ({who}){took}"
+        )
     if alone_by:
         return Confirmation(True, f"{alone_by}: {sees} of {total} instances answered ({who})")
     need = total // 2 + 1

@@ -95,6 +95,7 @@ class Confirmer:
             )
         alone_by = self._alone_by()
         answers: dict[str, Answer] = {}
+        t0 = trio.current_time()
         if not alone_by:
             answers = await self._round(epoch, self._known())
         known = self._known()
@@ -108,6 +109,7 @@ class Confirmer:
                 answers=answers,
                 alone_by=alone_by,
                 timeout_s=self.timeout_s,
+                took_s=None if alone_by else trio.current_time() - t0,
             )
         )
 
