@@ -184,7 +184,11 @@ class Confirmer:
             try:
                 with trio.fail_after(REQUEST_TIMEOUT_S):
                     ask = await _read_line(stream)
-                c = await self._confirm_request(run, ask, live)
+                try:
+                    c = await self._confirm_request(run, ask, live)
+                except Exception as exc:  # a bug must refuse the action, not stop the run
+                    log.exception("%s: job %s: confirm failed", self.replica.name, run.job_id)
+                    c = Confirmation(False, f"{REFUSED}internal error: {exc!r}")
                 out = json.dumps({"ok": c.ok, "reason": c.reason}) + "\n"
                 await stream.send_all(out.encode())
             except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
