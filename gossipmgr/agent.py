@@ -55,6 +55,7 @@ from gossipmgr.keys import (
 )
 from gossipmgr.metrics import Metrics
 from gossipmgr.runtime.ansible import AnsibleSettings, split_config_vars
+from gossipmgr.runtime.confirm import Confirmer
 from gossipmgr.runtime.context import (
     NO_AUTH_WARNING,
     SERF_UNENCRYPTED_WARNING,
@@ -392,6 +393,7 @@ class Agent:
             solo_after_s=cfg.lease_solo_after_s if cfg.lease_solo_after_s >= 0 else None,
             serf_profile=cfg.serf_profile,
         )
+        self.jobs.executor.confirmer = Confirmer(self.replica, self.gossip, self.jobs.counters)
         nursery.start_soon(self.holder.membership_loop, events)
         nursery.start_soon(self.holder.lease_loop)
         nursery.start_soon(self._gc_loop)
