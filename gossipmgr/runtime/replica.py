@@ -11,15 +11,15 @@ updates, health events)::
 
 So a write is acknowledged (``commit`` returns) and visible to this instance's reads only
 once it is on disk, but its delta leaves for the peers as soon as it is made and checked, in
-parallel with the fsync: the fsync is off the write -> visible path (docs/design.md, "Write
-path"). A write whose append fails raises StoreError and is not applied here; its peers may
-hold it already (its outcome is unknown, as when an answer is lost). A peer's copy can come
-back to this instance while its own fsync runs (a digest resync): that entry is then
-reported once, as this write's, to the local listeners, never as a remote change
-(``remote_applied``). Remote deltas are applied by the
-protocol first and persisted after (``persist``, by the gossip service, one append for the
-deltas of a 100 ms window): if this instance crashes in between, its peers still hold them
-and the digest resync at the next start brings them back.
+parallel with the fsync: the fsync is off the write -> visible path (docs/design.md,
+"Durability"). A write whose append fails raises StoreError and is not applied here; its
+peers may hold it already (its outcome is unknown, as when an answer is lost). A peer's copy
+can come back to this instance while its own fsync runs (a digest resync): that entry is
+then reported once, as this write's, to the local listeners, never as a remote change
+(``remote_applied``). Remote deltas are applied by the protocol first and persisted after
+(``persist``, by the gossip service, one append for the deltas of a 100 ms window): if this
+instance crashes in between, its peers still hold them and the digest resync at the next
+start brings them back.
 
 Restore (``open``): the newest good snapshot, then the log after it; the clock is moved past
 the largest timestamp found, so it never goes backwards across a restart. A snapshot or log
