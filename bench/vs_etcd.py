@@ -26,6 +26,10 @@ One client (this process) sends sequential requests over keep-alive HTTP.
   etcd is filled by transactions of 100 puts, gossipmgr started on data dirs seeded with a
   snapshot of that many globals (each system's fastest way in).
 
+``--fresh-only`` runs the fresh-cluster phase alone (writes/s, write -> visible, ack, GET
+at 0 keys; a few minutes for 3 runs, to measure a change of the write or receive path) and
+writes bench/results/vs_etcd_fresh.json instead.
+
 Figures are medians over ``--runs`` (3); ratios are gossipmgr / etcd of the medians, next to
 the goals of issue 17. Every process is stopped at the end, even on failure. Writes
 bench/results/vs_etcd.json.
@@ -71,6 +75,8 @@ class Plan:
     mid: int
     big: int
     spacing_s: float = 0.02
+    #: only the fresh-cluster phase (``--fresh-only``)
+    fresh_only: bool = False
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -78,6 +84,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported")
     ap.add_argument("--writes", type=int, default=2000, help="sequential writes (e.g. 10000)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 run, small sizes")
+    ap.add_argument(
+        "--fresh-only",
+        action="store_true",
+        help="only the fresh-cluster phase (writes/s, write -> visible, ack, GET at 0 keys)",
+    )
     args = ap.parse_args(argv)
     if args.runs < 1 or args.writes < 1:
         ap.error("--runs and --writes must be at least 1")
@@ -96,7 +107,14 @@ def make_plan(args: argparse.Namespace) -> Plan:
             big=10_000,
         )
     return Plan(
-        args.runs, args.writes, visible=200, rewrite=1_000, gets=300, mid=10_000, big=100_000
+        args.runs,
+        args.writes,
+        visible=200,
+        rewrite=1_000,
+        gets=300,
+        mid=10_000,
+        big=100_000,
+        fresh_only=args.fresh_only,
     )
 
 
@@ -329,6 +347,8 @@ def phases_etcd(root: Path, p: Plan, row: dict[str, Any], samples: dict[str, lis
     with EtcdSide(root / "etcd-fresh") as s:
         settle(s)
         fresh_phase(s, p, row, samples)
+    if p.fresh_only:
+        return
     with EtcdSide(root / "etcd-filled") as s:
         s.fill(0, p.mid)
         settle(s)
@@ -344,6 +364,8 @@ def phases_gossipmgr(
         settle(s)
         fresh_phase(s, p, row, samples)
         row["gossipmgr_visible_polled"] = int(s.mode == "polled")
+    if p.fresh_only:
+        return
     with GossipSide(root / "g-mid", seeded=p.mid) as s:
         settle(s)
         mid_phase(s, p, row, samples)
@@ -426,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_side_by_side(rows)
     errors = {k: v for r in runs for k, v in r.items() if k.endswith("_error")}
     path = write_result(
-        "vs_etcd",
+        "vs_etcd_fresh" if p.fresh_only else "vs_etcd",
         "etcd 3.4 and gossipmgr side by side, 3 replicas each on loopback (bench/vs_etcd.py)",
         {**asdict(p), "quick": args.quick},
         runs,

@@ -19,6 +19,7 @@ from hypercorn.trio import serve as hyper_serve
 from hypercorn.typing import H11SendableEvent
 from quart_trio import QuartTrio
 
+from gossipmgr.api import idletimer
 from gossipmgr.errors import ConfigError
 
 
@@ -150,6 +151,7 @@ async def serve(
     if (certfile is None) != (keyfile is None):
         raise ConfigError("TLS needs both a certificate file and a key file")
     _install_one_send()
+    idletimer.install()
     cfg = _Config()
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
     cfg.bind = [f"{h}:{port}"]

@@ -14,7 +14,8 @@ share one transport:
 And a fourth persists remote deltas through the replica's store, so an fsync never stalls
 the receive loop: those arriving within ``PERSIST_WINDOW_MS`` of each other share one group
 commit (one append per window, not per delta). Local writes reach the protocol through the replica's
-``on_local_write`` hook, registered here: the replica does not know the gossip layer.
+``on_local_send`` hook, registered here (the replica does not know the gossip layer): each
+is pushed as soon as it is made, in parallel with the writer's fsync.
 
 Ownership: the service owns ``ae`` and its outbox, none of its arguments; the caller opens
 and closes the transport and the replica. ``run`` returns when cancelled.
@@ -103,7 +104,7 @@ class ReplicaPort(Protocol):
 
     def now_ms(self) -> int: ...
 
-    def on_local_write(self, listener: Callable[[LWWMap], None]) -> None: ...
+    def on_local_send(self, listener: Callable[[LWWMap], None]) -> None: ...
 
     def remote_applied(self, novel: LWWMap) -> None: ...
 
@@ -130,7 +131,7 @@ class GossipService(Generic[R]):
         self.ae = AntiEntropy(replica.name, replica.incarnation, replica.state, replica.hlc, config)
         self._outbox_send, self._outbox = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
         self._urgent_send, self._urgent = trio.open_memory_channel[tuple[str, bytes]](URGENT_LIMIT)
-        replica.on_local_write(self._local_write)
+        replica.on_local_send(self._local_write)
         self.sealer = Sealer(keyring, node_id(replica.name), boot_ms)
         self.addrs: dict[str, Addr] = {}
         #: senders Serf has not named to us yet -> where their last datagram came from
