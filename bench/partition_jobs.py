@@ -5,13 +5,16 @@ ansible (``ansible_connection=local``) on one simulated node, ``n3``, whose "nod
 directory, ``<cluster root>/nodes/<node>/``, on the machine's one filesystem: every side
 of a partition reaches it (as a management network separate from the cut one would). The
 agents run this directory's playbooks (``partition_playbooks/``): the ``gossipmgr_fence``
-role first, as in the shipped playbooks, then ``partition_action``, which appends one line
-per action to the node's action log ``actions.jsonl`` under the fence lock, after the
-fence check: ``{"t", "epoch", "holder", "job", "action", "step", "node_epoch"}``.
+role first, as in the shipped playbooks, then each step of the action as docs/ansible.md
+tells operators to write it (``step.yml``: a 1 s pause, ``gossipmgr_confirm``, then
+``partition_action``, which appends one line to the node's action log ``actions.jsonl``
+under the fence lock: ``{"t", "epoch", "holder", "job", "action", "step",
+"node_epoch", "confirmed_at"}``; ``confirmed_at``: when that step's confirm said yes).
 
-* :func:`start_first_job`: before the schedule's clock starts, a long job (12 actions, 1 s
-  apart) on the holder, and a wait for its first action on the node (ansible takes
-  seconds to start on a loaded machine), so a job is acting when the partition starts.
+* :func:`start_first_job`: before the schedule's clock starts, a long job (12 confirmed
+  steps, ~2-3 s apart on the 2-core machine) on the holder, and a wait for its first
+  action on the node (ansible takes seconds to start on a loaded machine), so a job is
+  acting when the partition starts.
 * :class:`JobDriver`: from the schedule's start until the heal, one
   thread per instance asks *that* instance to act on the node every 1.5 s (update when the
   node is Allocated there, commission when Unallocated/Decommissioned), so both sides of a
@@ -43,7 +46,7 @@ PLAYBOOKS = Path(__file__).resolve().parent / "partition_playbooks"
 #: The simulated node the jobs act on: the cluster's third node (n1 is killed, n2 is the
 #: workload's contended node).
 JOB_NODE_HOST = "n3"
-FIRST_JOB_STEPS = 12  # 12 s of actions from its first: ~10 s into the fault
+FIRST_JOB_STEPS = 12  # 12 confirmed steps (a pause, a confirm, an action): through the fault
 JOB_STEPS = 3
 JOB_PACE_S = 1.5
 IDLE_TIMEOUT_S = 90.0
@@ -84,6 +87,9 @@ class Action:
     action: str
     step: int
     node_epoch: int | None
+    #: when the step's gossipmgr_confirm said yes (seconds from the schedule's start; None:
+    #: not recorded)
+    confirmed_t: float | None = None
 
 
 def parse_actions(node: str, text: str, wall0: float) -> list[Action]:
@@ -103,6 +109,9 @@ def parse_actions(node: str, text: str, wall0: float) -> list[Action]:
                 str(d["action"]),
                 int(d["step"]),
                 None if d.get("node_epoch") is None else int(d["node_epoch"]),
+                None
+                if d.get("confirmed_at") is None
+                else round(float(d["confirmed_at"]) - wall0, 2),
             )
         )
     return out
@@ -141,7 +150,11 @@ def check_actions(
         groups = groups_at(comps, a.t)
         major = [g for g in groups if 2 * len(g) > n_instances]
         if major and a.holder not in major[0]:
-            minority.append({**asdict(a), "majority": sorted(major[0])})
+            # confirmed while its holder was still on a majority side: the cut came in the
+            # window between the confirm and the action (docs/ansible.md)
+            then = [] if a.confirmed_t is None else groups_at(comps, a.confirmed_t)
+            window = any(a.holder in g and 2 * len(g) > n_instances for g in then)
+            minority.append({**asdict(a), "majority": sorted(major[0]), "in_window": window})
     two = [
         {"node": n, "epoch": e, "holders": sorted(hs)}
         for (n, e), hs in sorted(holders.items())
@@ -157,6 +170,7 @@ def check_actions(
         "out_of_order_in_flight": sum(1 for x in ooo if x["in_flight"]),
         "out_of_order_detail": ooo[:DETAIL],
         "minority_actions": len(minority),
+        "minority_in_window": sum(1 for x in minority if x["in_window"]),
         "minority_detail": minority[:DETAIL],
         "epochs_with_two_holders": two,
     }

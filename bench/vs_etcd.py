@@ -28,6 +28,10 @@ One client (this process) sends sequential requests over keep-alive HTTP.
   etcd is filled by transactions of 100 puts, gossipmgr started on data dirs seeded with a
   snapshot of that many globals (each system's fastest way in).
 
+``--fresh-only`` runs the fresh-cluster phase alone (writes/s, write -> visible, ack, GET
+at 0 keys; a few minutes for 3 runs, to measure a change of the write or receive path) and
+writes bench/results/vs_etcd_fresh.json instead.
+
 Figures are medians over ``--runs`` (3); ratios are gossipmgr / etcd of the medians, next to
 the goals of issue 17. Every process is stopped at the end, even on failure. Writes
 bench/results/vs_etcd.json.
@@ -75,6 +79,8 @@ class Plan:
     spacing_s: float = 0.02
     #: one workload alone ("catchup"), or "" for all of them
     only: str = ""
+    #: only the fresh-cluster phase (``--fresh-only``)
+    fresh_only: bool = False
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -88,6 +94,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="",
         help="run this workload alone (catchup: r3 restarted after 1,000 of 10,000 keys "
         "were rewritten); results in vs_etcd_catchup.json",
+    )
+    ap.add_argument(
+        "--fresh-only",
+        action="store_true",
+        help="only the fresh-cluster phase (writes/s, write -> visible, ack, GET at 0 keys)",
     )
     args = ap.parse_args(argv)
     if args.runs < 1 or args.writes < 1:
@@ -116,6 +127,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         mid=10_000,
         big=100_000,
         only=args.only,
+        fresh_only=args.fresh_only,
     )
 
 
@@ -348,6 +360,8 @@ def phases_etcd(root: Path, p: Plan, row: dict[str, Any], samples: dict[str, lis
     with EtcdSide(root / "etcd-fresh") as s:
         settle(s)
         fresh_phase(s, p, row, samples)
+    if p.fresh_only:
+        return
     with EtcdSide(root / "etcd-filled") as s:
         s.fill(0, p.mid)
         settle(s)
@@ -363,6 +377,8 @@ def phases_gossipmgr(
         settle(s)
         fresh_phase(s, p, row, samples)
         row["gossipmgr_visible_polled"] = int(s.mode == "polled")
+    if p.fresh_only:
+        return
     with GossipSide(root / "g-mid", seeded=p.mid) as s:
         settle(s)
         mid_phase(s, p, row, samples)
@@ -462,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_side_by_side(rows)
     errors = {k: v for r in runs for k, v in r.items() if k.endswith("_error")}
     path = write_result(
-        f"vs_etcd_{p.only}" if p.only else "vs_etcd",
+        f"vs_etcd_{p.only}" if p.only else "vs_etcd_fresh" if p.fresh_only else "vs_etcd",
         "etcd 3.4 and gossipmgr side by side, 3 replicas each on loopback (bench/vs_etcd.py)",
         {**asdict(p), "quick": args.quick},
         runs,

@@ -61,6 +61,7 @@ from gossipmgr.keys import (
 )
 from gossipmgr.metrics import Metrics
 from gossipmgr.runtime.ansible import AnsibleSettings, split_config_vars
+from gossipmgr.runtime.confirm import Confirmer
 from gossipmgr.runtime.context import (
     NO_AUTH_WARNING,
     SERF_UNENCRYPTED_WARNING,
@@ -69,7 +70,7 @@ from gossipmgr.runtime.context import (
     runtime_extra_vars,
 )
 from gossipmgr.runtime.jobs import LOG_FLUSH_S, JobManager
-from gossipmgr.runtime.leaseloop import Holder, absent_grace_s, push_pull_s
+from gossipmgr.runtime.leaseloop import Holder, absent_grace_s
 from gossipmgr.runtime.peerfile import PeerFile
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.serflink import EmbeddedSerf, ExternalSerf, SerfLink
@@ -430,8 +431,9 @@ class Agent:
             self.counters,
             absent_grace_s=absent_grace_s(cfg.serf_profile),
             solo_after_s=cfg.lease_solo_after_s if cfg.lease_solo_after_s >= 0 else None,
-            push_pull_s=push_pull_s(cfg.serf_profile),
+            serf_profile=cfg.serf_profile,
         )
+        self.jobs.executor.confirmer = Confirmer(self.replica, self.gossip, self.jobs.counters)
         nursery.start_soon(self.holder.membership_loop, events)
         nursery.start_soon(self.holder.lease_loop)
         nursery.start_soon(self._gc_loop)

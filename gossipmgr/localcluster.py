@@ -89,15 +89,23 @@ def free_port(host: str = HOST) -> int:
 
 
 def kill_marked(tag: str) -> None:
-    """SIGKILL every process whose command line holds ``tag``: the playbook processes a
-    SIGKILLed agent left behind (a test puts ``tag`` in a sleep's command line so that it
-    can find and stop them, whatever happens to the agent that started them)."""
+    """SIGKILL every process whose command line holds ``tag``, and its process group: the
+    playbook processes a SIGKILLed agent left behind (a test puts ``tag`` in a task's
+    command line so that it can find and stop them, whatever happens to the agent that
+    started them). The group is the ansible worker's (it calls setsid()): the worker and
+    what the marked shell started, whose command lines need not hold the tag; the
+    ansible-playbook above them then ends on its dead worker. Our own group is spared."""
+    own = os.getpgid(0)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             if tag.encode() in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
+                pid = int(entry.name)
+                group = os.getpgid(pid)
+                os.kill(pid, signal.SIGKILL)
+                if group != own:
+                    os.killpg(group, signal.SIGKILL)
 
 
 def wait_for(
@@ -315,6 +323,14 @@ class LocalCluster:
                 f"\n--- {name} serf log tail ---\n{serf_log[-2000:]}"
             ) from None
 
+    def add_instances(self, *names: str) -> None:
+        """Add and start the instances ``names`` at once, then wait until each serves with
+        its Serf agent up (they start in parallel)."""
+        for n in names:
+            self.add_instance(n)
+        for n in names:
+            self.wait_ready(n)
+
     def kill9(self, name: str) -> None:
         inst = self.instances[name]
         if inst.proc is not None and inst.proc.poll() is None:
@@ -384,10 +400,10 @@ class LocalCluster:
     def formed(self, names: Sequence[str] | None = None) -> str | None:
         """The agreed holder once every named (running) instance sees all of them and holds
         a majority of them, caught up (``/health`` quorum ``sees == known == len(names)``);
-        None before. Right after the instances find each other, each may hold a lease of
-        its own and lose the majority for a moment while it catches up with the others: a
-        job started then is stopped (the majority rule), so a test starts its jobs on a
-        formed cluster."""
+        None before. A holder keeps its majority while it catches up with instances that
+        join or come back (``core.quorum.keeps_through_catch_up``), so a job can start as
+        soon as there is a holder; this is for a test that needs every instance to count
+        every other."""
         names = names or [n for n, i in self.instances.items() if i.alive]
         for n in names:
             q = self.get(n, "/health")["quorum"]

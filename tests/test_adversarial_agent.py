@@ -206,7 +206,7 @@ def test_members_posing_as_instances_do_not_delay_takeover(cluster: LocalCluster
         30,
         "both instances to list the three impostors",
     )
-    holder = wait_for(lambda: cluster.formed(["g1", "g2"]), 20, "a formed cluster and its holder")
+    holder = wait_for(lambda: cluster.holder(["g1", "g2"]), 20, "a lease holder")
     survivor = "g2" if holder == "g1" else "g1"
     wait_for(
         lambda: cluster.lease(survivor)["holder"] == holder, 10, "the survivor to see the holder"

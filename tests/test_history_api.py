@@ -20,7 +20,6 @@ from _apiutil import add_nodes, standalone
 from gossipmgr.core.tokens import ADMIN, make_token
 from gossipmgr.runtime import leaseloop
 from gossipmgr.runtime.context import AgentApiContext
-from gossipmgr.serf.view import PUSH_PULL_S
 from gossipmgr.testing.standalone import fake_serf
 
 TOKEN = "default-secret"
@@ -30,13 +29,13 @@ OPS = "ops-secret-0123456789"
 @pytest.fixture(autouse=True)
 def quick_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
     """A node's comeback is applied by the periodic reconcile (every 5 s) once Serf has
-    listed it alive, and the instance has held the lease, for a push-pull interval (30 s
-    with the lan profile of these standalone instances); these tests are about what the
-    history records, not that timing (tests/test_majority.py is), and wait for four
-    comebacks: every 1 s, settled after 0.5 s and a comeback bound of 0.5 s here."""
+    listed it alive for 26 s, and the instance has held the lease for 56 s (the comeback
+    bounds of the lan profile of these standalone instances); these tests are about what
+    the history records, not that timing (tests/test_majority.py is), and wait for four
+    comebacks: every 1 s, settled after 0.5 s and comeback bounds of 0.5 s here."""
     monkeypatch.setattr(leaseloop, "RECONCILE_EVERY_S", 1.0)
     monkeypatch.setattr(leaseloop, "RECONCILE_SETTLE_S", 0.5)
-    monkeypatch.setattr(leaseloop, "COMEBACK_PUSH_PULLS", 0.5 / PUSH_PULL_S["lan"])
+    monkeypatch.setattr(leaseloop, "comeback_bounds", lambda profile, members: (0.5, 0.5))
 
 
 async def _get(url: str, path: str, token: str = TOKEN) -> tuple[int, Any]:

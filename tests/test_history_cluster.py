@@ -57,10 +57,7 @@ def _job_end(c: LocalCluster, inst: str, job_id: str) -> dict[str, Any]:
 
 def test_history_is_the_same_on_every_instance(cluster: LocalCluster, tmp_path: Path) -> None:
     c = cluster
-    for n in INSTANCES:
-        c.add_instance(n)
-    for n in INSTANCES:
-        c.wait_ready(n)
+    c.add_instances(*INSTANCES)
     # A named token, added while the agents run: SIGHUP makes them read the file again.
     (tmp_path / "tokens").write_text(make_token("ops", ADMIN, OPS).line() + "\n")
     for inst in c.instances.values():

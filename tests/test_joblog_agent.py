@@ -46,10 +46,7 @@ def test_the_log_up_to_a_mid_job_kill_is_served_by_another_instance_and_the_foll
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     c = cluster
-    for n in ("g1", "g2"):
-        c.add_instance(n)
-    for n in ("g1", "g2"):
-        c.wait_ready(n)
+    c.add_instances("g1", "g2")
     node = c.add_node("rack1", "0001")
     wait_for(
         lambda: (
@@ -59,7 +56,7 @@ def test_the_log_up_to_a_mid_job_kill_is_served_by_another_instance_and_the_foll
         30,
         "the node to be discovered",
     )
-    runner = wait_for(c.formed, 30, "a formed cluster and its holder")
+    runner = wait_for(c.holder, 30, "a holder")
     other = "g2" if runner == "g1" else "g1"
     tag = f"biglog-{uuid.uuid4().hex}"
     body = {

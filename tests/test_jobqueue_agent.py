@@ -41,10 +41,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
 ) -> None:
     c = cluster
     names = ("g1", "g2", "g3")
-    for n in names:
-        c.add_instance(n)
-    for n in names:
-        c.wait_ready(n)
+    c.add_instances(*names)
     nodes = [c.add_node("rack", f"000{i}").name for i in (1, 2, 3)]
 
     def discovered(inst: str) -> bool:
@@ -54,7 +51,7 @@ def test_queued_jobs_run_in_order_once_each_across_a_holder_takeover(
         )
 
     wait_for(lambda: all(discovered(n) for n in names), 60, "the nodes to be discovered")
-    holder = wait_for(c.formed, 30, "a formed cluster and its holder")
+    holder = wait_for(c.holder, 30, "a holder")
     others = [n for n in names if n != holder]
     trace, tag = tmp_path / "trace", f"queue-hold-{uuid.uuid4().hex}"
     ev = {"queue_trace": str(trace)}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 from gossipmgr import localcluster
@@ -51,3 +56,38 @@ def test_a_port_held_by_a_listener_or_udp_socket_is_never_picked(monkeypatch) ->
             for s in socks:
                 s.close()
     raise AssertionError("no window of 3 bindable ports found")
+
+
+def test_kill_marked_stops_what_the_marked_process_started() -> None:
+    """A marked shell (the tag in its command line) forked an unmarked ``sleep``, in a
+    process group of their own (as an ansible worker's module runs): ``kill_marked`` stops
+    both. (It stopped only the shell: the agent tests that SIGKILL a runner mid-job left
+    its ``sleep 300`` and ansible-playbook processes running for minutes.)"""
+    tag = f"kill-marked-{os.getpid()}-{time.monotonic_ns()}"
+    shell = subprocess.Popen(
+        ["sh", "-c", f"sleep 300; echo {tag}"], start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    try:
+        sleep = localcluster.wait_for(
+            lambda: next(iter(_children(shell.pid)), None), 10, "the shell to start its sleep"
+        )
+        localcluster.kill_marked(tag)
+        shell.wait(10)
+        localcluster.wait_for(lambda: not _alive(sleep), 10, "the unmarked sleep to be stopped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait(10)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

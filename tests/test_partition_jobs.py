@@ -90,6 +90,15 @@ def test_minority_actions_count_only_while_a_majority_side_exists() -> None:
     assert out["minority_detail"][0]["job"] == "b"
     assert out["minority_detail"][0]["majority"] == ["h1", "h2", "h3"]
     assert out["epochs_with_two_holders"] == [{"node": "n3", "epoch": 4, "holders": ["h1", "h4"]}]
+    assert out["minority_in_window"] == 0  # no confirm time recorded
+    # An action whose confirm said yes before the cut (t=1.9) and that landed after it is
+    # in the window between the confirm and the action; one confirmed after it is not.
+    line = json.loads(log((5, 4, "h4", "b", 4)))
+    both = [{**line, "confirmed_at": WALL0 + 1.9}, {**line, "confirmed_at": WALL0 + 4.5}]
+    text = "".join(json.dumps(x) + "\n" for x in both)
+    out = check_actions(parse_actions("n3", text, WALL0), SPLIT, 5)
+    assert out["minority_actions"] == 2 and out["minority_in_window"] == 1
+    assert [x["confirmed_t"] for x in out["minority_detail"]] == [1.9, 4.5]
     # No side with a strict majority (2/2 of 4 instances, or three singles): none counted.
     even = [(0.0, [{"h1", "h2"}, {"h3", "h4"}])]
     assert check_actions(acts, even, 4)["minority_actions"] == 0

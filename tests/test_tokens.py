@@ -97,6 +97,11 @@ async def test_roles_over_real_http_and_sighup_reload(tmp_path: Path) -> None:
         st, nodes = await _call(url, "GET", "/info/nodes", VIEWER)
         assert st == 200 and list(nodes) == ["node-0"]
         assert (await _call(url, "GET", "/info/node/node-0/history", VIEWER))[0] == 200
+        # ... and watches: the change feed is opened for it (closed unread)
+        hdr = {"Authorization": f"Bearer {VIEWER}"}
+        async with httpx.AsyncClient() as c, c.stream("GET", url + "/watch", headers=hdr) as w:
+            assert w.status_code == 200
+            assert w.headers["content-type"].startswith("text/event-stream")
         # ... and may not mutate: 403 naming the token and its role, nothing written
         st, r = await _call(url, "PUT", "/globals/x", VIEWER, {"value": 1})
         assert st == 403

@@ -64,10 +64,7 @@ def test_upgrade_stops_past_max_fail_and_a_new_holder_finishes_it_exactly_once(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     c = cluster
-    for n in ("g1", "g2"):
-        c.add_instance(n)
-    for n in ("g1", "g2"):
-        c.wait_ready(n)
+    c.add_instances("g1", "g2")
     nodes = sorted(c.add_node("rack", f"000{i}").name for i in range(6))
 
     def discovered() -> bool:
@@ -77,7 +74,7 @@ def test_upgrade_stops_past_max_fail_and_a_new_holder_finishes_it_exactly_once(
         )
 
     wait_for(discovered, 60, "the six nodes to be discovered")
-    holder = wait_for(c.formed, 30, "a formed cluster and its holder")
+    holder = wait_for(c.holder, 30, "a holder")
     # Allocated without a commission run (an import sets statuses: no playbook, no job)
     entries = [{"name": n, "status": "Allocated", "host_group": "service-master"} for n in nodes]
     r = c.post(holder, "/inventory/import", {"nodes": entries})

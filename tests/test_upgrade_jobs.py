@@ -10,6 +10,7 @@ that ran well but is not Discovered in time counts as failed.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,21 @@ def _holding(rep: Replica, tmp_path: Path, wait_s: float = 0.5) -> tuple[JobMana
     return JobManager(rep, lambda: settings, tmp_path / "work"), release
 
 
+async def _until(rep: Replica, cond: Callable[[], bool]) -> None:
+    """Wait (60 s at most) until ``cond()`` holds, checked again at every change of ``rep``."""
+    with trio.fail_after(60):
+        while not cond():
+            await rep.wait_change()
+
+
+async def _until_status(rep: Replica, name: str, status: str) -> None:
+    await _until(rep, lambda: _status(rep, name) == status)
+
+
+def _logged(jm: JobManager, job_id: str, text: str) -> Callable[[], bool]:
+    return lambda: text in "\n".join(jm.job(job_id)["logs"])
+
+
 async def _ended(rep: Replica, job_id: str) -> JobRecord:
     with trio.fail_after(60):
         while (rec := rep.state.job(job_id)) is None or rec.active:
@@ -182,9 +198,7 @@ async def test_a_node_not_discovered_within_upgrade_wait_s_counts_as_failed(
     async with trio.open_nursery() as nursery:
         await nursery.start(jm.run)
         info = await jm.upgrade(names, batch=2, max_fail=0)
-        with trio.fail_after(60):
-            while _status(rep, names[1]) != "Maintenance":  # the batch started
-                await rep.wait_change()
+        await _until_status(rep, names[1], "Maintenance")  # the batch started
         # the node goes while its playbook runs, and does not come back
         await jm.apply_node_event("disappeared", names[1], "n", "1", "")
         release.touch()
@@ -206,9 +220,7 @@ async def test_a_cancel_stops_the_batch_and_leaves_the_rest_untouched(
     async with trio.open_nursery() as nursery:
         await nursery.start(jm.run)
         info = await jm.upgrade(names, max_fail=5)
-        with trio.fail_after(60):
-            while "running" not in "\n".join(jm.job(info["id"])["logs"]):  # ansible started
-                await rep.wait_change()
+        await _until(rep, _logged(jm, info["id"], "running"))  # ansible started
         await jm.cancel()
         rec = await _ended(rep, info["id"])
         nursery.cancel_scope.cancel()
@@ -254,14 +266,10 @@ async def test_a_cancel_during_the_wait_for_discovered_ends_the_job_cancelled(
     async with trio.open_nursery() as nursery:
         await nursery.start(jm.run)
         info = await jm.upgrade(names, batch=2, max_fail=0)
-        with trio.fail_after(60):
-            while _status(rep, names[1]) != "Maintenance":  # the batch started
-                await rep.wait_change()
+        await _until_status(rep, names[1], "Maintenance")  # the batch started
         await jm.apply_node_event("disappeared", names[1], "n", "1", "")
         release.touch()
-        with trio.fail_after(60):
-            while "to be Discovered" not in "\n".join(jm.job(info["id"])["logs"]):
-                await rep.wait_change()
+        await _until(rep, _logged(jm, info["id"], "to be Discovered"))
         await jm.cancel()
         rec = await _ended(rep, info["id"])
         nursery.cancel_scope.cancel()

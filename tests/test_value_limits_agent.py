@@ -40,10 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # One cluster for both tests (starting two agents is most of their time).
     c = LocalCluster(tmp_path_factory.mktemp("limits"), lease_ttl_ms=6_000)
     try:
-        for n in ("g1", "g2"):
-            c.add_instance(n)
-        for n in ("g1", "g2"):
-            c.wait_ready(n)
+        c.add_instances("g1", "g2")
         yield c
     finally:
         c.close()

@@ -161,3 +161,49 @@ def _head(r: httpx.Response) -> bytes:
     lines = [f"HTTP/1.1 {r.status_code} ".encode() + r.reason_phrase.encode()]
     lines += [k + b": " + v for k, v in r.headers.raw]
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def test_the_idle_timer_of_a_served_connection_never_yields(tmp_path: Path) -> None:
+    """hypercorn disarms a connection's idle timer between reading a request and handing it
+    to the app, and arms it again after the answer. Its own timer took a lock on both (a
+    checkpoint: a round through the scheduler) and armed with ``nursery.start`` (a wait for
+    the new task): scheduling rounds on every request, one on the way to the app. The timer
+    ``serve`` installs (``api/idletimer.py``) awaits nothing: checked here inside an already
+    cancelled scope, where any checkpoint raises. It still runs its action when armed, and
+    a new arming or a disarm cancels the previous one."""
+    import hypercorn.trio.tcp_server as tcp_server
+    from _apiutil import serving
+
+    from gossipmgr.api import create_app
+
+    async with standalone(tmp_path) as ctx, serving(create_app(ctx)) as url:
+        async with httpx.AsyncClient() as c:
+            for _ in range(3):  # one keep-alive connection: armed and disarmed each time
+                assert (await c.get(url + "/health")).status_code == 200
+    timer = tcp_server.TrioSingleTask()  # type: ignore[attr-defined]
+    started: list[int] = []
+    ended: list[int] = []
+
+    def action(i: int) -> Any:
+        async def run() -> None:
+            await trio.lowlevel.checkpoint()  # as hypercorn's: cancelled before it runs
+            started.append(i)
+            try:
+                await trio.sleep_forever()
+            finally:
+                ended.append(i)
+
+        return run
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            group = type("Group", (), {"_nursery": nursery})()
+            with trio.CancelScope() as already:
+                already.cancel()
+                await timer.stop()
+                await timer.restart(group, action(1))
+                await timer.restart(group, action(2))
+            assert not already.cancelled_caught, "the idle timer yielded (a checkpoint)"
+            await until(lambda: started == [2], 5, "the second action running")
+            await timer.stop()
+        assert ended == [2] and started == [2]

@@ -132,9 +132,13 @@ def refusal(exc: GossipmgrError, name: str, method: str, path: str) -> tuple[int
     if isinstance(exc, RequestError):
         return exc.status_hint, str(exc)
     if isinstance(exc, StoreError):
-        # Not acknowledged: nothing was applied (Replica.commit), the client may retry.
+        # Not acknowledged and not applied here; it was already sent to the peers
+        # (Replica.commit), so its outcome is unknown. A retry is safe.
         log.error("%s: write refused by the store: %s", name, exc)
-        return 503, f"write not acknowledged: the data directory refused it: {exc}"
+        return 503, (
+            f"write not acknowledged: the data directory refused it: {exc} (it was sent "
+            "to the peers before its fsync: it may still take effect)"
+        )
     log.error("%s: %s %s failed: %r", name, method, path, exc)
     return 500, f"internal error: {exc}"
 

@@ -18,6 +18,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hyper_serve
 from hypercorn.typing import H11SendableEvent
 
+from gossipmgr.api import idletimer
 from gossipmgr.api.listen import check_listen_policy
 from gossipmgr.errors import ConfigError
 
@@ -143,6 +144,7 @@ async def serve(
     if (certfile is None) != (keyfile is None):
         raise ConfigError("TLS needs both a certificate file and a key file")
     _install_one_send()
+    idletimer.install()
     cfg = _Config()
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
     cfg.bind = [f"{h}:{port}"]

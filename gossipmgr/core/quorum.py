@@ -7,7 +7,12 @@ may be alive on the other side of a partition); members that left gracefully do 
 only that side can hold, so only that side acts; a minority side keeps serving reads and
 taking writes with no holder. An instance Serf lists alive counts only if we heard from it
 over gossip lately (:func:`heard_window_ms`): an isolated instance's Serf view can list
-everyone alive for tens of seconds.
+everyone alive for tens of seconds; and only once caught up with, if it was heard *again*
+after going that long unheard (a heal, a restart, a new peer): it may hold a newer lease
+that has not reached us yet. While this instance holds a valid lease and held a majority
+at its previous evaluation (:func:`keeps_through_catch_up`), such a peer counts on neither
+side until caught up with: it cannot take the holder's majority away (a restart of the
+other of two made the holder step down, stopping its job), nor give one.
 
 Two instances cannot have a majority once one fails: 1 of 2 is not more than half. The
 survivor therefore takes over once Serf has declared the other failed for longer than
@@ -25,7 +30,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ALONE", "Quorum", "heard_window_ms", "quorum"]
+from gossipmgr.core.lease import Lease
+
+__all__ = ["ALONE", "Quorum", "heard_window_ms", "keeps_through_catch_up", "quorum"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,12 @@ class Quorum:
     known: int
     #: the two-instance rule lets this instance hold without a majority
     solo: bool = False
-    #: instances Serf lists alive that we have not heard from lately (not in ``sees``)
+    #: instances Serf lists alive that we have not heard from lately, or heard again but
+    #: not caught up with (in ``known``, not in ``sees``)
     unheard: int = 0
+    #: instances heard again but not caught up with that the holder counts on neither
+    #: side (:func:`keeps_through_catch_up`)
+    catching_up: int = 0
 
     @property
     def majority(self) -> bool:
@@ -56,6 +67,8 @@ class Quorum:
         if self.known == 0:
             return "no majority: no Serf view"
         seen = f"sees {self.sees} of {self.known} instances"
+        if self.catching_up:
+            seen += f" (and {self.catching_up} catching up, counted on neither side)"
         if self.majority:
             return f"majority: {seen}"
         if self.solo:
@@ -74,6 +87,7 @@ class Quorum:
             "sees": self.sees,
             "known": self.known,
             "unheard": self.unheard,
+            "catching_up": self.catching_up,
             "solo": self.solo,
             "reason": self.describe(),
         }
@@ -107,6 +121,14 @@ def heard_window_ms(ttl_ms: int, renew_ms: int) -> int:
     return max(MIN_HEARD_MS, min(2 * renew_ms, ttl_ms - renew_ms - 500))
 
 
+def keeps_through_catch_up(me: str, lease: Lease | None, now_ms: int, prev: Quorum) -> bool:
+    """``me`` holds an unexpired lease and held a strict majority at its previous evaluation
+    (``prev``): peers it is catching up with then count on neither side (:func:`quorum`'s
+    ``keep``). A solo or forced holder does not qualify, nor one that lost its majority.
+    """
+    return lease is not None and lease.holder == me and now_ms < lease.expires_ms and prev.majority
+
+
 def quorum(
     me: str,
     alive: Collection[str],
@@ -115,6 +137,8 @@ def quorum(
     solo_after: float | None,
     heard: Collection[str] | None = None,
     ever: Collection[str] | None = None,
+    behind: Collection[str] = (),
+    keep: bool = False,
 ) -> Quorum:
     """The majority as ``me`` sees it.
 
@@ -123,21 +147,30 @@ def quorum(
     ``now``, seconds) since when we have seen it failed; ``solo_after``: the two-instance
     bound in seconds (None: off); ``heard``: the instances heard from over gossip within
     :func:`heard_window_ms` (None: count every alive one); ``ever``: those heard from at
-    least once since they became our gossip peers (None: all).
+    least once since they became our gossip peers (None: all); ``behind``: those heard
+    again after a gap (or restarted, or new) that we have not caught up with since
+    (``AntiEntropy.caught_up``); ``keep``: :func:`keeps_through_catch_up`.
 
     An instance counts as seen when Serf lists it alive and (it is ``me`` or) we heard from
-    it lately. One Serf lists alive that never spoke to us (just joined, or a bare ``serf
-    agent`` tagged as an instance) is not counted at all until it does: it cannot take a
-    majority away. A failed one always counts. A name in both ``alive`` and
-    ``failed_since`` is counted as alive.
+    it lately and are not behind it. One Serf lists alive that never spoke to us (just
+    joined, or a bare ``serf agent`` tagged as an instance) is not counted at all until it
+    does: it cannot take a majority away. One we are behind counts as known but not seen,
+    so it cannot give a majority (an instance cut off while the others moved the lease on
+    must not claim on its stale copy); with ``keep`` it is not counted at all, so it
+    cannot take the holder's majority away either. A failed one always counts. A name in
+    both ``alive`` and ``failed_since`` is counted as alive.
     """
     listed = set(alive)
     if ever is not None:
         listed = {n for n in listed if n == me or n in ever}
+    late = {n for n in behind if n != me}
+    aside = listed & late if keep else set()
+    listed -= aside
     up = listed if heard is None else {n for n in listed if n == me or n in heard}
+    up -= late
     failed = {n: t for n, t in failed_since.items() if n not in set(alive)}
     known = len(listed) + len(failed)
-    q = Quorum(len(up), known, unheard=len(listed - up))
+    q = Quorum(len(up), known, unheard=len(listed - up), catching_up=len(aside))
     if q.majority or solo_after is None or known != 2 or listed != {me} or up != {me}:
         return q
     (since,) = failed.values()

@@ -68,12 +68,13 @@ def comeback(state: ClusterState, event: NodeEvent) -> bool:
     """True for a "discovered" event of a node the inventory holds as Disappeared.
 
     The holder applies such a comeback only through a reconcile, once the node has been
-    alive in its Serf view, and it has held the lease, for a push-pull interval
-    (:func:`comebacks_waiting`): a view caught mid-change (right after a heal, members it
-    had lost contact with are listed alive for a moment) once brought a dead node back to
-    Discovered, and so did a holder whose own agent had missed the node's death. A
-    failure, or a node seen for the first time, is applied at once; a dead node shown
-    alive could be commissioned, a live one shown Disappeared a little longer is only late.
+    alive in its Serf view, and it has held the lease, long enough for a stale view to have
+    been corrected (:func:`comebacks_waiting`): a view caught mid-change (right after a
+    heal, members it had lost contact with are listed alive for a moment) once brought a
+    dead node back to Discovered, and so did a holder whose own agent had missed the node's
+    death. A failure, or a node seen for the first time, is applied at once; a dead node
+    shown alive could be commissioned, a live one shown Disappeared a little longer is only
+    late.
     """
     if event[0] != "discovered":
         return False
@@ -87,30 +88,33 @@ def comebacks_waiting(
     alive_since: Mapping[str, float],
     held_since: float,
     now: float,
-    bound: float,
+    alive_s: float,
+    held_s: float,
 ) -> set[str]:
     """The nodes whose comeback a reconcile leaves alone for now: Disappeared in the
     inventory, alive in our Serf view (``alive_nodes``), and either listed alive there
-    for less than ``bound`` seconds (``alive_since``: when our view last changed the
+    for less than ``alive_s`` seconds (``alive_since``: when our view last changed the
     node's status; missing counts as just now) or we have held the lease for less than
-    ``bound`` (since ``held_since``). ``bound`` is one Serf push-pull interval.
+    ``held_s`` (since ``held_since``). The bounds come from the Serf profile and the
+    cluster's size (``gossipmgr.serf.view.comeback_bounds``).
 
     Why both: a dead node can be listed alive long after its death by a Serf agent that
     could not receive when it died (its member state carries a higher incarnation), and
     that agent's push-pull spreads the stale "alive" to every agent until probes fail the
     node again (suspicion). Our own view re-listing it alive is therefore waited out for
-    a push-pull interval; and a view that has listed it alive all along is trusted only
-    once we have held the lease that long, so a holder whose own agent missed the death
-    has had a push-pull round to be corrected. First sightings and failures are not
-    affected: a live node shown Disappeared a little longer is only late."""
+    ``alive_s`` (a probe and the longest suspicion); and a view that has listed it alive
+    all along is trusted only once we have held the lease for ``held_s`` (a push-pull
+    period more), so a holder whose own agent missed the death has been corrected. First
+    sightings and failures are not affected: a live node shown Disappeared a little longer
+    is only late."""
     out: set[str] = set()
     if not alive_nodes:
         return out
-    held_long = now - held_since >= bound
+    held_long = now - held_since >= held_s
     for name in alive_nodes:
         rec = state.node(name)
         if rec is None or inv.state_of(rec) != inv.DISAPPEARED:
             continue
-        if not held_long or now - alive_since.get(name, now) < bound:
+        if not held_long or now - alive_since.get(name, now) < alive_s:
             out.add(name)
     return out

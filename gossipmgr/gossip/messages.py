@@ -22,6 +22,8 @@ PULL       6    req, [leaf...]                       send me these leaves
 ENTRIES    7    req, [entry...]                      leaf entries (several per req)
 PULL_DONE  8    req, count                           req answered in count ENTRIES
 FRAG       9    id, index, total, bytes              one piece of a larger message
+PING       10   nonce                                answer me now (a confirm round)
+PONG       11   nonce, lease epoch, lease holder     the answer, with the lease I read
 =========  ===  ===================================  =============================
 
 Entries are encoded by ``gossipmgr.core.codec.entry_to_wire``.
@@ -54,6 +56,8 @@ __all__ = [
     "Frag",
     "Leaves",
     "Message",
+    "Ping",
+    "Pong",
     "Pull",
     "PullDone",
     "Reassembler",
@@ -76,6 +80,8 @@ PULL = 6
 ENTRIES = 7
 PULL_DONE = 8
 FRAG = 9
+PING = 10
+PONG = 11
 TYPE_NAMES = {
     DELTA: "delta",
     ACK: "ack",
@@ -86,6 +92,8 @@ TYPE_NAMES = {
     ENTRIES: "entries",
     PULL_DONE: "pull_done",
     FRAG: "frag",
+    PING: "ping",
+    PONG: "pong",
 }
 
 #: Largest reassembled message and how many partial ones are kept per instance.
@@ -154,7 +162,19 @@ class Frag:
     piece: bytes
 
 
-Body = Delta | Ack | Digest | SyncOk | Leaves | Pull | Entries | PullDone | Frag
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+    lease_epoch: int
+    lease_holder: str
+
+
+Body = Delta | Ack | Digest | SyncOk | Leaves | Pull | Entries | PullDone | Frag | Ping | Pong
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +256,26 @@ def _body_untrusted(mtype: int, f: list[Any]) -> Body:
         if len(f) != 2 or not _int(f[0]) or not _int(f[1]):
             raise BadPacket("shape", "pull_done is [req, count]")
         return PullDone(f[0], f[1])
+    if mtype in (PING, PONG):
+        return _confirm_untrusted(mtype, f)
     return _frag_untrusted(f)
+
+
+def _confirm_untrusted(mtype: int, f: list[Any]) -> Ping | Pong:
+    if mtype == PING:
+        if len(f) != 1 or not _int(f[0]):
+            raise BadPacket("shape", "ping is [nonce]")
+        return Ping(f[0])
+    if (
+        len(f) != 3
+        or not _int(f[0])
+        or not _int(f[1])
+        or f[1] < 0
+        or not isinstance(f[2], str)
+        or len(f[2]) > MAX_NAME
+    ):
+        raise BadPacket("shape", "pong is [nonce, lease epoch, lease holder]")
+    return Pong(f[0], f[1], f[2])
 
 
 def _pull_untrusted(f: list[Any]) -> Pull:

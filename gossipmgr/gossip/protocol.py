@@ -10,8 +10,8 @@ anti-entropy with per-peer acknowledgements, eager push of local writes, retrans
 state), a bounded buffer, silent peers probed by digest, and digest resync (64 super-bucket
 digests, then the differing leaves, pulled a window at a time) for new, restarted and lagging
 peers and a periodic repair round, and catch-up at once with every peer that is new or
-comes back (``gossipmgr.gossip.catchup``). Every message fits one datagram payload; a
-larger one travels as ``FRAG`` pieces.
+comes back (``gossipmgr.gossip.catchup``); confirm rounds (``gossipmgr.gossip.confirm``).
+Every message fits one datagram payload; a larger one travels as ``FRAG`` pieces.
 
 The messages and their one decoder are in ``gossipmgr.gossip.messages``, the encoding of
 outgoing ones in ``gossipmgr.gossip.encoder``, per-peer state and knobs in ``peers``.
@@ -33,6 +33,7 @@ from gossipmgr.core.crdt import FANOUT, Entry, Key, LWWMap
 from gossipmgr.core.state import ClusterState
 from gossipmgr.errors import BadPacket, ClockError
 from gossipmgr.gossip.catchup import CatchUp, CatchUpPeers
+from gossipmgr.gossip.confirm import ConfirmRound, ConfirmRounds
 from gossipmgr.gossip.datagram import Counters
 from gossipmgr.gossip.encoder import MessageEncoder, Payloads
 from gossipmgr.gossip.messages import (
@@ -53,6 +54,8 @@ from gossipmgr.gossip.messages import (
     Entries,
     Frag,
     Leaves,
+    Ping,
+    Pong,
     Pull,
     PullDone,
     Reassembler,
@@ -73,7 +76,7 @@ class Outcome:
     novel: LWWMap | None = None
 
 
-class AntiEntropy(CatchUpPeers):
+class AntiEntropy(CatchUpPeers, ConfirmRounds):
     """One instance's side of the protocol. Owns ``state`` mutations for remote deltas."""
 
     def __init__(
@@ -107,6 +110,7 @@ class AntiEntropy(CatchUpPeers):
         self.catchup: CatchUp | None = None
         self._alive: dict[str, str] | None = None  # peer -> boot id, as last listed alive
         self._strangers: dict[str, float] = {}  # not yet peers -> when they resynced with us
+        self.rounds: dict[int, ConfirmRound] = {}  # open confirm rounds (``gossip.confirm``)
 
     # ------------------------------------------------------------------ local writes
     def local_write(self, delta: LWWMap, now_ms: float) -> Outcome:
@@ -331,6 +335,8 @@ class AntiEntropy(CatchUpPeers):
                 return self._on_entries(ps, body, now)
             case PullDone():
                 return self._on_pull_done(sender, ps, body, now)
+            case Ping() | Pong():
+                return Outcome(out=self._on_confirm(sender, body))
         # Frag: reassembled in _receive, which refuses a fragment of fragments.
         raise BadPacket("shape", "a fragment inside a fragment")
 
@@ -489,11 +495,5 @@ class AntiEntropy(CatchUpPeers):
         }
 
 
-__all__ = [
-    "MAX_MESSAGE_BYTES",
-    "TYPE_NAMES",
-    "AntiEntropy",
-    "GossipConfig",
-    "Outcome",
-    "Timestamp",
-]
+__all__ = ["MAX_MESSAGE_BYTES", "TYPE_NAMES", "AntiEntropy", "GossipConfig", "Outcome"]
+__all__ += ["Timestamp"]

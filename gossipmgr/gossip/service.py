@@ -14,7 +14,8 @@ share one transport:
 And a fourth persists remote deltas through the replica's store, so an fsync never stalls
 the receive loop: those arriving within ``PERSIST_WINDOW_MS`` of each other share one group
 commit (one append per window, not per delta). Local writes reach the protocol through the replica's
-``on_local_write`` hook, registered here: the replica does not know the gossip layer.
+``on_local_send`` hook, registered here (the replica does not know the gossip layer): each
+is pushed as soon as it is made, in parallel with the writer's fsync.
 
 Ownership: the service owns ``ae`` and its outbox, none of its arguments; the caller opens
 and closes the transport and the replica. ``run`` returns when cancelled.
@@ -48,6 +49,12 @@ PERSIST_WINDOW_MS = 100
 #: Datagrams queued for the send task; beyond it they are dropped and counted (the
 #: retransmit tick and digest resync recover them), so a stalled socket never blocks a write.
 OUTBOX_LIMIT = 10_000
+#: Confirm rounds' PING/PONG (``gossip.confirm``) go through a queue of their own with a
+#: send task of its own: a confirm waits at most a second, and behind a backlog in the
+#: outbox (the partition suite saw thousands queued, and thousands dropped, after a heal)
+#: its answers came too late or never.
+URGENT = frozenset({"ping", "pong"})
+URGENT_LIMIT = 1_024
 #: Refusals that mean "this sender does not hold our key": a key we do not know, or a tag
 #: that does not verify. Counted per source address so /health can name the peer.
 AUTH_REASONS = frozenset({"unknown_key", "auth"})
@@ -97,7 +104,7 @@ class ReplicaPort(Protocol):
 
     def now_ms(self) -> int: ...
 
-    def on_local_write(self, listener: Callable[[LWWMap], None]) -> None: ...
+    def on_local_send(self, listener: Callable[[LWWMap], None]) -> None: ...
 
     def remote_applied(self, novel: LWWMap) -> None: ...
 
@@ -123,7 +130,8 @@ class GossipService(Generic[R]):
         self.transport = transport
         self.ae = AntiEntropy(replica.name, replica.incarnation, replica.state, replica.hlc, config)
         self._outbox_send, self._outbox = trio.open_memory_channel[tuple[str, bytes]](OUTBOX_LIMIT)
-        replica.on_local_write(self._local_write)
+        self._urgent_send, self._urgent = trio.open_memory_channel[tuple[str, bytes]](URGENT_LIMIT)
+        replica.on_local_send(self._local_write)
         self.sealer = Sealer(keyring, node_id(replica.name), boot_ms)
         self.addrs: dict[str, Addr] = {}
         #: senders Serf has not named to us yet -> where their last datagram came from
@@ -174,6 +182,11 @@ class GossipService(Generic[R]):
         the lease loop of an instance that may need a majority)."""
         self._queue(self.ae.probe_unheard(names, self.replica.now_ms(), within_ms))
 
+    def ask(self, out: list[tuple[str, bytes]]) -> None:
+        """Send what the protocol returned to a caller outside the service's loops (a confirm
+        round: ``AntiEntropy.confirm_ask``, ``runtime.confirm``)."""
+        self._queue(out)
+
     def _log_catchup(self) -> None:
         cu = self.ae.catchup
         if cu is not None and cu.done_ms is not None and not self._catchup_logged:
@@ -183,7 +196,8 @@ class GossipService(Generic[R]):
     def _queue(self, out: list[tuple[str, bytes]]) -> None:
         for item in out:
             try:
-                self._outbox_send.send_nowait(item)
+                urgent = _msg_type(item[1]) in URGENT
+                (self._urgent_send if urgent else self._outbox_send).send_nowait(item)
             except trio.WouldBlock:
                 self.replica.counters["outbox_dropped"] += 1
 
@@ -193,7 +207,8 @@ class GossipService(Generic[R]):
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._receive_loop)
-            nursery.start_soon(self._send_loop)
+            nursery.start_soon(self._send_loop, self._outbox)
+            nursery.start_soon(self._send_loop, self._urgent)
             nursery.start_soon(self._tick_loop)
             nursery.start_soon(self._persist_loop)
             task_status.started(self.transport.local_addr)
@@ -265,8 +280,8 @@ class GossipService(Generic[R]):
                 reason,
             )
 
-    async def _send_loop(self) -> None:
-        async for peer, payload in self._outbox:
+    async def _send_loop(self, outbox: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
+        async for peer, payload in outbox:
             dest = self.addrs.get(peer) or self.reply_to.get(peer)
             if dest is None:
                 self.counters.incr("drop_no_address")

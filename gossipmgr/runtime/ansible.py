@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import trio
 
+from gossipmgr.core.confirm import CONFIRM_ENV, REFUSED
 from gossipmgr.errors import JobError
 from gossipmgr.runtime.ansible_vars import (
     FENCE_VARS,
@@ -88,7 +89,6 @@ logger = logging.getLogger("gossipmgr.ansible")  # the name it logged under befo
 # How often ansible-runner's pexpect loop calls our cancel callback. Its default is 5 s,
 # which is how late a cancel or timeout would be noticed; 0.2 s costs nothing measurable.
 PEXPECT_TIMEOUT_S: Final = 0.2
-# Between SIGTERM and SIGKILL when stopping a tree: long enough for ansible and python
 # rc reported for a step that never started (missing playbook, cancelled before start,
 # ansible-runner refused its input). ansible-runner itself reports 254 for a cancelled run.
 RC_NOT_RUN: Final = -1
@@ -243,9 +243,11 @@ def _cmdline(settings: AnsibleSettings, check: bool) -> str:
     return shlex.join(args)
 
 
-def _envvars(private_dir: Path) -> dict[str, str]:
+def _envvars(private_dir: Path, confirm_socket: Path | None) -> dict[str, str]:
     roles_path = os.environ.get("ANSIBLE_ROLES_PATH") or _DEFAULT_ROLES_PATH
-    return {
+    # the job's confirm (runtime.confirm), for the role's gossipmgr_confirm action only
+    confirm = {CONFIRM_ENV: str(confirm_socket)} if confirm_socket is not None else {}
+    return confirm | {
         # `roles: [gossipmgr_fence]` works in any playbook we run. An environment variable
         # beats ansible.cfg, so a roles_path set there is lost (docs/ansible.md); roles/
         # next to the playbook is always searched.
@@ -276,14 +278,15 @@ def _run_inputs(
 
 
 def _fence_refusal(event: Mapping[str, Any]) -> str | None:
-    """The gossipmgr_fence module's ``fenced: ...`` message if ``event`` is its failure."""
+    """The gossipmgr_fence module's ``fenced: ...`` message, or the gossipmgr_confirm
+    action's ``no majority: ...``, if ``event`` is its failure."""
     if event.get("event") != "runner_on_failed":
         return None
     res = (event.get("event_data") or {}).get("res") or {}
     msg = res.get("msg") if isinstance(res, Mapping) else None
-    if isinstance(msg, str) and msg.startswith(FENCED_PREFIX) and res.get("fenced"):
-        return msg
-    return None
+    ok = isinstance(msg, str) and msg.startswith(FENCED_PREFIX) and res.get("fenced")
+    ok = ok or (isinstance(msg, str) and msg.startswith(REFUSED) and res.get("confirm_refused"))
+    return msg if ok else None
 
 
 class _Events:
@@ -358,12 +361,14 @@ async def run_playbook(
     cancel: trio.Event,
     work_root: Path,
     product_vars: Mapping[str, Any] | None = None,
+    confirm_socket: Path | None = None,
 ) -> PlaybookResult:
     """Run ``settings.playbook_dir / playbook`` on ``inputs.hosts`` and wait for it to finish.
 
     ``product_vars`` (a job's FENCE_VARS) are added to the extra-vars after every other
     layer, so nothing a client or operator set can override them. A step that the
-    gossipmgr_fence module failed reports the module's ``fenced: ...`` message as its error.
+    gossipmgr_fence module failed reports the module's ``fenced: ...`` message as its error
+    (gossipmgr_confirm's ``no majority: ...`` alike; ``confirm_socket``: ``CONFIRM_ENV``).
 
     Never raises for the run's own outcome: a missing playbook file, a playbook failure,
     a cancel (``cancel`` set: status "canceled") and ``settings.timeout_s`` (status
@@ -392,7 +397,7 @@ async def run_playbook(
         project_dir=str(playbook_dir),  # cwd: an ansible.cfg there is honoured
         playbook=playbook,
         inventory=inventory,
-        envvars=_envvars(private_dir),
+        envvars=_envvars(private_dir, confirm_socket),
         cmdline=_cmdline(settings, inputs.check),
         suppress_env_files=True,  # nothing leaks between runs through env/ files
         quiet=True,  # stdout goes to `log`, not to our own stdout
@@ -425,7 +430,7 @@ def _describe(step: PlaybookResult) -> str:
     if (
         step.status == "failed"
         and step.rc != RC_NOT_RUN
-        and not step.error.startswith(FENCED_PREFIX)
+        and not step.error.startswith((FENCED_PREFIX, REFUSED))
     ):
         return text  # step.error would only repeat the rc
     return f"{text}: {step.error}"
@@ -439,6 +444,7 @@ async def run_workflow(
     cancel: trio.Event,
     work_root: Path,
     product_vars: Mapping[str, Any] | None = None,
+    confirm_socket: Path | None = None,
 ) -> WorkflowResult:
     """Run workflow ``kind`` ("commission", "decommission", "update", "discover").
 
@@ -460,11 +466,8 @@ async def run_workflow(
     build_inventory(inputs)  # fail early on bad hosts
     check_client_inputs(inputs)
     steps: list[PlaybookResult] = []
-    common: dict[str, Any] = {
-        "log": log,
-        "work_root": work_root,
-        "product_vars": product_vars,
-    }
+    common: dict[str, Any] = {"log": log, "work_root": work_root}
+    common |= {"product_vars": product_vars, "confirm_socket": confirm_socket}
 
     async def run_path(playbooks: Sequence[str]) -> list[PlaybookResult]:
         # The failure/cancel path must run even though `cancel` is set, so it gets an

@@ -68,6 +68,9 @@ class Run:
     changed: trio.Event = field(default_factory=trio.Event)
     #: the cap of the replicated log (``job_log_max_bytes``)
     max_bytes: int = chunks.DEFAULT_MAX_BYTES
+    #: the run's confirm socket (``runtime.confirm``), given to its ansible runs; None
+    #: while it is not served
+    confirm_socket: Path | None = None
     log: chunks.LogChunks = field(init=False)
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ from gossipmgr.runtime.ansible import (
     WorkflowResult,
     run_workflow,
 )
+from gossipmgr.runtime.confirm import Confirmer
 from gossipmgr.runtime.holder import HolderGate
 from gossipmgr.runtime.joblog import LOG_LINE_CHARS, LOG_TAIL_LINES, Run, encodable, trim
 from gossipmgr.runtime.replica import check_writable
@@ -109,6 +110,9 @@ class Executor:
         #: ``upgrade`` (gossipmgr.runtime.upgrade)
         self.runners: dict[str, Callable[[Executor, Run, RunInputs], Awaitable[WorkflowResult]]]
         self.runners = {}
+        #: serves each run's confirms to its ansible runs (``runtime.confirm``); the agent
+        #: sets it once gossip runs (None: the runs get no confirm socket)
+        self.confirmer: Confirmer | None = None
         #: held across each job-record write (read, make, commit): the log flush and a
         #: workflow's own writes during the run (an upgrade's batch start and end) are
         #: read-modify-writes of the same record; made at once, the later-stamped one would
@@ -146,6 +150,10 @@ class Executor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_fence, run, nursery.cancel_scope)
             nursery.start_soon(self._flush_tail, run)
+            if self.confirmer is not None:
+                where = self.work_dir / "runs" / run.job_id / "confirm"
+                live = lambda: self.gate.run is run and not run.done and not run.fenced  # noqa: E731
+                run.confirm_socket = await nursery.start(self.confirmer.serve, run, where, live)
             result = await self._workflow(run, inputs)
             timeout_s = inputs.settings.discover_join_timeout_s
             if run.kind == "discover" and result.ok and timeout_s > 0:
@@ -172,6 +180,7 @@ class Executor:
                     "gossipmgr_holder": me,
                     "gossipmgr_job": run.job_id,
                 },
+                confirm_socket=run.confirm_socket,
             )
         except JobError as exc:
             return WorkflowResult(False, False, str(exc), [])

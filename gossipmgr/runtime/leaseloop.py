@@ -19,7 +19,7 @@ from gossipmgr.core import inventory as inv
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.lease import Lease, candidates, decide, reconcile_due, settling
-from gossipmgr.core.quorum import Quorum, heard_window_ms, quorum
+from gossipmgr.core.quorum import Quorum, heard_window_ms, keeps_through_catch_up, quorum
 from gossipmgr.core.reconcile import comeback, comebacks_waiting
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import GossipmgrError, StoreError
@@ -33,6 +33,7 @@ from gossipmgr.serf.view import (
     InstancesChanged,
     MembershipEvent,
     NodeEvent,
+    comeback_bounds,
 )
 
 log = logging.getLogger("gossipmgr.agent")
@@ -63,23 +64,17 @@ VIEW_SETTLE_S = 3.0
 #: ...and each reconcile skips nodes whose Serf status changed this recently (the same
 #: bound: a node listed alive again for less than this may be a view mid-change).
 RECONCILE_SETTLE_S = VIEW_SETTLE_S
-#: A comeback (a Disappeared node alive in our Serf view, ``core.reconcile.comeback``) is
-#: left to the reconcile, which applies it only once the node has been alive in our view,
-#: and we have held the lease, for this many push-pull intervals (``PUSH_PULL_S``):
-#: an agent that missed a node's death keeps listing it alive, quietly, until a push-pull
-#: round and the probes that follow correct it (``core.reconcile.comebacks_waiting``).
-COMEBACK_PUSH_PULLS = 1.0
+# A comeback (a Disappeared node alive in our Serf view, ``core.reconcile.comeback``) is
+# left to the reconcile, which applies it only once the node has been alive in our view,
+# and we have held the lease, long enough for a view that missed the node's death to have
+# been corrected: ``serf.view.comeback_bounds`` of our Serf profile and member count
+# (``core.reconcile.comebacks_waiting``).
 
 
 def absent_grace_s(serf_profile: str) -> float:
     """Seconds a Discovered node must be missing from our Serf list before a reconcile
     marks it Disappeared (an external Serf's profile is unknown: assume lan)."""
     return ABSENT_GRACE_PUSH_PULLS * PUSH_PULL_S.get(serf_profile, 30.0)
-
-
-def push_pull_s(serf_profile: str) -> float:
-    """memberlist's push-pull interval of a Serf profile (an external Serf: assume lan)."""
-    return PUSH_PULL_S.get(serf_profile, 30.0)
 
 
 class Holder:
@@ -99,7 +94,7 @@ class Holder:
         *,
         absent_grace_s: float,
         solo_after_s: float | None = None,
-        push_pull_s: float = PUSH_PULL_S["lan"],
+        serf_profile: str = "lan",
     ) -> None:
         self.replica = replica
         self.jobs = jobs
@@ -107,14 +102,18 @@ class Holder:
         self.membership = membership
         self.counters = counters
         self.absent_grace_s = absent_grace_s
-        #: our Serf profile's push-pull interval (the comeback bound, times
-        #: ``COMEBACK_PUSH_PULLS``)
-        self.push_pull_s = push_pull_s
+        #: our Serf profile (its timing sets the comeback bounds; an external Serf: lan)
+        self.serf_profile = serf_profile
         #: ``trio.current_time()`` when this instance last became the holder
         self.held_since = 0.0
         #: the two-instance rule's bound (``core.quorum``; None: off)
         self.solo_after_s = solo_after_s
         self._failed_since: dict[str, float] = {}
+        #: caught up with a peer since the start (``refresh_peers``)
+        self._synced = False
+        #: our previous evaluation of the majority (none at the start: the replica's
+        #: ``ALONE`` is no evidence of a majority)
+        self._last_quorum = Quorum(0, 0)
         self.reconcile_soon = False
         self._absences = Absences()
         self._comebacks_waiting: set[str] = set()
@@ -154,21 +153,40 @@ class Holder:
         cfg = self.replica.lease_cfg
         ae = self.gossip.ae
         window = heard_window_ms(cfg.ttl_ms, cfg.renew_ms)
-        heard = ae.caught_up(self.replica.now_ms(), window)  # heard, and not behind
-        ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0}
-        self._set_quorum(
-            quorum(
-                self.replica.name,
-                self.replica.candidates,
-                self._failed_since,
-                now,
-                self.solo_after_s,
-                heard,
-                ever,
-            )
+        now_ms, me = self.replica.now_ms(), self.replica.name
+        heard = ae.heard_from(now_ms, window)
+        caught = ae.caught_up(now_ms, window)
+        behind = heard - caught  # heard again (or restarted, or new), not caught up with
+        # Until this instance has caught up with a peer since its start (or its start's
+        # catch-up gave up on all of them, or Serf listed no other instance while no other
+        # holder is on record: a first instance), an instance Serf lists that never spoke
+        # to us counts as known: a restarted instance counted "1 of 1" and claimed on its
+        # expired copy of the lease before its first answer arrived.
+        lease, cu = self.replica.lease(), ae.catchup
+        self._synced = (
+            self._synced
+            or bool(caught)
+            or (cu is not None and cu.done_ms is not None)
+            or (not set(peers) - {me} and (lease is None or lease.holder == me))
         )
-        if not self.replica.quorum.may_hold and self._may_claim_soon(window):
-            # Heard from too few to claim: ask the unheard (large idle clusters hear little).
+        ever = {n for n, ps in ae.peers.items() if ps.incarnation != 0} if self._synced else None
+        # A holder with a majority keeps it while it catches up with returning peers.
+        keep = keeps_through_catch_up(me, lease, now_ms, self._last_quorum)
+        q = quorum(
+            me,
+            self.replica.candidates,
+            self._failed_since,
+            now,
+            self.solo_after_s,
+            heard,
+            ever,
+            behind,
+            keep,
+        )
+        self._set_quorum(q)
+        if (not q.may_hold or q.catching_up) and self._may_claim_soon(window):
+            # Heard from too few to claim, or catching up with returning peers: ask them
+            # (large idle clusters hear little).
             self.gossip.probe_unheard([i.name for i in alive], window)
 
     def _may_claim_soon(self, window_ms: int) -> bool:
@@ -183,7 +201,7 @@ class Holder:
 
     def _set_quorum(self, q: Quorum) -> None:
         old = self.replica.quorum
-        self.replica.quorum = q
+        self.replica.quorum = self._last_quorum = q
         if q.may_hold != old.may_hold:
             log.warning("%s: %s", self.replica.name, q.describe())
 
@@ -208,8 +226,8 @@ class Holder:
             return
         if comeback(self.replica.state, (ev.kind, ev.name, ev.label, ev.serial, ev.addr)):
             # A node back from Disappeared: the periodic reconcile applies it once Serf has
-            # listed it alive, and we have held the lease, for a push-pull interval (a view
-            # mid-change, and a holder whose agent missed the death, flapped dead ones).
+            # listed it alive, and we have held the lease, long enough (``unsettled_nodes``:
+            # a view mid-change, and a holder whose agent missed the death, flapped dead ones).
             self.counters["node_events_deferred"] = self.counters.get("node_events_deferred", 0) + 1
             return
         try:
@@ -238,15 +256,16 @@ class Holder:
         ]
         out |= self._absences.young(unlisted, known, now, self.absent_grace_s)
         up = {n.name: n.since for n in known.values() if n.up}
-        bound = COMEBACK_PUSH_PULLS * self.push_pull_s
-        waiting = comebacks_waiting(state, up, up, self.held_since, now, bound)
+        alive_s, held_s = comeback_bounds(self.serf_profile, self.membership.view.members)
+        waiting = comebacks_waiting(state, up, up, self.held_since, now, alive_s, held_s)
         for name in sorted(waiting - self._comebacks_waiting):
             log.warning(
                 "%s: %s is Disappeared and alive in our Serf view: applied once it has been "
-                "alive there, and we have held the lease, for %.0f s",
+                "alive there for %.0f s and we have held the lease for %.0f s",
                 self.replica.name,
                 name,
-                bound,
+                alive_s,
+                held_s,
             )
         self._comebacks_waiting = waiting
         return out | waiting

@@ -4,15 +4,22 @@ The write path of every mutation made on this instance (API writes, lease renewa
 updates, health events)::
 
     make(state, ts) -> delta        pure; ts from the hybrid logical clock
+    on_local_send listeners         the gossip service: eager push to every peer, at once
     await store.append(delta)       durable: written and fsync'd (group commit)
     state.apply(delta)              visible to local reads
-    on_local_write listeners        the gossip service: eager push to every peer
+    on_local_write listeners        the change feed, webhooks
 
-So a write is acknowledged (``commit`` returns) only once it is on disk; a write whose append
-fails raises StoreError and is neither applied nor sent. Remote deltas are applied by the
-protocol first and persisted after (``persist``, by the gossip service, one append for the
-deltas of a 100 ms window): if this instance crashes in between, its peers still hold them
-and the digest resync at the next start brings them back.
+So a write is acknowledged (``commit`` returns) and visible to this instance's reads only
+once it is on disk, but its delta leaves for the peers as soon as it is made and checked, in
+parallel with the fsync: the fsync is off the write -> visible path (docs/design.md,
+"Durability"). A write whose append fails raises StoreError and is not applied here; its
+peers may hold it already (its outcome is unknown, as when an answer is lost). A peer's copy
+can come back to this instance while its own fsync runs (a digest resync): that entry is
+then reported once, as this write's, to the local listeners, never as a remote change
+(``remote_applied``). Remote deltas are applied by the protocol first and persisted after
+(``persist``, by the gossip service, one append for the deltas of a 100 ms window): if this
+instance crashes in between, its peers still hold them and the digest resync at the next
+start brings them back.
 
 Restore (``open``): the newest good snapshot, then the log after it; the clock is moved past
 the largest timestamp found, so it never goes backwards across a restart. A snapshot or log
@@ -51,7 +58,7 @@ import trio
 
 from gossipmgr.core.clock import HLC, Timestamp
 from gossipmgr.core.codec import check_entry, decode_map_trusted, encode_map, encode_packed
-from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.crdt import Entry, LWWMap
 from gossipmgr.core.lease import Lease, LeaseConfig, bounded, is_holder
 from gossipmgr.core.quorum import ALONE, Quorum
 from gossipmgr.core.state import LEASE_KEY, ClusterState
@@ -162,6 +169,11 @@ class Replica:
         self._gate_open = trio.Event()
         self._gate_open.set()
         self._listeners: list[LocalWriteListener] = []
+        self._send_listeners: list[LocalWriteListener] = []
+        #: keys of local writes sent but not yet applied -> the timestamp each was written at
+        self._unapplied: dict[tuple[str, ...], Timestamp] = {}
+        #: of those, entries a peer's copy brought back before the local apply
+        self._echoed: dict[tuple[str, ...], Entry] = {}
         self._remote_listeners: list[LocalWriteListener] = []
         self._changed = trio.Event()
         self.counters: dict[str, int] = {
@@ -300,13 +312,12 @@ class Replica:
             if not len(delta):
                 return delta
             packed = check_writable(delta, max_bytes)
+            for listener in self._send_listeners:
+                listener(delta)
             if self._store is not None:
-                try:
-                    await self._store.append(encode_packed(packed, delta.gc_horizon))
-                except StoreError:
-                    self.counters["write_errors"] += 1
-                    raise
-            novel = self.state.apply(delta)
+                novel = await self._append_then_apply(delta, packed)
+            else:
+                novel = self.state.apply(delta)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -318,6 +329,50 @@ class Replica:
         self._notify()
         await self._maybe_compact()
         return novel
+
+    async def _append_then_apply(self, delta: LWWMap, packed: list[bytes]) -> LWWMap:
+        """Make ``delta`` (already sent) durable, then apply it; the novel part, with the
+        entries a peer's copy brought back meanwhile (``remote_applied`` kept them back).
+        Raises StoreError (nothing applied here; entries a peer brought back are then
+        reported as the remote change they are)."""
+        pending = self._unapplied
+        for k, e in delta.items():
+            pending[k] = e.ts
+        ok = False
+        try:
+            await self._store.append(encode_packed(packed, delta.gc_horizon))
+            ok = True
+        except StoreError:
+            self.counters["write_errors"] += 1
+            raise
+        finally:
+            for k, e in delta.items():
+                if pending.get(k) == e.ts:
+                    del pending[k]
+            back = self._take_echoes(delta)
+            if back and not ok:
+                self.remote_applied(back)
+        novel = self.state.apply(delta)
+        if back:
+            novel.merge(back.items())
+        return novel
+
+    def _take_echoes(self, delta: LWWMap) -> LWWMap | None:
+        """The entries of ``delta`` a peer's copy brought back before its apply (taken out
+        of ``_echoed``); None when there are none."""
+        echoed = self._echoed
+        if not echoed:
+            return None
+        back = []
+        for k, e in delta.items():
+            x = echoed.get(k)
+            if x is not None and x.ts == e.ts:
+                back.append((k, echoed.pop(k)))
+        if not back:
+            return None
+        out = LWWMap.lazy()
+        out.merge(back)
+        return out
 
     async def persist(self, novel: LWWMap) -> None:
         """Persist a remote delta that the protocol already applied (best effort)."""
@@ -372,9 +427,15 @@ class Replica:
                 self._gate_open.set()
 
     # ------------------------------------------------------------------ replication
+    def on_local_send(self, listener: LocalWriteListener) -> None:
+        """Call ``listener(delta)`` for every local write as soon as its delta is made and
+        checked, before it is durable or applied here (the gossip service pushes it to the
+        peers). It must not block or raise."""
+        self._send_listeners.append(listener)
+
     def on_local_write(self, listener: LocalWriteListener) -> None:
-        """Call ``listener(novel)`` after every local write that changed the state (the
-        gossip service pushes it to the peers). It must not block or raise."""
+        """Call ``listener(novel)`` after every local write that changed the state, once it
+        is durable and applied (the change feed, webhooks). It must not block or raise."""
         self._listeners.append(listener)
 
     def on_remote_write(self, listener: LocalWriteListener) -> None:
@@ -384,11 +445,28 @@ class Replica:
 
     def remote_applied(self, novel: LWWMap) -> None:
         """A remote delta was joined into ``state`` (by the protocol): tell the remote-write
-        listeners, wake change waiters. Persisting it is a separate step (``persist``)."""
+        listeners, wake change waiters. Persisting it is a separate step (``persist``).
+
+        Entries of a local write still waiting for its fsync (a peer's copy of it, back
+        early) are left to that write to report (``_append_then_apply``)."""
+        if self._unapplied and len(novel):
+            novel = self._keep_echoes(novel)
         if len(novel):
             for listener in self._remote_listeners:
                 listener(novel)
             self._notify()
+
+    def _keep_echoes(self, novel: LWWMap) -> LWWMap:
+        """``novel`` without this instance's own writes still between send and apply
+        (kept in ``_echoed`` for them)."""
+        pending = self._unapplied
+        mine = [(k, e) for k, e in novel.items() if pending.get(k) == e.ts]
+        if not mine:
+            return novel
+        self._echoed.update(mine)
+        rest = LWWMap.lazy()
+        rest.merge((k, e) for k, e in novel.items() if pending.get(k) != e.ts)
+        return rest
 
     # ------------------------------------------------------------------ change feed
     def _notify(self) -> None:

@@ -237,6 +237,7 @@ class Upgrades:
                 "gossipmgr_holder": self.replica.name,
                 "gossipmgr_job": run.job_id,
             },
+            confirm_socket=run.confirm_socket,
         )
         if result.status == "canceled":
             failed.update({h.name: CANCELLED_ERROR for h in hosts})

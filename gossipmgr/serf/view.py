@@ -57,6 +57,7 @@ non-alive state emits nothing.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -66,6 +67,7 @@ from gossipmgr.serf.addr import split_hostport
 
 __all__ = [
     "NODE_TAGS",
+    "PROFILE_TIMING",
     "PUSH_PULL_S",
     "ROLE_GOSSIPMGR",
     "ROLE_TAG",
@@ -78,6 +80,10 @@ __all__ = [
     "NodeEvent",
     "NodeEventKind",
     "NodeInfo",
+    "ProfileTiming",
+    "comeback_bounds",
+    "push_pull_interval_s",
+    "suspicion_max_s",
 ]
 
 log = logging.getLogger("gossipmgr.serf")
@@ -88,12 +94,66 @@ NODE_TAGS: Final = ("NodeLabel", "NodeSerial", "NodeAddr")
 
 NodeEventKind = Literal["discovered", "disappeared", "reaped"]
 
-#: memberlist's full-state exchange (push-pull) interval per Serf profile (hashicorp/
-#: memberlist ``DefaultLANConfig``/``WANConfig``/``LocalConfig``). A member whose join
-#: broadcast missed our agent reaches it at the latest with the next push-pull; the
+
+@dataclass(frozen=True, slots=True)
+class ProfileTiming:
+    """memberlist's failure-detection timing of one Serf profile (hashicorp/memberlist
+    0.2.x ``DefaultLocalConfig``/``DefaultLANConfig``/``DefaultWANConfig``, which
+    ``serf agent -profile=`` selects; Serf 0.9 changes none of these)."""
+
+    push_pull_s: float  # PushPullInterval (below 33 members; pushPullScale above)
+    probe_s: float  # ProbeInterval
+    suspicion_mult: int  # SuspicionMult
+    suspicion_max_mult: int  # SuspicionMaxTimeoutMult
+
+
+PROFILE_TIMING: Final[Mapping[str, ProfileTiming]] = {
+    "local": ProfileTiming(15.0, 1.0, 3, 6),
+    "lan": ProfileTiming(30.0, 1.0, 4, 6),
+    "wan": ProfileTiming(60.0, 5.0, 6, 6),
+}
+
+#: memberlist's full-state exchange (push-pull) interval per Serf profile. A member whose
+#: join broadcast missed our agent reaches it at the latest with the next push-pull; the
 #: ``local`` profile retransmits broadcasts only ``2 * log(N+1)`` times, and on loopback we
 #: measured an agent that learnt of 4 new nodes only 19 s after the others (1 run in 12).
-PUSH_PULL_S: Final[Mapping[str, float]] = {"local": 15.0, "lan": 30.0, "wan": 60.0}
+PUSH_PULL_S: Final[Mapping[str, float]] = {p: t.push_pull_s for p, t in PROFILE_TIMING.items()}
+
+
+def push_pull_interval_s(timing: ProfileTiming, members: int) -> float:
+    """memberlist's push-pull period with ``members`` members (``pushPullScale``: the base
+    interval up to 32 members, times ``ceil(log2(n) - log2(32)) + 1`` above)."""
+    if members <= 32:
+        return timing.push_pull_s
+    return timing.push_pull_s * (math.ceil(math.log2(members) - 5.0) + 1)
+
+
+def suspicion_max_s(timing: ProfileTiming, members: int) -> float:
+    """The longest a suspected member stays alive in a view: memberlist's suspicion timer
+    starts at ``SuspicionMaxTimeoutMult * SuspicionMult * max(1, log10(n)) * ProbeInterval``
+    and only shrinks (to a sixth) as other agents confirm the suspicion (Lifeguard)."""
+    scale = max(1.0, math.log10(max(1, members)))
+    return timing.suspicion_max_mult * timing.suspicion_mult * scale * timing.probe_s
+
+
+def comeback_bounds(profile: str, members: int) -> tuple[float, float]:
+    """``(alive_s, held_s)``: how long a node back from Disappeared must have been alive in
+    the holder's Serf view, and the holder must have held the lease, before the comeback is
+    applied (``core.reconcile.comebacks_waiting``), for ``members`` Serf members (an
+    unknown profile: lan).
+
+    An agent that missed a node's death lists it alive with a higher incarnation than the
+    others' "dead", so their "dead" never corrects it. Its first push-pull once it receives
+    again (within one push-pull period) spreads that "alive" to every agent; the node is
+    then probed (within a probe interval, and the probe takes one more to fail) and
+    suspected, and declared dead at the latest when the suspicion timer runs out; that
+    broadcast corrects every view, the stale agent's too. So a view that re-listed the node
+    alive is corrected within ``alive_s`` = 2 probe intervals + the longest suspicion, and a
+    holder whose own agent had missed the death (it could not hold while it could not
+    receive: no majority) within ``held_s`` = one push-pull period more."""
+    timing = PROFILE_TIMING.get(profile, PROFILE_TIMING["lan"])
+    alive = 2 * timing.probe_s + suspicion_max_s(timing, members)
+    return alive, push_pull_interval_s(timing, members) + alive
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +282,11 @@ class MembershipView:
         self.changed_at = 0.0
         #: Members found conflicting so far (each counted once per episode).
         self.conflicts_total = 0
+
+    @property
+    def members(self) -> int:
+        """How many members Serf listed last (any status, instances and nodes alike)."""
+        return len(self._statuses)
 
     @property
     def conflicts(self) -> dict[str, Conflict]:

@@ -13,11 +13,12 @@ from such an agent: ``stale_alive``). The decisions are the production pure func
 ``reconcile_due``, ``settling``) and ``core.reconcile`` (what a reconcile writes, and which
 comebacks wait). ``legacy=True`` runs them as before the majority rule and the settle gate
 (every instance may hold; no settle), ``settle=False`` without the settle gate only,
-``comeback_s=0`` without the comeback wait (a comeback then waits only
+``comeback=(0, 0)`` without the comeback wait (a comeback then waits only
 ``RECONCILE_SETTLE_S``), to show what each fixes.
 
-Used by ``tests/test_majority.py`` (100 seeded schedules and the issue's flap scenarios)
-and ``bench/majority_sim.py`` (1,000 and more).
+Used by ``gossipmgr.testing.majorityschedules`` (the seeded schedules of
+``tests/test_majority.py`` and ``bench/majority_sim.py``, checked by
+:func:`check_schedule` here) and by the issue's flap scenarios in ``tests/test_majority.py``.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ from gossipmgr.core.reconcile import (
 )
 from gossipmgr.core.state import LEASE_KEY, ClusterState, inventory_key
 from gossipmgr.runtime.leaseloop import RECONCILE_EVERY_S, RECONCILE_SETTLE_S, VIEW_SETTLE_S
-from gossipmgr.serf.view import PUSH_PULL_S
+from gossipmgr.serf.view import comeback_bounds
 from gossipmgr.testing.netsim import SimNetwork
 
-__all__ = ["LOOP_MS", "MajoritySim", "View", "check_schedule", "read_lease", "run_schedule"]
+__all__ = ["LOOP_MS", "MajoritySim", "View", "check_schedule", "read_lease"]
 
 #: The lease loop's period (``runtime.leaseloop.LEASE_LOOP_S``) in simulated ms.
 LOOP_MS = 250
@@ -99,6 +100,7 @@ class Inst:
     last_heard: dict[str, float] = field(default_factory=dict)  # peer -> ms
     #: node -> [from, until) ms: the view lists the node alive then, whatever the truth
     alive_override: dict[str, tuple[float, float]] = field(default_factory=dict)
+    override_at: list[float] = field(default_factory=list)  # ms an override starts or ends
     held_since: float = 0.0  # s, when it last became the holder
     was_holding: bool = False
 
@@ -125,13 +127,15 @@ class MajoritySim:
         drop: float = 0.0,
         stale_ms: tuple[float, float] = (0.0, 2_500.0),
         n_nodes: int = 2,
-        comeback_s: float = PUSH_PULL_S["lan"],
+        comeback: tuple[float, float] | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.legacy, self.solo_after_s, self.stale_ms = legacy, solo_after_s, stale_ms
         self.settle = settle and not legacy
-        #: the comeback bound (production: ``COMEBACK_PUSH_PULLS`` push-pull intervals)
-        self.comeback_s = comeback_s if self.settle else 0.0
+        #: the comeback bounds (alive_s, held_s); default: production's, lan profile
+        self.comeback = comeback or comeback_bounds("lan", n + n_nodes)
+        if not self.settle:
+            self.comeback = (0.0, 0.0)
         self.cfg = cfg or LeaseConfig(ttl_ms=2_000, renew_ms=500)
         # The production window without its 5 s floor (which is about real gossip's
         # cadence; here every instance pushes its whole state every other loop period).
@@ -211,15 +215,14 @@ class MajoritySim:
     def missed_death(self, name: str, node: str, until_ms: float) -> None:
         """``name``'s agent cannot receive now: when ``node`` dies its view keeps listing
         it alive until ``until_ms`` (a push-pull round and the probes that follow)."""
-        self.inst[name].alive_override[node] = (self.now, until_ms)
-        self.inst[name].refresh_at.append(until_ms)
+        self.stale_alive([name], node, self.now, until_ms)
 
     def stale_alive(self, names: Iterable[str], node: str, from_ms: float, until_ms: float) -> None:
         """The views of ``names`` list ``node`` alive in [from_ms, until_ms): a push-pull
         from an agent that missed its death, until probes fail it again."""
         for name in names:
             self.inst[name].alive_override[node] = (from_ms, until_ms)
-            self.inst[name].refresh_at += [from_ms, until_ms]
+            self.inst[name].override_at += [from_ms, until_ms]
 
     def _refresh_all(self, slow: Mapping[str, float] = {}) -> None:
         for name in self.names:
@@ -261,8 +264,11 @@ class MajoritySim:
     def _update_view(self, i: Inst) -> None:
         due = [t for t in i.refresh_at if t <= self.now]
         if not due:
+            if i.override_at and min(i.override_at) <= self.now:
+                self._update_overrides(i)
             return
         i.refresh_at = [t for t in i.refresh_at if t > self.now]
+        i.override_at = [t for t in i.override_at if t > self.now]
         stale = i.stale_until is not None and i.stale_from <= self.now < i.stale_until
         new = self._stale(i) if stale else self._truth(i.name, i.view)
         if i.stale_until is not None and self.now >= i.stale_until:
@@ -276,10 +282,22 @@ class MajoritySim:
             return
         if new.alive != old.alive:
             i.soon = True
+        self._set_nodes(i, new)
+
+    def _set_nodes(self, i: Inst, new: View) -> None:
         for nd, (up, _) in new.nodes.items():
-            if old.nodes.get(nd, (None, 0.0))[0] != up:
+            if i.view.nodes.get(nd, (None, 0.0))[0] != up:
                 i.events.append(_event(nd, up))
         i.view = new
+
+    def _update_overrides(self, i: Inst) -> None:
+        """An alive override starts or ends (``stale_alive``): only the nodes it covers
+        change in the view; the rest keeps whatever lag it has (Serf says it at once)."""
+        i.override_at = [t for t in i.override_at if t > self.now]
+        truth, old = self._truth(i.name, i.view).nodes, i.view
+        nodes = {nd: truth[nd] if nd in i.alive_override else v for nd, v in old.nodes.items()}
+        if nodes != old.nodes:
+            self._set_nodes(i, View(old.alive, old.failed_since, nodes, self.now / 1000))
 
     # -- one instance's lease loop ----------------------------------------------------------
     def quorum_of(self, i: Inst) -> Quorum:
@@ -365,10 +383,10 @@ class MajoritySim:
         view = i.view
         unsettled = {nd for nd, (_, s) in view.nodes.items() if now_s - s < RECONCILE_SETTLE_S}
         alive = {nd: _event(nd, True)[2:] for nd, (up, _) in view.nodes.items() if up}
-        if self.comeback_s:
+        if any(self.comeback):
             up_since = {nd: s for nd, (up, s) in view.nodes.items() if up}
-            b = self.comeback_s
-            unsettled |= comebacks_waiting(i.state, alive, up_since, i.held_since, now_s, b)
+            a, h = self.comeback
+            unsettled |= comebacks_waiting(i.state, alive, up_since, i.held_since, now_s, a, h)
         events = differences(i.state, alive, unsettled)
         self.write(i, lambda s, ts: apply_events(s, events, epoch, ts))
         i.soon, i.reconciled_epoch, i.last_reconcile = False, epoch, now_s
@@ -386,8 +404,7 @@ class MajoritySim:
             self.now = max(self.now, t)
             for src, dst, data in self.net.deliver(self.now):
                 if dst[0] not in self.crashed:
-                    self.inst[dst[0]].last_heard[src[0]] = self.now
-                    self._receive(self.inst[dst[0]], self._msgs[int(data)])
+                    self._deliver(src[0], self.inst[dst[0]], self._msgs[int(data)])
             stepped = False
             for i in self.inst.values():
                 if i.name in self.crashed:
@@ -401,7 +418,8 @@ class MajoritySim:
             if t >= end:
                 break
 
-    def _receive(self, i: Inst, items: list[tuple[Key, Entry]]) -> None:
+    def _deliver(self, src: str, i: Inst, items: list[tuple[Key, Entry]]) -> None:
+        i.last_heard[src] = self.now
         for _, e in items:
             i.hlc.advance_to(e.ts)
         if i.state.apply(items):
@@ -433,44 +451,7 @@ class MajoritySim:
         return out
 
 
-# -- seeded schedules ----------------------------------------------------------------------
-def run_schedule(seed: int) -> None:
-    """One seeded schedule: 2-7 instances, one or two faults (partitions, isolations with
-    Serf views that notice nothing, holder crashes), a node killed, heals; then the checks."""
-    rng = random.Random(seed)
-    n = 2 + seed % 6  # 2 to 7 instances: even sizes too
-    solo = 1.0 if n == 2 and rng.random() < 0.5 else None
-    sim = MajoritySim(
-        seed, n, drop=rng.choice([0.0, 0.05, 0.2]), solo_after_s=solo, stale_ms=(0.0, 2_500.0)
-    )
-    sim.run(4_000)
-    kinds = ["partition", "isolate", "crash", "partition_and_crash"]
-    killed = False
-    for _ in range(rng.randint(1, 2)):
-        kind = rng.choice(kinds)
-        live = [x for x in sim.names if x not in sim.crashed]
-        if kind in ("partition", "partition_and_crash") and len(live) > 1:
-            rng.shuffle(live)
-            cut = rng.randint(1, len(live) - 1)
-            sim.partition([set(live[:cut]), set(live[cut:])])
-        elif kind == "isolate":
-            # Half the time its Serf view notices nothing for the whole fault (Lifeguard).
-            slow = {live[0]: 60_000.0} if rng.random() < 0.5 else {}
-            sim.partition([set(sim.names) - {live[0]}, {live[0]}], slow=slow)
-        if kind in ("crash", "partition_and_crash") and len(live) > 1:
-            holders = [x for x in live if sim.holding(sim.inst[x])]
-            sim.crash(min(holders or live))
-        sim.run(rng.uniform(500, 1_500))
-        if not killed:
-            sim.kill_node(sim.nodes[0])
-            killed = True
-        sim.run(rng.uniform(500, 3_000))
-        sim.heal()
-        sim.run(rng.uniform(0, 2_000))
-    sim.run(9_000)  # views settle (<= 1.5 s + 2.5 s stale), then 3 s quiet, reconcile
-    check_schedule(seed, sim, solo)
-
-
+# -- the seeded schedules' checks (the schedules: ``majorityschedules``) -------------------
 def check_schedule(seed: int, sim: MajoritySim, solo: float | None) -> None:
     """The properties (raises AssertionError naming the seed): never a holder on a minority
     side once every Serf view has caught up and a majority side exists; after the heal at
@@ -494,7 +475,8 @@ def check_schedule(seed: int, sim: MajoritySim, solo: float | None) -> None:
     assert (len(tail[-1]) == 1) == can_hold, f"seed {seed}: {tail[-1]} live {live}"
     if can_hold:
         # Health agrees with Serf and never flapped: the dead node Disappeared everywhere.
-        assert sim.flaps(sim.nodes[0]) == [], f"seed {seed}"
+        flaps = sim.flaps(sim.nodes[0])
+        assert flaps == [], f"seed {seed}: {flaps}"
         for x in live:
             rec = sim.inst[x].state.node(sim.nodes[0])
             assert rec is not None and rec.inventory.state == "Disappeared", f"seed {seed}: {x}"

@@ -2,15 +2,18 @@
 """partition_action: the partition suite's simulated node action (bench/partition_jobs.py).
 
 An ansible module, run by the suite's playbooks after the ``gossipmgr_fence`` role, against
-``ansible_connection=local`` hosts whose "node" is a directory. It performs ``steps``
-actions, ``pause`` seconds apart; each one, under the node's fence lock
-(``<fence_dir>/lock``, the lock the fence module takes), reads the epoch the fence recorded
-(``<fence_dir>/epoch.json``) and appends one JSON line to ``<node_dir>/actions.jsonl``:
-``{"t", "epoch", "holder", "job", "action", "step", "node_epoch"}``. It does not check
-the epoch itself: the fence role did, once, at the start of the run (as in a real
-playbook), so a line whose ``epoch`` is lower than an earlier line's is an action applied
-out of epoch order, and ``node_epoch`` tells whether a newer epoch had passed the fence
-meanwhile. Only the standard library and ansible's module_utils.
+``ansible_connection=local`` hosts whose "node" is a directory. It performs one action,
+step ``step`` of the run (the playbooks include ``step.yml`` once per step: a pause, the
+``gossipmgr_confirm`` action, then this module): under the node's fence lock
+(``<fence_dir>/lock``, the lock the fence module takes) it reads the epoch the fence
+recorded (``<fence_dir>/epoch.json``) and appends one JSON line to
+``<node_dir>/actions.jsonl``: ``{"t", "epoch", "holder", "job", "action", "step",
+"node_epoch", "confirmed_at"}`` (``confirmed_at``: when the controller's
+``gossipmgr_confirm`` said yes, wall clock, or null). It does not check the epoch
+itself: the fence role did, once, at the start of the run (as in a real playbook), so a
+line whose ``epoch`` is lower than an earlier line's is an action applied out of epoch
+order, and ``node_epoch`` tells whether a newer epoch had passed the fence meanwhile.
+Only the standard library and ansible's module_utils.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ options:
   holder: {description: gossipmgr_holder., type: str, required: true}
   job: {description: gossipmgr_job., type: str, required: true}
   action: {description: configure, cleanup or upgrade., type: str, required: true}
-  steps: {description: Actions to apply., type: int, default: 1}
-  pause: {description: Seconds between two actions., type: float, default: 1.0}
+  step: {description: The step of the run this action is., type: int, default: 0}
+  confirmed_at: {description: When gossipmgr_confirm said yes (wall clock)., type: float}
 """
 
 
@@ -56,6 +59,7 @@ def act(p: dict[str, object], step: int) -> dict[str, object]:
             "action": p["action"],
             "step": step,
             "node_epoch": node_epoch,
+            "confirmed_at": p.get("confirmed_at"),
         }
         with open(os.path.join(node_dir, "actions.jsonl"), "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
@@ -77,21 +81,17 @@ def main() -> None:
             "holder": {"type": "str", "required": True},
             "job": {"type": "str", "required": True},
             "action": {"type": "str", "required": True},
-            "steps": {"type": "int", "default": 1},
-            "pause": {"type": "float", "default": 1.0},
+            "step": {"type": "int", "default": 0},
+            "confirmed_at": {"type": "float", "default": None},
         },
         supports_check_mode=False,
     )
     p = module.params
-    lines = []
     try:
-        for step in range(max(1, p["steps"])):
-            if step:
-                time.sleep(p["pause"])
-            lines.append(act(p, step))
+        line = act(p, p["step"])
     except OSError as exc:
-        module.fail_json(msg=f"partition_action: {exc}", lines=lines)
-    module.exit_json(changed=True, lines=lines)
+        module.fail_json(msg=f"partition_action: {exc}")
+    module.exit_json(changed=True, line=line)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,9 @@ from gossipmgr.api.boundary import OPEN_PATH, json_response
 from gossipmgr.api.context import current_context
 from gossipmgr.api.openapi import ApiBlueprint
 from gossipmgr.api.routes.lease import lease_json
+from gossipmgr.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 bp = ApiBlueprint("status", __name__)
-
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @bp.operation("GET", OPEN_PATH, "Liveness and health, no auth", (200,), public=True)

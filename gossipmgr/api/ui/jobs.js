@@ -7,20 +7,22 @@ import { badge, facts, fill, h, jobLink, table, when } from "./dom.js";
 
 const JOB_KEY = /^jobs\/[^/]+$/;
 
-// Cancels the running job (id undefined) or the job `id` (a queued one ends at once).
-function cancelButton(role, onDone, msg, id) {
+// Cancels the job `id`, Running or Queued (a queued one ends at once); the button's name
+// says which.
+function cancelButton(role, onDone, msg, id, status) {
   if (role !== "admin") return null;
-  const label = id ? `Cancel queued job ${id}` : "Cancel the running job";
+  const queued = status === "Queued";
+  const label = `Cancel ${queued ? "queued" : "running"} job ${id}`;
   return h("button", { type: "button", class: "action a-cancel", "aria-label": label, onclick: async () => {
     fill(msg);
     try {
-      const res = await api("POST", "job/cancel", id ? { job: id } : undefined);
+      const res = await api("POST", "job/cancel", { job: id });
       fill(msg, `job ${res.id} cancelled`);
     } catch (err) {
       fill(msg, `cancel refused: ${err.message}`);
     }
     onDone();
-  } }, id ? "Cancel" : "Cancel the running job");
+  } }, queued ? "Cancel" : "Cancel the running job");
 }
 
 function status(j) {
@@ -48,7 +50,7 @@ export function jobs(role) {
       const list = Array.isArray(res) ? res : res.jobs;
       // the cancel names the job shown: one that started since the page was drawn is not hit
       const running = list.find((j) => j.status === "Running");
-      fill(bar, running ? cancelButton(role, () => page.refresh(), msg, running.id) : null);
+      fill(bar, running ? cancelButton(role, () => page.refresh(), msg, running.id, running.status) : null);
       const refresh = () => page.refresh();
       fill(box, table("Jobs, newest first", ["Id", "Task", "Status", "Nodes", "Asked by", "Started", "Ended", "Action"],
         list.map((j) => h("tr", {},
@@ -56,7 +58,7 @@ export function jobs(role) {
           h("td", {}, ...status(j)),
           h("td", {}, (j.nodes || j.addrs || []).join(", ")), h("td", {}, j.requested_by || "-"),
           h("td", {}, when(j.started_ms || j.created_ms)), h("td", {}, when(j.ended_ms)),
-          h("td", {}, j.status === "Queued" ? cancelButton(role, refresh, msg, j.id) : null))),
+          h("td", {}, j.status === "Queued" ? cancelButton(role, refresh, msg, j.id, j.status) : null))),
         "no job yet"));
     },
   };
@@ -109,7 +111,7 @@ export function job(id, role) {
     async refresh() {
       const j = await get(`info/job/${seg(id)}`);
       const queued = j.status === "Queued";
-      fill(bar, j.status === "Running" || queued ? cancelButton(role, () => page.refresh(), msg, id) : null);
+      fill(bar, j.status === "Running" || queued ? cancelButton(role, () => page.refresh(), msg, id, j.status) : null);
       fill(rec, h("section", { class: "card wide", "aria-labelledby": "h-job" },
         h("h2", { id: "h-job" }, j.desc || j.task),
         facts([
