@@ -91,9 +91,8 @@ __all__ = [
 
 log = logging.getLogger("gossipmgr.agent")
 
-#: Tombstones older than this are garbage collected (hourly). Safe because an instance cut
-#: off for longer refuses to rejoin with its old data (see ``check_stale_data``); a week is
-#: far above any partition or outage we plan for (Cassandra's gc_grace default is 10 days).
+#: Tombstones older than this are garbage collected (hourly): an instance cut off longer
+#: refuses to rejoin with its old data (``check_stale_data``); Cassandra's gc_grace: 10 days.
 TOMBSTONE_TTL_MS = 7 * 24 * 3600 * 1000
 GC_EVERY_S = 3600.0
 #: The API's web stack (Quart, flask, werkzeug, jinja2, hypercorn: over half of the daemon's
