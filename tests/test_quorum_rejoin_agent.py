@@ -27,7 +27,10 @@ import pytest
 from gossipmgr.localcluster import LocalCluster, kill_marked, local_cluster, wait_for
 
 HERE = Path(__file__).resolve().parent
-pytestmark = [pytest.mark.serf, pytest.mark.ansible, pytest.mark.slow]
+#: long (``./dev test-all``): 25-60 s with its 10,000 writes; the default run covers the
+#: rule in test_quorum_rejoin.py and a holder's job surviving peers that join it with real
+#: agents (test_jobqueue_agent, test_joblog_agent start their jobs as soon as a holder exists).
+pytestmark = [pytest.mark.serf, pytest.mark.ansible, pytest.mark.slow, pytest.mark.long]
 
 
 @pytest.fixture
