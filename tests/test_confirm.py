@@ -6,7 +6,6 @@ The real agents' part (a holder cut off mid-job is refused) is tests/test_confir
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from _udpcluster import cluster
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,14 +25,11 @@ from gossipmgr.core.lease import Lease
 from gossipmgr.core.quorum import quorum
 from gossipmgr.core.state import LEASE_KEY, ClusterState
 from gossipmgr.errors import BadPacket
-from gossipmgr.gossip.crypto import Keyring
 from gossipmgr.gossip.messages import ACK, PING, PONG, Ping, Pong, decode_untrusted, pack
 from gossipmgr.gossip.protocol import AntiEntropy
-from gossipmgr.gossip.service import OUTBOX_LIMIT, GossipService
-from gossipmgr.gossip.transport import open_udp_transport
+from gossipmgr.gossip.service import OUTBOX_LIMIT
 from gossipmgr.runtime.ansible import AnsibleSettings, Host, RunInputs, run_playbook
 from gossipmgr.runtime.confirm import SOCKET_NAME, short_path
-from gossipmgr.runtime.replica import Replica
 from gossipmgr.testing.wait import until
 
 NAMES = ["a", "b", "c", "d", "e"]
@@ -161,23 +158,10 @@ async def test_a_round_over_udp_and_its_answers_skip_a_full_outbox() -> None:
     other datagrams (the partition suite saw 8,191 dropped after a heal, and confirms of
     the majority side refused); a confirm's PING/PONG now have a queue of their own."""
     key = os.urandom(32)
-    async with contextlib.AsyncExitStack() as stack:
-        svcs: list[GossipService[Replica]] = []
-        for name in "abc":
-            rep = Replica(name, data_dir=None)
-            rep.open()
-            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
-            svcs.append(GossipService(rep, tr, Keyring(key), boot_ms=rep.now_ms()))
-        addrs = {s.replica.name: s.local_addr for s in svcs}
-        for s in svcs:
-            s.set_peers(addrs)
+    async with cluster(list("abc"), [key] * 3, "") as svcs:
         a, b, _ = svcs
-        async with trio.open_nursery() as nursery:
-            for s in svcs:
-                await nursery.start(s.run)
-            a.ask(a.ae.confirm_ask(["b", "c"], 11, a.replica.now_ms()))
-            await until(lambda: set(a.ae.confirm_answers(11)) == {"b", "c"}, 30, "the answers")
-            nursery.cancel_scope.cancel()
+        a.ask(a.ae.confirm_ask(["b", "c"], 11, a.replica.now_ms()))
+        await until(lambda: set(a.ae.confirm_answers(11)) == {"b", "c"}, 30, "the answers")
     # b, stopped, with a full outbox: a PONG (and a PING) still gets queued
     backlog = [("a", pack(ACK, "b", 1, [0]))] * OUTBOX_LIMIT
     b.ask([*backlog, ("a", pack(PONG, "b", 1, [11, 0, ""])), ("a", pack(PING, "b", 1, [12]))])

@@ -6,13 +6,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
 from functools import partial
 
 import pytest
 import trio
 import trio.testing
 from _imports import modules_loaded_by
+from _udpcluster import cluster
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
@@ -36,27 +36,6 @@ def test_the_replica_does_not_import_the_gossip_layer() -> None:
     its inputs. The replica used to build the anti-entropy object (an import cycle)."""
     loaded = modules_loaded_by(["gossipmgr.runtime.replica"])
     assert [m for m in loaded if m.startswith("gossipmgr.gossip")] == []
-
-
-@contextlib.asynccontextmanager
-async def cluster(
-    names: list[str], keys: list[bytes], tmp: str
-) -> AsyncIterator[list[GossipService[Replica]]]:
-    async with contextlib.AsyncExitStack() as stack:
-        services = []
-        for name, key in zip(names, keys, strict=True):
-            rep = Replica(name, data_dir=None)
-            rep.open()
-            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
-            services.append(GossipService(rep, tr, Keyring(key), boot_ms=rep.now_ms()))
-        addrs = {s.replica.name: s.local_addr for s in services}
-        for s in services:
-            s.set_peers(addrs)
-        async with trio.open_nursery() as nursery:
-            for s in services:
-                await nursery.start(s.run)
-            yield services
-            nursery.cancel_scope.cancel()
 
 
 async def test_three_instances_converge_over_udp(tmp_path: object) -> None:
