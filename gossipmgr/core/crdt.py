@@ -61,6 +61,10 @@ class Entry(NamedTuple):
 _ts_of = attrgetter("ts")
 
 
+#: Older than any timestamp of an origin (``LWWMap.newer_than``).
+_NO_TS = Timestamp(-1, -1, "")
+
+
 def _packed(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -190,6 +194,33 @@ class LWWMap:
 
     def max_timestamp(self) -> Timestamp | None:
         return max(map(_ts_of, self._entries.values()), default=None)
+
+    def newest_per_origin(self) -> dict[str, Timestamp]:
+        """The newest timestamp of each origin (``Timestamp.node``) among the entries: the
+        summary a restarted instance sends in its first catch-up datagram (``SINCE``)."""
+        newest: dict[str, Timestamp] = {}
+        get = newest.get
+        for e in self._entries.values():
+            ts = e.ts
+            old = get(ts.node)
+            if old is None or ts > old:
+                newest[ts.node] = ts
+        return newest
+
+    def newer_than(
+        self, summary: Mapping[str, Timestamp], share: int = 0, shares: int = 1
+    ) -> Iterator[tuple[Key, Entry]]:
+        """The entries stamped after ``summary``'s newest timestamp of their origin (all of
+        an origin it does not name), in leaves ``leaf % shares == share``: what an instance
+        that holds ``summary`` missed of its origins' later writes. Not everything it may
+        lack (an older write it never got is not newer than its origin's newest), so a
+        digest comparison follows (``gossip/catchup.py``). One pass over the map; the leaf
+        is hashed only for the entries that are newer."""
+        none = _NO_TS
+        for k, e in self._entries.items():
+            ts = e.ts
+            if ts > summary.get(ts.node, none) and (shares == 1 or leaf_of(k) % shares == share):
+                yield k, e
 
     def leaf_digests(self) -> list[int]:
         self._ensure_hashed()

@@ -5,8 +5,16 @@ peer that is new, or comes back (listed alive again after failing or leaving, or
 new boot id: restarted), and every peer at this instance's own start, is *caught up with*
 at once: a digest goes to each of them in the same instant and their resyncs run in
 parallel (``catch_up``), instead of one peer at a time from the next tick, or at the next
-repair round. An instance that restarts thus starts pulling what it missed as soon as Serf
-names its peers (docs/design.md, "Catch-up").
+repair round. An instance that restarts thus starts pulling what it missed as soon as it
+knows its peers (docs/design.md, "Catch-up").
+
+An instance's first catch-up, when it holds a state (a restart), asks instead with a
+``SINCE``: its newest timestamp per origin, and a share of the leaves for each peer; each
+peer answers at once with its entries newer than that in its share (``_on_since``), so what
+was written while the instance was down arrives in one round trip, from all its peers in
+parallel, each entry once, with no digest computed first. The digest comparison follows
+with each peer as its answer ends (``_since_done``): it finds whatever the summary cannot
+tell (an older write it never got, a share whose peer is gone) and mostly says "equal".
 
 And what each peer costs while nothing happens, so that it does not grow with the cluster:
 only a peer that owes us something, or that Serf lists failed, is *silent* and probed by
@@ -22,11 +30,25 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
 
 from gossipmgr.core.crdt import Entry, Key
+from gossipmgr.core.state import ClusterState
 from gossipmgr.gossip.datagram import Counters
 from gossipmgr.gossip.encoder import MessageEncoder, Payloads
-from gossipmgr.gossip.messages import ACK, Body, Leaves, SyncOk
+from gossipmgr.gossip.messages import (
+    ACK,
+    ENTRIES,
+    MAX_ORIGINS,
+    PULL_DONE,
+    SINCE,
+    Body,
+    Leaves,
+    PullDone,
+    Since,
+    SyncOk,
+)
 from gossipmgr.gossip.peers import GossipConfig, LeafClaims, PeerState
 
 __all__ = ["CatchUp", "CatchUpPeers"]
@@ -34,6 +56,16 @@ __all__ = ["CatchUp", "CatchUpPeers"]
 #: Senders not (yet) in the peer set whose last resync with us is remembered; the least
 #: recent is forgotten first.
 MAX_STRANGERS = 256
+#: What all the answers to one ``SINCE`` round may hold together (each peer its share of
+#: it): the rest of a larger miss comes by the digest comparison, paced by its pull
+#: windows. 512 KiB is ~2,500 globals of ~200 B, and fits the 4 MiB socket buffers.
+SINCE_BUDGET_BYTES = 512 * 1024
+#: Entries one peer looks at for one answer, at most (its work is bounded however old the
+#: summary; the budget usually ends the answer first).
+SINCE_MAX_ENTRIES = 16_384
+#: Once one peer's answer to a SINCE round is complete, the others are waited for at
+#: least this long (and as long as that answer took) before the digests go.
+SINCE_GRACE_MS = 50
 
 
 @dataclass
@@ -53,6 +85,8 @@ class CatchUp:
     last_entry_ms: float | None = None
     first_answer_ms: float | None = None
     done_ms: float | None = None
+    #: when the first answer to its SINCEs was complete (the others get as long again)
+    since_done_ms: float | None = None
 
     def add(self, names: Sequence[str]) -> None:
         self.peers += [n for n in names if n not in self.peers]
@@ -96,7 +130,9 @@ class CatchUpPeers:
     cfg: GossipConfig
     rng: random.Random
     counters: Counters
+    state: ClusterState
     peers: dict[str, PeerState]
+    _next_req: int
     catchup: CatchUp | None
     enc: MessageEncoder
     _alive: dict[str, str] | None
@@ -257,6 +293,25 @@ class CatchUpPeers:
         if len(self._strangers) > MAX_STRANGERS:
             del self._strangers[next(iter(self._strangers))]
 
+    def _may_digest(self, ps: PeerState, now_ms: float) -> bool:
+        """Not within ``sync_retry_ms`` of our last digest to it, nor while it resyncs with
+        us (its pulls push back what we lack; ours would only pull its stale leaves)."""
+        retry = self.cfg.sync_retry_ms
+        if ps.catchup and self._since_waiting(now_ms):  # our start's SINCEs answer first
+            return False
+        return now_ms - ps.last_digest_ms >= retry and now_ms - ps.their_resync_ms >= retry
+
+    def _resync_busy(self, peer: str, now_ms: float) -> bool:
+        """True while another peer's resync round is under way (pulls, or a fresh digest)."""
+        for other, ps in self.peers.items():
+            if other == peer or not ps.needs_resync:
+                continue
+            if ps.inflight or ps.pending_leaves:
+                return True
+            if now_ms - ps.last_digest_ms < self.cfg.sync_retry_ms:
+                return True
+        return False
+
     def catch_up(self, names: Sequence[str], now_ms: float) -> Payloads:
         """Resync with these peers now and in parallel: a digest to each at once (to
         ``catchup_fanout`` of them, chosen at random beyond), not from the next tick one peer
@@ -273,11 +328,16 @@ class CatchUpPeers:
         if not names:
             return []
         out: Payloads = []
-        for n in names:
+        summary = self._summary() if self.catchup is None else None
+        for i, n in enumerate(names):
             ps = self.peers[n]
             ps.needs_resync = ps.catchup = True
             ps.catchup_resent = False
-            if not ps.inflight and not ps.pending_leaves:
+            if ps.inflight or ps.pending_leaves:
+                continue
+            if summary is not None:
+                out += self._since(n, ps, [i, len(names), summary], now_ms)
+            else:
                 out += self._digest(n, ps, now_ms)
         self._last_sync_ms = now_ms
         if self.catchup is None or self.catchup.done_ms is not None:
@@ -291,8 +351,8 @@ class CatchUpPeers:
         """A catch-up peer spoke without answering our digest: it may have dropped it, not
         knowing our address yet (its Serf view lags ours at a start). Send it again at once,
         once, instead of after ``sync_retry_ms``."""
-        if isinstance(body, Leaves | SyncOk) or ps.catchup_resent:
-            return []
+        if isinstance(body, Leaves | SyncOk) or ps.catchup_resent or ps.last_digest_ms >= now:
+            return []  # (a digest sent in answer to this very message is not unanswered)
         ps.catchup_resent = True
         self.counters.incr("catchup_resent")
         return self._digest(sender, ps, now)
@@ -320,3 +380,91 @@ class CatchUpPeers:
             if ps.needs_resync and not ps.digest_unanswered:
                 out += self._digest(n, ps, now)
         return out
+
+    # ------------------------------------------------------------------ SINCE
+    def _summary(self) -> list[list[Any]] | None:
+        """The restored state's newest timestamp per origin, as a SINCE carries it; None
+        for an empty state (a first start: nothing to compare, the digests pull it all) or
+        one with more than ``MAX_ORIGINS`` origins (a DIGEST instead)."""
+        newest = self.state.map.newest_per_origin()
+        if not newest or len(newest) > MAX_ORIGINS:
+            return None
+        return [[node, ts.ms, ts.logical] for node, ts in sorted(newest.items())]
+
+    def _since(self, peer: str, ps: PeerState, fields: list[Any], now_ms: float) -> Payloads:
+        """Ask ``peer`` for its entries newer than our summary, in its share of the leaves
+        (``fields``: share, shares, summary). No digest goes until it answered, or
+        ``pull_timeout_ms`` passed (``_since_waiting``)."""
+        req = self._next_req
+        self._next_req += 1
+        ps.since_req, ps.since_ms, ps.since_seen, ps.since_count = req, now_ms, 0, -1
+        self.counters.incr("since_sent")
+        return self.enc.encode(peer, SINCE, [req, *fields])
+
+    def _since_waiting(self, now_ms: float) -> bool:
+        """Our start's SINCEs await an answer: each for up to ``pull_timeout_ms``, and
+        once one was answered whole, the others for as long again as that took (at least
+        ``SINCE_GRACE_MS``): a peer that is gone (remembered, not yet dropped by Serf)
+        then costs its share a digest comparison with the others, not the whole timeout.
+        Until then no catch-up peer gets a digest: one that went before another peer's
+        share had arrived would be answered with the leaf digests of all of that share."""
+        c = self.catchup
+        first = c.since_done_ms if c is not None else None
+        for ps in self.peers.values():
+            if ps.since_req == 0:
+                continue
+            if first is not None:
+                if now_ms - first < max(SINCE_GRACE_MS, first - ps.since_ms):
+                    return True
+            elif now_ms - ps.since_ms < self.cfg.pull_timeout_ms:
+                return True
+        return False
+
+    def _on_since(self, sender: str, m: Since, now_ms: float) -> Payloads:
+        """A restarted peer asks what it missed: our entries newer than its summary in its
+        share of the leaves, in ENTRIES messages at once (at most our part of
+        ``SINCE_BUDGET_BYTES``), then PULL_DONE. It resyncs with us (``_resyncing_with_us``):
+        its digest follows, and what it holds that we lack comes back by its pulls."""
+        self._resyncing_with_us(sender, now_ms)
+        found = self.state.map.newer_than(m.summary, m.share, m.shares)
+        items = list(islice(found, SINCE_MAX_ENTRIES))
+        budget = SINCE_BUDGET_BYTES // m.shares
+        before = self.counters.get("sent_entries", 0)
+        out = self.enc.pack_entries(sender, ENTRIES, [m.req], items, budget=budget)
+        sent = self.counters.get("sent_entries", 0) - before  # messages, not FRAG pieces
+        self.counters.incr("since_served")
+        return out + self.enc.encode(sender, PULL_DONE, [m.req, sent])
+
+    def _since_entries(self, sender: str, ps: PeerState, req: int, now_ms: float) -> Payloads:
+        """One ENTRIES message of its answer to our SINCE (joined by the caller)."""
+        if not req or req != ps.since_req:
+            return []
+        ps.since_seen += 1
+        if ps.catchup and self.catchup is not None:
+            self.catchup.answered(now_ms)
+        if 0 <= ps.since_count <= ps.since_seen:  # its PULL_DONE came before this one
+            return self._since_end(sender, ps, now_ms)
+        return []
+
+    def _since_done(self, sender: str, ps: PeerState, m: PullDone, now_ms: float) -> Payloads:
+        """Its PULL_DONE for our SINCE: the answer is complete once that many ENTRIES
+        arrived (datagrams may come out of order; a lost one leaves the SINCE open until
+        ``_since_waiting`` gives up, and the digests find what it held)."""
+        ps.since_count = m.count
+        if ps.since_seen < m.count:
+            return []
+        return self._since_end(sender, ps, now_ms)
+
+    def _since_end(self, sender: str, ps: PeerState, now_ms: float) -> Payloads:
+        """Its answer to our SINCE is complete: compare digests with it (and the other
+        catch-up peers) now, unless other answers are still awaited: the rest of what we
+        lack, if any, is pulled as in any resync; "equal" ends its catch-up."""
+        ps.since_req = 0
+        c = self.catchup
+        if ps.catchup and c is not None:
+            c.answered(now_ms)
+            if c.since_done_ms is None:
+                c.since_done_ms = now_ms
+        if self._since_waiting(now_ms):
+            return []
+        return self._recheck_catchup(now_ms)

@@ -119,14 +119,25 @@ class MessageEncoder:
         return [entry_to_wire(k, e) for k, e in items.items()]
 
     def pack_entries(
-        self, peer: str, mtype: int, head: list[Any], items: list[tuple[Key, Entry]]
+        self,
+        peer: str,
+        mtype: int,
+        head: list[Any],
+        items: list[tuple[Key, Entry]],
+        budget: int | None = None,
     ) -> Payloads:
+        """``items`` in as many messages as they take; with a ``budget``, only the first
+        items whose encoded sizes fit in it."""
         out: Payloads = []
         batch: list[Any] = []
         size = 0
         for k, e in items:
             w = entry_to_wire(k, e)
             n = len(msgpack.packb(w, use_bin_type=True))
+            if budget is not None:
+                budget -= n
+                if budget < 0:
+                    break
             if batch and size + n > self.max_payload - HEADER_SLACK:
                 out += self.encode(peer, mtype, [*head, batch])
                 batch, size = [], 0

@@ -24,6 +24,10 @@ PULL_DONE  8    req, count                           req answered in count ENTRI
 FRAG       9    id, index, total, bytes              one piece of a larger message
 PING       10   nonce                                answer me now (a confirm round)
 PONG       11   nonce, lease epoch, lease holder     the answer, with the lease I read
+SINCE      12   req, share, shares, [[node, ms, l]]  send me, of your leaves with
+                                                     ``leaf % shares == share``, the
+                                                     entries newer than my newest of
+                                                     their origin (a restart's catch-up)
 =========  ===  ===================================  =============================
 
 Entries are encoded by ``gossipmgr.core.codec.entry_to_wire``.
@@ -38,6 +42,7 @@ from typing import Any
 
 import msgpack
 
+from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.codec import entries_from_wire_untrusted, unpack_untrusted
 from gossipmgr.core.crdt import FANOUT, Entry, Key
 from gossipmgr.errors import BadPacket
@@ -61,6 +66,7 @@ __all__ = [
     "Pull",
     "PullDone",
     "Reassembler",
+    "Since",
     "SyncOk",
     "decode_untrusted",
     "fragment",
@@ -82,6 +88,7 @@ PULL_DONE = 8
 FRAG = 9
 PING = 10
 PONG = 11
+SINCE = 12
 TYPE_NAMES = {
     DELTA: "delta",
     ACK: "ack",
@@ -94,6 +101,7 @@ TYPE_NAMES = {
     FRAG: "frag",
     PING: "ping",
     PONG: "pong",
+    SINCE: "since",
 }
 
 #: Largest reassembled message and how many partial ones are kept per instance.
@@ -104,6 +112,10 @@ FRAG_TTL_MS = 5_000
 MIN_FRAGMENT = 512
 MAX_FRAGMENTS = MAX_MESSAGE_BYTES // MIN_FRAGMENT
 MAX_NAME = 128
+#: A SINCE summary names at most this many origins; a state with more sends a DIGEST.
+MAX_ORIGINS = 512
+#: A SINCE splits the leaves among at most this many peers.
+MAX_SHARES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +186,18 @@ class Pong:
     lease_holder: str
 
 
-Body = Delta | Ack | Digest | SyncOk | Leaves | Pull | Entries | PullDone | Frag | Ping | Pong
+@dataclass(frozen=True, slots=True)
+class Since:
+    req: int
+    share: int
+    shares: int
+    #: origin -> the newest timestamp of it the sender holds
+    summary: dict[str, Timestamp]
+
+
+Body = (
+    Delta | Ack | Digest | SyncOk | Leaves | Pull | Entries | PullDone | Frag | Ping | Pong | Since
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +281,8 @@ def _body_untrusted(mtype: int, f: list[Any]) -> Body:
         return PullDone(f[0], f[1])
     if mtype in (PING, PONG):
         return _confirm_untrusted(mtype, f)
+    if mtype == SINCE:
+        return _since_untrusted(f)
     return _frag_untrusted(f)
 
 
@@ -288,6 +313,30 @@ def _pull_untrusted(f: list[Any]) -> Pull:
     ):
         raise BadPacket("shape", "pull is [req, leaves]")
     return Pull(f[0], f[1])
+
+
+def _since_untrusted(f: list[Any]) -> Since:
+    if (
+        len(f) != 4
+        or not all(_int(x) for x in f[:3])
+        or not 0 <= f[1] < f[2] <= MAX_SHARES
+        or not isinstance(f[3], list)
+        or len(f[3]) > MAX_ORIGINS
+    ):
+        raise BadPacket("shape", "since is [req, share, shares, summary]")
+    summary: dict[str, Timestamp] = {}
+    for o in f[3]:
+        if (
+            not isinstance(o, list)
+            or len(o) != 3
+            or not isinstance(o[0], str)
+            or not 0 < len(o[0]) <= MAX_NAME
+            or o[0] in summary
+            or not (_int(o[1]) and _int(o[2]) and 0 <= o[1] < 2**63 and 0 <= o[2] < 2**63)
+        ):
+            raise BadPacket("shape", "a since summary is [[node, ms, logical], ...]")
+        summary[o[0]] = Timestamp(o[1], o[2], o[0])
+    return Since(f[0], f[1], f[2], summary)
 
 
 def _frag_untrusted(f: list[Any]) -> Frag:

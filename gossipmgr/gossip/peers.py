@@ -99,6 +99,13 @@ class PeerState:
     ack_due: bool = False
     #: In the current catch-up: resyncs in parallel with the other catch-up peers.
     catchup: bool = False
+    #: Our start's catch-up asked it for what we missed (``SINCE``): the request id (0:
+    #: none open), when, and how many of its ENTRIES messages arrived so far.
+    since_req: int = 0
+    since_ms: float = -1e18
+    since_seen: int = 0
+    #: how many its PULL_DONE said it sent (-1: not known yet; datagrams may reorder)
+    since_count: int = -1
     #: Our last digest has had no answer (LEAVES or SYNC_OK) yet.
     digest_unanswered: bool = False
     #: The catch-up digest was sent again on first hearing from the peer (at most once: it

@@ -59,6 +59,7 @@ from gossipmgr.gossip.messages import (
     Pull,
     PullDone,
     Reassembler,
+    Since,
     SyncOk,
     decode_untrusted,
     pack64,
@@ -218,12 +219,6 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
                 out += self._digest(peer, ps, now_ms)
         return out
 
-    def _may_digest(self, ps: PeerState, now_ms: float) -> bool:
-        """Not within ``sync_retry_ms`` of our last digest to it, nor while it resyncs with
-        us (its pulls push back what we lack; ours would only pull its stale leaves)."""
-        retry = self.cfg.sync_retry_ms
-        return now_ms - ps.last_digest_ms >= retry and now_ms - ps.their_resync_ms >= retry
-
     def _interval(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
         """Send D(A[j], c] without j's own deltas (BP), as messages that fit a datagram."""
         ps.last_sent_ms = now_ms
@@ -236,17 +231,6 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
         ps.digest_unanswered = True
         self.counters.incr("digests_sent")
         return self.enc.encode(peer, DIGEST, [self.seq, pack64(self.state.map.super_digests())])
-
-    def _resync_busy(self, peer: str, now_ms: float) -> bool:
-        """True while another peer's resync round is under way (pulls, or a fresh digest)."""
-        for other, ps in self.peers.items():
-            if other == peer or not ps.needs_resync:
-                continue
-            if ps.inflight or ps.pending_leaves:
-                return True
-            if now_ms - ps.last_digest_ms < self.cfg.sync_retry_ms:
-                return True
-        return False
 
     def _requeue(self, ps: PeerState, leaves: Sequence[int]) -> None:
         for leaf in leaves:
@@ -332,11 +316,13 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
             case Pull():
                 return self._on_pull(sender, body, now)
             case Entries():
-                return self._on_entries(ps, body, now)
+                return self._on_entries(sender, ps, body, now)
             case PullDone():
                 return self._on_pull_done(sender, ps, body, now)
             case Ping() | Pong():
                 return Outcome(out=self._on_confirm(sender, body))
+            case Since():
+                return Outcome(out=self._on_since(sender, body, now))
         # Frag: reassembled in _receive, which refuses a fragment of fragments.
         raise BadPacket("shape", "a fragment inside a fragment")
 
@@ -427,14 +413,18 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
         self.counters.incr("pulls_served")
         return res
 
-    def _on_entries(self, ps: PeerState | None, m: Entries, now: float) -> Outcome:
+    def _on_entries(self, sender: str, ps: PeerState | None, m: Entries, now: float) -> Outcome:
         novel = self._apply_remote(m.entries, now)
         if ps is not None and m.req in ps.entries_seen:
             ps.entries_seen[m.req] += 1
             ps.pulled[m.req].update(m.entries)
+        elif ps is not None:
+            return Outcome(out=self._since_entries(sender, ps, m.req, now), novel=novel)
         return Outcome(novel=novel)
 
     def _on_pull_done(self, sender: str, ps: PeerState | None, m: PullDone, now: float) -> Outcome:
+        if ps is not None and m.req and m.req == ps.since_req:
+            return Outcome(out=self._since_done(sender, ps, m, now))
         if ps is None or m.req not in ps.inflight:
             return Outcome()
         leaves, _ = ps.inflight.pop(m.req)
