@@ -25,6 +25,11 @@ seen on r2; then r3 is started again on its data dir and timed from the process 
   must hold all 1,000 new values (asserted, not timed).
 
     .venv/bin/python bench/bench_catchup.py [--runs 3] [--keys 1000] [--label NAME]
+        [--seed-globals N] [--seed-nodes N]
+
+``--seed-globals N`` / ``--seed-nodes N``: every data dir starts from a snapshot of N other
+globals (~200 B each) / N node records (3 entries each), as vs_etcd.py seeds its 10,000
+keys: the restart then restores, and compares, that much more state.
 
 Prints a table (median over runs) and writes bench/results/catchup.json; ``--before FILE``
 keeps an earlier catchup.json's medians as "before" in the new one.
@@ -51,8 +56,8 @@ import trio
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench._util import print_table, write_result  # noqa: E402
-from bench.bench_durability import wait_serving  # noqa: E402
+from bench._util import global_records, node_records, print_table, write_result  # noqa: E402
+from bench.bench_durability import build_snapshot, wait_serving  # noqa: E402
 from bench.bench_startstop import cpu_seconds  # noqa: E402
 from gossipmgr.localcluster import LocalCluster, wait_for  # noqa: E402
 from gossipmgr.runtime.replica import Replica  # noqa: E402
@@ -151,9 +156,14 @@ async def stored_globals(state_dir: Path) -> dict[str, Any]:
         await rep.aclose()
 
 
-def one_run(root: Path, keys: int) -> dict[str, Any]:
+def one_run(root: Path, keys: int, seed_globals: int = 0, seed_nodes: int = 0) -> dict[str, Any]:
     cl = LocalCluster(root, local_ansible=False)
     try:
+        if seed_globals or seed_nodes:
+            seed = global_records(seed_globals)
+            seed.join(node_records(seed_nodes))
+            for n in ("r1", "r2", "r3"):
+                trio.run(build_snapshot, cl.root / n / "state", seed)
         for n in ("r1", "r2", "r3"):
             cl.add_instance(n)
         for n in ("r1", "r2", "r3"):
@@ -221,12 +231,14 @@ def main() -> None:
     ap.add_argument("--label", default="", help="a note stored with the result")
     ap.add_argument("--before", type=Path, help="an earlier catchup.json to keep as 'before'")
     ap.add_argument("--keep", type=Path, help="run under this directory and keep the logs")
+    ap.add_argument("--seed-globals", type=int, default=0, help="other globals in every dir")
+    ap.add_argument("--seed-nodes", type=int, default=0, help="node records in every dir")
     args = ap.parse_args()
     runs = []
     where = tempfile.TemporaryDirectory() if args.keep is None else nullcontext(str(args.keep))
     with where as tmp:
         for i in range(args.runs):
-            r = one_run(Path(tmp) / f"run{i}", args.keys)
+            r = one_run(Path(tmp) / f"run{i}", args.keys, args.seed_globals, args.seed_nodes)
             runs.append(r)
             print(f"run {i}: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
     rows = []
@@ -247,7 +259,14 @@ def main() -> None:
         "catchup",
         "3 agents; r3 stopped, keys rewritten at r1, r3 restarted: process start -> all "
         "visible on r3",
-        {"keys": args.keys, "runs": args.runs, "label": args.label, "writers": WRITERS},
+        {
+            "keys": args.keys,
+            "runs": args.runs,
+            "label": args.label,
+            "writers": WRITERS,
+            "seed_globals": args.seed_globals,
+            "seed_nodes": args.seed_nodes,
+        },
         runs,
         extra,
     )

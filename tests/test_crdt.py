@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gossipmgr.core.clock import Timestamp
-from gossipmgr.core.crdt import Entry, LWWMap, join
+from gossipmgr.core.crdt import Entry, LWWMap, entry_hash, hashed_entries, join, leaf_of
 from gossipmgr.core.lease import Lease
 from gossipmgr.core.state import (
     LEASE_KEY,
@@ -78,6 +78,15 @@ def test_join_commutative(a: LWWMap, b: LWWMap) -> None:
 @given(maps, maps, maps)
 def test_join_associative(a: LWWMap, b: LWWMap, c: LWWMap) -> None:
     assert join(join(a, b), c) == join(a, join(b, c))
+
+
+@given(maps)
+def test_the_fused_hashing_of_a_restored_state_equals_the_per_entry_hashes(m: LWWMap) -> None:
+    """``hashed_entries`` (a restored state's first digests) packs each key once; its leaves
+    and hashes are byte for byte those of ``leaf_of``/``entry_hash``, which the incremental
+    upkeep and every other version of gossipmgr compute."""
+    got = list(hashed_entries(m.items()))
+    assert got == [(k, leaf_of(k), entry_hash(k, e)) for k, e in m.items()]
 
 
 @settings(max_examples=150)
