@@ -316,7 +316,8 @@ class CatchUpPeers:
         """Resync with these peers now and in parallel: a digest to each at once (to
         ``catchup_fanout`` of them, chosen at random beyond), not from the next tick one peer
         at a time. Each differing leaf is still pulled from one of them (``LeafClaims``).
-        This period's repair round is taken by it."""
+        This period's repair round is taken by it. This instance's first catch-up, with a
+        state restored, sends a SINCE to each instead (``_since``; the module docstring)."""
         # A peer already resyncing with us (it sent a digest or a pull just now: it knew of
         # us first) is left to it: its pulls push back what we lack.
         retry = self.cfg.sync_retry_ms
