@@ -71,7 +71,7 @@ from gossipmgr.runtime.context import (
 )
 from gossipmgr.runtime.jobs import LOG_FLUSH_S, JobManager
 from gossipmgr.runtime.leaseloop import Holder, absent_grace_s
-from gossipmgr.runtime.peerfile import PeerFile
+from gossipmgr.runtime.peerfile import catch_up_from_last_peers
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.serflink import EmbeddedSerf, ExternalSerf, SerfLink
 from gossipmgr.runtime.watch import ChangeFeed
@@ -98,6 +98,7 @@ GC_EVERY_S = 3600.0
 #: The API's web stack (Quart, flask, werkzeug, jinja2, hypercorn: over half of the daemon's
 #: import time), loaded in a thread while gossip catches up (``Agent.run``).
 WEB_STACK = ("gossipmgr.api.app", "gossipmgr.api.server")
+CATCH_UP_FIRST_S = 0.25  # the web stack's import waits at most this for the catch-up
 
 
 def _import_web_stack() -> None:
@@ -365,6 +366,7 @@ class Agent:
                 await self.replica.aclose()
 
     async def _load_web_stack(self, done: trio.Event) -> None:
+        await self._catch_up_answered()
         await trio.to_thread.run_sync(_import_web_stack, abandon_on_cancel=True)
         done.set()
 
@@ -407,7 +409,7 @@ class Agent:
         assert self.gossip is not None
         gossip_addr = await nursery.start(self.gossip.run)
         log.info("%s: API on %s, gossip on %s:%s", cfg.name, self.api_url, *gossip_addr)
-        self._catch_up_from_last_peers()
+        catch_up_from_last_peers(self.gossip, cfg.data_dir / "peers.json", cfg.name)
         tags = {
             "role": "gossipmgr",
             "gossip": f"{gossip_addr[0]}:{gossip_addr[1]}",
@@ -442,18 +444,16 @@ class Agent:
         if signals:
             nursery.start_soon(self._signals, outer)
 
-    def _catch_up_from_last_peers(self) -> None:
-        """Gossip with the peers this instance last knew (``runtime.peerfile``): a restart
-        pulls what it missed from them before Serf names them. Every later set is kept."""
-        assert self.gossip is not None
-        peer_file = PeerFile(self.cfg.data_dir / "peers.json")
-        peers, alive = peer_file.load()
-        if peers:
-            log.info(
-                "%s: catching up from the peers it last knew: %s", self.cfg.name, sorted(peers)
-            )
-            self.gossip.set_peers(peers, alive)
-        self.gossip.on_peers = peer_file.save
+    async def _catch_up_answered(self) -> None:
+        """Until the start's catch-up requests (``SINCE``) are sent (``on_peers`` set) and
+        answered, at most :data:`CATCH_UP_FIRST_S`: the web stack's import competes with them."""
+        with trio.move_on_after(CATCH_UP_FIRST_S):
+            while self._catching_up_first():  # noqa: ASYNC110 (protocol state; timeouts end it)
+                await trio.sleep(0.005)
+
+    def _catching_up_first(self) -> bool:
+        g = self.gossip
+        return g is None or g.on_peers is None or g.ae.since_waiting(self.replica.now_ms())
 
     # ------------------------------------------------------------------ signals
     async def _signals(self, nursery: trio.Nursery) -> None:

@@ -42,12 +42,19 @@ def _set_global(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWW
     return st.d_set(global_key(var), value, ts)
 
 
-async def _restart_after_a_missed_write(tmp_path: Path, serf_healthy: bool) -> None:
+async def _restart_after_a_missed_write(
+    tmp_path: Path, serf_healthy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """i1 and i2 run (one fake Serf cluster); i2 stops; i1 writes; i2 starts again on its
     data dir with a Serf of its own that has not joined the cluster: unreachable
     (``serf_healthy`` false) or reachable and listing only i2 (an agent that has not
     joined yet). i2 must get the write from the peer its data dir remembers. i1 saw i2
-    leave, so it starts nothing towards i2: the pull is i2's."""
+    leave, so it starts nothing towards i2: the pull is i2's. And i2's web stack starts
+    loading only once its catch-up request was answered (the write is in its state by then)
+    or given up after the pull timeout (a machine loaded enough to delay the answer that
+    long); the wait's own bound is raised out of the way."""
+    real_import = gossipmgr.agent._import_web_stack
+    at_import: list[object] = []
     cluster = FakeSerfCluster()
     key = shared_key(tmp_path)
     cfg1 = standalone_config(tmp_path, "i1", encrypt_key_file=key)
@@ -66,6 +73,19 @@ async def _restart_after_a_missed_write(tmp_path: Path, serf_healthy: bool) -> N
         await i1.replica.commit(partial(_set_global, "missed", "while i2 was down"))
 
         again = build(cfg2)  # a fake Serf alone: it never lists i1
+
+        def recording_import() -> None:
+            assert again.gossip is not None
+            ae, now = again.gossip.ae, again.replica.now_ms()
+            gave_up = any(
+                ps.since_req and now - ps.since_ms >= ae.cfg.pull_timeout_ms
+                for ps in ae.peers.values()
+            )
+            at_import.append("gave up" if gave_up else again.replica.state.globals().get("missed"))
+            real_import()
+
+        monkeypatch.setattr(gossipmgr.agent, "_import_web_stack", recording_import)
+        monkeypatch.setattr(gossipmgr.agent, "CATCH_UP_FIRST_S", START_TIMEOUT_S)
         fake_serf(again).set_healthy(serf_healthy)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(START_TIMEOUT_S):
@@ -77,6 +97,8 @@ async def _restart_after_a_missed_write(tmp_path: Path, serf_healthy: bool) -> N
                 return again.replica.state.globals().get("missed") == "while i2 was down"
 
             await until(caught_up, START_TIMEOUT_S)
+            await until(lambda: at_import, START_TIMEOUT_S, "the web stack's import")
+            assert at_import in (["while i2 was down"], ["gave up"])
             assert again.membership is not None
             assert again.membership.healthy is serf_healthy
             assert "i1" not in again.replica.candidates  # Serf never named it
@@ -86,19 +108,19 @@ async def _restart_after_a_missed_write(tmp_path: Path, serf_healthy: bool) -> N
 
 
 async def test_a_restart_catches_up_from_its_last_peers_before_serf_is_up(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Serf unreachable the whole time: before, gossip peers came from Serf only, and the
     restarted instance waited for it."""
-    await _restart_after_a_missed_write(tmp_path, serf_healthy=False)
+    await _restart_after_a_missed_write(tmp_path, False, monkeypatch)
 
 
 async def test_a_restart_keeps_its_last_peers_until_serf_names_another_instance(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Serf up but not joined yet (it lists only this instance): its view does not empty
     the peer set the restart is catching up from."""
-    await _restart_after_a_missed_write(tmp_path, serf_healthy=True)
+    await _restart_after_a_missed_write(tmp_path, True, monkeypatch)
 
 
 async def test_a_request_during_the_web_stack_import_is_answered(

@@ -297,7 +297,7 @@ class CatchUpPeers:
         """Not within ``sync_retry_ms`` of our last digest to it, nor while it resyncs with
         us (its pulls push back what we lack; ours would only pull its stale leaves)."""
         retry = self.cfg.sync_retry_ms
-        if ps.catchup and self._since_waiting(now_ms):  # our start's SINCEs answer first
+        if ps.catchup and self.since_waiting(now_ms):  # our start's SINCEs answer first
             return False
         return now_ms - ps.last_digest_ms >= retry and now_ms - ps.their_resync_ms >= retry
 
@@ -395,14 +395,14 @@ class CatchUpPeers:
     def _since(self, peer: str, ps: PeerState, fields: list[Any], now_ms: float) -> Payloads:
         """Ask ``peer`` for its entries newer than our summary, in its share of the leaves
         (``fields``: share, shares, summary). No digest goes until it answered, or
-        ``pull_timeout_ms`` passed (``_since_waiting``)."""
+        ``pull_timeout_ms`` passed (``since_waiting``)."""
         req = self._next_req
         self._next_req += 1
         ps.since_req, ps.since_ms, ps.since_seen, ps.since_count = req, now_ms, 0, -1
         self.counters.incr("since_sent")
         return self.enc.encode(peer, SINCE, [req, *fields])
 
-    def _since_waiting(self, now_ms: float) -> bool:
+    def since_waiting(self, now_ms: float) -> bool:
         """Our start's SINCEs await an answer: each for up to ``pull_timeout_ms``, and
         once one was answered whole, the others for as long again as that took (at least
         ``SINCE_GRACE_MS``): a peer that is gone (remembered, not yet dropped by Serf)
@@ -450,7 +450,7 @@ class CatchUpPeers:
     def _since_done(self, sender: str, ps: PeerState, m: PullDone, now_ms: float) -> Payloads:
         """Its PULL_DONE for our SINCE: the answer is complete once that many ENTRIES
         arrived (datagrams may come out of order; a lost one leaves the SINCE open until
-        ``_since_waiting`` gives up, and the digests find what it held)."""
+        ``since_waiting`` gives up, and the digests find what it held)."""
         ps.since_count = m.count
         if ps.since_seen < m.count:
             return []
@@ -466,6 +466,6 @@ class CatchUpPeers:
             c.answered(now_ms)
             if c.since_done_ms is None:
                 c.since_done_ms = now_ms
-        if self._since_waiting(now_ms):
+        if self.since_waiting(now_ms):
             return []
         return self._recheck_catchup(now_ms)

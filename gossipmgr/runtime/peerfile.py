@@ -18,6 +18,10 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gossipmgr.gossip.service import GossipService
 
 log = logging.getLogger("gossipmgr.agent")
 
@@ -92,3 +96,14 @@ def _port(text: str) -> int:
     if not 0 < port < 65536:
         raise ValueError(f"port out of range: {port}")
     return port
+
+
+def catch_up_from_last_peers(gossip: GossipService[Any], path: Path, name: str) -> None:
+    """Gossip with the peers this instance last knew (the file at ``path``): a restart
+    pulls what it missed from them before Serf names them. Every later set is kept."""
+    peer_file = PeerFile(path)
+    peers, alive = peer_file.load()
+    if peers:
+        log.info("%s: catching up from the peers it last knew: %s", name, sorted(peers))
+        gossip.set_peers(peers, alive)
+    gossip.on_peers = peer_file.save
