@@ -16,11 +16,11 @@ signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/
 =================  =====================================================================
 
 Start order (issue 17: start time, restart catch-up): the replica is restored and the API's
-address bound (requests wait in its backlog); the web stack (Quart, hypercorn) starts
-loading in a thread; meanwhile gossip starts and pulls what this instance missed from the
-peers it last knew (``runtime.peerfile``), before Serf is up; Serf, membership, the lease
-and the jobs start beside it; the API serves once its modules are loaded. /health says
-what has not started yet.
+address bound (requests wait in its backlog); gossip starts and asks the peers it last knew
+(``runtime.peerfile``) what this instance missed, before Serf is up; once they answered, the
+web stack (Quart, hypercorn) loads in a thread; Serf, membership, the lease and the jobs
+start beside it; the API serves once its modules are loaded. /health says what has not
+started yet.
 
 Its Serf connection is the one part a caller may supply (``serf=``): the tests' standalone
 instances (``gossipmgr.testing.standalone``) are this same wiring over a fake Serf. The
