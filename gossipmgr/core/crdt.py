@@ -74,11 +74,17 @@ def wins(key: Key, new: Entry, old: Entry) -> bool:
     rn, ro = rank(key, new), rank(key, old)
     if rn != ro:
         return rn > ro
-    if new == old:
+    if new == old and _same(new.value, old.value):
         return False
     # Same rank, different content: only reachable with a broken clock. Decide by content so
     # every replica picks the same winner.
     return _packed([new.deleted, new.value]) > _packed([old.deleted, old.value])
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two values Python calls equal that also encode alike: ``1 == 1.0 == True`` and
+    ``[0] == [False]`` in Python, not in msgpack, and a digest hashes the encoding."""
+    return a is b or type(a) is str or _packed(a) == _packed(b)
 
 
 def key_hash(key: Key) -> int:
