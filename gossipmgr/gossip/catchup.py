@@ -12,9 +12,10 @@ An instance's first catch-up, when it holds a state (a restart), asks instead wi
 ``SINCE``: its newest timestamp per origin, and a share of the leaves for each peer; each
 peer answers at once with its entries newer than that in its share (``_on_since``), so what
 was written while the instance was down arrives in one round trip, from all its peers in
-parallel, each entry once, with no digest computed first. The digest comparison follows
-with each peer as its answer ends (``_since_done``): it finds whatever the summary cannot
-tell (an older write it never got, a share whose peer is gone) and mostly says "equal".
+parallel, each entry once, with no digest computed first. The digest comparison with the
+catch-up peers follows once all the answers are in, or given up (``_since_end``,
+``since_waiting``): it finds whatever the summary cannot tell (an older write it never
+got, a share whose peer is gone) and mostly says "equal".
 
 And what each peer costs while nothing happens, so that it does not grow with the cluster:
 only a peer that owes us something, or that Serf lists failed, is *silent* and probed by
