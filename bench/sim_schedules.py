@@ -11,6 +11,11 @@ epochs, every stale action fenced). The default run takes the first 250.
 instances, 20% loss, 10% duplication, reordering, clock skew, an optional partition; then
 convergence and the datagram bound). The default run takes the first 300.
 
+``--restart N`` (default 1000): ``tests/test_catchup_since.py``'s ``run_restart_schedule``
+(3-5 instances, loss, duplication, delays; one restarts after missing writes, its
+catch-up starting with SINCE, sometimes with a peer gone; then convergence). The default
+run takes the first 12.
+
 Prints the failing seeds (replay one with ``--first SEED --lease 1 --gossip 0``); exit 1
 if any failed. Pure code: no trio, no sockets.
 """
@@ -27,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from test_catchup_since import run_restart_schedule  # noqa: E402
 from test_gossip_protocol import run_schedule  # noqa: E402
 from test_lease import run_lease_schedule  # noqa: E402
 
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lease", type=int, default=1000, help="lease schedules")
     ap.add_argument("--gossip", type=int, default=1000, help="anti-entropy schedules")
+    ap.add_argument("--restart", type=int, default=1000, help="restart catch-up schedules")
     ap.add_argument("--first", type=int, default=0, help="the first seed")
     a = ap.parse_args(argv)
     failed: list[str] = []
@@ -56,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         failed += run("lease", run_lease_schedule, a.first, a.lease)
     if a.gossip:
         failed += run("gossip", run_schedule, a.first, a.gossip)
+    if a.restart:
+        failed += run("restart", run_restart_schedule, a.first, a.restart)
     for line in failed:
         print("  " + line)
     return 1 if failed else 0

@@ -193,6 +193,51 @@ def _set(var: str, value: object, st: ClusterState, ts: Timestamp) -> LWWMap:
     return st.d_set(global_key(var), value, ts)
 
 
+def run_restart_schedule(seed: int) -> None:
+    """One seeded restart (``bench/sim_schedules.py --restart N`` runs more): 3-5 instances,
+    0-20 % loss, 5 % duplication, delays up to 1-20 ms, 50-1,000 globals; one instance
+    stops, 10-400 writes land elsewhere, sometimes another instance is gone by the time
+    it restarts (its peer set still names it); then the live instances converge, the
+    restarted one's catch-up having started with SINCE."""
+    rnd = random.Random(seed)
+    n = rnd.choice([3, 4, 5])
+    sim = Sim(
+        n,
+        seed=seed,
+        drop=rnd.choice([0.0, 0.1, 0.2]),
+        dup=0.05,
+        delay=(0.1, rnd.choice([1.0, 4.0, 20.0])),
+    )
+    st = ClusterState()
+    h = HLC("seed")
+    for k in range(rnd.choice([50, 200, 1_000])):
+        st.apply(st.d_set(global_key(f"k{k:04d}"), f"old{k}", h.now(int(sim.now) - 60_000)))
+    for i in sim.inst.values():
+        i.state.apply(st.map.copy())
+    down = sim.names[seed % n]
+    sim.step(sim.now + 3_000)
+    sim.inst[down].up = False
+    others = [x for x in sim.names if x != down]
+    gone = rnd.choice(others) if rnd.random() < 0.3 else None
+    for k in range(rnd.choice([10, 100, 400])):
+        sim.write(rnd.choice(others), partial(_set, f"w{k % 150}", k))
+        sim.step(sim.now + rnd.uniform(0, 5))
+    if gone is not None:
+        sim.step(sim.now + 3_000)
+        sim.inst[gone].up = False
+    sim.restart(down, incarnation=2)
+    if seed % 2:
+        sim.serf_view()
+    live = [x for x in sim.names if sim.inst[x].up]
+    assert sim.run_until_converged(30_000, live) is not None, f"seed {seed}: no convergence"
+    assert sim.inst[down].ae.counters.get("since_sent", 0) >= 1
+
+
+def test_seeded_restarts_with_loss_and_a_gone_peer_converge() -> None:
+    for seed in range(12):
+        run_restart_schedule(seed)
+
+
 def test_an_empty_state_starts_with_digests_and_a_peer_coming_back_later_too() -> None:
     """A first start has nothing to summarize; a later catch-up (a peer restarted) is the
     ordinary digest resync."""
