@@ -20,7 +20,9 @@ import pytest
 
 import gossipmgr.runtime.store as store_mod
 from gossipmgr.errors import CorruptFile, StoreError
+from gossipmgr.runtime.segments import read_slots
 from gossipmgr.runtime.store import FORMAT_VERSION, Store
+from gossipmgr.testing.wait import until
 
 
 def segments(d: Path) -> list[Path]:
@@ -260,3 +262,31 @@ async def test_power_loss_in_any_commit_keeps_every_acknowledged_write(
             finally:
                 st.close()
             assert got in (acked, acked + batches[k]), (k, len(state), got)
+
+
+async def test_the_commit_point_reaches_the_end_of_the_log_once_writes_stop(
+    tmp_path: Path,
+) -> None:
+    """A commit moves the commit slot only up to its own batch's start (one fdatasync for
+    both), so damage to the last batch reads as a torn write until the next commit, or
+    until the flush thread, idle for ``IDLE_CHECKPOINT_S``, commits the log's end: from
+    then on a crash image (no close) with that batch damaged is refused."""
+    live, image = tmp_path / "live", tmp_path / "image"
+    s = Store(live)
+    s.open()
+    for i in range(5):
+        await s.append(b"rec-%d" % i)
+    (seg,) = segments(live)
+
+    def committed_end() -> int:
+        slots = read_slots(seg.read_bytes())
+        assert slots is not None
+        return slots[0]
+
+    await until(lambda: committed_end() == seg.stat().st_size, 10, "the log's end committed")
+    image.mkdir()
+    (image / seg.name).write_bytes(seg.read_bytes())  # what a crash now would leave
+    s.close()
+    truncate(image / seg.name, 1)
+    with pytest.raises(CorruptFile, match="acknowledged"):
+        Store(image).open()

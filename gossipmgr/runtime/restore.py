@@ -12,6 +12,8 @@ cannot be set aside, cut or opened).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
@@ -334,3 +336,28 @@ def delete_superseded(d: Path, newest: int, keep: int, fsync: bool) -> None:
             fsync_dir(d)
         except OSError as e:
             log.warning("store %s: cannot fsync after cleanup: %s", d, e)
+
+
+def lock_data_dir(d: Path, notes: list[str], *, fsync: bool) -> int:
+    """Create ``d`` (and parents) if missing, with a note, and take its ``LOCK``; returns
+    the locked fd. Raises StoreError if it cannot be created or is locked by another
+    process."""
+    try:
+        if not d.is_dir():
+            if d.exists():
+                raise StoreError(f"data directory {d} exists and is not a directory")
+            d.mkdir(parents=True, exist_ok=True)
+            if fsync:
+                fsync_dir(d.parent)
+            notes.append(f"created data directory {d}")
+        lock_fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create or open data directory {d}: {e.strerror or e}")
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(lock_fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreError(f"data directory {d} is in use by another process (LOCK held)")
+        raise StoreError(f"cannot lock {d / 'LOCK'}: {e.strerror or e}")
+    return lock_fd

@@ -23,10 +23,10 @@ start, from a thread if you like).
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,6 +41,7 @@ from gossipmgr.runtime.restore import (
     Restored,
     create_segment,
     delete_superseded,
+    lock_data_dir,
     restore,
 )
 from gossipmgr.runtime.segments import (
@@ -60,7 +61,6 @@ from gossipmgr.runtime.segments import (
     commit_record,
     crash_point,
     frame,
-    fsync_dir,
     header,
     log_name,
     slot,
@@ -88,6 +88,9 @@ __all__ = [
 
 
 log = logging.getLogger("gossipmgr.store")  # its name before the move to runtime/
+#: after this long with no commit, the flush thread moves the commit slot up to the end of
+#: the log (one fdatasync), so that damage to the last batch is refused, not read as torn
+IDLE_CHECKPOINT_S = 0.02
 
 # Test seam: the low-level calls the append path uses. Tests monkeypatch these (never the
 # os module itself, which trio uses for its own wake-up fd) to simulate ENOSPC/EIO.
@@ -151,18 +154,20 @@ class Store:
         self._broken: str | None = None
         self._open_batch: _Batch | None = None
         self._flush_lock = trio.Lock()
-        self._flusher = FlushThread(f"gossipmgr store flush {self.data_dir.name}")
+        self._flusher = FlushThread(
+            f"gossipmgr store flush {self.data_dir.name}",
+            on_idle=self._checkpoint_quietly,
+            idle_s=IDLE_CHECKPOINT_S,
+        )
+        # Held by whatever uses the open segment's fd in a thread (a commit, the idle
+        # commit of the log's end, a rotation) and by close(): these may overlap.
+        self._io_lock = threading.RLock()
         self._compact_lock = trio.Lock()
         self._closed = False
         # counters
-        self._appends = 0
-        self._batches = 0
-        self._fsyncs = 0
-        self._bytes = 0
-        self._fsync_last = 0.0
-        self._fsync_max = 0.0
-        self._compactions = 0
-        self._errors = 0
+        self._appends = self._batches = self._fsyncs = self._bytes = 0
+        self._fsync_last = self._fsync_max = 0.0
+        self._compactions = self._errors = 0
 
     # --- open / restore ------------------------------------------------------------------
 
@@ -173,33 +178,13 @@ class Store:
         segment. Removes leftover ``*.tmp`` files. Sets a corrupt newest snapshot aside
         when a complete older chain exists (see the module docstring).
 
-        Raises StoreError if the directory cannot be created or locked (another process
-        has it) or on an I/O error; CorruptFile naming the file and the problem if acknowledged
-        data cannot be restored completely.
-        """
+        Raises StoreError if the directory cannot be created or locked (another process has
+        it) or on an I/O error; CorruptFile naming the file and the problem if acknowledged
+        data cannot be restored completely."""
         if self._lock_fd is not None or self._closed:
             raise StoreError(f"{self.data_dir}: Store.open() may be called once")
         notes: list[str] = []
-        d = self.data_dir
-        try:
-            if not d.is_dir():
-                if d.exists():
-                    raise StoreError(f"data directory {d} exists and is not a directory")
-                d.mkdir(parents=True, exist_ok=True)
-                if self.fsync:
-                    fsync_dir(d.parent)
-                notes.append(f"created data directory {d}")
-            lock_fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise StoreError(f"cannot create or open data directory {d}: {e.strerror or e}")
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(lock_fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StoreError(f"data directory {d} is in use by another process (LOCK held)")
-            raise StoreError(f"cannot lock {d / 'LOCK'}: {e.strerror or e}")
-        self._lock_fd = lock_fd
+        self._lock_fd = lock_data_dir(self.data_dir, notes, fsync=self.fsync)
         try:
             return self._restore(notes)
         except BaseException:
@@ -214,10 +199,8 @@ class Store:
             self.data_dir, notes, fsync=self.fsync, accept_damage=self.accept_damage
         )
         self._take(point)
-        self._target_seq = point.seq
-        self._segment_bytes = point.segment_bytes
-        self._durable_snap_seq = point.durable_snap_seq
-        self._fallback_seq = point.fallback_seq
+        self._target_seq, self._segment_bytes = point.seq, point.segment_bytes
+        self._durable_snap_seq, self._fallback_seq = point.durable_snap_seq, point.fallback_seq
         return restored
 
     def _take(self, point: AppendPoint) -> None:
@@ -253,7 +236,15 @@ class Store:
             _sys_fsync(fd)
         self._slot_gen, self._slot_end = gen, self._offset
 
+    def _rotate_sync(self, seq: int) -> None:
+        with self._io_lock:
+            self._ensure_segment_sync(seq)
+
     def _flush_sync(self, data: bytes, seq: int) -> None:
+        with self._io_lock:
+            self._flush_locked(data, seq)
+
+    def _flush_locked(self, data: bytes, seq: int) -> None:
         """Write one batch and its commit record to segment ``seq`` and fdatasync them once;
         on error cut the segment back (docs/storage-format.md, "Appends and group commit").
 
@@ -318,9 +309,8 @@ class Store:
 
         Raises TypeError/ValueError for a non-bytes or oversized record (more than
         MAX_RECORD), StoreError if it could not be made durable: then it is NOT
-        acknowledged (and the segment was cut back so that it will not be restored).
-        If the call is cancelled the record is not acknowledged; it may still be restored.
-        """
+        acknowledged (and the segment was cut back so that it will not be restored). If
+        the call is cancelled the record is not acknowledged; it may still be restored."""
         await self.append_many((record,))
 
     async def append_many(self, records: Iterable[bytes]) -> None:
@@ -344,11 +334,19 @@ class Store:
         batch.frames.extend(frames)
         batch.records += len(frames)
         # Whoever gets the lock first flushes everything queued so far; the others find
-        # their batch done when they get the lock (a fair FIFO lock: cheap hand-offs).
-        async with self._flush_lock:
+        # their batch done when they get the lock (a fair FIFO lock: cheap hand-offs). A
+        # free lock is taken without a scheduler round: the flush's wait is one already.
+        lock = self._flush_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if not batch.done:
                 assert batch is self._open_batch
                 await self._flush(batch)
+        finally:
+            lock.release()
         if batch.error is not None:
             raise StoreError(
                 f"append to {self.data_dir} not acknowledged: {batch.error}"
@@ -366,9 +364,9 @@ class Store:
                 raise StoreError(f"store {self.data_dir} is closed")
             if self._broken is not None:
                 raise StoreError(self._broken)
-            # Not cancellable: once taken, a batch must be finished for every appender in it.
-            with trio.CancelScope(shield=True):
-                await self._flusher.run(self._flush_sync, data, seq)
+            # Not cancellable (FlushThread.run never is): once taken, a batch must be
+            # finished for every appender in it.
+            await self._flusher.run(self._flush_sync, data, seq)
         except (OSError, StoreError) as e:
             self._errors += 1
             batch.error = e
@@ -413,7 +411,7 @@ class Store:
                 async with self._flush_lock:
                     self._check_usable()
                     with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._ensure_segment_sync, seq)
+                        await trio.to_thread.run_sync(self._rotate_sync, seq)
                 crash_point("compact.after-rotate")
                 body = header(SNAP_MAGIC, seq) + U64.pack(len(state)) + bytes(state)
                 blob = body + hashlib.blake2b(body, digest_size=SNAP_DIGEST_SIZE).digest()
@@ -476,7 +474,8 @@ class Store:
     def _checkpoint_quietly(self) -> None:
         """:meth:`_checkpoint_sync`, an error logged (a restore commits the end too)."""
         try:
-            self._checkpoint_sync()
+            with self._io_lock:
+                self._checkpoint_sync()
         except OSError as e:
             log.warning("store %s: cannot commit the log's end: %s", self.data_dir, e)
 
@@ -492,9 +491,10 @@ class Store:
 
     def _release(self) -> None:
         self._flusher.stop()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._io_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the fd drops the flock
             self._lock_fd = None
