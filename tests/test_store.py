@@ -642,6 +642,7 @@ async def test_a_cancelled_appender_still_finishes_its_batch_in_the_flush_thread
     """Group commits run in the store's own thread (runtime.flusher), one after another; an
     appender cancelled while its batch is in the fsync does not abandon it: the batch is
     written and made durable for everyone in it, and the next batch follows."""
+    monkeypatch.setattr(store_mod, "IDLE_CHECKPOINT_S", 3600.0)  # only the commits' fsyncs
     s, _ = opened(tmp_path)
     release = threading.Event()
     threads: list[str] = []

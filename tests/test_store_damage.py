@@ -228,12 +228,13 @@ async def test_power_loss_in_any_commit_keeps_every_acknowledged_write(
         at_fsync.append(seg.read_bytes())
 
     batches = [[b"a"], [b"b" * 30, b"c"], [b"d" * 5], [b"e", b"f" * 9, b"g"], [b"h"]]
+    monkeypatch.setattr(store_mod, "IDLE_CHECKPOINT_S", 3600.0)  # only the commits' fsyncs
     s = Store(d)
     s.open()
     monkeypatch.setattr(store_mod, "_sys_fsync", fsync)
     for batch in batches:
         await s.append_many(batch)
-    monkeypatch.undo()
+    monkeypatch.setattr(store_mod, "_sys_fsync", os.fsync)
     s.close()
     assert len(at_fsync) == len(batches)  # one fdatasync per group commit
     (seg,) = segments(d)
