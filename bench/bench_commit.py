@@ -6,9 +6,9 @@ Run:  .venv/bin/python bench/bench_commit.py [--writes 2000] [--keys 1] [--runs 
 
 A standalone instance (the agent's wiring over a fake Serf, fsync on unless ``--nofsync``,
 holding the lease, as a daemon has it) commits ``--writes`` deltas one after another, each
-of ``--keys`` globals with a ~160-character string value (the route's own checks included:
-``check_client_vars``), and lets what each commit wakes (change feed, webhooks, the
-holder's scans) run before the next one. Per run: commits/s (wall), CPU per commit (process
+of ``--keys`` globals with a ~160-character string value (one delta: what the route hands
+to the replica after its own checks), and lets what each commit wakes (change feed,
+webhooks, the holder's scans) run before the next one. Per run: commits/s (wall), CPU per commit (process
 time: every thread of this process, the store's flush thread included), fdatasync calls per
 commit (counted by wrapping the store's fsync seam), and trio task steps per commit. Prints
 one JSON line per run and the medians; ``--json FILE`` writes them.
