@@ -8,10 +8,11 @@ A standalone instance (the agent's wiring over a fake Serf, fsync on unless ``--
 holding the lease, as a daemon has it) commits ``--writes`` deltas one after another, each
 of ``--keys`` globals with a ~160-character string value (one delta: what the route hands
 to the replica after its own checks), and lets what each commit wakes (change feed,
-webhooks, the holder's scans) run before the next one. Per run: commits/s (wall), CPU per commit (process
-time: every thread of this process, the store's flush thread included), fdatasync calls per
-commit (counted by wrapping the store's fsync seam), and trio task steps per commit. Prints
-one JSON line per run and the medians; ``--json FILE`` writes them.
+webhooks, the holder's scans) run before the next one. Per run: commits/s (wall), CPU per
+commit (process time: every thread of this process, the store's flush thread included),
+fdatasync calls per commit (counted by wrapping the store's fsync seam: the idle commit of
+the log's end included), and trio task steps per commit. Prints one JSON line per run and
+the medians; ``--json FILE`` writes them.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ __all__ = [
 log = logging.getLogger("gossipmgr.store")  # its name before the move to runtime/
 #: after this long with no commit, the flush thread moves the commit slot up to the end of
 #: the log (one fdatasync), so that damage to the last batch is refused, not read as torn
-IDLE_CHECKPOINT_S = 0.02
+IDLE_CHECKPOINT_S = 1.0
 
 # Test seam: the low-level calls the append path uses. Tests monkeypatch these (never the
 # os module itself, which trio uses for its own wake-up fd) to simulate ENOSPC/EIO.
