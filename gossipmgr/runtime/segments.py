@@ -9,7 +9,8 @@ crash points. Everything here is synchronous (the Store runs it in worker thread
 
 Files in a data directory::
 
-    log.<seq>         append-only segment: header | 2 commit slots | frame | frame | ...
+    log.<seq>         append-only segment: header | 2 commit slots | batch | batch | ...,
+                      a batch being frames then a commit record (version 3)
     snapshot.<seq>    header | u64 length | payload | blake2b-256(everything before)
     *.tmp             a file being created; never read, removed at open()
     *.corrupt         a snapshot refused at open() and set aside, or a copy of a damaged
