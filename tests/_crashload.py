@@ -44,7 +44,7 @@ COMPACT_BYTES = 4096
 #: one compaction per ~40 writes; larger for the per-commit points).
 POINT_RANGE = {
     "flush.after-write": (20, 400),
-    "flush.after-data-fsync": (20, 400),
+    "flush.after-fsync": (20, 400),
     "compact.after-rotate": (1, 6),
     "compact.after-snapshot": (1, 6),
     "compact.mid-delete": (1, 6),

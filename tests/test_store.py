@@ -23,6 +23,7 @@ import trio.testing
 import gossipmgr.runtime.store as store_mod
 from gossipmgr.errors import CorruptFile, StoreError
 from gossipmgr.runtime.store import (
+    COMMIT_SIZE,
     FRAME_OVERHEAD,
     HEADER_SIZE,
     LOG_DATA_START,
@@ -87,18 +88,19 @@ async def test_round_trip_records_then_snapshot_plus_following_records(tmp_path:
 async def test_log_bytes_counts_since_last_snapshot_and_stats(tmp_path: Path) -> None:
     s, _ = opened(tmp_path)
     await s.append(b"x" * 100)
-    assert s.log_bytes == 100 + FRAME_OVERHEAD
+    assert s.log_bytes == 100 + FRAME_OVERHEAD + COMMIT_SIZE
     await s.compact(lambda: b"S")
     assert s.log_bytes == 0
     await s.append(b"y" * 10)
     st = s.stats
     assert (st.appends, st.batches, st.fsyncs, st.compactions, st.errors) == (2, 2, 2, 1, 0)
-    assert st.bytes == 100 + 10 + 2 * FRAME_OVERHEAD and st.log_bytes == 10 + FRAME_OVERHEAD
+    assert st.bytes == 100 + 10 + 2 * FRAME_OVERHEAD
+    assert st.log_bytes == 10 + FRAME_OVERHEAD + COMMIT_SIZE
     assert 0 < st.fsync_last_s <= st.fsync_max_s
     s.close()
     # After a restart log_bytes is what a restore replays.
     s, _ = opened(tmp_path)
-    assert s.log_bytes == 10 + FRAME_OVERHEAD
+    assert s.log_bytes == 10 + FRAME_OVERHEAD + COMMIT_SIZE
     s.close()
 
 
@@ -111,32 +113,65 @@ def torn_write(seg: Path, *records: bytes) -> bytes:
     return raw
 
 
-async def test_torn_write_after_the_commit_point_at_every_offset(tmp_path: Path) -> None:
-    d = tmp_path / "d"
+async def disk_during_fsync(
+    d: Path, monkeypatch: pytest.MonkeyPatch, earlier: list[bytes], batch: list[bytes]
+) -> tuple[Path, int, bytes]:
+    """Append ``earlier`` one by one and close; reopen and append ``batch`` in one group
+    commit, keeping a copy of the segment as it is when that commit's (first) fdatasync
+    starts: what a power loss during it may leave on disk, if every page was persisted.
+    Returns the segment, its size before the batch and that copy."""
     s, _ = opened(d, fsync=False)
-    earlier = [b"first", b"second" * 10, b"third"]
     for rec in earlier:
         await s.append(rec)
     s.close()
     (seg,) = files(d, "log.")
     acked_end = seg.stat().st_size
-    torn_write(seg, b"L" * 37, b"M" * 5)
-    full = seg.read_bytes()
-    last_start = len(full) - (FRAME_OVERHEAD + 5)
-    for cut in range(acked_end + 1, len(full)):
-        seg.write_bytes(full[:cut])
-        r = restore(d)
-        # Whole frames after the commit point are kept; the cut one is discarded.
-        kept = earlier + ([b"L" * 37] if cut >= last_start else [])
-        assert r.records == kept, cut
-        assert r.torn_tail == (cut not in (last_start,)), cut
+    seen: list[bytes] = []
+
+    def fsync(fd: int) -> None:
+        if not seen:
+            seen.append(seg.read_bytes())
+
+    s, _ = opened(d)
+    monkeypatch.setattr(store_mod, "_sys_fsync", fsync)
+    await s.append_many(batch)
+    s.close()
+    monkeypatch.undo()
+    return seg, acked_end, seen[0]
+
+
+async def test_a_torn_batch_is_never_half_restored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss during a group commit's fdatasync may persist any prefix of the batch
+    (cut at every offset here) or its pages out of order (one byte bad at every offset):
+    restore gives the records before it, or those and the whole batch, never part of it."""
+    earlier = [b"first", b"second" * 10, b"third"]
+    batch = [b"L" * 37, b"M" * 5, b"N" * 3]
+    seg, acked_end, full = await disk_during_fsync(tmp_path, monkeypatch, earlier, batch)
+    assert len(full) > acked_end
+    cases = [full[:cut] for cut in range(acked_end, len(full) + 1)]
+    for off in range(acked_end, len(full)):
+        damaged = bytearray(full)
+        damaged[off] ^= 0x40
+        cases.append(bytes(damaged))
+    for data in cases:
+        seg.write_bytes(data)
+        r = restore(tmp_path)
+        assert r.records in (earlier, earlier + batch), (len(data), r.records)
+        whole = data == full
+        assert r.records == (earlier + batch if whole else earlier), len(data)
+        assert r.torn_tail == (not whole and len(data) > acked_end), len(data)
         if r.torn_tail:
             assert any("torn" in n and str(seg) in n and "never" in n for n in r.notes), r.notes
-            assert seg.stat().st_size == (last_start if cut > last_start else acked_end), cut
-    # Cut exactly at the commit point: nothing torn, nothing reported.
-    seg.write_bytes(full[:acked_end])
-    r = restore(d)
-    assert (r.records, r.torn_tail, r.notes) == (earlier, False, [])
+            assert seg.stat().st_size == acked_end
+    # Restored whole, the batch is committed from then on: losing a byte of it is damage.
+    seg.write_bytes(full)
+    assert restore(tmp_path).records == earlier + batch
+    truncate = seg.read_bytes()[:-1]
+    seg.write_bytes(truncate)
+    with pytest.raises(CorruptFile, match="acknowledged"):
+        restore(tmp_path)
 
 
 async def test_bad_checksum_or_zero_tail_after_the_commit_point_is_a_torn_write(
@@ -169,7 +204,7 @@ async def test_flipped_byte_in_middle_record_is_corrupt_file(tmp_path: Path) -> 
         await s.append(b"record-%d" % i)
     s.close()
     (seg,) = files(tmp_path, "log.")
-    second = LOG_DATA_START + FRAME_OVERHEAD + len(b"record-0")
+    second = LOG_DATA_START + FRAME_OVERHEAD + len(b"record-0") + COMMIT_SIZE
     flip(seg, second + FRAME_OVERHEAD + 2)
     size = seg.stat().st_size
     with pytest.raises(CorruptFile) as ei:
@@ -607,6 +642,7 @@ async def test_a_cancelled_appender_still_finishes_its_batch_in_the_flush_thread
     """Group commits run in the store's own thread (runtime.flusher), one after another; an
     appender cancelled while its batch is in the fsync does not abandon it: the batch is
     written and made durable for everyone in it, and the next batch follows."""
+    monkeypatch.setattr(store_mod, "IDLE_CHECKPOINT_S", 3600.0)  # only the commits' fsyncs
     s, _ = opened(tmp_path)
     release = threading.Event()
     threads: list[str] = []
@@ -639,9 +675,10 @@ async def test_a_cancelled_appender_still_finishes_its_batch_in_the_flush_thread
         assert len(threads) == 1 and acked == []  # still in the first batch's fsync
         release.set()
     assert acked == [b"second"]
+    flushes = list(threads)
     s.close()
     assert restore(tmp_path).records == [b"first", b"second"]
-    # two batches, two fdatasyncs each, all in the store's one flush thread
-    assert len(threads) == 4 and {
-        t.split(" ")[:3] == ["gossipmgr", "store", "flush"] for t in threads
+    # two batches, one fdatasync each, both in the store's one flush thread
+    assert len(flushes) == 2 and {
+        t.split(" ")[:3] == ["gossipmgr", "store", "flush"] for t in flushes
     } == {True}

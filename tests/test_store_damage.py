@@ -20,7 +20,9 @@ import pytest
 
 import gossipmgr.runtime.store as store_mod
 from gossipmgr.errors import CorruptFile, StoreError
-from gossipmgr.runtime.store import Store
+from gossipmgr.runtime.segments import read_slots
+from gossipmgr.runtime.store import FORMAT_VERSION, Store
+from gossipmgr.testing.wait import until
 
 
 def segments(d: Path) -> list[Path]:
@@ -142,25 +144,21 @@ async def test_crash_between_data_fsync_and_commit_keeps_whole_records(
         Store(tmp_path).open()
 
 
-async def test_failed_commit_slot_fsync_is_not_acknowledged_and_not_restored(
+async def test_a_failed_fsync_is_not_acknowledged_and_not_restored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s = Store(tmp_path)
     s.open()
     await s.append(b"before")
     real = store_mod._sys_fsync
-    calls = {"n": 0}
 
-    def fsync(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:  # the data fsync succeeds, the commit slot's fails
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real(fd)
+    def fsync(fd: int) -> None:  # the batch and its commit record are written, not synced
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     monkeypatch.setattr(store_mod, "_sys_fsync", fsync)
     with pytest.raises(StoreError, match="not acknowledged"):
         await s.append(b"refused")
-    monkeypatch.undo()
+    monkeypatch.setattr(store_mod, "_sys_fsync", real)
     await s.append(b"after")
     s.close()
     s = Store(tmp_path)
@@ -179,7 +177,9 @@ def v1_frame(rec: bytes) -> bytes:
     return struct.pack("<II", len(rec), zlib.crc32(rec, zlib.crc32(lb))) + rec
 
 
-async def test_version_1_directory_is_read_and_continued_in_version_2(tmp_path: Path) -> None:
+async def test_version_1_directory_is_read_and_continued_in_the_current_version(
+    tmp_path: Path,
+) -> None:
     """A data directory written by the previous release (format version 1: no commit
     slots): restored with the version 1 torn-tail rule, then appends go to a new segment."""
     import hashlib
@@ -198,15 +198,96 @@ async def test_version_1_directory_is_read_and_continued_in_version_2(tmp_path: 
     s.close()
     names = [p.name for p in segments(tmp_path)]
     assert names == [f"log.{2:020d}", f"log.{3:020d}"]
-    assert (tmp_path / names[1]).read_bytes()[8:12] == (2).to_bytes(4, "little")
+    assert (tmp_path / names[1]).read_bytes()[8:12] == FORMAT_VERSION.to_bytes(4, "little")
     s = Store(tmp_path)
     assert s.open().records == [b"r1", b"r2", b"r3"]
     s.close()
 
 
 async def test_unknown_newer_log_version_is_refused(tmp_path: Path) -> None:
-    head = struct.pack("<8sIQ", b"gmgr-log", 3, 1)
+    head = struct.pack("<8sIQ", b"gmgr-log", 4, 1)
     seg = tmp_path / f"log.{1:020d}"
     seg.write_bytes(head + zlib.crc32(head).to_bytes(4, "little") + b"\0" * 40)
-    with pytest.raises(CorruptFile, match="version 3 is not supported"):
+    with pytest.raises(CorruptFile, match="version 4 is not supported"):
         Store(tmp_path).open()
+
+
+async def test_power_loss_in_any_commit_keeps_every_acknowledged_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss during a group commit's fdatasync: what was durable when the previous
+    fdatasync returned survives; of what the commit wrote since (its batch, and the commit
+    slot when it moved), any part may be on disk: the slot old or new, the batch cut at any
+    offset or with any one byte bad. Every such state restores every acknowledged record
+    (the batches whose fdatasync returned), then the interrupted batch whole or not at all."""
+    d = tmp_path / "d"
+    at_fsync: list[bytes] = []  # the segment as each fdatasync began (and returned)
+
+    def fsync(fd: int) -> None:
+        (seg,) = segments(d)
+        at_fsync.append(seg.read_bytes())
+
+    batches = [[b"a"], [b"b" * 30, b"c"], [b"d" * 5], [b"e", b"f" * 9, b"g"], [b"h"]]
+    monkeypatch.setattr(store_mod, "IDLE_CHECKPOINT_S", 3600.0)  # only the commits' fsyncs
+    s = Store(d)
+    s.open()
+    monkeypatch.setattr(store_mod, "_sys_fsync", fsync)
+    for batch in batches:
+        await s.append_many(batch)
+    monkeypatch.setattr(store_mod, "_sys_fsync", os.fsync)
+    s.close()
+    assert len(at_fsync) == len(batches)  # one fdatasync per group commit
+    (seg,) = segments(d)
+    slots = slice(store_mod.HEADER_SIZE, store_mod.HEADER_SIZE + 2 * store_mod.SLOT_SIZE)
+    for k, now in enumerate(at_fsync):
+        before = at_fsync[k - 1] if k else now[: store_mod.LOG_DATA_START]
+        acked = [r for b in batches[:k] for r in b]
+        start = len(before)
+        # The commit wrote its batch after the durable end and, maybe, a commit slot.
+        assert now[: slots.start] + now[slots.stop : start] == (
+            before[: slots.start] + before[slots.stop :]
+        )
+        states = []
+        for slot_bytes in {before[slots], now[slots]}:
+            base = now[: slots.start] + slot_bytes + now[slots.stop : start]
+            states += [base + now[start:cut] for cut in range(start, len(now) + 1)]
+            for off in range(start, len(now)):
+                bad = bytearray(base + now[start:])
+                bad[off] ^= 0x10
+                states.append(bytes(bad))
+        for state in states:
+            seg.write_bytes(state)
+            st = Store(d, fsync=False)  # a restore's own fsyncs are not under test here
+            try:
+                got = st.open().records
+            finally:
+                st.close()
+            assert got in (acked, acked + batches[k]), (k, len(state), got)
+
+
+async def test_the_commit_point_reaches_the_end_of_the_log_once_writes_stop(
+    tmp_path: Path,
+) -> None:
+    """A commit moves the commit slot only up to its own batch's start (one fdatasync for
+    both), so damage to the last batch reads as a torn write until the next commit, or
+    until the flush thread, idle for ``IDLE_CHECKPOINT_S``, commits the log's end: from
+    then on a crash image (no close) with that batch damaged is refused."""
+    live, image = tmp_path / "live", tmp_path / "image"
+    s = Store(live)
+    s.open()
+    for i in range(5):
+        await s.append(b"rec-%d" % i)
+    (seg,) = segments(live)
+
+    def committed_end() -> int:
+        slots = read_slots(seg.read_bytes())
+        assert slots is not None
+        return slots[0]
+
+    await until(lambda: committed_end() == seg.stat().st_size, 10, "the log's end committed")
+    image.mkdir()
+    (image / seg.name).write_bytes(seg.read_bytes())  # what a crash now would leave
+    s.close()
+    truncate(image / seg.name, 1)
+    with pytest.raises(CorruptFile, match="acknowledged"):
+        Store(image).open()

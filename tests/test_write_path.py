@@ -69,7 +69,7 @@ async def test_concurrent_api_writers_share_one_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Group commit end to end: PUTs arriving while a commit's fsync runs are written and
-    made durable together by the next one (one batch, one pair of fdatasyncs), and each is
+    made durable together by the next one (one batch, one fdatasync), and each is
     answered only after it. Deterministic: the first fsync waits until all are queued."""
     release = threading.Event()
     calls: list[int] = []

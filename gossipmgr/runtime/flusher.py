@@ -1,14 +1,18 @@
 """One long-lived thread for the store's group commits (``Store._flush``).
 
-Each group commit (write a batch, fdatasync, write its commit slot, fdatasync) blocks, so it
-runs off the trio thread. ``trio.to_thread.run_sync`` did that hand-off per batch: a
+Each group commit (write a batch and its commit record, fdatasync) blocks, so it runs off
+the trio thread. ``trio.to_thread.run_sync`` did that hand-off per batch: a
 capacity limiter, a copied context, a thread from trio's cache named and renamed for the
 job, an outcome delivered back: ~130 µs of CPU per hand-off on the loaded 2-core machine of
 docs/benchmarks.md, where a single-key write costs a few ms in all. :class:`FlushThread`
 keeps one thread per store waiting on a queue and wakes the waiting task directly
 (``trio.lowlevel.reschedule`` through the run's token): ~80 µs on the same machine. The
 wake-ups themselves (one each way) are the same; what is gone is the bookkeeping around
-them.
+them. A job is handed over with its function, arguments, run token and task in one tuple
+(no closures made per job).
+
+When the thread has had no job for ``idle_s`` after the last one it calls ``on_idle`` (the
+store then moves its commit slot up to the end of the log: docs/storage-format.md).
 
 The caller's semantics are those of a shielded ``to_thread.run_sync``: :meth:`run` cannot be
 cancelled (a batch once taken is finished for every appender in it), returns what the
@@ -26,6 +30,20 @@ from typing import Any
 
 import outcome
 import trio
+from trio.lowlevel import (
+    Abort,
+    current_task,
+    current_trio_token,
+    reschedule,
+    wait_task_rescheduled,
+)
+
+#: a job: the function, its arguments, and the trio run and task to wake with its outcome
+_Job = tuple[Callable[..., Any], tuple[Any, ...], trio.lowlevel.TrioToken, trio.lowlevel.Task]
+
+
+def _not_cancellable(_: Any) -> Abort:
+    return Abort.FAILED  # the job runs to its end: wait for it
 
 
 class FlushThread:
@@ -36,9 +54,15 @@ class FlushThread:
     :meth:`stop` (a test's crashed store) leaves a thread waiting on an empty queue, not a
     process that cannot exit."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, on_idle: Callable[[], None] | None = None, idle_s: float = 0.0
+    ) -> None:
         self.name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Any], None]] | None]
+        #: called in the thread once no job came for ``idle_s`` after the last one (the
+        #: store commits the log's end then); must not raise
+        self.on_idle = on_idle
+        self.idle_s = idle_s
+        self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -47,25 +71,26 @@ class FlushThread:
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
             self._thread.start()
-        token = trio.lowlevel.current_trio_token()
-        task = trio.lowlevel.current_task()
-
-        def deliver(result: Any) -> None:
-            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-        self._jobs.put((lambda: fn(*args), deliver))
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            return trio.lowlevel.Abort.FAILED  # the job runs to its end: wait for it
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+        self._jobs.put((fn, args, current_trio_token(), current_task()))
+        return await wait_task_rescheduled(_not_cancellable)
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, deliver = job
-            result = outcome.capture(fn)
-            del fn, job
-            deliver(result)
+        get, idle = self._jobs.get, False
+        while True:
+            try:
+                job = get(timeout=self.idle_s) if idle else get()
+            except queue.Empty:
+                idle = False
+                if self.on_idle is not None:
+                    self.on_idle()
+                continue
+            if job is None:
+                return
+            fn, args, token, task = job
+            result = outcome.capture(fn, *args)
+            del fn, args, job
+            token.run_sync_soon(reschedule, task, result)
+            idle = self.on_idle is not None
 
     def stop(self) -> None:
         """End the thread after the jobs already queued. Idempotent."""

@@ -153,6 +153,7 @@ class Replica:
         self.state = ClusterState()
         self.hlc = HLC(name, max_offset_ms=max_offset_ms)
         self.lease_cfg = lease or LeaseConfig()
+        self._lease_seen: tuple[Entry, LeaseConfig, Lease | None] | None = None
         #: alive gossipmgr instances (Serf's view, set by the agent); alone: just us
         self.candidates: list[str] = [name]
         #: the majority as our Serf view shows it (set by the lease loop); alone: one of one
@@ -483,8 +484,13 @@ class Replica:
         e = self.state.map.entry(LEASE_KEY)
         if e is None or e.deleted:
             return None
+        seen = self._lease_seen  # every commit wakes readers of this: decode once per entry
+        if seen is not None and seen[0] is e and seen[1] is self.lease_cfg:
+            return seen[2]
         lease = Lease.from_value(e.value)
-        return None if lease is None else bounded(lease, e.ts.ms, self.lease_cfg)
+        lease = None if lease is None else bounded(lease, e.ts.ms, self.lease_cfg)
+        self._lease_seen = (e, self.lease_cfg, lease)
+        return lease
 
     def is_holder(self) -> bool:
         return is_holder(

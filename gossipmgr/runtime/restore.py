@@ -12,6 +12,8 @@ cannot be set aside, cut or opened).
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from gossipmgr.runtime.segments import (
     VersionError,
     chain_gap,
     chain_ok,
+    crash_point,
     fsync_dir,
     log_name,
     new_segment,
@@ -227,11 +230,12 @@ def _accept_loss(d: Path, p: Path, seg: Segment, notes: list[str], fsync: bool) 
 
 def _cut_torn(d: Path, p: Path, seg: Segment, notes: list[str], fsync: bool) -> None:
     _cut(p, seg.good_end, None, fsync)
-    why = (
-        f"it starts after the commit point (offset {seg.acked}), so it was never acknowledged"
-        if seg.version >= 2
-        else "it was never acknowledged (a version 1 segment: no commit point)"
-    )
+    if seg.version >= 3:
+        why = "no whole commit record covers it, so it was never acknowledged"
+    elif seg.version == 2:
+        why = f"it starts after the commit point (offset {seg.acked}), so it was never acknowledged"
+    else:
+        why = "it was never acknowledged (a version 1 segment: no commit point)"
     notes.append(
         f"discarded a torn write at the end of {p} (offset {seg.good_end}: "
         f"{seg.torn_why}); truncated to {seg.good_end} bytes; {why}"
@@ -265,9 +269,10 @@ def _append_point(
     notes: list[str],
     fsync: bool,
 ) -> AppendPoint:
-    """Append to the last segment of the chain, or create the first one. A version 1
-    segment is never appended to (it has no commit slots): the next one is started."""
-    if chain and seg is not None and seg.version >= 2:
+    """Append to the last segment of the chain, or create the first one. A segment of an
+    older version is never appended to (its batches have no commit records): the next one
+    is started."""
+    if chain and seg is not None and seg.version == FORMAT_VERSION:
         seq = chain[-1]
         try:
             fd = os.open(logs[seq], os.O_RDWR)
@@ -282,14 +287,77 @@ def _append_point(
     if chain:
         notes.append(
             f"started {log_name(seq)} in format version {FORMAT_VERSION} after "
-            f"version 1 segment {log_name(chain[-1])}"
+            f"version {seg.version if seg else '?'} segment {log_name(chain[-1])}"
         )
     return point
 
 
 def create_segment(d: Path, seq: int, fsync: bool) -> AppendPoint:
-    """Create segment ``seq`` durably (empty, version 2) and open it. Raises OSError."""
+    """Create segment ``seq`` durably (empty, FORMAT_VERSION) and open it. Raises OSError."""
     name = log_name(seq)
     write_file_atomic(d, name, new_segment(seq), fsync)
     fd = os.open(d / name, os.O_RDWR)
     return AppendPoint(fd, seq, LOG_DATA_START, 1, {seq: 0})
+
+
+def delete_superseded(d: Path, newest: int, keep: int, fsync: bool) -> None:
+    """After snapshot ``newest`` is durable (``Store.compact``): delete snapshots other than
+    ``newest``/``keep`` and segments before ``keep``.
+
+    Best effort: a file that cannot be deleted is logged and left (it is harmless).
+    """
+    removed = False
+    try:
+        names = sorted(os.listdir(d))
+    except OSError as e:
+        log.warning("store %s: cannot list for cleanup: %s", d, e)
+        return
+    # Snapshots first, then segments, oldest first: any prefix of this is a valid state.
+    victims = []
+    for kind in ("snapshot", "log"):
+        for name in names:
+            m = NAME_RE.match(name)
+            if not m or m.group(1) != kind:
+                continue
+            s = int(m.group(2))
+            if kind == "snapshot" and s < newest and s != keep:
+                victims.append(name)
+            elif kind == "log" and s < keep:
+                victims.append(name)
+    for name in victims:
+        try:
+            os.unlink(d / name)
+            removed = True
+            crash_point("compact.mid-delete")
+        except OSError as e:
+            log.warning("store %s: cannot delete %s: %s", d, name, e)
+    if removed and fsync:
+        try:
+            fsync_dir(d)
+        except OSError as e:
+            log.warning("store %s: cannot fsync after cleanup: %s", d, e)
+
+
+def lock_data_dir(d: Path, notes: list[str], *, fsync: bool) -> int:
+    """Create ``d`` (and parents) if missing, with a note, and take its ``LOCK``; returns
+    the locked fd. Raises StoreError if it cannot be created or is locked by another
+    process."""
+    try:
+        if not d.is_dir():
+            if d.exists():
+                raise StoreError(f"data directory {d} exists and is not a directory")
+            d.mkdir(parents=True, exist_ok=True)
+            if fsync:
+                fsync_dir(d.parent)
+            notes.append(f"created data directory {d}")
+        lock_fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create or open data directory {d}: {e.strerror or e}")
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(lock_fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreError(f"data directory {d} is in use by another process (LOCK held)")
+        raise StoreError(f"cannot lock {d / 'LOCK'}: {e.strerror or e}")
+    return lock_fd

@@ -9,7 +9,8 @@ crash points. Everything here is synchronous (the Store runs it in worker thread
 
 Files in a data directory::
 
-    log.<seq>         append-only segment: header | 2 commit slots | frame | frame | ...
+    log.<seq>         append-only segment: header | 2 commit slots | batch | batch | ...,
+                      a batch being frames then a commit record (version 3)
     snapshot.<seq>    header | u64 length | payload | blake2b-256(everything before)
     *.tmp             a file being created; never read, removed at open()
     *.corrupt         a snapshot refused at open() and set aside, or a copy of a damaged
@@ -35,6 +36,7 @@ import re
 import signal
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +47,12 @@ log = logging.getLogger("gossipmgr.store")  # the Store's logger (runtime/store.
 # --- format constants (docs/storage-format.md) -------------------------------------------
 # Versioning: each kind of file carries its layout version; a reader refuses any version it
 # does not know. WARNING: only ever bump a version for a new layout; never reuse a number.
-# Log segments: version 2 adds the commit slots (version 1 segments are still read, with the
-# version 1 torn-tail rule, and never appended to). Snapshots: version 1.
-FORMAT_VERSION = 2  # of the log segments this release writes
-LOG_VERSIONS = (1, 2)
+# Log segments: version 2 adds the commit slots; version 3 ends every batch with a commit
+# record and moves the commit slot one batch behind, so that a group commit needs one
+# fdatasync (older versions are still read, each with its own rule, and never appended to).
+# Snapshots: version 1.
+FORMAT_VERSION = 3  # of the log segments this release writes
+LOG_VERSIONS = (1, 2, 3)
 SNAP_VERSION = 1
 LOG_MAGIC = b"gmgr-log"
 SNAP_MAGIC = b"gmgr-snp"
@@ -63,6 +67,14 @@ LOG_DATA_START = HEADER_SIZE + 2 * SLOT_SIZE  # 56: where frames start in a vers
 # A log frame: u32 payload length | u32 crc32(length bytes + payload) | payload.
 _FRAME = struct.Struct("<II")
 FRAME_OVERHEAD = _FRAME.size  # 8
+# Version 3: a batch's frames are followed by one commit record, a frame whose length field
+# has COMMIT_FLAG set and whose 12-byte payload is u64 offset where the batch starts | u32
+# crc32 of the batch's bytes (its frames, from that offset to the commit record).
+COMMIT_FLAG = 0x8000_0000
+_COMMIT = struct.Struct("<QI")
+COMMIT_SIZE = FRAME_OVERHEAD + _COMMIT.size  # 20
+_COMMIT_LEN = (COMMIT_FLAG | _COMMIT.size).to_bytes(4, "little")
+_COMMIT_LEN_CRC = zlib.crc32(_COMMIT_LEN)
 U64 = struct.Struct("<Q")
 SNAP_DIGEST_SIZE = 32  # blake2b-256
 
@@ -92,6 +104,12 @@ def frame(record: bytes) -> bytes:
     return _FRAME.pack(n, zlib.crc32(record, zlib.crc32(lb))) + record
 
 
+def commit_record(start: int, batch: bytes) -> bytes:
+    """The version 3 commit record of ``batch``, written at offset ``start``."""
+    body = _COMMIT.pack(start, zlib.crc32(batch))
+    return _COMMIT_LEN + zlib.crc32(body, _COMMIT_LEN_CRC).to_bytes(4, "little") + body
+
+
 def header(magic: bytes, seq: int) -> bytes:
     version = FORMAT_VERSION if magic == LOG_MAGIC else SNAP_VERSION
     head = struct.pack("<8sIQ", magic, version, seq)
@@ -108,7 +126,8 @@ def slot_offset(gen: int) -> int:
 
 
 def new_segment(seq: int) -> bytes:
-    """A version 2 segment with no records: its commit point is the start of the frames."""
+    """A segment (version 2 and 3 layout) with no records: its commit point is the start of
+    the frames."""
     return header(LOG_MAGIC, seq) + b"\0" * SLOT_SIZE + slot(LOG_DATA_START, 1)
 
 
@@ -134,7 +153,7 @@ def read_slots(data: bytes | memoryview) -> tuple[int, int] | None:
 # bench/crash.py to kill an agent inside a compaction or between the two fsyncs of a commit.
 CRASH_POINTS = (
     "flush.after-write",  # a batch is written, not yet fsync'd
-    "flush.after-data-fsync",  # the batch is durable, its commit slot not yet written
+    "flush.after-fsync",  # the batch and its commit record are durable, nobody told yet
     "compact.after-rotate",  # log.N exists, snapshot.N does not
     "compact.after-snapshot",  # snapshot.N is durable, nothing deleted yet
     "compact.mid-delete",  # one superseded file deleted, maybe more to go
@@ -351,6 +370,9 @@ def read_segment(path: Path, seq: int, *, last: bool, accept_damage: bool) -> Se
             if acked < start:
                 return damaged(f"commit slot says offset {acked}, before the first record")
         seg.acked = acked
+    if version >= 3:
+        assert acked is not None
+        return _read_batches(path, view, seg, acked, last, damaged)
     off = start
     while off < size:
         end, why, torn = _check_frame(view, off, acked)
@@ -376,3 +398,72 @@ def read_segment(path: Path, seq: int, *, last: bool, accept_damage: bool) -> Se
     if damage is not None:
         seg.damage = damage
     return seg
+
+
+def _frame3(view: memoryview, off: int) -> tuple[int, str | None, bool]:
+    """The version 3 frame at ``off``: ``(end, None, is_commit_record)`` when intact, else
+    ``(off, why, False)``."""
+    rest = len(view) - off
+    if rest < FRAME_OVERHEAD:
+        return off, f"{rest}-byte partial frame header", False
+    n, crc = _FRAME.unpack_from(view, off)
+    commit = bool(n & COMMIT_FLAG)
+    n &= ~COMMIT_FLAG
+    if commit and n != _COMMIT.size:
+        return off, f"commit record with a length field of {n}", False
+    if n > MAX_RECORD:
+        return off, f"length field {n} exceeds MAX_RECORD", False
+    end = off + FRAME_OVERHEAD + n
+    if end > len(view):
+        return off, f"frame of {n} bytes cut short at {rest - FRAME_OVERHEAD}", False
+    if zlib.crc32(view[off + FRAME_OVERHEAD : end], zlib.crc32(view[off : off + 4])) != crc:
+        return off, "record checksum mismatch", False
+    return end, None, commit
+
+
+def _read_batches(
+    path: Path,
+    view: memoryview,
+    seg: Segment,
+    acked: int,
+    last: bool,
+    damaged: Callable[[str], Segment],
+) -> Segment:
+    """Version 3 (docs/storage-format.md): whole batches, each ended by a commit record that
+    matches it. Everything before the commit slot's offset must be such batches (else
+    damage); after it, the first bad or uncommitted batch is a torn write (last segment)."""
+    off = batch = seg.data_start
+    pending: list[bytes] = []
+    why: str | None = None
+    while off < len(view):
+        end, why, commit = _frame3(view, off)
+        if why is None and commit:
+            bstart, bcrc = _COMMIT.unpack_from(view, off + FRAME_OVERHEAD)
+            if bstart != batch or zlib.crc32(view[batch:off]) != bcrc:
+                why = f"commit record does not match the batch at offset {batch}"
+        if why is not None:
+            break
+        if not commit:
+            pending.append(bytes(view[off + FRAME_OVERHEAD : end]))
+            off = end
+            continue
+        if batch < acked < end:
+            return damaged(f"the commit point {acked} falls inside the batch at offset {batch}")
+        seg.records.extend(pending)
+        pending.clear()
+        off = batch = seg.good_end = end
+    else:
+        if pending:
+            why = f"the batch at offset {batch} has no commit record"
+    if seg.good_end < acked:
+        if why is None:
+            why = f"file ends at offset {len(view)}"
+        return damaged(f"bad record at offset {off} ({why}), before the commit point {acked}")
+    if why is None:
+        return seg
+    if last:
+        seg.torn_why = f"{why}, at offset {off}" if off != batch else why
+        return seg
+    raise CorruptFile(
+        str(path), f"bad record at offset {off}: {why} (not the last segment, so not a torn write)"
+    )

@@ -9,10 +9,9 @@ The files of a data directory and how they are read are in ``gossipmgr.runtime.s
 (its docstring lists them) and ``gossipmgr.runtime.restore``; docs/storage-format.md has the
 byte layout and the crash-safety argument step by step.
 
-The decisions and why (crc32 for records and blake2b for snapshots; a durable commit point
-per segment, so damage to acknowledged bytes is refused and only a tail after it can be a
-torn write; a corrupt newest snapshot set aside for the previous one plus every later
-segment; idempotent replay; group commit without a flusher task; a failed write or fsync
+The decisions and why (crc32 for records, blake2b for snapshots; one fdatasync per group
+commit, a commit record ending each batch and a commit slot one batch behind; a corrupt
+newest snapshot set aside for the previous one; idempotent replay; a failed write or fsync
 cut off, never retried) are in docs/storage-format.md, each with its prior art.
 
 Threads: all blocking I/O in async methods runs off the trio thread: group commits in the
@@ -24,10 +23,10 @@ start, from a thread if you like).
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,8 +36,16 @@ import trio
 
 from gossipmgr.errors import StoreError
 from gossipmgr.runtime.flusher import FlushThread
-from gossipmgr.runtime.restore import AppendPoint, Restored, create_segment, restore
+from gossipmgr.runtime.restore import (
+    AppendPoint,
+    Restored,
+    create_segment,
+    delete_superseded,
+    lock_data_dir,
+    restore,
+)
 from gossipmgr.runtime.segments import (
+    COMMIT_SIZE,
     CRASH_POINTS,
     FORMAT_VERSION,
     FRAME_OVERHEAD,
@@ -47,14 +54,13 @@ from gossipmgr.runtime.segments import (
     MAX_RECORD,
     MAX_SEQ,
     MAX_SNAPSHOT,
-    NAME_RE,
     SLOT_SIZE,
     SNAP_DIGEST_SIZE,
     SNAP_MAGIC,
     U64,
+    commit_record,
     crash_point,
     frame,
-    fsync_dir,
     header,
     log_name,
     slot,
@@ -65,6 +71,7 @@ from gossipmgr.runtime.segments import (
 
 # The format names callers and tests use are re-exported from here (``segments`` has them).
 __all__ = [
+    "COMMIT_SIZE",
     "CRASH_POINTS",
     "FORMAT_VERSION",
     "FRAME_OVERHEAD",
@@ -81,6 +88,9 @@ __all__ = [
 
 
 log = logging.getLogger("gossipmgr.store")  # its name before the move to runtime/
+#: after this long with no commit, the flush thread moves the commit slot up to the end of
+#: the log (one fdatasync), so that damage to the last batch is refused, not read as torn
+IDLE_CHECKPOINT_S = 1.0
 
 # Test seam: the low-level calls the append path uses. Tests monkeypatch these (never the
 # os module itself, which trio uses for its own wake-up fd) to simulate ENOSPC/EIO.
@@ -90,8 +100,9 @@ _sys_fsync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 @dataclass(frozen=True)
 class StoreStats:
-    """Counters for /metrics. ``fsyncs`` counts group commits made durable (each is two
-    fdatasync calls: the batch, then its commit slot); ``fsync_*_s`` time both together."""
+    """Counters for /metrics. ``fsyncs`` counts group commits made durable (one fdatasync
+    each: the batch, its commit record and, when it lags, the commit slot); ``fsync_*_s``
+    time it."""
 
     appends: int
     batches: int
@@ -131,6 +142,7 @@ class Store:
         #: (copy set aside as log.N.corrupt) instead of raising CorruptFile
         self.accept_damage = accept_damage
         self._slot_gen = 0  # generation of the newest commit slot of the open segment
+        self._slot_end = 0  # the offset it holds (the durable commit point; may lag _offset)
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._fd_seq = 0  # segment the fd is open on
@@ -142,18 +154,20 @@ class Store:
         self._broken: str | None = None
         self._open_batch: _Batch | None = None
         self._flush_lock = trio.Lock()
-        self._flusher = FlushThread(f"gossipmgr store flush {self.data_dir.name}")
+        self._flusher = FlushThread(
+            f"gossipmgr store flush {self.data_dir.name}",
+            on_idle=self._checkpoint_quietly,
+            idle_s=IDLE_CHECKPOINT_S,
+        )
+        # Held by whatever uses the open segment's fd in a thread (a commit, the idle
+        # commit of the log's end, a rotation) and by close(): these may overlap.
+        self._io_lock = threading.RLock()
         self._compact_lock = trio.Lock()
         self._closed = False
         # counters
-        self._appends = 0
-        self._batches = 0
-        self._fsyncs = 0
-        self._bytes = 0
-        self._fsync_last = 0.0
-        self._fsync_max = 0.0
-        self._compactions = 0
-        self._errors = 0
+        self._appends = self._batches = self._fsyncs = self._bytes = 0
+        self._fsync_last = self._fsync_max = 0.0
+        self._compactions = self._errors = 0
 
     # --- open / restore ------------------------------------------------------------------
 
@@ -164,33 +178,13 @@ class Store:
         segment. Removes leftover ``*.tmp`` files. Sets a corrupt newest snapshot aside
         when a complete older chain exists (see the module docstring).
 
-        Raises StoreError if the directory cannot be created or locked (another process
-        has it) or on an I/O error; CorruptFile naming the file and the problem if acknowledged
-        data cannot be restored completely.
-        """
+        Raises StoreError if the directory cannot be created or locked (another process has
+        it) or on an I/O error; CorruptFile naming the file and the problem if acknowledged
+        data cannot be restored completely."""
         if self._lock_fd is not None or self._closed:
             raise StoreError(f"{self.data_dir}: Store.open() may be called once")
         notes: list[str] = []
-        d = self.data_dir
-        try:
-            if not d.is_dir():
-                if d.exists():
-                    raise StoreError(f"data directory {d} exists and is not a directory")
-                d.mkdir(parents=True, exist_ok=True)
-                if self.fsync:
-                    fsync_dir(d.parent)
-                notes.append(f"created data directory {d}")
-            lock_fd = os.open(d / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise StoreError(f"cannot create or open data directory {d}: {e.strerror or e}")
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(lock_fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise StoreError(f"data directory {d} is in use by another process (LOCK held)")
-            raise StoreError(f"cannot lock {d / 'LOCK'}: {e.strerror or e}")
-        self._lock_fd = lock_fd
+        self._lock_fd = lock_data_dir(self.data_dir, notes, fsync=self.fsync)
         try:
             return self._restore(notes)
         except BaseException:
@@ -198,30 +192,24 @@ class Store:
             raise
 
     def load(self) -> Restored:
-        """Alias of :meth:`open`."""
-        return self.open()
+        return self.open()  # an alias
 
     def _restore(self, notes: list[str]) -> Restored:
         restored, point = restore(
             self.data_dir, notes, fsync=self.fsync, accept_damage=self.accept_damage
         )
         self._take(point)
-        self._target_seq = point.seq
-        self._segment_bytes = point.segment_bytes
-        self._durable_snap_seq = point.durable_snap_seq
-        self._fallback_seq = point.fallback_seq
+        self._target_seq, self._segment_bytes = point.seq, point.segment_bytes
+        self._durable_snap_seq, self._fallback_seq = point.durable_snap_seq, point.fallback_seq
         return restored
 
     def _take(self, point: AppendPoint) -> None:
         """Make ``point``'s segment the open one (closing the previous fd)."""
         if self._fd is not None:
             os.close(self._fd)
-        self._fd, self._fd_seq, self._offset, self._slot_gen = (
-            point.fd,
-            point.seq,
-            point.offset,
-            point.slot_gen,
-        )
+        self._fd, self._fd_seq = point.fd, point.seq
+        self._offset, self._slot_gen = point.offset, point.slot_gen
+        self._slot_end = point.offset  # restore and create_segment commit up to the end
 
     # --- segment management (worker thread, under _flush_lock) ---------------------------
 
@@ -229,12 +217,36 @@ class Store:
         """Make segment ``seq`` the open one, creating it durably. Raises OSError."""
         if self._fd is not None and self._fd_seq == seq:
             return
+        # A segment left behind has its commit point at its end, like every segment but
+        # the last one (restore refuses a bad batch after it in any other segment).
+        self._checkpoint_sync()
         self._take(create_segment(self.data_dir, seq, self.fsync))
         self._segment_bytes.setdefault(seq, 0)
 
+    def _checkpoint_sync(self) -> None:
+        """Move the open segment's commit point up to its end, durably, if it lags (a
+        segment rotated away from, a store closing). Raises OSError."""
+        fd = self._fd
+        if fd is None or self._slot_end == self._offset or self._broken is not None:
+            return
+        gen = self._slot_gen + 1
+        if _sys_pwrite(fd, slot(self._offset, gen), slot_offset(gen)) != SLOT_SIZE:
+            raise OSError(errno.EIO, "short write of a commit slot")
+        if self.fsync:
+            _sys_fsync(fd)
+        self._slot_gen, self._slot_end = gen, self._offset
+
+    def _rotate_sync(self, seq: int) -> None:
+        with self._io_lock:
+            self._ensure_segment_sync(seq)
+
     def _flush_sync(self, data: bytes, seq: int) -> None:
-        """Write one batch to segment ``seq``, fsync it, then commit its end in the next
-        commit slot and fsync that; on error cut the segment back.
+        with self._io_lock:
+            self._flush_locked(data, seq)
+
+    def _flush_locked(self, data: bytes, seq: int) -> None:
+        """Write one batch and its commit record to segment ``seq`` and fdatasync them once;
+        on error cut the segment back (docs/storage-format.md, "Appends and group commit").
 
         Raises OSError."""
         self._ensure_segment_sync(seq)
@@ -242,33 +254,34 @@ class Store:
         assert fd is not None
         start = self._offset
         gen = self._slot_gen + 1
+        lags = self._slot_end != start
+        buf = data + commit_record(start, data)
         try:
-            view = memoryview(data)
+            if lags and _sys_pwrite(fd, slot(start, gen), slot_offset(gen)) != SLOT_SIZE:
+                # The commit point moves up to this batch's start: the batches before it
+                # are durable (their fdatasync returned), so it never covers a torn byte.
+                raise OSError(errno.EIO, "short write of a commit slot")
+            view = memoryview(buf)
             off = 0
             while off < len(view):
                 off += _sys_pwrite(fd, view[off:], start + off)
             crash_point("flush.after-write")
-            t0 = time.perf_counter()
             if self.fsync:
-                _sys_fsync(fd)
-            crash_point("flush.after-data-fsync")
-            # Only now, with the batch durable, may the commit point move past it: a torn
-            # write can never sit before a durable commit point (docs/storage-format.md).
-            if _sys_pwrite(fd, slot(start + len(data), gen), slot_offset(gen)) != SLOT_SIZE:
-                raise OSError(errno.EIO, "short write of a commit slot")
-            if self.fsync:
+                t0 = time.perf_counter()
                 _sys_fsync(fd)
                 dt = time.perf_counter() - t0
                 self._fsyncs += 1
                 self._fsync_last = dt
                 self._fsync_max = max(self._fsync_max, dt)
-            self._slot_gen = gen
+            crash_point("flush.after-fsync")
+            if lags:
+                self._slot_gen, self._slot_end = gen, start
         except OSError:
             try:
-                # The commit slot first (it may already say start + len), then the bytes.
+                # The commit slot first (it may already be written), then the bytes.
                 os.pwrite(fd, slot(start, gen), slot_offset(gen))
                 os.fsync(fd)
-                self._slot_gen = gen
+                self._slot_gen, self._slot_end = gen, start
                 os.ftruncate(fd, start)
                 os.fsync(fd)
             except OSError as e2:
@@ -278,8 +291,8 @@ class Store:
                 )
                 log.error("store %s: %s", self.data_dir, self._broken)
             raise
-        self._offset = start + len(data)
-        self._segment_bytes[self._fd_seq] = self._segment_bytes.get(self._fd_seq, 0) + len(data)
+        self._offset = start + len(buf)
+        self._segment_bytes[self._fd_seq] = self._segment_bytes.get(self._fd_seq, 0) + len(buf)
 
     # --- appending -----------------------------------------------------------------------
 
@@ -296,9 +309,8 @@ class Store:
 
         Raises TypeError/ValueError for a non-bytes or oversized record (more than
         MAX_RECORD), StoreError if it could not be made durable: then it is NOT
-        acknowledged (and the segment was cut back so that it will not be restored).
-        If the call is cancelled the record is not acknowledged; it may still be restored.
-        """
+        acknowledged (and the segment was cut back so that it will not be restored). If
+        the call is cancelled the record is not acknowledged; it may still be restored."""
         await self.append_many((record,))
 
     async def append_many(self, records: Iterable[bytes]) -> None:
@@ -322,11 +334,19 @@ class Store:
         batch.frames.extend(frames)
         batch.records += len(frames)
         # Whoever gets the lock first flushes everything queued so far; the others find
-        # their batch done when they get the lock (a fair FIFO lock: cheap hand-offs).
-        async with self._flush_lock:
+        # their batch done when they get the lock (a fair FIFO lock: cheap hand-offs). A
+        # free lock is taken without a scheduler round: the flush's wait is one already.
+        lock = self._flush_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if not batch.done:
                 assert batch is self._open_batch
                 await self._flush(batch)
+        finally:
+            lock.release()
         if batch.error is not None:
             raise StoreError(
                 f"append to {self.data_dir} not acknowledged: {batch.error}"
@@ -344,9 +364,9 @@ class Store:
                 raise StoreError(f"store {self.data_dir} is closed")
             if self._broken is not None:
                 raise StoreError(self._broken)
-            # Not cancellable: once taken, a batch must be finished for every appender in it.
-            with trio.CancelScope(shield=True):
-                await self._flusher.run(self._flush_sync, data, seq)
+            # Not cancellable (FlushThread.run never is): once taken, a batch must be
+            # finished for every appender in it.
+            await self._flusher.run(self._flush_sync, data, seq)
         except (OSError, StoreError) as e:
             self._errors += 1
             batch.error = e
@@ -391,7 +411,7 @@ class Store:
                 async with self._flush_lock:
                     self._check_usable()
                     with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self._ensure_segment_sync, seq)
+                        await trio.to_thread.run_sync(self._rotate_sync, seq)
                 crash_point("compact.after-rotate")
                 body = header(SNAP_MAGIC, seq) + U64.pack(len(state)) + bytes(state)
                 blob = body + hashlib.blake2b(body, digest_size=SNAP_DIGEST_SIZE).digest()
@@ -411,43 +431,9 @@ class Store:
                 # Bytes before the snapshot no longer count towards log_bytes.
                 self._segment_bytes.pop(s)
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self._delete_superseded_sync, seq, keep)
-
-    def _delete_superseded_sync(self, newest: int, keep: int) -> None:
-        """Delete snapshots other than ``newest``/``keep`` and segments before ``keep``.
-
-        Best effort: a file that cannot be deleted is logged and left (it is harmless).
-        """
-        removed = False
-        try:
-            names = sorted(os.listdir(self.data_dir))
-        except OSError as e:
-            log.warning("store %s: cannot list for cleanup: %s", self.data_dir, e)
-            return
-        # Snapshots first, then segments, oldest first: any prefix of this is a valid state.
-        victims = []
-        for kind in ("snapshot", "log"):
-            for name in names:
-                m = NAME_RE.match(name)
-                if not m or m.group(1) != kind:
-                    continue
-                s = int(m.group(2))
-                if kind == "snapshot" and s < newest and s != keep:
-                    victims.append(name)
-                elif kind == "log" and s < keep:
-                    victims.append(name)
-        for name in victims:
-            try:
-                os.unlink(self.data_dir / name)
-                removed = True
-                crash_point("compact.mid-delete")
-            except OSError as e:
-                log.warning("store %s: cannot delete %s: %s", self.data_dir, name, e)
-        if removed and self.fsync:
-            try:
-                fsync_dir(self.data_dir)
-            except OSError as e:
-                log.warning("store %s: cannot fsync after cleanup: %s", self.data_dir, e)
+                await trio.to_thread.run_sync(
+                    delete_superseded, self.data_dir, seq, keep, self.fsync
+                )
 
     # --- introspection / close -----------------------------------------------------------
 
@@ -472,27 +458,43 @@ class Store:
         )
 
     def close(self) -> None:
-        """Release the segment fd and the directory lock. Idempotent.
+        """Commit the log's end in its commit slot (if it lags: one fdatasync, in the
+        caller's thread), release the segment fd and the directory lock. Idempotent.
 
         Call it when no append/compact is running (use :meth:`aclose` otherwise); raises
         StoreError if a flush is in progress. Queued, unacknowledged records are dropped.
         """
         if self._flush_lock.locked() or self._compact_lock.locked():
             raise StoreError(f"store {self.data_dir}: close() while a write is in progress")
+        if not self._closed:
+            self._checkpoint_quietly()
         self._closed = True
         self._release()
 
+    def _checkpoint_quietly(self) -> None:
+        """:meth:`_checkpoint_sync`, an error logged (a restore commits the end too)."""
+        try:
+            with self._io_lock:
+                self._checkpoint_sync()
+        except OSError as e:
+            log.warning("store %s: cannot commit the log's end: %s", self.data_dir, e)
+
     async def aclose(self) -> None:
-        """Wait for running writes to finish, then :meth:`close`."""
+        """Wait for running writes to finish, commit the last batch's end in the commit
+        slot (best effort: a restore does that too), then :meth:`close`."""
         async with self._compact_lock, self._flush_lock:
+            if not self._closed:
+                with trio.CancelScope(shield=True):
+                    await self._flusher.run(self._checkpoint_quietly)
             self._closed = True
             self._release()
 
     def _release(self) -> None:
         self._flusher.stop()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._io_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the fd drops the flock
             self._lock_fd = None
