@@ -55,20 +55,23 @@ async def _requests(stream: trio.SocketStream) -> AsyncIterator[tuple[str, int]]
                 yield header["Command"], header["Seq"]
 
 
+def _reply(command: str, seq: int, query_records: Sequence[Mapping[str, Any]]) -> bytes:
+    header = {"Seq": seq, "Error": ""}
+    if command == "query":
+        out: list[object] = [header]
+        for rec in query_records:
+            out += [header, dict(rec)]
+        return _pack(*out)
+    if command in _EMPTY_REPLY:
+        return _pack(header)
+    return _pack({"Seq": seq, "Error": "Unsupported command"})
+
+
 async def _serve(stream: trio.SocketStream, query_records: Sequence[Mapping[str, Any]]) -> None:
     async with stream:
         try:
             async for command, seq in _requests(stream):
-                header = {"Seq": seq, "Error": ""}
-                if command == "query":
-                    out = [header]
-                    for rec in query_records:
-                        out += [header, dict(rec)]
-                    await stream.send_all(_pack(*out))
-                elif command in _EMPTY_REPLY:
-                    await stream.send_all(_pack(header))
-                else:
-                    await stream.send_all(_pack({"Seq": seq, "Error": "Unsupported command"}))
+                await stream.send_all(_reply(command, seq, query_records))
         except trio.BrokenResourceError:
             pass  # the client went away
 
