@@ -382,6 +382,9 @@ def test_real_serf_agent_accepts_our_keyring_file(tmp_path: Path) -> None:
         (json.dumps([generate_key(), "???"]), "keyring entry 1: not valid base64"),
         ("[not json", "not a base64 key nor a JSON list"),
     ],
+    # Fixed ids: two of the contents are random, and pytest-xdist's workers must collect
+    # the same test names.
+    ids=["empty", "not-base64", "16-bytes", "empty-list", "map", "not-str", "bad-entry", "junk"],
 )
 def test_bad_key_files_name_path_and_why(tmp_path: Path, content: str, why: str) -> None:
     p = tmp_path / "bad.key"

@@ -195,6 +195,35 @@ def test_query_ends_at_done() -> None:
         feed_all(p, pack(hdr(q)))
 
 
+def test_query_records_from_the_agents_closed_channels_are_dropped() -> None:
+    # At the query's deadline Serf closes its ack and response channels (serf.go's
+    # registerQueryResponse) while the agent's stream loop may not have seen its own timer
+    # yet: it then reads zero values from the closed channels and sends them as records,
+    # ``{"Type": "response", "From": "", "Payload": None}`` and ``{"Type": "ack", "From": ""}``,
+    # until its done timer wins (ipc_query_response_stream.go; hashicorp/serf issue 408).
+    p = SerfRpcProtocol()
+    q, _ = p.send("query", {"Name": "q", "RequestAck": True})
+    empties = [
+        (hdr(q), {"Type": kind, "From": "", "Payload": None}) for kind in ("response", "ack") * 40
+    ]
+    data = pack(
+        hdr(q),
+        hdr(q), {"Type": "ack", "From": "n1", "Payload": None},
+        hdr(q), {"Type": "response", "From": "n1", "Payload": b"r"},
+        *[obj for pair in empties for obj in pair],
+        hdr(q), {"Type": "done", "From": "", "Payload": None},
+    )  # fmt: skip
+    frames = feed_all(p, data, step=7)
+    assert [(f.kind, f.body and f.body["Type"], f.final) for f in frames] == [
+        ("ack", None, False),
+        ("record", "ack", False),
+        ("record", "response", False),
+        ("record", "done", True),
+    ]
+    assert p.dropped_empty_records == 80
+    assert q not in p.outstanding
+
+
 def test_unknown_seq_is_desync() -> None:
     p = SerfRpcProtocol()
     with pytest.raises(SerfProtocolError, match="unknown seq 5"):

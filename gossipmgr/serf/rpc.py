@@ -165,6 +165,9 @@ class SerfRpcProtocol:
         self._retired: dict[int, str] = {}
         self._unpacker = msgpack.Unpacker(raw=False)
         self._header: dict[str, Any] | None = None  # a header whose body has not arrived yet
+        #: Query records dropped as zero values of Serf's closed channels
+        #: (:func:`_closed_channel_record`).
+        self.dropped_empty_records = 0
 
     @property
     def outstanding(self) -> Mapping[int, str]:
@@ -248,13 +251,16 @@ class SerfRpcProtocol:
                 self._retire(target)
         return Frame(seq, command, "reply", error, None, final=True)
 
-    def _on_body(self, header: dict[str, Any], obj: object) -> Frame:
+    def _on_body(self, header: dict[str, Any], obj: object) -> Frame | None:
         seq: int = header["Seq"]
         if not isinstance(obj, dict):
             raise SerfProtocolError(f"serf RPC body for seq {seq} is not a map: {obj!r:.80}")
         if header["retired"]:
             return Frame(seq, self._retired[seq], "record", header["Error"], obj, True, True)
         command = self._outstanding[seq]
+        if command == "query" and _closed_channel_record(obj):
+            self.dropped_empty_records += 1
+            return None
         if command in STREAMING:
             final = command == "query" and obj.get("Type") == "done"
             if final:
@@ -281,6 +287,19 @@ class SerfRpcProtocol:
         """
         if seq in self._outstanding and self._outstanding[seq] in STREAMING:
             self._retire(seq)
+
+
+def _closed_channel_record(body: Mapping[str, Any]) -> bool:
+    """True for an ``ack`` or ``response`` query record with no sender: not from any member.
+
+    At a query's deadline Serf closes the query's ack and response channels (``serf.go``,
+    ``registerQueryResponse``) while the agent's stream loop waits on them and on its own
+    deadline timer (``ipc_query_response_stream.go``). When the close wins, the loop reads
+    zero values from the closed channels and sends each as a record, ``From`` empty and
+    ``Payload`` nil, until its timer fires: tens of them on a loaded machine (hashicorp/serf
+    issue 408). A member always has a name, so such a record carries nothing.
+    """
+    return body.get("Type") in ("ack", "response") and not body.get("From")
 
 
 # --- member records -----------------------------------------------------------------------
