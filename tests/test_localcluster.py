@@ -27,6 +27,21 @@ def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> N
                 s.bind(("127.0.0.1", p))
 
 
+def test_pytest_xdist_workers_pick_from_disjoint_pools(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``./dev test`` runs 2 workers, each with its own ``_HANDED_OUT``: their pools must not
+    overlap, or one could hand out a port the other probed but has not bound yet."""
+    pools = []
+    for name in ("gw0", "gw1", "gw2"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", name)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+        pools.append(set(localcluster._port_pool()))
+    assert all(pools)
+    assert not pools[0] & pools[1] and not pools[0] & pools[2] and not pools[1] & pools[2]
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT")
+    assert set(localcluster._port_pool()) == pools[0] | pools[1] | pools[2]
+
+
 def test_a_port_held_by_a_listener_or_udp_socket_is_never_picked(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # A window of 3 ports this test holds all but one of: the probe must find the last.
     for base in range(20_000, 30_000, 7):
