@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 import trio
@@ -66,7 +66,7 @@ class Watch:
         #: why it was cut off ("" while it is not)
         self.reason = ""
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncGenerator[bytes, None]:
         """The stream's bytes: ``: watching`` (with the id it starts from), a reset if
         one is due, then the changes as they are committed, heartbeats while idle, and a
         cutoff (which ends it) when the client fell behind what the history holds."""
