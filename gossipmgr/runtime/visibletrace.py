@@ -2,12 +2,13 @@
 
 Off unless the environment variable :data:`ENV` names a directory: then the agent records,
 with ``time.monotonic()`` (the clock ``time.perf_counter()`` reads too, so a client's times
-compare with these), each local write's delta handed to gossip and made durable, each
-remote delta joined (with when its datagram's receive step was scheduled and began), each
-chunk of the change feed handed to the HTTP server and when it asked for the next, every
-cyclic GC collection, and every trio task step longer than :data:`LONG_STEP_S`. Written as
-JSON lines to ``<dir>/trace-<pid>.jsonl`` when ``trio.run`` ends. Nothing here runs when
-the variable is unset; it is never set by the product.
+compare with these), each local write's delta handed to gossip (with the peers it is not
+pushed to) and made durable, each remote delta joined (with when its datagram's receive
+step was scheduled and began), each chunk of the change feed handed to the HTTP server and
+when it asked for the next, every cyclic GC collection, and every trio task step longer
+than :data:`LONG_STEP_S`. Written as JSON lines to ``<dir>/trace-<pid>.jsonl`` when
+``trio.run`` ends. Nothing here runs when the variable is unset; it is never set by the
+product.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def _keys(novel: LWWMap) -> list[str]:
 class VisibleTrace(trio.abc.Instrument):
     """The recorder (a trio instrument, and listener of the replica and the feed)."""
 
-    def __init__(self, path: Path, name: str) -> None:
+    def __init__(self, path: Path, name: str, agent: Any = None) -> None:
         self.path = path
+        self.agent = agent
         self.rows: list[list[Any]] = [["instance", name, os.getpid()]]
         self._sched: dict[int, float] = {}
         self._start: dict[int, float] = {}
@@ -50,7 +52,15 @@ class VisibleTrace(trio.abc.Instrument):
 
     # listeners
     def local_send(self, novel: LWWMap) -> None:
-        self.rows.append(["local_send", _keys(novel), time.monotonic()])
+        # The peers the protocol will not push this write to (resyncing, not acked up to
+        # the previous write: ``AntiEntropy.push_local``); they get it later.
+        ae = getattr(getattr(self.agent, "gossip", None), "ae", None)
+        unpushed = (
+            []
+            if ae is None
+            else [p for p, ps in ae.peers.items() if ps.needs_resync and ps.acked < ae.seq]
+        )
+        self.rows.append(["local_send", _keys(novel), time.monotonic(), unpushed])
 
     def local_durable(self, novel: LWWMap) -> None:
         self.rows.append(["local_durable", _keys(novel), time.monotonic()])
@@ -98,7 +108,7 @@ def install(agent: Any) -> list[trio.abc.Instrument]:
     where = os.environ.get(ENV, "")
     if not where:
         return []
-    tr = VisibleTrace(Path(where) / f"trace-{os.getpid()}.jsonl", agent.cfg.name)
+    tr = VisibleTrace(Path(where) / f"trace-{os.getpid()}.jsonl", agent.cfg.name, agent)
     agent.replica.on_local_send(tr.local_send)
     agent.replica.on_local_write(tr.local_durable)
     agent.replica.on_remote_write(tr.joined)
