@@ -55,6 +55,9 @@ OUTBOX_LIMIT = 10_000
 #: its answers came too late or never.
 URGENT = frozenset({"ping", "pong"})
 URGENT_LIMIT = 1_024
+#: Most datagrams the send task seals and sends in one step: a backlog (thousands after a
+#: heal) goes in steps of this many, other tasks running in between.
+SEND_BATCH = 64
 #: Refusals that mean "this sender does not hold our key": a key we do not know, or a tag
 #: that does not verify. Counted per source address so /health can name the peer.
 AUTH_REASONS = frozenset({"unknown_key", "auth"})
@@ -202,29 +205,7 @@ class GossipService(Generic[R]):
                 self.replica.counters["outbox_dropped"] += 1
 
     def _local_write(self, novel: LWWMap) -> None:
-        self._send_now(self.ae.push_local(novel, self.replica.now_ms()).out)
-
-    def _send_now(self, out: list[tuple[str, bytes]]) -> None:
-        """Seal and send ``out`` at once, in the caller's step (a local write's push):
-        every peer's datagram leaves before any other task runs (the send task took a
-        scheduling round, and the writer's request, or the store's thread, ran between one
-        peer's datagram and the next: 1-10 ms for the second peer, bench/visible_trace.py).
-        What the socket cannot take now, or a transport without ``send_nowait``, goes
-        through the outbox as before."""
-        send_nowait = getattr(self.transport, "send_nowait", None)
-        if send_nowait is None:
-            self._queue(out)
-            return
-        later = []
-        for peer, payload in out:
-            sealed = self._seal(peer, payload)
-            if sealed is None:
-                continue
-            if send_nowait(*sealed):
-                self._count_sent(payload, sealed[0])
-            else:
-                later.append((peer, payload))
-        self._queue(later)
+        self._queue(self.ae.push_local(novel, self.replica.now_ms()).out)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -303,12 +284,28 @@ class GossipService(Generic[R]):
             )
 
     async def _send_loop(self, outbox: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
-        async for peer, payload in outbox:
-            sealed = self._seal(peer, payload)
-            if sealed is None:
-                continue
-            self._count_sent(payload, sealed[0])
-            await self.transport.send(*sealed)
+        """Send what is queued: once woken, all that is queued then (up to ``SEND_BATCH``)
+        in one step, no other task between one datagram and the next (``send_nowait``).
+        A local write's push to every peer is queued in the writer's step, before its
+        append goes to the store's thread; sent one per scheduling round, the second peer's
+        datagram waited behind whatever ran in between (the writer's request, 1-10 ms:
+        bench/visible_trace.py). Sending in the writer's own step instead delayed its fsync
+        (and its ack). A datagram the socket cannot take at once is sent with ``send``."""
+        send_nowait = getattr(self.transport, "send_nowait", None)
+        async for item in outbox:
+            batch = [item]
+            while len(batch) < SEND_BATCH:
+                try:
+                    batch.append(outbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for peer, payload in batch:
+                sealed = self._seal(peer, payload)
+                if sealed is None:
+                    continue
+                self._count_sent(payload, sealed[0])
+                if send_nowait is None or not send_nowait(*sealed):
+                    await self.transport.send(*sealed)
 
     def _seal(self, peer: str, payload: bytes) -> tuple[bytes, Addr] | None:
         """``payload`` sealed for ``peer`` and where to send it; None (counted) when the
