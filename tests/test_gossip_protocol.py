@@ -404,8 +404,8 @@ def test_every_write_is_pushed_to_every_peer_while_repair_digests_cross_the_writ
     """A write is pushed at once to every peer heard from lately, even one this instance
     marked for a resync because its repair digest crossed a write in flight (the digests
     then differ). Such a peer used to get no push until the resync ended: with the ACKs of
-    sequential writes deferred, a write landing then reached it only by a forward or a
-    retransmit, 100-300 ms later (the max and p99 of write -> visible; docs/benchmarks.md).
+    sequential writes deferred, a write landing then reached it only by another peer's
+    forward (up to a tick, 150 ms) or a retransmit (300 ms).
     500 writes 20 ms apart (10 s, ~15 repair rounds), network delay 1-4 ms: each write is on
     both peers 8 ms later."""
     sim = Sim(3, seed=1, delay=(1.0, 4.0))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from functools import partial
 
 import pytest
 import trio
@@ -127,58 +126,6 @@ async def test_a_peers_copy_back_before_the_fsync_is_reported_once_as_the_local_
         store.release()
     assert feed.history.head == 1 and local == [["g/x"]]
     assert a.state.globals() == {"x": "v1"} and a._echoed == {} and a._unapplied == {}
-
-
-def _set_k(i: int, st: ClusterState, ts: Timestamp) -> LWWMap:
-    return st.d_set(global_key(f"k{i}"), i, ts)
-
-
-def _sent(svc: GossipService[Replica], n: int) -> bool:
-    return svc.counters.get("sent_delta", 0) == n
-
-
-class _SendSteps(trio.abc.Instrument):
-    """Counts the delta datagrams each step of a service's send task sent."""
-
-    def __init__(self, svc: GossipService[Replica]) -> None:
-        self.svc = svc
-        self.before = 0
-        self.per_step: list[int] = []
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.before = self.svc.counters.get("sent_delta", 0)
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        sent = self.svc.counters.get("sent_delta", 0) - self.before
-        if sent:
-            self.per_step.append(sent)
-
-
-async def test_a_local_writes_push_leaves_for_every_peer_in_one_step() -> None:
-    """The push of a local write to its two peers is sealed and sent in one step of the
-    send task: no other task runs between one peer's datagram and the next. It used to be
-    one datagram per step (a scheduling round each), and whatever ran in between, the
-    writer's request included, delayed the second peer's (bench/visible_trace.py)."""
-    key = os.urandom(32)
-    async with contextlib.AsyncExitStack() as stack:
-        rep = Replica("a", data_dir=None)
-        rep.open()
-        tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
-        svc = GossipService(rep, tr, Keyring(key), boot_ms=rep.now_ms())
-        peers = [await stack.enter_async_context(open_udp_transport("127.0.0.1", 0)) for _ in "bc"]
-        svc.set_peers({"b": peers[0].local_addr, "c": peers[1].local_addr})
-        steps = _SendSteps(svc)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(svc.run)
-            trio.lowlevel.add_instrument(steps)
-            try:
-                for i in range(5):
-                    await rep.commit(partial(_set_k, i))
-                    await until(partial(_sent, svc, 2 * (i + 1)), 10, "both datagrams sent")
-            finally:
-                trio.lowlevel.remove_instrument(steps)
-            nursery.cancel_scope.cancel()
-    assert steps.per_step == [2] * 5
 
 
 class _Persisting(Replica):

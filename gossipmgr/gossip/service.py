@@ -55,9 +55,6 @@ OUTBOX_LIMIT = 10_000
 #: its answers came too late or never.
 URGENT = frozenset({"ping", "pong"})
 URGENT_LIMIT = 1_024
-#: Most datagrams the send task seals and sends in one step: a backlog (thousands after a
-#: heal) goes in steps of this many, other tasks running in between.
-SEND_BATCH = 64
 #: Refusals that mean "this sender does not hold our key": a key we do not know, or a tag
 #: that does not verify. Counted per source address so /health can name the peer.
 AUTH_REASONS = frozenset({"unknown_key", "auth"})
@@ -284,52 +281,25 @@ class GossipService(Generic[R]):
             )
 
     async def _send_loop(self, outbox: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
-        """Send what is queued: once woken, all that is queued then (up to ``SEND_BATCH``)
-        in one step, no other task between one datagram and the next (``send_nowait``).
-        A local write's push to every peer is queued in the writer's step, before its
-        append goes to the store's thread; sent one per scheduling round, the second peer's
-        datagram waited behind whatever ran in between (the writer's request, 1-10 ms:
-        bench/visible_trace.py). Sending in the writer's own step instead delayed its fsync
-        (and its ack). A datagram the socket cannot take at once is sent with ``send``."""
-        send_nowait = getattr(self.transport, "send_nowait", None)
-        async for item in outbox:
-            batch = [item]
-            while len(batch) < SEND_BATCH:
-                try:
-                    batch.append(outbox.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            for peer, payload in batch:
-                sealed = self._seal(peer, payload)
-                if sealed is None:
-                    continue
-                self._count_sent(payload, sealed[0])
-                if send_nowait is None or not send_nowait(*sealed):
-                    await self.transport.send(*sealed)
-
-    def _seal(self, peer: str, payload: bytes) -> tuple[bytes, Addr] | None:
-        """``payload`` sealed for ``peer`` and where to send it; None (counted) when the
-        peer has no address or the payload cannot be sealed."""
-        dest = self.addrs.get(peer) or self.reply_to.get(peer)
-        if dest is None:
-            self.counters.incr("drop_no_address")
-            return None
-        try:
-            return self.sealer.seal(payload, self.replica.now_ms(), to=node_id(peer)), dest
-        except ValueError as exc:
-            # A payload over the datagram budget is a bug upstream (the protocol sizes
-            # them); dropping it costs a retransmit, raising would stop all gossip.
-            self.counters.incr("drop_unsealable")
+        async for peer, payload in outbox:
+            dest = self.addrs.get(peer) or self.reply_to.get(peer)
+            if dest is None:
+                self.counters.incr("drop_no_address")
+                continue
             kind = _msg_type(payload)
-            log.error("%s: %s message to %s not sent: %s", self.replica.name, kind, peer, exc)
-            return None
-
-    def _count_sent(self, payload: bytes, sealed: bytes) -> None:
-        kind = _msg_type(payload)
-        self.counters.incr("datagrams_sent")
-        self.counters.incr("bytes_sent", len(sealed))
-        self.counters.incr(f"sent_{kind}")
-        self.counters.incr(f"sent_bytes_{kind}", len(sealed))
+            try:
+                sealed = self.sealer.seal(payload, self.replica.now_ms(), to=node_id(peer))
+            except ValueError as exc:
+                # A payload over the datagram budget is a bug upstream (the protocol sizes
+                # them); dropping it costs a retransmit, raising would stop all gossip.
+                self.counters.incr("drop_unsealable")
+                log.error("%s: %s message to %s not sent: %s", self.replica.name, kind, peer, exc)
+                continue
+            self.counters.incr("datagrams_sent")
+            self.counters.incr("bytes_sent", len(sealed))
+            self.counters.incr(f"sent_{kind}")
+            self.counters.incr(f"sent_bytes_{kind}", len(sealed))
+            await self.transport.send(sealed, dest)
 
     async def _tick_loop(self) -> None:
         interval = self.ae.cfg.tick_ms / 1000

@@ -42,8 +42,6 @@ class Transport(Protocol):
 
     ``send`` refuses > MAX_DATAGRAM with ValueError and never raises for network errors;
     ``recv`` waits for the next datagram. ``counters`` counts what was dropped and why.
-    A transport may also offer ``send_nowait(data, addr) -> bool`` (``UdpTransport``): the
-    same send without a checkpoint, False when it would have to wait.
     """
 
     counters: Counters
@@ -67,13 +65,11 @@ def _errname(exc: OSError) -> str:
 class UdpTransport:
     """A bound trio UDP socket. Made and closed by ``open_udp_transport``, which owns it.
 
-    One task should call ``recv`` (one reader, habit 11); any task may ``send`` or
-    ``send_nowait``. ``raw``: the stdlib socket under ``sock`` (for ``send_nowait``).
+    One task should call ``recv`` (one reader, habit 11); any task may ``send``.
     """
 
-    def __init__(self, sock: trio.socket.SocketType, raw: _stdsocket.socket | None = None) -> None:
+    def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
-        self._raw = raw
         host, port = sock.getsockname()[:2]
         self._local_addr: Addr = (host, port)
         self.counters = Counters()
@@ -98,29 +94,6 @@ class UdpTransport:
             await trio.lowlevel.checkpoint()
             return
         self.counters.incr("sent")
-
-    def send_nowait(self, data: bytes, addr: Addr) -> bool:
-        """``send`` at once, in the caller's step (no checkpoint, so no other task runs
-        before it returns): True when sent or counted as a network error, False when the
-        socket's buffer is full (or there is no raw socket): the caller then uses ``send``.
-        Raises as ``send`` does."""
-        if len(data) > MAX_DATAGRAM:
-            raise ValueError(f"datagram of {len(data)} B exceeds MAX_DATAGRAM={MAX_DATAGRAM}")
-        if self._raw is None:
-            return False
-        if self._sock.fileno() == -1:
-            raise trio.ClosedResourceError("transport is closed")
-        try:
-            self._raw.sendto(data, addr)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            if exc.errno in _FATAL:
-                raise trio.ClosedResourceError("transport is closed") from exc
-            self.counters.incr(f"send_error:{_errname(exc)}")
-            return True
-        self.counters.incr("sent")
-        return True
 
     async def recv(self) -> tuple[bytes, Addr]:
         """The next datagram of at most MAX_DATAGRAM bytes and its source address.
@@ -182,12 +155,11 @@ async def open_udp_transport(host: str, port: int) -> AsyncIterator[UdpTransport
     if not infos:  # pragma: no cover - getaddrinfo raises instead
         raise OSError(f"cannot resolve {host!r}")
     family, type_, proto, _, sockaddr = infos[0]
-    raw = _stdsocket.socket(family, type_, proto)
-    sock = trio.socket.from_stdlib_socket(raw)  # non-blocking; raw stays usable for sends
+    sock = trio.socket.socket(family, type_, proto)
     try:
         _grow_buffers(sock)
         await sock.bind(sockaddr)
-        transport = UdpTransport(sock, raw)
+        transport = UdpTransport(sock)
     except BaseException:
         sock.close()
         raise
