@@ -16,8 +16,9 @@ the agents stop it joins the client's times with theirs, all on one clock (CLOCK
   sse      -> the stream's generator hands the chunk to hypercorn
   client   -> the client's reader thread has parsed it
 
-per segment p50 / p99 / max, how many writes r1 did not push to every peer (the protocol
-skips a peer it is resyncing with: ``AntiEntropy.push_local``), and for the slowest
+per segment p50 / p99 / max, how many writes r1 made while a peer was marked for a resync
+with its ACKs behind (main's ``AntiEntropy.push_local`` did not push to such a peer; it
+now does), and for the slowest
 samples every GC collection and every trio task step >= 1 ms on any instance during the
 sample. ``--seeded`` starts the agents on data
 dirs holding that many globals (the 10,000-keys phase). Writes bench/results/visible_trace.json.
@@ -127,7 +128,7 @@ def breakdown(samples: list[dict[str, Any]], traces: dict[str, list[list[Any]]])
                 "replica": f"a{r}",
                 "visible_ms": (got[r] - s["t0"]) * 1e3,
                 "ack_ms": (s["ack"] - s["t0"]) * 1e3,
-                "unpushed": sent[k][3] if len(sent[k]) > 3 else [],
+                "marked": sent[k][3] if len(sent[k]) > 3 else [],
                 "t0": s["t0"],
                 "end": got[r],
                 **seg,
@@ -163,17 +164,20 @@ def report(rows: list[dict], traces: dict[str, list[list[Any]]]) -> dict[str, An
             print(f"gc gen{gen}: {len(ms)} collections, max {max(ms):.1f} ms, sum {sum(ms):.0f} ms")
     for g in (0, 1, 2):
         res[f"gc_gen{g}_collections"] = sum(1 for r in gcs if r[1] == g)
-    skipped = [r for r in rows if r["unpushed"]]
-    res["writes_not_pushed_to_a_peer"] = len(skipped)
+    skipped = [r for r in rows if r["marked"]]
+    res["writes_to_a_peer_marked_for_resync"] = len(skipped)
     if skipped:
         ms = sorted(r["visible_ms"] for r in skipped)
-        print(f"writes not pushed to every peer: {len(ms)}, visible {ms[0]:.1f}-{ms[-1]:.1f} ms")
+        print(
+            f"writes while a peer was marked for a resync, its ACKs behind (main did not push"
+            f" to it): {len(ms)}, visible {ms[0]:.1f}-{ms[-1]:.1f} ms"
+        )
     slow = sorted(rows, key=lambda r: -r["visible_ms"])[:6]
     res["slowest"] = []
     for r in slow:
         segs = " ".join(f"{n} {r[n]:.1f}" for n in SEGMENTS)
         notes = pauses(traces, r["t0"], r["end"])
-        miss = f" (not pushed to {', '.join(r['unpushed'])})" if r["unpushed"] else ""
+        miss = f" ({', '.join(r['unpushed'])} marked for a resync)" if r["marked"] else ""
         print(f"{r['key']} -> {r['replica']}: {r['visible_ms']:.1f} ms = {segs}{miss}")
         for note in notes:
             print(f"    {note}")

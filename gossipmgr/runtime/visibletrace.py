@@ -2,8 +2,8 @@
 
 Off unless the environment variable :data:`ENV` names a directory: then the agent records,
 with ``time.monotonic()`` (the clock ``time.perf_counter()`` reads too, so a client's times
-compare with these), each local write's delta handed to gossip (with the peers it is not
-pushed to) and made durable, each remote delta joined (with when its datagram's receive
+compare with these), each local write's delta handed to gossip (with the peers marked for a
+resync then) and made durable, each remote delta joined (with when its datagram's receive
 step was scheduled and began), each chunk of the change feed handed to the HTTP server and
 when it asked for the next, every cyclic GC collection, and every trio task step longer
 than :data:`LONG_STEP_S`. Written as JSON lines to ``<dir>/trace-<pid>.jsonl`` when
@@ -52,15 +52,15 @@ class VisibleTrace(trio.abc.Instrument):
 
     # listeners
     def local_send(self, novel: LWWMap) -> None:
-        # The peers the protocol will not push this write to (resyncing, not acked up to
-        # the previous write: ``AntiEntropy.push_local``); they get it later.
+        # The peers marked for a resync whose ACKs are behind: main's push_local left them
+        # out (they got the write by a forward or a retransmit); it now pushes to them.
         ae = getattr(getattr(self.agent, "gossip", None), "ae", None)
-        unpushed = (
+        marked = (
             []
             if ae is None
             else [p for p, ps in ae.peers.items() if ps.needs_resync and ps.acked < ae.seq]
         )
-        self.rows.append(["local_send", _keys(novel), time.monotonic(), unpushed])
+        self.rows.append(["local_send", _keys(novel), time.monotonic(), marked])
 
     def local_durable(self, novel: LWWMap) -> None:
         self.rows.append(["local_durable", _keys(novel), time.monotonic()])
