@@ -177,7 +177,7 @@ def report(rows: list[dict], traces: dict[str, list[list[Any]]]) -> dict[str, An
     for r in slow:
         segs = " ".join(f"{n} {r[n]:.1f}" for n in SEGMENTS)
         notes = pauses(traces, r["t0"], r["end"])
-        miss = f" ({', '.join(r['unpushed'])} marked for a resync)" if r["marked"] else ""
+        miss = f" ({', '.join(r['marked'])} marked for a resync)" if r["marked"] else ""
         print(f"{r['key']} -> {r['replica']}: {r['visible_ms']:.1f} ms = {segs}{miss}")
         for note in notes:
             print(f"    {note}")
