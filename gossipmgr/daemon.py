@@ -18,6 +18,7 @@ import trio
 from gossipmgr.agent import Agent
 from gossipmgr.config import AgentConfig, load
 from gossipmgr.errors import GossipmgrError
+from gossipmgr.runtime import visibletrace
 
 log = logging.getLogger("gossipmgr.agent")
 
@@ -256,7 +257,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         print(f"gossipmgr agent: {exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(agent.run)
+        trio.run(agent.run, instruments=visibletrace.install(agent))
     except GossipmgrError as exc:
         print(f"gossipmgr agent: {exc}", file=sys.stderr)
         return 1

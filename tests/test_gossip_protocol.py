@@ -398,3 +398,27 @@ def test_a_later_entry_that_loses_does_not_hide_the_winner_in_a_retransmit() -> 
     own = Entry(Timestamp(6_000, 0, "b"), "own")
     items = _interval_items([(1, "c", LWWMap([(key, win)])), (2, "b", LWWMap([(key, own)]))])
     assert items == []
+
+
+def test_every_write_is_pushed_to_every_peer_while_repair_digests_cross_the_writes() -> None:
+    """A write is pushed at once to every peer heard from lately, even one this instance
+    marked for a resync because its repair digest crossed a write in flight (the digests
+    then differ). Such a peer used to get no push until the resync ended: with the ACKs of
+    sequential writes deferred, a write landing then reached it only by another peer's
+    forward (up to a tick, 150 ms) or a retransmit (300 ms).
+    500 writes 20 ms apart (10 s, ~15 repair rounds), network delay 1-4 ms: each write is on
+    both peers 8 ms later."""
+    sim = Sim(3, seed=1, delay=(1.0, 4.0))
+    assert sim.run_until_converged(5_000) is not None
+    sim.step(sim.now + 1_000)
+    writer = sim.names[0]
+    ae = sim.inst[writer].ae
+    late, resyncing = [], 0
+    for i in range(500):
+        resyncing += any(ps.needs_resync for ps in ae.peers.values())
+        sim.write(writer, partial(_set_g, f"p{i}", i))
+        sim.step(sim.now + 8)
+        late += [(i, n) for n in sim.names[1:] if f"p{i}" not in sim.inst[n].state.globals()]
+        sim.step(sim.now + 12)
+    assert resyncing > 0  # the case arose
+    assert late == []

@@ -126,3 +126,46 @@ async def test_a_peers_copy_back_before_the_fsync_is_reported_once_as_the_local_
         store.release()
     assert feed.history.head == 1 and local == [["g/x"]]
     assert a.state.globals() == {"x": "v1"} and a._echoed == {} and a._unapplied == {}
+
+
+class _Persisting(Replica):
+    """A replica recording the size of each remote delta it is asked to persist."""
+
+    persisted: list[int]
+
+    async def persist(self, novel: LWWMap) -> None:
+        self.persisted.append(len(novel))
+        await super().persist(novel)
+
+
+async def test_a_remote_write_reaches_a_watch_stream_before_it_is_persisted() -> None:
+    """The receive task joins a delta, records it in the change feed and wakes the streams
+    in the datagram's own step; persisting it waits for its window (held open here): a
+    watching client has the event while nothing has been persisted."""
+    key = os.urandom(32)
+    async with contextlib.AsyncExitStack() as stack:
+        a = Replica("a", data_dir=None)
+        b = _Persisting("b", data_dir=None)
+        b.persisted = []
+        svcs = []
+        for rep in (a, b):
+            rep.open()
+            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
+            svcs.append(GossipService(rep, tr, Keyring(key), boot_ms=rep.now_ms()))
+        svcs[1].persist_window_ms = 600_000
+        addrs = {s.replica.name: s.local_addr for s in svcs}
+        for s in svcs:
+            s.set_peers(addrs)
+        frames = ChangeFeed(b).open("globals/").frames()
+        async with trio.open_nursery() as nursery:
+            for s in svcs:
+                await nursery.start(s.run)
+            assert (await frames.__anext__()).startswith(b": watching")
+            await a.commit(_set)
+            with trio.fail_after(10):
+                event = await frames.__anext__()
+            assert b'"key":"globals/x"' in event
+            assert b.persisted == []
+            nursery.cancel_scope.cancel()
+        await frames.aclose()
+    assert b.persisted == [1]  # the stop persisted what the window held

@@ -119,15 +119,16 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
         return self.push_local(self.state.apply(delta), now_ms)
 
     def push_local(self, novel: LWWMap, now_ms: float) -> Outcome:
-        """Buffer and eagerly push the novel part of a local write already joined into
-        ``state`` (the replica applies its own writes: ``Replica.on_local_write``)."""
+        """Buffer and push the novel part of a local write already joined into ``state``
+        to every peer heard from lately, even one marked for a resync (docs/design.md)."""
         res = Outcome(novel=novel)
         if not len(novel):
             return res
         self._buffer(self.name, novel)
         wire: list[tuple[list[Any], int]] | None = None
         for peer, ps in self.peers.items():
-            if not ps.needs_resync or ps.acked >= self.seq - 1:
+            heard = now_ms - ps.last_heard_ms < self.cfg.silent_after_ms
+            if heard or not ps.needs_resync or ps.acked >= self.seq - 1:
                 # Eager push of just this delta as the interval (c-1, c], in as many
                 # messages as it takes (a POST /globals may hold many big values).
                 if len(novel) == 1:  # one entry always fits a message (check_entry)

@@ -15,7 +15,8 @@ task: it starts no task, and a client that disconnects cancels it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Protocol
 
 import trio
@@ -39,6 +40,9 @@ log = logging.getLogger("gossipmgr.watch")
 HEARTBEAT_S = 15.0
 #: Most bytes sent to one client in one chunk.
 MAX_CHUNK_BYTES = 256 * 1024
+#: Bench-only: told each chunk and when it was handed to the server, once the server asks
+#: for the next (``gossipmgr.runtime.visibletrace``); None in the product.
+chunk_trace: Callable[[bytes, float], None] | None = None
 
 
 class FeedSource(Protocol):
@@ -62,7 +66,7 @@ class Watch:
         #: why it was cut off ("" while it is not)
         self.reason = ""
 
-    async def frames(self) -> AsyncIterator[bytes]:
+    async def frames(self) -> AsyncGenerator[bytes, None]:
         """The stream's bytes: ``: watching`` (with the id it starts from), a reset if
         one is due, then the changes as they are committed, heartbeats while idle, and a
         cutoff (which ends it) when the client fell behind what the history holds."""
@@ -79,7 +83,10 @@ class Watch:
                     yield event_frame("cutoff", {"reason": self.cut_off()})
                     return
                 if chunk:
+                    handed = time.monotonic() if chunk_trace is not None else 0.0
                     yield chunk
+                    if chunk_trace is not None:
+                        chunk_trace(chunk, handed)
                     continue
                 with trio.move_on_after(feed.heartbeat_s) as idle:
                     await wake.wait()
