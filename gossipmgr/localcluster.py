@@ -47,10 +47,8 @@ def _port_pool() -> range:
     connection, memberlist's TCP push-pull, an HTTP client) can take it as its source
     port and keep it: serf then cannot bind and the instance never comes up (CI saw this
     once). Below the ephemeral range only listeners compete, and the probe sees them.
-
-    Test runs on several pytest-xdist workers (``./dev test``) split the pool: each worker
-    keeps the ports ``p`` with ``p % workers == its number`` (``PYTEST_XDIST_WORKER``), so two
-    workers never hand out the same port between one's probe and its bind.
+    Each pytest-xdist worker (``./dev test`` runs 2) keeps its share of the pool
+    (``p % workers == its number``): two never hand out one port between probe and bind.
     """
     try:
         text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
@@ -63,23 +61,10 @@ def _port_pool() -> range:
         pool = range(hi + 1, 65_536)
     else:
         return range(0)  # no room outside: fall back to bind(0)
-    index, count = _xdist_worker()
-    first = pool.start + (index - pool.start) % count
-    return range(first, pool.stop, count)
-
-
-def _xdist_worker() -> tuple[int, int]:
-    """This process's pytest-xdist worker number and the number of workers ((0, 1) outside
-    such a run)."""
-    name = os.environ.get("PYTEST_XDIST_WORKER", "")
-    try:
-        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-        index = int(name[2:]) if name.startswith("gw") else 0
-    except ValueError:
-        return 0, 1
-    if count < 1 or not 0 <= index < count:
-        return 0, 1
-    return index, count
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    index, n = (int(worker), max(int(count), 1)) if (worker + count).isdigit() else (0, 1)
+    return range(pool.start + (index - pool.start) % n, pool.stop, n)
 
 
 def _bindable(host: str, port: int) -> bool:
