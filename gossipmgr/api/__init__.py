@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from gossipmgr.api.bodies import MAX_BODY_BYTES, check_value_untrusted
     from gossipmgr.api.context import ApiContext, JobsLike, ReplicaView
     from gossipmgr.api.forwarding import FORWARDED_HEADER
+    from gossipmgr.api.hot import lease_json
     from gossipmgr.api.openapi import rule_paths
-    from gossipmgr.api.routes.lease import lease_json
     from gossipmgr.api.server import serve
 
 #: Where each public name lives. Loaded at first use (PEP 562), so that the agent can bind
@@ -67,7 +67,7 @@ _LAZY = {
     "ReplicaView": "gossipmgr.api.context",
     "FORWARDED_HEADER": "gossipmgr.api.forwarding",
     "rule_paths": "gossipmgr.api.openapi",
-    "lease_json": "gossipmgr.api.routes.lease",
+    "lease_json": "gossipmgr.api.hot",
     "serve": "gossipmgr.api.server",
 }
 
