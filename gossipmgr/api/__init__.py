@@ -49,9 +49,10 @@ if TYPE_CHECKING:
     from gossipmgr.api.bodies import MAX_BODY_BYTES, check_value_untrusted
     from gossipmgr.api.context import ApiContext, JobsLike, ReplicaView
     from gossipmgr.api.forwarding import FORWARDED_HEADER
+    from gossipmgr.api.front import Front
     from gossipmgr.api.hot import lease_json
     from gossipmgr.api.openapi import rule_paths
-    from gossipmgr.api.server import serve
+    from gossipmgr.api.server import connection_handler, serve
 
 #: Where each public name lives. Loaded at first use (PEP 562), so that the agent can bind
 #: its address (``api.listen``) before Quart, flask, werkzeug, jinja2 and hypercorn are
@@ -66,9 +67,11 @@ _LAZY = {
     "JobsLike": "gossipmgr.api.context",
     "ReplicaView": "gossipmgr.api.context",
     "FORWARDED_HEADER": "gossipmgr.api.forwarding",
+    "Front": "gossipmgr.api.front",
     "rule_paths": "gossipmgr.api.openapi",
     "lease_json": "gossipmgr.api.hot",
     "serve": "gossipmgr.api.server",
+    "connection_handler": "gossipmgr.api.server",
 }
 
 
@@ -86,11 +89,13 @@ __all__ = [
     "MAX_BODY_BYTES",
     "OPENAPI",
     "ApiContext",
+    "Front",
     "JobsLike",
     "ReplicaView",
     "bind_listener",
     "check_listen_policy",
     "check_value_untrusted",
+    "connection_handler",
     "create_app",
     "lease_json",
     "listener_url",
