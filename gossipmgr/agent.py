@@ -223,6 +223,7 @@ class Agent:
         self.holder: Holder | None = None
         self.api_url = ""
         self.api_ctx: AgentApiContext | None = None
+        self.front: Front | None = None  # the API's server (plain HTTP: api.front)
         #: Serf traffic our agent refused for encryption reasons (from its log).
         self.serf_refusals = SerfRefusals()
         self.started = time.time()
@@ -349,7 +350,7 @@ class Agent:
             raise
         self.api_url = cfg.advertise_api or listener_url(sock, cfg.tls_cert is not None)
         self.api_ctx = AgentApiContext(self)
-        front = None if cfg.tls_cert else Front(self.api_ctx, sock)
+        front = self.front = None if cfg.tls_cert else Front(self.api_ctx, sock)
         try:
             async with trio.open_nursery() as nursery:
                 # Serving and catch-up first (issue 17): the front answers its routes now;
