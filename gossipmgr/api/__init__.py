@@ -1,21 +1,31 @@
-"""The REST API: clusterm's routes (docs/api.md) on Quart-Trio, served by hypercorn; every
-instance serves all of it.
+"""The REST API: clusterm's routes (docs/api.md) on Quart-Trio, served by hypercorn behind
+a lean front of our own for the hottest routes; every instance serves all of it.
 
 How a request goes through the package:
 
 ==================== ===================================================================
+``front``            the listening socket's server (plain HTTP), from the bind: answers
+                     ``GET /health`` and ``GET|PUT|DELETE /globals/{key}`` inline, hands
+                     any other connection, with its bytes, to hypercorn + Quart
+``wire``             the front's strict request-head parser; hypercorn's response bytes
+``hot``              those routes over the context, without the web stack: the front,
+                     the fast path and Quart's views call them (the same answers)
+``policy``           the token check and ONE translation of every error into
+                     ``{"error": text}`` with its status (Quart-free)
+``values``           the body, name and value rules (Quart-free; 4xx with the reason)
 ``context``          the :class:`ApiContext` protocol, the API's only view of the agent;
                      routes reach it per request (``current_context()``)
-``boundary``         the token check, and ONE translation of every error into
-                     ``{"error": text}`` with its status; the JSON helpers
+``boundary``         ``policy`` on Quart's app (``before_request``, error handlers); the
+                     JSON helpers
 ``bodies``           reading a body and checking each field (4xx with the reason)
 ``routes/``          one blueprint per resource; each route declares its OpenAPI entry
-``fastpath``         ``GET|PUT|DELETE /globals/{key}`` answered before Quart, with the
-                     same functions the routes call (the same answers, less CPU)
+``fastpath``         ``GET|PUT|DELETE /globals/{key}`` answered before Quart's machinery
+                     on a connection hypercorn serves (handed over, or TLS)
 ``forwarding``       job writes run on the lease holder; logs proxied from the runner
 ``openapi``          the document, built from the routes' declarations
 ``app``              :func:`create_app`: the blueprints, the boundary and a context
-``server``           :func:`serve` (hypercorn, trio)
+``server``           :func:`serve` (hypercorn, trio), :func:`connection_handler`
+                     (hypercorn on the connections the front hands over)
 ``listen``           the listening socket, bound before the rest is imported;
                      :func:`check_listen_policy`
 ==================== ===================================================================
