@@ -31,7 +31,8 @@ from werkzeug.exceptions import InternalServerError
 from werkzeug.http import parse_options_header
 
 from gossipmgr import agent as agent_module
-from gossipmgr.api import create_app, serve
+from gossipmgr.api import create_app, serve, wire
+from gossipmgr.api import front as front_module
 from gossipmgr.api.front import Front
 from gossipmgr.api.policy import INTERNAL_ERROR_TEXT
 from gossipmgr.api.values import mimetype_of
@@ -443,3 +444,28 @@ async def test_a_start_serves_health_and_writes_before_the_web_stack(
             nursery.cancel_scope.cancel()
     finally:
         hold.set()
+
+
+async def test_a_failing_connection_does_not_stop_the_front(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """An unexpected error on one connection drops that connection, logged; the server
+    (and the agent) go on serving the next ones."""
+    real = wire.response
+    failed: list[bool] = []
+
+    def fail_once(*args: Any, **kw: Any) -> bytes:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("the first answer fails")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(front_module, "response", fail_once)
+    async with standalone(tmp_path, token=DEFAULT, claim=False) as ctx:
+        url = ctx.agent.api_url
+        first, second = Conn(url), Conn(url)
+        assert await trio.to_thread.run_sync(first.ask, _get("/health")) == b"<closed>"
+        answer = await trio.to_thread.run_sync(second.ask, _get("/health"))
+        assert answer.startswith(b"HTTP/1.1 200 ") and failed
+        first.close()
+        second.close()

@@ -31,6 +31,7 @@ checks what it imports).
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ from gossipmgr.api.wire import MAX_REQUESTS, Dates, Head, parse_head, plausible,
 
 if TYPE_CHECKING:
     from gossipmgr.api.context import ApiContext
+
+log = logging.getLogger("gossipmgr.api")
 
 #: How long a connection may sit without a complete request head (hypercorn's
 #: ``keep_alive_timeout``, as ``api.server`` sets it).
@@ -109,6 +112,9 @@ class Front:
     async def _serve(self, stream: trio.SocketStream) -> None:
         try:
             await _Connection(self, stream).serve()
+        except Exception:
+            # one connection's failure (ours or hypercorn's) must not stop the server
+            log.exception("API connection failed")
         finally:
             await stream.aclose()
 
