@@ -15,12 +15,11 @@ jobs               the job manager: runs workflows when this instance holds the 
 signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/SIGTERM stop
 =================  =====================================================================
 
-Start order (issue 17: start time, restart catch-up): the replica is restored and the API's
-address bound (requests wait in its backlog); gossip starts and asks the peers it last knew
+Start order (issue 17): the replica is restored, the API's address bound and the front
+(``api.front``) serves /health and /globals/{key}; gossip asks the peers it last knew
 (``runtime.peerfile``) what this instance missed, before Serf is up; once they answered, the
-web stack (Quart, hypercorn) loads in a thread; Serf, membership, the lease and the jobs
-start beside it; the API serves once its modules are loaded. /health says what has not
-started yet.
+web stack (Quart, hypercorn) loads in a thread while Serf, membership, the lease and the
+jobs start; then the rest of the API is served. /health says what has not started yet.
 
 Its Serf connection is the one part a caller may supply (``serf=``): the tests' standalone
 instances (``gossipmgr.testing.standalone``) are this same wiring over a fake Serf. The
@@ -41,12 +40,13 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from gossipmgr.api import bind_listener, check_listen_policy, listener_url
+from gossipmgr.api import Front, bind_listener, check_listen_policy, listener_url
 from gossipmgr.config import AgentConfig, load, read_secret_file, serf_rpc_secret, split_addr
 from gossipmgr.core.lease import LeaseConfig
 from gossipmgr.errors import ConfigError, GossipmgrError
@@ -224,6 +224,7 @@ class Agent:
         self.holder: Holder | None = None
         self.api_url = ""
         self.api_ctx: AgentApiContext | None = None
+        self.front: Front | None = None  # the API's server (plain HTTP: api.front)
         #: Serf traffic our agent refused for encryption reasons (from its log).
         self.serf_refusals = SerfRefusals()
         self.started = time.time()
@@ -349,15 +350,20 @@ class Agent:
             await self.replica.aclose()
             raise
         self.api_url = cfg.advertise_api or listener_url(sock, cfg.tls_cert is not None)
+        self.api_ctx = AgentApiContext(self)
+        front = self.front = None if cfg.tls_cert else Front(self.api_ctx, sock)
         try:
             async with trio.open_nursery() as nursery:
-                # Catch-up first (issue 17): the web stack loads in a thread while gossip and
-                # Serf start; requests wait in the bound socket's backlog until it serves.
+                # Serving and catch-up first (issue 17): the front answers its routes now;
+                # the web stack loads in a thread while gossip and Serf start, and then
+                # serves the rest (a request for it waits until then).
+                if front is not None:
+                    await nursery.start(front.run)
                 web_stack = trio.Event()
                 nursery.start_soon(self._load_web_stack, web_stack)
                 await nursery.start(self._run_parts, nursery, signals)
                 await web_stack.wait()
-                await self._serve_api(nursery, sock)
+                await self._serve_api(nursery, sock, front)
                 self.ready.set()
                 task_status.started(self)
         finally:
@@ -370,23 +376,17 @@ class Agent:
         await trio.to_thread.run_sync(_import_web_stack, abandon_on_cancel=True)
         done.set()
 
-    async def _serve_api(self, nursery: trio.Nursery, sock: socket.socket) -> None:
-        from gossipmgr.api import create_app, serve  # loaded by _load_web_stack
+    async def _serve_api(self, n: trio.Nursery, sock: socket.socket, front: Front | None) -> None:
+        from gossipmgr.api import connection_handler, create_app, serve  # _load_web_stack's
 
-        cfg = self.cfg
-        self.api_ctx = AgentApiContext(self)
-        app = create_app(self.api_ctx)
-        await nursery.start(
-            lambda task_status: serve(
-                app,
-                "",
-                0,
-                certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
-                keyfile=str(cfg.tls_key) if cfg.tls_key else None,
-                sock=sock,
-                task_status=task_status,
-            )
-        )
+        cfg, ctx = self.cfg, self.api_ctx
+        assert ctx is not None
+        app = create_app(ctx)
+        if front is not None:  # plain HTTP: what the front does not serve goes to hypercorn
+            front.hand_to(await n.start(connection_handler, app))
+        else:  # TLS (config.validate: a key with the cert): hypercorn serves the socket
+            cert, key = str(cfg.tls_cert), str(cfg.tls_key)
+            await n.start(partial(serve, app, "", 0, certfile=cert, keyfile=key, sock=sock))
 
     async def _run_parts(
         self,

@@ -1,8 +1,9 @@
 """Start time (issue 17 part 5): what `gossipmgr agent` loads before it serves.
 
-The agent restores its data dir, binds its API address and starts gossip (catching up from
-the peers it last knew) and Serf while the web stack (Quart, hypercorn) loads in a thread
-(docs/design.md, "Start and stop"). A heavy dependency that only later parts, or only some
+The agent restores its data dir, binds its API address, serves /health and /globals/{key}
+from its front (``api.front``) and starts gossip (catching up from the peers it last knew)
+and Serf while the web stack (Quart, hypercorn) loads in a thread (docs/design.md, "Start
+and stop"). A heavy dependency that only later parts, or only some
 requests, need is imported where it is first used, and this keeps it so: a fresh
 interpreter's import of the daemon's command line must not load it.
 """
@@ -30,9 +31,21 @@ WEB_STACK = {"quart", "quart_trio", "flask", "werkzeug", "jinja2", "hypercorn", 
 
 def test_the_daemon_import_leaves_heavy_modules_for_later() -> None:
     loaded = set(modules_loaded_by(["gossipmgr.daemon"]))
-    assert {"gossipmgr.agent", "trio", "gossipmgr.api.listen"} <= loaded
+    assert {"gossipmgr.agent", "trio", "gossipmgr.api.listen", "gossipmgr.api.front"} <= loaded
     assert sorted(LATER & loaded) == []
     assert sorted(WEB_STACK & loaded) == []
+
+
+def test_the_front_serves_without_the_web_stack() -> None:
+    """The front (``api.front``) answers /health and /globals/{key} from the bind, before
+    the web stack is loaded: neither it nor what it calls (``api.hot``, ``api.policy``,
+    ``api.values``, ``api.wire``) may import Quart, flask, werkzeug, jinja2 or hypercorn.
+    The agent's own import (which starts the front) loads it already."""
+    front = {"gossipmgr.api.front", "gossipmgr.api.hot", "gossipmgr.api.wire"}
+    loaded = set(modules_loaded_by(["gossipmgr.api.front"]))
+    assert front <= loaded
+    assert sorted(WEB_STACK & {m.split(".")[0] for m in loaded}) == []
+    assert front <= set(modules_loaded_by(["gossipmgr.agent"]))
 
 
 def test_the_api_package_loads_its_parts_at_first_use() -> None:

@@ -18,7 +18,7 @@ import trio
 from _apiutil import standalone
 from serfutil import local_cluster
 
-from gossipmgr.api import server
+from gossipmgr.api import listen
 from gossipmgr.localcluster import LocalCluster, wait_for
 from gossipmgr.testing.wait import until
 
@@ -370,7 +370,7 @@ async def test_a_stalled_client_does_not_hold_the_stop(
     """A watcher that stops reading blocks the server's (uncancellable) writes; the kernel
     aborts its connection once nothing was acknowledged for SEND_STALL_TIMEOUT_MS, so the
     instance still stops (it hung until the client left before)."""
-    monkeypatch.setattr(server, "SEND_STALL_TIMEOUT_MS", 1000)
+    monkeypatch.setattr(listen, "SEND_STALL_TIMEOUT_MS", 1000)
     sock = trio.socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     with sock, trio.fail_after(90):

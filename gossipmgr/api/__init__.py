@@ -1,21 +1,31 @@
-"""The REST API: clusterm's routes (docs/api.md) on Quart-Trio, served by hypercorn; every
-instance serves all of it.
+"""The REST API: clusterm's routes (docs/api.md) on Quart-Trio, served by hypercorn behind
+a lean front of our own for the hottest routes; every instance serves all of it.
 
 How a request goes through the package:
 
 ==================== ===================================================================
+``front``            the listening socket's server (plain HTTP), from the bind: answers
+                     ``GET /health`` and ``GET|PUT|DELETE /globals/{key}`` inline, hands
+                     any other connection, with its bytes, to hypercorn + Quart
+``wire``             the front's strict request-head parser; hypercorn's response bytes
+``hot``              those routes over the context, without the web stack: the front,
+                     the fast path and Quart's views call them (the same answers)
+``policy``           the token check and ONE translation of every error into
+                     ``{"error": text}`` with its status (Quart-free)
+``values``           the body, name and value rules (Quart-free; 4xx with the reason)
 ``context``          the :class:`ApiContext` protocol, the API's only view of the agent;
                      routes reach it per request (``current_context()``)
-``boundary``         the token check, and ONE translation of every error into
-                     ``{"error": text}`` with its status; the JSON helpers
+``boundary``         ``policy`` on Quart's app (``before_request``, error handlers); the
+                     JSON helpers
 ``bodies``           reading a body and checking each field (4xx with the reason)
 ``routes/``          one blueprint per resource; each route declares its OpenAPI entry
-``fastpath``         ``GET|PUT|DELETE /globals/{key}`` answered before Quart, with the
-                     same functions the routes call (the same answers, less CPU)
+``fastpath``         ``GET|PUT|DELETE /globals/{key}`` answered before Quart's machinery
+                     on a connection hypercorn serves (handed over, or TLS)
 ``forwarding``       job writes run on the lease holder; logs proxied from the runner
 ``openapi``          the document, built from the routes' declarations
 ``app``              :func:`create_app`: the blueprints, the boundary and a context
-``server``           :func:`serve` (hypercorn, trio)
+``server``           :func:`serve` (hypercorn, trio), :func:`connection_handler`
+                     (hypercorn on the connections the front hands over)
 ``listen``           the listening socket, bound before the rest is imported;
                      :func:`check_listen_policy`
 ==================== ===================================================================
@@ -49,9 +59,10 @@ if TYPE_CHECKING:
     from gossipmgr.api.bodies import MAX_BODY_BYTES, check_value_untrusted
     from gossipmgr.api.context import ApiContext, JobsLike, ReplicaView
     from gossipmgr.api.forwarding import FORWARDED_HEADER
+    from gossipmgr.api.front import Front
+    from gossipmgr.api.hot import lease_json
     from gossipmgr.api.openapi import rule_paths
-    from gossipmgr.api.routes.lease import lease_json
-    from gossipmgr.api.server import serve
+    from gossipmgr.api.server import connection_handler, serve
 
 #: Where each public name lives. Loaded at first use (PEP 562), so that the agent can bind
 #: its address (``api.listen``) before Quart, flask, werkzeug, jinja2 and hypercorn are
@@ -66,9 +77,11 @@ _LAZY = {
     "JobsLike": "gossipmgr.api.context",
     "ReplicaView": "gossipmgr.api.context",
     "FORWARDED_HEADER": "gossipmgr.api.forwarding",
+    "Front": "gossipmgr.api.front",
     "rule_paths": "gossipmgr.api.openapi",
-    "lease_json": "gossipmgr.api.routes.lease",
+    "lease_json": "gossipmgr.api.hot",
     "serve": "gossipmgr.api.server",
+    "connection_handler": "gossipmgr.api.server",
 }
 
 
@@ -86,11 +99,13 @@ __all__ = [
     "MAX_BODY_BYTES",
     "OPENAPI",
     "ApiContext",
+    "Front",
     "JobsLike",
     "ReplicaView",
     "bind_listener",
     "check_listen_policy",
     "check_value_untrusted",
+    "connection_handler",
     "create_app",
     "lease_json",
     "listener_url",

@@ -9,43 +9,61 @@ subclasses only (turned into ``{"error": ...}`` responses in one place,
 * The ``field_*`` helpers type-check one field, with the texts clusterm's clients know.
 * :func:`check_value_untrusted` is the API side of the one value rule (``codec.check_value``):
   what a route accepts can be replicated, or it is refused with 413/422 naming the limit.
+* The rules that need no request live in ``api.values`` (Quart-free: the front calls them
+  before the web stack is loaded) and are imported from here by the routes.
 * :func:`client_vars` and :func:`check_client_vars` apply the extra-vars policy: 403 naming
   any variable an API client may not set (docs/security.md section 3).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from quart import request
-from werkzeug.http import parse_options_header
 
 from gossipmgr.api.context import ApiContext, current_context
-from gossipmgr.core.codec import MAX_KEY_PART, MAX_VALUE_DEPTH, check_value
-from gossipmgr.errors import (
-    BadPacket,
-    BadRequest,
-    Forbidden,
-    RequestError,
-    ValueRefused,
-    ValueTooLarge,
+from gossipmgr.api.values import (
+    DEPTH_TEXT,
+    JSON_MIMETYPE,
+    MAX_BODY_BYTES,
+    MERGE_PATCH_MIMETYPE,
+    UnsupportedMediaType,
+    check_client_vars_of,
+    check_key,
+    check_value_untrusted,
+    field_value,
+    json_type,
+    mimetype_of,
+    parse_body_untrusted,
 )
-from gossipmgr.runtime.ansible import client_vars_error, parse_extra_vars, refused_client_vars
+from gossipmgr.core.codec import MAX_KEY_PART
+from gossipmgr.errors import BadRequest, ValueRefused
+from gossipmgr.runtime.ansible import parse_extra_vars
 
-#: Largest request body accepted (413 beyond). The biggest legitimate body is a discover
-#: or commission of a few thousand nodes with extra-vars: well under 1 MiB.
-MAX_BODY_BYTES = 1024 * 1024
-JSON_MIMETYPE = "application/json"
-#: RFC 7396's type for a JSON merge patch (``PATCH /globals`` takes it, or plain JSON).
-MERGE_PATCH_MIMETYPE = "application/merge-patch+json"
-#: The value rule's nesting limit, as error texts name it.
-DEPTH_TEXT = f"{MAX_VALUE_DEPTH} levels"
-
-
-class UnsupportedMediaType(RequestError):
-    status_hint = 415
+# The rules that need no request (``api.values``, Quart-free: the front calls them too),
+# under the names the routes import from here.
+__all__ = [
+    "DEPTH_TEXT",
+    "JSON_MIMETYPE",
+    "MAX_BODY_BYTES",
+    "MERGE_PATCH_MIMETYPE",
+    "UnsupportedMediaType",
+    "body_untrusted",
+    "check_client_vars",
+    "check_key",
+    "check_value_untrusted",
+    "client_vars",
+    "field_extra_vars",
+    "field_flag",
+    "field_str",
+    "field_str_list",
+    "field_value",
+    "is_empty",
+    "json_type",
+    "mimetype_of",
+    "parse_body_untrusted",
+]
 
 
 async def body_untrusted(
@@ -59,44 +77,6 @@ async def body_untrusted(
     """
     data = await request.get_data(cache=True, as_text=False, parse_form_data=False)
     return parse_body_untrusted(data, request.mimetype, required=required, mimetypes=mimetypes)
-
-
-def mimetype_of(content_type: str) -> str:
-    """A Content-Type header's media type, lower case, without parameters (werkzeug's
-    ``Request.mimetype``, for a request read without Quart: ``api.fastpath``)."""
-    return parse_options_header(content_type)[0].lower()
-
-
-def parse_body_untrusted(
-    data: bytes,
-    mimetype: str,
-    *,
-    required: bool = True,
-    mimetypes: tuple[str, ...] = (JSON_MIMETYPE,),
-) -> dict[str, Any]:
-    """``data``, a request body whose Content-Type is ``mimetype``, as a JSON object: the
-    rule of :func:`body_untrusted` (which raises the same) without Quart."""
-    if not data and not required:
-        return {}
-    if mimetype not in mimetypes:
-        raise UnsupportedMediaType(
-            f"Content-Type must be {' or '.join(mimetypes)}, got {mimetype or 'none'!r}"
-        )
-    if not data:
-        raise BadRequest("request body is empty: expected a JSON object")
-
-    def reject_constant(name: str) -> Any:
-        raise ValueError(f"invalid JSON constant {name}")
-
-    try:
-        obj = json.loads(data, parse_constant=reject_constant)
-    except RecursionError:
-        raise ValueRefused(f"request body is nested too deeply (values: at most {DEPTH_TEXT})")
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError
-        raise BadRequest(f"request body is not valid JSON: {exc}")
-    if not isinstance(obj, dict):
-        raise BadRequest(f"request body must be a JSON object, got {json_type(obj)}")
-    return obj
 
 
 def is_empty(v: Any) -> bool:
@@ -113,19 +93,6 @@ def is_empty(v: Any) -> bool:
         elif x not in (None, "", 0, False):
             return False
     return True
-
-
-def json_type(v: Any) -> str:
-    """The JSON name of a decoded value's type, for error texts."""
-    return {
-        dict: "object",
-        list: "array",
-        str: "string",
-        bool: "boolean",
-        int: "number",
-        float: "number",
-        type(None): "null",
-    }.get(type(v), type(v).__name__)
 
 
 def field_str_list(body: Mapping[str, Any], name: str) -> list[str]:
@@ -156,22 +123,6 @@ def field_flag(body: Mapping[str, Any], name: str) -> bool:
     return v
 
 
-def check_value_untrusted(v: Any, what: str) -> Any:
-    """The API side of the one value rule (``codec.check_value``: encoded size, depth,
-    items, integer range, finite numbers, encodable strings), applied where a request's
-    value is read, so that job routes refuse what could not be replicated too. Raises
-    ValueTooLarge (413) or ValueRefused (422) naming ``what`` and the limit. A commit checks
-    each record again (``replica.check_writable``)."""
-    try:
-        check_value(v)
-    except BadPacket as exc:
-        cls = ValueTooLarge if exc.reason == "too_large" else ValueRefused
-        raise cls(f"{what}: {exc.detail}") from None
-    except RecursionError:
-        raise ValueRefused(f"{what}: value nested too deeply") from None
-    return v
-
-
 def field_extra_vars(body: Mapping[str, Any], name: str = "extra_vars") -> dict[str, Any]:
     """clusterm's wire form (a string holding a JSON object) or a plain JSON object."""
     try:
@@ -188,33 +139,13 @@ def field_extra_vars(body: Mapping[str, Any], name: str = "extra_vars") -> dict[
     return ev
 
 
-def field_value(body: Mapping[str, Any]) -> Any:
-    """The required ``value`` of a PUT, checked against the value rule."""
-    if "value" not in body:
-        raise BadRequest('"value" is required')
-    return check_value_untrusted(body["value"], '"value"')
-
-
-def check_key(kind: str, key: str) -> None:
-    """A name that becomes part of a record's key: not empty, not over ``MAX_KEY_PART``."""
-    if not key:
-        raise BadRequest(f"{kind} name must not be empty")
-    if len(key) > MAX_KEY_PART:
-        raise ValueRefused(
-            f"{kind} name is {len(key)} characters, more than the limit of {MAX_KEY_PART}"
-        )
-
-
 def check_client_vars(
     variables: Mapping[str, Any], where: str, ctx: ApiContext | None = None
 ) -> None:
     """403 naming any variable an API client may not set (docs/security.md), unless the
     context's ``allowed_client_vars`` (the operator's config) allows it. ``ctx``: the
     context (default: the current request's)."""
-    allowed: Collection[str] = getattr(ctx or current_context(), "allowed_client_vars", frozenset())
-    bad = refused_client_vars(variables, allowed)
-    if bad:
-        raise Forbidden(client_vars_error(bad, where))
+    check_client_vars_of(ctx or current_context(), variables, where)
 
 
 def client_vars(body: Mapping[str, Any], where: str) -> dict[str, Any]:

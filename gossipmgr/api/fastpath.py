@@ -5,14 +5,19 @@ machinery around the route (request and app contexts pushed and popped, the URL 
 ``before_request``, the response object, the dispatch: about a third of the server's busy
 time in a py-spy profile of 2,000 sequential PUTs), not to the route. Here, an ASGI callable
 that the app consults before Quart (``app.GossipmgrApp``) answers those three routes itself,
-calling the SAME functions Quart's views call, in the same order:
+calling the SAME functions Quart's views call, in the same order (``api.hot.answer``,
+which the front server, ``api.front``, calls too):
 
-* the token check, :func:`boundary.authorize` (Quart's ``before_request`` calls it too);
-* the body: :func:`bodies.parse_body_untrusted` (``bodies.body_untrusted`` is it over
+* the token check, ``policy.authorize`` (Quart's ``before_request`` calls it too);
+* the body: ``values.parse_body_untrusted`` (``bodies.body_untrusted`` is it over
   Quart's request), with the Content-Type's media type read as werkzeug reads it;
-* the route itself: ``routes.global_vars.get_one``, ``put_one``, ``delete_one``;
-* the error translation: :func:`boundary.refusal` (Quart's error handlers call it too)
-  and :func:`boundary.http_refusal` for an unexpected exception.
+* the route itself: ``hot.get_one``, ``put_one``, ``delete_one``;
+* the error translation: ``policy.refusal`` (Quart's error handlers call it too)
+  and ``policy.status_refusal`` for an unexpected exception.
+
+With the front in place it answers these routes on a plain-HTTP listener before any of
+this runs; the fast path still serves them on a connection the front handed over to
+hypercorn, and under TLS (hypercorn's own listener).
 
 So the answers are the same bytes (``tests/test_fastpath.py`` compares both paths over
 generated keys, values, tokens and bodies). A body over ``MAX_BODY_BYTES`` gets Quart's
@@ -28,34 +33,14 @@ served; the fast path reads the whole body first and then finishes a write it ha
 
 from __future__ import annotations
 
-import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
-
-from gossipmgr.api.bodies import (
-    JSON_MIMETYPE,
-    MAX_BODY_BYTES,
-    mimetype_of,
-    parse_body_untrusted,
-)
-from gossipmgr.api.boundary import authorize, error_headers, http_refusal, json_body, refusal
+from gossipmgr.api.bodies import MAX_BODY_BYTES
 from gossipmgr.api.context import ApiContext
-from gossipmgr.api.openapi import AnyPathConverter
-from gossipmgr.api.routes.global_vars import delete_one, get_one, put_one
-from gossipmgr.errors import GossipmgrError
+from gossipmgr.api.hot import KEY, PREFIX, BodyTooLarge, answer
 
-log = logging.getLogger("gossipmgr.api")
-
-#: The path the routes share; the rest of the path is the key.
-PREFIX = "/globals/"
-#: The key as the routes' ``<key:key>`` converter matches it (werkzeug compiles the rule's
-#: regex without flags: a key holding a newline is not matched, Quart answers 404).
-_KEY = re.compile(AnyPathConverter.regex)
 _METHODS = frozenset(("GET", "PUT", "DELETE"))
-_JSON = JSON_MIMETYPE.encode()
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -66,14 +51,13 @@ class _Request:
     """What the fast path reads of a request: its method, key, the headers it uses and the
     declared length of its body (None: not declared)."""
 
-    __slots__ = ("authorization", "content_type", "key", "length", "method", "path")
+    __slots__ = ("authorization", "content_type", "length", "method", "path")
 
     def __init__(
         self, method: str, path: str, authorization: str, content_type: str, length: int | None
     ) -> None:
         self.method = method
         self.path = path
-        self.key = path[len(PREFIX) :]
         self.authorization = authorization
         self.content_type = content_type
         self.length = length
@@ -87,7 +71,7 @@ def match(scope: Scope) -> _Request | None:
     path: str = scope["path"]
     if method not in _METHODS or not path.startswith(PREFIX):
         return None
-    if _KEY.fullmatch(path, len(PREFIX)) is None:
+    if KEY.fullmatch(path, len(PREFIX)) is None:
         return None
     authorization = content_type = length = None
     chunked = False
@@ -116,16 +100,12 @@ def match(scope: Scope) -> _Request | None:
     )
 
 
-class _TooLarge(Exception):
-    """The body is over ``MAX_BODY_BYTES``: refused when it is read, as Quart refuses it."""
-
-
-async def read_body(receive: Receive, length: int | None) -> bytes | _TooLarge | None:
+async def read_body(receive: Receive, length: int | None) -> bytes | BodyTooLarge | None:
     """The request body, at most ``MAX_BODY_BYTES`` of it (None: the client went away
     first). Over the limit (declared or sent), nothing more is read: the answer closes
-    the connection (``boundary.http_refusal``), as Quart's does."""
+    the connection (``policy.status_refusal``), as Quart's does."""
     if length is not None and length > MAX_BODY_BYTES:
-        return _TooLarge()
+        return BodyTooLarge()
     parts: list[bytes] = []
     size = 0
     while True:
@@ -135,20 +115,10 @@ async def read_body(receive: Receive, length: int | None) -> bytes | _TooLarge |
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            return _TooLarge()
+            return BodyTooLarge()
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
-
-
-async def answer(send: Send, status: int, obj: Any, headers: dict[str, str]) -> None:
-    """One JSON response, as ``boundary.json_response`` (and ``error_response``) has it:
-    the same headers, in the same order, and the same body."""
-    body = json_body(obj)
-    raw = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class FastPath:
@@ -158,38 +128,14 @@ class FastPath:
         self.ctx = ctx
 
     async def __call__(self, req: _Request, receive: Receive, send: Send) -> None:
-        data: bytes | _TooLarge = b""
+        data: bytes | BodyTooLarge = b""
         if req.method == "PUT":
             got = await read_body(receive, req.length)
             if got is None:
                 return
             data = got
-        try:
-            obj = await self._route(req, data)
-        except GossipmgrError as exc:
-            status, text = refusal(exc, self.ctx.replica.name, req.method, req.path)
-            await answer(send, status, {"error": text}, error_headers(status))
-        except HTTPException as exc:
-            status, text, extra = http_refusal(exc, req.method, req.path)
-            await answer(send, status, {"error": text}, {**error_headers(status), **extra})
-        except Exception:
-            log.exception("%s: %s %s failed", self.ctx.replica.name, req.method, req.path)
-            status, text, extra = http_refusal(InternalServerError(), req.method, req.path)
-            await answer(send, status, {"error": text}, {**error_headers(status), **extra})
-        else:
-            await answer(send, 200, obj, {})
-
-    async def _route(self, req: _Request, data: bytes | _TooLarge) -> dict[str, Any]:
-        ctx = self.ctx
-        authorize(ctx, req.method, req.path, req.authorization)
-        if req.method == "GET":
-            return await get_one(ctx, req.key)
-        if req.method == "DELETE":
-            return await delete_one(ctx, req.key)
-
-        async def body() -> dict[str, Any]:
-            if isinstance(data, _TooLarge):
-                raise RequestEntityTooLarge()
-            return parse_body_untrusted(data, mimetype_of(req.content_type))
-
-        return await put_one(ctx, req.key, body)
+        status, body, headers = await answer(
+            self.ctx, req.method, req.path, req.authorization, req.content_type, data
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})

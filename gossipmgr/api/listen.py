@@ -14,6 +14,12 @@ import socket
 
 from gossipmgr.errors import ConfigError
 
+#: A connection whose peer acknowledges none of our data for this long (a client that stopped
+#: reading: its receive window stays shut) is aborted by the kernel (``TCP_USER_TIMEOUT``).
+#: hypercorn's writes cannot be cancelled, so without it such a client holds its request, a
+#: ``GET /watch`` stream for one, and the server's stop with it, forever (docs/api.md,
+#: "Serving"). Read when a listening socket is made; accepted sockets inherit it.
+SEND_STALL_TIMEOUT_MS = 30_000
 #: Connections the kernel queues for us before the server accepts them (hypercorn's default).
 BACKLOG = 100
 
@@ -44,12 +50,14 @@ def check_listen_policy(host: str, token: str | None, insecure: bool) -> None:
 def bind_listener(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` and listening (``port`` 0: any free port), set
     up as hypercorn sets up the sockets it makes (no Nagle, address reuse, non-blocking,
-    inheritable). :func:`gossipmgr.api.serve` serves on it."""
+    inheritable), its connections aborted when a client stops reading
+    (:func:`set_stall_timeout`). :func:`gossipmgr.api.serve` serves on it."""
     h = host.strip("[]")
     sock = socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        set_stall_timeout(sock)
         sock.bind((h, port))
         sock.listen(BACKLOG)
         sock.setblocking(False)
@@ -58,6 +66,14 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def set_stall_timeout(sock: socket.socket) -> None:
+    """Abort ``sock``'s connections (and those it accepts) once nothing sent was acknowledged
+    for :data:`SEND_STALL_TIMEOUT_MS` (where the system has ``TCP_USER_TIMEOUT``)."""
+    opt = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if opt is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, opt, SEND_STALL_TIMEOUT_MS)
 
 
 def listener_url(sock: socket.socket, tls: bool) -> str:

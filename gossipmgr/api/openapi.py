@@ -20,6 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.routing import PathConverter
 
 from gossipmgr.api.bodies import JSON_MIMETYPE
+from gossipmgr.api.hot import KEY_REGEX
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -126,7 +127,7 @@ class AnyPathConverter(PathConverter):
     leading or doubled: werkzeug's ``path`` refuses a leading "/" and redirects a doubled
     one, which would make a PUT write another key), percent-encoded or not."""
 
-    regex = ".+"
+    regex = KEY_REGEX  # api.hot: the front matches keys with it too
     part_isolating = False
 
 

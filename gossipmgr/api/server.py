@@ -16,16 +16,22 @@ from hypercorn.config import Config, Sockets
 from hypercorn.events import RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hyper_serve
-from hypercorn.typing import H11SendableEvent
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, H11SendableEvent, LifespanState
+from hypercorn.utils import wrap_app
 
-from gossipmgr.api import idletimer
+from gossipmgr.api import idletimer, listen
+from gossipmgr.api.front import KEEP_ALIVE_S, Handler
 from gossipmgr.api.listen import check_listen_policy
 from gossipmgr.errors import ConfigError
 
 if TYPE_CHECKING:
     from quart_trio import QuartTrio
 
-__all__ = ["check_listen_policy", "serve"]
+__all__ = ["check_listen_policy", "connection_handler", "serve"]
 
 
 class _ShieldedSend:
@@ -91,14 +97,6 @@ def _install_one_send() -> None:
     setattr(hypercorn.protocol, "H11Protocol", _OneSendH11)  # noqa: B010 (not exported)
 
 
-#: A connection whose peer acknowledges none of our data for this long (a client that stopped
-#: reading: its receive window stays shut) is aborted by the kernel (``TCP_USER_TIMEOUT``).
-#: hypercorn's writes cannot be cancelled, so without it such a client holds its request, a
-#: ``GET /watch`` stream for one, and the server's stop with it, forever (docs/api.md,
-#: "Serving"). Read when the listening sockets are made.
-SEND_STALL_TIMEOUT_MS = 30_000
-
-
 class _Config(Config):
     """hypercorn's Config, its TCP listeners set to abort stalled connections (their
     accepted sockets inherit the option); ``listener``: a socket bound beforehand
@@ -113,11 +111,46 @@ class _Config(Config):
             tls = [self.listener] if self.ssl_enabled else []
             plain = [] if self.ssl_enabled else [self.listener]
             sockets = Sockets(secure_sockets=tls, insecure_sockets=plain, quic_sockets=[])
-        opt = getattr(socket, "TCP_USER_TIMEOUT", None)
         for s in (*sockets.secure_sockets, *sockets.insecure_sockets):
-            if opt is not None and s.family in (socket.AF_INET, socket.AF_INET6):
-                s.setsockopt(socket.IPPROTO_TCP, opt, SEND_STALL_TIMEOUT_MS)
+            listen.set_stall_timeout(s)
         return sockets
+
+
+def _config() -> _Config:
+    """The API's hypercorn settings (both ways of serving), its classes installed."""
+    _install_one_send()
+    idletimer.install()
+    cfg = _Config()
+    cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("gossipmgr.api.hypercorn")
+    cfg.keep_alive_timeout = KEEP_ALIVE_S
+    return cfg
+
+
+async def connection_handler(
+    app: QuartTrio, *, task_status: trio.TaskStatus[Handler] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """hypercorn serving ``app`` on connections the front hands over (``api.front``):
+    runs the app's lifespan, then calls ``task_status.started(handler)``; ``handler(stream)``
+    serves one connection (hypercorn's own TCP server, as its trio worker runs it per
+    accepted connection, on the stream given: HTTP/1.1 with the fast path, or HTTP/2 from
+    its preface, a websocket upgrade...) until it closes. Runs until cancelled."""
+    cfg = _config()
+    cfg.set_statsd_logger_class(StatsdLogger)
+    asgi = wrap_app(_ShieldedSend(app), cfg.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    state: LifespanState = {}
+    lifespan = Lifespan(asgi, cfg, state)
+
+    async def handler(stream: trio.abc.HalfCloseableStream) -> None:
+        server = TCPServer(asgi, cfg, context, ConnectionState(state.copy()), stream)  # type: ignore[arg-type]
+        await server.run()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        task_status.started(handler)
+        await trio.sleep_forever()
 
 
 async def serve(
@@ -143,17 +176,12 @@ async def serve(
     """
     if (certfile is None) != (keyfile is None):
         raise ConfigError("TLS needs both a certificate file and a key file")
-    _install_one_send()
-    idletimer.install()
-    cfg = _Config()
+    cfg = _config()
     h = f"[{host}]" if ":" in host and not host.startswith("[") else host
     cfg.bind = [f"{h}:{port}"]
     cfg.certfile = certfile
     cfg.keyfile = keyfile
     cfg.graceful_timeout = graceful_timeout
-    cfg.accesslog = None
-    cfg.errorlog = logging.getLogger("gossipmgr.api.hypercorn")
-    cfg.keep_alive_timeout = 5.0
     cfg.listener = sock
 
     async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:

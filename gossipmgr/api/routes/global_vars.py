@@ -9,7 +9,6 @@ removes many in one delta: one record, one fsync, one answer, all of it or nothi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Response
@@ -22,10 +21,10 @@ from gossipmgr.api.bodies import (
     check_key,
     check_value_untrusted,
     client_vars,
-    field_value,
 )
 from gossipmgr.api.boundary import json_response
-from gossipmgr.api.context import ApiContext, current_context, current_replica
+from gossipmgr.api.context import current_context, current_replica
+from gossipmgr.api.hot import delete_one, get_one, put_one
 from gossipmgr.api.openapi import (
     EXTRA_VARS_REQUEST,
     VALUE_REQUEST,
@@ -34,8 +33,7 @@ from gossipmgr.api.openapi import (
     Schema,
 )
 from gossipmgr.core.codec import MAX_BATCH_BYTES, MAX_BATCH_KEYS
-from gossipmgr.core.state import global_key
-from gossipmgr.errors import NotFound, ValueTooLarge
+from gossipmgr.errors import ValueTooLarge
 from gossipmgr.runtime.ansible import check_client_var
 
 bp = ApiBlueprint("globals", __name__)
@@ -46,10 +44,6 @@ KEY_PARAM = {
     "key": "the variable's name, percent-encoded or not: the rest of the path, '/' included "
     "(leading, trailing or doubled ones too); not empty, at most 256 characters"
 }
-
-
-def _unknown(key: str) -> NotFound:
-    return NotFound(f'global extra-var "{key}" doesn\'t exist')
 
 
 @bp.operation("POST", "/globals", "Replace every global extra-var", WRITE_CODES, EXTRA_VARS_REQUEST)
@@ -108,39 +102,9 @@ async def globals_patch() -> Response:
     return json_response({"set": len(novel) - deleted, "deleted": deleted})
 
 
-# The single-key routes are written once, over the context, for two callers: the Quart
-# views below and the fast path in front of Quart (``api.fastpath``), so both apply the same
-# checks, in the same order, with the same texts. ``read_body``: the request body as a JSON
-# object (``bodies.body_untrusted`` or the fast path's ``parse_body_untrusted``), called
-# only once the key has passed its checks.
-ReadBody = Callable[[], Awaitable[dict[str, Any]]]
-
-
-async def get_one(ctx: ApiContext, key: str) -> dict[str, Any]:
-    """GET /globals/{key}: 404 for a variable that does not exist."""
-    state = ctx.replica.state
-    if not state.has_global(key):
-        raise _unknown(key)
-    return {"key": key, "value": state.global_value(key)}
-
-
-async def put_one(ctx: ApiContext, key: str, read_body: ReadBody) -> dict[str, Any]:
-    """PUT /globals/{key}: the key's checks, then the body's, then one durable commit."""
-    check_key("extra-var", key)
-    check_client_var(key)
-    v = field_value(await read_body())
-    check_client_vars({key: v}, "globals", ctx)
-    await ctx.replica.commit(lambda s, ts: s.d_set(global_key(key), v, ts))
-    return {"key": key, "value": v}
-
-
-async def delete_one(ctx: ApiContext, key: str) -> dict[str, Any]:
-    """DELETE /globals/{key}: 404 for a variable that does not exist."""
-    rep = ctx.replica
-    if not rep.state.has_global(key):
-        raise _unknown(key)
-    await rep.commit(lambda s, ts: s.d_remove(global_key(key), ts))
-    return {"key": key, "deleted": True}
+# The single-key routes are written once, over the context, in ``api.hot`` (Quart-free):
+# the views below, the fast path and the front call the same functions, so all apply the
+# same checks, in the same order, with the same texts.
 
 
 @bp.operation(

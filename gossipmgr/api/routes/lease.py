@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
-from typing import Any
 
 from quart import Response
 
 from gossipmgr.api.bodies import body_untrusted
 from gossipmgr.api.boundary import json_response
 from gossipmgr.api.context import current_replica
+from gossipmgr.api.hot import lease_json
 from gossipmgr.api.openapi import ApiBlueprint
 from gossipmgr.core.codec import MAX_KEY_PART
-from gossipmgr.core.lease import Lease
 from gossipmgr.core.lease import reset as reset_lease
 from gossipmgr.core.lease import take as take_lease
 from gossipmgr.core.state import LEASE_KEY
@@ -22,22 +20,6 @@ from gossipmgr.errors import BadRequest, Conflict
 log = logging.getLogger("gossipmgr.api")
 
 bp = ApiBlueprint("lease", __name__)
-
-
-def lease_json(lease: Lease | None, now_ms: int) -> dict[str, Any] | None:
-    """The lease as the API shows it (``expires`` as an ISO date); None for no lease."""
-    if lease is None:
-        return None
-    out: dict[str, Any] = {
-        "holder": lease.holder,
-        "epoch": lease.epoch,
-        "expires": datetime.fromtimestamp(lease.expires_ms / 1000, UTC).isoformat(),
-        "expires_ms": lease.expires_ms,
-        "valid": now_ms < lease.expires_ms,
-    }
-    if lease.forced_by:
-        out["forced_by"] = lease.forced_by
-    return out
 
 
 @bp.operation("GET", "/info/lease", "The lease", (200, 401))
