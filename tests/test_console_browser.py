@@ -94,6 +94,20 @@ class Console:
             page = self.text("page")
             raise AssertionError(f"not within {timeout} s: {what}; the page shows:\n{page}")
 
+    def click(self, selector: str) -> None:
+        """Click the first element ``selector`` finds, once it is there: a live page may redraw
+        it between the find and the click (the element is then stale), so both are tried again
+        until one click lands."""
+
+        def clicked() -> bool:
+            found = self.driver.find_elements(By.CSS_SELECTOR, selector)
+            if not found:
+                return False
+            found[0].click()
+            return True
+
+        self.wait(f"a click on {selector}", clicked)
+
     def text(self, element_id: str) -> str:
         return self.css_text(f"#{element_id}")
 
@@ -369,7 +383,7 @@ def test_commission_from_the_ui_live(console: Console) -> None:
     console.wait("the job link", lambda: "commission started: job" in console.text("action-result"))
     console.wait("Provisioning, live", lambda: console.text("node-status") == "Provisioning")
     console.shot("node")
-    d.find_element(By.CSS_SELECTOR, "#action-result a").click()
+    console.click("#action-result a")
     console.wait("the job page", lambda: console.text("page-title").startswith("Job "))
     console.wait("the first task's line", lambda: "waiting for" in console.text("job-log"))
     assert console.text("job-status") == "Running"
@@ -434,7 +448,6 @@ def test_a_queued_job_shows_its_place_and_is_cancelled_from_the_jobs_page(
     with its position and a Cancel button, which ends it Cancelled (it never runs). Then
     the running job is cancelled from its own page (its button named for a running job)."""
     console = master
-    d = console.driver
     release = console.root / "release-queue"
     body = {"nodes": ["node-0"], "extra_vars": {"console_release": str(release)}}
     st, running = console.api("POST", "/update/nodes", body)
@@ -448,7 +461,7 @@ def test_a_queued_job_shows_its_place_and_is_cancelled_from_the_jobs_page(
         console.wait("the queued job", lambda: "Queued #1" in console.text("page"))
         console.shot("jobs-queued")
         label = f"Cancel queued job {queued['id']}"
-        d.find_element(By.CSS_SELECTOR, f'button[aria-label="{label}"]').click()
+        console.click(f'button[aria-label="{label}"]')
         console.wait("Cancelled", lambda: "Queued" not in console.text("page"))
         st, rec = console.api("GET", f"/info/job/{queued['id']}")
         assert (rec["status"], rec["started_ms"]) == ("Cancelled", 0)
@@ -456,8 +469,7 @@ def test_a_queued_job_shows_its_place_and_is_cancelled_from_the_jobs_page(
         console.wait("the running job's page", lambda: console.text("job-status") == "Running")
         label = f"Cancel running job {running['id']}"
         button = f'button[aria-label="{label}"]'
-        console.wait("its cancel button", lambda: d.find_elements(By.CSS_SELECTOR, button))
-        d.find_element(By.CSS_SELECTOR, button).click()
+        console.click(button)
         console.wait("Cancelled, live", lambda: console.text("job-status") == "Cancelled")
         assert console.api("GET", f"/info/job/{running['id']}")[1]["status"] == "Cancelled"
     finally:
