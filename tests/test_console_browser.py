@@ -337,21 +337,21 @@ def test_refused_action_shows_clusterms_text(console: Console) -> None:
     console.go("#/node/node-0")
     console.title_is("Node node-0")
     console.wait("the node's status", lambda: console.text("node-status") == "Unallocated")
-    d.find_element(By.CSS_SELECTOR, "button.a-decommission").click()
+    console.click("button.a-decommission")
     want = (
         "decommission refused: failed to update node-0's state in inventory, Error: "
         'transition from "Unallocated" to "Cancelled" is not allowed'
     )
     console.wait("the refusal", lambda: console.text("action-error") == want)
     Select(d.find_element(By.ID, "a-hostgroup")).select_by_value("")  # keep the node's
-    d.find_element(By.CSS_SELECTOR, "button.a-update").click()
+    console.click("button.a-update")
     want = (
         "update refused: failed to update node-0's state in inventory, Error: "
         'transition from "Unallocated" to "Maintenance" is not allowed'
     )
     console.wait("the update's refusal", lambda: console.text("action-error") == want)
     Select(d.find_element(By.ID, "a-hostgroup")).select_by_value("service-worker")
-    d.find_element(By.CSS_SELECTOR, "button.a-commission").click()
+    console.click("button.a-commission")
     want = (
         "commission refused: Cannot commission a worker node without existence of a master "
         "node in the cluster, make sure atleast one master node is commissioned."
@@ -379,7 +379,7 @@ def test_commission_from_the_ui_live(console: Console) -> None:
     ev = d.find_element(By.ID, "a-extravars")
     ev.clear()
     ev.send_keys(json.dumps({"console_release": str(release)}))
-    d.find_element(By.CSS_SELECTOR, "button.a-commission").click()
+    console.click("button.a-commission")
     console.wait("the job link", lambda: "commission started: job" in console.text("action-result"))
     console.wait("Provisioning, live", lambda: console.text("node-status") == "Provisioning")
     console.shot("node")
@@ -422,7 +422,7 @@ def test_check_mode_from_the_ui_changes_nothing(master: Console) -> None:
     ev.clear()
     ev.send_keys(json.dumps({"console_release": str(release)}))
     d.find_element(By.ID, "a-check").click()
-    d.find_element(By.CSS_SELECTOR, "button.a-commission").click()
+    console.click("button.a-commission")
     started = "commission (check) started: job"
     console.wait("the check job", lambda: started in console.text("action-result"))
     job_id = d.find_element(By.CSS_SELECTOR, "#action-result a").text
