@@ -168,13 +168,17 @@ async def answer(
         status, text = refusal(exc, ctx.replica.name, method, path)
         return json_answer(status, {"error": text}, error_headers(status))
     except BodyTooLarge:
-        status, text, extra = status_refusal(413, "", method, path)
-        return json_answer(status, {"error": text}, {**error_headers(status), **extra})
+        return _status_answer(413, "", method, path)
     except Exception:
         log.exception("%s: %s %s failed", ctx.replica.name, method, path)
-        status, text, extra = status_refusal(500, INTERNAL_ERROR_TEXT, method, path)
-        return json_answer(status, {"error": text}, {**error_headers(status), **extra})
+        return _status_answer(500, INTERNAL_ERROR_TEXT, method, path)
     return json_answer(200, obj, {})
+
+
+def _status_answer(code: int, text: str, method: str, path: str) -> Answer:
+    """The error answer Quart's handler gives for an HTTP error ``code`` (``api.policy``)."""
+    status, text, extra = status_refusal(code, text, method, path)
+    return json_answer(status, {"error": text}, {**error_headers(status), **extra})
 
 
 async def _route(
