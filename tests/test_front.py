@@ -188,12 +188,20 @@ ctypes = st.sampled_from(
 def wire_requests(draw: st.DrawFn) -> bytes:
     """One request's bytes to a hot route (or a neighbour), good or bad in any part."""
     method = draw(st.sampled_from(["GET", "PUT", "DELETE", "PUT", "PUT", "HEAD", "POST"]))
-    path = draw(st.sampled_from(["/globals/"] * 4 + ["/health", "/info/"]))
-    if path != "/health":
+    path = draw(st.sampled_from(["/globals/"] * 4 + ["/health", "/info/", "/info/globals"] * 2))
+    if path in ("/globals/", "/info/"):
         path += quote(draw(keys), safe="/")
+    elif path == "/info/globals":
+        path = draw(
+            st.sampled_from([path, path, "/info%2Fglobals", "/info/globals/", "/%69nfo/globals"])
+        )
     if draw(st.booleans()):
-        path += "?x=1"
+        path += draw(st.sampled_from(["?x=1", "?", "?prefix=a&limit=1", "?%zz"]))
     headers = [f"Host: {draw(st.sampled_from(['x', 'localhost:1']))}"]
+    if draw(st.integers(0, 3)) == 0:
+        headers.append(
+            draw(st.sampled_from(["Accept: */*", "X-Odd:  a\tb ", "accept-encoding: gzip"]))
+        )
     tok = draw(tokens)
     if tok is not None:
         headers.append("Authorization: " + (tok if " " in tok else f"Bearer {tok}"))
@@ -220,6 +228,7 @@ async def test_the_front_answers_what_quart_answers_on_the_wire(tmp_path: Path) 
         front = front_of(fctx)
         fc, qc = Conn(furl), Conn(qurl)
         taken = [0]
+        served_listing = [False]
 
         def same_state() -> bool:
             return fctx.replica.state.globals() == qctx.replica.state.globals()
@@ -240,6 +249,8 @@ async def test_the_front_answers_what_quart_answers_on_the_wire(tmp_path: Path) 
                 if b" /health" in req[:12] and a.startswith(b"HTTP/1.1 200"):
                     a, b = _health_shape(a), _health_shape(b)
                 assert a == b, req
+                if front.handed_over == handed and b'"extra_vars": {"' in a:
+                    served_listing[0] = True
                 assert trio.from_thread.run_sync(same_state), req
                 taken[0] += 1
 
@@ -252,11 +263,13 @@ async def test_the_front_answers_what_quart_answers_on_the_wire(tmp_path: Path) 
         qc.close()
         assert n >= 200
         # Many were answered by the front itself (about 40 %); the others (HEAD, POST,
-        # /info/..., DELETE /health, a key with a newline) went to hypercorn, on the
+        # /info/{other}, DELETE /health, a key with a newline) went to hypercorn, on the
         # connection they came on.
         assert front.answered > n // 4
         assert front.handed_over > 0
         assert fctx.replica.state.globals()
+        # GET /info/globals, answered by the front, listed globals (not only the empty map)
+        assert served_listing[0]
 
 
 def _health_shape(answer: bytes) -> bytes:
@@ -282,6 +295,14 @@ def _get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode()
 
 
+def _patch_nothing() -> bytes:
+    """PATCH /globals with an empty patch: a Quart route that changes nothing."""
+    return (
+        f"PATCH /globals HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Type: application/json\r\n"
+        "Content-Length: 2\r\n\r\n{}"
+    ).encode()
+
+
 async def test_pipelined_split_and_handed_over_connections(tmp_path: Path) -> None:
     """Pipelined requests answered in order; a request split into one-byte segments; a
     keep-alive connection that goes front route -> Quart route -> front route (hypercorn
@@ -297,8 +318,9 @@ async def test_pipelined_split_and_handed_over_connections(tmp_path: Path) -> No
             for byte in _put("split", {"a": "é"}):
                 c.send(bytes([byte]))
             out.append(c.read())
-            out.append(c.ask(_get("/globals/split")))
-            out.append(c.ask(_get("/info/globals")))  # Quart's route
+            out.append(c.ask(_get("/globals/split") + _get("/info/globals?since=0")))
+            out.append(c.read())
+            out.append(c.ask(_patch_nothing()))  # Quart's route
             out.append(c.ask(_put("after", 3)))  # hypercorn's connection now
             out.append(c.ask(_get("/globals/after")))
             c.close()
@@ -314,9 +336,12 @@ async def test_pipelined_split_and_handed_over_connections(tmp_path: Path) -> No
         a = await trio.to_thread.run_sync(script, furl)
         b = await trio.to_thread.run_sync(script, qurl)
         assert a == b
-        assert [x.split(b"\r\n", 1)[0] for x in a] == [b"HTTP/1.1 200 "] * 9 + [b"HTTP/1.1 404 "]
-        assert b'"p/2"' in a[3] and b'"after"' in a[8]
-        assert front.answered - before[0] == 7  # 4 pipelined, split, its GET, the last GET
+        assert [x.split(b"\r\n", 1)[0] for x in a] == [b"HTTP/1.1 200 "] * 10 + [b"HTTP/1.1 404 "]
+        assert b'"p/2"' in a[3] and b'"after"' in a[9]
+        listing = json.loads(a[6].partition(b"\r\n\r\n")[2])
+        assert listing == {"extra_vars": {"p1": 1, "p/2": [2], "split": {"a": "é"}}}
+        # 4 pipelined, split, its GET and the listing pipelined after it, the last GET
+        assert front.answered - before[0] == 8
         assert front.handed_over - before[1] == 1
         assert fctx.replica.state.globals() == qctx.replica.state.globals()
 
@@ -402,8 +427,9 @@ def test_the_500_text_is_werkzeugs() -> None:
 async def test_a_start_serves_health_and_writes_before_the_web_stack(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
-    """The web stack's import is held: the front answers GET /health and a PUT at once;
-    a request for another route waits and is answered once the stack is loaded."""
+    """The web stack's import is held: the front answers GET /health, a PUT and GET
+    /info/globals at once; a request for another route (PATCH /globals) waits and is
+    answered once the stack is loaded."""
     hold = threading.Event()
     real: Callable[[], None] = agent_module._import_web_stack
 
@@ -422,15 +448,17 @@ async def test_a_start_serves_health_and_writes_before_the_web_stack(
             c = Conn(agent.api_url)
             health = await trio.to_thread.run_sync(c.ask, _get("/health"))
             put = await trio.to_thread.run_sync(c.ask, _put("early", 1))
+            listing = await trio.to_thread.run_sync(c.ask, _get("/info/globals"))
             assert not agent.ready.is_set() and not hold.is_set()
             assert health.startswith(b"HTTP/1.1 200 ") and b'"status": "serving"' in health
             assert put.startswith(b"HTTP/1.1 200 "), put
+            assert listing.startswith(b"HTTP/1.1 200 ") and b'"early": 1' in listing, listing
             other = Conn(agent.api_url)
             waiting = trio.Event()
             answers: list[bytes] = []
 
             async def ask_other() -> None:
-                answers.append(await trio.to_thread.run_sync(other.ask, _get("/info/globals")))
+                answers.append(await trio.to_thread.run_sync(other.ask, _patch_nothing()))
                 waiting.set()
 
             nursery.start_soon(ask_other)
@@ -438,7 +466,8 @@ async def test_a_start_serves_health_and_writes_before_the_web_stack(
             with trio.fail_after(60):
                 await agent.ready.wait()
                 await waiting.wait()
-            assert answers[0].startswith(b"HTTP/1.1 200 ") and b'"early": 1' in answers[0]
+            assert answers[0].startswith(b"HTTP/1.1 200 "), answers[0]
+            assert answers[0].endswith(b'{"set": 0, "deleted": 0}'), answers[0]
             c.close()
             other.close()
             nursery.cancel_scope.cancel()

@@ -7,16 +7,17 @@ its answer's events, send lock and cancel scopes), and a start could not answer 
 until the web stack (Quart, flask, werkzeug, jinja2, hypercorn) was imported.
 
 How: :class:`Front` accepts the connections (trio, on the socket ``api.listen`` bound) and
-reads each request head with ``api.wire``'s strict parser. ``GET /health`` and
-``GET|PUT|DELETE /globals/{key}`` are answered inline, in the connection's task (no task per
-request, no channels), by ``api.hot.answer``: the functions Quart's views call, so the
-answer is the same status, headers and body, errors included (docs/api.md, "Serving").
-Keep-alive and pipelined requests are served in order. At the first request the front does
-not answer (another route or method, anything odd: ``api.wire``), the connection is handed,
-with the bytes already read, to the handler given by :meth:`Front.hand_to` (hypercorn's
-connection server over the app, ``api.server.connection_handler``), which owns it from then
-on, keep-alive included. Until that handler is given (the web stack still loading), such a
-connection waits; the front's own routes are answered from the moment the socket is bound.
+reads each request head with ``api.wire``'s strict parser. ``GET /health``,
+``GET /info/globals`` and ``GET|PUT|DELETE /globals/{key}`` are answered inline, in the
+connection's task (no task per request, no channels), by ``api.hot.answer``: the functions
+Quart's views call, so the answer is the same status, headers and body, errors included
+(docs/api.md, "Serving"). Keep-alive and pipelined requests are served in order. At the
+first request the front does not answer (another route or method, anything odd:
+``api.wire``), the connection is handed, with the bytes already read, to the handler given
+by :meth:`Front.hand_to` (hypercorn's connection server over the app,
+``api.server.connection_handler``), which owns it from then on, keep-alive included. Until
+that handler is given (the web stack still loading), such a connection waits; the front's
+own routes are answered from the moment the socket is bound.
 
 Kept from hypercorn: ``TCP_USER_TIMEOUT`` on the connections (``api.listen``), the
 keep-alive idle timeout (5 s from the last answer, or the accept, until a request head is

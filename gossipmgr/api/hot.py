@@ -1,11 +1,12 @@
 """The hottest routes, written once over the context and without the web stack:
-``GET|PUT|DELETE /globals/{key}`` and ``GET /health``.
+``GET|PUT|DELETE /globals/{key}``, ``GET /info/globals`` and ``GET /health``.
 
 Three callers: Quart's views (``routes.global_vars``, ``routes.status``), the fast path in
-front of Quart's machinery (``api.fastpath``, under hypercorn) and the front server that
-answers them before hypercorn (``api.front``). They apply the same checks, in the same
-order, with the same texts, and :func:`answer` makes the same response from them: the
-status, the body and the headers Quart's ``json_response``/``error_response`` carry.
+front of Quart's machinery (``api.fastpath``, under hypercorn: the single-key routes only)
+and the front server that answers them all before hypercorn (``api.front``). They apply
+the same checks, in the same order, with the same texts, and :func:`answer` makes the
+same response from them: the status, the body and the headers Quart's
+``json_response``/``error_response`` carry.
 Quart-free on purpose (``tests/test_startup.py`` checks it): the front serves from the
 moment the agent's socket is bound, before Quart, flask, werkzeug, jinja2 and hypercorn
 are imported.
@@ -54,6 +55,8 @@ PREFIX = "/globals/"
 KEY_REGEX = ".+"
 KEY = re.compile(KEY_REGEX)
 HEALTH = OPEN_PATH
+#: Every global extra-var at once (a restarted instance's catch-up, operators' scripts).
+INFO_GLOBALS = "/info/globals"
 
 #: A response: its status, its body and its headers (lower-case names, as Quart sends them).
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -96,6 +99,11 @@ async def delete_one(ctx: ApiContext, key: str) -> dict[str, Any]:
         raise _unknown(key)
     await rep.commit(lambda s, ts: s.d_remove(global_key(key), ts))
     return {"key": key, "deleted": True}
+
+
+def globals_json(ctx: ApiContext) -> dict[str, Any]:
+    """GET /info/globals: every global extra-var (the view reads no query parameter)."""
+    return {"extra_vars": ctx.replica.state.globals()}
 
 
 def lease_json(lease: Lease | None, now_ms: int) -> dict[str, Any] | None:
@@ -158,9 +166,10 @@ async def answer(
     content_type: str,
     data: bytes | BodyTooLarge,
 ) -> Answer:
-    """The answer to ``method path`` (GET /health, or GET, PUT or DELETE of a key under
-    :data:`PREFIX` that :data:`KEY` matches), as Quart's view and error handlers make it:
-    the token check first, then the route, any error translated by ``api.policy``.
+    """The answer to ``method path`` (GET /health, GET /info/globals, or GET, PUT or
+    DELETE of a key under :data:`PREFIX` that :data:`KEY` matches), as Quart's view and
+    error handlers make it: the token check first, then the route, any error translated
+    by ``api.policy``.
     ``data``: the request body (a PUT's), or :class:`BodyTooLarge`."""
     try:
         obj = await _route(ctx, method, path, authorization, content_type, data)
@@ -192,6 +201,8 @@ async def _route(
     authorize(ctx, method, path, authorization)
     if path == HEALTH:
         return health_json(ctx)
+    if path == INFO_GLOBALS:
+        return globals_json(ctx)
     key = path[len(PREFIX) :]
     if method == "GET":
         return await get_one(ctx, key)

@@ -8,8 +8,9 @@ differently from hypercorn; at worst it declines one hypercorn would take. It ac
 
 * a request line ``GET|PUT|DELETE SP target SP HTTP/1.1``: HTTP/1.1 only (no HTTP/1.0, no
   HTTP/2 preface), the target in origin form of visible ASCII, whose path (percent-decoded
-  as hypercorn decodes it) is ``/health`` (GET) or ``/globals/{key}`` (a key the routes'
-  converter matches);
+  as hypercorn decodes it) is ``/health`` or ``/info/globals`` (GET only) or
+  ``/globals/{key}`` (a key the routes' converter matches); a query string is allowed
+  (none of these routes reads one, as none of their Quart views does);
 * header lines ``name: value``, each ending in CRLF (a bare CR or LF anywhere in the head:
   declined), the name a token, no space before the colon, no obs-fold (a line that starts
   with a space or tab), the value visible ASCII with inner spaces and tabs;
@@ -29,7 +30,7 @@ import time
 from urllib.parse import unquote
 from wsgiref.handlers import format_date_time
 
-from gossipmgr.api.hot import HEALTH, KEY, PREFIX
+from gossipmgr.api.hot import HEALTH, INFO_GLOBALS, KEY, PREFIX
 from gossipmgr.api.values import MAX_BODY_BYTES
 
 #: The largest request head the front reads itself (h11, in hypercorn: 16 KiB).
@@ -102,7 +103,7 @@ def _request_line(line: bytes, size: int) -> Head | None:
     # hypercorn's scope["path"]: the target up to "?", percent-decoded (UTF-8, errors
     # replaced) by the same function
     path = unquote(parts[1].partition(b"?")[0].decode("ascii"))
-    if path == HEALTH and method == "GET":
+    if method == "GET" and path in (HEALTH, INFO_GLOBALS):
         return Head(method, path, size)
     if path.startswith(PREFIX) and KEY.fullmatch(path, len(PREFIX)) is not None:
         return Head(method, path, size)

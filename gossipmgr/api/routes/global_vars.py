@@ -24,7 +24,7 @@ from gossipmgr.api.bodies import (
 )
 from gossipmgr.api.boundary import json_response
 from gossipmgr.api.context import current_context, current_replica
-from gossipmgr.api.hot import delete_one, get_one, put_one
+from gossipmgr.api.hot import delete_one, get_one, globals_json, put_one
 from gossipmgr.api.openapi import (
     EXTRA_VARS_REQUEST,
     VALUE_REQUEST,
@@ -102,8 +102,9 @@ async def globals_patch() -> Response:
     return json_response({"set": len(novel) - deleted, "deleted": deleted})
 
 
-# The single-key routes are written once, over the context, in ``api.hot`` (Quart-free):
-# the views below, the fast path and the front call the same functions, so all apply the
+# The single-key routes and GET /info/globals are written once, over the context, in
+# ``api.hot`` (Quart-free): the views below, the fast path and the front call the same
+# functions, so all apply the
 # same checks, in the same order, with the same texts.
 
 
@@ -139,4 +140,4 @@ async def global_delete(key: str) -> Response:
 
 @bp.operation("GET", "/info/globals", "Global extra-vars", (200, 401))
 async def info_globals() -> Response:
-    return json_response({"extra_vars": current_replica().state.globals()})
+    return json_response(globals_json(current_context()))
