@@ -37,9 +37,10 @@ def test_the_daemon_import_leaves_heavy_modules_for_later() -> None:
 
 
 def test_the_front_serves_without_the_web_stack() -> None:
-    """The front (``api.front``) answers /health and /globals/{key} from the bind, before
-    the web stack is loaded: neither it nor what it calls (``api.hot``, ``api.policy``,
-    ``api.values``, ``api.wire``) may import Quart, flask, werkzeug, jinja2 or hypercorn.
+    """The front (``api.front``) answers /health, /info/globals and /globals/{key} from the
+    bind, before the web stack is loaded: neither it nor what it calls (``api.hot``,
+    ``api.policy``, ``api.values``, ``api.wire``) may import Quart, flask, werkzeug, jinja2
+    or hypercorn.
     The agent's own import (which starts the front) loads it already."""
     front = {"gossipmgr.api.front", "gossipmgr.api.hot", "gossipmgr.api.wire"}
     loaded = set(modules_loaded_by(["gossipmgr.api.front"]))
