@@ -13,12 +13,18 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import trio
+import trustme
+from _apiutil import serving, standalone
 from _bounds import bound
+
+from gossipmgr.api import create_app
 
 HERE = Path(__file__).parent
 SETTINGS = b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n"
@@ -99,3 +105,34 @@ def test_clients_that_ask_for_http2_and_leave_cannot_hang_a_stop(tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_tls_offers_only_http1_and_refuses_the_preface(tmp_path: Path) -> None:
+    """With TLS hypercorn serves the socket itself: ALPN must not select h2 (which would
+    start its HTTP/2 protocol directly), and the preface inside TLS gets the 505 too."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    client.set_alpn_protocols(["h2", "http/1.1"])
+    async with standalone(tmp_path, claim=False) as ctx:
+        app = create_app(ctx)
+        async with serving(app, certfile=str(certfile), keyfile=str(keyfile)) as url:
+            host, port = url.removeprefix("https://").rsplit(":", 1)
+            with trio.fail_after(30):
+                stream = await trio.open_ssl_over_tcp_stream(
+                    host, int(port), ssl_context=client, https_compatible=True
+                )
+                async with stream:
+                    await stream.do_handshake()
+                    assert stream.selected_alpn_protocol() == "http/1.1"
+                    await stream.send_all(VARIANTS["preface"])
+                    answer = b""
+                    while b"\r\n\r\n" not in answer:
+                        chunk = await stream.receive_some(65536)
+                        assert chunk, answer
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 505 "), answer
