@@ -10,6 +10,7 @@ every measured duration is both recorded and asserted against its bound:
 |---|---|---|
 | agent.holder_sigkill_takeover | 16 s (Serf failure ~5-6 s + TTL 6 s + 4 s) | test_agent.py |
 | api.shutdown_with_idle_keepalive | 3 s (the shielded send: not graceful_timeout) | test_api.py |
+| api.stop_with_http2_clients | 1 s (SIGTERM to exit, h2c/preface clients left) | test_h2c.py |
 | ansible.cancel_to_cleaned_up | 10 s (tree killed, cleanup playbook run) | test_ansible.py |
 | ansible.trio_cancel_stops_the_tree | 10 s | test_ansible.py |
 | jobs.cancel_to_ended | 15 s (job cancel to its record ended) | test_workflows_e2e.py |
@@ -39,6 +40,7 @@ from _util import write_result  # noqa: E402
 TESTS = [
     "tests/test_agent.py::test_holder_sigkill_hands_over_and_loses_no_health_event",
     "tests/test_api.py::test_shutdown_is_prompt_with_an_idle_keepalive_connection",
+    "tests/test_h2c.py::test_clients_that_ask_for_http2_and_leave_cannot_hang_a_stop",
     "tests/test_ansible.py::test_cancel_stops_the_whole_tree_then_cleans_up",
     "tests/test_ansible.py::test_trio_cancellation_also_stops_the_tree",
     "tests/test_workflows_e2e.py::test_one_active_job_and_cancel",

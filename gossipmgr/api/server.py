@@ -13,7 +13,7 @@ import h11
 import hypercorn.protocol
 import trio
 from hypercorn.config import Config, Sockets
-from hypercorn.events import RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hyper_serve
 from hypercorn.trio.lifespan import Lifespan
@@ -54,8 +54,21 @@ class _ShieldedSend:
         await self.app(scope, receive, shielded_send)
 
 
+class _Refused(Exception):
+    """An HTTP/2 preface was answered with a 505 and the connection closed."""
+
+
 class _OneSendH11(H11Protocol):
-    """hypercorn's HTTP/1.1 protocol, writing a response of known length in one ``send()``.
+    """hypercorn's HTTP/1.1 protocol, writing a response of known length in one ``send()``,
+    and never switching to HTTP/2 (docs/api.md, "Serving").
+
+    HTTP/1.1 only: hypercorn takes an ``Upgrade: h2c`` request without a body, or the HTTP/2
+    preface (``PRI * HTTP/2.0``), to its HTTP/2 protocol, where a client that leaves (or
+    half-closes) before its first answer is sent leaves that answer's task waiting forever
+    for a sender task that has ended (``StreamBuffer.drain``); the send being shielded
+    (:class:`_ShieldedSend`), a stop then hangs. Here the ``Upgrade: h2c`` is ignored (the
+    request is answered in HTTP/1.1, as hypercorn answers one with a body) and the preface
+    gets a ``505`` and a close. ALPN offers only ``http/1.1`` (:func:`_config`).
 
     hypercorn writes each h11 event on its own: the head, the body, then the (empty) end of
     a message whose length the head declares: two ``send()`` calls and a third, empty,
@@ -69,6 +82,18 @@ class _OneSendH11(H11Protocol):
     """
 
     _held = b""
+
+    async def handle(self, event: Event) -> None:
+        try:
+            await super().handle(event)
+        except _Refused:
+            return
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        if event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
+            await self._send_error_response(505)
+            await self.send(Closed())
+            raise _Refused()
 
     async def _send_h11_event(self, event: H11SendableEvent) -> None:
         try:
@@ -124,6 +149,7 @@ def _config() -> _Config:
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("gossipmgr.api.hypercorn")
     cfg.keep_alive_timeout = KEEP_ALIVE_S
+    cfg.alpn_protocols = ["http/1.1"]  # no HTTP/2 (_OneSendH11)
     return cfg
 
 
@@ -133,8 +159,8 @@ async def connection_handler(
     """hypercorn serving ``app`` on connections the front hands over (``api.front``):
     runs the app's lifespan, then calls ``task_status.started(handler)``; ``handler(stream)``
     serves one connection (hypercorn's own TCP server, as its trio worker runs it per
-    accepted connection, on the stream given: HTTP/1.1 with the fast path, or HTTP/2 from
-    its preface, a websocket upgrade...) until it closes. Runs until cancelled."""
+    accepted connection, on the stream given: HTTP/1.1 with the fast path, a websocket
+    upgrade; never HTTP/2: :class:`_OneSendH11`) until it closes. Runs until cancelled."""
     cfg = _config()
     cfg.set_statsd_logger_class(StatsdLogger)
     asgi = wrap_app(_ShieldedSend(app), cfg.wsgi_max_body_size, "asgi")

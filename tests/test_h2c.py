@@ -1,0 +1,138 @@
+"""HTTP/2 requests a client leaves cannot hang a stop (the API speaks HTTP/1.1 only).
+
+hypercorn switched a connection to HTTP/2 on an ``Upgrade: h2c`` request without a body or
+on the HTTP/2 preface; a client that then half-closed before its first answer was sent left
+that answer's (shielded) send waiting forever, and SIGTERM never stopped the process. Now
+the upgrade is ignored (answered in HTTP/1.1) and the preface gets a 505 (docs/api.md,
+"Serving"). One standalone instance in its own process (tests/_apiutil.py), every variant
+at once on its own connection (left open, half-closed, closed), then SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+import trustme
+from _apiutil import serving, standalone
+from _bounds import bound
+
+from gossipmgr.api import create_app
+
+HERE = Path(__file__).parent
+SETTINGS = b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+UPGRADE = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+BODY = b"Content-Type: application/json\r\nContent-Length: 12\r\n\r\n" + b'{"value": 1}'
+VARIANTS = {
+    "h2c, settings": b"GET /health HTTP/1.1\r\nHost: x\r\n" + UPGRADE + SETTINGS + b"\r\n",
+    "h2c, no settings": b"GET /health HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n",
+    "h2c, other route": b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n" + UPGRADE + SETTINGS + b"\r\n",
+    "h2c, body": b"PUT /globals/u HTTP/1.1\r\nHost: x\r\n" + UPGRADE + SETTINGS + BODY,
+    "preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+}
+
+
+def _start(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    url_file = root / "url"
+    cmd = [sys.executable, str(HERE / "_apiutil.py"), "--data", str(root / "data")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        [*cmd, "--url-file", str(url_file)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not url_file.exists():
+        assert proc.poll() is None, "the instance died"
+        assert time.monotonic() < deadline, "the instance did not start in 60 s"
+        time.sleep(0.05)
+    return proc, url_file.read_text()
+
+
+def _first_answer(sock: socket.socket) -> bytes:
+    """An HTTP/1.1 answer's head (and what came with it), or the first bytes of another."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        data += chunk
+        if not chunk or not data.startswith(b"HTTP/"[: len(data)]):
+            break
+    return data
+
+
+def test_clients_that_ask_for_http2_and_leave_cannot_hang_a_stop(tmp_path: Path) -> None:
+    proc, url = _start(tmp_path)
+    socks: list[socket.socket] = []
+    answers: list[tuple[str, bytes]] = []
+    try:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for name, request in VARIANTS.items():
+            for leave in ("open", "half-close", "close"):
+                s = socket.create_connection((host, int(port)), timeout=30)
+                socks.append(s)
+                s.sendall(request)
+                answers.append((name, _first_answer(s)))
+                if leave == "half-close":
+                    s.shutdown(socket.SHUT_WR)
+                elif leave == "close":
+                    s.close()
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("SIGTERM did not stop the instance in 30 s") from None
+        bound("api.stop_with_http2_clients", time.monotonic() - started, 1.0)
+        assert proc.returncode == 0
+        for name, answer in answers:
+            if name == "preface":
+                assert answer.startswith(b"HTTP/1.1 505 "), (name, answer)
+                assert b"connection: close" in answer.lower()
+            else:  # the upgrade ignored: answered in HTTP/1.1
+                assert answer.startswith(b"HTTP/1.1 200 "), (name, answer)
+                assert b"upgrade" not in answer.split(b"\r\n\r\n")[0].lower()
+    finally:
+        for s in socks:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_tls_offers_only_http1_and_refuses_the_preface(tmp_path: Path) -> None:
+    """With TLS hypercorn serves the socket itself: ALPN must not select h2 (which would
+    start its HTTP/2 protocol directly), and the preface inside TLS gets the 505 too."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    client.set_alpn_protocols(["h2", "http/1.1"])
+    async with standalone(tmp_path, claim=False) as ctx:
+        app = create_app(ctx)
+        async with serving(app, certfile=str(certfile), keyfile=str(keyfile)) as url:
+            host, port = url.removeprefix("https://").rsplit(":", 1)
+            with trio.fail_after(30):
+                stream = await trio.open_ssl_over_tcp_stream(
+                    host, int(port), ssl_context=client, https_compatible=True
+                )
+                async with stream:
+                    await stream.do_handshake()
+                    assert stream.selected_alpn_protocol() == "http/1.1"
+                    await stream.send_all(VARIANTS["preface"])
+                    answer = b""
+                    while b"\r\n\r\n" not in answer:
+                        chunk = await stream.receive_some(65536)
+                        assert chunk, answer
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 505 "), answer
