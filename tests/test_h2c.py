@@ -36,6 +36,11 @@ VARIANTS = {
     "h2c, other route": b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n" + UPGRADE + SETTINGS + b"\r\n",
     "h2c, body": b"PUT /globals/u HTTP/1.1\r\nHost: x\r\n" + UPGRADE + SETTINGS + BODY,
     "preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    # the API has no WebSocket routes: the upgrade is ignored too (it got a 500 and logged
+    # a traceback: the error handler read an HTTP request in a WebSocket's context)
+    "websocket": b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
 }
 
 

@@ -68,7 +68,8 @@ class _OneSendH11(H11Protocol):
     for a sender task that has ended (``StreamBuffer.drain``); the send being shielded
     (:class:`_ShieldedSend`), a stop then hangs. Here the ``Upgrade: h2c`` is ignored (the
     request is answered in HTTP/1.1, as hypercorn answers one with a body) and the preface
-    gets a ``505`` and a close. ALPN offers only ``http/1.1`` (:func:`_config`).
+    gets a ``505`` and a close. ALPN offers only ``http/1.1`` (:func:`_config`). The API has
+    no WebSocket routes either: a WebSocket handshake's ``Upgrade`` is ignored the same way.
 
     hypercorn writes each h11 event on its own: the head, the body, then the (empty) end of
     a message whose length the head declares: two ``send()`` calls and a third, empty,
@@ -94,6 +95,20 @@ class _OneSendH11(H11Protocol):
             await self._send_error_response(505)
             await self.send(Closed())
             raise _Refused()
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        # No WebSocket routes: an ``Upgrade`` is dropped before hypercorn looks for a
+        # WebSocket handshake, so the request is answered as the plain HTTP request it also
+        # is (hypercorn's WebSocket stream reached the app's HTTP error handler: a 500).
+        if any(name == b"upgrade" for name, _ in request.headers):
+            headers = [(n, v) for n, v in request.headers if n != b"upgrade"]
+            request = h11.Request(
+                method=request.method,
+                target=request.target,
+                headers=headers,
+                http_version=request.http_version,
+            )
+        await super()._create_stream(request)
 
     async def _send_h11_event(self, event: H11SendableEvent) -> None:
         try:
