@@ -158,7 +158,7 @@ async def test_a_round_over_udp_and_its_answers_skip_a_full_outbox() -> None:
     other datagrams (the partition suite saw 8,191 dropped after a heal, and confirms of
     the majority side refused); a confirm's PING/PONG now have a queue of their own."""
     key = os.urandom(32)
-    async with cluster(list("abc"), [key] * 3, "") as svcs:
+    async with cluster(list("abc"), [key] * 3) as svcs:
         a, b, _ = svcs
         a.ask(a.ae.confirm_ask(["b", "c"], 11, a.replica.now_ms()))
         await until(lambda: set(a.ae.confirm_answers(11)) == {"b", "c"}, 30, "the answers")

@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 from _imports import modules_loaded_by
-from _udpcluster import cluster
+from _udpcluster import cluster, gossiping
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
@@ -40,7 +40,7 @@ def test_the_replica_does_not_import_the_gossip_layer() -> None:
 
 async def test_three_instances_converge_over_udp(tmp_path: object) -> None:
     key = os.urandom(32)
-    async with cluster(["a", "b", "c"], [key] * 3, str(tmp_path)) as svcs:
+    async with cluster(["a", "b", "c"], [key] * 3) as svcs:
         a, b, c = svcs
         await a.replica.commit(lambda st, ts: st.d_set(global_key("x"), 1, ts))
         await c.replica.commit(lambda st, ts: st.d_set(global_key("y"), 2, ts))
@@ -50,7 +50,7 @@ async def test_three_instances_converge_over_udp(tmp_path: object) -> None:
 
 async def test_wrong_key_converges_with_no_one_and_is_counted(tmp_path: object) -> None:
     good, bad = os.urandom(32), os.urandom(32)
-    async with cluster(["a", "b", "z"], [good, good, bad], str(tmp_path)) as svcs:
+    async with cluster(["a", "b", "z"], [good, good, bad]) as svcs:
         a, b, z = svcs
         await a.replica.commit(lambda st, ts: st.d_set(global_key("x"), 1, ts))
         await z.replica.commit(lambda st, ts: st.d_set(global_key("evil"), 1, ts))
@@ -63,7 +63,7 @@ async def test_wrong_key_converges_with_no_one_and_is_counted(tmp_path: object) 
 
 async def test_replayed_and_truncated_datagrams_are_counted_and_ignored(tmp_path: object) -> None:
     key = os.urandom(32)
-    async with cluster(["a", "b"], [key] * 2, str(tmp_path)) as svcs:
+    async with cluster(["a", "b"], [key] * 2) as svcs:
         a, b = svcs
         async with open_udp_transport("127.0.0.1", 0) as spy:
             # Tap one real datagram from a to b by pointing a's view of b at the spy.
@@ -175,7 +175,7 @@ async def test_wrong_key_datagrams_from_many_ports_log_one_warning_per_host(
     from gossipmgr.gossip.crypto import Sealer, node_id
 
     key = os.urandom(32)
-    async with cluster(["a"], [key], str(tmp_path)) as [a]:
+    async with cluster(["a"], [key]) as [a]:
         stranger = Sealer(Keyring(os.urandom(32)), node_id("z"), int(time.time() * 1000))
         caplog.set_level(logging.WARNING, logger="gossipmgr.gossip")
         n = 300  # more sources than the service keeps (MAX_FAILING_SOURCES)
@@ -213,24 +213,12 @@ async def test_remote_deltas_of_one_window_are_persisted_in_one_append(tmp_path:
     for r in (a, b):
         r.open()
     n = 30
-    async with contextlib.AsyncExitStack() as stack:
-        svcs: list[Service] = []
-        for r in (a, b):
-            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
-            svcs.append(GossipService(r, tr, Keyring(key), boot_ms=r.now_ms()))
-        svcs[1].persist_window_ms = 600_000
-        addrs = {s.replica.name: s.local_addr for s in svcs}
-        for s in svcs:
-            s.set_peers(addrs)
-        async with trio.open_nursery() as nursery:
-            for s in svcs:
-                await nursery.start(s.run)
-            for i in range(n):
-                await a.commit(partial(_set_global, f"k{i}", i))
-            await until(lambda: len(b.state.globals()) == n, 10)
-            await trio.testing.wait_all_tasks_blocked()  # b's receive loop queued the last
-            assert b.persisted == []  # all held in the window
-            nursery.cancel_scope.cancel()
+    async with gossiping([a, b], [key] * 2, persist_window_ms={"b": 600_000}):
+        for i in range(n):
+            await a.commit(partial(_set_global, f"k{i}", i))
+        await until(lambda: len(b.state.globals()) == n, 10)
+        await trio.testing.wait_all_tasks_blocked()  # b's receive loop queued the last
+        assert b.persisted == []  # all held in the window
     assert b.persisted == [n]  # the stop persisted the window's deltas, in one append
     await b.aclose()
     again = Replica("b", data_dir=data, fsync=False)

@@ -14,14 +14,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from _udpcluster import gossiping
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState, global_key
 from gossipmgr.errors import StoreError
-from gossipmgr.gossip.crypto import Keyring
-from gossipmgr.gossip.service import GossipService
-from gossipmgr.gossip.transport import open_udp_transport
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.runtime.watch import ChangeFeed
 from gossipmgr.testing.slowstore import GatedStore
@@ -35,26 +33,14 @@ def _set(st: ClusterState, ts: Timestamp) -> LWWMap:
 @contextlib.asynccontextmanager
 async def pair() -> AsyncIterator[tuple[Replica, GatedStore, Replica]]:
     """Writer ``a`` (a GatedStore behind it) and peer ``b`` gossiping over loopback."""
-    key = os.urandom(32)
-    async with contextlib.AsyncExitStack() as stack:
-        reps, svcs = [], []
-        for name in ("a", "b"):
-            rep = Replica(name, data_dir=None)
-            rep.open()
-            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
-            reps.append(rep)
-            svcs.append(GossipService(rep, tr, Keyring(key), boot_ms=rep.now_ms()))
-        store = GatedStore()
-        reps[0]._store = store
-        addrs = {s.replica.name: s.local_addr for s in svcs}
-        for s in svcs:
-            s.set_peers(addrs)
-        async with trio.open_nursery() as nursery:
-            for s in svcs:
-                await nursery.start(s.run)
-            yield reps[0], store, reps[1]
-            store.release()
-            nursery.cancel_scope.cancel()
+    reps = [Replica(name, data_dir=None) for name in ("a", "b")]
+    for rep in reps:
+        rep.open()
+    store = GatedStore()
+    reps[0]._store = store
+    async with gossiping(reps, [os.urandom(32)] * 2):
+        yield reps[0], store, reps[1]
+        store.release()
 
 
 async def test_a_peer_sees_a_write_before_the_writers_fsync_completes() -> None:
@@ -142,30 +128,18 @@ async def test_a_remote_write_reaches_a_watch_stream_before_it_is_persisted() ->
     """The receive task joins a delta, records it in the change feed and wakes the streams
     in the datagram's own step; persisting it waits for its window (held open here): a
     watching client has the event while nothing has been persisted."""
-    key = os.urandom(32)
-    async with contextlib.AsyncExitStack() as stack:
-        a = Replica("a", data_dir=None)
-        b = _Persisting("b", data_dir=None)
-        b.persisted = []
-        svcs = []
-        for rep in (a, b):
-            rep.open()
-            tr = await stack.enter_async_context(open_udp_transport("127.0.0.1", 0))
-            svcs.append(GossipService(rep, tr, Keyring(key), boot_ms=rep.now_ms()))
-        svcs[1].persist_window_ms = 600_000
-        addrs = {s.replica.name: s.local_addr for s in svcs}
-        for s in svcs:
-            s.set_peers(addrs)
-        frames = ChangeFeed(b).open("globals/").frames()
-        async with trio.open_nursery() as nursery:
-            for s in svcs:
-                await nursery.start(s.run)
-            assert (await frames.__anext__()).startswith(b": watching")
-            await a.commit(_set)
-            with trio.fail_after(10):
-                event = await frames.__anext__()
-            assert b'"key":"globals/x"' in event
-            assert b.persisted == []
-            nursery.cancel_scope.cancel()
-        await frames.aclose()
+    a = Replica("a", data_dir=None)
+    b = _Persisting("b", data_dir=None)
+    b.persisted = []
+    for rep in (a, b):
+        rep.open()
+    frames = ChangeFeed(b).open("globals/").frames()
+    async with gossiping([a, b], [os.urandom(32)] * 2, persist_window_ms={"b": 600_000}):
+        assert (await frames.__anext__()).startswith(b": watching")
+        await a.commit(_set)
+        with trio.fail_after(10):
+            event = await frames.__anext__()
+        assert b'"key":"globals/x"' in event
+        assert b.persisted == []
+    await frames.aclose()
     assert b.persisted == [1]  # the stop persisted what the window held
