@@ -298,7 +298,7 @@ async def test_forged_and_replayed_since_datagrams_are_refused(tmp_path: Path) -
     """Over real UDP: a SINCE sealed with another key is dropped before it is read; a
     genuine one captured and sent again is refused by the replay guard: answered once."""
     key = os.urandom(32)
-    async with cluster(["a", "b"], [key, key], str(tmp_path)) as (a, b):
+    async with cluster(["a", "b"], [key, key]) as (a, b):
         a.replica.state.apply(
             [(global_key(f"k{i}"), Entry(Timestamp(BASE, i, "a"), i)) for i in range(50)]
         )
