@@ -259,22 +259,29 @@ async def test_the_front_answers_what_quart_answers_on_the_wire(tmp_path: Path) 
         fc.close()
         qc.close()
         assert n >= 200
-        # Many were answered by the front itself (about 40 %); the others (HEAD, POST,
-        # /info/{other}, DELETE /health, a key with a newline) went to hypercorn, on the
-        # connection they came on.
-        assert front.answered > n // 4
-        assert front.handed_over > 0
-        assert fctx.replica.state.globals()
-        # GET /info/globals, answered by the front, lists the globals (not only the empty
-        # map) as Quart does: asked here, not left to what the examples drew
+        # What the examples drew varies from run to run (how many the front answered,
+        # whether a PUT got through): the front's own share, and a handover, are asserted
+        # on fixed requests. The listing then has a value to show, as Quart shows it.
         fc, qc = Conn(furl), Conn(qurl)
-        listing = f"GET /info/globals HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode()
+
+        def ask_both(r: bytes) -> tuple[bytes, bytes]:
+            return fc.ask(r), qc.ask(r)
+
         answered, handed = front.answered, front.handed_over
-        a, b = await trio.to_thread.run_sync(lambda: (fc.ask(listing), qc.ask(listing)))
+        fixed = [_put("fixed/a", {"v": [1, "x"]}), _get("/globals/fixed/a"), _get("/health")]
+        fixed.append(f"GET /info/globals HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n".encode())
+        for req in fixed:
+            a, b = await trio.to_thread.run_sync(ask_both, req)
+            if req.startswith(b"GET /health"):
+                a, b = _health_shape(a), _health_shape(b)
+            assert a == b, req
+        assert (front.answered, front.handed_over) == (answered + len(fixed), handed)
+        assert b'"extra_vars": {"' in a, a[:300]
+        a, b = await trio.to_thread.run_sync(ask_both, _get("/openapi.json"))
         fc.close()
         qc.close()
-        assert (front.answered, front.handed_over) == (answered + 1, handed)
-        assert a == b and b'"extra_vars": {"' in a, a[:300]
+        assert a.startswith(b"HTTP/1.1 200 ") and b.startswith(b"HTTP/1.1 200 ")
+        assert front.handed_over == handed + 1
 
 
 def _health_shape(answer: bytes) -> bytes:

@@ -141,3 +141,84 @@ async def test_tls_offers_only_http1_and_refuses_the_preface(tmp_path: Path) -> 
                         assert chunk, answer
                         answer += chunk
             assert answer.startswith(b"HTTP/1.1 505 "), answer
+
+
+def _send_queue(port: int, client_port: int) -> int:
+    """Bytes the server's end of the connection (local ``port``, remote ``client_port``)
+    holds unsent in its kernel send queue (``/proc/net/tcp``'s tx_queue), or -1."""
+    want = (f":{port:04X}", f":{client_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1].endswith(want[0]) and f[2].endswith(want[1]):
+            return int(f[4].split(":")[0], 16)
+    return -1
+
+
+def test_a_client_that_stops_reading_cannot_hold_a_stop(tmp_path: Path) -> None:
+    """A client pipelines requests for a large answer (one hypercorn serves: the front
+    hands the connection over) and never reads. The answer's send, shielded from
+    cancellation, waited for the kernel to abort the connection (``TCP_USER_TIMEOUT``,
+    30 s) after SIGTERM; now a stop gives a send in flight ``STOP_SEND_GRACE_S``."""
+    from gossipmgr.api.server import STOP_SEND_GRACE_S
+
+    proc, url = _start(tmp_path)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        s.connect((host, int(port)))
+        request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        s.sendall(request * 400)
+        client_port = s.getsockname()[1]
+        deadline = time.monotonic() + 60
+        # the server's send queue stays full: its send waits for a client that never reads
+        while _send_queue(int(port), client_port) < 8192:
+            assert proc.poll() is None, "the instance died"
+            assert time.monotonic() < deadline, "the server's sends never backed up"
+            time.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("SIGTERM did not stop the instance in 20 s") from None
+        bound("api.stop_with_a_stalled_client", time.monotonic() - started, STOP_SEND_GRACE_S + 1)
+        assert proc.returncode == 0
+    finally:
+        s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_with_tls_a_client_that_stops_reading_cannot_hold_a_stop(tmp_path: Path) -> None:
+    """The same with TLS, where hypercorn serves the socket itself, stopped gracefully
+    (``shutdown_trigger``): the send gets ``graceful_timeout`` and its grace."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    async with standalone(tmp_path, claim=False) as ctx:
+        app = create_app(ctx)
+        sock = trio.socket.socket()
+        try:
+            with trio.fail_after(60) as limit:
+                async with serving(app, certfile=str(certfile), keyfile=str(keyfile)) as url:
+                    host, port = url.removeprefix("https://").rsplit(":", 1)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    await sock.connect((host, int(port)))
+                    stream = trio.SSLStream(trio.SocketStream(sock), client, server_hostname=host)
+                    await stream.do_handshake()
+                    await stream.send_all(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
+                    client_port = sock.getsockname()[1]
+                    while _send_queue(int(port), client_port) < 8192:  # noqa: ASYNC110 (kernel state)
+                        await trio.sleep(0.05)
+                    started = trio.current_time()
+                    limit.deadline = started + 20  # the stop, before the kernel's abort (30 s)
+                # a graceful stop: 2 s for the clients, then the sends' grace
+            bound("api.tls_stop_with_a_stalled_client", trio.current_time() - started, 5.0)
+        finally:
+            sock.close()

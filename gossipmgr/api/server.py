@@ -5,12 +5,15 @@ applies before it binds) lives in ``api.listen`` and is re-exported here."""
 from __future__ import annotations
 
 import logging
+import math
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import h11
 import hypercorn.protocol
+import hypercorn.trio.run
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
 
 __all__ = ["check_listen_policy", "connection_handler", "serve"]
 
+#: How long a stop lets a send to a client go on (:class:`_StopBound`).
+STOP_SEND_GRACE_S = 1.0
+
 
 class _ShieldedSend:
     """ASGI wrapper shielding ``send`` from cancellation (docs/api.md, "Serving").
@@ -52,6 +58,72 @@ class _ShieldedSend:
                 await send(message)
 
         await self.app(scope, receive, shielded_send)
+
+
+class _StopBound:
+    """The end a stop puts to the sends of one server's connections.
+
+    hypercorn writes to a connection with its send shielded from cancellation (and the app's
+    sends are shielded too: :class:`_ShieldedSend`), so a send to a client that stopped
+    reading (its receive window shut) held a stop until the kernel aborted the connection
+    (``TCP_USER_TIMEOUT``, 30 s). From a stop on, each send in flight, and any begun later,
+    gets :data:`STOP_SEND_GRACE_S` (after hypercorn's ``graceful_timeout`` when it stops
+    gracefully), then fails as a broken connection (:class:`_BoundedStream`)."""
+
+    def __init__(self) -> None:
+        self.deadline = math.inf
+        self.scopes: set[trio.CancelScope] = set()
+
+    @contextmanager
+    def scope(self) -> Iterator[trio.CancelScope]:
+        with trio.CancelScope(deadline=self.deadline) as scope:
+            self.scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self.scopes.discard(scope)
+
+    def bound(self, grace: float) -> None:
+        """Every send in flight, and any begun later, ends within ``grace`` seconds."""
+        self.deadline = min(self.deadline, trio.current_time() + grace)
+        for scope in self.scopes:
+            scope.deadline = self.deadline
+
+    async def at_stop(self) -> None:
+        """Wait for the stop (this task's cancellation); then :meth:`bound` the sends."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            self.bound(STOP_SEND_GRACE_S)
+
+
+class _BoundedStream:
+    """A connection's stream whose ``send_all`` ends when its server's stop says so: it is
+    called inside hypercorn's shield, where only a scope of its own can end it. Everything
+    else (TLS's handshake and ALPN, the socket, receive, close) is the stream's own."""
+
+    def __init__(self, stream: Any, stop: _StopBound) -> None:
+        self._stream = stream
+        self._stop = stop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._stop.scope() as scope:
+            await self._stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.BrokenResourceError("the server stopped during this send")
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's per-connection server, its stream's sends bounded by its server's stop
+    (the :class:`_Config` it serves with)."""
+
+    def __init__(self, app: Any, config: Config, context: Any, state: Any, stream: Any) -> None:
+        if isinstance(config, _Config):
+            stream = _BoundedStream(stream, config.stop)
+        super().__init__(app, config, context, state, stream)
 
 
 class _Refused(Exception):
@@ -135,6 +207,8 @@ def _install_one_send() -> None:
     the name it imports, ``hypercorn.protocol.H11Protocol``, so that name is pointed at the
     subclass (every hypercorn server in the process is this API's). Idempotent."""
     setattr(hypercorn.protocol, "H11Protocol", _OneSendH11)  # noqa: B010 (not exported)
+    # and the TLS server's connections (hyper_serve builds them by this name) are bounded
+    setattr(hypercorn.trio.run, "TCPServer", _TCPServer)  # noqa: B010
 
 
 class _Config(Config):
@@ -143,6 +217,8 @@ class _Config(Config):
     (``api.listen.bind_listener``) to serve on instead of binding ``bind``."""
 
     listener: socket.socket | None = None
+    #: what ends the sends at a stop (set per server by :func:`_config`)
+    stop: _StopBound
 
     def create_sockets(self) -> Sockets:
         if self.listener is None:
@@ -161,6 +237,7 @@ def _config() -> _Config:
     _install_one_send()
     idletimer.install()
     cfg = _Config()
+    cfg.stop = _StopBound()
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("gossipmgr.api.hypercorn")
     cfg.keep_alive_timeout = KEEP_ALIVE_S
@@ -184,10 +261,11 @@ async def connection_handler(
     lifespan = Lifespan(asgi, cfg, state)
 
     async def handler(stream: trio.abc.HalfCloseableStream) -> None:
-        server = TCPServer(asgi, cfg, context, ConnectionState(state.copy()), stream)  # type: ignore[arg-type]
+        server = _TCPServer(asgi, cfg, context, ConnectionState(state.copy()), stream)
         await server.run()
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(cfg.stop.at_stop)
         await nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         task_status.started(handler)
@@ -225,15 +303,27 @@ async def serve(
     cfg.graceful_timeout = graceful_timeout
     cfg.listener = sock
 
+    trigger: Callable[[], Awaitable[None]] | None = None
+    if shutdown_trigger is not None:
+        wait_stop = shutdown_trigger
+
+        async def graceful() -> None:  # hypercorn's graceful stop; then the sends' grace
+            await wait_stop()
+            cfg.stop.bound(graceful_timeout + STOP_SEND_GRACE_S)
+
+        trigger = graceful
+
     async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         await hyper_serve(
             _ShieldedSend(app),
             cfg,
-            shutdown_trigger=shutdown_trigger,
+            shutdown_trigger=trigger,
             task_status=task_status,
             mode="asgi",
         )
+        nursery.cancel_scope.cancel()  # hypercorn is done: so is the sends' stop watch
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(cfg.stop.at_stop)
         binds: list[str] = await nursery.start(run)
         task_status.started(binds[0])
