@@ -146,10 +146,22 @@ async def test_fast_path_answers_what_quart_answers(tmp_path: Path) -> None:
             n = await trio.to_thread.run_sync(run)
         assert n >= 300
         # Most of them were answered by the fast path (HEAD, a key with a newline, a body on
-        # a GET went to Quart, as they should).
-        assert counting.answered > n // 2
-        # The examples wrote some variables, and refused some for each reason.
-        assert fctx.replica.state.globals()
+        # a GET went to Quart, as they should). How many, and whether a PUT got through,
+        # depends on the draws: the fast path's share is asserted on fixed requests.
+        auth = {"Authorization": f"Bearer {DEFAULT}"}
+        put_hdrs = {**auth, "Content-Type": "application/json"}
+        before = counting.answered
+        for req in [
+            ("PUT", "/globals/fixed/a", put_hdrs, b'{"value": {"v": [1, "x"]}}'),
+            ("GET", "/globals/fixed/a", auth, b""),
+            ("DELETE", "/globals/fixed/a", auth, b""),
+            ("PUT", "/globals/fixed/b", put_hdrs, b'{"value": null}'),
+        ]:
+            a, b, same = await both(req)
+            assert a == b and same, req
+            assert a[0] in (200, 201, 204), a
+        assert counting.answered == before + 4
+        assert "fixed/b" in fctx.replica.state.globals()
 
 
 async def test_too_large_body_answered_alike(tmp_path: Path) -> None:
