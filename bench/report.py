@@ -1,6 +1,6 @@
 """Generate docs/benchmarks.md and docs/img/*.png from bench/results/*.json.
 
-Run:  .venv/bin/python bench/report.py
+Run:  .venv/bin/python bench/report.py [--out FILE]   (default: docs/benchmarks.md)
 Needs matplotlib (the optional ``bench`` extra: ``pip install -e .[bench]``); without it the
 markdown is still written, without plots.
 
@@ -11,6 +11,7 @@ shape; bench_store/bench_api write a compatible one). Nothing here measures anyt
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -452,6 +453,9 @@ def describe(name: str, r: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DOC, help="the markdown to write")
+    out_path: Path = ap.parse_args().out
     res = load()
     made = plots(res)
     out = [
@@ -553,8 +557,8 @@ def main() -> None:
         out += ["## Plots", ""]
         for p in made:
             out += [f"![{p}](img/{p})", ""]
-    DOC.write_text("\n".join(out).rstrip() + "\n")
-    print(f"wrote {DOC} and {len(made)} plot(s)")
+    out_path.write_text("\n".join(out).rstrip() + "\n")
+    print(f"wrote {out_path} and {len(made)} plot(s)")
 
 
 def findings(res: dict[str, dict[str, Any]]) -> str:
