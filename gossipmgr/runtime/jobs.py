@@ -56,6 +56,7 @@ from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.job import ACTIVE as ACTIVE  # the readers' vocabulary, re-exported
 from gossipmgr.core.job import RUNNING, JobRecord, make_job_id
 from gossipmgr.core.joblog import DEFAULT_MAX_BYTES, TOTAL_CAPS, d_trim_logs
+from gossipmgr.core.orders import JOB, LEASE
 from gossipmgr.core.state import ClusterState, combine, host_group_key, job_key
 from gossipmgr.errors import (
     BadRequest,
@@ -87,6 +88,8 @@ HISTORY: Final = 100
 #: How often the holder re-scans for orphans without a replica change (a lease can expire
 #: or be renewed into our hands with no record changing).
 ORPHAN_SCAN_S: Final = 1.0
+#: The namespaces whose changes wake the service's scans: job records and the lease.
+WAKES_ON: Final = frozenset({JOB, LEASE})
 
 
 class JobManager(JobReads):
@@ -128,6 +131,9 @@ class JobManager(JobReads):
         self.queue = JobQueue(
             self.gate, self._entry_point, self._new_id, enabled=job_queue, limit=job_queue_max
         )
+        self._wake = trio.Event()
+        replica.on_local_write(self._changed)
+        replica.on_remote_write(self._changed)
 
     # ------------------------------------------------------------------ service
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -137,12 +143,19 @@ class JobManager(JobReads):
             try:
                 task_status.started()
                 while True:
+                    self._wake = trio.Event()  # a change during the scans runs them again
                     await self._scan_orphans()
                     await self._start_queued()
                     with trio.move_on_after(ORPHAN_SCAN_S):
-                        await self.replica.wait_change()
+                        await self._wake.wait()
             finally:
                 self._nursery = None
+
+    def _changed(self, novel: LWWMap) -> None:
+        """A local or remote change: wake the scans if it touched a job or the lease (a
+        write of globals or node records, most of a cluster's writes, does not)."""
+        if not self._wake.is_set() and any(key[0] in WAKES_ON for key, _ in novel.items()):
+            self._wake.set()
 
     async def _scan_orphans(self) -> None:
         if not self.replica.is_holder():
