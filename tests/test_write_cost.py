@@ -1,12 +1,24 @@
 """What a local write costs the writer, pinned by counts (no timing): the front parses a
-keep-alive client's repeated header lines once (``api.wire.FieldsMemo``)."""
+keep-alive client's repeated header lines once (``api.wire.FieldsMemo``); the push of a
+local write to each peer is sealed and sent in the writer's task (``GossipService.
+_local_write``), the send task only taking what the socket does not take at once."""
 
 from __future__ import annotations
 
+import os
+from functools import partial
+
+from _udpcluster import cluster
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gossipmgr.api.wire import FieldsMemo, Head, parse_head
+from gossipmgr.core.clock import Timestamp
+from gossipmgr.core.crdt import LWWMap
+from gossipmgr.core.state import ClusterState, global_key
+from gossipmgr.gossip.service import GossipService
+from gossipmgr.runtime.replica import Replica
+from gossipmgr.testing.wait import until
 
 LINES = [
     b"Host: 127.0.0.1:8080",
@@ -66,3 +78,36 @@ def test_repeated_header_lines_are_parsed_once_and_a_changed_line_anew() -> None
     bad = b"PUT /globals/k HTTP/1.1\r\n%s\r\nTransfer-Encoding: chunked\r\n\r\n" % block
     assert parse_head(bad, bad.find(b"\r\n\r\n"), memo) is None
     assert memo.hits == 4
+
+
+def _set(i: int, st: ClusterState, ts: Timestamp) -> LWWMap:
+    return st.d_set(global_key(f"k{i}"), i, ts)
+
+
+async def _write_and_see(services: list[GossipService[Replica]], keys: range) -> None:
+    a = services[0].replica
+    for i in keys:
+        await a.commit(partial(_set, i))
+    peers = [s.replica for s in services[1:]]
+
+    def everywhere() -> bool:
+        return all(p.state.has_global(f"k{i}") for p in peers for i in keys)
+
+    await until(everywhere, 10, "the peers holding every write")
+
+
+async def test_a_local_write_is_pushed_from_the_writers_task_one_datagram_a_peer() -> None:
+    async with cluster(["a", "b", "c"], [os.urandom(32)] * 3) as services:
+        await _write_and_see(services, range(20))
+        # each of the 20 writes to each of the 2 peers: sealed and sent by the writer, not
+        # queued for the send task (no wake-up of it, no address resolution)
+        assert services[0].counters["pushed_now"] == 40
+
+
+async def test_a_push_the_socket_does_not_take_at_once_goes_through_the_send_task() -> None:
+    async with cluster(["a", "b"], [os.urandom(32)] * 2) as services:
+        sent = services[0].counters["datagrams_sent"]
+        services[0].transport.try_send = lambda data, addr: False  # type: ignore[method-assign]
+        await _write_and_see(services, range(5))
+        assert services[0].counters["pushed_now"] == 0
+        assert services[0].counters["datagrams_sent"] >= sent + 5
