@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from pathlib import Path
 
+import pytest
+import trio
 from _udpcluster import cluster
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +19,9 @@ from gossipmgr.api.wire import FieldsMemo, Head, parse_head
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import LWWMap
 from gossipmgr.core.state import ClusterState, global_key
+from gossipmgr.errors import StoreError
 from gossipmgr.gossip.service import GossipService
+from gossipmgr.runtime.flusher import FlushThread
 from gossipmgr.runtime.replica import Replica
 from gossipmgr.testing.wait import until
 
@@ -111,3 +116,42 @@ async def test_a_push_the_socket_does_not_take_at_once_goes_through_the_send_tas
         await _write_and_see(services, range(5))
         assert services[0].counters["pushed_now"] == 0
         assert services[0].counters["datagrams_sent"] >= sent + 5
+
+
+async def test_a_local_write_is_pushed_once_while_the_store_thread_has_it(tmp_path: Path) -> None:
+    rep = Replica("a", data_dir=tmp_path / "a", fsync=False)
+    rep.open()
+    store = rep._store
+    assert store is not None
+    seen: list[tuple[tuple[str, ...], bool]] = []
+    # the push happens during the group commit (its lock held, the batch in the flush
+    # thread's hands), not before the append starts
+    rep.on_local_send(lambda d: seen.extend((k, store._flush_lock.locked()) for k, _ in d.items()))
+    try:
+        async with trio.open_nursery() as nursery:  # 8 writes at once: group commits
+            for i in range(8):
+                nursery.start_soon(rep.commit, partial(_set, i))
+        assert sorted(k for k, _ in seen) == sorted(global_key(f"k{i}") for i in range(8))
+        assert all(during for _, during in seen)
+        store.close()
+        with pytest.raises(StoreError):  # refused before the thread had it: pushed anyway
+            await rep.commit(partial(_set, 99))
+        assert [k for k, _ in seen[8:]] == [global_key("k99")]
+    finally:
+        await rep.aclose()
+
+
+async def test_a_failing_when_queued_callback_is_logged_and_the_job_still_waited_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ft = FlushThread("test flush")
+
+    def boom() -> None:
+        raise RuntimeError("listener bug")
+
+    ft.when_queued(boom)
+    try:
+        assert await ft.run(lambda x: x + 1, 41) == 42
+    finally:
+        ft.stop()
+    assert "a callback failed" in caplog.text and "listener bug" in caplog.text
