@@ -17,7 +17,8 @@ Against three servers, each started afresh per run (empty data dir, loopback onl
 * ``cluster3``: three real agents (r1, r2, r3, each with its Serf, fsync on); the client
   writes to r1 only; the CPU per write of each agent (``r2``/``r3``: what receiving,
   persisting and acknowledging a peer's delta costs), their idle CPU before the run, and
-  with ``--profile DIR`` a py-spy record (raw collapsed stacks) of each agent;
+  with ``--profile DIR`` a record of each agent (``--profile-tool``: py-spy stacks, py-spy
+  of the GIL holder only, or ``strace -c -f`` syscall counts);
 * ``holder`` (no HTTP, no client): a standalone instance holding the lease commits
   ``--writes`` globals in process with 0, then 100 ended jobs in its history (the most it
   keeps), and lets what each commit wakes run: the CPU of one commit on the holder.
@@ -214,32 +215,29 @@ def holder_run(args: argparse.Namespace) -> dict[str, Any]:
     return {f"commit_{n}jobs_cpu_us": round(trio.run(main, n)) for n in (0, 100)}
 
 
-def _profile(pids: dict[str, int], out_dir: Path) -> list[Any]:
-    """py-spy (``pip install py-spy``) recording each of ``pids`` until stopped: raw
-    collapsed stacks, 200 Hz, idle samples left out, into ``out_dir/<name>.txt``."""
+def _profile(pids: dict[str, int], out_dir: Path, tool: str) -> list[Any]:
+    """Each of ``pids`` recorded until stopped, into ``out_dir/<name>.txt``: ``py-spy``
+    (``pip install py-spy``) raw collapsed stacks, 200 Hz, idle samples left out;
+    ``py-spy-gil`` the same, only samples of the thread holding the GIL (Python's own
+    CPU, not the wait in a syscall); ``strace``: ``strace -c -f`` (syscall counts and
+    system time per call, all threads; it slows the agent, so read its counts, not the
+    rates of that run)."""
     import subprocess
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).parent / "py-spy"
-    return [
-        subprocess.Popen(
-            [
-                str(spy),
-                "record",
-                "-p",
-                str(pid),
-                "-r",
-                "200",
-                "-f",
-                "raw",
-                "-o",
-                str(out_dir / f"{name}.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, pid in pids.items()
-    ]
+    spy = str(Path(sys.executable).parent / "py-spy")
+    procs = []
+    for name, pid in pids.items():
+        out = str(out_dir / f"{name}.txt")
+        if tool == "strace":
+            cmd = ["strace", "-c", "-f", "-p", str(pid), "-o", out]
+        else:
+            cmd = [spy, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", out]
+            cmd += ["--gil"] if tool == "py-spy-gil" else []
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    if tool == "strace":
+        time.sleep(1)  # strace attaches to every thread before the writes start
+    return procs
 
 
 def _datagrams(cl: Any, name: str) -> dict[str, float]:
@@ -284,7 +282,7 @@ def cluster3_run(args: argparse.Namespace) -> dict[str, Any]:
             c0 = {n: proc_cpu(p) for n, p in pids.items()}
             time.sleep(5)
             idle = {n: (proc_cpu(p) - c0[n]) / 5 for n, p in pids.items()}
-            spies = _profile(pids, Path(args.profile)) if args.profile else []
+            spies = _profile(pids, Path(args.profile), args.profile_tool) if args.profile else []
             c0 = {n: proc_cpu(p) for n, p in pids.items()}
             s0 = {n: proc_cpu(p, True) for n, p in pids.items()}
             d0 = {n: _datagrams(cl, n) for n in names}
@@ -344,6 +342,7 @@ def one_in_tree(
     cmd += ["--batches", str(args.batches), "--workloads", workloads]
     if args.profile:
         cmd += ["--profile", str(Path(args.profile).resolve() / tree.name)]
+        cmd += ["--profile-tool", args.profile_tool]
     # cwd: an agent is started as ``python -m gossipmgr.cli.main``, which puts its working
     # directory first on sys.path, before PYTHONPATH: run from a checkout, every agent ran
     # that checkout's gossipmgr, whatever the tree.
@@ -372,7 +371,8 @@ def main() -> None:
     p.add_argument("--before-tree", type=Path, default=None)
     p.add_argument("--before-label", default="")
     p.add_argument("--before-workloads", default="seq1")
-    p.add_argument("--profile", default="", help="cluster3: py-spy each agent into this dir")
+    p.add_argument("--profile", default="", help="cluster3: record each agent into this dir")
+    p.add_argument("--profile-tool", default="py-spy", choices=("py-spy", "py-spy-gil", "strace"))
     args = p.parse_args()
     if args.one:
         print(json.dumps(one(args, args.one)))

@@ -40,7 +40,15 @@ from typing import TYPE_CHECKING
 import trio
 
 from gossipmgr.api.hot import answer
-from gossipmgr.api.wire import MAX_REQUESTS, Dates, Head, parse_head, plausible, response
+from gossipmgr.api.wire import (
+    MAX_REQUESTS,
+    Dates,
+    FieldsMemo,
+    Head,
+    parse_head,
+    plausible,
+    response,
+)
 
 if TYPE_CHECKING:
     from gossipmgr.api.context import ApiContext
@@ -140,6 +148,7 @@ class _Connection:
         self.stream = stream
         self.buf = b""
         self.served = 0
+        self.memo = FieldsMemo()
 
     async def serve(self) -> None:
         try:
@@ -172,7 +181,7 @@ class _Connection:
         while True:
             end = self.buf.find(b"\r\n\r\n")
             if end >= 0:
-                head = parse_head(self.buf, end)
+                head = parse_head(self.buf, end, self.memo)
                 if head is None:
                     raise _HandOver()
                 return head

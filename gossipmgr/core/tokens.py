@@ -22,6 +22,7 @@ matched nor how much of a hash did.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -130,11 +131,18 @@ def _match(digest: bytes, tokens: Iterable[ApiToken]) -> ApiToken | None:
     return found
 
 
+@functools.lru_cache(maxsize=2)
+def _default_token(secret: str) -> ApiToken:
+    """The default admin token of ``secret``: made once per secret (a reload that swaps the
+    secret makes the new one), not on every request (it hashes the secret)."""
+    return make_token(DEFAULT_NAME, ADMIN, secret)
+
+
 def match_bearer(bearer: str, default: str | None, named: TokenTable | None) -> ApiToken | None:
     """The token ``bearer`` is: the ``default`` admin token (the single token file's, read
     anew per request: a reload swaps it) or one of ``named``; None for neither. Every
     token is compared, in constant time."""
-    first = [make_token(DEFAULT_NAME, ADMIN, default)] if default else []
+    first = [_default_token(default)] if default else []
     return _match(token_digest(bearer), [*first, *(named.tokens if named else ())])
 
 

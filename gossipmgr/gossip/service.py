@@ -202,7 +202,26 @@ class GossipService(Generic[R]):
                 self.replica.counters["outbox_dropped"] += 1
 
     def _local_write(self, novel: LWWMap) -> None:
-        self._queue(self.ae.push_local(novel, self.replica.now_ms()).out)
+        """Push a local write to the peers now, in the writer's task: each datagram is
+        sealed and handed to the socket without waiting (``Transport.try_send``), before
+        the writer waits for its fsync. Only what the socket does not take at once (or
+        after the transport closed) goes through the outbox and the send task, as
+        everything else does: no wake-up of that task, no scheduler round and no address
+        resolution per datagram of a local write."""
+        out = self.ae.push_local(novel, self.replica.now_ms()).out
+        for i, (peer, payload) in enumerate(out):
+            sealed = self._seal(peer, payload)
+            if sealed is None:
+                continue  # counted
+            try:
+                sent = self.transport.try_send(sealed[0], sealed[1])
+            except trio.ClosedResourceError:
+                sent = False
+            if not sent:
+                self._queue(out[i:])
+                return
+            self.counters.incr("pushed_now")
+            self._count_sent(payload, sealed[0])
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -282,24 +301,35 @@ class GossipService(Generic[R]):
 
     async def _send_loop(self, outbox: trio.MemoryReceiveChannel[tuple[str, bytes]]) -> None:
         async for peer, payload in outbox:
-            dest = self.addrs.get(peer) or self.reply_to.get(peer)
-            if dest is None:
-                self.counters.incr("drop_no_address")
+            sealed = self._seal(peer, payload)
+            if sealed is None:
                 continue
+            self._count_sent(payload, sealed[0])
+            await self.transport.send(*sealed)
+
+    def _seal(self, peer: str, payload: bytes) -> tuple[bytes, Addr] | None:
+        """The datagram of ``payload`` for ``peer`` and where it goes; None (counted) when
+        there is no address for the peer or it cannot be sealed."""
+        dest = self.addrs.get(peer) or self.reply_to.get(peer)
+        if dest is None:
+            self.counters.incr("drop_no_address")
+            return None
+        try:
+            return self.sealer.seal(payload, self.replica.now_ms(), to=node_id(peer)), dest
+        except ValueError as exc:
+            # A payload over the datagram budget is a bug upstream (the protocol sizes
+            # them); dropping it costs a retransmit, raising would stop all gossip.
+            self.counters.incr("drop_unsealable")
             kind = _msg_type(payload)
-            try:
-                sealed = self.sealer.seal(payload, self.replica.now_ms(), to=node_id(peer))
-            except ValueError as exc:
-                # A payload over the datagram budget is a bug upstream (the protocol sizes
-                # them); dropping it costs a retransmit, raising would stop all gossip.
-                self.counters.incr("drop_unsealable")
-                log.error("%s: %s message to %s not sent: %s", self.replica.name, kind, peer, exc)
-                continue
-            self.counters.incr("datagrams_sent")
-            self.counters.incr("bytes_sent", len(sealed))
-            self.counters.incr(f"sent_{kind}")
-            self.counters.incr(f"sent_bytes_{kind}", len(sealed))
-            await self.transport.send(sealed, dest)
+            log.error("%s: %s message to %s not sent: %s", self.replica.name, kind, peer, exc)
+            return None
+
+    def _count_sent(self, payload: bytes, sealed: bytes) -> None:
+        kind = _msg_type(payload)
+        self.counters.incr("datagrams_sent")
+        self.counters.incr("bytes_sent", len(sealed))
+        self.counters.incr(f"sent_{kind}")
+        self.counters.incr(f"sent_bytes_{kind}", len(sealed))
 
     async def _tick_loop(self) -> None:
         interval = self.ae.cfg.tick_ms / 1000

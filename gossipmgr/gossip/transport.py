@@ -41,7 +41,8 @@ class Transport(Protocol):
     """What the gossip loop needs from a network: unreliable, unordered datagrams.
 
     ``send`` refuses > MAX_DATAGRAM with ValueError and never raises for network errors;
-    ``recv`` waits for the next datagram. ``counters`` counts what was dropped and why.
+    ``try_send`` is ``send`` without waiting: False (nothing sent) when the socket would
+    block; ``recv`` waits for the next datagram. ``counters`` counts what was dropped and why.
     """
 
     counters: Counters
@@ -50,6 +51,8 @@ class Transport(Protocol):
     def local_addr(self) -> Addr: ...
 
     async def send(self, data: bytes, addr: Addr) -> None: ...
+
+    def try_send(self, data: bytes, addr: Addr) -> bool: ...
 
     async def recv(self) -> tuple[bytes, Addr]: ...
 
@@ -68,9 +71,12 @@ class UdpTransport:
     One task should call ``recv`` (one reader, habit 11); any task may ``send``.
     """
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self._sock = sock
-        host, port = sock.getsockname()[:2]
+    def __init__(self, sock: _stdsocket.socket) -> None:
+        # The stdlib socket, for try_send; trio's wrapper of it (the same object
+        # underneath, made non-blocking) for what waits.
+        self._std = sock
+        self._sock = trio.socket.from_stdlib_socket(sock)
+        host, port = self._sock.getsockname()[:2]
         self._local_addr: Addr = (host, port)
         self.counters = Counters()
 
@@ -94,6 +100,25 @@ class UdpTransport:
             await trio.lowlevel.checkpoint()
             return
         self.counters.incr("sent")
+
+    def try_send(self, data: bytes, addr: Addr) -> bool:
+        """Send one datagram now, without a checkpoint: True when sent (or a network error
+        counted, as ``send`` counts it), False when the socket would block (nothing sent:
+        ``send`` it). No address resolution: ``addr`` is a numeric (host, port), as every
+        address the gossip service holds is. Raises like ``send``."""
+        if len(data) > MAX_DATAGRAM:
+            raise ValueError(f"datagram of {len(data)} B exceeds MAX_DATAGRAM={MAX_DATAGRAM}")
+        try:
+            self._std.sendto(data, addr)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno in _FATAL:
+                raise trio.ClosedResourceError("transport is closed") from exc
+            self.counters.incr(f"send_error:{_errname(exc)}")
+            return True
+        self.counters.incr("sent")
+        return True
 
     async def recv(self) -> tuple[bytes, Addr]:
         """The next datagram of at most MAX_DATAGRAM bytes and its source address.
@@ -131,7 +156,7 @@ class UdpTransport:
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
-def _grow_buffers(sock: trio.socket.SocketType) -> None:
+def _grow_buffers(sock: _stdsocket.socket) -> None:
     for force, plain in (
         (getattr(_stdsocket, "SO_RCVBUFFORCE", None), _stdsocket.SO_RCVBUF),
         (getattr(_stdsocket, "SO_SNDBUFFORCE", None), _stdsocket.SO_SNDBUF),
@@ -155,13 +180,13 @@ async def open_udp_transport(host: str, port: int) -> AsyncIterator[UdpTransport
     if not infos:  # pragma: no cover - getaddrinfo raises instead
         raise OSError(f"cannot resolve {host!r}")
     family, type_, proto, _, sockaddr = infos[0]
-    sock = trio.socket.socket(family, type_, proto)
+    sock = _stdsocket.socket(family, type_, proto)
     try:
         _grow_buffers(sock)
-        await sock.bind(sockaddr)
+        sock.bind(sockaddr)  # resolved above: binding a datagram socket does not block
         transport = UdpTransport(sock)
     except BaseException:
         sock.close()
         raise
-    with sock:
+    with transport._sock:
         yield transport

@@ -11,6 +11,11 @@ wake-ups themselves (one each way) are the same; what is gone is the bookkeeping
 them. A job is handed over with its function, arguments, run token and task in one tuple
 (no closures made per job).
 
+:meth:`when_queued` runs a callback on the trio thread once the next job is in the
+thread's hands, before its caller waits (or once the caller starts waiting for the flush
+before it: :meth:`run_queued`): a local write's push to the peers then leaves while the
+thread makes the write durable, in the writer's own step, not ahead of the fsync's start.
+
 When the thread has had no job for ``idle_s`` after the last one it calls ``on_idle`` (the
 store then moves its commit slot up to the end of the log: docs/storage-format.md).
 
@@ -23,6 +28,7 @@ trio's thread cache: a snapshot being written must not hold up the commits behin
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -37,6 +43,8 @@ from trio.lowlevel import (
     reschedule,
     wait_task_rescheduled,
 )
+
+log = logging.getLogger("gossipmgr.store")
 
 #: a job: the function, its arguments, and the trio run and task to wake with its outcome
 _Job = tuple[Callable[..., Any], tuple[Any, ...], trio.lowlevel.TrioToken, trio.lowlevel.Task]
@@ -65,6 +73,22 @@ class FlushThread:
         self._jobs: queue.SimpleQueue[_Job | None]
         self._jobs = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._queued: list[Callable[[], None]] = []
+
+    def when_queued(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (on the trio thread; it must not raise) once the next job is
+        handed to the thread, or at the next :meth:`run_queued`, whichever comes first."""
+        self._queued.append(fn)
+
+    def run_queued(self) -> None:
+        """Run the :meth:`when_queued` callbacks now (their caller is about to wait). One
+        that raises is logged: a job once handed over must be waited for."""
+        queued, self._queued = self._queued, []
+        for fn in queued:
+            try:
+                fn()
+            except Exception:
+                log.exception("%s: a callback failed", self.name)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in the thread; its result, or what it raised. Not cancellable."""
@@ -72,6 +96,8 @@ class FlushThread:
             self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
             self._thread.start()
         self._jobs.put((fn, args, current_trio_token(), current_task()))
+        if self._queued:
+            self.run_queued()
         return await wait_task_rescheduled(_not_cancellable)
 
     def _work(self) -> None:

@@ -4,38 +4,34 @@ The write path of every mutation made on this instance (API writes, lease renewa
 updates, health events)::
 
     make(state, ts) -> delta        pure; ts from the hybrid logical clock
-    on_local_send listeners         the gossip service: eager push to every peer, at once
-    await store.append(delta)       durable: written and fsync'd (group commit)
+    await store.append(delta)       durable: written and fsync'd (group commit); once the
+      on_local_send listeners       store's thread has it, the gossip service pushes it
     state.apply(delta)              visible to local reads
     on_local_write listeners        the change feed, webhooks
 
 So a write is acknowledged (``commit`` returns) and visible to this instance's reads only
-once it is on disk, but its delta leaves for the peers as soon as it is made and checked, in
-parallel with the fsync: the fsync is off the write -> visible path (docs/design.md,
-"Durability"). A write whose append fails raises StoreError and is not applied here; its
-peers may hold it already (its outcome is unknown, as when an answer is lost). A peer's copy
-can come back to this instance while its own fsync runs (a digest resync): that entry is
-then reported once, as this write's, to the local listeners, never as a remote change
-(``remote_applied``). Remote deltas are applied by the protocol first and persisted after
-(``persist``, by the gossip service, one append for the deltas of a 100 ms window): if this
-instance crashes in between, its peers still hold them and the digest resync at the next
-start brings them back.
+once it is on disk, but its delta leaves for the peers while the fsync runs: the fsync is
+off the write -> visible path (docs/design.md, "Durability"). A write whose append fails
+raises StoreError and is not applied here; its peers may hold it already (its outcome is
+unknown, as when an answer is lost). A peer's copy
+can come back while the writer's fsync runs (a digest resync): that entry is reported once,
+as this write's, never as a remote change (``remote_applied``). Remote deltas are applied by
+the protocol first and persisted after (``persist``: the gossip service, one append per
+100 ms window); a crash in between loses none: peers hold them, the next start's resync
+brings them back.
 
-Restore (``open``): the newest good snapshot, then the log after it; the clock is moved past
-the largest timestamp found, so it never goes backwards across a restart. A snapshot or log
-that fails its checks is refused with a message naming the file (``CorruptFile``); nothing is
-half-loaded.
+Restore (``open``): the newest good snapshot, then the log after it; the clock moves past
+the largest timestamp found (never backwards across a restart). A snapshot or log failing
+its checks is refused, naming the file (``CorruptFile``); nothing is half-loaded.
 
 Compaction: once the log since the last snapshot exceeds ``compact_bytes``, the next write
-snapshots the whole state (``Store.compact``), which then drops the superseded log.
-``Store.compact`` requires the snapshot to cover every record whose append was called
-before its instant, but a commit applies its delta to memory only after the append
-returned. So a compaction first closes a gate: new commits wait at it (before they take a
-timestamp), commits already past it finish (append, apply), and only when none is between
-its append and its apply is the snapshot taken and the log rotated. The gate reopens at that
-instant, so writers wait at most for the in-flight group commit (one fsync), never for the
-snapshot to be written. Remote deltas need no gate: they are applied before they are
-persisted.
+snapshots the whole state (``Store.compact``), which drops the superseded log. The snapshot
+must cover every record whose append was called before its instant, but a commit applies
+its delta only after its append returned. So a compaction closes a gate: new commits wait
+at it (before they take a timestamp), commits past it finish, and only when none is between
+append and apply is the snapshot taken and the log rotated; the gate reopens then (writers
+wait at most one group commit, never the snapshot's write). Remote deltas need no gate:
+they are applied before they are persisted.
 
 Ownership: the Replica owns its Store (opened in ``open``, closed in ``aclose``). It starts
 no tasks and knows nothing of gossip: ``gossipmgr.gossip.service.GossipService`` owns the
@@ -50,6 +46,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +64,8 @@ from gossipmgr.errors import BadPacket, CorruptFile, StoreError, ValueRefused, V
 log = logging.getLogger("gossipmgr.replica")
 
 SNAPSHOT_VERSION = 1
-#: Snapshot once this much log has accumulated: bounded restore time (replaying 8 MiB of
-#: small deltas takes well under a second) and bounded disk use.
+#: Snapshot once this much log has accumulated: bounded restore time (8 MiB of small
+#: deltas replay in well under a second) and disk use.
 DEFAULT_COMPACT_BYTES = 8 * 1024 * 1024
 Make = Callable[[ClusterState, Timestamp], LWWMap]
 #: Told the novel part of every local write, once it is durable and applied.
@@ -192,11 +189,9 @@ class Replica:
     def open(self) -> list[str]:
         """Restore from ``data_dir`` (if any). Raises CorruptFile / StoreError.
 
-        The cyclic garbage collector is off while restoring: the restore makes several
-        objects per entry and none of them is cyclic garbage, yet each allocation burst
-        triggered a collection that walked all of them (0.14 s of 0.37 s for 10,000 nodes;
-        issue 17). What was restored is then frozen (``gc.freeze``), so later collections
-        do not walk it either; freeing it by reference counts works as before."""
+        The cyclic GC is off while restoring (each allocation burst of the restore, which
+        makes no cyclic garbage, walked every object: 0.14 s of 0.37 s for 10,000 nodes),
+        and what was restored is frozen (``gc.freeze``): later collections skip it."""
         t0 = time.perf_counter()
         was_enabled = gc.isenabled()
         gc.disable()
@@ -299,8 +294,8 @@ class Replica:
     async def commit(self, make: Make, *, max_bytes: int | None = None) -> LWWMap:
         """Make a delta, make it durable, apply it, push it. Returns the novel part.
 
-        Raises StoreError (nothing applied, nothing sent) when the data directory refuses
-        the write, and whatever ``make`` raises (validation errors) before anything happens;
+        Raises StoreError (nothing applied; the peers may have it) when the data directory
+        refuses the write, and whatever ``make`` raises (validation errors) before anything;
         ValueTooLarge / ValueRefused (nothing applied) for a delta gossip could not carry,
         or whose encoded entries exceed ``max_bytes`` (``check_writable``).
         """
@@ -313,11 +308,10 @@ class Replica:
             if not len(delta):
                 return delta
             packed = check_writable(delta, max_bytes)
-            for listener in self._send_listeners:
-                listener(delta)
             if self._store is not None:
                 novel = await self._append_then_apply(delta, packed)
             else:
+                self._send(delta, [False])
                 novel = self.state.apply(delta)
         finally:
             self._in_flight -= 1
@@ -332,21 +326,22 @@ class Replica:
         return novel
 
     async def _append_then_apply(self, delta: LWWMap, packed: list[bytes]) -> LWWMap:
-        """Make ``delta`` (already sent) durable, then apply it; the novel part, with the
-        entries a peer's copy brought back meanwhile (``remote_applied`` kept them back).
-        Raises StoreError (nothing applied here; entries a peer brought back are then
-        reported as the remote change they are)."""
+        """Make ``delta`` durable (pushed once the store's thread has it), then apply it;
+        the novel part, with entries a peer's copy brought back meanwhile. Raises
+        StoreError (nothing applied; entries a peer brought back are reported as remote)."""
         pending = self._unapplied
         for k, e in delta.items():
             pending[k] = e.ts
-        ok = False
+        ok, sent, record = False, [False], encode_packed(packed, delta.gc_horizon)
+        self._store.when_queued(partial(self._send, delta, sent))  # overlaps the fsync
         try:
-            await self._store.append(encode_packed(packed, delta.gc_horizon))
+            await self._store.append(record)
             ok = True
         except StoreError:
             self.counters["write_errors"] += 1
             raise
         finally:
+            self._send(delta, sent)  # refused before the flush thread had it: sent anyway
             for k, e in delta.items():
                 if pending.get(k) == e.ts:
                     del pending[k]
@@ -357,6 +352,12 @@ class Replica:
         if back:
             novel.merge(back.items())
         return novel
+
+    def _send(self, delta: LWWMap, sent: list[bool]) -> None:
+        if not sent[0]:  # once per delta
+            sent[0] = True
+            for listener in self._send_listeners:
+                listener(delta)
 
     def _take_echoes(self, delta: LWWMap) -> LWWMap | None:
         """The entries of ``delta`` a peer's copy brought back before its apply (taken out
@@ -429,9 +430,9 @@ class Replica:
 
     # ------------------------------------------------------------------ replication
     def on_local_send(self, listener: LocalWriteListener) -> None:
-        """Call ``listener(delta)`` for every local write as soon as its delta is made and
-        checked, before it is durable or applied here (the gossip service pushes it to the
-        peers). It must not block or raise."""
+        """Call ``listener(delta)`` for every local write once its delta is checked and in
+        the store's thread (``Store.when_queued``), before it is durable or applied here (the
+        gossip service pushes it to the peers). It must not block or raise."""
         self._send_listeners.append(listener)
 
     def on_local_write(self, listener: LocalWriteListener) -> None:

@@ -5,19 +5,17 @@ acknowledged when :meth:`Store.append` returns; by then it has been written and 
 (``fdatasync`` where the OS has it). The store is generic over opaque byte records: the
 caller (the CRDT layer) encodes deltas/states to bytes; this module never looks inside.
 
-The files of a data directory and how they are read are in ``gossipmgr.runtime.segments``
-(its docstring lists them) and ``gossipmgr.runtime.restore``; docs/storage-format.md has the
-byte layout and the crash-safety argument step by step.
+The files of a data directory: ``runtime.segments`` and ``runtime.restore``;
+docs/storage-format.md has the byte layout and the crash-safety argument step by step.
 
 The decisions and why (crc32 for records, blake2b for snapshots; one fdatasync per group
 commit, a commit record ending each batch and a commit slot one batch behind; a corrupt
 newest snapshot set aside for the previous one; idempotent replay; a failed write or fsync
 cut off, never retried) are in docs/storage-format.md, each with its prior art.
 
-Threads: all blocking I/O in async methods runs off the trio thread: group commits in the
-store's own flush thread (``runtime.flusher``: a cheaper hand-off than trio's thread cache per
-batch), the rest in ``trio.to_thread.run_sync``; ``open()`` is synchronous (call it once at
-start, from a thread if you like).
+Threads: blocking I/O in async methods runs off the trio thread: group commits in the
+store's flush thread (``runtime.flusher``, cheaper than trio's thread cache per batch), the
+rest in ``trio.to_thread.run_sync``; ``open()`` is synchronous (call it once, at start).
 """
 
 from __future__ import annotations
@@ -159,6 +157,7 @@ class Store:
             on_idle=self._checkpoint_quietly,
             idle_s=IDLE_CHECKPOINT_S,
         )
+        self.when_queued = self._flusher.when_queued  # fn() once an append is in its hands
         # Held by whatever uses the open segment's fd in a thread (a commit, the idle
         # commit of the log's end, a rotation) and by close(): these may overlap.
         self._io_lock = threading.RLock()
@@ -340,6 +339,7 @@ class Store:
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:
+            self._flusher.run_queued()  # a flush is under way: this batch is next
             await lock.acquire()
         try:
             if not batch.done:

@@ -10,6 +10,8 @@ as a data directory that refused the write. Pure logic with trio events, no file
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from gossipmgr.errors import StoreError
@@ -25,6 +27,7 @@ class GatedStore:
         self.log_bytes = 0
         self._gate = trio.Event()
         self._error: str | None = None
+        self._queued: list[Callable[[], None]] = []
 
     def hold(self) -> None:
         """Shut the gate: appends from now on wait for :meth:`release`."""
@@ -41,8 +44,14 @@ class GatedStore:
         self._error = reason
         self._gate.set()
 
+    def when_queued(self, fn: Callable[[], None]) -> None:
+        self._queued.append(fn)
+
     async def append(self, record: bytes) -> None:
         self.records.append(bytes(record))
+        queued, self._queued = self._queued, []
+        for fn in queued:  # Store's: once its flush has the record (here: at once)
+            fn()
         self.waiting += 1
         try:
             await self._gate.wait()
