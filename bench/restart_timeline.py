@@ -32,11 +32,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import global_records, node_records  # noqa: E402
-from bench_durability import build_snapshot  # noqa: E402
-from bench_startstop import cpu_seconds  # noqa: E402
-from vs_etcd import settle  # noqa: E402
-from vs_etcd_sides import GossipSide  # noqa: E402
+from _util import node_records
+from bench_durability import build_snapshot
+from bench_startstop import cpu_seconds
+from vs_etcd import settle
+from vs_etcd_sides import GossipSide
 
 REWRITE = 1000
 RESULT = Path(__file__).parent / "results" / "restart_timeline.json"
@@ -53,16 +53,18 @@ def log_marks(text: str, t0_wall: float) -> list[tuple[float, str]]:
 
 
 def import_groups(text: str) -> dict[str, float]:
-    """``-X importtime``: cumulative wall ms of the top-level imports of the daemon's path."""
+    """``-X importtime``: cumulative wall ms of the imports at the top two levels that took
+    at least 3 ms (``site`` is the interpreter's own, the editable-install finder in it)."""
     groups: dict[str, float] = {}
     for line in text.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
+        if not line.startswith("import time:") or line.count("|") != 2:
             continue
         _, cum, name = line.split("|")
-        if not name.startswith("  ") or name.startswith("   "):
-            continue  # top-level imports only (two spaces: under the command's module)
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
         with contextlib.suppress(ValueError):
-            groups[name.strip()] = groups.get(name.strip(), 0.0) + int(cum) / 1000
+            ms = int(cum) / 1000
+            if depth <= 1 and ms >= 3:
+                groups[name.strip()] = groups.get(name.strip(), 0.0) + ms
     return groups
 
 
@@ -109,7 +111,8 @@ def poll(side: GossipSide, pid: int, t0: float, want: dict[str, str]) -> dict[st
             vals = [c.get(f"{url}/globals/{k}") for k in probes]
             now = time.monotonic() - t0
             out.setdefault("first_probe_200_s", (now, cpu))
-            if all(r.status_code == 200 and r.json()["value"] == want[k] for r, k in zip(vals, probes, strict=True)):
+            pairs = zip(vals, probes, strict=True)
+            if all(r.status_code == 200 and r.json()["value"] == want[k] for r, k in pairs):
                 out.setdefault("probes_new_s", (now, cpu))
                 allv = c.get(f"{url}/info/globals").json()["extra_vars"]
                 if all(allv.get(k) == v for k, v in want.items()):
