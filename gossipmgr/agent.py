@@ -18,9 +18,9 @@ signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/
 Start order (issue 17): the replica is restored, the API's address bound and the front
 (``api.front``) serves /health and /globals/{key}; gossip asks the peers it last knew
 (``runtime.peerfile``) what this instance missed, before Serf is up, while Serf, membership,
-the lease and the jobs start; once they answered and the front's reads paused, the digests
-go and the web stack (Quart, hypercorn) loads in a thread; then the rest of the API is
-served. /health says what has not started yet.
+the lease and the jobs start; once they answered and the front's reads paused, the web
+stack (Quart, hypercorn) loads in a thread; then the rest of the API is served. /health
+says what has not started yet.
 
 Its Serf connection is the one part a caller may supply (``serf=``): the tests' standalone
 instances (``gossipmgr.testing.standalone``) are this same wiring over a fake Serf. The
@@ -405,7 +405,6 @@ class Agent:
         assert self.gossip is not None
         gossip_addr = await nursery.start(self.gossip.run)
         log.info("%s: API on %s, gossip on %s:%s", cfg.name, self.api_url, *gossip_addr)
-        self.gossip.ae.verify_held = True  # until ``_first_reads``
         catch_up_from_last_peers(self.gossip, cfg.data_dir / "peers.json", cfg.name)
         tags = {
             "role": "gossipmgr",
@@ -443,17 +442,12 @@ class Agent:
 
     async def _first_reads(self) -> None:
         """The catch-up's answers, then a pause in the front's reads (none once a request
-        waits for the web stack), before its digests and the web stack's import (~0.3 s of
-        CPU, in a thread) take the CPU (issue 17; ``runtime.firstreads``)."""
-        gossip = self.gossip
-        try:
-            if gossip is not None:
-                await since_answered(gossip.ae, self.replica.now_ms, CATCH_UP_FIRST_S)
-            if (front := self.front) is not None:
-                await pause_in(lambda: front.answered, front.wanted, QUIET_S, FIRST_READS_S)
-        finally:
-            if gossip is not None:
-                gossip.ask(gossip.ae.release_verify(self.replica.now_ms()))
+        waits for the web stack), before the web stack's import (~0.3 s of CPU, in a
+        thread) takes the CPU (issue 17; ``runtime.firstreads``)."""
+        if self.gossip is not None:
+            await since_answered(self.gossip.ae, self.replica.now_ms, CATCH_UP_FIRST_S)
+        if (front := self.front) is not None:
+            await pause_in(lambda: front.answered, front.wanted, QUIET_S, FIRST_READS_S)
 
     # ------------------------------------------------------------------ signals
     async def _signals(self, nursery: trio.Nursery) -> None:

@@ -144,46 +144,14 @@ def test_one_round_trip_brings_every_missed_entry_once_from_both_peers() -> None
     assert r3.state.map.super_digests() == aes["r1"].state.map.super_digests()
 
 
-def test_a_held_verification_waits_for_its_release_and_the_answers_still_apply() -> None:
-    """The agent's start holds the digest comparison that follows the SINCE answers
-    (``verify_held``) until its first reads were served: the answers are joined at once,
-    no DIGEST goes (neither at their end nor on a tick), each complete answer is
-    announced (``on_since_end``), and ``release_verify`` sends the digests; the catch-up
-    then ends "equal" as without the hold."""
+def test_since_wait_until_is_when_since_waiting_ends() -> None:
+    """The agent sleeps until ``since_wait_until`` or an answer (``on_since_end``) instead
+    of polling ``since_waiting``: both must agree, before and after the first answer."""
     aes = _trio()
     now = BASE + 6_000
     r3 = aes["r3"]
-    r3.verify_held = True
     ends: list[int] = []
     r3.on_since_end = lambda: ends.append(1)
-    first = [("r3", to, d) for to, d in r3.set_peers(["r1", "r2"], now)]
-    assert r3.since_wait_until(now) == now + r3.cfg.pull_timeout_ms
-    then = _deliver(aes, _deliver(aes, first, now), now + 1)
-    assert _missed_held(r3.state) == MISSED, "the answers apply while the digests are held"
-    assert then == [] and len(ends) == 2
-    assert r3.since_wait_until(now + 1) is None, "both answers are in"
-    for t in (150, 1_200, 2_500):  # past the pull timeout and a repair round's interval
-        assert all(decode_untrusted(d).type != DIGEST for _, d in r3.tick(now + t))
-    assert r3.catchup is not None and r3.catchup.done_ms is None
-    out = [("r3", to, d) for to, d in r3.release_verify(now + 2_501)]
-    assert sorted((to, decode_untrusted(d).type) for _, to, d in out) == [
-        ("r1", DIGEST),
-        ("r2", DIGEST),
-    ]
-    t = now + 2_501
-    while out:
-        t += 1
-        out = _deliver(aes, out, t)
-    assert r3.catchup.done_ms is not None
-    assert r3.state.map.super_digests() == aes["r1"].state.map.super_digests()
-
-
-def test_since_wait_until_is_when_since_waiting_ends() -> None:
-    """The agent sleeps until ``since_wait_until`` (or an answer) instead of polling
-    ``since_waiting``: both must agree, before and after the first answer is in."""
-    aes = _trio()
-    now = BASE + 6_000
-    r3 = aes["r3"]
     first = [("r3", to, d) for to, d in r3.set_peers(["r1", "r2"], now)]
     until = r3.since_wait_until(now)
     assert until is not None
@@ -191,6 +159,7 @@ def test_since_wait_until_is_when_since_waiting_ends() -> None:
     assert r3.since_wait_until(until) is None
     only_r1 = [d for d in first if d[1] == "r1"]  # r2's SINCE is lost
     _deliver(aes, _deliver(aes, only_r1, now + 10), now + 20)
+    assert ends == [1], "r1's complete answer woke the waiter"
     until = r3.since_wait_until(now + 20)
     assert until is not None and until < now + r3.cfg.pull_timeout_ms
     assert r3.since_waiting(until - 1) and not r3.since_waiting(until)

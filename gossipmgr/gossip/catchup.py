@@ -142,8 +142,6 @@ class CatchUpPeers:
     _last_sync_ms: float
     #: Called when one peer's answer to our SINCE is complete (the agent's start waits on it).
     on_since_end: Callable[[], None] | None = None
-    #: While True, the digests that follow the SINCE answers wait (``release_verify``).
-    verify_held: bool = False
 
     def _prune(self) -> None:
         raise NotImplementedError
@@ -302,8 +300,8 @@ class CatchUpPeers:
         """Not within ``sync_retry_ms`` of our last digest to it, nor while it resyncs with
         us (its pulls push back what we lack; ours would only pull its stale leaves)."""
         retry = self.cfg.sync_retry_ms
-        if ps.catchup and (self.verify_held or self.since_waiting(now_ms)):
-            return False  # our start's SINCEs answer first (and the start may hold the rest)
+        if ps.catchup and self.since_waiting(now_ms):  # our start's SINCEs answer first
+            return False
         return now_ms - ps.last_digest_ms >= retry and now_ms - ps.their_resync_ms >= retry
 
     def _resync_busy(self, peer: str, now_ms: float) -> bool:
@@ -441,13 +439,6 @@ class CatchUpPeers:
         end = max(ends, default=None)
         return end if end is not None and end > now_ms else None
 
-    def release_verify(self, now_ms: float) -> Payloads:
-        """End ``verify_held``: the catch-up's digests go now (or once its SINCEs end)."""
-        self.verify_held = False
-        if self.since_waiting(now_ms):
-            return []
-        return self._recheck_catchup(now_ms)
-
     def _on_since(self, sender: str, m: Since, now_ms: float) -> Payloads:
         """A restarted peer asks what it missed: our entries newer than its summary in its
         share of the leaves, in ENTRIES messages at once (at most our part of
@@ -495,6 +486,6 @@ class CatchUpPeers:
                 c.since_done_ms = now_ms
         if self.on_since_end is not None:
             self.on_since_end()
-        if self.verify_held or self.since_waiting(now_ms):
+        if self.since_waiting(now_ms):
             return []
         return self._recheck_catchup(now_ms)
