@@ -151,6 +151,7 @@ def one_run(root: Path, nodes: int, importtime: bool) -> dict[str, Any]:
         res["cpu_1s_after"] = cpu_seconds(inst.proc.pid)
         side.stop(2)
         text = inst.log_path.read_bytes()[log_start:].decode(errors="replace")
+    text = text.replace(str(root), "<root>")
     res["log"] = [(round(t, 4), m) for t, m in log_marks(text, t0_wall) if t < 3]
     res["imports_ms"] = import_groups(text) if importtime else {}
     res.update(trace_rows(trace, t0))
