@@ -1,7 +1,8 @@
-"""What a start waits for before the web stack's import and the catch-up's digests take
-the CPU (issue 17, restart catch-up; docs/design.md, "Start and stop"): the answers to its
-``SINCE`` requests, then a pause in the reads the front serves (``Agent._first_reads``).
-Both are woken by what they wait for, with a bound, never by polling."""
+"""What a start waits for before the web stack's import takes the CPU (issue 17, restart
+catch-up; docs/design.md, "Start and stop"): the answers to its ``SINCE`` requests, then a
+pause in the reads the front serves (``Agent._first_reads``). Each wait has a bound; the
+first is woken by each answer, the second looks at the front's count once per pause
+window (and is ended at once by a request that waits for the web stack)."""
 
 from __future__ import annotations
 
