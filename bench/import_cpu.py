@@ -6,7 +6,7 @@ interpreter with a meta path hook that times each module's execution in process 
 its submodules' time excluded, and sums it per top-level package (``gossipmgr`` per
 subpackage). The module bodies only: finding and unmarshalling the ``.pyc`` is not counted.
 
-    .venv/bin/python bench/import_cpu.py [--runs 3] [--top 20] [--gc-off] [MODULE]
+    .venv/bin/python bench/import_cpu.py [--runs 3] [--top 20] [--gc-off] [--by-module] [MODULE]
 
 MODULE defaults to gossipmgr.daemon; ``--gc-off`` imports it with the cyclic GC off, as
 ``gossipmgr agent`` does (gossipmgr.cli.main).
@@ -71,7 +71,7 @@ def group(name: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "gossipmgr" else parts[0]
 
 
-def one(module: str, gc_off: bool) -> dict[str, float]:
+def one(module: str, gc_off: bool, by_module: bool = False) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, module, "off" if gc_off else "on"],
         capture_output=True,
@@ -81,7 +81,8 @@ def one(module: str, gc_off: bool) -> dict[str, float]:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     sums: dict[str, float] = {"(total)": res["total"], "(modules)": res["modules"]}
     for name, cpu in res["by_module"].items():
-        sums[group(name)] = sums.get(group(name), 0.0) + cpu
+        g = name if by_module else group(name)
+        sums[g] = sums.get(g, 0.0) + cpu
     return sums
 
 
@@ -93,8 +94,9 @@ def main() -> None:
     ap.add_argument(
         "--gc-off", action="store_true", help="import with the cyclic GC off, as the CLI does"
     )
+    ap.add_argument("--by-module", action="store_true", help="each module, not per package")
     args = ap.parse_args()
-    runs = [one(args.module, args.gc_off) for _ in range(args.runs)]
+    runs = [one(args.module, args.gc_off, args.by_module) for _ in range(args.runs)]
     keys = {k for r in runs for k in r}
     med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
     print(f"import {args.module}: median of {args.runs} fresh interpreters")

@@ -17,9 +17,10 @@ signals            SIGHUP reloads (token, gossip keys, ansible section); SIGINT/
 
 Start order (issue 17): the replica is restored, the API's address bound and the front
 (``api.front``) serves /health and /globals/{key}; gossip asks the peers it last knew
-(``runtime.peerfile``) what this instance missed, before Serf is up; once they answered, the
-web stack (Quart, hypercorn) loads in a thread while Serf, membership, the lease and the
-jobs start; then the rest of the API is served. /health says what has not started yet.
+(``runtime.peerfile``) what this instance missed, before Serf is up, while Serf, membership,
+the lease and the jobs start; once they answered and the front's reads paused, the web
+stack (Quart, hypercorn) loads in a thread; then the rest of the API is served. /health
+says what has not started yet.
 
 Its Serf connection is the one part a caller may supply (``serf=``): the tests' standalone
 instances (``gossipmgr.testing.standalone``) are this same wiring over a fake Serf. The
@@ -69,6 +70,7 @@ from gossipmgr.runtime.context import (
     auth_failures,
     runtime_extra_vars,
 )
+from gossipmgr.runtime.firstreads import pause_in, since_answered
 from gossipmgr.runtime.jobs import LOG_FLUSH_S, JobManager
 from gossipmgr.runtime.leaseloop import Holder, absent_grace_s
 from gossipmgr.runtime.peerfile import catch_up_from_last_peers
@@ -95,10 +97,12 @@ log = logging.getLogger("gossipmgr.agent")
 #: refuses to rejoin with its old data (``check_stale_data``); Cassandra's gc_grace: 10 days.
 TOMBSTONE_TTL_MS = 7 * 24 * 3600 * 1000
 GC_EVERY_S = 3600.0
-#: The API's web stack (Quart, flask, werkzeug, jinja2, hypercorn: over half of the daemon's
-#: import time), loaded in a thread while gossip catches up (``Agent.run``).
+#: The API's web stack (Quart, flask, werkzeug, jinja2, hypercorn), loaded in a thread once
+#: gossip caught up and the first reads were served (``Agent._first_reads``).
 WEB_STACK = ("gossipmgr.api.app", "gossipmgr.api.server")
-CATCH_UP_FIRST_S = 0.25  # the web stack's import waits at most this for the catch-up
+#: It waits at most CATCH_UP_FIRST_S for the catch-up, then at most FIRST_READS_S for a
+#: pause of QUIET_S in the front's requests.
+CATCH_UP_FIRST_S, FIRST_READS_S, QUIET_S = 0.25, 1.0, 0.03
 
 
 def _import_web_stack() -> None:
@@ -354,15 +358,12 @@ class Agent:
         front = self.front = None if cfg.tls_cert else Front(self.api_ctx, sock)
         try:
             async with trio.open_nursery() as nursery:
-                # Serving and catch-up first (issue 17): the front answers its routes now;
-                # the web stack loads in a thread while gossip and Serf start, and then
-                # serves the rest (a request for it waits until then).
+                # The front serves now; the web stack, once loaded, the rest (issue 17).
                 if front is not None:
                     await nursery.start(front.run)
-                web_stack = trio.Event()
-                nursery.start_soon(self._load_web_stack, web_stack)
                 await nursery.start(self._run_parts, nursery, signals)
-                await web_stack.wait()
+                await self._first_reads()
+                await trio.to_thread.run_sync(_import_web_stack, abandon_on_cancel=True)
                 await self._serve_api(nursery, sock, front)
                 self.ready.set()
                 task_status.started(self)
@@ -371,13 +372,8 @@ class Agent:
             with trio.CancelScope(shield=True):
                 await self.replica.aclose()
 
-    async def _load_web_stack(self, done: trio.Event) -> None:
-        await self._catch_up_answered()
-        await trio.to_thread.run_sync(_import_web_stack, abandon_on_cancel=True)
-        done.set()
-
     async def _serve_api(self, n: trio.Nursery, sock: socket.socket, front: Front | None) -> None:
-        from gossipmgr.api import connection_handler, create_app, serve  # _load_web_stack's
+        from gossipmgr.api import connection_handler, create_app, serve  # imported by now
 
         cfg, ctx = self.cfg, self.api_ctx
         assert ctx is not None
@@ -444,16 +440,14 @@ class Agent:
         if signals:
             nursery.start_soon(self._signals, outer)
 
-    async def _catch_up_answered(self) -> None:
-        """Until the start's catch-up requests (``SINCE``) are sent (``on_peers`` set) and
-        answered, at most :data:`CATCH_UP_FIRST_S`: the web stack's import competes with them."""
-        with trio.move_on_after(CATCH_UP_FIRST_S):
-            while self._catching_up_first():  # noqa: ASYNC110 (protocol state; timeouts end it)
-                await trio.sleep(0.005)
-
-    def _catching_up_first(self) -> bool:
-        g = self.gossip
-        return g is None or g.on_peers is None or g.ae.since_waiting(self.replica.now_ms())
+    async def _first_reads(self) -> None:
+        """The catch-up's answers, then a pause in the front's reads (none once a request
+        waits for the web stack), before the web stack's import (~0.3 s of CPU, in a
+        thread) takes the CPU (issue 17; ``runtime.firstreads``)."""
+        if self.gossip is not None:
+            await since_answered(self.gossip.ae, self.replica.now_ms, CATCH_UP_FIRST_S)
+        if (front := self.front) is not None:
+            await pause_in(lambda: front.answered, front.wanted, QUIET_S, FIRST_READS_S)
 
     # ------------------------------------------------------------------ signals
     async def _signals(self, nursery: trio.Nursery) -> None:

@@ -144,6 +144,27 @@ def test_one_round_trip_brings_every_missed_entry_once_from_both_peers() -> None
     assert r3.state.map.super_digests() == aes["r1"].state.map.super_digests()
 
 
+def test_since_wait_until_is_when_since_waiting_ends() -> None:
+    """The agent sleeps until ``since_wait_until`` or an answer (``on_since_end``) instead
+    of polling ``since_waiting``: both must agree, before and after the first answer."""
+    aes = _trio()
+    now = BASE + 6_000
+    r3 = aes["r3"]
+    ends: list[int] = []
+    r3.on_since_end = lambda: ends.append(1)
+    first = [("r3", to, d) for to, d in r3.set_peers(["r1", "r2"], now)]
+    until = r3.since_wait_until(now)
+    assert until is not None
+    assert r3.since_waiting(until - 1) and not r3.since_waiting(until)
+    assert r3.since_wait_until(until) is None
+    only_r1 = [d for d in first if d[1] == "r1"]  # r2's SINCE is lost
+    _deliver(aes, _deliver(aes, only_r1, now + 10), now + 20)
+    assert ends == [1], "r1's complete answer woke the waiter"
+    until = r3.since_wait_until(now + 20)
+    assert until is not None and until < now + r3.cfg.pull_timeout_ms
+    assert r3.since_waiting(until - 1) and not r3.since_waiting(until)
+
+
 def test_a_lost_since_falls_back_to_the_digests_after_the_pull_timeout() -> None:
     """A SINCE that gets no answer (lost, or a peer that does not know the message) holds
     back the digests only until ``pull_timeout_ms``; then the ordinary resync pulls it."""

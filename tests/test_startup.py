@@ -2,15 +2,26 @@
 
 The agent restores its data dir, binds its API address, serves /health and /globals/{key}
 from its front (``api.front``) and starts gossip (catching up from the peers it last knew)
-and Serf while the web stack (Quart, hypercorn) loads in a thread (docs/design.md, "Start
-and stop"). A heavy dependency that only later parts, or only some
-requests, need is imported where it is first used, and this keeps it so: a fresh
-interpreter's import of the daemon's command line must not load it.
+and Serf; the web stack (Quart, hypercorn) loads in a thread once the catch-up answered
+and the front's reads paused, or a request needs it (docs/design.md, "Start and stop").
+A heavy dependency that only later parts, or only some requests, need is imported where
+it is first used, and this keeps it so: a fresh interpreter's import of the daemon's
+command line must not load it.
 """
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
 from _imports import modules_loaded_by
+
+import gossipmgr.agent
+from gossipmgr.testing.standalone import START_TIMEOUT_S, build, standalone_config
+from gossipmgr.testing.wait import until
 
 #: Loaded later: cryptography when gossip starts (the keyring's ciphers, the sealer);
 #: httpx by forwarding and the CLI's client commands; ansible_runner (and ansible, yaml) by
@@ -24,8 +35,7 @@ LATER = {
     "prometheus_client",
     "gossipmgr.clusterm",
 }
-#: Loaded in a thread once the agent runs (``gossipmgr.agent.WEB_STACK``), while gossip
-#: catches up: the web stack.
+#: Loaded in a thread once the agent runs (``gossipmgr.agent.WEB_STACK``): the web stack.
 WEB_STACK = {"quart", "quart_trio", "flask", "werkzeug", "jinja2", "hypercorn", "h2", "wsproto"}
 
 
@@ -78,3 +88,29 @@ def test_the_keyring_makes_its_ciphers_at_first_use() -> None:
     assert opened.plaintext == b"hello"
     assert ring._opener(key_id(other)) is None
     assert Sealer(ring, node_id("c"), 1).open_untrusted(b.seal(b"x", 1000), 1000).plaintext == b"x"
+
+
+async def test_a_request_for_the_web_stack_ends_the_wait_for_a_pause_in_the_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start loads the web stack once the front's reads pause (``Agent._first_reads``),
+    but a request only the web stack serves must not wait for that pause: with the pause
+    and its bound made longer than the test, ``GET /config`` is still answered."""
+    monkeypatch.setattr(gossipmgr.agent, "QUIET_S", START_TIMEOUT_S * 10)
+    monkeypatch.setattr(gossipmgr.agent, "FIRST_READS_S", START_TIMEOUT_S * 10)
+    agent = build(standalone_config(tmp_path, "i1"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(agent.run, signals=False))
+        await until(lambda: agent.front is not None and agent.gossip is not None, START_TIMEOUT_S)
+        url = agent.api_url
+
+        def ask() -> httpx.Response:
+            with httpx.Client(timeout=START_TIMEOUT_S) as c:
+                assert c.get(f"{url}/health").status_code == 200  # the front's
+                assert not agent.ready.is_set()
+                return c.get(f"{url}/config")
+
+        res = await trio.to_thread.run_sync(ask)
+        assert res.status_code == 200, res.text
+        assert agent.ready.is_set()
+        nursery.cancel_scope.cancel()

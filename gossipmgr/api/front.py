@@ -102,6 +102,9 @@ class Front:
         self.dates = Dates()
         self._handler: Handler | None = None
         self._ready = trio.Event()
+        #: set once a connection waits for :meth:`hand_to` (the agent's start loads the
+        #: web stack at once then)
+        self.wanted = trio.Event()
         #: requests answered here, and connections handed over (tests, benchmarks)
         self.answered = 0
         self.handed_over = 0
@@ -130,6 +133,7 @@ class Front:
     async def hand_over(self, stream: trio.SocketStream, data: bytes) -> None:
         """Give the connection, and ``data`` read from it, to the handler (once there is
         one); it owns the connection from then on."""
+        self.wanted.set()
         await self._ready.wait()
         assert self._handler is not None
         self.handed_over += 1

@@ -19,6 +19,7 @@ import msgpack
 
 from gossipmgr.core.clock import Timestamp
 from gossipmgr.core.crdt import Entry, Key, LWWMap
+from gossipmgr.core.orders import GLOBAL, JOB, NODE
 from gossipmgr.core.state import valid_key
 from gossipmgr.errors import BadPacket
 
@@ -177,6 +178,83 @@ def check_value(v: Any) -> None:
         raise BadPacket("value", "value cannot be encoded (a string with a lone surrogate?)")
 
 
+#: Third key parts of the node keys :func:`_from_disk_plain` takes (``state.valid_key``).
+_NODE_PARTS_3 = frozenset({"hg", "inv", "mon"})
+_NODE_PARTS_4 = frozenset({"v", "h"})
+#: The bound the value of an entry read from disk must stay within to skip its encoding.
+_PLAIN_VALUE_BOUND = MAX_ENTRY_BYTES - _ENTRY_ROOM
+
+
+def _plain_key(key: Key) -> bool:
+    """A global, job or node key of exact ``str`` parts within ``MAX_KEY_PART``: one
+    ``check_key`` accepts (False: not such a key, which proves nothing)."""
+    if type(key) is not tuple or not key or type(key[0]) is not str:
+        return False
+    n = len(key)
+    if n == 2:
+        ns, a = key
+        return (ns == GLOBAL or ns == JOB) and type(a) is str and len(a) <= MAX_KEY_PART
+    if n == 3:
+        ns, a, b = key
+        return (
+            ns == NODE
+            and type(b) is str
+            and b in _NODE_PARTS_3
+            and type(a) is str
+            and len(a) <= MAX_KEY_PART
+        )
+    if n == 4:
+        ns, a, b, c = key
+        return (
+            ns == NODE
+            and type(b) is str
+            and b in _NODE_PARTS_4
+            and type(a) is str
+            and len(a) <= MAX_KEY_PART
+            and type(c) is str
+            and len(c) <= MAX_KEY_PART
+        )
+    return False
+
+
+def _plain_value_bound(v: Any) -> int:
+    """``_check_value``'s bound of a string, or of an object of exact ``str`` keys and
+    string, bool, null, in-range int or finite float values; a bound above the limit
+    for anything else (``check_entry`` then decides)."""
+    t = type(v)
+    if t is str:
+        return 5 + 4 * len(v)
+    if t is not dict or len(v) > MAX_VALUE_ITEMS:
+        return MAX_ENTRY_BYTES
+    size = 5
+    for k, x in v.items():
+        if type(k) is not str:
+            return MAX_ENTRY_BYTES
+        tx = type(x)
+        if tx is str:
+            size += 10 + 4 * (len(k) + len(x))
+        elif tx is bool or x is None:
+            size += 6 + 4 * len(k)
+        elif (tx is int and MIN_INT <= x <= MAX_INT) or (tx is float and math.isfinite(x)):
+            size += 14 + 4 * len(k)
+        else:
+            return MAX_ENTRY_BYTES
+    return size
+
+
+def _from_disk_plain(key: Key, e: Entry) -> bool:
+    """The from-disk check's fast path for the common shapes (a global, job or node key;
+    a string or a flat object; a tombstone): True only when :func:`check_entry` with
+    ``from_disk`` would return None without raising; False sends the entry to the full
+    check (tests/test_codec_from_disk.py compares both)."""
+    node = e.ts.node
+    if type(node) is not str or len(node) > MAX_NODE_ID or not _plain_key(key):
+        return False
+    if e.deleted:
+        return e.value is None
+    return _plain_value_bound(e.value) <= _PLAIN_VALUE_BOUND
+
+
 def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> bytes | None:
     """THE rule for what may enter the replicated state from this instance (a local write,
     a restored record): exactly what every peer's :func:`entry_from_wire_untrusted` accepts,
@@ -191,6 +269,13 @@ def check_entry(key: Key, e: Entry, *, from_disk: bool = False) -> bytes | None:
     Returns the encoded entry when it encoded it (always unless ``from_disk``), so that a
     commit writes those bytes (:func:`encode_packed`) instead of encoding the entry again.
     """
+    if from_disk and _from_disk_plain(key, e):
+        return None
+    return _check_entry(key, e, from_disk)
+
+
+def _check_entry(key: Key, e: Entry, from_disk: bool) -> bytes | None:
+    """:func:`check_entry` without its fast path."""
     check_key(key)
     if from_disk and len(e.ts.node) <= MAX_NODE_ID:
         # The key and timestamp take at most _ENTRY_ROOM bytes (their lengths are bounded),

@@ -29,7 +29,7 @@ declares what it uses of it. ``CatchUp`` records one catch-up for the service's 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -140,6 +140,8 @@ class CatchUpPeers:
     _strangers: dict[str, float]
     _claims: LeafClaims
     _last_sync_ms: float
+    #: Called when one peer's answer to our SINCE is complete (the agent's start waits on it).
+    on_since_end: Callable[[], None] | None = None
 
     def _prune(self) -> None:
         raise NotImplementedError
@@ -422,6 +424,21 @@ class CatchUpPeers:
                 return True
         return False
 
+    def since_wait_until(self, now_ms: float) -> float | None:
+        """When ``since_waiting`` turns False if no answer comes meanwhile (protocol ms);
+        None when it is False already (at ``now_ms``)."""
+        c = self.catchup
+        first = c.since_done_ms if c is not None else None
+        ends = [
+            first + max(SINCE_GRACE_MS, first - ps.since_ms)
+            if first is not None
+            else ps.since_ms + self.cfg.pull_timeout_ms
+            for ps in self.peers.values()
+            if ps.since_req != 0
+        ]
+        end = max(ends, default=None)
+        return end if end is not None and end > now_ms else None
+
     def _on_since(self, sender: str, m: Since, now_ms: float) -> Payloads:
         """A restarted peer asks what it missed: our entries newer than its summary in its
         share of the leaves, in ENTRIES messages at once (at most our part of
@@ -467,6 +484,8 @@ class CatchUpPeers:
             c.answered(now_ms)
             if c.since_done_ms is None:
                 c.since_done_ms = now_ms
+        if self.on_since_end is not None:
+            self.on_since_end()
         if self.since_waiting(now_ms):
             return []
         return self._recheck_catchup(now_ms)
