@@ -354,8 +354,10 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
         if not differ:
             res.out += self.enc.encode(sender, SYNC_OK, [m.seq, self.seq])
             if ps is not None:
-                # Equal: it holds all in our buffer; we, all it held (caught up).
+                # Equal: it holds all in our buffer; we, all it held (caught up), its deltas
+                # up to the digest's seq among them (its next interval starts there).
                 ps.unsynced_gap_ms = 0.0
+                ps.received = max(ps.received, m.seq)
                 self._acked_all(ps, now)
                 self._end_catchup(sender, ps, now)
             return res
@@ -376,6 +378,10 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
     def _on_sync_ok(self, sender: str, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
         if ps is not None:
             ps.unsynced_gap_ms = 0.0  # it held what we held: we are caught up with it
+            # ... and we hold what it held: its deltas up to its seq then, which it took as
+            # acknowledged (``_on_digest``). Its next interval starts there: a ``received``
+            # left behind never fitted one, and every retransmit resent all it buffered.
+            ps.received = max(ps.received, m.their_seq)
             self._answered(ps, now)
             self._end_catchup(sender, ps, now)
         if ps is not None and m.seq <= self.seq:
