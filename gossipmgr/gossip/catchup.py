@@ -209,8 +209,8 @@ class CatchUpPeers:
         are behind (each at most every ``silent_probe_ms``): their answers make them heard
         and, once equal, caught up (:meth:`caught_up`). The lease's majority rule
         counts instances heard from lately, and an idle instance early in the claim order
-        hears almost nobody in a large cluster (nothing forwarded beyond
-        ``forward_all_up_to`` peers; heartbeats only to the peers sorting after their
+        hears almost nobody in a large cluster (nothing a writer sends straight is
+        forwarded, ``gossip.relay``; heartbeats only to the peers sorting after their
         sender): the lease loop calls this while its instance may have to claim, so the
         cost is paid then only, never by every idle instance."""
         out: list[tuple[str, bytes]] = []
