@@ -509,3 +509,33 @@ def test_a_clean_cluster_forwards_nothing_and_a_one_way_cut_heals_by_relay(
     assert late == []
     assert {f"c{i}" for i in range(200)} <= set(sim.inst[r3].state.globals())
     assert sim.inst[writer].ae.counters.get("relays", 0) > 0
+
+
+def test_a_lost_push_is_resent_while_the_writes_go_on() -> None:
+    """Each push puts the writer's retransmit off (``retransmit_ms`` with nothing sent), so
+    while it kept writing, a lost push reached its peer only at a pause in the writes (the
+    other receivers' forward hid that). Now a peer that acknowledged nothing for
+    ``retransmit_ms`` gets the interval again: 2 instances, a write every 20 ms, one push
+    lost; it arrives within 3 ticks, the writes going on."""
+    sim = Sim(2, seed=5, delay=(0.5, 0.5))
+    sim.serf_view()
+    assert sim.run_until_converged(5_000) is not None
+    sim.step(sim.now + 1_000)
+    writer, peer = sim.names
+    for i in range(10):
+        sim.write(writer, partial(_set_g, f"b{i}", i))
+        sim.step(sim.now + 20)
+    sim.net.cut(addr(writer), addr(peer), both_ways=False)
+    sim.write(writer, partial(_set_g, "lost", 1))
+    sim.step(sim.now + 2)
+    sim.net.heal()
+    arrived = None
+    for i in range(60):
+        sim.write(writer, partial(_set_g, f"a{i}", i))
+        sim.step(sim.now + 20)
+        if arrived is None and "lost" in sim.inst[peer].state.globals():
+            arrived = i * 20
+    assert arrived is not None and arrived <= 3 * sim.config.tick_ms, arrived
+    ae = sim.inst[writer].ae
+    sim.step(sim.now + 1_000)
+    assert ae.peers[peer].acked == ae.seq and not ae.buffer

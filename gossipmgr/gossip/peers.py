@@ -87,8 +87,9 @@ class PeerState:
     received: int = 0  # r[j]: highest seq of j's we hold without a gap
     incarnation: int = 0  # j's incarnation as last seen (0 = never heard)
     last_sent_ms: float = -1e18  # when we last sent j an interval
-    #: the last tick at which it had acknowledged all our deltas (``AntiEntropy._relay``)
+    #: the last tick at which it had acknowledged all our deltas (``Relays._resend_due``)
     caught_up_ms: float = -1e18
+    last_resent_ms: float = -1e18  # when we last resent it an interval
     #: our deltas up to this seq went by relay to our other peers for it
     relayed: int = 0
     needs_resync: bool = True

@@ -187,7 +187,7 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds, Relays):
                     out += self._digest(peer, ps, now_ms)
                 continue
             out += self._heartbeat(peer, ps, now_ms)
-            if ps.acked < self.seq and now_ms - ps.last_sent_ms >= self.cfg.retransmit_ms:
+            if self._resend_due(ps, now_ms):
                 out += self._interval(peer, ps, now_ms)
             out += self._relay(peer, ps, now_ms)
             if ps.needs_resync and self._may_digest(ps, now_ms):
@@ -225,7 +225,7 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds, Relays):
 
     def _interval(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
         """Send D(A[j], c] without j's own deltas (BP), as messages that fit a datagram."""
-        ps.last_sent_ms = now_ms
+        ps.last_sent_ms = ps.last_resent_ms = now_ms
         self.counters.incr("retransmits")
         return self.enc.interval_messages(peer, ps.acked, self.buffer)
 
@@ -332,7 +332,7 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds, Relays):
 
     def _on_delta(self, sender: str, ps: PeerState | None, m: Delta, now: float) -> Outcome:
         novel = self._apply_remote(m.entries, now)
-        forward = self._forwards(sender, m.entries, novel)
+        forward = self._forwards(sender, m, novel)
         if forward is not None:
             self._buffer(sender, forward)
         res = Outcome(novel=novel)

@@ -4,14 +4,15 @@ A write reaches every peer by its writer's push, and its resends until each peer
 acknowledges it (``gossipmgr.gossip.protocol``). A receiver does not forward what came
 straight from its writer: in a 3-instance cluster each receiver got every write a second
 time that way, forwarded by the other receiver at its next retransmit, and decoded and
-joined it for nothing (~half its datagrams). What forwarding was for, a one-way cut from
-the writer to one peer healed by the others, is done by a *relay*: when a peer behind us has
-acknowledged nothing for ``relay_after_ms``, or goes silent without acknowledging while
-Serf lists it alive, the writer sends the deltas it lacks to its other peers heard from
-lately as well (``_relay``); they hold them already, and a delta straight from its writer
-that brings nothing new is what a receiver forwards (``_forwards``), with its own acks
-and resends. Beyond ``forward_all_up_to`` peers nothing is relayed: the repair rounds
-heal a cut (docs/design.md, "Anti-entropy").
+joined it for nothing (~half its datagrams). What forwarding was for, a one-way cut from the
+writer to one peer healed by the others, is done by a *relay*: when a peer behind us has
+acknowledged nothing for ``relay_after_ms``, or goes silent without acknowledging while Serf
+lists it alive, the writer sends the deltas it lacks to its other peers heard from lately as
+well, as ``RELAY`` messages (``_relay``), and a receiver forwards those (``_forwards``),
+with its own acks and resends. A lost push is resent once the peer has acknowledged nothing
+for ``retransmit_ms`` (``_resend_due``), while writes go on too. Beyond
+``forward_all_up_to`` peers nothing is relayed: the repair rounds heal a cut
+(docs/design.md, "Anti-entropy").
 
 ``Relays`` is a mixin of ``AntiEntropy`` (the protocol's state is one object); it declares
 what it uses of it.
@@ -20,14 +21,19 @@ what it uses of it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from gossipmgr.core.crdt import Entry, Key, LWWMap
+from gossipmgr.core.crdt import Entry, Key, LWWMap, wins
 from gossipmgr.gossip.datagram import Counters
 from gossipmgr.gossip.encoder import MessageEncoder, Payloads
+from gossipmgr.gossip.messages import DELTA, Delta
 from gossipmgr.gossip.peers import GossipConfig, PeerState
 
-__all__ = ["Relays"]
+__all__ = ["RELAY", "Relays"]
+
+#: ``(lo, hi)`` of a relay: a DELTA for the interval (0, 0], which acknowledges nothing (an
+#: older instance joins it as any delta, and forwards only what is new to it).
+RELAY = (0, 0)
 
 
 class Relays:
@@ -41,40 +47,55 @@ class Relays:
     enc: MessageEncoder
     _alive: Mapping[str, str] | None
 
-    def _forwards(
-        self, sender: str, entries: Sequence[tuple[Key, Entry]], novel: LWWMap
-    ) -> LWWMap | None:
+    def _forwards(self, sender: str, m: Delta, novel: LWWMap) -> LWWMap | None:
         """What of a remote delta is buffered, and so sent on to our other peers: None for
         nothing.
 
+        - A relay (``RELAY``: its writer sends it for a peer that does not acknowledge):
+          all of it, new to us or not, with at most ``forward_all_up_to`` peers.
         - Passed on by its sender (an entry not stamped by it): its novel part.
-        - Straight from its writer (every entry stamped by the sender), bringing something
-          new: nothing. The writer pushes every write to every peer itself and resends it
-          until each acknowledges. Forwarding it made each receiver of a 3-instance cluster
-          get every write twice, the second copy decoded and joined for nothing: ~half its
-          datagrams, and more than half its entries, while nothing was lost.
-        - Straight from its writer and bringing nothing new, with at most
-          ``forward_all_up_to`` peers: all of it. The writer resends only what a peer has not
-          acknowledged, and sends it to the others as well when that peer's acks stall
-          (``AntiEntropy._relay``, a one-way cut): forwarding is how it gets there.
+        - Straight from its writer, otherwise: nothing. The writer pushes every write to
+          every peer itself and resends it until each acknowledges. Forwarding it made each
+          receiver of a 3-instance cluster get every write twice, the second copy decoded
+          and joined for nothing: ~half its datagrams, while nothing was lost.
         """
-        if any(e.ts.node != sender for _, e in entries):
-            return novel if len(novel) else None
-        if len(novel) or not entries or len(self.peers) > self.cfg.forward_all_up_to:
-            return None
-        repeat = LWWMap.lazy()  # a delta: never digested, so never hashed
-        repeat.merge(entries)
-        return repeat
+        if (m.lo, m.hi) == RELAY:
+            if not m.entries or len(self.peers) > self.cfg.forward_all_up_to:
+                return None
+            relayed = LWWMap.lazy()  # a delta: never digested, so never hashed
+            relayed.merge(m.entries)
+            return relayed
+        if len(novel) and any(e.ts.node != sender for _, e in m.entries):
+            return novel
+        return None
+
+    def _resend_due(self, ps: PeerState, now_ms: float) -> bool:
+        """At each tick: whether ``ps`` gets the interval it has not acknowledged again.
+
+        After ``retransmit_ms`` with nothing sent to it (a pause in our writes), as always;
+        and, while we keep writing (each push puts that off), once it acknowledged nothing
+        for ``retransmit_ms`` (a push lost: it acknowledges only up to the gap), at most
+        every ``retransmit_ms``. Without the second, a lost push was resent only at a pause
+        in the writes; the forward of the other receivers hid it, and the relay alone would
+        send every write through them until then."""
+        if ps.acked >= self.seq:
+            ps.caught_up_ms = now_ms
+            return False
+        retransmit = self.cfg.retransmit_ms
+        if now_ms - ps.last_sent_ms >= retransmit:
+            return True
+        stalled = now_ms - max(ps.caught_up_ms, ps.last_ack_ms) >= retransmit
+        return stalled and now_ms - ps.last_resent_ms >= retransmit
 
     def _relay(self, peer: str, ps: PeerState, now_ms: float, *, silent: bool = False) -> Payloads:
-        """At each tick: our deltas ``peer`` has not acknowledged, and not relayed yet, when
-        it has acknowledged nothing for ``relay_after_ms`` (since it last held all), or went
-        ``silent`` without acknowledging while Serf lists it alive: sent to our other peers
-        heard from lately as well, each as the interval ``peer`` would get from its
-        ``acked``. They hold those deltas already, and a delta straight from its writer that
-        brings nothing new is what they forward (``_forwards``), with their own acks and
+        """At each tick: our deltas ``peer`` has not acknowledged, and not relayed yet, when it has
+        acknowledged nothing for ``relay_after_ms`` (since it last held all), or went
+        ``silent`` without acknowledging while Serf lists it alive: sent to our other
+        peers heard from lately as well, as ``RELAY`` messages (each key once, its
+        newest entry), which they forward (``_forwards``), with their own acks and
         resends: a one-way cut from us to ``peer`` heals in a few ticks, and nothing is
-        forwarded while datagrams arrive. What a relay cannot reach, the repair rounds heal."""
+        forwarded while datagrams arrive. What a relay cannot reach, the repair rounds
+        heal."""
         if ps.acked >= self.seq:
             ps.caught_up_ms = now_ms
             return []
@@ -89,8 +110,16 @@ class Relays:
         ps.relayed = self.seq
         out: Payloads = []
         for other, o in self.peers.items():
-            if other != peer and now_ms - o.last_heard_ms < self.cfg.silent_after_ms:
-                out += self.enc.interval_messages(other, lo, self.buffer)
+            if other == peer or now_ms - o.last_heard_ms >= self.cfg.silent_after_ms:
+                continue
+            newest: dict[Key, Entry] = {}
+            for seq, origin, delta in self.buffer:
+                if seq > lo and origin != other:  # BP: never its own deltas back
+                    for k, e in delta.items():
+                        old = newest.get(k)
+                        if old is None or wins(k, e, old):
+                            newest[k] = e
+            out += self.enc.pack_entries(other, DELTA, list(RELAY), list(newest.items()))
         if out:
             self.counters.incr("relays")
         return out
