@@ -112,14 +112,20 @@ class Relays:
         for other, o in self.peers.items():
             if other == peer or now_ms - o.last_heard_ms >= self.cfg.silent_after_ms:
                 continue
-            newest: dict[Key, Entry] = {}
-            for seq, origin, delta in self.buffer:
-                if seq > lo and origin != other:  # BP: never its own deltas back
-                    for k, e in delta.items():
-                        old = newest.get(k)
-                        if old is None or wins(k, e, old):
-                            newest[k] = e
-            out += self.enc.pack_entries(other, DELTA, list(RELAY), list(newest.items()))
+            out += self.enc.pack_entries(other, DELTA, list(RELAY), self._newest(lo, other))
         if out:
             self.counters.incr("relays")
         return out
+
+    def _newest(self, lo: int, other: str) -> list[tuple[Key, Entry]]:
+        """The buffered deltas after ``lo``, but ``other``'s own (BP), each key once: its
+        newest entry."""
+        newest: dict[Key, Entry] = {}
+        for seq, origin, delta in self.buffer:
+            if seq <= lo or origin == other:
+                continue
+            for k, e in delta.items():
+                old = newest.get(k)
+                if old is None or wins(k, e, old):
+                    newest[k] = e
+        return list(newest.items())
