@@ -20,7 +20,8 @@ got, a share whose peer is gone) and mostly says "equal".
 And what each peer costs while nothing happens, so that it does not grow with the cluster:
 only a peer that owes us something, or that Serf lists failed, is *silent* and probed by
 digest (``_owes``); an idle one gets a small heartbeat (``_heartbeat``); and beyond a few
-peers a delta that came straight from its writer is not forwarded (``_forwards``).
+peers a relay of our writes to a peer that does not acknowledge them is not sent
+(``gossipmgr.gossip.relay``).
 
 ``CatchUpPeers`` is a mixin of ``AntiEntropy`` (the protocol's state is one object); it
 declares what it uses of it. ``CatchUp`` records one catch-up for the service's log.
@@ -34,7 +35,6 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from gossipmgr.core.crdt import Entry, Key
 from gossipmgr.core.state import ClusterState
 from gossipmgr.gossip.datagram import Counters
 from gossipmgr.gossip.encoder import MessageEncoder, Payloads
@@ -211,8 +211,8 @@ class CatchUpPeers:
         are behind (each at most every ``silent_probe_ms``): their answers make them heard
         and, once equal, caught up (:meth:`caught_up`). The lease's majority rule
         counts instances heard from lately, and an idle instance early in the claim order
-        hears almost nobody in a large cluster (nothing forwarded beyond
-        ``forward_all_up_to`` peers; heartbeats only to the peers sorting after their
+        hears almost nobody in a large cluster (nothing a writer sends straight is
+        forwarded, ``gossip.relay``; heartbeats only to the peers sorting after their
         sender): the lease loop calls this while its instance may have to claim, so the
         cost is paid then only, never by every idle instance."""
         out: list[tuple[str, bytes]] = []
@@ -270,18 +270,6 @@ class CatchUpPeers:
     def _ack(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
         ps.last_ack_sent_ms, ps.ack_due = now_ms, False
         return self.enc.encode(peer, ACK, [ps.received])
-
-    def _forwards(self, sender: str, entries: Sequence[tuple[Key, Entry]]) -> bool:
-        """Whether a remote delta's novel part is buffered, and so sent on to our other
-        peers. Always with at most ``forward_all_up_to`` peers; beyond that, not when it
-        came straight from the instance that wrote it (every entry stamped by the sender):
-        the writer pushes it to every peer itself and retransmits until each acknowledges;
-        what it cannot reach is repaired by the digest rounds (push-pull). Forwarding it
-        cost every instance one datagram (and one ack) per peer per write: at 30 instances
-        the lease holder's renewals alone made ~3 KB/s per idle instance."""
-        if len(self.peers) <= self.cfg.forward_all_up_to:
-            return True
-        return any(e.ts.node != sender for _, e in entries)
 
     def _resyncing_with_us(self, sender: str, now_ms: float) -> None:
         """``sender`` sent a DIGEST or a PULL: it is resyncing with us. Remembered for an

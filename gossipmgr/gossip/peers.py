@@ -53,10 +53,18 @@ class GossipConfig:
     #: each on average. Only a peer that owes us something (or that Serf lists failed) is
     #: *silent* and probed by digest (``CatchUpPeers._owes``).
     heartbeat_ms: int = 6_000
-    #: A delta received from the instance that wrote it is forwarded to our other peers
-    #: (buffered) only while we have at most this many peers (``CatchUpPeers._forwards``):
-    #: in small clusters forwarding heals a one-way cut within a tick, and it costs little;
-    #: at 30 instances it cost every instance a datagram per peer per write.
+    #: A peer behind us that acknowledged nothing for this long gets our deltas by relay
+    #: as well (``AntiEntropy._relay``): two retransmit periods, more than twice the
+    #: longest wait of a deferred ack (``ack_delay_ms`` + a tick), so a peer whose datagrams
+    #: arrive is not relayed to, even under load, and a one-way cut heals in ~5 ticks.
+    relay_after_ms: int = 600
+    #: With at most this many peers, a write that a peer does not acknowledge in
+    #: ``relay_after_ms`` goes to our other peers too, who forward it (``AntiEntropy._relay``,
+    #: ``CatchUpPeers._forwards``): a one-way cut heals in a few ticks. A delta that came
+    #: straight from its writer is never forwarded otherwise (each receiver got every write
+    #: a second time, forwarded by the other, before). Beyond this many peers there is no
+    #: relay: the repair rounds heal a cut (a relay there would go to, and on from, dozens
+    #: of peers).
     forward_all_up_to: int = 8
     #: A delta received within this long of our last ACK to its sender is acknowledged at
     #: the next tick (one ACK for all of them), not at once: sequential writes at r1 cost
@@ -79,6 +87,11 @@ class PeerState:
     received: int = 0  # r[j]: highest seq of j's we hold without a gap
     incarnation: int = 0  # j's incarnation as last seen (0 = never heard)
     last_sent_ms: float = -1e18  # when we last sent j an interval
+    #: the last tick at which it had acknowledged all our deltas (``Relays._resend_due``)
+    caught_up_ms: float = -1e18
+    last_resent_ms: float = -1e18  # when we last resent it an interval
+    #: our deltas up to this seq went by relay to our other peers for it
+    relayed: int = 0
     needs_resync: bool = True
     last_digest_ms: float = -1e18
     pending_leaves: deque[int] = field(default_factory=deque)

@@ -65,6 +65,7 @@ from gossipmgr.gossip.messages import (
     pack64,
 )
 from gossipmgr.gossip.peers import GossipConfig, LeafClaims, PeerState
+from gossipmgr.gossip.relay import Relays
 
 log = logging.getLogger("gossipmgr.gossip")
 
@@ -77,7 +78,7 @@ class Outcome:
     novel: LWWMap | None = None
 
 
-class AntiEntropy(CatchUpPeers, ConfirmRounds):
+class AntiEntropy(CatchUpPeers, ConfirmRounds, Relays):
     """One instance's side of the protocol. Owns ``state`` mutations for remote deltas."""
 
     def __init__(
@@ -173,6 +174,7 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
             if now_ms - ps.last_heard_ms >= self.cfg.silent_after_ms and self._owes(peer, ps):
                 # Silent: stop retransmitting to it and stop holding deltas for it; a digest
                 # probe now and then finds out when it is back, and the resync catches it up.
+                out += self._relay(peer, ps, now_ms, silent=True)  # a one-way cut, maybe
                 if ps.acked < self.seq or not ps.needs_resync:
                     ps.acked, ps.needs_resync = self.seq, True
                     silent_seen = True
@@ -185,8 +187,9 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
                     out += self._digest(peer, ps, now_ms)
                 continue
             out += self._heartbeat(peer, ps, now_ms)
-            if ps.acked < self.seq and now_ms - ps.last_sent_ms >= self.cfg.retransmit_ms:
+            if self._resend_due(ps, now_ms):
                 out += self._interval(peer, ps, now_ms)
+            out += self._relay(peer, ps, now_ms)
             if ps.needs_resync and self._may_digest(ps, now_ms):
                 # One resync round at a time: after it drains, the next peer's digest mostly
                 # matches (one SYNC_OK) instead of every peer sending leaf digests at once.
@@ -222,7 +225,7 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
 
     def _interval(self, peer: str, ps: PeerState, now_ms: float) -> Payloads:
         """Send D(A[j], c] without j's own deltas (BP), as messages that fit a datagram."""
-        ps.last_sent_ms = now_ms
+        ps.last_sent_ms = ps.last_resent_ms = now_ms
         self.counters.incr("retransmits")
         return self.enc.interval_messages(peer, ps.acked, self.buffer)
 
@@ -329,8 +332,9 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
 
     def _on_delta(self, sender: str, ps: PeerState | None, m: Delta, now: float) -> Outcome:
         novel = self._apply_remote(m.entries, now)
-        if len(novel) and self._forwards(sender, m.entries):
-            self._buffer(sender, novel)
+        forward = self._forwards(sender, m, novel)
+        if forward is not None:
+            self._buffer(sender, forward)
         res = Outcome(novel=novel)
         if ps is not None:
             if m.lo <= ps.received < m.hi:
@@ -354,8 +358,10 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
         if not differ:
             res.out += self.enc.encode(sender, SYNC_OK, [m.seq, self.seq])
             if ps is not None:
-                # Equal: it holds all in our buffer; we, all it held (caught up).
+                # Equal: it holds all in our buffer; we, all it held (caught up), its deltas
+                # up to the digest's seq among them (its next interval starts there).
                 ps.unsynced_gap_ms = 0.0
+                ps.received = max(ps.received, m.seq)
                 self._acked_all(ps, now)
                 self._end_catchup(sender, ps, now)
             return res
@@ -376,6 +382,9 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
     def _on_sync_ok(self, sender: str, ps: PeerState | None, m: SyncOk, now: float) -> Outcome:
         if ps is not None:
             ps.unsynced_gap_ms = 0.0  # it held what we held: we are caught up with it
+            # and hold its deltas up to its seq then, where its next interval starts
+            # (``_on_digest``; a ``received`` left behind fitted none: all were resent)
+            ps.received = max(ps.received, m.their_seq)
             self._answered(ps, now)
             self._end_catchup(sender, ps, now)
         if ps is not None and m.seq <= self.seq:
@@ -486,5 +495,4 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds):
         }
 
 
-__all__ = ["MAX_MESSAGE_BYTES", "TYPE_NAMES", "AntiEntropy", "GossipConfig", "Outcome"]
-__all__ += ["Timestamp"]
+__all__ = ["MAX_MESSAGE_BYTES", "TYPE_NAMES", "AntiEntropy", "GossipConfig", "Outcome", "Timestamp"]
