@@ -104,8 +104,14 @@ def test_a_rejoining_instance_counts_a_majority_only_once_caught_up() -> None:
     # ...also when it was the holder at the cut (its majority lapsed in the cut).
     assert [premature_majorities(s, iso_holds=True) for s in seeds] == [0] * len(seeds)
     # The counting before last session's fix (heard lately, caught up or not) had the window.
-    old = [premature_majorities(s, lambda ae, now: ae.heard_from(now, WINDOW_MS)) for s in seeds]
-    assert any(old), old
+    # Since a writer resends to a peer that acknowledged nothing while its writes go on (and
+    # relays), the lease often reaches the healed instance before it hears its peers: the
+    # window shows in about half the seeds (which ones depends on the hash seed's set
+    # orders), so the control looks at 24.
+    heard = [
+        premature_majorities(s, lambda ae, now: ae.heard_from(now, WINDOW_MS)) for s in range(24)
+    ]
+    assert any(heard), heard
 
 
 # --- a holder must keep its majority through a returning peer's catch-up ------------------
