@@ -112,9 +112,8 @@ def test_clients_that_ask_for_http2_and_leave_cannot_hang_a_stop(tmp_path: Path)
             proc.wait()
 
 
-async def test_tls_offers_only_http1_and_refuses_the_preface(tmp_path: Path) -> None:
-    """With TLS hypercorn serves the socket itself: ALPN must not select h2 (which would
-    start its HTTP/2 protocol directly), and the preface inside TLS gets the 505 too."""
+def _tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path, Path]:
+    """A client context trusting a new CA, and a certificate and key for 127.0.0.1 it signed."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     certfile, keyfile = tmp_path / "c.pem", tmp_path / "k.pem"
@@ -122,6 +121,13 @@ async def test_tls_offers_only_http1_and_refuses_the_preface(tmp_path: Path) -> 
     cert.private_key_pem.write_to_path(str(keyfile))
     client = ssl.create_default_context()
     ca.configure_trust(client)
+    return client, certfile, keyfile
+
+
+async def test_tls_offers_only_http1_and_refuses_the_preface(tmp_path: Path) -> None:
+    """With TLS hypercorn serves the socket itself: ALPN must not select h2 (which would
+    start its HTTP/2 protocol directly), and the preface inside TLS gets the 505 too."""
+    client, certfile, keyfile = _tls(tmp_path)
     client.set_alpn_protocols(["h2", "http/1.1"])
     async with standalone(tmp_path, claim=False) as ctx:
         app = create_app(ctx)
@@ -194,13 +200,7 @@ def test_a_client_that_stops_reading_cannot_hold_a_stop(tmp_path: Path) -> None:
 async def test_with_tls_a_client_that_stops_reading_cannot_hold_a_stop(tmp_path: Path) -> None:
     """The same with TLS, where hypercorn serves the socket itself, stopped gracefully
     (``shutdown_trigger``): the send gets ``graceful_timeout`` and its grace."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    certfile, keyfile = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
+    client, certfile, keyfile = _tls(tmp_path)
     async with standalone(tmp_path, claim=False) as ctx:
         app = create_app(ctx)
         sock = trio.socket.socket()
