@@ -62,6 +62,19 @@ def _start(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url_file.read_text()
 
 
+def _stopped(proc: subprocess.Popen[bytes], within_s: float, name: str, bound_s: float) -> None:
+    """SIGTERM ``proc``; it must exit cleanly within ``within_s`` (its stop time is recorded
+    as the bound ``name``)."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"SIGTERM did not stop the instance in {within_s:.0f} s") from None
+    bound(name, time.monotonic() - started, bound_s)
+    assert proc.returncode == 0
+
+
 def _first_answer(sock: socket.socket) -> bytes:
     """An HTTP/1.1 answer's head (and what came with it), or the first bytes of another."""
     data = b""
@@ -89,14 +102,7 @@ def test_clients_that_ask_for_http2_and_leave_cannot_hang_a_stop(tmp_path: Path)
                     s.shutdown(socket.SHUT_WR)
                 elif leave == "close":
                     s.close()
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("SIGTERM did not stop the instance in 30 s") from None
-        bound("api.stop_with_http2_clients", time.monotonic() - started, 1.0)
-        assert proc.returncode == 0
+        _stopped(proc, 30, "api.stop_with_http2_clients", 1.0)
         for name, answer in answers:
             if name == "preface":
                 assert answer.startswith(b"HTTP/1.1 505 "), (name, answer)
@@ -182,14 +188,7 @@ def test_a_client_that_stops_reading_cannot_hold_a_stop(tmp_path: Path) -> None:
             assert proc.poll() is None, "the instance died"
             assert time.monotonic() < deadline, "the server's sends never backed up"
             time.sleep(0.05)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("SIGTERM did not stop the instance in 20 s") from None
-        bound("api.stop_with_a_stalled_client", time.monotonic() - started, STOP_SEND_GRACE_S + 1)
-        assert proc.returncode == 0
+        _stopped(proc, 20, "api.stop_with_a_stalled_client", STOP_SEND_GRACE_S + 1)
     finally:
         s.close()
         if proc.poll() is None:
