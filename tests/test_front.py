@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import trio
 from _apiutil import standalone
 from hypothesis import HealthCheck, given, settings
@@ -513,3 +514,30 @@ async def test_a_failing_connection_does_not_stop_the_front(
         assert answer.startswith(b"HTTP/1.1 200 ") and failed
         first.close()
         second.close()
+
+
+async def test_a_body_that_stalls_gets_a_408_and_the_connection_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that declares a body and sends only part of it held its connection (a task
+    and a socket) for good: the body had no deadline, only the head had. Now the body
+    must follow its head within ``front.BODY_S``, or it gets a 408 with the reason, the
+    connection closes, and nothing is written."""
+    monkeypatch.setattr(front_module, "BODY_S", 0.5)
+    async with standalone(tmp_path, token=DEFAULT, claim=False) as ctx:
+        host, port = ctx.agent.api_url.removeprefix("http://").rsplit(":", 1)
+
+        def stall() -> bytes:
+            with socket.create_connection((host, int(port)), timeout=20) as s:
+                s.sendall(_put("slow", "x" * 40)[:-10])
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+                return out
+
+        answer = await trio.to_thread.run_sync(stall)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert b"connection: close" in head.lower()
+        assert "within 0.5 s" in json.loads(body)["error"]
+        assert "slow" not in ctx.replica.state.globals()

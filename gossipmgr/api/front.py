@@ -23,7 +23,9 @@ Kept from hypercorn: ``TCP_USER_TIMEOUT`` on the connections (``api.listen``), t
 keep-alive idle timeout (5 s from the last answer, or the accept, until a request head is
 complete), the
 ``connection: close`` on the 1000th request of a connection, the client's
-``Connection: close``. A client that disconnects mid-body is dropped with nothing done; a
+``Connection: close``. Not from hypercorn, which has none: a body must follow its head
+within ``BODY_S`` (30 s), or the request gets a 408 with the reason and the connection
+closes. A client that disconnects mid-body is dropped with nothing done; a
 request fully read is finished (a write is committed) even if its client has gone. A stop
 cancels the front's nursery: every connection closes at once. Plain HTTP only: with TLS the
 agent leaves the listening socket to hypercorn, as before. Quart-free (``tests/test_startup``
@@ -32,6 +34,7 @@ checks what it imports).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -39,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from gossipmgr.api.hot import answer
+from gossipmgr.api.hot import answer, json_answer
 from gossipmgr.api.wire import (
     MAX_REQUESTS,
     Dates,
@@ -58,6 +61,9 @@ log = logging.getLogger("gossipmgr.api")
 #: How long a connection may sit without a complete request head (hypercorn's
 #: ``keep_alive_timeout``, as ``api.server`` sets it).
 KEEP_ALIVE_S = 5.0
+#: How long a request's body may take to follow its head: then a 408 and a close. Without
+#: it a client that declared a body and sent part of it held its connection for good.
+BODY_S = 30.0
 RECV = 65536
 
 #: What serves a handed-over connection: hypercorn's TCP server on the stream.
@@ -166,7 +172,12 @@ class _Connection:
             if head is None:
                 return  # closed by the client, or idle
             self.buf = self.buf[head.size :]
-            body = await self._body(head.length)
+            body = None
+            with trio.move_on_after(BODY_S) as late:
+                body = await self._body(head.length)
+            if late.cancelled_caught:
+                await self._late()
+                return
             if body is None:
                 return  # the client went away mid-body: nothing was done
             if not await self._answer(head, body):
@@ -206,6 +217,15 @@ class _Connection:
             self.buf += data
         body, self.buf = self.buf[:length], self.buf[length:]
         return body
+
+    async def _late(self) -> None:
+        """The body did not follow its head within BODY_S: 408 with the reason, and close
+        (what was read is dropped: nothing was done)."""
+        why = f"the request's body did not arrive within {BODY_S:g} s of its head"
+        status, data, headers = json_answer(408, {"error": why}, {})
+        out = response(status, data, headers, self.front.dates.now(), client_close=False, last=True)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.stream.send_all(out)
 
     async def _answer(self, head: Head, body: bytes) -> bool:
         """Answer ``head``; whether the connection stays open."""
