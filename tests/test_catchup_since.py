@@ -24,12 +24,15 @@ from gossipmgr.core.clock import HLC, Timestamp
 from gossipmgr.core.crdt import Entry, Key, LWWMap
 from gossipmgr.core.state import ClusterState, global_key
 from gossipmgr.errors import BadPacket
-from gossipmgr.gossip.catchup import SINCE_BUDGET_BYTES
+from gossipmgr.gossip.catchup import SINCE_BUDGET_BYTES, SINCE_EVERY_MS
 from gossipmgr.gossip.crypto import Keyring, Sealer, node_id
 from gossipmgr.gossip.messages import (
     DIGEST,
+    ENTRIES,
+    PULL_DONE,
     SINCE,
     Entries,
+    PullDone,
     Since,
     decode_untrusted,
     pack,
@@ -163,6 +166,27 @@ def test_since_wait_until_is_when_since_waiting_ends() -> None:
     until = r3.since_wait_until(now + 20)
     assert until is not None and until < now + r3.cfg.pull_timeout_ms
     assert r3.since_waiting(until - 1) and not r3.since_waiting(until)
+
+
+def test_a_peer_answers_one_since_per_sender_within_since_every_ms() -> None:
+    """Each SINCE made a peer scan up to SINCE_MAX_ENTRIES entries and send up to its share
+    of SINCE_BUDGET_BYTES; a key holder could make one per datagram (the replay guard only
+    stops repeats of the same datagram). A second SINCE from a sender within
+    SINCE_EVERY_MS gets an empty answer (PULL_DONE 0: its asker goes on by the digests)."""
+    aes = _trio()
+    now = BASE + 6_000
+    to_r1 = [("r3", to, d) for to, d in aes["r3"].set_peers(["r1", "r2"], now) if to == "r1"]
+
+    def kinds(out: list[Datagram]) -> list[int]:
+        return [decode_untrusted(d).type for _, _, d in out]
+
+    assert ENTRIES in kinds(_deliver(aes, to_r1, now))
+    again = _deliver(aes, to_r1, now + SINCE_EVERY_MS - 1)
+    assert kinds(again) == [PULL_DONE]
+    done = decode_untrusted(again[0][2]).body
+    assert isinstance(done, PullDone) and done.count == 0
+    assert aes["r1"].counters.get("since_refused") == 1
+    assert ENTRIES in kinds(_deliver(aes, to_r1, now + SINCE_EVERY_MS + 1))
 
 
 def test_a_lost_since_falls_back_to_the_digests_after_the_pull_timeout() -> None:

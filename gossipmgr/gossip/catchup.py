@@ -64,6 +64,10 @@ SINCE_BUDGET_BYTES = 512 * 1024
 #: Entries one peer looks at for one answer, at most (its work is bounded however old the
 #: summary; the budget usually ends the answer first).
 SINCE_MAX_ENTRIES = 16_384
+#: One SINCE per sender is answered within this long; another gets an empty answer (its
+#: asker goes on by the digests). A restart sends one per peer: only a key holder making
+#: them (the replay guard stops repeats of one datagram) met the bound below at each.
+SINCE_EVERY_MS = 1_000
 #: Once one peer's answer to a SINCE round is complete, the others are waited for at
 #: least this long (and as long as that answer took) before the digests go.
 SINCE_GRACE_MS = 50
@@ -138,6 +142,7 @@ class CatchUpPeers:
     enc: MessageEncoder
     _alive: dict[str, str] | None
     _strangers: dict[str, float]
+    _since_served: dict[str, float]
     _claims: LeafClaims
     _last_sync_ms: float
     #: Called when one peer's answer to our SINCE is complete (the agent's start waits on it).
@@ -433,6 +438,14 @@ class CatchUpPeers:
         ``SINCE_BUDGET_BYTES``), then PULL_DONE. It resyncs with us (``_resyncing_with_us``):
         its digest follows, and what it holds that we lack comes back by its pulls."""
         self._resyncing_with_us(sender, now_ms)
+        served = self._since_served
+        if now_ms - served.get(sender, -1e18) < SINCE_EVERY_MS:
+            self.counters.incr("since_refused")
+            return self.enc.encode(sender, PULL_DONE, [m.req, 0])
+        served.pop(sender, None)
+        served[sender] = now_ms  # most recent last
+        if len(served) > MAX_STRANGERS:
+            del served[next(iter(served))]
         found = self.state.map.newer_than(m.summary, m.share, m.shares)
         items = list(islice(found, SINCE_MAX_ENTRIES))
         budget = SINCE_BUDGET_BYTES // m.shares

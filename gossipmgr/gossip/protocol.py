@@ -112,6 +112,7 @@ class AntiEntropy(CatchUpPeers, ConfirmRounds, Relays):
         self.catchup: CatchUp | None = None
         self._alive: dict[str, str] | None = None  # peer -> boot id, as last listed alive
         self._strangers: dict[str, float] = {}  # not yet peers -> when they resynced with us
+        self._since_served: dict[str, float] = {}  # SINCE senders -> when answered last
         self.rounds: dict[int, ConfirmRound] = {}  # open confirm rounds (``gossip.confirm``)
 
     # ------------------------------------------------------------------ local writes
